@@ -1,0 +1,25 @@
+#include "backend/backend.h"
+
+#include "backend/local_backend.h"
+#include "backend/nfs_backend.h"
+
+namespace extrafs::backend {
+
+Result<std::string> Backend::read_all(std::string_view path, uint64_t limit) {
+  EXTRAFS_TRY(info, stat(path));
+  if (info.is_dir) return make_error(EISDIR, std::string(path) + " is a directory");
+  if (info.size > limit) return make_error(EFBIG, std::string(path) + " is too large");
+  std::string out(info.size, '\0');
+  EXTRAFS_TRY(n, read(path, 0, std::as_writable_bytes(std::span(out.data(), out.size()))));
+  if (n != info.size) return make_error(EIO, std::string(path) + " changed while being read");
+  return out;
+}
+
+Result<std::unique_ptr<Backend>> open_backend(const std::string& source, int timeout_ms) {
+  if (source.rfind("nfs://", 0) == 0) return make_nfs_backend(source, timeout_ms);
+  if (source.find("://") != std::string::npos)
+    return make_error(EINVAL, "source '" + source + "' is neither nfs:// nor an absolute path");
+  return LocalBackend::open(source);
+}
+
+}  // namespace extrafs::backend

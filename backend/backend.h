@@ -1,0 +1,52 @@
+// Backend: where the store's bytes live. Reads objects addressed by a path relative to the store
+// root ("extrafs/catalog", "overlay2/<id>/diff/usr/bin/sh", "extrafs/layers/<id>.blob").
+//
+// Implementations: LocalBackend (a directory), NfsBackend (libnfs), FaultBackend (tests).
+// Thread-safety: every method may be called from any thread concurrently.
+// A Backend knows nothing of chunks, FUSE or docker.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/result.h"
+
+namespace extrafs::backend {
+
+struct ObjectInfo {
+  uint64_t size = 0;
+  bool is_dir = false;
+  int64_t mtime_ns = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  // Reads up to buf.size() bytes of `path` at `offset`; returns the number read, which is smaller
+  // than asked only at end of file. Errors: ENOENT, EIO, ETIMEDOUT (the timeout bound elapsed), ...
+  virtual Result<size_t> read(std::string_view path, uint64_t offset, std::span<std::byte> buf) = 0;
+
+  // Size, type and mtime of `path`.
+  virtual Result<ObjectInfo> stat(std::string_view path) = 0;
+
+  // Names in directory `path` (without "." and ".."), unsorted.
+  virtual Result<std::vector<std::string>> list(std::string_view path) = 0;
+
+  // Human-readable description of the source, e.g. "/srv/store" or "nfs://127.0.0.1/export".
+  virtual std::string describe() const = 0;
+
+  // Reads a whole (small) object. Refuses objects larger than `limit` with EFBIG.
+  Result<std::string> read_all(std::string_view path, uint64_t limit = 1ull << 32);
+};
+
+// Opens the backend named by a mount SOURCE: an absolute directory path or an nfs:// URL.
+// `timeout_ms` bounds any one read (retries included) before it fails with ETIMEDOUT/EIO.
+Result<std::unique_ptr<Backend>> open_backend(const std::string& source, int timeout_ms);
+
+}  // namespace extrafs::backend

@@ -1,0 +1,63 @@
+#include "backend/fault_backend.h"
+
+#include <algorithm>
+#include <cstring>
+#include <thread>
+
+namespace extrafs::backend {
+
+void MemoryBackend::put(const std::string& path, std::string data) {
+  std::lock_guard lock(mu_);
+  objects_[path] = std::move(data);
+}
+
+Result<size_t> MemoryBackend::read(std::string_view path, uint64_t offset, std::span<std::byte> buf) {
+  reads_++;
+  std::lock_guard lock(mu_);
+  auto it = objects_.find(path);
+  if (it == objects_.end()) return Error::from_errno(ENOENT, std::string(path));
+  const std::string& d = it->second;
+  if (offset >= d.size()) return size_t{0};
+  size_t n = std::min<uint64_t>(buf.size(), d.size() - offset);
+  std::memcpy(buf.data(), d.data() + offset, n);
+  return n;
+}
+
+Result<ObjectInfo> MemoryBackend::stat(std::string_view path) {
+  std::lock_guard lock(mu_);
+  auto it = objects_.find(path);
+  if (it != objects_.end()) return ObjectInfo{it->second.size(), false, 0};
+  std::string prefix = std::string(path) + "/";
+  for (const auto& [k, v] : objects_)
+    if (k.rfind(prefix, 0) == 0) return ObjectInfo{0, true, 0};
+  return Error::from_errno(ENOENT, std::string(path));
+}
+
+Result<std::vector<std::string>> MemoryBackend::list(std::string_view path) {
+  std::lock_guard lock(mu_);
+  std::string prefix = path.empty() ? "" : std::string(path) + "/";
+  std::vector<std::string> out;
+  for (const auto& [k, v] : objects_) {
+    if (k.rfind(prefix, 0) != 0) continue;
+    std::string rest = k.substr(prefix.size());
+    rest = rest.substr(0, rest.find('/'));
+    if (out.empty() || out.back() != rest) out.push_back(rest);
+  }
+  if (out.empty()) return Error::from_errno(ENOENT, std::string(path));
+  return out;
+}
+
+Result<size_t> FaultBackend::read(std::string_view path, uint64_t offset, std::span<std::byte> buf) {
+  reads_++;
+  if (int64_t d = delay_ms_.load()) std::this_thread::sleep_for(std::chrono::milliseconds(d));
+  if (fail_count_.load() > 0 && fail_count_.fetch_sub(1) > 0) {
+    return Error::from_errno(fail_code_.load(), "injected failure reading " + std::string(path));
+  }
+  auto r = inner_.read(path, offset, buf);
+  if (r.ok() && *r > 0 && corrupt_count_.load() > 0 && corrupt_count_.fetch_sub(1) > 0) {
+    buf[*r / 2] ^= std::byte{0x5a};
+  }
+  return r;
+}
+
+}  // namespace extrafs::backend

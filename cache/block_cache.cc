@@ -1,0 +1,810 @@
+// The on-disk block cache. Layout under DIR:
+//
+//   DIR/lock                  flock(LOCK_EX) for the life of the cache; holds the owner's pid
+//   DIR/chunks/ab/<32 hex>    one file per chunk: a 32-byte header, then the raw bytes
+//   DIR/meta/<name>           metadata blobs: the same 32-byte header (own magic), then the data
+//   DIR/tmp/<unique>          files being written; renamed into chunks/ or meta/ when complete
+//
+// Header (little-endian): magic[4] "XFSC" (chunk) or "XFSM" (meta), u16 version, u16 flags (0),
+// u64 raw length, 16-byte xxh3-128 digest (canonical form) of the raw bytes.
+//
+// Crash safety. A chunk becomes visible only by rename(2) of a complete temporary file, so after a
+// SIGKILL a chunk file is either absent or complete. Chunk files are not fsync'ed (that would cost
+// a disk flush per chunk); after a power loss a renamed file can be short or hold zeros, which the
+// header/length/digest check on every read catches: the chunk is then dropped and fetched again.
+// Nothing else needs to be durable: the LRU index is rebuilt at open() from the files (size from
+// st_size, recency from st_mtime, which a hit refreshes at most once per kTouchIntervalSec), and
+// leftovers in tmp/ are removed. Metadata blobs are rare and precious (they let a host serve its
+// cache while NFS is down), so they are fsync'ed before the rename and the directory after it.
+//
+// Locking. `mu_` guards the in-memory index (map, LRU list, byte counts, pending puts, in-flight
+// temporary names) and is never held across file I/O. File operations that change which file a
+// chunk path names (rename on put, unlink on eviction or corruption) take the chunk's stripe lock
+// (`stripes_`, hashed by digest) and, while holding it, check the index, so that an eviction can
+// never unlink a file that a concurrent put of the same digest has just installed. Order:
+// stripe lock, then mu_. Readers take no file lock: an open fd stays valid if the file is unlinked
+// or replaced, and a get racing an eviction simply sees ENOENT (a miss).
+//
+// The bound. put() reserves room before writing anything (evicting LRU chunks first), so the sum of
+// chunk files plus temporaries being written never exceeds `capacity` (not counting the headers).
+
+#include "cache/block_cache.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cstring>
+#include <list>
+#include <mutex>
+#include <string_view>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+
+namespace extrafs::cache {
+
+namespace {
+
+constexpr size_t kHeaderSize = 32;
+constexpr uint16_t kFormatVersion = 1;
+constexpr char kChunkMagic[4] = {'X', 'F', 'S', 'C'};
+constexpr char kMetaMagic[4] = {'X', 'F', 'S', 'M'};
+// No sane chunk is this large; the check keeps a bogus file from making us allocate gigabytes.
+constexpr uint64_t kMaxChunkSize = uint64_t{1} << 30;
+constexpr uint64_t kMaxMetaSize = uint64_t{4} << 30;
+constexpr int64_t kTouchIntervalSec = 60;
+constexpr size_t kStripes = 64;
+constexpr size_t kMaxMetaName = 200;
+
+std::shared_ptr<spdlog::logger> log() {
+  // common/ registers the per-module loggers; fall back to the default one if it has not.
+  auto l = spdlog::get("cache");
+  return l ? l : spdlog::default_logger();
+}
+
+int64_t now_sec() {
+  timespec ts{};
+  clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+  return ts.tv_sec;
+}
+
+class Fd {
+ public:
+  Fd() = default;
+  explicit Fd(int fd) : fd_(fd) {}
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  Fd& operator=(Fd&& o) noexcept {
+    if (this != &o) {
+      reset();
+      fd_ = std::exchange(o.fd_, -1);
+    }
+    return *this;
+  }
+  ~Fd() { reset(); }
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  void reset() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+  // close() that reports the error (a delayed write error can surface here).
+  int close_checked() {
+    int r = ::close(std::exchange(fd_, -1));
+    return r == 0 ? 0 : errno;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+struct Header {
+  char magic[4];
+  uint16_t version;
+  uint16_t flags;
+  uint64_t raw_len;
+  Digest128 digest;
+};
+
+std::array<uint8_t, kHeaderSize> encode_header(const char magic[4], uint64_t raw_len,
+                                               const Digest128& d) {
+  std::array<uint8_t, kHeaderSize> h{};
+  std::memcpy(h.data(), magic, 4);
+  h[4] = kFormatVersion & 0xff;
+  h[5] = kFormatVersion >> 8;
+  // h[6..7] flags = 0
+  for (int i = 0; i < 8; ++i) h[8 + i] = static_cast<uint8_t>(raw_len >> (8 * i));
+  std::memcpy(h.data() + 16, d.bytes.data(), 16);
+  return h;
+}
+
+Header decode_header(const uint8_t* p) {
+  Header h{};
+  std::memcpy(h.magic, p, 4);
+  h.version = static_cast<uint16_t>(p[4] | p[5] << 8);
+  h.flags = static_cast<uint16_t>(p[6] | p[7] << 8);
+  for (int i = 0; i < 8; ++i) h.raw_len |= uint64_t{p[8 + i]} << (8 * i);
+  std::memcpy(h.digest.bytes.data(), p + 16, 16);
+  return h;
+}
+
+// 0 or errno.
+int write_all(int fd, const void* data, size_t len) {
+  auto* p = static_cast<const uint8_t*>(data);
+  while (len > 0) {
+    ssize_t n = ::write(fd, p, len);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    if (n == 0) return EIO;
+    p += n;
+    len -= static_cast<size_t>(n);
+  }
+  return 0;
+}
+
+// Bytes read (short only at end of file), or -errno.
+ssize_t pread_all(int fd, void* data, size_t len, off_t off) {
+  auto* p = static_cast<uint8_t*>(data);
+  size_t done = 0;
+  while (done < len) {
+    ssize_t n = ::pread(fd, p + done, len - done, off + static_cast<off_t>(done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  return static_cast<ssize_t>(done);
+}
+
+bool valid_meta_name(const std::string& name) {
+  if (name.empty() || name.size() > kMaxMetaName || name == "." || name == "..") return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
+  });
+}
+
+// mkdir -p; 0 or errno.
+int make_dirs(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0) return S_ISDIR(st.st_mode) ? 0 : ENOTDIR;
+  auto slash = path.find_last_of('/');
+  if (slash != std::string::npos && slash > 0) {
+    int r = make_dirs(path.substr(0, slash));
+    if (r != 0) return r;
+  }
+  if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) return errno;
+  return 0;
+}
+
+// mkdirat that tolerates an existing directory; 0 or errno.
+int ensure_dir_at(int dirfd, const char* name) {
+  if (::mkdirat(dirfd, name, 0755) == 0) return 0;
+  int e = errno;
+  if (e != EEXIST) return e;
+  struct stat st {};
+  if (::fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) return errno;
+  return S_ISDIR(st.st_mode) ? 0 : ENOTDIR;
+}
+
+std::string chunk_rel(const Digest128& d) {
+  std::string hex = d.hex();
+  std::string rel = "chunks/";
+  rel.append(hex, 0, 2);
+  rel += '/';
+  rel += hex;
+  return rel;
+}
+
+class DiskBlockCache final : public BlockCache {
+ public:
+  DiskBlockCache(std::string dir, uint64_t capacity, Fd dir_fd, Fd lock_fd)
+      : dir_(std::move(dir)),
+        capacity_(capacity),
+        dir_fd_(std::move(dir_fd)),
+        lock_fd_(std::move(lock_fd)) {}
+
+  // Callers must have finished every call before destroying the cache; the flock is released
+  // when lock_fd_ closes.
+  ~DiskBlockCache() override = default;
+
+  Status init();
+
+  Result<std::vector<std::byte>> get(const Digest128& d) override;
+  Status put(const Digest128& d, std::span<const std::byte> raw) override;
+  bool contains(const Digest128& d) override;
+  Status put_meta(const std::string& name, std::span<const std::byte> data) override;
+  Result<std::vector<std::byte>> get_meta(const std::string& name) override;
+  Result<uint64_t> verify_all() override;
+  Status shrink_to(uint64_t target) override;
+  BlockCacheStats stats() override;
+
+ private:
+  struct Entry {
+    uint64_t size = 0;
+    int64_t touched = 0;  // wall-clock seconds of the last mtime written to disk
+    std::list<Digest128>::iterator lru;
+  };
+  struct Victim {
+    Digest128 digest;
+    uint64_t size;
+  };
+  enum class ReadOutcome { kOk, kVanished, kCorrupt, kError };
+  struct ReadResult {
+    ReadOutcome outcome = ReadOutcome::kError;
+    int err = 0;
+    dev_t dev = 0;
+    ino_t ino = 0;
+    std::vector<std::byte> data;
+  };
+
+  std::mutex& stripe(const Digest128& d) { return stripes_[Digest128Hash{}(d) % kStripes]; }
+
+  Error dir_error(int code, const std::string& what) const {
+    return Error::from_errno(code, "cache " + dir_ + ": " + what);
+  }
+
+  ReadResult read_chunk(const Digest128& d, bool touch);
+  void drop_corrupt(const Digest128& d, dev_t dev, ino_t ino);
+  void forget_if_gone(const Digest128& d);
+
+  // REQUIRES: mu_ held. Evicts LRU entries from the index until bytes_ + reserved_ + extra <=
+  // limit (or nothing is left); the caller unlinks the victims with remove_victims() after
+  // releasing mu_.
+  void evict_locked(uint64_t extra, uint64_t limit, std::vector<Victim>* victims);
+  void remove_victims(const std::vector<Victim>& victims);
+  void insert_locked(const Digest128& d, uint64_t size, int64_t touched);
+  void erase_locked(std::unordered_map<Digest128, Entry, Digest128Hash>::iterator it);
+
+  std::string new_tmp_name_locked(char kind);
+  uint64_t clean_tmp();
+  Status scan();
+
+  const std::string dir_;
+  const uint64_t capacity_;
+  Fd dir_fd_;
+  Fd lock_fd_;
+  std::atomic<bool> noatime_ok_{true};
+  std::array<std::mutex, kStripes> stripes_;
+
+  std::mutex mu_;
+  std::unordered_map<Digest128, Entry, Digest128Hash> map_;  // GUARDED_BY(mu_)
+  std::list<Digest128> lru_;                                 // GUARDED_BY(mu_); front = newest
+  uint64_t bytes_ = 0;                                       // GUARDED_BY(mu_)
+  uint64_t reserved_ = 0;  // GUARDED_BY(mu_): room held by puts in progress
+  std::unordered_set<Digest128, Digest128Hash> pending_;  // GUARDED_BY(mu_)
+  std::unordered_set<std::string> inflight_tmp_;          // GUARDED_BY(mu_)
+  uint64_t tmp_seq_ = 0;                                  // GUARDED_BY(mu_)
+
+  std::atomic<uint64_t> hits_{0}, misses_{0}, evictions_{0}, corrupt_{0}, write_errors_{0};
+};
+
+Status DiskBlockCache::init() {
+  for (const char* sub : {"chunks", "tmp", "meta"}) {
+    if (int e = ensure_dir_at(dir_fd_.get(), sub))
+      return dir_error(e, std::string("cannot create ") + sub + "/");
+  }
+  // Nobody else can be writing (we hold the flock): everything in tmp/ is left over from a crash.
+  uint64_t stray = clean_tmp();
+  if (stray > 0) log()->info("cache {}: removed {} stray temporary file(s)", dir_, stray);
+  EXTRAFS_CHECK_STATUS(scan());
+  std::vector<Victim> victims;
+  {
+    std::lock_guard lk(mu_);
+    evict_locked(0, capacity_, &victims);
+  }
+  remove_victims(victims);
+  return ok_status();
+}
+
+Status DiskBlockCache::scan() {
+  struct Found {
+    int64_t mtime_ns;
+    Digest128 digest;
+    uint64_t size;
+  };
+  std::vector<Found> found;
+  // The 256 fan-out directories are made on first use, so list the ones that exist.
+  std::vector<std::string> subs;
+  {
+    int fd = ::openat(dir_fd_.get(), "chunks", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return dir_error(errno, "cannot open chunks/");
+    DIR* dp = ::fdopendir(fd);
+    if (dp == nullptr) {
+      int e = errno;
+      ::close(fd);
+      return dir_error(e, "cannot read chunks/");
+    }
+    while (dirent* de = ::readdir(dp)) {
+      std::string_view name = de->d_name;
+      auto hex = [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); };
+      if (name.size() == 2 && hex(name[0]) && hex(name[1])) subs.emplace_back(name);
+    }
+    ::closedir(dp);
+  }
+  for (const auto& sub : subs) {
+    std::string rel = "chunks/" + sub;
+    int fd = ::openat(dir_fd_.get(), rel.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) continue;  // not a directory: not ours
+    DIR* dp = ::fdopendir(fd);
+    if (dp == nullptr) {
+      int e = errno;
+      ::close(fd);
+      return dir_error(e, "cannot read " + rel);
+    }
+    while (dirent* de = ::readdir(dp)) {
+      std::string_view name = de->d_name;
+      if (name == "." || name == "..") continue;
+      struct stat st {};
+      if (::fstatat(fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+      if (!S_ISREG(st.st_mode)) continue;  // not ours to judge; it is not counted either
+      Digest128 d;
+      bool named_ok = Digest128::from_hex(name, &d) && name.substr(0, 2) == sub;
+      if (!named_ok || static_cast<uint64_t>(st.st_size) < kHeaderSize) {
+        // Unusable: unreachable by name, or too short to be anything but a torn write.
+        ::unlinkat(fd, de->d_name, 0);
+        continue;
+      }
+      found.push_back({int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec, d,
+                       static_cast<uint64_t>(st.st_size) - kHeaderSize});
+    }
+    ::closedir(dp);
+  }
+  std::sort(found.begin(), found.end(),
+            [](const Found& a, const Found& b) { return a.mtime_ns < b.mtime_ns; });
+  std::lock_guard lk(mu_);
+  for (const auto& f : found) insert_locked(f.digest, f.size, f.mtime_ns / 1000000000);
+  return ok_status();
+}
+
+void DiskBlockCache::insert_locked(const Digest128& d, uint64_t size, int64_t touched) {
+  auto [it, inserted] = map_.try_emplace(d);
+  if (!inserted) {
+    bytes_ -= it->second.size;
+    lru_.erase(it->second.lru);
+  }
+  lru_.push_front(d);
+  it->second = Entry{size, touched, lru_.begin()};
+  bytes_ += size;
+}
+
+void DiskBlockCache::erase_locked(
+    std::unordered_map<Digest128, Entry, Digest128Hash>::iterator it) {
+  bytes_ -= it->second.size;
+  lru_.erase(it->second.lru);
+  map_.erase(it);
+}
+
+void DiskBlockCache::evict_locked(uint64_t extra, uint64_t limit, std::vector<Victim>* victims) {
+  while (!lru_.empty() && bytes_ + reserved_ + extra > limit) {
+    auto it = map_.find(lru_.back());
+    EXTRAFS_INVARIANT(it != map_.end(), "LRU list and index disagree");
+    victims->push_back({it->first, it->second.size});
+    erase_locked(it);
+    evictions_.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+void DiskBlockCache::remove_victims(const std::vector<Victim>& victims) {
+  for (const auto& v : victims) {
+    std::lock_guard slk(stripe(v.digest));
+    {
+      // A put of the same digest may have installed a fresh file since the eviction.
+      std::lock_guard lk(mu_);
+      if (map_.count(v.digest)) continue;
+    }
+    if (::unlinkat(dir_fd_.get(), chunk_rel(v.digest).c_str(), 0) != 0 && errno != ENOENT)
+      log()->warn("cache {}: cannot remove evicted chunk {}: {}", dir_, v.digest.hex(),
+                  std::strerror(errno));
+  }
+}
+
+std::string DiskBlockCache::new_tmp_name_locked(char kind) {
+  std::string name =
+      std::string(1, kind) + "." + std::to_string(::getpid()) + "." + std::to_string(tmp_seq_++);
+  inflight_tmp_.insert(name);
+  return name;
+}
+
+uint64_t DiskBlockCache::clean_tmp() {
+  int fd = ::openat(dir_fd_.get(), "tmp", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  DIR* dp = ::fdopendir(fd);
+  if (dp == nullptr) {
+    ::close(fd);
+    return 0;
+  }
+  std::vector<std::string> names;
+  while (dirent* de = ::readdir(dp)) {
+    std::string_view name = de->d_name;
+    if (name != "." && name != "..") names.emplace_back(name);
+  }
+  uint64_t removed = 0;
+  for (const auto& name : names) {
+    {
+      // Names are never reused, so one not in flight now belongs to nobody.
+      std::lock_guard lk(mu_);
+      if (inflight_tmp_.count(name)) continue;
+    }
+    if (::unlinkat(fd, name.c_str(), 0) == 0 ||
+        (errno == EISDIR && ::unlinkat(fd, name.c_str(), AT_REMOVEDIR) == 0))
+      ++removed;
+  }
+  ::closedir(dp);
+  return removed;
+}
+
+DiskBlockCache::ReadResult DiskBlockCache::read_chunk(const Digest128& d, bool touch) {
+  ReadResult r;
+  std::string rel = chunk_rel(d);
+  int flags = O_RDONLY | O_CLOEXEC;
+  Fd fd;
+  if (noatime_ok_.load(std::memory_order_relaxed)) {
+    fd = Fd(::openat(dir_fd_.get(), rel.c_str(), flags | O_NOATIME));
+    if (!fd.valid() && errno == EPERM) noatime_ok_.store(false, std::memory_order_relaxed);
+  }
+  if (!fd.valid()) fd = Fd(::openat(dir_fd_.get(), rel.c_str(), flags));
+  if (!fd.valid()) {
+    r.err = errno;
+    r.outcome = r.err == ENOENT ? ReadOutcome::kVanished : ReadOutcome::kError;
+    return r;
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) {
+    r.err = errno;
+    return r;
+  }
+  r.dev = st.st_dev;
+  r.ino = st.st_ino;
+  r.outcome = ReadOutcome::kCorrupt;
+  uint64_t size = static_cast<uint64_t>(st.st_size);
+  if (size < kHeaderSize || size - kHeaderSize > kMaxChunkSize) return r;
+  uint8_t hbuf[kHeaderSize];
+  if (pread_all(fd.get(), hbuf, kHeaderSize, 0) != static_cast<ssize_t>(kHeaderSize)) return r;
+  Header h = decode_header(hbuf);
+  if (std::memcmp(h.magic, kChunkMagic, 4) != 0 || h.version != kFormatVersion || h.flags != 0 ||
+      h.raw_len != size - kHeaderSize || h.digest != d)
+    return r;
+  r.data.resize(h.raw_len);
+  // A read error (EIO from a bad sector) makes the chunk as useless as a digest mismatch.
+  if (pread_all(fd.get(), r.data.data(), r.data.size(), kHeaderSize) !=
+      static_cast<ssize_t>(r.data.size())) {
+    r.data = {};
+    return r;
+  }
+  if (xxh3_128(r.data.data(), r.data.size()) != d) {
+    r.data = {};
+    return r;
+  }
+  // Recency for the next open(); best effort, and cheap on the fd we already hold.
+  if (touch) ::futimens(fd.get(), nullptr);
+  r.outcome = ReadOutcome::kOk;
+  return r;
+}
+
+void DiskBlockCache::drop_corrupt(const Digest128& d, dev_t dev, ino_t ino) {
+  corrupt_.fetch_add(1, std::memory_order_relaxed);
+  log()->warn("cache {}: chunk {} is corrupt; dropped", dir_, d.hex());
+  std::lock_guard slk(stripe(d));
+  std::string rel = chunk_rel(d);
+  struct stat st {};
+  if (::fstatat(dir_fd_.get(), rel.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
+    // Replaced by a concurrent put since we read it: that file is a fresh copy, leave it.
+    if (st.st_dev != dev || st.st_ino != ino) return;
+    ::unlinkat(dir_fd_.get(), rel.c_str(), 0);
+  }
+  std::lock_guard lk(mu_);
+  if (auto it = map_.find(d); it != map_.end()) erase_locked(it);
+}
+
+void DiskBlockCache::forget_if_gone(const Digest128& d) {
+  std::lock_guard slk(stripe(d));
+  struct stat st {};
+  if (::fstatat(dir_fd_.get(), chunk_rel(d).c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) return;
+  std::lock_guard lk(mu_);
+  if (auto it = map_.find(d); it != map_.end()) erase_locked(it);
+}
+
+Result<std::vector<std::byte>> DiskBlockCache::get(const Digest128& d) {
+  bool touch = false;
+  {
+    std::lock_guard lk(mu_);
+    auto it = map_.find(d);
+    if (it == map_.end()) {
+      misses_.fetch_add(1, std::memory_order_relaxed);
+      return make_error(ENOENT, "chunk " + d.hex() + " not in cache " + dir_);
+    }
+    lru_.splice(lru_.begin(), lru_, it->second.lru);
+    int64_t now = now_sec();
+    if (now - it->second.touched >= kTouchIntervalSec || now < it->second.touched) {
+      it->second.touched = now;
+      touch = true;
+    }
+  }
+  ReadResult r = read_chunk(d, touch);
+  switch (r.outcome) {
+    case ReadOutcome::kOk:
+      hits_.fetch_add(1, std::memory_order_relaxed);
+      return std::move(r.data);
+    case ReadOutcome::kVanished:
+      // Evicted (or deleted by hand) between the lookup and the open.
+      forget_if_gone(d);
+      misses_.fetch_add(1, std::memory_order_relaxed);
+      return make_error(ENOENT, "chunk " + d.hex() + " not in cache " + dir_);
+    case ReadOutcome::kCorrupt:
+      drop_corrupt(d, r.dev, r.ino);
+      misses_.fetch_add(1, std::memory_order_relaxed);
+      return make_error(
+          ENOENT, "chunk " + d.hex() + " in cache " + dir_ + " was corrupt and has been dropped");
+    case ReadOutcome::kError:
+      break;
+  }
+  misses_.fetch_add(1, std::memory_order_relaxed);
+  return dir_error(r.err, "cannot read chunk " + d.hex());
+}
+
+Status DiskBlockCache::put(const Digest128& d, std::span<const std::byte> raw) {
+  const uint64_t size = raw.size();
+  if (size > capacity_ || size > kMaxChunkSize) {
+    write_errors_.fetch_add(1, std::memory_order_relaxed);
+    return make_error(EFBIG, "cache " + dir_ + ": chunk of " + std::to_string(size) +
+                                 " bytes does not fit (capacity " + std::to_string(capacity_) +
+                                 ")");
+  }
+  std::vector<Victim> victims;
+  std::string tmp;
+  {
+    std::lock_guard lk(mu_);
+    if (auto it = map_.find(d); it != map_.end()) {
+      lru_.splice(lru_.begin(), lru_, it->second.lru);
+      return ok_status();
+    }
+    if (pending_.count(d)) return ok_status();  // another thread is storing the same bytes
+    if (reserved_ + size > capacity_) {
+      // Only possible when the cache is a few chunks big and as many puts are in flight.
+      write_errors_.fetch_add(1, std::memory_order_relaxed);
+      return make_error(ENOSPC, "cache " + dir_ + ": no room for chunk " + d.hex() +
+                                    " while other chunks are being stored");
+    }
+    evict_locked(size, capacity_, &victims);
+    reserved_ += size;
+    pending_.insert(d);
+    tmp = "tmp/" + new_tmp_name_locked('c');
+  }
+  remove_victims(victims);
+
+  int err = 0;
+  const char* step = "write";
+  {
+    Fd fd(::openat(dir_fd_.get(), tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+    if (!fd.valid()) {
+      err = errno;
+      step = "create";
+    } else {
+      auto h = encode_header(kChunkMagic, size, d);
+      err = write_all(fd.get(), h.data(), h.size());
+      if (err == 0) err = write_all(fd.get(), raw.data(), raw.size());
+      if (err == 0) err = fd.close_checked();
+    }
+  }
+  std::unique_lock slk(stripe(d));
+  if (err == 0) {
+    std::string rel = chunk_rel(d);
+    int r = ::renameat(dir_fd_.get(), tmp.c_str(), dir_fd_.get(), rel.c_str());
+    if (r != 0 && errno == ENOENT) {
+      // First chunk in this fan-out directory.
+      std::string sub = rel.substr(0, rel.size() - 33);  // "chunks/ab"
+      int e = ensure_dir_at(dir_fd_.get(), sub.c_str());
+      if (e == 0) {
+        r = ::renameat(dir_fd_.get(), tmp.c_str(), dir_fd_.get(), rel.c_str());
+      } else {
+        errno = e;
+      }
+    }
+    if (r != 0) {
+      err = errno;
+      step = "rename";
+    }
+  }
+  {
+    std::lock_guard lk(mu_);
+    reserved_ -= size;
+    pending_.erase(d);
+    inflight_tmp_.erase(tmp.substr(4));
+    if (err == 0) insert_locked(d, size, now_sec());
+  }
+  slk.unlock();
+  if (err == 0) return ok_status();
+  ::unlinkat(dir_fd_.get(), tmp.c_str(), 0);
+  write_errors_.fetch_add(1, std::memory_order_relaxed);
+  return dir_error(err, std::string("cannot ") + step + " chunk " + d.hex());
+}
+
+bool DiskBlockCache::contains(const Digest128& d) {
+  std::lock_guard lk(mu_);
+  return map_.count(d) != 0;
+}
+
+Status DiskBlockCache::put_meta(const std::string& name, std::span<const std::byte> data) {
+  if (!valid_meta_name(name))
+    return make_error(EINVAL, "cache " + dir_ + ": invalid meta blob name '" + name + "'");
+  std::string tmp;
+  {
+    std::lock_guard lk(mu_);
+    tmp = "tmp/" + new_tmp_name_locked('m');
+  }
+  int err = 0;
+  const char* step = "write";
+  {
+    Fd fd(::openat(dir_fd_.get(), tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+    if (!fd.valid()) {
+      err = errno;
+      step = "create";
+    } else {
+      auto h = encode_header(kMetaMagic, data.size(), xxh3_128(data));
+      err = write_all(fd.get(), h.data(), h.size());
+      if (err == 0) err = write_all(fd.get(), data.data(), data.size());
+      if (err == 0 && ::fsync(fd.get()) != 0) err = errno;
+      if (err == 0) err = fd.close_checked();
+    }
+  }
+  std::string rel = "meta/" + name;
+  if (err == 0 && ::renameat(dir_fd_.get(), tmp.c_str(), dir_fd_.get(), rel.c_str()) != 0) {
+    err = errno;
+    step = "rename";
+  }
+  if (err == 0) {
+    Fd mfd(::openat(dir_fd_.get(), "meta", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!mfd.valid() || ::fsync(mfd.get()) != 0) {
+      err = errno;
+      step = "sync";
+    }
+  }
+  {
+    std::lock_guard lk(mu_);
+    inflight_tmp_.erase(tmp.substr(4));
+  }
+  if (err == 0) return ok_status();
+  ::unlinkat(dir_fd_.get(), tmp.c_str(), 0);  // ENOENT if the rename happened
+  return dir_error(err, std::string("cannot ") + step + " meta blob " + name);
+}
+
+Result<std::vector<std::byte>> DiskBlockCache::get_meta(const std::string& name) {
+  if (!valid_meta_name(name))
+    return make_error(EINVAL, "cache " + dir_ + ": invalid meta blob name '" + name + "'");
+  std::string rel = "meta/" + name;
+  Fd fd(::openat(dir_fd_.get(), rel.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) {
+    if (errno == ENOENT) return make_error(ENOENT, "cache " + dir_ + ": no meta blob " + name);
+    return dir_error(errno, "cannot open meta blob " + name);
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return dir_error(errno, "cannot stat meta blob " + name);
+  auto corrupt = [&](const char* why) {
+    return make_error(EBADMSG,
+                      "cache " + dir_ + ": meta blob " + name + " is corrupt (" + why + ")");
+  };
+  uint64_t size = static_cast<uint64_t>(st.st_size);
+  if (size < kHeaderSize) return corrupt("too short");
+  if (size - kHeaderSize > kMaxMetaSize) return corrupt("too large");
+  uint8_t hbuf[kHeaderSize];
+  ssize_t n = pread_all(fd.get(), hbuf, kHeaderSize, 0);
+  if (n < 0) return dir_error(static_cast<int>(-n), "cannot read meta blob " + name);
+  if (n != static_cast<ssize_t>(kHeaderSize)) return corrupt("too short");
+  Header h = decode_header(hbuf);
+  if (std::memcmp(h.magic, kMetaMagic, 4) != 0) return corrupt("bad magic");
+  if (h.version != kFormatVersion || h.flags != 0) return corrupt("unknown version");
+  if (h.raw_len != size - kHeaderSize) return corrupt("length mismatch");
+  std::vector<std::byte> data(h.raw_len);
+  n = pread_all(fd.get(), data.data(), data.size(), kHeaderSize);
+  if (n < 0) return dir_error(static_cast<int>(-n), "cannot read meta blob " + name);
+  if (n != static_cast<ssize_t>(data.size())) return corrupt("length mismatch");
+  if (xxh3_128(data) != h.digest) return corrupt("checksum mismatch");
+  return data;
+}
+
+Result<uint64_t> DiskBlockCache::verify_all() {
+  std::vector<Digest128> all;
+  {
+    std::lock_guard lk(mu_);
+    all.assign(lru_.begin(), lru_.end());
+  }
+  uint64_t dropped = 0;
+  for (const auto& d : all) {
+    ReadResult r = read_chunk(d, false);
+    switch (r.outcome) {
+      case ReadOutcome::kOk:
+        break;
+      case ReadOutcome::kVanished:
+        forget_if_gone(d);
+        break;
+      case ReadOutcome::kCorrupt:
+        drop_corrupt(d, r.dev, r.ino);
+        ++dropped;
+        break;
+      case ReadOutcome::kError:
+        return dir_error(r.err, "cannot read chunk " + d.hex());
+    }
+  }
+  return dropped;
+}
+
+Status DiskBlockCache::shrink_to(uint64_t target) {
+  std::vector<Victim> victims;
+  {
+    std::lock_guard lk(mu_);
+    evict_locked(0, target, &victims);
+  }
+  remove_victims(victims);
+  clean_tmp();
+  return ok_status();
+}
+
+BlockCacheStats DiskBlockCache::stats() {
+  BlockCacheStats s;
+  {
+    std::lock_guard lk(mu_);
+    s.bytes = bytes_;
+    s.chunks = map_.size();
+  }
+  s.capacity = capacity_;
+  s.hits = hits_.load(std::memory_order_relaxed);
+  s.misses = misses_.load(std::memory_order_relaxed);
+  s.evictions = evictions_.load(std::memory_order_relaxed);
+  s.corrupt_dropped = corrupt_.load(std::memory_order_relaxed);
+  s.write_errors = write_errors_.load(std::memory_order_relaxed);
+  return s;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<BlockCache>> BlockCache::open(const std::string& dir, uint64_t capacity) {
+  if (dir.empty()) return make_error(EINVAL, "cache directory not given");
+  if (int e = make_dirs(dir)) {
+    if (e == ENOTDIR)
+      return make_error(ENOTDIR,
+                        "cache " + dir + " is not a directory (or a parent of it is a file)");
+    return Error::from_errno(e, "cache " + dir + ": cannot create directory");
+  }
+  Fd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dir_fd.valid()) return Error::from_errno(errno, "cache " + dir + ": cannot open directory");
+  Fd lock_fd(::openat(dir_fd.get(), "lock", O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+  if (!lock_fd.valid())
+    return Error::from_errno(errno, "cache " + dir + ": cannot create lock file");
+  if (::flock(lock_fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    int e = errno;
+    if (e != EWOULDBLOCK) return Error::from_errno(e, "cache " + dir + ": cannot lock");
+    char buf[32] = {};
+    std::string owner;
+    if (::pread(lock_fd.get(), buf, sizeof buf - 1, 0) > 0) {
+      long pid = std::strtol(buf, nullptr, 10);
+      if (pid > 0) owner = " (pid " + std::to_string(pid) + ")";
+    }
+    return make_error(EBUSY, "cache " + dir + " is in use by another extrafs" + owner);
+  }
+  // Who holds it, for the message above; purely informative.
+  std::string pid = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(lock_fd.get(), 0) != 0)
+    return Error::from_errno(errno, "cache " + dir + ": cannot write lock file");
+  if (int e = write_all(lock_fd.get(), pid.data(), pid.size()))
+    return Error::from_errno(e, "cache " + dir + ": cannot write lock file");
+  auto cache =
+      std::make_unique<DiskBlockCache>(dir, capacity, std::move(dir_fd), std::move(lock_fd));
+  EXTRAFS_CHECK_STATUS(cache->init());
+  return std::unique_ptr<BlockCache>(std::move(cache));
+}
+
+}  // namespace extrafs::cache

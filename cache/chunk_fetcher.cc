@@ -1,0 +1,169 @@
+#include "cache/chunk_fetcher.h"
+
+#include <fmt/format.h>
+#include <lz4.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+namespace extrafs::cache {
+
+ChunkFetcher::ChunkFetcher(backend::Backend& backend, FetcherOptions options)
+    : backend_(backend), options_(options) {}
+
+ChunkData ChunkFetcher::memory_get(const Digest128& d) {
+  std::lock_guard lock(mu_);
+  auto it = map_.find(d);
+  if (it == map_.end()) return nullptr;
+  lru_.splice(lru_.begin(), lru_, it->second);
+  return it->second->second;
+}
+
+void ChunkFetcher::memory_put(const Digest128& d, ChunkData data) {
+  std::lock_guard lock(mu_);
+  if (map_.count(d)) return;
+  mem_bytes_ += data->size();
+  lru_.emplace_front(d, std::move(data));
+  map_[d] = lru_.begin();
+  while (mem_bytes_ > options_.memory_bytes && lru_.size() > 1) {
+    auto& victim = lru_.back();
+    mem_bytes_ -= victim.second->size();
+    map_.erase(victim.first);
+    lru_.pop_back();
+  }
+}
+
+bool ChunkFetcher::is_cached(const Digest128& d) {
+  {
+    std::lock_guard lock(mu_);
+    if (map_.count(d)) return true;
+  }
+  return options_.disk && options_.disk->contains(d);
+}
+
+Result<ChunkData> ChunkFetcher::get(const ChunkRef& c) {
+  if (auto hit = memory_get(c.digest)) {
+    cache_hits_++;
+    return hit;
+  }
+  std::shared_ptr<InFlight> flight;
+  bool leader = false;
+  {
+    std::lock_guard lock(mu_);
+    auto [it, inserted] = inflight_.try_emplace(c.digest);
+    if (inserted) it->second = std::make_shared<InFlight>();
+    flight = it->second;
+    leader = inserted;
+  }
+  if (!leader) {
+    merged_waits_++;
+    std::unique_lock lock(flight->mu);
+    flight->cv.wait(lock, [&] { return flight->done; });
+    if (flight->result.ok()) cache_hits_++;
+    return flight->result;
+  }
+  Result<ChunkData> result = fetch(c);
+  if (result.ok()) memory_put(c.digest, result.value());
+  {
+    std::lock_guard lock(mu_);
+    inflight_.erase(c.digest);
+  }
+  {
+    std::lock_guard lock(flight->mu);
+    flight->result = result;
+    flight->done = true;
+  }
+  flight->cv.notify_all();
+  return result;
+}
+
+Result<ChunkData> ChunkFetcher::fetch(const ChunkRef& c) {
+  if (options_.disk) {
+    auto got = options_.disk->get(c.digest);
+    if (got.ok() && got->size() == c.raw_len) {
+      cache_hits_++;
+      return std::make_shared<const std::vector<std::byte>>(std::move(got).value());
+    }
+  }
+  cache_misses_++;
+  // One retry: a chunk that fails verification may have been caught mid-replacement or
+  // corrupted in transit; a second failure is reported as EIO.
+  Error last = make_error(EIO, "unreachable");
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    std::vector<std::byte> stored(c.stored_len);
+    auto n = backend_.read(c.object, c.offset, stored);
+    if (!n.ok()) {
+      backend_errors_++;
+      spdlog::warn("read of {} at {} failed: {}", c.object, c.offset, n.error().message);
+      return n.error();
+    }
+    bytes_fetched_ += *n;
+    chunks_fetched_++;
+    if (*n != c.stored_len) {
+      corrupt_fetches_++;
+      last = make_error(EIO, fmt::format("{} is shorter than the index says (offset {})", c.object, c.offset));
+      continue;
+    }
+    std::vector<std::byte> raw;
+    if (c.lz4) {
+      raw.resize(c.raw_len);
+      int got = LZ4_decompress_safe(reinterpret_cast<const char*>(stored.data()), reinterpret_cast<char*>(raw.data()),
+                                    static_cast<int>(c.stored_len), static_cast<int>(c.raw_len));
+      if (got != static_cast<int>(c.raw_len)) {
+        corrupt_fetches_++;
+        last = make_error(EIO, fmt::format("chunk of {} at {} does not decompress", c.object, c.offset));
+        continue;
+      }
+    } else {
+      raw = std::move(stored);
+    }
+    if (xxh3_128(raw.data(), raw.size()) != c.digest) {
+      corrupt_fetches_++;
+      last = make_error(EIO, fmt::format("chunk of {} at {} fails verification", c.object, c.offset));
+      continue;
+    }
+    if (options_.disk) (void)options_.disk->put(c.digest, raw);
+    return std::make_shared<const std::vector<std::byte>>(std::move(raw));
+  }
+  spdlog::error("{}", last.message);
+  return last;
+}
+
+Result<std::string> ChunkFetcher::read_meta(std::string_view path, const std::string& cache_name) {
+  auto got = backend_.read_all(path, 1ull << 32);
+  if (got.ok()) {
+    if (options_.disk) {
+      (void)options_.disk->put_meta(cache_name, std::as_bytes(std::span(got->data(), got->size())));
+    }
+    return got;
+  }
+  if (got.code() != ENOENT) backend_errors_++;
+  if (options_.disk) {
+    auto cached = options_.disk->get_meta(cache_name);
+    if (cached.ok()) {
+      spdlog::warn("{} unreadable ({}); using the cached copy", path, got.error().message);
+      return std::string(reinterpret_cast<const char*>(cached->data()), cached->size());
+    }
+  }
+  return got;
+}
+
+uint64_t ChunkFetcher::cached_bytes() {
+  if (options_.disk) return options_.disk->stats().bytes;
+  std::lock_guard lock(mu_);
+  return mem_bytes_;
+}
+
+FetcherStats ChunkFetcher::stats() const {
+  FetcherStats s;
+  s.bytes_fetched = bytes_fetched_;
+  s.chunks_fetched = chunks_fetched_;
+  s.cache_hits = cache_hits_;
+  s.cache_misses = cache_misses_;
+  s.merged_waits = merged_waits_;
+  s.backend_errors = backend_errors_;
+  s.corrupt_fetches = corrupt_fetches_;
+  return s;
+}
+
+}  // namespace extrafs::cache

@@ -1,0 +1,108 @@
+// ChunkFetcher: turns a chunk reference into verified raw bytes. It
+//   - serves from a small in-memory LRU, then from the on-disk BlockCache (if one is given),
+//   - otherwise reads the stored bytes from the Backend, decompresses (lz4) and verifies the
+//     xxh3-128 digest, stores the chunk in both caches, and returns it,
+//   - merges concurrent misses on one chunk so N readers cause one backend read,
+//   - counts every outcome (see FetcherStats) for `extrafs stats`.
+// It also reads metadata objects (catalog, indexes), keeping a copy in the BlockCache so that a
+// host can serve what it has cached while the backend is down.
+//
+// Thread-safety: every method may be called from any thread. The Backend and BlockCache must
+// outlive the fetcher.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "backend/backend.h"
+#include "cache/block_cache.h"
+#include "common/hash.h"
+#include "common/result.h"
+
+namespace extrafs::cache {
+
+// Where a chunk's bytes are and what they must hash to (mirrors fs::ChunkRecord, without
+// depending on fs/).
+struct ChunkRef {
+  std::string_view object;  // path relative to the store root
+  uint64_t offset = 0;
+  uint32_t stored_len = 0;
+  uint32_t raw_len = 0;
+  bool lz4 = false;
+  Digest128 digest;
+};
+
+using ChunkData = std::shared_ptr<const std::vector<std::byte>>;
+
+struct FetcherOptions {
+  uint64_t memory_bytes = 64ull << 20;  // bound of the in-memory LRU
+  BlockCache* disk = nullptr;           // optional persistent cache
+};
+
+struct FetcherStats {
+  uint64_t bytes_fetched = 0;    // bytes read from the backend (stored form)
+  uint64_t chunks_fetched = 0;   // chunks read from the backend
+  uint64_t cache_hits = 0;       // chunks served from memory or disk
+  uint64_t cache_misses = 0;     // chunks that had to be fetched
+  uint64_t merged_waits = 0;     // readers that waited on another reader's fetch
+  uint64_t backend_errors = 0;   // backend reads that failed
+  uint64_t corrupt_fetches = 0;  // fetched chunks that failed verification or decompression
+};
+
+class ChunkFetcher {
+ public:
+  ChunkFetcher(backend::Backend& backend, FetcherOptions options);
+  ChunkFetcher(const ChunkFetcher&) = delete;
+  ChunkFetcher& operator=(const ChunkFetcher&) = delete;
+
+  // The raw bytes of chunk `c`. Errors: EIO (backend failure or bytes that never verify),
+  // ETIMEDOUT, ENOENT (object missing from the store).
+  Result<ChunkData> get(const ChunkRef& c);
+
+  // Whether the chunk is held locally (memory or disk).
+  bool is_cached(const Digest128& d);
+
+  // Reads a whole metadata object from the backend; on success keeps a copy in the disk cache
+  // under `cache_name`; if the backend fails and a cached copy exists, returns that instead.
+  Result<std::string> read_meta(std::string_view path, const std::string& cache_name);
+
+  FetcherStats stats() const;
+  // Bytes of chunk data held locally: the disk cache if there is one, else the memory LRU.
+  uint64_t cached_bytes();
+  backend::Backend& backend() { return backend_; }
+
+ private:
+  struct InFlight {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    Result<ChunkData> result = make_error(EIO, "pending");
+  };
+
+  Result<ChunkData> fetch(const ChunkRef& c);
+  ChunkData memory_get(const Digest128& d);
+  void memory_put(const Digest128& d, ChunkData data);
+
+  backend::Backend& backend_;
+  FetcherOptions options_;
+
+  std::mutex mu_;  // guards lru_, map_, mem_bytes_, inflight_
+  std::list<std::pair<Digest128, ChunkData>> lru_;  // front = most recent
+  std::unordered_map<Digest128, decltype(lru_)::iterator, Digest128Hash> map_;
+  uint64_t mem_bytes_ = 0;
+  std::unordered_map<Digest128, std::shared_ptr<InFlight>, Digest128Hash> inflight_;
+
+  std::atomic<uint64_t> bytes_fetched_{0}, chunks_fetched_{0}, cache_hits_{0}, cache_misses_{0},
+      merged_waits_{0}, backend_errors_{0}, corrupt_fetches_{0};
+};
+
+}  // namespace extrafs::cache

@@ -1,0 +1,17 @@
+// Logging set-up: one spdlog logger per module, all writing to one sink chosen at start-up
+// (stderr in the foreground, syslog when the daemon runs in the background).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <spdlog/spdlog.h>
+
+namespace extrafs {
+
+// Parses "trace|debug|info|warn|error"; false if unknown.
+bool parse_log_level(const std::string& name, spdlog::level::level_enum* out);
+// Installs the default logger. `to_syslog` sends everything to syslog with ident "extrafs".
+void init_logging(spdlog::level::level_enum level, bool to_syslog);
+
+}  // namespace extrafs

@@ -1,0 +1,23 @@
+// Small parsing helpers shared by the tools and the daemon.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace extrafs {
+
+// "512M", "20G", "4096", "1.5G" -> bytes (binary units: K, M, G, T, optional trailing B/iB).
+std::optional<uint64_t> parse_size(std::string_view s);
+// Decimal unsigned integer, whole string.
+std::optional<uint64_t> parse_uint(std::string_view s);
+// "1.5 GiB" style rendering.
+std::string format_size(uint64_t bytes);
+// Splits "a,b\,c" on unescaped commas (FUSE -o syntax), unescaping "\,".
+std::vector<std::string> split_options(std::string_view s);
+// Whether `s` is 64 lowercase hex digits (a docker cache-id or digest hex).
+bool is_hex64(std::string_view s);
+
+}  // namespace extrafs

@@ -1,0 +1,103 @@
+#include "fs/catalog.h"
+
+#include <nlohmann/json.hpp>
+
+#include "common/str_util.h"
+
+namespace extrafs::fs {
+
+using nlohmann::json;
+
+namespace {
+Error bad(const std::string& what) { return make_error(EBADMSG, "corrupt catalog: " + what); }
+
+bool valid_cache_id(std::string_view id) {
+  if (id.empty() || id.size() > 128 || id == "l" || id == "." || id == "..") return false;
+  for (char c : id) {
+    bool ok = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' || c == '_';
+    if (!ok) return false;
+  }
+  return true;
+}
+bool valid_link(std::string_view l) { return l.empty() || valid_cache_id(l); }
+
+json body_of(const Catalog& c) {
+  json layers = json::array();
+  for (const auto& l : c.layers) {
+    json j = {{"cache_id", l.cache_id}, {"index", l.index_digest.hex()}, {"link", l.link}, {"bytes", l.bytes}};
+    if (l.lower) j["lower"] = *l.lower;
+    layers.push_back(std::move(j));
+  }
+  json body = {{"format", "extrafs-catalog"}, {"version", kCatalogVersion}, {"layers", std::move(layers)}};
+  if (c.image_index) body["image_index"] = c.image_index->hex();
+  return body;
+}
+}  // namespace
+
+std::string layer_index_path(std::string_view cache_id) {
+  return "extrafs/layers/" + std::string(cache_id) + ".index";
+}
+std::string image_index_path(const Digest128& d) { return "extrafs/image-" + d.hex() + ".index"; }
+
+std::string Catalog::serialize() const {
+  json body = body_of(*this);
+  std::string canon = body.dump();
+  body["checksum"] = xxh3_128(canon.data(), canon.size()).hex();
+  return body.dump(1) + "\n";
+}
+
+const CatalogLayer* Catalog::find(std::string_view cache_id) const {
+  for (const auto& l : layers)
+    if (l.cache_id == cache_id) return &l;
+  return nullptr;
+}
+
+Result<Catalog> Catalog::parse(std::string_view text) {
+  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return bad("not JSON");
+  if (j.value("format", "") != "extrafs-catalog") return bad("not an extrafs catalog");
+  if (!j.contains("version") || !j["version"].is_number_integer()) return bad("no version");
+  if (j["version"].get<int64_t>() != kCatalogVersion)
+    return make_error(ENOTSUP, "catalog version " + j["version"].dump() + " is not supported");
+  if (!j.contains("checksum") || !j["checksum"].is_string()) return bad("no checksum");
+  std::string sum = j["checksum"].get<std::string>();
+  j.erase("checksum");
+  std::string canon = j.dump();
+  if (xxh3_128(canon.data(), canon.size()).hex() != sum) return bad("checksum mismatch");
+
+  Catalog c;
+  if (!j.contains("layers") || !j["layers"].is_array()) return bad("no layer list");
+  for (const auto& l : j["layers"]) {
+    if (!l.is_object()) return bad("layer is not an object");
+    CatalogLayer layer;
+    auto str = [&](const char* key, std::string* out) {
+      if (!l.contains(key) || !l[key].is_string()) return false;
+      *out = l[key].get<std::string>();
+      return true;
+    };
+    std::string digest;
+    if (!str("cache_id", &layer.cache_id) || !valid_cache_id(layer.cache_id)) return bad("bad cache_id");
+    if (!str("index", &digest) || !Digest128::from_hex(digest, &layer.index_digest))
+      return bad("bad index digest for " + layer.cache_id);
+    if (!str("link", &layer.link) || !valid_link(layer.link)) return bad("bad link for " + layer.cache_id);
+    if (l.contains("lower")) {
+      std::string lower;
+      if (!str("lower", &lower) || lower.size() > 65536 || lower.find('\0') != std::string::npos)
+        return bad("bad lower for " + layer.cache_id);
+      layer.lower = lower;
+    }
+    if (!l.contains("bytes") || !l["bytes"].is_number_unsigned()) return bad("bad size for " + layer.cache_id);
+    layer.bytes = l["bytes"].get<uint64_t>();
+    if (c.find(layer.cache_id)) return bad("layer " + layer.cache_id + " listed twice");
+    c.layers.push_back(std::move(layer));
+  }
+  if (j.contains("image_index")) {
+    Digest128 d;
+    if (!j["image_index"].is_string() || !Digest128::from_hex(j["image_index"].get<std::string>(), &d))
+      return bad("bad image index digest");
+    c.image_index = d;
+  }
+  return c;
+}
+
+}  // namespace extrafs::fs

@@ -1,0 +1,43 @@
+// The store catalog (STORE/extrafs/catalog): which layers the store holds, the digest of each
+// layer's index, the docker `link`/`lower` of each layer, and the index of the store's image/ tree.
+// JSON, versioned, with an xxh3-128 checksum over its canonical form. Layers are only ever
+// appended: a layer once listed keeps its position, so a mounted daemon can add new ones in place.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/hash.h"
+#include "common/result.h"
+
+namespace extrafs::fs {
+
+inline constexpr int kCatalogVersion = 1;
+inline constexpr const char* kCatalogPath = "extrafs/catalog";
+
+struct CatalogLayer {
+  std::string cache_id;               // overlay2 directory name
+  Digest128 index_digest;             // xxh3-128 of the index file
+  std::string link;                   // content of overlay2/<id>/link ("" if none)
+  std::optional<std::string> lower;   // content of overlay2/<id>/lower, absent for base layers
+  uint64_t bytes = 0;                 // content bytes of the layer's regular files
+  bool operator==(const CatalogLayer&) const = default;
+};
+
+struct Catalog {
+  std::vector<CatalogLayer> layers;
+  std::optional<Digest128> image_index;  // index of STORE/image, if the store has one
+
+  static Result<Catalog> parse(std::string_view text);
+  std::string serialize() const;
+  const CatalogLayer* find(std::string_view cache_id) const;
+};
+
+// Where the index files live, relative to the store root.
+std::string layer_index_path(std::string_view cache_id);
+std::string image_index_path(const Digest128& digest);
+
+}  // namespace extrafs::fs

@@ -1,0 +1,571 @@
+#include "fs/fs_core.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace extrafs::fs {
+
+namespace {
+
+constexpr uint64_t kOverlayIno = 2;  // /overlay2
+constexpr uint64_t kLinksIno = 3;    // /overlay2/l
+// Local ids inside a layer slot.
+constexpr uint32_t kLayerDir = 0;     // /overlay2/<id>
+constexpr uint32_t kLinkFile = 1;     // /overlay2/<id>/link
+constexpr uint32_t kLowerFile = 2;    // /overlay2/<id>/lower
+constexpr uint32_t kLinkSymlink = 3;  // /overlay2/l/<link>
+constexpr uint32_t kEntryBase = 16;   // index entry e has local id kEntryBase + e
+
+uint64_t make_ino(uint32_t slot, uint32_t local) { return (static_cast<uint64_t>(slot) << 32) | local; }
+uint32_t slot_of(uint64_t ino) { return static_cast<uint32_t>(ino >> 32); }
+uint32_t local_of(uint64_t ino) { return static_cast<uint32_t>(ino & 0xffffffffu); }
+
+struct timespec ns_to_ts(int64_t ns) {
+  struct timespec ts;
+  ts.tv_sec = ns / 1000000000;
+  ts.tv_nsec = ns % 1000000000;
+  if (ts.tv_nsec < 0) {
+    ts.tv_nsec += 1000000000;
+    ts.tv_sec -= 1;
+  }
+  return ts;
+}
+
+Error noent() { return make_error(ENOENT, "no such entry"); }
+
+std::string link_target(const std::string& cache_id) { return "../" + cache_id + "/diff"; }
+
+}  // namespace
+
+FsCore::FsCore(cache::ChunkFetcher& fetcher, FsCoreOptions options) : fetcher_(fetcher), options_(std::move(options)) {
+  clock_gettime(CLOCK_REALTIME, &start_time_);
+  slots_.push_back(nullptr);
+}
+
+FsCore::~FsCore() {
+  if (record_fd_ >= 0) ::close(record_fd_);
+}
+
+Result<std::unique_ptr<FsCore>> FsCore::open(cache::ChunkFetcher& fetcher, FsCoreOptions options) {
+  std::unique_ptr<FsCore> core(new FsCore(fetcher, std::move(options)));
+  if (!core->options_.record_dir.empty()) {
+    std::string path = fmt::format("{}/trace-{}-{}.txt", core->options_.record_dir, core->start_time_.tv_sec, ::getpid());
+    core->record_fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (core->record_fd_ < 0) return Error::from_errno(errno, "record trace " + path);
+  }
+  auto& backend = fetcher.backend();
+  if (auto info = backend.stat(kCatalogPath); info.ok()) core->catalog_info_ = *info;
+  auto text = fetcher.read_meta(kCatalogPath, "catalog");
+  if (!text.ok()) {
+    if (text.code() == ENOENT)
+      return make_error(ENOENT, "store " + backend.describe() + " has no extrafs catalog (run 'extrafs index' or 'extrafs publish' first)");
+    return make_error(text.code(), "store " + backend.describe() + ": " + text.error().message);
+  }
+  auto catalog = Catalog::parse(*text);
+  if (!catalog.ok()) return make_error(catalog.code(), backend.describe() + "/" + kCatalogPath + ": " + catalog.error().message);
+  EXTRAFS_CHECK_STATUS(core->load(*catalog, /*initial=*/true));
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  core->last_refresh_ns_ = now.tv_sec * 1000000000ll + now.tv_nsec;
+  return core;
+}
+
+Result<std::shared_ptr<const LayerIndex>> FsCore::load_index(const std::string& path, const std::string& cache_name,
+                                                             const Digest128& want, const std::string& what) {
+  auto bytes = fetcher_.read_meta(path, cache_name);
+  if (!bytes.ok()) return make_error(bytes.code(), "index of " + what + " (" + path + "): " + bytes.error().message);
+  auto idx = LayerIndex::parse(std::move(bytes).value());
+  if (!idx.ok()) return make_error(idx.code(), path + ": " + idx.error().message);
+  if ((*idx)->digest() != want)
+    return make_error(EBADMSG, path + ": index does not match the digest in the catalog");
+  return idx;
+}
+
+// Loads every layer of `catalog` not yet known, and its image/ index if new, then installs them.
+Status FsCore::load(const Catalog& catalog, bool initial) {
+  std::vector<std::shared_ptr<Slot>> new_layers;
+  std::shared_ptr<Slot> new_image;
+  {
+    std::shared_lock lock(mu_);
+    for (const auto& l : catalog.layers) {
+      if (by_cache_id_.count(l.cache_id)) continue;
+      auto s = std::make_shared<Slot>();
+      s->layer = l;
+      new_layers.push_back(std::move(s));
+    }
+    if (catalog.image_index && (image_slot_ == 0 || !(slots_[image_slot_]->index->digest() == *catalog.image_index))) {
+      new_image = std::make_shared<Slot>();
+      new_image->is_image = true;
+    }
+  }
+  for (auto& s : new_layers) {
+    auto idx = load_index(layer_index_path(s->layer.cache_id), "index-" + s->layer.cache_id, s->layer.index_digest,
+                          "layer " + s->layer.cache_id);
+    if (!idx.ok()) {
+      if (initial) return idx.error();
+      spdlog::warn("not adding layer {}: {}", s->layer.cache_id, idx.error().message);
+      s.reset();
+      continue;
+    }
+    s->index = *idx;
+  }
+  if (new_image) {
+    auto idx = load_index(image_index_path(*catalog.image_index), "image-" + catalog.image_index->hex(),
+                          *catalog.image_index, "the image/ tree");
+    if (!idx.ok()) {
+      if (initial) return idx.error();
+      spdlog::warn("keeping the previous image/ tree: {}", idx.error().message);
+      new_image.reset();
+    } else {
+      new_image->index = *idx;
+    }
+  }
+  std::unique_lock lock(mu_);
+  for (auto& s : new_layers) {
+    if (!s || by_cache_id_.count(s->layer.cache_id)) continue;
+    uint32_t n = static_cast<uint32_t>(slots_.size());
+    by_cache_id_[s->layer.cache_id] = n;
+    if (!s->layer.link.empty()) by_link_.emplace(s->layer.link, n);
+    layer_slots_.push_back(n);
+    slots_.push_back(std::move(s));
+  }
+  if (new_image) {
+    uint32_t old = image_slot_;
+    image_slot_ = static_cast<uint32_t>(slots_.size());
+    slots_.push_back(std::move(new_image));
+    // The superseded tree stays while the kernel still refers to any of its nodes.
+    if (old && inodes_.slot_nodes(old) == 0) slots_[old] = nullptr;
+  }
+  catalog_ = catalog;
+  return ok_status();
+}
+
+Status FsCore::refresh() {
+  std::lock_guard guard(refresh_mu_);
+  auto info = fetcher_.backend().stat(kCatalogPath);
+  if (!info.ok()) return info.error();
+  if (info->size == catalog_info_.size && info->mtime_ns == catalog_info_.mtime_ns) return ok_status();
+  EXTRAFS_TRY(text, fetcher_.read_meta(kCatalogPath, "catalog"));
+  EXTRAFS_TRY(catalog, Catalog::parse(text));
+  EXTRAFS_CHECK_STATUS(load(catalog, /*initial=*/false));
+  catalog_info_ = *info;
+  spdlog::info("catalog reloaded: {} layers", layer_count());
+  return ok_status();
+}
+
+void FsCore::maybe_refresh() {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  int64_t t = now.tv_sec * 1000000000ll + now.tv_nsec;
+  int64_t last = last_refresh_ns_.load();
+  if (t - last < static_cast<int64_t>(options_.refresh_interval_s * 1e9)) return;
+  if (!last_refresh_ns_.compare_exchange_strong(last, t)) return;  // another thread does it
+  if (auto st = refresh(); !st.ok()) spdlog::debug("catalog refresh: {}", st.error().message);
+}
+
+size_t FsCore::layer_count() {
+  std::shared_lock lock(mu_);
+  return layer_slots_.size();
+}
+
+std::shared_ptr<const FsCore::Slot> FsCore::slot(uint32_t n) const {
+  std::shared_lock lock(mu_);
+  if (n == 0 || n >= slots_.size()) return nullptr;
+  return slots_[n];
+}
+
+void FsCore::forget(uint64_t ino, uint64_t n) {
+  if (inodes_.forget(ino, n) != 0) return;
+  uint32_t s = slot_of(ino);
+  if (s == 0 || inodes_.slot_nodes(s) != 0) return;
+  std::unique_lock lock(mu_);
+  if (s < slots_.size() && slots_[s] && slots_[s]->is_image && s != image_slot_) slots_[s] = nullptr;
+}
+
+NodeAttr FsCore::synthetic_attr(uint64_t ino, uint32_t mode, uint64_t size, uint32_t nlink) const {
+  NodeAttr a;
+  a.st.st_ino = ino;
+  a.st.st_mode = mode;
+  a.st.st_nlink = nlink;
+  a.st.st_size = static_cast<off_t>(size);
+  a.st.st_blocks = static_cast<blkcnt_t>((size + 511) / 512);
+  a.st.st_blksize = 4096;
+  a.st.st_atim = a.st.st_mtim = a.st.st_ctim = start_time_;
+  return a;
+}
+
+NodeAttr FsCore::entry_attr(uint32_t slot_no, const LayerIndex& idx, uint32_t entry) const {
+  const EntryRecord& e = idx.attr_entry(entry);
+  NodeAttr a;
+  a.st.st_ino = make_ino(slot_no, kEntryBase + idx.entry(entry).primary);
+  a.st.st_mode = e.mode;
+  a.st.st_nlink = e.nlink;
+  a.st.st_uid = e.uid;
+  a.st.st_gid = e.gid;
+  a.st.st_rdev = e.rdev;
+  a.st.st_size = static_cast<off_t>(e.size);
+  a.st.st_blocks = static_cast<blkcnt_t>(e.blocks);
+  a.st.st_blksize = 4096;
+  a.st.st_atim = ns_to_ts(e.atime_ns);
+  a.st.st_mtim = ns_to_ts(e.mtime_ns);
+  a.st.st_ctim = ns_to_ts(e.ctime_ns);
+  return a;
+}
+
+Result<NodeAttr> FsCore::layer_node_attr(uint64_t ino, const Slot& s) const {
+  switch (local_of(ino)) {
+    case kLayerDir:
+      return synthetic_attr(ino, S_IFDIR | 0710, 4096, 3);
+    case kLinkFile:
+      if (s.layer.link.empty()) return noent();
+      return synthetic_attr(ino, S_IFREG | 0644, s.layer.link.size(), 1);
+    case kLowerFile:
+      if (!s.layer.lower) return noent();
+      return synthetic_attr(ino, S_IFREG | 0644, s.layer.lower->size(), 1);
+    case kLinkSymlink:
+      if (s.layer.link.empty()) return noent();
+      return synthetic_attr(ino, S_IFLNK | 0777, link_target(s.layer.cache_id).size(), 1);
+    default:
+      return noent();
+  }
+}
+
+Result<NodeAttr> FsCore::getattr(uint64_t ino) {
+  uint32_t sn = slot_of(ino), local = local_of(ino);
+  if (sn == 0) {
+    std::shared_lock lock(mu_);
+    NodeAttr a;
+    if (ino == kRootIno) {
+      a = synthetic_attr(ino, S_IFDIR | 0755, 4096, image_slot_ ? 4 : 3);
+    } else if (ino == kOverlayIno) {
+      a = synthetic_attr(ino, S_IFDIR | 0710, 4096, static_cast<uint32_t>(3 + layer_slots_.size()));
+    } else if (ino == kLinksIno) {
+      a = synthetic_attr(ino, S_IFDIR | 0700, 4096, 2);
+    } else {
+      return noent();
+    }
+    a.attr_timeout = kShortTimeout;
+    return a;
+  }
+  auto s = slot(sn);
+  if (!s) return make_error(ESTALE, "stale node");
+  if (local >= kEntryBase) {
+    uint64_t e = local - kEntryBase;
+    if (e >= s->index->entry_count()) return noent();
+    return entry_attr(sn, *s->index, static_cast<uint32_t>(e));
+  }
+  if (s->is_image) return noent();
+  return layer_node_attr(ino, *s);
+}
+
+double FsCore::negative_timeout(uint64_t parent) const {
+  return slot_of(parent) == 0 ? kShortTimeout : kLongTimeout;
+}
+
+Result<NodeAttr> FsCore::lookup(uint64_t parent, std::string_view name) {
+  uint32_t sn = slot_of(parent), local = local_of(parent);
+  if (sn == 0) {
+    maybe_refresh();
+    if (parent == kRootIno) {
+      if (name == "overlay2") return getattr(kOverlayIno);
+      if (name == "image") {
+        uint32_t img;
+        {
+          std::shared_lock lock(mu_);
+          img = image_slot_;
+        }
+        if (!img) return noent();
+        auto a = getattr(make_ino(img, kEntryBase));
+        if (a.ok()) a->entry_timeout = kShortTimeout;  // a newer image/ tree may replace it
+        return a;
+      }
+      return noent();
+    }
+    if (parent == kOverlayIno) {
+      if (name == "l") return getattr(kLinksIno);
+      uint32_t n;
+      {
+        std::shared_lock lock(mu_);
+        auto it = by_cache_id_.find(std::string(name));
+        if (it == by_cache_id_.end()) return noent();
+        n = it->second;
+      }
+      return getattr(make_ino(n, kLayerDir));
+    }
+    if (parent == kLinksIno) {
+      uint32_t n;
+      {
+        std::shared_lock lock(mu_);
+        auto it = by_link_.find(std::string(name));
+        if (it == by_link_.end()) return noent();
+        n = it->second;
+      }
+      return getattr(make_ino(n, kLinkSymlink));
+    }
+    return make_error(ENOTDIR, "not a directory");
+  }
+  auto s = slot(sn);
+  if (!s) return make_error(ESTALE, "stale node");
+  if (local < kEntryBase) {
+    if (s->is_image || local != kLayerDir) return make_error(ENOTDIR, "not a directory");
+    if (name == "diff") return getattr(make_ino(sn, kEntryBase));
+    if (name == "link") return getattr(make_ino(sn, kLinkFile));
+    if (name == "lower") return getattr(make_ino(sn, kLowerFile));
+    return noent();
+  }
+  uint64_t dir = local - kEntryBase;
+  if (dir >= s->index->entry_count()) return noent();
+  if (!s->index->is_dir(static_cast<uint32_t>(dir))) return make_error(ENOTDIR, "not a directory");
+  auto child = s->index->lookup(static_cast<uint32_t>(dir), name);
+  if (!child) return noent();
+  return entry_attr(sn, *s->index, *child);
+}
+
+Result<std::string> FsCore::readlink(uint64_t ino) {
+  uint32_t sn = slot_of(ino), local = local_of(ino);
+  auto s = slot(sn);
+  if (!s) return make_error(sn == 0 ? EINVAL : ESTALE, "not a symlink");
+  if (local == kLinkSymlink && !s->is_image) {
+    if (s->layer.link.empty()) return noent();
+    return link_target(s->layer.cache_id);
+  }
+  if (local < kEntryBase || local - kEntryBase >= s->index->entry_count()) return make_error(EINVAL, "not a symlink");
+  uint32_t e = local - kEntryBase;
+  if (!S_ISLNK(s->index->attr_entry(e).mode)) return make_error(EINVAL, "not a symlink");
+  return std::string(s->index->target(e));
+}
+
+Status FsCore::readdir(uint64_t ino, uint64_t offset, const std::function<bool(const DirItem&, const NodeAttr&)>& emit) {
+  uint32_t sn = slot_of(ino), local = local_of(ino);
+  // Fixed and per-layer directories: build the list, then emit from `offset`.
+  std::vector<std::pair<std::string, uint64_t>> items;
+  if (sn == 0) {
+    maybe_refresh();
+    std::shared_lock lock(mu_);
+    if (ino == kRootIno) {
+      if (image_slot_) items.emplace_back("image", make_ino(image_slot_, kEntryBase));
+      items.emplace_back("overlay2", kOverlayIno);
+    } else if (ino == kOverlayIno) {
+      items.emplace_back("l", kLinksIno);
+      for (uint32_t n : layer_slots_) items.emplace_back(slots_[n]->layer.cache_id, make_ino(n, kLayerDir));
+    } else if (ino == kLinksIno) {
+      for (uint32_t n : layer_slots_)
+        if (!slots_[n]->layer.link.empty()) items.emplace_back(slots_[n]->layer.link, make_ino(n, kLinkSymlink));
+    } else {
+      return make_error(ENOTDIR, "not a directory");
+    }
+  }
+  auto s = sn ? slot(sn) : nullptr;
+  if (sn && !s) return make_error(ESTALE, "stale node");
+  if (sn && local < kEntryBase) {
+    if (s->is_image || local != kLayerDir) return make_error(ENOTDIR, "not a directory");
+    items.emplace_back("diff", make_ino(sn, kEntryBase));
+    if (!s->layer.link.empty()) items.emplace_back("link", make_ino(sn, kLinkFile));
+    if (s->layer.lower) items.emplace_back("lower", make_ino(sn, kLowerFile));
+  }
+  if (sn == 0 || local < kEntryBase) {
+    for (uint64_t i = offset; i < items.size(); ++i) {
+      auto a = getattr(items[i].second);
+      if (!a.ok()) continue;
+      DirItem item{items[i].first, items[i].second, a->st.st_mode & S_IFMT, i + 1};
+      if (!emit(item, *a)) break;
+    }
+    return ok_status();
+  }
+  uint64_t e = local - kEntryBase;
+  const LayerIndex& idx = *s->index;
+  if (e >= idx.entry_count()) return noent();
+  if (!idx.is_dir(static_cast<uint32_t>(e))) return make_error(ENOTDIR, "not a directory");
+  const EntryRecord& d = idx.entry(static_cast<uint32_t>(e));
+  for (uint64_t i = offset; i < d.child_count; ++i) {
+    uint32_t c = static_cast<uint32_t>(d.child_first + i);
+    NodeAttr a = entry_attr(sn, idx, c);
+    DirItem item{idx.name(c), a.st.st_ino, a.st.st_mode & S_IFMT, i + 1};
+    if (!emit(item, a)) break;
+  }
+  return ok_status();
+}
+
+Result<std::string> FsCore::getxattr(uint64_t ino, std::string_view name) {
+  if (ino == kRootIno && name == kStatsXattr) return stats_json();
+  uint32_t sn = slot_of(ino), local = local_of(ino);
+  if (sn == 0 || local < kEntryBase) {
+    EXTRAFS_CHECK_STATUS(getattr(ino));
+    return make_error(ENODATA, "no such attribute");
+  }
+  auto s = slot(sn);
+  if (!s) return make_error(ESTALE, "stale node");
+  uint64_t e = local - kEntryBase;
+  if (e >= s->index->entry_count()) return noent();
+  for (const auto& x : s->index->xattrs(static_cast<uint32_t>(e)))
+    if (s->index->xattr_name(x) == name) return std::string(s->index->xattr_value(x));
+  return make_error(ENODATA, "no such attribute");
+}
+
+Result<std::vector<std::string>> FsCore::listxattr(uint64_t ino) {
+  uint32_t sn = slot_of(ino), local = local_of(ino);
+  std::vector<std::string> out;
+  if (sn == 0 || local < kEntryBase) {
+    EXTRAFS_CHECK_STATUS(getattr(ino));
+    return out;
+  }
+  auto s = slot(sn);
+  if (!s) return make_error(ESTALE, "stale node");
+  uint64_t e = local - kEntryBase;
+  if (e >= s->index->entry_count()) return noent();
+  for (const auto& x : s->index->xattrs(static_cast<uint32_t>(e))) out.emplace_back(s->index->xattr_name(x));
+  return out;
+}
+
+Status FsCore::open(uint64_t ino, int flags) {
+  if ((flags & O_ACCMODE) != O_RDONLY || (flags & (O_TRUNC | O_CREAT | O_APPEND)))
+    return make_error(EROFS, "read-only file system");
+  EXTRAFS_TRY(a, getattr(ino));
+  if (S_ISDIR(a.st.st_mode)) return make_error(EISDIR, "is a directory");
+  if (!S_ISREG(a.st.st_mode)) return make_error(EACCES, "not a regular file");
+  uint32_t sn = slot_of(ino), local = local_of(ino);
+  if (!options_.record_dir.empty() && local >= kEntryBase) {
+    if (auto s = slot(sn)) record_access(sn, *s, local - kEntryBase);
+  }
+  return ok_status();
+}
+
+void FsCore::record_access(uint32_t slot_no, const Slot& s, uint32_t entry) {
+  if (s.is_image) return;
+  uint64_t key = make_ino(slot_no, entry);
+  std::lock_guard lock(record_mu_);
+  if (record_fd_ < 0 || !recorded_.insert(key).second) return;
+  // One line per first open: "<cache-id> <entry> <path>", the path with '\n' and '\\' escaped.
+  std::string path;
+  for (char c : s.index->path_of(entry)) {
+    if (c == '\n') path += "\\n";
+    else if (c == '\\') path += "\\\\";
+    else path += c;
+  }
+  std::string line = fmt::format("{} {} {}\n", s.layer.cache_id, entry, path);
+  if (::write(record_fd_, line.data(), line.size()) < 0) spdlog::warn("trace write failed: {}", std::strerror(errno));
+}
+
+Result<size_t> FsCore::read(uint64_t ino, uint64_t offset, std::span<std::byte> out) {
+  uint32_t sn = slot_of(ino), local = local_of(ino);
+  auto s = slot(sn);
+  if (!s) return make_error(sn == 0 ? EISDIR : ESTALE, "not a file");
+  if (local < kEntryBase) {
+    std::string_view content;
+    if (local == kLinkFile && !s->is_image) content = s->layer.link;
+    else if (local == kLowerFile && !s->is_image && s->layer.lower) content = *s->layer.lower;
+    else return make_error(EISDIR, "not a file");
+    if (offset >= content.size()) return size_t{0};
+    size_t n = std::min<size_t>(out.size(), content.size() - offset);
+    std::memcpy(out.data(), content.data() + offset, n);
+    bytes_served_ += n;
+    return n;
+  }
+  const LayerIndex& idx = *s->index;
+  uint64_t e = local - kEntryBase;
+  if (e >= idx.entry_count()) return noent();
+  const EntryRecord& rec = idx.attr_entry(static_cast<uint32_t>(e));
+  if (!S_ISREG(rec.mode)) return make_error(EISDIR, "not a regular file");
+  if (offset >= rec.size) return size_t{0};
+  size_t want = static_cast<size_t>(std::min<uint64_t>(out.size(), rec.size - offset));
+  auto chunks = idx.chunks(static_cast<uint32_t>(e));
+  const uint64_t cs = idx.chunk_size();
+  size_t done = 0;
+  while (done < want) {
+    uint64_t pos = offset + done;
+    uint64_t ci = pos / cs;
+    uint64_t in_chunk = pos - ci * cs;
+    const ChunkRecord& c = chunks[ci];
+    size_t n = static_cast<size_t>(std::min<uint64_t>(want - done, c.raw_len - in_chunk));
+    if (c.flags & kChunkZero) {
+      std::memset(out.data() + done, 0, n);
+    } else {
+      cache::ChunkRef ref;
+      ref.object = idx.object_path(c.object);
+      ref.offset = c.offset;
+      ref.stored_len = c.stored_len;
+      ref.raw_len = c.raw_len;
+      ref.lz4 = (c.flags & kChunkLz4) != 0;
+      std::memcpy(ref.digest.bytes.data(), c.digest, 16);
+      auto data = fetcher_.get(ref);
+      if (!data.ok()) {
+        if (done > 0) break;  // return what we have; the next read reports the error
+        return data.error();
+      }
+      std::memcpy(out.data() + done, (*data)->data() + in_chunk, n);
+    }
+    done += n;
+  }
+  bytes_served_ += done;
+  return done;
+}
+
+struct statvfs FsCore::statfs() {
+  struct statvfs sv {};
+  uint64_t bytes = 0, files = 0;
+  {
+    std::shared_lock lock(mu_);
+    for (uint32_t n : layer_slots_) {
+      bytes += slots_[n]->index->content_bytes();
+      files += slots_[n]->index->entry_count();
+    }
+  }
+  sv.f_bsize = 4096;
+  sv.f_frsize = 4096;
+  sv.f_blocks = (bytes + 4095) / 4096;
+  sv.f_files = files;
+  sv.f_namemax = kMaxNameLen;
+  sv.f_flag = ST_RDONLY;
+  return sv;
+}
+
+std::string FsCore::stats_json() {
+  auto f = fetcher_.stats();
+  nlohmann::json j;
+  j["bytes_fetched"] = f.bytes_fetched;
+  j["bytes_served"] = bytes_served_.load();
+  j["chunks_fetched"] = f.chunks_fetched;
+  j["cache_hits"] = f.cache_hits;
+  j["cache_misses"] = f.cache_misses;
+  j["merged_waits"] = f.merged_waits;
+  j["backend_errors"] = f.backend_errors;
+  j["corrupt_fetches"] = f.corrupt_fetches;
+  j["cache_bytes"] = fetcher_.cached_bytes();
+  j["inodes"] = inodes_.size();
+  j["source"] = fetcher_.backend().describe();
+  std::vector<std::shared_ptr<const Slot>> layers;
+  {
+    std::shared_lock lock(mu_);
+    for (uint32_t n : layer_slots_) layers.push_back(slots_[n]);
+  }
+  nlohmann::json arr = nlohmann::json::array();
+  for (const auto& s : layers) {
+    uint64_t cached = 0;
+    for (const auto& c : s->index->all_chunks()) {
+      if (c.flags & kChunkZero) {
+        cached += c.raw_len;
+        continue;
+      }
+      Digest128 d;
+      std::memcpy(d.bytes.data(), c.digest, 16);
+      if (fetcher_.is_cached(d)) cached += c.raw_len;
+    }
+    // Hard-linked files share chunks: bytes_total counts them once, and so must bytes_cached.
+    arr.push_back({{"cache_id", s->layer.cache_id},
+                   {"bytes_total", s->index->content_bytes()},
+                   {"bytes_cached", std::min(cached, s->index->content_bytes())}});
+  }
+  j["layers"] = std::move(arr);
+  return j.dump();
+}
+
+}  // namespace extrafs::fs

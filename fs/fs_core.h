@@ -1,0 +1,142 @@
+// FsCore: the whole read-only filesystem without FUSE. It presents the store as the
+// overlay2-shaped tree of DESIGN.md:
+//
+//   /image/...                          the store's image/ tree (docker metadata)
+//   /overlay2/<cache-id>/diff/...       each layer's files
+//   /overlay2/<cache-id>/link, lower    the layer's docker link id and lower chain
+//   /overlay2/l/<link> -> ../<cache-id>/diff
+//
+// Every metadata answer comes from the catalog and the layer indexes in memory; file content is
+// read chunk by chunk through the cache::ChunkFetcher. Node ids are derived from (slot, entry):
+// slot 0 holds the fixed directories, each layer and each version of the image/ tree gets its own
+// slot in the order it was first seen, so ids are stable for the life of the mount. A hard link
+// group shares one id. New layers in the catalog appear without a remount (checked at most once
+// a second when the top-level directories are looked at).
+//
+// Errors are returned as Result with a positive errno; nothing here throws or touches FUSE.
+// Thread-safety: every method may be called concurrently from the FUSE worker threads.
+#pragma once
+
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <shared_mutex>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "cache/chunk_fetcher.h"
+#include "common/result.h"
+#include "fs/catalog.h"
+#include "fs/inode_table.h"
+#include "fs/layer_index.h"
+
+namespace extrafs::fs {
+
+inline constexpr uint64_t kRootIno = 1;
+inline constexpr double kLongTimeout = 86400.0;  // immutable content
+inline constexpr double kShortTimeout = 1.0;     // names that can appear (new layers, new images)
+inline constexpr const char* kStatsXattr = "user.extrafs.stats";
+
+struct NodeAttr {
+  struct stat st {};
+  double attr_timeout = kLongTimeout;
+  double entry_timeout = kLongTimeout;
+};
+
+struct DirItem {
+  std::string_view name;
+  uint64_t ino = 0;
+  uint32_t mode = 0;        // S_IF* type bits, for d_type
+  uint64_t next_offset = 0; // offset to pass to continue after this item
+};
+
+struct FsCoreOptions {
+  std::string record_dir;   // write first-access traces here ("" = off)
+  double refresh_interval_s = 1.0;
+};
+
+class FsCore {
+ public:
+  // Loads the catalog and every index through `fetcher` (which must outlive the core). Fails with
+  // a one-line message if the store has no catalog or an index is missing or corrupt.
+  static Result<std::unique_ptr<FsCore>> open(cache::ChunkFetcher& fetcher, FsCoreOptions options);
+  ~FsCore();
+
+  Result<NodeAttr> lookup(uint64_t parent, std::string_view name);
+  // How long the kernel may cache "no such name" in `parent`.
+  double negative_timeout(uint64_t parent) const;
+  Result<NodeAttr> getattr(uint64_t ino);
+  Result<std::string> readlink(uint64_t ino);
+  // Emits the entries of directory `ino` starting at `offset` (0 = the start) until `emit`
+  // returns false. No "." or "..".
+  Status readdir(uint64_t ino, uint64_t offset, const std::function<bool(const DirItem&, const NodeAttr&)>& emit);
+  Result<std::string> getxattr(uint64_t ino, std::string_view name);
+  Result<std::vector<std::string>> listxattr(uint64_t ino);
+  // Checks that `ino` may be opened with `flags` (EROFS for any write access, EISDIR, ...).
+  Status open(uint64_t ino, int flags);
+  // Reads up to out.size() bytes at `offset`; short only at end of file.
+  Result<size_t> read(uint64_t ino, uint64_t offset, std::span<std::byte> out);
+  struct statvfs statfs();
+
+  InodeTable& inodes() { return inodes_; }
+  // Called by the adapter when the kernel forgets nodes, so superseded image/ trees are released.
+  void forget(uint64_t ino, uint64_t n);
+  // Re-reads the catalog if it changed; adds new layers and the new image/ tree.
+  Status refresh();
+  // The `extrafs stats --json` object.
+  std::string stats_json();
+  uint64_t bytes_served() const { return bytes_served_; }
+  size_t layer_count();
+
+ private:
+  struct Slot {
+    bool is_image = false;
+    CatalogLayer layer;                          // layers only
+    std::shared_ptr<const LayerIndex> index;
+  };
+  struct Synthetic;  // fixed and per-layer nodes that are not index entries
+
+  explicit FsCore(cache::ChunkFetcher& fetcher, FsCoreOptions options);
+  Status load(const Catalog& catalog, bool initial);
+  Result<std::shared_ptr<const LayerIndex>> load_index(const std::string& path, const std::string& cache_name,
+                                                       const Digest128& want, const std::string& what);
+  std::shared_ptr<const Slot> slot(uint32_t n) const;
+  void maybe_refresh();
+  NodeAttr entry_attr(uint32_t slot, const LayerIndex& idx, uint32_t entry) const;
+  NodeAttr synthetic_attr(uint64_t ino, uint32_t mode, uint64_t size, uint32_t nlink) const;
+  Result<NodeAttr> layer_node_attr(uint64_t ino, const Slot& s) const;
+  void record_access(uint32_t slot_no, const Slot& s, uint32_t entry);
+
+  cache::ChunkFetcher& fetcher_;
+  FsCoreOptions options_;
+  InodeTable inodes_;
+  struct timespec start_time_ {};
+
+  mutable std::shared_mutex mu_;  // guards the fields below
+  std::vector<std::shared_ptr<const Slot>> slots_;  // [0] unused
+  std::vector<uint32_t> layer_slots_;               // catalog order
+  std::unordered_map<std::string, uint32_t> by_cache_id_, by_link_;
+  uint32_t image_slot_ = 0;
+  Catalog catalog_;
+
+  std::mutex refresh_mu_;  // one refresh at a time
+  std::atomic<int64_t> last_refresh_ns_{0};
+  backend::ObjectInfo catalog_info_{};
+
+  std::atomic<uint64_t> bytes_served_{0};
+
+  std::mutex record_mu_;  // guards record_fd_, recorded_
+  int record_fd_ = -1;
+  std::unordered_set<uint64_t> recorded_;
+};
+
+}  // namespace extrafs::fs

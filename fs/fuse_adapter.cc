@@ -1,0 +1,309 @@
+// The only includer of fuse_lowlevel.h. Reply discipline: every op replies exactly once, never
+// while holding a lock (FsCore releases its locks before returning), and no exception crosses
+// into libfuse (FsCore does not throw; allocation failure aborts, as everywhere).
+#include "fs/fuse_adapter.h"
+
+#include <fuse_lowlevel.h>
+#include <sys/xattr.h>
+
+#include <spdlog/spdlog.h>
+
+#include <cstring>
+#include <vector>
+
+namespace extrafs::fs {
+
+namespace {
+
+FsCore& core_of(fuse_req_t req) { return *static_cast<FsCore*>(fuse_req_userdata(req)); }
+
+fuse_entry_param to_entry(const NodeAttr& a) {
+  fuse_entry_param e;
+  std::memset(&e, 0, sizeof e);
+  e.ino = a.st.st_ino;
+  e.generation = 1;
+  e.attr = a.st;
+  e.attr_timeout = a.attr_timeout;
+  e.entry_timeout = a.entry_timeout;
+  return e;
+}
+
+void op_init(void*, fuse_conn_info* conn) {
+  // Content is immutable: let the kernel cache everything it can.
+  if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
+  if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
+  if (conn->capable & FUSE_CAP_READDIRPLUS_AUTO) conn->want |= FUSE_CAP_READDIRPLUS_AUTO;
+  if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+  if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
+  conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;  // nothing ever changes under a node id
+  conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+  conn->max_readahead = 1u << 20;
+}
+
+void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  FsCore& core = core_of(req);
+  auto a = core.lookup(parent, name);
+  if (!a.ok()) {
+    if (a.code() == ENOENT) {
+      // Negative entry: the kernel caches "no such name" for the timeout.
+      fuse_entry_param e;
+      std::memset(&e, 0, sizeof e);
+      e.entry_timeout = core.negative_timeout(parent);
+      fuse_reply_entry(req, &e);
+      return;
+    }
+    fuse_reply_err(req, a.code());
+    return;
+  }
+  core.inodes().ref(a->st.st_ino);
+  auto e = to_entry(*a);
+  if (fuse_reply_entry(req, &e) != 0) core.forget(a->st.st_ino, 1);
+}
+
+void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
+  core_of(req).forget(ino, nlookup);
+  fuse_reply_none(req);
+}
+
+void op_forget_multi(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
+  FsCore& core = core_of(req);
+  for (size_t i = 0; i < count; ++i) core.forget(forgets[i].ino, forgets[i].nlookup);
+  fuse_reply_none(req);
+}
+
+void op_getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+  auto a = core_of(req).getattr(ino);
+  if (!a.ok()) {
+    fuse_reply_err(req, a.code());
+    return;
+  }
+  fuse_reply_attr(req, &a->st, a->attr_timeout);
+}
+
+void op_readlink(fuse_req_t req, fuse_ino_t ino) {
+  auto t = core_of(req).readlink(ino);
+  if (!t.ok()) {
+    fuse_reply_err(req, t.code());
+    return;
+  }
+  fuse_reply_readlink(req, t->c_str());
+}
+
+void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  auto a = core_of(req).getattr(ino);
+  if (!a.ok()) {
+    fuse_reply_err(req, a.code());
+    return;
+  }
+  if (!S_ISDIR(a->st.st_mode)) {
+    fuse_reply_err(req, ENOTDIR);
+    return;
+  }
+  // Listings of layer directories never change; the top-level ones can (new layers).
+  bool immutable = (ino >> 32) != 0;
+  fi->cache_readdir = immutable;
+  fi->keep_cache = immutable;
+  fuse_reply_open(req, fi);
+}
+
+void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus) {
+  FsCore& core = core_of(req);
+  std::vector<char> buf(size);
+  size_t used = 0;
+  auto st = core.readdir(ino, static_cast<uint64_t>(off), [&](const DirItem& item, const NodeAttr& a) {
+    std::string name(item.name);
+    size_t n;
+    if (plus) {
+      auto e = to_entry(a);
+      n = fuse_add_direntry_plus(req, buf.data() + used, size - used, name.c_str(), &e, static_cast<off_t>(item.next_offset));
+    } else {
+      struct stat st {};
+      st.st_ino = item.ino;
+      st.st_mode = item.mode;
+      n = fuse_add_direntry(req, buf.data() + used, size - used, name.c_str(), &st, static_cast<off_t>(item.next_offset));
+    }
+    if (n > size - used) return false;
+    if (plus) core.inodes().ref(item.ino);
+    used += n;
+    return true;
+  });
+  if (!st.ok()) {
+    fuse_reply_err(req, st.code());
+    return;
+  }
+  fuse_reply_buf(req, buf.data(), used);
+}
+
+void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+  do_readdir(req, ino, size, off, false);
+}
+
+void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+  do_readdir(req, ino, size, off, true);
+}
+
+void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  auto st = core_of(req).open(ino, fi->flags);
+  if (!st.ok()) {
+    fuse_reply_err(req, st.code());
+    return;
+  }
+  fi->keep_cache = 1;  // content is immutable: keep the page cache across opens
+  fuse_reply_open(req, fi);
+}
+
+void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+  thread_local std::vector<std::byte> buf;
+  if (buf.size() < size) buf.resize(size);
+  auto n = core_of(req).read(ino, static_cast<uint64_t>(off), std::span(buf.data(), size));
+  if (!n.ok()) {
+    fuse_reply_err(req, n.code());
+    return;
+  }
+  fuse_reply_buf(req, reinterpret_cast<const char*>(buf.data()), *n);
+}
+
+void op_statfs(fuse_req_t req, fuse_ino_t) {
+  struct statvfs sv = core_of(req).statfs();
+  fuse_reply_statfs(req, &sv);
+}
+
+void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+  auto v = core_of(req).getxattr(ino, name);
+  if (!v.ok()) {
+    fuse_reply_err(req, v.code());
+    return;
+  }
+  if (size == 0) fuse_reply_xattr(req, v->size());
+  else if (size < v->size()) fuse_reply_err(req, ERANGE);
+  else fuse_reply_buf(req, v->data(), v->size());
+}
+
+void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+  auto names = core_of(req).listxattr(ino);
+  if (!names.ok()) {
+    fuse_reply_err(req, names.code());
+    return;
+  }
+  std::string out;
+  for (const auto& n : *names) {
+    out += n;
+    out += '\0';
+  }
+  if (size == 0) fuse_reply_xattr(req, out.size());
+  else if (size < out.size()) fuse_reply_err(req, ERANGE);
+  else fuse_reply_buf(req, out.data(), out.size());
+}
+
+void op_access(fuse_req_t req, fuse_ino_t ino, int mask) {
+  auto a = core_of(req).getattr(ino);
+  if (!a.ok()) fuse_reply_err(req, a.code());
+  else fuse_reply_err(req, (mask & W_OK) ? EROFS : 0);
+}
+
+// Every call that would change something.
+void erofs(fuse_req_t req) { fuse_reply_err(req, EROFS); }
+void op_setattr(fuse_req_t req, fuse_ino_t, struct stat*, int, fuse_file_info*) { erofs(req); }
+void op_mknod(fuse_req_t req, fuse_ino_t, const char*, mode_t, dev_t) { erofs(req); }
+void op_mkdir(fuse_req_t req, fuse_ino_t, const char*, mode_t) { erofs(req); }
+void op_unlink(fuse_req_t req, fuse_ino_t, const char*) { erofs(req); }
+void op_symlink(fuse_req_t req, const char*, fuse_ino_t, const char*) { erofs(req); }
+void op_rename(fuse_req_t req, fuse_ino_t, const char*, fuse_ino_t, const char*, unsigned) { erofs(req); }
+void op_link(fuse_req_t req, fuse_ino_t, fuse_ino_t, const char*) { erofs(req); }
+void op_write(fuse_req_t req, fuse_ino_t, const char*, size_t, off_t, fuse_file_info*) { erofs(req); }
+void op_create(fuse_req_t req, fuse_ino_t, const char*, mode_t, fuse_file_info*) { erofs(req); }
+void op_setxattr(fuse_req_t req, fuse_ino_t, const char*, const char*, size_t, int) { erofs(req); }
+void op_removexattr(fuse_req_t req, fuse_ino_t, const char*) { erofs(req); }
+void op_fallocate(fuse_req_t req, fuse_ino_t, int, off_t, off_t, fuse_file_info*) { erofs(req); }
+
+fuse_lowlevel_ops make_ops() {
+  fuse_lowlevel_ops ops;
+  std::memset(&ops, 0, sizeof ops);
+  ops.init = op_init;
+  ops.lookup = op_lookup;
+  ops.forget = op_forget;
+  ops.forget_multi = op_forget_multi;
+  ops.getattr = op_getattr;
+  ops.readlink = op_readlink;
+  ops.opendir = op_opendir;
+  ops.readdir = op_readdir;
+  ops.readdirplus = op_readdirplus;
+  ops.open = op_open;
+  ops.read = op_read;
+  ops.statfs = op_statfs;
+  ops.getxattr = op_getxattr;
+  ops.listxattr = op_listxattr;
+  ops.access = op_access;
+  ops.setattr = op_setattr;
+  ops.mknod = op_mknod;
+  ops.mkdir = op_mkdir;
+  ops.unlink = op_unlink;
+  ops.rmdir = op_unlink;
+  ops.symlink = op_symlink;
+  ops.rename = op_rename;
+  ops.link = op_link;
+  ops.write = op_write;
+  ops.create = op_create;
+  ops.setxattr = op_setxattr;
+  ops.removexattr = op_removexattr;
+  ops.fallocate = op_fallocate;
+  return ops;
+}
+
+std::string escape_opt(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == ',' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+}  // namespace
+
+int run_fuse(FsCore& core, const FuseConfig& config, const std::function<void(const std::string&)>& on_mounted) {
+  std::string opts = "ro,default_permissions,subtype=extrafs,fsname=" + escape_opt(config.fsname);
+  if (config.allow_other) opts += ",allow_other";
+  for (const auto& o : config.extra_opts) opts += "," + o;
+  std::vector<std::string> argv_s = {"extrafs", "-o", opts};
+  std::vector<char*> argv;
+  for (auto& s : argv_s) argv.push_back(s.data());
+  fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
+
+  static const fuse_lowlevel_ops ops = make_ops();
+  fuse_session* se = fuse_session_new(&args, &ops, sizeof ops, &core);
+  if (!se) {
+    on_mounted("cannot start a FUSE session with options '" + opts + "'");
+    return 1;
+  }
+  if (fuse_set_signal_handlers(se) != 0) {
+    fuse_session_destroy(se);
+    on_mounted("cannot install signal handlers");
+    return 1;
+  }
+  if (fuse_session_mount(se, config.mountpoint.c_str()) != 0) {
+    fuse_remove_signal_handlers(se);
+    fuse_session_destroy(se);
+    on_mounted("cannot mount on " + config.mountpoint + " (is /dev/fuse available and are you root?)");
+    return 1;
+  }
+  on_mounted("");
+  fuse_loop_config* cfg = fuse_loop_cfg_create();
+  fuse_loop_cfg_set_clone_fd(cfg, 1);
+  if (config.threads) {
+    fuse_loop_cfg_set_max_threads(cfg, config.threads);
+    fuse_loop_cfg_set_idle_threads(cfg, config.threads);
+  }
+  int rc = fuse_session_loop_mt(se, cfg);
+  fuse_loop_cfg_destroy(cfg);
+  // A signal or an unmount ends the loop with fuse_session_exited() set: a clean stop.
+  bool clean = rc == 0 || fuse_session_exited(se);
+  fuse_session_unmount(se);
+  fuse_remove_signal_handlers(se);
+  fuse_session_destroy(se);
+  spdlog::info("unmounted {}", config.mountpoint);
+  if (!clean) spdlog::error("FUSE session ended with error {}", rc);
+  return clean ? 0 : 1;
+}
+
+}  // namespace extrafs::fs

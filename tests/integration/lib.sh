@@ -1,0 +1,165 @@
+# lib.sh — shared helpers for the extrafs integration tests (sourced, not run).
+#
+# Provides: pass/fail/warn/step reporting with a failure count, a private temp
+# dir $T that is always cleaned up (every mount registered with track_mount is
+# unmounted first, every pid registered with track_pid is killed), bounded
+# waits for mounts and processes, and helpers to mount extrafs and to find its
+# daemon process.
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+COMPARE=(python3 "$HERE/compare_trees.py")
+FAILS=0
+WARNS=0
+MOUNTS=()
+PIDS=()
+T=
+SCRIPT_START=$SECONDS
+
+pass() { echo "  ok: $*"; }
+fail() { echo "  FAIL: $*"; FAILS=$((FAILS + 1)); }
+warn() { echo "  WARN: $*"; WARNS=$((WARNS + 1)); }
+step() { echo; echo "== [$((SECONDS - SCRIPT_START))s] $*"; }
+die() { echo "  FATAL: $*"; FAILS=$((FAILS + 1)); finish; }
+
+# Print the summary and exit 1 if any check failed.
+finish() {
+  echo
+  if [[ $FAILS -ne 0 ]]; then
+    echo "$(basename "$0"): $FAILS check(s) FAILED, $WARNS warning(s), $((SECONDS - SCRIPT_START)) s"
+    exit 1
+  fi
+  echo "$(basename "$0"): all checks passed, $WARNS warning(s), $((SECONDS - SCRIPT_START)) s"
+  exit 0
+}
+
+# Skip (exit 77, shown as SKIP by meson) when the environment cannot run the test at all.
+require_env() {
+  if [[ $(id -u) -ne 0 ]]; then echo "SKIP: needs root"; exit 77; fi
+  if [[ ! -c /dev/fuse ]]; then echo "SKIP: no /dev/fuse"; exit 77; fi
+  [[ -n ${EXTRAFS:-} ]] || { echo "usage: $0 EXTRAFS"; exit 2; }
+  [[ -x $EXTRAFS ]] || { echo "FATAL: extrafs binary not executable: $EXTRAFS"; exit 1; }
+  EXTRAFS=$(realpath "$EXTRAFS")
+}
+
+is_mounted() { mountpoint -q -- "$1" 2>/dev/null; }
+
+# Any mount at or below a path (from /proc/self/mountinfo, field 5).
+mounts_under() {
+  python3 - "$1" <<'PY'
+import sys
+root = sys.argv[1].rstrip("/")
+for line in open("/proc/self/mountinfo"):
+    mp = line.split()[4].encode().decode("unicode_escape")
+    if mp == root or mp.startswith(root + "/"):
+        print(mp)
+PY
+}
+
+cleanup() {
+  local rc=$? i m n p
+  set +e
+  for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do
+    m=${MOUNTS[$i]}
+    for n in 1 2 3 4 5; do
+      is_mounted "$m" || break
+      umount -- "$m" 2>/dev/null || fusermount3 -u -z -- "$m" 2>/dev/null || umount -l -- "$m" 2>/dev/null
+    done
+  done
+  for p in "${PIDS[@]}"; do
+    kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null
+  done
+  if [[ -n $T && -d $T ]]; then
+    local left
+    left=$(mounts_under "$T")
+    if [[ -n $left ]]; then
+      for m in $left; do umount -l -- "$m" 2>/dev/null; done
+      left=$(mounts_under "$T")
+    fi
+    if [[ -z $left ]]; then
+      rm -rf --one-file-system -- "$T"
+    else
+      echo "WARNING: mounts left under $T, not removing it: $left"
+    fi
+  fi
+  exit $rc
+}
+
+setup_tmp() {
+  T=$(mktemp -d /tmp/extrafs-it.XXXXXX)
+  trap cleanup EXIT
+  trap 'exit 130' INT TERM
+}
+
+track_mount() { MOUNTS+=("$1"); }
+track_pid() { PIDS+=("$1"); }
+
+# wait_until SECONDS COMMAND... : poll every 0.1 s; status 0 once COMMAND succeeds.
+wait_until() {
+  local limit=$1; shift
+  local end=$((SECONDS + limit))
+  while ((SECONDS <= end)); do
+    "$@" && return 0
+    sleep 0.1
+  done
+  "$@"
+}
+not_mounted() { ! is_mounted "$1"; }
+pid_gone() { ! kill -0 "$1" 2>/dev/null; }
+
+# Pids of extrafs processes whose command line has MOUNTPOINT as an argument.
+daemon_pids() {
+  local m=$1 p exe
+  for p in /proc/[0-9]*; do
+    exe=$(readlink "$p/exe" 2>/dev/null) || continue
+    exe=${exe% (deleted)}
+    [[ $exe == "$EXTRAFS" || $(basename "$exe") == extrafs* ]] || continue
+    tr '\0' '\n' <"$p/cmdline" 2>/dev/null | grep -qxF -- "$m" && echo "${p#/proc/}"
+  done
+}
+
+# mount_extrafs STORE MNT [EXTRA_OPTS]: mounts in the background mode (no -f) with a private
+# cache; fails the test unless it exits 0 and the mount serves as soon as the command returns.
+MOUNT_OPTS_BASE=
+mount_extrafs() {
+  local store=$1 mnt=$2 extra=${3:-} rc=0
+  local opts="cache=$T/cache,cache_size=512M,log_level=warn${extra:+,$extra}"
+  timeout 60 "$EXTRAFS" mount "$store" "$mnt" -o "$opts" >"$T/mount.out" 2>"$T/mount.err" || rc=$?
+  track_mount "$mnt"
+  if [[ $rc -ne 0 ]]; then
+    fail "extrafs mount $store $mnt -o $opts: exit $rc; stderr: $(head -c 2000 "$T/mount.err")"
+    return 1
+  fi
+  if is_mounted "$mnt" && stat -- "$mnt/overlay2" >/dev/null 2>&1; then
+    pass "extrafs mount returned 0 and $mnt serves at once"
+  else
+    fail "extrafs mount returned 0 but $mnt was not serving when it returned"
+    wait_until 10 is_mounted "$mnt" || { fail "$mnt still not mounted after 10 s"; return 1; }
+  fi
+  [[ -s $T/mount.err ]] && warn "mount wrote to stderr on success: $(head -c 500 "$T/mount.err")"
+  return 0
+}
+
+# Snapshot of the index files: path, size, mtime_ns, ctime_ns, ino, sha256.
+snapshot_index() {
+  python3 - "$1" <<'PY'
+import hashlib, os, sys
+root = sys.argv[1]
+for dp, dns, fns in sorted(os.walk(root)):
+    dns.sort()
+    for n in sorted(fns) + [d for d in dns if os.path.islink(os.path.join(dp, d))]:
+        p = os.path.join(dp, n)
+        st = os.lstat(p)
+        h = hashlib.sha256(open(p, "rb").read()).hexdigest() if os.path.isfile(p) and not os.path.islink(p) else "-"
+        print(os.path.relpath(p, root), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, h)
+PY
+}
+
+# Prints elapsed wall time of a command in seconds (3 decimals) to fd 3-less stdout var TIME_TAKEN.
+timed() {
+  local t0 t1 rc=0
+  t0=$(date +%s.%N)
+  "$@" || rc=$?
+  t1=$(date +%s.%N)
+  TIME_TAKEN=$(python3 -c "print('%.3f' % ($t1 - $t0))")
+  return $rc
+}

@@ -1,0 +1,274 @@
+#!/bin/bash
+# ganesha.sh: start/stop a private nfs-ganesha (userspace NFS server) on 127.0.0.1 for tests.
+#
+#   ganesha.sh start DIR EXPORT_PATH PORT   serve EXPORT_PATH; state (config, log, pid) goes in DIR
+#   ganesha.sh stop DIR                      stop that instance (and the rpcbind that start started)
+#   ganesha.sh urls DIR                      print the URLs of a started instance again
+#   ganesha.sh status DIR                    exit 0 if the instance's process is alive
+#   ganesha.sh kill DIR                      SIGKILL it (a crash; start again with `start`)
+#   ganesha.sh pause DIR / resume DIR        SIGSTOP / SIGCONT it (a hung server)
+#
+# Environment knobs for start (all optional):
+#   GANESHA_PROTOCOLS  "3,4" (default) or "4" (NFSv4 only: no rpcbind needed at all)
+#   GANESHA_ACCESS     RO (default) or RW
+#   GANESHA_MNT_PORT   MOUNT protocol port for NFSv3 (default PORT+1)
+#   GANESHA_PSEUDO     pseudo path of the export (default /export); also the v3 mount path
+#   GANESHA_WAIT_S     seconds to wait for the server to answer (default 10)
+#   GANESHA_ATTR_EXPIRATION  seconds ganesha's MDCACHE trusts cached attributes/lookups
+#                      (default 0: tests change the exported tree behind ganesha's back)
+#
+# On success prints, one per line, and also writes them to DIR/urls:
+#   NFS4_URL=nfs://127.0.0.1:PORT/export
+#   NFS3_URL=nfs://127.0.0.1/export?version=3&nfsport=PORT&mountport=MNT_PORT   (if v3 enabled)
+#   PID=<ganesha pid>
+#
+# Facts found on Debian 12 / ganesha 4.3 / libnfs 4.0.0 (see also backend/nfs_backend.cc):
+# - Enable_NLM/Enable_RQUOTA must be false or ganesha exits when there is no rpcbind; Enable_UDP
+#   false keeps it off UDP. With Protocols = 4 only, ganesha runs without rpcbind.
+# - NFSv3: ganesha registers its programs with the portmapper at start-up and refuses to start
+#   ("Cannot register ... ") without it, so `rpcbind -f` must be running while it starts. Once
+#   started, clients that name nfsport= and mountport= never talk to rpcbind, so it may go away.
+#   MNT_Port in NFS_CORE_PARAM fixes the MOUNT port (otherwise it is random-ish).
+# - Mount_Path_Pseudo = true makes an NFSv3 MNT use the pseudo path, so the same "/export" works
+#   for v3 and v4 (by default v3 would need the real directory path).
+# - NFSv4 { Graceless = true } avoids 90 s of NFS4ERR_GRACE after every (re)start;
+#   Only_Numeric_Owners = true avoids uid 0 showing up as 65534; RecoveryRoot must be private.
+# - ganesha's MDCACHE caches attributes and name lookups (Attr_Expiration_Time, 60 s by default):
+#   a file replaced directly in the exported directory (rename over it) keeps being served with
+#   its old size, and a fresh LOOKUP may still return the old inode, whose content ganesha keeps
+#   readable through its open fd. Attr_Expiration_Time = 0 makes changes visible at once.
+# - Several instances can run at once (distinct DIR, PORT); each has its own pid file.
+set -u
+
+die() { echo "ganesha.sh: $*" >&2; exit 1; }
+
+GANESHA_BIN=${GANESHA_BIN:-ganesha.nfsd}
+PLUGINS_DIR=${GANESHA_PLUGINS_DIR:-/usr/lib/x86_64-linux-gnu/ganesha}
+
+# True if process $1 exists and is not a zombie (an orphaned ganesha may linger as a zombie for a
+# moment when PID 1 is slow to reap it).
+alive() {
+  local st
+  st=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+  [ -n "$st" ] && [ "${st#Z}" = "$st" ]
+}
+
+# Waits (bounded, 10 s) until process $1 is gone.
+wait_gone() {
+  local pid=$1 i
+  for i in $(seq 1 100); do
+    alive "$pid" || return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+rpcbind_running() {
+  rpcinfo -p 127.0.0.1 >/dev/null 2>&1
+}
+
+start_rpcbind() {
+  local dir=$1 i
+  rpcbind_running && return 0
+  command -v rpcbind >/dev/null || die "NFSv3 needs rpcbind, which is not installed"
+  # -f: foreground (we keep the pid); -w: warm start is harmless; it binds 111 on all addresses
+  # (rpcbind has no option to bind only loopback for TCP listening), which is fine for tests.
+  rpcbind -f >"$dir/rpcbind.log" 2>&1 &
+  echo $! >"$dir/rpcbind.pid"
+  for i in $(seq 1 50); do
+    rpcbind_running && return 0
+    sleep 0.1
+  done
+  die "rpcbind did not come up; log: $(tail -5 "$dir/rpcbind.log" 2>/dev/null)"
+}
+
+print_urls() {
+  cat "$1/urls"
+}
+
+cmd_start() {
+  [ $# -eq 3 ] || die "usage: ganesha.sh start DIR EXPORT_PATH PORT"
+  local dir=$1 export_path=$2 port=$3
+  command -v "$GANESHA_BIN" >/dev/null || die "$GANESHA_BIN not found (apt-get install nfs-ganesha nfs-ganesha-vfs)"
+  command -v nfs-ls >/dev/null || die "nfs-ls not found (apt-get install libnfs-utils)"
+  [[ "$port" =~ ^[0-9]+$ ]] && [ "$port" -gt 0 ] && [ "$port" -lt 65535 ] || die "bad port '$port'"
+  [ -d "$export_path" ] || die "export path '$export_path' is not a directory"
+  mkdir -p "$dir/recovery" || die "cannot create $dir"
+  dir=$(cd "$dir" && pwd)
+  export_path=$(cd "$export_path" && pwd)
+
+  if [ -f "$dir/ganesha.pid" ] && alive "$(cat "$dir/ganesha.pid")"; then
+    die "an instance is already running for $dir (pid $(cat "$dir/ganesha.pid"))"
+  fi
+
+  local protocols=${GANESHA_PROTOCOLS:-3,4}
+  local access=${GANESHA_ACCESS:-RO}
+  local mnt_port=${GANESHA_MNT_PORT:-$((port + 1))}
+  local pseudo=${GANESHA_PSEUDO:-/export}
+  local wait_s=${GANESHA_WAIT_S:-10}
+  local attr_exp=${GANESHA_ATTR_EXPIRATION:-0}
+  local v3=0
+  case ",$protocols," in *,3,*) v3=1 ;; esac
+
+  if ss -Hltn "sport = :$port" 2>/dev/null | grep -q .; then
+    echo "ganesha.sh: port $port is already in use" >&2
+    exit 3
+  fi
+  if [ $v3 = 1 ] && ss -Hltn "sport = :$mnt_port" 2>/dev/null | grep -q .; then
+    echo "ganesha.sh: mount port $mnt_port is already in use" >&2
+    exit 3
+  fi
+
+  cat >"$dir/ganesha.conf" <<EOF
+# generated by ganesha.sh
+NFS_CORE_PARAM {
+  Protocols = $protocols;
+  Bind_addr = 127.0.0.1;
+  NFS_Port = $port;
+  MNT_Port = $mnt_port;
+  Enable_NLM = false;
+  Enable_RQUOTA = false;
+  Enable_UDP = false;
+  Mount_Path_Pseudo = true;
+  Plugins_Dir = "$PLUGINS_DIR";
+}
+NFSv4 {
+  Graceless = true;
+  RecoveryRoot = "$dir/recovery";
+  Only_Numeric_Owners = true;
+}
+EXPORT_DEFAULTS {
+  SecType = sys;
+}
+EXPORT {
+  Export_Id = 1;
+  Path = "$export_path";
+  Pseudo = "$pseudo";
+  Access_Type = $access;
+  Squash = No_Root_Squash;
+  Protocols = $protocols;
+  Transports = TCP;
+  Attr_Expiration_Time = $attr_exp;
+  FSAL { Name = VFS; }
+}
+LOG {
+  Default_Log_Level = EVENT;
+}
+EOF
+
+  if [ $v3 = 1 ]; then
+    start_rpcbind "$dir"
+  fi
+
+  : >"$dir/ganesha.log"
+  rm -f "$dir/ganesha.pid"
+  # -F foreground (we background it ourselves and keep the pid), -p pid file, -L log file.
+  setsid "$GANESHA_BIN" -F -f "$dir/ganesha.conf" -L "$dir/ganesha.log" -p "$dir/ganesha.pid" \
+    >>"$dir/ganesha.log" 2>&1 </dev/null &
+  local pid=$!
+  echo "$pid" >"$dir/ganesha.pid"
+  echo "$pid" >"$dir/ganesha.bgpid"
+
+  local url4="nfs://127.0.0.1:$port$pseudo"
+  local url3="nfs://127.0.0.1$pseudo?version=3&nfsport=$port&mountport=$mnt_port"
+  local probe="nfs://127.0.0.1$pseudo/?version=4&nfsport=$port"
+  case ",$protocols," in *,4,*) ;; *) probe="nfs://127.0.0.1$pseudo/?version=3&nfsport=$port&mountport=$mnt_port" ;; esac
+
+  local deadline=$(( $(date +%s%N) / 1000000 + wait_s * 1000 )) ok=0
+  while [ $(( $(date +%s%N) / 1000000 )) -lt $deadline ]; do
+    if ! alive "$pid"; then
+      break
+    fi
+    if timeout 3 nfs-ls "$probe" >/dev/null 2>&1; then
+      ok=1
+      break
+    fi
+    sleep 0.05
+  done
+  if [ $ok != 1 ]; then
+    echo "ganesha.sh: nfs-ganesha did not answer on 127.0.0.1:$port within ${wait_s}s; log tail:" >&2
+    tail -20 "$dir/ganesha.log" >&2
+    cmd_stop "$dir" >/dev/null 2>&1
+    exit 1
+  fi
+
+  {
+    echo "NFS4_URL=$url4"
+    [ $v3 = 1 ] && echo "NFS3_URL=$url3"
+    echo "PID=$pid"
+  } >"$dir/urls"
+  print_urls "$dir"
+}
+
+cmd_stop() {
+  [ $# -eq 1 ] || die "usage: ganesha.sh stop DIR"
+  local dir=$1 pid rc=0
+  for f in ganesha.bgpid ganesha.pid; do
+    [ -f "$dir/$f" ] || continue
+    pid=$(cat "$dir/$f")
+    [ -n "$pid" ] || continue
+    if alive "$pid"; then
+      # A SIGSTOPped server (tests of a hung server) must be continued to see the SIGTERM.
+      kill -CONT "$pid" 2>/dev/null
+      kill -TERM "$pid" 2>/dev/null
+      if ! wait_gone "$pid"; then
+        kill -KILL "$pid" 2>/dev/null
+        wait_gone "$pid" || rc=1
+      fi
+    fi
+  done
+  rm -f "$dir/ganesha.pid" "$dir/ganesha.bgpid"
+  if [ -f "$dir/rpcbind.pid" ]; then
+    pid=$(cat "$dir/rpcbind.pid")
+    if [ -n "$pid" ] && alive "$pid"; then
+      kill -TERM "$pid" 2>/dev/null
+      wait_gone "$pid" || { kill -KILL "$pid" 2>/dev/null; wait_gone "$pid"; }
+    fi
+    rm -f "$dir/rpcbind.pid"
+  fi
+  return $rc
+}
+
+cmd_status() {
+  [ $# -eq 1 ] || die "usage: ganesha.sh status DIR"
+  [ -f "$1/ganesha.pid" ] && alive "$(cat "$1/ganesha.pid")"
+}
+
+# Signals the instance: kill = SIGKILL and wait (a crash; fast, unlike stop which takes ~3.5 s
+# because ganesha shuts down its threads one by one), pause = SIGSTOP (a hung server: TCP stays
+# up, nothing answers), resume = SIGCONT. Keeps rpcbind (use stop for that).
+cmd_signal() {
+  local what=$1 dir=${2:-} pid
+  [ -n "$dir" ] || die "usage: ganesha.sh $what DIR"
+  [ -f "$dir/ganesha.pid" ] || die "no instance in $dir"
+  pid=$(cat "$dir/ganesha.pid")
+  alive "$pid" || die "instance in $dir (pid $pid) is not running"
+  case $what in
+    kill) kill -KILL "$pid"; wait_gone "$pid" || die "pid $pid did not die"; rm -f "$dir/ganesha.pid" "$dir/ganesha.bgpid" ;;
+    pause)
+      # SIGSTOP is asynchronous: a running worker thread may still answer a request or two after
+      # kill returns. Wait (bounded) until every thread is stopped.
+      kill -STOP "$pid"
+      local i t st all
+      for i in $(seq 1 100); do
+        all=1
+        for t in /proc/"$pid"/task/*/stat; do
+          st=$(sed 's/.*) //' "$t" 2>/dev/null | cut -c1)
+          [ -z "$st" ] || [ "$st" = T ] || [ "$st" = t ] || { all=0; break; }
+        done
+        [ $all = 1 ] && break
+        sleep 0.02
+      done
+      [ $all = 1 ] || die "pid $pid did not stop" ;;
+    resume) kill -CONT "$pid" ;;
+  esac
+}
+
+case "${1:-}" in
+  start) shift; cmd_start "$@" ;;
+  stop) shift; cmd_stop "$@" ;;
+  urls) shift; print_urls "$@" ;;
+  status) shift; cmd_status "$@" ;;
+  kill|pause|resume) cmd_signal "$@" ;;
+  *) die "usage: ganesha.sh start DIR EXPORT_PATH PORT | stop|kill|pause|resume|urls|status DIR" ;;
+esac

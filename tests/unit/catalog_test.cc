@@ -1,0 +1,59 @@
+#include <catch2/catch.hpp>
+
+#include "fs/catalog.h"
+
+using namespace extrafs;
+using namespace extrafs::fs;
+
+namespace {
+Catalog sample() {
+  Catalog c;
+  CatalogLayer a;
+  a.cache_id = std::string(64, 'a');
+  a.index_digest = xxh3_128("a", 1);
+  a.link = "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+  a.bytes = 12345;
+  CatalogLayer b = a;
+  b.cache_id = std::string(64, 'b');
+  b.link = "ZYXWVUTSRQPONMLKJIHGFEDCBA";
+  b.lower = "l/ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+  c.layers = {a, b};
+  c.image_index = xxh3_128("img", 3);
+  return c;
+}
+}  // namespace
+
+TEST_CASE("a catalog round-trips", "[catalog]") {
+  Catalog c = sample();
+  auto parsed = Catalog::parse(c.serialize());
+  REQUIRE(parsed.ok());
+  CHECK(parsed->layers == c.layers);
+  REQUIRE(parsed->image_index);
+  CHECK(*parsed->image_index == *c.image_index);
+  CHECK(parsed->find(std::string(64, 'b'))->lower == "l/ABCDEFGHIJKLMNOPQRSTUVWXYZ");
+  CHECK_FALSE(parsed->layers[0].lower);
+  CHECK(parsed->find("nope") == nullptr);
+}
+
+TEST_CASE("a corrupt catalog is rejected", "[catalog]") {
+  std::string text = sample().serialize();
+  CHECK(Catalog::parse("").code() == EBADMSG);
+  CHECK(Catalog::parse("{}").code() == EBADMSG);
+  CHECK(Catalog::parse(text.substr(0, text.size() / 2)).code() == EBADMSG);
+  std::string edited = text;
+  edited.replace(edited.find("12345"), 5, "12346");
+  auto r = Catalog::parse(edited);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().message.find("checksum") != std::string::npos);
+}
+
+TEST_CASE("a catalog with a cache id that could escape the store is rejected", "[catalog]") {
+  Catalog c = sample();
+  c.layers[0].cache_id = "../../etc";
+  CHECK(Catalog::parse(c.serialize()).code() == EBADMSG);
+  c.layers[0].cache_id = "l";
+  CHECK(Catalog::parse(c.serialize()).code() == EBADMSG);
+  c = sample();
+  c.layers[1].cache_id = c.layers[0].cache_id;
+  CHECK(Catalog::parse(c.serialize()).code() == EBADMSG);
+}

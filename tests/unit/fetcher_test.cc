@@ -1,0 +1,133 @@
+#include <catch2/catch.hpp>
+
+#include <lz4.h>
+
+#include <thread>
+
+#include "cache/chunk_fetcher.h"
+#include "test_util.h"
+
+using namespace extrafs;
+using namespace extrafs::testing;
+
+namespace {
+cache::ChunkRef ref_for(std::string_view object, const std::string& content, uint64_t off, uint32_t len) {
+  cache::ChunkRef r;
+  r.object = object;
+  r.offset = off;
+  r.raw_len = r.stored_len = len;
+  r.digest = xxh3_128(content.data() + off, len);
+  return r;
+}
+}  // namespace
+
+TEST_CASE("a chunk is fetched once and then served from memory", "[fetcher]") {
+  backend::MemoryBackend mem;
+  std::string data = pseudo_random(10000, 3);
+  mem.put("obj", data);
+  cache::ChunkFetcher f(mem, {});
+  auto ref = ref_for("obj", data, 4096, 4096);
+  for (int i = 0; i < 3; ++i) {
+    auto got = f.get(ref);
+    REQUIRE(got.ok());
+    CHECK(std::memcmp((*got)->data(), data.data() + 4096, 4096) == 0);
+  }
+  CHECK(mem.reads() == 1);
+  CHECK(f.stats().cache_hits == 2);
+  CHECK(f.stats().cache_misses == 1);
+  CHECK(f.is_cached(ref.digest));
+}
+
+TEST_CASE("a corrupt chunk from the backend is fetched again, then reported as EIO", "[fetcher]") {
+  backend::MemoryBackend mem;
+  std::string data = pseudo_random(8192, 4);
+  mem.put("obj", data);
+  backend::FaultBackend faulty(mem);
+  cache::ChunkFetcher f(faulty, {});
+  auto ref = ref_for("obj", data, 0, 8192);
+  faulty.corrupt_next_reads(1);
+  auto got = f.get(ref);
+  REQUIRE(got.ok());
+  CHECK(std::memcmp((*got)->data(), data.data(), 8192) == 0);
+  CHECK(f.stats().corrupt_fetches == 1);
+
+  auto ref2 = ref_for("obj", data, 0, 4096);
+  faulty.corrupt_next_reads(2);
+  auto bad = f.get(ref2);
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.code() == EIO);
+  CHECK_FALSE(f.is_cached(ref2.digest));
+}
+
+TEST_CASE("backend errors are counted and passed on", "[fetcher]") {
+  backend::MemoryBackend mem;
+  std::string data = pseudo_random(4096, 5);
+  mem.put("obj", data);
+  backend::FaultBackend faulty(mem);
+  cache::ChunkFetcher f(faulty, {});
+  faulty.fail_next_reads(1, ETIMEDOUT);
+  auto ref = ref_for("obj", data, 0, 4096);
+  CHECK(f.get(ref).code() == ETIMEDOUT);
+  CHECK(f.stats().backend_errors == 1);
+  auto again = f.get(ref);
+  INFO((again.ok() ? std::string() : again.error().message));
+  CHECK(again.ok());  // the next read succeeds by itself
+}
+
+TEST_CASE("lz4 chunks are decompressed and verified", "[fetcher]") {
+  backend::MemoryBackend mem;
+  std::string raw(100000, 'x');
+  std::string packed(LZ4_compressBound(static_cast<int>(raw.size())), '\0');
+  int n = LZ4_compress_default(raw.data(), packed.data(), static_cast<int>(raw.size()), static_cast<int>(packed.size()));
+  REQUIRE(n > 0);
+  packed.resize(static_cast<size_t>(n));
+  mem.put("blob", "HEAD" + packed);
+  cache::ChunkFetcher f(mem, {});
+  cache::ChunkRef r;
+  r.object = "blob";
+  r.offset = 4;
+  r.stored_len = static_cast<uint32_t>(n);
+  r.raw_len = static_cast<uint32_t>(raw.size());
+  r.lz4 = true;
+  r.digest = xxh3_128(raw.data(), raw.size());
+  auto got = f.get(r);
+  REQUIRE(got.ok());
+  CHECK(std::string(reinterpret_cast<const char*>((*got)->data()), (*got)->size()) == raw);
+  r.offset = 3;  // garbage in: never served
+  r.digest = xxh3_128("other", 5);
+  CHECK(f.get(r).code() == EIO);
+}
+
+TEST_CASE("32 concurrent readers of one chunk cause one backend read", "[fetcher]") {
+  backend::MemoryBackend mem;
+  std::string data = pseudo_random(65536, 6);
+  mem.put("obj", data);
+  backend::FaultBackend slow(mem);
+  slow.set_delay(std::chrono::milliseconds(50));
+  cache::ChunkFetcher f(slow, {});
+  auto ref = ref_for("obj", data, 0, 65536);
+  std::vector<std::thread> threads;
+  std::atomic<int> good{0};
+  for (int i = 0; i < 32; ++i) {
+    threads.emplace_back([&] {
+      auto got = f.get(ref);
+      if (got.ok() && std::memcmp((*got)->data(), data.data(), 65536) == 0) good++;
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(good == 32);
+  CHECK(slow.reads() == 1);
+}
+
+TEST_CASE("the memory cache stays within its bound", "[fetcher]") {
+  backend::MemoryBackend mem;
+  std::string data = pseudo_random(1 << 20, 8);
+  mem.put("obj", data);
+  cache::FetcherOptions o;
+  o.memory_bytes = 64 * 1024;
+  cache::ChunkFetcher f(mem, o);
+  for (uint32_t i = 0; i < 64; ++i) REQUIRE(f.get(ref_for("obj", data, i * 16384, 16384)).ok());
+  CHECK(f.cached_bytes() <= 64 * 1024);
+  CHECK(f.is_cached(ref_for("obj", data, 63 * 16384, 16384).digest));
+  CHECK_FALSE(f.is_cached(ref_for("obj", data, 0, 16384).digest));
+}

@@ -1,0 +1,275 @@
+#include <catch2/catch.hpp>
+
+#include <fcntl.h>
+
+#include <thread>
+
+#include "cache/chunk_fetcher.h"
+#include "fs/fs_core.h"
+#include "test_util.h"
+
+using namespace extrafs;
+using namespace extrafs::fs;
+using namespace extrafs::testing;
+
+namespace {
+
+const std::string kBase(64, '1');
+const std::string kTop(64, '2');
+
+// Writes a layer index and returns its catalog record.
+CatalogLayer put_layer(backend::MemoryBackend& mem, const std::string& id, IndexBuilder& b, const std::string& link,
+                       std::optional<std::string> lower) {
+  auto bytes = b.serialize();
+  REQUIRE(bytes.ok());
+  auto idx = LayerIndex::parse(*bytes);
+  REQUIRE(idx.ok());
+  mem.put(layer_index_path(id), *bytes);
+  CatalogLayer l;
+  l.cache_id = id;
+  l.index_digest = (*idx)->digest();
+  l.link = link;
+  l.lower = lower;
+  l.bytes = (*idx)->content_bytes();
+  return l;
+}
+
+struct Store {
+  backend::MemoryBackend mem;
+  Catalog catalog;
+  std::string big = pseudo_random(3 * 4096 + 17, 7);
+
+  Store() {
+    IndexBuilder base(4096);
+    uint32_t root = add_root(base);
+    uint32_t bin = add_dir(base, root, "bin");
+    uint32_t bb = add_file(base, &mem, bin, "busybox", big, "overlay2/" + kBase + "/diff/bin/busybox");
+    BuildEntry ln;
+    ln.name = "sh-hard";
+    ln.parent = bin;
+    ln.st = make_stat(S_IFREG | 0755, big.size(), 2);
+    ln.link_of = bb;
+    base.add(ln);
+    base.at(bb).st.st_nlink = 2;
+    BuildEntry sym;
+    sym.name = "sh";
+    sym.parent = bin;
+    sym.st = make_stat(S_IFLNK | 0777, 7);
+    sym.target = "busybox";
+    base.add(sym);
+    catalog.layers.push_back(put_layer(mem, kBase, base, "BASELINK", std::nullopt));
+
+    IndexBuilder top(4096);
+    uint32_t troot = add_root(top);
+    uint32_t etc = add_dir(top, troot, "etc");
+    top.at(etc).xattrs = {{"trusted.overlay.opaque", "y"}};
+    BuildEntry wh;
+    wh.name = "bin";
+    wh.parent = troot;
+    wh.st = make_stat(S_IFCHR, 0);
+    top.add(wh);
+    add_file(top, &mem, etc, "hostname", "box\n", "overlay2/" + kTop + "/diff/etc/hostname");
+    catalog.layers.push_back(put_layer(mem, kTop, top, "TOPLINK", "l/BASELINK"));
+
+    IndexBuilder img(4096);
+    uint32_t iroot = add_root(img);
+    uint32_t ov = add_dir(img, iroot, "overlay2");
+    add_file(img, &mem, ov, "repositories.json", "{}", "image/overlay2/repositories.json");
+    auto ibytes = img.serialize();
+    REQUIRE(ibytes.ok());
+    auto iidx = LayerIndex::parse(*ibytes);
+    REQUIRE(iidx.ok());
+    catalog.image_index = (*iidx)->digest();
+    mem.put(image_index_path(*catalog.image_index), *ibytes);
+    mem.put(kCatalogPath, catalog.serialize());
+  }
+};
+
+uint64_t walk(FsCore& core, std::initializer_list<std::string_view> path) {
+  uint64_t ino = kRootIno;
+  for (auto name : path) {
+    auto a = core.lookup(ino, name);
+    REQUIRE(a.ok());
+    ino = a->st.st_ino;
+  }
+  return ino;
+}
+
+std::vector<std::pair<std::string, uint32_t>> list(FsCore& core, uint64_t ino) {
+  std::vector<std::pair<std::string, uint32_t>> out;
+  REQUIRE(core.readdir(ino, 0, [&](const DirItem& d, const NodeAttr&) {
+                out.emplace_back(std::string(d.name), d.mode);
+                return true;
+              }).ok());
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("FsCore shows the overlay2-shaped tree", "[fscore]") {
+  Store s;
+  cache::ChunkFetcher fetcher(s.mem, {});
+  auto core_r = FsCore::open(fetcher, {});
+  REQUIRE(core_r.ok());
+  FsCore& core = **core_r;
+
+  CHECK(list(core, kRootIno) == std::vector<std::pair<std::string, uint32_t>>{{"image", S_IFDIR}, {"overlay2", S_IFDIR}});
+  auto ov = list(core, walk(core, {"overlay2"}));
+  REQUIRE(ov.size() == 3);
+  CHECK(ov[0].first == "l");
+  CHECK(ov[1].first == kBase);
+  auto top = list(core, walk(core, {"overlay2", kTop}));
+  CHECK(top == std::vector<std::pair<std::string, uint32_t>>{{"diff", S_IFDIR}, {"link", S_IFREG}, {"lower", S_IFREG}});
+  CHECK(list(core, walk(core, {"overlay2", kBase})).size() == 2);  // no lower for a base layer
+
+  std::vector<std::byte> buf(100);
+  uint64_t lower = walk(core, {"overlay2", kTop, "lower"});
+  auto n = core.read(lower, 0, buf);
+  REQUIRE(n.ok());
+  CHECK(std::string(reinterpret_cast<char*>(buf.data()), *n) == "l/BASELINK");
+  auto target = core.readlink(walk(core, {"overlay2", "l", "TOPLINK"}));
+  REQUIRE(target.ok());
+  CHECK(*target == "../" + kTop + "/diff");
+  CHECK(core.lookup(walk(core, {"overlay2"}), "nope").code() == ENOENT);
+  CHECK(core.lookup(kRootIno, "nope").code() == ENOENT);
+  CHECK(core.negative_timeout(kRootIno) < core.negative_timeout(walk(core, {"overlay2", kTop, "diff"})));
+
+  uint64_t repo = walk(core, {"image", "overlay2", "repositories.json"});
+  n = core.read(repo, 0, buf);
+  REQUIRE(n.ok());
+  CHECK(std::string(reinterpret_cast<char*>(buf.data()), *n) == "{}");
+}
+
+TEST_CASE("FsCore answers metadata from the index: types, links, xattrs, whiteouts", "[fscore]") {
+  Store s;
+  cache::ChunkFetcher fetcher(s.mem, {});
+  auto core_r = FsCore::open(fetcher, {});
+  REQUIRE(core_r.ok());
+  FsCore& core = **core_r;
+  uint64_t reads_before = s.mem.reads();
+
+  uint64_t bb = walk(core, {"overlay2", kBase, "diff", "bin", "busybox"});
+  uint64_t hard = walk(core, {"overlay2", kBase, "diff", "bin", "sh-hard"});
+  CHECK(bb == hard);  // one inode for the hard-link group
+  auto a = core.getattr(bb);
+  REQUIRE(a.ok());
+  CHECK(a->st.st_nlink == 2);
+  CHECK(a->st.st_size == static_cast<off_t>(s.big.size()));
+  CHECK(a->st.st_mtim.tv_nsec == 123456789);
+  CHECK(core.getattr(bb)->st.st_ino == bb);  // stable
+  auto sh = core.readlink(walk(core, {"overlay2", kBase, "diff", "bin", "sh"}));
+  REQUIRE(sh.ok());
+  CHECK(*sh == "busybox");
+  CHECK(core.readlink(bb).code() == EINVAL);
+
+  uint64_t wh = walk(core, {"overlay2", kTop, "diff", "bin"});
+  CHECK(S_ISCHR(core.getattr(wh)->st.st_mode));
+  CHECK(core.getattr(wh)->st.st_rdev == 0);
+  auto diff_items = list(core, walk(core, {"overlay2", kTop, "diff"}));
+  CHECK(diff_items == std::vector<std::pair<std::string, uint32_t>>{{"bin", S_IFCHR}, {"etc", S_IFDIR}});
+
+  uint64_t etc = walk(core, {"overlay2", kTop, "diff", "etc"});
+  auto x = core.getxattr(etc, "trusted.overlay.opaque");
+  REQUIRE(x.ok());
+  CHECK(*x == "y");
+  CHECK(core.getxattr(etc, "user.none").code() == ENODATA);
+  CHECK(*core.listxattr(etc) == std::vector<std::string>{"trusted.overlay.opaque"});
+  CHECK(core.lookup(bb, "x").code() == ENOTDIR);
+  CHECK(s.mem.reads() == reads_before);  // no metadata call touched the backend
+}
+
+TEST_CASE("FsCore reads content across chunk boundaries and refuses writes", "[fscore]") {
+  Store s;
+  cache::ChunkFetcher fetcher(s.mem, {});
+  auto core_r = FsCore::open(fetcher, {});
+  REQUIRE(core_r.ok());
+  FsCore& core = **core_r;
+  uint64_t bb = walk(core, {"overlay2", kBase, "diff", "bin", "busybox"});
+  CHECK(core.open(bb, O_RDONLY).ok());
+  CHECK(core.open(bb, O_RDWR).code() == EROFS);
+  CHECK(core.open(bb, O_WRONLY).code() == EROFS);
+  CHECK(core.open(walk(core, {"overlay2"}), O_RDONLY).code() == EISDIR);
+
+  for (uint64_t off : {0ull, 1ull, 4095ull, 4096ull, 8000ull, 12288ull, 12300ull}) {
+    for (size_t len : {1ul, 100ul, 4096ul, 9000ul, 20000ul}) {
+      std::vector<std::byte> buf(len);
+      auto n = core.read(bb, off, buf);
+      REQUIRE(n.ok());
+      size_t want = off >= s.big.size() ? 0 : std::min<size_t>(len, s.big.size() - off);
+      REQUIRE(*n == want);
+      CHECK(std::memcmp(buf.data(), s.big.data() + off, want) == 0);
+    }
+  }
+  std::vector<std::byte> buf(10);
+  CHECK(*core.read(bb, 1 << 20, buf) == 0);
+  CHECK(core.bytes_served() > 0);
+}
+
+TEST_CASE("FsCore refuses a store without a catalog or with a mismatched index", "[fscore]") {
+  {
+    backend::MemoryBackend empty;
+    empty.put("x", "y");
+    cache::ChunkFetcher fetcher(empty, {});
+    auto r = FsCore::open(fetcher, {});
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().message.find("no extrafs catalog") != std::string::npos);
+  }
+  {
+    Store s;
+    s.mem.put(layer_index_path(kTop), "garbage");
+    cache::ChunkFetcher fetcher(s.mem, {});
+    auto r = FsCore::open(fetcher, {});
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().message.find(kTop) != std::string::npos);
+  }
+  {
+    Store s;
+    Catalog c = s.catalog;
+    std::swap(c.layers[0].index_digest, c.layers[1].index_digest);
+    s.mem.put(kCatalogPath, c.serialize());
+    cache::ChunkFetcher fetcher(s.mem, {});
+    auto r = FsCore::open(fetcher, {});
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().message.find("does not match") != std::string::npos);
+  }
+}
+
+TEST_CASE("FsCore picks up layers added to the catalog without a remount", "[fscore]") {
+  Store s;
+  cache::ChunkFetcher fetcher(s.mem, {});
+  FsCoreOptions opts;
+  opts.refresh_interval_s = 0;
+  // The memory backend reports mtime 0 for everything, so the refresh is keyed on size.
+  Catalog first = s.catalog;
+  first.layers.pop_back();
+  s.mem.put(kCatalogPath, first.serialize());
+  auto core_r = FsCore::open(fetcher, opts);
+  REQUIRE(core_r.ok());
+  FsCore& core = **core_r;
+  uint64_t ov = walk(core, {"overlay2"});
+  CHECK(core.lookup(ov, kTop).code() == ENOENT);
+  uint64_t base_dir = walk(core, {"overlay2", kBase});
+  s.mem.put(kCatalogPath, s.catalog.serialize());
+  auto a = core.lookup(ov, kTop);
+  REQUIRE(a.ok());
+  CHECK(walk(core, {"overlay2", kBase}) == base_dir);  // existing ids unchanged
+  CHECK(core.layer_count() == 2);
+}
+
+TEST_CASE("stats are reported as one JSON object with per-layer numbers", "[fscore]") {
+  Store s;
+  cache::ChunkFetcher fetcher(s.mem, {});
+  auto core_r = FsCore::open(fetcher, {});
+  REQUIRE(core_r.ok());
+  FsCore& core = **core_r;
+  uint64_t bb = walk(core, {"overlay2", kBase, "diff", "bin", "busybox"});
+  std::vector<std::byte> buf(100);
+  REQUIRE(core.read(bb, 0, buf).ok());
+  auto j = core.getxattr(kRootIno, kStatsXattr);
+  REQUIRE(j.ok());
+  for (const char* k : {"\"bytes_fetched\":4096", "\"bytes_served\":100", "\"chunks_fetched\":1", "\"cache_misses\":1",
+                        "\"bytes_cached\":4096", "\"backend_errors\":0", "\"cache_bytes\":4096"}) {
+    INFO(*j);
+    CHECK(j->find(k) != std::string::npos);
+  }
+}

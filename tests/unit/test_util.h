@@ -1,0 +1,79 @@
+// Helpers for unit tests: small layer indexes and stores built in memory.
+#pragma once
+
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+
+#include <cstring>
+#include <string>
+
+#include "backend/fault_backend.h"
+#include "common/hash.h"
+#include "fs/catalog.h"
+#include "fs/layer_index.h"
+
+namespace extrafs::testing {
+
+inline struct stat make_stat(uint32_t mode, uint64_t size = 0, uint32_t nlink = 1) {
+  struct stat st {};
+  st.st_mode = mode;
+  st.st_size = static_cast<off_t>(size);
+  st.st_nlink = nlink;
+  st.st_uid = 1000;
+  st.st_gid = 100;
+  st.st_mtim = {1700000000, 123456789};
+  st.st_ctim = {1700000001, 1};
+  st.st_atim = {1700000002, 2};
+  st.st_blocks = static_cast<blkcnt_t>((size + 511) / 512);
+  return st;
+}
+
+// Adds a regular file whose content lives in object `object_path` of `backend`, chunked.
+inline uint32_t add_file(fs::IndexBuilder& b, backend::MemoryBackend* backend, uint32_t parent, const std::string& name,
+                         const std::string& content, const std::string& object_path) {
+  fs::BuildEntry e;
+  e.name = name;
+  e.parent = parent;
+  e.st = make_stat(S_IFREG | 0644, content.size());
+  uint32_t obj = b.add_object(object_path);
+  for (uint64_t off = 0; off < content.size(); off += b.chunk_size()) {
+    fs::ChunkRecord c{};
+    c.object = obj;
+    c.offset = off;
+    c.raw_len = static_cast<uint32_t>(std::min<uint64_t>(b.chunk_size(), content.size() - off));
+    c.stored_len = c.raw_len;
+    Digest128 d = xxh3_128(content.data() + off, c.raw_len);
+    std::memcpy(c.digest, d.bytes.data(), 16);
+    e.chunks.push_back(c);
+  }
+  if (backend) backend->put(object_path, content);
+  return b.add(std::move(e));
+}
+
+inline uint32_t add_dir(fs::IndexBuilder& b, uint32_t parent, const std::string& name, uint32_t mode = 0755) {
+  fs::BuildEntry e;
+  e.name = name;
+  e.parent = parent;
+  e.st = make_stat(S_IFDIR | mode, 4096, 2);
+  return b.add(std::move(e));
+}
+
+inline uint32_t add_root(fs::IndexBuilder& b) {
+  fs::BuildEntry e;
+  e.st = make_stat(S_IFDIR | 0755, 4096, 2);
+  return b.add(std::move(e));
+}
+
+inline std::string pseudo_random(size_t n, uint32_t seed) {
+  std::string s(n, '\0');
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (size_t i = 0; i < n; ++i) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    s[i] = static_cast<char>(x);
+  }
+  return s;
+}
+
+}  // namespace extrafs::testing

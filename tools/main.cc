@@ -1,0 +1,153 @@
+// The `extrafs` command: one CLI11 subcommand per verb of the contract in DESIGN.md. Each verb
+// parses its arguments here and calls into the library layers; exit codes are 0 (success),
+// 1 (runtime failure) and 2 (usage error), and every failure is one line on stderr.
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <iostream>
+
+#include "common/str_util.h"
+#include "fs/fs_core.h"
+#include "fs/indexer.h"
+#include "tools/mount_cmd.h"
+
+namespace extrafs::tools {
+namespace {
+
+int fail(const std::string& msg, int code = 1) {
+  std::fprintf(stderr, "extrafs: %s\n", msg.c_str());
+  return code;
+}
+
+int cmd_index(const std::string& store) {
+  bool tty = ::isatty(2);
+  auto report = fs::index_store(store, [&](const std::string& line) {
+    if (tty) std::fprintf(stderr, "%s\n", line.c_str());
+  });
+  if (!report.ok()) return fail(report.error().message);
+  std::printf("%d layers indexed, %d already indexed%s\n", report->layers_indexed, report->layers_present,
+              report->catalog_written ? "; catalog written" : "; catalog unchanged");
+  return 0;
+}
+
+Result<nlohmann::json> read_stats(const std::string& mountpoint) {
+  std::string buf(1 << 16, '\0');
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    ssize_t n = ::getxattr(mountpoint.c_str(), fs::kStatsXattr, buf.data(), buf.size());
+    if (n >= 0) {
+      auto j = nlohmann::json::parse(buf.substr(0, static_cast<size_t>(n)), nullptr, false);
+      if (j.is_discarded()) return make_error(EBADMSG, mountpoint + " returned unreadable statistics");
+      return j;
+    }
+    if (errno == ERANGE) {
+      buf.resize(buf.size() * 4);
+      continue;
+    }
+    if (errno == ENODATA || errno == ENOTSUP || errno == EOPNOTSUPP)
+      return make_error(errno, mountpoint + " is not an extrafs mount");
+    return Error::from_errno(errno, mountpoint);
+  }
+  return make_error(E2BIG, mountpoint + ": statistics too large");
+}
+
+int cmd_stats(const std::string& mountpoint, bool json, bool prometheus) {
+  auto j = read_stats(mountpoint);
+  if (!j.ok()) return fail(j.error().message);
+  if (json) {
+    std::cout << j->dump(2) << "\n";
+    return 0;
+  }
+  if (prometheus) {
+    for (const char* k : {"bytes_fetched", "bytes_served", "chunks_fetched", "cache_hits", "cache_misses", "cache_bytes",
+                          "backend_errors", "corrupt_fetches", "merged_waits"}) {
+      if (j->contains(k)) std::cout << "extrafs_" << k << " " << (*j)[k].get<uint64_t>() << "\n";
+    }
+    for (const auto& l : (*j)["layers"]) {
+      std::cout << "extrafs_layer_bytes_total{cache_id=\"" << l["cache_id"].get<std::string>() << "\"} "
+                << l["bytes_total"].get<uint64_t>() << "\n";
+      std::cout << "extrafs_layer_bytes_cached{cache_id=\"" << l["cache_id"].get<std::string>() << "\"} "
+                << l["bytes_cached"].get<uint64_t>() << "\n";
+    }
+    return 0;
+  }
+  auto u = [&](const char* k) { return (*j)[k].get<uint64_t>(); };
+  std::printf("source          %s\n", (*j)["source"].get<std::string>().c_str());
+  std::printf("bytes fetched   %s (%llu chunks)\n", format_size(u("bytes_fetched")).c_str(),
+              static_cast<unsigned long long>(u("chunks_fetched")));
+  std::printf("bytes served    %s\n", format_size(u("bytes_served")).c_str());
+  std::printf("cache           %llu hits, %llu misses, %s held\n", static_cast<unsigned long long>(u("cache_hits")),
+              static_cast<unsigned long long>(u("cache_misses")), format_size(u("cache_bytes")).c_str());
+  std::printf("backend errors  %llu\n", static_cast<unsigned long long>(u("backend_errors")));
+  for (const auto& l : (*j)["layers"]) {
+    uint64_t total = l["bytes_total"].get<uint64_t>(), cached = l["bytes_cached"].get<uint64_t>();
+    std::printf("layer %.12s  %10s  %5.1f%% cached\n", l["cache_id"].get<std::string>().c_str(), format_size(total).c_str(),
+                total ? 100.0 * static_cast<double>(cached) / static_cast<double>(total) : 100.0);
+  }
+  return 0;
+}
+
+int main_impl(int argc, char** argv) {
+  CLI::App app{"extrafs: container image layers from shared storage, fetched lazily", "extrafs"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "extrafs 0.1.0");
+
+  MountRequest mreq;
+  std::vector<std::string> mopts;
+  auto* mount = app.add_subcommand("mount", "mount a store (local directory or nfs:// URL) read-only");
+  mount->add_option("SOURCE", mreq.source, "nfs://HOST[:PORT]/EXPORT[/SUBDIR][?...] or an absolute directory")->required();
+  mount->add_option("MOUNTPOINT", mreq.mountpoint, "an existing empty directory")->required();
+  mount->add_flag("-f", mreq.foreground, "stay in the foreground");
+  mount->add_option("-o", mopts, "mount options: cache=DIR,cache_size=SIZE,timeout=S,threads=N,allow_other,record=DIR,log_level=L")
+      ->allow_extra_args(false);
+
+  std::string umount_point;
+  auto* unmount = app.add_subcommand("unmount", "unmount an extrafs mount");
+  unmount->add_option("MOUNTPOINT", umount_point)->required();
+
+  std::string index_store;
+  auto* index = app.add_subcommand("index", "index a Hermes-style store copied by hand");
+  index->add_option("STORE", index_store, "the store directory")->required();
+
+  std::string stats_point;
+  bool stats_json = false, stats_prom = false;
+  auto* stats = app.add_subcommand("stats", "show the counters of a running mount");
+  stats->add_option("MOUNTPOINT", stats_point)->required();
+  auto* jflag = stats->add_flag("--json", stats_json, "one JSON object");
+  stats->add_flag("--prometheus", stats_prom, "Prometheus text format")->excludes(jflag);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);
+    std::string what = e.what();
+    return fail(what + " (see 'extrafs --help')", 2);
+  }
+
+  if (mount->parsed()) {
+    for (const auto& o : mopts) {
+      auto st = apply_mount_options(o, &mreq);
+      if (!st.ok()) return fail(st.error().message, 2);
+    }
+    return run_mount(mreq);
+  }
+  if (unmount->parsed()) return run_unmount(umount_point);
+  if (index->parsed()) return cmd_index(index_store);
+  if (stats->parsed()) return cmd_stats(stats_point, stats_json, stats_prom);
+  return fail("no command given (see 'extrafs --help')", 2);
+}
+
+}  // namespace
+}  // namespace extrafs::tools
+
+int main(int argc, char** argv) {
+  try {
+    return extrafs::tools::main_impl(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "extrafs: %s\n", e.what());
+    return 1;
+  }
+}

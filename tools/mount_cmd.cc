@@ -1,0 +1,302 @@
+#include "tools/mount_cmd.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <fstream>
+#include <set>
+
+#include "backend/backend.h"
+#include "cache/block_cache.h"
+#include "cache/chunk_fetcher.h"
+#include "common/hash.h"
+#include "common/log.h"
+#include "common/str_util.h"
+#include "fs/fs_core.h"
+#include "fs/fuse_adapter.h"
+
+namespace extrafs::tools {
+
+namespace {
+
+Error usage(std::string msg) { return make_error(EINVAL, std::move(msg)); }
+
+// Options of mount(8) and fstab that concern mount(8) itself or are implied (extrafs is always
+// read-only, nodev-irrelevant, ...): accepted and not passed on.
+const std::set<std::string> kIgnoredOpts = {"defaults", "auto", "noauto", "user", "nouser", "users", "_netdev",
+                                            "nofail", "ro", "async", "atime", "noatime", "relatime", "strictatime",
+                                            "nodiratime", "diratime", "lazytime", "nolazytime", "loud", "silent"};
+// Options handed to the kernel/libfuse as they are.
+const std::set<std::string> kPassedOpts = {"dev", "nodev", "suid", "nosuid", "exec", "noexec", "allow_root",
+                                           "auto_unmount", "sync", "dirsync"};
+const std::set<std::string> kPassedValueOpts = {"max_read", "blksize"};
+
+std::string unescape_mountinfo(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && i + 3 < s.size()) {
+      int v = 0;
+      bool ok = true;
+      for (int k = 1; k <= 3; ++k) {
+        char c = s[i + k];
+        if (c < '0' || c > '7') ok = false;
+        v = v * 8 + (c - '0');
+      }
+      if (ok) {
+        out += static_cast<char>(v);
+        i += 3;
+        continue;
+      }
+    }
+    out += s[i];
+  }
+  return out;
+}
+
+std::string real_path(const std::string& p) {
+  char buf[PATH_MAX];
+  if (::realpath(p.c_str(), buf)) return buf;
+  return p;
+}
+
+std::string default_cache_dir(const std::string& source) {
+  // One cache per source: the cache directory is locked by the daemon using it.
+  uint64_t h = xxh3_64(source.data(), source.size());
+  return fmt::format("/var/cache/extrafs/{:016x}", h);
+}
+
+// Runs in the process that will serve. `notify` reports "" once mounted, else the reason.
+int serve(const MountRequest& req, const std::function<void(const std::string&)>& notify) {
+  auto backend = backend::open_backend(req.source, req.timeout_s * 1000);
+  if (!backend.ok()) {
+    notify(backend.error().message);
+    return 1;
+  }
+  std::unique_ptr<cache::BlockCache> disk;
+  {
+    std::string dir = req.cache_dir.empty() ? default_cache_dir(req.source) : req.cache_dir;
+    if (req.cache_dir.empty()) ::mkdir("/var/cache/extrafs", 0700);
+    auto bc = cache::BlockCache::open(dir, req.cache_size);
+    if (!bc.ok()) {
+      notify(bc.error().message);
+      return 1;
+    }
+    disk = std::move(bc).value();
+  }
+  cache::FetcherOptions fopts;
+  fopts.disk = disk.get();
+  cache::ChunkFetcher fetcher(**backend, fopts);
+  fs::FsCoreOptions copts;
+  copts.record_dir = req.record_dir;
+  auto core = fs::FsCore::open(fetcher, copts);
+  if (!core.ok()) {
+    notify(core.error().message);
+    return 1;
+  }
+  fs::FuseConfig fc;
+  fc.mountpoint = req.mountpoint;
+  fc.fsname = req.source;
+  fc.allow_other = req.allow_other;
+  fc.threads = req.threads;
+  fc.extra_opts = req.fuse_opts;
+  spdlog::info("serving {} on {} ({} layers)", req.source, req.mountpoint, (*core)->layer_count());
+  return fs::run_fuse(**core, fc, notify);
+}
+
+}  // namespace
+
+Status apply_mount_options(const std::string& list, MountRequest* req) {
+  for (const std::string& opt : split_options(list)) {
+    if (opt.empty()) continue;
+    auto eq = opt.find('=');
+    std::string key = opt.substr(0, eq);
+    std::string val = eq == std::string::npos ? "" : opt.substr(eq + 1);
+    bool has_val = eq != std::string::npos;
+    auto need_val = [&]() -> Status {
+      if (!has_val || val.empty()) return usage("mount option '" + key + "' needs a value");
+      return ok_status();
+    };
+    if (key == "cache") {
+      EXTRAFS_CHECK_STATUS(need_val());
+      if (val.front() != '/') return usage("cache=" + val + ": the cache directory must be an absolute path");
+      req->cache_dir = val;
+    } else if (key == "cache_size") {
+      EXTRAFS_CHECK_STATUS(need_val());
+      auto v = parse_size(val);
+      if (!v || *v < (1u << 20)) return usage("cache_size=" + val + ": expected a size of at least 1M, like 512M or 20G");
+      req->cache_size = *v;
+    } else if (key == "timeout") {
+      EXTRAFS_CHECK_STATUS(need_val());
+      auto v = parse_uint(val);
+      if (!v || *v == 0 || *v > 86400) return usage("timeout=" + val + ": expected whole seconds between 1 and 86400");
+      req->timeout_s = static_cast<int>(*v);
+    } else if (key == "threads") {
+      EXTRAFS_CHECK_STATUS(need_val());
+      auto v = parse_uint(val);
+      if (!v || *v == 0 || *v > 1024) return usage("threads=" + val + ": expected a number between 1 and 1024");
+      req->threads = static_cast<unsigned>(*v);
+    } else if (key == "allow_other") {
+      if (has_val) return usage("mount option 'allow_other' takes no value");
+      req->allow_other = true;
+    } else if (key == "record") {
+      EXTRAFS_CHECK_STATUS(need_val());
+      if (val.front() != '/') return usage("record=" + val + ": the trace directory must be an absolute path");
+      req->record_dir = val;
+    } else if (key == "log_level") {
+      EXTRAFS_CHECK_STATUS(need_val());
+      spdlog::level::level_enum lvl;
+      if (!parse_log_level(val, &lvl)) return usage("log_level=" + val + ": expected trace, debug, info, warn or error");
+      req->log_level = val;
+    } else if (key == "rw") {
+      return usage("mount option 'rw': extrafs is read-only");
+    } else if (kIgnoredOpts.count(key) || key.rfind("x-", 0) == 0 || key.rfind("comment=", 0) == 0) {
+      continue;
+    } else if (kPassedOpts.count(key) && !has_val) {
+      req->fuse_opts.push_back(key);
+    } else if (kPassedValueOpts.count(key) && has_val && parse_uint(val)) {
+      req->fuse_opts.push_back(opt);
+    } else {
+      return usage("unknown mount option '" + opt + "'");
+    }
+  }
+  return ok_status();
+}
+
+bool is_mount_point(const std::string& path, std::string* fstype) {
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  bool found = false;
+  while (std::getline(in, line)) {
+    // id parent major:minor root mountpoint options [optional...] - fstype source superopts
+    std::vector<std::string> f;
+    size_t pos = 0;
+    while (pos <= line.size()) {
+      size_t end = line.find(' ', pos);
+      if (end == std::string::npos) end = line.size();
+      f.push_back(line.substr(pos, end - pos));
+      pos = end + 1;
+    }
+    if (f.size() < 5 || unescape_mountinfo(f[4]) != path) continue;
+    found = true;  // the last matching line is the top mount
+    if (fstype) {
+      for (size_t i = 5; i + 1 < f.size(); ++i)
+        if (f[i] == "-") *fstype = f[i + 1];
+    }
+  }
+  return found;
+}
+
+int run_mount(MountRequest req) {
+  auto fail = [](const std::string& msg, int code) {
+    std::fprintf(stderr, "extrafs: %s\n", msg.c_str());
+    return code;
+  };
+  if (req.source.rfind("nfs://", 0) != 0 && (req.source.empty() || req.source.front() != '/'))
+    return fail("source '" + req.source + "' must be an nfs:// URL or an absolute directory path", 2);
+  if (req.source.front() == '/') {
+    struct stat st;
+    if (::stat(req.source.c_str(), &st) != 0) return fail(fmt::format("store {}: {}", req.source, std::strerror(errno)), 1);
+    if (!S_ISDIR(st.st_mode)) return fail("store " + req.source + " is not a directory", 1);
+    req.source = real_path(req.source);
+  }
+  struct stat st;
+  if (::stat(req.mountpoint.c_str(), &st) != 0)
+    return fail(fmt::format("mountpoint {}: {}", req.mountpoint, std::strerror(errno)), 1);
+  if (!S_ISDIR(st.st_mode)) return fail("mountpoint " + req.mountpoint + " is not a directory", 1);
+  req.mountpoint = real_path(req.mountpoint);
+  if (is_mount_point(req.mountpoint, nullptr))
+    return fail("mountpoint " + req.mountpoint + " is busy: something is already mounted there", 1);
+  if (!req.record_dir.empty()) {
+    struct stat rs;
+    if (::stat(req.record_dir.c_str(), &rs) != 0 || !S_ISDIR(rs.st_mode))
+      return fail("record=" + req.record_dir + " is not a directory", 1);
+  }
+  spdlog::level::level_enum level = spdlog::level::info;
+  parse_log_level(req.log_level, &level);
+
+  if (req.foreground) {
+    init_logging(level, /*to_syslog=*/false);
+    std::string failure;
+    int rc = serve(req, [&](const std::string& reason) { failure = reason; });
+    if (!failure.empty()) return fail(failure, 1);
+    return rc;
+  }
+
+  // Background: the child serves; the parent waits for "mounted" or a reason on a pipe.
+  int pipefd[2];
+  if (::pipe2(pipefd, O_CLOEXEC) != 0) return fail(fmt::format("pipe: {}", std::strerror(errno)), 1);
+  std::fflush(nullptr);
+  pid_t pid = ::fork();
+  if (pid < 0) return fail(fmt::format("fork: {}", std::strerror(errno)), 1);
+  if (pid == 0) {
+    ::close(pipefd[0]);
+    ::setsid();
+    if (::chdir("/") != 0) _exit(1);
+    init_logging(level, /*to_syslog=*/true);
+    int wfd = pipefd[1];
+    int rc = serve(req, [&](const std::string& reason) {
+      std::string msg = reason.empty() ? "OK" : "ERR " + reason;
+      if (::write(wfd, msg.data(), msg.size()) < 0) {
+        // The parent is gone; nothing to tell.
+      }
+      ::close(wfd);
+      wfd = -1;
+      if (reason.empty()) {
+        int devnull = ::open("/dev/null", O_RDWR);
+        if (devnull >= 0) {
+          ::dup2(devnull, 0);
+          ::dup2(devnull, 1);
+          ::dup2(devnull, 2);
+          if (devnull > 2) ::close(devnull);
+        }
+      }
+    });
+    _exit(rc);
+  }
+  ::close(pipefd[1]);
+  std::string msg;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::read(pipefd[0], buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    msg.append(buf, static_cast<size_t>(n));
+  }
+  ::close(pipefd[0]);
+  if (msg == "OK") return 0;
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  if (msg.rfind("ERR ", 0) == 0) return fail(msg.substr(4), 1);
+  if (WIFSIGNALED(status)) return fail(fmt::format("the daemon died during start-up (signal {})", WTERMSIG(status)), 1);
+  return fail("the daemon exited during start-up", 1);
+}
+
+int run_unmount(const std::string& mountpoint) {
+  std::string mp = real_path(mountpoint);
+  std::string fstype;
+  if (!is_mount_point(mp, &fstype)) {
+    std::fprintf(stderr, "extrafs: %s is not mounted\n", mountpoint.c_str());
+    return 1;
+  }
+  if (fstype != "fuse.extrafs") {
+    std::fprintf(stderr, "extrafs: %s is not an extrafs mount (it is %s)\n", mountpoint.c_str(), fstype.c_str());
+    return 1;
+  }
+  if (::umount2(mp.c_str(), 0) == 0) return 0;
+  if (errno == EPERM) {
+    // Not root: the setuid helper may unmount a mount of this user.
+    execlp("fusermount3", "fusermount3", "-u", mp.c_str(), static_cast<char*>(nullptr));
+  }
+  std::fprintf(stderr, "extrafs: unmount %s: %s\n", mountpoint.c_str(), std::strerror(errno));
+  return 1;
+}
+
+}  // namespace extrafs::tools

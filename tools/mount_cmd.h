@@ -1,0 +1,39 @@
+// `extrafs mount` and `mount.extrafs`: option parsing, checks, daemonising, and serving.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+
+namespace extrafs::tools {
+
+struct MountRequest {
+  std::string source;
+  std::string mountpoint;
+  bool foreground = false;
+  std::string cache_dir;          // "" = default, derived from the source
+  uint64_t cache_size = 10ull << 30;
+  int timeout_s = 30;
+  unsigned threads = 0;
+  bool allow_other = false;
+  std::string record_dir;
+  std::string log_level = "info";
+  std::vector<std::string> fuse_opts;  // passed through to the kernel/libfuse
+};
+
+// Applies one -o list ("a,b=c,...") to `req`. EINVAL with a one-line message naming the option.
+Status apply_mount_options(const std::string& list, MountRequest* req);
+
+// Checks, mounts and serves. Without `foreground`, returns once the mount serves (0) or failed
+// (1, after printing one line). Returns the process exit code.
+int run_mount(MountRequest req);
+
+// `extrafs unmount MOUNTPOINT`.
+int run_unmount(const std::string& mountpoint);
+
+// Whether `path` (absolute, resolved) is currently a mount point; `fstype` receives its type.
+bool is_mount_point(const std::string& path, std::string* fstype);
+
+}  // namespace extrafs::tools
