@@ -499,7 +499,9 @@ Result<size_t> FsCore::read(uint64_t ino, uint64_t offset, std::span<std::byte> 
       auto data = fetcher_.get(ref);
       if (!data.ok()) {
         if (done > 0) break;  // return what we have; the next read reports the error
-        return data.error();
+        // Whatever went wrong below (timeout, missing object, bytes that never verify), the
+        // reader sees EIO; the cause is logged and counted.
+        return make_error(EIO, data.error().message);
       }
       std::memcpy(out.data() + done, (*data)->data() + in_chunk, n);
     }

@@ -99,7 +99,7 @@ int main_impl(int argc, char** argv) {
   std::vector<std::string> mopts;
   auto* mount = app.add_subcommand("mount", "mount a store (local directory or nfs:// URL) read-only");
   mount->add_option("SOURCE", mreq.source, "nfs://HOST[:PORT]/EXPORT[/SUBDIR][?...] or an absolute directory")->required();
-  mount->add_option("MOUNTPOINT", mreq.mountpoint, "an existing empty directory")->required();
+  mount->add_option("MOUNTPOINT", mreq.mountpoint, "an existing directory with nothing mounted on it")->required();
   mount->add_flag("-f", mreq.foreground, "stay in the foreground");
   mount->add_option("-o", mopts, "mount options: cache=DIR,cache_size=SIZE,timeout=S,threads=N,allow_other,record=DIR,log_level=L")
       ->allow_extra_args(false);
@@ -119,6 +119,11 @@ int main_impl(int argc, char** argv) {
   auto* jflag = stats->add_flag("--json", stats_json, "one JSON object");
   stats->add_flag("--prometheus", stats_prom, "Prometheus text format")->excludes(jflag);
 
+  if (argc > 1 && argv[1][0] != '-') {
+    bool known = false;
+    for (const auto* sub : app.get_subcommands([](CLI::App*) { return true; })) known |= sub->get_name() == argv[1];
+    if (!known) return fail(std::string("unknown command '") + argv[1] + "' (see 'extrafs --help')", 2);
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

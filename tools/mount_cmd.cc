@@ -29,10 +29,11 @@ namespace {
 
 Error usage(std::string msg) { return make_error(EINVAL, std::move(msg)); }
 
-// Options of mount(8) and fstab that concern mount(8) itself or are implied (extrafs is always
-// read-only, nodev-irrelevant, ...): accepted and not passed on.
+// Options of mount(8) and fstab that concern mount(8) itself or change nothing here: accepted and
+// not passed on. "rw" is among them because mount(8) passes it unless told "ro"; the mount is
+// read-only whatever it says.
 const std::set<std::string> kIgnoredOpts = {"defaults", "auto", "noauto", "user", "nouser", "users", "_netdev",
-                                            "nofail", "ro", "async", "atime", "noatime", "relatime", "strictatime",
+                                            "nofail", "ro", "rw", "async", "atime", "noatime", "relatime", "strictatime",
                                             "nodiratime", "diratime", "lazytime", "nolazytime", "loud", "silent"};
 // Options handed to the kernel/libfuse as they are.
 const std::set<std::string> kPassedOpts = {"dev", "nodev", "suid", "nosuid", "exec", "noexec", "allow_root",
@@ -155,8 +156,6 @@ Status apply_mount_options(const std::string& list, MountRequest* req) {
       spdlog::level::level_enum lvl;
       if (!parse_log_level(val, &lvl)) return usage("log_level=" + val + ": expected trace, debug, info, warn or error");
       req->log_level = val;
-    } else if (key == "rw") {
-      return usage("mount option 'rw': extrafs is read-only");
     } else if (kIgnoredOpts.count(key) || key.rfind("x-", 0) == 0 || key.rfind("comment=", 0) == 0) {
       continue;
     } else if (kPassedOpts.count(key) && !has_val) {

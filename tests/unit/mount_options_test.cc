@@ -13,11 +13,11 @@ TEST_CASE("mount options are parsed and bad ones named", "[mount]") {
   CHECK(r.threads == 4u);
   CHECK(r.allow_other);
   CHECK(r.log_level == "debug");
-  REQUIRE(apply_mount_options("defaults,_netdev,noauto,x-systemd.automount,nosuid,nodev", &r).ok());
+  REQUIRE(apply_mount_options("rw,defaults,_netdev,noauto,x-systemd.automount,nosuid,nodev", &r).ok());
   CHECK(r.fuse_opts == std::vector<std::string>{"nosuid", "nodev"});
 
   for (const char* bad : {"bogus=1", "cache_size=abc", "threads=0", "timeout=", "cache=relative", "log_level=loud",
-                          "rw", "allow_other=1", "cache_size=1K"}) {
+                          "allow_other=1", "cache_size=1K"}) {
     MountRequest x;
     auto st = apply_mount_options(bad, &x);
     INFO(bad);

@@ -466,9 +466,19 @@ TEST_CASE("a cache is created with its missing parent directories", "[cache]") {
 
 TEST_CASE("concurrent gets and puts from 8 threads stay consistent", "[cache]") {
   TempDir t;
-  const int kChunks = 64;
   const size_t kSize = 16384;
-  const uint64_t cap = 20 * kSize;  // a third of the working set: constant eviction
+  int kChunks = 0;
+  uint64_t cap = 0;
+  bool tiny = false;
+  SECTION("a working set three times the capacity") {
+    kChunks = 64;
+    cap = 20 * kSize;
+  }
+  SECTION("a few hot chunks in a cache of four, so eviction and put of one chunk collide") {
+    kChunks = 6;
+    cap = 4 * kSize;
+    tiny = true;
+  }
   auto c = open_ok(t.cache_dir(), cap);
   std::vector<std::vector<std::byte>> data;
   std::vector<Digest128> ds;
@@ -496,9 +506,12 @@ TEST_CASE("concurrent gets and puts from 8 threads stay consistent", "[cache]") 
             }
             break;
           }
-          case 2:
-            if (!c->put(ds[i], data[i]).ok()) ++put_errors;
+          case 2: {
+            // With 8 puts in flight in a cache of 4 chunks, there may be no room to reserve.
+            auto st = c->put(ds[i], data[i]);
+            if (!st.ok() && !(tiny && st.code() == ENOSPC)) ++put_errors;
             break;
+          }
           case 3:
             (void)c->contains(ds[i]);
             if (c->stats().bytes > cap) ++over;
