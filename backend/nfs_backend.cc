@@ -6,8 +6,8 @@
 //   kMaxContexts contexts, created lazily, each leased to one caller at a time.
 // - We use only the async API driven by our own poll() loop, bounded by the call's deadline. The
 //   sync API runs its own loop, and with auto-reconnect (on by default: -1 = forever) a sync call
-//   against a dead server can block indefinitely. nfs_set_timeout() exists but only works in whole
-//   seconds and does not bound connects, so we do not rely on it. Auto-reconnect is switched off;
+//   against a dead server may keep reconnecting. nfs_set_timeout() exists in 4.0.0 (whole seconds
+//   only, per the header) but we do not need it: our loop enforces the deadline. Auto-reconnect is switched off;
 //   a context that sees a transport error or a timeout is destroyed (nfs_destroy_context cancels
 //   every pending RPC, calling its callback with an error while our state is still alive) and a
 //   fresh one is connected on next use. After a server restart the next call thus succeeds alone.
@@ -18,14 +18,25 @@
 // - An NFSv4 READ above about 1 MiB returns 0 bytes and breaks the connection, and libnfs does not
 //   split v4 reads (nfs_get_readmax() is 0 for v4). So every READ is capped at 1 MiB (or the v3
 //   rtmax when smaller) and big requests are pipelined: several READs in flight on one context.
-// - Every context of one process gets the same NFSv4 client name ("Libnfs pid:P T") and verifier
-//   when created in the same second; ganesha then sees one client whose SETCLIENTID from context B
-//   may discard the open state of context A. Each context therefore gets a unique name + verifier.
+// - nfs_init_context() names the NFSv4 client "Libnfs pid:P T" (T in seconds) with a verifier from
+//   the time and pid, so contexts created in the same second would look like one client to the
+//   server, whose SETCLIENTID from one context could disturb the open state of another. Each
+//   context therefore gets a unique name + verifier (NFSv4 only).
 // - Callbacks on failure: RPC errors arrive as -EFAULT, cancels/timeouts as -EINTR; NFS status
 //   errors are mapped to errno (-ENOENT, -EACCES, -ESTALE, ...). Data passed to a callback (stat
 //   results, READ payload) is only valid during the callback.
 // - When the server closes the socket, nfs_service() returns -1 without an errno; when a connect
 //   is refused it reports POLLERR and we read SO_ERROR ourselves to give a proper errno.
+// - NFSv4 open-owner seqids: libnfs keeps one seqid per context and bumps it by the compound
+//   status; against ganesha an OPEN after a failed OPEN gets the replayed error, and an OPEN after
+//   a CLOSE fails with NFS4ERR_BAD_SEQID. See forget_handle() for how we avoid both.
+// - Small leaks inside libnfs: nfs4_set_client_name() does not free the previous name, and a
+//   mount cancelled mid-connect (nfs_destroy_context on a hung server) leaks its connect data
+//   (~200 bytes). Both are per connect, not per read.
+// - nfs-ganesha caches attributes and lookups (MDCACHE, Attr_Expiration_Time, 60 s by default), so
+//   a file replaced behind its back can be served stale; tests/nfs/ganesha.sh sets it to 0. We
+//   reopen a cached handle after any stat() of its path, which is how read_all() sees a
+//   rewritten catalog.
 // - NFSv4 attributes carry no rdev and readdir no inode; neither matters here (metadata comes from
 //   the index). The dircache is disabled so new directory entries (new layers) show up at once.
 #include "backend/nfs_backend.h"
@@ -106,6 +117,12 @@ std::string cb_message(int err, void* data) {
     if (*s != '\0') return s;
   }
   return std::strerror(cb_errno(err));
+}
+
+// libnfs' error string for the last failure of `nfs` (never null).
+std::string last_error(struct nfs_context* nfs) {
+  const char* msg = nfs != nullptr ? nfs_get_error(nfs) : nullptr;
+  return msg != nullptr && *msg != '\0' ? msg : "unknown libnfs error";
 }
 
 bool parse_port(std::string_view s, int* out) {
@@ -285,8 +302,7 @@ Loop run_loop(Conn& c, Done done, Deadline deadline) {
     }
     if (nfs_service(c.nfs, revents) < 0) {
       if (c.sock_errno == 0) c.sock_errno = ECONNRESET;
-      const char* msg = nfs_get_error(c.nfs);
-      c.sock_error = msg != nullptr ? msg : "";
+      c.sock_error = last_error(c.nfs);
       return Loop::kBroken;
     }
   }
@@ -298,8 +314,14 @@ class NfsBackend final : public Backend {
   NfsBackend(std::string url, NfsUrl parsed, int timeout_ms)
       : url_(std::move(url)), u_(std::move(parsed)), timeout_ms_(std::max(timeout_ms, 1)) {
     mount_path_ = u_.path;
-    std::random_device rd;
-    client_salt_ = (static_cast<uint64_t>(rd()) << 32) ^ rd();
+    client_salt_ = static_cast<uint64_t>(Clock::now().time_since_epoch().count()) ^
+                   (static_cast<uint64_t>(::getpid()) << 40);
+    try {
+      std::random_device rd;
+      client_salt_ ^= (static_cast<uint64_t>(rd()) << 32) ^ rd();
+    } catch (...) {
+      // no entropy source: the clock and pid above are unique enough
+    }
     for (auto& g : stat_gen_) g.store(0, std::memory_order_relaxed);
   }
 
@@ -424,7 +446,7 @@ class NfsBackend final : public Backend {
     for (auto& [path, h] : c.handles) c.retired.push_back(h.fh);
     for (struct nfsfh* fh : c.retired) {
       if (nfs_close_async(c.nfs, fh, ignore_cb, nullptr) != 0) {
-        spdlog::debug("nfs: close not queued: {}", nfs_get_error(c.nfs));
+        spdlog::debug("nfs: close not queued: {}", last_error(c.nfs));
       }
     }
     c.retired.clear();
@@ -467,6 +489,18 @@ class NfsBackend final : public Backend {
     return h;
   }
 
+  void set_v4_identity(Conn& c) {
+    uint64_t n = next_client_id_.fetch_add(1) + 1;
+    std::string name = "extrafs-" + std::to_string(::getpid()) + "-" +
+                       std::to_string(client_salt_ & 0xffffffffu) + "-" + std::to_string(n);
+    nfs4_set_client_name(c.nfs, name.c_str());
+    uint64_t v = client_salt_ ^ (n * 0x9E3779B97F4A7C15ull) ^
+                 static_cast<uint64_t>(Clock::now().time_since_epoch().count());
+    char verifier[8];
+    std::memcpy(verifier, &v, sizeof verifier);
+    nfs4_set_verifier(c.nfs, verifier);
+  }
+
   Status mount_once(Conn& c, const std::string& path, Deadline deadline) {
     c.nfs = nfs_init_context();
     if (c.nfs == nullptr) return Error{ENOMEM, "cannot create an NFS context"};
@@ -481,7 +515,7 @@ class NfsBackend final : public Backend {
       opts.pop_back();
       struct nfs_url* parsed = nfs_parse_url_dir(c.nfs, opts.c_str());
       if (parsed == nullptr) {
-        std::string msg = nfs_get_error(c.nfs);
+        std::string msg = last_error(c.nfs);
         teardown(c);
         return Error{EINVAL, "libnfs rejected the port options: " + msg};
       }
@@ -492,16 +526,8 @@ class NfsBackend final : public Backend {
       return Error{EINVAL, "libnfs does not support NFS version " + std::to_string(u_.version)};
     }
     // Unique NFSv4 identity per context (see top of file). nfs4_set_client_name leaks the previous
-    // name (a few bytes per connect), which is acceptable.
-    uint64_t n = next_client_id_.fetch_add(1) + 1;
-    std::string name = "extrafs-" + std::to_string(::getpid()) + "-" +
-                       std::to_string(client_salt_ & 0xffffffffu) + "-" + std::to_string(n);
-    nfs4_set_client_name(c.nfs, name.c_str());
-    uint64_t v = client_salt_ ^ (n * 0x9E3779B97F4A7C15ull) ^
-                 static_cast<uint64_t>(Clock::now().time_since_epoch().count());
-    char verifier[8];
-    std::memcpy(verifier, &v, sizeof verifier);
-    nfs4_set_verifier(c.nfs, verifier);
+    // name (a few bytes per NFSv4 connect), which is acceptable.
+    if (u_.version == 4) set_v4_identity(c);
     nfs_set_autoreconnect(c.nfs, 0);
     nfs_set_dircache(c.nfs, 0);
 
@@ -510,7 +536,7 @@ class NfsBackend final : public Backend {
                        std::to_string(u_.version) + ")";
     if (nfs_mount_async(c.nfs, u_.host.c_str(), path.c_str(), status_cb, &st) != 0) {
       // Queuing fails before any I/O: in practice the host name does not resolve.
-      std::string msg = nfs_get_error(c.nfs);
+      std::string msg = last_error(c.nfs);
       teardown(c);
       return Error{EHOSTUNREACH, what + ": " + msg};
     }
@@ -637,7 +663,7 @@ class NfsBackend final : public Backend {
     OpenState st;
     if (nfs_open_async(c.nfs, full.c_str(), O_RDONLY, open_cb, &st) != 0) {
       c.broken = true;
-      return Error{EIO, "cannot open " + full + ": " + nfs_get_error(c.nfs)};
+      return Error{EIO, "cannot open " + full + ": " + last_error(c.nfs)};
     }
     Loop loop = run_loop(c, [&] { return st.done; }, deadline);
     if (loop != Loop::kDone) {
@@ -732,7 +758,7 @@ class NfsBackend final : public Backend {
             p.inflight = false;
             call.inflight--;
             p.err = -EIO;
-            p.message = std::string("READ not queued: ") + nfs_get_error(c.nfs);
+            p.message = std::string("READ not queued: ") + last_error(c.nfs);
             c.broken = true;
             failed = true;
             break;
@@ -773,7 +799,7 @@ class NfsBackend final : public Backend {
     StatState st;
     if (nfs_stat64_async(c.nfs, full.c_str(), stat_cb, &st) != 0) {
       c.broken = true;
-      return Error{EIO, "cannot stat " + full + ": " + nfs_get_error(c.nfs)};
+      return Error{EIO, "cannot stat " + full + ": " + last_error(c.nfs)};
     }
     Loop loop = run_loop(c, [&] { return st.done; }, deadline);
     if (loop != Loop::kDone) {
@@ -798,7 +824,7 @@ class NfsBackend final : public Backend {
     DirState st;
     if (nfs_opendir_async(c.nfs, full.c_str(), opendir_cb, &st) != 0) {
       c.broken = true;
-      return Error{EIO, "cannot list " + full + ": " + nfs_get_error(c.nfs)};
+      return Error{EIO, "cannot list " + full + ": " + last_error(c.nfs)};
     }
     Loop loop = run_loop(c, [&] { return st.done; }, deadline);
     if (loop != Loop::kDone) {

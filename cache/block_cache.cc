@@ -41,10 +41,12 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <list>
 #include <mutex>
 #include <string_view>
+#include <system_error>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
@@ -246,8 +248,10 @@ class DiskBlockCache final : public BlockCache {
   struct ReadResult {
     ReadOutcome outcome = ReadOutcome::kError;
     int err = 0;
+    // Identity of the file read, so that dropping it cannot remove a replacement.
     dev_t dev = 0;
     ino_t ino = 0;
+    timespec ctime{};
     std::vector<std::byte> data;
   };
 
@@ -258,7 +262,7 @@ class DiskBlockCache final : public BlockCache {
   }
 
   ReadResult read_chunk(const Digest128& d, bool touch);
-  void drop_corrupt(const Digest128& d, dev_t dev, ino_t ino);
+  void drop_corrupt(const Digest128& d, const ReadResult& r);
   void forget_if_gone(const Digest128& d);
 
   // REQUIRES: mu_ held. Evicts LRU entries from the index until bytes_ + reserved_ + extra <=
@@ -408,7 +412,7 @@ void DiskBlockCache::remove_victims(const std::vector<Victim>& victims) {
     }
     if (::unlinkat(dir_fd_.get(), chunk_rel(v.digest).c_str(), 0) != 0 && errno != ENOENT)
       log()->warn("cache {}: cannot remove evicted chunk {}: {}", dir_, v.digest.hex(),
-                  std::strerror(errno));
+                  std::generic_category().message(errno));
   }
 }
 
@@ -469,6 +473,7 @@ DiskBlockCache::ReadResult DiskBlockCache::read_chunk(const Digest128& d, bool t
   }
   r.dev = st.st_dev;
   r.ino = st.st_ino;
+  r.ctime = st.st_ctim;
   r.outcome = ReadOutcome::kCorrupt;
   uint64_t size = static_cast<uint64_t>(st.st_size);
   if (size < kHeaderSize || size - kHeaderSize > kMaxChunkSize) return r;
@@ -495,7 +500,7 @@ DiskBlockCache::ReadResult DiskBlockCache::read_chunk(const Digest128& d, bool t
   return r;
 }
 
-void DiskBlockCache::drop_corrupt(const Digest128& d, dev_t dev, ino_t ino) {
+void DiskBlockCache::drop_corrupt(const Digest128& d, const ReadResult& r) {
   corrupt_.fetch_add(1, std::memory_order_relaxed);
   log()->warn("cache {}: chunk {} is corrupt; dropped", dir_, d.hex());
   std::lock_guard slk(stripe(d));
@@ -503,7 +508,9 @@ void DiskBlockCache::drop_corrupt(const Digest128& d, dev_t dev, ino_t ino) {
   struct stat st {};
   if (::fstatat(dir_fd_.get(), rel.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
     // Replaced by a concurrent put since we read it: that file is a fresh copy, leave it.
-    if (st.st_dev != dev || st.st_ino != ino) return;
+    if (st.st_dev != r.dev || st.st_ino != r.ino || st.st_ctim.tv_sec != r.ctime.tv_sec ||
+        st.st_ctim.tv_nsec != r.ctime.tv_nsec)
+      return;
     ::unlinkat(dir_fd_.get(), rel.c_str(), 0);
   }
   std::lock_guard lk(mu_);
@@ -545,7 +552,7 @@ Result<std::vector<std::byte>> DiskBlockCache::get(const Digest128& d) {
       misses_.fetch_add(1, std::memory_order_relaxed);
       return make_error(ENOENT, "chunk " + d.hex() + " not in cache " + dir_);
     case ReadOutcome::kCorrupt:
-      drop_corrupt(d, r.dev, r.ino);
+      drop_corrupt(d, r);
       misses_.fetch_add(1, std::memory_order_relaxed);
       return make_error(
           ENOENT, "chunk " + d.hex() + " in cache " + dir_ + " was corrupt and has been dropped");
@@ -732,7 +739,7 @@ Result<uint64_t> DiskBlockCache::verify_all() {
         forget_if_gone(d);
         break;
       case ReadOutcome::kCorrupt:
-        drop_corrupt(d, r.dev, r.ino);
+        drop_corrupt(d, r);
         ++dropped;
         break;
       case ReadOutcome::kError:

@@ -9,7 +9,54 @@
 namespace extrafs::cache {
 
 ChunkFetcher::ChunkFetcher(backend::Backend& backend, FetcherOptions options)
-    : backend_(backend), options_(options) {}
+    : backend_(backend), options_(options) {
+  for (unsigned i = 0; i < options_.prefetch_threads; ++i) workers_.emplace_back([this] { prefetch_worker(); });
+}
+
+ChunkFetcher::~ChunkFetcher() {
+  {
+    std::lock_guard lock(queue_mu_);
+    stopping_ = true;
+    queue_.clear();
+  }
+  queue_cv_.notify_all();
+  for (auto& t : workers_) t.join();
+}
+
+void ChunkFetcher::prefetch(const ChunkRef& c) {
+  if (workers_.empty()) return;
+  {
+    std::lock_guard lock(mu_);
+    if (map_.count(c.digest) || inflight_.count(c.digest)) return;
+  }
+  if (options_.disk && options_.disk->contains(c.digest)) return;
+  {
+    std::lock_guard lock(queue_mu_);
+    if (stopping_ || queue_.size() >= options_.prefetch_queue) return;
+    for (const auto& q : queue_)
+      if (q.ref.digest == c.digest) return;
+    OwnedChunkRef owned{std::string(c.object), c};
+    queue_.push_back(std::move(owned));
+  }
+  queue_cv_.notify_one();
+}
+
+void ChunkFetcher::prefetch_worker() {
+  for (;;) {
+    OwnedChunkRef job;
+    {
+      std::unique_lock lock(queue_mu_);
+      queue_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      if (stopping_) return;
+      job = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    job.ref.object = job.object;
+    if (is_cached(job.ref.digest)) continue;
+    prefetches_++;
+    (void)get(job.ref);
+  }
+}
 
 ChunkData ChunkFetcher::memory_get(const Digest128& d) {
   std::lock_guard lock(mu_);
@@ -129,20 +176,27 @@ Result<ChunkData> ChunkFetcher::fetch(const ChunkRef& c) {
   return last;
 }
 
-Result<std::string> ChunkFetcher::read_meta(std::string_view path, const std::string& cache_name) {
+Result<std::string> ChunkFetcher::read_meta(std::string_view path, const std::string& cache_name,
+                                            const std::function<Status(const std::string&)>& check) {
   auto got = backend_.read_all(path, 1ull << 32);
   if (got.ok()) {
-    if (options_.disk) {
-      (void)options_.disk->put_meta(cache_name, std::as_bytes(std::span(got->data(), got->size())));
+    auto verdict = check(*got);
+    if (verdict.ok()) {
+      if (options_.disk) (void)options_.disk->put_meta(cache_name, std::as_bytes(std::span(got->data(), got->size())));
+      return got;
     }
-    return got;
+    got = verdict.error();
+  } else if (got.code() != ENOENT) {
+    backend_errors_++;
   }
-  if (got.code() != ENOENT) backend_errors_++;
   if (options_.disk) {
     auto cached = options_.disk->get_meta(cache_name);
     if (cached.ok()) {
-      spdlog::warn("{} unreadable ({}); using the cached copy", path, got.error().message);
-      return std::string(reinterpret_cast<const char*>(cached->data()), cached->size());
+      std::string copy(reinterpret_cast<const char*>(cached->data()), cached->size());
+      if (check(copy).ok()) {
+        spdlog::warn("{}: {}; using the cached copy", path, got.error().message);
+        return copy;
+      }
     }
   }
   return got;
@@ -163,6 +217,7 @@ FetcherStats ChunkFetcher::stats() const {
   s.merged_waits = merged_waits_;
   s.backend_errors = backend_errors_;
   s.corrupt_fetches = corrupt_fetches_;
+  s.prefetches = prefetches_;
   return s;
 }
 

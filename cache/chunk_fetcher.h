@@ -14,7 +14,10 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
+#include <functional>
 #include <list>
+#include <thread>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -46,6 +49,14 @@ using ChunkData = std::shared_ptr<const std::vector<std::byte>>;
 struct FetcherOptions {
   uint64_t memory_bytes = 64ull << 20;  // bound of the in-memory LRU
   BlockCache* disk = nullptr;           // optional persistent cache
+  unsigned prefetch_threads = 2;        // workers for prefetch(); 0 disables it
+  size_t prefetch_queue = 64;           // pending prefetches beyond this are dropped
+};
+
+// A chunk reference that owns its object path, for work queued beyond the caller's lifetime.
+struct OwnedChunkRef {
+  std::string object;
+  ChunkRef ref;  // ref.object is re-pointed at `object` when used
 };
 
 struct FetcherStats {
@@ -56,11 +67,13 @@ struct FetcherStats {
   uint64_t merged_waits = 0;     // readers that waited on another reader's fetch
   uint64_t backend_errors = 0;   // backend reads that failed
   uint64_t corrupt_fetches = 0;  // fetched chunks that failed verification or decompression
+  uint64_t prefetches = 0;       // chunks fetched ahead of readers
 };
 
 class ChunkFetcher {
  public:
   ChunkFetcher(backend::Backend& backend, FetcherOptions options);
+  ~ChunkFetcher();
   ChunkFetcher(const ChunkFetcher&) = delete;
   ChunkFetcher& operator=(const ChunkFetcher&) = delete;
 
@@ -68,12 +81,19 @@ class ChunkFetcher {
   // ETIMEDOUT, ENOENT (object missing from the store).
   Result<ChunkData> get(const ChunkRef& c);
 
+  // Queues `c` to be fetched in the background (readahead). Returns at once; does nothing if the
+  // chunk is cached or being fetched, or if the queue is full.
+  void prefetch(const ChunkRef& c);
+
   // Whether the chunk is held locally (memory or disk).
   bool is_cached(const Digest128& d);
 
-  // Reads a whole metadata object from the backend; on success keeps a copy in the disk cache
-  // under `cache_name`; if the backend fails and a cached copy exists, returns that instead.
-  Result<std::string> read_meta(std::string_view path, const std::string& cache_name);
+  // Reads a whole metadata object (catalog, index) from the backend and checks it with `check`;
+  // only what passes is kept in the disk cache under `cache_name`, so bad bytes in the store
+  // never replace a good cached copy. If the backend fails, or its copy fails the check, a
+  // cached copy that passes is returned instead; otherwise the backend's (or the check's) error.
+  Result<std::string> read_meta(std::string_view path, const std::string& cache_name,
+                                const std::function<Status(const std::string&)>& check);
 
   FetcherStats stats() const;
   // Bytes of chunk data held locally: the disk cache if there is one, else the memory LRU.
@@ -89,6 +109,7 @@ class ChunkFetcher {
   };
 
   Result<ChunkData> fetch(const ChunkRef& c);
+  void prefetch_worker();
   ChunkData memory_get(const Digest128& d);
   void memory_put(const Digest128& d, ChunkData data);
 
@@ -101,8 +122,14 @@ class ChunkFetcher {
   uint64_t mem_bytes_ = 0;
   std::unordered_map<Digest128, std::shared_ptr<InFlight>, Digest128Hash> inflight_;
 
+  std::mutex queue_mu_;  // guards queue_, stopping_
+  std::condition_variable queue_cv_;
+  std::deque<OwnedChunkRef> queue_;
+  bool stopping_ = false;
+  std::vector<std::thread> workers_;
+
   std::atomic<uint64_t> bytes_fetched_{0}, chunks_fetched_{0}, cache_hits_{0}, cache_misses_{0},
-      merged_waits_{0}, backend_errors_{0}, corrupt_fetches_{0};
+      merged_waits_{0}, backend_errors_{0}, corrupt_fetches_{0}, prefetches_{0};
 };
 
 }  // namespace extrafs::cache

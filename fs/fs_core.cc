@@ -29,20 +29,32 @@ uint64_t make_ino(uint32_t slot, uint32_t local) { return (static_cast<uint64_t>
 uint32_t slot_of(uint64_t ino) { return static_cast<uint32_t>(ino >> 32); }
 uint32_t local_of(uint64_t ino) { return static_cast<uint32_t>(ino & 0xffffffffu); }
 
-struct timespec ns_to_ts(int64_t ns) {
-  struct timespec ts;
-  ts.tv_sec = ns / 1000000000;
-  ts.tv_nsec = ns % 1000000000;
-  if (ts.tv_nsec < 0) {
-    ts.tv_nsec += 1000000000;
-    ts.tv_sec -= 1;
-  }
-  return ts;
-}
-
 Error noent() { return make_error(ENOENT, "no such entry"); }
 
+Status check_catalog(const std::string& text) {
+  auto c = Catalog::parse(text);
+  if (!c.ok()) return c.error();
+  return ok_status();
+}
+
 std::string link_target(const std::string& cache_id) { return "../" + cache_id + "/diff"; }
+
+Digest128 digest_of(const ChunkRecord& c) {
+  Digest128 d;
+  std::memcpy(d.bytes.data(), c.digest, 16);
+  return d;
+}
+
+cache::ChunkRef chunk_ref(const LayerIndex& idx, const ChunkRecord& c) {
+  cache::ChunkRef ref;
+  ref.object = idx.object_path(c.object);
+  ref.offset = c.offset;
+  ref.stored_len = c.stored_len;
+  ref.raw_len = c.raw_len;
+  ref.lz4 = (c.flags & kChunkLz4) != 0;
+  ref.digest = digest_of(c);
+  return ref;
+}
 
 }  // namespace
 
@@ -64,7 +76,7 @@ Result<std::unique_ptr<FsCore>> FsCore::open(cache::ChunkFetcher& fetcher, FsCor
   }
   auto& backend = fetcher.backend();
   if (auto info = backend.stat(kCatalogPath); info.ok()) core->catalog_info_ = *info;
-  auto text = fetcher.read_meta(kCatalogPath, "catalog");
+  auto text = fetcher.read_meta(kCatalogPath, "catalog", check_catalog);
   if (!text.ok()) {
     if (text.code() == ENOENT)
       return make_error(ENOENT, "store " + backend.describe() + " has no extrafs catalog (run 'extrafs index' or 'extrafs publish' first)");
@@ -81,12 +93,21 @@ Result<std::unique_ptr<FsCore>> FsCore::open(cache::ChunkFetcher& fetcher, FsCor
 
 Result<std::shared_ptr<const LayerIndex>> FsCore::load_index(const std::string& path, const std::string& cache_name,
                                                              const Digest128& want, const std::string& what) {
-  auto bytes = fetcher_.read_meta(path, cache_name);
+  // The check parses the index; a cheap digest comparison first rejects a wrong file outright.
+  auto check = [&](const std::string& bytes) -> Status {
+    if (xxh3_128(bytes.data(), bytes.size()) != want) {
+      auto parsed = LayerIndex::parse(bytes);
+      if (!parsed.ok()) return parsed.error();
+      return make_error(EBADMSG, "index does not match the digest in the catalog");
+    }
+    auto parsed = LayerIndex::parse(bytes);
+    if (!parsed.ok()) return parsed.error();
+    return ok_status();
+  };
+  auto bytes = fetcher_.read_meta(path, cache_name, check);
   if (!bytes.ok()) return make_error(bytes.code(), "index of " + what + " (" + path + "): " + bytes.error().message);
   auto idx = LayerIndex::parse(std::move(bytes).value());
   if (!idx.ok()) return make_error(idx.code(), path + ": " + idx.error().message);
-  if ((*idx)->digest() != want)
-    return make_error(EBADMSG, path + ": index does not match the digest in the catalog");
   return idx;
 }
 
@@ -154,7 +175,7 @@ Status FsCore::refresh() {
   auto info = fetcher_.backend().stat(kCatalogPath);
   if (!info.ok()) return info.error();
   if (info->size == catalog_info_.size && info->mtime_ns == catalog_info_.mtime_ns) return ok_status();
-  EXTRAFS_TRY(text, fetcher_.read_meta(kCatalogPath, "catalog"));
+  EXTRAFS_TRY(text, fetcher_.read_meta(kCatalogPath, "catalog", check_catalog));
   EXTRAFS_TRY(catalog, Catalog::parse(text));
   EXTRAFS_CHECK_STATUS(load(catalog, /*initial=*/false));
   catalog_info_ = *info;
@@ -215,9 +236,9 @@ NodeAttr FsCore::entry_attr(uint32_t slot_no, const LayerIndex& idx, uint32_t en
   a.st.st_size = static_cast<off_t>(e.size);
   a.st.st_blocks = static_cast<blkcnt_t>(e.blocks);
   a.st.st_blksize = 4096;
-  a.st.st_atim = ns_to_ts(e.atime_ns);
-  a.st.st_mtim = ns_to_ts(e.mtime_ns);
-  a.st.st_ctim = ns_to_ts(e.ctime_ns);
+  a.st.st_atim = {e.atime_sec, e.atime_nsec};
+  a.st.st_mtim = {e.mtime_sec, e.mtime_nsec};
+  a.st.st_ctim = {e.ctime_sec, e.ctime_nsec};
   return a;
 }
 
@@ -489,14 +510,7 @@ Result<size_t> FsCore::read(uint64_t ino, uint64_t offset, std::span<std::byte> 
     if (c.flags & kChunkZero) {
       std::memset(out.data() + done, 0, n);
     } else {
-      cache::ChunkRef ref;
-      ref.object = idx.object_path(c.object);
-      ref.offset = c.offset;
-      ref.stored_len = c.stored_len;
-      ref.raw_len = c.raw_len;
-      ref.lz4 = (c.flags & kChunkLz4) != 0;
-      std::memcpy(ref.digest.bytes.data(), c.digest, 16);
-      auto data = fetcher_.get(ref);
+      auto data = fetcher_.get(chunk_ref(idx, c));
       if (!data.ok()) {
         if (done > 0) break;  // return what we have; the next read reports the error
         // Whatever went wrong below (timeout, missing object, bytes that never verify), the
@@ -508,7 +522,28 @@ Result<size_t> FsCore::read(uint64_t ino, uint64_t offset, std::span<std::byte> 
     done += n;
   }
   bytes_served_ += done;
+  // Readahead: a reader that keeps reading where it stopped gets the next chunks fetched in the
+  // background, a window that grows with the streak.
+  if (unsigned window = sequential_window(ino, offset, offset + done)) {
+    uint64_t last = (offset + done - 1) / cs;
+    for (uint64_t ci = last + 1; ci <= last + window && ci < chunks.size(); ++ci) {
+      const ChunkRecord& c = chunks[ci];
+      if (c.flags & kChunkZero) continue;
+      fetcher_.prefetch(chunk_ref(idx, c));
+    }
+  }
   return done;
+}
+
+unsigned FsCore::sequential_window(uint64_t ino, uint64_t offset, uint64_t end) {
+  constexpr size_t kMaxStreams = 4096;
+  std::lock_guard lock(streams_mu_);
+  if (streams_.size() >= kMaxStreams && !streams_.count(ino)) streams_.clear();
+  Stream& s = streams_[ino];
+  s.streak = (offset == s.next && offset != 0) ? s.streak + 1 : (offset == 0 ? 1 : 0);
+  s.next = end;
+  if (s.streak < 2) return 0;
+  return std::min(s.streak - 1, 4u);
 }
 
 struct statvfs FsCore::statfs() {
@@ -541,6 +576,7 @@ std::string FsCore::stats_json() {
   j["merged_waits"] = f.merged_waits;
   j["backend_errors"] = f.backend_errors;
   j["corrupt_fetches"] = f.corrupt_fetches;
+  j["prefetches"] = f.prefetches;
   j["cache_bytes"] = fetcher_.cached_bytes();
   j["inodes"] = inodes_.size();
   j["source"] = fetcher_.backend().describe();
@@ -557,11 +593,9 @@ std::string FsCore::stats_json() {
         cached += c.raw_len;
         continue;
       }
-      Digest128 d;
-      std::memcpy(d.bytes.data(), c.digest, 16);
-      if (fetcher_.is_cached(d)) cached += c.raw_len;
+      if (fetcher_.is_cached(digest_of(c))) cached += c.raw_len;
     }
-    // Hard-linked files share chunks: bytes_total counts them once, and so must bytes_cached.
+    // Chunks of a hard-link group are listed once (on its primary entry), as bytes_total counts it.
     arr.push_back({{"cache_id", s->layer.cache_id},
                    {"bytes_total", s->index->content_bytes()},
                    {"bytes_cached", std::min(cached, s->index->content_bytes())}});

@@ -115,6 +115,8 @@ class FsCore {
   NodeAttr synthetic_attr(uint64_t ino, uint32_t mode, uint64_t size, uint32_t nlink) const;
   Result<NodeAttr> layer_node_attr(uint64_t ino, const Slot& s) const;
   void record_access(uint32_t slot_no, const Slot& s, uint32_t entry);
+  // Readahead: returns how many chunks after the one ending at `end` to prefetch for this reader.
+  unsigned sequential_window(uint64_t ino, uint64_t offset, uint64_t end);
 
   cache::ChunkFetcher& fetcher_;
   FsCoreOptions options_;
@@ -133,6 +135,13 @@ class FsCore {
   backend::ObjectInfo catalog_info_{};
 
   std::atomic<uint64_t> bytes_served_{0};
+
+  struct Stream {
+    uint64_t next = 0;    // offset a sequential reader would read next
+    unsigned streak = 0;  // consecutive sequential reads
+  };
+  std::mutex streams_mu_;  // guards streams_
+  std::unordered_map<uint64_t, Stream> streams_;
 
   std::mutex record_mu_;  // guards record_fd_, recorded_
   int record_fd_ = -1;

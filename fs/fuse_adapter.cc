@@ -296,8 +296,9 @@ int run_fuse(FsCore& core, const FuseConfig& config, const std::function<void(co
   }
   int rc = fuse_session_loop_mt(se, cfg);
   fuse_loop_cfg_destroy(cfg);
-  // A signal or an unmount ends the loop with fuse_session_exited() set: a clean stop.
-  bool clean = rc == 0 || fuse_session_exited(se);
+  // An unmount ends the loop with 0; SIGINT/SIGTERM/SIGHUP with the signal's number (libfuse's
+  // signal handler stores it as the session error): both are clean stops.
+  bool clean = rc >= 0;
   fuse_session_unmount(se);
   fuse_remove_signal_handlers(se);
   fuse_session_destroy(se);

@@ -68,9 +68,13 @@ struct EntryRecord {
   uint32_t nlink;
   uint64_t size;
   uint64_t blocks;       // st_blocks (512-byte units), so sparse files look sparse
-  int64_t atime_ns;
-  int64_t mtime_ns;
-  int64_t ctime_ns;
+  int64_t atime_sec;     // times as seconds and nanoseconds, so any time a file system can hold
+  int64_t mtime_sec;     // fits (a single nanosecond count overflows before 1678 and after 2262)
+  int64_t ctime_sec;
+  uint32_t atime_nsec;
+  uint32_t mtime_nsec;
+  uint32_t ctime_nsec;
+  uint32_t reserved;     // 0
   uint64_t rdev;
   uint32_t primary;      // hard links: index of the entry holding attributes, xattrs and chunks
   uint32_t xattr_count;
@@ -82,7 +86,7 @@ struct EntryRecord {
   uint64_t chunk_first;  // regular files
   uint64_t chunk_count;
 };
-static_assert(sizeof(EntryRecord) == 136);
+static_assert(sizeof(EntryRecord) == 152);
 
 struct ChunkRecord {
   uint32_t object;       // index into the object table (ignored for kChunkZero)

@@ -138,6 +138,8 @@ Status LayerIndex::validate() {
     const auto& e = entries_[i];
     if (!valid_type(e.mode)) return bad(fmt::format("entry {} has a bad type", i));
     if (!str_ok(e.name_off, e.name_len)) return bad(fmt::format("entry {} name out of bounds", i));
+    if (e.atime_nsec >= 1000000000u || e.mtime_nsec >= 1000000000u || e.ctime_nsec >= 1000000000u || e.reserved)
+      return bad(fmt::format("entry {} has a bad time", i));
   }
   for (uint32_t i = 0; i < count; ++i) {
     const auto& e = entries_[i];
@@ -299,9 +301,12 @@ Result<std::string> IndexBuilder::serialize() const {
     r.nlink = static_cast<uint32_t>(be.st.st_nlink);
     r.size = S_ISREG(be.st.st_mode) || S_ISLNK(be.st.st_mode) || S_ISDIR(be.st.st_mode) ? be.st.st_size : 0;
     r.blocks = be.st.st_blocks;
-    r.atime_ns = be.st.st_atim.tv_sec * 1000000000ll + be.st.st_atim.tv_nsec;
-    r.mtime_ns = be.st.st_mtim.tv_sec * 1000000000ll + be.st.st_mtim.tv_nsec;
-    r.ctime_ns = be.st.st_ctim.tv_sec * 1000000000ll + be.st.st_ctim.tv_nsec;
+    r.atime_sec = be.st.st_atim.tv_sec;
+    r.atime_nsec = static_cast<uint32_t>(be.st.st_atim.tv_nsec);
+    r.mtime_sec = be.st.st_mtim.tv_sec;
+    r.mtime_nsec = static_cast<uint32_t>(be.st.st_mtim.tv_nsec);
+    r.ctime_sec = be.st.st_ctim.tv_sec;
+    r.ctime_nsec = static_cast<uint32_t>(be.st.st_ctim.tv_nsec);
     r.rdev = be.st.st_rdev;
     if (be.link_of) {
       if (*be.link_of >= n) return make_error(EINVAL, "bad hard-link reference");

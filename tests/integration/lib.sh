@@ -115,11 +115,11 @@ daemon_pids() {
     [[ $exe == "$EXTRAFS" || $(basename "$exe") == extrafs* ]] || continue
     tr '\0' '\n' <"$p/cmdline" 2>/dev/null | grep -qxF -- "$m" && echo "${p#/proc/}"
   done
+  return 0
 }
 
 # mount_extrafs STORE MNT [EXTRA_OPTS]: mounts in the background mode (no -f) with a private
 # cache; fails the test unless it exits 0 and the mount serves as soon as the command returns.
-MOUNT_OPTS_BASE=
 mount_extrafs() {
   local store=$1 mnt=$2 extra=${3:-} rc=0
   local opts="cache=$T/cache,cache_size=512M,log_level=warn${extra:+,$extra}"
@@ -154,7 +154,8 @@ for dp, dns, fns in sorted(os.walk(root)):
 PY
 }
 
-# Prints elapsed wall time of a command in seconds (3 decimals) to fd 3-less stdout var TIME_TAKEN.
+# timed COMMAND...: runs COMMAND, sets TIME_TAKEN to its wall time in seconds (3 decimals),
+# returns its status.
 timed() {
   local t0 t1 rc=0
   t0=$(date +%s.%N)

@@ -5,10 +5,12 @@
 # faithful read-only copy of the store:
 #   * every layer diff/ equals the store's, entry by entry, with ctime, d_type,
 #     d_ino, hard-link groups, xattrs and every byte (compare_trees.py);
-#     image/ equals the store's (ctime not required there);
+#     so does image/;
 #   * overlay2/ lists the same layers, link and lower have the store's content,
 #     overlay2/l/* are symlinks with the store's targets resolving to the diffs;
 #   * concurrent first reads and mmap return the right bytes;
+#   * an unprivileged user (allow_other, default permissions) gets the same
+#     stat/read/search outcomes on the served tree as on the store;
 #   * inode numbers are stable across stats and across dropped kernel caches;
 #   * every kind of write fails with EROFS and changes nothing;
 #   * indexing and mounting do not modify the store; `index` run again changes
@@ -53,8 +55,8 @@ else
   fail "indexing modified the store:"; head -20 "$T/d"
 fi
 
-step "extrafs mount STORE MNT"
-mount_extrafs "$STORE" "$MNT" || die "cannot continue without a mount"
+step "extrafs mount STORE MNT -o cache=...,cache_size=512M,log_level=warn,threads=4,timeout=30,allow_other"
+mount_extrafs "$STORE" "$MNT" "threads=4,timeout=30,allow_other" || die "cannot continue without a mount"
 echo "  mounted as: $(findmnt -n -o FSTYPE,OPTIONS --mountpoint "$MNT" | tail -1)"
 DAEMON=$(daemon_pids "$MNT" | head -1)
 [[ -n $DAEMON ]] && pass "daemon pid $DAEMON" || warn "could not find the daemon pid for $MNT"
@@ -70,6 +72,16 @@ if diff <(ls -A "$STORE/overlay2" | sort) <(ls -A "$MNT/overlay2" | sort) >"$T/d
 else
   fail "MNT/overlay2 listing differs from STORE/overlay2 (< store, > mount):"; cat "$T/d"
 fi
+
+for p in "overlay2/$BASE/diff/no-such-file" "overlay2/$BASE/diff/etc/no-such-file" "overlay2/0000no-such-layer" \
+         "overlay2/l/NOSUCHLINK" "image/no-such" "overlay2/$BASE/diff/etc/greeting/below-a-file"; do
+  err=$(stat -- "$MNT/$p" 2>&1 >/dev/null) && fail "MNT/$p exists" || {
+    case $err in
+      *"No such file or directory"*|*"Not a directory"*) pass "MNT/$p: ${err##*: }" ;;
+      *) fail "MNT/$p: unexpected error: $err" ;;
+    esac
+  }
+done
 
 step "concurrent first reads (8 readers of the same unread files)"
 FILES=(data/chunk_x3_plus7 data/chunk_plus1 links/big_a data/chunk_x2)
@@ -104,8 +116,8 @@ for c in "${CIDS[@]}"; do
   fi
 done
 
-step "compare STORE/image with MNT/image (without ctime)"
-if "${COMPARE[@]}" --no-ctime "$STORE/image" "$MNT/image" >"$T/cmp.out" 2>&1; then
+step "compare STORE/image with MNT/image (strict, with ctime)"
+if "${COMPARE[@]}" "$STORE/image" "$MNT/image" >"$T/cmp.out" 2>&1; then
   pass "$(tail -1 "$T/cmp.out")"
 else
   fail "MNT/image differs from STORE/image:"; sed 's/^/    /' "$T/cmp.out"
@@ -141,15 +153,64 @@ for l in "$STORE"/overlay2/l/*; do
     || fail "MNT/overlay2/l/$n does not resolve to MNT/overlay2/$c/diff"
 done
 
+step "permission checks for an unprivileged user (uid/gid 65534, allow_other) match the store"
+python3 - "$STORE/overlay2/$BASE/diff" "$MNT/overlay2/$BASE/diff" >"$T/perm.out" 2>&1 <<'PY' || true
+import os, sys
+def probe(root):
+    # Run as nobody in a child, from inside root; return the outcome of each access.
+    paths = ["etc/greeting", "perms/mode0000", "perms/dir_0700", "perms/dir_0700/inside",
+             "perms/dir_0000", "perms/dir_0000/inside", "perms/dir_0555", "links/g1/one",
+             "links/a/target", "owners/dir12345", "owners/dir12345/nobody_inside",
+             "perms/dir_sticky/inside", "xattrs/cap_net_raw"]
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        os.chdir(root)   # as root: the parents (0700 temp dir, 0710 overlay2/) need not be searchable
+        os.setgroups([])
+        os.setresgid(65534, 65534, 65534)
+        os.setresuid(65534, 65534, 65534)
+        out = []
+        for p in paths:
+            full = p
+            res = []
+            for what, fn in (("stat", lambda: os.lstat(full)),
+                             ("read", lambda: open(full, "rb").read(1) if not os.path.isdir(full) else os.listdir(full)),
+                             ("exec", lambda: os.access(full, os.X_OK) or (_ for _ in ()).throw(PermissionError(13, "no x")))):
+                try:
+                    fn()
+                    res.append(what + ":ok")
+                except OSError as e:
+                    res.append(what + ":" + (os.strerror(e.errno) if e.errno else str(e)))
+            out.append("%s %s" % (p, " ".join(res)))
+        os.write(w, "\n".join(out).encode())
+        os._exit(0)
+    os.close(w)
+    data = b""
+    while True:
+        b = os.read(r, 65536)
+        if not b:
+            break
+        data += b
+    os.waitpid(pid, 0)
+    return data.decode().splitlines()
+a, b = probe(sys.argv[1]), probe(sys.argv[2])
+for x, y in zip(a, b):
+    print(("ok " if x == y else "FAIL ") + (x if x == y else "store: %s | mount: %s" % (x, y)))
+PY
+while read -r st rest; do [[ $st == ok ]] && pass "as nobody: $rest" || fail "as nobody: $rest"; done <"$T/perm.out"
+
 step "inode numbers are stable"
 P=$MNT/overlay2/$BASE/diff/links/a/target
-i1=$(stat -c %i "$P"); i2=$(stat -c %i "$P")
+i1=$(stat -c %i "$P" 2>&1) || true; i2=$(stat -c %i "$P" 2>&1) || true
 [[ $i1 == "$i2" ]] && pass "stat twice: st_ino $i1" || fail "stat twice gave st_ino $i1 then $i2"
-"${COMPARE[@]}" --manifest "$MNT/overlay2/$BASE/diff" >"$T/ino1" 2>/dev/null
-"${COMPARE[@]}" --manifest "$MNT/overlay2" --exclude "$BASE" >>"$T/ino1" 2>/dev/null
+mnt_manifest() {  # mnt_manifest OUT
+  "${COMPARE[@]}" --manifest "$MNT/overlay2/$BASE/diff" >"$1" 2>&1 || fail "manifest of the served base layer failed"
+  "${COMPARE[@]}" --manifest "$MNT/overlay2" --exclude "$BASE" >>"$1" 2>&1 || fail "manifest of MNT/overlay2 failed"
+}
+mnt_manifest "$T/ino1"
 sync; echo 3 >/proc/sys/vm/drop_caches   # makes the kernel FORGET the nodes
-"${COMPARE[@]}" --manifest "$MNT/overlay2/$BASE/diff" >"$T/ino2" 2>/dev/null
-"${COMPARE[@]}" --manifest "$MNT/overlay2" --exclude "$BASE" >>"$T/ino2" 2>/dev/null
+mnt_manifest "$T/ino2"
 if diff "$T/ino1" "$T/ino2" >"$T/d"; then
   pass "st_ino (and all metadata) of $(wc -l <"$T/ino1") entries unchanged after drop_caches"
 else
@@ -221,12 +282,12 @@ cmp -s "$STORE/overlay2/$BASE/diff/etc/greeting" "$D/etc/greeting" \
   && pass "etc/greeting still has its content" || fail "etc/greeting changed after the write attempts"
 
 step "extrafs index STORE again (mounted) changes nothing and is fast"
-snapshot_index "$STORE/extrafs" >"$T/idx1"
+snapshot_index "$STORE/extrafs" >"$T/idx1" || fail "cannot read STORE/extrafs"
 rc=0; timed timeout 300 "$EXTRAFS" index "$STORE" >"$T/index2.out" 2>"$T/index2.err" || rc=$?
 T_INDEX2=$TIME_TAKEN
 [[ $rc -eq 0 ]] && pass "second index exited 0 in ${T_INDEX2} s (first: ${T_INDEX1} s)" \
   || fail "second index exited $rc: $(head -c 1000 "$T/index2.err")"
-snapshot_index "$STORE/extrafs" >"$T/idx2"
+snapshot_index "$STORE/extrafs" >"$T/idx2" || fail "cannot read STORE/extrafs after re-index"
 if diff "$T/idx1" "$T/idx2" >"$T/d"; then
   pass "catalog and indexes unchanged (content, size, mtime, ctime, inode)"
 else

@@ -72,11 +72,14 @@ PY
 while read -r st rest; do [[ $st == ok ]] && pass "$rest" || fail "store precondition: $rest"; done <"$T/pre.out"
 
 step "read-only overlays: O1 over the store's diffs, O2 over the served diffs"
-mount -t overlay overlay -o "ro,lowerdir=$S/$TOP/diff:$S/$MID/diff:$S/$BASE/diff" "$O1"
+mount -t overlay overlay -o "ro,lowerdir=$S/$TOP/diff:$S/$MID/diff:$S/$BASE/diff" "$O1" \
+  || die "overlayfs over the store itself does not mount (kernel/environment problem)"
 track_mount "$O1"
 pass "O1 mounted"
 # O2 the way dockerd builds it: l/<link of the top layer> followed by the top layer's `lower`.
-LOWER="l/$(cat "$MNT/overlay2/$TOP/link"):$(cat "$MNT/overlay2/$TOP/lower")"
+TOPLINK=$(cat "$MNT/overlay2/$TOP/link") && TOPLOWER=$(cat "$MNT/overlay2/$TOP/lower") \
+  || die "cannot read link/lower of the top layer from the mount"
+LOWER="l/$TOPLINK:$TOPLOWER"
 LOWER_ABS=$(echo "$LOWER" | tr ':' '\n' | sed "s|^|$MNT/overlay2/|" | paste -sd:)
 echo "  O2 lowerdir=$LOWER_ABS"
 if mount -t overlay overlay -o "ro,lowerdir=$LOWER_ABS" "$O2" 2>"$T/o2.err"; then
@@ -176,10 +179,13 @@ got=$(timeout 60 chroot "$O2" /bin/busybox sha256sum /data/chunk_x3_plus7 2>&1 |
 [[ $got == "$want" ]] && pass "busybox sha256sum inside the chroot matches the store" || fail "sha256 in chroot '$got', expected '$want'"
 
 step "writable overlay O3 (upperdir on tmp) over the served layers: copy-up"
-mount -t overlay overlay -o "lowerdir=$LOWER_ABS,upperdir=$T/upper,workdir=$T/work" "$O3"
+if ! mount -t overlay overlay -o "lowerdir=$LOWER_ABS,upperdir=$T/upper,workdir=$T/work" "$O3" 2>"$T/o3m.err"; then
+  fail "writable overlay over the served layers does not mount: $(cat "$T/o3m.err"); dmesg: $(dmesg | tail -3)"
+  finish
+fi
 track_mount "$O3"
 pass "O3 mounted read-write"
-"${COMPARE[@]}" --manifest "$MNT/overlay2" >"$T/mnt.manifest.before" 2>/dev/null
+"${COMPARE[@]}" --manifest "$MNT/overlay2" >"$T/mnt.manifest.before" 2>&1 || fail "manifest of MNT/overlay2 failed"
 declare -A SUM
 for f in etc/greeting data/chunk_plus1 xattrs/several wh_targets/keep links/a/target; do
   SUM[$f]=$(sha256sum <"$S/$BASE/diff/$f" | cut -d' ' -f1)
@@ -201,7 +207,7 @@ ops_ok=1
 cmp -s <(head -c 1048577 "$O3/data/chunk_plus1") "$S/$BASE/diff/data/chunk_plus1" \
   && pass "copied-up data equals the lower bytes" || fail "copy-up of data/chunk_plus1 corrupted the data"
 [[ -f $T/upper/etc/greeting && $(cat "$T/upper/etc/greeting") == "copied up" ]] && pass "upper holds etc/greeting" || fail "upper/etc/greeting missing"
-u=$(stat -c '%F %t:%T' "$T/upper/wh_targets/keep" 2>&1)
+u=$(stat -c '%F %t:%T' "$T/upper/wh_targets/keep" 2>&1) || true
 [[ $u == "character special file 0:0" ]] && pass "rm created a whiteout in upper" || fail "upper/wh_targets/keep: $u"
 absent_keep=1; [[ -e $O3/wh_targets/keep ]] && absent_keep=0
 [[ $absent_keep -eq 1 ]] && pass "wh_targets/keep gone from O3" || fail "wh_targets/keep still visible in O3"
@@ -220,10 +226,10 @@ for f in "${!SUM[@]}"; do
   [[ $(sha256sum <"$MNT/overlay2/$BASE/diff/$f" | cut -d' ' -f1) == "${SUM[$f]}" ]] || { fail "served file $f changed"; bad=1; }
 done
 [[ $bad -eq 0 ]] && pass "store and served copies of the touched files unchanged"
-"${COMPARE[@]}" --manifest "$MNT/overlay2" >"$T/mnt.manifest.after" 2>/dev/null
+"${COMPARE[@]}" --manifest "$MNT/overlay2" >"$T/mnt.manifest.after" 2>&1 || fail "manifest of MNT/overlay2 failed"
 diff -q "$T/mnt.manifest.before" "$T/mnt.manifest.after" >/dev/null && pass "served tree metadata unchanged" \
   || { fail "served tree metadata changed:"; diff "$T/mnt.manifest.before" "$T/mnt.manifest.after" | head; }
-umount "$O3"
+umount "$O3" || fail "cannot unmount O3"
 store_manifest >"$T/store.manifest.after"
 diff -q "$T/store.manifest.before" "$T/store.manifest.after" >/dev/null && pass "store metadata (incl. ctime) unchanged" \
   || { fail "store metadata changed:"; diff "$T/store.manifest.before" "$T/store.manifest.after" | head; }

@@ -55,8 +55,8 @@ alive() {
 
 # Waits (bounded, 10 s) until process $1 is gone.
 wait_gone() {
-  local pid=$1 i
-  for i in $(seq 1 100); do
+  local pid=$1
+  for _ in $(seq 1 100); do
     alive "$pid" || return 0
     sleep 0.1
   done
@@ -68,14 +68,14 @@ rpcbind_running() {
 }
 
 start_rpcbind() {
-  local dir=$1 i
+  local dir=$1
   rpcbind_running && return 0
   command -v rpcbind >/dev/null || die "NFSv3 needs rpcbind, which is not installed"
-  # -f: foreground (we keep the pid); -w: warm start is harmless; it binds 111 on all addresses
-  # (rpcbind has no option to bind only loopback for TCP listening), which is fine for tests.
+  # -f: foreground (we keep its pid to stop it). It listens on port 111 of all addresses (its -h
+  # restricts UDP only); ganesha needs it only while starting, to register NFSv3 and MOUNT.
   rpcbind -f >"$dir/rpcbind.log" 2>&1 &
   echo $! >"$dir/rpcbind.pid"
-  for i in $(seq 1 50); do
+  for _ in $(seq 1 50); do
     rpcbind_running && return 0
     sleep 0.1
   done
@@ -91,7 +91,9 @@ cmd_start() {
   local dir=$1 export_path=$2 port=$3
   command -v "$GANESHA_BIN" >/dev/null || die "$GANESHA_BIN not found (apt-get install nfs-ganesha nfs-ganesha-vfs)"
   command -v nfs-ls >/dev/null || die "nfs-ls not found (apt-get install libnfs-utils)"
-  [[ "$port" =~ ^[0-9]+$ ]] && [ "$port" -gt 0 ] && [ "$port" -lt 65535 ] || die "bad port '$port'"
+  if ! [[ "$port" =~ ^[0-9]+$ ]] || [ "$port" -le 0 ] || [ "$port" -ge 65535 ]; then
+    die "bad port '$port'"
+  fi
   [ -d "$export_path" ] || die "export path '$export_path' is not a directory"
   mkdir -p "$dir/recovery" || die "cannot create $dir"
   dir=$(cd "$dir" && pwd)
@@ -110,11 +112,11 @@ cmd_start() {
   local v3=0
   case ",$protocols," in *,3,*) v3=1 ;; esac
 
-  if ss -Hltn "sport = :$port" 2>/dev/null | grep -q .; then
+  if command -v ss >/dev/null && ss -Hltn "sport = :$port" 2>/dev/null | grep -q .; then
     echo "ganesha.sh: port $port is already in use" >&2
     exit 3
   fi
-  if [ $v3 = 1 ] && ss -Hltn "sport = :$mnt_port" 2>/dev/null | grep -q .; then
+  if [ $v3 = 1 ] && command -v ss >/dev/null && ss -Hltn "sport = :$mnt_port" 2>/dev/null | grep -q .; then
     echo "ganesha.sh: mount port $mnt_port is already in use" >&2
     exit 3
   fi
@@ -249,8 +251,8 @@ cmd_signal() {
       # SIGSTOP is asynchronous: a running worker thread may still answer a request or two after
       # kill returns. Wait (bounded) until every thread is stopped.
       kill -STOP "$pid"
-      local i t st all
-      for i in $(seq 1 100); do
+      local t st all
+      for _ in $(seq 1 100); do
         all=1
         for t in /proc/"$pid"/task/*/stat; do
           st=$(sed 's/.*) //' "$t" 2>/dev/null | cut -c1)

@@ -273,3 +273,28 @@ TEST_CASE("stats are reported as one JSON object with per-layer numbers", "[fsco
     CHECK(j->find(k) != std::string::npos);
   }
 }
+
+TEST_CASE("a sequential reader gets the next chunks fetched ahead, a random one does not", "[fscore]") {
+  Store s;
+  cache::ChunkFetcher fetcher(s.mem, {});
+  auto core_r = FsCore::open(fetcher, {});
+  REQUIRE(core_r.ok());
+  FsCore& core = **core_r;
+  uint64_t bb = walk(core, {"overlay2", kBase, "diff", "bin", "busybox"});
+  std::vector<std::byte> buf(1024);
+  // Random: the same offset again and again never looks sequential.
+  for (int i = 0; i < 5; ++i) REQUIRE(core.read(bb, 100, buf).ok());
+  CHECK(fetcher.stats().prefetches == 0);
+  // Sequential: 1 KiB reads from the start; the file has four 4 KiB chunks.
+  for (uint64_t off = 0; off < 3 * 1024; off += 1024) REQUIRE(core.read(bb, off, buf).ok());
+  Digest128 second = xxh3_128(s.big.data() + 4096, 4096);
+  for (int i = 0; i < 300 && !fetcher.is_cached(second); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  CHECK(fetcher.stats().prefetches >= 1);
+  REQUIRE(fetcher.is_cached(second));
+  // Whatever was prefetched is served without another fetch of it.
+  uint64_t fetched = fetcher.stats().chunks_fetched;
+  std::vector<std::byte> chunk(4096);
+  REQUIRE(core.read(bb, 4096, chunk).ok());
+  CHECK(std::memcmp(chunk.data(), s.big.data() + 4096, 4096) == 0);
+  CHECK(fetcher.stats().chunks_fetched == fetched);
+}

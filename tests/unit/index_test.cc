@@ -96,8 +96,10 @@ TEST_CASE("an index round-trips every attribute", "[index]") {
   CHECK(x.entry(*passwd).size == 10000);
   CHECK(x.entry(*passwd).nlink == 2);
   CHECK(x.entry(*passwd).uid == 1000);
-  CHECK(x.entry(*passwd).mtime_ns == 1700000000123456789ll);
-  CHECK(x.entry(*passwd).ctime_ns == 1700000001000000001ll);
+  CHECK(x.entry(*passwd).mtime_sec == 1700000000);
+  CHECK(x.entry(*passwd).mtime_nsec == 123456789u);
+  CHECK(x.entry(*passwd).ctime_sec == 1700000001);
+  CHECK(x.entry(*passwd).ctime_nsec == 1u);
   CHECK(x.chunks(*passwd).size() == 3);
   CHECK(x.object_path(x.chunks(*passwd)[0].object) == "objs/passwd");
   auto bin = x.lookup(0, "bin");
@@ -246,6 +248,7 @@ TEST_CASE("every kind of corrupt index is rejected with a message", "[index]") {
   SECTION("bad types, chunk tables and links") {
     rejects(patch<EntryRecord>(good, entry_off(passwd), [](EntryRecord& e) { e.mode = 0170000 | 0644; }), "bad type");
     rejects(patch<EntryRecord>(good, entry_off(passwd), [](EntryRecord& e) { e.size = 20000; }), "chunks for");
+    rejects(patch<EntryRecord>(good, entry_off(passwd), [](EntryRecord& e) { e.mtime_nsec = 1000000000u; }), "bad time");
     rejects(patch<EntryRecord>(good, entry_off(passwd), [](EntryRecord& e) { e.chunk_first = 1ull << 50; }), "chunks out of range");
     rejects(patch<EntryRecord>(good, entry_off(passwd), [](EntryRecord& e) { e.primary = 1u << 30; }), "hard-link");
     rejects(patch<EntryRecord>(good, entry_off(passwd), [&](EntryRecord& e) { e.primary = etc; }), "hard-link");
