@@ -814,4 +814,52 @@ Result<std::unique_ptr<BlockCache>> BlockCache::open(const std::string& dir, uin
   return std::unique_ptr<BlockCache>(std::move(cache));
 }
 
+Result<CacheInspection> inspect_block_cache(const std::string& dir) {
+  struct stat st;
+  if (::stat(dir.c_str(), &st) != 0) return Error::from_errno(errno, "cache " + dir);
+  if (!S_ISDIR(st.st_mode)) return make_error(ENOTDIR, "cache " + dir + " is not a directory");
+  CacheInspection out;
+  Fd lock_fd(::open((dir + "/lock").c_str(), O_RDONLY | O_CLOEXEC));
+  if (lock_fd.valid()) {
+    if (::flock(lock_fd.get(), LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
+      char buf[32] = {};
+      if (::pread(lock_fd.get(), buf, sizeof buf - 1, 0) > 0) out.owner_pid = std::strtol(buf, nullptr, 10);
+      if (out.owner_pid <= 0) out.owner_pid = -1;  // held, owner unknown
+    } else {
+      ::flock(lock_fd.get(), LOCK_UN);
+    }
+  }
+  auto list = [](const std::string& path) {
+    std::vector<std::pair<std::string, struct stat>> entries;
+    DIR* d = ::opendir(path.c_str());
+    if (!d) return entries;
+    while (struct dirent* de = ::readdir(d)) {
+      if (de->d_name[0] == '.') continue;
+      struct stat est;
+      if (::fstatat(dirfd(d), de->d_name, &est, AT_SYMLINK_NOFOLLOW) == 0) entries.emplace_back(de->d_name, est);
+    }
+    ::closedir(d);
+    return entries;
+  };
+  for (const auto& [sub, sst] : list(dir + "/chunks")) {
+    if (!S_ISDIR(sst.st_mode)) {
+      out.stray_files++;
+      continue;
+    }
+    for (const auto& [name, fst] : list(dir + "/chunks/" + sub)) {
+      Digest128 d;
+      bool named_ok = S_ISREG(fst.st_mode) && Digest128::from_hex(name, &d) && name.compare(0, 2, sub) == 0;
+      if (!named_ok || static_cast<uint64_t>(fst.st_size) < kHeaderSize) {
+        out.stray_files++;
+        continue;
+      }
+      out.chunks++;
+      out.bytes += static_cast<uint64_t>(fst.st_size) - kHeaderSize;
+    }
+  }
+  out.meta_blobs = list(dir + "/meta").size();
+  out.stray_files += list(dir + "/tmp").size();
+  return out;
+}
+
 }  // namespace extrafs::cache

@@ -68,4 +68,15 @@ class BlockCache {
   virtual BlockCacheStats stats() = 0;
 };
 
+// What a cache directory holds, read without opening it as a cache (so it works while a daemon
+// uses it): for `extrafs cache stat`.
+struct CacheInspection {
+  uint64_t chunks = 0;       // chunk files
+  uint64_t bytes = 0;        // raw bytes in them (headers excluded)
+  uint64_t meta_blobs = 0;   // files in meta/
+  uint64_t stray_files = 0;  // leftovers in tmp/ and misnamed files
+  long owner_pid = 0;        // the extrafs holding the cache, 0 if none
+};
+Result<CacheInspection> inspect_block_cache(const std::string& dir);
+
 }  // namespace extrafs::cache

@@ -176,6 +176,9 @@ struct Walker {
     int root_fd = ::open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (root_fd < 0) return Error::from_errno(errno, root);
     Fd rootfd(root_fd);
+    // Flush delayed allocation first: until written back, ext4 and xfs report st_blocks of
+    // freshly written files that change later, and the index must record the settled value.
+    (void)::syncfs(root_fd);
     std::vector<std::pair<uint32_t, std::string>> dirs;
     EXTRAFS_CHECK_STATUS(add_entry(".", 0, "", &dirs));
     for (size_t q = 0; q < dirs.size(); ++q) {

@@ -1,6 +1,7 @@
 // The `extrafs` command: one CLI11 subcommand per verb of the contract in DESIGN.md. Each verb
 // parses its arguments here and calls into the library layers; exit codes are 0 (success),
 // 1 (runtime failure) and 2 (usage error), and every failure is one line on stderr.
+#include <sys/stat.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -10,6 +11,8 @@
 #include <cstdio>
 #include <iostream>
 
+#include "cache/block_cache.h"
+#include "common/log.h"
 #include "common/str_util.h"
 #include "fs/fs_core.h"
 #include "fs/indexer.h"
@@ -90,7 +93,52 @@ int cmd_stats(const std::string& mountpoint, bool json, bool prometheus) {
   return 0;
 }
 
+int cmd_cache(const std::string& verb, const std::string& dir, const std::string& size_text) {
+  if (verb == "stat") {
+    auto info = cache::inspect_block_cache(dir);
+    if (!info.ok()) return fail(info.error().message);
+    std::printf("cache           %s\n", dir.c_str());
+    std::printf("chunks          %llu (%s)\n", static_cast<unsigned long long>(info->chunks), format_size(info->bytes).c_str());
+    std::printf("metadata blobs  %llu\n", static_cast<unsigned long long>(info->meta_blobs));
+    std::printf("stray files     %llu\n", static_cast<unsigned long long>(info->stray_files));
+    if (info->owner_pid > 0) std::printf("in use by       extrafs pid %ld\n", info->owner_pid);
+    else if (info->owner_pid < 0) std::printf("in use by       another process\n");
+    else std::printf("in use by       nobody\n");
+    return 0;
+  }
+  uint64_t target = 0;
+  if (!size_text.empty()) {
+    auto v = parse_size(size_text);
+    if (!v) return fail("--size " + size_text + ": expected a size like 512M or 20G", 2);
+    target = *v;
+  }
+  struct stat st;
+  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return fail("cache " + dir + " does not exist");
+  auto bc = cache::BlockCache::open(dir, UINT64_MAX);
+  if (!bc.ok()) {
+    if (bc.code() == EBUSY) return fail(bc.error().message + "; unmount it first");
+    return fail(bc.error().message);
+  }
+  if (verb == "verify") {
+    auto dropped = (*bc)->verify_all();
+    if (!dropped.ok()) return fail(dropped.error().message);
+    auto s = (*bc)->stats();
+    std::printf("%llu chunks verified, %llu corrupt chunks dropped\n", static_cast<unsigned long long>(s.chunks + *dropped),
+                static_cast<unsigned long long>(*dropped));
+    return *dropped ? 1 : 0;
+  }
+  uint64_t before = (*bc)->stats().bytes;
+  auto st2 = (*bc)->shrink_to(target);
+  if (!st2.ok()) return fail(st2.error().message);
+  auto s = (*bc)->stats();
+  std::printf("%s freed, %s in %llu chunks kept\n", format_size(before - s.bytes).c_str(), format_size(s.bytes).c_str(),
+              static_cast<unsigned long long>(s.chunks));
+  return 0;
+}
+
 int main_impl(int argc, char** argv) {
+  // Library warnings (a corrupt chunk dropped, ...) go to stderr, never into command output.
+  init_logging(spdlog::level::warn, /*to_syslog=*/false);
   CLI::App app{"extrafs: container image layers from shared storage, fetched lazily", "extrafs"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "extrafs 0.1.0");
@@ -119,6 +167,15 @@ int main_impl(int argc, char** argv) {
   auto* jflag = stats->add_flag("--json", stats_json, "one JSON object");
   stats->add_flag("--prometheus", stats_prom, "Prometheus text format")->excludes(jflag);
 
+  std::string cache_dir, gc_size;
+  auto* cachecmd = app.add_subcommand("cache", "inspect or maintain a local block cache");
+  cachecmd->require_subcommand(1);
+  auto* cache_stat = cachecmd->add_subcommand("stat", "what the cache holds (works while a mount uses it)");
+  auto* cache_verify = cachecmd->add_subcommand("verify", "re-read every chunk, drop corrupt ones (exit 1 if any)");
+  auto* cache_gc = cachecmd->add_subcommand("gc", "evict least recently used chunks down to --size (default 0)");
+  for (auto* sub : {cache_stat, cache_verify, cache_gc}) sub->add_option("--cache", cache_dir, "the cache directory")->required();
+  cache_gc->add_option("--size", gc_size, "keep at most this much (e.g. 5G)");
+
   if (argc > 1 && argv[1][0] != '-') {
     bool known = false;
     for (const auto* sub : app.get_subcommands([](CLI::App*) { return true; })) known |= sub->get_name() == argv[1];
@@ -142,6 +199,10 @@ int main_impl(int argc, char** argv) {
   if (unmount->parsed()) return run_unmount(umount_point);
   if (index->parsed()) return cmd_index(index_store);
   if (stats->parsed()) return cmd_stats(stats_point, stats_json, stats_prom);
+  if (cachecmd->parsed()) {
+    for (auto* sub : {cache_stat, cache_verify, cache_gc})
+      if (sub->parsed()) return cmd_cache(sub->get_name(), cache_dir, gc_size);
+  }
   return fail("no command given (see 'extrafs --help')", 2);
 }
 
