@@ -1,5 +1,7 @@
 #include "fs/fs_core.h"
 
+#include "fs/chunk_ref.h"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -39,22 +41,6 @@ Status check_catalog(const std::string& text) {
 
 std::string link_target(const std::string& cache_id) { return "../" + cache_id + "/diff"; }
 
-Digest128 digest_of(const ChunkRecord& c) {
-  Digest128 d;
-  std::memcpy(d.bytes.data(), c.digest, 16);
-  return d;
-}
-
-cache::ChunkRef chunk_ref(const LayerIndex& idx, const ChunkRecord& c) {
-  cache::ChunkRef ref;
-  ref.object = idx.object_path(c.object);
-  ref.offset = c.offset;
-  ref.stored_len = c.stored_len;
-  ref.raw_len = c.raw_len;
-  ref.lz4 = (c.flags & kChunkLz4) != 0;
-  ref.digest = digest_of(c);
-  return ref;
-}
 
 }  // namespace
 
@@ -593,7 +579,7 @@ std::string FsCore::stats_json() {
         cached += c.raw_len;
         continue;
       }
-      if (fetcher_.is_cached(digest_of(c))) cached += c.raw_len;
+      if (fetcher_.is_cached(chunk_digest(c))) cached += c.raw_len;
     }
     // Chunks of a hard-link group are listed once (on its primary entry), as bytes_total counts it.
     arr.push_back({{"cache_id", s->layer.cache_id},

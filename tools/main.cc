@@ -16,15 +16,17 @@
 #include "common/str_util.h"
 #include "fs/fs_core.h"
 #include "fs/indexer.h"
+#include "tools/commands.h"
 #include "tools/mount_cmd.h"
 
 namespace extrafs::tools {
-namespace {
 
-int fail(const std::string& msg, int code = 1) {
+int fail(const std::string& msg, int code) {
   std::fprintf(stderr, "extrafs: %s\n", msg.c_str());
   return code;
 }
+
+namespace {
 
 int cmd_index(const std::string& store) {
   bool tty = ::isatty(2);
@@ -176,6 +178,12 @@ int main_impl(int argc, char** argv) {
   for (auto* sub : {cache_stat, cache_verify, cache_gc}) sub->add_option("--cache", cache_dir, "the cache directory")->required();
   cache_gc->add_option("--size", gc_size, "keep at most this much (e.g. 5G)");
 
+  int exit_code = -1;  // set by the callbacks of the commands registered below
+  add_publish_command(app, &exit_code);
+  add_docker_command(app, &exit_code);
+  add_ls_command(app, &exit_code);
+  add_verify_command(app, &exit_code);
+
   if (argc > 1 && argv[1][0] != '-') {
     bool known = false;
     for (const auto* sub : app.get_subcommands([](CLI::App*) { return true; })) known |= sub->get_name() == argv[1];
@@ -189,6 +197,7 @@ int main_impl(int argc, char** argv) {
     return fail(what + " (see 'extrafs --help')", 2);
   }
 
+  if (exit_code >= 0) return exit_code;
   if (mount->parsed()) {
     for (const auto& o : mopts) {
       auto st = apply_mount_options(o, &mreq);

@@ -1,5 +1,6 @@
 #!/bin/bash
-# extrafs cache stat|verify|gc on a real cache filled through a real mount, and extrafs stats.
+# extrafs cache stat|verify|gc on a real cache filled through a real mount, extrafs stats, and
+# extrafs verify of a store.
 set -euo pipefail
 EXTRAFS=$1
 source "$(dirname "$0")/lib.sh"
@@ -57,4 +58,15 @@ cmp "$d/blob" "$T/mnt/overlay2/$id/diff/blob" && pass "content identical after g
 fetched=$("$EXTRAFS" stats "$T/mnt" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["chunks_fetched"])')
 [[ $fetched == 3 ]] && pass "only the 3 evicted chunks were fetched again" || fail "fetched $fetched chunks, expected 3"
 "$EXTRAFS" unmount "$T/mnt"
+
+step "extrafs verify STORE checks every chunk"
+out=$("$EXTRAFS" verify "$T/store") && [[ $out == *"5 chunks"*"all good"* ]] && pass "intact store: $out" || fail "verify of an intact store: $out"
+cp "$d/blob" "$T/blob.orig"
+printf 'X' | dd of="$d/blob" bs=1 seek=$((3 * 1024 * 1024 + 5)) conv=notrunc status=none
+rc=0; "$EXTRAFS" verify "$T/store" >"$T/out" 2>"$T/err" || rc=$?
+[[ $rc == 1 ]] && grep -q "/blob at offset 3145728" "$T/err" && [[ $(wc -l <"$T/err") == 1 ]] \
+  && pass "a changed chunk is named: $(cat "$T/err")" || fail "verify of a damaged store: rc $rc: $(cat "$T/err")"
+cp "$T/blob.orig" "$d/blob"
+rc=0; "$EXTRAFS" verify "$T/nothing-here" 2>"$T/err" || rc=$?
+[[ $rc == 1 && $(wc -l <"$T/err") == 1 ]] && pass "missing store: $(cat "$T/err")" || fail "verify of a missing store: rc $rc"
 finish

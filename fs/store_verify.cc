@@ -1,0 +1,77 @@
+#include "fs/store_verify.h"
+
+#include <fmt/format.h>
+
+#include "cache/chunk_fetcher.h"
+#include "fs/catalog.h"
+#include "fs/chunk_ref.h"
+#include "fs/layer_index.h"
+
+namespace extrafs::fs {
+
+namespace {
+
+// Checks every chunk of one index; chunks shared by hard links are listed once in the index.
+void verify_index(cache::ChunkFetcher& fetcher, const LayerIndex& idx, const std::string& what, VerifyReport* r) {
+  for (uint32_t e = 0; e < idx.entry_count(); ++e) {
+    if (idx.entry(e).primary != e) continue;
+    auto chunks = idx.chunks(e);
+    for (size_t i = 0; i < chunks.size(); ++i) {
+      const ChunkRecord& c = chunks[i];
+      if (c.flags & kChunkZero) continue;
+      r->chunks++;
+      r->bytes += c.raw_len;
+      auto got = fetcher.get(chunk_ref(idx, c));
+      if (!got.ok()) {
+        r->bad_chunks++;
+        r->problems.push_back(fmt::format("{}: /{} at offset {}: {}", what, idx.path_of(e),
+                                          static_cast<uint64_t>(i) * idx.chunk_size(), got.error().message));
+      }
+    }
+  }
+}
+
+}  // namespace
+
+Result<VerifyReport> verify_store(backend::Backend& backend, const std::function<void(const std::string&)>& progress) {
+  auto text = backend.read_all(kCatalogPath, 1ull << 30);
+  if (!text.ok()) {
+    if (text.code() == ENOENT)
+      return make_error(ENOENT, "store " + backend.describe() + " has no extrafs catalog (run 'extrafs index' or 'extrafs publish' first)");
+    return make_error(text.code(), "store " + backend.describe() + ": " + text.error().message);
+  }
+  auto catalog = Catalog::parse(*text);
+  if (!catalog.ok()) return make_error(catalog.code(), backend.describe() + "/" + kCatalogPath + ": " + catalog.error().message);
+  // No caches: every chunk is read from the store itself, each exactly once.
+  cache::FetcherOptions opts;
+  opts.memory_bytes = 0;
+  opts.prefetch_threads = 0;
+  cache::ChunkFetcher fetcher(backend, opts);
+  VerifyReport report;
+  auto check = [&](const std::string& path, const Digest128& want, const std::string& what) {
+    auto bytes = backend.read_all(path, 1ull << 32);
+    if (!bytes.ok()) {
+      report.problems.push_back(what + ": index " + path + ": " + bytes.error().message);
+      return;
+    }
+    auto idx = LayerIndex::parse(std::move(bytes).value());
+    if (!idx.ok()) {
+      report.problems.push_back(what + ": " + path + ": " + idx.error().message);
+      return;
+    }
+    if ((*idx)->digest() != want) {
+      report.problems.push_back(what + ": " + path + " does not match the digest in the catalog");
+      return;
+    }
+    verify_index(fetcher, **idx, what, &report);
+  };
+  for (const auto& l : catalog->layers) {
+    report.layers++;
+    check(layer_index_path(l.cache_id), l.index_digest, "layer " + l.cache_id);
+    if (progress) progress(l.cache_id);
+  }
+  if (catalog->image_index) check(image_index_path(*catalog->image_index), *catalog->image_index, "image/");
+  return report;
+}
+
+}  // namespace extrafs::fs

@@ -1,0 +1,124 @@
+#!/bin/bash
+# test_nfs_server_outage.sh EXTRAFS
+#
+# A server that goes away gives EIO within the timeout, and the same mount recovers by itself:
+# mount over NFSv4 (and a second mount over NFSv3) with -o timeout=3, then
+#   1. hung server (ganesha.sh pause = SIGSTOP: TCP stays up, nothing answers): reading an uncached
+#      file fails with EIO after >= 3 s and <= 8 s; a cached file still reads; after resume the
+#      uncached file reads correctly, without a remount;
+#   2. a read already in progress when the server hangs: a reader streams a file that is half
+#      read, the server is paused in the middle -> EIO within the bound;
+#   3. stopped server (ganesha.sh stop: connection refused): EIO within 8 s; after the server is
+#      started again on the same ports the file reads correctly, without a remount.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/nfs_lib.sh"
+nm_init "$@"
+
+STORE=$T/store
+add_files() {
+  local d=$1/overlay2/${CIDS[2]}/diff/nfsit f
+  for f in warm cold_pause cold_pause_v3 midread cold_stop cold_stop_v3; do
+    random_file "$d/$f" $((2 * MiB + 17)) "$f"
+  done
+  random_file "$d/midread" $((16 * MiB)) midread
+}
+step "building and indexing the odd store (+ top/nfsit/*)"
+nm_build_store "$STORE" add_files
+D=overlay2/${CIDS[2]}/diff/nfsit
+
+step "starting nfs-ganesha"
+nm_start_ganesha "$STORE"
+nm_mount "$NFS4_URL" "$T/mnt4" "$T/cache4" "cache_size=256M,timeout=3" || die "cannot mount (v4)"
+nm_mount "$NFS3_URL" "$T/mnt3" "$T/cache3" "cache_size=256M,timeout=3" || die "cannot mount (v3)"
+M4=$T/mnt4/$D
+M3=$T/mnt3/$D
+cmp -s "$STORE/$D/warm" "$M4/warm" && pass "warm file read (v4)" || fail "warm file differs (v4)"
+
+# expect_eio LABEL FILE: the read fails with EIO, after at least 2.5 s (the server was not asked
+# to fail fast: it hangs) and at most 8 s.
+expect_eio() {
+  local label=$1 f=$2 min=${3:-0}
+  read_errno "$f" 30
+  if [[ $READ_RESULT == EIO ]] && secs_le "$READ_SECS" 8 && secs_le "$min" "$READ_SECS"; then
+    pass "$label: EIO after $READ_SECS s"
+  else
+    fail "$label: $READ_RESULT after $READ_SECS s (expected EIO within [$min, 8] s with timeout=3)"
+  fi
+}
+expect_ok() {
+  local label=$1 f=$2
+  if timeout 30 cmp -s "$STORE/$D/$(basename "$f")" "$f"; then pass "$label: identical to the store"
+  else fail "$label: $(timeout 30 cmp "$STORE/$D/$(basename "$f")" "$f" 2>&1 | head -1) (rc $?)"; fi
+}
+
+step "hung server (SIGSTOP)"
+timeout 20 "$GANESHA" pause "$GSTATE" || die "ganesha.sh pause failed"
+expect_eio "v4, paused server, uncached file" "$M4/cold_pause" 2.5
+expect_eio "v3, paused server, uncached file" "$M3/cold_pause_v3" 2.5
+sync; echo 3 >/proc/sys/vm/drop_caches
+expect_ok "v4, paused server, cached file" "$M4/warm"
+timeout 5 "$EXTRAFS" stats "$T/mnt4" --json >"$T/s.json" && pass "extrafs stats answers while the server hangs" \
+  || fail "extrafs stats did not answer within 5 s while the server hangs"
+(( $(stat_of "$T/s.json" backend_errors) > 0 )) && pass "backend_errors $(stat_of "$T/s.json" backend_errors)" \
+  || fail "backend_errors 0 after failed reads"
+timeout 20 "$GANESHA" resume "$GSTATE" || die "ganesha.sh resume failed"
+expect_ok "v4, after resume, same file, same mount" "$M4/cold_pause"
+expect_ok "v3, after resume, same file, same mount" "$M3/cold_pause_v3"
+
+step "the server hangs while a read is in progress"
+# The reader streams midread (16 MiB) in 256 KiB reads and reports how far it got; the server is
+# paused once it has read 2 MiB (chunks ahead are still uncached: readahead fetches at most 4).
+cat >"$T/midread.py" <<'PY'
+import errno, os, sys, time
+path, flag, out = sys.argv[1:4]
+fd = os.open(path, os.O_RDONLY)
+done = 0
+res = "OK"
+t_err = None
+try:
+    while True:
+        if done >= 2 << 20 and not os.path.exists(flag + ".sent"):
+            open(flag + ".sent", "w").close()
+            end = time.monotonic() + 20
+            while not os.path.exists(flag) and time.monotonic() < end:   # wait for the pause
+                time.sleep(0.01)
+            t0 = time.monotonic()
+        b = os.read(fd, 256 << 10)
+        if not b:
+            break
+        done += len(b)
+except OSError as e:
+    res = errno.errorcode.get(e.errno, str(e.errno))
+    t_err = time.monotonic() - t0
+open(out, "w").write("%s %d %s\n" % (res, done, "%.2f" % t_err if t_err is not None else "-"))
+PY
+timeout 60 python3 "$T/midread.py" "$M4/midread" "$T/paused" "$T/midread.out" &
+RP=$!
+wait_until 20 test -e "$T/paused.sent" || fail "the reader never got to 2 MiB"
+timeout 20 "$GANESHA" pause "$GSTATE" || die "ganesha.sh pause failed"
+touch "$T/paused"
+wait "$RP" || fail "mid-read reader exited non-zero"
+read -r res done_b t_err <"$T/midread.out" || true
+if [[ $res == EIO ]] && (( done_b >= 2 * MiB && done_b < 16 * MiB )) && secs_le "$t_err" 8; then
+  pass "read in progress: EIO after $done_b bytes, $t_err s after the server hung"
+else
+  fail "read in progress: result '$res' after $done_b of $((16 * MiB)) bytes, ${t_err} s (expected EIO within 8 s)"
+fi
+timeout 20 "$GANESHA" resume "$GSTATE" || die "ganesha.sh resume failed"
+expect_ok "after resume, the interrupted file, same mount" "$M4/midread"
+
+step "stopped server (connection refused)"
+timeout 30 "$GANESHA" stop "$GSTATE" >/dev/null 2>&1 || fail "ganesha.sh stop failed"
+expect_eio "v4, stopped server, uncached file" "$M4/cold_stop"
+expect_eio "v3, stopped server, uncached file" "$M3/cold_stop_v3"
+is_mounted "$T/mnt4" && is_mounted "$T/mnt3" && pass "both mounts still there" || fail "a mount went away while the server was down"
+step "server started again on the same ports"
+nm_restart_ganesha "$STORE" || die "cannot restart the server"
+expect_ok "v4, after restart, same file, same mount" "$M4/cold_stop"
+expect_ok "v3, after restart, same file, same mount" "$M3/cold_stop_v3"
+stats_json "$T/mnt4" >"$T/s2.json" || fail "extrafs stats failed"
+[[ $(stat_of "$T/s2.json" corrupt_fetches) -eq 0 ]] && pass "corrupt_fetches 0" || fail "corrupt_fetches $(stat_of "$T/s2.json" corrupt_fetches)"
+
+nm_unmount "$T/mnt4" || true
+nm_unmount "$T/mnt3" || true
+finish

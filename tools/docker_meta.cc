@@ -1,0 +1,140 @@
+#include "tools/docker_meta.h"
+
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "common/str_util.h"
+
+namespace extrafs::tools {
+
+Result<std::string> read_text_file(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Error::from_errno(errno, path);
+  std::string out;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int e = errno;
+      ::close(fd);
+      return Error::from_errno(e, path);
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<size_t>(n));
+    if (out.size() > (256u << 20)) {
+      ::close(fd);
+      return make_error(EFBIG, path + " is too large");
+    }
+  }
+  ::close(fd);
+  return out;
+}
+
+std::string sha256_digest(std::string_view data) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr);
+  static const char* kHex = "0123456789abcdef";
+  std::string out = "sha256:";
+  for (unsigned i = 0; i < len; ++i) {
+    out += kHex[md[i] >> 4];
+    out += kHex[md[i] & 15];
+  }
+  return out;
+}
+
+std::vector<std::string> chain_ids(const std::vector<std::string>& diff_ids) {
+  std::vector<std::string> out;
+  for (const auto& d : diff_ids) out.push_back(out.empty() ? d : sha256_digest(out.back() + " " + d));
+  return out;
+}
+
+std::string normalize_ref(const std::string& ref) {
+  if (ref.rfind("sha256:", 0) == 0) return ref;
+  auto slash = ref.rfind('/');
+  auto colon = ref.rfind(':');
+  if (colon == std::string::npos || (slash != std::string::npos && colon < slash)) return ref + ":latest";
+  return ref;
+}
+
+namespace {
+bool valid_digest(const std::string& d) { return d.rfind("sha256:", 0) == 0 && is_hex64(std::string_view(d).substr(7)); }
+std::string trim(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ' || s.back() == '\r')) s.pop_back();
+  return s;
+}
+}  // namespace
+
+Result<DockerMeta> DockerMeta::load(const std::string& root) {
+  DockerMeta m;
+  m.root_ = root;
+  const std::string path = root + "/image/overlay2/repositories.json";
+  auto text = read_text_file(path);
+  if (!text.ok()) {
+    if (text.code() == ENOENT) return m;
+    return text.error();
+  }
+  auto j = nlohmann::json::parse(*text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return make_error(EBADMSG, path + " is not valid JSON");
+  if (!j.contains("Repositories")) return m;
+  if (!j["Repositories"].is_object()) return make_error(EBADMSG, path + ": Repositories is not an object");
+  for (const auto& [repo, refs] : j["Repositories"].items()) {
+    if (!refs.is_object()) return make_error(EBADMSG, path + ": bad entry for " + repo);
+    for (const auto& [ref, id] : refs.items()) {
+      if (!id.is_string() || !valid_digest(id.get<std::string>())) return make_error(EBADMSG, path + ": bad image id for " + ref);
+      if (ref.find('@') != std::string::npos) continue;  // digest references: not a tag
+      m.refs_[ref] = id.get<std::string>();
+    }
+  }
+  return m;
+}
+
+Result<DockerImage> DockerMeta::image(const std::string& ref_in) const {
+  std::string ref = normalize_ref(ref_in);
+  DockerImage img;
+  if (ref.rfind("sha256:", 0) == 0) {
+    img.id = ref;
+  } else {
+    auto it = refs_.find(ref);
+    if (it == refs_.end()) return make_error(ENOENT, "no image " + ref + " in " + root_);
+    img.id = it->second;
+  }
+  if (!valid_digest(img.id)) return make_error(EINVAL, "bad image id " + img.id);
+  for (const auto& [r, id] : refs_)
+    if (id == img.id) img.tags.push_back(r);
+  const std::string base = root_ + "/image/overlay2";
+  const std::string cfg_path = base + "/imagedb/content/sha256/" + img.id.substr(7);
+  EXTRAFS_TRY(cfg, read_text_file(cfg_path));
+  if (sha256_digest(cfg) != img.id) return make_error(EBADMSG, cfg_path + " does not match its digest");
+  img.config = cfg;
+  auto j = nlohmann::json::parse(cfg, nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("rootfs") || !j["rootfs"].is_object() ||
+      !j["rootfs"].contains("diff_ids") || !j["rootfs"]["diff_ids"].is_array())
+    return make_error(EBADMSG, cfg_path + " has no rootfs.diff_ids");
+  std::vector<std::string> diffs;
+  for (const auto& d : j["rootfs"]["diff_ids"]) {
+    if (!d.is_string() || !valid_digest(d.get<std::string>())) return make_error(EBADMSG, cfg_path + ": bad diff_id");
+    diffs.push_back(d.get<std::string>());
+  }
+  auto chains = chain_ids(diffs);
+  for (size_t i = 0; i < diffs.size(); ++i) {
+    DockerLayer l;
+    l.diff_id = diffs[i];
+    l.chain_id = chains[i];
+    const std::string dir = base + "/layerdb/sha256/" + chains[i].substr(7);
+    EXTRAFS_TRY(cache_id, read_text_file(dir + "/cache-id"));
+    l.cache_id = trim(cache_id);
+    if (l.cache_id.empty() || l.cache_id.find('/') != std::string::npos || l.cache_id[0] == '.')
+      return make_error(EBADMSG, dir + "/cache-id is not a valid cache id");
+    if (auto size = read_text_file(dir + "/size"); size.ok()) l.size = parse_uint(trim(*size)).value_or(0);
+    l.has_tar_split = ::access((dir + "/tar-split.json.gz").c_str(), F_OK) == 0;
+    img.layers.push_back(std::move(l));
+  }
+  return img;
+}
+
+}  // namespace extrafs::tools

@@ -1,0 +1,64 @@
+// Docker's overlay2 image metadata, read from ROOT/image/overlay2 where ROOT is a dockerd
+// data-root, a store, or an extrafs mount (all three have the same shape):
+//   repositories.json                             {"Repositories": {"busybox": {"busybox:latest": "sha256:<id>"}}}
+//   imagedb/content/sha256/<id>                   the image config (its sha256 is <id>)
+//   layerdb/sha256/<chainID>/{diff,size,cache-id,parent[,tar-split.json.gz]}
+// and ROOT/overlay2/<cache-id>/{link,lower}.
+//
+// Used by publish (reading a data-root), docker attach (reading a mount) and ls.
+// Not thread-safe; a value type.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/result.h"
+
+namespace extrafs::tools {
+
+struct DockerLayer {
+  std::string diff_id;      // "sha256:<hex>" of the uncompressed layer tar
+  std::string chain_id;     // "sha256:<hex>", the layerdb directory name
+  std::string cache_id;     // overlay2 directory name
+  uint64_t size = 0;        // layerdb size file (bytes of the layer's files)
+  bool has_tar_split = false;
+};
+
+struct DockerImage {
+  std::string id;                  // "sha256:<hex>" of the config
+  std::vector<std::string> tags;   // "name:tag" references pointing at it
+  std::string config;              // raw config JSON bytes
+  std::vector<DockerLayer> layers; // base first
+};
+
+class DockerMeta {
+ public:
+  // Reads repositories.json under ROOT/image/overlay2. A missing repositories.json is an empty
+  // set of references; a malformed one is an error naming the file.
+  static Result<DockerMeta> load(const std::string& root);
+
+  const std::string& root() const { return root_; }
+  // Every "name:tag" reference with its image id, sorted.
+  const std::map<std::string, std::string>& refs() const { return refs_; }
+  // Resolves "name:tag" (or "name", meaning "name:latest", or "sha256:<id>") to an image with
+  // its layers resolved through layerdb. ENOENT with a message naming what is missing.
+  Result<DockerImage> image(const std::string& ref) const;
+
+ private:
+  std::string root_;
+  std::map<std::string, std::string> refs_;
+};
+
+// "sha256:" + lowercase hex of SHA-256(data).
+std::string sha256_digest(std::string_view data);
+// Chain IDs of a list of diff IDs: chain[0] = diff[0]; chain[i] = sha256(chain[i-1] + " " + diff[i]).
+std::vector<std::string> chain_ids(const std::vector<std::string>& diff_ids);
+// "busybox" -> "busybox:latest"; "name:tag" and "sha256:..." unchanged.
+std::string normalize_ref(const std::string& ref);
+// Reads a small file whole.
+Result<std::string> read_text_file(const std::string& path);
+
+}  // namespace extrafs::tools
