@@ -19,5 +19,6 @@ void add_publish_command(CLI::App& app, int* exit_code);   // tools/publish_cmd.
 void add_docker_command(CLI::App& app, int* exit_code);    // tools/docker_cmd.cc (attach, detach)
 void add_ls_command(CLI::App& app, int* exit_code);        // tools/ls_cmd.cc
 void add_verify_command(CLI::App& app, int* exit_code);    // tools/verify_cmd.cc
+void add_prefetch_command(CLI::App& app, int* exit_code);  // tools/prefetch_cmd.cc
 
 }  // namespace extrafs::tools
