@@ -26,10 +26,11 @@ ChunkFetcher::~ChunkFetcher() {
 void ChunkFetcher::prefetch(const ChunkRef& c) {
   if (workers_.empty()) return;
   {
+    // A chunk on disk but not in memory is still worth reading ahead: the disk read and the
+    // verification then happen before the reader asks.
     std::lock_guard lock(mu_);
     if (map_.count(c.digest) || inflight_.count(c.digest)) return;
   }
-  if (options_.disk && options_.disk->contains(c.digest)) return;
   {
     std::lock_guard lock(queue_mu_);
     if (stopping_ || queue_.size() >= options_.prefetch_queue) return;
@@ -52,7 +53,10 @@ void ChunkFetcher::prefetch_worker() {
       queue_.pop_front();
     }
     job.ref.object = job.object;
-    if (is_cached(job.ref.digest)) continue;
+    {
+      std::lock_guard lock(mu_);
+      if (map_.count(job.ref.digest)) continue;
+    }
     prefetches_++;
     (void)get(job.ref);
   }

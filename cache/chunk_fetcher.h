@@ -49,7 +49,7 @@ using ChunkData = std::shared_ptr<const std::vector<std::byte>>;
 struct FetcherOptions {
   uint64_t memory_bytes = 64ull << 20;  // bound of the in-memory LRU
   BlockCache* disk = nullptr;           // optional persistent cache
-  unsigned prefetch_threads = 2;        // workers for prefetch(); 0 disables it
+  unsigned prefetch_threads = 4;        // workers for prefetch(); 0 disables it
   size_t prefetch_queue = 64;           // pending prefetches beyond this are dropped
 };
 
@@ -67,7 +67,7 @@ struct FetcherStats {
   uint64_t merged_waits = 0;     // readers that waited on another reader's fetch
   uint64_t backend_errors = 0;   // backend reads that failed
   uint64_t corrupt_fetches = 0;  // fetched chunks that failed verification or decompression
-  uint64_t prefetches = 0;       // chunks fetched ahead of readers
+  uint64_t prefetches = 0;       // chunks brought into memory ahead of readers
 };
 
 class ChunkFetcher {
@@ -81,8 +81,9 @@ class ChunkFetcher {
   // ETIMEDOUT, ENOENT (object missing from the store).
   Result<ChunkData> get(const ChunkRef& c);
 
-  // Queues `c` to be fetched in the background (readahead). Returns at once; does nothing if the
-  // chunk is cached or being fetched, or if the queue is full.
+  // Queues `c` to be brought into memory in the background (readahead), from disk or from the
+  // backend. Returns at once; does nothing if the chunk is in memory or being fetched, or if the
+  // queue is full.
   void prefetch(const ChunkRef& c);
 
   // Whether the chunk is held locally (memory or disk).

@@ -529,7 +529,7 @@ unsigned FsCore::sequential_window(uint64_t ino, uint64_t offset, uint64_t end) 
   s.streak = (offset == s.next && offset != 0) ? s.streak + 1 : (offset == 0 ? 1 : 0);
   s.next = end;
   if (s.streak < 2) return 0;
-  return std::min(s.streak - 1, 4u);
+  return std::min(s.streak - 1, 8u);
 }
 
 struct statvfs FsCore::statfs() {
