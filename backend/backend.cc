@@ -15,8 +15,8 @@ Result<std::string> Backend::read_all(std::string_view path, uint64_t limit) {
   return out;
 }
 
-Result<std::unique_ptr<Backend>> open_backend(const std::string& source, int timeout_ms) {
-  if (source.rfind("nfs://", 0) == 0) return make_nfs_backend(source, timeout_ms);
+Result<std::unique_ptr<Backend>> open_backend(const std::string& source, int timeout_ms, bool allow_offline) {
+  if (source.rfind("nfs://", 0) == 0) return make_nfs_backend(source, timeout_ms, allow_offline);
   if (source.find("://") != std::string::npos)
     return make_error(EINVAL, "source '" + source + "' is neither nfs:// nor an absolute path");
   return LocalBackend::open(source);

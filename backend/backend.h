@@ -47,6 +47,8 @@ class Backend {
 
 // Opens the backend named by a mount SOURCE: an absolute directory path or an nfs:// URL.
 // `timeout_ms` bounds any one read (retries included) before it fails with ETIMEDOUT/EIO.
-Result<std::unique_ptr<Backend>> open_backend(const std::string& source, int timeout_ms);
+// `allow_offline`: an unreachable NFS server still yields a backend that connects on first use
+// (for a daemon that can serve its cache meanwhile); otherwise it is an error.
+Result<std::unique_ptr<Backend>> open_backend(const std::string& source, int timeout_ms, bool allow_offline = false);
 
 }  // namespace extrafs::backend

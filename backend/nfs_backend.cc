@@ -309,6 +309,12 @@ Loop run_loop(Conn& c, Done done, Deadline deadline) {
   return Loop::kDone;
 }
 
+// Errors that mean the server could not be reached (as opposed to a bad export or path).
+bool is_transport_error(int code) {
+  return code == ECONNREFUSED || code == ECONNRESET || code == ETIMEDOUT || code == EHOSTUNREACH ||
+         code == ENETUNREACH || code == EPIPE;
+}
+
 class NfsBackend final : public Backend {
  public:
   NfsBackend(std::string url, NfsUrl parsed, int timeout_ms)
@@ -595,10 +601,7 @@ class NfsBackend final : public Backend {
     return s;
   }
 
-  static bool is_transport(int code) {
-    return code == ECONNREFUSED || code == ECONNRESET || code == ETIMEDOUT ||
-           code == EHOSTUNREACH || code == ENETUNREACH || code == EPIPE;
-  }
+  static bool is_transport(int code) { return is_transport_error(code); }
 
   template <typename T, typename Fn>
   Result<T> with_retries(const char* op, std::string_view path, const std::string& key, Fn fn) {
@@ -973,12 +976,18 @@ Result<NfsUrl> parse_nfs_url(const std::string& url) {
   return out;
 }
 
-Result<std::unique_ptr<Backend>> make_nfs_backend(const std::string& url, int timeout_ms) {
+Result<std::unique_ptr<Backend>> make_nfs_backend(const std::string& url, int timeout_ms, bool allow_offline) {
   EXTRAFS_TRY(parsed, parse_nfs_url(url));
   if (timeout_ms <= 0) return Error{EINVAL, "nfs timeout must be positive"};
   auto backend = std::make_unique<NfsBackend>(url, std::move(parsed), timeout_ms);
   Status s = backend->connect_first();
-  if (!s.ok()) return s.error();
+  if (!s.ok()) {
+    // Server unreachable: an offline backend still serves whatever the caller has cached, and
+    // connects on first use once the server is back (mounting the whole URL path).
+    if (!allow_offline || !is_transport_error(s.code())) return s.error();
+    spdlog::warn("nfs: {} is unreachable ({}); starting offline", url, s.error().message);
+    return std::unique_ptr<Backend>(std::move(backend));
+  }
   spdlog::debug("nfs: connected to {}", url);
   return std::unique_ptr<Backend>(std::move(backend));
 }

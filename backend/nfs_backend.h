@@ -48,6 +48,8 @@ Result<NfsUrl> parse_nfs_url(const std::string& url);
 // Parses and connects an nfs:// SOURCE; one-line error (EINVAL for a bad URL naming what is wrong,
 // e.g. "nfs URL has no host", "unknown nfs URL option 'foo'", "bad port"; ECONNREFUSED/EHOSTUNREACH/
 // ETIMEDOUT etc. for an unreachable server) on failure.
-Result<std::unique_ptr<Backend>> make_nfs_backend(const std::string& url, int timeout_ms);
+// With `allow_offline`, a server that cannot be reached (a transport error, not a bad export)
+// still yields a backend, which connects on first use.
+Result<std::unique_ptr<Backend>> make_nfs_backend(const std::string& url, int timeout_ms, bool allow_offline = false);
 
 }  // namespace extrafs::backend

@@ -101,6 +101,11 @@ Result<ChunkData> ChunkFetcher::get(const ChunkRef& c) {
   bool leader = false;
   {
     std::lock_guard lock(mu_);
+    if (auto f = failed_.find(c.digest); f != failed_.end()) {
+      if (std::chrono::steady_clock::now() - f->second < kFailureMemory)
+        return make_error(EIO, "chunk of " + std::string(c.object) + " at " + std::to_string(c.offset) + " failed just now");
+      failed_.erase(f);
+    }
     auto [it, inserted] = inflight_.try_emplace(c.digest);
     if (inserted) it->second = std::make_shared<InFlight>();
     flight = it->second;
@@ -118,6 +123,12 @@ Result<ChunkData> ChunkFetcher::get(const ChunkRef& c) {
   {
     std::lock_guard lock(mu_);
     inflight_.erase(c.digest);
+    if (!result.ok()) {
+      if (failed_.size() > 4096) failed_.clear();
+      failed_[c.digest] = std::chrono::steady_clock::now();
+    } else if (!failed_.empty()) {
+      failed_.clear();
+    }
   }
   {
     std::lock_guard lock(flight->mu);

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -122,6 +123,12 @@ class ChunkFetcher {
   std::unordered_map<Digest128, decltype(lru_)::iterator, Digest128Hash> map_;
   uint64_t mem_bytes_ = 0;
   std::unordered_map<Digest128, std::shared_ptr<InFlight>, Digest128Hash> inflight_;
+  // Chunks whose fetch just failed, with the time: a retry within kFailureMemory gets the same
+  // error at once. The kernel re-issues a failed readahead as a plain read right away; without
+  // this, one read() of a dead server would wait for the timeout twice. Any successful fetch
+  // (the server is back) forgets them all.
+  std::unordered_map<Digest128, std::chrono::steady_clock::time_point, Digest128Hash> failed_;
+  static constexpr std::chrono::milliseconds kFailureMemory{500};
 
   std::mutex queue_mu_;  // guards queue_, stopping_
   std::condition_variable queue_cv_;

@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cstdio>
+
 #include "common/str_util.h"
 
 namespace extrafs::fs {
@@ -33,6 +35,12 @@ json body_of(const Catalog& c) {
   return body;
 }
 }  // namespace
+
+std::string catalog_cache_name(const std::string& source) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(xxh3_64(source.data(), source.size())));
+  return std::string("catalog-") + buf;
+}
 
 std::string layer_index_path(std::string_view cache_id) {
   return "extrafs/layers/" + std::string(cache_id) + ".index";

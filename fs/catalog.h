@@ -36,6 +36,10 @@ struct Catalog {
   const CatalogLayer* find(std::string_view cache_id) const;
 };
 
+// Name under which a daemon keeps its copy of the catalog of `source` in the block cache (per
+// source, so that a cache directory pointed at another store never serves the wrong catalog).
+std::string catalog_cache_name(const std::string& source);
+
 // Where the index files live, relative to the store root.
 std::string layer_index_path(std::string_view cache_id);
 std::string image_index_path(const Digest128& digest);

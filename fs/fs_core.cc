@@ -50,7 +50,23 @@ FsCore::FsCore(cache::ChunkFetcher& fetcher, FsCoreOptions options) : fetcher_(f
 }
 
 FsCore::~FsCore() {
+  {
+    std::lock_guard lock(stop_mu_);
+    stopping_ = true;
+  }
+  stop_cv_.notify_all();
+  if (refresher_.joinable()) refresher_.join();
   if (record_fd_ >= 0) ::close(record_fd_);
+}
+
+void FsCore::refresh_loop() {
+  auto interval = std::chrono::duration<double>(options_.refresh_interval_s);
+  std::unique_lock lock(stop_mu_);
+  while (!stop_cv_.wait_for(lock, interval, [&] { return stopping_; })) {
+    lock.unlock();
+    if (auto st = refresh(); !st.ok()) spdlog::debug("catalog refresh: {}", st.error().message);
+    lock.lock();
+  }
 }
 
 Result<std::unique_ptr<FsCore>> FsCore::open(cache::ChunkFetcher& fetcher, FsCoreOptions options) {
@@ -61,8 +77,9 @@ Result<std::unique_ptr<FsCore>> FsCore::open(cache::ChunkFetcher& fetcher, FsCor
     if (core->record_fd_ < 0) return Error::from_errno(errno, "record trace " + path);
   }
   auto& backend = fetcher.backend();
+  core->catalog_cache_name_ = catalog_cache_name(backend.describe());
   if (auto info = backend.stat(kCatalogPath); info.ok()) core->catalog_info_ = *info;
-  auto text = fetcher.read_meta(kCatalogPath, "catalog", check_catalog);
+  auto text = fetcher.read_meta(kCatalogPath, core->catalog_cache_name_, check_catalog);
   if (!text.ok()) {
     if (text.code() == ENOENT)
       return make_error(ENOENT, "store " + backend.describe() + " has no extrafs catalog (run 'extrafs index' or 'extrafs publish' first)");
@@ -71,9 +88,7 @@ Result<std::unique_ptr<FsCore>> FsCore::open(cache::ChunkFetcher& fetcher, FsCor
   auto catalog = Catalog::parse(*text);
   if (!catalog.ok()) return make_error(catalog.code(), backend.describe() + "/" + kCatalogPath + ": " + catalog.error().message);
   EXTRAFS_CHECK_STATUS(core->load(*catalog, /*initial=*/true));
-  struct timespec now;
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  core->last_refresh_ns_ = now.tv_sec * 1000000000ll + now.tv_nsec;
+  if (core->options_.refresh_interval_s > 0) core->refresher_ = std::thread([c = core.get()] { c->refresh_loop(); });
   return core;
 }
 
@@ -161,22 +176,12 @@ Status FsCore::refresh() {
   auto info = fetcher_.backend().stat(kCatalogPath);
   if (!info.ok()) return info.error();
   if (info->size == catalog_info_.size && info->mtime_ns == catalog_info_.mtime_ns) return ok_status();
-  EXTRAFS_TRY(text, fetcher_.read_meta(kCatalogPath, "catalog", check_catalog));
+  EXTRAFS_TRY(text, fetcher_.read_meta(kCatalogPath, catalog_cache_name_, check_catalog));
   EXTRAFS_TRY(catalog, Catalog::parse(text));
   EXTRAFS_CHECK_STATUS(load(catalog, /*initial=*/false));
   catalog_info_ = *info;
   spdlog::info("catalog reloaded: {} layers", layer_count());
   return ok_status();
-}
-
-void FsCore::maybe_refresh() {
-  struct timespec now;
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  int64_t t = now.tv_sec * 1000000000ll + now.tv_nsec;
-  int64_t last = last_refresh_ns_.load();
-  if (t - last < static_cast<int64_t>(options_.refresh_interval_s * 1e9)) return;
-  if (!last_refresh_ns_.compare_exchange_strong(last, t)) return;  // another thread does it
-  if (auto st = refresh(); !st.ok()) spdlog::debug("catalog refresh: {}", st.error().message);
 }
 
 size_t FsCore::layer_count() {
@@ -281,7 +286,6 @@ double FsCore::negative_timeout(uint64_t parent) const {
 Result<NodeAttr> FsCore::lookup(uint64_t parent, std::string_view name) {
   uint32_t sn = slot_of(parent), local = local_of(parent);
   if (sn == 0) {
-    maybe_refresh();
     if (parent == kRootIno) {
       if (name == "overlay2") return getattr(kOverlayIno);
       if (name == "image") {
@@ -356,7 +360,6 @@ Status FsCore::readdir(uint64_t ino, uint64_t offset, const std::function<bool(c
   // Fixed and per-layer directories: build the list, then emit from `offset`.
   std::vector<std::pair<std::string, uint64_t>> items;
   if (sn == 0) {
-    maybe_refresh();
     std::shared_lock lock(mu_);
     if (ino == kRootIno) {
       if (image_slot_) items.emplace_back("image", make_ino(image_slot_, kEntryBase));

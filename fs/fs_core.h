@@ -10,8 +10,8 @@
 // read chunk by chunk through the cache::ChunkFetcher. Node ids are derived from (slot, entry):
 // slot 0 holds the fixed directories, each layer and each version of the image/ tree gets its own
 // slot in the order it was first seen, so ids are stable for the life of the mount. A hard link
-// group shares one id. New layers in the catalog appear without a remount (checked at most once
-// a second when the top-level directories are looked at).
+// group shares one id. New layers in the catalog appear without a remount (a background thread
+// checks the catalog once a second).
 //
 // Errors are returned as Result with a positive errno; nothing here throws or touches FUSE.
 // Thread-safety: every method may be called concurrently from the FUSE worker threads.
@@ -21,6 +21,7 @@
 #include <sys/statvfs.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -29,6 +30,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
@@ -61,6 +63,8 @@ struct DirItem {
 
 struct FsCoreOptions {
   std::string record_dir;   // write first-access traces here ("" = off)
+  // A background thread re-reads the catalog this often (0 = never; call refresh() instead).
+  // File system calls never wait for it, so a dead server cannot stall a lookup.
   double refresh_interval_s = 1.0;
 };
 
@@ -110,7 +114,7 @@ class FsCore {
   Result<std::shared_ptr<const LayerIndex>> load_index(const std::string& path, const std::string& cache_name,
                                                        const Digest128& want, const std::string& what);
   std::shared_ptr<const Slot> slot(uint32_t n) const;
-  void maybe_refresh();
+  void refresh_loop();
   NodeAttr entry_attr(uint32_t slot, const LayerIndex& idx, uint32_t entry) const;
   NodeAttr synthetic_attr(uint64_t ino, uint32_t mode, uint64_t size, uint32_t nlink) const;
   Result<NodeAttr> layer_node_attr(uint64_t ino, const Slot& s) const;
@@ -130,9 +134,13 @@ class FsCore {
   uint32_t image_slot_ = 0;
   Catalog catalog_;
 
-  std::mutex refresh_mu_;  // one refresh at a time
-  std::atomic<int64_t> last_refresh_ns_{0};
+  std::mutex refresh_mu_;  // one refresh at a time; guards catalog_info_
   backend::ObjectInfo catalog_info_{};
+  std::string catalog_cache_name_;
+  std::mutex stop_mu_;  // guards stopping_
+  std::condition_variable stop_cv_;
+  bool stopping_ = false;
+  std::thread refresher_;
 
   std::atomic<uint64_t> bytes_served_{0};
 

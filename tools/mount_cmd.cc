@@ -20,6 +20,8 @@
 #include "common/hash.h"
 #include "common/log.h"
 #include "common/str_util.h"
+#include "backend/nfs_backend.h"
+#include "fs/catalog.h"
 #include "fs/fs_core.h"
 #include "fs/fuse_adapter.h"
 
@@ -76,11 +78,8 @@ std::string default_cache_dir(const std::string& source) {
 
 // Runs in the process that will serve. `notify` reports "" once mounted, else the reason.
 int serve(const MountRequest& req, const std::function<void(const std::string&)>& notify) {
-  auto backend = backend::open_backend(req.source, req.timeout_s * 1000);
-  if (!backend.ok()) {
-    notify(backend.error().message);
-    return 1;
-  }
+  // The cache first: if it holds this source's catalog, the mount can serve it while the server
+  // is unreachable, so an unreachable server is then no reason to refuse the mount.
   std::unique_ptr<cache::BlockCache> disk;
   {
     std::string dir = req.cache_dir.empty() ? default_cache_dir(req.source) : req.cache_dir;
@@ -91,6 +90,12 @@ int serve(const MountRequest& req, const std::function<void(const std::string&)>
       return 1;
     }
     disk = std::move(bc).value();
+  }
+  bool have_catalog = disk->get_meta(fs::catalog_cache_name(req.source)).ok();
+  auto backend = backend::open_backend(req.source, req.timeout_s * 1000, /*allow_offline=*/have_catalog);
+  if (!backend.ok()) {
+    notify(backend.error().message);
+    return 1;
   }
   cache::FetcherOptions fopts;
   fopts.disk = disk.get();
@@ -200,6 +205,9 @@ int run_mount(MountRequest req) {
   };
   if (req.source.rfind("nfs://", 0) != 0 && (req.source.empty() || req.source.front() != '/'))
     return fail("source '" + req.source + "' must be an nfs:// URL or an absolute directory path", 2);
+  if (req.source.rfind("nfs://", 0) == 0) {
+    if (auto url = backend::parse_nfs_url(req.source); !url.ok()) return fail(url.error().message, 2);
+  }
   if (req.source.front() == '/') {
     struct stat st;
     if (::stat(req.source.c_str(), &st) != 0) return fail(fmt::format("store {}: {}", req.source, std::strerror(errno)), 1);

@@ -6,7 +6,9 @@
 #   2. stop nfs-ganesha; mount again with the same cache=DIR and -o timeout=3: the mount must
 #      succeed (catalog and layer indexes come from CACHE/meta), the tree is browsable, the files
 #      read before are byte-identical to the store, and a file never read fails with EIO within
-#      the timeout (bounded, never a hang); nothing was fetched (chunks_fetched 0).
+#      the timeout (bounded, never a hang); nothing was fetched (chunks_fetched 0); the cached files,
+#      with every path looked up again (drop_caches), read within 2 s in total (nothing waits for
+#      the dead server).
 # If the offline remount itself fails (a bug), the rest is still checked on a mount made while the
 # server was up and then stopped, so the cached-read and EIO paths are still exercised.
 set -euo pipefail
@@ -43,7 +45,7 @@ stats_json "$MNT" >"$T/stats.warm.json"
 echo "  warm-up fetched $(stat_of "$T/stats.warm.json" chunks_fetched) chunks"
 nm_unmount "$MNT" || die "cannot unmount"
 ls "$CACHE/meta" >"$T/meta.list" 2>&1 || true
-grep -qx catalog "$T/meta.list" && pass "CACHE/meta/catalog exists" || fail "no CACHE/meta/catalog after a mount: $(tr '\n' ' ' <"$T/meta.list")"
+grep -qx "catalog-[0-9a-f]\{16\}" "$T/meta.list" && pass "CACHE/meta holds the catalog of this source" || fail "no CACHE/meta/catalog-<hash of source> after a mount: $(tr '\n' ' ' <"$T/meta.list")"
 for c in "${CIDS[@]}"; do
   grep -qx "index-$c" "$T/meta.list" && pass "CACHE/meta/index-${c:0:12}… exists" || fail "no CACHE/meta/index-$c"
 done
@@ -61,10 +63,20 @@ check_offline() {  # check_offline LABEL: the cached files read identically, the
   [[ $(cat "$T/n") -eq 10000 ]] && pass "$label: bigdir lists 10000 entries from the cached index" \
     || fail "$label: bigdir lists $(cat "$T/n") entries, expected 10000"
   sync; echo 3 >/proc/sys/vm/drop_caches   # the bytes must come from the daemon, not the page cache
+  sleep 1.1                                 # and past the daemon's 1 s catalog refresh interval
+  local t0 t1
+  t0=$(date +%s.%N)
   for f in "${WARM[@]}"; do
     if timeout 30 cmp -s "$STORE/$f" "$MNT/$f"; then pass "$label: cached $(sp "$f") byte-identical"
     else fail "$label: cached $(sp "$f") differs or cannot be read: $(timeout 30 cmp "$STORE/$f" "$MNT/$f" 2>&1 | head -1)"; fi
   done
+  t1=$(date +%s.%N)
+  local took
+  took=$(python3 -c "print('%.2f' % ($t1 - $t0))")
+  # Lookups come from the in-memory index, content from the block cache: nothing may wait for
+  # the dead server (timeout=3 s per backend call).
+  secs_le "$took" 2 && pass "$label: the ${#WARM[@]} cached files (paths looked up again) read in $took s" \
+    || fail "$label: reading the ${#WARM[@]} cached files (paths looked up again) took $took s (> 2 s): something waited for the dead server"
   for f in "${COLD[@]}"; do
     read_errno "$MNT/$f" 20; r=$READ_RESULT
     if [[ $r == EIO ]] && secs_le "$READ_SECS" 8; then

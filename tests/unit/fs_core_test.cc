@@ -238,7 +238,7 @@ TEST_CASE("FsCore picks up layers added to the catalog without a remount", "[fsc
   Store s;
   cache::ChunkFetcher fetcher(s.mem, {});
   FsCoreOptions opts;
-  opts.refresh_interval_s = 0;
+  opts.refresh_interval_s = 0;  // no background thread: the test refreshes by hand
   // The memory backend reports mtime 0 for everything, so the refresh is keyed on size.
   Catalog first = s.catalog;
   first.layers.pop_back();
@@ -250,10 +250,27 @@ TEST_CASE("FsCore picks up layers added to the catalog without a remount", "[fsc
   CHECK(core.lookup(ov, kTop).code() == ENOENT);
   uint64_t base_dir = walk(core, {"overlay2", kBase});
   s.mem.put(kCatalogPath, s.catalog.serialize());
+  REQUIRE(core.refresh().ok());
   auto a = core.lookup(ov, kTop);
   REQUIRE(a.ok());
   CHECK(walk(core, {"overlay2", kBase}) == base_dir);  // existing ids unchanged
   CHECK(core.layer_count() == 2);
+}
+
+TEST_CASE("the background refresher adds new layers by itself", "[fscore]") {
+  Store s;
+  cache::ChunkFetcher fetcher(s.mem, {});
+  Catalog first = s.catalog;
+  first.layers.pop_back();
+  s.mem.put(kCatalogPath, first.serialize());
+  FsCoreOptions opts;
+  opts.refresh_interval_s = 0.02;
+  auto core_r = FsCore::open(fetcher, opts);
+  REQUIRE(core_r.ok());
+  CHECK((*core_r)->layer_count() == 1);
+  s.mem.put(kCatalogPath, s.catalog.serialize());
+  for (int i = 0; i < 200 && (*core_r)->layer_count() < 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  CHECK((*core_r)->layer_count() == 2);
 }
 
 TEST_CASE("stats are reported as one JSON object with per-layer numbers", "[fscore]") {
