@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <unordered_map>
 #include <vector>
 
 #include "common/hash.h"
@@ -82,13 +83,33 @@ Result<std::vector<std::pair<std::string, std::string>>> read_xattrs(const char*
   return out;
 }
 
-// Chunks a regular file (relative to the cwd), skipping holes.
-Status chunk_file(const char* name, const std::string& shown, uint64_t size, uint32_t object, uint32_t chunk_size,
+// Opens `rel` (relative to directory fd `root`) one component at a time, so that no path is ever
+// longer than one name and no symlink is followed.
+Result<int> open_relative(int root, const std::string& rel, const std::string& shown) {
+  int dir = ::dup(root);
+  if (dir < 0) return Error::from_errno(errno, "dup");
+  size_t start = 0;
+  for (;;) {
+    size_t end = rel.find('/', start);
+    bool last = end == std::string::npos;
+    std::string comp = rel.substr(start, last ? std::string::npos : end - start);
+    int flags = O_RDONLY | O_NOFOLLOW | O_CLOEXEC | (last ? 0 : O_DIRECTORY);
+    // O_NOATIME: indexing must not change what it indexes (re-running it changes nothing).
+    int fd = ::openat(dir, comp.c_str(), flags | O_NOATIME);
+    if (fd < 0 && errno == EPERM) fd = ::openat(dir, comp.c_str(), flags);
+    int e = errno;
+    ::close(dir);
+    if (fd < 0) return Error::from_errno(e, "open " + shown);
+    if (last) return fd;
+    dir = fd;
+    start = end + 1;
+  }
+}
+
+// Chunks a regular file, skipping holes; non-zero chunks go to `sink`.
+Status chunk_file(int fd, const std::string& rel, uint64_t size, IndexBuilder& builder, ChunkSink& sink,
                   std::vector<ChunkRecord>* chunks, std::vector<char>* buf) {
-  int raw_fd = ::open(name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOATIME);
-  if (raw_fd < 0 && errno == EPERM) raw_fd = ::open(name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-  if (raw_fd < 0) return Error::from_errno(errno, "open " + shown);
-  Fd fd(raw_fd);
+  const uint32_t chunk_size = builder.chunk_size();
   buf->resize(chunk_size);
   uint64_t n_chunks = size / chunk_size + (size % chunk_size ? 1 : 0);
   uint64_t next_data = 0;  // offset of the next data region at or after the current chunk
@@ -98,42 +119,38 @@ Status chunk_file(const char* name, const std::string& shown, uint64_t size, uin
     ChunkRecord r{};
     r.raw_len = len;
     if (next_data < off + len) {
-      off_t d = ::lseek(fd.get(), static_cast<off_t>(off), SEEK_DATA);
+      off_t d = ::lseek(fd, static_cast<off_t>(off), SEEK_DATA);
       next_data = d < 0 ? UINT64_MAX : static_cast<uint64_t>(d);  // ENXIO: no data until EOF
     }
-    bool hole = next_data >= off + len;
-    if (!hole) {
-      size_t done = 0;
-      while (done < len) {
-        ssize_t n = ::pread(fd.get(), buf->data() + done, len - done, static_cast<off_t>(off + done));
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) return Error::from_errno(errno, "read " + shown);
-        if (n == 0) return make_error(EIO, shown + " shrank while being indexed");
-        done += static_cast<size_t>(n);
-      }
-      hole = std::all_of(buf->begin(), buf->begin() + len, [](char ch) { return ch == 0; });
-    }
-    if (hole) {
+    if (next_data >= off + len) {
       r.flags = kChunkZero;
     } else {
-      r.object = object;
-      r.offset = off;
-      r.stored_len = len;
-      Digest128 d = xxh3_128(buf->data(), len);
-      std::memcpy(r.digest, d.bytes.data(), 16);
+      size_t done = 0;
+      while (done < len) {
+        ssize_t n = ::pread(fd, buf->data() + done, len - done, static_cast<off_t>(off + done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return Error::from_errno(errno, "read " + rel);
+        if (n == 0) return make_error(EIO, rel + " shrank while being indexed");
+        done += static_cast<size_t>(n);
+      }
+      std::string_view raw(buf->data(), len);
+      if (!describe_chunk(raw, &r)) EXTRAFS_CHECK_STATUS(sink.put(builder, rel, off, raw, &r));
     }
     chunks->push_back(r);
   }
   return ok_status();
 }
 
+// Walks a tree into an IndexBuilder: metadata first (breadth-first), then the content of the
+// regular files, in the order the options ask for.
 struct Walker {
   IndexBuilder builder;
-  std::string prefix;
+  ChunkSink& sink;
   std::map<std::pair<dev_t, ino_t>, uint32_t> links;
+  std::vector<std::pair<uint32_t, std::string>> files;  // builder index, relative path
   std::vector<char> buf;
 
-  explicit Walker(uint32_t chunk_size, std::string object_prefix) : builder(chunk_size), prefix(std::move(object_prefix)) {}
+  Walker(uint32_t chunk_size, ChunkSink& s) : builder(chunk_size), sink(s) {}
 
   Status add_entry(const char* name, uint32_t parent, const std::string& rel, std::vector<std::pair<uint32_t, std::string>>* dirs) {
     struct stat st;
@@ -159,18 +176,16 @@ struct Walker {
       if (n < 0) return Error::from_errno(errno, "readlink " + shown);
       target.resize(static_cast<size_t>(n));
       e.target = std::move(target);
-    } else if (S_ISREG(st.st_mode)) {
-      uint32_t obj = builder.add_object(prefix + "/" + rel);
-      EXTRAFS_CHECK_STATUS(chunk_file(name, shown, static_cast<uint64_t>(st.st_size), obj, builder.chunk_size(), &e.chunks, &buf));
     }
-    bool is_dir = S_ISDIR(st.st_mode);
+    bool is_dir = S_ISDIR(st.st_mode), is_reg = S_ISREG(st.st_mode);
     uint32_t id = builder.add(std::move(e));
     if (is_dir) dirs->emplace_back(id, rel);
+    if (is_reg) files.emplace_back(id, rel);
     return ok_status();
   }
 
   // Breadth-first walk; each directory is entered with chdir so that paths stay short.
-  Status walk(const std::string& root) {
+  Status walk(const std::string& root, const WalkOptions& opts) {
     CwdGuard guard;
     if (::chdir(root.c_str()) != 0) return Error::from_errno(errno, root);
     int root_fd = ::open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -214,6 +229,38 @@ struct Walker {
         EXTRAFS_CHECK_STATUS(add_entry(n.c_str(), id, child_rel, &dirs));
       }
     }
+    return content(rootfd.get(), opts);
+  }
+
+  // Content pass: the files named in opts.first (in that order), then every other file in walk order.
+  Status content(int root_fd, const WalkOptions& opts) {
+    std::vector<size_t> order;
+    order.reserve(files.size());
+    std::vector<bool> taken(files.size(), false);
+    if (!opts.first.empty()) {
+      std::unordered_map<std::string_view, size_t> by_path;
+      for (size_t i = 0; i < files.size(); ++i) by_path.emplace(files[i].second, i);
+      for (const auto& p : opts.first) {
+        auto it = by_path.find(p);
+        if (it == by_path.end() || taken[it->second]) continue;
+        taken[it->second] = true;
+        order.push_back(it->second);
+      }
+    }
+    for (size_t i = 0; i < files.size(); ++i)
+      if (!taken[i]) order.push_back(i);
+    for (size_t i : order) {
+      auto& [id, rel] = files[i];
+      BuildEntry& e = builder.at(id);
+      uint64_t size = static_cast<uint64_t>(e.st.st_size);
+      EXTRAFS_TRY(fd, open_relative(root_fd, rel, rel));
+      Fd file(fd);
+      EXTRAFS_CHECK_STATUS(sink.begin_file(builder, rel));
+      std::vector<ChunkRecord> chunks;
+      EXTRAFS_CHECK_STATUS(chunk_file(file.get(), rel, size, builder, sink, &chunks, &buf));
+      builder.at(id).chunks = std::move(chunks);
+      if (opts.on_file) opts.on_file(size);
+    }
     return ok_status();
   }
 };
@@ -245,7 +292,50 @@ std::string trim(std::string s) {
   return s;
 }
 
-Status mkdirs(const std::string& path) {
+}  // namespace
+
+bool describe_chunk(std::string_view raw, ChunkRecord* rec) {
+  rec->raw_len = static_cast<uint32_t>(raw.size());
+  if (std::all_of(raw.begin(), raw.end(), [](char ch) { return ch == 0; })) {
+    rec->flags = kChunkZero;
+    rec->object = 0;
+    rec->offset = 0;
+    rec->stored_len = 0;
+    std::memset(rec->digest, 0, sizeof rec->digest);
+    return true;
+  }
+  Digest128 d = xxh3_128(raw.data(), raw.size());
+  std::memcpy(rec->digest, d.bytes.data(), 16);
+  return false;
+}
+
+Status PlainFileSink::begin_file(IndexBuilder& builder, const std::string& rel) {
+  object_ = builder.add_object(prefix_ + "/" + rel);
+  return ok_status();
+}
+
+Status PlainFileSink::put(IndexBuilder&, const std::string&, uint64_t file_offset, std::string_view raw, ChunkRecord* rec) {
+  rec->object = object_;
+  rec->offset = file_offset;
+  rec->stored_len = static_cast<uint32_t>(raw.size());
+  rec->flags = 0;
+  return ok_status();
+}
+
+Result<std::string> index_directory(const std::string& dir, ChunkSink& sink, const WalkOptions& options) {
+  Walker w(options.chunk_size, sink);
+  EXTRAFS_CHECK_STATUS(w.walk(dir, options));
+  return w.builder.serialize();
+}
+
+Result<std::string> index_directory(const std::string& dir, const std::string& object_prefix, uint32_t chunk_size) {
+  PlainFileSink sink(object_prefix);
+  WalkOptions opts;
+  opts.chunk_size = chunk_size;
+  return index_directory(dir, sink, opts);
+}
+
+Status make_dirs(const std::string& path) {
   std::string cur;
   size_t start = 0;
   while (start <= path.size()) {
@@ -256,14 +346,6 @@ Status mkdirs(const std::string& path) {
     start = end + 1;
   }
   return ok_status();
-}
-
-}  // namespace
-
-Result<std::string> index_directory(const std::string& dir, const std::string& object_prefix, uint32_t chunk_size) {
-  Walker w(chunk_size, object_prefix);
-  EXTRAFS_CHECK_STATUS(w.walk(dir));
-  return w.builder.serialize();
 }
 
 Status write_file_atomic(const std::string& path, std::string_view data) {
@@ -297,6 +379,52 @@ Status write_file_atomic(const std::string& path, std::string_view data) {
   return ok_status();
 }
 
+Result<StoreCatalog> load_store_catalog(const std::string& store) {
+  StoreCatalog sc;
+  const std::string catalog_path = store + "/" + kCatalogPath;
+  auto text = read_small_file(catalog_path);
+  if (text.ok()) {
+    auto parsed = Catalog::parse(*text);
+    if (!parsed.ok()) return make_error(parsed.code(), catalog_path + ": " + parsed.error().message);
+    sc.catalog = std::move(parsed).value();
+    sc.text = std::move(text).value();
+  } else if (text.code() != ENOENT) {
+    return text.error();
+  }
+  return sc;
+}
+
+void merge_catalog_layer(Catalog* catalog, CatalogLayer layer) {
+  auto it = std::find_if(catalog->layers.begin(), catalog->layers.end(),
+                         [&](const CatalogLayer& l) { return l.cache_id == layer.cache_id; });
+  if (it == catalog->layers.end()) catalog->layers.push_back(std::move(layer));
+  else *it = std::move(layer);
+}
+
+Result<CatalogCommit> commit_store_catalog(const std::string& store, StoreCatalog* sc) {
+  CatalogCommit report;
+  EXTRAFS_CHECK_STATUS(make_dirs(store + "/extrafs/layers"));
+  if (is_dir(store + "/image")) {
+    EXTRAFS_TRY(bytes, index_directory(store + "/image", "image"));
+    auto parsed = LayerIndex::parse(bytes);
+    if (!parsed.ok()) return make_error(EIO, "index of image/ does not verify: " + parsed.error().message);
+    Digest128 digest = (*parsed)->digest();
+    const std::string path = store + "/" + image_index_path(digest);
+    if (::access(path.c_str(), F_OK) != 0) {
+      EXTRAFS_CHECK_STATUS(write_file_atomic(path, bytes));
+      report.image_indexed = true;
+    }
+    sc->catalog.image_index = digest;
+  }
+  std::string text = sc->catalog.serialize();
+  if (text != sc->text) {
+    EXTRAFS_CHECK_STATUS(write_file_atomic(store + "/" + kCatalogPath, text));
+    report.catalog_written = true;
+    sc->text = std::move(text);
+  }
+  return report;
+}
+
 Result<IndexStoreReport> index_store(const std::string& store_in, const std::function<void(const std::string&)>& progress) {
   std::string store = store_in;
   while (store.size() > 1 && store.back() == '/') store.pop_back();
@@ -310,18 +438,8 @@ Result<IndexStoreReport> index_store(const std::string& store_in, const std::fun
   if (!is_dir(ov)) return make_error(ENOENT, "store " + store + " has no overlay2/ directory (not a Hermes-style store)");
 
   IndexStoreReport report;
-  Catalog catalog;
-  const std::string catalog_path = store + "/" + kCatalogPath;
-  std::string old_catalog_text;
-  if (auto text = read_small_file(catalog_path); text.ok()) {
-    auto parsed = Catalog::parse(*text);
-    if (!parsed.ok()) return make_error(parsed.code(), catalog_path + ": " + parsed.error().message);
-    catalog = std::move(parsed).value();
-    old_catalog_text = std::move(text).value();
-  } else if (text.code() != ENOENT) {
-    return text.error();
-  }
-  EXTRAFS_CHECK_STATUS(mkdirs(store + "/extrafs/layers"));
+  EXTRAFS_TRY(sc, load_store_catalog(store));
+  EXTRAFS_CHECK_STATUS(make_dirs(store + "/extrafs/layers"));
 
   DIR* d = ::opendir(ov.c_str());
   if (!d) return Error::from_errno(errno, ov);
@@ -358,29 +476,12 @@ Result<IndexStoreReport> index_store(const std::string& store_in, const std::fun
     }
     layer.index_digest = index->digest();
     layer.bytes = index->content_bytes();
-    auto it = std::find_if(catalog.layers.begin(), catalog.layers.end(), [&](const CatalogLayer& l) { return l.cache_id == id; });
-    if (it == catalog.layers.end()) catalog.layers.push_back(std::move(layer));
-    else *it = std::move(layer);
+    merge_catalog_layer(&sc.catalog, std::move(layer));
   }
 
-  if (is_dir(store + "/image")) {
-    EXTRAFS_TRY(bytes, index_directory(store + "/image", "image"));
-    auto parsed = LayerIndex::parse(bytes);
-    if (!parsed.ok()) return make_error(EIO, "index of image/ does not verify: " + parsed.error().message);
-    Digest128 digest = (*parsed)->digest();
-    const std::string path = store + "/" + image_index_path(digest);
-    if (::access(path.c_str(), F_OK) != 0) {
-      EXTRAFS_CHECK_STATUS(write_file_atomic(path, bytes));
-      report.image_indexed = true;
-    }
-    catalog.image_index = digest;
-  }
-
-  std::string text = catalog.serialize();
-  if (text != old_catalog_text) {
-    EXTRAFS_CHECK_STATUS(write_file_atomic(catalog_path, text));
-    report.catalog_written = true;
-  }
+  EXTRAFS_TRY(commit, commit_store_catalog(store, &sc));
+  report.image_indexed = commit.image_indexed;
+  report.catalog_written = commit.catalog_written;
   return report;
 }
 

@@ -1,0 +1,64 @@
+// `extrafs publish`: writes images into a store in the packed format of DESIGN.md, from a dockerd
+// data-root (reading overlay2/<cache-id>/diff trees and image/overlay2 metadata; dockerd may be
+// running) or from a `docker save` archive.
+//
+// For every layer, base first, unless the store already has it (same chainID in layerdb, its
+// cache-id in the catalog, its index present): the blob extrafs/layers/<cache-id>.blob, the index
+// extrafs/layers/<cache-id>.index (chunks into the blob), overlay2/<cache-id>/{link,lower} and
+// image/overlay2/layerdb/sha256/<chainID>/{diff,size,cache-id,parent,tar-split.json.gz}; then the
+// image configs, the tags (merged into repositories.json), and last the catalog with a new index
+// of image/. Everything is validated before the store is touched; blobs and indexes are written
+// to temporary files, fsynced and renamed into place only once every layer of the run has been
+// read (and, for archives, its diffID checked), so a failed or killed publish never leaves a layer
+// that the catalog lists and that is not complete. Runs in the tools process, single-threaded;
+// one publish per store at a time (a lock file in STORE/extrafs).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+
+namespace extrafs::tools {
+
+struct PublishRequest {
+  std::string data_root;            // --data-root (exclusive with archive)
+  std::vector<std::string> images;  // IMAGE... (with data_root)
+  std::string archive;              // --archive
+  std::string store;                // --to
+  std::string order_file;           // --order ("" = none)
+  // Progress (may be empty): called often; the caller rate-limits.
+  std::function<void(const struct PublishProgress&)> progress;
+};
+
+struct PublishProgress {
+  int layer = 0, layers = 0;        // current layer (1-based) of those to write
+  uint64_t bytes_done = 0, bytes_total = 0;
+};
+
+struct PublishReport {
+  std::vector<std::string> tags;    // tags written
+  int layers_written = 0;
+  int layers_present = 0;           // already in the store, left alone
+  uint64_t raw_bytes = 0;           // content bytes packed (non-zero chunks)
+  uint64_t stored_bytes = 0;        // bytes written into blobs
+  bool catalog_written = false;
+};
+
+// Parses a first-access trace (lines "<cache-id> <entry> <path>", path with \n and \\ escaped):
+// cache-id -> paths in order of first appearance. EBADMSG naming the line if malformed.
+Result<std::vector<std::pair<std::string, std::string>>> parse_order_trace(const std::string& text);
+
+// Errors: EINVAL for bad input (unknown image, not an archive, diffID mismatch, ...), other
+// errno values for I/O failures; the message is one line naming what is wrong.
+Result<PublishReport> publish(const PublishRequest& req);
+
+// A fresh docker `link` name: 26 random characters from [A-Z0-9].
+std::string random_link_id();
+// A fresh cache-id: 64 random lowercase hex digits.
+std::string random_cache_id();
+
+}  // namespace extrafs::tools

@@ -1,0 +1,124 @@
+#include "tools/publish_blob.h"
+
+#include <fcntl.h>
+#include <lz4.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+
+namespace extrafs::tools {
+
+namespace {
+constexpr size_t kWriteBuffer = 4u << 20;
+}
+
+bool lz4_if_smaller(std::string_view raw, std::string* out) {
+  if (raw.size() > static_cast<size_t>(LZ4_MAX_INPUT_SIZE)) return false;
+  out->resize(static_cast<size_t>(LZ4_compressBound(static_cast<int>(raw.size()))));
+  // Capacity raw.size()-1: anything that does not come out smaller is not worth decompressing.
+  int cap = static_cast<int>(raw.size()) - 1;
+  if (cap <= 0) return false;
+  int n = LZ4_compress_default(raw.data(), out->data(), static_cast<int>(raw.size()), cap);
+  if (n <= 0) return false;
+  out->resize(static_cast<size_t>(n));
+  return true;
+}
+
+Result<std::unique_ptr<BlobWriter>> BlobWriter::create(const std::string& path, std::string object_path) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return Error::from_errno(errno, "create " + path);
+  return std::unique_ptr<BlobWriter>(new BlobWriter(fd, path, std::move(object_path)));
+}
+
+Result<std::unique_ptr<BlobWriter>> BlobWriter::create_scratch(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDWR | O_TMPFILE | O_CLOEXEC, 0600);
+  if (fd < 0) return Error::from_errno(errno, "create a scratch file in " + dir);
+  return std::unique_ptr<BlobWriter>(new BlobWriter(fd, dir + "/(scratch)", ""));
+}
+
+BlobWriter::~BlobWriter() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+Status BlobWriter::write(std::string_view data) {
+  if (buf_.size() + data.size() > kWriteBuffer) EXTRAFS_CHECK_STATUS(flush());
+  if (data.size() >= kWriteBuffer) {
+    buf_.assign(data);
+    return flush();
+  }
+  buf_.append(data);
+  return ok_status();
+}
+
+Status BlobWriter::flush() {
+  size_t done = 0;
+  while (done < buf_.size()) {
+    ssize_t n = ::write(fd_, buf_.data() + done, buf_.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Error::from_errno(errno, "write " + path_);
+    done += static_cast<size_t>(n);
+  }
+  buf_.clear();
+  return ok_status();
+}
+
+Status BlobWriter::put(fs::IndexBuilder& builder, const std::string&, uint64_t, std::string_view raw, fs::ChunkRecord* rec) {
+  return pack(builder, raw, rec);
+}
+
+Status BlobWriter::pack(fs::IndexBuilder& builder, std::string_view raw, fs::ChunkRecord* rec) {
+  rec->object = object_.empty() ? 0 : builder.add_object(object_);
+  rec->offset = offset_;
+  std::string_view stored = raw;
+  rec->flags = 0;
+  if (lz4_if_smaller(raw, &lz4_)) {
+    rec->flags = fs::kChunkLz4;
+    stored = lz4_;
+  }
+  rec->stored_len = static_cast<uint32_t>(stored.size());
+  EXTRAFS_CHECK_STATUS(write(stored));
+  offset_ += stored.size();
+  raw_bytes_ += raw.size();
+  return ok_status();
+}
+
+Result<uint64_t> BlobWriter::append(BlobWriter& other) {
+  EXTRAFS_CHECK_STATUS(flush());
+  EXTRAFS_CHECK_STATUS(other.flush());
+  uint64_t base = offset_;
+  loff_t in = 0;
+  uint64_t left = other.offset_;
+  while (left > 0) {
+    ssize_t n = ::copy_file_range(other.fd_, &in, fd_, nullptr, left, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP || errno == EINVAL)) {
+      // Fall back to read/write.
+      std::string chunk(1u << 20, '\0');
+      while (left > 0) {
+        ssize_t r = ::pread(other.fd_, chunk.data(), std::min<uint64_t>(chunk.size(), left), in);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return Error::from_errno(r < 0 ? errno : EIO, "read " + other.path_);
+        buf_.assign(chunk.data(), static_cast<size_t>(r));
+        EXTRAFS_CHECK_STATUS(flush());
+        in += r;
+        left -= static_cast<uint64_t>(r);
+      }
+      break;
+    }
+    if (n < 0) return Error::from_errno(errno, "copy into " + path_);
+    if (n == 0) return make_error(EIO, "copy into " + path_ + ": source ended early");
+    left -= static_cast<uint64_t>(n);
+  }
+  offset_ += other.offset_;
+  raw_bytes_ += other.raw_bytes_;
+  return base;
+}
+
+Status BlobWriter::finish() {
+  EXTRAFS_CHECK_STATUS(flush());
+  if (::fsync(fd_) != 0) return Error::from_errno(errno, "fsync " + path_);
+  return ok_status();
+}
+
+}  // namespace extrafs::tools

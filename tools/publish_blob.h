@@ -1,0 +1,70 @@
+// BlobWriter: packs the chunks of one layer into its blob (STORE/extrafs/layers/<cache-id>.blob),
+// each chunk lz4-compressed only when that makes it smaller. Used by `extrafs publish` as the
+// chunk sink of the directory walker and of the layer-tar converter.
+//
+// The blob is written to a temporary file (a named one beside its final path, or an unnamed
+// O_TMPFILE one for scratch blobs); finish() flushes and fsyncs it; publishing renames it into
+// place only once the layer's index is written too. Single-threaded; owns its file descriptor.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/result.h"
+#include "fs/indexer.h"
+#include "fs/layer_index.h"
+
+namespace extrafs::tools {
+
+// Compresses `raw` with lz4 into *out; false (and *out unspecified) unless that is smaller.
+bool lz4_if_smaller(std::string_view raw, std::string* out);
+
+class BlobWriter : public fs::ChunkSink {
+ public:
+  // A blob at `path` (created exclusively, mode 0644; the caller renames or removes it).
+  // `object_path`: the path chunk records name (relative to the store root).
+  static Result<std::unique_ptr<BlobWriter>> create(const std::string& path, std::string object_path);
+  // An unnamed scratch blob in directory `dir` (vanishes when closed).
+  static Result<std::unique_ptr<BlobWriter>> create_scratch(const std::string& dir);
+  ~BlobWriter() override;
+  BlobWriter(const BlobWriter&) = delete;
+  BlobWriter& operator=(const BlobWriter&) = delete;
+
+  // fs::ChunkSink: stores the (not all-zero) chunk `raw` at the end of the blob.
+  Status put(fs::IndexBuilder& builder, const std::string& rel, uint64_t file_offset, std::string_view raw,
+             fs::ChunkRecord* rec) override;
+  // The same without a file name. rec->raw_len and rec->digest must be set (fs::describe_chunk).
+  Status pack(fs::IndexBuilder& builder, std::string_view raw, fs::ChunkRecord* rec);
+  // Appends raw bytes as they are (scratch spools).
+  Status put_raw(std::string_view raw) {
+    offset_ += raw.size();
+    return write(raw);
+  }
+  // Appends all of `other` (finished) and returns the offset at which its bytes now start here.
+  Result<uint64_t> append(BlobWriter& other);
+  // Flushes and fsyncs. Nothing may be written afterwards.
+  Status finish();
+
+  const std::string& object_path() const { return object_; }
+  uint64_t size() const { return offset_; }           // bytes in the blob
+  uint64_t raw_bytes() const { return raw_bytes_; }   // raw bytes of the chunks stored
+  int fd() const { return fd_; }
+
+ private:
+  BlobWriter(int fd, std::string path, std::string object_path) : fd_(fd), path_(std::move(path)), object_(std::move(object_path)) {}
+  Status write(std::string_view data);
+  Status flush();
+
+  int fd_;
+  std::string path_;    // for messages
+  std::string object_;  // "" for scratch blobs (object 0 is used)
+  uint64_t offset_ = 0;
+  uint64_t raw_bytes_ = 0;
+  std::string buf_;     // write buffer
+  std::string lz4_;     // compression scratch
+};
+
+}  // namespace extrafs::tools
