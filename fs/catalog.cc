@@ -36,6 +36,17 @@ json body_of(const Catalog& c) {
 }
 }  // namespace
 
+Result<Catalog> store_catalog(const Result<std::string>& text, const std::string& source) {
+  if (!text.ok()) {
+    if (text.code() == ENOENT)
+      return make_error(ENOENT, "store " + source + " has no extrafs catalog (run 'extrafs index' or 'extrafs publish' first)");
+    return make_error(text.code(), "store " + source + ": " + text.error().message);
+  }
+  auto catalog = Catalog::parse(*text);
+  if (!catalog.ok()) return make_error(catalog.code(), source + "/" + kCatalogPath + ": " + catalog.error().message);
+  return catalog;
+}
+
 std::string catalog_cache_name(const std::string& source) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(xxh3_64(source.data(), source.size())));

@@ -36,6 +36,10 @@ struct Catalog {
   const CatalogLayer* find(std::string_view cache_id) const;
 };
 
+// The catalog of the store `source` from the result of reading its catalog file: a missing file
+// says to run `extrafs index` or `extrafs publish`; every error names the store.
+Result<Catalog> store_catalog(const Result<std::string>& text, const std::string& source);
+
 // Name under which a daemon keeps its copy of the catalog of `source` in the block cache (per
 // source, so that a cache directory pointed at another store never serves the wrong catalog).
 std::string catalog_cache_name(const std::string& source);

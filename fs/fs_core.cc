@@ -79,14 +79,8 @@ Result<std::unique_ptr<FsCore>> FsCore::open(cache::ChunkFetcher& fetcher, FsCor
   auto& backend = fetcher.backend();
   core->catalog_cache_name_ = catalog_cache_name(backend.describe());
   if (auto info = backend.stat(kCatalogPath); info.ok()) core->catalog_info_ = *info;
-  auto text = fetcher.read_meta(kCatalogPath, core->catalog_cache_name_, check_catalog);
-  if (!text.ok()) {
-    if (text.code() == ENOENT)
-      return make_error(ENOENT, "store " + backend.describe() + " has no extrafs catalog (run 'extrafs index' or 'extrafs publish' first)");
-    return make_error(text.code(), "store " + backend.describe() + ": " + text.error().message);
-  }
-  auto catalog = Catalog::parse(*text);
-  if (!catalog.ok()) return make_error(catalog.code(), backend.describe() + "/" + kCatalogPath + ": " + catalog.error().message);
+  auto catalog = store_catalog(fetcher.read_meta(kCatalogPath, core->catalog_cache_name_, check_catalog), backend.describe());
+  if (!catalog.ok()) return catalog.error();
   EXTRAFS_CHECK_STATUS(core->load(*catalog, /*initial=*/true));
   if (core->options_.refresh_interval_s > 0) core->refresher_ = std::thread([c = core.get()] { c->refresh_loop(); });
   return core;

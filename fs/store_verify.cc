@@ -34,14 +34,8 @@ void verify_index(cache::ChunkFetcher& fetcher, const LayerIndex& idx, const std
 }  // namespace
 
 Result<VerifyReport> verify_store(backend::Backend& backend, const std::function<void(const std::string&)>& progress) {
-  auto text = backend.read_all(kCatalogPath, 1ull << 30);
-  if (!text.ok()) {
-    if (text.code() == ENOENT)
-      return make_error(ENOENT, "store " + backend.describe() + " has no extrafs catalog (run 'extrafs index' or 'extrafs publish' first)");
-    return make_error(text.code(), "store " + backend.describe() + ": " + text.error().message);
-  }
-  auto catalog = Catalog::parse(*text);
-  if (!catalog.ok()) return make_error(catalog.code(), backend.describe() + "/" + kCatalogPath + ": " + catalog.error().message);
+  auto catalog = store_catalog(backend.read_all(kCatalogPath, 1ull << 30), backend.describe());
+  if (!catalog.ok()) return catalog.error();
   // No caches: every chunk is read from the store itself, each exactly once.
   cache::FetcherOptions opts;
   opts.memory_bytes = 0;
