@@ -244,48 +244,6 @@ class DataRootLock {
   int fd_ = -1;
 };
 
-struct MountEntry {
-  std::string point;
-  std::string fstype;
-};
-
-std::string unescape_octal(const std::string& s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '\\' && i + 3 < s.size() + 0 && s[i + 1] >= '0' && s[i + 1] <= '7' && s[i + 2] >= '0' &&
-        s[i + 2] <= '7' && s[i + 3] >= '0' && s[i + 3] <= '7') {
-      out += static_cast<char>((s[i + 1] - '0') * 64 + (s[i + 2] - '0') * 8 + (s[i + 3] - '0'));
-      i += 3;
-    } else {
-      out += s[i];
-    }
-  }
-  return out;
-}
-
-std::vector<MountEntry> read_mounts() {
-  std::vector<MountEntry> out;
-  std::ifstream in("/proc/self/mountinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    std::vector<std::string> f;
-    size_t pos = 0;
-    while (pos <= line.size()) {
-      size_t end = line.find(' ', pos);
-      if (end == std::string::npos) end = line.size();
-      f.push_back(line.substr(pos, end - pos));
-      pos = end + 1;
-    }
-    if (f.size() < 5) continue;
-    MountEntry m;
-    m.point = unescape_octal(f[4]);
-    for (size_t i = 5; i + 1 < f.size(); ++i)
-      if (f[i] == "-") m.fstype = f[i + 1];
-    out.push_back(std::move(m));
-  }
-  return out;
-}
-
 // The type of the file system `path` (absolute, not resolved through symlinks beyond what the
 // caller did) lies on: the longest mount point that is a prefix of it.
 std::string fstype_of(const std::string& path) {

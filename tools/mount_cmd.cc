@@ -174,10 +174,10 @@ Status apply_mount_options(const std::string& list, MountRequest* req) {
   return ok_status();
 }
 
-bool is_mount_point(const std::string& path, std::string* fstype) {
+std::vector<MountEntry> read_mounts() {
+  std::vector<MountEntry> out;
   std::ifstream in("/proc/self/mountinfo");
   std::string line;
-  bool found = false;
   while (std::getline(in, line)) {
     // id parent major:minor root mountpoint options [optional...] - fstype source superopts
     std::vector<std::string> f;
@@ -188,12 +188,22 @@ bool is_mount_point(const std::string& path, std::string* fstype) {
       f.push_back(line.substr(pos, end - pos));
       pos = end + 1;
     }
-    if (f.size() < 5 || unescape_mountinfo(f[4]) != path) continue;
+    if (f.size() < 5) continue;
+    MountEntry m;
+    m.point = unescape_mountinfo(f[4]);
+    for (size_t i = 5; i + 1 < f.size(); ++i)
+      if (f[i] == "-") m.fstype = f[i + 1];
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
+bool is_mount_point(const std::string& path, std::string* fstype) {
+  bool found = false;
+  for (const auto& m : read_mounts()) {
+    if (m.point != path) continue;
     found = true;  // the last matching line is the top mount
-    if (fstype) {
-      for (size_t i = 5; i + 1 < f.size(); ++i)
-        if (f[i] == "-") *fstype = f[i + 1];
-    }
+    if (fstype) *fstype = m.fstype;
   }
   return found;
 }
