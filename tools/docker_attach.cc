@@ -34,6 +34,17 @@ std::string trim(std::string s) {
   return s;
 }
 
+// Adds the link ids named by a `lower` file ("l/A:l/B:...") to `links`.
+void add_lower_links(const std::string& lower, std::set<std::string>* links) {
+  for (size_t pos = 0; pos <= lower.size();) {
+    size_t end = lower.find(':', pos);
+    if (end == std::string::npos) end = lower.size();
+    std::string part = lower.substr(pos, end - pos);
+    if (part.rfind("l/", 0) == 0) links->insert(part.substr(2));
+    pos = end + 1;
+  }
+}
+
 bool lexists(const std::string& p) {
   struct stat st;
   return ::lstat(p.c_str(), &st) == 0;
@@ -870,14 +881,7 @@ Result<DetachResult> detach_image(const std::string& data_root_in, const std::st
         if (d == "l" || removing.count(d)) continue;
         auto lower = read_text_file(p.overlay2 + "/" + d + "/lower");
         if (!lower.ok()) continue;
-        std::string s = trim(*lower);
-        for (size_t pos = 0; pos <= s.size();) {
-          size_t end = s.find(':', pos);
-          if (end == std::string::npos) end = s.size();
-          std::string part = s.substr(pos, end - pos);
-          if (part.rfind("l/", 0) == 0) used_links.insert(part.substr(2));
-          pos = end + 1;
-        }
+        add_lower_links(trim(*lower), &used_links);
       }
     }
     for (bool changed = true; changed;) {
@@ -885,14 +889,7 @@ Result<DetachResult> detach_image(const std::string& data_root_in, const std::st
       for (auto it = remove.begin(); it != remove.end(); ++it) {
         if (!it->link.empty() && used_links.count(it->link)) {
           r.kept_layers.push_back(it->cache_id + " (in the lower chain of a container or another layer)");
-          std::string s = it->lower;
-          for (size_t pos = 0; pos <= s.size();) {
-            size_t end = s.find(':', pos);
-            if (end == std::string::npos) end = s.size();
-            std::string part = s.substr(pos, end - pos);
-            if (part.rfind("l/", 0) == 0) used_links.insert(part.substr(2));
-            pos = end + 1;
-          }
+          add_lower_links(it->lower, &used_links);
           remove.erase(it);
           changed = true;
           break;

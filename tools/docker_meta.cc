@@ -34,10 +34,7 @@ Result<std::string> read_text_file(const std::string& path) {
   return out;
 }
 
-std::string sha256_digest(std::string_view data) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr);
+std::string sha256_digest_string(const unsigned char* md, unsigned len) {
   static const char* kHex = "0123456789abcdef";
   std::string out = "sha256:";
   for (unsigned i = 0; i < len; ++i) {
@@ -45,6 +42,13 @@ std::string sha256_digest(std::string_view data) {
     out += kHex[md[i] & 15];
   }
   return out;
+}
+
+std::string sha256_digest(std::string_view data) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr);
+  return sha256_digest_string(md, len);
 }
 
 std::vector<std::string> chain_ids(const std::vector<std::string>& diff_ids) {

@@ -54,6 +54,8 @@ class DockerMeta {
 
 // "sha256:" + lowercase hex of SHA-256(data).
 std::string sha256_digest(std::string_view data);
+// "sha256:" + lowercase hex of a SHA-256 digest computed elsewhere (e.g. over a stream).
+std::string sha256_digest_string(const unsigned char* md, unsigned len);
 // Chain IDs of a list of diff IDs: chain[0] = diff[0]; chain[i] = sha256(chain[i-1] + " " + diff[i]).
 std::vector<std::string> chain_ids(const std::vector<std::string>& diff_ids);
 // "busybox" -> "busybox:latest"; "name:tag" and "sha256:..." unchanged.

@@ -730,13 +730,7 @@ Result<std::string> SaveArchive::read_layer(const std::string& layer, const std:
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   EVP_DigestFinal_ex(ls.sha, md, &len);
-  static const char* kHex = "0123456789abcdef";
-  std::string out = "sha256:";
-  for (unsigned i = 0; i < len; ++i) {
-    out += kHex[md[i] >> 4];
-    out += kHex[md[i] & 15];
-  }
-  return out;
+  return sha256_digest_string(md, len);
 }
 
 }  // namespace extrafs::tools
