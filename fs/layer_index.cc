@@ -311,7 +311,6 @@ Result<std::string> IndexBuilder::serialize() const {
     if (be.link_of) {
       if (*be.link_of >= n) return make_error(EINVAL, "bad hard-link reference");
       r.primary = new_of[*be.link_of];
-      if (r.primary == j) r.primary = j;
     } else {
       r.primary = j;
     }
@@ -338,8 +337,8 @@ Result<std::string> IndexBuilder::serialize() const {
     r.chunk_count = be.chunks.size();
     chunks.insert(chunks.end(), be.chunks.begin(), be.chunks.end());
   }
-  // A secondary link whose group leader was ordered after it: make the earliest member primary
-  // is unnecessary; the format allows any member to be primary as long as it is its own primary.
+  // The group leader may come after its links in breadth-first order; the format allows that,
+  // as long as the leader is its own primary (a link to a link is refused).
   for (uint32_t j = 0; j < n; ++j) {
     if (recs[recs[j].primary].primary != recs[j].primary)
       return make_error(EINVAL, "hard-link group leader is itself a link");
