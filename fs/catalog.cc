@@ -82,7 +82,9 @@ Result<Catalog> Catalog::parse(std::string_view text) {
   std::string sum = j["checksum"].get<std::string>();
   j.erase("checksum");
   std::string canon = j.dump();
+#ifndef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION  // let the fuzzer reach what the checksum guards
   if (xxh3_128(canon.data(), canon.size()).hex() != sum) return bad("checksum mismatch");
+#endif
 
   Catalog c;
   if (!j.contains("layers") || !j["layers"].is_array()) return bad("no layer list");
