@@ -89,4 +89,16 @@ bool is_hex64(std::string_view s) {
   return true;
 }
 
+bool is_cache_id(std::string_view s) {
+  constexpr std::string_view kInit = "-init";
+  if (s.size() == 64 + kInit.size() && s.substr(64) == kInit) s = s.substr(0, 64);
+  return is_hex64(s);
+}
+
+std::string trim_trailing(std::string_view s) {
+  size_t n = s.size();
+  while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r' || s[n - 1] == '\n')) --n;
+  return std::string(s.substr(0, n));
+}
+
 }  // namespace extrafs

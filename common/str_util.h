@@ -17,7 +17,14 @@ std::optional<uint64_t> parse_uint(std::string_view s);
 std::string format_size(uint64_t bytes);
 // Splits "a,b\,c" on unescaped commas (FUSE -o syntax), unescaping "\,".
 std::vector<std::string> split_options(std::string_view s);
-// Whether `s` is 64 lowercase hex digits (a docker cache-id or digest hex).
+// Whether `s` is 64 lowercase hex digits (a digest's hex).
 bool is_hex64(std::string_view s);
+// Whether `s` is a docker overlay2 cache-id: 64 lowercase hex digits, optionally followed by
+// "-init" (a container's init layer). The one rule for every cache-id read from a store, a
+// catalog or a data-root; it also keeps a cache-id safe as a single path component.
+bool is_cache_id(std::string_view s);
+// `s` without trailing ASCII whitespace (space, \t, \r, \n): the content of a one-line
+// metadata file (docker's cache-id, link, lower, parent; a pid file; /proc/PID/comm).
+std::string trim_trailing(std::string_view s);
 
 }  // namespace extrafs

@@ -24,3 +24,29 @@ TEST_CASE("option lists split on unescaped commas", "[strings]") {
   CHECK(v[1] == "b=c,d");
   CHECK(v[2].empty());
 }
+
+TEST_CASE("trim_trailing drops only trailing ASCII whitespace", "[strings]") {
+  CHECK(trim_trailing("abc\n") == "abc");
+  CHECK(trim_trailing("abc \t\r\n") == "abc");
+  CHECK(trim_trailing("  a b\n") == "  a b");
+  CHECK(trim_trailing("\n\n") == "");
+  CHECK(trim_trailing("") == "");
+  CHECK(trim_trailing("l/A:l/B") == "l/A:l/B");
+}
+
+TEST_CASE("cache-ids are docker's: 64 lowercase hex, optionally -init", "[strings]") {
+  const std::string hex(64, 'a');
+  CHECK(is_cache_id(hex));
+  CHECK(is_cache_id(hex + "-init"));
+  CHECK(is_cache_id("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"));
+  CHECK_FALSE(is_cache_id(""));
+  CHECK_FALSE(is_cache_id(std::string(64, 'A')));
+  CHECK_FALSE(is_cache_id(hex.substr(1)));
+  CHECK_FALSE(is_cache_id(hex + "0"));
+  CHECK_FALSE(is_cache_id(hex + "-init2"));
+  CHECK_FALSE(is_cache_id(hex + "-lnit"));
+  CHECK_FALSE(is_cache_id("l"));
+  CHECK_FALSE(is_cache_id(".."));
+  CHECK_FALSE(is_cache_id("../" + hex.substr(3)));
+  CHECK_FALSE(is_cache_id(hex.substr(0, 63) + "/"));
+}

@@ -1,0 +1,262 @@
+#include "common/posix_file.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+
+namespace extrafs {
+
+void Fd::reset(int fd) {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = fd;
+}
+
+int Fd::close_checked() {
+  int r = ::close(std::exchange(fd_, -1));
+  return r == 0 ? 0 : errno;
+}
+
+int write_all(int fd, const void* data, size_t len) {
+  auto* p = static_cast<const uint8_t*>(data);
+  while (len > 0) {
+    ssize_t n = ::write(fd, p, len);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    if (n == 0) return EIO;
+    p += n;
+    len -= static_cast<size_t>(n);
+  }
+  return 0;
+}
+
+ssize_t pread_all(int fd, void* data, size_t len, off_t off) {
+  auto* p = static_cast<uint8_t*>(data);
+  size_t done = 0;
+  while (done < len) {
+    ssize_t n = ::pread(fd, p + done, len - done, off + static_cast<off_t>(done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  return static_cast<ssize_t>(done);
+}
+
+Result<std::string> read_file(const std::string& path, uint64_t limit) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return Error::from_errno(errno, path);
+  std::string out;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Error::from_errno(errno, path);
+    if (n == 0) break;
+    out.append(buf, static_cast<size_t>(n));
+    if (out.size() > limit) return make_error(EFBIG, path + " is too large");
+  }
+  return out;
+}
+
+namespace {
+
+// Writes `data` into the open file `fd` (named `path` in messages), sets `mode` and fsyncs.
+Status fill_and_sync(int fd, const std::string& path, std::string_view data, mode_t mode) {
+  if (int e = write_all(fd, data.data(), data.size())) return Error::from_errno(e, "write " + path);
+  if (::fchmod(fd, mode) != 0) return Error::from_errno(errno, "chmod " + path);
+  if (::fsync(fd) != 0) return Error::from_errno(errno, "fsync " + path);
+  return ok_status();
+}
+
+}  // namespace
+
+Status write_new_file(const std::string& path, std::string_view data, mode_t mode) {
+  Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode));
+  if (!fd.valid()) return Error::from_errno(errno, path);
+  EXTRAFS_CHECK_STATUS(fill_and_sync(fd.get(), path, data, mode));
+  if (int e = fd.close_checked()) return Error::from_errno(e, path);
+  return ok_status();
+}
+
+Status write_file_atomic(const std::string& path, std::string_view data, mode_t mode) {
+  // The pid in the name lets a later run tell a killed writer's leftover from a live one's.
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  Status st = [&]() -> Status {
+    Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode));
+    if (!fd.valid()) return Error::from_errno(errno, "create " + tmp);
+    EXTRAFS_CHECK_STATUS(fill_and_sync(fd.get(), tmp, data, mode));
+    if (int e = fd.close_checked()) return Error::from_errno(e, "close " + tmp);
+    if (::rename(tmp.c_str(), path.c_str()) != 0) return Error::from_errno(errno, "rename " + tmp + " to " + path);
+    return ok_status();
+  }();
+  if (!st.ok()) {
+    ::unlink(tmp.c_str());
+    return st;
+  }
+  return fsync_dir(parent_dir(path));
+}
+
+Status fsync_dir(const std::string& dir) {
+  Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd.valid()) return Error::from_errno(errno, dir);
+  if (::fsync(fd.get()) != 0) return Error::from_errno(errno, "fsync " + dir);
+  return ok_status();
+}
+
+std::string parent_dir(const std::string& path) {
+  auto s = path.rfind('/');
+  if (s == std::string::npos) return ".";
+  return s == 0 ? "/" : path.substr(0, s);
+}
+
+Status make_dirs(const std::string& path, mode_t mode, std::vector<std::string>* created) {
+  size_t start = 0;
+  while (start <= path.size()) {
+    size_t end = path.find('/', start);
+    if (end == std::string::npos) end = path.size();
+    const std::string cur = path.substr(0, end);
+    start = end + 1;
+    if (cur.empty() || cur.back() == '/') continue;  // the root, or "a//b"
+    if (::mkdir(cur.c_str(), mode) == 0) {
+      if (created) created->push_back(cur);
+      continue;
+    }
+    if (errno != EEXIST) return Error::from_errno(errno, "mkdir " + cur);
+    struct stat st;
+    if (::stat(cur.c_str(), &st) != 0) return Error::from_errno(errno, "mkdir " + cur);
+    if (!S_ISDIR(st.st_mode)) return make_error(ENOTDIR, cur + " is not a directory");
+  }
+  return ok_status();
+}
+
+bool path_exists(const std::string& path) {
+  struct stat st;
+  return ::lstat(path.c_str(), &st) == 0;
+}
+
+bool is_dir(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool is_symlink(const std::string& path) {
+  struct stat st;
+  return ::lstat(path.c_str(), &st) == 0 && S_ISLNK(st.st_mode);
+}
+
+std::optional<std::string> read_link(const std::string& path) {
+  char buf[PATH_MAX + 1];
+  ssize_t n = ::readlink(path.c_str(), buf, PATH_MAX);
+  if (n < 0) return std::nullopt;
+  return std::string(buf, static_cast<size_t>(n));
+}
+
+Result<std::vector<std::string>> list_dir(const std::string& dir) {
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return Error::from_errno(errno, dir);
+  std::vector<std::string> out;
+  while (struct dirent* e = ::readdir(d)) {
+    std::string n = e->d_name;
+    if (n != "." && n != "..") out.push_back(std::move(n));
+  }
+  ::closedir(d);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::string absolute_path(const std::string& path) {
+  if (!path.empty() && path.front() == '/') return path;
+  char cwd[PATH_MAX];
+  if (!::getcwd(cwd, sizeof cwd)) return path;
+  return std::string(cwd) + "/" + path;
+}
+
+std::optional<std::string> real_path(const std::string& path) {
+  char* r = ::realpath(path.c_str(), nullptr);
+  if (!r) return std::nullopt;
+  std::string out = r;
+  std::free(r);
+  return out;
+}
+
+namespace {
+
+Status remove_tree_at(int parent_fd, const std::string& name, const std::string& shown, dev_t dev) {
+  struct stat st;
+  if (::fstatat(parent_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    if (errno == ENOENT) return ok_status();
+    return Error::from_errno(errno, shown);
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    if (::unlinkat(parent_fd, name.c_str(), 0) != 0 && errno != ENOENT) return Error::from_errno(errno, shown);
+    return ok_status();
+  }
+  if (st.st_dev != dev) return make_error(EBUSY, shown + " is a mount point; unmount it first");
+  int fd = ::openat(parent_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return Error::from_errno(errno, shown);
+  DIR* d = ::fdopendir(fd);
+  if (!d) {
+    int e = errno;
+    ::close(fd);
+    return Error::from_errno(e, shown);
+  }
+  std::vector<std::string> names;
+  while (struct dirent* e = ::readdir(d)) {
+    std::string n = e->d_name;
+    if (n != "." && n != "..") names.push_back(n);
+  }
+  Status result = ok_status();
+  for (const auto& n : names) {
+    auto s = remove_tree_at(::dirfd(d), n, shown + "/" + n, dev);
+    if (!s.ok()) {
+      result = s;
+      break;
+    }
+  }
+  ::closedir(d);
+  if (!result.ok()) return result;
+  if (::unlinkat(parent_fd, name.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT) return Error::from_errno(errno, shown);
+  return ok_status();
+}
+
+}  // namespace
+
+Status remove_tree(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) return errno == ENOENT ? ok_status() : Status(Error::from_errno(errno, path));
+  const std::string dir = parent_dir(path);
+  Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd.valid()) return Error::from_errno(errno, dir);
+  return remove_tree_at(fd.get(), path.substr(path.rfind('/') + 1), path, st.st_dev);
+}
+
+std::string random_chars(size_t n, std::string_view alphabet) {
+  EXTRAFS_INVARIANT(!alphabet.empty() && alphabet.size() <= 256, "random_chars: bad alphabet");
+  // Rejection sampling keeps every character equally likely.
+  const unsigned limit = 256 - 256 % static_cast<unsigned>(alphabet.size());
+  std::string out;
+  while (out.size() < n) {
+    unsigned char b[64];
+    ssize_t got = ::getrandom(b, sizeof b, 0);
+    if (got < 0 && errno == EINTR) continue;
+    EXTRAFS_INVARIANT(got > 0, "getrandom failed");
+    for (ssize_t i = 0; i < got && out.size() < n; ++i)
+      if (b[i] < limit) out += alphabet[b[i] % alphabet.size()];
+  }
+  return out;
+}
+
+std::string random_link_id() { return random_chars(kLinkIdLength, kLinkIdAlphabet); }
+std::string random_cache_id() { return random_chars(64, "0123456789abcdef"); }
+
+}  // namespace extrafs

@@ -1,0 +1,110 @@
+// The POSIX file helpers every layer uses: an owning file descriptor, write-all and read-all
+// loops that retry EINTR, reading a small file whole, atomic replacement of a file (temporary
+// beside it, fsync of the file, rename, fsync of the directory), fsync of a directory, mkdir -p,
+// and random names in docker's link-id alphabet.
+//
+// Two kinds of calls: the low-level loops (write_all, pread_all) return 0 or an errno value and
+// build no strings, so the block cache can use them on the read path; everything else returns a
+// Result whose message names the file. All functions are thread-safe (they share no state).
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "common/result.h"
+
+namespace extrafs {
+
+// An owned file descriptor, closed when it goes out of scope. Move-only.
+class Fd {
+ public:
+  Fd() = default;
+  explicit Fd(int fd) : fd_(fd) {}
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  Fd& operator=(Fd&& o) noexcept {
+    if (this != &o) {
+      reset();
+      fd_ = std::exchange(o.fd_, -1);
+    }
+    return *this;
+  }
+  ~Fd() { reset(); }
+
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  // Gives up ownership without closing.
+  int release() { return std::exchange(fd_, -1); }
+  void reset(int fd = -1);
+  // close() that reports the error (a delayed write error can surface here): 0 or errno.
+  int close_checked();
+
+ private:
+  int fd_ = -1;
+};
+
+// Writes all `len` bytes (retrying EINTR and short writes): 0 or errno.
+int write_all(int fd, const void* data, size_t len);
+// Reads up to `len` bytes at `off` (short only at end of file): the count, or -errno.
+ssize_t pread_all(int fd, void* data, size_t len, off_t off);
+
+// Reads the file at `path` whole. EFBIG (naming the file) if it is larger than `limit` bytes.
+Result<std::string> read_file(const std::string& path, uint64_t limit = uint64_t{256} << 20);
+
+// Creates `path` (exclusively, never through a symlink) holding exactly `data` with mode `mode`
+// (not subject to the umask), and fsyncs it. EEXIST if something is there.
+Status write_new_file(const std::string& path, std::string_view data, mode_t mode = 0644);
+
+// Replaces `path` atomically and durably: writes `data` to "<path>.tmp.<pid>" (mode `mode`, not
+// subject to the umask), fsyncs it, renames it over `path` and fsyncs the directory. On failure
+// `path` is as it was and the temporary is removed. One writer per path at a time.
+Status write_file_atomic(const std::string& path, std::string_view data, mode_t mode = 0644);
+
+// fsync of directory `dir`, making the renames and creations in it durable.
+Status fsync_dir(const std::string& dir);
+
+// The directory part of `path` ("/" for "/x", "." for "x").
+std::string parent_dir(const std::string& path);
+
+// mkdir -p with mode `mode` for the components it creates (subject to the umask, as mkdir(1)).
+// Existing directories are fine; ENOTDIR if a component is something else. `created` (may be
+// null) receives the directories made, outermost first.
+Status make_dirs(const std::string& path, mode_t mode = 0755, std::vector<std::string>* created = nullptr);
+
+// Small stat-based questions: whether something is at `path` (lstat: a dangling symlink counts),
+// whether `path` is a directory (stat: following symlinks), whether it is a symlink.
+bool path_exists(const std::string& path);
+bool is_dir(const std::string& path);
+bool is_symlink(const std::string& path);
+// The target of symlink `path`; nullopt if it is not one or cannot be read.
+std::optional<std::string> read_link(const std::string& path);
+// The names in directory `dir` (without "." and ".."), sorted.
+Result<std::vector<std::string>> list_dir(const std::string& dir);
+// `path` made absolute against the working directory (not resolved; unchanged if absolute).
+std::string absolute_path(const std::string& path);
+// realpath(3); nullopt (errno set) if `path` does not resolve.
+std::optional<std::string> real_path(const std::string& path);
+// rm -r of `path` that never follows a symlink (one is unlinked, never entered) and never crosses
+// into another file system (EBUSY naming the mount point). A missing `path` is fine.
+Status remove_tree(const std::string& path);
+
+// Docker's overlay2 link-id alphabet (base32, RFC 4648): what `l/<link>` names are made of.
+inline constexpr std::string_view kLinkIdAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+inline constexpr size_t kLinkIdLength = 26;
+
+// `n` characters drawn uniformly from `alphabet` (at most 256 characters) with getrandom(2).
+std::string random_chars(size_t n, std::string_view alphabet);
+// A fresh overlay2 link id as dockerd makes them: 26 characters of kLinkIdAlphabet.
+std::string random_link_id();
+// A fresh cache-id as dockerd makes them: 64 random lowercase hex digits.
+std::string random_cache_id();
+
+}  // namespace extrafs
