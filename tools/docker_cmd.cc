@@ -1,16 +1,21 @@
 // `extrafs docker attach IMAGE... --mount MOUNTPOINT [--data-root DIR]` and
-// `extrafs docker detach IMAGE... [--data-root DIR]` (the work is in tools/docker_attach.cc).
+// `extrafs docker detach IMAGE... [--data-root DIR]` (the work is in store/attach.cc and store/detach.cc).
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
 #include <memory>
 
 #include "tools/commands.h"
-#include "tools/docker_attach.h"
+#include "store/attach.h"
+#include "store/data_root.h"
+#include "store/detach.h"
+#include "store/dockerd_probe.h"
 
 namespace extrafs::tools {
 
 namespace {
+
+using store::kDefaultDataRoot;
 
 std::string short_id(const std::string& id) { return id.substr(id.find(':') + 1, 12); }
 
@@ -23,7 +28,7 @@ struct DockerArgs {
 // Validates the references; 0 or the usage exit code after printing one line.
 int check_refs(const std::vector<std::string>& images) {
   for (const auto& i : images) {
-    auto r = familiar_ref(i);
+    auto r = store::familiar_ref(i);
     if (!r.ok()) return fail(r.error().message, 2);
   }
   return 0;
@@ -32,10 +37,10 @@ int check_refs(const std::vector<std::string>& images) {
 int run_attach(const DockerArgs& a) {
   if (int rc = check_refs(a.images)) return rc;
   if (a.data_root.empty()) return fail("--data-root must not be empty", 2);
-  if (auto m = resolve_extrafs_mount(a.mount); !m.ok()) return fail(m.error().message);
-  if (auto st = check_overlay2_data_root(a.data_root); !st.ok()) return fail(st.error().message);
-  if (auto st = check_dockerd_stopped(a.data_root); !st.ok()) return fail("cannot attach: " + st.error().message);
-  auto res = attach_images(a.mount, a.data_root, a.images);
+  if (auto m = store::resolve_extrafs_mount(a.mount); !m.ok()) return fail(m.error().message);
+  if (auto st = store::check_overlay2_data_root(a.data_root); !st.ok()) return fail(st.error().message);
+  if (auto st = store::check_dockerd_stopped(a.data_root); !st.ok()) return fail("cannot attach: " + st.error().message);
+  auto res = store::attach_images(a.mount, a.data_root, a.images);
   if (!res.ok()) return fail(res.error().message);
   for (const auto& r : *res) {
     const bool changed = r.layers_created || r.layers_repaired || r.config_written || r.tag_written;
@@ -55,9 +60,9 @@ int run_attach(const DockerArgs& a) {
 int run_detach(const DockerArgs& a) {
   if (int rc = check_refs(a.images)) return rc;
   if (a.data_root.empty()) return fail("--data-root must not be empty", 2);
-  if (auto st = check_dockerd_stopped(a.data_root); !st.ok()) return fail("cannot detach: " + st.error().message);
+  if (auto st = store::check_dockerd_stopped(a.data_root); !st.ok()) return fail("cannot detach: " + st.error().message);
   for (const auto& i : a.images) {
-    auto r = detach_image(a.data_root, i);
+    auto r = store::detach_image(a.data_root, i);
     if (!r.ok()) return fail(r.error().message);
     std::printf("detached %s (%s): tag%s and %zu layers removed%s%s\n", r->ref.c_str(), short_id(r->image_id).c_str(),
                 r->config_removed ? ", image config" : "", r->removed_layers.size(),

@@ -2,7 +2,6 @@
 // their tags, layers and sizes; on an extrafs mount also how much of each layer and image is in
 // the local cache (from the mount's `user.extrafs.stats` xattr).
 #include <sys/stat.h>
-#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -21,15 +20,18 @@
 
 #include <dirent.h>
 
+#include "common/mountinfo.h"
 #include "common/str_util.h"
-#include "fs/fs_core.h"
+#include "store/docker_meta.h"
 #include "tools/commands.h"
-#include "tools/docker_meta.h"
-#include "tools/mount_cmd.h"
+#include "tools/mount_stats.h"
 
 namespace extrafs::tools {
 
 namespace {
+
+using store::DockerImage;
+using store::DockerMeta;
 
 struct LayerStat {
   uint64_t total = 0;
@@ -37,28 +39,17 @@ struct LayerStat {
 };
 
 Result<std::map<std::string, LayerStat>> mount_layer_stats(const std::string& mnt) {
-  std::string buf(1 << 16, '\0');
-  for (int attempt = 0; attempt < 5; ++attempt) {
-    ssize_t n = ::getxattr(mnt.c_str(), fs::kStatsXattr, buf.data(), buf.size());
-    if (n < 0 && errno == ERANGE) {
-      buf.resize(buf.size() * 4);
-      continue;
-    }
-    if (n < 0) return Error::from_errno(errno, mnt + ": reading " + fs::kStatsXattr);
-    auto j = nlohmann::json::parse(buf.substr(0, static_cast<size_t>(n)), nullptr, false);
-    if (j.is_discarded() || !j.is_object() || !j.contains("layers") || !j["layers"].is_array())
-      return make_error(EBADMSG, mnt + " returned unreadable statistics");
-    std::map<std::string, LayerStat> out;
-    for (const auto& l : j["layers"]) {
-      if (!l.is_object() || !l.contains("cache_id") || !l["cache_id"].is_string()) continue;
-      LayerStat s;
-      if (l.contains("bytes_total") && l["bytes_total"].is_number_unsigned()) s.total = l["bytes_total"].get<uint64_t>();
-      if (l.contains("bytes_cached") && l["bytes_cached"].is_number_unsigned()) s.cached = l["bytes_cached"].get<uint64_t>();
-      out[l["cache_id"].get<std::string>()] = s;
-    }
-    return out;
+  EXTRAFS_TRY(j, read_mount_stats(mnt));
+  if (!j.contains("layers") || !j["layers"].is_array()) return make_error(EBADMSG, mnt + " returned unreadable statistics");
+  std::map<std::string, LayerStat> out;
+  for (const auto& l : j["layers"]) {
+    if (!l.is_object() || !l.contains("cache_id") || !l["cache_id"].is_string()) continue;
+    LayerStat s;
+    if (l.contains("bytes_total") && l["bytes_total"].is_number_unsigned()) s.total = l["bytes_total"].get<uint64_t>();
+    if (l.contains("bytes_cached") && l["bytes_cached"].is_number_unsigned()) s.cached = l["bytes_cached"].get<uint64_t>();
+    out[l["cache_id"].get<std::string>()] = s;
   }
-  return make_error(E2BIG, mnt + ": statistics too large");
+  return out;
 }
 
 std::string percent(uint64_t part, uint64_t whole) {

@@ -2,7 +2,6 @@
 // parses its arguments here and calls into the library layers; exit codes are 0 (success),
 // 1 (runtime failure) and 2 (usage error), and every failure is one line on stderr.
 #include <sys/stat.h>
-#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -14,10 +13,10 @@
 #include "cache/block_cache.h"
 #include "common/log.h"
 #include "common/str_util.h"
-#include "fs/fs_core.h"
-#include "fs/indexer.h"
+#include "store/indexer.h"
 #include "tools/commands.h"
 #include "tools/mount_cmd.h"
+#include "tools/mount_stats.h"
 
 namespace extrafs::tools {
 
@@ -30,7 +29,7 @@ namespace {
 
 int cmd_index(const std::string& store) {
   bool tty = ::isatty(2);
-  auto report = fs::index_store(store, [&](const std::string& line) {
+  auto report = store::index_store(store, [&](const std::string& line) {
     if (tty) std::fprintf(stderr, "%s\n", line.c_str());
   });
   if (!report.ok()) return fail(report.error().message);
@@ -39,28 +38,8 @@ int cmd_index(const std::string& store) {
   return 0;
 }
 
-Result<nlohmann::json> read_stats(const std::string& mountpoint) {
-  std::string buf(1 << 16, '\0');
-  for (int attempt = 0; attempt < 4; ++attempt) {
-    ssize_t n = ::getxattr(mountpoint.c_str(), fs::kStatsXattr, buf.data(), buf.size());
-    if (n >= 0) {
-      auto j = nlohmann::json::parse(buf.substr(0, static_cast<size_t>(n)), nullptr, false);
-      if (j.is_discarded()) return make_error(EBADMSG, mountpoint + " returned unreadable statistics");
-      return j;
-    }
-    if (errno == ERANGE) {
-      buf.resize(buf.size() * 4);
-      continue;
-    }
-    if (errno == ENODATA || errno == ENOTSUP || errno == EOPNOTSUPP)
-      return make_error(errno, mountpoint + " is not an extrafs mount");
-    return Error::from_errno(errno, mountpoint);
-  }
-  return make_error(E2BIG, mountpoint + ": statistics too large");
-}
-
 int cmd_stats(const std::string& mountpoint, bool json, bool prometheus) {
-  auto j = read_stats(mountpoint);
+  auto j = read_mount_stats(mountpoint);
   if (!j.ok()) return fail(j.error().message);
   if (json) {
     std::cout << j->dump(2) << "\n";

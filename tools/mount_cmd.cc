@@ -11,7 +11,6 @@
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
-#include <fstream>
 #include <set>
 
 #include "backend/backend.h"
@@ -19,6 +18,7 @@
 #include "cache/chunk_fetcher.h"
 #include "common/hash.h"
 #include "common/log.h"
+#include "common/mountinfo.h"
 #include "common/str_util.h"
 #include "backend/nfs_backend.h"
 #include "fs/catalog.h"
@@ -41,28 +41,6 @@ const std::set<std::string> kIgnoredOpts = {"defaults", "auto", "noauto", "user"
 const std::set<std::string> kPassedOpts = {"dev", "nodev", "suid", "nosuid", "exec", "noexec", "allow_root",
                                            "auto_unmount", "sync", "dirsync"};
 const std::set<std::string> kPassedValueOpts = {"max_read", "blksize"};
-
-std::string unescape_mountinfo(const std::string& s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '\\' && i + 3 < s.size()) {
-      int v = 0;
-      bool ok = true;
-      for (int k = 1; k <= 3; ++k) {
-        char c = s[i + k];
-        if (c < '0' || c > '7') ok = false;
-        v = v * 8 + (c - '0');
-      }
-      if (ok) {
-        out += static_cast<char>(v);
-        i += 3;
-        continue;
-      }
-    }
-    out += s[i];
-  }
-  return out;
-}
 
 std::string real_path(const std::string& p) {
   char buf[PATH_MAX];
@@ -172,40 +150,6 @@ Status apply_mount_options(const std::string& list, MountRequest* req) {
     }
   }
   return ok_status();
-}
-
-std::vector<MountEntry> read_mounts() {
-  std::vector<MountEntry> out;
-  std::ifstream in("/proc/self/mountinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    // id parent major:minor root mountpoint options [optional...] - fstype source superopts
-    std::vector<std::string> f;
-    size_t pos = 0;
-    while (pos <= line.size()) {
-      size_t end = line.find(' ', pos);
-      if (end == std::string::npos) end = line.size();
-      f.push_back(line.substr(pos, end - pos));
-      pos = end + 1;
-    }
-    if (f.size() < 5) continue;
-    MountEntry m;
-    m.point = unescape_mountinfo(f[4]);
-    for (size_t i = 5; i + 1 < f.size(); ++i)
-      if (f[i] == "-") m.fstype = f[i + 1];
-    out.push_back(std::move(m));
-  }
-  return out;
-}
-
-bool is_mount_point(const std::string& path, std::string* fstype) {
-  bool found = false;
-  for (const auto& m : read_mounts()) {
-    if (m.point != path) continue;
-    found = true;  // the last matching line is the top mount
-    if (fstype) *fstype = m.fstype;
-  }
-  return found;
 }
 
 int run_mount(MountRequest req) {

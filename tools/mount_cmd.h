@@ -33,16 +33,4 @@ int run_mount(MountRequest req);
 // `extrafs unmount MOUNTPOINT`.
 int run_unmount(const std::string& mountpoint);
 
-// One line of /proc/self/mountinfo: where, and what type ("fuse.extrafs", "overlay", ...).
-struct MountEntry {
-  std::string point;
-  std::string fstype;
-};
-// The mounts of this process's namespace, in mount order (later entries cover earlier ones).
-std::vector<MountEntry> read_mounts();
-
-// Whether `path` (absolute, resolved) is currently a mount point; `fstype` receives the type of
-// the top mount there.
-bool is_mount_point(const std::string& path, std::string* fstype);
-
 }  // namespace extrafs::tools

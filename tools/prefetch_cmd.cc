@@ -5,25 +5,23 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <sys/stat.h>
-#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
 
 #include <atomic>
 #include <cstdio>
-#include <fstream>
 #include <mutex>
 #include <set>
 #include <thread>
 #include <vector>
 
+#include "common/mountinfo.h"
 #include "common/str_util.h"
-#include "fs/fs_core.h"
+#include "store/docker_meta.h"
+#include "store/trace.h"
 #include "tools/commands.h"
-#include "tools/docker_meta.h"
-#include "tools/mount_cmd.h"
+#include "tools/mount_stats.h"
 
 namespace extrafs::tools {
 
@@ -57,37 +55,9 @@ int collect(const char* path, const struct stat* st, int type, struct FTW*) {
   return 0;
 }
 
-// "<cache-id> <entry> <path>" lines, path escaped with \n and \\ (see FsCore::record_access).
-std::vector<std::pair<std::string, std::string>> read_trace(const std::string& file, bool* ok) {
-  std::vector<std::pair<std::string, std::string>> out;
-  std::ifstream in(file);
-  *ok = in.good();
-  std::string line;
-  while (std::getline(in, line)) {
-    auto a = line.find(' ');
-    auto b = a == std::string::npos ? a : line.find(' ', a + 1);
-    if (b == std::string::npos) continue;
-    std::string path;
-    std::string_view esc = std::string_view(line).substr(b + 1);
-    for (size_t i = 0; i < esc.size(); ++i) {
-      if (esc[i] == '\\' && i + 1 < esc.size()) {
-        path += esc[i + 1] == 'n' ? '\n' : esc[i + 1];
-        ++i;
-      } else {
-        path += esc[i];
-      }
-    }
-    out.emplace_back(line.substr(0, a), std::move(path));
-  }
-  return out;
-}
-
 uint64_t fetched_bytes(const std::string& mnt) {
-  std::string buf(1 << 20, '\0');
-  ssize_t n = ::getxattr(mnt.c_str(), fs::kStatsXattr, buf.data(), buf.size());
-  if (n < 0) return 0;
-  auto j = nlohmann::json::parse(buf.substr(0, static_cast<size_t>(n)), nullptr, false);
-  return j.is_object() && j.contains("bytes_fetched") ? j["bytes_fetched"].get<uint64_t>() : 0;
+  auto j = read_mount_stats(mnt);
+  return j.ok() && j->contains("bytes_fetched") ? (*j)["bytes_fetched"].get<uint64_t>() : 0;
 }
 
 int run_prefetch(const std::string& mnt_in, const std::string& image, const std::string& trace) {
@@ -95,22 +65,21 @@ int run_prefetch(const std::string& mnt_in, const std::string& image, const std:
   if (!::realpath(mnt_in.c_str(), real)) return fail(mnt_in + ": " + std::strerror(errno));
   std::string mnt = real, fstype;
   if (!is_mount_point(mnt, &fstype) || fstype != "fuse.extrafs") return fail(mnt_in + " is not an extrafs mount");
-  auto meta = DockerMeta::load(mnt);
+  auto meta = store::DockerMeta::load(mnt);
   if (!meta.ok()) return fail(meta.error().message);
   auto img = meta->image(image);
   if (!img.ok()) return fail(img.error().message);
 
   std::vector<std::string> files;
   if (!trace.empty()) {
-    bool ok = false;
-    auto entries = read_trace(trace, &ok);
-    if (!ok) return fail("trace " + trace + ": " + std::strerror(errno));
+    auto entries = store::read_trace_file(trace);
+    if (!entries.ok()) return fail("trace " + entries.error().message);
     std::set<std::string> layers;
     for (const auto& l : img->layers) layers.insert(l.cache_id);
     std::set<std::string> seen;
-    for (const auto& [id, path] : entries) {
-      std::string full = mnt + "/overlay2/" + id + "/diff/" + path;
-      if (layers.count(id) && seen.insert(full).second) files.push_back(full);
+    for (const auto& e : *entries) {
+      std::string full = mnt + "/overlay2/" + e.cache_id + "/diff/" + e.path;
+      if (layers.count(e.cache_id) && seen.insert(full).second) files.push_back(full);
     }
   } else {
     std::set<std::pair<dev_t, ino_t>> seen;

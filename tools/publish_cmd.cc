@@ -1,4 +1,4 @@
-// `extrafs publish`: the command line of tools/publish.h.
+// `extrafs publish`: the command line of store/publish.h.
 #include <time.h>
 #include <unistd.h>
 
@@ -8,11 +8,14 @@
 
 #include "common/str_util.h"
 #include "tools/commands.h"
-#include "tools/publish.h"
+#include "store/publish.h"
 
 namespace extrafs::tools {
 
 namespace {
+
+using store::PublishProgress;
+using store::PublishRequest;
 
 double now_s() {
   struct timespec ts;
@@ -53,7 +56,7 @@ int run_publish(const PublishArgs& a) {
       shown = true;
     };
   }
-  auto report = publish(req);
+  auto report = store::publish(req);
   if (shown) std::fprintf(stderr, "\r\033[K");
   if (!report.ok()) return fail("publish: " + report.error().message, 1);
   std::string tags;

@@ -9,7 +9,7 @@
 
 #include "backend/backend.h"
 #include "common/str_util.h"
-#include "fs/store_verify.h"
+#include "store/verify.h"
 #include "tools/commands.h"
 
 namespace extrafs::tools {
@@ -30,7 +30,7 @@ void add_verify_command(CLI::App& app, int* exit_code) {
     }
     spdlog::set_level(spdlog::level::off);  // every problem is reported below, once
     bool tty = ::isatty(2);
-    auto report = fs::verify_store(**backend, [&](const std::string& id) {
+    auto report = store::verify_store(**backend, [&](const std::string& id) {
       if (tty) std::fprintf(stderr, "verified layer %s\n", id.c_str());
     });
     if (!report.ok()) {

@@ -20,9 +20,11 @@
 
 #include "common/hash.h"
 #include "fs/layer_index.h"
-#include "tools/publish.h"
-#include "tools/publish_blob.h"
-#include "tools/publish_tar.h"
+#include "common/posix_file.h"
+#include "store/publish.h"
+#include "store/publish_blob.h"
+#include "store/publish_tar.h"
+#include "store/trace.h"
 
 using namespace extrafs;
 
@@ -107,7 +109,7 @@ class TarWriter {
 struct Converted {
   std::shared_ptr<const fs::LayerIndex> index;
   std::string blob;
-  tools::LayerTarResult result;
+  store::LayerTarResult result;
 };
 
 Result<Converted> convert(const std::string& tar, const std::string& dir, std::vector<std::string> first = {}) {
@@ -116,12 +118,12 @@ Result<Converted> convert(const std::string& tar, const std::string& dir, std::v
   REQUIRE(archive_read_open_memory(a, tar.data(), tar.size()) == ARCHIVE_OK);
   const std::string blob_path = dir + "/layer.blob";
   std::filesystem::remove(blob_path);
-  auto blob = tools::BlobWriter::create(blob_path, "extrafs/layers/x.blob");
+  auto blob = store::BlobWriter::create(blob_path, "extrafs/layers/x.blob");
   REQUIRE(blob.ok());
-  tools::LayerTarOptions opts;
+  store::LayerTarOptions opts;
   opts.first = std::move(first);
   opts.scratch_dir = dir;
-  auto res = tools::convert_layer_tar(a, **blob, opts);
+  auto res = store::convert_layer_tar(a, **blob, opts);
   archive_read_free(a);
   if (!res.ok()) return res.error();
   REQUIRE((*blob)->finish().ok());
@@ -307,11 +309,11 @@ TEST_CASE("implicit parent directories are 0755 root:root at the epoch", "[publi
 
 TEST_CASE("paths that climb out of the layer are rejected", "[publish]") {
   std::string out;
-  CHECK_FALSE(tools::normalize_tar_path("../etc/passwd", &out));
-  CHECK_FALSE(tools::normalize_tar_path("a/../../b", &out));
-  REQUIRE(tools::normalize_tar_path("./a//b/", &out));
+  CHECK_FALSE(store::normalize_tar_path("../etc/passwd", &out));
+  CHECK_FALSE(store::normalize_tar_path("a/../../b", &out));
+  REQUIRE(store::normalize_tar_path("./a//b/", &out));
   CHECK(out == "a/b");
-  REQUIRE(tools::normalize_tar_path("/", &out));
+  REQUIRE(store::normalize_tar_path("/", &out));
   CHECK(out.empty());
 }
 
@@ -352,8 +354,8 @@ TEST_CASE("chunks are lz4-compressed only when that makes them smaller; zero chu
   CHECK(idx.entry(path_entry(idx, "big")).blocks == (cs + text.size() + 4095) / 4096 * 8);
 
   std::string out;
-  CHECK_FALSE(tools::lz4_if_smaller(random, &out));
-  REQUIRE(tools::lz4_if_smaller(text, &out));
+  CHECK_FALSE(store::lz4_if_smaller(random, &out));
+  REQUIRE(store::lz4_if_smaller(text, &out));
   CHECK(out.size() < text.size());
 }
 
@@ -381,21 +383,21 @@ TEST_CASE("files named first are packed first, in that order; the rest follows i
 }
 
 TEST_CASE("order traces are parsed with their escapes", "[publish]") {
-  auto r = tools::parse_order_trace("abc 12 etc/passwd\nabc 13 a\\nb\\\\c\n\nabc 12 etc/passwd\ndef 1 x y\n");
+  auto r = store::parse_trace("abc 12 etc/passwd\nabc 13 a\\nb\\\\c\n\nabc 12 etc/passwd\ndef 1 x y\n");
   REQUIRE(r.ok());
   REQUIRE(r->size() == 3);
-  CHECK((*r)[0] == std::make_pair(std::string("abc"), std::string("etc/passwd")));
-  CHECK((*r)[1].second == "a\nb\\c");
-  CHECK((*r)[2].second == "x y");
-  CHECK_FALSE(tools::parse_order_trace("garbage\n").ok());
-  CHECK_FALSE(tools::parse_order_trace("abc x path\n").ok());
+  CHECK(std::make_pair((*r)[0].cache_id, (*r)[0].path) == std::make_pair(std::string("abc"), std::string("etc/passwd")));
+  CHECK((*r)[1].path == "a\nb\\c");
+  CHECK((*r)[2].path == "x y");
+  CHECK_FALSE(store::parse_trace("garbage\n").ok());
+  CHECK_FALSE(store::parse_trace("abc x path\n").ok());
 }
 
 TEST_CASE("fresh links and cache-ids look like docker's", "[publish]") {
-  std::string l = tools::random_link_id(), id = tools::random_cache_id();
+  std::string l = random_link_id(), id = random_cache_id();
   CHECK(l.size() == 26);
   CHECK(l.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567") == std::string::npos);
   CHECK(id.size() == 64);
   CHECK(id.find_first_not_of("0123456789abcdef") == std::string::npos);
-  CHECK(l != tools::random_link_id());
+  CHECK(l != random_link_id());
 }

@@ -14,15 +14,15 @@
 #include <vector>
 
 #include "common/result.h"
-#include "fs/indexer.h"
+#include "store/indexer.h"
 #include "fs/layer_index.h"
 
-namespace extrafs::tools {
+namespace extrafs::store {
 
 // Compresses `raw` with lz4 into *out; false (and *out unspecified) unless that is smaller.
 bool lz4_if_smaller(std::string_view raw, std::string* out);
 
-class BlobWriter : public fs::ChunkSink {
+class BlobWriter : public ChunkSink {
  public:
   // A blob at `path` (created exclusively, mode 0644; the caller renames or removes it).
   // `object_path`: the path chunk records name (relative to the store root).
@@ -33,10 +33,10 @@ class BlobWriter : public fs::ChunkSink {
   BlobWriter(const BlobWriter&) = delete;
   BlobWriter& operator=(const BlobWriter&) = delete;
 
-  // fs::ChunkSink: stores the (not all-zero) chunk `raw` at the end of the blob.
+  // ChunkSink: stores the (not all-zero) chunk `raw` at the end of the blob.
   Status put(fs::IndexBuilder& builder, const std::string& rel, uint64_t file_offset, std::string_view raw,
              fs::ChunkRecord* rec) override;
-  // The same without a file name. rec->raw_len and rec->digest must be set (fs::describe_chunk).
+  // The same without a file name. rec->raw_len and rec->digest must be set (describe_chunk).
   Status pack(fs::IndexBuilder& builder, std::string_view raw, fs::ChunkRecord* rec);
   // Appends raw bytes as they are (scratch spools).
   Status put_raw(std::string_view raw) {
@@ -67,4 +67,4 @@ class BlobWriter : public fs::ChunkSink {
   std::string lz4_;     // compression scratch
 };
 
-}  // namespace extrafs::tools
+}  // namespace extrafs::store

@@ -5,7 +5,7 @@
 //   layerdb/sha256/<chainID>/{diff,size,cache-id,parent[,tar-split.json.gz]}
 // and ROOT/overlay2/<cache-id>/{link,lower}.
 //
-// Used by publish (reading a data-root), docker attach (reading a mount) and ls.
+// Used by publish (reading a data-root), docker attach (reading a mount), detach, ls and prefetch.
 // Not thread-safe; a value type.
 #pragma once
 
@@ -17,7 +17,7 @@
 
 #include "common/result.h"
 
-namespace extrafs::tools {
+namespace extrafs::store {
 
 struct DockerLayer {
   std::string diff_id;      // "sha256:<hex>" of the uncompressed layer tar
@@ -60,7 +60,9 @@ std::string sha256_digest_string(const unsigned char* md, unsigned len);
 std::vector<std::string> chain_ids(const std::vector<std::string>& diff_ids);
 // "busybox" -> "busybox:latest"; "name:tag" and "sha256:..." unchanged.
 std::string normalize_ref(const std::string& ref);
-// Reads a small file whole.
-Result<std::string> read_text_file(const std::string& path);
+// The rootfs.diff_ids of an image config (base first), each "sha256:<64 hex>". EBADMSG with a
+// message to put after the config's name: "has no rootfs.diff_ids" (not JSON, or no such list)
+// or "has a bad diff_id".
+Result<std::vector<std::string>> parse_diff_ids(std::string_view config);
 
-}  // namespace extrafs::tools
+}  // namespace extrafs::store

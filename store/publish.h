@@ -10,7 +10,8 @@
 // of image/. Everything is validated before the store is touched; blobs and indexes are written
 // to temporary files, fsynced and renamed into place only once every layer of the run has been
 // read (and, for archives, its diffID checked), so a failed or killed publish never leaves a layer
-// that the catalog lists and that is not complete. Runs in the tools process, single-threaded;
+// that the catalog lists and that is not complete; every rename is followed by an fsync of its
+// directory before the catalog names what it published. Runs in the tools process, single-threaded;
 // one publish per store at a time (a lock file in STORE/extrafs).
 #pragma once
 
@@ -22,7 +23,7 @@
 
 #include "common/result.h"
 
-namespace extrafs::tools {
+namespace extrafs::store {
 
 struct PublishRequest {
   std::string data_root;            // --data-root (exclusive with archive)
@@ -48,17 +49,8 @@ struct PublishReport {
   bool catalog_written = false;
 };
 
-// Parses a first-access trace (lines "<cache-id> <entry> <path>", path with \n and \\ escaped):
-// cache-id -> paths in order of first appearance. EBADMSG naming the line if malformed.
-Result<std::vector<std::pair<std::string, std::string>>> parse_order_trace(const std::string& text);
-
 // Errors: EINVAL for bad input (unknown image, not an archive, diffID mismatch, ...), other
 // errno values for I/O failures; the message is one line naming what is wrong.
 Result<PublishReport> publish(const PublishRequest& req);
 
-// A fresh docker `link` name: 26 random characters from [A-Z0-9].
-std::string random_link_id();
-// A fresh cache-id: 64 random lowercase hex digits.
-std::string random_cache_id();
-
-}  // namespace extrafs::tools
+}  // namespace extrafs::store

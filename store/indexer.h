@@ -1,7 +1,8 @@
 // Building indexes from local directory trees, and `extrafs index STORE` (indexing a Hermes-style
 // store: overlay2/<cache-id>/{diff,link,lower} and image/, as copied with `cp -a` from a docker
 // data-root). Runs in the tools process, single-threaded (it changes the working directory while
-// walking, so that arbitrarily deep trees work without PATH_MAX limits).
+// walking, so that arbitrarily deep trees work without PATH_MAX limits). Every index and the
+// catalog are written atomically and durably (store/catalog_writer.h).
 #pragma once
 
 #include <cstdint>
@@ -11,12 +12,13 @@
 #include <vector>
 
 #include "common/result.h"
-#include "fs/catalog.h"
 #include "fs/index_format.h"
+#include "fs/layer_index.h"
 
-namespace extrafs::fs {
+namespace extrafs::store {
 
-class IndexBuilder;
+using fs::ChunkRecord;
+using fs::IndexBuilder;
 
 // Where the bytes of the chunks of a tree go. The walker reads every regular file in 1-chunk
 // pieces, turns holes and all-zero pieces into kChunkZero chunks itself, and hands every other
@@ -46,12 +48,8 @@ class PlainFileSink : public ChunkSink {
   uint32_t object_ = 0;  // of the current file
 };
 
-// Fills the raw_len/digest of *rec for `raw`, or marks it kChunkZero (returns true) if it is all
-// zeros. Shared by every producer of chunk records, so all of them treat zeros alike.
-bool describe_chunk(std::string_view raw, ChunkRecord* rec);
-
 struct WalkOptions {
-  uint32_t chunk_size = kDefaultChunkSize;
+  uint32_t chunk_size = fs::kDefaultChunkSize;
   // Paths (relative to the tree root, no leading '/') whose content goes to the sink first, in
   // this order; the other files follow in walk order. Paths that are not regular files are ignored.
   std::vector<std::string> first;
@@ -67,7 +65,7 @@ Result<std::string> index_directory(const std::string& dir, ChunkSink& sink, con
 // Indexes the tree under local directory `dir` with chunk references into its own files (see
 // PlainFileSink).
 Result<std::string> index_directory(const std::string& dir, const std::string& object_prefix,
-                                    uint32_t chunk_size = kDefaultChunkSize);
+                                    uint32_t chunk_size = fs::kDefaultChunkSize);
 
 struct IndexStoreReport {
   int layers_indexed = 0;   // new indexes written
@@ -78,32 +76,9 @@ struct IndexStoreReport {
 
 // Indexes every overlay2/<cache-id>/diff of the store at local path `store` that has no valid
 // index yet, the store's image/ tree, and writes the catalog (atomically, only if it changed).
+// Directories under overlay2/ whose name is not a docker cache-id are left out (with a progress
+// line).
 // `progress` (may be empty) receives one line per layer.
 Result<IndexStoreReport> index_store(const std::string& store, const std::function<void(const std::string&)>& progress);
 
-// The catalog of a store as read from disk, with its text (to write it only if it changed).
-struct StoreCatalog {
-  Catalog catalog;
-  std::string text;  // "" if the store had no catalog yet
-};
-// Reads STORE/extrafs/catalog; a missing catalog is an empty one, a corrupt one an error.
-Result<StoreCatalog> load_store_catalog(const std::string& store);
-// Replaces the layer with the same cache-id in place, or appends it (layers are never reordered).
-void merge_catalog_layer(Catalog* catalog, CatalogLayer layer);
-
-struct CatalogCommit {
-  bool image_indexed = false;    // a new image/ index file was written
-  bool catalog_written = false;  // the catalog changed and was written
-};
-// The last step of `index` and `publish`: indexes STORE/image (if present; chunks point into its
-// plain files), records that index in the catalog, and writes the catalog atomically if it
-// changed. Everything the catalog names must already be on disk.
-Result<CatalogCommit> commit_store_catalog(const std::string& store, StoreCatalog* sc);
-
-// Writes `data` to `path` atomically (temporary file in the same directory, fsync, rename).
-Status write_file_atomic(const std::string& path, std::string_view data);
-
-// mkdir -p (mode 0755).
-Status make_dirs(const std::string& path);
-
-}  // namespace extrafs::fs
+}  // namespace extrafs::store

@@ -1,10 +1,9 @@
-#include "tools/publish.h"
+#include "store/publish.h"
 
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/file.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -16,81 +15,37 @@
 #include <map>
 #include <set>
 
+#include "common/posix_file.h"
 #include "common/str_util.h"
 #include "fs/catalog.h"
-#include "fs/indexer.h"
 #include "fs/layer_index.h"
-#include "tools/docker_meta.h"
-#include "tools/publish_blob.h"
-#include "tools/publish_tar.h"
+#include "store/catalog_writer.h"
+#include "store/docker_meta.h"
+#include "store/indexer.h"
+#include "store/layout.h"
+#include "store/publish_blob.h"
+#include "store/publish_tar.h"
+#include "store/trace.h"
 
-namespace extrafs::tools {
+namespace extrafs::store {
 
 namespace {
 
 Error bad_input(const std::string& msg) { return make_error(EINVAL, msg); }
 
-bool is_dir(const std::string& p) {
-  struct stat st;
-  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-bool exists(const std::string& p) {
-  struct stat st;
-  return ::lstat(p.c_str(), &st) == 0;
-}
-std::string trim(std::string s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
-  return s;
-}
 std::string hex_of(const std::string& digest) { return digest.substr(digest.find(':') + 1); }
 
-// Writes `data` to a new file `path` and fsyncs it (it is renamed into place later).
+// Writes `data` to a new file `path` and fsyncs it (it is renamed into place later). A leftover of
+// a killed publish with the same pid is replaced.
 Status write_synced(const std::string& path, std::string_view data) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return Error::from_errno(errno, "create " + path);
-  size_t done = 0;
-  while (done < data.size()) {
-    ssize_t n = ::write(fd, data.data() + done, data.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      int e = errno;
-      ::close(fd);
-      return Error::from_errno(e, "write " + path);
-    }
-    done += static_cast<size_t>(n);
-  }
-  if (::fsync(fd) != 0) {
-    int e = errno;
-    ::close(fd);
-    return Error::from_errno(e, "fsync " + path);
-  }
-  ::close(fd);
-  return ok_status();
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) return Error::from_errno(errno, "create " + path);
+  return write_new_file(path, data, 0644);
 }
 
-Status fsync_dir(const std::string& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return Error::from_errno(errno, dir);
-  int r = ::fsync(fd);
-  int e = errno;
-  ::close(fd);
-  if (r != 0) return Error::from_errno(e, "fsync " + dir);
-  return ok_status();
-}
-
-std::string random_chars(size_t n, std::string_view alphabet) {
-  std::string out;
-  while (out.size() < n) {
-    unsigned char b[64];
-    ssize_t got = ::getrandom(b, sizeof b, 0);
-    EXTRAFS_INVARIANT(got > 0, "getrandom failed");
-    for (ssize_t i = 0; i < got && out.size() < n; ++i) {
-      // Rejection sampling keeps every character equally likely.
-      unsigned limit = 256 - 256 % alphabet.size();
-      if (b[i] < limit) out += alphabet[b[i] % alphabet.size()];
-    }
-  }
-  return out;
+// Renames `from` to `to` and makes the rename durable.
+Status rename_durably(const std::string& from, const std::string& to) {
+  if (::rename(from.c_str(), to.c_str()) != 0) return Error::from_errno(errno, "rename " + from);
+  return fsync_dir(parent_dir(to));
 }
 
 // Removes leftovers of publishes that were killed: "*.tmp-<pid>" / "*.tmp.<pid>" files and
@@ -180,12 +135,14 @@ class Publisher {
   int lock_fd_ = -1;
   bool committed_ = false;
   nlohmann::json repositories_;
-  fs::StoreCatalog sc_;
+  StoreCatalog sc_;
   PublishReport report_;
   PublishProgress progress_;
 
-  std::string layers_dir() const { return store_ + "/extrafs/layers"; }
-  std::string layerdb_dir() const { return store_ + "/image/overlay2/layerdb/sha256"; }
+  StoreLayout layout_{""};
+
+  std::string layers_dir() const { return layout_.layers_dir(); }
+  std::string layerdb_dir() const { return layout_.layerdb_dir(); }
 
   void tick(uint64_t bytes) {
     progress_.bytes_done += bytes;
@@ -194,10 +151,10 @@ class Publisher {
 
   Status read_order() {
     if (req_.order_file.empty()) return ok_status();
-    auto text = read_text_file(req_.order_file);
+    auto text = read_file(req_.order_file);
     if (!text.ok()) return bad_input("--order: " + text.error().message);
-    EXTRAFS_TRY(order, parse_order_trace(*text));
-    order_ = std::move(order);
+    EXTRAFS_TRY(order, parse_trace(*text));
+    for (auto& e : order) order_.emplace_back(std::move(e.cache_id), std::move(e.path));
     return ok_status();
   }
 
@@ -275,41 +232,26 @@ class Publisher {
     return ok_status();
   }
 
-  Status mkdir_tracked(const std::string& path) {
-    // Creates the missing components of `path`, remembering them.
-    std::vector<std::string> missing;
-    std::string cur = path;
-    while (!cur.empty() && cur != "/" && !exists(cur)) {
-      missing.push_back(cur);
-      auto s = cur.rfind('/');
-      if (s == std::string::npos) break;
-      cur = cur.substr(0, s);
-    }
-    for (auto it = missing.rbegin(); it != missing.rend(); ++it) {
-      if (::mkdir(it->c_str(), 0755) != 0 && errno != EEXIST) return Error::from_errno(errno, "create " + *it);
-      created_dirs_.push_back(*it);
-    }
-    if (!is_dir(path)) return make_error(ENOTDIR, path + " is not a directory");
-    return ok_status();
-  }
+  // mkdir -p, remembering what it created (removed again if the publish fails).
+  Status mkdir_tracked(const std::string& path) { return make_dirs(path, 0755, &created_dirs_); }
 
   Status open_store() {
-    store_ = req_.store;
-    while (store_.size() > 1 && store_.back() == '/') store_.pop_back();
-    if (exists(store_) && !is_dir(store_)) return make_error(ENOTDIR, "store " + store_ + " is not a directory");
+    layout_ = StoreLayout(req_.store);
+    store_ = layout_.root();
+    if (path_exists(store_) && !is_dir(store_)) return make_error(ENOTDIR, "store " + store_ + " is not a directory");
     EXTRAFS_CHECK_STATUS(mkdir_tracked(layers_dir()));
-    lock_fd_ = ::open((store_ + "/extrafs/.publish.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    lock_fd_ = ::open(layout_.publish_lock().c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (lock_fd_ < 0) return Error::from_errno(errno, "store " + store_ + ": lock file");
     if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0)
       return make_error(EBUSY, "store " + store_ + " is being written by another extrafs publish");
     remove_stale(layers_dir());
     if (is_dir(layerdb_dir())) remove_stale(layerdb_dir());
-    EXTRAFS_TRY(sc, fs::load_store_catalog(store_));
+    EXTRAFS_TRY(sc, load_store_catalog(store_));
     sc_ = std::move(sc);
-    const std::string repo_path = store_ + "/image/overlay2/repositories.json";
+    const std::string repo_path = layout_.repositories();
     repositories_ = nlohmann::json::object();
-    if (exists(repo_path)) {
-      EXTRAFS_TRY(text, read_text_file(repo_path));
+    if (path_exists(repo_path)) {
+      EXTRAFS_TRY(text, read_file(repo_path));
       repositories_ = nlohmann::json::parse(text, nullptr, false);
       if (repositories_.is_discarded() || !repositories_.is_object() ||
           (repositories_.contains("Repositories") && !repositories_["Repositories"].is_object()))
@@ -324,9 +266,9 @@ class Publisher {
     for (auto& l : layers_) {
       const std::string db = layerdb_dir() + "/" + hex_of(l.chain_id);
       std::string known;
-      if (auto cid = read_text_file(db + "/cache-id"); cid.ok()) known = trim(*cid);
+      if (auto cid = read_file(db + "/cache-id"); cid.ok()) known = trim_trailing(*cid);
       const fs::CatalogLayer* cat = known.empty() ? nullptr : sc_.catalog.find(known);
-      if (cat && exists(store_ + "/" + fs::layer_index_path(known))) {
+      if (cat && path_exists(layout_.layer_index(known))) {
         l.present = true;
         l.cache_id = known;
         l.link = cat->link;
@@ -334,11 +276,11 @@ class Publisher {
         report_.layers_present++;
       } else {
         // A layer an interrupted publish left half-done keeps its cache-id (it is overwritten).
-        if (!known.empty() && known.find('/') == std::string::npos && known[0] != '.' && !sc_.catalog.find(known)) l.cache_id = known;
+        if (is_cache_id(known) && !sc_.catalog.find(known)) l.cache_id = known;
         else if (!l.src_cache_id.empty() && !sc_.catalog.find(l.src_cache_id)) l.cache_id = l.src_cache_id;
         else l.cache_id = random_cache_id();
-        if (auto link = read_text_file(store_ + "/overlay2/" + l.cache_id + "/link"); link.ok() && !trim(*link).empty())
-          l.link = trim(*link);
+        if (auto link = read_file(layout_.overlay_dir(l.cache_id) + "/link"); link.ok() && !trim_trailing(*link).empty())
+          l.link = trim_trailing(*link);
         else
           l.link = random_link_id();
         if (!l.parent_chain.empty()) {
@@ -358,14 +300,14 @@ class Publisher {
     tick(0);
     const std::string pid = std::to_string(::getpid());
     l.blob_tmp = layers_dir() + "/." + l.cache_id + ".blob.tmp-" + pid;
-    EXTRAFS_TRY(blob, BlobWriter::create(l.blob_tmp, "extrafs/layers/" + l.cache_id + ".blob"));
+    EXTRAFS_TRY(blob, BlobWriter::create(l.blob_tmp, blob_object_path(l.cache_id)));
     std::string index;
     if (!req_.data_root.empty()) {
-      fs::WalkOptions opts;
+      WalkOptions opts;
       opts.first = order_for({l.src_cache_id, l.cache_id});
       opts.on_file = [this](uint64_t n) { tick(n); };
       const std::string diff = req_.data_root + "/overlay2/" + l.src_cache_id + "/diff";
-      auto bytes = fs::index_directory(diff, *blob, opts);
+      auto bytes = index_directory(diff, *blob, opts);
       if (!bytes.ok()) return make_error(bytes.code(), "layer " + l.src_cache_id + ": " + bytes.error().message);
       index = std::move(bytes).value();
       l.docker_size = l.src_size;
@@ -415,47 +357,48 @@ class Publisher {
     EXTRAFS_CHECK_STATUS(write_synced(tmp + "/cache-id", l.cache_id));
     if (!l.parent_chain.empty()) EXTRAFS_CHECK_STATUS(write_synced(tmp + "/parent", l.parent_chain));
     if (l.has_tar_split) {
-      EXTRAFS_TRY(ts, read_text_file(l.src_layerdb + "/tar-split.json.gz"));
+      EXTRAFS_TRY(ts, read_file(l.src_layerdb + "/tar-split.json.gz"));
       EXTRAFS_CHECK_STATUS(write_synced(tmp + "/tar-split.json.gz", ts));
     }
     EXTRAFS_CHECK_STATUS(fsync_dir(tmp));
-    if (exists(fin)) {
+    if (path_exists(fin)) {
       const std::string old = layerdb_dir() + "/.old-" + hex + "-" + pid;
       if (::rename(fin.c_str(), old.c_str()) != 0) return Error::from_errno(errno, "rename " + fin);
       std::filesystem::remove_all(old, ec);
     }
-    if (::rename(tmp.c_str(), fin.c_str()) != 0) return Error::from_errno(errno, "rename " + tmp);
-    return ok_status();
+    return rename_durably(tmp, fin);
   }
 
   Status commit() {
     EXTRAFS_CHECK_STATUS(mkdir_tracked(layerdb_dir()));
-    EXTRAFS_CHECK_STATUS(mkdir_tracked(store_ + "/image/overlay2/imagedb/content/sha256"));
-    EXTRAFS_CHECK_STATUS(mkdir_tracked(store_ + "/overlay2"));
+    EXTRAFS_CHECK_STATUS(mkdir_tracked(layout_.config_dir()));
+    EXTRAFS_CHECK_STATUS(mkdir_tracked(layout_.overlay2_dir()));
     committed_ = true;  // from here on, what is renamed into place stays
     bool changed = false;
     for (auto& l : layers_) {
       if (l.present) continue;
-      const std::string base = layers_dir() + "/" + l.cache_id;
-      if (::rename(l.blob_tmp.c_str(), (base + ".blob").c_str()) != 0) return Error::from_errno(errno, "rename " + l.blob_tmp);
+      // The index's rename_durably below fsyncs the same directory, for both renames.
+      if (::rename(l.blob_tmp.c_str(), layout_.layer_blob(l.cache_id).c_str()) != 0)
+        return Error::from_errno(errno, "rename " + l.blob_tmp);
       l.blob_tmp.clear();
-      if (::rename(l.index_tmp.c_str(), (base + ".index").c_str()) != 0) return Error::from_errno(errno, "rename " + l.index_tmp);
+      EXTRAFS_CHECK_STATUS(rename_durably(l.index_tmp, layout_.layer_index(l.cache_id)));
       l.index_tmp.clear();
-      const std::string ov = store_ + "/overlay2/" + l.cache_id;
-      if (::mkdir(ov.c_str(), 0755) != 0 && errno != EEXIST) return Error::from_errno(errno, "create " + ov);
-      EXTRAFS_CHECK_STATUS(fs::write_file_atomic(ov + "/link", l.link));
-      if (l.lower) EXTRAFS_CHECK_STATUS(fs::write_file_atomic(ov + "/lower", *l.lower));
-      else if (exists(ov + "/lower")) ::unlink((ov + "/lower").c_str());
+      const std::string ov = layout_.overlay_dir(l.cache_id);
+      if (::mkdir(ov.c_str(), 0755) == 0) EXTRAFS_CHECK_STATUS(fsync_dir(layout_.overlay2_dir()));
+      else if (errno != EEXIST) return Error::from_errno(errno, "create " + ov);
+      EXTRAFS_CHECK_STATUS(write_file_atomic(ov + "/link", l.link));
+      if (l.lower) EXTRAFS_CHECK_STATUS(write_file_atomic(ov + "/lower", *l.lower));
+      else if (path_exists(ov + "/lower")) ::unlink((ov + "/lower").c_str());
       EXTRAFS_CHECK_STATUS(write_layerdb(l));
-      fs::merge_catalog_layer(&sc_.catalog, l.catalog);
+      merge_catalog_layer(&sc_.catalog, l.catalog);
       report_.layers_written++;
       changed = true;
     }
     for (const auto& img : images_) {
-      const std::string path = store_ + "/image/overlay2/imagedb/content/sha256/" + hex_of(img.id);
-      auto have = read_text_file(path);
+      const std::string path = layout_.config_dir() + "/" + hex_of(img.id);
+      auto have = read_file(path);
       if (!have.ok() || *have != img.config) {
-        EXTRAFS_CHECK_STATUS(fs::write_file_atomic(path, img.config));
+        EXTRAFS_CHECK_STATUS(write_file_atomic(path, img.config));
         changed = true;
       }
       for (const auto& tag : img.tags) {
@@ -465,21 +408,21 @@ class Publisher {
       }
     }
     if (!repositories_.contains("Repositories")) repositories_["Repositories"] = nlohmann::json::object();
-    const std::string repo_path = store_ + "/image/overlay2/repositories.json";
+    const std::string repo_path = layout_.repositories();
     std::string repo_text = repositories_.dump();
-    auto old_repo = read_text_file(repo_path);
+    auto old_repo = read_file(repo_path);
     if (!old_repo.ok() || *old_repo != repo_text) {
-      EXTRAFS_CHECK_STATUS(fs::write_file_atomic(repo_path, repo_text));
+      EXTRAFS_CHECK_STATUS(write_file_atomic(repo_path, repo_text));
       changed = true;
     }
     // Nothing new: leave the catalog and the image/ index alone (re-indexing image/ would pick up
     // atimes that readers of the store changed, and rewrite both for nothing).
     if (!changed && sc_.catalog.image_index &&
-        exists(store_ + "/" + fs::image_index_path(*sc_.catalog.image_index)))
+        path_exists(layout_.image_index(*sc_.catalog.image_index)))
       return ok_status();
-    // Everything the catalog will name is on disk (and its renames durable) before the catalog.
-    EXTRAFS_CHECK_STATUS(fsync_dir(layers_dir()));
-    EXTRAFS_TRY(commit, fs::commit_store_catalog(store_, &sc_));
+    // Everything the catalog will name is on disk, and every rename above durable (each was
+    // followed by an fsync of its directory), before the catalog.
+    EXTRAFS_TRY(commit, commit_store_catalog(store_, &sc_));
     report_.catalog_written = commit.catalog_written;
     return ok_status();
   }
@@ -491,7 +434,7 @@ class Publisher {
       if (!l.index_tmp.empty()) ::unlink(l.index_tmp.c_str());
     }
     if (!committed_) {
-      if (lock_fd_ >= 0 && !created_dirs_.empty()) ::unlink((store_ + "/extrafs/.publish.lock").c_str());
+      if (lock_fd_ >= 0 && !created_dirs_.empty()) ::unlink(layout_.publish_lock().c_str());
       for (auto it = created_dirs_.rbegin(); it != created_dirs_.rend(); ++it) ::rmdir(it->c_str());
     }
     if (lock_fd_ >= 0) ::close(lock_fd_);
@@ -501,43 +444,6 @@ class Publisher {
 
 }  // namespace
 
-std::string random_link_id() { return random_chars(26, "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"); }
-std::string random_cache_id() { return random_chars(64, "0123456789abcdef"); }
-
-Result<std::vector<std::pair<std::string, std::string>>> parse_order_trace(const std::string& text) {
-  std::vector<std::pair<std::string, std::string>> out;
-  std::set<std::pair<std::string, std::string>> seen;
-  size_t start = 0, line_no = 0;
-  while (start < text.size()) {
-    size_t end = text.find('\n', start);
-    if (end == std::string::npos) end = text.size();
-    std::string line = text.substr(start, end - start);
-    start = end + 1;
-    line_no++;
-    if (line.empty()) continue;
-    size_t s1 = line.find(' ');
-    size_t s2 = s1 == std::string::npos ? s1 : line.find(' ', s1 + 1);
-    if (s2 == std::string::npos || s1 == 0 || !parse_uint(line.substr(s1 + 1, s2 - s1 - 1)))
-      return make_error(EINVAL, fmt::format("trace line {}: expected '<cache-id> <entry> <path>'", line_no));
-    std::string path;
-    for (size_t i = s2 + 1; i < line.size(); ++i) {
-      if (line[i] == '\\' && i + 1 < line.size()) {
-        char c = line[++i];
-        if (c == 'n') path += '\n';
-        else if (c == '\\') path += '\\';
-        else return make_error(EINVAL, fmt::format("trace line {}: bad escape \\{}", line_no, c));
-      } else {
-        path += line[i];
-      }
-    }
-    while (!path.empty() && path.front() == '/') path.erase(0, 1);
-    if (path.empty()) continue;
-    std::pair<std::string, std::string> item{line.substr(0, s1), path};
-    if (seen.insert(item).second) out.push_back(std::move(item));
-  }
-  return out;
-}
-
 Result<PublishReport> publish(const PublishRequest& req) {
   if (req.data_root.empty() == req.archive.empty()) return bad_input("give either --data-root or --archive");
   if (req.store.empty()) return bad_input("--to STORE is required");
@@ -545,4 +451,4 @@ Result<PublishReport> publish(const PublishRequest& req) {
   return p.run();
 }
 
-}  // namespace extrafs::tools
+}  // namespace extrafs::store

@@ -1,4 +1,4 @@
-#include "tools/docker_meta.h"
+#include "store/docker_meta.h"
 
 #include <fcntl.h>
 #include <openssl/evp.h>
@@ -6,33 +6,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/posix_file.h"
 #include "common/str_util.h"
 
-namespace extrafs::tools {
-
-Result<std::string> read_text_file(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Error::from_errno(errno, path);
-  std::string out;
-  char buf[65536];
-  for (;;) {
-    ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      int e = errno;
-      ::close(fd);
-      return Error::from_errno(e, path);
-    }
-    if (n == 0) break;
-    out.append(buf, static_cast<size_t>(n));
-    if (out.size() > (256u << 20)) {
-      ::close(fd);
-      return make_error(EFBIG, path + " is too large");
-    }
-  }
-  ::close(fd);
-  return out;
-}
+namespace extrafs::store {
 
 std::string sha256_digest_string(const unsigned char* md, unsigned len) {
   static const char* kHex = "0123456789abcdef";
@@ -67,17 +44,26 @@ std::string normalize_ref(const std::string& ref) {
 
 namespace {
 bool valid_digest(const std::string& d) { return d.rfind("sha256:", 0) == 0 && is_hex64(std::string_view(d).substr(7)); }
-std::string trim(std::string s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == ' ' || s.back() == '\r')) s.pop_back();
-  return s;
-}
 }  // namespace
+
+Result<std::vector<std::string>> parse_diff_ids(std::string_view config) {
+  auto j = nlohmann::json::parse(config, nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("rootfs") || !j["rootfs"].is_object() ||
+      !j["rootfs"].contains("diff_ids") || !j["rootfs"]["diff_ids"].is_array())
+    return make_error(EBADMSG, "has no rootfs.diff_ids");
+  std::vector<std::string> diffs;
+  for (const auto& d : j["rootfs"]["diff_ids"]) {
+    if (!d.is_string() || !valid_digest(d.get<std::string>())) return make_error(EBADMSG, "has a bad diff_id");
+    diffs.push_back(d.get<std::string>());
+  }
+  return diffs;
+}
 
 Result<DockerMeta> DockerMeta::load(const std::string& root) {
   DockerMeta m;
   m.root_ = root;
   const std::string path = root + "/image/overlay2/repositories.json";
-  auto text = read_text_file(path);
+  auto text = read_file(path);
   if (!text.ok()) {
     if (text.code() == ENOENT) return m;
     return text.error();
@@ -112,33 +98,27 @@ Result<DockerImage> DockerMeta::image(const std::string& ref_in) const {
     if (id == img.id) img.tags.push_back(r);
   const std::string base = root_ + "/image/overlay2";
   const std::string cfg_path = base + "/imagedb/content/sha256/" + img.id.substr(7);
-  EXTRAFS_TRY(cfg, read_text_file(cfg_path));
+  EXTRAFS_TRY(cfg, read_file(cfg_path));
   if (sha256_digest(cfg) != img.id) return make_error(EBADMSG, cfg_path + " does not match its digest");
   img.config = cfg;
-  auto j = nlohmann::json::parse(cfg, nullptr, false);
-  if (j.is_discarded() || !j.is_object() || !j.contains("rootfs") || !j["rootfs"].is_object() ||
-      !j["rootfs"].contains("diff_ids") || !j["rootfs"]["diff_ids"].is_array())
-    return make_error(EBADMSG, cfg_path + " has no rootfs.diff_ids");
-  std::vector<std::string> diffs;
-  for (const auto& d : j["rootfs"]["diff_ids"]) {
-    if (!d.is_string() || !valid_digest(d.get<std::string>())) return make_error(EBADMSG, cfg_path + ": bad diff_id");
-    diffs.push_back(d.get<std::string>());
-  }
+  auto parsed = parse_diff_ids(cfg);
+  if (!parsed.ok()) return make_error(parsed.code(), cfg_path + " " + parsed.error().message);
+  const std::vector<std::string>& diffs = *parsed;
   auto chains = chain_ids(diffs);
   for (size_t i = 0; i < diffs.size(); ++i) {
     DockerLayer l;
     l.diff_id = diffs[i];
     l.chain_id = chains[i];
     const std::string dir = base + "/layerdb/sha256/" + chains[i].substr(7);
-    EXTRAFS_TRY(cache_id, read_text_file(dir + "/cache-id"));
-    l.cache_id = trim(cache_id);
-    if (l.cache_id.empty() || l.cache_id.find('/') != std::string::npos || l.cache_id[0] == '.')
+    EXTRAFS_TRY(cache_id, read_file(dir + "/cache-id"));
+    l.cache_id = trim_trailing(cache_id);
+    if (!is_cache_id(l.cache_id))
       return make_error(EBADMSG, dir + "/cache-id is not a valid cache id");
-    if (auto size = read_text_file(dir + "/size"); size.ok()) l.size = parse_uint(trim(*size)).value_or(0);
+    if (auto size = read_file(dir + "/size"); size.ok()) l.size = parse_uint(trim_trailing(*size)).value_or(0);
     l.has_tar_split = ::access((dir + "/tar-split.json.gz").c_str(), F_OK) == 0;
     img.layers.push_back(std::move(l));
   }
   return img;
 }
 
-}  // namespace extrafs::tools
+}  // namespace extrafs::store

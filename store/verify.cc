@@ -1,4 +1,4 @@
-#include "fs/store_verify.h"
+#include "store/verify.h"
 
 #include <fmt/format.h>
 
@@ -7,7 +7,10 @@
 #include "fs/chunk_ref.h"
 #include "fs/layer_index.h"
 
-namespace extrafs::fs {
+namespace extrafs::store {
+
+using fs::ChunkRecord;
+using fs::LayerIndex;
 
 namespace {
 
@@ -18,10 +21,10 @@ void verify_index(cache::ChunkFetcher& fetcher, const LayerIndex& idx, const std
     auto chunks = idx.chunks(e);
     for (size_t i = 0; i < chunks.size(); ++i) {
       const ChunkRecord& c = chunks[i];
-      if (c.flags & kChunkZero) continue;
+      if (c.flags & fs::kChunkZero) continue;
       r->chunks++;
       r->bytes += c.raw_len;
-      auto got = fetcher.get(chunk_ref(idx, c));
+      auto got = fetcher.get(fs::chunk_ref(idx, c));
       if (!got.ok()) {
         r->bad_chunks++;
         r->problems.push_back(fmt::format("{}: /{} at offset {}: {}", what, idx.path_of(e),
@@ -34,7 +37,7 @@ void verify_index(cache::ChunkFetcher& fetcher, const LayerIndex& idx, const std
 }  // namespace
 
 Result<VerifyReport> verify_store(backend::Backend& backend, const std::function<void(const std::string&)>& progress) {
-  auto catalog = store_catalog(backend.read_all(kCatalogPath, 1ull << 30), backend.describe());
+  auto catalog = fs::store_catalog(backend.read_all(fs::kCatalogPath, 1ull << 30), backend.describe());
   if (!catalog.ok()) return catalog.error();
   // No caches: every chunk is read from the store itself, each exactly once.
   cache::FetcherOptions opts;
@@ -61,11 +64,11 @@ Result<VerifyReport> verify_store(backend::Backend& backend, const std::function
   };
   for (const auto& l : catalog->layers) {
     report.layers++;
-    check(layer_index_path(l.cache_id), l.index_digest, "layer " + l.cache_id);
+    check(fs::layer_index_path(l.cache_id), l.index_digest, "layer " + l.cache_id);
     if (progress) progress(l.cache_id);
   }
-  if (catalog->image_index) check(image_index_path(*catalog->image_index), *catalog->image_index, "image/");
+  if (catalog->image_index) check(fs::image_index_path(*catalog->image_index), *catalog->image_index, "image/");
   return report;
 }
 
-}  // namespace extrafs::fs
+}  // namespace extrafs::store

@@ -1,4 +1,4 @@
-#include "tools/publish_blob.h"
+#include "store/publish_blob.h"
 
 #include <fcntl.h>
 #include <lz4.h>
@@ -7,7 +7,9 @@
 
 #include <cstring>
 
-namespace extrafs::tools {
+#include "common/posix_file.h"
+
+namespace extrafs::store {
 
 namespace {
 constexpr size_t kWriteBuffer = 4u << 20;
@@ -52,13 +54,7 @@ Status BlobWriter::write(std::string_view data) {
 }
 
 Status BlobWriter::flush() {
-  size_t done = 0;
-  while (done < buf_.size()) {
-    ssize_t n = ::write(fd_, buf_.data() + done, buf_.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return Error::from_errno(errno, "write " + path_);
-    done += static_cast<size_t>(n);
-  }
+  if (int e = write_all(fd_, buf_.data(), buf_.size())) return Error::from_errno(e, "write " + path_);
   buf_.clear();
   return ok_status();
 }
@@ -121,4 +117,4 @@ Status BlobWriter::finish() {
   return ok_status();
 }
 
-}  // namespace extrafs::tools
+}  // namespace extrafs::store

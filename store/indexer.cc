@@ -1,4 +1,4 @@
-#include "fs/indexer.h"
+#include "store/indexer.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -15,13 +15,23 @@
 #include <vector>
 
 #include "common/hash.h"
+#include "common/posix_file.h"
 #include "common/str_util.h"
 #include "fs/catalog.h"
 #include "fs/layer_index.h"
+#include "store/catalog_writer.h"
+#include "store/chunking.h"
+#include "store/layout.h"
 
-namespace extrafs::fs {
+namespace extrafs::store {
+
+using fs::BuildEntry;
+using fs::CatalogLayer;
+using fs::LayerIndex;
 
 namespace {
+
+constexpr uint64_t kSmallFile = uint64_t{64} << 20;
 
 // Restores the working directory when the walk ends.
 class CwdGuard {
@@ -33,20 +43,6 @@ class CwdGuard {
       ::close(fd_);
     }
   }
-
- private:
-  int fd_;
-};
-
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
 
  private:
   int fd_;
@@ -108,36 +104,25 @@ Result<int> open_relative(int root, const std::string& rel, const std::string& s
 
 // Chunks a regular file, skipping holes; non-zero chunks go to `sink`.
 Status chunk_file(int fd, const std::string& rel, uint64_t size, IndexBuilder& builder, ChunkSink& sink,
-                  std::vector<ChunkRecord>* chunks, std::vector<char>* buf) {
-  const uint32_t chunk_size = builder.chunk_size();
-  buf->resize(chunk_size);
-  uint64_t n_chunks = size / chunk_size + (size % chunk_size ? 1 : 0);
+                  std::vector<ChunkRecord>* chunks, std::string* buf) {
   uint64_t next_data = 0;  // offset of the next data region at or after the current chunk
-  for (uint64_t c = 0; c < n_chunks; ++c) {
-    uint64_t off = c * chunk_size;
-    uint32_t len = static_cast<uint32_t>(std::min<uint64_t>(chunk_size, size - off));
-    ChunkRecord r{};
-    r.raw_len = len;
+  auto read = [&](uint64_t off, uint32_t len, char* dst, bool* hole) -> Status {
     if (next_data < off + len) {
       off_t d = ::lseek(fd, static_cast<off_t>(off), SEEK_DATA);
       next_data = d < 0 ? UINT64_MAX : static_cast<uint64_t>(d);  // ENXIO: no data until EOF
     }
     if (next_data >= off + len) {
-      r.flags = kChunkZero;
-    } else {
-      size_t done = 0;
-      while (done < len) {
-        ssize_t n = ::pread(fd, buf->data() + done, len - done, static_cast<off_t>(off + done));
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) return Error::from_errno(errno, "read " + rel);
-        if (n == 0) return make_error(EIO, rel + " shrank while being indexed");
-        done += static_cast<size_t>(n);
-      }
-      std::string_view raw(buf->data(), len);
-      if (!describe_chunk(raw, &r)) EXTRAFS_CHECK_STATUS(sink.put(builder, rel, off, raw, &r));
+      *hole = true;
+      return ok_status();
     }
-    chunks->push_back(r);
-  }
+    ssize_t n = pread_all(fd, dst, len, static_cast<off_t>(off));
+    if (n < 0) return Error::from_errno(static_cast<int>(-n), "read " + rel);
+    if (static_cast<size_t>(n) < len) return make_error(EIO, rel + " shrank while being indexed");
+    return ok_status();
+  };
+  auto store = [&](uint64_t off, std::string_view raw, ChunkRecord* rec) { return sink.put(builder, rel, off, raw, rec); };
+  EXTRAFS_TRY(content, chunk_content(size, builder.chunk_size(), *buf, read, store));
+  *chunks = std::move(content.chunks);
   return ok_status();
 }
 
@@ -148,7 +133,7 @@ struct Walker {
   ChunkSink& sink;
   std::map<std::pair<dev_t, ino_t>, uint32_t> links;
   std::vector<std::pair<uint32_t, std::string>> files;  // builder index, relative path
-  std::vector<char> buf;
+  std::string buf;
 
   Walker(uint32_t chunk_size, ChunkSink& s) : builder(chunk_size), sink(s) {}
 
@@ -265,49 +250,7 @@ struct Walker {
   }
 };
 
-Result<std::string> read_small_file(const std::string& path) {
-  int raw = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (raw < 0) return Error::from_errno(errno, path);
-  Fd fd(raw);
-  std::string out;
-  char buf[65536];
-  for (;;) {
-    ssize_t n = ::read(fd.get(), buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return Error::from_errno(errno, path);
-    if (n == 0) break;
-    out.append(buf, static_cast<size_t>(n));
-    if (out.size() > (64u << 20)) return make_error(EFBIG, path + " is too large");
-  }
-  return out;
-}
-
-bool is_dir(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-std::string trim(std::string s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
-  return s;
-}
-
 }  // namespace
-
-bool describe_chunk(std::string_view raw, ChunkRecord* rec) {
-  rec->raw_len = static_cast<uint32_t>(raw.size());
-  if (std::all_of(raw.begin(), raw.end(), [](char ch) { return ch == 0; })) {
-    rec->flags = kChunkZero;
-    rec->object = 0;
-    rec->offset = 0;
-    rec->stored_len = 0;
-    std::memset(rec->digest, 0, sizeof rec->digest);
-    return true;
-  }
-  Digest128 d = xxh3_128(raw.data(), raw.size());
-  std::memcpy(rec->digest, d.bytes.data(), 16);
-  return false;
-}
 
 Status PlainFileSink::begin_file(IndexBuilder& builder, const std::string& rel) {
   object_ = builder.add_object(prefix_ + "/" + rel);
@@ -335,132 +278,43 @@ Result<std::string> index_directory(const std::string& dir, const std::string& o
   return index_directory(dir, sink, opts);
 }
 
-Status make_dirs(const std::string& path) {
-  std::string cur;
-  size_t start = 0;
-  while (start <= path.size()) {
-    size_t end = path.find('/', start);
-    if (end == std::string::npos) end = path.size();
-    cur = path.substr(0, end);
-    if (!cur.empty() && ::mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST) return Error::from_errno(errno, "mkdir " + cur);
-    start = end + 1;
-  }
-  return ok_status();
-}
-
-Status write_file_atomic(const std::string& path, std::string_view data) {
-  std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  int raw = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (raw < 0) return Error::from_errno(errno, "create " + tmp);
-  {
-    Fd fd(raw);
-    size_t done = 0;
-    while (done < data.size()) {
-      ssize_t n = ::write(fd.get(), data.data() + done, data.size() - done);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) {
-        int e = errno;
-        ::unlink(tmp.c_str());
-        return Error::from_errno(e, "write " + tmp);
-      }
-      done += static_cast<size_t>(n);
-    }
-    if (::fsync(fd.get()) != 0) {
-      int e = errno;
-      ::unlink(tmp.c_str());
-      return Error::from_errno(e, "fsync " + tmp);
-    }
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    int e = errno;
-    ::unlink(tmp.c_str());
-    return Error::from_errno(e, "rename " + tmp);
-  }
-  return ok_status();
-}
-
-Result<StoreCatalog> load_store_catalog(const std::string& store) {
-  StoreCatalog sc;
-  const std::string catalog_path = store + "/" + kCatalogPath;
-  auto text = read_small_file(catalog_path);
-  if (text.ok()) {
-    auto parsed = Catalog::parse(*text);
-    if (!parsed.ok()) return make_error(parsed.code(), catalog_path + ": " + parsed.error().message);
-    sc.catalog = std::move(parsed).value();
-    sc.text = std::move(text).value();
-  } else if (text.code() != ENOENT) {
-    return text.error();
-  }
-  return sc;
-}
-
-void merge_catalog_layer(Catalog* catalog, CatalogLayer layer) {
-  auto it = std::find_if(catalog->layers.begin(), catalog->layers.end(),
-                         [&](const CatalogLayer& l) { return l.cache_id == layer.cache_id; });
-  if (it == catalog->layers.end()) catalog->layers.push_back(std::move(layer));
-  else *it = std::move(layer);
-}
-
-Result<CatalogCommit> commit_store_catalog(const std::string& store, StoreCatalog* sc) {
-  CatalogCommit report;
-  EXTRAFS_CHECK_STATUS(make_dirs(store + "/extrafs/layers"));
-  if (is_dir(store + "/image")) {
-    EXTRAFS_TRY(bytes, index_directory(store + "/image", "image"));
-    auto parsed = LayerIndex::parse(bytes);
-    if (!parsed.ok()) return make_error(EIO, "index of image/ does not verify: " + parsed.error().message);
-    Digest128 digest = (*parsed)->digest();
-    const std::string path = store + "/" + image_index_path(digest);
-    if (::access(path.c_str(), F_OK) != 0) {
-      EXTRAFS_CHECK_STATUS(write_file_atomic(path, bytes));
-      report.image_indexed = true;
-    }
-    sc->catalog.image_index = digest;
-  }
-  std::string text = sc->catalog.serialize();
-  if (text != sc->text) {
-    EXTRAFS_CHECK_STATUS(write_file_atomic(store + "/" + kCatalogPath, text));
-    report.catalog_written = true;
-    sc->text = std::move(text);
-  }
-  return report;
-}
-
 Result<IndexStoreReport> index_store(const std::string& store_in, const std::function<void(const std::string&)>& progress) {
-  std::string store = store_in;
-  while (store.size() > 1 && store.back() == '/') store.pop_back();
+  const StoreLayout layout(store_in);
+  const std::string& store = layout.root();
   auto say = [&](const std::string& s) {
     if (progress) progress(s);
   };
   struct stat st;
   if (::stat(store.c_str(), &st) != 0) return Error::from_errno(errno, "store " + store);
   if (!S_ISDIR(st.st_mode)) return make_error(ENOTDIR, "store " + store + " is not a directory");
-  const std::string ov = store + "/overlay2";
+  const std::string ov = layout.overlay2_dir();
   if (!is_dir(ov)) return make_error(ENOENT, "store " + store + " has no overlay2/ directory (not a Hermes-style store)");
 
   IndexStoreReport report;
   EXTRAFS_TRY(sc, load_store_catalog(store));
-  EXTRAFS_CHECK_STATUS(make_dirs(store + "/extrafs/layers"));
+  EXTRAFS_CHECK_STATUS(make_dirs(layout.layers_dir()));
 
-  DIR* d = ::opendir(ov.c_str());
-  if (!d) return Error::from_errno(errno, ov);
+  EXTRAFS_TRY(names, list_dir(ov));
   std::vector<std::string> ids;
-  while (struct dirent* de = ::readdir(d)) {
-    std::string n = de->d_name;
-    if (n == "." || n == ".." || n == "l") continue;
-    if (is_dir(ov + "/" + n + "/diff")) ids.push_back(n);
+  for (const auto& n : names) {
+    if (n == "l" || !is_dir(ov + "/" + n + "/diff")) continue;
+    // The catalog takes only docker cache-ids: anything else would make it unreadable.
+    if (!is_cache_id(n)) {
+      say(fmt::format("skipping overlay2/{}: not a docker cache-id", n));
+      continue;
+    }
+    ids.push_back(n);
   }
-  ::closedir(d);
-  std::sort(ids.begin(), ids.end());
 
   for (const auto& id : ids) {
-    const std::string layer_dir = ov + "/" + id;
-    const std::string index_file = store + "/" + layer_index_path(id);
+    const std::string layer_dir = layout.overlay_dir(id);
+    const std::string index_file = layout.layer_index(id);
     CatalogLayer layer;
     layer.cache_id = id;
-    if (auto link = read_small_file(layer_dir + "/link"); link.ok()) layer.link = trim(*link);
-    if (auto lower = read_small_file(layer_dir + "/lower"); lower.ok()) layer.lower = trim(*lower);
+    if (auto link = read_file(layer_dir + "/link", kSmallFile); link.ok()) layer.link = trim_trailing(*link);
+    if (auto lower = read_file(layer_dir + "/lower", kSmallFile); lower.ok()) layer.lower = trim_trailing(*lower);
     std::shared_ptr<const LayerIndex> index;
-    if (auto existing = read_small_file(index_file); existing.ok()) {
+    if (auto existing = read_file(index_file, kSmallFile); existing.ok()) {
       if (auto parsed = LayerIndex::parse(std::move(existing).value()); parsed.ok()) index = *parsed;
     }
     if (index) {
@@ -485,4 +339,4 @@ Result<IndexStoreReport> index_store(const std::string& store_in, const std::fun
   return report;
 }
 
-}  // namespace extrafs::fs
+}  // namespace extrafs::store

@@ -27,11 +27,11 @@
 
 #include "common/result.h"
 #include "fs/index_format.h"
-#include "tools/publish_blob.h"
+#include "store/publish_blob.h"
 
 struct archive;
 
-namespace extrafs::tools {
+namespace extrafs::store {
 
 struct LayerTarOptions {
   uint32_t chunk_size = fs::kDefaultChunkSize;
@@ -91,4 +91,4 @@ class SaveArchive {
 // False if it has a ".." component or an empty name where one is needed.
 bool normalize_tar_path(std::string_view in, std::string* out);
 
-}  // namespace extrafs::tools
+}  // namespace extrafs::store

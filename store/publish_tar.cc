@@ -1,4 +1,4 @@
-#include "tools/publish_tar.h"
+#include "store/publish_tar.h"
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -16,12 +16,13 @@
 #include <deque>
 #include <unordered_map>
 
+#include "common/posix_file.h"
 #include "common/str_util.h"
-#include "fs/indexer.h"
 #include "fs/layer_index.h"
-#include "tools/docker_meta.h"
+#include "store/chunking.h"
+#include "store/docker_meta.h"
 
-namespace extrafs::tools {
+namespace extrafs::store {
 
 namespace {
 
@@ -152,47 +153,62 @@ bool normalize_tar_path(std::string_view in, std::string* out) {
   return true;
 }
 
-Result<LayerTarResult> convert_layer_tar(struct archive* a, BlobWriter& blob, const LayerTarOptions& opts) {
-  const uint32_t cs = opts.chunk_size;
-  TarTree tree;
-  fs::IndexBuilder builder(cs);
-  std::unordered_map<std::string, size_t> first_rank;
-  for (const auto& p : opts.first) first_rank.emplace(p, first_rank.size());
-  const bool ordered = !first_rank.empty();
-  // Ordered mode: the files to pack first are spooled raw; the rest is packed into `back`; at the
-  // end the first files are packed into `blob` in order and `back` is appended behind them.
-  std::unique_ptr<BlobWriter> back, spool;
-  std::map<uint32_t, Spooled> spooled;  // node -> where its content is in the spool
-  if (ordered) {
-    EXTRAFS_TRY(b, BlobWriter::create_scratch(opts.scratch_dir));
-    EXTRAFS_TRY(s, BlobWriter::create_scratch(opts.scratch_dir));
-    back = std::move(b);
-    spool = std::move(s);
+namespace {
+
+// One layer tar into an index: read_entries() builds the tree (content packed as it streams by,
+// or spooled for the files to pack first), pack_first_files() packs the spooled files in the
+// order asked for and the rest behind them, emit() settles sizes, link counts and xattrs and
+// writes the index breadth-first.
+class LayerTarConverter {
+ public:
+  LayerTarConverter(struct archive* a, BlobWriter& blob, const LayerTarOptions& opts)
+      : a_(a), blob_(blob), opts_(opts), builder_(opts.chunk_size) {
+    for (const auto& p : opts.first) first_rank_.emplace(p, first_rank_.size());
   }
-  std::string buf(cs, '\0');
-  uint64_t spool_end = 0;
-  LayerTarResult result;
 
-  for (;;) {
-    struct archive_entry* ent = nullptr;
-    int r = archive_read_next_header(a, &ent);
-    if (r == ARCHIVE_EOF) break;
-    if (r == ARCHIVE_WARN) r = ARCHIVE_OK;
-    if (r != ARCHIVE_OK) return bad_tar(std::string("bad layer tar: ") + archive_error_string(a));
-    result.entries++;
-    const char* raw_path = archive_entry_pathname(ent);
-    std::string path;
-    if (!raw_path || !normalize_tar_path(raw_path, &path))
-      return bad_tar(std::string("layer tar entry with a bad path '") + (raw_path ? raw_path : "") + "'");
-    size_t slash = path.rfind('/');
-    std::string parent_path = slash == std::string::npos ? "" : path.substr(0, slash);
-    std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
-
-    if (path.empty()) {  // "./": the layer root's own attributes
-      if (archive_entry_filetype(ent) != AE_IFDIR) return bad_tar("the layer tar's root is not a directory");
+  Result<LayerTarResult> run() {
+    if (ordered()) {
+      // The files to pack first are spooled raw; the rest is packed into `back_`; at the end the
+      // first files are packed into the blob in order and `back_` is appended behind them.
+      EXTRAFS_TRY(b, BlobWriter::create_scratch(opts_.scratch_dir));
+      EXTRAFS_TRY(s, BlobWriter::create_scratch(opts_.scratch_dir));
+      back_ = std::move(b);
+      spool_ = std::move(s);
     }
-    EXTRAFS_TRY(parent, tree.dir(parent_path));
+    EXTRAFS_CHECK_STATUS(read_entries());
+    if (ordered()) EXTRAFS_CHECK_STATUS(pack_first_files());
+    return emit();
+  }
 
+ private:
+  struct archive* a_;
+  BlobWriter& blob_;
+  const LayerTarOptions& opts_;
+  fs::IndexBuilder builder_;
+  TarTree tree_;
+  std::unordered_map<std::string, size_t> first_rank_;
+  std::unique_ptr<BlobWriter> back_, spool_;
+  std::map<uint32_t, Spooled> spooled_;  // node -> where its content is in the spool
+  uint64_t spool_end_ = 0;
+  std::string buf_;
+  LayerTarResult result_;
+
+  bool ordered() const { return !first_rank_.empty(); }
+
+  Status read_entries() {
+    for (;;) {
+      struct archive_entry* ent = nullptr;
+      int r = archive_read_next_header(a_, &ent);
+      if (r == ARCHIVE_EOF) return ok_status();
+      if (r == ARCHIVE_WARN) r = ARCHIVE_OK;
+      if (r != ARCHIVE_OK) return bad_tar(std::string("bad layer tar: ") + archive_error_string(a_));
+      result_.entries++;
+      EXTRAFS_CHECK_STATUS(add_entry(ent));
+    }
+  }
+
+  // The owner and times of a header.
+  static struct stat header_stat(struct archive_entry* ent) {
     struct stat st {};
     st.st_uid = static_cast<uid_t>(archive_entry_uid(ent));
     st.st_gid = static_cast<gid_t>(archive_entry_gid(ent));
@@ -208,11 +224,42 @@ Result<LayerTarResult> convert_layer_tar(struct archive* a, BlobWriter& blob, co
       st.st_ctim.tv_sec = archive_entry_ctime(ent);
       st.st_ctim.tv_nsec = archive_entry_ctime_nsec(ent);
     }
+    return st;
+  }
+
+  static std::vector<std::pair<std::string, std::string>> header_xattrs(struct archive_entry* ent) {
+    std::vector<std::pair<std::string, std::string>> out;
+    archive_entry_xattr_reset(ent);
+    const char* xn;
+    const void* xv;
+    size_t xs;
+    while (archive_entry_xattr_next(ent, &xn, &xv, &xs) == ARCHIVE_OK) {
+      if (!xn || !*xn) continue;
+      out.emplace_back(xn, std::string(static_cast<const char*>(xv), xs));
+    }
+    return out;
+  }
+
+  // One header: a whiteout, an opaque marker, the root, a hard link or a new node.
+  Status add_entry(struct archive_entry* ent) {
+    const char* raw_path = archive_entry_pathname(ent);
+    std::string path;
+    if (!raw_path || !normalize_tar_path(raw_path, &path))
+      return bad_tar(std::string("layer tar entry with a bad path '") + (raw_path ? raw_path : "") + "'");
+    size_t slash = path.rfind('/');
+    std::string parent_path = slash == std::string::npos ? "" : path.substr(0, slash);
+    std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
+
+    if (path.empty()) {  // "./": the layer root's own attributes
+      if (archive_entry_filetype(ent) != AE_IFDIR) return bad_tar("the layer tar's root is not a directory");
+    }
+    EXTRAFS_TRY(parent, tree_.dir(parent_path));
+    const struct stat st = header_stat(ent);
 
     if (base == kOpaqueMarker) {
-      EXTRAFS_TRY(d, tree.dir(parent_path));
-      tree.nodes()[d].opaque = true;
-      continue;
+      EXTRAFS_TRY(d, tree_.dir(parent_path));
+      tree_.nodes()[d].opaque = true;
+      return ok_status();
     }
     if (base.size() > kWhiteoutPrefix.size() && base.compare(0, kWhiteoutPrefix.size(), kWhiteoutPrefix) == 0) {
       // What overlay2 makes of a whiteout: mknod(S_IFCHR, 0), chowned to the header's owner.
@@ -220,11 +267,11 @@ Result<LayerTarResult> convert_layer_tar(struct archive* a, BlobWriter& blob, co
       n.st = st;
       n.st.st_mode = S_IFCHR;
       n.st.st_rdev = makedev(0, 0);
-      tree.place(parent, base.substr(kWhiteoutPrefix.size()), std::move(n));
-      continue;
+      tree_.place(parent, base.substr(kWhiteoutPrefix.size()), std::move(n));
+      return ok_status();
     }
     if (path.empty()) {
-      Node& root = tree.nodes()[0];
+      Node& root = tree_.nodes()[0];
       root.st = st;
       root.st.st_mode = S_IFDIR | (archive_entry_perm(ent) & 07777);
       root.xattrs.clear();
@@ -234,7 +281,7 @@ Result<LayerTarResult> convert_layer_tar(struct archive* a, BlobWriter& blob, co
       size_t xs;
       while (archive_entry_xattr_next(ent, &xn, &xv, &xs) == ARCHIVE_OK)
         root.xattrs.emplace_back(xn, std::string(static_cast<const char*>(xv), xs));
-      continue;
+      return ok_status();
     }
 
     Node n;
@@ -242,15 +289,15 @@ Result<LayerTarResult> convert_layer_tar(struct archive* a, BlobWriter& blob, co
     if (const char* hl = archive_entry_hardlink(ent)) {
       std::string tp;
       if (!normalize_tar_path(hl, &tp)) return bad_tar("hard link '" + path + "' has a bad target");
-      auto t = tree.find(tp);
+      auto t = tree_.find(tp);
       if (!t || *t == 0) return bad_tar("hard link '" + path + "' names '" + tp + "', which is not in the layer before it");
-      const Node& tn = tree.nodes()[*t];
+      const Node& tn = tree_.nodes()[*t];
       if (S_ISDIR(tn.st.st_mode)) return bad_tar("hard link '" + path + "' names a directory");
       uint32_t leader = tn.link_of.value_or(*t);
-      n.st = tree.nodes()[leader].st;
+      n.st = tree_.nodes()[leader].st;
       n.link_of = leader;
-      tree.place(parent, base, std::move(n));
-      continue;
+      tree_.place(parent, base, std::move(n));
+      return ok_status();
     }
     mode_t type = archive_entry_filetype(ent);
     n.st.st_mode = type | (archive_entry_perm(ent) & 07777);
@@ -266,171 +313,174 @@ Result<LayerTarResult> convert_layer_tar(struct archive* a, BlobWriter& blob, co
       n.target = t ? t : "";
       if (n.target.empty() || n.target.size() > fs::kMaxTargetLen) return bad_tar("symlink '" + path + "' has a bad target");
     }
-    archive_entry_xattr_reset(ent);
-    const char* xn;
-    const void* xv;
-    size_t xs;
-    while (archive_entry_xattr_next(ent, &xn, &xv, &xs) == ARCHIVE_OK) {
-      if (!xn || !*xn) continue;
-      n.xattrs.emplace_back(xn, std::string(static_cast<const char*>(xv), xs));
-    }
-    uint32_t id = tree.place(parent, base, std::move(n));
-    if (type != AE_IFREG) continue;
-
-    // Content: archive_read_data gives holes of sparse entries as zeros; zero chunks are not stored.
+    n.xattrs = header_xattrs(ent);
+    uint32_t id = tree_.place(parent, base, std::move(n));
+    if (type != AE_IFREG) return ok_status();
     const uint64_t size = archive_entry_size_is_set(ent) ? static_cast<uint64_t>(archive_entry_size(ent)) : 0;
-    bool to_spool = ordered && first_rank.count(path);
-    std::vector<fs::ChunkRecord> chunks;
-    uint64_t stored_raw = 0;
-    for (uint64_t off = 0; off < size; off += cs) {
-      uint32_t len = static_cast<uint32_t>(std::min<uint64_t>(cs, size - off));
-      size_t got = 0;
-      while (got < len) {
-        la_ssize_t n2 = archive_read_data(a, buf.data() + got, len - got);
-        if (n2 < 0) return bad_tar(std::string("bad layer tar: ") + archive_error_string(a));
-        if (n2 == 0) return bad_tar("layer tar ends inside '" + path + "'");
-        got += static_cast<size_t>(n2);
-      }
-      if (opts.on_bytes) opts.on_bytes(len);
-      std::string_view raw(buf.data(), len);
-      if (to_spool) {
-        EXTRAFS_CHECK_STATUS(spool->put_raw(raw));
-        continue;
-      }
-      fs::ChunkRecord rec{};
-      if (!fs::describe_chunk(raw, &rec)) {
-        EXTRAFS_CHECK_STATUS((ordered ? *back : blob).pack(builder, raw, &rec));
-        stored_raw += len;
-      }
-      chunks.push_back(rec);
-    }
-    Node& node = tree.nodes()[id];
-    node.st.st_size = static_cast<off_t>(size);
-    if (to_spool) {
-      spooled[id] = Spooled{spool_end, size};
-      spool_end += size;
-    } else {
-      node.chunks = std::move(chunks);
-      node.st.st_blocks = static_cast<blkcnt_t>(blocks_for(stored_raw));
-    }
+    return read_content(id, path, size);
   }
 
-  auto& nodes = tree.nodes();
-  if (ordered) {
-    // The first files in the order asked for, then everything else behind them.
-    EXTRAFS_CHECK_STATUS(spool->finish());
+  // Exactly `len` bytes of the current entry's content into `dst`. archive_read_data gives holes
+  // of sparse entries as zeros; zero chunks are not stored.
+  Status read_data(const std::string& path, char* dst, uint32_t len) {
+    size_t got = 0;
+    while (got < len) {
+      la_ssize_t n = archive_read_data(a_, dst + got, len - got);
+      if (n < 0) return bad_tar(std::string("bad layer tar: ") + archive_error_string(a_));
+      if (n == 0) return bad_tar("layer tar ends inside '" + path + "'");
+      got += static_cast<size_t>(n);
+    }
+    if (opts_.on_bytes) opts_.on_bytes(len);
+    return ok_status();
+  }
+
+  // A regular file's content: spooled raw if it is to be packed first, else chunked and packed.
+  Status read_content(uint32_t id, const std::string& path, uint64_t size) {
+    const uint32_t cs = opts_.chunk_size;
+    Node& node = tree_.nodes()[id];
+    node.st.st_size = static_cast<off_t>(size);
+    if (ordered() && first_rank_.count(path)) {
+      buf_.resize(cs);
+      for (uint64_t off = 0; off < size; off += cs) {
+        const uint32_t len = static_cast<uint32_t>(std::min<uint64_t>(cs, size - off));
+        EXTRAFS_CHECK_STATUS(read_data(path, buf_.data(), len));
+        EXTRAFS_CHECK_STATUS(spool_->put_raw(std::string_view(buf_.data(), len)));
+      }
+      spooled_[id] = Spooled{spool_end_, size};
+      spool_end_ += size;
+      return ok_status();
+    }
+    BlobWriter& dst = ordered() ? *back_ : blob_;
+    auto read = [&](uint64_t, uint32_t len, char* out, bool*) { return read_data(path, out, len); };
+    auto store = [&](uint64_t, std::string_view raw, fs::ChunkRecord* rec) { return dst.pack(builder_, raw, rec); };
+    EXTRAFS_TRY(content, chunk_content(size, cs, buf_, read, store));
+    Node& n = tree_.nodes()[id];
+    n.chunks = std::move(content.chunks);
+    n.st.st_blocks = static_cast<blkcnt_t>(blocks_for(content.stored_raw));
+    return ok_status();
+  }
+
+  // The first files in the order asked for, then everything else behind them.
+  Status pack_first_files() {
+    auto& nodes = tree_.nodes();
+    EXTRAFS_CHECK_STATUS(spool_->finish());
     std::vector<std::pair<size_t, uint32_t>> order;
-    for (const auto& [id, sp] : spooled) {
+    for (const auto& [id, sp] : spooled_) {
       std::string p;
       for (uint32_t cur = id; cur != 0; cur = nodes[cur].parent) p = nodes[cur].name + (p.empty() ? "" : "/" + p);
-      auto it = first_rank.find(p);
-      order.emplace_back(it == first_rank.end() ? first_rank.size() : it->second, id);
+      auto it = first_rank_.find(p);
+      order.emplace_back(it == first_rank_.end() ? first_rank_.size() : it->second, id);
     }
     std::sort(order.begin(), order.end());
     for (auto [rank, id] : order) {
-      const Spooled& sp = spooled[id];
-      std::vector<fs::ChunkRecord> chunks;
-      uint64_t stored_raw = 0;
-      for (uint64_t off = 0; off < sp.size; off += cs) {
-        uint32_t len = static_cast<uint32_t>(std::min<uint64_t>(cs, sp.size - off));
-        size_t got = 0;
-        while (got < len) {
-          ssize_t n2 = ::pread(spool->fd(), buf.data() + got, len - got, static_cast<off_t>(sp.offset + off + got));
-          if (n2 < 0 && errno == EINTR) continue;
-          if (n2 <= 0) return Error::from_errno(n2 < 0 ? errno : EIO, "read back the scratch file");
-          got += static_cast<size_t>(n2);
-        }
-        std::string_view raw(buf.data(), len);
-        fs::ChunkRecord rec{};
-        if (!fs::describe_chunk(raw, &rec)) {
-          EXTRAFS_CHECK_STATUS(blob.pack(builder, raw, &rec));
-          stored_raw += len;
-        }
-        chunks.push_back(rec);
-      }
-      nodes[id].chunks = std::move(chunks);
-      nodes[id].st.st_blocks = static_cast<blkcnt_t>(blocks_for(stored_raw));
+      const Spooled& sp = spooled_[id];
+      auto read = [&](uint64_t off, uint32_t len, char* out, bool*) -> Status {
+        ssize_t n = pread_all(spool_->fd(), out, len, static_cast<off_t>(sp.offset + off));
+        if (n < 0 || static_cast<size_t>(n) < len) return Error::from_errno(n < 0 ? static_cast<int>(-n) : EIO, "read back the scratch file");
+        return ok_status();
+      };
+      auto store = [&](uint64_t, std::string_view raw, fs::ChunkRecord* rec) { return blob_.pack(builder_, raw, rec); };
+      EXTRAFS_TRY(content, chunk_content(sp.size, opts_.chunk_size, buf_, read, store));
+      nodes[id].chunks = std::move(content.chunks);
+      nodes[id].st.st_blocks = static_cast<blkcnt_t>(blocks_for(content.stored_raw));
     }
-    EXTRAFS_CHECK_STATUS(back->finish());
-    EXTRAFS_TRY(base, blob.append(*back));
-    uint32_t obj = builder.add_object(blob.object_path());
+    EXTRAFS_CHECK_STATUS(back_->finish());
+    EXTRAFS_TRY(base, blob_.append(*back_));
+    uint32_t obj = builder_.add_object(blob_.object_path());
     for (uint32_t id = 0; id < nodes.size(); ++id) {
-      if (spooled.count(id)) continue;
+      if (spooled_.count(id)) continue;
       for (auto& c : nodes[id].chunks) {
         if (c.flags & fs::kChunkZero) continue;
         c.offset += base;
         c.object = obj;
       }
     }
+    return ok_status();
   }
 
-  // Emit breadth-first; hard-link groups counted and sized once.
-  std::vector<uint32_t> order{0};
-  std::vector<uint32_t> builder_of(nodes.size(), UINT32_MAX);
-  std::map<uint32_t, uint32_t> group_size;  // leader -> members reached
-  for (size_t q = 0; q < order.size(); ++q) {
-    for (const auto& [name, kid] : nodes[order[q]].kids) {
-      order.push_back(kid);
-      if (nodes[kid].link_of) group_size[*nodes[kid].link_of]++;
-    }
-  }
-  std::vector<bool> reachable(nodes.size(), false);
-  for (uint32_t id : order) reachable[id] = true;
-  for (uint32_t id : order) {
-    Node& n = nodes[id];
-    if (S_ISDIR(n.st.st_mode)) {
-      n.st.st_size = 4096;
-      n.st.st_blocks = 8;
-      n.st.st_nlink = 2;
-      for (const auto& [name, kid] : n.kids)
-        if (S_ISDIR(nodes[kid].st.st_mode)) n.st.st_nlink++;
-      if (n.opaque) {
-        std::erase_if(n.xattrs, [](const auto& x) { return x.first == kOpaqueXattr; });
-        n.xattrs.emplace_back(kOpaqueXattr, "y");
+  // Directory sizes and link counts as a local file system shows them, the opaque xattr, xattrs
+  // sorted and unique; hard-link group sizes in *group_size.
+  Status settle_attributes(const std::vector<uint32_t>& order, std::map<uint32_t, uint32_t>* group_size) {
+    auto& nodes = tree_.nodes();
+    for (uint32_t id : order)
+      if (nodes[id].link_of) (*group_size)[*nodes[id].link_of]++;
+    std::vector<bool> reachable(nodes.size(), false);
+    for (uint32_t id : order) reachable[id] = true;
+    for (uint32_t id : order) {
+      Node& n = nodes[id];
+      if (S_ISDIR(n.st.st_mode)) {
+        n.st.st_size = 4096;
+        n.st.st_blocks = 8;
+        n.st.st_nlink = 2;
+        for (const auto& [name, kid] : n.kids)
+          if (S_ISDIR(nodes[kid].st.st_mode)) n.st.st_nlink++;
+        if (n.opaque) {
+          std::erase_if(n.xattrs, [](const auto& x) { return x.first == kOpaqueXattr; });
+          n.xattrs.emplace_back(kOpaqueXattr, "y");
+        }
+      } else if (S_ISLNK(n.st.st_mode)) {
+        n.st.st_size = static_cast<off_t>(n.target.size());
+        n.st.st_nlink = 1;
+      } else {
+        n.st.st_nlink = 1;
+        if (!S_ISREG(n.st.st_mode)) n.st.st_size = 0;
       }
-    } else if (S_ISLNK(n.st.st_mode)) {
-      n.st.st_size = static_cast<off_t>(n.target.size());
-      n.st.st_nlink = 1;
-    } else {
-      n.st.st_nlink = 1;
-      if (!S_ISREG(n.st.st_mode)) n.st.st_size = 0;
+      std::sort(n.xattrs.begin(), n.xattrs.end());
+      n.xattrs.erase(std::unique(n.xattrs.begin(), n.xattrs.end(),
+                                 [](const auto& x, const auto& y) { return x.first == y.first; }),
+                     n.xattrs.end());
     }
-    std::sort(n.xattrs.begin(), n.xattrs.end());
-    n.xattrs.erase(std::unique(n.xattrs.begin(), n.xattrs.end(),
-                               [](const auto& x, const auto& y) { return x.first == y.first; }),
-                   n.xattrs.end());
-  }
-  for (auto& [leader, count] : group_size) {
-    if (!reachable[leader]) return bad_tar("hard link to '" + nodes[leader].name + "', which a later entry replaced");
-    nodes[leader].st.st_nlink = static_cast<nlink_t>(count + 1);
-  }
-  // The first member of a hard-link group in breadth-first order holds the group's data; the
-  // others (the tar's first occurrence included, if it comes later) link to it.
-  std::map<uint32_t, uint32_t> primary_of;  // group key (leader node) -> builder index
-  for (uint32_t id : order) {
-    const Node& n = nodes[id];
-    uint32_t key = n.link_of.value_or(id);
-    bool grouped = n.link_of || group_size.count(id);
-    const Node& src = nodes[key];
-    fs::BuildEntry e;
-    e.name = id == 0 ? "" : n.name;
-    e.parent = id == 0 ? 0 : builder_of[n.parent];
-    e.st = src.st;
-    auto it = grouped ? primary_of.find(key) : primary_of.end();
-    if (it != primary_of.end()) {
-      e.link_of = it->second;
-    } else {
-      e.xattrs = src.xattrs;
-      e.target = src.target;
-      e.chunks = src.chunks;
-      if (!S_ISDIR(e.st.st_mode) && e.st.st_size > 0) result.docker_size += static_cast<uint64_t>(e.st.st_size);
+    for (auto& [leader, count] : *group_size) {
+      if (!reachable[leader]) return bad_tar("hard link to '" + nodes[leader].name + "', which a later entry replaced");
+      nodes[leader].st.st_nlink = static_cast<nlink_t>(count + 1);
     }
-    builder_of[id] = builder.add(std::move(e));
-    if (grouped && it == primary_of.end()) primary_of.emplace(key, builder_of[id]);
+    return ok_status();
   }
-  EXTRAFS_TRY(bytes, builder.serialize());
-  result.index = std::move(bytes);
-  return result;
+
+  // Emits the tree breadth-first; hard-link groups counted and sized once.
+  Result<LayerTarResult> emit() {
+    auto& nodes = tree_.nodes();
+    std::vector<uint32_t> order{0};
+    for (size_t q = 0; q < order.size(); ++q)
+      for (const auto& [name, kid] : nodes[order[q]].kids) order.push_back(kid);
+    std::map<uint32_t, uint32_t> group_size;  // leader -> members reached
+    EXTRAFS_CHECK_STATUS(settle_attributes(order, &group_size));
+    // The first member of a hard-link group in breadth-first order holds the group's data; the
+    // others (the tar's first occurrence included, if it comes later) link to it.
+    std::vector<uint32_t> builder_of(nodes.size(), UINT32_MAX);
+    std::map<uint32_t, uint32_t> primary_of;  // group key (leader node) -> builder index
+    for (uint32_t id : order) {
+      const Node& n = nodes[id];
+      uint32_t key = n.link_of.value_or(id);
+      bool grouped = n.link_of || group_size.count(id);
+      const Node& src = nodes[key];
+      fs::BuildEntry e;
+      e.name = id == 0 ? "" : n.name;
+      e.parent = id == 0 ? 0 : builder_of[n.parent];
+      e.st = src.st;
+      auto it = grouped ? primary_of.find(key) : primary_of.end();
+      if (it != primary_of.end()) {
+        e.link_of = it->second;
+      } else {
+        e.xattrs = src.xattrs;
+        e.target = src.target;
+        e.chunks = src.chunks;
+        if (!S_ISDIR(e.st.st_mode) && e.st.st_size > 0) result_.docker_size += static_cast<uint64_t>(e.st.st_size);
+      }
+      builder_of[id] = builder_.add(std::move(e));
+      if (grouped && it == primary_of.end()) primary_of.emplace(key, builder_of[id]);
+    }
+    EXTRAFS_TRY(bytes, builder_.serialize());
+    result_.index = std::move(bytes);
+    return std::move(result_);
+  }
+};
+
+}  // namespace
+
+Result<LayerTarResult> convert_layer_tar(struct archive* a, BlobWriter& blob, const LayerTarOptions& opts) {
+  LayerTarConverter c(a, blob, opts);
+  return c.run();
 }
 
 namespace {
@@ -674,15 +724,9 @@ Result<SaveArchive> SaveArchive::open(const std::string& path) {
       if (!sa.sizes_.count(sa.resolve(lp))) return bad_tar(path + ": layer " + lp + " named in manifest.json is missing");
       img.layers.push_back(lp);
     }
-    auto cj = nlohmann::json::parse(img.config, nullptr, false);
-    if (cj.is_discarded() || !cj.is_object() || !cj.contains("rootfs") || !cj["rootfs"].is_object() ||
-        !cj["rootfs"].contains("diff_ids") || !cj["rootfs"]["diff_ids"].is_array())
-      return bad_tar(path + ": config " + cfg_path + " has no rootfs.diff_ids");
-    for (const auto& d : cj["rootfs"]["diff_ids"]) {
-      if (!d.is_string() || d.get<std::string>().rfind("sha256:", 0) != 0 || !is_hex64(d.get<std::string>().substr(7)))
-        return bad_tar(path + ": config " + cfg_path + " has a bad diff_id");
-      img.diff_ids.push_back(d.get<std::string>());
-    }
+    auto diff_ids = parse_diff_ids(img.config);
+    if (!diff_ids.ok()) return bad_tar(path + ": config " + cfg_path + " " + diff_ids.error().message);
+    img.diff_ids = std::move(diff_ids).value();
     if (img.diff_ids.size() != img.layers.size())
       return bad_tar(fmt::format("{}: image {} lists {} layers but its config has {} diff_ids", path, img.id.substr(7, 12),
                                  img.layers.size(), img.diff_ids.size()));
@@ -733,4 +777,4 @@ Result<std::string> SaveArchive::read_layer(const std::string& layer, const std:
   return sha256_digest_string(md, len);
 }
 
-}  // namespace extrafs::tools
+}  // namespace extrafs::store

@@ -1,0 +1,61 @@
+#include "store/catalog_writer.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+
+#include "common/posix_file.h"
+#include "fs/layer_index.h"
+#include "store/indexer.h"
+#include "store/layout.h"
+
+namespace extrafs::store {
+
+Result<StoreCatalog> load_store_catalog(const std::string& store) {
+  StoreCatalog sc;
+  const std::string catalog_path = StoreLayout(store).catalog();
+  auto text = read_file(catalog_path, uint64_t{64} << 20);
+  if (text.ok()) {
+    auto parsed = fs::Catalog::parse(*text);
+    if (!parsed.ok()) return make_error(parsed.code(), catalog_path + ": " + parsed.error().message);
+    sc.catalog = std::move(parsed).value();
+    sc.text = std::move(text).value();
+  } else if (text.code() != ENOENT) {
+    return text.error();
+  }
+  return sc;
+}
+
+void merge_catalog_layer(fs::Catalog* catalog, fs::CatalogLayer layer) {
+  auto it = std::find_if(catalog->layers.begin(), catalog->layers.end(),
+                         [&](const fs::CatalogLayer& l) { return l.cache_id == layer.cache_id; });
+  if (it == catalog->layers.end()) catalog->layers.push_back(std::move(layer));
+  else *it = std::move(layer);
+}
+
+Result<CatalogCommit> commit_store_catalog(const std::string& store, StoreCatalog* sc) {
+  const StoreLayout layout(store);
+  CatalogCommit report;
+  EXTRAFS_CHECK_STATUS(make_dirs(layout.layers_dir()));
+  if (is_dir(layout.image_dir())) {
+    EXTRAFS_TRY(bytes, index_directory(layout.image_dir(), "image"));
+    auto parsed = fs::LayerIndex::parse(bytes);
+    if (!parsed.ok()) return make_error(EIO, "index of image/ does not verify: " + parsed.error().message);
+    Digest128 digest = (*parsed)->digest();
+    const std::string path = layout.image_index(digest);
+    if (::access(path.c_str(), F_OK) != 0) {
+      EXTRAFS_CHECK_STATUS(write_file_atomic(path, bytes));
+      report.image_indexed = true;
+    }
+    sc->catalog.image_index = digest;
+  }
+  std::string text = sc->catalog.serialize();
+  if (text != sc->text) {
+    EXTRAFS_CHECK_STATUS(write_file_atomic(layout.catalog(), text));
+    report.catalog_written = true;
+    sc->text = std::move(text);
+  }
+  return report;
+}
+
+}  // namespace extrafs::store

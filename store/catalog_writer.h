@@ -1,0 +1,34 @@
+// Writing a store's catalog (STORE/extrafs/catalog; format in fs/catalog.h): the last step of
+// `extrafs index` and `extrafs publish`. The catalog is what moves a mounted host to a new
+// version of the store, so it is written last, atomically and durably (temporary file, fsync,
+// rename, fsync of the directory), and only when its content changed. Single-threaded; one writer
+// per store at a time (publish holds STORE/extrafs/.publish.lock).
+#pragma once
+
+#include <string>
+
+#include "common/result.h"
+#include "fs/catalog.h"
+
+namespace extrafs::store {
+
+// The catalog of a store as read from disk, with its text (to write it only if it changed).
+struct StoreCatalog {
+  fs::Catalog catalog;
+  std::string text;  // "" if the store had no catalog yet
+};
+// Reads STORE/extrafs/catalog; a missing catalog is an empty one, a corrupt one an error.
+Result<StoreCatalog> load_store_catalog(const std::string& store);
+// Replaces the layer with the same cache-id in place, or appends it (layers are never reordered).
+void merge_catalog_layer(fs::Catalog* catalog, fs::CatalogLayer layer);
+
+struct CatalogCommit {
+  bool image_indexed = false;    // a new image/ index file was written
+  bool catalog_written = false;  // the catalog changed and was written
+};
+// Indexes STORE/image (if present; chunks point into its plain files), records that index in the
+// catalog, and writes the catalog if it changed. Everything the catalog names must already be on
+// disk, durably.
+Result<CatalogCommit> commit_store_catalog(const std::string& store, StoreCatalog* sc);
+
+}  // namespace extrafs::store

@@ -1,0 +1,25 @@
+// Whether a dockerd uses a data-root, and whether it would use it with the overlay2 graph driver:
+// the checks `extrafs docker attach|detach` make before they write. dockerd reads a data-root's
+// metadata only at start-up and rewrites repositories.json from memory, so writing under a
+// running one is lost (or worse). Reads /proc, the data-root and daemon.json; thread-safe.
+#pragma once
+
+#include <string>
+
+#include "common/result.h"
+#include "store/data_root.h"
+
+namespace extrafs::store {
+
+// OK if no dockerd (or its containerd) uses `data_root`: no dockerd process whose --data-root / -g
+// / --graph (or daemon.json data-root, or the default /var/lib/docker) resolves to it, and none of
+// the bolt databases dockerd and its containerd keep locked while they run is locked. Otherwise
+// EBUSY with a one-line message naming the pid and how to stop it.
+Status check_dockerd_stopped(const std::string& data_root);
+
+// OK if a dockerd started on `data_root` would use the overlay2 graph driver with the classic
+// (non-containerd) image store, as far as the data-root and `daemon_json` tell. Otherwise
+// EINVAL with a one-line message naming what shows the other driver.
+Status check_overlay2_data_root(const std::string& data_root, const std::string& daemon_json = kDaemonJson);
+
+}  // namespace extrafs::store

@@ -1,0 +1,27 @@
+#include "store/layout.h"
+
+#include "fs/catalog.h"
+
+namespace extrafs::store {
+
+StoreLayout::StoreLayout(std::string root) : root_(std::move(root)) {
+  while (root_.size() > 1 && root_.back() == '/') root_.pop_back();
+}
+
+std::string StoreLayout::catalog() const { return root_ + "/" + fs::kCatalogPath; }
+std::string StoreLayout::layers_dir() const { return root_ + "/extrafs/layers"; }
+std::string StoreLayout::layer_index(std::string_view cache_id) const { return root_ + "/" + fs::layer_index_path(cache_id); }
+std::string StoreLayout::layer_blob(std::string_view cache_id) const { return root_ + "/" + blob_object_path(cache_id); }
+std::string StoreLayout::image_index(const Digest128& digest) const { return root_ + "/" + fs::image_index_path(digest); }
+std::string StoreLayout::publish_lock() const { return root_ + "/extrafs/.publish.lock"; }
+std::string StoreLayout::image_dir() const { return root_ + "/image"; }
+std::string StoreLayout::docker_dir() const { return root_ + "/image/overlay2"; }
+std::string StoreLayout::layerdb_dir() const { return docker_dir() + "/layerdb/sha256"; }
+std::string StoreLayout::config_dir() const { return docker_dir() + "/imagedb/content/sha256"; }
+std::string StoreLayout::repositories() const { return docker_dir() + "/repositories.json"; }
+std::string StoreLayout::overlay2_dir() const { return root_ + "/overlay2"; }
+std::string StoreLayout::overlay_dir(std::string_view cache_id) const { return overlay2_dir() + "/" + std::string(cache_id); }
+
+std::string blob_object_path(std::string_view cache_id) { return "extrafs/layers/" + std::string(cache_id) + ".blob"; }
+
+}  // namespace extrafs::store

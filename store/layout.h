@@ -1,0 +1,50 @@
+// The paths of a store (DESIGN.md "The store"), in one place:
+//
+//   STORE/image/overlay2/...                      docker metadata: imagedb, layerdb, repositories.json
+//   STORE/overlay2/<cache-id>/{link,lower[,diff/]}
+//   STORE/extrafs/catalog                         the layers and images with their index digests
+//   STORE/extrafs/layers/<cache-id>.index         a layer's index
+//   STORE/extrafs/layers/<cache-id>.blob          a published layer's packed chunks
+//   STORE/extrafs/image-<digest>.index            the index of the image/ tree
+//   STORE/extrafs/.publish.lock                   flock of the running publish
+//
+// The read side names the same files relative to the store (fs::kCatalogPath,
+// fs::layer_index_path, fs::image_index_path); this is their absolute, write-side form. A value
+// type; thread-safe.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "common/hash.h"
+
+namespace extrafs::store {
+
+class StoreLayout {
+ public:
+  // `root` is the store directory; trailing '/' are dropped.
+  explicit StoreLayout(std::string root);
+
+  const std::string& root() const { return root_; }
+  std::string catalog() const;
+  std::string layers_dir() const;
+  std::string layer_index(std::string_view cache_id) const;
+  std::string layer_blob(std::string_view cache_id) const;
+  std::string image_index(const Digest128& digest) const;
+  std::string publish_lock() const;
+  std::string image_dir() const;        // STORE/image
+  std::string docker_dir() const;       // STORE/image/overlay2
+  std::string layerdb_dir() const;      // STORE/image/overlay2/layerdb/sha256
+  std::string config_dir() const;       // STORE/image/overlay2/imagedb/content/sha256
+  std::string repositories() const;     // STORE/image/overlay2/repositories.json
+  std::string overlay2_dir() const;     // STORE/overlay2
+  std::string overlay_dir(std::string_view cache_id) const;
+
+ private:
+  std::string root_;
+};
+
+// The blob of layer `cache_id` as chunk records name it (relative to the store root).
+std::string blob_object_path(std::string_view cache_id);
+
+}  // namespace extrafs::store
