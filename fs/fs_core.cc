@@ -56,7 +56,6 @@ FsCore::~FsCore() {
   }
   stop_cv_.notify_all();
   if (refresher_.joinable()) refresher_.join();
-  if (record_fd_ >= 0) ::close(record_fd_);
 }
 
 void FsCore::refresh_loop() {
@@ -71,11 +70,6 @@ void FsCore::refresh_loop() {
 
 Result<std::unique_ptr<FsCore>> FsCore::open(cache::ChunkFetcher& fetcher, FsCoreOptions options) {
   std::unique_ptr<FsCore> core(new FsCore(fetcher, std::move(options)));
-  if (!core->options_.record_dir.empty()) {
-    std::string path = fmt::format("{}/trace-{}-{}.txt", core->options_.record_dir, core->start_time_.tv_sec, ::getpid());
-    core->record_fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (core->record_fd_ < 0) return Error::from_errno(errno, "record trace " + path);
-  }
   auto& backend = fetcher.backend();
   core->catalog_cache_name_ = catalog_cache_name(backend.describe());
   if (auto info = backend.stat(kCatalogPath); info.ok()) core->catalog_info_ = *info;
@@ -437,7 +431,7 @@ Status FsCore::open(uint64_t ino, int flags) {
   if (S_ISDIR(a.st.st_mode)) return make_error(EISDIR, "is a directory");
   if (!S_ISREG(a.st.st_mode)) return make_error(EACCES, "not a regular file");
   uint32_t sn = slot_of(ino), local = local_of(ino);
-  if (!options_.record_dir.empty() && local >= kEntryBase) {
+  if (options_.on_first_open && local >= kEntryBase) {
     if (auto s = slot(sn)) record_access(sn, *s, local - kEntryBase);
   }
   return ok_status();
@@ -446,17 +440,9 @@ Status FsCore::open(uint64_t ino, int flags) {
 void FsCore::record_access(uint32_t slot_no, const Slot& s, uint32_t entry) {
   if (s.is_image) return;
   uint64_t key = make_ino(slot_no, entry);
-  std::lock_guard lock(record_mu_);
-  if (record_fd_ < 0 || !recorded_.insert(key).second) return;
-  // One line per first open: "<cache-id> <entry> <path>", the path with '\n' and '\\' escaped.
-  std::string path;
-  for (char c : s.index->path_of(entry)) {
-    if (c == '\n') path += "\\n";
-    else if (c == '\\') path += "\\\\";
-    else path += c;
-  }
-  std::string line = fmt::format("{} {} {}\n", s.layer.cache_id, entry, path);
-  if (::write(record_fd_, line.data(), line.size()) < 0) spdlog::warn("trace write failed: {}", std::strerror(errno));
+  std::lock_guard lock(record_mu_);  // also keeps the callback's lines in first-open order
+  if (!recorded_.insert(key).second) return;
+  options_.on_first_open(s.layer.cache_id, entry, s.index->path_of(entry));
 }
 
 Result<size_t> FsCore::read(uint64_t ino, uint64_t offset, std::span<std::byte> out) {

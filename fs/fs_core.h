@@ -62,7 +62,11 @@ struct DirItem {
 };
 
 struct FsCoreOptions {
-  std::string record_dir;   // write first-access traces here ("" = off)
+  // Called once per file of a layer, on its first open, with the layer's cache-id, the file's
+  // index entry and its path in the layer (empty = off). Called from FUSE worker threads, one
+  // call at a time and in first-open order (under FsCore's lock), so it must not block for long.
+  // Writing traces is the store's job (store/trace.h).
+  std::function<void(std::string_view cache_id, uint32_t entry, std::string_view path)> on_first_open;
   // A background thread re-reads the catalog this often (0 = never; call refresh() instead).
   // File system calls never wait for it, so a dead server cannot stall a lookup.
   double refresh_interval_s = 1.0;
@@ -151,8 +155,7 @@ class FsCore {
   std::mutex streams_mu_;  // guards streams_
   std::unordered_map<uint64_t, Stream> streams_;
 
-  std::mutex record_mu_;  // guards record_fd_, recorded_
-  int record_fd_ = -1;
+  std::mutex record_mu_;  // guards recorded_
   std::unordered_set<uint64_t> recorded_;
 };
 

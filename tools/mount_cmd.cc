@@ -24,6 +24,7 @@
 #include "fs/catalog.h"
 #include "fs/fs_core.h"
 #include "fs/fuse_adapter.h"
+#include "store/trace.h"
 
 namespace extrafs::tools {
 
@@ -79,7 +80,18 @@ int serve(const MountRequest& req, const std::function<void(const std::string&)>
   fopts.disk = disk.get();
   cache::ChunkFetcher fetcher(**backend, fopts);
   fs::FsCoreOptions copts;
-  copts.record_dir = req.record_dir;
+  std::unique_ptr<store::TraceWriter> trace;  // outlives the core, which calls it
+  if (!req.record_dir.empty()) {
+    auto w = store::TraceWriter::create(req.record_dir);
+    if (!w.ok()) {
+      notify(w.error().message);
+      return 1;
+    }
+    trace = std::move(w).value();
+    copts.on_first_open = [t = trace.get()](std::string_view cache_id, uint32_t entry, std::string_view path) {
+      t->record(cache_id, entry, path);
+    };
+  }
   auto core = fs::FsCore::open(fetcher, copts);
   if (!core.ok()) {
     notify(core.error().message);
