@@ -12,6 +12,8 @@
 // SIGKILL a chunk file is either absent or complete. Chunk files are not fsync'ed (that would cost
 // a disk flush per chunk); after a power loss a renamed file can be short or hold zeros, which the
 // header/length/digest check on every read catches: the chunk is then dropped and fetched again.
+// For the same reason a chunk's rename is not followed by an fsync of its directory (a lost rename
+// is a miss, not a wrong answer), which keeps a disk flush off the read path.
 // Nothing else needs to be durable: the LRU index is rebuilt at open() from the files (size from
 // st_size, recency from st_mtime, which a hit refreshes at most once per kTouchIntervalSec), and
 // leftovers in tmp/ are removed. Metadata blobs are rare and precious (they let a host serve its
@@ -51,6 +53,8 @@
 #include <unordered_set>
 #include <utility>
 
+#include "common/posix_file.h"
+
 namespace extrafs::cache {
 
 namespace {
@@ -77,37 +81,6 @@ int64_t now_sec() {
   clock_gettime(CLOCK_REALTIME_COARSE, &ts);
   return ts.tv_sec;
 }
-
-class Fd {
- public:
-  Fd() = default;
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
-  Fd& operator=(Fd&& o) noexcept {
-    if (this != &o) {
-      reset();
-      fd_ = std::exchange(o.fd_, -1);
-    }
-    return *this;
-  }
-  ~Fd() { reset(); }
-  int get() const { return fd_; }
-  bool valid() const { return fd_ >= 0; }
-  void reset() {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
-  // close() that reports the error (a delayed write error can surface here).
-  int close_checked() {
-    int r = ::close(std::exchange(fd_, -1));
-    return r == 0 ? 0 : errno;
-  }
-
- private:
-  int fd_ = -1;
-};
 
 struct Header {
   char magic[4];
@@ -139,57 +112,12 @@ Header decode_header(const uint8_t* p) {
   return h;
 }
 
-// 0 or errno.
-int write_all(int fd, const void* data, size_t len) {
-  auto* p = static_cast<const uint8_t*>(data);
-  while (len > 0) {
-    ssize_t n = ::write(fd, p, len);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return errno;
-    }
-    if (n == 0) return EIO;
-    p += n;
-    len -= static_cast<size_t>(n);
-  }
-  return 0;
-}
-
-// Bytes read (short only at end of file), or -errno.
-ssize_t pread_all(int fd, void* data, size_t len, off_t off) {
-  auto* p = static_cast<uint8_t*>(data);
-  size_t done = 0;
-  while (done < len) {
-    ssize_t n = ::pread(fd, p + done, len - done, off + static_cast<off_t>(done));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return -errno;
-    }
-    if (n == 0) break;
-    done += static_cast<size_t>(n);
-  }
-  return static_cast<ssize_t>(done);
-}
-
 bool valid_meta_name(const std::string& name) {
   if (name.empty() || name.size() > kMaxMetaName || name == "." || name == "..") return false;
   return std::all_of(name.begin(), name.end(), [](char c) {
     return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
            c == '_' || c == '-';
   });
-}
-
-// mkdir -p; 0 or errno.
-int make_dirs(const std::string& path) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) == 0) return S_ISDIR(st.st_mode) ? 0 : ENOTDIR;
-  auto slash = path.find_last_of('/');
-  if (slash != std::string::npos && slash > 0) {
-    int r = make_dirs(path.substr(0, slash));
-    if (r != 0) return r;
-  }
-  if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) return errno;
-  return 0;
 }
 
 // mkdirat that tolerates an existing directory; 0 or errno.
@@ -780,7 +708,8 @@ BlockCacheStats DiskBlockCache::stats() {
 
 Result<std::unique_ptr<BlockCache>> BlockCache::open(const std::string& dir, uint64_t capacity) {
   if (dir.empty()) return make_error(EINVAL, "cache directory not given");
-  if (int e = make_dirs(dir)) {
+  if (auto made = make_dirs(dir); !made.ok()) {
+    const int e = made.code();
     if (e == ENOTDIR)
       return make_error(ENOTDIR,
                         "cache " + dir + " is not a directory (or a parent of it is a file)");
