@@ -25,6 +25,7 @@
 #include "store/layout.h"
 #include "store/publish_blob.h"
 #include "store/publish_tar.h"
+#include "store/save_archive.h"
 #include "store/trace.h"
 
 namespace extrafs::store {

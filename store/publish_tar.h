@@ -1,6 +1,6 @@
-// Reading `docker save` archives for `extrafs publish --archive`, with libarchive (Debian's
-// libarchive-dev: well kept, and it reads every tar dialect docker and others produce, including
-// pax headers with xattrs (SCHILY.xattr.*, LIBARCHIVE.xattr.*), GNU long names and sparse files).
+// Layer tars for `extrafs publish --archive`, read with libarchive (Debian's libarchive-dev: well
+// kept, and it reads every tar dialect docker and others produce, including pax headers with
+// xattrs (SCHILY.xattr.*, LIBARCHIVE.xattr.*), GNU long names and sparse files).
 //
 // convert_layer_tar() turns one layer tar into an index tree as overlay2 would hold it:
 //   `.wh.NAME`          -> NAME, a character device 0/0 (mode 0000, owner and mtime of the header)
@@ -13,15 +13,12 @@
 // Later entries for the same path replace earlier ones (directories keep their children), as
 // when a tar is extracted. Sizes as a local file system would show them: directories 4096 bytes,
 // st_blocks from the stored (non-zero) chunks, rounded up to 4 KiB.
-//
-// SaveArchive reads the outer tar: manifest.json, the image configs, and each layer's stream
-// (uncompressed or gzip), handing the layer tar to a callback while computing its diffID.
+// The `docker save` archive around the layer tars is read by store/save_archive.h.
 // Single-threaded.
 #pragma once
 
 #include <cstdint>
 #include <functional>
-#include <map>
 #include <string>
 #include <vector>
 
@@ -53,39 +50,6 @@ struct LayerTarResult {
 // packing regular file content into `blob`. EBADMSG for a malformed tar or an entry that cannot be
 // represented (a path with "..", a hard link to a missing entry or to a directory).
 Result<LayerTarResult> convert_layer_tar(struct archive* a, BlobWriter& blob, const LayerTarOptions& options);
-
-// One image of a `docker save` archive.
-struct SavedImage {
-  std::string id;                   // "sha256:<hex>" of the config
-  std::string config;               // raw config bytes
-  std::vector<std::string> tags;    // RepoTags ("name:tag")
-  std::vector<std::string> layers;  // paths of the layer tars in the archive, base first
-  std::vector<std::string> diff_ids;  // rootfs.diff_ids of the config, base first
-};
-
-class SaveArchive {
- public:
-  // Reads the archive's manifest.json and configs. Errors name the file and what is wrong
-  // (not a tar; no manifest.json: not a `docker save` archive; a config that does not match
-  // its digest; layer count differing from rootfs.diff_ids; a layer file that is missing).
-  static Result<SaveArchive> open(const std::string& path);
-
-  const std::vector<SavedImage>& images() const { return images_; }
-  // Size of the layer tar `layer` in the archive (as stored, maybe compressed).
-  uint64_t layer_size(const std::string& layer) const;
-
-  // Opens layer `layer` (a path from SavedImage::layers), decompressing gzip if it is, and calls
-  // `fn` with a libarchive tar reader over it; afterwards reads the stream to its end. Returns
-  // the diffID: "sha256:" + hex SHA-256 of the whole uncompressed layer tar.
-  Result<std::string> read_layer(const std::string& layer, const std::function<Status(struct archive*)>& fn) const;
-
- private:
-  std::string path_;
-  std::vector<SavedImage> images_;
-  std::map<std::string, uint64_t> sizes_;          // regular entries
-  std::map<std::string, std::string> links_;       // symlink/hardlink entries -> resolved target
-  std::string resolve(const std::string& p) const;
-};
 
 // Normalises a path inside a tar: strips "./" and "/" prefixes and trailing '/'; "" for the root.
 // False if it has a ".." component or an empty name where one is needed.
