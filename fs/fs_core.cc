@@ -27,10 +27,6 @@ constexpr uint32_t kLowerFile = 2;    // /overlay2/<id>/lower
 constexpr uint32_t kLinkSymlink = 3;  // /overlay2/l/<link>
 constexpr uint32_t kEntryBase = 16;   // index entry e has local id kEntryBase + e
 
-uint64_t make_ino(uint32_t slot, uint32_t local) { return (static_cast<uint64_t>(slot) << 32) | local; }
-uint32_t slot_of(uint64_t ino) { return static_cast<uint32_t>(ino >> 32); }
-uint32_t local_of(uint64_t ino) { return static_cast<uint32_t>(ino & 0xffffffffu); }
-
 Error noent() { return make_error(ENOENT, "no such entry"); }
 
 Status check_catalog(const std::string& text) {
@@ -191,7 +187,7 @@ std::shared_ptr<const FsCore::Slot> FsCore::slot(uint32_t n) const {
 
 void FsCore::forget(uint64_t ino, uint64_t n) {
   if (inodes_.forget(ino, n) != 0) return;
-  uint32_t s = slot_of(ino);
+  uint32_t s = ino_slot(ino);
   if (s == 0 || inodes_.slot_nodes(s) != 0) return;
   std::unique_lock lock(mu_);
   if (s < slots_.size() && slots_[s] && slots_[s]->is_image && s != image_slot_) slots_[s] = nullptr;
@@ -228,7 +224,7 @@ NodeAttr FsCore::entry_attr(uint32_t slot_no, const LayerIndex& idx, uint32_t en
 }
 
 Result<NodeAttr> FsCore::layer_node_attr(uint64_t ino, const Slot& s) const {
-  switch (local_of(ino)) {
+  switch (ino_local(ino)) {
     case kLayerDir:
       return synthetic_attr(ino, S_IFDIR | 0710, 4096, 3);
     case kLinkFile:
@@ -246,7 +242,7 @@ Result<NodeAttr> FsCore::layer_node_attr(uint64_t ino, const Slot& s) const {
 }
 
 Result<NodeAttr> FsCore::getattr(uint64_t ino) {
-  uint32_t sn = slot_of(ino), local = local_of(ino);
+  uint32_t sn = ino_slot(ino), local = ino_local(ino);
   if (sn == 0) {
     std::shared_lock lock(mu_);
     NodeAttr a;
@@ -274,11 +270,11 @@ Result<NodeAttr> FsCore::getattr(uint64_t ino) {
 }
 
 double FsCore::negative_timeout(uint64_t parent) const {
-  return slot_of(parent) == 0 ? kShortTimeout : kLongTimeout;
+  return ino_slot(parent) == 0 ? kShortTimeout : kLongTimeout;
 }
 
 Result<NodeAttr> FsCore::lookup(uint64_t parent, std::string_view name) {
-  uint32_t sn = slot_of(parent), local = local_of(parent);
+  uint32_t sn = ino_slot(parent), local = ino_local(parent);
   if (sn == 0) {
     if (parent == kRootIno) {
       if (name == "overlay2") return getattr(kOverlayIno);
@@ -336,7 +332,7 @@ Result<NodeAttr> FsCore::lookup(uint64_t parent, std::string_view name) {
 }
 
 Result<std::string> FsCore::readlink(uint64_t ino) {
-  uint32_t sn = slot_of(ino), local = local_of(ino);
+  uint32_t sn = ino_slot(ino), local = ino_local(ino);
   auto s = slot(sn);
   if (!s) return make_error(sn == 0 ? EINVAL : ESTALE, "not a symlink");
   if (local == kLinkSymlink && !s->is_image) {
@@ -350,7 +346,7 @@ Result<std::string> FsCore::readlink(uint64_t ino) {
 }
 
 Status FsCore::readdir(uint64_t ino, uint64_t offset, const std::function<bool(const DirItem&, const NodeAttr&)>& emit) {
-  uint32_t sn = slot_of(ino), local = local_of(ino);
+  uint32_t sn = ino_slot(ino), local = ino_local(ino);
   // Fixed and per-layer directories: build the list, then emit from `offset`.
   std::vector<std::pair<std::string, uint64_t>> items;
   if (sn == 0) {
@@ -401,7 +397,7 @@ Status FsCore::readdir(uint64_t ino, uint64_t offset, const std::function<bool(c
 
 Result<std::string> FsCore::getxattr(uint64_t ino, std::string_view name) {
   if (ino == kRootIno && name == kStatsXattr) return stats_json();
-  uint32_t sn = slot_of(ino), local = local_of(ino);
+  uint32_t sn = ino_slot(ino), local = ino_local(ino);
   if (sn == 0 || local < kEntryBase) {
     EXTRAFS_CHECK_STATUS(getattr(ino));
     return make_error(ENODATA, "no such attribute");
@@ -416,7 +412,7 @@ Result<std::string> FsCore::getxattr(uint64_t ino, std::string_view name) {
 }
 
 Result<std::vector<std::string>> FsCore::listxattr(uint64_t ino) {
-  uint32_t sn = slot_of(ino), local = local_of(ino);
+  uint32_t sn = ino_slot(ino), local = ino_local(ino);
   std::vector<std::string> out;
   if (sn == 0 || local < kEntryBase) {
     EXTRAFS_CHECK_STATUS(getattr(ino));
@@ -436,7 +432,7 @@ Status FsCore::open(uint64_t ino, int flags) {
   EXTRAFS_TRY(a, getattr(ino));
   if (S_ISDIR(a.st.st_mode)) return make_error(EISDIR, "is a directory");
   if (!S_ISREG(a.st.st_mode)) return make_error(EACCES, "not a regular file");
-  uint32_t sn = slot_of(ino), local = local_of(ino);
+  uint32_t sn = ino_slot(ino), local = ino_local(ino);
   if (!options_.record_dir.empty() && local >= kEntryBase) {
     if (auto s = slot(sn)) record_access(sn, *s, local - kEntryBase);
   }
@@ -460,7 +456,7 @@ void FsCore::record_access(uint32_t slot_no, const Slot& s, uint32_t entry) {
 }
 
 Result<size_t> FsCore::read(uint64_t ino, uint64_t offset, std::span<std::byte> out) {
-  uint32_t sn = slot_of(ino), local = local_of(ino);
+  uint32_t sn = ino_slot(ino), local = ino_local(ino);
   auto s = slot(sn);
   if (!s) return make_error(sn == 0 ? EISDIR : ESTALE, "not a file");
   if (local < kEntryBase) {
