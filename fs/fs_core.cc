@@ -40,7 +40,8 @@ std::string link_target(const std::string& cache_id) { return "../" + cache_id +
 
 }  // namespace
 
-FsCore::FsCore(cache::ChunkFetcher& fetcher, FsCoreOptions options) : fetcher_(fetcher), options_(std::move(options)) {
+FsCore::FsCore(cache::ChunkFetcher& fetcher, cache::MetaSource& meta, FsCoreOptions options)
+    : fetcher_(fetcher), meta_(meta), options_(std::move(options)) {
   clock_gettime(CLOCK_REALTIME, &start_time_);
   slots_.push_back(nullptr);
 }
@@ -65,17 +66,17 @@ void FsCore::refresh_loop() {
   }
 }
 
-Result<std::unique_ptr<FsCore>> FsCore::open(cache::ChunkFetcher& fetcher, FsCoreOptions options) {
-  std::unique_ptr<FsCore> core(new FsCore(fetcher, std::move(options)));
+Result<std::unique_ptr<FsCore>> FsCore::open(cache::ChunkFetcher& fetcher, cache::MetaSource& meta,
+                                             FsCoreOptions options) {
+  std::unique_ptr<FsCore> core(new FsCore(fetcher, meta, std::move(options)));
   if (!core->options_.record_dir.empty()) {
     std::string path = fmt::format("{}/trace-{}-{}.txt", core->options_.record_dir, core->start_time_.tv_sec, ::getpid());
     core->record_fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (core->record_fd_ < 0) return Error::from_errno(errno, "record trace " + path);
   }
-  auto& backend = fetcher.backend();
-  core->catalog_cache_name_ = catalog_cache_name(backend.describe());
-  if (auto info = backend.stat(kCatalogPath); info.ok()) core->catalog_info_ = *info;
-  auto catalog = store_catalog(fetcher.read_meta(kCatalogPath, core->catalog_cache_name_, check_catalog), backend.describe());
+  core->catalog_cache_name_ = catalog_cache_name(meta.describe());
+  if (auto version = meta.meta_version(kCatalogPath); version.ok()) core->catalog_version_ = *version;
+  auto catalog = store_catalog(meta.read_meta(kCatalogPath, core->catalog_cache_name_, check_catalog), meta.describe());
   if (!catalog.ok()) return catalog.error();
   EXTRAFS_CHECK_STATUS(core->load(*catalog, /*initial=*/true));
   if (core->options_.refresh_interval_s > 0) core->refresher_ = std::thread([c = core.get()] { c->refresh_loop(); });
@@ -95,7 +96,7 @@ Result<std::shared_ptr<const LayerIndex>> FsCore::load_index(const std::string& 
     if (!parsed.ok()) return parsed.error();
     return ok_status();
   };
-  auto bytes = fetcher_.read_meta(path, cache_name, check);
+  auto bytes = meta_.read_meta(path, cache_name, check);
   if (!bytes.ok()) return make_error(bytes.code(), "index of " + what + " (" + path + "): " + bytes.error().message);
   auto idx = LayerIndex::parse(std::move(bytes).value());
   if (!idx.ok()) return make_error(idx.code(), path + ": " + idx.error().message);
@@ -163,13 +164,13 @@ Status FsCore::load(const Catalog& catalog, bool initial) {
 
 Status FsCore::refresh() {
   std::lock_guard guard(refresh_mu_);
-  auto info = fetcher_.backend().stat(kCatalogPath);
-  if (!info.ok()) return info.error();
-  if (info->size == catalog_info_.size && info->mtime_ns == catalog_info_.mtime_ns) return ok_status();
-  EXTRAFS_TRY(text, fetcher_.read_meta(kCatalogPath, catalog_cache_name_, check_catalog));
+  auto version = meta_.meta_version(kCatalogPath);
+  if (!version.ok()) return version.error();
+  if (*version == catalog_version_) return ok_status();
+  EXTRAFS_TRY(text, meta_.read_meta(kCatalogPath, catalog_cache_name_, check_catalog));
   EXTRAFS_TRY(catalog, Catalog::parse(text));
   EXTRAFS_CHECK_STATUS(load(catalog, /*initial=*/false));
-  catalog_info_ = *info;
+  catalog_version_ = *version;
   spdlog::info("catalog reloaded: {} layers", layer_count());
   return ok_status();
 }
@@ -558,7 +559,7 @@ std::string FsCore::stats_json() {
   j["prefetches"] = f.prefetches;
   j["cache_bytes"] = fetcher_.cached_bytes();
   j["inodes"] = inodes_.size();
-  j["source"] = fetcher_.backend().describe();
+  j["source"] = meta_.describe();
   std::vector<std::shared_ptr<const Slot>> layers;
   {
     std::shared_lock lock(mu_);

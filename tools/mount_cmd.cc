@@ -102,7 +102,7 @@ int serve(const MountRequest& req, const std::function<void(const std::string&)>
   cache::ChunkFetcher fetcher(**backend, fopts);
   fs::FsCoreOptions copts;
   copts.record_dir = req.record_dir;
-  auto core = fs::FsCore::open(fetcher, copts);
+  auto core = fs::FsCore::open(fetcher, /*meta=*/fetcher, copts);
   if (!core.ok()) {
     notify(core.error().message);
     return 1;
