@@ -1,7 +1,8 @@
 // Backend: where the store's bytes live. Reads objects addressed by a path relative to the store
 // root ("extrafs/catalog", "overlay2/<id>/diff/usr/bin/sh", "extrafs/layers/<id>.blob").
 //
-// Implementations: LocalBackend (a directory), NfsBackend (libnfs), FaultBackend (tests).
+// Implementations: LocalBackend (a directory), NfsBackend (libnfs); for tests only,
+// MemoryBackend and FaultBackend in backend/testing/.
 // Thread-safety: every method may be called from any thread concurrently.
 // A Backend knows nothing of chunks, FUSE or docker.
 #pragma once

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 
+#include "backend/backend.h"
+
 namespace extrafs::cache {
 
 ChunkFetcher::ChunkFetcher(backend::Backend& backend, FetcherOptions options)
@@ -216,6 +218,13 @@ Result<std::string> ChunkFetcher::read_meta(std::string_view path, const std::st
   }
   return got;
 }
+
+Result<MetaVersion> ChunkFetcher::meta_version(std::string_view path) {
+  EXTRAFS_TRY(info, backend_.stat(path));
+  return MetaVersion{info.size, info.mtime_ns};
+}
+
+std::string ChunkFetcher::describe() const { return backend_.describe(); }
 
 uint64_t ChunkFetcher::cached_bytes() {
   if (options_.disk) return options_.disk->stats().bytes;

@@ -4,11 +4,12 @@
 //     xxh3-128 digest, stores the chunk in both caches, and returns it,
 //   - merges concurrent misses on one chunk so N readers cause one backend read,
 //   - counts every outcome (see FetcherStats) for `extrafs stats`.
-// It also reads metadata objects (catalog, indexes), keeping a copy in the BlockCache so that a
-// host can serve what it has cached while the backend is down.
+// It is also the store's MetaSource (see meta_source.h): it reads metadata objects (catalog,
+// indexes), keeping a copy in the BlockCache so that a host can serve what it has cached while the
+// backend is down. Failed backend reads of either kind are counted in backend_errors.
 //
 // Thread-safety: every method may be called from any thread. The Backend and BlockCache must
-// outlive the fetcher.
+// outlive the fetcher; the fetcher never exposes the Backend.
 #pragma once
 
 #include <atomic>
@@ -27,10 +28,14 @@
 #include <unordered_map>
 #include <vector>
 
-#include "backend/backend.h"
 #include "cache/block_cache.h"
+#include "cache/meta_source.h"
 #include "common/hash.h"
 #include "common/result.h"
+
+namespace extrafs::backend {
+class Backend;
+}  // namespace extrafs::backend
 
 namespace extrafs::cache {
 
@@ -71,10 +76,10 @@ struct FetcherStats {
   uint64_t prefetches = 0;       // chunks brought into memory ahead of readers
 };
 
-class ChunkFetcher {
+class ChunkFetcher : public MetaSource {
  public:
   ChunkFetcher(backend::Backend& backend, FetcherOptions options);
-  ~ChunkFetcher();
+  ~ChunkFetcher() override;
   ChunkFetcher(const ChunkFetcher&) = delete;
   ChunkFetcher& operator=(const ChunkFetcher&) = delete;
 
@@ -90,17 +95,16 @@ class ChunkFetcher {
   // Whether the chunk is held locally (memory or disk).
   bool is_cached(const Digest128& d);
 
-  // Reads a whole metadata object (catalog, index) from the backend and checks it with `check`;
-  // only what passes is kept in the disk cache under `cache_name`, so bad bytes in the store
-  // never replace a good cached copy. If the backend fails, or its copy fails the check, a
-  // cached copy that passes is returned instead; otherwise the backend's (or the check's) error.
+  // MetaSource. read_meta keeps what passes `check` in the disk cache (if there is one) under
+  // `cache_name`, so bad bytes in the store never replace a good cached copy.
   Result<std::string> read_meta(std::string_view path, const std::string& cache_name,
-                                const std::function<Status(const std::string&)>& check);
+                                const std::function<Status(const std::string&)>& check) override;
+  Result<MetaVersion> meta_version(std::string_view path) override;
+  std::string describe() const override;
 
   FetcherStats stats() const;
   // Bytes of chunk data held locally: the disk cache if there is one, else the memory LRU.
   uint64_t cached_bytes();
-  backend::Backend& backend() { return backend_; }
 
  private:
   struct InFlight {

@@ -27,10 +27,6 @@ constexpr uint32_t kLowerFile = 2;    // /overlay2/<id>/lower
 constexpr uint32_t kLinkSymlink = 3;  // /overlay2/l/<link>
 constexpr uint32_t kEntryBase = 16;   // index entry e has local id kEntryBase + e
 
-uint64_t make_ino(uint32_t slot, uint32_t local) { return (static_cast<uint64_t>(slot) << 32) | local; }
-uint32_t slot_of(uint64_t ino) { return static_cast<uint32_t>(ino >> 32); }
-uint32_t local_of(uint64_t ino) { return static_cast<uint32_t>(ino & 0xffffffffu); }
-
 Error noent() { return make_error(ENOENT, "no such entry"); }
 
 Status check_catalog(const std::string& text) {
@@ -44,7 +40,8 @@ std::string link_target(const std::string& cache_id) { return "../" + cache_id +
 
 }  // namespace
 
-FsCore::FsCore(cache::ChunkFetcher& fetcher, FsCoreOptions options) : fetcher_(fetcher), options_(std::move(options)) {
+FsCore::FsCore(cache::ChunkFetcher& fetcher, cache::MetaSource& meta, FsCoreOptions options)
+    : fetcher_(fetcher), meta_(meta), options_(std::move(options)) {
   clock_gettime(CLOCK_REALTIME, &start_time_);
   slots_.push_back(nullptr);
 }
@@ -68,12 +65,12 @@ void FsCore::refresh_loop() {
   }
 }
 
-Result<std::unique_ptr<FsCore>> FsCore::open(cache::ChunkFetcher& fetcher, FsCoreOptions options) {
-  std::unique_ptr<FsCore> core(new FsCore(fetcher, std::move(options)));
-  auto& backend = fetcher.backend();
-  core->catalog_cache_name_ = catalog_cache_name(backend.describe());
-  if (auto info = backend.stat(kCatalogPath); info.ok()) core->catalog_info_ = *info;
-  auto catalog = store_catalog(fetcher.read_meta(kCatalogPath, core->catalog_cache_name_, check_catalog), backend.describe());
+Result<std::unique_ptr<FsCore>> FsCore::open(cache::ChunkFetcher& fetcher, cache::MetaSource& meta,
+                                             FsCoreOptions options) {
+  std::unique_ptr<FsCore> core(new FsCore(fetcher, meta, std::move(options)));
+  core->catalog_cache_name_ = catalog_cache_name(meta.describe());
+  if (auto version = meta.meta_version(kCatalogPath); version.ok()) core->catalog_version_ = *version;
+  auto catalog = store_catalog(meta.read_meta(kCatalogPath, core->catalog_cache_name_, check_catalog), meta.describe());
   if (!catalog.ok()) return catalog.error();
   EXTRAFS_CHECK_STATUS(core->load(*catalog, /*initial=*/true));
   if (core->options_.refresh_interval_s > 0) core->refresher_ = std::thread([c = core.get()] { c->refresh_loop(); });
@@ -93,7 +90,7 @@ Result<std::shared_ptr<const LayerIndex>> FsCore::load_index(const std::string& 
     if (!parsed.ok()) return parsed.error();
     return ok_status();
   };
-  auto bytes = fetcher_.read_meta(path, cache_name, check);
+  auto bytes = meta_.read_meta(path, cache_name, check);
   if (!bytes.ok()) return make_error(bytes.code(), "index of " + what + " (" + path + "): " + bytes.error().message);
   auto idx = LayerIndex::parse(std::move(bytes).value());
   if (!idx.ok()) return make_error(idx.code(), path + ": " + idx.error().message);
@@ -161,13 +158,13 @@ Status FsCore::load(const Catalog& catalog, bool initial) {
 
 Status FsCore::refresh() {
   std::lock_guard guard(refresh_mu_);
-  auto info = fetcher_.backend().stat(kCatalogPath);
-  if (!info.ok()) return info.error();
-  if (info->size == catalog_info_.size && info->mtime_ns == catalog_info_.mtime_ns) return ok_status();
-  EXTRAFS_TRY(text, fetcher_.read_meta(kCatalogPath, catalog_cache_name_, check_catalog));
+  auto version = meta_.meta_version(kCatalogPath);
+  if (!version.ok()) return version.error();
+  if (*version == catalog_version_) return ok_status();
+  EXTRAFS_TRY(text, meta_.read_meta(kCatalogPath, catalog_cache_name_, check_catalog));
   EXTRAFS_TRY(catalog, Catalog::parse(text));
   EXTRAFS_CHECK_STATUS(load(catalog, /*initial=*/false));
-  catalog_info_ = *info;
+  catalog_version_ = *version;
   spdlog::info("catalog reloaded: {} layers", layer_count());
   return ok_status();
 }
@@ -185,7 +182,7 @@ std::shared_ptr<const FsCore::Slot> FsCore::slot(uint32_t n) const {
 
 void FsCore::forget(uint64_t ino, uint64_t n) {
   if (inodes_.forget(ino, n) != 0) return;
-  uint32_t s = slot_of(ino);
+  uint32_t s = ino_slot(ino);
   if (s == 0 || inodes_.slot_nodes(s) != 0) return;
   std::unique_lock lock(mu_);
   if (s < slots_.size() && slots_[s] && slots_[s]->is_image && s != image_slot_) slots_[s] = nullptr;
@@ -222,7 +219,7 @@ NodeAttr FsCore::entry_attr(uint32_t slot_no, const LayerIndex& idx, uint32_t en
 }
 
 Result<NodeAttr> FsCore::layer_node_attr(uint64_t ino, const Slot& s) const {
-  switch (local_of(ino)) {
+  switch (ino_local(ino)) {
     case kLayerDir:
       return synthetic_attr(ino, S_IFDIR | 0710, 4096, 3);
     case kLinkFile:
@@ -240,7 +237,7 @@ Result<NodeAttr> FsCore::layer_node_attr(uint64_t ino, const Slot& s) const {
 }
 
 Result<NodeAttr> FsCore::getattr(uint64_t ino) {
-  uint32_t sn = slot_of(ino), local = local_of(ino);
+  uint32_t sn = ino_slot(ino), local = ino_local(ino);
   if (sn == 0) {
     std::shared_lock lock(mu_);
     NodeAttr a;
@@ -268,11 +265,11 @@ Result<NodeAttr> FsCore::getattr(uint64_t ino) {
 }
 
 double FsCore::negative_timeout(uint64_t parent) const {
-  return slot_of(parent) == 0 ? kShortTimeout : kLongTimeout;
+  return ino_slot(parent) == 0 ? kShortTimeout : kLongTimeout;
 }
 
 Result<NodeAttr> FsCore::lookup(uint64_t parent, std::string_view name) {
-  uint32_t sn = slot_of(parent), local = local_of(parent);
+  uint32_t sn = ino_slot(parent), local = ino_local(parent);
   if (sn == 0) {
     if (parent == kRootIno) {
       if (name == "overlay2") return getattr(kOverlayIno);
@@ -330,7 +327,7 @@ Result<NodeAttr> FsCore::lookup(uint64_t parent, std::string_view name) {
 }
 
 Result<std::string> FsCore::readlink(uint64_t ino) {
-  uint32_t sn = slot_of(ino), local = local_of(ino);
+  uint32_t sn = ino_slot(ino), local = ino_local(ino);
   auto s = slot(sn);
   if (!s) return make_error(sn == 0 ? EINVAL : ESTALE, "not a symlink");
   if (local == kLinkSymlink && !s->is_image) {
@@ -344,7 +341,7 @@ Result<std::string> FsCore::readlink(uint64_t ino) {
 }
 
 Status FsCore::readdir(uint64_t ino, uint64_t offset, const std::function<bool(const DirItem&, const NodeAttr&)>& emit) {
-  uint32_t sn = slot_of(ino), local = local_of(ino);
+  uint32_t sn = ino_slot(ino), local = ino_local(ino);
   // Fixed and per-layer directories: build the list, then emit from `offset`.
   std::vector<std::pair<std::string, uint64_t>> items;
   if (sn == 0) {
@@ -395,7 +392,7 @@ Status FsCore::readdir(uint64_t ino, uint64_t offset, const std::function<bool(c
 
 Result<std::string> FsCore::getxattr(uint64_t ino, std::string_view name) {
   if (ino == kRootIno && name == kStatsXattr) return stats_json();
-  uint32_t sn = slot_of(ino), local = local_of(ino);
+  uint32_t sn = ino_slot(ino), local = ino_local(ino);
   if (sn == 0 || local < kEntryBase) {
     EXTRAFS_CHECK_STATUS(getattr(ino));
     return make_error(ENODATA, "no such attribute");
@@ -410,7 +407,7 @@ Result<std::string> FsCore::getxattr(uint64_t ino, std::string_view name) {
 }
 
 Result<std::vector<std::string>> FsCore::listxattr(uint64_t ino) {
-  uint32_t sn = slot_of(ino), local = local_of(ino);
+  uint32_t sn = ino_slot(ino), local = ino_local(ino);
   std::vector<std::string> out;
   if (sn == 0 || local < kEntryBase) {
     EXTRAFS_CHECK_STATUS(getattr(ino));
@@ -430,7 +427,7 @@ Status FsCore::open(uint64_t ino, int flags) {
   EXTRAFS_TRY(a, getattr(ino));
   if (S_ISDIR(a.st.st_mode)) return make_error(EISDIR, "is a directory");
   if (!S_ISREG(a.st.st_mode)) return make_error(EACCES, "not a regular file");
-  uint32_t sn = slot_of(ino), local = local_of(ino);
+  uint32_t sn = ino_slot(ino), local = ino_local(ino);
   if (options_.on_first_open && local >= kEntryBase) {
     if (auto s = slot(sn)) record_access(sn, *s, local - kEntryBase);
   }
@@ -446,7 +443,7 @@ void FsCore::record_access(uint32_t slot_no, const Slot& s, uint32_t entry) {
 }
 
 Result<size_t> FsCore::read(uint64_t ino, uint64_t offset, std::span<std::byte> out) {
-  uint32_t sn = slot_of(ino), local = local_of(ino);
+  uint32_t sn = ino_slot(ino), local = ino_local(ino);
   auto s = slot(sn);
   if (!s) return make_error(sn == 0 ? EISDIR : ESTALE, "not a file");
   if (local < kEntryBase) {
@@ -548,7 +545,7 @@ std::string FsCore::stats_json() {
   j["prefetches"] = f.prefetches;
   j["cache_bytes"] = fetcher_.cached_bytes();
   j["inodes"] = inodes_.size();
-  j["source"] = fetcher_.backend().describe();
+  j["source"] = meta_.describe();
   std::vector<std::shared_ptr<const Slot>> layers;
   {
     std::shared_lock lock(mu_);

@@ -6,8 +6,9 @@
 //   /overlay2/<cache-id>/link, lower    the layer's docker link id and lower chain
 //   /overlay2/l/<link> -> ../<cache-id>/diff
 //
-// Every metadata answer comes from the catalog and the layer indexes in memory; file content is
-// read chunk by chunk through the cache::ChunkFetcher. Node ids are derived from (slot, entry):
+// Every metadata answer comes from the catalog and the layer indexes in memory, read through a
+// cache::MetaSource; file content is read chunk by chunk through the cache::ChunkFetcher. FsCore
+// never sees where the store lives. Node ids are derived from (slot, entry):
 // slot 0 holds the fixed directories, each layer and each version of the image/ tree gets its own
 // slot in the order it was first seen, so ids are stable for the life of the mount. A hard link
 // group shares one id. New layers in the catalog appear without a remount (a background thread
@@ -36,6 +37,7 @@
 #include <vector>
 
 #include "cache/chunk_fetcher.h"
+#include "cache/meta_source.h"
 #include "common/result.h"
 #include "fs/catalog.h"
 #include "fs/inode_table.h"
@@ -74,9 +76,11 @@ struct FsCoreOptions {
 
 class FsCore {
  public:
-  // Loads the catalog and every index through `fetcher` (which must outlive the core). Fails with
-  // a one-line message if the store has no catalog or an index is missing or corrupt.
-  static Result<std::unique_ptr<FsCore>> open(cache::ChunkFetcher& fetcher, FsCoreOptions options);
+  // Loads the catalog and every index through `meta` and serves file content through `fetcher`
+  // (both must outlive the core; one ChunkFetcher may be both). Fails with a one-line message if
+  // the store has no catalog or an index is missing or corrupt.
+  static Result<std::unique_ptr<FsCore>> open(cache::ChunkFetcher& fetcher, cache::MetaSource& meta,
+                                              FsCoreOptions options);
   ~FsCore();
 
   Result<NodeAttr> lookup(uint64_t parent, std::string_view name);
@@ -113,7 +117,7 @@ class FsCore {
   };
   struct Synthetic;  // fixed and per-layer nodes that are not index entries
 
-  explicit FsCore(cache::ChunkFetcher& fetcher, FsCoreOptions options);
+  FsCore(cache::ChunkFetcher& fetcher, cache::MetaSource& meta, FsCoreOptions options);
   Status load(const Catalog& catalog, bool initial);
   Result<std::shared_ptr<const LayerIndex>> load_index(const std::string& path, const std::string& cache_name,
                                                        const Digest128& want, const std::string& what);
@@ -127,6 +131,7 @@ class FsCore {
   unsigned sequential_window(uint64_t ino, uint64_t offset, uint64_t end);
 
   cache::ChunkFetcher& fetcher_;
+  cache::MetaSource& meta_;
   FsCoreOptions options_;
   InodeTable inodes_;
   struct timespec start_time_ {};
@@ -138,8 +143,8 @@ class FsCore {
   uint32_t image_slot_ = 0;
   Catalog catalog_;
 
-  std::mutex refresh_mu_;  // one refresh at a time; guards catalog_info_
-  backend::ObjectInfo catalog_info_{};
+  std::mutex refresh_mu_;  // one refresh at a time; guards catalog_version_
+  cache::MetaVersion catalog_version_{};
   std::string catalog_cache_name_;
   std::mutex stop_mu_;  // guards stopping_
   std::condition_variable stop_cv_;

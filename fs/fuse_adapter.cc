@@ -11,6 +11,8 @@
 #include <cstring>
 #include <vector>
 
+#include "fs/inode_table.h"
+
 namespace extrafs::fs {
 
 namespace {
@@ -102,7 +104,7 @@ void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     return;
   }
   // Listings of layer directories never change; the top-level ones can (new layers).
-  bool immutable = (ino >> 32) != 0;
+  bool immutable = ino_slot(ino) != 0;
   fi->cache_readdir = immutable;
   fi->keep_cache = immutable;
   fuse_reply_open(req, fi);

@@ -13,7 +13,7 @@ void InodeTable::ref(uint64_t ino) {
   }
   if (first) {
     std::lock_guard lock(slots_mu_);
-    slot_nodes_[slot_of(ino)]++;
+    slot_nodes_[ino_slot(ino)]++;
   }
 }
 
@@ -31,7 +31,7 @@ uint64_t InodeTable::forget(uint64_t ino, uint64_t n) {
   }
   if (left == 0) {
     std::lock_guard lock(slots_mu_);
-    auto it = slot_nodes_.find(slot_of(ino));
+    auto it = slot_nodes_.find(ino_slot(ino));
     if (it != slot_nodes_.end() && --it->second == 0) slot_nodes_.erase(it);
   }
   return left;

@@ -1,10 +1,17 @@
-// InodeTable: the kernel's lookup counts. Node ids in extrafs are derived from (slot, entry), so
-// they are stable for the life of the mount and need no allocation; this table only counts how
-// many references the kernel holds to each node (lookup/readdirplus add, forget removes) and how
-// many nodes of each slot are referenced, so that a superseded version of the image/ tree can be
-// released once the kernel no longer refers to it.
+// Node ids and the kernel's lookup counts.
 //
-// Thread-safety: all methods may be called concurrently. Never calls out while holding its lock.
+// A node id is (slot << 32) | local: the slot says which tree the node belongs to (0 for the fixed
+// top-level directories, then one per layer and per version of the image/ tree, in the order
+// FsCore first saw them) and `local` which node of that tree. Ids are therefore stable for the
+// life of the mount and need no allocation. This header is the only place that knows the
+// encoding; everything else goes through make_ino(), ino_slot() and ino_local().
+//
+// InodeTable only counts how many references the kernel holds to each node (lookup/readdirplus
+// add, forget removes) and how many nodes of each slot are referenced, so that a superseded
+// version of the image/ tree can be released once the kernel no longer refers to it.
+//
+// Thread-safety: the functions are pure; all InodeTable methods may be called concurrently. It
+// never calls out while holding its lock.
 #pragma once
 
 #include <array>
@@ -14,9 +21,12 @@
 
 namespace extrafs::fs {
 
+constexpr uint64_t make_ino(uint32_t slot, uint32_t local) { return (static_cast<uint64_t>(slot) << 32) | local; }
+constexpr uint32_t ino_slot(uint64_t ino) { return static_cast<uint32_t>(ino >> 32); }
+constexpr uint32_t ino_local(uint64_t ino) { return static_cast<uint32_t>(ino & 0xffffffffu); }
+
 class InodeTable {
  public:
-  static uint32_t slot_of(uint64_t ino) { return static_cast<uint32_t>(ino >> 32); }
 
   // The kernel got one more reference to `ino`.
   void ref(uint64_t ino);

@@ -92,7 +92,7 @@ int serve(const MountRequest& req, const std::function<void(const std::string&)>
       t->record(cache_id, entry, path);
     };
   }
-  auto core = fs::FsCore::open(fetcher, copts);
+  auto core = fs::FsCore::open(fetcher, /*meta=*/fetcher, copts);
   if (!core.ok()) {
     notify(core.error().message);
     return 1;

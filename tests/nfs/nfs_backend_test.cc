@@ -19,6 +19,7 @@
 #include <vector>
 
 #include <catch2/catch.hpp>
+#include <fmt/format.h>
 
 #include "backend/nfs_backend.h"
 
@@ -64,10 +65,9 @@ double seconds_since(Clock::time_point t) {
 }
 
 void ganesha(const std::string& verb) {
-  std::string cmd = "'" + env("EXTRAFS_GANESHA_SH") + "' " + verb + " '" +
-                    env("EXTRAFS_GANESHA_STATE") + "'";
+  std::string cmd = fmt::format("'{}' {} '{}'", env("EXTRAFS_GANESHA_SH"), verb, env("EXTRAFS_GANESHA_STATE"));
   if (verb == "start") {
-    cmd += " '" + env("EXTRAFS_NFS_EXPORT_DIR") + "' " + env("EXTRAFS_NFS_PORT");
+    cmd += fmt::format(" '{}' {}", env("EXTRAFS_NFS_EXPORT_DIR"), env("EXTRAFS_NFS_PORT"));
   }
   cmd += " >/dev/null";
   INFO(cmd);

@@ -109,7 +109,7 @@ std::vector<std::pair<std::string, uint32_t>> list(FsCore& core, uint64_t ino) {
 TEST_CASE("FsCore shows the overlay2-shaped tree", "[fscore]") {
   Store s;
   cache::ChunkFetcher fetcher(s.mem, {});
-  auto core_r = FsCore::open(fetcher, {});
+  auto core_r = FsCore::open(fetcher, fetcher, {});
   REQUIRE(core_r.ok());
   FsCore& core = **core_r;
 
@@ -143,7 +143,7 @@ TEST_CASE("FsCore shows the overlay2-shaped tree", "[fscore]") {
 TEST_CASE("FsCore answers metadata from the index: types, links, xattrs, whiteouts", "[fscore]") {
   Store s;
   cache::ChunkFetcher fetcher(s.mem, {});
-  auto core_r = FsCore::open(fetcher, {});
+  auto core_r = FsCore::open(fetcher, fetcher, {});
   REQUIRE(core_r.ok());
   FsCore& core = **core_r;
   uint64_t reads_before = s.mem.reads();
@@ -181,7 +181,7 @@ TEST_CASE("FsCore answers metadata from the index: types, links, xattrs, whiteou
 TEST_CASE("FsCore reads content across chunk boundaries and refuses writes", "[fscore]") {
   Store s;
   cache::ChunkFetcher fetcher(s.mem, {});
-  auto core_r = FsCore::open(fetcher, {});
+  auto core_r = FsCore::open(fetcher, fetcher, {});
   REQUIRE(core_r.ok());
   FsCore& core = **core_r;
   uint64_t bb = walk(core, {"overlay2", kBase, "diff", "bin", "busybox"});
@@ -210,7 +210,7 @@ TEST_CASE("FsCore refuses a store without a catalog or with a mismatched index",
     backend::MemoryBackend empty;
     empty.put("x", "y");
     cache::ChunkFetcher fetcher(empty, {});
-    auto r = FsCore::open(fetcher, {});
+    auto r = FsCore::open(fetcher, fetcher, {});
     REQUIRE_FALSE(r.ok());
     CHECK(r.error().message.find("no extrafs catalog") != std::string::npos);
   }
@@ -218,7 +218,7 @@ TEST_CASE("FsCore refuses a store without a catalog or with a mismatched index",
     Store s;
     s.mem.put(layer_index_path(kTop), "garbage");
     cache::ChunkFetcher fetcher(s.mem, {});
-    auto r = FsCore::open(fetcher, {});
+    auto r = FsCore::open(fetcher, fetcher, {});
     REQUIRE_FALSE(r.ok());
     CHECK(r.error().message.find(kTop) != std::string::npos);
   }
@@ -228,7 +228,7 @@ TEST_CASE("FsCore refuses a store without a catalog or with a mismatched index",
     std::swap(c.layers[0].index_digest, c.layers[1].index_digest);
     s.mem.put(kCatalogPath, c.serialize());
     cache::ChunkFetcher fetcher(s.mem, {});
-    auto r = FsCore::open(fetcher, {});
+    auto r = FsCore::open(fetcher, fetcher, {});
     REQUIRE_FALSE(r.ok());
     CHECK(r.error().message.find("does not match") != std::string::npos);
   }
@@ -243,7 +243,7 @@ TEST_CASE("FsCore picks up layers added to the catalog without a remount", "[fsc
   Catalog first = s.catalog;
   first.layers.pop_back();
   s.mem.put(kCatalogPath, first.serialize());
-  auto core_r = FsCore::open(fetcher, opts);
+  auto core_r = FsCore::open(fetcher, fetcher, opts);
   REQUIRE(core_r.ok());
   FsCore& core = **core_r;
   uint64_t ov = walk(core, {"overlay2"});
@@ -265,7 +265,7 @@ TEST_CASE("the background refresher adds new layers by itself", "[fscore]") {
   s.mem.put(kCatalogPath, first.serialize());
   FsCoreOptions opts;
   opts.refresh_interval_s = 0.02;
-  auto core_r = FsCore::open(fetcher, opts);
+  auto core_r = FsCore::open(fetcher, fetcher, opts);
   REQUIRE(core_r.ok());
   CHECK((*core_r)->layer_count() == 1);
   s.mem.put(kCatalogPath, s.catalog.serialize());
@@ -276,7 +276,7 @@ TEST_CASE("the background refresher adds new layers by itself", "[fscore]") {
 TEST_CASE("stats are reported as one JSON object with per-layer numbers", "[fscore]") {
   Store s;
   cache::ChunkFetcher fetcher(s.mem, {});
-  auto core_r = FsCore::open(fetcher, {});
+  auto core_r = FsCore::open(fetcher, fetcher, {});
   REQUIRE(core_r.ok());
   FsCore& core = **core_r;
   uint64_t bb = walk(core, {"overlay2", kBase, "diff", "bin", "busybox"});
@@ -294,7 +294,7 @@ TEST_CASE("stats are reported as one JSON object with per-layer numbers", "[fsco
 TEST_CASE("a sequential reader gets the next chunks fetched ahead, a random one does not", "[fscore]") {
   Store s;
   cache::ChunkFetcher fetcher(s.mem, {});
-  auto core_r = FsCore::open(fetcher, {});
+  auto core_r = FsCore::open(fetcher, fetcher, {});
   REQUIRE(core_r.ok());
   FsCore& core = **core_r;
   uint64_t bb = walk(core, {"overlay2", kBase, "diff", "bin", "busybox"});

@@ -1,5 +1,7 @@
 #include <catch2/catch.hpp>
 
+#include <fmt/format.h>
+
 #include <cstring>
 
 #include "fs/layer_index.h"
@@ -137,7 +139,7 @@ TEST_CASE("children are found by binary search in large directories", "[index]")
   uint32_t root = add_root(b);
   for (int i = 0; i < 10000; ++i) {
     BuildEntry e;
-    e.name = "f" + std::to_string(i * 7919 % 10007);
+    e.name = fmt::format("f{}", i * 7919 % 10007);
     e.parent = root;
     e.st = make_stat(S_IFREG | 0644, 0);
     b.add(e);
@@ -146,7 +148,7 @@ TEST_CASE("children are found by binary search in large directories", "[index]")
   REQUIRE(bytes.ok());
   auto idx = LayerIndex::parse(*bytes);
   REQUIRE(idx.ok());
-  for (int i = 0; i < 10000; ++i) CHECK((*idx)->lookup(0, "f" + std::to_string(i * 7919 % 10007)));
+  for (int i = 0; i < 10000; ++i) CHECK((*idx)->lookup(0, fmt::format("f{}", i * 7919 % 10007)));
   CHECK_FALSE((*idx)->lookup(0, "f10008"));
 }
 

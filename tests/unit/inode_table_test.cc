@@ -6,10 +6,11 @@
 #include "fs/inode_table.h"
 
 using extrafs::fs::InodeTable;
+using extrafs::fs::make_ino;
 
 TEST_CASE("lookups and forgets are counted per node and per slot", "[inode]") {
   InodeTable t;
-  uint64_t a = (5ull << 32) | 16, b = (5ull << 32) | 17, c = (6ull << 32) | 16;
+  uint64_t a = make_ino(5, 16), b = make_ino(5, 17), c = make_ino(6, 16);
   t.ref(a);
   t.ref(a);
   t.ref(b);
@@ -41,8 +42,8 @@ TEST_CASE("concurrent lookups and forgets balance", "[inode]") {
   std::vector<std::thread> threads;
   for (int k = 0; k < 8; ++k) {
     threads.emplace_back([&t, k] {
-      for (uint64_t i = 0; i < 20000; ++i) t.ref(((i % 3) << 32) | (i % 101) | (uint64_t(k) << 8));
-      for (uint64_t i = 0; i < 20000; ++i) t.forget(((i % 3) << 32) | (i % 101) | (uint64_t(k) << 8), 1);
+      for (uint64_t i = 0; i < 20000; ++i) t.ref(make_ino(static_cast<uint32_t>(i % 3), static_cast<uint32_t>((i % 101) | (uint64_t(k) << 8))));
+      for (uint64_t i = 0; i < 20000; ++i) t.forget(make_ino(static_cast<uint32_t>(i % 3), static_cast<uint32_t>((i % 101) | (uint64_t(k) << 8))), 1);
     });
   }
   for (auto& th : threads) th.join();

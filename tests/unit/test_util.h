@@ -7,7 +7,8 @@
 #include <cstring>
 #include <string>
 
-#include "backend/fault_backend.h"
+#include "backend/testing/fault_backend.h"
+#include "backend/testing/memory_backend.h"
 #include "common/hash.h"
 #include "fs/catalog.h"
 #include "fs/layer_index.h"

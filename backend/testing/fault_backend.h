@@ -1,32 +1,19 @@
-// Test backends: MemoryBackend holds objects in memory; FaultBackend wraps any backend and injects
-// failures, corruption and delays. Real implementations of the Backend interface, used by unit
-// tests instead of mocks.
+// FaultBackend: wraps any Backend and injects failures, corruption and delays into its reads,
+// for unit tests of what sits above a backend (retries, verification, error counting). A real
+// Backend, not a mock: everything it does not inject is the inner backend's behaviour.
+//
+// Test-only: built into the extrafs_backend_testing library, never into the daemon.
+// Thread-safety: every method may be called from any thread concurrently; the inner backend
+// must outlive the wrapper.
 #pragma once
 
 #include <atomic>
 #include <chrono>
-#include <map>
-#include <mutex>
 #include <string>
 
 #include "backend/backend.h"
 
 namespace extrafs::backend {
-
-class MemoryBackend : public Backend {
- public:
-  void put(const std::string& path, std::string data);
-  Result<size_t> read(std::string_view path, uint64_t offset, std::span<std::byte> buf) override;
-  Result<ObjectInfo> stat(std::string_view path) override;
-  Result<std::vector<std::string>> list(std::string_view path) override;
-  std::string describe() const override { return "memory"; }
-  uint64_t reads() const { return reads_; }
-
- private:
-  std::mutex mu_;
-  std::map<std::string, std::string, std::less<>> objects_;
-  std::atomic<uint64_t> reads_{0};
-};
 
 class FaultBackend : public Backend {
  public:

@@ -1,0 +1,50 @@
+// MetaSource: how the file system layer reads the store's metadata objects (the catalog, the
+// layer and image/ indexes) without knowing where the store lives. It is the cache layer's
+// interface upward for metadata, as ChunkFetcher::get() is for file content: fs/ reaches the
+// store only through these two.
+//
+// Implemented by cache::ChunkFetcher (backend reads, with a copy of each object kept in the
+// block cache so that a host can start and serve what it has cached while the store is down);
+// unit tests may pass their own.
+//
+// Thread-safety: every method may be called from any thread concurrently. An implementation
+// must outlive every user (FsCore holds a reference for its whole life).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+
+#include "common/result.h"
+
+namespace extrafs::cache {
+
+// A cheap identity of one version of a metadata object: a file replaced by rename (how the
+// catalog moves to a new version) gets a different one. Equal versions mean "nothing to reload".
+struct MetaVersion {
+  uint64_t size = 0;
+  int64_t mtime_ns = 0;
+  bool operator==(const MetaVersion&) const = default;
+};
+
+class MetaSource {
+ public:
+  virtual ~MetaSource() = default;
+
+  // Reads the whole object at `path` (relative to the store root) and checks it with `check`.
+  // Only bytes that pass are kept under `cache_name`; if the store's copy cannot be read or fails
+  // the check, a kept copy that passes is returned instead; otherwise the read's (or the check's)
+  // error (ENOENT when the store has no such object and nothing is kept).
+  virtual Result<std::string> read_meta(std::string_view path, const std::string& cache_name,
+                                        const std::function<Status(const std::string&)>& check) = 0;
+
+  // The current version of the object at `path` in the store, without reading it (one stat).
+  virtual Result<MetaVersion> meta_version(std::string_view path) = 0;
+
+  // Human-readable name of the store, e.g. "/srv/store" or "nfs://127.0.0.1/export"; stable for
+  // the life of the source (used in messages and to name kept copies per store).
+  virtual std::string describe() const = 0;
+};
+
+}  // namespace extrafs::cache
