@@ -495,9 +495,11 @@ Result<size_t> FsCore::read(uint64_t ino, uint64_t offset, std::span<std::byte> 
     } else {
       auto data = fetcher_.get(chunk_ref(idx, c));
       if (!data.ok()) {
-        if (done > 0) break;  // return what we have; the next read reports the error
-        // Whatever went wrong below (timeout, missing object, bytes that never verify), the
-        // reader sees EIO; the cause is logged and counted.
+        // The whole request fails, even when earlier chunks of it were served: the kernel takes
+        // a short read as end of file and shrinks the cached inode size to it, so one bad chunk
+        // would shorten the file for every reader until the inode is forgotten. Whatever went
+        // wrong below (timeout, missing object, bytes that never verify), the reader sees EIO;
+        // the cause is logged and counted by the fetcher.
         return make_error(EIO, data.error().message);
       }
       std::memcpy(out.data() + done, (*data)->data() + in_chunk, n);
