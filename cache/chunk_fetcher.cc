@@ -184,7 +184,9 @@ Result<ChunkData> ChunkFetcher::fetch(const ChunkRef& c) {
       last = make_error(EIO, fmt::format("chunk of {} at {} fails verification", c.object, c.offset));
       continue;
     }
-    if (options_.disk) (void)options_.disk->put(c.digest, raw);
+    if (options_.disk) {
+      if (auto st = options_.disk->put(c.digest, raw); !st.ok()) note_write_error(st.error());
+    }
     return std::make_shared<const std::vector<std::byte>>(std::move(raw));
   }
   spdlog::error("{}", last.message);
@@ -197,7 +199,10 @@ Result<std::string> ChunkFetcher::read_meta(std::string_view path, const std::st
   if (got.ok()) {
     auto verdict = check(*got);
     if (verdict.ok()) {
-      if (options_.disk) (void)options_.disk->put_meta(cache_name, std::as_bytes(std::span(got->data(), got->size())));
+      if (options_.disk) {
+        auto st = options_.disk->put_meta(cache_name, std::as_bytes(std::span(got->data(), got->size())));
+        if (!st.ok()) note_write_error(st.error());
+      }
       return got;
     }
     got = verdict.error();
@@ -217,6 +222,25 @@ Result<std::string> ChunkFetcher::read_meta(std::string_view path, const std::st
   return got;
 }
 
+void ChunkFetcher::note_write_error(const Error& e) {
+  uint64_t total = ++cache_write_errors_;
+  auto now = std::chrono::steady_clock::now();
+  std::lock_guard lock(write_log_mu_);
+  // A full cache disk fails every put: one line now and then says so without flooding the log.
+  if (write_errors_logged_ != 0 && now - write_logged_at_ < options_.write_error_log_interval) return;
+  uint64_t since = total - write_errors_logged_;
+  bool first = write_errors_logged_ == 0;
+  write_logged_at_ = now;
+  write_errors_logged_ = total;
+  if (first) {
+    spdlog::warn("cannot write to the cache (reads still succeed from the store; more failures are reported at most "
+                 "once a minute): {}", e.message);
+  } else {
+    spdlog::warn("cannot write to the cache: {} failure{} since the last report, {} in all; reads still succeed: {}", since,
+                 since == 1 ? "" : "s", total, e.message);
+  }
+}
+
 uint64_t ChunkFetcher::cached_bytes() {
   if (options_.disk) return options_.disk->stats().bytes;
   std::lock_guard lock(mu_);
@@ -233,6 +257,7 @@ FetcherStats ChunkFetcher::stats() const {
   s.backend_errors = backend_errors_;
   s.corrupt_fetches = corrupt_fetches_;
   s.prefetches = prefetches_;
+  s.cache_write_errors = cache_write_errors_;
   return s;
 }
 

@@ -52,6 +52,8 @@ struct FetcherOptions {
   BlockCache* disk = nullptr;           // optional persistent cache
   unsigned prefetch_threads = 4;        // workers for prefetch(); 0 disables it
   size_t prefetch_queue = 64;           // pending prefetches beyond this are dropped
+  // A failed write to the disk cache is logged the first time, then at most once per interval.
+  std::chrono::milliseconds write_error_log_interval{std::chrono::minutes(1)};
 };
 
 // A chunk reference that owns its object path, for work queued beyond the caller's lifetime.
@@ -69,6 +71,8 @@ struct FetcherStats {
   uint64_t backend_errors = 0;   // backend reads that failed
   uint64_t corrupt_fetches = 0;  // fetched chunks that failed verification or decompression
   uint64_t prefetches = 0;       // chunks brought into memory ahead of readers
+  uint64_t cache_write_errors = 0;  // chunks or metadata the disk cache failed to store (disk
+                                    // full, ...); the reader still gets its bytes
 };
 
 class ChunkFetcher {
@@ -113,6 +117,8 @@ class ChunkFetcher {
   Result<ChunkData> fetch(const ChunkRef& c);
   void prefetch_worker();
   ChunkData memory_get(const Digest128& d);
+  // Counts a failed disk-cache write and logs it, rate-limited.
+  void note_write_error(const Error& e);
   void memory_put(const Digest128& d, ChunkData data);
 
   backend::Backend& backend_;
@@ -137,7 +143,11 @@ class ChunkFetcher {
   std::vector<std::thread> workers_;
 
   std::atomic<uint64_t> bytes_fetched_{0}, chunks_fetched_{0}, cache_hits_{0}, cache_misses_{0},
-      merged_waits_{0}, backend_errors_{0}, corrupt_fetches_{0}, prefetches_{0};
+      merged_waits_{0}, backend_errors_{0}, corrupt_fetches_{0}, prefetches_{0}, cache_write_errors_{0};
+
+  std::mutex write_log_mu_;  // guards the two fields below
+  std::chrono::steady_clock::time_point write_logged_at_{};
+  uint64_t write_errors_logged_ = 0;  // cache_write_errors_ when last logged
 };
 
 }  // namespace extrafs::cache

@@ -562,6 +562,7 @@ std::string FsCore::stats_json() {
   j["backend_errors"] = f.backend_errors;
   j["corrupt_fetches"] = f.corrupt_fetches;
   j["prefetches"] = f.prefetches;
+  j["cache_write_errors"] = f.cache_write_errors;
   j["cache_bytes"] = fetcher_.cached_bytes();
   j["inodes"] = inodes_.size();
   j["source"] = fetcher_.backend().describe();

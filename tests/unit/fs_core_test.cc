@@ -285,7 +285,7 @@ TEST_CASE("stats are reported as one JSON object with per-layer numbers", "[fsco
   auto j = core.getxattr(kRootIno, kStatsXattr);
   REQUIRE(j.ok());
   for (const char* k : {"\"bytes_fetched\":4096", "\"bytes_served\":100", "\"chunks_fetched\":1", "\"cache_misses\":1",
-                        "\"bytes_cached\":4096", "\"backend_errors\":0", "\"cache_bytes\":4096"}) {
+                        "\"bytes_cached\":4096", "\"backend_errors\":0", "\"cache_write_errors\":0", "\"cache_bytes\":4096"}) {
     INFO(*j);
     CHECK(j->find(k) != std::string::npos);
   }
