@@ -153,7 +153,9 @@ Result<ChunkData> ChunkFetcher::fetch(const ChunkRef& c) {
   Error last = make_error(EIO, "unreachable");
   for (int attempt = 0; attempt < 2; ++attempt) {
     std::vector<std::byte> stored(c.stored_len);
+    auto started = std::chrono::steady_clock::now();
     auto n = backend_.read(c.object, c.offset, stored);
+    observe_fetch(std::chrono::steady_clock::now() - started);
     if (!n.ok()) {
       backend_errors_++;
       spdlog::warn("read of {} at {} failed: {}", c.object, c.offset, n.error().message);
@@ -222,6 +224,15 @@ Result<std::string> ChunkFetcher::read_meta(std::string_view path, const std::st
   return got;
 }
 
+void ChunkFetcher::observe_fetch(std::chrono::steady_clock::duration d) {
+  uint64_t ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
+  double seconds = static_cast<double>(ns) / 1e9;
+  size_t i = 0;
+  while (i < kFetchBucketCount && seconds > kFetchBuckets[i]) ++i;
+  fetch_hist_[i].fetch_add(1, std::memory_order_relaxed);
+  fetch_ns_.fetch_add(ns, std::memory_order_relaxed);
+}
+
 void ChunkFetcher::note_write_error(const Error& e) {
   uint64_t total = ++cache_write_errors_;
   auto now = std::chrono::steady_clock::now();
@@ -258,6 +269,14 @@ FetcherStats ChunkFetcher::stats() const {
   s.corrupt_fetches = corrupt_fetches_;
   s.prefetches = prefetches_;
   s.cache_write_errors = cache_write_errors_;
+  // The count is the sum of the buckets, so the +Inf bucket always equals it.
+  uint64_t running = 0;
+  for (size_t i = 0; i <= kFetchBucketCount; ++i) {
+    running += fetch_hist_[i].load(std::memory_order_relaxed);
+    if (i < kFetchBucketCount) s.fetch_buckets[i] = running;
+  }
+  s.fetch_count = running;
+  s.fetch_seconds = static_cast<double>(fetch_ns_.load(std::memory_order_relaxed)) / 1e9;
   return s;
 }
 

@@ -564,6 +564,14 @@ std::string FsCore::stats_json() {
   j["prefetches"] = f.prefetches;
   j["cache_write_errors"] = f.cache_write_errors;
   j["cache_bytes"] = fetcher_.cached_bytes();
+  // Backend chunk reads by duration: cumulative counts per upper bound "le" (seconds).
+  nlohmann::json le = nlohmann::json::array(), buckets = nlohmann::json::array();
+  for (size_t i = 0; i < cache::kFetchBucketCount; ++i) {
+    le.push_back(cache::kFetchBuckets[i]);
+    buckets.push_back(f.fetch_buckets[i]);
+  }
+  j["fetch_seconds"] = {{"le", std::move(le)}, {"buckets", std::move(buckets)}, {"sum", f.fetch_seconds},
+                        {"count", f.fetch_count}};
   j["inodes"] = inodes_.size();
   j["source"] = fetcher_.backend().describe();
   std::vector<std::shared_ptr<const Slot>> layers;

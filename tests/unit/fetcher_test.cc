@@ -204,3 +204,23 @@ TEST_CASE("the memory cache stays within its bound", "[fetcher]") {
   CHECK(f.is_cached(ref_for("obj", data, 63 * 16384, 16384).digest));
   CHECK_FALSE(f.is_cached(ref_for("obj", data, 0, 16384).digest));
 }
+
+TEST_CASE("every backend read of a chunk is timed into the latency histogram", "[fetcher]") {
+  backend::MemoryBackend mem;
+  std::string data = pseudo_random(3 * 4096, 10);
+  mem.put("obj", data);
+  backend::FaultBackend slow(mem);
+  slow.set_delay(std::chrono::milliseconds(30));
+  cache::ChunkFetcher f(slow, {});
+  REQUIRE(f.get(ref_for("obj", data, 0, 4096)).ok());
+  REQUIRE(f.get(ref_for("obj", data, 0, 4096)).ok());  // from memory: no backend read, not timed
+  slow.fail_next_reads(1);
+  REQUIRE_FALSE(f.get(ref_for("obj", data, 4096, 4096)).ok());  // failed reads are timed too
+  auto s = f.stats();
+  CHECK(s.fetch_count == 2);
+  CHECK(s.fetch_seconds >= 0.06);
+  static_assert(cache::kFetchBuckets[5] == 0.025);
+  CHECK(s.fetch_buckets[5] == 0);  // none took 25 ms or less
+  CHECK(s.fetch_buckets[cache::kFetchBucketCount - 1] == 2);
+  for (size_t i = 1; i < cache::kFetchBucketCount; ++i) CHECK(s.fetch_buckets[i - 1] <= s.fetch_buckets[i]);
+}
