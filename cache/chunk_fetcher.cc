@@ -155,7 +155,9 @@ Result<ChunkData> ChunkFetcher::fetch(const ChunkRef& c) {
   Error last = make_error(EIO, "unreachable");
   for (int attempt = 0; attempt < 2; ++attempt) {
     std::vector<std::byte> stored(c.stored_len);
+    auto started = std::chrono::steady_clock::now();
     auto n = backend_.read(c.object, c.offset, stored);
+    observe_fetch(std::chrono::steady_clock::now() - started);
     if (!n.ok()) {
       backend_errors_++;
       spdlog::warn("read of {} at {} failed: {}", c.object, c.offset, n.error().message);
@@ -186,7 +188,9 @@ Result<ChunkData> ChunkFetcher::fetch(const ChunkRef& c) {
       last = make_error(EIO, fmt::format("chunk of {} at {} fails verification", c.object, c.offset));
       continue;
     }
-    if (options_.disk) (void)options_.disk->put(c.digest, raw);
+    if (options_.disk) {
+      if (auto st = options_.disk->put(c.digest, raw); !st.ok()) note_write_error(st.error());
+    }
     return std::make_shared<const std::vector<std::byte>>(std::move(raw));
   }
   spdlog::error("{}", last.message);
@@ -199,7 +203,10 @@ Result<std::string> ChunkFetcher::read_meta(std::string_view path, const std::st
   if (got.ok()) {
     auto verdict = check(*got);
     if (verdict.ok()) {
-      if (options_.disk) (void)options_.disk->put_meta(cache_name, std::as_bytes(std::span(got->data(), got->size())));
+      if (options_.disk) {
+        auto st = options_.disk->put_meta(cache_name, std::as_bytes(std::span(got->data(), got->size())));
+        if (!st.ok()) note_write_error(st.error());
+      }
       return got;
     }
     got = verdict.error();
@@ -226,6 +233,34 @@ Result<MetaVersion> ChunkFetcher::meta_version(std::string_view path) {
 
 std::string ChunkFetcher::describe() const { return backend_.describe(); }
 
+void ChunkFetcher::observe_fetch(std::chrono::steady_clock::duration d) {
+  uint64_t ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
+  double seconds = static_cast<double>(ns) / 1e9;
+  size_t i = 0;
+  while (i < kFetchBucketCount && seconds > kFetchBuckets[i]) ++i;
+  fetch_hist_[i].fetch_add(1, std::memory_order_relaxed);
+  fetch_ns_.fetch_add(ns, std::memory_order_relaxed);
+}
+
+void ChunkFetcher::note_write_error(const Error& e) {
+  uint64_t total = ++cache_write_errors_;
+  auto now = std::chrono::steady_clock::now();
+  std::lock_guard lock(write_log_mu_);
+  // A full cache disk fails every put: one line now and then says so without flooding the log.
+  if (write_errors_logged_ != 0 && now - write_logged_at_ < options_.write_error_log_interval) return;
+  uint64_t since = total - write_errors_logged_;
+  bool first = write_errors_logged_ == 0;
+  write_logged_at_ = now;
+  write_errors_logged_ = total;
+  if (first) {
+    spdlog::warn("cannot write to the cache (reads still succeed from the store; more failures are reported at most "
+                 "once a minute): {}", e.message);
+  } else {
+    spdlog::warn("cannot write to the cache: {} failure{} since the last report, {} in all; reads still succeed: {}", since,
+                 since == 1 ? "" : "s", total, e.message);
+  }
+}
+
 uint64_t ChunkFetcher::cached_bytes() {
   if (options_.disk) return options_.disk->stats().bytes;
   std::lock_guard lock(mu_);
@@ -242,6 +277,15 @@ FetcherStats ChunkFetcher::stats() const {
   s.backend_errors = backend_errors_;
   s.corrupt_fetches = corrupt_fetches_;
   s.prefetches = prefetches_;
+  s.cache_write_errors = cache_write_errors_;
+  // The count is the sum of the buckets, so the +Inf bucket always equals it.
+  uint64_t running = 0;
+  for (size_t i = 0; i <= kFetchBucketCount; ++i) {
+    running += fetch_hist_[i].load(std::memory_order_relaxed);
+    if (i < kFetchBucketCount) s.fetch_buckets[i] = running;
+  }
+  s.fetch_count = running;
+  s.fetch_seconds = static_cast<double>(fetch_ns_.load(std::memory_order_relaxed)) / 1e9;
   return s;
 }
 

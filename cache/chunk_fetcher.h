@@ -12,12 +12,14 @@
 // outlive the fetcher; the fetcher never exposes the Backend.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <iterator>
 #include <list>
 #include <thread>
 #include <memory>
@@ -57,6 +59,8 @@ struct FetcherOptions {
   BlockCache* disk = nullptr;           // optional persistent cache
   unsigned prefetch_threads = 4;        // workers for prefetch(); 0 disables it
   size_t prefetch_queue = 64;           // pending prefetches beyond this are dropped
+  // A failed write to the disk cache is logged the first time, then at most once per interval.
+  std::chrono::milliseconds write_error_log_interval{std::chrono::minutes(1)};
 };
 
 // A chunk reference that owns its object path, for work queued beyond the caller's lifetime.
@@ -64,6 +68,12 @@ struct OwnedChunkRef {
   std::string object;
   ChunkRef ref;  // ref.object is re-pointed at `object` when used
 };
+
+// Upper bounds, in seconds, of the buckets of the backend fetch latency histogram (an implicit
+// last bucket takes the rest).
+inline constexpr double kFetchBuckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                           0.25,   0.5,   1,      2.5,   5,     10,   30};
+inline constexpr size_t kFetchBucketCount = std::size(kFetchBuckets);
 
 struct FetcherStats {
   uint64_t bytes_fetched = 0;    // bytes read from the backend (stored form)
@@ -74,6 +84,13 @@ struct FetcherStats {
   uint64_t backend_errors = 0;   // backend reads that failed
   uint64_t corrupt_fetches = 0;  // fetched chunks that failed verification or decompression
   uint64_t prefetches = 0;       // chunks brought into memory ahead of readers
+  uint64_t cache_write_errors = 0;  // chunks or metadata the disk cache failed to store (disk
+                                    // full, ...); the reader still gets its bytes
+  // Backend reads of chunks by how long they took, failed ones included: fetch_buckets[i] counts
+  // those that took at most kFetchBuckets[i] seconds (cumulative, as Prometheus wants it).
+  std::array<uint64_t, kFetchBucketCount> fetch_buckets{};
+  uint64_t fetch_count = 0;    // backend reads of chunks timed
+  double fetch_seconds = 0;    // their total duration
 };
 
 class ChunkFetcher : public MetaSource {
@@ -117,6 +134,10 @@ class ChunkFetcher : public MetaSource {
   Result<ChunkData> fetch(const ChunkRef& c);
   void prefetch_worker();
   ChunkData memory_get(const Digest128& d);
+  // Adds one backend read of `d` to the latency histogram.
+  void observe_fetch(std::chrono::steady_clock::duration d);
+  // Counts a failed disk-cache write and logs it, rate-limited.
+  void note_write_error(const Error& e);
   void memory_put(const Digest128& d, ChunkData data);
 
   backend::Backend& backend_;
@@ -141,7 +162,16 @@ class ChunkFetcher : public MetaSource {
   std::vector<std::thread> workers_;
 
   std::atomic<uint64_t> bytes_fetched_{0}, chunks_fetched_{0}, cache_hits_{0}, cache_misses_{0},
-      merged_waits_{0}, backend_errors_{0}, corrupt_fetches_{0}, prefetches_{0};
+      merged_waits_{0}, backend_errors_{0}, corrupt_fetches_{0}, prefetches_{0}, cache_write_errors_{0};
+
+  // Latency histogram: per-bucket counts (not cumulative; the last is above every bound) and the
+  // total in nanoseconds.
+  std::array<std::atomic<uint64_t>, kFetchBucketCount + 1> fetch_hist_{};
+  std::atomic<uint64_t> fetch_ns_{0};
+
+  std::mutex write_log_mu_;  // guards the two fields below
+  std::chrono::steady_clock::time_point write_logged_at_{};
+  uint64_t write_errors_logged_ = 0;  // cache_write_errors_ when last logged
 };
 
 }  // namespace extrafs::cache

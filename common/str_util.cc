@@ -1,30 +1,36 @@
 #include "common/str_util.h"
 
-#include <cmath>
+#include <charconv>
 #include <cstdio>
 
 namespace extrafs {
 
 std::optional<uint64_t> parse_uint(std::string_view s) {
-  if (s.empty() || s.size() > 19) return std::nullopt;
+  // from_chars takes no sign, space or base prefix; the whole string must be the number.
   uint64_t v = 0;
-  for (char c : s) {
-    if (c < '0' || c > '9') return std::nullopt;
-    v = v * 10 + static_cast<uint64_t>(c - '0');
-  }
+  auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (s.empty() || ec != std::errc() || ptr != s.data() + s.size()) return std::nullopt;
   return v;
 }
 
 std::optional<uint64_t> parse_size(std::string_view s) {
-  if (s.empty()) return std::nullopt;
+  // NUMBER[.FRACTION][UNIT[B|iB]]: the digits end at the first non-digit.
   size_t i = 0;
-  while (i < s.size() && ((s[i] >= '0' && s[i] <= '9') || s[i] == '.')) ++i;
-  std::string_view num = s.substr(0, i), unit = s.substr(i);
-  if (num.empty() || num.front() == '.' || num.back() == '.') return std::nullopt;
+  while (i < s.size() && s[i] >= '0' && s[i] <= '9') ++i;
+  auto whole = parse_uint(s.substr(0, i));
+  if (!whole) return std::nullopt;
+  std::string_view frac;
+  if (i < s.size() && s[i] == '.') {
+    size_t j = i + 1;
+    while (j < s.size() && s[j] >= '0' && s[j] <= '9') ++j;
+    frac = s.substr(i + 1, j - i - 1);
+    if (frac.empty() || frac.size() > 18) return std::nullopt;
+    i = j;
+  }
+  std::string_view unit = s.substr(i);
   uint64_t mult = 1;
   if (!unit.empty()) {
-    char u = unit.front();
-    switch (u) {
+    switch (unit.front()) {
       case 'k': case 'K': mult = 1ull << 10; break;
       case 'm': case 'M': mult = 1ull << 20; break;
       case 'g': case 'G': mult = 1ull << 30; break;
@@ -33,22 +39,21 @@ std::optional<uint64_t> parse_size(std::string_view s) {
       default: return std::nullopt;
     }
     std::string_view rest = unit.substr(1);
-    if (u == 'b' || u == 'B') {
-      if (!rest.empty()) return std::nullopt;
-    } else if (!(rest.empty() || rest == "B" || rest == "iB" || rest == "b")) {
-      return std::nullopt;
-    }
+    if (mult == 1 ? !rest.empty() : !(rest.empty() || rest == "B" || rest == "iB")) return std::nullopt;
   }
-  if (num.find('.') != std::string_view::npos) {
-    double v = 0;
-    if (std::sscanf(std::string(num).c_str(), "%lf", &v) != 1 || !std::isfinite(v)) return std::nullopt;
-    double bytes = v * static_cast<double>(mult);
-    if (bytes >= 1.8e19) return std::nullopt;
-    return static_cast<uint64_t>(bytes);
+  if (*whole != 0 && mult > UINT64_MAX / *whole) return std::nullopt;
+  uint64_t bytes = *whole * mult;
+  if (!frac.empty()) {
+    // Exact: the fraction must come to a whole number of bytes (1.5G does, 1.1G does not).
+    uint64_t digits = *parse_uint(frac), scale = 1;
+    for (size_t k = 0; k < frac.size(); ++k) scale *= 10;
+    unsigned __int128 part = static_cast<unsigned __int128>(digits) * mult;
+    if (part % scale != 0) return std::nullopt;
+    uint64_t extra = static_cast<uint64_t>(part / scale);
+    if (extra > UINT64_MAX - bytes) return std::nullopt;
+    bytes += extra;
   }
-  auto v = parse_uint(num);
-  if (!v || (*v != 0 && mult > UINT64_MAX / *v)) return std::nullopt;
-  return *v * mult;
+  return bytes;
 }
 
 std::string format_size(uint64_t bytes) {

@@ -9,9 +9,11 @@
 
 namespace extrafs {
 
-// "512M", "20G", "4096", "1.5G" -> bytes (binary units: K, M, G, T, optional trailing B/iB).
+// "512M", "20G", "4096", "1.5G" -> bytes (binary units: K, M, G, T, optional trailing B/iB; a
+// bare B). The whole string must match; a fraction is taken exactly and must come to a whole
+// number of bytes ("1.1G" is refused); nullopt on anything else or on overflow.
 std::optional<uint64_t> parse_size(std::string_view s);
-// Decimal unsigned integer, whole string.
+// Decimal unsigned integer (no sign, no spaces), whole string, at most UINT64_MAX.
 std::optional<uint64_t> parse_uint(std::string_view s);
 // "1.5 GiB" style rendering.
 std::string format_size(uint64_t bytes);

@@ -478,9 +478,11 @@ Result<size_t> FsCore::read(uint64_t ino, uint64_t offset, std::span<std::byte> 
     } else {
       auto data = fetcher_.get(chunk_ref(idx, c));
       if (!data.ok()) {
-        if (done > 0) break;  // return what we have; the next read reports the error
-        // Whatever went wrong below (timeout, missing object, bytes that never verify), the
-        // reader sees EIO; the cause is logged and counted.
+        // The whole request fails, even when earlier chunks of it were served: the kernel takes
+        // a short read as end of file and shrinks the cached inode size to it, so one bad chunk
+        // would shorten the file for every reader until the inode is forgotten. Whatever went
+        // wrong below (timeout, missing object, bytes that never verify), the reader sees EIO;
+        // the cause is logged and counted by the fetcher.
         return make_error(EIO, data.error().message);
       }
       std::memcpy(out.data() + done, (*data)->data() + in_chunk, n);
@@ -543,7 +545,16 @@ std::string FsCore::stats_json() {
   j["backend_errors"] = f.backend_errors;
   j["corrupt_fetches"] = f.corrupt_fetches;
   j["prefetches"] = f.prefetches;
+  j["cache_write_errors"] = f.cache_write_errors;
   j["cache_bytes"] = fetcher_.cached_bytes();
+  // Backend chunk reads by duration: cumulative counts per upper bound "le" (seconds).
+  nlohmann::json le = nlohmann::json::array(), buckets = nlohmann::json::array();
+  for (size_t i = 0; i < cache::kFetchBucketCount; ++i) {
+    le.push_back(cache::kFetchBuckets[i]);
+    buckets.push_back(f.fetch_buckets[i]);
+  }
+  j["fetch_seconds"] = {{"le", std::move(le)}, {"buckets", std::move(buckets)}, {"sum", f.fetch_seconds},
+                        {"count", f.fetch_count}};
   j["inodes"] = inodes_.size();
   j["source"] = meta_.describe();
   std::vector<std::shared_ptr<const Slot>> layers;

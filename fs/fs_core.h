@@ -95,7 +95,9 @@ class FsCore {
   Result<std::vector<std::string>> listxattr(uint64_t ino);
   // Checks that `ino` may be opened with `flags` (EROFS for any write access, EISDIR, ...).
   Status open(uint64_t ino, int flags);
-  // Reads up to out.size() bytes at `offset`; short only at end of file.
+  // Reads up to out.size() bytes at `offset`; short only at end of file. If any chunk the
+  // request touches cannot be served, the whole request fails (EIO) and nothing is returned: a
+  // short count would read as end of file to the kernel, which then shrinks the file's size.
   Result<size_t> read(uint64_t ino, uint64_t offset, std::span<std::byte> out);
   struct statvfs statfs();
 

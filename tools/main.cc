@@ -17,6 +17,7 @@
 #include "tools/commands.h"
 #include "tools/mount_cmd.h"
 #include "tools/mount_stats.h"
+#include "tools/prometheus.h"
 
 namespace extrafs::tools {
 
@@ -46,16 +47,10 @@ int cmd_stats(const std::string& mountpoint, bool json, bool prometheus) {
     return 0;
   }
   if (prometheus) {
-    for (const char* k : {"bytes_fetched", "bytes_served", "chunks_fetched", "cache_hits", "cache_misses", "cache_bytes",
-                          "backend_errors", "corrupt_fetches", "merged_waits"}) {
-      if (j->contains(k)) std::cout << "extrafs_" << k << " " << (*j)[k].get<uint64_t>() << "\n";
-    }
-    for (const auto& l : (*j)["layers"]) {
-      std::cout << "extrafs_layer_bytes_total{cache_id=\"" << l["cache_id"].get<std::string>() << "\"} "
-                << l["bytes_total"].get<uint64_t>() << "\n";
-      std::cout << "extrafs_layer_bytes_cached{cache_id=\"" << l["cache_id"].get<std::string>() << "\"} "
-                << l["bytes_cached"].get<uint64_t>() << "\n";
-    }
+    // The image label comes from the mount's own image/ tree; without one the layers still show.
+    auto images = layer_images(mountpoint);
+    if (!images.ok()) std::cout << "# extrafs: no image names: " << images.error().message << "\n";
+    std::cout << render_prometheus(*j, images.ok() ? *images : LayerImages{});
     return 0;
   }
   auto u = [&](const char* k) { return (*j)[k].get<uint64_t>(); };
@@ -66,6 +61,8 @@ int cmd_stats(const std::string& mountpoint, bool json, bool prometheus) {
   std::printf("cache           %llu hits, %llu misses, %s held\n", static_cast<unsigned long long>(u("cache_hits")),
               static_cast<unsigned long long>(u("cache_misses")), format_size(u("cache_bytes")).c_str());
   std::printf("backend errors  %llu\n", static_cast<unsigned long long>(u("backend_errors")));
+  if (j->contains("cache_write_errors"))
+    std::printf("cache errors    %llu failed writes\n", static_cast<unsigned long long>(u("cache_write_errors")));
   for (const auto& l : (*j)["layers"]) {
     uint64_t total = l["bytes_total"].get<uint64_t>(), cached = l["bytes_cached"].get<uint64_t>();
     std::printf("layer %.12s  %10s  %5.1f%% cached\n", l["cache_id"].get<std::string>().c_str(), format_size(total).c_str(),

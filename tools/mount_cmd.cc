@@ -127,7 +127,8 @@ Status apply_mount_options(const std::string& list, MountRequest* req) {
     } else if (key == "cache_size") {
       EXTRAFS_CHECK_STATUS(need_val());
       auto v = parse_size(val);
-      if (!v || *v < (1u << 20)) return usage("cache_size=" + val + ": expected a size of at least 1M, like 512M or 20G");
+      if (!v || *v < (1u << 20))
+        return usage("cache_size=" + val + ": expected a size of at least 1M, like 512M, 20G or 1.5G (a whole number of bytes)");
       req->cache_size = *v;
     } else if (key == "timeout") {
       EXTRAFS_CHECK_STATUS(need_val());
@@ -155,8 +156,14 @@ Status apply_mount_options(const std::string& list, MountRequest* req) {
       continue;
     } else if (kPassedOpts.count(key) && !has_val) {
       req->fuse_opts.push_back(key);
-    } else if (kPassedValueOpts.count(key) && has_val && parse_uint(val)) {
-      req->fuse_opts.push_back(opt);
+    } else if (kPassedValueOpts.count(key) && has_val) {
+      // libfuse and the kernel read these as 32-bit numbers; pass on only what they read right.
+      auto v = parse_uint(val);
+      bool pow2 = v && (*v & (*v - 1)) == 0;
+      if (!v || *v == 0 || *v > UINT32_MAX || (key == "blksize" && (!pow2 || *v < 512)))
+        return usage(key == "blksize" ? "blksize=" + val + ": expected a power of two of at least 512"
+                                      : key + "=" + val + ": expected a number between 1 and 4294967295");
+      req->fuse_opts.push_back(key + "=" + std::to_string(*v));
     } else {
       return usage("unknown mount option '" + opt + "'");
     }

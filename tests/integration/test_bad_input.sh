@@ -237,6 +237,17 @@ expect_fail "-o log_level=shout" usage "log_level" "shout" -- "$EXTRAFS" mount "
 nothing_left "$MNT"
 expect_fail "-o cache_size= (empty)" usage "cache_size" -- "$EXTRAFS" mount "$STORE" "$MNT" -o "cache=$T/cache,cache_size="
 nothing_left "$MNT"
+# Numbers are read whole and strictly (issue 10, item 5): no trailing junk, no overflow.
+expect_fail "-o cache_size=1.5.2G" usage "cache_size" "1.5.2G" -- "$EXTRAFS" mount "$STORE" "$MNT" -o "cache=$T/cache,cache_size=1.5.2G"
+nothing_left "$MNT"
+expect_fail "-o cache_size=99999999999T (overflow)" usage "cache_size" -- "$EXTRAFS" mount "$STORE" "$MNT" -o "cache=$T/cache,cache_size=99999999999T"
+nothing_left "$MNT"
+expect_fail "-o timeout=10s" usage "timeout" "10s" -- "$EXTRAFS" mount "$STORE" "$MNT" -o "$OPTS,timeout=10s"
+nothing_left "$MNT"
+expect_fail "-o threads=18446744073709551620 (overflow)" usage "threads" -- "$EXTRAFS" mount "$STORE" "$MNT" -o "$OPTS,threads=18446744073709551620"
+nothing_left "$MNT"
+expect_fail "-o max_read=4294967296" usage "max_read" -- "$EXTRAFS" mount "$STORE" "$MNT" -o "$OPTS,max_read=4294967296"
+nothing_left "$MNT"
 
 # ---------------------------------------------------------------- unmount
 expect_fail "unmount of a directory that is not mounted" runtime "$MNT" -- "$EXTRAFS" unmount "$MNT"

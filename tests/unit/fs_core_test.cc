@@ -285,7 +285,7 @@ TEST_CASE("stats are reported as one JSON object with per-layer numbers", "[fsco
   auto j = core.getxattr(kRootIno, kStatsXattr);
   REQUIRE(j.ok());
   for (const char* k : {"\"bytes_fetched\":4096", "\"bytes_served\":100", "\"chunks_fetched\":1", "\"cache_misses\":1",
-                        "\"bytes_cached\":4096", "\"backend_errors\":0", "\"cache_bytes\":4096"}) {
+                        "\"bytes_cached\":4096", "\"backend_errors\":0", "\"cache_write_errors\":0", "\"cache_bytes\":4096"}) {
     INFO(*j);
     CHECK(j->find(k) != std::string::npos);
   }
@@ -314,4 +314,56 @@ TEST_CASE("a sequential reader gets the next chunks fetched ahead, a random one 
   REQUIRE(core.read(bb, 4096, chunk).ok());
   CHECK(std::memcmp(chunk.data(), s.big.data() + 4096, 4096) == 0);
   CHECK(fetcher.stats().chunks_fetched == fetched);
+}
+
+TEST_CASE("a chunk that cannot be served fails the whole read, never a short one", "[fscore]") {
+  Store s;
+  backend::FaultBackend faulty(s.mem);
+  cache::FetcherOptions fopts;
+  fopts.prefetch_threads = 0;  // no readahead: every backend read below is one the test asked for
+  cache::ChunkFetcher fetcher(faulty, fopts);
+  auto core_r = FsCore::open(fetcher, fetcher, {});
+  REQUIRE(core_r.ok());
+  FsCore& core = **core_r;
+  uint64_t bb = walk(core, {"overlay2", kBase, "diff", "bin", "busybox"});
+  const off_t size = static_cast<off_t>(s.big.size());
+  REQUIRE(core.getattr(bb)->st.st_size == size);
+
+  // Chunk 0 is served and kept; chunk 1 then fails on the backend.
+  std::vector<std::byte> first(4096);
+  REQUIRE(*core.read(bb, 0, first) == 4096);
+  uint64_t served = core.bytes_served();
+  std::vector<std::byte> buf(3 * 4096);
+
+  SECTION("backend failure") { faulty.fail_next_reads(1, EIO); }
+  SECTION("backend timeout") { faulty.fail_next_reads(1, ETIMEDOUT); }
+  SECTION("bytes that never verify") { faulty.corrupt_next_reads(2); }  // the fetcher retries once
+
+  auto n = core.read(bb, 0, buf);  // chunks 0 (cached), 1 (bad), 2
+  REQUIRE_FALSE(n.ok());
+  CHECK(n.code() == EIO);
+  auto mid = core.read(bb, 100, std::span(buf).first(5000));  // from inside chunk 0 into chunk 1
+  REQUIRE_FALSE(mid.ok());
+  CHECK(mid.code() == EIO);
+  CHECK(core.bytes_served() == served);  // nothing of a failed request counts as served
+  CHECK(core.getattr(bb)->st.st_size == size);
+
+  // The good chunks still read right, alone.
+  std::vector<std::byte> third(4096);
+  auto t = core.read(bb, 2 * 4096, third);
+  REQUIRE(t.ok());
+  REQUIRE(*t == 4096);
+  CHECK(std::memcmp(third.data(), s.big.data() + 2 * 4096, 4096) == 0);
+  auto z = core.read(bb, 0, first);
+  REQUIRE(z.ok());
+  CHECK(std::memcmp(first.data(), s.big.data(), 4096) == 0);
+
+  // Once the fault is gone (and the fetcher's short memory of the failure has passed), the whole
+  // file reads in full.
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  std::vector<std::byte> all(s.big.size() + 100);
+  auto whole = core.read(bb, 0, all);
+  REQUIRE(whole.ok());
+  CHECK(*whole == s.big.size());
+  CHECK(std::memcmp(all.data(), s.big.data(), s.big.size()) == 0);
 }

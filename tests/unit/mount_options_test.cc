@@ -16,8 +16,16 @@ TEST_CASE("mount options are parsed and bad ones named", "[mount]") {
   REQUIRE(apply_mount_options("rw,defaults,_netdev,noauto,x-systemd.automount,nosuid,nodev", &r).ok());
   CHECK(r.fuse_opts == std::vector<std::string>{"nosuid", "nodev"});
 
+  REQUIRE(apply_mount_options("cache_size=1.5G,max_read=0131072,blksize=4096", &r).ok());
+  CHECK(r.cache_size == 3ull << 29);
+  CHECK(r.fuse_opts == std::vector<std::string>{"nosuid", "nodev", "max_read=131072", "blksize=4096"});
+
   for (const char* bad : {"bogus=1", "cache_size=abc", "threads=0", "timeout=", "cache=relative", "log_level=loud",
-                          "allow_other=1", "cache_size=1K"}) {
+                          "allow_other=1", "cache_size=1K", "cache_size=1.5.2G", "cache_size=1.1G", "cache_size=20G ",
+                          "cache_size=99999999999T", "timeout=1.5", "timeout=+5", "timeout=18446744073709551617",
+                          "timeout=86401", "threads=4x", "threads=-1", "threads=1025", "max_read=", "max_read=0",
+                          "max_read=4294967296", "max_read=1M", "max_read=-1", "blksize=1000", "blksize=256",
+                          "blksize=4k"}) {
     MountRequest x;
     auto st = apply_mount_options(bad, &x);
     INFO(bad);

@@ -18,6 +18,36 @@ TEST_CASE("sizes parse with binary units and reject junk", "[strings]") {
   CHECK_FALSE(parse_size("20000000000T"));
 }
 
+TEST_CASE("sizes are parsed strictly: the whole string, no overflow, exact fractions", "[strings]") {
+  CHECK(parse_size("0") == 0u);
+  CHECK(parse_size("1B") == 1u);
+  CHECK(parse_size("1k") == 1024u);
+  CHECK(parse_size("3GB") == 3ull << 30);
+  CHECK(parse_size("2T") == 2ull << 40);
+  CHECK(parse_size("0.5K") == 512u);
+  CHECK(parse_size("2.25M") == (9ull << 20) / 4);
+  CHECK(parse_size("1.0G") == 1ull << 30);
+  CHECK(parse_size("16383.999999999999940395K") == std::nullopt);  // not a whole number of bytes
+  CHECK(parse_size("16777215T") == 16777215ull << 40);               // the largest whole-T size
+  CHECK(parse_size("18446744073709551615") == UINT64_MAX);
+  for (const char* bad : {"1.5.2G", "1..5G", ".5G", "1.G", "1.1G", "1.5", "0.3K", "+1G", "-1G", " 1G", "1G ", "1 G",
+                          "1GG", "1Gb", "1BB", "1KiBB", "1e3", "0x10", "1,5G", "16777216T", "18446744073709551616",
+                          "99999999999999999999999", "1.1234567890123456789G", "G", "1.5.2"}) {
+    INFO(bad);
+    CHECK_FALSE(parse_size(bad));
+  }
+}
+
+TEST_CASE("unsigned integers are parsed strictly", "[strings]") {
+  CHECK(parse_uint("0") == 0u);
+  CHECK(parse_uint("007") == 7u);
+  CHECK(parse_uint("18446744073709551615") == UINT64_MAX);
+  for (const char* bad : {"", "18446744073709551616", "-1", "+1", " 1", "1 ", "1.0", "1e3", "0x1", "12a"}) {
+    INFO(bad);
+    CHECK_FALSE(parse_uint(bad));
+  }
+}
+
 TEST_CASE("option lists split on unescaped commas", "[strings]") {
   auto v = split_options("a,b=c\\,d,,e");
   REQUIRE(v.size() == 4);

@@ -1,0 +1,115 @@
+#include "tools/prometheus.h"
+
+#include <fmt/format.h>
+
+#include "store/docker_meta.h"
+
+namespace extrafs::tools {
+
+namespace {
+
+// The counters of the statistics object, in output order: JSON field, help text.
+struct Family {
+  const char* field;
+  const char* help;
+};
+constexpr Family kCounters[] = {
+    {"bytes_fetched", "Bytes read from the backend (as stored: compressed chunks count their stored size)."},
+    {"bytes_served", "Bytes returned to readers of the mount."},
+    {"chunks_fetched", "Chunks read from the backend."},
+    {"cache_hits", "Chunk requests served from the memory or disk cache."},
+    {"cache_misses", "Chunk requests that had to go to the backend."},
+    {"merged_waits", "Chunk requests that waited for another reader's fetch of the same chunk."},
+    {"prefetches", "Chunks brought in ahead of readers (readahead)."},
+    {"backend_errors", "Backend reads that failed (timeout, I/O error, missing object)."},
+    {"corrupt_fetches", "Fetched chunks that failed decompression or digest verification."},
+    {"cache_write_errors", "Chunks or metadata the disk cache failed to store (for example a full disk)."},
+};
+constexpr Family kGauges[] = {
+    {"cache_bytes", "Bytes of chunk data held in the local cache."},
+    {"inodes", "Nodes the kernel currently holds references to."},
+};
+
+std::string label_value(const std::string& v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\') out += "\\\\";
+    else if (c == '"') out += "\\\"";
+    else if (c == '\n') out += "\\n";
+    else out += c;
+  }
+  return out;
+}
+
+bool is_count(const nlohmann::json& j, const char* k) { return j.contains(k) && j[k].is_number_unsigned(); }
+
+void header(std::string& out, const std::string& name, const char* type, const char* help) {
+  out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+}
+
+}  // namespace
+
+Result<LayerImages> layer_images(const std::string& root) {
+  EXTRAFS_TRY(meta, store::DockerMeta::load(root));
+  LayerImages out;
+  for (const auto& [ref, id] : meta.refs()) {
+    auto img = meta.image(ref);
+    if (!img.ok()) continue;
+    for (const auto& l : img->layers) {
+      auto& refs = out[l.cache_id];
+      if (refs.empty() || refs.back() != ref) refs.push_back(ref);
+    }
+  }
+  return out;
+}
+
+std::string render_prometheus(const nlohmann::json& stats, const LayerImages& images) {
+  std::string out;
+  for (const auto& f : kCounters) {
+    if (!is_count(stats, f.field)) continue;
+    std::string name = fmt::format("extrafs_{}_total", f.field);
+    header(out, name, "counter", f.help);
+    out += fmt::format("{} {}\n", name, stats[f.field].get<uint64_t>());
+  }
+  for (const auto& f : kGauges) {
+    if (!is_count(stats, f.field)) continue;
+    std::string name = fmt::format("extrafs_{}", f.field);
+    header(out, name, "gauge", f.help);
+    out += fmt::format("{} {}\n", name, stats[f.field].get<uint64_t>());
+  }
+  if (stats.contains("fetch_seconds") && stats["fetch_seconds"].is_object()) {
+    const auto& h = stats["fetch_seconds"];
+    if (h.contains("le") && h.contains("buckets") && h["le"].is_array() && h["buckets"].is_array() &&
+        h["le"].size() == h["buckets"].size() && is_count(h, "count") && h.contains("sum") && h["sum"].is_number()) {
+      header(out, "extrafs_fetch_seconds", "histogram", "Time taken by backend reads of chunks, in seconds.");
+      for (size_t i = 0; i < h["le"].size(); ++i)
+        out += fmt::format("extrafs_fetch_seconds_bucket{{le=\"{}\"}} {}\n", h["le"][i].get<double>(),
+                           h["buckets"][i].get<uint64_t>());
+      out += fmt::format("extrafs_fetch_seconds_bucket{{le=\"+Inf\"}} {}\n", h["count"].get<uint64_t>());
+      out += fmt::format("extrafs_fetch_seconds_sum {}\n", h["sum"].get<double>());
+      out += fmt::format("extrafs_fetch_seconds_count {}\n", h["count"].get<uint64_t>());
+    }
+  }
+  if (stats.contains("layers") && stats["layers"].is_array()) {
+    std::string size, cached;
+    for (const auto& l : stats["layers"]) {
+      if (!l.is_object() || !l.contains("cache_id") || !l["cache_id"].is_string()) continue;
+      std::string id = l["cache_id"].get<std::string>();
+      std::string image;
+      if (auto it = images.find(id); it != images.end()) {
+        for (const auto& r : it->second) image += (image.empty() ? "" : ",") + r;
+      }
+      std::string labels = fmt::format("{{cache_id=\"{}\",image=\"{}\"}}", label_value(id), label_value(image));
+      if (is_count(l, "bytes_total")) size += fmt::format("extrafs_layer_size_bytes{} {}\n", labels, l["bytes_total"].get<uint64_t>());
+      if (is_count(l, "bytes_cached"))
+        cached += fmt::format("extrafs_layer_cached_bytes{} {}\n", labels, l["bytes_cached"].get<uint64_t>());
+    }
+    header(out, "extrafs_layer_size_bytes", "gauge", "Bytes of the layer's file content.");
+    out += size;
+    header(out, "extrafs_layer_cached_bytes", "gauge", "Bytes of the layer's file content held in the local cache.");
+    out += cached;
+  }
+  return out;
+}
+
+}  // namespace extrafs::tools
