@@ -494,6 +494,24 @@ case_fleet() {
     sample fleet_single "$(cat "$T/fleet.out")"
     sample fleet_single_server "$w1"
     sample fleet_single_fetched "$(stat_field "$T/m/f1" bytes_fetched)"
+    # The same start from the image's layers on ext4 (A's overlay2 copy), page cache dropped, and
+    # from host 1's block cache (fresh mount, page cache dropped): python's own start without
+    # dockerd's fixed costs, so the lazy fetch shows undiluted.
+    mountpoint -q "$T/fr/local" || {
+      mkdir -p "$T/fr/local"
+      mount -t overlay overlay -o "ro,lowerdir=$PY_DIFF:$BASE_DIFF" "$T/fr/local" || die "overlay mount of the ext4 layers failed"
+      MOUNTS+=("$T/fr/local")
+    }
+    drop
+    python3 "$FLEET_PY" "$T/fr/local" >"$T/fleet.out" || die "local start failed"
+    sample chroot_local "$(cat "$T/fleet.out")"
+    umount "$T/fr/1"; xremount f1 plain warm
+    mount -t overlay overlay -o "ro,lowerdir=$T/m/f1/overlay2/$PY_CID/diff:$T/m/f1/overlay2/$BASE_CID/diff" "$T/fr/1" ||
+      die "overlay mount of fleet member 1 failed"
+    drop
+    python3 "$FLEET_PY" "$T/fr/1" >"$T/fleet.out" || die "single warm start failed"
+    sample chroot_block "$(cat "$T/fleet.out")"
+    log "  one host: empty cache $(tail -1 "$T/res/fleet_single") s, block cache $(tail -1 "$T/res/chroot_block") s, ext4 $(tail -1 "$T/res/chroot_local") s (page cache dropped)"
     log "case fleet: repetition $r/$REPS: $FLEET_N hosts at once"
     fleet_prepare "$FLEET_N"
     drop
@@ -524,6 +542,12 @@ case_fleet() {
   done
   log "ganesha.nfsd's /proc/$GPID/io: $(grep -E '^(rchar|wchar)' "/proc/$GPID/io" | tr '\n' ' ')"
   local s1 sf p50 p99 f1
+  local lc
+  lc=$(median chroot_local)
+  row "python start without docker (overlayfs + chroot): extrafs empty cache vs ext4, cold" "$lc s" "$(median fleet_single) s" \
+    "$(ratio "$(median fleet_single)" "$lc")" - -
+  row "python start without docker: extrafs block cache vs ext4, page cache dropped" "$lc s" "$(median chroot_block) s" \
+    "$(ratio "$(median chroot_block)" "$lc")" - -
   f1=$(median fleet_single_fetched); sf=$(median fleet_server); s1=$(median fleet_single_server)
   row "fleet of $FLEET_N: bytes ganesha sent vs $FLEET_N x one host's bytes fetched" \
     "$(mib "$(python3 -c "print($f1 * $FLEET_N)")") ($FLEET_N x $(mib "$f1"))" "$(mib "$sf") sent" \
