@@ -36,9 +36,9 @@ set -uo pipefail
 
 usage() { echo "usage: $0 BUILD_DIR [--quick] [--only CASE[,CASE...]] [--reps N] [--big-mib N] [--append]" >&2; exit 2; }
 [ $# -ge 1 ] || usage
+CMDLINE="tests/bench/run.sh $*"
 BUILD=$(realpath "$1") || usage
 shift
-CMDLINE="tests/bench/run.sh $*"
 QUICK=0 ONLY=start,read,nfs,small,fleet,memory REPS= BIG_MIB= APPEND=0
 while [ $# -gt 0 ]; do
   case $1 in
@@ -615,7 +615,8 @@ if [ $APPEND = 1 ]; then
     echo
     echo "### $(date -u +%Y-%m-%d\ %H:%M) UTC — \`$CMDLINE\`, commit $COMMIT$DIRTY"
     echo
-    echo "Medians of $REPS; unread file $BIG_MIB MiB; image bench-py:1 $(mib "$IMAGE_BYTES"); $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB."
+    echo "Medians of $REPS; unread file $BIG_MIB MiB; image bench-py:1 $(mib "$IMAGE_BYTES"); $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB;"
+    echo "load average at the end $(cut -d' ' -f1-3 /proc/loadavg)."
     echo
     cat "$T/table"
   } >>"$REPO/BENCHMARKS.md"
