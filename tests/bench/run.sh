@@ -1,0 +1,624 @@
+#!/bin/bash
+# tests/bench/run.sh BUILD_DIR [--quick] [--only CASE[,CASE...]] [--reps N] [--big-mib N] [--append]
+#
+# The benchmark suite of issue 9. Every case runs its reference and extrafs in the same invocation
+# (the machines are shared and noisy; only ratios made back to back mean something), takes the
+# median of --reps runs (default 3; --quick: 1 run and a 64 MiB unread file), and drops the page
+# cache (`sync; echo 3 > /proc/sys/vm/drop_caches`) before every cold run. Prints one Markdown
+# table: case | reference | extrafs | ratio | target | met?  With --append the table, the command
+# and the commit are appended to BENCHMARKS.md.
+#
+# Cases (--only takes their names):
+#   start   docker run --rm --network none bench-py:1 python3 -c 'print(6*7)': extrafs with an
+#           empty cache (NFSv4), against `docker load` + run and against the image fully local
+#           (page cache dropped, and warm); also the store published with --order from a trace
+#           recorded by a first run, and `extrafs prefetch --trace` started at attach time.
+#           Bytes fetched from the store against bytes served to readers.
+#   read    512 MiB file: block-cache read (fresh mount, page cache dropped) and page-cache read,
+#           against ext4 (docker's own overlay2 copy of the layer) the same way
+#   nfs     cold NFS read of that file against nfs-cat of its blob; metadata walk
+#           (find -printf '%s %m %u') of the Debian rootfs layer against ext4, warm and cold
+#   small   2,000 files of 1-16 KiB read in directory order, cold, against ext4
+#   fleet   8 mounts with their own caches start python at the same moment against one ganesha
+#           (emulated without dockerd: overlayfs of the mount's layers + chroot, see BENCHMARKS.md):
+#           bytes ganesha wrote to its sockets, p50/p99 start time against a single host
+#   memory  peak RSS (VmHWM) of the daemon with 10 small images attached and started
+#
+# The image: a Debian bookworm rootfs with python3 (debootstrap --variant=minbase
+# --include=python3 from the apt mirror configured on this host, kept as a tarball in
+# /var/cache/extrafs-bench, override with EXTRAFS_BENCH_CACHE), imported into a private dockerd
+# (A), plus a layer holding a random file nothing reads. Published with `extrafs publish`, served
+# by a private nfs-ganesha (NFSv4, 127.0.0.1, port 20490 and up), mounted and attached into the
+# data-roots of further private dockerds. Everything lives under one temporary directory and is
+# stopped and removed on exit. Needs root, /dev/fuse, overlayfs, docker.io, nfs-ganesha,
+# libnfs-utils, debootstrap (scripts/setup installs them).
+set -uo pipefail
+
+usage() { echo "usage: $0 BUILD_DIR [--quick] [--only CASE[,CASE...]] [--reps N] [--big-mib N] [--append]" >&2; exit 2; }
+[ $# -ge 1 ] || usage
+CMDLINE="tests/bench/run.sh $*"
+BUILD=$(realpath "$1") || usage
+shift
+QUICK=0 ONLY=start,read,nfs,small,fleet,memory REPS= BIG_MIB= APPEND=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) QUICK=1 ;;
+    --only) ONLY=${2:?}; shift ;;
+    --reps) REPS=${2:?}; shift ;;
+    --big-mib) BIG_MIB=${2:?}; shift ;;
+    --append) APPEND=1 ;;
+    *) usage ;;
+  esac
+  shift
+done
+if [ $QUICK = 1 ]; then REPS=${REPS:-1} BIG_MIB=${BIG_MIB:-64}; else REPS=${REPS:-3} BIG_MIB=${BIG_MIB:-512}; fi
+for c in ${ONLY//,/ }; do
+  case $c in start|read|nfs|small|fleet|memory) ;; *) echo "run.sh: unknown case '$c'" >&2; usage ;; esac
+done
+want() { [[ ,$ONLY, == *,$1,* ]]; }
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+EXTRAFS=$BUILD/tools/extrafs
+GANESHA=$HERE/../nfs/ganesha.sh
+DOCKERD=$HERE/../docker/dockerd.sh
+FLEET_PY=$HERE/fleet.py
+CACHE_DIR=${EXTRAFS_BENCH_CACHE:-/var/cache/extrafs-bench}
+ROOTFS_TAR=$CACHE_DIR/bookworm-python3.tar
+FLEET_N=${EXTRAFS_BENCH_FLEET:-8}
+NMEM=10
+
+[ "$(id -u)" = 0 ] || { echo "run.sh: needs root" >&2; exit 1; }
+[ -x "$EXTRAFS" ] || { echo "run.sh: $EXTRAFS not found (ninja -C $BUILD tools/extrafs)" >&2; exit 1; }
+for p in /usr/sbin/dockerd /usr/bin/docker ganesha.nfsd nfs-ls nfs-cat python3 chroot; do
+  command -v "$p" >/dev/null || { echo "run.sh: $p not installed (scripts/setup)" >&2; exit 1; }
+done
+
+T=$(mktemp -d /tmp/xfb.XXXXXX)   # short: dockerd's containerd socket path must fit in 108 bytes
+LOG=$T/log
+MOUNTS=()    # extrafs and overlay mounts, unmounted last-first
+DOCKERDS=()  # dockerd state dirs
+GSTATE=
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+die() { log "FATAL: $*"; exit 1; }
+
+cleanup() {
+  local rc=$? i m
+  set +e
+  for m in "${DOCKERDS[@]}"; do timeout 90 "$DOCKERD" stop "$m" >/dev/null 2>&1; done
+  for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do
+    m=${MOUNTS[$i]}
+    mountpoint -q "$m" && { timeout 30 umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null; }
+  done
+  [ -n "$GSTATE" ] && timeout 60 "$GANESHA" stop "$GSTATE" >/dev/null 2>&1
+  if [ -n "${KEEP:-}" ]; then log "kept $T"; else rm -rf "$T"; fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+secs() { python3 -c "import sys; print('%.4f' % (float(sys.argv[2]) - float(sys.argv[1])))" "$1" "$2"; }
+sample() { echo "$2" >>"$T/res/$1"; }       # sample KEY VALUE
+median() {
+  [ -s "$T/res/$1" ] || { echo nan; return; }
+  python3 -c "import statistics,sys; print('%.4f' % statistics.median(float(l) for l in open(sys.argv[1])))" "$T/res/$1"
+}
+pctl() {  # pctl KEY P: P-th percentile (nearest rank) of the samples
+  python3 -c "
+import math, sys
+v = sorted(float(l) for l in open(sys.argv[1]))
+print('%.4f' % v[max(0, math.ceil(float(sys.argv[2]) / 100 * len(v)) - 1)])" "$T/res/$1" "$2"
+}
+ROWS=$T/rows
+# row CASE REFERENCE_TEXT EXTRAFS_TEXT RATIO TARGET_OP TARGET [RATIO_TEXT]
+#   RATIO is a number compared with TARGET by TARGET_OP (<= or >=); "-" for no target.
+row() {
+  local c=$1 ref=$2 x=$3 r=$4 op=$5 tgt=$6 rt=${7:-} met=-
+  if [ "$op" != - ] && [ "$r" != nan ]; then
+    met=$(python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[3]); print('yes' if (a<=b if sys.argv[2]=='<=' else a>=b) else '**no**')" "$r" "$op" "$tgt")
+  fi
+  [ -n "$rt" ] || rt=$r
+  local tt=-
+  [ "$op" != - ] && tt="$op $tgt"
+  printf '| %s | %s | %s | %s | %s | %s |\n' "$c" "$ref" "$x" "$rt" "$tt" "$met" >>"$ROWS"
+}
+ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print('nan' if b==0 or a!=a or b!=b else '%.2f' % (a/b))" "$1" "$2"; }
+mib() { python3 -c "import sys; print('%.1f MiB' % (float(sys.argv[1]) / 1048576))" "$1"; }
+stat_json() { timeout 30 "$EXTRAFS" stats "$1" --json; }
+stat_field() { stat_json "$1" | python3 -c "import json,sys; print(json.load(sys.stdin)['$2'])"; }
+
+# Extrafs mounts: xmount NAME SUBDIR [EXTRA_OPTS] mounts $URL/SUBDIR on $T/m/NAME, cache $T/c/NAME.
+xmount() {
+  local name=$1 sub=$2 extra=${3:-} mnt=$T/m/$1
+  mkdir -p "$mnt" "$T/c/$name"
+  timeout 60 "$EXTRAFS" mount "$URL/$sub" "$mnt" \
+    -o "cache=$T/c/$name,cache_size=8G,log_level=warn${extra:+,$extra}" 2>"$T/mount.err" ||
+    die "extrafs mount $URL/$sub $mnt: $(head -c 300 "$T/mount.err")"
+  MOUNTS+=("$mnt")
+}
+xunmount() {
+  local mnt=$T/m/$1
+  mountpoint -q "$mnt" || return 0
+  timeout 60 "$EXTRAFS" unmount "$mnt" 2>/dev/null || umount "$mnt" 2>/dev/null || umount -l "$mnt"
+  for _ in $(seq 1 100); do mountpoint -q "$mnt" || break; sleep 0.1; done
+}
+# xremount NAME SUBDIR cold|warm [EXTRA_OPTS]: cold also empties the block cache
+xremount() {
+  xunmount "$1"
+  [ "$3" = cold ] && rm -rf "$T/c/$1"
+  xmount "$1" "$2" "${4:-}"
+}
+daemon_pid() {  # daemon_pid MNT: the extrafs process serving MNT
+  local p
+  for p in /proc/[0-9]*; do
+    [[ $(readlink "$p/exe" 2>/dev/null) == "$EXTRAFS"* ]] || continue
+    tr '\0' '\n' <"$p/cmdline" 2>/dev/null | grep -qxF -- "$1" && { echo "${p#/proc/}"; return 0; }
+  done
+  return 1
+}
+
+# dockerds: dstart NAME ROOT, dstop NAME, D NAME ARGS... (the CLI against it)
+dstart() {
+  local st=$T/d/$1 out
+  [[ " ${DOCKERDS[*]} " == *" $st "* ]] || DOCKERDS+=("$st")
+  out=$(timeout 90 "$DOCKERD" start "$st" "$2" 2>&1) || die "dockerd $1 did not start: $out"
+}
+dstop() { timeout 90 "$DOCKERD" stop "$T/d/$1" >/dev/null 2>&1 || log "dockerd $1 did not stop cleanly"; }
+D() { local n=$1; shift; timeout 600 "$DOCKERD" docker "$T/d/$n" "$@"; }
+PYCMD=(python3 -c 'print(6*7)')
+# timed_run NAME IMAGE: prints the wall time of docker run on dockerd NAME; dies unless it prints 42
+timed_run() {
+  local t0 t1 out
+  t0=$EPOCHREALTIME
+  out=$(D "$1" run --rm --network none "$2" "${PYCMD[@]}" 2>&1)
+  t1=$EPOCHREALTIME
+  [ "$out" = 42 ] || die "docker run $2 on $1 printed: $(head -c 300 <<<"$out")"
+  secs "$t0" "$t1"
+}
+# Bytes ganesha has sent on the TCP connections open now on its port (tcp_info bytes_sent, from
+# ss). /proc/PID/io of ganesha.nfsd is no use: it replies with sendmsg, which wchar does not count.
+# Sampled before the mounts go away: their connections are made at mount time, so this is all
+# the server sent them, the catalog and indexes included.
+server_sent() {
+  ss -Htin state established "( sport = :$PORT )" | grep -o 'bytes_sent:[0-9]*' | cut -d: -f2 | awk '{s += $1} END {print s + 0}'
+}
+
+mkdir -p "$T/res" "$T/d" "$T/m" "$T/c"
+: >"$ROWS"
+COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+DIRTY=$(git -C "$REPO" status --porcelain 2>/dev/null | grep -qv '^??' && echo "+dirty" || true)
+log "extrafs bench: $CMDLINE (commit $COMMIT$DIRTY), temp dir $T, reps $REPS, unread file $BIG_MIB MiB"
+
+# ---------------------------------------------------------------------------------------------
+# The rootfs tarball (cached between runs)
+if [ ! -s "$ROOTFS_TAR" ]; then
+  command -v debootstrap >/dev/null || die "debootstrap not installed (scripts/setup installs it)"
+  mirror=$(grep -hsE '^(URIs:|deb )' /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list |
+    grep -o 'https\?://[^ ]*debian/\?$' | grep -v security | head -1)
+  mirror=${mirror:-http://deb.debian.org/debian}
+  log "debootstrap bookworm (minbase + python3) from $mirror into $ROOTFS_TAR (once)"
+  mkdir -p "$CACHE_DIR"
+  rm -rf "$CACHE_DIR/rootfs.tmp"
+  timeout 1200 debootstrap --variant=minbase --include=python3 bookworm "$CACHE_DIR/rootfs.tmp" "$mirror" \
+    >"$CACHE_DIR/debootstrap.log" 2>&1 || die "debootstrap failed: $(tail -3 "$CACHE_DIR/debootstrap.log")"
+  rm -rf "$CACHE_DIR"/rootfs.tmp/var/cache/apt/archives/*.deb "$CACHE_DIR"/rootfs.tmp/var/lib/apt/lists/*
+  tar --numeric-owner --xattrs -C "$CACHE_DIR/rootfs.tmp" -cf "$ROOTFS_TAR.tmp" . || die "tar of the rootfs failed"
+  mv "$ROOTFS_TAR.tmp" "$ROOTFS_TAR"
+  rm -rf "$CACHE_DIR/rootfs.tmp"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Dockerd A: the images, built locally. bench-base:1 (the rootfs), bench-py:1 (+ the unread
+# file), bench-small:1 (2,000 small files), bench-m1..10:1 (base + one small layer each).
+log "building the images in dockerd A"
+RA=$T/ra
+dstart a "$RA"
+D a import - bench-base:1 <"$ROOTFS_TAR" >/dev/null || die "docker import failed"
+export DOCKER_BUILDKIT=0
+mkdir -p "$T/ctx/py"
+head -c $((BIG_MIB << 20)) /dev/urandom >"$T/ctx/py/big.bin"
+printf 'FROM bench-base:1\nCOPY big.bin /opt/unread/big.bin\n' >"$T/ctx/py/Dockerfile"
+D a build -q -t bench-py:1 "$T/ctx/py" >/dev/null 2>"$T/build.err" || die "docker build bench-py:1: $(tail -3 "$T/build.err")"
+rm -f "$T/ctx/py/big.bin"
+IMAGES=(bench-py:1)
+if want small; then
+  python3 - "$T/ctx/small/small" <<'PY'
+import os, random, sys
+root = sys.argv[1]
+rnd = random.Random(9)
+for d in range(20):
+    os.makedirs(f"{root}/d{d:02}")
+    for f in range(100):
+        with open(f"{root}/d{d:02}/f{f:03}", "wb") as fh:
+            fh.write(os.urandom(rnd.randint(1024, 16384)))
+PY
+  printf 'FROM scratch\nCOPY small /small\n' >"$T/ctx/small/Dockerfile"
+  D a build -q -t bench-small:1 "$T/ctx/small" >/dev/null 2>"$T/build.err" || die "docker build bench-small:1: $(tail -3 "$T/build.err")"
+  IMAGES+=(bench-small:1)
+fi
+if want memory; then
+  for i in $(seq 1 $NMEM); do
+    mkdir -p "$T/ctx/m$i"
+    head -c $((64 << 10)) /dev/urandom >"$T/ctx/m$i/data.bin"
+    printf 'FROM bench-base:1\nCOPY data.bin /opt/m%s/data.bin\n' "$i" >"$T/ctx/m$i/Dockerfile"
+    D a build -q -t "bench-m$i:1" "$T/ctx/m$i" >/dev/null 2>"$T/build.err" || die "docker build bench-m$i:1: $(tail -3 "$T/build.err")"
+    IMAGES+=("bench-m$i:1")
+  done
+fi
+upper() { D a image inspect -f '{{.GraphDriver.Data.UpperDir}}' "$1"; }
+PY_DIFF=$(upper bench-py:1) BASE_DIFF=$(upper bench-base:1)
+PY_CID=$(basename "$(dirname "$PY_DIFF")") BASE_CID=$(basename "$(dirname "$BASE_DIFF")")
+[ -f "$PY_DIFF/opt/unread/big.bin" ] || die "bench-py:1's top layer has no /opt/unread/big.bin"
+if want small; then SMALL_DIFF=$(upper bench-small:1); SMALL_CID=$(basename "$(dirname "$SMALL_DIFF")"); fi
+IMAGE_BYTES=$(D a image inspect -f '{{.Size}}' bench-py:1)
+log "bench-py:1 is $(mib "$IMAGE_BYTES") (base layer $BASE_CID, top $PY_CID)"
+
+# The store, published from A's data-root (so the cache-ids are A's), served by ganesha.
+STORES=$T/stores
+mkdir -p "$STORES/plain" "$STORES/ordered"
+log "extrafs publish ${IMAGES[*]}"
+t0=$EPOCHREALTIME
+timeout 1200 "$EXTRAFS" publish --data-root "$RA" "${IMAGES[@]}" --to "$STORES/plain" >"$T/publish.out" 2>&1 ||
+  die "publish failed: $(tail -3 "$T/publish.out")"
+log "published in $(secs "$t0" "$EPOCHREALTIME") s: $(tail -1 "$T/publish.out")"
+GSTATE=$T/ganesha
+mkdir -p "$GSTATE"
+URL=
+for port in $(seq 20490 2 20530); do
+  rc=0
+  GANESHA_PROTOCOLS=4 timeout 60 "$GANESHA" start "$GSTATE" "$STORES" "$port" >"$T/urls" 2>"$T/ganesha.err" || rc=$?
+  [ $rc = 0 ] && { URL=$(sed -n 's/^NFS4_URL=//p' "$T/urls"); PORT=$port; break; }
+  [ $rc = 3 ] || die "ganesha.sh start failed: $(tail -3 "$T/ganesha.err")"
+done
+[ -n "$URL" ] || die "no free port for nfs-ganesha in 20490-20530"
+GPID=$(sed -n 's/^PID=//p' "$T/urls")
+log "nfs-ganesha (pid $GPID) serves $STORES at $URL"
+# The stores are not changed while mounted; let ganesha cache attributes as a production one would.
+
+# ---------------------------------------------------------------------------------------------
+# 1. Container start
+case_start() {
+  log "case start: record a trace (a first run on the plain store)"
+  local RB=$T/rb RL=$T/rl TRACE_DIR=$T/trace i t
+  mkdir -p "$TRACE_DIR"
+  xremount b plain cold "record=$TRACE_DIR"
+  rm -rf "$RB"
+  timeout 120 "$EXTRAFS" docker attach bench-py:1 --mount "$T/m/b" --data-root "$RB" >/dev/null 2>"$T/attach.err" ||
+    die "attach: $(cat "$T/attach.err")"
+  dstart b "$RB"
+  timed_run b bench-py:1 >/dev/null
+  dstop b
+  xunmount b
+  TRACE=$(ls "$TRACE_DIR"/trace-*.txt 2>/dev/null | head -1)
+  [ -s "$TRACE" ] || die "the recording mount wrote no trace in $TRACE_DIR"
+  log "trace: $(wc -l <"$TRACE") files first opened; publishing --order into the ordered store"
+  timeout 1200 "$EXTRAFS" publish --data-root "$RA" bench-py:1 --to "$STORES/ordered" --order "$TRACE" >"$T/publish2.out" 2>&1 ||
+    die "publish --order failed: $(tail -3 "$T/publish2.out")"
+
+  # lazy VARIANT: plain | ordered | prefetch | blockcache (the last: block cache kept, page cache dropped)
+  lazy() {
+    local v=$1 sub=plain pf= t
+    [ "$v" = ordered ] && sub=ordered
+    dstop b
+    if [ "$v" = blockcache ]; then
+      xunmount b; xmount b plain
+    else
+      xremount b "$sub" cold
+    fi
+    rm -rf "$RB"
+    timeout 120 "$EXTRAFS" docker attach bench-py:1 --mount "$T/m/b" --data-root "$RB" >/dev/null 2>"$T/attach.err" ||
+      die "attach: $(cat "$T/attach.err")"
+    drop
+    if [ "$v" = prefetch ]; then
+      timeout 600 "$EXTRAFS" prefetch "$T/m/b" bench-py:1 --trace "$TRACE" >"$T/prefetch.out" 2>&1 &
+      pf=$!
+    fi
+    dstart b "$RB"
+    t=$(timed_run b bench-py:1)
+    sample "start_$v" "$t"
+    local j
+    j=$(stat_json "$T/m/b")
+    sample "fetched_$v" "$(python3 -c 'import json,sys; print(json.load(sys.stdin)["bytes_fetched"])' <<<"$j")"
+    sample "served_$v" "$(python3 -c 'import json,sys; print(json.load(sys.stdin)["bytes_served"])' <<<"$j")"
+    if [ -n "$pf" ]; then wait "$pf" || log "prefetch failed: $(tail -2 "$T/prefetch.out")"; fi
+    log "  extrafs $v: $t s, fetched $(mib "$(tail -1 "$T/res/fetched_$v")"), served $(mib "$(tail -1 "$T/res/served_$v")")"
+  }
+  local_run() {  # the image fully local in A: cold (dockerd restarted after the drop) and warm
+    dstop a
+    drop
+    dstart a "$RA"
+    t=$(timed_run a bench-py:1); sample start_local_cold "$t"
+    t=$(timed_run a bench-py:1); sample start_local_warm "$t"
+    log "  local: cold $(tail -1 "$T/res/start_local_cold") s, warm $t s"
+  }
+  load_run() {  # docker load of `docker save` output into an empty data-root, then run
+    dstop l
+    rm -rf "$RL"
+    drop
+    dstart l "$RL"
+    local t0 t1
+    t0=$EPOCHREALTIME
+    D l load -q -i "$T/py.tar" >/dev/null || die "docker load failed"
+    t1=$(timed_run l bench-py:1)
+    t=$(secs "$t0" "$EPOCHREALTIME")
+    sample start_load "$t"
+    log "  docker load + run: $t s (run $t1 s)"
+  }
+  log "case start: docker save bench-py:1 (the pull reference)"
+  D a save -o "$T/py.tar" bench-py:1 || die "docker save failed"
+  for i in $(seq 1 "$REPS"); do
+    log "case start: repetition $i/$REPS"
+    lazy plain
+    lazy blockcache
+    lazy ordered
+    lazy prefetch
+    local_run
+    load_run
+  done
+  dstop b; dstop l; xunmount b
+  rm -f "$T/py.tar"
+
+  local lc pl
+  lc=$(median start_local_cold); pl=$(median start_plain)
+  row "start: extrafs empty cache vs docker load + run" "$(median start_load) s" "$pl s" \
+    "$(ratio "$(median start_load)" "$pl")" ">=" 8 "$(ratio "$(median start_load)" "$pl")x faster"
+  row "start: extrafs empty cache vs fully local, cold" "$lc s" "$pl s" "$(ratio "$pl" "$lc")" "<=" 1.2
+  row "start: extrafs --order store, empty cache vs local cold" "$lc s" "$(median start_ordered) s" \
+    "$(ratio "$(median start_ordered)" "$lc")" "<=" 1.1
+  row "start: extrafs + prefetch --trace at attach vs local cold" "$lc s" "$(median start_prefetch) s" \
+    "$(ratio "$(median start_prefetch)" "$lc")" "<=" 1.1
+  row "start: extrafs block cache warm, page cache dropped vs local cold" "$lc s" "$(median start_blockcache) s" \
+    "$(ratio "$(median start_blockcache)" "$lc")" - -
+  row "start: fully local, warm vs cold (for scale)" "$lc s" "$(median start_local_warm) s" \
+    "$(ratio "$(median start_local_warm)" "$lc")" - -
+  local f s
+  f=$(median fetched_plain); s=$(median served_plain)
+  row "start: bytes fetched vs bytes served to readers (empty cache)" "$(mib "$s") served" "$(mib "$f") fetched" \
+    "$(ratio "$f" "$s")" "<=" 1.25
+  f=$(median fetched_ordered); s=$(median served_ordered)
+  row "start: bytes fetched vs served, --order store" "$(mib "$s") served" "$(mib "$f") fetched" "$(ratio "$f" "$s")" - -
+  row "start: image size vs bytes fetched (for scale)" "$(mib "$IMAGE_BYTES") image" "$(mib "$(median fetched_plain)") fetched" \
+    "$(ratio "$(median fetched_plain)" "$IMAGE_BYTES")" - -
+}
+
+# ---------------------------------------------------------------------------------------------
+# 2./3. Reads and metadata. The ext4 reference is docker's own copy of the layer in A's data-root.
+BIG_X() { echo "$T/m/r/overlay2/$PY_CID/diff/opt/unread/big.bin"; }
+case_read_nfs() {
+  local i t0 t BIGN=$PY_DIFF/opt/unread/big.bin BIGX filled=0
+  BIGX=$(BIG_X)
+  local blob_url="nfs://127.0.0.1/export/plain/extrafs/layers/$PY_CID.blob?version=4&nfsport=$PORT"
+  local nb
+  nb=$(timeout 120 nfs-cat "$blob_url" 2>/dev/null | wc -c)
+  [ "$nb" -ge $((BIG_MIB << 20)) ] || die "nfs-cat $blob_url reads $nb bytes, not the whole layer"
+  timed() { local t0=$EPOCHREALTIME; "$@" >/dev/null || die "failed: $*"; secs "$t0" "$EPOCHREALTIME"; }
+  walk() { find "$1" -printf '%s %m %u\n'; }
+  readall() { find "$1" -type f -print0 | xargs -0 -r cat; }
+  for i in $(seq 1 "$REPS"); do
+    log "case read/nfs: repetition $i/$REPS"
+    if want nfs; then
+      xremount r plain cold; drop; filled=0
+      sample nfs_cold "$(timed cat "$BIGX")"
+      drop
+      sample nfs_cat "$(timed nfs-cat "$blob_url")"
+    fi
+    if want read; then
+      # fill the block cache, then a fresh mount with the page cache dropped
+      [ $filled = 1 ] || { xremount r plain cold; cat "$BIGX" >/dev/null; filled=1; }
+      xremount r plain warm; drop
+      sample read_block "$(timed cat "$BIGX")"
+      drop
+      sample read_ext4_cold "$(timed cat "$BIGN")"
+      cat "$BIGX" >/dev/null; cat "$BIGN" >/dev/null
+      local s0
+      s0=$(stat_field "$T/m/r" bytes_served)
+      sample read_page "$(timed cat "$BIGX")"
+      sample read_page_served $(( $(stat_field "$T/m/r" bytes_served) - s0 ))
+      sample read_ext4_hot "$(timed cat "$BIGN")"
+    fi
+    if want nfs; then
+      xremount r plain warm; drop
+      sample meta_cold "$(timed walk "$T/m/r/overlay2/$BASE_CID/diff")"
+      sample meta_warm "$(timed walk "$T/m/r/overlay2/$BASE_CID/diff")"
+      drop
+      sample meta_ext4_cold "$(timed walk "$BASE_DIFF")"
+      sample meta_ext4_warm "$(timed walk "$BASE_DIFF")"
+    fi
+    if want small; then
+      xremount r plain cold; drop; filled=0
+      sample small_cold "$(timed readall "$T/m/r/overlay2/$SMALL_CID/diff/small")"
+      xremount r plain warm; drop
+      sample small_block "$(timed readall "$T/m/r/overlay2/$SMALL_CID/diff/small")"
+      drop
+      sample small_ext4_cold "$(timed readall "$SMALL_DIFF/small")"
+    fi
+  done
+  xunmount r
+  rate() { python3 -c "import sys; print('%.0f MiB/s' % ($BIG_MIB / float(sys.argv[1])))" "$1"; }
+  local a b
+  if want read; then
+    a=$(median read_block) b=$(median read_ext4_cold)
+    row "read ${BIG_MIB} MiB: block cache, page cache dropped vs ext4 cold" "$b s ($(rate "$b"))" "$a s ($(rate "$a"))" "$(ratio "$a" "$b")" "<=" 1.25
+    a=$(median read_page) b=$(median read_ext4_hot)
+    row "read ${BIG_MIB} MiB: page cache vs ext4 page cache ($(mib "$(median read_page_served)") served by the daemon)" \
+      "$b s ($(rate "$b"))" "$a s ($(rate "$a"))" "$(ratio "$a" "$b")" "<=" 1.1
+  fi
+  if want nfs; then
+    a=$(median nfs_cold) b=$(median nfs_cat)
+    row "read ${BIG_MIB} MiB: cold over NFSv4 vs nfs-cat of the blob" "$b s ($(rate "$b"))" "$a s ($(rate "$a"))" "$(ratio "$a" "$b")" - -
+    local n
+    n=$(find "$BASE_DIFF" | wc -l)
+    a=$(median meta_warm) b=$(median meta_ext4_warm)
+    row "metadata walk, $n entries (find -printf '%s %m %u'), warm" "$b s" "$a s" "$(ratio "$a" "$b")" "<=" 1.2
+    a=$(median meta_cold) b=$(median meta_ext4_cold)
+    row "metadata walk, $n entries, cold (fresh mount, page cache dropped)" "$b s" "$a s" "$(ratio "$a" "$b")" "<=" 2
+  fi
+  if want small; then
+    a=$(median small_cold) b=$(median small_ext4_cold)
+    row "2,000 files of 1-16 KiB in directory order: empty cache vs ext4 cold" "$b s" "$a s" "$(ratio "$a" "$b")" - -
+    a=$(median small_block)
+    row "2,000 small files: block cache, page cache dropped vs ext4 cold" "$b s" "$a s" "$(ratio "$a" "$b")" - -
+  fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# 5. Fleet: FLEET_N mounts (own cache each), python started at one moment in each, through
+# overlayfs (the image's two layers as lowers, read-only) and chroot: the same reads as the
+# container's start, without 8 dockerds competing for 2 cores.
+case_fleet() {
+  local i r w1 k
+  fleet_prepare() {  # fleet_prepare N: N fresh mounts with empty caches and their overlays
+    local k
+    for k in $(seq 1 "$FLEET_N"); do
+      mountpoint -q "$T/fr/$k" && umount "$T/fr/$k"
+      xunmount "f$k"
+    done
+    for k in $(seq 1 "$1"); do
+      xremount "f$k" plain cold
+      mkdir -p "$T/fr/$k"
+      mount -t overlay overlay -o "ro,lowerdir=$T/m/f$k/overlay2/$PY_CID/diff:$T/m/f$k/overlay2/$BASE_CID/diff" "$T/fr/$k" ||
+        die "overlay mount of fleet member $k failed"
+      MOUNTS+=("$T/fr/$k")
+    done
+  }
+  for r in $(seq 1 "$REPS"); do
+    log "case fleet: repetition $r/$REPS: one host"
+    fleet_prepare 1
+    sample fleet_single_mount "$(server_sent)"
+    drop
+    python3 "$FLEET_PY" "$T/fr/1" >"$T/fleet.out" || die "single start failed"
+    w1=$(server_sent)
+    sample fleet_single "$(cat "$T/fleet.out")"
+    sample fleet_single_server "$w1"
+    sample fleet_single_fetched "$(stat_field "$T/m/f1" bytes_fetched)"
+    # The same start from the image's layers on ext4 (A's overlay2 copy), page cache dropped, and
+    # from host 1's block cache (fresh mount, page cache dropped): python's own start without
+    # dockerd's fixed costs, so the lazy fetch shows undiluted.
+    mountpoint -q "$T/fr/local" || {
+      mkdir -p "$T/fr/local"
+      mount -t overlay overlay -o "ro,lowerdir=$PY_DIFF:$BASE_DIFF" "$T/fr/local" || die "overlay mount of the ext4 layers failed"
+      MOUNTS+=("$T/fr/local")
+    }
+    drop
+    python3 "$FLEET_PY" "$T/fr/local" >"$T/fleet.out" || die "local start failed"
+    sample chroot_local "$(cat "$T/fleet.out")"
+    umount "$T/fr/1"; xremount f1 plain warm
+    mount -t overlay overlay -o "ro,lowerdir=$T/m/f1/overlay2/$PY_CID/diff:$T/m/f1/overlay2/$BASE_CID/diff" "$T/fr/1" ||
+      die "overlay mount of fleet member 1 failed"
+    drop
+    python3 "$FLEET_PY" "$T/fr/1" >"$T/fleet.out" || die "single warm start failed"
+    sample chroot_block "$(cat "$T/fleet.out")"
+    log "  one host: empty cache $(tail -1 "$T/res/fleet_single") s, block cache $(tail -1 "$T/res/chroot_block") s, ext4 $(tail -1 "$T/res/chroot_local") s (page cache dropped)"
+    log "case fleet: repetition $r/$REPS: $FLEET_N hosts at once"
+    fleet_prepare "$FLEET_N"
+    drop
+    python3 "$FLEET_PY" $(for k in $(seq 1 "$FLEET_N"); do echo "$T/fr/$k"; done) >"$T/fleet.out" || die "fleet start failed"
+    w1=$(server_sent)
+    cat "$T/fleet.out" >>"$T/res/fleet_times"
+    sample fleet_server "$w1"
+    local fsum=0
+    for k in $(seq 1 "$FLEET_N"); do fsum=$((fsum + $(stat_field "$T/m/f$k" bytes_fetched))); done
+    sample fleet_fetched "$fsum"
+    log "  single $(tail -1 "$T/res/fleet_single") s; fleet: $(tr '\n' ' ' <"$T/fleet.out")s; server sent $(mib "$w1") (one host: $(mib "$(tail -1 "$T/res/fleet_single_server")"))"
+    # The same 8 starts at once from their (now warm) block caches, page cache dropped: what the
+    # 2 shared cores alone cost, with no server in the way.
+    for k in $(seq 1 "$FLEET_N"); do
+      umount "$T/fr/$k"
+      xremount "f$k" plain warm
+      mount -t overlay overlay -o "ro,lowerdir=$T/m/f$k/overlay2/$PY_CID/diff:$T/m/f$k/overlay2/$BASE_CID/diff" "$T/fr/$k" ||
+        die "overlay mount of fleet member $k failed"
+    done
+    drop
+    python3 "$FLEET_PY" $(for k in $(seq 1 "$FLEET_N"); do echo "$T/fr/$k"; done) >"$T/fleet.out" || die "warm fleet start failed"
+    cat "$T/fleet.out" >>"$T/res/fleet_warm_times"
+    log "  the same from their block caches: $(tr '\n' ' ' <"$T/fleet.out")s"
+  done
+  for i in $(seq 1 "$FLEET_N"); do
+    mountpoint -q "$T/fr/$i" && umount "$T/fr/$i"
+    xunmount "f$i"
+  done
+  log "ganesha.nfsd's /proc/$GPID/io: $(grep -E '^(rchar|wchar)' "/proc/$GPID/io" | tr '\n' ' ')"
+  local s1 sf p50 p99 f1
+  local lc
+  lc=$(median chroot_local)
+  row "python start without docker (overlayfs + chroot): extrafs empty cache vs ext4, cold" "$lc s" "$(median fleet_single) s" \
+    "$(ratio "$(median fleet_single)" "$lc")" - -
+  row "python start without docker: extrafs block cache vs ext4, page cache dropped" "$lc s" "$(median chroot_block) s" \
+    "$(ratio "$(median chroot_block)" "$lc")" - -
+  f1=$(median fleet_single_fetched); sf=$(median fleet_server); s1=$(median fleet_single_server)
+  row "fleet of $FLEET_N: bytes ganesha sent vs $FLEET_N x one host's bytes fetched" \
+    "$(mib "$(python3 -c "print($f1 * $FLEET_N)")") ($FLEET_N x $(mib "$f1"))" "$(mib "$sf") sent" \
+    "$(ratio "$sf" "$f1")" "<=" "$FLEET_N" "$(ratio "$sf" "$f1")x one host's fetch"
+  row "fleet of $FLEET_N: bytes ganesha sent vs $FLEET_N x what it sent one host" \
+    "$(mib "$(python3 -c "print($s1 * $FLEET_N)")") ($FLEET_N x $(mib "$s1"))" "$(mib "$sf") sent" "$(ratio "$sf" "$s1")" - - \
+    "$(ratio "$sf" "$s1")x one host"
+  row "fleet: one host, ganesha sent (at mount + during start) vs its bytes fetched" "$(mib "$f1") fetched" \
+    "$(mib "$(median fleet_single_mount)") + $(mib "$(python3 -c "print($s1 - $(median fleet_single_mount))")") sent" \
+    "$(ratio "$s1" "$f1")" - -
+  p50=$(pctl fleet_times 50); p99=$(pctl fleet_times 99); s1=$(median fleet_single)
+  row "fleet of $FLEET_N: p50 start vs a single host" "$s1 s" "$p50 s" "$(ratio "$p50" "$s1")" - -
+  row "fleet of $FLEET_N: p99 start vs a single host" "$s1 s" "$p99 s" "$(ratio "$p99" "$s1")" "<=" 1.5
+  local w99
+  w99=$(pctl fleet_warm_times 99)
+  row "fleet of $FLEET_N: p99 start vs the same $FLEET_N at once from their block caches (CPU only)" "$w99 s" "$p99 s" "$(ratio "$p99" "$w99")" - -
+}
+
+# ---------------------------------------------------------------------------------------------
+# 6. Memory: 10 images attached into one data-root and started; the daemon's VmHWM.
+case_memory() {
+  local RM=$T/rm i pid hwm rss idx
+  log "case memory: attach $NMEM images, run each"
+  xremount mem plain cold
+  rm -rf "$RM"
+  timeout 300 "$EXTRAFS" docker attach $(for i in $(seq 1 $NMEM); do echo "bench-m$i:1"; done) --mount "$T/m/mem" --data-root "$RM" \
+    >/dev/null 2>"$T/attach.err" || die "attach: $(cat "$T/attach.err")"
+  drop
+  dstart mem "$RM"
+  for i in $(seq 1 $NMEM); do
+    out=$(D mem run -d --network none "bench-m$i:1" python3 -c "import time; open('/opt/m$i/data.bin','rb').read(); print(6*7); time.sleep(30)") ||
+      die "docker run bench-m$i:1 failed"
+  done
+  for _ in $(seq 1 100); do
+    [ "$(D mem ps -q | wc -l)" -ge $NMEM ] && break; sleep 0.1
+  done
+  sleep 2
+  pid=$(daemon_pid "$T/m/mem") || die "no daemon for $T/m/mem"
+  hwm=$(awk '/^VmHWM:/ {print $2 * 1024}' "/proc/$pid/status")
+  rss=$(awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$pid/status")
+  D mem ps -q | xargs -r timeout 60 "$DOCKERD" docker "$T/d/mem" rm -f >/dev/null 2>&1
+  dstop mem
+  xunmount mem
+  idx=$(find "$STORES/plain/extrafs" -name '*.index' -printf '%s\n' | awk '{s += $1} END {print s}')
+  local limit=$((64 << 20))
+  row "daemon peak RSS (VmHWM), $NMEM images attached and running" "64 MiB + $(mib "$idx") of indexes" \
+    "$(mib "$hwm") (RSS now $(mib "$rss"))" "$(ratio "$hwm" $((limit + idx)))" "<=" 1 \
+    "$(ratio "$hwm" $((limit + idx))) of the budget"
+}
+
+want start && case_start
+if want read || want nfs || want small; then case_read_nfs; fi
+want fleet && case_fleet
+want memory && case_memory
+
+# ---------------------------------------------------------------------------------------------
+{
+  echo "| case | reference | extrafs | ratio | target | met? |"
+  echo "|---|---|---|---|---|---|"
+  cat "$ROWS"
+} >"$T/table"
+cat "$T/table"
+if [ $APPEND = 1 ]; then
+  {
+    echo
+    echo "### $(date -u +%Y-%m-%d\ %H:%M) UTC — \`$CMDLINE\`, commit $COMMIT$DIRTY"
+    echo
+    echo "Medians of $REPS; unread file $BIG_MIB MiB; image bench-py:1 $(mib "$IMAGE_BYTES"); $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB;"
+    echo "load average at the end $(cut -d' ' -f1-3 /proc/loadavg)."
+    echo
+    cat "$T/table"
+  } >>"$REPO/BENCHMARKS.md"
+  log "appended to $REPO/BENCHMARKS.md"
+fi
