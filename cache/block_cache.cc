@@ -382,19 +382,27 @@ uint64_t DiskBlockCache::clean_tmp() {
 DiskBlockCache::ReadResult DiskBlockCache::read_chunk(const Digest128& d, bool touch) {
   ReadResult r;
   std::string rel = chunk_rel(d);
-  int flags = O_RDONLY | O_CLOEXEC;
+  // O_NOFOLLOW and O_NONBLOCK: a chunk file replaced by a symlink (perhaps to a FIFO, whose
+  // open would block the FUSE request for ever) or by a FIFO is judged, never waited on.
+  int flags = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK;
   Fd fd;
   if (noatime_ok_.load(std::memory_order_relaxed)) {
     fd = Fd(::openat(dir_fd_.get(), rel.c_str(), flags | O_NOATIME));
     if (!fd.valid() && errno == EPERM) noatime_ok_.store(false, std::memory_order_relaxed);
   }
   if (!fd.valid()) fd = Fd(::openat(dir_fd_.get(), rel.c_str(), flags));
+  struct stat st {};
   if (!fd.valid()) {
     r.err = errno;
     r.outcome = r.err == ENOENT ? ReadOutcome::kVanished : ReadOutcome::kError;
+    if (r.err == ELOOP && ::fstatat(dir_fd_.get(), rel.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
+      r.dev = st.st_dev;
+      r.ino = st.st_ino;
+      r.ctime = st.st_ctim;
+      r.outcome = ReadOutcome::kCorrupt;  // a symlink where a chunk file should be
+    }
     return r;
   }
-  struct stat st {};
   if (::fstat(fd.get(), &st) != 0) {
     r.err = errno;
     return r;
@@ -403,6 +411,7 @@ DiskBlockCache::ReadResult DiskBlockCache::read_chunk(const Digest128& d, bool t
   r.ino = st.st_ino;
   r.ctime = st.st_ctim;
   r.outcome = ReadOutcome::kCorrupt;
+  if (!S_ISREG(st.st_mode)) return r;
   uint64_t size = static_cast<uint64_t>(st.st_size);
   if (size < kHeaderSize || size - kHeaderSize > kMaxChunkSize) return r;
   uint8_t hbuf[kHeaderSize];
@@ -439,7 +448,9 @@ void DiskBlockCache::drop_corrupt(const Digest128& d, const ReadResult& r) {
     if (st.st_dev != r.dev || st.st_ino != r.ino || st.st_ctim.tv_sec != r.ctime.tv_sec ||
         st.st_ctim.tv_nsec != r.ctime.tv_nsec)
       return;
-    ::unlinkat(dir_fd_.get(), rel.c_str(), 0);
+    // A directory in a chunk's place goes only if it is empty; otherwise it stays, and storing
+    // the chunk again fails (a cache write error), while reads are served from the backend.
+    ::unlinkat(dir_fd_.get(), rel.c_str(), S_ISDIR(st.st_mode) ? AT_REMOVEDIR : 0);
   }
   std::lock_guard lk(mu_);
   if (auto it = map_.find(d); it != map_.end()) erase_locked(it);

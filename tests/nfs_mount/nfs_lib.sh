@@ -8,6 +8,7 @@
 #   nm_start_ganesha EXPORT_DIR       random port (retry on exit 3); sets NFS4_URL, NFS3_URL,
 #                                     GPORT, GMNT_PORT, GSTATE
 #   nm_mount URL MNT CACHE [OPTS]     background mount (timeout 60), tracked for cleanup
+#   no_d_state PID...                 none of these processes' tasks is in state D now
 # The EXIT trap stops ganesha (continuing it first if paused) and unmounts everything.
 
 NM_HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -161,6 +162,18 @@ nm_unmount() {
   local p
   for p in "${pids[@]}"; do
     wait_until 10 pid_gone "$p" || { fail "daemon $p still alive 10 s after unmount"; return 1; }
+  done
+  return 0
+}
+
+# no_d_state PID...: none of these processes' tasks is in state D (uninterruptible sleep) now.
+no_d_state() {
+  local p t st
+  for p in "$@"; do
+    for t in /proc/"$p"/task/*/stat; do
+      st=$(sed 's/.*) //' "$t" 2>/dev/null | cut -c1) || continue
+      [[ $st != D ]] || return 1
+    done
   done
   return 0
 }

@@ -11,7 +11,10 @@
 #   2. a read already in progress when the server hangs: a reader streams a file that is half
 #      read, the server is paused in the middle -> EIO within the bound;
 #   3. stopped server (ganesha.sh stop: connection refused): EIO within 8 s; after the server is
-#      started again on the same ports the file reads correctly, without a remount.
+#      started again on the same ports (a new ganesha process) the file reads correctly, without
+#      a remount.
+# Throughout: no daemon task stays in state D (checked after each fault), and no file's size
+# changes (stat of every test file at the start and at the end, after drop_caches).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/nfs_lib.sh"
 nm_init "$@"
@@ -38,6 +41,10 @@ cmp -s "$STORE/$D/warm" "$M4/warm" && pass "warm file read (v4)" || fail "warm f
 cmp -s "$STORE/$D/warm" "$M3/warm" && pass "warm file read (v3)" || fail "warm file differs (v3)"
 # Resolve every path now, so the EIO timings below measure the reads alone.
 stat "$M4"/* "$M3"/* >/dev/null || fail "cannot stat the test files"
+stat -c '%n %s' "$M4"/* "$M3"/* >"$T/sizes.before"
+mapfile -t DPIDS < <(daemon_pids "$T/mnt4"; daemon_pids "$T/mnt3")
+[[ ${#DPIDS[@]} -eq 2 ]] || fail "expected two daemons, found: ${DPIDS[*]}"
+no_d() { wait_until 5 no_d_state "${DPIDS[@]}" && pass "$1: no daemon task in state D" || fail "$1: a daemon task is in state D"; }
 
 # expect_eio MIN LABEL FILE [LABEL FILE]...: each read (run concurrently) fails with EIO, after at
 # least MIN s (a hung server is not asked to fail fast) and at most 8 s (timeout=3).
@@ -68,6 +75,7 @@ expect_ok() {
 step "hung server (SIGSTOP)"
 timeout 20 "$GANESHA" pause "$GSTATE" || die "ganesha.sh pause failed"
 expect_eio 2.5 "v4, paused server, uncached file" "$M4/cold_pause" "v3, paused server, uncached file" "$M3/cold_pause_v3"
+no_d "paused server"
 # Metadata comes from the in-memory index and cached content from the block cache: neither may
 # wait for the hung server. After drop_caches every path is looked up again.
 sync; echo 3 >/proc/sys/vm/drop_caches
@@ -137,6 +145,7 @@ expect_ok "after resume, the interrupted file, same mount" "$M4/midread"
 step "stopped server (connection refused)"
 timeout 30 "$GANESHA" stop "$GSTATE" >/dev/null 2>&1 || fail "ganesha.sh stop failed"
 expect_eio 0 "v4, stopped server, uncached file" "$M4/cold_stop" "v3, stopped server, uncached file" "$M3/cold_stop_v3"
+no_d "stopped server"
 is_mounted "$T/mnt4" && is_mounted "$T/mnt3" && pass "both mounts still there" || fail "a mount went away while the server was down"
 step "server started again on the same ports"
 nm_restart_ganesha "$STORE" || die "cannot restart the server"
@@ -144,6 +153,10 @@ expect_ok "v4, after restart, same file, same mount" "$M4/cold_stop"
 expect_ok "v3, after restart, same file, same mount" "$M3/cold_stop_v3"
 stats_json "$T/mnt4" >"$T/s2.json" || fail "extrafs stats failed"
 [[ $(stat_of "$T/s2.json" corrupt_fetches) -eq 0 ]] && pass "corrupt_fetches 0" || fail "corrupt_fetches $(stat_of "$T/s2.json" corrupt_fetches)"
+sync; echo 3 >/proc/sys/vm/drop_caches
+stat -c '%n %s' "$M4"/* "$M3"/* >"$T/sizes.after"
+cmp -s "$T/sizes.before" "$T/sizes.after" && pass "no file size changed ($(wc -l <"$T/sizes.after") files)" \
+  || fail "file sizes changed: $(diff "$T/sizes.before" "$T/sizes.after" | head -4 | tr '\n' ' ')"
 
 nm_unmount "$T/mnt4" || true
 nm_unmount "$T/mnt3" || true

@@ -347,6 +347,69 @@ TEST_CASE("a corrupt chunk is dropped and reported as a miss", "[cache]") {
   CHECK(*again == data);
 }
 
+TEST_CASE("a chunk file replaced by a symlink, a FIFO or a directory is dropped, never waited on",
+          "[cache]") {
+  TempDir t;
+  auto c = open_ok(t.cache_dir(), 1 << 20);
+  auto data = make_chunk(9, 30000);
+  auto d = xxh3_128(data);
+  auto p = chunk_path(t.cache_dir(), d);
+  auto other = make_chunk(10, 30000);
+  REQUIRE(c->put(xxh3_128(other), other).ok());
+  REQUIRE(c->put(d, data).ok());
+  fs::path fifo = t.path / "fifo";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+
+  std::string how;
+  SECTION("a symlink to a good chunk file of its own digest") { how = "self"; }
+  SECTION("a symlink to another chunk's file") { how = "other"; }
+  SECTION("a symlink to /dev/zero") { how = "zero"; }
+  SECTION("a symlink to a FIFO") { how = "fifo-link"; }
+  SECTION("a FIFO") { how = "fifo"; }
+  SECTION("an empty directory") { how = "dir"; }
+  INFO(how);
+  fs::path keep = t.path / "good";
+  fs::copy_file(p, keep);
+  fs::remove(p);
+  if (how == "self") fs::create_symlink(keep, p);
+  if (how == "other") fs::create_symlink(chunk_path(t.cache_dir(), xxh3_128(other)), p);
+  if (how == "zero") fs::create_symlink("/dev/zero", p);
+  if (how == "fifo-link") fs::create_symlink(fifo, p);
+  if (how == "fifo") REQUIRE(::mkfifo(p.c_str(), 0600) == 0);
+  if (how == "dir") fs::create_directory(p);
+
+  // Opening a FIFO blocks until a writer comes: bound the wait, and unblock it if it happens.
+  std::atomic<bool> done{false};
+  extrafs::Result<std::vector<std::byte>> got = extrafs::make_error(EIO, "not run");
+  std::thread th([&] {
+    got = c->get(d);
+    done = true;
+  });
+  for (int i = 0; i < 500 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  bool blocked = !done;
+  if (blocked) {
+    int w = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK);
+    int w2 = ::open(p.c_str(), O_WRONLY | O_NONBLOCK);
+    th.join();
+    if (w >= 0) ::close(w);
+    if (w2 >= 0) ::close(w2);
+  } else {
+    th.join();
+  }
+  CHECK_FALSE(blocked);
+  REQUIRE_FALSE(got.ok());
+  CHECK(got.code() == ENOENT);
+  CHECK_FALSE(fs::exists(fs::symlink_status(p)));
+  CHECK_FALSE(c->contains(d));
+  CHECK(c->stats().corrupt_dropped == 1);
+  // Stored again, it is a regular file that reads back.
+  REQUIRE(c->put(d, data).ok());
+  CHECK(fs::is_regular_file(fs::symlink_status(p)));
+  auto again = c->get(d);
+  REQUIRE(again.ok());
+  CHECK(*again == data);
+}
+
 TEST_CASE("a corrupt chunk found at open is dropped when read", "[cache]") {
   TempDir t;
   auto data = make_chunk(3, 5000);
