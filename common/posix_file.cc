@@ -88,7 +88,10 @@ Status write_new_file(const std::string& path, std::string_view data, mode_t mod
   return ok_status();
 }
 
-Status write_file_atomic(const std::string& path, std::string_view data, mode_t mode) {
+namespace {
+// Writes `data` to a temporary beside `path`, fsyncs it and puts it at `path`: by rename
+// (replacing) or by link (never replacing: EEXIST), then fsyncs the directory.
+Status write_via_temp(const std::string& path, std::string_view data, mode_t mode, bool replace) {
   // The pid in the name lets a later run tell a killed writer's leftover from a live one's.
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   Status st = [&]() -> Status {
@@ -96,7 +99,12 @@ Status write_file_atomic(const std::string& path, std::string_view data, mode_t 
     if (!fd.valid()) return Error::from_errno(errno, "create " + tmp);
     EXTRAFS_CHECK_STATUS(fill_and_sync(fd.get(), tmp, data, mode));
     if (int e = fd.close_checked()) return Error::from_errno(e, "close " + tmp);
-    if (::rename(tmp.c_str(), path.c_str()) != 0) return Error::from_errno(errno, "rename " + tmp + " to " + path);
+    if (replace) {
+      if (::rename(tmp.c_str(), path.c_str()) != 0) return Error::from_errno(errno, "rename " + tmp + " to " + path);
+    } else {
+      if (::link(tmp.c_str(), path.c_str()) != 0) return Error::from_errno(errno, path);
+      ::unlink(tmp.c_str());
+    }
     return ok_status();
   }();
   if (!st.ok()) {
@@ -104,6 +112,15 @@ Status write_file_atomic(const std::string& path, std::string_view data, mode_t 
     return st;
   }
   return fsync_dir(parent_dir(path));
+}
+}  // namespace
+
+Status write_file_atomic(const std::string& path, std::string_view data, mode_t mode) {
+  return write_via_temp(path, data, mode, /*replace=*/true);
+}
+
+Status write_file_atomic_new(const std::string& path, std::string_view data, mode_t mode) {
+  return write_via_temp(path, data, mode, /*replace=*/false);
 }
 
 Status fsync_dir(const std::string& dir) {

@@ -67,6 +67,10 @@ Status write_new_file(const std::string& path, std::string_view data, mode_t mod
 // subject to the umask), fsyncs it, renames it over `path` and fsyncs the directory. On failure
 // `path` is as it was and the temporary is removed. One writer per path at a time.
 Status write_file_atomic(const std::string& path, std::string_view data, mode_t mode = 0644);
+// Creates `path` atomically and durably, never replacing anything: as write_file_atomic, but the
+// temporary is linked (not renamed) to `path`, so EEXIST (naming `path`) if something is there
+// already, and a reader sees either no file or the whole of `data`.
+Status write_file_atomic_new(const std::string& path, std::string_view data, mode_t mode = 0644);
 
 // fsync of directory `dir`, making the renames and creations in it durable.
 Status fsync_dir(const std::string& dir);

@@ -32,6 +32,7 @@ json body_of(const Catalog& c) {
   }
   json body = {{"format", "extrafs-catalog"}, {"version", kCatalogVersion}, {"layers", std::move(layers)}};
   if (c.image_index) body["image_index"] = c.image_index->hex();
+  if (c.generation) body["generation"] = c.generation;
   return body;
 }
 }  // namespace
@@ -57,6 +58,9 @@ std::string layer_index_path(std::string_view cache_id) {
   return "extrafs/layers/" + std::string(cache_id) + ".index";
 }
 std::string image_index_path(const Digest128& d) { return "extrafs/image-" + d.hex() + ".index"; }
+std::string catalog_generation_path(uint64_t generation) {
+  return std::string(kCatalogGenerationsDir) + "/" + std::to_string(generation);
+}
 
 std::string Catalog::serialize() const {
   json body = body_of(*this);
@@ -117,6 +121,10 @@ Result<Catalog> Catalog::parse(std::string_view text) {
     if (!j["image_index"].is_string() || !Digest128::from_hex(j["image_index"].get<std::string>(), &d))
       return bad("bad image index digest");
     c.image_index = d;
+  }
+  if (j.contains("generation")) {
+    if (!j["generation"].is_number_unsigned() || j["generation"].get<uint64_t>() == 0) return bad("bad generation");
+    c.generation = j["generation"].get<uint64_t>();
   }
   return c;
 }

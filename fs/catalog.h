@@ -2,6 +2,15 @@
 // layer's index, the docker `link`/`lower` of each layer, and the index of the store's image/ tree.
 // JSON, versioned, with an xxh3-128 checksum over its canonical form. Layers are only ever
 // appended: a layer once listed keeps its position, so a mounted daemon can add new ones in place.
+//
+// Generations: each catalog a publisher writes carries a generation number (one more than the
+// catalog it replaces) and is written twice: as STORE/extrafs/catalog.d/<generation>, a name
+// never reused, and as STORE/extrafs/catalog (replaced atomically; what first loads and older
+// readers read). A daemon holding generation N looks up catalog.d/<N+1> to learn of the next: a
+// name it has never seen, which an NFS server cannot answer from attributes it cached for an
+// older file. The generation is an optional key of format version 1 (readers that predate it
+// ignore it; the checksum covers it); catalogs without one (generation 0) come from older
+// writers.
 #pragma once
 
 #include <cstdint>
@@ -17,6 +26,7 @@ namespace extrafs::fs {
 
 inline constexpr int kCatalogVersion = 1;
 inline constexpr const char* kCatalogPath = "extrafs/catalog";
+inline constexpr const char* kCatalogGenerationsDir = "extrafs/catalog.d";
 
 struct CatalogLayer {
   std::string cache_id;               // overlay2 directory name
@@ -30,6 +40,7 @@ struct CatalogLayer {
 struct Catalog {
   std::vector<CatalogLayer> layers;
   std::optional<Digest128> image_index;  // index of STORE/image, if the store has one
+  uint64_t generation = 0;               // 0: written without generations
 
   static Result<Catalog> parse(std::string_view text);
   std::string serialize() const;
@@ -47,5 +58,7 @@ std::string catalog_cache_name(const std::string& source);
 // Where the index files live, relative to the store root.
 std::string layer_index_path(std::string_view cache_id);
 std::string image_index_path(const Digest128& digest);
+// extrafs/catalog.d/<generation> (decimal).
+std::string catalog_generation_path(uint64_t generation);
 
 }  // namespace extrafs::fs

@@ -80,6 +80,7 @@ Result<std::unique_ptr<FsCore>> FsCore::open(cache::ChunkFetcher& fetcher, cache
   // A kept copy (the store unreachable or its catalog unreadable at start-up) is not the store's
   // version: leaving it unseen makes the first refresh that can read the store load it.
   if (got->from_store() && version.ok()) core->catalog_version_ = *version;
+  core->generation_ = catalog->generation;
   if (core->options_.refresh_interval_s > 0) core->refresher_ = std::thread([c = core.get()] { c->refresh_loop(); });
   return core;
 }
@@ -171,18 +172,57 @@ Status FsCore::load(const Catalog& catalog, bool initial) {
   return make_error(EIO, message);
 }
 
+Status FsCore::follow_generations() {
+  // Bounded per tick; a store that far ahead is caught up with on the next ticks.
+  constexpr int kMaxSteps = 64;
+  for (int step = 0; step < kMaxSteps; ++step) {
+    const uint64_t next = generation_ + 1;
+    const std::string path = catalog_generation_path(next);
+    if (!meta_.meta_version(path).ok()) return ok_status();  // not published (yet)
+    Status st = [&]() -> Status {
+      EXTRAFS_TRY(got, meta_.read_meta(path, catalog_cache_name_, check_catalog));
+      if (!got.from_store()) return *got.store_error;
+      EXTRAFS_TRY(catalog, Catalog::parse(got.bytes));
+      if (catalog.generation != next)
+        return make_error(EBADMSG, fmt::format("{} holds generation {}", path, catalog.generation));
+      return load(catalog, /*initial=*/false);
+    }();
+    if (!st.ok()) {
+      if (failed_generation_ != next) spdlog::warn("catalog generation {} not loaded, will retry: {}", next, st.error().message);
+      failed_generation_ = next;
+      return st;
+    }
+    generation_ = next;
+    spdlog::info("catalog generation {} loaded: {} layers", next, layer_count());
+  }
+  return ok_status();
+}
+
 Status FsCore::refresh() {
   std::lock_guard guard(refresh_mu_);
+  Status followed = generation_ > 0 ? follow_generations() : ok_status();
   // Taken before the read: if the catalog is replaced again meanwhile, the next refresh sees a
   // version it has not loaded and reads it (again).
-  EXTRAFS_TRY(version, meta_.meta_version(kCatalogPath));
-  if (version == catalog_version_) return ok_status();
+  auto current = meta_.meta_version(kCatalogPath);
+  if (!current.ok()) {
+    if (!followed.ok()) return followed;
+    return current.error();
+  }
+  const cache::MetaVersion version = *current;
+  if (version == catalog_version_) return followed;
+  bool loaded = false;
   auto reload = [&]() -> Status {
     EXTRAFS_TRY(got, meta_.read_meta(kCatalogPath, catalog_cache_name_, check_catalog));
     // The kept copy is what is loaded already; only the store's copy is news.
     if (!got.from_store()) return *got.store_error;
     EXTRAFS_TRY(catalog, Catalog::parse(got.bytes));
-    return load(catalog, /*initial=*/false);
+    // Loaded already through its generation, or older (an NFS server may still serve a replaced
+    // catalog): loading it would bring back an earlier image/ tree.
+    if (generation_ > 0 && catalog.generation <= generation_) return ok_status();
+    EXTRAFS_CHECK_STATUS(load(catalog, /*initial=*/false));
+    generation_ = catalog.generation;
+    loaded = true;
+    return ok_status();
   };
   if (auto st = reload(); !st.ok()) {
     // The version stays unseen, so the next refresh tries again; said once per version, not on
@@ -193,8 +233,8 @@ Status FsCore::refresh() {
   }
   catalog_version_ = version;
   failed_version_.reset();
-  spdlog::info("catalog reloaded: {} layers", layer_count());
-  return ok_status();
+  if (loaded) spdlog::info("catalog reloaded: {} layers", layer_count());
+  return followed;
 }
 
 size_t FsCore::layer_count() {

@@ -104,10 +104,13 @@ class FsCore {
   InodeTable& inodes() { return inodes_; }
   // Called by the adapter when the kernel forgets nodes, so superseded image/ trees are released.
   void forget(uint64_t ino, uint64_t n);
-  // Re-reads the catalog if the store's version differs from the one last loaded; adds new
-  // layers and the new image/ tree. A version counts as loaded only once it was read from the
-  // store (not a kept copy) and every new layer and image/ index in it was added; otherwise the
-  // error is returned and the next call tries again.
+  // Loads newer catalogs: first each next generation (extrafs/catalog.d/<N+1>, looked up by a
+  // name never looked up before, so an NFS server's attribute cache cannot hide it), then
+  // extrafs/catalog if its version differs from the one last loaded (stores without
+  // generations); a catalog of an older generation than the loaded one is never loaded. Adds new
+  // layers and the new image/ tree. A version or generation counts as loaded only once it was
+  // read from the store (not a kept copy) and every new layer and image/ index in it was added;
+  // otherwise the error is returned and the next call tries again.
   Status refresh();
   // The `extrafs stats --json` object.
   std::string stats_json();
@@ -124,6 +127,8 @@ class FsCore {
 
   FsCore(cache::ChunkFetcher& fetcher, cache::MetaSource& meta, FsCoreOptions options);
   Status load(const Catalog& catalog, bool initial);
+  // Loads the catalog generations after generation_ that the store has. REQUIRES: refresh_mu_.
+  Status follow_generations();
   Result<std::shared_ptr<const LayerIndex>> load_index(const std::string& path, const std::string& cache_name,
                                                        const Digest128& want, const std::string& what);
   std::shared_ptr<const Slot> slot(uint32_t n) const;
@@ -148,9 +153,13 @@ class FsCore {
   uint32_t image_slot_ = 0;
   Catalog catalog_;
 
-  std::mutex refresh_mu_;  // one refresh at a time; guards catalog_version_, failed_version_
+  // One refresh at a time; guards catalog_version_, failed_version_, generation_,
+  // failed_generation_.
+  std::mutex refresh_mu_;
   cache::MetaVersion catalog_version_{};               // the store's catalog as last loaded
   std::optional<cache::MetaVersion> failed_version_;  // the version whose reload last failed
+  uint64_t generation_ = 0;         // of the newest catalog loaded whole (0: none has one)
+  uint64_t failed_generation_ = 0;  // the generation whose load last failed
   std::string catalog_cache_name_;
   std::mutex stop_mu_;  // guards stopping_
   std::condition_variable stop_cv_;

@@ -11,6 +11,10 @@
 
 namespace extrafs::store {
 
+namespace {
+constexpr uint64_t kGenerationTries = 1000;
+}  // namespace
+
 Result<StoreCatalog> load_store_catalog(const std::string& store) {
   StoreCatalog sc;
   const std::string catalog_path = StoreLayout(store).catalog();
@@ -38,7 +42,9 @@ Result<CatalogCommit> commit_store_catalog(const std::string& store, StoreCatalo
   CatalogCommit report;
   EXTRAFS_CHECK_STATUS(make_dirs(layout.layers_dir()));
   if (is_dir(layout.image_dir())) {
-    EXTRAFS_TRY(bytes, index_directory(layout.image_dir(), "image"));
+    // The image/ files themselves may be rewritten by the next publish; the index names copies.
+    ObjectSink objects(layout.root());
+    EXTRAFS_TRY(bytes, index_directory(layout.image_dir(), objects, WalkOptions{}));
     auto parsed = fs::LayerIndex::parse(bytes);
     if (!parsed.ok()) return make_error(EIO, "index of image/ does not verify: " + parsed.error().message);
     Digest128 digest = (*parsed)->digest();
@@ -51,9 +57,25 @@ Result<CatalogCommit> commit_store_catalog(const std::string& store, StoreCatalo
   }
   std::string text = sc->catalog.serialize();
   if (text != sc->text) {
+    // A new generation, under a name no earlier catalog had (a publish killed after writing
+    // catalog.d/<N> but before the catalog leaves N taken: a mount may have read it).
+    EXTRAFS_CHECK_STATUS(make_dirs(layout.catalog_generations_dir()));
+    const uint64_t previous = sc->catalog.generation;
+    for (uint64_t g = previous + 1;; ++g) {
+      if (g > previous + kGenerationTries)
+        return make_error(EEXIST, layout.catalog_generations_dir() + ": no free generation after " + std::to_string(previous));
+      sc->catalog.generation = g;
+      text = sc->catalog.serialize();
+      Status st = write_file_atomic_new(layout.catalog_generation(g), text);
+      if (st.ok()) break;
+      if (st.code() != EEXIST) return st.error();
+    }
     EXTRAFS_CHECK_STATUS(write_file_atomic(layout.catalog(), text));
     report.catalog_written = true;
     sc->text = std::move(text);
+    // Old generations go; a mount that far behind finds the current one through the catalog.
+    if (sc->catalog.generation > kKeptGenerations)
+      (void)::unlink(layout.catalog_generation(sc->catalog.generation - kKeptGenerations).c_str());
   }
   return report;
 }

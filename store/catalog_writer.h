@@ -26,9 +26,15 @@ struct CatalogCommit {
   bool image_indexed = false;    // a new image/ index file was written
   bool catalog_written = false;  // the catalog changed and was written
 };
-// Indexes STORE/image (if present; chunks point into its plain files), records that index in the
+// How many catalog generations (STORE/extrafs/catalog.d/<N>) a store keeps: writing generation N
+// removes N - kKeptGenerations.
+inline constexpr uint64_t kKeptGenerations = 32;
+
+// Indexes STORE/image (if present; its content goes to content-addressed objects, see ObjectSink,
+// never referenced in the plain files, which later publishes rewrite), records that index in the
 // catalog, and writes the catalog if it changed. Everything the catalog names must already be on
-// disk, durably.
+// disk, durably. A changed catalog gets the next free generation and is written as
+// STORE/extrafs/catalog.d/<generation> (never replacing anything) and then over STORE/extrafs/catalog.
 Result<CatalogCommit> commit_store_catalog(const std::string& store, StoreCatalog* sc);
 
 }  // namespace extrafs::store

@@ -265,6 +265,23 @@ Status PlainFileSink::put(IndexBuilder&, const std::string&, uint64_t file_offse
   return ok_status();
 }
 
+Status ObjectSink::put(IndexBuilder& builder, const std::string&, uint64_t, std::string_view raw, ChunkRecord* rec) {
+  Digest128 digest;
+  std::memcpy(digest.bytes.data(), rec->digest, sizeof rec->digest);
+  const StoreLayout layout(store_);
+  const std::string path = layout.object(digest);
+  if (!path_exists(path)) {
+    if (written_ == 0) EXTRAFS_CHECK_STATUS(make_dirs(layout.objects_dir()));
+    EXTRAFS_CHECK_STATUS(write_file_atomic(path, raw));
+    written_++;
+  }
+  rec->object = builder.add_object(content_object_path(digest));
+  rec->offset = 0;
+  rec->stored_len = static_cast<uint32_t>(raw.size());
+  rec->flags = 0;
+  return ok_status();
+}
+
 Result<std::string> index_directory(const std::string& dir, ChunkSink& sink, const WalkOptions& options) {
   Walker w(options.chunk_size, sink);
   EXTRAFS_CHECK_STATUS(w.walk(dir, options));

@@ -48,6 +48,24 @@ class PlainFileSink : public ChunkSink {
   uint32_t object_ = 0;  // of the current file
 };
 
+// The sink of the image/ tree (both `extrafs index` and `extrafs publish`): every chunk is stored
+// as an immutable, content-addressed object STORE/extrafs/objects/<xxh3-128 hex> (raw, offset 0),
+// written atomically and durably unless it is already there. So an image/ file that a publisher
+// later rewrites never changes the bytes an index already names, and mounted hosts reading the
+// old index keep reading what it verified.
+class ObjectSink : public ChunkSink {
+ public:
+  // `store`: the store's local root.
+  explicit ObjectSink(std::string store) : store_(std::move(store)) {}
+  Status put(IndexBuilder& builder, const std::string& rel, uint64_t file_offset, std::string_view raw,
+             ChunkRecord* rec) override;
+  int objects_written() const { return written_; }
+
+ private:
+  std::string store_;
+  int written_ = 0;
+};
+
 struct WalkOptions {
   uint32_t chunk_size = fs::kDefaultChunkSize;
   // Paths (relative to the tree root, no leading '/') whose content goes to the sink first, in

@@ -9,10 +9,16 @@ StoreLayout::StoreLayout(std::string root) : root_(std::move(root)) {
 }
 
 std::string StoreLayout::catalog() const { return root_ + "/" + fs::kCatalogPath; }
+std::string StoreLayout::catalog_generations_dir() const { return root_ + "/" + fs::kCatalogGenerationsDir; }
+std::string StoreLayout::catalog_generation(uint64_t generation) const {
+  return root_ + "/" + fs::catalog_generation_path(generation);
+}
 std::string StoreLayout::layers_dir() const { return root_ + "/extrafs/layers"; }
 std::string StoreLayout::layer_index(std::string_view cache_id) const { return root_ + "/" + fs::layer_index_path(cache_id); }
 std::string StoreLayout::layer_blob(std::string_view cache_id) const { return root_ + "/" + blob_object_path(cache_id); }
 std::string StoreLayout::image_index(const Digest128& digest) const { return root_ + "/" + fs::image_index_path(digest); }
+std::string StoreLayout::objects_dir() const { return root_ + "/extrafs/objects"; }
+std::string StoreLayout::object(const Digest128& digest) const { return root_ + "/" + content_object_path(digest); }
 std::string StoreLayout::publish_lock() const { return root_ + "/extrafs/.publish.lock"; }
 std::string StoreLayout::image_dir() const { return root_ + "/image"; }
 std::string StoreLayout::docker_dir() const { return root_ + "/image/overlay2"; }
@@ -23,5 +29,7 @@ std::string StoreLayout::overlay2_dir() const { return root_ + "/overlay2"; }
 std::string StoreLayout::overlay_dir(std::string_view cache_id) const { return overlay2_dir() + "/" + std::string(cache_id); }
 
 std::string blob_object_path(std::string_view cache_id) { return "extrafs/layers/" + std::string(cache_id) + ".blob"; }
+
+std::string content_object_path(const Digest128& digest) { return "extrafs/objects/" + digest.hex(); }
 
 }  // namespace extrafs::store

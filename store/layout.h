@@ -3,9 +3,11 @@
 //   STORE/image/overlay2/...                      docker metadata: imagedb, layerdb, repositories.json
 //   STORE/overlay2/<cache-id>/{link,lower[,diff/]}
 //   STORE/extrafs/catalog                         the layers and images with their index digests
+//   STORE/extrafs/catalog.d/<generation>          each catalog also under a name never reused
 //   STORE/extrafs/layers/<cache-id>.index         a layer's index
 //   STORE/extrafs/layers/<cache-id>.blob          a published layer's packed chunks
 //   STORE/extrafs/image-<digest>.index            the index of the image/ tree
+//   STORE/extrafs/objects/<digest>                one chunk of an image/ file, named by its xxh3-128
 //   STORE/extrafs/.publish.lock                   flock of the running publish
 //
 // The read side names the same files relative to the store (fs::kCatalogPath,
@@ -27,10 +29,14 @@ class StoreLayout {
 
   const std::string& root() const { return root_; }
   std::string catalog() const;
+  std::string catalog_generations_dir() const;
+  std::string catalog_generation(uint64_t generation) const;
   std::string layers_dir() const;
   std::string layer_index(std::string_view cache_id) const;
   std::string layer_blob(std::string_view cache_id) const;
   std::string image_index(const Digest128& digest) const;
+  std::string objects_dir() const;
+  std::string object(const Digest128& digest) const;
   std::string publish_lock() const;
   std::string image_dir() const;        // STORE/image
   std::string docker_dir() const;       // STORE/image/overlay2
@@ -46,5 +52,7 @@ class StoreLayout {
 
 // The blob of layer `cache_id` as chunk records name it (relative to the store root).
 std::string blob_object_path(std::string_view cache_id);
+// The content-addressed object holding the chunk with xxh3-128 `digest` (relative to the store root).
+std::string content_object_path(const Digest128& digest);
 
 }  // namespace extrafs::store

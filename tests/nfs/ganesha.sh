@@ -15,7 +15,8 @@
 #   GANESHA_PSEUDO     pseudo path of the export (default /export); also the v3 mount path
 #   GANESHA_WAIT_S     seconds to wait for the server to answer (default 10)
 #   GANESHA_ATTR_EXPIRATION  seconds ganesha's MDCACHE trusts cached attributes/lookups
-#                      (default 0: tests change the exported tree behind ganesha's back)
+#                      (default 0: tests change the exported tree behind ganesha's back);
+#                      "default" leaves the setting out, so ganesha's own default (60 s) applies
 #
 # On success prints, one per line, and also writes them to DIR/urls:
 #   NFS4_URL=nfs://127.0.0.1:PORT/export
@@ -108,7 +109,14 @@ cmd_start() {
   local mnt_port=${GANESHA_MNT_PORT:-$((port + 1))}
   local pseudo=${GANESHA_PSEUDO:-/export}
   local wait_s=${GANESHA_WAIT_S:-10}
-  local attr_exp=${GANESHA_ATTR_EXPIRATION:-0}
+  local attr_exp=${GANESHA_ATTR_EXPIRATION:-0} attr_line
+  if [ "$attr_exp" = default ]; then
+    attr_line="# Attr_Expiration_Time: ganesha's default"
+  elif [[ "$attr_exp" =~ ^[0-9]+$ ]]; then
+    attr_line="Attr_Expiration_Time = $attr_exp;"
+  else
+    die "bad GANESHA_ATTR_EXPIRATION '$attr_exp' (seconds or \"default\")"
+  fi
   local v3=0
   case ",$protocols," in *,3,*) v3=1 ;; esac
 
@@ -150,7 +158,7 @@ EXPORT {
   Squash = No_Root_Squash;
   Protocols = $protocols;
   Transports = TCP;
-  Attr_Expiration_Time = $attr_exp;
+  $attr_line
   FSAL { Name = VFS; }
 }
 LOG {

@@ -57,3 +57,17 @@ TEST_CASE("a catalog with a cache id that could escape the store is rejected", "
   c.layers[1].cache_id = c.layers[0].cache_id;
   CHECK(Catalog::parse(c.serialize()).code() == EBADMSG);
 }
+
+TEST_CASE("a catalog's generation round-trips and catalogs without one still read", "[catalog]") {
+  Catalog c = sample();
+  CHECK(c.serialize().find("generation") == std::string::npos);  // as older writers wrote them
+  auto plain = Catalog::parse(c.serialize());
+  REQUIRE(plain.ok());
+  CHECK(plain->generation == 0);
+  c.generation = 41;
+  auto parsed = Catalog::parse(c.serialize());
+  REQUIRE(parsed.ok());
+  CHECK(parsed->generation == 41);
+  CHECK(parsed->layers == c.layers);
+  CHECK(catalog_generation_path(41) == "extrafs/catalog.d/41");
+}

@@ -82,6 +82,20 @@ TEST_CASE("write_new_file refuses to replace or follow", "[files]") {
   CHECK(*read_file(f) == "a");
 }
 
+TEST_CASE("an atomic create never replaces and leaves no temporary", "[files]") {
+  TempDir t;
+  const std::string f = t.path + "/7";
+  REQUIRE(write_file_atomic_new(f, "seven", 0600).ok());
+  auto st = write_file_atomic_new(f, "other");
+  CHECK(st.code() == EEXIST);
+  CHECK(st.error().message.find(f) != std::string::npos);
+  CHECK(*read_file(f) == "seven");
+  struct stat sb;
+  REQUIRE(::stat(f.c_str(), &sb) == 0);
+  CHECK((sb.st_mode & 07777) == 0600);
+  CHECK(names_in(t.path) == std::vector<std::string>{"7"});
+}
+
 TEST_CASE("read_file reads whole files and bounds them", "[files]") {
   TempDir t;
   const std::string f = t.path + "/big";

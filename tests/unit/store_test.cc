@@ -1,14 +1,20 @@
 #include <catch2/catch.hpp>
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "common/hash.h"
 #include "common/posix_file.h"
+#include "fs/catalog.h"
+#include "fs/layer_index.h"
+#include "store/catalog_writer.h"
 #include "store/docker_meta.h"
 #include "store/trace.h"
 
@@ -72,4 +78,104 @@ TEST_CASE("diff_ids are parsed from an image config and bad ones named", "[store
     CHECK(r.code() == EBADMSG);
     CHECK(r.error().message == "has a bad diff_id");
   }
+}
+
+namespace {
+// Reads every chunk of every file of the image/ index `digest` from the store's files and checks
+// it against its digest; returns the object paths the index names.
+std::vector<std::string> check_image_index(const std::string& store, const Digest128& digest) {
+  auto bytes = read_file(store + "/" + fs::image_index_path(digest));
+  REQUIRE(bytes.ok());
+  auto idx = fs::LayerIndex::parse(std::move(bytes).value());
+  REQUIRE(idx.ok());
+  std::vector<std::string> objects;
+  for (const auto& c : (*idx)->all_chunks()) {
+    if (c.flags & fs::kChunkZero) continue;
+    std::string object((*idx)->object_path(c.object));
+    objects.push_back(object);
+    auto data = read_file(store + "/" + object);
+    REQUIRE(data.ok());
+    REQUIRE(data->size() >= c.offset + c.raw_len);
+    Digest128 got = xxh3_128(data->data() + c.offset, c.raw_len);
+    CHECK(std::memcmp(got.bytes.data(), c.digest, 16) == 0);
+  }
+  return objects;
+}
+}  // namespace
+
+TEST_CASE("image/ files rewritten in place leave an earlier image index readable", "[store]") {
+  char tmpl[] = "/tmp/extrafs-objects-test.XXXXXX";
+  REQUIRE(::mkdtemp(tmpl) != nullptr);
+  const std::string store = tmpl;
+  const std::string repo = store + "/image/overlay2/repositories.json";
+  REQUIRE(make_dirs(store + "/image/overlay2/imagedb").ok());
+  REQUIRE(write_file_atomic(repo, R"({"Repositories":{"a":{"a:1":"sha256:11"}}})").ok());
+  REQUIRE(write_file_atomic(store + "/image/overlay2/imagedb/config", std::string(300000, 'c') + "end").ok());
+
+  store::StoreCatalog sc;
+  auto first = store::commit_store_catalog(store, &sc);
+  REQUIRE(first.ok());
+  CHECK(first->catalog_written);
+  REQUIRE(sc.catalog.image_index);
+  const Digest128 old_index = *sc.catalog.image_index;
+  auto objects = check_image_index(store, old_index);
+  REQUIRE(objects.size() >= 2);
+  for (const auto& o : objects) CHECK(o.rfind("extrafs/objects/", 0) == 0);
+
+  // A publisher rewrites repositories.json in place (same path, other bytes, other size).
+  {
+    Fd fd(::open(repo.c_str(), O_WRONLY | O_TRUNC));
+    REQUIRE(fd.valid());
+    std::string text = R"({"Repositories":{"a":{"a:1":"sha256:11"},"b":{"b:2":"sha256:22"}}})";
+    REQUIRE(write_all(fd.get(), text.data(), text.size()) == 0);
+  }
+  auto second = store::commit_store_catalog(store, &sc);
+  REQUIRE(second.ok());
+  CHECK(second->image_indexed);
+  CHECK_FALSE(*sc.catalog.image_index == old_index);
+  check_image_index(store, old_index);  // what a host on the old catalog reads is unchanged
+  check_image_index(store, *sc.catalog.image_index);
+
+  // Nothing changed: no new index, no new object, no new catalog.
+  auto third = store::commit_store_catalog(store, &sc);
+  REQUIRE(third.ok());
+  CHECK_FALSE(third->image_indexed);
+  CHECK_FALSE(third->catalog_written);
+  std::filesystem::remove_all(store);
+}
+
+TEST_CASE("each new catalog is also written under a generation never used before", "[store]") {
+  char tmpl[] = "/tmp/extrafs-generation-test.XXXXXX";
+  REQUIRE(::mkdtemp(tmpl) != nullptr);
+  const std::string store = tmpl;
+  const std::string repo = store + "/image/overlay2/repositories.json";
+  REQUIRE(make_dirs(store + "/image/overlay2").ok());
+  REQUIRE(write_file_atomic(repo, "{}").ok());
+  auto current = [&] { return *read_file(store + "/" + fs::kCatalogPath); };
+
+  store::StoreCatalog sc;
+  REQUIRE(store::commit_store_catalog(store, &sc).ok());
+  CHECK(sc.catalog.generation == 1);
+  CHECK(*read_file(store + "/extrafs/catalog.d/1") == current());
+  // Unchanged: no new generation.
+  REQUIRE(store::commit_store_catalog(store, &sc).ok());
+  CHECK(sc.catalog.generation == 1);
+  CHECK_FALSE(path_exists(store + "/extrafs/catalog.d/2"));
+
+  // A publish killed after writing generation 2 but before the catalog: 2 stays as it was.
+  REQUIRE(write_file_atomic(store + "/extrafs/catalog.d/2", "left by a killed publish").ok());
+  auto reread = store::load_store_catalog(store);
+  REQUIRE(reread.ok());
+  CHECK(reread->catalog.generation == 1);
+  REQUIRE(write_file_atomic(repo, R"({"Repositories":{}})").ok());
+  auto commit = store::commit_store_catalog(store, &*reread);
+  REQUIRE(commit.ok());
+  CHECK(commit->catalog_written);
+  CHECK(reread->catalog.generation == 3);
+  CHECK(*read_file(store + "/extrafs/catalog.d/2") == "left by a killed publish");
+  CHECK(*read_file(store + "/extrafs/catalog.d/3") == current());
+  auto parsed = fs::Catalog::parse(current());
+  REQUIRE(parsed.ok());
+  CHECK(parsed->generation == 3);
+  std::filesystem::remove_all(store);
 }
