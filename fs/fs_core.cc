@@ -12,6 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 
 namespace extrafs::fs {
@@ -28,6 +29,9 @@ constexpr uint32_t kLinkSymlink = 3;  // /overlay2/l/<link>
 constexpr uint32_t kEntryBase = 16;   // index entry e has local id kEntryBase + e
 
 Error noent() { return make_error(ENOENT, "no such entry"); }
+
+// Chunks offered to the fetcher to read along with a missing one (see ChunkFetcher::get).
+constexpr size_t kMaxFollowing = 8;
 
 Status check_catalog(const std::string& text) {
   auto c = Catalog::parse(text);
@@ -466,6 +470,10 @@ Result<size_t> FsCore::read(uint64_t ino, uint64_t offset, std::span<std::byte> 
   size_t want = static_cast<size_t>(std::min<uint64_t>(out.size(), rec.size - offset));
   auto chunks = idx.chunks(static_cast<uint32_t>(e));
   const uint64_t cs = idx.chunk_size();
+  // Readahead: a reader that keeps reading where it stopped gets the next chunks fetched, a
+  // window that grows with the streak.
+  const unsigned window = sequential_window(ino, offset, offset + want);
+  const uint64_t last_wanted = std::min<uint64_t>((offset + want - 1) / cs + window, chunks.size() - 1);
   size_t done = 0;
   while (done < want) {
     uint64_t pos = offset + done;
@@ -476,7 +484,15 @@ Result<size_t> FsCore::read(uint64_t ino, uint64_t offset, std::span<std::byte> 
     if (c.flags & kChunkZero) {
       std::memset(out.data() + done, 0, n);
     } else {
-      auto data = fetcher_.get(chunk_ref(idx, c));
+      // The rest of this read and the readahead window go along: a chunk that must come from
+      // the backend brings the ones right after it in the same read.
+      std::array<cache::ChunkRef, kMaxFollowing> following;
+      size_t nf = 0;
+      for (uint64_t fi = ci + 1; fi <= last_wanted && nf < kMaxFollowing; ++fi) {
+        if (chunks[fi].flags & kChunkZero) break;
+        following[nf++] = chunk_ref(idx, chunks[fi]);
+      }
+      auto data = fetcher_.get(chunk_ref(idx, c), std::span(following.data(), nf));
       if (!data.ok()) {
         // The whole request fails, even when earlier chunks of it were served: the kernel takes
         // a short read as end of file and shrinks the cached inode size to it, so one bad chunk
@@ -490,9 +506,8 @@ Result<size_t> FsCore::read(uint64_t ino, uint64_t offset, std::span<std::byte> 
     done += n;
   }
   bytes_served_ += done;
-  // Readahead: a reader that keeps reading where it stopped gets the next chunks fetched in the
-  // background, a window that grows with the streak.
-  if (unsigned window = sequential_window(ino, offset, offset + done)) {
+  // The window's chunks that the reads above did not bring are fetched in the background.
+  if (window > 0) {
     uint64_t last = (offset + done - 1) / cs;
     for (uint64_t ci = last + 1; ci <= last + window && ci < chunks.size(); ++ci) {
       const ChunkRecord& c = chunks[ci];
@@ -534,6 +549,10 @@ struct statvfs FsCore::statfs() {
 }
 
 std::string FsCore::stats_json() {
+  // Fetched chunks reach the disk cache from a background writer; waiting for it (at most the
+  // writer's short queue) makes cache_bytes, bytes_cached and `extrafs cache stat` agree with
+  // what has been read.
+  fetcher_.flush_cache_writes();
   auto f = fetcher_.stats();
   nlohmann::json j;
   j["bytes_fetched"] = f.bytes_fetched;
