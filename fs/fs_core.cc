@@ -33,6 +33,9 @@ Error noent() { return make_error(ENOENT, "no such entry"); }
 // Chunks offered to the fetcher to read along with a missing one (see ChunkFetcher::get).
 constexpr size_t kMaxFollowing = 8;
 
+// What a hole reads as (never written: the kernel backs it with its zero page).
+const std::byte kZeros[1 << 20] = {};
+
 Status check_catalog(const std::string& text) {
   auto c = Catalog::parse(text);
   if (!c.ok()) return c.error();
@@ -447,6 +450,19 @@ void FsCore::record_access(uint32_t slot_no, const Slot& s, uint32_t entry) {
 }
 
 Result<size_t> FsCore::read(uint64_t ino, uint64_t offset, std::span<std::byte> out) {
+  thread_local std::vector<ReadPiece> pieces;
+  EXTRAFS_TRY(n, read_pieces(ino, offset, out.size(), pieces));
+  size_t done = 0;
+  for (const auto& p : pieces) {
+    std::memcpy(out.data() + done, p.bytes.data(), p.bytes.size());
+    done += p.bytes.size();
+  }
+  pieces.clear();  // let go of the chunks
+  return n;
+}
+
+Result<size_t> FsCore::read_pieces(uint64_t ino, uint64_t offset, size_t size, std::vector<ReadPiece>& pieces) {
+  pieces.clear();
   uint32_t sn = ino_slot(ino), local = ino_local(ino);
   auto s = slot(sn);
   if (!s) return make_error(sn == 0 ? EISDIR : ESTALE, "not a file");
@@ -456,8 +472,8 @@ Result<size_t> FsCore::read(uint64_t ino, uint64_t offset, std::span<std::byte> 
     else if (local == kLowerFile && !s->is_image && s->layer.lower) content = *s->layer.lower;
     else return make_error(EISDIR, "not a file");
     if (offset >= content.size()) return size_t{0};
-    size_t n = std::min<size_t>(out.size(), content.size() - offset);
-    std::memcpy(out.data(), content.data() + offset, n);
+    size_t n = std::min<size_t>(size, content.size() - offset);
+    pieces.push_back({s, std::as_bytes(std::span(content.data() + offset, n))});
     bytes_served_ += n;
     return n;
   }
@@ -467,7 +483,7 @@ Result<size_t> FsCore::read(uint64_t ino, uint64_t offset, std::span<std::byte> 
   const EntryRecord& rec = idx.attr_entry(static_cast<uint32_t>(e));
   if (!S_ISREG(rec.mode)) return make_error(EISDIR, "not a regular file");
   if (offset >= rec.size) return size_t{0};
-  size_t want = static_cast<size_t>(std::min<uint64_t>(out.size(), rec.size - offset));
+  size_t want = static_cast<size_t>(std::min<uint64_t>(size, rec.size - offset));
   auto chunks = idx.chunks(static_cast<uint32_t>(e));
   const uint64_t cs = idx.chunk_size();
   // Readahead: a reader that keeps reading where it stopped gets the next chunks fetched, a
@@ -482,7 +498,8 @@ Result<size_t> FsCore::read(uint64_t ino, uint64_t offset, std::span<std::byte> 
     const ChunkRecord& c = chunks[ci];
     size_t n = static_cast<size_t>(std::min<uint64_t>(want - done, c.raw_len - in_chunk));
     if (c.flags & kChunkZero) {
-      std::memset(out.data() + done, 0, n);
+      n = std::min(n, sizeof(kZeros));
+      pieces.push_back({nullptr, std::span(kZeros, n)});
     } else {
       // The rest of this read and the readahead window go along: a chunk that must come from
       // the backend brings the ones right after it in the same read.
@@ -499,9 +516,10 @@ Result<size_t> FsCore::read(uint64_t ino, uint64_t offset, std::span<std::byte> 
         // would shorten the file for every reader until the inode is forgotten. Whatever went
         // wrong below (timeout, missing object, bytes that never verify), the reader sees EIO;
         // the cause is logged and counted by the fetcher.
+        pieces.clear();
         return make_error(EIO, data.error().message);
       }
-      std::memcpy(out.data() + done, (*data)->data() + in_chunk, n);
+      pieces.push_back({*data, std::span((*data)->data() + in_chunk, n)});
     }
     done += n;
   }
