@@ -11,7 +11,9 @@
 // Crash safety. A chunk becomes visible only by rename(2) of a complete temporary file, so after a
 // SIGKILL a chunk file is either absent or complete. Chunk files are not fsync'ed (that would cost
 // a disk flush per chunk); after a power loss a renamed file can be short or hold zeros, which the
-// header/length/digest check on every read catches: the chunk is then dropped and fetched again.
+// header/length/digest check catches: the chunk is then dropped and fetched again. The digest is
+// checked on the first read of a file by this instance (so after every open, i.e. every mount)
+// and again whenever the file's identity (inode, size, mtime, ctime) has changed since.
 // For the same reason a chunk's rename is not followed by an fsync of its directory (a lost rename
 // is a miss, not a wrong answer), which keeps a disk flush off the read path.
 // Nothing else needs to be durable: the LRU index is rebuilt at open() from the files (size from
@@ -69,6 +71,8 @@ constexpr uint64_t kMaxMetaSize = uint64_t{4} << 30;
 constexpr int64_t kTouchIntervalSec = 60;
 constexpr size_t kStripes = 64;
 constexpr size_t kMaxMetaName = 200;
+// The verified-files memory is never cleared below this many entries.
+constexpr size_t kVerifiedFloor = 4096;
 
 std::shared_ptr<spdlog::logger> log() {
   // common/ registers the per-module loggers; fall back to the default one if it has not.
@@ -172,6 +176,18 @@ class DiskBlockCache final : public BlockCache {
     Digest128 digest;
     uint64_t size;
   };
+  // What identifies the content of a chunk file without reading it: a rename puts a new inode
+  // in place, and any write to the file moves its mtime and ctime (ctime cannot be set by hand).
+  struct FileId {
+    dev_t dev = 0;
+    ino_t ino = 0;
+    off_t size = 0;
+    timespec mtime{}, ctime{};
+    bool operator==(const FileId& o) const {
+      return dev == o.dev && ino == o.ino && size == o.size && mtime.tv_sec == o.mtime.tv_sec &&
+             mtime.tv_nsec == o.mtime.tv_nsec && ctime.tv_sec == o.ctime.tv_sec && ctime.tv_nsec == o.ctime.tv_nsec;
+    }
+  };
   enum class ReadOutcome { kOk, kVanished, kCorrupt, kError };
   struct ReadResult {
     ReadOutcome outcome = ReadOutcome::kError;
@@ -189,7 +205,13 @@ class DiskBlockCache final : public BlockCache {
     return Error::from_errno(code, "cache " + dir_ + ": " + what);
   }
 
-  ReadResult read_chunk(const Digest128& d, bool touch);
+  // `trust`: skip hashing a file this instance has already verified and that has not changed
+  // since (same identity, see FileId). verify_all() never trusts.
+  ReadResult read_chunk(const Digest128& d, bool touch, bool trust);
+  size_t chunk_count() {
+    std::lock_guard lk(mu_);
+    return map_.size();
+  }
   void drop_corrupt(const Digest128& d, const ReadResult& r);
   void forget_if_gone(const Digest128& d);
 
@@ -222,6 +244,13 @@ class DiskBlockCache final : public BlockCache {
   uint64_t tmp_seq_ = 0;                                  // GUARDED_BY(mu_)
 
   std::atomic<uint64_t> hits_{0}, misses_{0}, evictions_{0}, corrupt_{0}, write_errors_{0};
+
+  // Chunk files verified by this instance, by digest, with the identity they had when they
+  // were. A file whose identity still matches is served without hashing it again; any other
+  // (replaced, rewritten, touched by hand) is verified again. Bounded by the number of chunks
+  // (entries of chunks no longer in the index are dropped when it doubles).
+  std::mutex verified_mu_;
+  std::unordered_map<Digest128, FileId, Digest128Hash> verified_;  // GUARDED_BY(verified_mu_)
 };
 
 Status DiskBlockCache::init() {
@@ -379,7 +408,7 @@ uint64_t DiskBlockCache::clean_tmp() {
   return removed;
 }
 
-DiskBlockCache::ReadResult DiskBlockCache::read_chunk(const Digest128& d, bool touch) {
+DiskBlockCache::ReadResult DiskBlockCache::read_chunk(const Digest128& d, bool touch, bool trust) {
   ReadResult r;
   std::string rel = chunk_rel(d);
   // O_NOFOLLOW and O_NONBLOCK: a chunk file replaced by a symlink (perhaps to a FIFO, whose
@@ -403,9 +432,19 @@ DiskBlockCache::ReadResult DiskBlockCache::read_chunk(const Digest128& d, bool t
     }
     return r;
   }
+  // Recency for the next open(); best effort, and cheap on the fd we already hold. Done before
+  // the fstat below, so that the identity remembered for the file is the one it keeps.
+  if (touch) ::futimens(fd.get(), nullptr);
   if (::fstat(fd.get(), &st) != 0) {
     r.err = errno;
     return r;
+  }
+  const FileId id{st.st_dev, st.st_ino, st.st_size, st.st_mtim, st.st_ctim};
+  bool known = false;
+  if (trust) {
+    std::lock_guard lk(verified_mu_);
+    auto it = verified_.find(d);
+    known = it != verified_.end() && it->second == id;
   }
   r.dev = st.st_dev;
   r.ino = st.st_ino;
@@ -427,12 +466,19 @@ DiskBlockCache::ReadResult DiskBlockCache::read_chunk(const Digest128& d, bool t
     r.data = {};
     return r;
   }
-  if (xxh3_128(r.data.data(), r.data.size()) != d) {
-    r.data = {};
-    return r;
+  if (!known) {
+    if (xxh3_128(r.data.data(), r.data.size()) != d) {
+      r.data = {};
+      return r;
+    }
+    // A write within the file system's timestamp granularity of the last change could leave
+    // mtime and ctime as they were; only a file unchanged for a while is trusted later.
+    if (trust && now_sec() - st.st_ctim.tv_sec >= 2) {
+      std::lock_guard lk(verified_mu_);
+      if (verified_.size() >= 2 * kVerifiedFloor && verified_.size() >= 2 * chunk_count()) verified_.clear();
+      verified_[d] = id;
+    }
   }
-  // Recency for the next open(); best effort, and cheap on the fd we already hold.
-  if (touch) ::futimens(fd.get(), nullptr);
   r.outcome = ReadOutcome::kOk;
   return r;
 }
@@ -480,7 +526,7 @@ Result<std::vector<std::byte>> DiskBlockCache::get(const Digest128& d) {
       touch = true;
     }
   }
-  ReadResult r = read_chunk(d, touch);
+  ReadResult r = read_chunk(d, touch, true);
   switch (r.outcome) {
     case ReadOutcome::kOk:
       hits_.fetch_add(1, std::memory_order_relaxed);
@@ -670,7 +716,7 @@ Result<uint64_t> DiskBlockCache::verify_all() {
   }
   uint64_t dropped = 0;
   for (const auto& d : all) {
-    ReadResult r = read_chunk(d, false);
+    ReadResult r = read_chunk(d, false, false);
     switch (r.outcome) {
       case ReadOutcome::kOk:
         break;

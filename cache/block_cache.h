@@ -8,6 +8,9 @@
 // more than one chunk over the bound, and only transiently). Survives unmount, remount and SIGKILL:
 // a chunk is written to a temporary file and renamed into place; a torn or corrupt chunk is
 // detected on read (digest mismatch or bad header), removed, and reported as a miss, never served.
+// A chunk file is hashed on its first read by this instance and again whenever the file changes
+// (its inode, size, mtime or ctime differ from when it was verified); in between, reads skip the
+// hash.
 //
 // Thread-safety: all methods may be called concurrently from any thread. Two processes must not
 // open the same directory at once: open() takes an exclusive flock on DIR/lock and fails with
@@ -45,7 +48,8 @@ class BlockCache {
   static Result<std::unique_ptr<BlockCache>> open(const std::string& dir, uint64_t capacity);
 
   // Returns the raw bytes of the chunk with digest `d`. ENOENT when absent; a chunk whose stored
-  // bytes do not hash to `d` is deleted and reported as ENOENT (counted in corrupt_dropped).
+  // bytes do not hash to `d` is deleted and reported as ENOENT (counted in corrupt_dropped). The
+  // bytes are hashed unless this instance verified the same, unchanged file before.
   virtual Result<std::vector<std::byte>> get(const Digest128& d) = 0;
 
   // Stores `raw` under `d` (the caller has already verified that xxh3_128(raw) == d). Evicts

@@ -12,6 +12,9 @@ namespace extrafs::cache {
 
 ChunkFetcher::ChunkFetcher(backend::Backend& backend, FetcherOptions options)
     : backend_(backend), options_(options) {
+  if (options_.disk && options_.cache_write_queue > 0)
+    writer_ = std::make_unique<CacheWriter>(*options_.disk, options_.cache_write_queue,
+                                            [this](const Error& e) { note_write_error(e); });
   for (unsigned i = 0; i < options_.prefetch_threads; ++i) workers_.emplace_back([this] { prefetch_worker(); });
 }
 
@@ -23,6 +26,11 @@ ChunkFetcher::~ChunkFetcher() {
   }
   queue_cv_.notify_all();
   for (auto& t : workers_) t.join();
+  writer_.reset();  // writes what is queued
+}
+
+void ChunkFetcher::flush_cache_writes() {
+  if (writer_) writer_->flush();
 }
 
 void ChunkFetcher::prefetch(const ChunkRef& c) {
@@ -47,20 +55,40 @@ void ChunkFetcher::prefetch(const ChunkRef& c) {
 void ChunkFetcher::prefetch_worker() {
   for (;;) {
     OwnedChunkRef job;
+    std::vector<OwnedChunkRef> following;
     {
       std::unique_lock lock(queue_mu_);
       queue_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
       if (stopping_) return;
       job = std::move(queue_.front());
       queue_.pop_front();
+      // Queued chunks that follow this one in its object go along, so that get() can read them
+      // in the same backend read (readahead of a file queues its next chunks in order).
+      uint64_t end = job.ref.offset + job.ref.stored_len, total = job.ref.stored_len;
+      for (auto it = queue_.begin(); it != queue_.end();) {
+        if (it->object == job.object && it->ref.offset == end && total + it->ref.stored_len <= kMaxCoalescedRead) {
+          end += it->ref.stored_len;
+          total += it->ref.stored_len;
+          following.push_back(std::move(*it));
+          it = queue_.erase(it);
+          it = queue_.begin();  // the next one may sit earlier in the queue
+        } else {
+          ++it;
+        }
+      }
     }
     job.ref.object = job.object;
+    std::vector<ChunkRef> refs;
+    for (auto& f : following) {
+      f.ref.object = f.object;
+      refs.push_back(f.ref);
+    }
     {
       std::lock_guard lock(mu_);
       if (map_.count(job.ref.digest)) continue;
     }
-    prefetches_++;
-    (void)get(job.ref);
+    prefetches_ += 1 + refs.size();
+    (void)get(job.ref, refs);
   }
 }
 
@@ -91,10 +119,11 @@ bool ChunkFetcher::is_cached(const Digest128& d) {
     std::lock_guard lock(mu_);
     if (map_.count(d)) return true;
   }
+  if (writer_ && writer_->pending(d)) return true;
   return options_.disk && options_.disk->contains(d);
 }
 
-Result<ChunkData> ChunkFetcher::get(const ChunkRef& c) {
+Result<ChunkData> ChunkFetcher::get(const ChunkRef& c, std::span<const ChunkRef> following) {
   if (auto hit = memory_get(c.digest)) {
     cache_hits_++;
     return hit;
@@ -120,14 +149,54 @@ Result<ChunkData> ChunkFetcher::get(const ChunkRef& c) {
     if (flight->result.ok()) cache_hits_++;
     return flight->result;
   }
-  Result<ChunkData> result = fetch(c);
-  if (result.ok()) memory_put(c.digest, result.value());
+  if (auto local = local_get(c)) {
+    cache_hits_++;
+    finish(c.digest, flight, local, true);
+    return local;
+  }
+  cache_misses_++;
+
+  // The run: `c`, then the following chunks that sit right after it in the object, are not held
+  // locally and that no one else is fetching; this thread leads them all.
+  std::vector<ChunkRef> run{c};
+  std::vector<std::shared_ptr<InFlight>> flights{flight};
+  uint64_t end = c.offset + c.stored_len, total = c.stored_len;
+  for (const ChunkRef& f : following) {
+    if (f.object != c.object || f.offset != end || f.stored_len == 0 || total + f.stored_len > kMaxCoalescedRead) break;
+    if (f.digest == c.digest || memory_get(f.digest) || (writer_ && writer_->pending(f.digest)) ||
+        (options_.disk && options_.disk->contains(f.digest)))
+      break;
+    std::lock_guard lock(mu_);
+    if (failed_.count(f.digest)) break;
+    auto [it, inserted] = inflight_.try_emplace(f.digest);
+    if (!inserted) break;
+    it->second = std::make_shared<InFlight>();
+    flights.push_back(it->second);
+    run.push_back(f);
+    end += f.stored_len;
+    total += f.stored_len;
+  }
+  cache_misses_ += run.size() - 1;
+  auto results = fetch_run(run);
+  // Waiters first (the chunk is in memory once finish() returns), then the disk cache. Only the
+  // chunk asked for is remembered as failed: the others were not asked for yet.
+  for (size_t i = 0; i < run.size(); ++i) finish(run[i].digest, flights[i], results[i], /*remember_failure=*/i == 0);
+  for (size_t i = 0; i < run.size(); ++i)
+    if (results[i].ok()) keep(run[i], results[i].value());
+  return results[0];
+}
+
+void ChunkFetcher::finish(const Digest128& d, const std::shared_ptr<InFlight>& flight, const Result<ChunkData>& result,
+                          bool remember_failure) {
+  if (result.ok()) memory_put(d, result.value());
   {
     std::lock_guard lock(mu_);
-    inflight_.erase(c.digest);
+    inflight_.erase(d);
     if (!result.ok()) {
-      if (failed_.size() > 4096) failed_.clear();
-      failed_[c.digest] = std::chrono::steady_clock::now();
+      if (remember_failure) {
+        if (failed_.size() > 4096) failed_.clear();
+        failed_[d] = std::chrono::steady_clock::now();
+      }
     } else if (!failed_.empty()) {
       failed_.clear();
     }
@@ -138,22 +207,89 @@ Result<ChunkData> ChunkFetcher::get(const ChunkRef& c) {
     flight->done = true;
   }
   flight->cv.notify_all();
-  return result;
 }
 
-Result<ChunkData> ChunkFetcher::fetch(const ChunkRef& c) {
+ChunkData ChunkFetcher::local_get(const ChunkRef& c) {
+  // Fetched a moment ago and dropped from memory, but not yet on disk.
+  if (writer_) {
+    if (auto queued = writer_->pending(c.digest)) return queued;
+  }
   if (options_.disk) {
     auto got = options_.disk->get(c.digest);
-    if (got.ok() && got->size() == c.raw_len) {
-      cache_hits_++;
-      return std::make_shared<const std::vector<std::byte>>(std::move(got).value());
-    }
+    if (got.ok() && got->size() == c.raw_len) return std::make_shared<const std::vector<std::byte>>(std::move(got).value());
   }
-  cache_misses_++;
+  return nullptr;
+}
+
+void ChunkFetcher::keep(const ChunkRef& c, const ChunkData& data) {
+  if (writer_) {
+    writer_->put(c.digest, data);
+  } else if (options_.disk) {
+    if (auto st = options_.disk->put(c.digest, *data); !st.ok()) note_write_error(st.error());
+  }
+}
+
+std::vector<Result<ChunkData>> ChunkFetcher::fetch_run(std::span<const ChunkRef> run) {
+  std::vector<Result<ChunkData>> out;
+  if (run.size() == 1) {
+    out.push_back(fetch_one(run[0], 2));
+    return out;
+  }
+  uint64_t total = 0;
+  for (const auto& c : run) total += c.stored_len;
+  std::vector<std::byte> stored(total);
+  auto started = std::chrono::steady_clock::now();
+  auto n = backend_.read(run[0].object, run[0].offset, stored);
+  observe_fetch(std::chrono::steady_clock::now() - started);
+  if (!n.ok()) {
+    backend_errors_++;
+    spdlog::warn("read of {} at {} ({} chunks) failed: {}", run[0].object, run[0].offset, run.size(), n.error().message);
+    for (size_t i = 0; i < run.size(); ++i) out.push_back(n.error());
+    return out;
+  }
+  bytes_fetched_ += *n;
+  uint64_t pos = 0;
+  for (const auto& c : run) {
+    Result<ChunkData> r = make_error(EIO, "short read");
+    if (pos + c.stored_len <= *n) {
+      chunks_fetched_++;
+      r = decode(c, stored, pos);
+    }
+    // Short or bad: caught mid-replacement or corrupted in transit; this chunk alone, again.
+    out.push_back(r.ok() ? std::move(r) : fetch_one(c, 1));
+    pos += c.stored_len;
+  }
+  return out;
+}
+
+Result<ChunkData> ChunkFetcher::decode(const ChunkRef& c, std::vector<std::byte>& buf, size_t pos) {
+  std::vector<std::byte> raw;
+  const std::byte* stored = buf.data() + pos;
+  if (c.lz4) {
+    raw.resize(c.raw_len);
+    int got = LZ4_decompress_safe(reinterpret_cast<const char*>(stored), reinterpret_cast<char*>(raw.data()),
+                                  static_cast<int>(c.stored_len), static_cast<int>(c.raw_len));
+    if (got != static_cast<int>(c.raw_len)) {
+      corrupt_fetches_++;
+      return make_error(EIO, fmt::format("chunk of {} at {} does not decompress", c.object, c.offset));
+    }
+  } else if (pos == 0 && buf.size() == c.stored_len) {
+    raw = std::move(buf);  // the whole buffer is this chunk: no copy
+  } else {
+    raw.assign(stored, stored + c.stored_len);
+  }
+  if (xxh3_128(raw.data(), raw.size()) != c.digest) {
+    corrupt_fetches_++;
+    return make_error(EIO, fmt::format("chunk of {} at {} fails verification", c.object, c.offset));
+  }
+  return std::make_shared<const std::vector<std::byte>>(std::move(raw));
+}
+
+Result<ChunkData> ChunkFetcher::fetch_one(const ChunkRef& c, int attempts) {
   // One retry: a chunk that fails verification may have been caught mid-replacement or
   // corrupted in transit; a second failure is reported as EIO.
   Error last = make_error(EIO, "unreachable");
-  for (int attempt = 0; attempt < 2; ++attempt) {
+  for (int attempt = 0; attempt < attempts; ++attempt) {
     std::vector<std::byte> stored(c.stored_len);
     auto started = std::chrono::steady_clock::now();
     auto n = backend_.read(c.object, c.offset, stored);
@@ -170,28 +306,9 @@ Result<ChunkData> ChunkFetcher::fetch(const ChunkRef& c) {
       last = make_error(EIO, fmt::format("{} is shorter than the index says (offset {})", c.object, c.offset));
       continue;
     }
-    std::vector<std::byte> raw;
-    if (c.lz4) {
-      raw.resize(c.raw_len);
-      int got = LZ4_decompress_safe(reinterpret_cast<const char*>(stored.data()), reinterpret_cast<char*>(raw.data()),
-                                    static_cast<int>(c.stored_len), static_cast<int>(c.raw_len));
-      if (got != static_cast<int>(c.raw_len)) {
-        corrupt_fetches_++;
-        last = make_error(EIO, fmt::format("chunk of {} at {} does not decompress", c.object, c.offset));
-        continue;
-      }
-    } else {
-      raw = std::move(stored);
-    }
-    if (xxh3_128(raw.data(), raw.size()) != c.digest) {
-      corrupt_fetches_++;
-      last = make_error(EIO, fmt::format("chunk of {} at {} fails verification", c.object, c.offset));
-      continue;
-    }
-    if (options_.disk) {
-      if (auto st = options_.disk->put(c.digest, raw); !st.ok()) note_write_error(st.error());
-    }
-    return std::make_shared<const std::vector<std::byte>>(std::move(raw));
+    auto data = decode(c, stored, 0);
+    if (data.ok()) return data;
+    last = data.error();
   }
   spdlog::error("{}", last.message);
   return last;
@@ -280,6 +397,7 @@ FetcherStats ChunkFetcher::stats() const {
   s.corrupt_fetches = corrupt_fetches_;
   s.prefetches = prefetches_;
   s.cache_write_errors = cache_write_errors_;
+  s.cache_writes_pending = writer_ ? writer_->pending_count() : 0;
   // The count is the sum of the buckets, so the +Inf bucket always equals it.
   uint64_t running = 0;
   for (size_t i = 0; i <= kFetchBucketCount; ++i) {

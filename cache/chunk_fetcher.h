@@ -1,7 +1,8 @@
 // ChunkFetcher: turns a chunk reference into verified raw bytes. It
 //   - serves from a small in-memory LRU, then from the on-disk BlockCache (if one is given),
 //   - otherwise reads the stored bytes from the Backend, decompresses (lz4) and verifies the
-//     xxh3-128 digest, stores the chunk in both caches, and returns it,
+//     xxh3-128 digest, keeps the chunk in memory, returns it, and has a CacheWriter store it on
+//     disk in the background (the reader does not wait for the cache-file write),
 //   - merges concurrent misses on one chunk so N readers cause one backend read,
 //   - counts every outcome (see FetcherStats) for `extrafs stats`.
 // It is also the store's MetaSource (see meta_source.h): it reads metadata objects (catalog,
@@ -31,6 +32,7 @@
 #include <vector>
 
 #include "cache/block_cache.h"
+#include "cache/cache_writer.h"
 #include "cache/meta_source.h"
 #include "common/hash.h"
 #include "common/result.h"
@@ -52,16 +54,21 @@ struct ChunkRef {
   Digest128 digest;
 };
 
-using ChunkData = std::shared_ptr<const std::vector<std::byte>>;
-
 struct FetcherOptions {
   uint64_t memory_bytes = 64ull << 20;  // bound of the in-memory LRU
   BlockCache* disk = nullptr;           // optional persistent cache
   unsigned prefetch_threads = 4;        // workers for prefetch(); 0 disables it
   size_t prefetch_queue = 64;           // pending prefetches beyond this are dropped
+  // Fetched chunks waiting to be written to `disk` by the background writer; a fetch that finds
+  // the queue full waits for room. 0 writes on the fetching thread instead.
+  size_t cache_write_queue = 32;
   // A failed write to the disk cache is logged the first time, then at most once per interval.
   std::chrono::milliseconds write_error_log_interval{std::chrono::minutes(1)};
 };
+
+// Adjacent chunks fetched together are read with one backend read of at most this many bytes:
+// the NFS backend's READ cap, so one round trip.
+inline constexpr uint64_t kMaxCoalescedRead = uint64_t{1} << 20;
 
 // A chunk reference that owns its object path, for work queued beyond the caller's lifetime.
 struct OwnedChunkRef {
@@ -86,6 +93,7 @@ struct FetcherStats {
   uint64_t prefetches = 0;       // chunks brought into memory ahead of readers
   uint64_t cache_write_errors = 0;  // chunks or metadata the disk cache failed to store (disk
                                     // full, ...); the reader still gets its bytes
+  uint64_t cache_writes_pending = 0;  // fetched chunks not yet written to the disk cache
   // Backend reads of chunks by how long they took, failed ones included: fetch_buckets[i] counts
   // those that took at most kFetchBuckets[i] seconds (cumulative, as Prometheus wants it).
   std::array<uint64_t, kFetchBucketCount> fetch_buckets{};
@@ -102,7 +110,11 @@ class ChunkFetcher : public MetaSource {
 
   // The raw bytes of chunk `c`. Errors: EIO (backend failure or bytes that never verify),
   // ETIMEDOUT, ENOENT (object missing from the store).
-  Result<ChunkData> get(const ChunkRef& c);
+  // `following`: chunks the caller will want next (the rest of its read, its readahead). When `c`
+  // must come from the backend, those of them that lie right after it in the same object, and
+  // are neither held locally nor being fetched, are read with it in one backend read of at most
+  // kMaxCoalescedRead bytes; each is verified on its own and kept like any fetched chunk.
+  Result<ChunkData> get(const ChunkRef& c, std::span<const ChunkRef> following = {});
 
   // Queues `c` to be brought into memory in the background (readahead), from disk or from the
   // backend. Returns at once; does nothing if the chunk is in memory or being fetched, or if the
@@ -119,6 +131,10 @@ class ChunkFetcher : public MetaSource {
   Result<MetaVersion> meta_version(std::string_view path) override;
   std::string describe() const override;
 
+  // Returns once every chunk fetched before the call is written to the disk cache (or its write
+  // has failed and been counted). For `extrafs stats` and tests; unmount does it too.
+  void flush_cache_writes();
+
   FetcherStats stats() const;
   // Bytes of chunk data held locally: the disk cache if there is one, else the memory LRU.
   uint64_t cached_bytes();
@@ -131,7 +147,24 @@ class ChunkFetcher : public MetaSource {
     Result<ChunkData> result = make_error(EIO, "pending");
   };
 
-  Result<ChunkData> fetch(const ChunkRef& c);
+  // The chunk from the disk cache or the writer's queue, or null.
+  ChunkData local_get(const ChunkRef& c);
+  // REQUIRES: the caller leads the in-flight entries of every chunk of `run` (adjacent chunks of
+  // one object, run[0] first). Reads them from the backend with one read, verifies each; a chunk
+  // that fails is read once more on its own. One result per chunk.
+  std::vector<Result<ChunkData>> fetch_run(std::span<const ChunkRef> run);
+  // Reads one chunk from the backend, up to `attempts` times while what comes back does not
+  // verify.
+  Result<ChunkData> fetch_one(const ChunkRef& c, int attempts);
+  // Decompresses and verifies the stored bytes of `c`, at `pos` in `buf`; EIO when they are
+  // wrong. May take `buf` over when it holds exactly this uncompressed chunk.
+  Result<ChunkData> decode(const ChunkRef& c, std::vector<std::byte>& buf, size_t pos);
+  // Keeps a verified chunk: memory LRU, and the disk cache through the writer.
+  void keep(const ChunkRef& c, const ChunkData& data);
+  // Publishes the outcome of a fetch this thread leads to its waiters; a failure is remembered
+  // (see failed_) if `remember_failure`.
+  void finish(const Digest128& d, const std::shared_ptr<InFlight>& flight, const Result<ChunkData>& result,
+              bool remember_failure);
   void prefetch_worker();
   ChunkData memory_get(const Digest128& d);
   // Adds one backend read of `d` to the latency histogram.
@@ -172,6 +205,10 @@ class ChunkFetcher : public MetaSource {
   std::mutex write_log_mu_;  // guards the two fields below
   std::chrono::steady_clock::time_point write_logged_at_{};
   uint64_t write_errors_logged_ = 0;  // cache_write_errors_ when last logged
+
+  // Null without a disk cache or with cache_write_queue == 0. Reset first in the destructor: its
+  // thread reports errors through note_write_error.
+  std::unique_ptr<CacheWriter> writer_;
 };
 
 }  // namespace extrafs::cache

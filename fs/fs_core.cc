@@ -12,6 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 
 namespace extrafs::fs {
@@ -28,6 +29,12 @@ constexpr uint32_t kLinkSymlink = 3;  // /overlay2/l/<link>
 constexpr uint32_t kEntryBase = 16;   // index entry e has local id kEntryBase + e
 
 Error noent() { return make_error(ENOENT, "no such entry"); }
+
+// Chunks offered to the fetcher to read along with a missing one (see ChunkFetcher::get).
+constexpr size_t kMaxFollowing = 8;
+
+// What a hole reads as (never written: the kernel backs it with its zero page).
+const std::byte kZeros[1 << 20] = {};
 
 Status check_catalog(const std::string& text) {
   auto c = Catalog::parse(text);
@@ -511,6 +518,19 @@ void FsCore::record_access(uint32_t slot_no, const Slot& s, uint32_t entry) {
 }
 
 Result<size_t> FsCore::read(uint64_t ino, uint64_t offset, std::span<std::byte> out) {
+  thread_local std::vector<ReadPiece> pieces;
+  EXTRAFS_TRY(n, read_pieces(ino, offset, out.size(), pieces));
+  size_t done = 0;
+  for (const auto& p : pieces) {
+    std::memcpy(out.data() + done, p.bytes.data(), p.bytes.size());
+    done += p.bytes.size();
+  }
+  pieces.clear();  // let go of the chunks
+  return n;
+}
+
+Result<size_t> FsCore::read_pieces(uint64_t ino, uint64_t offset, size_t size, std::vector<ReadPiece>& pieces) {
+  pieces.clear();
   uint32_t sn = ino_slot(ino), local = ino_local(ino);
   auto s = slot(sn);
   if (!s) return make_error(sn == 0 ? EISDIR : ESTALE, "not a file");
@@ -520,8 +540,8 @@ Result<size_t> FsCore::read(uint64_t ino, uint64_t offset, std::span<std::byte> 
     else if (local == kLowerFile && !s->is_image && s->layer.lower) content = *s->layer.lower;
     else return make_error(EISDIR, "not a file");
     if (offset >= content.size()) return size_t{0};
-    size_t n = std::min<size_t>(out.size(), content.size() - offset);
-    std::memcpy(out.data(), content.data() + offset, n);
+    size_t n = std::min<size_t>(size, content.size() - offset);
+    pieces.push_back({s, std::as_bytes(std::span(content.data() + offset, n))});
     bytes_served_ += n;
     return n;
   }
@@ -531,9 +551,13 @@ Result<size_t> FsCore::read(uint64_t ino, uint64_t offset, std::span<std::byte> 
   const EntryRecord& rec = idx.attr_entry(static_cast<uint32_t>(e));
   if (!S_ISREG(rec.mode)) return make_error(EISDIR, "not a regular file");
   if (offset >= rec.size) return size_t{0};
-  size_t want = static_cast<size_t>(std::min<uint64_t>(out.size(), rec.size - offset));
+  size_t want = static_cast<size_t>(std::min<uint64_t>(size, rec.size - offset));
   auto chunks = idx.chunks(static_cast<uint32_t>(e));
   const uint64_t cs = idx.chunk_size();
+  // Readahead: a reader that keeps reading where it stopped gets the next chunks fetched, a
+  // window that grows with the streak.
+  const unsigned window = sequential_window(ino, offset, offset + want);
+  const uint64_t last_wanted = std::min<uint64_t>((offset + want - 1) / cs + window, chunks.size() - 1);
   size_t done = 0;
   while (done < want) {
     uint64_t pos = offset + done;
@@ -542,25 +566,34 @@ Result<size_t> FsCore::read(uint64_t ino, uint64_t offset, std::span<std::byte> 
     const ChunkRecord& c = chunks[ci];
     size_t n = static_cast<size_t>(std::min<uint64_t>(want - done, c.raw_len - in_chunk));
     if (c.flags & kChunkZero) {
-      std::memset(out.data() + done, 0, n);
+      n = std::min(n, sizeof(kZeros));
+      pieces.push_back({nullptr, std::span(kZeros, n)});
     } else {
-      auto data = fetcher_.get(chunk_ref(idx, c));
+      // The rest of this read and the readahead window go along: a chunk that must come from
+      // the backend brings the ones right after it in the same read.
+      std::array<cache::ChunkRef, kMaxFollowing> following;
+      size_t nf = 0;
+      for (uint64_t fi = ci + 1; fi <= last_wanted && nf < kMaxFollowing; ++fi) {
+        if (chunks[fi].flags & kChunkZero) break;
+        following[nf++] = chunk_ref(idx, chunks[fi]);
+      }
+      auto data = fetcher_.get(chunk_ref(idx, c), std::span(following.data(), nf));
       if (!data.ok()) {
         // The whole request fails, even when earlier chunks of it were served: the kernel takes
         // a short read as end of file and shrinks the cached inode size to it, so one bad chunk
         // would shorten the file for every reader until the inode is forgotten. Whatever went
         // wrong below (timeout, missing object, bytes that never verify), the reader sees EIO;
         // the cause is logged and counted by the fetcher.
+        pieces.clear();
         return make_error(EIO, data.error().message);
       }
-      std::memcpy(out.data() + done, (*data)->data() + in_chunk, n);
+      pieces.push_back({*data, std::span((*data)->data() + in_chunk, n)});
     }
     done += n;
   }
   bytes_served_ += done;
-  // Readahead: a reader that keeps reading where it stopped gets the next chunks fetched in the
-  // background, a window that grows with the streak.
-  if (unsigned window = sequential_window(ino, offset, offset + done)) {
+  // The window's chunks that the reads above did not bring are fetched in the background.
+  if (window > 0) {
     uint64_t last = (offset + done - 1) / cs;
     for (uint64_t ci = last + 1; ci <= last + window && ci < chunks.size(); ++ci) {
       const ChunkRecord& c = chunks[ci];
@@ -602,6 +635,10 @@ struct statvfs FsCore::statfs() {
 }
 
 std::string FsCore::stats_json() {
+  // Fetched chunks reach the disk cache from a background writer; waiting for it (at most the
+  // writer's short queue) makes cache_bytes, bytes_cached and `extrafs cache stat` agree with
+  // what has been read.
+  fetcher_.flush_cache_writes();
   auto f = fetcher_.stats();
   nlohmann::json j;
   j["bytes_fetched"] = f.bytes_fetched;

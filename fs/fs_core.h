@@ -99,6 +99,15 @@ class FsCore {
   // request touches cannot be served, the whole request fails (EIO) and nothing is returned: a
   // short count would read as end of file to the kernel, which then shrinks the file's size.
   Result<size_t> read(uint64_t ino, uint64_t offset, std::span<std::byte> out);
+  // One part of a read's answer: `bytes`, inside memory that `keep` holds alive (null: static).
+  struct ReadPiece {
+    std::shared_ptr<const void> keep;
+    std::span<const std::byte> bytes;
+  };
+  // read() without the copy: the answer (up to `size` bytes at `offset`) as pieces that point
+  // into the chunks themselves, for the adapter to hand to the kernel as they are. `pieces` is
+  // replaced; on error it is left empty. Returns the total length.
+  Result<size_t> read_pieces(uint64_t ino, uint64_t offset, size_t size, std::vector<ReadPiece>& pieces);
   struct statvfs statfs();
 
   InodeTable& inodes() { return inodes_; }

@@ -4,6 +4,7 @@
 #include "fs/fuse_adapter.h"
 
 #include <fuse_lowlevel.h>
+#include <sys/uio.h>
 #include <sys/xattr.h>
 
 #include <spdlog/spdlog.h>
@@ -157,14 +158,20 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 }
 
 void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
-  thread_local std::vector<std::byte> buf;
-  if (buf.size() < size) buf.resize(size);
-  auto n = core_of(req).read(ino, static_cast<uint64_t>(off), std::span(buf.data(), size));
+  // The reply is written to the kernel straight from the chunks (one writev): no copy in between.
+  thread_local std::vector<FsCore::ReadPiece> pieces;
+  thread_local std::vector<iovec> iov;
+  auto n = core_of(req).read_pieces(ino, static_cast<uint64_t>(off), size, pieces);
   if (!n.ok()) {
     fuse_reply_err(req, n.code());
     return;
   }
-  fuse_reply_buf(req, reinterpret_cast<const char*>(buf.data()), *n);
+  iov.clear();
+  for (const auto& p : pieces)
+    iov.push_back({const_cast<std::byte*>(p.bytes.data()), p.bytes.size()});
+  if (iov.empty()) fuse_reply_buf(req, nullptr, 0);  // end of file
+  else fuse_reply_iov(req, iov.data(), static_cast<int>(iov.size()));
+  pieces.clear();  // let go of the chunks
 }
 
 void op_statfs(fuse_req_t req, fuse_ino_t) {

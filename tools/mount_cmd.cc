@@ -1,5 +1,7 @@
 #include "tools/mount_cmd.h"
 
+#include <malloc.h>
+
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/mount.h>
@@ -57,6 +59,11 @@ std::string default_cache_dir(const std::string& source) {
 
 // Runs in the process that will serve. `notify` reports "" once mounted, else the reason.
 int serve(const MountRequest& req, const std::function<void(const std::string&)>& notify) {
+  // Chunks are 1 MiB buffers allocated and freed all the time. Above glibc's mmap threshold each
+  // would be a fresh mmap: page faults and kernel zeroing of every page, then munmap. Keep them in
+  // the heap, and keep up to 64 MiB of freed heap (the memory LRU's size) instead of trimming it.
+  ::mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  ::mallopt(M_TRIM_THRESHOLD, 64 << 20);
   // The cache first: if it holds this source's catalog, the mount can serve it while the server
   // is unreachable, so an unreachable server is then no reason to refuse the mount.
   std::unique_ptr<cache::BlockCache> disk;

@@ -4,7 +4,11 @@
 #include <spdlog/sinks/ringbuffer_sink.h>
 #include <spdlog/spdlog.h>
 
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <thread>
+#include <unordered_map>
 
 #include "cache/chunk_fetcher.h"
 #include "test_util.h"
@@ -37,6 +41,55 @@ class FullDiskCache : public cache::BlockCache {
   Status shrink_to(uint64_t) override { return ok_status(); }
   cache::BlockCacheStats stats() override { return {}; }
 };
+
+// A disk cache in memory whose puts wait until the test opens the gate: shows what readers do
+// while cache files are being written.
+class GatedCache : public cache::BlockCache {
+ public:
+  void open_gate() {
+    { std::lock_guard l(mu_); open_ = true; }
+    cv_.notify_all();
+  }
+  size_t stored() { std::lock_guard l(mu_); return chunks_.size(); }
+  size_t puts_started() { std::lock_guard l(mu_); return started_; }
+  Result<std::vector<std::byte>> get(const Digest128& d) override {
+    std::lock_guard l(mu_);
+    auto it = chunks_.find(d);
+    if (it == chunks_.end()) return make_error(ENOENT, "absent");
+    return it->second;
+  }
+  Status put(const Digest128& d, std::span<const std::byte> raw) override {
+    std::unique_lock l(mu_);
+    ++started_;
+    cv_.wait(l, [&] { return open_; });
+    chunks_[d].assign(raw.begin(), raw.end());
+    return ok_status();
+  }
+  bool contains(const Digest128& d) override { std::lock_guard l(mu_); return chunks_.count(d) > 0; }
+  Status put_meta(const std::string&, std::span<const std::byte>) override { return ok_status(); }
+  Result<std::vector<std::byte>> get_meta(const std::string&) override { return make_error(ENOENT, "absent"); }
+  Result<uint64_t> verify_all() override { return uint64_t{0}; }
+  Status shrink_to(uint64_t) override { return ok_status(); }
+  cache::BlockCacheStats stats() override { return {}; }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool open_ = false;
+  size_t started_ = 0;
+  std::unordered_map<Digest128, std::vector<std::byte>, Digest128Hash> chunks_;
+};
+
+cache::FetcherOptions no_prefetch() {
+  cache::FetcherOptions o;
+  o.prefetch_threads = 0;
+  return o;
+}
+
+cache::ChunkData bytes_of(const std::string& s) {
+  auto b = std::as_bytes(std::span(s.data(), s.size()));
+  return std::make_shared<const std::vector<std::byte>>(b.begin(), b.end());
+}
 
 // Sends the default logger's output to a ring buffer for the life of the object.
 struct CapturedLog {
@@ -73,6 +126,7 @@ TEST_CASE("failed disk-cache writes are counted and logged now and then; reads s
     REQUIRE(got.ok());
     CHECK(std::memcmp((*got)->data(), data.data() + i * 4096, 4096) == 0);
   }
+  f.flush_cache_writes();  // the writes happen in the background
   CHECK(f.stats().cache_write_errors == 5);
   auto lines = log.lines_with("cannot write to the cache");
   REQUIRE(lines.size() == 1);  // the first failure, then quiet
@@ -82,6 +136,7 @@ TEST_CASE("failed disk-cache writes are counted and logged now and then; reads s
   std::this_thread::sleep_for(std::chrono::milliseconds(350));
   REQUIRE(f.get(ref_for("obj", data, 5 * 4096, 4096)).ok());
   REQUIRE(f.read_meta("obj", "meta-obj", [](const std::string&) { return ok_status(); }).ok());
+  f.flush_cache_writes();
   CHECK(f.stats().cache_write_errors == 7);  // a metadata copy that cannot be kept counts too
   lines = log.lines_with("cannot write to the cache");
   REQUIRE(lines.size() == 2);  // one more once the interval has passed
@@ -223,4 +278,175 @@ TEST_CASE("every backend read of a chunk is timed into the latency histogram", "
   CHECK(s.fetch_buckets[5] == 0);  // none took 25 ms or less
   CHECK(s.fetch_buckets[cache::kFetchBucketCount - 1] == 2);
   for (size_t i = 1; i < cache::kFetchBucketCount; ++i) CHECK(s.fetch_buckets[i - 1] <= s.fetch_buckets[i]);
+}
+
+TEST_CASE("a fetched chunk is served before its cache write finishes; flush waits for the write", "[fetcher]") {
+  backend::MemoryBackend mem;
+  std::string data = pseudo_random(4 * 4096, 21);
+  mem.put("obj", data);
+  GatedCache disk;
+  cache::FetcherOptions o;
+  o.disk = &disk;
+  o.memory_bytes = 4096;  // one chunk: the second fetch pushes the first out of memory
+  cache::ChunkFetcher f(mem, o);
+  auto a = ref_for("obj", data, 0, 4096), b = ref_for("obj", data, 4096, 4096);
+  auto got = f.get(a);  // the disk put is blocked, yet the reader has its bytes
+  REQUIRE(got.ok());
+  CHECK(std::memcmp((*got)->data(), data.data(), 4096) == 0);
+  REQUIRE(f.get(b).ok());
+  CHECK(f.stats().cache_writes_pending == 2);
+  CHECK(disk.stored() == 0);
+  // Out of memory, not yet on disk: served from the writer's queue, not fetched again.
+  REQUIRE(f.get(a).ok());
+  CHECK(mem.reads() == 2);
+  CHECK(f.is_cached(a.digest));
+
+  std::thread flusher([&] { f.flush_cache_writes(); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  CHECK(disk.stored() == 0);
+  disk.open_gate();
+  flusher.join();
+  CHECK(disk.stored() == 2);
+  CHECK(disk.contains(a.digest));
+  CHECK(f.stats().cache_writes_pending == 0);
+}
+
+TEST_CASE("the cache write queue is bounded: a put waits for room, and nothing is dropped", "[fetcher]") {
+  GatedCache disk;
+  cache::CacheWriter w(disk, 2, nullptr);
+  std::string s = pseudo_random(5 * 100, 22);
+  std::vector<Digest128> ds;
+  for (int i = 0; i < 5; ++i) ds.push_back(xxh3_128(s.data() + i * 100, 100));
+  // The writer takes the first and blocks in the disk; two more fill the queue.
+  w.put(ds[0], bytes_of(s.substr(0, 100)));
+  for (int i = 0; i < 100 && disk.puts_started() == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  REQUIRE(disk.puts_started() == 1);
+  w.put(ds[1], bytes_of(s.substr(100, 100)));
+  w.put(ds[2], bytes_of(s.substr(200, 100)));
+  w.put(ds[1], bytes_of(s.substr(100, 100)));  // already queued: not queued twice, does not wait
+  CHECK(w.pending_count() == 3);
+  std::atomic<bool> fourth_done{false};
+  std::thread t([&] {
+    w.put(ds[3], bytes_of(s.substr(300, 100)));
+    fourth_done = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK_FALSE(fourth_done.load());  // the queue is full
+  REQUIRE(w.pending(ds[2]) != nullptr);
+  CHECK(std::memcmp(w.pending(ds[2])->data(), s.data() + 200, 100) == 0);
+  disk.open_gate();
+  t.join();
+  CHECK(fourth_done.load());
+  w.put(ds[4], bytes_of(s.substr(400, 100)));
+  w.flush();
+  CHECK(w.pending_count() == 0);
+  CHECK(disk.stored() == 5);
+  for (auto& d : ds) CHECK(disk.contains(d));
+}
+
+TEST_CASE("the cache writer reports every failed write and still drains its queue", "[fetcher]") {
+  FullDiskCache full;
+  std::atomic<int> errors{0};
+  std::string s = pseudo_random(800, 23);
+  {
+    cache::CacheWriter w(full, 3, [&](const Error& e) {
+      CHECK(e.code == ENOSPC);
+      errors++;
+    });
+    for (int i = 0; i < 8; ++i) w.put(xxh3_128(s.data() + i * 100, 100), bytes_of(s.substr(i * 100, 100)));
+    w.flush();
+    CHECK(errors == 8);
+    w.put(xxh3_128(s.data(), 50), bytes_of(s.substr(0, 50)));
+  }  // the destructor writes (here: fails) what is still queued
+  CHECK(errors == 9);
+}
+
+TEST_CASE("adjacent missing chunks are fetched with one backend read and verified one by one", "[fetcher]") {
+  backend::MemoryBackend mem;
+  std::string data = pseudo_random(6 * 4096, 24);
+  mem.put("obj", data);
+  cache::ChunkFetcher f(mem, no_prefetch());
+  std::vector<cache::ChunkRef> refs;
+  for (uint32_t i = 0; i < 6; ++i) refs.push_back(ref_for("obj", data, i * 4096, 4096));
+  // Chunk 2 is already in memory: the run is 0, 1 and stops there.
+  REQUIRE(f.get(refs[2]).ok());
+  REQUIRE(mem.reads() == 1);
+  REQUIRE(f.get(refs[0], std::span(refs).subspan(1)).ok());
+  CHECK(mem.reads() == 2);
+  // Chunks 3, 4, 5: three misses, one read.
+  REQUIRE(f.get(refs[3], std::span(refs).subspan(4)).ok());
+  CHECK(mem.reads() == 3);
+  CHECK(f.stats().chunks_fetched == 6);
+  CHECK(f.stats().bytes_fetched == 6 * 4096);
+  for (uint32_t i = 0; i < 6; ++i) {
+    auto got = f.get(refs[i]);
+    REQUIRE(got.ok());
+    CHECK(std::memcmp((*got)->data(), data.data() + i * 4096, 4096) == 0);
+  }
+  CHECK(mem.reads() == 3);  // all of them were kept
+
+  // A chunk that is not right after the previous one ends the run.
+  cache::ChunkFetcher g(mem, no_prefetch());
+  std::vector<cache::ChunkRef> gap{refs[4], refs[5]};
+  REQUIRE(g.get(refs[0], gap).ok());
+  CHECK(mem.reads() == 4);
+  CHECK(g.stats().chunks_fetched == 1);
+}
+
+TEST_CASE("in a coalesced read, a chunk that fails verification is fetched again alone and fails alone", "[fetcher]") {
+  backend::MemoryBackend mem;
+  std::string data = pseudo_random(4 * 4096, 25);
+  mem.put("obj", data);
+  cache::ChunkFetcher f(mem, no_prefetch());
+  std::vector<cache::ChunkRef> refs;
+  for (uint32_t i = 0; i < 4; ++i) refs.push_back(ref_for("obj", data, i * 4096, 4096));
+  refs[2].digest = xxh3_128("not these bytes", 15);  // the index and the store disagree
+  REQUIRE(f.get(refs[0], std::span(refs).subspan(1)).ok());
+  CHECK(mem.reads() == 1 + 1);  // the run (first attempt), then chunk 2 once more on its own
+  CHECK(f.stats().corrupt_fetches == 2);
+  for (uint32_t i : {0u, 1u, 3u}) {
+    auto got = f.get(refs[i]);
+    REQUIRE(got.ok());
+    CHECK(std::memcmp((*got)->data(), data.data() + i * 4096, 4096) == 0);
+  }
+  CHECK(mem.reads() == 2);
+  CHECK(f.get(refs[2]).code() == EIO);
+  CHECK_FALSE(f.is_cached(refs[2].digest));
+}
+
+TEST_CASE("a coalesced read stays within the backend's 1 MiB READ and mixes lz4 and raw chunks", "[fetcher]") {
+  backend::MemoryBackend mem;
+  const uint32_t raw_len = 400 * 1024;
+  std::string raw = pseudo_random(raw_len, 26);
+  std::string compressible(raw_len, 'x');
+  std::vector<char> lz(LZ4_compressBound(raw_len));
+  int clen = LZ4_compress_default(compressible.data(), lz.data(), raw_len, static_cast<int>(lz.size()));
+  REQUIRE(clen > 0);
+  // raw, lz4, raw, raw: 400 KiB + small + 400 KiB fit in 1 MiB; the fourth does not.
+  std::string raw2 = pseudo_random(raw_len, 27), raw3 = pseudo_random(raw_len, 28);
+  std::string obj = raw + std::string(lz.data(), clen) + raw2 + raw3;
+  mem.put("obj", obj);
+  std::vector<cache::ChunkRef> refs(4);
+  uint64_t off = 0;
+  for (int i = 0; i < 4; ++i) {
+    refs[i].object = "obj";
+    refs[i].offset = off;
+    refs[i].raw_len = raw_len;
+    refs[i].lz4 = i == 1;
+    refs[i].stored_len = i == 1 ? static_cast<uint32_t>(clen) : raw_len;
+    const std::string& content = i == 0 ? raw : i == 1 ? compressible : i == 2 ? raw2 : raw3;
+    refs[i].digest = xxh3_128(content.data(), raw_len);
+    off += refs[i].stored_len;
+  }
+  cache::ChunkFetcher f(mem, no_prefetch());
+  REQUIRE(f.get(refs[0], std::span(refs).subspan(1)).ok());
+  CHECK(mem.reads() == 1);
+  CHECK(f.stats().chunks_fetched == 3);
+  CHECK(f.stats().bytes_fetched == 2 * raw_len + static_cast<uint64_t>(clen));
+  auto z = f.get(refs[1]);
+  REQUIRE(z.ok());
+  CHECK(std::memcmp((*z)->data(), compressible.data(), raw_len) == 0);
+  CHECK(mem.reads() == 1);
+  REQUIRE(f.get(refs[3]).ok());
+  CHECK(mem.reads() == 2);
 }

@@ -798,3 +798,29 @@ TEST_CASE("a cache killed with SIGKILL mid-put reopens with only good chunks", "
     }
   }
 }
+
+TEST_CASE("a chunk verified once is verified again when its file changes, even with its mtime put back", "[cache]") {
+  TempDir t;
+  auto c = open_ok(t.cache_dir(), 1 << 20);
+  auto data = make_chunk(11, 30000);
+  auto d = xxh3_128(data);
+  auto p = chunk_path(t.cache_dir(), d);
+  REQUIRE(c->put(d, data).ok());
+  // Only a file unchanged for 2 s is remembered as verified (timestamp granularity).
+  std::this_thread::sleep_for(std::chrono::milliseconds(2200));
+  for (int i = 0; i < 3; ++i) {
+    auto got = c->get(d);
+    REQUIRE(got.ok());
+    CHECK(*got == data);
+  }
+  struct stat before {};
+  REQUIRE(::stat(p.c_str(), &before) == 0);
+  flip_byte(p, kHeader + 777);
+  timespec times[2] = {before.st_atim, before.st_mtim};
+  REQUIRE(::utimensat(AT_FDCWD, p.c_str(), times, 0) == 0);  // same size and mtime: only ctime tells
+  auto got = c->get(d);
+  REQUIRE_FALSE(got.ok());
+  CHECK(got.code() == ENOENT);
+  CHECK(c->stats().corrupt_dropped == 1);
+  CHECK_FALSE(fs::exists(p));
+}

@@ -1,0 +1,72 @@
+#include "cache/cache_writer.h"
+
+namespace extrafs::cache {
+
+CacheWriter::CacheWriter(BlockCache& disk, size_t max_pending, ErrorSink on_error)
+    : disk_(disk), max_pending_(max_pending < 1 ? 1 : max_pending), on_error_(std::move(on_error)) {
+  thread_ = std::thread([this] { run(); });
+}
+
+CacheWriter::~CacheWriter() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  work_cv_.notify_all();
+  thread_.join();
+}
+
+void CacheWriter::put(const Digest128& d, ChunkData data) {
+  {
+    std::unique_lock lock(mu_);
+    if (pending_.count(d)) return;
+    room_cv_.wait(lock, [&] { return queue_.size() < max_pending_; });
+    if (pending_.count(d)) return;  // queued by someone else while we waited
+    pending_.emplace(d, data);
+    queue_.emplace_back(d, std::move(data));
+    ++queued_seq_;
+  }
+  work_cv_.notify_one();
+}
+
+ChunkData CacheWriter::pending(const Digest128& d) {
+  std::lock_guard lock(mu_);
+  auto it = pending_.find(d);
+  return it == pending_.end() ? nullptr : it->second;
+}
+
+void CacheWriter::flush() {
+  std::unique_lock lock(mu_);
+  uint64_t target = queued_seq_;
+  room_cv_.wait(lock, [&] { return written_seq_ >= target; });
+}
+
+size_t CacheWriter::pending_count() {
+  std::lock_guard lock(mu_);
+  return pending_.size();
+}
+
+void CacheWriter::run() {
+  for (;;) {
+    std::pair<Digest128, ChunkData> job;
+    {
+      std::unique_lock lock(mu_);
+      // On stop, the queue is still drained: an unmount leaves every fetched chunk on disk.
+      work_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;
+      job = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    room_cv_.notify_all();
+    Status st = disk_.put(job.first, *job.second);
+    if (!st.ok() && on_error_) on_error_(st.error());
+    {
+      std::lock_guard lock(mu_);
+      pending_.erase(job.first);
+      ++written_seq_;
+    }
+    room_cv_.notify_all();
+  }
+}
+
+}  // namespace extrafs::cache
