@@ -8,6 +8,8 @@
 // more than one chunk over the bound, and only transiently). Survives unmount, remount and SIGKILL:
 // a chunk is written to a temporary file and renamed into place; a torn or corrupt chunk is
 // detected on read (digest mismatch or bad header), removed, and reported as a miss, never served.
+// What it creates is private (directories 0700, files 0600): chunks hold the bytes of files that
+// only root may read inside the image.
 //
 // Thread-safety: all methods may be called concurrently from any thread. Two processes must not
 // open the same directory at once: open() takes an exclusive flock on DIR/lock and fails with

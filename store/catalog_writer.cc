@@ -1,5 +1,6 @@
 #include "store/catalog_writer.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,7 +15,9 @@ namespace extrafs::store {
 Result<StoreCatalog> load_store_catalog(const std::string& store) {
   StoreCatalog sc;
   const std::string catalog_path = StoreLayout(store).catalog();
-  auto text = read_file(catalog_path, uint64_t{64} << 20);
+  Fd root(::open(store.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!root.valid()) return Error::from_errno(errno, "store " + store);
+  auto text = read_file_beneath(root.get(), fs::kCatalogPath, store, uint64_t{64} << 20);
   if (text.ok()) {
     auto parsed = fs::Catalog::parse(*text);
     if (!parsed.ok()) return make_error(parsed.code(), catalog_path + ": " + parsed.error().message);
@@ -37,8 +40,14 @@ Result<CatalogCommit> commit_store_catalog(const std::string& store, StoreCatalo
   const StoreLayout layout(store);
   CatalogCommit report;
   EXTRAFS_CHECK_STATUS(make_dirs(layout.layers_dir()));
-  if (is_dir(layout.image_dir())) {
-    EXTRAFS_TRY(bytes, index_directory(layout.image_dir(), "image"));
+  Fd root(::open(store.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!root.valid()) return Error::from_errno(errno, "store " + store);
+  // Nothing written goes through a symlink: the catalog and indexes land in the store itself.
+  EXTRAFS_CHECK_STATUS(check_dir_beneath(root.get(), "extrafs/layers", store));
+  auto image = open_beneath(root.get(), "image", O_RDONLY | O_DIRECTORY, store);
+  if (!image.ok() && image.code() != ENOENT) return image.error();  // a symlinked image/ is refused
+  if (image.ok()) {
+    EXTRAFS_TRY(bytes, index_directory_at(image->get(), layout.image_dir(), "image"));
     auto parsed = fs::LayerIndex::parse(bytes);
     if (!parsed.ok()) return make_error(EIO, "index of image/ does not verify: " + parsed.error().message);
     Digest128 digest = (*parsed)->digest();
