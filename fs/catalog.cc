@@ -143,7 +143,9 @@ const CatalogLayer* Catalog::find(std::string_view cache_id) const {
 Result<Catalog> Catalog::parse(std::string_view text) {
   json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) return bad("not JSON");
-  if (j.value("format", "") != "extrafs-catalog") return bad("not an extrafs catalog");
+  // (json::value() throws when the key holds another type: check the type first.)
+  if (!j.contains("format") || !j["format"].is_string() || j["format"].get<std::string>() != "extrafs-catalog")
+    return bad("not an extrafs catalog");
   if (!j.contains("version") || !j["version"].is_number_integer()) return bad("no version");
   if (j["version"].get<int64_t>() != kCatalogVersion)
     return make_error(ENOTSUP, "catalog version " + j["version"].dump() + " is not supported");

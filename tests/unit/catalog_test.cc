@@ -57,3 +57,8 @@ TEST_CASE("a catalog with a cache id that could escape the store is rejected", "
   c.layers[1].cache_id = c.layers[0].cache_id;
   CHECK(Catalog::parse(c.serialize()).code() == EBADMSG);
 }
+
+TEST_CASE("a catalog whose format is not a string is refused, not thrown", "[catalog]") {
+  auto r = Catalog::parse(R"({"checksum": "4a8a6e569feff8237d", "format": 1})");
+  CHECK(r.code() == EBADMSG);
+}
