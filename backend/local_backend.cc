@@ -44,11 +44,13 @@ Result<std::shared_ptr<int>> LocalBackend::fd_for(std::string_view path) {
     ::close(*p);
     delete p;
   });
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return Error::from_errno(errno, root_ + "/" + key);
   std::lock_guard lock(mu_);
   auto it = fds_.find(key);
   if (it != fds_.end()) return it->second.fd;  // another thread won; ours closes on return
   lru_.push_front(key);
-  fds_[key] = Open{handle, lru_.begin()};
+  fds_[key] = Open{handle, lru_.begin(), st.st_dev, st.st_ino};
   while (fds_.size() > kMaxOpen) {
     fds_.erase(lru_.back());
     lru_.pop_back();
@@ -75,6 +77,17 @@ Result<ObjectInfo> LocalBackend::stat(std::string_view path) {
   EXTRAFS_TRY(fd, open_beneath(root_fd_, path, O_PATH, root_));
   struct stat st;
   if (::fstat(fd.get(), &st) != 0) return Error::from_errno(errno, root_ + "/" + std::string(path));
+  {
+    // A cached fd on a file that the path no longer names (replaced by rename) would serve the
+    // old content: drop it, so the next read opens the current file. Readers holding it finish
+    // on the old file.
+    std::lock_guard lock(mu_);
+    auto it = fds_.find(std::string(path));
+    if (it != fds_.end() && (it->second.dev != st.st_dev || it->second.ino != st.st_ino)) {
+      lru_.erase(it->second.pos);
+      fds_.erase(it);
+    }
+  }
   ObjectInfo info;
   info.size = static_cast<uint64_t>(st.st_size);
   info.is_dir = S_ISDIR(st.st_mode);

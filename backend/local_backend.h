@@ -1,6 +1,11 @@
 // LocalBackend: a store in a local directory (the embedded default). Keeps a bounded set of open
-// file descriptors so that a chunk read is one pread().
+// file descriptors so that a chunk read is one pread(). A file replaced by rename (how the
+// catalog moves to a new version) keeps being read through the old descriptor until a stat() of
+// its path notices the new file and drops it, as NfsBackend reopens its handles after a stat();
+// read_all() stats first, so it always reads the current file.
 #pragma once
+
+#include <sys/types.h>
 
 #include <list>
 #include <memory>
@@ -36,6 +41,8 @@ class LocalBackend : public Backend {
   struct Open {
     std::shared_ptr<int> fd;
     std::list<std::string>::iterator pos;
+    dev_t dev = 0;  // identity of the file the fd is open on
+    ino_t ino = 0;
   };
   std::unordered_map<std::string, Open> fds_;
 };

@@ -197,8 +197,8 @@ Result<ChunkData> ChunkFetcher::fetch(const ChunkRef& c) {
   return last;
 }
 
-Result<std::string> ChunkFetcher::read_meta(std::string_view path, const std::string& cache_name,
-                                            const std::function<Status(const std::string&)>& check) {
+Result<MetaObject> ChunkFetcher::read_meta(std::string_view path, const std::string& cache_name,
+                                           const std::function<Status(const std::string&)>& check) {
   auto got = backend_.read_all(path, 1ull << 32);
   if (got.ok()) {
     auto verdict = check(*got);
@@ -207,7 +207,7 @@ Result<std::string> ChunkFetcher::read_meta(std::string_view path, const std::st
         auto st = options_.disk->put_meta(cache_name, std::as_bytes(std::span(got->data(), got->size())));
         if (!st.ok()) note_write_error(st.error());
       }
-      return got;
+      return MetaObject{std::move(got).value(), std::nullopt};
     }
     got = verdict.error();
   } else if (got.code() != ENOENT) {
@@ -218,12 +218,14 @@ Result<std::string> ChunkFetcher::read_meta(std::string_view path, const std::st
     if (cached.ok()) {
       std::string copy(reinterpret_cast<const char*>(cached->data()), cached->size());
       if (check(copy).ok()) {
-        spdlog::warn("{}: {}; using the cached copy", path, got.error().message);
-        return copy;
+        // The caller decides how loud this is: at start-up it is worth a warning, while a
+        // refresh that keeps failing must not repeat one every tick.
+        spdlog::debug("{}: {}; using the cached copy", path, got.error().message);
+        return MetaObject{std::move(copy), got.error()};
       }
     }
   }
-  return got;
+  return got.error();
 }
 
 Result<MetaVersion> ChunkFetcher::meta_version(std::string_view path) {

@@ -114,8 +114,8 @@ class ChunkFetcher : public MetaSource {
 
   // MetaSource. read_meta keeps what passes `check` in the disk cache (if there is one) under
   // `cache_name`, so bad bytes in the store never replace a good cached copy.
-  Result<std::string> read_meta(std::string_view path, const std::string& cache_name,
-                                const std::function<Status(const std::string&)>& check) override;
+  Result<MetaObject> read_meta(std::string_view path, const std::string& cache_name,
+                               const std::function<Status(const std::string&)>& check) override;
   Result<MetaVersion> meta_version(std::string_view path) override;
   std::string describe() const override;
 

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -28,16 +29,27 @@ struct MetaVersion {
   bool operator==(const MetaVersion&) const = default;
 };
 
+// A metadata object as read_meta() found it.
+struct MetaObject {
+  std::string bytes;
+  // Set when `bytes` are the kept copy rather than the store's: why the store's copy was not
+  // used (it could not be read, or it failed the check). A caller that must see the store's
+  // current version (a catalog refresh) treats this as a failure.
+  std::optional<Error> store_error;
+  bool from_store() const { return !store_error; }
+};
+
 class MetaSource {
  public:
   virtual ~MetaSource() = default;
 
-  // Reads the whole object at `path` (relative to the store root) and checks it with `check`.
+  // Reads the whole object at `path` (relative to the store root) afresh from the store and
+  // checks it with `check`: an object replaced since an earlier read is read in its new version.
   // Only bytes that pass are kept under `cache_name`; if the store's copy cannot be read or fails
-  // the check, a kept copy that passes is returned instead; otherwise the read's (or the check's)
-  // error (ENOENT when the store has no such object and nothing is kept).
-  virtual Result<std::string> read_meta(std::string_view path, const std::string& cache_name,
-                                        const std::function<Status(const std::string&)>& check) = 0;
+  // the check, a kept copy that passes is returned instead (with store_error set); otherwise the
+  // read's (or the check's) error (ENOENT when the store has no such object and nothing is kept).
+  virtual Result<MetaObject> read_meta(std::string_view path, const std::string& cache_name,
+                                       const std::function<Status(const std::string&)>& check) = 0;
 
   // The current version of the object at `path` in the store, without reading it (one stat).
   virtual Result<MetaVersion> meta_version(std::string_view path) = 0;

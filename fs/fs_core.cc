@@ -70,10 +70,17 @@ Result<std::unique_ptr<FsCore>> FsCore::open(cache::ChunkFetcher& fetcher, cache
                                              FsCoreOptions options) {
   std::unique_ptr<FsCore> core(new FsCore(fetcher, meta, std::move(options)));
   core->catalog_cache_name_ = catalog_cache_name(meta.describe());
-  if (auto version = meta.meta_version(kCatalogPath); version.ok()) core->catalog_version_ = *version;
-  auto catalog = store_catalog(meta.read_meta(kCatalogPath, core->catalog_cache_name_, check_catalog), meta.describe());
+  // The version is taken before the read: a catalog replaced in between is simply loaded again
+  // by the next refresh.
+  auto version = meta.meta_version(kCatalogPath);
+  auto got = meta.read_meta(kCatalogPath, core->catalog_cache_name_, check_catalog);
+  auto catalog = store_catalog(got.ok() ? Result<std::string>(got->bytes) : Result<std::string>(got.error()), meta.describe());
   if (!catalog.ok()) return catalog.error();
+  if (!got->from_store()) spdlog::warn("{}: {}; serving the cached copy", kCatalogPath, got->store_error->message);
   EXTRAFS_CHECK_STATUS(core->load(*catalog, /*initial=*/true));
+  // A kept copy (the store unreachable or its catalog unreadable at start-up) is not the store's
+  // version: leaving it unseen makes the first refresh that can read the store load it.
+  if (got->from_store() && version.ok()) core->catalog_version_ = *version;
   if (core->options_.refresh_interval_s > 0) core->refresher_ = std::thread([c = core.get()] { c->refresh_loop(); });
   return core;
 }
@@ -91,15 +98,20 @@ Result<std::shared_ptr<const LayerIndex>> FsCore::load_index(const std::string& 
     if (!parsed.ok()) return parsed.error();
     return ok_status();
   };
-  auto bytes = meta_.read_meta(path, cache_name, check);
-  if (!bytes.ok()) return make_error(bytes.code(), "index of " + what + " (" + path + "): " + bytes.error().message);
-  auto idx = LayerIndex::parse(std::move(bytes).value());
+  auto got = meta_.read_meta(path, cache_name, check);
+  if (!got.ok()) return make_error(got.code(), "index of " + what + " (" + path + "): " + got.error().message);
+  // The kept copy has the digest the catalog names, so it is the same index.
+  if (!got->from_store()) spdlog::warn("{}: {}; using the cached copy", path, got->store_error->message);
+  auto idx = LayerIndex::parse(std::move(got->bytes));
   if (!idx.ok()) return make_error(idx.code(), path + ": " + idx.error().message);
   return idx;
 }
 
 // Loads every layer of `catalog` not yet known, and its image/ index if new, then installs them.
+// Initially any failure fails the whole load. Later (a refresh) whatever loaded is installed and
+// what did not is reported as the error, so that the caller tries the catalog again.
 Status FsCore::load(const Catalog& catalog, bool initial) {
+  std::vector<std::string> problems;
   std::vector<std::shared_ptr<Slot>> new_layers;
   std::shared_ptr<Slot> new_image;
   // A layer whose lower chain names links the catalog does not serve is not served itself: its
@@ -127,7 +139,7 @@ Status FsCore::load(const Catalog& catalog, bool initial) {
                           "layer " + s->layer.cache_id);
     if (!idx.ok()) {
       if (initial) return idx.error();
-      spdlog::warn("not adding layer {}: {}", s->layer.cache_id, idx.error().message);
+      problems.push_back("layer " + s->layer.cache_id + " not added: " + idx.error().message);
       s.reset();
       continue;
     }
@@ -138,7 +150,7 @@ Status FsCore::load(const Catalog& catalog, bool initial) {
                           *catalog.image_index, "the image/ tree");
     if (!idx.ok()) {
       if (initial) return idx.error();
-      spdlog::warn("keeping the previous image/ tree: {}", idx.error().message);
+      problems.push_back("keeping the previous image/ tree: " + idx.error().message);
       new_image.reset();
     } else {
       new_image->index = *idx;
@@ -161,18 +173,34 @@ Status FsCore::load(const Catalog& catalog, bool initial) {
     if (old && inodes_.slot_nodes(old) == 0) slots_[old] = nullptr;
   }
   catalog_ = catalog;
-  return ok_status();
+  if (problems.empty()) return ok_status();
+  std::string message = problems.front();
+  if (problems.size() > 1) message += fmt::format(" (and {} more)", problems.size() - 1);
+  return make_error(EIO, message);
 }
 
 Status FsCore::refresh() {
   std::lock_guard guard(refresh_mu_);
-  auto version = meta_.meta_version(kCatalogPath);
-  if (!version.ok()) return version.error();
-  if (*version == catalog_version_) return ok_status();
-  EXTRAFS_TRY(text, meta_.read_meta(kCatalogPath, catalog_cache_name_, check_catalog));
-  EXTRAFS_TRY(catalog, Catalog::parse(text));
-  EXTRAFS_CHECK_STATUS(load(catalog, /*initial=*/false));
-  catalog_version_ = *version;
+  // Taken before the read: if the catalog is replaced again meanwhile, the next refresh sees a
+  // version it has not loaded and reads it (again).
+  EXTRAFS_TRY(version, meta_.meta_version(kCatalogPath));
+  if (version == catalog_version_) return ok_status();
+  auto reload = [&]() -> Status {
+    EXTRAFS_TRY(got, meta_.read_meta(kCatalogPath, catalog_cache_name_, check_catalog));
+    // The kept copy is what is loaded already; only the store's copy is news.
+    if (!got.from_store()) return *got.store_error;
+    EXTRAFS_TRY(catalog, Catalog::parse(got.bytes));
+    return load(catalog, /*initial=*/false);
+  };
+  if (auto st = reload(); !st.ok()) {
+    // The version stays unseen, so the next refresh tries again; said once per version, not on
+    // every tick.
+    if (failed_version_ != version) spdlog::warn("catalog refresh failed, will retry: {}", st.error().message);
+    failed_version_ = version;
+    return st;
+  }
+  catalog_version_ = version;
+  failed_version_.reset();
   spdlog::info("catalog reloaded: {} layers", layer_count());
   return ok_status();
 }

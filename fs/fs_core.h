@@ -104,7 +104,10 @@ class FsCore {
   InodeTable& inodes() { return inodes_; }
   // Called by the adapter when the kernel forgets nodes, so superseded image/ trees are released.
   void forget(uint64_t ino, uint64_t n);
-  // Re-reads the catalog if it changed; adds new layers and the new image/ tree.
+  // Re-reads the catalog if the store's version differs from the one last loaded; adds new
+  // layers and the new image/ tree. A version counts as loaded only once it was read from the
+  // store (not a kept copy) and every new layer and image/ index in it was added; otherwise the
+  // error is returned and the next call tries again.
   Status refresh();
   // The `extrafs stats --json` object.
   std::string stats_json();
@@ -145,8 +148,9 @@ class FsCore {
   uint32_t image_slot_ = 0;
   Catalog catalog_;
 
-  std::mutex refresh_mu_;  // one refresh at a time; guards catalog_version_
-  cache::MetaVersion catalog_version_{};
+  std::mutex refresh_mu_;  // one refresh at a time; guards catalog_version_, failed_version_
+  cache::MetaVersion catalog_version_{};               // the store's catalog as last loaded
+  std::optional<cache::MetaVersion> failed_version_;  // the version whose reload last failed
   std::string catalog_cache_name_;
   std::mutex stop_mu_;  // guards stopping_
   std::condition_variable stop_cv_;

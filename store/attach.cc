@@ -314,4 +314,21 @@ Result<std::vector<AttachResult>> attach_images(const std::string& mountpoint, c
   return out;
 }
 
+Result<std::vector<std::string>> unattached_refs(const std::string& mountpoint, const std::string& data_root) {
+  EXTRAFS_TRY(mnt, resolve_extrafs_mount(mountpoint));
+  EXTRAFS_TRY(served, DockerMeta::load(mnt));
+  // Tags are written last by attach: a tag pointing at the image means the attach completed.
+  EXTRAFS_TRY(repos, load_repositories(DataRootPaths(data_root).repos));
+  std::vector<std::string> out;
+  for (const auto& [ref, id] : served.refs()) {
+    if (ref.find('@') != std::string::npos) continue;  // a digest reference, not a tag
+    const auto& r = repos["Repositories"];
+    const std::string repo = repo_of(ref);
+    const bool have = r.is_object() && r.contains(repo) && r[repo].is_object() && r[repo].contains(ref) &&
+                      r[repo][ref].is_string() && r[repo][ref].get<std::string>() == id;
+    if (!have) out.push_back(ref);
+  }
+  return out;
+}
+
 }  // namespace extrafs::store

@@ -46,4 +46,9 @@ struct AttachResult {
 Result<std::vector<AttachResult>> attach_images(const std::string& mountpoint, const std::string& data_root,
                                                 const std::vector<std::string>& refs);
 
+// The "name:tag" references of every image the extrafs mount `mountpoint` serves that `data_root`
+// does not have yet (its repositories.json lacks the tag, or has it for another image), sorted.
+// For `extrafs docker attach --all`.
+Result<std::vector<std::string>> unattached_refs(const std::string& mountpoint, const std::string& data_root);
+
 }  // namespace extrafs::store

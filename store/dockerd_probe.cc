@@ -7,6 +7,7 @@
 
 #include <cstdlib>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -21,17 +22,8 @@ namespace {
 // Parses dockerd's command line (and its config file) for the data-root it uses.
 std::string dockerd_data_root(long pid, const std::vector<std::string>& args) {
   std::string root, config = kDaemonJson;
-  for (size_t i = 1; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    auto value = [&](const std::string& flag) -> std::optional<std::string> {
-      if (a == flag && i + 1 < args.size()) return args[i + 1];
-      if (a.rfind(flag + "=", 0) == 0) return a.substr(flag.size() + 1);
-      return std::nullopt;
-    };
-    for (const char* f : {"--data-root", "--graph", "-g"})
-      if (auto v = value(f)) root = *v;
-    if (auto v = value("--config-file")) config = *v;
-  }
+  if (auto v = dockerd_flag_values(args, {"--data-root", "--graph", "-g"}); !v.empty()) root = v.back();
+  if (auto v = dockerd_flag_values(args, {"--config-file"}); !v.empty()) config = v.back();
   const std::string cwd = read_link("/proc/" + std::to_string(pid) + "/cwd").value_or("/");
   auto rel = [&](const std::string& x) { return x.empty() || x.front() == '/' ? x : cwd + "/" + x; };
   if (root.empty()) {
@@ -68,22 +60,10 @@ bool same_dir(const std::string& a, const struct stat& b_st, const std::string& 
   return r && *r == b_real;
 }
 
-std::vector<std::string> split_cmdline(const std::string& cmdline) {
-  std::vector<std::string> args;
-  size_t pos = 0;
-  while (pos < cmdline.size()) {
-    size_t end = cmdline.find('\0', pos);
-    if (end == std::string::npos) end = cmdline.size();
-    args.push_back(cmdline.substr(pos, end - pos));
-    pos = end + 1;
-  }
-  return args;
-}
-
 // A dockerd process of this pid namespace whose data-root is `real` (stat `root_st`).
-Status check_dockerd_processes(const std::string& real, const struct stat& root_st) {
+std::optional<long> find_dockerd_process(const std::string& real, const struct stat& root_st) {
   auto procs = list_dir("/proc");
-  if (!procs.ok()) return ok_status();
+  if (!procs.ok()) return std::nullopt;
   for (const auto& name : *procs) {
     if (name.find_first_not_of("0123456789") != std::string::npos) continue;
     long pid = std::strtol(name.c_str(), nullptr, 10);
@@ -91,12 +71,9 @@ Status check_dockerd_processes(const std::string& real, const struct stat& root_
     if (!live_dockerd(name)) continue;
     auto cmdline = read_file("/proc/" + name + "/cmdline");
     if (!cmdline.ok()) continue;
-    if (same_dir(dockerd_data_root(pid, split_cmdline(*cmdline)), root_st, real))
-      return make_error(EBUSY, "dockerd (pid " + name + ") is running on data-root " + real +
-                                   "; stop it first (kill -TERM " + name +
-                                   " and wait for it to exit, or 'systemctl stop docker.socket docker' for the system one)");
+    if (same_dir(dockerd_data_root(pid, split_cmdline(*cmdline)), root_st, real)) return pid;
   }
-  return ok_status();
+  return std::nullopt;
 }
 
 // The bolt databases dockerd and the containerd it starts keep flocked while they run: this also
@@ -115,30 +92,78 @@ Status check_bolt_locks(const std::string& real) {
   return ok_status();
 }
 
-// The system dockerd's default pid file.
-Status check_system_pid_files(const std::string& real) {
-  if (real != kDefaultDataRoot) return ok_status();
+// The system dockerd's default pid files (for /var/lib/docker).
+std::optional<std::pair<long, std::string>> find_system_pid_file(const std::string& real) {
+  if (real != kDefaultDataRoot) return std::nullopt;
   for (const char* pf : {"/run/docker.pid", "/var/run/docker.pid"}) {
     auto text = read_file(pf);
     if (!text.ok()) continue;
     auto pid = parse_uint(trim_trailing(*text));
     if (!pid || *pid == 0) continue;
-    if (live_dockerd(std::to_string(*pid)))
-      return make_error(EBUSY, "dockerd (pid " + std::to_string(*pid) + ", " + pf + ") is running on data-root " + real +
-                                   "; stop it first ('systemctl stop docker.socket docker')");
+    if (live_dockerd(std::to_string(*pid))) return std::make_pair(static_cast<long>(*pid), std::string(pf));
   }
-  return ok_status();
+  return std::nullopt;
 }
 
 }  // namespace
+
+std::vector<std::string> split_cmdline(const std::string& cmdline) {
+  std::vector<std::string> args;
+  size_t pos = 0;
+  while (pos < cmdline.size()) {
+    size_t end = cmdline.find('\0', pos);
+    if (end == std::string::npos) end = cmdline.size();
+    args.push_back(cmdline.substr(pos, end - pos));
+    pos = end + 1;
+  }
+  return args;
+}
+
+std::vector<std::string> dockerd_flag_values(const std::vector<std::string>& args, const std::vector<std::string>& flags) {
+  std::vector<std::string> out;
+  for (size_t i = 1; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    for (const auto& flag : flags) {
+      if (a == flag && i + 1 < args.size()) {
+        out.push_back(args[++i]);
+        break;
+      }
+      if (a.rfind(flag + "=", 0) == 0) {
+        out.push_back(a.substr(flag.size() + 1));
+        break;
+      }
+      if (flag.size() == 2 && a.size() > 2 && a.rfind(flag, 0) == 0 && a[1] != '-') {
+        out.push_back(a.substr(2));
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+std::optional<long> find_dockerd(const std::string& data_root_in) {
+  auto real = real_path(absolute_path(data_root_in));
+  struct stat root_st;
+  if (!real || ::stat(real->c_str(), &root_st) != 0) return std::nullopt;
+  if (auto pid = find_dockerd_process(*real, root_st)) return pid;
+  if (auto pf = find_system_pid_file(*real)) return pf->first;
+  return std::nullopt;
+}
 
 Status check_dockerd_stopped(const std::string& data_root_in) {
   auto real = real_path(absolute_path(data_root_in));
   struct stat root_st;
   if (!real || ::stat(real->c_str(), &root_st) != 0) return ok_status();  // nothing there yet
-  EXTRAFS_CHECK_STATUS(check_dockerd_processes(*real, root_st));
+  if (auto pid = find_dockerd_process(*real, root_st)) {
+    const std::string p = std::to_string(*pid);
+    return make_error(EBUSY, "dockerd (pid " + p + ") is running on data-root " + *real + "; stop it first (kill -TERM " +
+                                 p + " and wait for it to exit, or 'systemctl stop docker.socket docker' for the system one)");
+  }
   EXTRAFS_CHECK_STATUS(check_bolt_locks(*real));
-  return check_system_pid_files(*real);
+  if (auto pf = find_system_pid_file(*real))
+    return make_error(EBUSY, "dockerd (pid " + std::to_string(pf->first) + ", " + pf->second +
+                                 ") is running on data-root " + *real + "; stop it first ('systemctl stop docker.socket docker')");
+  return ok_status();
 }
 
 Status check_overlay2_data_root(const std::string& data_root_in, const std::string& daemon_json) {

@@ -4,12 +4,25 @@
 // running one is lost (or worse). Reads /proc, the data-root and daemon.json; thread-safe.
 #pragma once
 
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "common/result.h"
 #include "store/data_root.h"
 
 namespace extrafs::store {
+
+// The arguments of a /proc/PID/cmdline (NUL-separated).
+std::vector<std::string> split_cmdline(const std::string& cmdline);
+
+// Every value given to one of `flags` on dockerd's command line `args` (argv[0] first), in order:
+// "--flag VALUE", "--flag=VALUE", and for one-letter flags also "-fVALUE".
+std::vector<std::string> dockerd_flag_values(const std::vector<std::string>& args, const std::vector<std::string>& flags);
+
+// The pid of the dockerd process (of this pid namespace) whose data-root is `data_root`, if one
+// runs: found by its command line (and config file) or, for /var/lib/docker, the system pid files.
+std::optional<long> find_dockerd(const std::string& data_root);
 
 // OK if no dockerd (or its containerd) uses `data_root`: no dockerd process whose --data-root / -g
 // / --graph (or daemon.json data-root, or the default /var/lib/docker) resolves to it, and none of

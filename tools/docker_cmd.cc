@@ -1,5 +1,6 @@
-// `extrafs docker attach IMAGE... --mount MOUNTPOINT [--data-root DIR]` and
-// `extrafs docker detach IMAGE... [--data-root DIR]` (the work is in store/attach.cc and store/detach.cc).
+// `extrafs docker attach IMAGE... | --all --mount MOUNTPOINT [--data-root DIR] [--restart]` and
+// `extrafs docker detach IMAGE... [--data-root DIR] [--restart]` (the work is in store/attach.cc,
+// store/detach.cc, and store/dockerd_control.cc for --restart).
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -9,6 +10,8 @@
 #include "store/attach.h"
 #include "store/data_root.h"
 #include "store/detach.h"
+#include "store/docker_meta.h"
+#include "store/dockerd_control.h"
 #include "store/dockerd_probe.h"
 
 namespace extrafs::tools {
@@ -23,7 +26,15 @@ struct DockerArgs {
   std::vector<std::string> images;
   std::string mount;
   std::string data_root = kDefaultDataRoot;
+  bool all = false;
+  bool restart = false;
 };
+
+void print_restart(const store::RestartOutcome& o) {
+  if (!o.restarted) return;
+  std::printf("dockerd restarted (%s; pid %ld -> %s): its API was unavailable for %.2f s\n", o.how.c_str(), o.old_pid,
+              o.new_pid ? std::to_string(o.new_pid).c_str() : "?", o.api_down_s);
+}
 
 // Validates the references; 0 or the usage exit code after printing one line.
 int check_refs(const std::vector<std::string>& images) {
@@ -35,13 +46,34 @@ int check_refs(const std::vector<std::string>& images) {
 }
 
 int run_attach(const DockerArgs& a) {
+  if (a.all && !a.images.empty()) return fail("give IMAGE... or --all, not both", 2);
+  if (!a.all && a.images.empty()) return fail("give IMAGE... or --all", 2);
   if (int rc = check_refs(a.images)) return rc;
   if (a.data_root.empty()) return fail("--data-root must not be empty", 2);
   if (auto m = store::resolve_extrafs_mount(a.mount); !m.ok()) return fail(m.error().message);
   if (auto st = store::check_overlay2_data_root(a.data_root); !st.ok()) return fail(st.error().message);
-  if (auto st = store::check_dockerd_stopped(a.data_root); !st.ok()) return fail("cannot attach: " + st.error().message);
-  auto res = store::attach_images(a.mount, a.data_root, a.images);
-  if (!res.ok()) return fail(res.error().message);
+  std::vector<std::string> images = a.images;
+  if (a.all) {
+    auto refs = store::unattached_refs(a.mount, a.data_root);
+    if (!refs.ok()) return fail(refs.error().message);
+    if (refs->empty()) {
+      std::printf("nothing to attach: every image of %s is attached in %s\n", a.mount.c_str(), a.data_root.c_str());
+      return 0;
+    }
+    images = *refs;
+  } else if (a.restart) {
+    // Before dockerd is stopped: every image must be there to attach.
+    auto meta = store::DockerMeta::load(*store::resolve_extrafs_mount(a.mount));
+    if (!meta.ok()) return fail(meta.error().message);
+    for (const auto& i : images)
+      if (auto img = meta->image(*store::familiar_ref(i)); !img.ok()) return fail(img.error().message);
+  }
+  Result<std::vector<store::AttachResult>> res = std::vector<store::AttachResult>{};
+  auto outcome = store::run_with_dockerd_stopped(a.data_root, a.restart, [&]() -> Status {
+    res = store::attach_images(a.mount, a.data_root, images);
+    return res.ok() ? ok_status() : Status(res.error());
+  });
+  if (!outcome.ok()) return fail("cannot attach: " + outcome.error().message);
   for (const auto& r : *res) {
     const bool changed = r.layers_created || r.layers_repaired || r.config_written || r.tag_written;
     if (!changed) {
@@ -54,21 +86,42 @@ int run_attach(const DockerArgs& a) {
     if (!r.previous_id.empty()) std::printf("; the tag pointed at %s before", short_id(r.previous_id).c_str());
     std::printf("\n");
   }
+  print_restart(*outcome);
   return 0;
 }
 
 int run_detach(const DockerArgs& a) {
   if (int rc = check_refs(a.images)) return rc;
   if (a.data_root.empty()) return fail("--data-root must not be empty", 2);
-  if (auto st = store::check_dockerd_stopped(a.data_root); !st.ok()) return fail("cannot detach: " + st.error().message);
-  for (const auto& i : a.images) {
-    auto r = store::detach_image(a.data_root, i);
-    if (!r.ok()) return fail(r.error().message);
-    std::printf("detached %s (%s): tag%s and %zu layers removed%s%s\n", r->ref.c_str(), short_id(r->image_id).c_str(),
-                r->config_removed ? ", image config" : "", r->removed_layers.size(),
-                r->config_removed ? "" : "; image config kept: ", r->config_removed ? "" : r->note.c_str());
-    for (const auto& k : r->kept_layers) std::printf("  kept layer %s\n", k.c_str());
+  if (a.restart) {
+    // Before dockerd is stopped: every image must be there to detach.
+    auto repos = store::load_repositories(store::DataRootPaths(a.data_root).repos);
+    if (!repos.ok()) return fail(repos.error().message);
+    for (const auto& i : a.images) {
+      const std::string ref = *store::familiar_ref(i);
+      const auto& r = (*repos)["Repositories"];
+      if (!r.contains(store::repo_of(ref)) || !r[store::repo_of(ref)].contains(ref))
+        return fail("cannot detach: " + ref + " is not in " + store::DataRootPaths(a.data_root).repos);
+    }
   }
+  std::vector<store::DetachResult> done;
+  auto outcome = store::run_with_dockerd_stopped(a.data_root, a.restart, [&]() -> Status {
+    for (const auto& i : a.images) {
+      auto r = store::detach_image(a.data_root, i);
+      if (!r.ok()) return r.error();
+      done.push_back(std::move(*r));
+    }
+    return ok_status();
+  });
+  // What was detached before a failure is reported too.
+  for (const auto& r : done) {
+    std::printf("detached %s (%s): tag%s and %zu layers removed%s%s\n", r.ref.c_str(), short_id(r.image_id).c_str(),
+                r.config_removed ? ", image config" : "", r.removed_layers.size(),
+                r.config_removed ? "" : "; image config kept: ", r.config_removed ? "" : r.note.c_str());
+    for (const auto& k : r.kept_layers) std::printf("  kept layer %s\n", k.c_str());
+  }
+  if (!outcome.ok()) return fail("cannot detach: " + outcome.error().message);
+  print_restart(*outcome);
   return 0;
 }
 
@@ -80,17 +133,22 @@ void add_docker_command(CLI::App& app, int* exit_code) {
 
   auto attach_args = std::make_shared<DockerArgs>();
   auto* attach = docker->add_subcommand(
-      "attach", "register IMAGE(s) served by an extrafs mount in a dockerd data-root (dockerd must be stopped)");
-  attach->add_option("IMAGE", attach_args->images, "name:tag as docker shows it")->required();
+      "attach", "register IMAGE(s) served by an extrafs mount in a dockerd data-root (dockerd stopped, or --restart)");
+  attach->add_option("IMAGE", attach_args->images, "name:tag as docker shows it");
+  attach->add_flag("--all", attach_args->all, "every image of the mount not attached yet");
   attach->add_option("--mount", attach_args->mount, "the extrafs mount serving the images")->required();
   attach->add_option("--data-root", attach_args->data_root, "the dockerd data-root")->capture_default_str();
+  attach->add_flag("--restart", attach_args->restart,
+                   "restart a running dockerd (live-restore required) around the change");
   attach->callback([attach_args, exit_code] { *exit_code = run_attach(*attach_args); });
 
   auto detach_args = std::make_shared<DockerArgs>();
   auto* detach = docker->add_subcommand(
-      "detach", "remove IMAGE(s) attached earlier, and whatever of them nothing else uses (dockerd must be stopped)");
+      "detach", "remove IMAGE(s) attached earlier, and whatever of them nothing else uses (dockerd stopped, or --restart)");
   detach->add_option("IMAGE", detach_args->images, "name:tag as docker shows it")->required();
   detach->add_option("--data-root", detach_args->data_root, "the dockerd data-root")->capture_default_str();
+  detach->add_flag("--restart", detach_args->restart,
+                   "restart a running dockerd (live-restore required) around the change");
   detach->callback([detach_args, exit_code] { *exit_code = run_detach(*detach_args); });
 }
 

@@ -14,6 +14,7 @@
 # Environment knobs (optional):
 #   DOCKERD_WAIT_S   seconds to wait for the API to answer (default 30)
 #   DOCKERD_BIN      default /usr/sbin/dockerd;  DOCKER_CLI  default /usr/bin/docker
+#   DOCKERD_EXTRA_ARGS  more dockerd arguments, split at blanks (e.g. "--live-restore")
 #
 # Several instances may run at once: each has its own data-root, exec-root (so its own containerd,
 # state and netns), socket, pid file, config file and trust key. Facts (docker.io 20.10.24, Debian 12):
@@ -105,12 +106,14 @@ cmd_start() {
   echo "$root" >"$state/data-root"
   rm -f "$state/dockerd.pid" "$sock"
   : >>"$state/dockerd.log"
+  local extra=()
+  read -r -a extra <<<"${DOCKERD_EXTRA_ARGS:-}"
   setsid "$DOCKERD_BIN" \
     --config-file "$state/daemon.json" \
     --data-root "$root" --exec-root "$state/exec" --pidfile "$state/dockerd.pid" \
     -H "unix://$sock" \
     --storage-driver overlay2 --iptables=false --ip6tables=false --ip-masq=false \
-    --ip-forward=false --bridge=none --userland-proxy=false --shutdown-timeout 5 \
+    --ip-forward=false --bridge=none --userland-proxy=false --shutdown-timeout 5 "${extra[@]}" \
     >>"$state/dockerd.log" 2>&1 </dev/null &
   local pid=$!
   echo "$pid" >"$state/dockerd.bgpid"

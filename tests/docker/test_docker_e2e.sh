@@ -105,25 +105,7 @@ one_line_err() {  # NAME: stderr must be exactly one line starting "extrafs: "
 snapshot() { snapshot_index "$1"; }
 # Everything under a data-root that attach writes: names, types, modes, mtimes (not with a
 # second argument "nomtime"), link targets, content; repositories.json is left out.
-dataroot_listing() {
-  python3 - "$1" "${2:-}" <<'PY'
-import hashlib, os, stat, sys
-root, nomtime = sys.argv[1], sys.argv[2] == "nomtime"
-for sub in ("image", "overlay2"):
-    top = os.path.join(root, sub)
-    for dp, dns, fns in sorted(os.walk(top)):
-        dns.sort()
-        for n in sorted(dns + fns):
-            p = os.path.join(dp, n)
-            st = os.lstat(p)
-            extra = os.readlink(p) if stat.S_ISLNK(st.st_mode) else (
-                hashlib.sha256(open(p, "rb").read()).hexdigest() if stat.S_ISREG(st.st_mode) else "")
-            rel = os.path.relpath(p, root)
-            if rel == "image/overlay2/repositories.json":
-                continue
-            print(rel, oct(st.st_mode), "-" if nomtime else st.st_mtime_ns, extra)
-PY
-}
+dataroot_listing() { python3 "$DHERE/dataroot_listing.py" "$1" "${2:-}"; }
 # cache_ids STORE: the cache-ids of $ID_A's layers as STORE's layerdb has them (base first).
 cache_ids() {
   python3 - "$1" "$ID_A" <<'PY'

@@ -4,6 +4,7 @@
 
 #include <thread>
 
+#include "cache/block_cache.h"
 #include "cache/chunk_fetcher.h"
 #include "fs/fs_core.h"
 #include "test_util.h"
@@ -255,6 +256,58 @@ TEST_CASE("FsCore picks up layers added to the catalog without a remount", "[fsc
   REQUIRE(a.ok());
   CHECK(walk(core, {"overlay2", kBase}) == base_dir);  // existing ids unchanged
   CHECK(core.layer_count() == 2);
+}
+
+TEST_CASE("a catalog refresh that falls back to the cached copy is retried", "[fscore]") {
+  Store s;
+  TempDir dir;
+  auto disk = cache::BlockCache::open(dir.path + "/cache", 64ull << 20);
+  REQUIRE(disk.ok());
+  backend::FaultBackend faulty(s.mem);
+  cache::FetcherOptions fo;
+  fo.disk = disk->get();
+  cache::ChunkFetcher fetcher(faulty, fo);
+  FsCoreOptions opts;
+  opts.refresh_interval_s = 0;
+  Catalog first = s.catalog;
+  first.layers.pop_back();
+  s.mem.put(kCatalogPath, first.serialize());
+  auto core_r = FsCore::open(fetcher, fetcher, opts);
+  REQUIRE(core_r.ok());
+  FsCore& core = **core_r;
+  // The new catalog cannot be read this time: the fetcher serves its kept copy (the old one),
+  // which must not count as having loaded the new version.
+  s.mem.put(kCatalogPath, s.catalog.serialize());
+  faulty.fail_next_reads(1);
+  CHECK_FALSE(core.refresh().ok());
+  CHECK(core.layer_count() == 1);
+  REQUIRE(core.refresh().ok());
+  CHECK(core.layer_count() == 2);
+}
+
+TEST_CASE("a layer whose index is not readable yet is added by a later refresh", "[fscore]") {
+  Store s;
+  cache::ChunkFetcher fetcher(s.mem, {});
+  FsCoreOptions opts;
+  opts.refresh_interval_s = 0;
+  Catalog first = s.catalog;
+  first.layers.pop_back();
+  s.mem.put(kCatalogPath, first.serialize());
+  auto core_r = FsCore::open(fetcher, fetcher, opts);
+  REQUIRE(core_r.ok());
+  FsCore& core = **core_r;
+  // The catalog names the new layer before its index is complete (a publish still copying it).
+  auto index = s.mem.read_all(layer_index_path(kTop));
+  REQUIRE(index.ok());
+  s.mem.put(layer_index_path(kTop), index->substr(0, index->size() / 2));
+  s.mem.put(kCatalogPath, s.catalog.serialize());
+  CHECK_FALSE(core.refresh().ok());
+  CHECK(core.layer_count() == 1);
+  CHECK_FALSE(core.refresh().ok());  // tried again, not remembered as done
+  s.mem.put(layer_index_path(kTop), *index);
+  REQUIRE(core.refresh().ok());
+  CHECK(core.layer_count() == 2);
+  CHECK(core.lookup(walk(core, {"overlay2"}), kTop).ok());
 }
 
 TEST_CASE("the background refresher adds new layers by itself", "[fscore]") {

@@ -3,9 +3,14 @@
 
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
 
 #include <cstring>
+#include <filesystem>
 #include <string>
+#include <system_error>
 
 #include "backend/testing/fault_backend.h"
 #include "backend/testing/memory_backend.h"
@@ -76,5 +81,21 @@ inline std::string pseudo_random(size_t n, uint32_t seed) {
   }
   return s;
 }
+
+// A private directory under $TMPDIR, removed with everything in it at the end of its scope.
+struct TempDir {
+  std::string path;
+  TempDir() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "extrafs-test.XXXXXX").string();
+    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
+    path = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+};
 
 }  // namespace extrafs::testing

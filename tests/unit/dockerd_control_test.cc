@@ -1,0 +1,198 @@
+#include <catch2/catch.hpp>
+
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <thread>
+
+#include "common/posix_file.h"
+#include "store/dockerd_control.h"
+#include "store/dockerd_probe.h"
+#include "store/unix_http.h"
+
+using namespace extrafs;
+
+namespace {
+
+// A one-connection HTTP server on a unix socket in a fresh temporary directory: accepts one
+// client, reads its request up to the blank line, sends `answer` (unless `silent`) and closes.
+class TinyServer {
+ public:
+  explicit TinyServer(std::string answer, bool silent = false) : answer_(std::move(answer)) {
+    char tmpl[] = "/tmp/extrafs-http-test.XXXXXX";
+    REQUIRE(::mkdtemp(tmpl) != nullptr);
+    dir_ = tmpl;
+    path_ = dir_ + "/api.sock";
+    listen_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    REQUIRE(listen_.valid());
+    struct sockaddr_un addr = {};
+    addr.sun_family = AF_UNIX;
+    std::strcpy(addr.sun_path, path_.c_str());
+    REQUIRE(::bind(listen_.get(), reinterpret_cast<struct sockaddr*>(&addr), sizeof(addr)) == 0);
+    REQUIRE(::listen(listen_.get(), 4) == 0);
+    thread_ = std::thread([this, silent] {
+      Fd c(::accept(listen_.get(), nullptr, nullptr));
+      if (!c.valid()) return;
+      char buf[4096];
+      while (request_.find("\r\n\r\n") == std::string::npos) {
+        ssize_t n = ::read(c.get(), buf, sizeof(buf));
+        if (n <= 0) break;
+        request_.append(buf, static_cast<size_t>(n));
+      }
+      if (silent) {
+        char b;
+        (void)!::read(c.get(), &b, 1);  // until the client gives up and closes
+        return;
+      }
+      (void)!write_all(c.get(), answer_.data(), answer_.size());
+    });
+  }
+  ~TinyServer() {
+    if (thread_.joinable()) thread_.join();
+    std::filesystem::remove_all(dir_);
+  }
+  const std::string& path() const { return path_; }
+  // The request as received: waits for the server to finish its one connection.
+  const std::string& request() {
+    if (thread_.joinable()) thread_.join();
+    return request_;
+  }
+
+ private:
+  std::string answer_, dir_, path_, request_;
+  Fd listen_;
+  std::thread thread_;
+};
+
+std::string ok_json(const std::string& body) {
+  return "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+         "\r\n\r\n" + body;
+}
+
+}  // namespace
+
+TEST_CASE("an HTTP GET over a unix socket returns the status and the body read to EOF", "[dockerd]") {
+  TinyServer s(ok_json("{\"LiveRestoreEnabled\":true}\n"));
+  auto r = store::http_get_unix(s.path(), "/info");
+  REQUIRE(r.ok());
+  CHECK(r->status == 200);
+  CHECK(r->reason == "OK");
+  CHECK(r->body == "{\"LiveRestoreEnabled\":true}\n");
+  CHECK(s.request().rfind("GET /info HTTP/1.0\r\n", 0) == 0);
+}
+
+TEST_CASE("a non-2xx answer is returned with its status, not as an error", "[dockerd]") {
+  TinyServer s("HTTP/1.1 404 Not Found\r\n\r\npage not found");
+  auto r = store::http_get_unix(s.path(), "/nope");
+  REQUIRE(r.ok());
+  CHECK(r->status == 404);
+  CHECK(r->body == "page not found");
+}
+
+TEST_CASE("an answer that is not HTTP is EBADMSG naming the socket", "[dockerd]") {
+  TinyServer s("SSH-2.0-OpenSSH\r\n");
+  auto r = store::http_get_unix(s.path(), "/info");
+  REQUIRE(!r.ok());
+  CHECK(r.code() == EBADMSG);
+  CHECK(r.error().message.find(s.path()) != std::string::npos);
+}
+
+TEST_CASE("a server that never answers times out within the bound", "[dockerd]") {
+  TinyServer s("", /*silent=*/true);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = store::http_get_unix(s.path(), "/info", 200);
+  const auto took = std::chrono::steady_clock::now() - t0;
+  REQUIRE(!r.ok());
+  CHECK(r.code() == ETIMEDOUT);
+  CHECK(took < std::chrono::seconds(2));
+}
+
+TEST_CASE("no socket is a connect error naming the path", "[dockerd]") {
+  auto r = store::http_get_unix("/nonexistent-extrafs-test/docker.sock", "/_ping");
+  REQUIRE(!r.ok());
+  CHECK(r.code() == ENOENT);
+  CHECK(r.error().message.find("/nonexistent-extrafs-test/docker.sock") != std::string::npos);
+}
+
+TEST_CASE("the status line is parsed strictly", "[dockerd]") {
+  CHECK(store::parse_http_response("HTTP/1.1 200 OK\r\nA: b\r\n\r\nbody").ok());
+  auto empty_reason = store::parse_http_response("HTTP/1.0 204\r\n\r\n");
+  REQUIRE(empty_reason.ok());
+  CHECK(empty_reason->status == 204);
+  CHECK(empty_reason->body.empty());
+  CHECK(!store::parse_http_response("HTTP/1.1 2x0 OK\r\n\r\n").ok());
+  CHECK(!store::parse_http_response("HTTP/1.1 2000 OK\r\n\r\n").ok());
+  CHECK(!store::parse_http_response("HTTP/1.1 200 OK\r\nno end of headers").ok());
+  CHECK(!store::parse_http_response("").ok());
+}
+
+TEST_CASE("LiveRestoreEnabled is read from GET /info", "[dockerd]") {
+  {
+    TinyServer s(ok_json("{\"ID\":\"x\",\"LiveRestoreEnabled\":true}"));
+    auto r = store::dockerd_live_restore(s.path());
+    REQUIRE(r.ok());
+    CHECK(*r);
+  }
+  {
+    TinyServer s(ok_json("{\"LiveRestoreEnabled\":false}"));
+    auto r = store::dockerd_live_restore(s.path());
+    REQUIRE(r.ok());
+    CHECK(!*r);
+  }
+  {
+    TinyServer s(ok_json("{\"NoSuchField\":1}"));
+    auto r = store::dockerd_live_restore(s.path());
+    REQUIRE(!r.ok());
+    CHECK(r.code() == EBADMSG);
+  }
+  {
+    TinyServer s("HTTP/1.0 500 Internal Server Error\r\n\r\n{}");
+    CHECK(!store::dockerd_live_restore(s.path()).ok());
+  }
+}
+
+TEST_CASE("dockerd's API socket comes from -H, then its config file, then the default", "[dockerd]") {
+  using V = std::vector<std::string>;
+  auto sock = [](const V& args, const std::string& cfg = "/nonexistent/daemon.json") {
+    auto r = store::dockerd_api_socket(args, "/srv", cfg);
+    return r.ok() ? *r : "error: " + r.error().message;
+  };
+  CHECK(sock({"dockerd", "-H", "unix:///tmp/d.sock"}) == "/tmp/d.sock");
+  CHECK(sock({"dockerd", "--host=unix:///tmp/e.sock"}) == "/tmp/e.sock");
+  CHECK(sock({"dockerd", "-Hunix:///tmp/f.sock"}) == "/tmp/f.sock");
+  CHECK(sock({"dockerd", "-H", "tcp://127.0.0.1:2375", "-H", "unix://rel.sock"}) == "/srv/rel.sock");
+  CHECK(sock({"dockerd", "-H", "fd://", "--containerd=/run/containerd/containerd.sock"}) == "/run/docker.sock");
+  CHECK(sock({"dockerd"}) == "/var/run/docker.sock");
+  CHECK(sock({"dockerd", "-H", "tcp://127.0.0.1:2375"}).rfind("error: dockerd listens on no unix socket", 0) == 0);
+
+  char tmpl[] = "/tmp/extrafs-daemon-json.XXXXXX";
+  REQUIRE(::mkdtemp(tmpl) != nullptr);
+  const std::string dir = tmpl;
+  REQUIRE(write_file_atomic(dir + "/daemon.json", R"({"hosts": ["tcp://0.0.0.0:2375", "unix:///run/x.sock"]})").ok());
+  CHECK(sock({"dockerd"}, dir + "/daemon.json") == "/run/x.sock");
+  CHECK(sock({"dockerd", "--config-file", dir + "/daemon.json"}) == "/run/x.sock");
+  CHECK(sock({"dockerd", "--config-file=" + dir + "/daemon.json", "-H", "unix:///a.sock"}) == "/a.sock");
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("the systemd service of a process is read from its cgroup", "[dockerd]") {
+  CHECK(store::service_of_cgroup("0::/system.slice/docker.service\n") == "docker.service");
+  CHECK(store::service_of_cgroup("12:memory:/x\n1:name=systemd:/system.slice/docker.service\n0::/\n") ==
+        "docker.service");
+  CHECK(store::service_of_cgroup("0::/user.slice/user-0.slice/session-3.scope\n").empty());
+  CHECK(store::service_of_cgroup("0::/user.slice/user-1000.slice/user@1000.service/app.slice/x.scope\n").empty());
+  CHECK(store::service_of_cgroup("0::/\n").empty());
+  CHECK(store::service_of_cgroup("4:memory:/system.slice/docker.service\n0::/\n").empty());
+}
+
+TEST_CASE("dockerd flag values are found in every spelling", "[dockerd]") {
+  const std::vector<std::string> args = {"dockerd", "--data-root", "/a", "-g=/b", "--graph=/c", "-g/d", "--data-rootx", "/e"};
+  CHECK(store::dockerd_flag_values(args, {"--data-root", "--graph", "-g"}) == std::vector<std::string>{"/a", "/b", "/c", "/d"});
+  static const char raw[] = "dockerd\0-H\0unix:///x\0";
+  CHECK(store::split_cmdline(std::string(raw, sizeof(raw) - 1)) ==
+        std::vector<std::string>{"dockerd", "-H", "unix:///x"});
+}
