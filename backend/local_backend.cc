@@ -7,26 +7,10 @@
 
 #include <cstring>
 
+#include "common/posix_file.h"
+
 namespace extrafs::backend {
 
-namespace {
-// Paths come from indexes that have been validated, but the backend still refuses anything that
-// could leave the root.
-bool safe_relative(std::string_view p) {
-  if (p.empty()) return true;
-  if (p.front() == '/') return false;
-  size_t start = 0;
-  while (start <= p.size()) {
-    size_t end = p.find('/', start);
-    if (end == std::string_view::npos) end = p.size();
-    auto comp = p.substr(start, end - start);
-    if (comp == "..") return false;
-    start = end + 1;
-  }
-  return true;
-}
-std::string rel(std::string_view p) { return p.empty() ? std::string(".") : std::string(p); }
-}  // namespace
 
 Result<std::unique_ptr<Backend>> LocalBackend::open(const std::string& root) {
   if (root.empty() || root.front() != '/') return make_error(EINVAL, "store path '" + root + "' is not absolute");
@@ -50,10 +34,12 @@ Result<std::shared_ptr<int>> LocalBackend::fd_for(std::string_view path) {
       return it->second.fd;
     }
   }
-  if (!safe_relative(path)) return make_error(EINVAL, "path '" + key + "' leaves the store");
-  int fd = ::openat(root_fd_, rel(path).c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOATIME);
-  if (fd < 0 && errno == EPERM) fd = ::openat(root_fd_, rel(path).c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-  if (fd < 0) return Error::from_errno(errno, root_ + "/" + key);
+  // Paths come from validated indexes, but nothing is opened outside the root or through a
+  // symlink in the store, whoever wrote it.
+  auto opened = open_beneath(root_fd_, path, O_RDONLY | O_NOATIME, root_);
+  if (!opened.ok() && opened.code() == EPERM) opened = open_beneath(root_fd_, path, O_RDONLY, root_);
+  if (!opened.ok()) return opened.error();
+  int fd = opened->release();
   auto handle = std::shared_ptr<int>(new int(fd), [](int* p) {
     ::close(*p);
     delete p;
@@ -88,10 +74,9 @@ Result<size_t> LocalBackend::read(std::string_view path, uint64_t offset, std::s
 }
 
 Result<ObjectInfo> LocalBackend::stat(std::string_view path) {
-  if (!safe_relative(path)) return make_error(EINVAL, "path '" + std::string(path) + "' leaves the store");
+  EXTRAFS_TRY(fd, open_beneath(root_fd_, path, O_PATH, root_));
   struct stat st;
-  if (::fstatat(root_fd_, rel(path).c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
-    return Error::from_errno(errno, root_ + "/" + std::string(path));
+  if (::fstat(fd.get(), &st) != 0) return Error::from_errno(errno, root_ + "/" + std::string(path));
   {
     // A cached fd on a file that the path no longer names (replaced by rename) would serve the
     // old content: drop it, so the next read opens the current file. Readers holding it finish
@@ -111,22 +96,7 @@ Result<ObjectInfo> LocalBackend::stat(std::string_view path) {
 }
 
 Result<std::vector<std::string>> LocalBackend::list(std::string_view path) {
-  if (!safe_relative(path)) return make_error(EINVAL, "path '" + std::string(path) + "' leaves the store");
-  int fd = ::openat(root_fd_, rel(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return Error::from_errno(errno, root_ + "/" + std::string(path));
-  DIR* d = ::fdopendir(fd);
-  if (!d) {
-    int e = errno;
-    ::close(fd);
-    return Error::from_errno(e, root_ + "/" + std::string(path));
-  }
-  std::vector<std::string> names;
-  while (struct dirent* de = ::readdir(d)) {
-    if (std::strcmp(de->d_name, ".") == 0 || std::strcmp(de->d_name, "..") == 0) continue;
-    names.emplace_back(de->d_name);
-  }
-  ::closedir(d);
-  return names;
+  return list_dir_beneath(root_fd_, path, root_);
 }
 
 }  // namespace extrafs::backend

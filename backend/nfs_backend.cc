@@ -67,6 +67,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "common/str_util.h"
+
 namespace extrafs::backend {
 namespace {
 
@@ -155,20 +157,6 @@ bool valid_ipv6(std::string_view h) {
     if (!ok) return false;
   }
   return h.find(':') != std::string_view::npos;
-}
-
-// Splits a path into components; refuses "..". Empty and "." components are dropped.
-bool split_path(std::string_view path, std::vector<std::string_view>* out) {
-  size_t i = 0;
-  while (i <= path.size()) {
-    size_t j = path.find('/', i);
-    if (j == std::string_view::npos) j = path.size();
-    std::string_view part = path.substr(i, j - i);
-    if (part == "..") return false;
-    if (!part.empty() && part != ".") out->push_back(part);
-    i = j + 1;
-  }
-  return true;
 }
 
 Error bad_url(std::string msg) { return Error{EINVAL, std::move(msg)}; }

@@ -126,7 +126,7 @@ bool valid_meta_name(const std::string& name) {
 
 // mkdirat that tolerates an existing directory; 0 or errno.
 int ensure_dir_at(int dirfd, const char* name) {
-  if (::mkdirat(dirfd, name, 0755) == 0) return 0;
+  if (::mkdirat(dirfd, name, 0700) == 0) return 0;
   int e = errno;
   if (e != EEXIST) return e;
   struct stat st {};
@@ -581,7 +581,7 @@ Status DiskBlockCache::put(const Digest128& d, std::span<const std::byte> raw) {
   int err = 0;
   const char* step = "write";
   {
-    Fd fd(::openat(dir_fd_.get(), tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+    Fd fd(::openat(dir_fd_.get(), tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
     if (!fd.valid()) {
       err = errno;
       step = "create";
@@ -641,7 +641,7 @@ Status DiskBlockCache::put_meta(const std::string& name, std::span<const std::by
   int err = 0;
   const char* step = "write";
   {
-    Fd fd(::openat(dir_fd_.get(), tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+    Fd fd(::openat(dir_fd_.get(), tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
     if (!fd.valid()) {
       err = errno;
       step = "create";
@@ -765,7 +765,7 @@ BlockCacheStats DiskBlockCache::stats() {
 
 Result<std::unique_ptr<BlockCache>> BlockCache::open(const std::string& dir, uint64_t capacity) {
   if (dir.empty()) return make_error(EINVAL, "cache directory not given");
-  if (auto made = make_dirs(dir); !made.ok()) {
+  if (auto made = make_dirs(dir, 0700); !made.ok()) {
     const int e = made.code();
     if (e == ENOTDIR)
       return make_error(ENOTDIR,
@@ -774,7 +774,7 @@ Result<std::unique_ptr<BlockCache>> BlockCache::open(const std::string& dir, uin
   }
   Fd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!dir_fd.valid()) return Error::from_errno(errno, "cache " + dir + ": cannot open directory");
-  Fd lock_fd(::openat(dir_fd.get(), "lock", O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+  Fd lock_fd(::openat(dir_fd.get(), "lock", O_RDWR | O_CREAT | O_CLOEXEC, 0600));
   if (!lock_fd.valid())
     return Error::from_errno(errno, "cache " + dir + ": cannot create lock file");
   if (::flock(lock_fd.get(), LOCK_EX | LOCK_NB) != 0) {

@@ -12,6 +12,9 @@
 // (its inode, size, mtime or ctime differ from when it was verified); in between, reads skip the
 // hash.
 //
+// What it creates is private (directories 0700, files 0600): chunks hold the bytes of files that
+// only root may read inside the image.
+//
 // Thread-safety: all methods may be called concurrently from any thread. Two processes must not
 // open the same directory at once: open() takes an exclusive flock on DIR/lock and fails with
 // EBUSY otherwise.

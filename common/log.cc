@@ -3,6 +3,9 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/sinks/syslog_sink.h>
 #include <syslog.h>
+#include <unistd.h>
+
+#include "common/str_util.h"
 
 namespace extrafs {
 
@@ -30,6 +33,11 @@ void init_logging(spdlog::level::level_enum level, bool to_syslog) {
   }
   logger->set_level(level);
   spdlog::set_default_logger(logger);
+}
+
+void print_error(std::string_view program, std::string_view message) {
+  std::string line = std::string(program) + ": " + escape_control(message) + "\n";
+  (void)!::write(2, line.data(), line.size());
 }
 
 }  // namespace extrafs

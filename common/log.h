@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include <spdlog/spdlog.h>
 
@@ -13,5 +14,10 @@ namespace extrafs {
 bool parse_log_level(const std::string& name, spdlog::level::level_enum* out);
 // Installs the default logger. `to_syslog` sends everything to syslog with ident "extrafs".
 void init_logging(spdlog::level::level_enum level, bool to_syslog);
+
+// The one way the tools print a failure or warning: "<program>: <message>\n" on stderr, with the
+// control characters of the message escaped (escape_control), so that it is always one line
+// whatever user input it quotes. Thread-safe (one write per line).
+void print_error(std::string_view program, std::string_view message);
 
 }  // namespace extrafs

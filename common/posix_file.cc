@@ -3,12 +3,17 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/openat2.h>
 #include <sys/random.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
+
+#include "common/str_util.h"
 
 namespace extrafs {
 
@@ -52,9 +57,9 @@ ssize_t pread_all(int fd, void* data, size_t len, off_t off) {
   return static_cast<ssize_t>(done);
 }
 
-Result<std::string> read_file(const std::string& path, uint64_t limit) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) return Error::from_errno(errno, path);
+namespace {
+// The rest of open file `fd` (named `path` in messages), at most `limit` bytes.
+Result<std::string> read_rest(const Fd& fd, const std::string& path, uint64_t limit) {
   std::string out;
   char buf[65536];
   for (;;) {
@@ -66,6 +71,13 @@ Result<std::string> read_file(const std::string& path, uint64_t limit) {
     if (out.size() > limit) return make_error(EFBIG, path + " is too large");
   }
   return out;
+}
+}  // namespace
+
+Result<std::string> read_file(const std::string& path, uint64_t limit) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return Error::from_errno(errno, path);
+  return read_rest(fd, path, limit);
 }
 
 namespace {
@@ -178,9 +190,9 @@ std::optional<std::string> read_link(const std::string& path) {
   return std::string(buf, static_cast<size_t>(n));
 }
 
-Result<std::vector<std::string>> list_dir(const std::string& dir) {
-  DIR* d = ::opendir(dir.c_str());
-  if (!d) return Error::from_errno(errno, dir);
+namespace {
+// The sorted names of open directory `d` (without "." and ".."); closes it.
+std::vector<std::string> names_of(DIR* d) {
   std::vector<std::string> out;
   while (struct dirent* e = ::readdir(d)) {
     std::string n = e->d_name;
@@ -189,6 +201,21 @@ Result<std::vector<std::string>> list_dir(const std::string& dir) {
   ::closedir(d);
   std::sort(out.begin(), out.end());
   return out;
+}
+}  // namespace
+
+Result<std::vector<std::string>> list_dir(const std::string& dir) {
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return Error::from_errno(errno, dir);
+  return names_of(d);
+}
+
+Result<std::vector<std::string>> list_dir_beneath(int dir, std::string_view rel, const std::string& shown) {
+  EXTRAFS_TRY(fd, open_beneath(dir, rel, O_RDONLY | O_DIRECTORY, shown));
+  DIR* d = ::fdopendir(fd.get());
+  if (!d) return Error::from_errno(errno, shown + "/" + std::string(rel));
+  fd.release();
+  return names_of(d);
 }
 
 std::string absolute_path(const std::string& path) {
@@ -255,6 +282,89 @@ Status remove_tree(const std::string& path) {
   Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!fd.valid()) return Error::from_errno(errno, dir);
   return remove_tree_at(fd.get(), path.substr(path.rfind('/') + 1), path, st.st_dev);
+}
+
+namespace {
+
+// The walk for kernels without openat2: every directory on the way with O_NOFOLLOW|O_DIRECTORY.
+int open_walk(int dir, const std::vector<std::string>& comps, int flags, mode_t mode) {
+  if (comps.empty()) return ::openat(dir, ".", flags, mode);
+  int cur = dir;
+  for (size_t i = 0; i + 1 < comps.size(); ++i) {
+    int next = ::openat(cur, comps[i].c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    int e = errno;
+    if (cur != dir) ::close(cur);
+    if (next < 0) {
+      errno = e == ENOTDIR ? ELOOP : e;  // a symlinked parent shows as ENOTDIR under O_DIRECTORY
+      return -1;
+    }
+    cur = next;
+  }
+  int fd = ::openat(cur, comps.back().c_str(), flags | O_NOFOLLOW, mode);
+  int e = errno;
+  struct stat st;
+  // O_DIRECTORY|O_NOFOLLOW on a symlink says ENOTDIR; openat2 says ELOOP.
+  if (fd < 0 && e == ENOTDIR && ::fstatat(cur, comps.back().c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+      S_ISLNK(st.st_mode))
+    e = ELOOP;
+  if (cur != dir) ::close(cur);
+  if (fd >= 0 && (flags & O_PATH) && ::fstat(fd, &st) == 0 && S_ISLNK(st.st_mode)) {
+    ::close(fd);  // O_PATH|O_NOFOLLOW opens the symlink itself; openat2 refuses it
+    fd = -1;
+    e = ELOOP;
+  }
+  errno = e;
+  return fd;
+}
+
+std::atomic<bool> no_openat2{false};  // set once openat2 is known to be missing (or by a test)
+
+}  // namespace
+
+void use_open_beneath_fallback_for_testing(bool on) { no_openat2.store(on); }
+
+Result<Fd> open_beneath(int dir, std::string_view rel, int flags, const std::string& shown, mode_t mode) {
+  const std::string name = rel.empty() ? shown : shown + "/" + std::string(rel);
+  std::vector<std::string_view> parts;
+  if ((!rel.empty() && rel.front() == '/') || !split_path(rel, &parts))
+    return make_error(EXDEV, name + ": path leaves its directory");
+  const std::vector<std::string> comps(parts.begin(), parts.end());
+  flags |= O_CLOEXEC;
+  std::string joined;
+  for (const auto& c : comps) joined += (joined.empty() ? "" : "/") + c;
+  if (joined.empty()) joined = ".";
+  int fd = -1;
+  if (!no_openat2.load(std::memory_order_relaxed)) {
+    struct open_how how {};
+    how.flags = static_cast<uint64_t>(flags);
+    how.mode = (flags & (O_CREAT | O_TMPFILE)) ? mode : 0;
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    fd = static_cast<int>(::syscall(SYS_openat2, dir, joined.c_str(), &how, sizeof how));
+    if (fd < 0 && errno == ENOSYS) no_openat2.store(true, std::memory_order_relaxed);
+  }
+  if (no_openat2.load(std::memory_order_relaxed)) fd = open_walk(dir, comps, flags, mode);
+  if (fd < 0) {
+    int e = errno;
+    if (e == ELOOP) return make_error(ELOOP, name + " is reached through a symlink; refusing to follow it");
+    if (e == EXDEV) return make_error(EXDEV, name + ": path leaves its directory");
+    return Error::from_errno(e, name);
+  }
+  return Fd(fd);
+}
+
+Result<std::string> read_file_beneath(int dir, std::string_view rel, const std::string& shown, uint64_t limit) {
+  EXTRAFS_TRY(fd, open_beneath(dir, rel, O_RDONLY, shown));
+  const std::string name = shown + "/" + std::string(rel);
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return Error::from_errno(errno, name);
+  if (!S_ISREG(st.st_mode)) return make_error(EINVAL, name + " is not a regular file");
+  return read_rest(fd, name, limit);
+}
+
+Status check_dir_beneath(int dir, std::string_view rel, const std::string& shown) {
+  EXTRAFS_TRY(fd, open_beneath(dir, rel, O_RDONLY | O_DIRECTORY, shown));
+  (void)fd;
+  return ok_status();
 }
 
 std::string random_chars(size_t n, std::string_view alphabet) {

@@ -100,6 +100,25 @@ std::optional<std::string> real_path(const std::string& path);
 // into another file system (EBUSY naming the mount point). A missing `path` is fine.
 Status remove_tree(const std::string& path);
 
+// Opening inside a tree that someone else may have written (a store, a data-root): `rel` is
+// resolved beneath the directory `dir` without following any symlink, not even in a parent
+// component, and never leaving `dir` (openat2 with RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS; on a
+// kernel without openat2, a component-by-component openat(O_NOFOLLOW) walk with the same
+// result). An absolute `rel` or one with a ".." component is EXDEV; a symlink anywhere is ELOOP
+// (also for O_CREAT). "" or "." opens `dir` itself. `flags` are open(2) flags (O_CLOEXEC is
+// added). The message of an error names `shown` + "/" + `rel`.
+Result<Fd> open_beneath(int dir, std::string_view rel, int flags, const std::string& shown, mode_t mode = 0);
+// Tests only: makes open_beneath() take the fallback walk, as on a kernel without openat2.
+void use_open_beneath_fallback_for_testing(bool on);
+// read_file() of `rel` beneath `dir`, never through a symlink (see open_beneath).
+Result<std::string> read_file_beneath(int dir, std::string_view rel, const std::string& shown,
+                                      uint64_t limit = uint64_t{256} << 20);
+// Whether `rel` beneath `dir` is a real directory reached without a symlink: ok, or ELOOP,
+// ENOTDIR, ENOENT... naming it.
+Status check_dir_beneath(int dir, std::string_view rel, const std::string& shown);
+// list_dir() of `rel` beneath `dir`, never through a symlink.
+Result<std::vector<std::string>> list_dir_beneath(int dir, std::string_view rel, const std::string& shown);
+
 // Docker's overlay2 link-id alphabet (base32, RFC 4648): what `l/<link>` names are made of.
 inline constexpr std::string_view kLinkIdAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
 inline constexpr size_t kLinkIdLength = 26;

@@ -28,5 +28,12 @@ bool is_cache_id(std::string_view s);
 // `s` without trailing ASCII whitespace (space, \t, \r, \n): the content of a one-line
 // metadata file (docker's cache-id, link, lower, parent; a pid file; /proc/PID/comm).
 std::string trim_trailing(std::string_view s);
+// The components of the '/'-separated `path`, without empty and "." ones; false if one is "..".
+// A leading '/' is not reported (callers that refuse absolute paths check it themselves).
+bool split_path(std::string_view path, std::vector<std::string_view>* out);
+// `s` with every control byte made visible, so that a message that quotes user input (a URL, a
+// path, an option, a file's content) stays one printable line: "\n", "\r", "\t" for those,
+// "\xNN" for the other bytes below 0x20 and 0x7f. Other bytes (UTF-8 included) are kept.
+std::string escape_control(std::string_view s);
 
 }  // namespace extrafs

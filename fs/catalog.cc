@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
+#include <map>
 
 #include "common/str_util.h"
 
@@ -23,6 +24,20 @@ bool valid_cache_id(std::string_view id) {
 }
 bool valid_link(std::string_view l) { return l.empty() || valid_cache_id(l); }
 
+// The links a lower chain names, in order; false if it is not "l/<link>[:l/<link>...]".
+bool lower_links(std::string_view lower, std::vector<std::string_view>* links) {
+  size_t start = 0;
+  while (start <= lower.size()) {
+    size_t end = lower.find(':', start);
+    if (end == std::string_view::npos) end = lower.size();
+    std::string_view e = lower.substr(start, end - start);
+    if (e.size() < 3 || e.substr(0, 2) != "l/" || !valid_cache_id(e.substr(2))) return false;
+    if (links) links->push_back(e.substr(2));
+    start = end + 1;
+  }
+  return true;
+}
+
 json body_of(const Catalog& c) {
   json layers = json::array();
   for (const auto& l : c.layers) {
@@ -36,6 +51,60 @@ json body_of(const Catalog& c) {
   return body;
 }
 }  // namespace
+
+Status check_catalog_layer(const CatalogLayer& l) {
+  // The cache-id is quoted escaped: it may be anything when this runs on a store's directory names.
+  if (!valid_cache_id(l.cache_id)) return make_error(EBADMSG, "bad cache_id '" + escape_control(l.cache_id) + "'");
+  if (!valid_link(l.link)) return make_error(EBADMSG, "bad link for " + l.cache_id);
+  if (l.lower && (l.lower->size() > 65536 || !lower_links(*l.lower, nullptr)))
+    return make_error(EBADMSG, "bad lower for " + l.cache_id + " (not a list of l/<link>)");
+  return ok_status();
+}
+
+std::vector<std::pair<std::string, std::string>> unchained_layers(const Catalog& catalog) {
+  std::vector<std::pair<std::string, std::string>> out;
+  std::map<std::string_view, std::vector<size_t>> by_link;
+  for (size_t i = 0; i < catalog.layers.size(); ++i)
+    if (!catalog.layers[i].link.empty()) by_link[catalog.layers[i].link].push_back(i);
+  std::vector<bool> refused(catalog.layers.size(), false);
+  auto refuse = [&](size_t i, std::string why) {
+    if (refused[i]) return;
+    refused[i] = true;
+    out.emplace_back(catalog.layers[i].cache_id, std::move(why));
+  };
+  for (const auto& [link, users] : by_link)
+    if (users.size() > 1)
+      for (size_t i : users) refuse(i, "link " + std::string(link) + " is claimed by more than one layer");
+  // A layer whose chain names a refused layer is refused in turn: repeat until nothing changes.
+  for (bool changed = true; changed;) {
+    changed = false;
+    for (size_t i = 0; i < catalog.layers.size(); ++i) {
+      const auto& l = catalog.layers[i];
+      if (refused[i] || !l.lower) continue;
+      std::vector<std::string_view> links;
+      if (!lower_links(*l.lower, &links)) {
+        refuse(i, "its lower is not a list of l/<link>");
+        changed = true;
+        continue;
+      }
+      for (auto link : links) {
+        auto it = by_link.find(link);
+        if (it == by_link.end()) {
+          refuse(i, "its lower names l/" + std::string(link) + ", which no layer of the catalog has");
+        } else if (it->second.front() == i) {
+          refuse(i, "its lower names its own link");
+        } else if (refused[it->second.front()]) {
+          refuse(i, "its lower names layer " + catalog.layers[it->second.front()].cache_id + ", which is refused");
+        } else {
+          continue;
+        }
+        changed = true;
+        break;
+      }
+    }
+  }
+  return out;
+}
 
 Result<Catalog> store_catalog(const Result<std::string>& text, const std::string& source) {
   if (!text.ok()) {
@@ -78,7 +147,9 @@ const CatalogLayer* Catalog::find(std::string_view cache_id) const {
 Result<Catalog> Catalog::parse(std::string_view text) {
   json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) return bad("not JSON");
-  if (j.value("format", "") != "extrafs-catalog") return bad("not an extrafs catalog");
+  // (json::value() throws when the key holds another type: check the type first.)
+  if (!j.contains("format") || !j["format"].is_string() || j["format"].get<std::string>() != "extrafs-catalog")
+    return bad("not an extrafs catalog");
   if (!j.contains("version") || !j["version"].is_number_integer()) return bad("no version");
   if (j["version"].get<int64_t>() != kCatalogVersion)
     return make_error(ENOTSUP, "catalog version " + j["version"].dump() + " is not supported");
@@ -104,13 +175,13 @@ Result<Catalog> Catalog::parse(std::string_view text) {
     if (!str("cache_id", &layer.cache_id) || !valid_cache_id(layer.cache_id)) return bad("bad cache_id");
     if (!str("index", &digest) || !Digest128::from_hex(digest, &layer.index_digest))
       return bad("bad index digest for " + layer.cache_id);
-    if (!str("link", &layer.link) || !valid_link(layer.link)) return bad("bad link for " + layer.cache_id);
+    if (!str("link", &layer.link)) return bad("bad link for " + layer.cache_id);
     if (l.contains("lower")) {
       std::string lower;
-      if (!str("lower", &lower) || lower.size() > 65536 || lower.find('\0') != std::string::npos)
-        return bad("bad lower for " + layer.cache_id);
+      if (!str("lower", &lower)) return bad("bad lower for " + layer.cache_id);
       layer.lower = lower;
     }
+    if (auto st = check_catalog_layer(layer); !st.ok()) return bad(st.error().message);
     if (!l.contains("bytes") || !l["bytes"].is_number_unsigned()) return bad("bad size for " + layer.cache_id);
     layer.bytes = l["bytes"].get<uint64_t>();
     if (c.find(layer.cache_id)) return bad("layer " + layer.cache_id + " listed twice");

@@ -17,6 +17,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/hash.h"
@@ -46,6 +47,19 @@ struct Catalog {
   std::string serialize() const;
   const CatalogLayer* find(std::string_view cache_id) const;
 };
+
+// The rules every layer of a catalog follows, the one check shared by the reader
+// (Catalog::parse) and the writers (`extrafs index`, publish) so that they never write a catalog
+// the reader rejects: a cache_id of 1-128 characters [A-Za-z0-9_-] (not "l"), a link of the same
+// alphabet or "", and a lower (if any) that is a ':'-separated list of "l/<link>". EBADMSG with a
+// message naming the layer and what is wrong.
+Status check_catalog_layer(const CatalogLayer& layer);
+
+// Where the catalog is loaded (the daemon, and index and publish before writing one): the layers
+// whose lower chain cannot be served, each with a one-line reason. A lower entry "l/<link>" must
+// be the link of another layer of the catalog whose own chain is served, and a link may belong to
+// one layer only (both layers are refused otherwise). The layers named are to be left out.
+std::vector<std::pair<std::string, std::string>> unchained_layers(const Catalog& catalog);
 
 // The catalog of the store `source` from the result of reading its catalog file: a missing file
 // says to run `extrafs index` or `extrafs publish`; every error names the store.

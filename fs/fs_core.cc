@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <array>
+#include <set>
 #include <cstring>
 
 namespace extrafs::fs {
@@ -121,10 +122,17 @@ Status FsCore::load(const Catalog& catalog, bool initial) {
   std::vector<std::string> problems;
   std::vector<std::shared_ptr<Slot>> new_layers;
   std::shared_ptr<Slot> new_image;
+  // A layer whose lower chain names links the catalog does not serve is not served itself: its
+  // `lower` would lead overlayfs elsewhere.
+  std::set<std::string> refused;
+  for (auto& [id, why] : unchained_layers(catalog)) {
+    spdlog::warn("not serving layer {}: {}", id, why);
+    refused.insert(id);
+  }
   {
     std::shared_lock lock(mu_);
     for (const auto& l : catalog.layers) {
-      if (by_cache_id_.count(l.cache_id)) continue;
+      if (by_cache_id_.count(l.cache_id) || refused.count(l.cache_id)) continue;
       auto s = std::make_shared<Slot>();
       s->layer = l;
       new_layers.push_back(std::move(s));

@@ -1,5 +1,6 @@
 #include "store/catalog_writer.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -18,7 +19,9 @@ constexpr uint64_t kGenerationTries = 1000;
 Result<StoreCatalog> load_store_catalog(const std::string& store) {
   StoreCatalog sc;
   const std::string catalog_path = StoreLayout(store).catalog();
-  auto text = read_file(catalog_path, uint64_t{64} << 20);
+  Fd root(::open(store.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!root.valid()) return Error::from_errno(errno, "store " + store);
+  auto text = read_file_beneath(root.get(), fs::kCatalogPath, store, uint64_t{64} << 20);
   if (text.ok()) {
     auto parsed = fs::Catalog::parse(*text);
     if (!parsed.ok()) return make_error(parsed.code(), catalog_path + ": " + parsed.error().message);
@@ -41,10 +44,21 @@ Result<CatalogCommit> commit_store_catalog(const std::string& store, StoreCatalo
   const StoreLayout layout(store);
   CatalogCommit report;
   EXTRAFS_CHECK_STATUS(make_dirs(layout.layers_dir()));
-  if (is_dir(layout.image_dir())) {
+  Fd root(::open(store.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!root.valid()) return Error::from_errno(errno, "store " + store);
+  // Nothing written goes through a symlink: the catalog and indexes land in the store itself.
+  EXTRAFS_CHECK_STATUS(check_dir_beneath(root.get(), "extrafs/layers", store));
+  // Image objects and catalog generations too: made here, then checked like extrafs/layers.
+  EXTRAFS_CHECK_STATUS(make_dirs(layout.objects_dir()));
+  EXTRAFS_CHECK_STATUS(make_dirs(layout.catalog_generations_dir()));
+  EXTRAFS_CHECK_STATUS(check_dir_beneath(root.get(), "extrafs/objects", store));
+  EXTRAFS_CHECK_STATUS(check_dir_beneath(root.get(), "extrafs/catalog.d", store));
+  auto image = open_beneath(root.get(), "image", O_RDONLY | O_DIRECTORY, store);
+  if (!image.ok() && image.code() != ENOENT) return image.error();  // a symlinked image/ is refused
+  if (image.ok()) {
     // The image/ files themselves may be rewritten by the next publish; the index names copies.
     ObjectSink objects(layout.root());
-    EXTRAFS_TRY(bytes, index_directory(layout.image_dir(), objects, WalkOptions{}));
+    EXTRAFS_TRY(bytes, index_directory_at(image->get(), layout.image_dir(), objects, WalkOptions{}));
     auto parsed = fs::LayerIndex::parse(bytes);
     if (!parsed.ok()) return make_error(EIO, "index of image/ does not verify: " + parsed.error().message);
     Digest128 digest = (*parsed)->digest();

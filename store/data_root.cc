@@ -91,6 +91,7 @@ Result<std::string> familiar_ref(const std::string& in) {
   auto colon = r.rfind(':');
   if (colon == 0 || colon + 1 == r.size() || r.front() == '/' || r.back() == '/' || r.find("//") != std::string::npos)
     return make_error(EINVAL, "'" + in + "' is not an image name:tag");
+  EXTRAFS_CHECK_STATUS(check_reference(r));
   return r;
 }
 

@@ -43,6 +43,93 @@ std::string normalize_ref(const std::string& ref) {
 }
 
 namespace {
+
+bool lower_alnum(char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); }
+bool word_char(char c) { return lower_alnum(c) || (c >= 'A' && c <= 'Z') || c == '_'; }
+
+// path-component: alpha-numeric runs joined by one separator ("." "_" "__" or "-"+).
+bool path_component(std::string_view c) {
+  size_t i = 0;
+  for (;;) {
+    size_t start = i;
+    while (i < c.size() && lower_alnum(c[i])) ++i;
+    if (i == start) return false;  // empty, or starts/ends with a separator, or two in a row
+    if (i == c.size()) return true;
+    if (c[i] == '.') {
+      ++i;
+    } else if (c[i] == '_') {
+      i += (i + 1 < c.size() && c[i + 1] == '_') ? 2 : 1;
+    } else if (c[i] == '-') {
+      while (i < c.size() && c[i] == '-') ++i;
+    } else {
+      return false;
+    }
+  }
+}
+
+// domain: domain-component ("." domain-component)* [":" port], a component being letters and
+// digits with inner "-".
+bool domain(std::string_view d) {
+  auto colon = d.find(':');
+  std::string_view host = d.substr(0, colon);
+  if (colon != std::string_view::npos) {
+    std::string_view port = d.substr(colon + 1);
+    if (port.empty()) return false;
+    for (char c : port)
+      if (c < '0' || c > '9') return false;
+  }
+  size_t start = 0;
+  while (start <= host.size()) {
+    size_t end = host.find('.', start);
+    if (end == std::string_view::npos) end = host.size();
+    std::string_view comp = host.substr(start, end - start);
+    if (comp.empty() || comp.front() == '-' || comp.back() == '-') return false;
+    for (char c : comp)
+      if (!(lower_alnum(c) || (c >= 'A' && c <= 'Z') || c == '-')) return false;
+    start = end + 1;
+  }
+  return true;
+}
+
+}  // namespace
+
+Status check_reference(std::string_view ref) {
+  auto refuse = [&](const std::string& why) {
+    return make_error(EINVAL, "'" + escape_control(ref) + "' is not a docker image name:tag (" + why + ")");
+  };
+  auto colon = ref.rfind(':');
+  auto slash = ref.rfind('/');
+  if (colon == std::string_view::npos || (slash != std::string_view::npos && colon < slash)) return refuse("no tag");
+  std::string_view name = ref.substr(0, colon), tag = ref.substr(colon + 1);
+  if (tag.empty() || tag.size() > 128) return refuse("a tag has 1 to 128 characters");
+  if (!word_char(tag.front())) return refuse("a tag starts with a letter, digit or '_'");
+  for (char c : tag)
+    if (!word_char(c) && c != '.' && c != '-') return refuse("a tag holds only letters, digits, '_', '.' and '-'");
+  if (name.empty()) return refuse("no name");
+  if (name.size() > 255) return refuse("a name has at most 255 characters");
+  size_t first_end = name.find('/');
+  std::string_view rest = name;
+  if (first_end != std::string_view::npos) {
+    std::string_view first = name.substr(0, first_end);
+    bool upper = false;
+    for (char c : first) upper |= c >= 'A' && c <= 'Z';
+    if (first.find_first_of(".:") != std::string_view::npos || first == "localhost" || upper) {
+      if (!domain(first)) return refuse("bad registry host '" + escape_control(first) + "'");
+      rest = name.substr(first_end + 1);
+    }
+  }
+  size_t start = 0;
+  while (start <= rest.size()) {
+    size_t end = rest.find('/', start);
+    if (end == std::string_view::npos) end = rest.size();
+    if (!path_component(rest.substr(start, end - start)))
+      return refuse("a name is made of lowercase letters, digits and single separators between them");
+    start = end + 1;
+  }
+  return ok_status();
+}
+
+namespace {
 bool valid_digest(const std::string& d) { return d.rfind("sha256:", 0) == 0 && is_hex64(std::string_view(d).substr(7)); }
 }  // namespace
 

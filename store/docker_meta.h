@@ -58,6 +58,13 @@ std::string sha256_digest(std::string_view data);
 std::string sha256_digest_string(const unsigned char* md, unsigned len);
 // Chain IDs of a list of diff IDs: chain[0] = diff[0]; chain[i] = sha256(chain[i-1] + " " + diff[i]).
 std::vector<std::string> chain_ids(const std::vector<std::string>& diff_ids);
+// Whether `ref` is a "name:tag" that docker accepts (its reference grammar): name is
+// [domain "/"] path-component ("/" path-component)*, a path-component is [a-z0-9]+ joined by
+// "." or "_" or "__" or runs of "-", the first component is a domain (letters, digits, "-", ".",
+// an optional ":port") when it holds a "." or ":", is "localhost" or has an uppercase letter, the
+// name is at most 255 characters, the tag [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}. EINVAL with a
+// message quoting `ref` (escaped) and saying what is wrong.
+Status check_reference(std::string_view ref);
 // "busybox" -> "busybox:latest"; "name:tag" and "sha256:..." unchanged.
 std::string normalize_ref(const std::string& ref);
 // The rootfs.diff_ids of an image config (base first), each "sha256:<64 hex>". EBADMSG with a

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <unordered_map>
 #include <vector>
 
@@ -169,13 +170,15 @@ struct Walker {
     return ok_status();
   }
 
-  // Breadth-first walk; each directory is entered with chdir so that paths stay short.
-  Status walk(const std::string& root, const WalkOptions& opts) {
+  // Breadth-first walk of the directory open as `dir_fd` (named `root` in messages); each
+  // directory is entered with fchdir so that paths stay short, and only through a directory
+  // opened with O_NOFOLLOW: a symlink in the tree is an entry, never a way out of it.
+  Status walk(int dir_fd, const std::string& root, const WalkOptions& opts) {
     CwdGuard guard;
-    if (::chdir(root.c_str()) != 0) return Error::from_errno(errno, root);
-    int root_fd = ::open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int root_fd = ::openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (root_fd < 0) return Error::from_errno(errno, root);
     Fd rootfd(root_fd);
+    if (::fchdir(root_fd) != 0) return Error::from_errno(errno, root);
     // Flush delayed allocation first: until written back, ext4 and xfs report st_blocks of
     // freshly written files that change later, and the index must record the settled value.
     (void)::syncfs(root_fd);
@@ -190,7 +193,8 @@ struct Walker {
         size_t end = rel.find('/', start);
         if (end == std::string::npos) end = rel.size();
         std::string comp = rel.substr(start, end - start);
-        if (::chdir(comp.c_str()) != 0) return Error::from_errno(errno, root + "/" + rel);
+        Fd sub(::open(comp.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+        if (!sub.valid() || ::fchdir(sub.get()) != 0) return Error::from_errno(errno, root + "/" + rel);
         start = end + 1;
       }
       // O_NOATIME: indexing must not change what it indexes (re-running it changes nothing).
@@ -282,17 +286,30 @@ Status ObjectSink::put(IndexBuilder& builder, const std::string&, uint64_t, std:
   return ok_status();
 }
 
-Result<std::string> index_directory(const std::string& dir, ChunkSink& sink, const WalkOptions& options) {
+Result<std::string> index_directory_at(int dir_fd, const std::string& shown, ChunkSink& sink, const WalkOptions& options) {
   Walker w(options.chunk_size, sink);
-  EXTRAFS_CHECK_STATUS(w.walk(dir, options));
+  EXTRAFS_CHECK_STATUS(w.walk(dir_fd, shown, options));
   return w.builder.serialize();
 }
 
-Result<std::string> index_directory(const std::string& dir, const std::string& object_prefix, uint32_t chunk_size) {
+Result<std::string> index_directory_at(int dir_fd, const std::string& shown, const std::string& object_prefix,
+                                       uint32_t chunk_size) {
   PlainFileSink sink(object_prefix);
   WalkOptions opts;
   opts.chunk_size = chunk_size;
-  return index_directory(dir, sink, opts);
+  return index_directory_at(dir_fd, shown, sink, opts);
+}
+
+Result<std::string> index_directory(const std::string& dir, ChunkSink& sink, const WalkOptions& options) {
+  Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd.valid()) return Error::from_errno(errno, dir);
+  return index_directory_at(fd.get(), dir, sink, options);
+}
+
+Result<std::string> index_directory(const std::string& dir, const std::string& object_prefix, uint32_t chunk_size) {
+  Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd.valid()) return Error::from_errno(errno, dir);
+  return index_directory_at(fd.get(), dir, object_prefix, chunk_size);
 }
 
 Result<IndexStoreReport> index_store(const std::string& store_in, const std::function<void(const std::string&)>& progress) {
@@ -301,44 +318,81 @@ Result<IndexStoreReport> index_store(const std::string& store_in, const std::fun
   auto say = [&](const std::string& s) {
     if (progress) progress(s);
   };
-  struct stat st;
-  if (::stat(store.c_str(), &st) != 0) return Error::from_errno(errno, "store " + store);
-  if (!S_ISDIR(st.st_mode)) return make_error(ENOTDIR, "store " + store + " is not a directory");
-  const std::string ov = layout.overlay2_dir();
-  if (!is_dir(ov)) return make_error(ENOENT, "store " + store + " has no overlay2/ directory (not a Hermes-style store)");
+  // The store path itself is the operator's; everything in it is opened beneath it, never
+  // through a symlink (the store may have been copied from anywhere).
+  Fd root(::open(store.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!root.valid()) {
+    if (errno == ENOTDIR) return make_error(ENOTDIR, "store " + store + " is not a directory");
+    return Error::from_errno(errno, "store " + store);
+  }
+  if (auto st = check_dir_beneath(root.get(), "overlay2", store); !st.ok()) {
+    if (st.code() == ENOENT) return make_error(ENOENT, "store " + store + " has no overlay2/ directory (not a Hermes-style store)");
+    return st.error();
+  }
 
   IndexStoreReport report;
   EXTRAFS_TRY(sc, load_store_catalog(store));
   EXTRAFS_CHECK_STATUS(make_dirs(layout.layers_dir()));
+  EXTRAFS_CHECK_STATUS(check_dir_beneath(root.get(), "extrafs/layers", store));
+  auto skip = [&](const std::string& name, const std::string& why) {
+    report.skipped.push_back(fmt::format("skipping overlay2/{}: {}", escape_control(name), why));
+  };
 
-  EXTRAFS_TRY(names, list_dir(ov));
+  EXTRAFS_TRY(overlay, open_beneath(root.get(), "overlay2", O_RDONLY | O_DIRECTORY, store));
+  EXTRAFS_TRY(names, list_dir_beneath(overlay.get(), "", layout.overlay2_dir()));
   std::vector<std::string> ids;
   for (const auto& n : names) {
-    if (n == "l" || !is_dir(ov + "/" + n + "/diff")) continue;
+    if (n == "l") continue;
+    // Only directories with a diff/ are layers; a symlinked diff (or a symlinked layer
+    // directory) is refused, never followed.
+    auto diff = open_beneath(overlay.get(), n + "/diff", O_RDONLY | O_DIRECTORY, layout.overlay2_dir());
+    if (!diff.ok() && diff.code() != ELOOP) continue;
     // The catalog takes only docker cache-ids: anything else would make it unreadable.
     if (!is_cache_id(n)) {
-      say(fmt::format("skipping overlay2/{}: not a docker cache-id", n));
+      skip(n, "not a docker cache-id");
+      continue;
+    }
+    if (!diff.ok()) {
+      skip(n, "diff or the layer directory is a symlink; refusing to follow it");
       continue;
     }
     ids.push_back(n);
   }
 
   for (const auto& id : ids) {
-    const std::string layer_dir = layout.overlay_dir(id);
     const std::string index_file = layout.layer_index(id);
     CatalogLayer layer;
     layer.cache_id = id;
-    if (auto link = read_file(layer_dir + "/link", kSmallFile); link.ok()) layer.link = trim_trailing(*link);
-    if (auto lower = read_file(layer_dir + "/lower", kSmallFile); lower.ok()) layer.lower = trim_trailing(*lower);
+    // link and lower: absent is fine; a symlink or anything else unreadable skips the layer.
+    auto meta = [&](const char* name, std::optional<std::string>* out) -> Status {
+      auto text = read_file_beneath(overlay.get(), id + "/" + name, layout.overlay2_dir(), kSmallFile);
+      if (text.ok()) *out = trim_trailing(*text);
+      else if (text.code() != ENOENT) return text.error();
+      return ok_status();
+    };
+    std::optional<std::string> link;
+    auto st = meta("link", &link);
+    if (st.ok()) st = meta("lower", &layer.lower);
+    if (!st.ok()) {
+      skip(id, st.error().message);
+      continue;
+    }
+    layer.link = link.value_or("");
+    // The reader's own rules, so that the catalog written is one every mount accepts.
+    if (auto valid = fs::check_catalog_layer(layer); !valid.ok()) {
+      skip(id, valid.error().message);
+      continue;
+    }
     std::shared_ptr<const LayerIndex> index;
-    if (auto existing = read_file(index_file, kSmallFile); existing.ok()) {
+    if (auto existing = read_file_beneath(root.get(), fs::layer_index_path(id), store, kSmallFile); existing.ok()) {
       if (auto parsed = LayerIndex::parse(std::move(existing).value()); parsed.ok()) index = *parsed;
     }
     if (index) {
       report.layers_present++;
     } else {
       say(fmt::format("indexing layer {}", id));
-      EXTRAFS_TRY(bytes, index_directory(layer_dir + "/diff", "overlay2/" + id + "/diff"));
+      EXTRAFS_TRY(diff, open_beneath(overlay.get(), id + "/diff", O_RDONLY | O_DIRECTORY, layout.overlay2_dir()));
+      EXTRAFS_TRY(bytes, index_directory_at(diff.get(), layout.overlay_dir(id) + "/diff", "overlay2/" + id + "/diff"));
       auto parsed = LayerIndex::parse(bytes);
       if (!parsed.ok()) return make_error(EIO, "index of " + id + " does not verify: " + parsed.error().message);
       EXTRAFS_CHECK_STATUS(write_file_atomic(index_file, bytes));
@@ -348,6 +402,11 @@ Result<IndexStoreReport> index_store(const std::string& store_in, const std::fun
     layer.index_digest = index->digest();
     layer.bytes = index->content_bytes();
     merge_catalog_layer(&sc.catalog, std::move(layer));
+  }
+  // Layers whose lower chain the daemon would refuse are left out of the catalog too.
+  for (const auto& refused : fs::unchained_layers(sc.catalog)) {
+    skip(refused.first, refused.second);
+    std::erase_if(sc.catalog.layers, [&](const CatalogLayer& l) { return l.cache_id == refused.first; });
   }
 
   EXTRAFS_TRY(commit, commit_store_catalog(store, &sc));

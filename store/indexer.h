@@ -80,6 +80,12 @@ struct WalkOptions {
 // serialised index.
 Result<std::string> index_directory(const std::string& dir, ChunkSink& sink, const WalkOptions& options);
 
+// The same for the directory open as `dir_fd` (named `shown` in messages): what the store and
+// data-root readers use after opening the directory with open_beneath().
+Result<std::string> index_directory_at(int dir_fd, const std::string& shown, ChunkSink& sink, const WalkOptions& options);
+Result<std::string> index_directory_at(int dir_fd, const std::string& shown, const std::string& object_prefix,
+                                       uint32_t chunk_size = fs::kDefaultChunkSize);
+
 // Indexes the tree under local directory `dir` with chunk references into its own files (see
 // PlainFileSink).
 Result<std::string> index_directory(const std::string& dir, const std::string& object_prefix,
@@ -90,13 +96,18 @@ struct IndexStoreReport {
   int layers_present = 0;   // already indexed, left alone
   bool image_indexed = false;
   bool catalog_written = false;
+  // One line per layer left out of the catalog, naming it and why: a directory name that is not
+  // a cache-id, a symlinked diff/, link or lower, a link or lower the catalog reader refuses, a
+  // lower chain naming links no layer has. The rest of the store is indexed and stays mountable.
+  std::vector<std::string> skipped;
 };
 
 // Indexes every overlay2/<cache-id>/diff of the store at local path `store` that has no valid
 // index yet, the store's image/ tree, and writes the catalog (atomically, only if it changed).
-// Directories under overlay2/ whose name is not a docker cache-id are left out (with a progress
-// line).
-// `progress` (may be empty) receives one line per layer.
+// Nothing is opened through a symlink inside the store (open_beneath). Layers that cannot go into
+// a catalog the reader accepts are left out and listed in `skipped`; a symlinked overlay2/,
+// extrafs/layers or image/ is an error. `progress` (may be empty) receives one line per layer
+// indexed.
 Result<IndexStoreReport> index_store(const std::string& store, const std::function<void(const std::string&)>& progress);
 
 }  // namespace extrafs::store

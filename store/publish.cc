@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -134,6 +135,8 @@ class Publisher {
   std::string store_;
   std::vector<std::string> created_dirs_;   // removed again if the publish fails
   int lock_fd_ = -1;
+  Fd data_root_fd_;  // --data-root, once planned: its layers are opened beneath it
+  Fd store_fd_;      // the store, once open: what publish reads and writes is beneath it
   bool committed_ = false;
   nlohmann::json repositories_;
   StoreCatalog sc_;
@@ -181,6 +184,8 @@ class Publisher {
   Status plan_data_root() {
     const std::string& root = req_.data_root;
     if (!is_dir(root)) return bad_input("data-root " + root + " does not exist or is not a directory");
+    data_root_fd_.reset(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!data_root_fd_.valid()) return bad_input("data-root " + root + ": " + std::strerror(errno));
     if (!is_dir(root + "/image/overlay2"))
       return bad_input("data-root " + root + " has no image/overlay2 (not a dockerd data-root with the overlay2 driver)");
     auto meta = DockerMeta::load(root);
@@ -191,6 +196,8 @@ class Publisher {
       ImagePlan ip{img->id, img->config, {}};
       if (ref.rfind("sha256:", 0) == 0) ip.tags = img->tags;
       else ip.tags.push_back(normalize_ref(ref));
+      for (const auto& t : ip.tags)
+        if (auto st = check_reference(t); !st.ok()) return bad_input(st.error().message);
       std::string parent;
       for (const auto& l : img->layers) {
         LayerPlan p;
@@ -202,8 +209,10 @@ class Publisher {
         p.has_tar_split = l.has_tar_split;
         p.src_size = l.size;
         p.size_hint = l.size;
-        if (!is_dir(root + "/overlay2/" + l.cache_id + "/diff"))
-          return bad_input("layer " + l.cache_id + " of " + ref + " has no " + root + "/overlay2/" + l.cache_id + "/diff");
+        // A diff reached through a symlink (the layer directory or diff itself) is refused: it
+        // would pack whatever it points at.
+        if (auto st = check_dir_beneath(data_root_fd_.get(), "overlay2/" + l.cache_id + "/diff", root); !st.ok())
+          return bad_input("layer " + l.cache_id + " of " + ref + ": " + st.error().message);
         parent = l.chain_id;
         add_layer(std::move(p));
       }
@@ -218,6 +227,8 @@ class Publisher {
     archive_ = std::move(sa).value();
     for (const auto& img : archive_->images()) {
       ImagePlan ip{img.id, img.config, img.tags};
+      for (const auto& t : ip.tags)
+        if (auto st = check_reference(normalize_ref(t)); !st.ok()) return bad_input(req_.archive + ": " + st.error().message);
       auto chains = chain_ids(img.diff_ids);
       for (size_t i = 0; i < img.layers.size(); ++i) {
         LayerPlan p;
@@ -241,6 +252,15 @@ class Publisher {
     store_ = layout_.root();
     if (path_exists(store_) && !is_dir(store_)) return make_error(ENOTDIR, "store " + store_ + " is not a directory");
     EXTRAFS_CHECK_STATUS(mkdir_tracked(layers_dir()));
+    store_fd_.reset(::open(store_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!store_fd_.valid()) return Error::from_errno(errno, "store " + store_);
+    // Every directory publish writes into must be the store's own, not a symlink out of it.
+    for (const char* dir : {"extrafs/layers", "image", "image/overlay2", "image/overlay2/layerdb",
+                            "image/overlay2/layerdb/sha256", "image/overlay2/imagedb", "image/overlay2/imagedb/content",
+                            "image/overlay2/imagedb/content/sha256", "overlay2"}) {
+      auto st = check_dir_beneath(store_fd_.get(), dir, store_);
+      if (!st.ok() && st.code() != ENOENT) return st.error();
+    }
     lock_fd_ = ::open(layout_.publish_lock().c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (lock_fd_ < 0) return Error::from_errno(errno, "store " + store_ + ": lock file");
     if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0)
@@ -252,7 +272,7 @@ class Publisher {
     const std::string repo_path = layout_.repositories();
     repositories_ = nlohmann::json::object();
     if (path_exists(repo_path)) {
-      EXTRAFS_TRY(text, read_file(repo_path));
+      EXTRAFS_TRY(text, read_file_beneath(store_fd_.get(), "image/overlay2/repositories.json", store_));
       repositories_ = nlohmann::json::parse(text, nullptr, false);
       if (repositories_.is_discarded() || !repositories_.is_object() ||
           (repositories_.contains("Repositories") && !repositories_["Repositories"].is_object()))
@@ -280,8 +300,13 @@ class Publisher {
         if (is_cache_id(known) && !sc_.catalog.find(known)) l.cache_id = known;
         else if (!l.src_cache_id.empty() && !sc_.catalog.find(l.src_cache_id)) l.cache_id = l.src_cache_id;
         else l.cache_id = random_cache_id();
-        if (auto link = read_file(layout_.overlay_dir(l.cache_id) + "/link"); link.ok() && !trim_trailing(*link).empty())
-          l.link = trim_trailing(*link);
+        // A link file already in the store is kept only if the catalog reader would accept it.
+        fs::CatalogLayer probe;
+        probe.cache_id = l.cache_id;
+        if (auto link = read_file_beneath(store_fd_.get(), "overlay2/" + l.cache_id + "/link", store_); link.ok())
+          probe.link = trim_trailing(*link);
+        if (!probe.link.empty() && fs::check_catalog_layer(probe).ok())
+          l.link = probe.link;
         else
           l.link = random_link_id();
         if (!l.parent_chain.empty()) {
@@ -307,8 +332,10 @@ class Publisher {
       WalkOptions opts;
       opts.first = order_for({l.src_cache_id, l.cache_id});
       opts.on_file = [this](uint64_t n) { tick(n); };
-      const std::string diff = req_.data_root + "/overlay2/" + l.src_cache_id + "/diff";
-      auto bytes = index_directory(diff, *blob, opts);
+      const std::string diff_rel = "overlay2/" + l.src_cache_id + "/diff";
+      auto diff = open_beneath(data_root_fd_.get(), diff_rel, O_RDONLY | O_DIRECTORY, req_.data_root);
+      if (!diff.ok()) return make_error(diff.code(), "layer " + l.src_cache_id + ": " + diff.error().message);
+      auto bytes = index_directory_at(diff->get(), req_.data_root + "/" + diff_rel, *blob, opts);
       if (!bytes.ok()) return make_error(bytes.code(), "layer " + l.src_cache_id + ": " + bytes.error().message);
       index = std::move(bytes).value();
       l.docker_size = l.src_size;
@@ -340,6 +367,7 @@ class Publisher {
     l.catalog.link = l.link;
     l.catalog.lower = l.lower;
     l.catalog.bytes = (*parsed)->content_bytes();
+    EXTRAFS_CHECK_STATUS(fs::check_catalog_layer(l.catalog));
     report_.raw_bytes += blob->raw_bytes();
     report_.stored_bytes += blob->size();
     return ok_status();
@@ -387,6 +415,7 @@ class Publisher {
       const std::string ov = layout_.overlay_dir(l.cache_id);
       if (::mkdir(ov.c_str(), 0755) == 0) EXTRAFS_CHECK_STATUS(fsync_dir(layout_.overlay2_dir()));
       else if (errno != EEXIST) return Error::from_errno(errno, "create " + ov);
+      EXTRAFS_CHECK_STATUS(check_dir_beneath(store_fd_.get(), "overlay2/" + l.cache_id, store_));
       EXTRAFS_CHECK_STATUS(write_file_atomic(ov + "/link", l.link));
       if (l.lower) EXTRAFS_CHECK_STATUS(write_file_atomic(ov + "/lower", *l.lower));
       else if (path_exists(ov + "/lower")) ::unlink((ov + "/lower").c_str());
@@ -423,6 +452,9 @@ class Publisher {
       return ok_status();
     // Everything the catalog will name is on disk, and every rename above durable (each was
     // followed by an fsync of its directory), before the catalog.
+    // The daemon refuses a layer whose lower chain it cannot follow; publish never writes one.
+    if (auto broken = fs::unchained_layers(sc_.catalog); !broken.empty())
+      return make_error(EBADMSG, "store " + store_ + ": layer " + broken.front().first + ": " + broken.front().second);
     EXTRAFS_TRY(commit, commit_store_catalog(store_, &sc_));
     report_.catalog_written = commit.catalog_written;
     return ok_status();

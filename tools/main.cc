@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
@@ -22,7 +23,7 @@
 namespace extrafs::tools {
 
 int fail(const std::string& msg, int code) {
-  std::fprintf(stderr, "extrafs: %s\n", msg.c_str());
+  print_error("extrafs", msg);
   return code;
 }
 
@@ -31,12 +32,15 @@ namespace {
 int cmd_index(const std::string& store) {
   bool tty = ::isatty(2);
   auto report = store::index_store(store, [&](const std::string& line) {
-    if (tty) std::fprintf(stderr, "%s\n", line.c_str());
+    if (tty) std::fprintf(stderr, "%s\n", escape_control(line).c_str());
   });
   if (!report.ok()) return fail(report.error().message);
-  std::printf("%d layers indexed, %d already indexed%s\n", report->layers_indexed, report->layers_present,
+  for (const auto& s : report->skipped) print_error("extrafs: warning", s);
+  std::printf("%d layers indexed, %d already indexed%s%s\n", report->layers_indexed, report->layers_present,
+              report->skipped.empty() ? "" : fmt::format(", {} skipped", report->skipped.size()).c_str(),
               report->catalog_written ? "; catalog written" : "; catalog unchanged");
-  return 0;
+  // The catalog of the rest is written and mountable; exit 1 tells a script that layers are missing.
+  return report->skipped.empty() ? 0 : 1;
 }
 
 int cmd_stats(const std::string& mountpoint, bool json, bool prometheus) {
@@ -199,7 +203,7 @@ int main(int argc, char** argv) {
   try {
     return extrafs::tools::main_impl(argc, argv);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "extrafs: %s\n", e.what());
+    extrafs::print_error("extrafs", e.what());
     return 1;
   }
 }

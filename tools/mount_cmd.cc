@@ -180,7 +180,7 @@ Status apply_mount_options(const std::string& list, MountRequest* req) {
 
 int run_mount(MountRequest req) {
   auto fail = [](const std::string& msg, int code) {
-    std::fprintf(stderr, "extrafs: %s\n", msg.c_str());
+    print_error("extrafs", msg);
     return code;
   };
   if (req.source.rfind("nfs://", 0) != 0 && (req.source.empty() || req.source.front() != '/'))
@@ -270,11 +270,11 @@ int run_unmount(const std::string& mountpoint) {
   std::string mp = real_path(mountpoint);
   std::string fstype;
   if (!is_mount_point(mp, &fstype)) {
-    std::fprintf(stderr, "extrafs: %s is not mounted\n", mountpoint.c_str());
+    print_error("extrafs", mountpoint + " is not mounted");
     return 1;
   }
   if (fstype != "fuse.extrafs") {
-    std::fprintf(stderr, "extrafs: %s is not an extrafs mount (it is %s)\n", mountpoint.c_str(), fstype.c_str());
+    print_error("extrafs", mountpoint + " is not an extrafs mount (it is " + fstype + ")");
     return 1;
   }
   if (::umount2(mp.c_str(), 0) == 0) return 0;
@@ -282,7 +282,7 @@ int run_unmount(const std::string& mountpoint) {
     // Not root: the setuid helper may unmount a mount of this user.
     execlp("fusermount3", "fusermount3", "-u", mp.c_str(), static_cast<char*>(nullptr));
   }
-  std::fprintf(stderr, "extrafs: unmount %s: %s\n", mountpoint.c_str(), std::strerror(errno));
+  print_error("extrafs", "unmount " + mountpoint + ": " + std::strerror(errno));
   return 1;
 }
 

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <string>
 
+#include "common/log.h"
 #include "tools/mount_cmd.h"
 
 int main(int argc, char** argv) {
@@ -15,21 +16,21 @@ int main(int argc, char** argv) {
     std::string a = argv[i];
     if (a == "-o" || a == "-t") {
       if (i + 1 >= argc) {
-        std::fprintf(stderr, "mount.extrafs: %s needs a value\n", a.c_str());
+        extrafs::print_error("mount.extrafs", a + " needs a value");
         return 2;
       }
       std::string v = argv[++i];
       if (a == "-o") {
         auto st = extrafs::tools::apply_mount_options(v, &req);
         if (!st.ok()) {
-          std::fprintf(stderr, "mount.extrafs: %s\n", st.error().message.c_str());
+          extrafs::print_error("mount.extrafs", st.error().message);
           return 2;
         }
       }
     } else if (a.rfind("-o", 0) == 0 && a.size() > 2) {
       auto st = extrafs::tools::apply_mount_options(a.substr(2), &req);
       if (!st.ok()) {
-        std::fprintf(stderr, "mount.extrafs: %s\n", st.error().message.c_str());
+        extrafs::print_error("mount.extrafs", st.error().message);
         return 2;
       }
     } else if (a == "-f") {
@@ -37,14 +38,14 @@ int main(int argc, char** argv) {
     } else if (a == "-s" || a == "-n" || a == "-v") {
       // sloppy, no mtab, verbose: nothing to do
     } else if (!a.empty() && a[0] == '-') {
-      std::fprintf(stderr, "mount.extrafs: unknown option '%s'\n", a.c_str());
+      extrafs::print_error("mount.extrafs", "unknown option '" + a + "'");
       return 2;
     } else {
       positional.push_back(a);
     }
   }
   if (positional.size() != 2) {
-    std::fprintf(stderr, "mount.extrafs: usage: mount.extrafs SOURCE MOUNTPOINT [-o OPTIONS]\n");
+    extrafs::print_error("mount.extrafs", "usage: mount.extrafs SOURCE MOUNTPOINT [-o OPTIONS]");
     return 2;
   }
   req.source = positional[0];

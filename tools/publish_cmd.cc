@@ -8,6 +8,7 @@
 
 #include "common/str_util.h"
 #include "tools/commands.h"
+#include "store/docker_meta.h"
 #include "store/publish.h"
 
 namespace extrafs::tools {
@@ -34,6 +35,9 @@ int run_publish(const PublishArgs& a) {
   if (!a.data_root.empty() && a.images.empty()) return fail("publish: --data-root needs at least one IMAGE (name:tag)", 2);
   if (!a.archive.empty() && !a.images.empty())
     return fail("publish: --archive takes no IMAGE (it publishes every image of the archive)", 2);
+  for (const auto& i : a.images)
+    if (i.rfind("sha256:", 0) != 0)
+      if (auto st = store::check_reference(store::normalize_ref(i)); !st.ok()) return fail("publish: " + st.error().message, 2);
   PublishRequest req;
   req.data_root = a.data_root;
   req.archive = a.archive;

@@ -8,6 +8,7 @@
 #include <cstdio>
 
 #include "backend/backend.h"
+#include "common/log.h"
 #include "common/str_util.h"
 #include "store/verify.h"
 #include "tools/commands.h"
@@ -37,7 +38,7 @@ void add_verify_command(CLI::App& app, int* exit_code) {
       *exit_code = fail(report.error().message);
       return;
     }
-    for (const auto& p : report->problems) std::fprintf(stderr, "extrafs: %s\n", p.c_str());
+    for (const auto& p : report->problems) print_error("extrafs", p);
     std::printf("%llu layers, %llu chunks, %s checked: %s\n", static_cast<unsigned long long>(report->layers),
                 static_cast<unsigned long long>(report->chunks), format_size(report->bytes).c_str(),
                 report->problems.empty() ? "all good" : (std::to_string(report->problems.size()) + " problems").c_str());

@@ -1,17 +1,22 @@
 // libFuzzer target: parse_nfs_url must turn any string into a parsed URL or an error message,
-// never crash; what it accepts is normalized (a host, an absolute path without '..' or doubled
+// never crash; its error, escaped as the tools print it, is one printable line; what it accepts is normalized (a host, an absolute path without '..' or doubled
 // '/', version 3 or 4, ports in range) and parses again to the same result once printed.
 #include <cstddef>
 #include <cstdint>
 #include <string>
 
 #include "backend/nfs_backend.h"
+#include "common/str_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using extrafs::backend::parse_nfs_url;
   auto r = parse_nfs_url(std::string(reinterpret_cast<const char*>(data), size));
   if (!r.ok()) {
     if (r.error().message.empty()) __builtin_trap();
+    for (char c : extrafs::escape_control(r.error().message)) {
+      auto u = static_cast<unsigned char>(c);
+      if (u < 0x20 || u == 0x7f) __builtin_trap();
+    }
     return 0;
   }
   const auto& u = *r;

@@ -25,49 +25,6 @@ mkdir -p "$MNT"
 mapfile -t CIDS <"$STORE/.layers"
 BASE=${CIDS[0]}
 
-# expect_fail NAME CLASS(usage|runtime) NEEDLE [NEEDLE...] -- COMMAND...
-# Runs COMMAND (stdin /dev/null, 20 s limit) and checks the outcome; any NEEDLE
-# (fixed string) in the stderr line is enough. Sets LAST_RC.
-expect_fail() {
-  local name=$1 class=$2; shift 2
-  local needles=()
-  while [[ $1 != -- ]]; do needles+=("$1"); shift; done
-  shift
-  step "$name"
-  echo "  \$ $(printf '%q ' "$@")"
-  local rc=0
-  timeout -k 5 20 "$@" </dev/null >"$T/out" 2>"$T/err" || rc=$?
-  LAST_RC=$rc
-  local nlines
-  nlines=$(python3 -c "import sys; d=open(sys.argv[1],'rb').read(); print(len(d.rstrip(b'\n').split(b'\n')) if d.strip() else 0)" "$T/err")
-  echo "  exit $rc; stderr ($nlines line(s)): $(head -c 600 "$T/err")"
-  if [[ $rc -eq 124 || $rc -eq 137 ]]; then
-    fail "$name: hung (killed after 20 s)"
-  elif [[ $rc -gt 128 ]]; then
-    fail "$name: died from signal $((rc - 128))"
-  elif [[ $rc -eq 0 ]]; then
-    fail "$name: exit status 0"
-  elif [[ $rc -ne 1 && $rc -ne 2 ]]; then
-    fail "$name: exit status $rc, expected 1 or 2"
-  else
-    pass "exit status $rc"
-    local want=1; [[ $class == usage ]] && want=2
-    [[ $rc -eq $want ]] || warn "$name: exit $rc, but this is a $class error (expected $want)"
-  fi
-  if [[ $nlines -eq 1 ]]; then
-    pass "one line on stderr"
-  else
-    fail "$name: $nlines lines on stderr, expected exactly 1"
-  fi
-  local n found=0
-  for n in "${needles[@]}"; do grep -qF -- "$n" "$T/err" && found=1; done
-  if [[ $found -eq 1 ]]; then
-    pass "stderr names $(printf "'%s' or " "${needles[@]}" | sed 's/ or $//')"
-  else
-    fail "$name: stderr does not mention $(printf "'%s' or " "${needles[@]}" | sed 's/ or $//')"
-  fi
-}
-
 # After a failed mount: nothing (extra) mounted at $1, no daemon serving it.
 nothing_left() {
   local mnt=$1 expect_mounts=${2:-0} n

@@ -71,3 +71,8 @@ TEST_CASE("a catalog's generation round-trips and catalogs without one still rea
   CHECK(parsed->layers == c.layers);
   CHECK(catalog_generation_path(41) == "extrafs/catalog.d/41");
 }
+
+TEST_CASE("a catalog whose format is not a string is refused, not thrown", "[catalog]") {
+  auto r = Catalog::parse(R"({"checksum": "4a8a6e569feff8237d", "format": 1})");
+  CHECK(r.code() == EBADMSG);
+}

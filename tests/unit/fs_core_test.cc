@@ -487,3 +487,17 @@ TEST_CASE("a chunk that cannot be served fails the whole read, never a short one
   CHECK(*whole == s.big.size());
   CHECK(std::memcmp(all.data(), s.big.data(), s.big.size()) == 0);
 }
+
+TEST_CASE("FsCore does not serve a layer whose lower names a link no served layer has", "[fscore]") {
+  Store s;
+  s.catalog.layers[1].lower = "l/NOSUCHLINK";
+  s.mem.put(kCatalogPath, s.catalog.serialize());
+  cache::ChunkFetcher fetcher(s.mem, {});
+  auto core_r = FsCore::open(fetcher, fetcher, {});
+  REQUIRE(core_r.ok());
+  FsCore& core = **core_r;
+  uint64_t ov = walk(core, {"overlay2"});
+  CHECK(list(core, ov).size() == 2);  // l/ and the base layer only
+  CHECK(core.lookup(ov, kBase).ok());
+  CHECK(core.lookup(ov, kTop).code() == ENOENT);
+}

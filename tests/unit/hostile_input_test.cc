@@ -1,0 +1,209 @@
+// Hostile input, the unit-level half: opening beneath a directory without symlinks, the shared
+// catalog-layer rules and lower-chain check, docker's reference grammar, `extrafs index` on a
+// store with bad layers, and one-line escaping of messages.
+#include <catch2/catch.hpp>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "common/log.h"
+#include "common/posix_file.h"
+#include "common/str_util.h"
+#include "fs/catalog.h"
+#include "store/docker_meta.h"
+#include "store/indexer.h"
+
+using namespace extrafs;
+
+namespace {
+
+struct Tree {
+  std::string path;
+  Tree() {
+    char tmpl[] = "/tmp/extrafs-hostile-test.XXXXXX";
+    REQUIRE(::mkdtemp(tmpl) != nullptr);
+    path = tmpl;
+  }
+  ~Tree() { std::filesystem::remove_all(path); }
+  void file(const std::string& rel, const std::string& data) {
+    REQUIRE(make_dirs(parent_dir(path + "/" + rel)).ok());
+    REQUIRE(write_file_atomic(path + "/" + rel, data).ok());
+  }
+  void link(const std::string& rel, const std::string& target) {
+    REQUIRE(make_dirs(parent_dir(path + "/" + rel)).ok());
+    REQUIRE(::symlink(target.c_str(), (path + "/" + rel).c_str()) == 0);
+  }
+};
+
+// Both ways open_beneath() works: openat2, and the walk for kernels without it.
+void each_mode(const std::function<void()>& body) {
+  for (bool fallback : {false, true}) {
+    INFO("fallback walk: " << fallback);
+    use_open_beneath_fallback_for_testing(fallback);
+    body();
+  }
+  use_open_beneath_fallback_for_testing(false);
+}
+
+fs::CatalogLayer layer(char c, std::string link, std::optional<std::string> lower = std::nullopt) {
+  fs::CatalogLayer l;
+  l.cache_id = std::string(64, c);
+  l.link = std::move(link);
+  l.lower = std::move(lower);
+  return l;
+}
+
+}  // namespace
+
+TEST_CASE("open_beneath never follows a symlink nor leaves its directory", "[files]") {
+  Tree t;
+  t.file("store/a/b/file", "inside");
+  t.file("outside/secret", "marker");
+  t.link("store/a/up", "../../outside");
+  t.link("store/a/abs", t.path + "/outside/secret");
+  t.link("store/dirlink", "a");
+  Fd root(::open((t.path + "/store").c_str(), O_RDONLY | O_DIRECTORY));
+  REQUIRE(root.valid());
+  each_mode([&] {
+    auto ok = read_file_beneath(root.get(), "a/b/file", "S");
+    REQUIRE(ok.ok());
+    CHECK(*ok == "inside");
+    CHECK(read_file_beneath(root.get(), "./a//b/file", "S").ok());
+    CHECK(read_file_beneath(root.get(), "a/up/secret", "S").code() == ELOOP);   // symlinked parent
+    CHECK(read_file_beneath(root.get(), "a/abs", "S").code() == ELOOP);         // symlinked file
+    CHECK(read_file_beneath(root.get(), "dirlink/b/file", "S").code() == ELOOP);
+    CHECK(read_file_beneath(root.get(), "a/../../outside/secret", "S").code() == EXDEV);
+    CHECK(read_file_beneath(root.get(), "/etc/passwd", "S").code() == EXDEV);
+    CHECK(check_dir_beneath(root.get(), "dirlink", "S").code() == ELOOP);
+    CHECK(check_dir_beneath(root.get(), "a/b", "S").ok());
+    CHECK(check_dir_beneath(root.get(), "a/b/file", "S").code() == ENOTDIR);
+    CHECK(open_beneath(root.get(), "a/abs", O_PATH, "S").code() == ELOOP);
+    CHECK(open_beneath(root.get(), "a/up/new", O_WRONLY | O_CREAT, "S", 0644).code() == ELOOP);
+    auto names = list_dir_beneath(root.get(), "a", "S");
+    REQUIRE(names.ok());
+    CHECK(*names == std::vector<std::string>{"abs", "b", "up"});
+    CHECK(list_dir_beneath(root.get(), "dirlink", "S").code() == ELOOP);
+    auto msg = read_file_beneath(root.get(), "a/up/secret", "S").error().message;
+    CHECK(msg.find("S/a/up/secret") != std::string::npos);
+  });
+  CHECK(!path_exists(t.path + "/outside/new"));
+}
+
+TEST_CASE("control characters in messages are escaped to one printable line", "[strings]") {
+  CHECK(escape_control("plain text: ok/é") == "plain text: ok/é");
+  CHECK(escape_control("a\nb") == "a\\nb");
+  CHECK(escape_control("\r\t") == "\\r\\t");
+  CHECK(escape_control(std::string("\x01\x1b[2J\x7f", 6)) == "\\x01\\x1b[2J\\x7f");
+  CHECK(escape_control(std::string("\0", 1)) == "\\x00");
+  std::string all;
+  for (int c = 0; c < 256; ++c) all += static_cast<char>(c);
+  for (char c : escape_control(all)) {
+    auto u = static_cast<unsigned char>(c);
+    CHECK((u >= 0x20 && u != 0x7f));
+  }
+}
+
+TEST_CASE("the catalog reader and writers share one rule for a layer", "[catalog]") {
+  CHECK(fs::check_catalog_layer(layer('a', "ABCDEFGHIJKLMNOPQRSTUVWXYZ")).ok());
+  CHECK(fs::check_catalog_layer(layer('a', "")).ok());
+  CHECK(fs::check_catalog_layer(layer('a', "../../x")).code() == EBADMSG);
+  CHECK(fs::check_catalog_layer(layer('a', "L", "l/A:l/B")).ok());
+  for (const char* bad : {"", "../x", "l/", "l/A:", "l/A::l/B", "/etc/passwd", "l/../x", "l/A:../B", "x/A"})
+    CHECK(fs::check_catalog_layer(layer('a', "L", std::string(bad))).code() == EBADMSG);
+  auto bad_id = layer('a', "L");
+  bad_id.cache_id = "bad id";
+  auto st = fs::check_catalog_layer(bad_id);
+  CHECK(st.code() == EBADMSG);
+  CHECK(st.error().message.find("bad id") != std::string::npos);
+  // What the rule refuses, the reader refuses: a catalog with such a layer does not parse.
+  fs::Catalog c;
+  c.layers = {layer('a', "../../x")};
+  CHECK_FALSE(fs::Catalog::parse(c.serialize()).ok());
+}
+
+TEST_CASE("a lower chain is served only if every entry is the link of a served layer", "[catalog]") {
+  fs::Catalog c;
+  c.layers = {layer('a', "AAA"), layer('b', "BBB", "l/AAA"), layer('c', "CCC", "l/BBB:l/AAA")};
+  CHECK(fs::unchained_layers(c).empty());
+  c.layers.push_back(layer('d', "DDD", "l/ZZZ"));          // names no layer
+  c.layers.push_back(layer('e', "EEE", "l/DDD:l/AAA"));    // names a refused one
+  c.layers.push_back(layer('f', "FFF", "l/FFF"));          // names itself
+  auto out = fs::unchained_layers(c);
+  std::set<std::string> ids;
+  for (auto& [id, why] : out) ids.insert(id.substr(0, 1));
+  CHECK(ids == std::set<std::string>{"d", "e", "f"});
+  fs::Catalog dup;
+  dup.layers = {layer('a', "AAA"), layer('b', "AAA")};
+  CHECK(fs::unchained_layers(dup).size() == 2);
+}
+
+TEST_CASE("image references follow docker's grammar", "[store]") {
+  for (const char* ok : {"busybox:latest", "library/busybox:1.36", "my-app__x/y.z:v1_2-3", "a--b:t",
+                         "localhost:5000/app:1", "registry.example.com/team/app:2024.01", "Host/app:1",
+                         "x:_under"})
+    CHECK(store::check_reference(ok).ok());
+  for (const char* bad : {"../../x:1", "Busybox:1", "app:", "app", "app:bad/tag", "app:bad tag", "app:-dash",
+                          "app/:1", "/app:1", "a..b:1", "a._b:1", "-a:1", "a-:1", "app:t\nx",
+                          "reg.example.com/Up:1", "bad_host_.com/x:1"})
+    CHECK(store::check_reference(bad).code() == EINVAL);
+  CHECK(store::check_reference("app:" + std::string(128, 't')).ok());
+  CHECK_FALSE(store::check_reference("app:" + std::string(129, 't')).ok());
+  CHECK_FALSE(store::check_reference(std::string(256, 'a') + ":1").ok());
+  CHECK(store::check_reference("app:t\nx").error().message.find('\n') == std::string::npos);
+}
+
+TEST_CASE("index skips bad layers, never follows a symlink, and writes a catalog the reader accepts", "[store]") {
+  Tree t;
+  const std::string good(64, 'a'), badlink(64, 'b'), symdiff(64, 'c'), symlinkfile(64, 'd'), orphan(64, 'e');
+  t.file("outside/secret", "MARKER-OUTSIDE");
+  t.file("s/overlay2/" + good + "/diff/etc/hello", "hello");
+  t.link("s/overlay2/" + good + "/diff/etc/shadow", "/etc/shadow");  // content: stays a symlink
+  t.file("s/overlay2/" + good + "/link", "AAAAAAAAAAAAAAAAAAAAAAAAAA\n");
+  t.file("s/overlay2/" + badlink + "/diff/f", "x");
+  t.file("s/overlay2/" + badlink + "/link", "../../x\n");
+  t.link("s/overlay2/" + symdiff + "/diff", t.path + "/outside");
+  t.file("s/overlay2/" + symlinkfile + "/diff/f", "y");
+  t.link("s/overlay2/" + symlinkfile + "/link", t.path + "/outside/secret");
+  t.file("s/overlay2/" + orphan + "/diff/f", "z");
+  t.file("s/overlay2/" + orphan + "/link", "EEEEEEEEEEEEEEEEEEEEEEEEEE");
+  t.file("s/overlay2/" + orphan + "/lower", "l/NOSUCHLINKNOSUCHLINKNOSUC");
+  t.file("s/overlay2/bad id/diff/f", "w");
+  for (int run = 0; run < 2; ++run) {
+    INFO("run " << run);
+    auto r = store::index_store(t.path + "/s", nullptr);
+    REQUIRE(r.ok());
+    CHECK(r->skipped.size() == 5);
+    auto text = read_file(t.path + "/s/extrafs/catalog");
+    REQUIRE(text.ok());
+    CHECK(text->find("MARKER") == std::string::npos);
+    auto c = fs::Catalog::parse(*text);
+    REQUIRE(c.ok());
+    REQUIRE(c->layers.size() == 1);
+    CHECK(c->layers[0].cache_id == good);
+    CHECK(fs::unchained_layers(*c).empty());
+  }
+}
+
+TEST_CASE("index refuses a symlinked extrafs/layers or image/ directory", "[store]") {
+  Tree t;
+  t.file("s/overlay2/" + std::string(64, 'a') + "/diff/f", "x");
+  t.file("elsewhere/keep", "");
+  t.file("s/extrafs/.keep", "");
+  t.link("s/extrafs/layers", t.path + "/elsewhere");
+  auto r = store::index_store(t.path + "/s", nullptr);
+  CHECK(r.code() == ELOOP);
+  CHECK(list_dir(t.path + "/elsewhere")->size() == 1);
+  ::unlink((t.path + "/s/extrafs/layers").c_str());
+  t.link("s/image", t.path + "/elsewhere");
+  r = store::index_store(t.path + "/s", nullptr);
+  CHECK(r.code() == ELOOP);
+  CHECK_FALSE(path_exists(t.path + "/s/extrafs/catalog"));
+}
