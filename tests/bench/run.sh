@@ -188,8 +188,12 @@ server_sent() {
 
 mkdir -p "$T/res" "$T/d" "$T/m" "$T/c"
 : >"$ROWS"
-COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
-DIRTY=$(git -C "$REPO" status --porcelain 2>/dev/null | grep -qv '^??' && echo "+dirty" || true)
+# The commit of the tree the build was configured from (not of the directory this script runs
+# from: a build of another worktree is measured with this script as often as not).
+BUILD_SRC=$(sed -n 's/.*"source": *"\([^"]*\)".*/\1/p' "$BUILD/meson-info/meson-info.json" 2>/dev/null | head -n1)
+[ -n "$BUILD_SRC" ] || BUILD_SRC=$REPO
+COMMIT=$(git -C "$BUILD_SRC" rev-parse --short HEAD 2>/dev/null || echo unknown)
+DIRTY=$(git -C "$BUILD_SRC" status --porcelain 2>/dev/null | grep -qv '^??' && echo "+dirty" || true)
 log "extrafs bench: $CMDLINE (commit $COMMIT$DIRTY), temp dir $T, reps $REPS, unread file $BIG_MIB MiB"
 
 # ---------------------------------------------------------------------------------------------
