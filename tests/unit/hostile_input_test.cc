@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include <spdlog/sinks/ringbuffer_sink.h>
+
 #include "common/log.h"
 #include "common/posix_file.h"
 #include "common/str_util.h"
@@ -109,6 +111,19 @@ TEST_CASE("control characters in messages are escaped to one printable line", "[
     auto u = static_cast<unsigned char>(c);
     CHECK((u >= 0x20 && u != 0x7f));
   }
+}
+
+TEST_CASE("daemon log lines escape what they quote", "[strings]") {
+  auto sink = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(4);
+  spdlog::logger logger("escape-test", sink);
+  logger.set_formatter(make_log_formatter("%l %*"));
+  logger.warn("cannot read {}", std::string("a\nERROR forged entry\x1b[2J"));
+  auto lines = sink->last_formatted();
+  REQUIRE(lines.size() == 1);
+  CHECK(lines[0] == "warning cannot read a\\nERROR forged entry\\x1b[2J\n");
+  // The pattern the daemon installs on stderr uses the escaping flag, not the raw message.
+  CHECK(kStderrLogPattern.find("%*") != std::string_view::npos);
+  CHECK(kStderrLogPattern.find("%v") == std::string_view::npos);
 }
 
 TEST_CASE("the catalog reader and writers share one rule for a layer", "[catalog]") {
