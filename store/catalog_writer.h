@@ -2,7 +2,7 @@
 // `extrafs index` and `extrafs publish`. The catalog is what moves a mounted host to a new
 // version of the store, so it is written last, atomically and durably (temporary file, fsync,
 // rename, fsync of the directory), and only when its content changed. Single-threaded; one writer
-// per store at a time (publish holds STORE/extrafs/.publish.lock).
+// per store at a time (publish and index hold STORE/extrafs/.publish.lock, store_lock.h).
 #pragma once
 
 #include <string>

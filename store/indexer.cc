@@ -23,6 +23,7 @@
 #include "store/catalog_writer.h"
 #include "store/chunking.h"
 #include "store/layout.h"
+#include "store/store_lock.h"
 
 namespace extrafs::store {
 
@@ -331,9 +332,11 @@ Result<IndexStoreReport> index_store(const std::string& store_in, const std::fun
   }
 
   IndexStoreReport report;
-  EXTRAFS_TRY(sc, load_store_catalog(store));
   EXTRAFS_CHECK_STATUS(make_dirs(layout.layers_dir()));
   EXTRAFS_CHECK_STATUS(check_dir_beneath(root.get(), "extrafs/layers", store));
+  // One writer at a time (publish holds the same lock); the catalog is read under it.
+  EXTRAFS_TRY(lock, StoreWriteLock::take(root.get(), store));
+  EXTRAFS_TRY(sc, load_store_catalog(store));
   auto skip = [&](const std::string& name, const std::string& why) {
     report.skipped.push_back(fmt::format("skipping overlay2/{}: {}", escape_control(name), why));
   };

@@ -8,7 +8,7 @@
 //   STORE/extrafs/layers/<cache-id>.blob          a published layer's packed chunks
 //   STORE/extrafs/image-<digest>.index            the index of the image/ tree
 //   STORE/extrafs/objects/<digest>                one chunk of an image/ file, named by its xxh3-128
-//   STORE/extrafs/.publish.lock                   flock of the running publish
+//   STORE/extrafs/.publish.lock                   flock of the running publish or index (store_lock.h)
 //
 // The read side names the same files relative to the store (fs::kCatalogPath,
 // fs::layer_index_path, fs::image_index_path); this is their absolute, write-side form. A value

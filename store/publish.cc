@@ -27,6 +27,7 @@
 #include "store/publish_blob.h"
 #include "store/publish_tar.h"
 #include "store/save_archive.h"
+#include "store/store_lock.h"
 #include "store/trace.h"
 
 namespace extrafs::store {
@@ -48,32 +49,6 @@ Status write_synced(const std::string& path, std::string_view data) {
 Status rename_durably(const std::string& from, const std::string& to) {
   if (::rename(from.c_str(), to.c_str()) != 0) return Error::from_errno(errno, "rename " + from);
   return fsync_dir(parent_dir(to));
-}
-
-// Removes leftovers of publishes that were killed: "*.tmp-<pid>" / "*.tmp.<pid>" files and
-// ".tmp-*-<pid>" / ".old-*-<pid>" directories whose process is gone.
-void remove_stale(const std::string& dir) {
-  DIR* d = ::opendir(dir.c_str());
-  if (!d) return;
-  std::vector<std::string> victims;
-  while (struct dirent* de = ::readdir(d)) {
-    std::string n = de->d_name;
-    size_t pos = n.find(".tmp-");
-    if (pos == std::string::npos) pos = n.find(".tmp.");
-    if (pos == std::string::npos) pos = n.rfind(".old-", 0) == 0 ? 0 : std::string::npos;
-    if (pos == std::string::npos) continue;
-    size_t dash = n.find_last_of("-.");
-    auto pid = parse_uint(n.substr(dash + 1));
-    if (!pid || *pid == 0 || *pid > 0x7fffffff) continue;
-    if (static_cast<pid_t>(*pid) == ::getpid()) continue;
-    if (::kill(static_cast<pid_t>(*pid), 0) == 0 || errno == EPERM) continue;
-    victims.push_back(dir + "/" + n);
-  }
-  ::closedir(d);
-  for (const auto& v : victims) {
-    std::error_code ec;
-    std::filesystem::remove_all(v, ec);
-  }
 }
 
 struct LayerPlan {
@@ -134,7 +109,7 @@ class Publisher {
   std::vector<std::pair<std::string, std::string>> order_;  // (cache-id, path)
   std::string store_;
   std::vector<std::string> created_dirs_;   // removed again if the publish fails
-  int lock_fd_ = -1;
+  StoreWriteLock lock_;
   Fd data_root_fd_;  // --data-root, once planned: its layers are opened beneath it
   Fd store_fd_;      // the store, once open: what publish reads and writes is beneath it
   bool committed_ = false;
@@ -261,12 +236,9 @@ class Publisher {
       auto st = check_dir_beneath(store_fd_.get(), dir, store_);
       if (!st.ok() && st.code() != ENOENT) return st.error();
     }
-    lock_fd_ = ::open(layout_.publish_lock().c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (lock_fd_ < 0) return Error::from_errno(errno, "store " + store_ + ": lock file");
-    if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0)
-      return make_error(EBUSY, "store " + store_ + " is being written by another extrafs publish");
-    remove_stale(layers_dir());
-    if (is_dir(layerdb_dir())) remove_stale(layerdb_dir());
+    // The lock also removes what killed writers left behind.
+    EXTRAFS_TRY(lock, StoreWriteLock::take(store_fd_.get(), store_));
+    lock_ = std::move(lock);
     EXTRAFS_TRY(sc, load_store_catalog(store_));
     sc_ = std::move(sc);
     const std::string repo_path = layout_.repositories();
@@ -467,11 +439,10 @@ class Publisher {
       if (!l.index_tmp.empty()) ::unlink(l.index_tmp.c_str());
     }
     if (!committed_) {
-      if (lock_fd_ >= 0 && !created_dirs_.empty()) ::unlink(layout_.publish_lock().c_str());
+      if (lock_.held() && !created_dirs_.empty()) ::unlink(layout_.publish_lock().c_str());
       for (auto it = created_dirs_.rbegin(); it != created_dirs_.rend(); ++it) ::rmdir(it->c_str());
     }
-    if (lock_fd_ >= 0) ::close(lock_fd_);
-    lock_fd_ = -1;
+    lock_.release();
   }
 };
 

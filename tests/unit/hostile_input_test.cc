@@ -5,6 +5,7 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -22,6 +23,7 @@
 #include "fs/catalog.h"
 #include "store/docker_meta.h"
 #include "store/indexer.h"
+#include "store/store_lock.h"
 
 using namespace extrafs;
 
@@ -205,6 +207,58 @@ TEST_CASE("index skips bad layers, never follows a symlink, and writes a catalog
     CHECK(c->layers[0].cache_id == good);
     CHECK(fs::unchained_layers(*c).empty());
   }
+}
+
+TEST_CASE("index takes the writers' lock that publish takes", "[store]") {
+  Tree t;
+  t.file("s/overlay2/" + std::string(64, 'a') + "/diff/f", "x");
+  t.file("s/extrafs/.keep", "");
+  Fd root(::open((t.path + "/s").c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  REQUIRE(root.valid());
+  {
+    auto held = store::StoreWriteLock::take(root.get(), t.path + "/s");
+    REQUIRE(held.ok());
+    auto r = store::index_store(t.path + "/s", nullptr);
+    CHECK(r.code() == EBUSY);
+    CHECK(r.error().message.find("another extrafs publish or index") != std::string::npos);
+    CHECK_FALSE(path_exists(t.path + "/s/extrafs/catalog"));
+    // A second writer in the same process is refused too (flock is per open file).
+    CHECK(store::StoreWriteLock::take(root.get(), t.path + "/s").code() == EBUSY);
+  }
+  CHECK(store::index_store(t.path + "/s", nullptr).ok());
+  CHECK(path_exists(t.path + "/s/extrafs/catalog"));
+  // The lock file is never opened through a symlink.
+  ::unlink((t.path + "/s/extrafs/.publish.lock").c_str());
+  t.file("outside", "MARKER");
+  t.link("s/extrafs/.publish.lock", t.path + "/outside");
+  CHECK(store::index_store(t.path + "/s", nullptr).code() == ELOOP);
+}
+
+TEST_CASE("a writer removes the temporaries of killed writers, and only those", "[store]") {
+  Tree t;
+  t.file("s/overlay2/" + std::string(64, 'a') + "/diff/f", "x");
+  pid_t dead = ::fork();
+  REQUIRE(dead >= 0);
+  if (dead == 0) ::_exit(0);
+  int status = 0;
+  REQUIRE(::waitpid(dead, &status, 0) == dead);
+  const std::string d = std::to_string(dead), live = std::to_string(::getppid());
+  const std::vector<std::string> stale = {"s/extrafs/catalog.tmp." + d, "s/extrafs/objects/0123.tmp." + d,
+                                          "s/extrafs/catalog.d/7.tmp." + d, "s/extrafs/layers/.x.blob.tmp-" + d};
+  const std::vector<std::string> kept = {"s/extrafs/objects/4567.tmp." + live, "s/extrafs/objects/0123",
+                                         "s/extrafs/catalog.d/7"};
+  for (const auto& f : stale) t.file(f, "partial");
+  for (const auto& f : kept) t.file(f, "keep");
+  t.file("s/image/overlay2/layerdb/sha256/.tmp-abc-" + d + "/cache-id", "partial");
+  REQUIRE(store::index_store(t.path + "/s", nullptr).ok());
+  for (const auto& f : stale) CHECK_FALSE(path_exists(t.path + "/" + f));
+  CHECK_FALSE(path_exists(t.path + "/s/image/overlay2/layerdb/sha256/.tmp-abc-" + d));
+  for (const auto& f : kept) CHECK(path_exists(t.path + "/" + f));
+  CHECK(store::stale_temporary_pid("catalog.tmp.12") == pid_t{12});
+  CHECK(store::stale_temporary_pid(".old-ab-34") == pid_t{34});
+  CHECK_FALSE(store::stale_temporary_pid("catalog"));
+  CHECK_FALSE(store::stale_temporary_pid("x.tmp.abc"));
+  CHECK_FALSE(store::stale_temporary_pid("x.tmp.0"));
 }
 
 TEST_CASE("index refuses a symlinked extrafs/layers or image/ directory", "[store]") {

@@ -1,0 +1,67 @@
+#include "store/store_lock.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <vector>
+
+#include "common/str_util.h"
+
+namespace extrafs::store {
+
+namespace {
+
+// Where writers create temporaries (relative to the store root): layer blobs and indexes, image/
+// objects, catalog generations and the catalog itself, docker's layer metadata.
+constexpr const char* kWriterDirs[] = {"extrafs",           "extrafs/layers", "extrafs/objects", "extrafs/catalog.d",
+                                       "image/overlay2/layerdb/sha256"};
+
+// Removes the temporaries in `rel` of writers whose process is gone. Best effort: a directory
+// that is missing, or a symlink, is left alone (the writer refuses it later with a clear error).
+void remove_dead_temporaries(int store_fd, const char* rel, const std::string& store) {
+  auto dir = open_beneath(store_fd, rel, O_RDONLY | O_DIRECTORY, store);
+  if (!dir.ok()) return;
+  auto names = list_dir_beneath(dir->get(), "", store + "/" + rel);
+  if (!names.ok()) return;
+  for (const auto& n : *names) {
+    auto pid = stale_temporary_pid(n);
+    if (!pid || *pid == ::getpid()) continue;
+    if (::kill(*pid, 0) == 0 || errno == EPERM) continue;  // still running (here)
+    struct stat st;
+    if (::fstatat(dir->get(), n.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+    if (S_ISDIR(st.st_mode))
+      (void)remove_tree(store + "/" + rel + "/" + n);
+    else
+      ::unlinkat(dir->get(), n.c_str(), 0);
+  }
+}
+
+}  // namespace
+
+std::optional<pid_t> stale_temporary_pid(std::string_view n) {
+  bool temp = n.find(".tmp-") != std::string_view::npos || n.find(".tmp.") != std::string_view::npos ||
+              n.rfind(".old-", 0) == 0;
+  if (!temp) return std::nullopt;
+  size_t sep = n.find_last_of("-.");
+  auto pid = parse_uint(n.substr(sep + 1));
+  if (!pid || *pid == 0 || *pid > 0x7fffffff) return std::nullopt;
+  return static_cast<pid_t>(*pid);
+}
+
+Result<StoreWriteLock> StoreWriteLock::take(int store_fd, const std::string& store) {
+  EXTRAFS_TRY(fd, open_beneath(store_fd, "extrafs/.publish.lock", O_RDWR | O_CREAT, store, 0644));
+  if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EWOULDBLOCK)
+      return make_error(EBUSY, "store " + store + " is being written by another extrafs publish or index");
+    return Error::from_errno(errno, "store " + store + ": lock file");
+  }
+  for (const char* rel : kWriterDirs) remove_dead_temporaries(store_fd, rel, store);
+  return StoreWriteLock(std::move(fd));
+}
+
+}  // namespace extrafs::store

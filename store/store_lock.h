@@ -1,0 +1,40 @@
+// The writers' lock of a store: `extrafs publish` and `extrafs index` each hold an exclusive flock
+// on STORE/extrafs/.publish.lock while they change the store, so that two writers never
+// interleave their catalogs and generations (the second one to start is refused at once).
+// Readers (daemons, `verify`, `ls`) take no lock: every file a writer publishes is renamed into
+// place whole. A move-only value; released when destroyed.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <sys/types.h>
+
+#include "common/posix_file.h"
+#include "common/result.h"
+
+namespace extrafs::store {
+
+class StoreWriteLock {
+ public:
+  // Takes the lock of the store whose root directory is open as `store_fd` (named `store` in
+  // messages), then removes what writers that were killed left behind (see
+  // stale_temporary_pid) in the directories writers write into. The lock file is created
+  // beneath the store, never through a symlink; STORE/extrafs must exist. EBUSY naming the
+  // store while another writer holds it.
+  static Result<StoreWriteLock> take(int store_fd, const std::string& store);
+
+  StoreWriteLock() = default;
+  bool held() const { return fd_.valid(); }
+  void release() { fd_.reset(); }
+
+ private:
+  explicit StoreWriteLock(Fd fd) : fd_(std::move(fd)) {}
+  Fd fd_;
+};
+
+// The pid of the writer that made `name`, if `name` is one of the temporaries writers use
+// ("*.tmp.<pid>", "*.tmp-<pid>", ".tmp-*-<pid>", ".old-*-<pid>"); nullopt for anything else.
+std::optional<pid_t> stale_temporary_pid(std::string_view name);
+
+}  // namespace extrafs::store
