@@ -23,6 +23,7 @@ ChunkFetcher::~ChunkFetcher() {
     std::lock_guard lock(queue_mu_);
     stopping_ = true;
     queue_.clear();
+    runs_.clear();
   }
   queue_cv_.notify_all();
   for (auto& t : workers_) t.join();
@@ -52,14 +53,94 @@ void ChunkFetcher::prefetch(const ChunkRef& c) {
   queue_cv_.notify_one();
 }
 
+size_t ChunkFetcher::prefetch_sequence(std::vector<OwnedChunkRef> chunks) {
+  if (workers_.empty()) return 0;
+  const uint64_t budget = options_.memory_bytes / 2;
+  size_t queued = 0;
+  {
+    std::lock_guard lock(queue_mu_);
+    if (stopping_) return 0;
+    std::vector<OwnedChunkRef> run;
+    uint64_t run_stored = 0, run_raw = 0;
+    auto close_run = [&] {
+      if (run.empty()) return;
+      runs_bytes_ += run_raw;
+      runs_.emplace_back(std::move(run), run_raw);
+      run.clear();
+      run_stored = run_raw = 0;
+    };
+    for (auto& c : chunks) {
+      if (c.ref.stored_len == 0) continue;
+      if (runs_bytes_ + run_raw + c.ref.raw_len > budget) break;
+      const bool adjacent = !run.empty() && run.back().object == c.object &&
+                            run.back().ref.offset + run.back().ref.stored_len == c.ref.offset;
+      if (!adjacent || run_stored + c.ref.stored_len > kMaxCoalescedRead) close_run();
+      run_stored += c.ref.stored_len;
+      run_raw += c.ref.raw_len;
+      run.push_back(std::move(c));
+      queued++;
+    }
+    close_run();
+  }
+  queue_cv_.notify_all();
+  return queued;
+}
+
+bool ChunkFetcher::held(const Digest128& d) {
+  {
+    std::lock_guard lock(mu_);
+    if (inflight_.count(d)) return true;
+  }
+  return is_cached(d);
+}
+
+void ChunkFetcher::fetch_sequence(std::vector<OwnedChunkRef>& run, uint64_t raw) {
+  std::vector<ChunkRef> refs;
+  refs.reserve(run.size());
+  for (auto& c : run) {
+    c.ref.object = c.object;
+    refs.push_back(c.ref);
+  }
+  // get() reads the first chunk not held together with those right after it that are not held
+  // either; the loop then skips what that read brought (it is held now).
+  for (size_t i = 0; i < refs.size(); ++i) {
+    if (held(refs[i].digest)) continue;
+    size_t missing = 1;
+    while (i + missing < refs.size() && !held(refs[i + missing].digest)) missing++;
+    auto got = get(refs[i], std::span(refs).subspan(i + 1));
+    size_t brought = got.ok() ? 1 : 0;
+    for (size_t j = i + 1; j < i + missing && held(refs[j].digest); ++j) brought++;
+    prefetches_ += brought;
+    if (!got.ok()) {
+      // The backend is failing: queued runs would each wait for it again, keeping the workers
+      // from readahead. Readers fetch (and report) what they need.
+      std::lock_guard lock(queue_mu_);
+      for (const auto& r : runs_) runs_bytes_ -= r.second;
+      if (!runs_.empty()) spdlog::warn("prefetch of {} stopped after a failed read; {} reads dropped", run[i].object, runs_.size());
+      runs_.clear();
+      break;
+    }
+  }
+  std::lock_guard lock(queue_mu_);
+  runs_bytes_ -= raw;
+}
+
 void ChunkFetcher::prefetch_worker() {
   for (;;) {
     OwnedChunkRef job;
     std::vector<OwnedChunkRef> following;
     {
       std::unique_lock lock(queue_mu_);
-      queue_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      queue_cv_.wait(lock, [&] { return stopping_ || !queue_.empty() || !runs_.empty(); });
       if (stopping_) return;
+      // Readahead first: a reader is at the end of what it has.
+      if (queue_.empty()) {
+        auto [run, raw] = std::move(runs_.front());
+        runs_.pop_front();
+        lock.unlock();
+        fetch_sequence(run, raw);
+        continue;
+      }
       job = std::move(queue_.front());
       queue_.pop_front();
       // Queued chunks that follow this one in its object go along, so that get() can read them

@@ -121,6 +121,16 @@ class ChunkFetcher : public MetaSource {
   // queue is full.
   void prefetch(const ChunkRef& c);
 
+  // Queues `chunks` to be fetched from the backend in the background, all of them: a layer's
+  // ordered prefix (fs/ordered_prefetch.h), given in object and offset order. Consecutive chunks
+  // of one object go together in backend reads of at most kMaxCoalescedRead bytes, and those
+  // reads are spread over the prefetch workers, so over several backend connections at once.
+  // Chunks held locally or being fetched when their turn comes are skipped. Bounded: at most
+  // half the memory LRU (raw bytes) is queued this way at a time, the rest of `chunks` is left
+  // to readers. Returns at once, with how many chunks were queued (0 without prefetch workers).
+  // Each chunk fetched counts in FetcherStats::prefetches.
+  size_t prefetch_sequence(std::vector<OwnedChunkRef> chunks);
+
   // Whether the chunk is held locally (memory or disk).
   bool is_cached(const Digest128& d);
 
@@ -166,6 +176,10 @@ class ChunkFetcher : public MetaSource {
   void finish(const Digest128& d, const std::shared_ptr<InFlight>& flight, const Result<ChunkData>& result,
               bool remember_failure);
   void prefetch_worker();
+  // A worker's part of prefetch_sequence(): one run of adjacent chunks, `raw` bytes in all.
+  void fetch_sequence(std::vector<OwnedChunkRef>& run, uint64_t raw);
+  // Held in memory, on disk, queued for the disk, or being fetched.
+  bool held(const Digest128& d);
   ChunkData memory_get(const Digest128& d);
   // Adds one backend read of `d` to the latency histogram.
   void observe_fetch(std::chrono::steady_clock::duration d);
@@ -188,9 +202,13 @@ class ChunkFetcher : public MetaSource {
   std::unordered_map<Digest128, std::chrono::steady_clock::time_point, Digest128Hash> failed_;
   static constexpr std::chrono::milliseconds kFailureMemory{500};
 
-  std::mutex queue_mu_;  // guards queue_, stopping_
+  std::mutex queue_mu_;  // guards queue_, runs_, runs_bytes_, stopping_
   std::condition_variable queue_cv_;
   std::deque<OwnedChunkRef> queue_;
+  // prefetch_sequence(): runs of adjacent chunks with their raw bytes; runs_bytes_ counts those
+  // queued or being fetched, against the bound of half the memory LRU.
+  std::deque<std::pair<std::vector<OwnedChunkRef>, uint64_t>> runs_;
+  uint64_t runs_bytes_ = 0;
   bool stopping_ = false;
   std::vector<std::thread> workers_;
 

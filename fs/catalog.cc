@@ -43,6 +43,7 @@ json body_of(const Catalog& c) {
   for (const auto& l : c.layers) {
     json j = {{"cache_id", l.cache_id}, {"index", l.index_digest.hex()}, {"link", l.link}, {"bytes", l.bytes}};
     if (l.lower) j["lower"] = *l.lower;
+    if (l.ordered_prefix) j["ordered_prefix"] = l.ordered_prefix;
     layers.push_back(std::move(j));
   }
   json body = {{"format", "extrafs-catalog"}, {"version", kCatalogVersion}, {"layers", std::move(layers)}};
@@ -126,6 +127,9 @@ std::string catalog_cache_name(const std::string& source) {
 std::string layer_index_path(std::string_view cache_id) {
   return "extrafs/layers/" + std::string(cache_id) + ".index";
 }
+std::string layer_blob_path(std::string_view cache_id) {
+  return "extrafs/layers/" + std::string(cache_id) + ".blob";
+}
 std::string image_index_path(const Digest128& d) { return "extrafs/image-" + d.hex() + ".index"; }
 std::string catalog_generation_path(uint64_t generation) {
   return std::string(kCatalogGenerationsDir) + "/" + std::to_string(generation);
@@ -184,6 +188,11 @@ Result<Catalog> Catalog::parse(std::string_view text) {
     if (auto st = check_catalog_layer(layer); !st.ok()) return bad(st.error().message);
     if (!l.contains("bytes") || !l["bytes"].is_number_unsigned()) return bad("bad size for " + layer.cache_id);
     layer.bytes = l["bytes"].get<uint64_t>();
+    // Any size is accepted here (the daemon clamps it to the blob); only the type is checked.
+    if (l.contains("ordered_prefix")) {
+      if (!l["ordered_prefix"].is_number_unsigned()) return bad("bad ordered_prefix for " + layer.cache_id);
+      layer.ordered_prefix = l["ordered_prefix"].get<uint64_t>();
+    }
     if (c.find(layer.cache_id)) return bad("layer " + layer.cache_id + " listed twice");
     c.layers.push_back(std::move(layer));
   }

@@ -11,6 +11,13 @@
 // older file. The generation is an optional key of format version 1 (readers that predate it
 // ignore it; the checksum covers it); catalogs without one (generation 0) come from older
 // writers.
+//
+// Ordered prefix: a layer published with `--order` packs the files of a recorded start-up first
+// in its blob, in trace order; its catalog entry then says how many bytes at the start of the
+// blob those files take ("ordered_prefix", an optional key of format version 1 like
+// "generation": older readers ignore it, the checksum covers it). A daemon fetches that prefix in
+// the background when a container first touches the layer (fs/ordered_prefetch.h). The value is
+// a hint: a reader clamps it to the blob's chunks and its own memory budget.
 #pragma once
 
 #include <cstdint>
@@ -35,6 +42,7 @@ struct CatalogLayer {
   std::string link;                   // content of overlay2/<id>/link ("" if none)
   std::optional<std::string> lower;   // content of overlay2/<id>/lower, absent for base layers
   uint64_t bytes = 0;                 // content bytes of the layer's regular files
+  uint64_t ordered_prefix = 0;        // bytes at the start of the blob holding the traced files (0: none)
   bool operator==(const CatalogLayer&) const = default;
 };
 
@@ -71,6 +79,8 @@ std::string catalog_cache_name(const std::string& source);
 
 // Where the index files live, relative to the store root.
 std::string layer_index_path(std::string_view cache_id);
+// The blob of a published layer, as chunk records name it.
+std::string layer_blob_path(std::string_view cache_id);
 std::string image_index_path(const Digest128& digest);
 // extrafs/catalog.d/<generation> (decimal).
 std::string catalog_generation_path(uint64_t generation);

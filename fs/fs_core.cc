@@ -404,6 +404,7 @@ Result<NodeAttr> FsCore::lookup(uint64_t parent, std::string_view name) {
   uint64_t dir = local - kEntryBase;
   if (dir >= s->index->entry_count()) return noent();
   if (!s->index->is_dir(static_cast<uint32_t>(dir))) return make_error(ENOTDIR, "not a directory");
+  if (!s->is_image) ordered_.touch(s->layer, *s->index);
   auto child = s->index->lookup(static_cast<uint32_t>(dir), name);
   if (!child) return noent();
   return entry_attr(sn, *s->index, *child);
@@ -558,6 +559,7 @@ Result<size_t> FsCore::read_pieces(uint64_t ino, uint64_t offset, size_t size, s
   if (e >= idx.entry_count()) return noent();
   const EntryRecord& rec = idx.attr_entry(static_cast<uint32_t>(e));
   if (!S_ISREG(rec.mode)) return make_error(EISDIR, "not a regular file");
+  if (!s->is_image) ordered_.touch(s->layer, idx);
   if (offset >= rec.size) return size_t{0};
   size_t want = static_cast<size_t>(std::min<uint64_t>(size, rec.size - offset));
   auto chunks = idx.chunks(static_cast<uint32_t>(e));

@@ -42,6 +42,7 @@
 #include "fs/catalog.h"
 #include "fs/inode_table.h"
 #include "fs/layer_index.h"
+#include "fs/ordered_prefetch.h"
 
 namespace extrafs::fs {
 
@@ -186,6 +187,9 @@ class FsCore {
 
   std::mutex record_mu_;  // guards recorded_
   std::unordered_set<uint64_t> recorded_;
+
+  // Layers published with --order: their prefix is fetched on the first lookup or read under diff/.
+  OrderedPrefetch ordered_{fetcher_};
 };
 
 }  // namespace extrafs::fs

@@ -28,7 +28,7 @@ std::string StoreLayout::repositories() const { return docker_dir() + "/reposito
 std::string StoreLayout::overlay2_dir() const { return root_ + "/overlay2"; }
 std::string StoreLayout::overlay_dir(std::string_view cache_id) const { return overlay2_dir() + "/" + std::string(cache_id); }
 
-std::string blob_object_path(std::string_view cache_id) { return "extrafs/layers/" + std::string(cache_id) + ".blob"; }
+std::string blob_object_path(std::string_view cache_id) { return fs::layer_blob_path(cache_id); }
 
 std::string content_object_path(const Digest128& digest) { return "extrafs/objects/" + digest.hex(); }
 

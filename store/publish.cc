@@ -300,9 +300,10 @@ class Publisher {
     l.blob_tmp = layers_dir() + "/." + l.cache_id + ".blob.tmp-" + pid;
     EXTRAFS_TRY(blob, BlobWriter::create(l.blob_tmp, blob_object_path(l.cache_id)));
     std::string index;
+    std::vector<std::string> first;
     if (!req_.data_root.empty()) {
       WalkOptions opts;
-      opts.first = order_for({l.src_cache_id, l.cache_id});
+      opts.first = first = order_for({l.src_cache_id, l.cache_id});
       opts.on_file = [this](uint64_t n) { tick(n); };
       const std::string diff_rel = "overlay2/" + l.src_cache_id + "/diff";
       auto diff = open_beneath(data_root_fd_.get(), diff_rel, O_RDONLY | O_DIRECTORY, req_.data_root);
@@ -313,7 +314,7 @@ class Publisher {
       l.docker_size = l.src_size;
     } else {
       LayerTarOptions opts;
-      opts.first = order_for({l.cache_id});
+      opts.first = first = order_for({l.cache_id});
       opts.scratch_dir = layers_dir();
       opts.on_bytes = [this](uint64_t n) { tick(n); };
       LayerTarResult res;
@@ -339,9 +340,11 @@ class Publisher {
     l.catalog.link = l.link;
     l.catalog.lower = l.lower;
     l.catalog.bytes = (*parsed)->content_bytes();
+    l.catalog.ordered_prefix = ordered_prefix(**parsed, first, blob->object_path());
     EXTRAFS_CHECK_STATUS(fs::check_catalog_layer(l.catalog));
     report_.raw_bytes += blob->raw_bytes();
     report_.stored_bytes += blob->size();
+    report_.ordered_bytes += l.catalog.ordered_prefix;
     return ok_status();
   }
 

@@ -46,6 +46,7 @@ struct PublishReport {
   int layers_present = 0;           // already in the store, left alone
   uint64_t raw_bytes = 0;           // content bytes packed (non-zero chunks)
   uint64_t stored_bytes = 0;        // bytes written into blobs
+  uint64_t ordered_bytes = 0;       // --order: blob bytes recorded as ordered prefixes (fs/catalog.h)
   bool catalog_written = false;
 };
 

@@ -5,7 +5,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
+#include <optional>
+#include <utility>
 
 #include "common/posix_file.h"
 
@@ -25,6 +28,36 @@ bool lz4_if_smaller(std::string_view raw, std::string* out) {
   if (n <= 0) return false;
   out->resize(static_cast<size_t>(n));
   return true;
+}
+
+uint64_t ordered_prefix(const fs::LayerIndex& idx, const std::vector<std::string>& paths, std::string_view blob) {
+  std::optional<uint32_t> object;
+  for (uint32_t o = 0; o < idx.object_count(); ++o)
+    if (idx.object_path(o) == blob) object = o;
+  if (!object) return 0;
+  std::vector<std::pair<uint64_t, uint64_t>> extents;  // (offset, end) of the files' chunks in the blob
+  for (const auto& path : paths) {
+    std::optional<uint32_t> e = 0;
+    for (size_t start = 0; e && start < path.size();) {
+      size_t end = std::min(path.find('/', start), path.size());
+      if (end > start) {
+        if (!idx.is_dir(*e)) e.reset();
+        else e = idx.lookup(*e, std::string_view(path).substr(start, end - start));
+      }
+      start = end + 1;
+    }
+    if (!e || *e == 0 || !S_ISREG(idx.attr_entry(*e).mode)) continue;
+    for (const auto& c : idx.chunks(*e))
+      if (!(c.flags & fs::kChunkZero) && c.object == *object) extents.emplace_back(c.offset, c.offset + c.stored_len);
+  }
+  std::sort(extents.begin(), extents.end());
+  // A file listed twice, or a hard link to one already listed, repeats extents: skip what is covered.
+  uint64_t prefix = 0;
+  for (const auto& [off, end] : extents) {
+    if (off > prefix) break;
+    prefix = std::max(prefix, end);
+  }
+  return prefix;
 }
 
 Result<std::unique_ptr<BlobWriter>> BlobWriter::create(const std::string& path, std::string object_path) {

@@ -22,6 +22,13 @@ namespace extrafs::store {
 // Compresses `raw` with lz4 into *out; false (and *out unspecified) unless that is smaller.
 bool lz4_if_smaller(std::string_view raw, std::string* out);
 
+// How many bytes at the start of object `blob` (as chunk records name it) hold the content of
+// the files `paths` (relative to the layer root; those that are not regular files of `idx` are
+// ignored): the end of the run of their chunks that starts at offset 0 with no gap. What
+// `publish --order` records as the layer's ordered prefix (fs/catalog.h); 0 if the blob does not
+// start with them.
+uint64_t ordered_prefix(const fs::LayerIndex& idx, const std::vector<std::string>& paths, std::string_view blob);
+
 class BlobWriter : public ChunkSink {
  public:
   // A blob at `path` (created exclusively, mode 0644; the caller renames or removes it).

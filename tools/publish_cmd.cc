@@ -65,9 +65,12 @@ int run_publish(const PublishArgs& a) {
   if (!report.ok()) return fail("publish: " + report.error().message, 1);
   std::string tags;
   for (const auto& t : report->tags) tags += (tags.empty() ? "" : ", ") + t;
-  std::printf("published %s to %s: %d layers written, %d already in the store; %s packed into %s in %.1f s\n",
+  std::string ordered;
+  if (!a.order.empty()) ordered = ", " + format_size(report->ordered_bytes) + " of it in trace order first";
+  std::printf("published %s to %s: %d layers written, %d already in the store; %s packed into %s%s in %.1f s\n",
               tags.empty() ? "(untagged)" : tags.c_str(), a.store.c_str(), report->layers_written, report->layers_present,
-              format_size(report->raw_bytes).c_str(), format_size(report->stored_bytes).c_str(), now_s() - t0);
+              format_size(report->raw_bytes).c_str(), format_size(report->stored_bytes).c_str(), ordered.c_str(),
+              now_s() - t0);
   return 0;
 }
 

@@ -1,5 +1,7 @@
 #include <catch2/catch.hpp>
 
+#include <nlohmann/json.hpp>
+
 #include "fs/catalog.h"
 
 using namespace extrafs;
@@ -75,4 +77,85 @@ TEST_CASE("a catalog's generation round-trips and catalogs without one still rea
 TEST_CASE("a catalog whose format is not a string is refused, not thrown", "[catalog]") {
   auto r = Catalog::parse(R"({"checksum": "4a8a6e569feff8237d", "format": 1})");
   CHECK(r.code() == EBADMSG);
+}
+
+TEST_CASE("a layer's ordered prefix round-trips, is covered by the checksum, and is optional", "[catalog]") {
+  Catalog c = sample();
+  CHECK(c.serialize().find("ordered_prefix") == std::string::npos);  // 0: not written, as before
+  c.layers[1].ordered_prefix = 7340032;
+  const std::string text = c.serialize();
+  auto parsed = Catalog::parse(text);
+  REQUIRE(parsed.ok());
+  CHECK(parsed->layers[0].ordered_prefix == 0);
+  CHECK(parsed->layers[1].ordered_prefix == 7340032);
+  CHECK(parsed->layers == c.layers);
+  // The checksum covers it: a changed value is a corrupt catalog.
+  std::string edited = text;
+  edited.replace(edited.find("7340032"), 7, "7340033");
+  auto r = Catalog::parse(edited);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().message.find("checksum") != std::string::npos);
+}
+
+TEST_CASE("a catalog written before ordered prefixes still parses, and unknown keys are ignored", "[catalog]") {
+  // Written by the catalog writer of commit 24afd47 (no ordered_prefix; generation 3).
+  const std::string old = R"({
+ "format": "extrafs-catalog",
+ "generation": 3,
+ "layers": [
+  {
+   "bytes": 10,
+   "cache_id": "c1",
+   "index": "000102030405060708090a0b0c0d0e0f",
+   "link": "L1"
+  }
+ ],
+ "version": 1,
+ "checksum": "CHECKSUM"
+})";
+  // The checksum is over the canonical (compact) form without it; compute it as the writer did.
+  auto with_sum = [](std::string text, const std::string& canon) {
+    text.replace(text.find("CHECKSUM"), 8, xxh3_128(canon.data(), canon.size()).hex());
+    return text;
+  };
+  auto parsed = Catalog::parse(with_sum(
+      old, R"({"format":"extrafs-catalog","generation":3,"layers":[{"bytes":10,"cache_id":"c1","index":"000102030405060708090a0b0c0d0e0f","link":"L1"}],"version":1})"));
+  REQUIRE(parsed.ok());
+  REQUIRE(parsed->layers.size() == 1);
+  CHECK(parsed->layers[0].ordered_prefix == 0);
+  CHECK(parsed->generation == 3);
+  // What an older daemon does with a newer catalog: keys it does not know are read past (this
+  // reader knows ordered_prefix; a key from a later writer stands in for it).
+  std::string newer = old;
+  newer.replace(newer.find(R"("link": "L1")"), 12, R"("link": "L1", "some_later_key": 5)");
+  auto later = Catalog::parse(with_sum(
+      newer,
+      R"({"format":"extrafs-catalog","generation":3,"layers":[{"bytes":10,"cache_id":"c1","index":"000102030405060708090a0b0c0d0e0f","link":"L1","some_later_key":5}],"version":1})"));
+  REQUIRE(later.ok());
+  CHECK(later->layers[0].cache_id == "c1");
+}
+
+TEST_CASE("an ordered prefix that is not a byte count is refused with one line", "[catalog]") {
+  for (const char* bad : {"-1", "\"12\"", "1.5", "null"}) {
+    Catalog c = sample();
+    c.layers[0].ordered_prefix = 999;
+    std::string text = c.serialize();
+    nlohmann::json j = nlohmann::json::parse(text);
+    j["layers"][0]["ordered_prefix"] = nlohmann::json::parse(bad);
+    j.erase("checksum");
+    std::string canon = j.dump();
+    j["checksum"] = xxh3_128(canon.data(), canon.size()).hex();
+    auto r = Catalog::parse(j.dump());
+    INFO(bad);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.code() == EBADMSG);
+    CHECK(r.error().message.find("bad ordered_prefix for " + c.layers[0].cache_id) != std::string::npos);
+    CHECK(r.error().message.find('\n') == std::string::npos);
+  }
+  // A huge one is a valid number: readers clamp it (fs/ordered_prefetch.h).
+  Catalog c = sample();
+  c.layers[0].ordered_prefix = UINT64_MAX;
+  auto parsed = Catalog::parse(c.serialize());
+  REQUIRE(parsed.ok());
+  CHECK(parsed->layers[0].ordered_prefix == UINT64_MAX);
 }

@@ -91,24 +91,6 @@ cache::ChunkData bytes_of(const std::string& s) {
   return std::make_shared<const std::vector<std::byte>>(b.begin(), b.end());
 }
 
-// Sends the default logger's output to a ring buffer for the life of the object.
-struct CapturedLog {
-  std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(64);
-  std::shared_ptr<spdlog::logger> saved = spdlog::default_logger();
-  CapturedLog() {
-    auto l = std::make_shared<spdlog::logger>("captured", sink);
-    l->set_pattern("%l %v");
-    spdlog::set_default_logger(l);
-  }
-  ~CapturedLog() { spdlog::set_default_logger(saved); }
-  std::vector<std::string> lines_with(const std::string& what) {
-    std::vector<std::string> out;
-    for (auto& l : sink->last_formatted())
-      if (l.find(what) != std::string::npos) out.push_back(l);
-    return out;
-  }
-};
-
 }  // namespace
 
 TEST_CASE("failed disk-cache writes are counted and logged now and then; reads still succeed", "[fetcher]") {
@@ -449,4 +431,91 @@ TEST_CASE("a coalesced read stays within the backend's 1 MiB READ and mixes lz4 
   CHECK(mem.reads() == 1);
   REQUIRE(f.get(refs[3]).ok());
   CHECK(mem.reads() == 2);
+}
+
+namespace {
+std::vector<cache::OwnedChunkRef> owned(const std::vector<cache::ChunkRef>& refs) {
+  std::vector<cache::OwnedChunkRef> out;
+  for (const auto& r : refs) out.push_back({std::string(r.object), r});
+  return out;
+}
+// Waits (bounded) until the fetcher's counter of prefetched chunks reaches n.
+bool wait_prefetches(cache::ChunkFetcher& f, uint64_t n) {
+  for (int i = 0; i < 500 && f.stats().prefetches < n; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  return f.stats().prefetches >= n;
+}
+}  // namespace
+
+TEST_CASE("a prefetched sequence is read in few backend reads of at most 1 MiB, in parallel, and counted", "[fetcher]") {
+  backend::MemoryBackend mem;
+  const uint32_t len = 256 * 1024;
+  std::string data = pseudo_random(10 * len, 30);
+  mem.put("blob", data);
+  std::vector<cache::ChunkRef> refs;
+  for (uint32_t i = 0; i < 10; ++i) refs.push_back(ref_for("blob", data, uint64_t{i} * len, len));
+  cache::FetcherOptions o;
+  o.prefetch_threads = 4;
+  cache::ChunkFetcher f(mem, o);
+  // Chunk 5 is held already: it is skipped, and the reads go around it.
+  REQUIRE(f.get(refs[5]).ok());
+  REQUIRE(mem.reads() == 1);
+  CHECK(f.prefetch_sequence(owned(refs)) == 10);
+  REQUIRE(wait_prefetches(f, 9));
+  for (int i = 0; i < 100 && f.stats().chunks_fetched < 10; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  // Runs of at most 1 MiB: 0-3, 4-7, 8-9; in the second, held chunk 5 splits the read in two.
+  CHECK(mem.reads() == 1 + 4);
+  CHECK(f.stats().prefetches == 9);
+  CHECK(f.stats().chunks_fetched == 10);
+  // Everything is served from memory now, verified.
+  for (uint32_t i = 0; i < 10; ++i) {
+    auto got = f.get(refs[i]);
+    REQUIRE(got.ok());
+    CHECK(std::memcmp((*got)->data(), data.data() + uint64_t{i} * len, len) == 0);
+  }
+  CHECK(mem.reads() == 5);
+}
+
+TEST_CASE("a prefetched sequence queues at most half the memory LRU, and nothing without workers", "[fetcher]") {
+  backend::MemoryBackend mem;
+  std::string data = pseudo_random(16 * 4096, 31);
+  mem.put("blob", data);
+  std::vector<cache::ChunkRef> refs;
+  for (uint32_t i = 0; i < 16; ++i) refs.push_back(ref_for("blob", data, uint64_t{i} * 4096, 4096));
+  {
+    cache::FetcherOptions o;
+    o.memory_bytes = 8 * 4096;  // half: 4 chunks
+    cache::ChunkFetcher f(mem, o);
+    CHECK(f.prefetch_sequence(owned(refs)) == 4);
+    REQUIRE(wait_prefetches(f, 4));
+    for (uint32_t i = 0; i < 4; ++i) CHECK(f.is_cached(refs[i].digest));
+    for (uint32_t i = 4; i < 16; ++i) CHECK_FALSE(f.is_cached(refs[i].digest));
+    // Once those are fetched, the budget is free again.
+    for (int i = 0; i < 100 && f.prefetch_sequence(owned({refs[8]})) == 0; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    REQUIRE(wait_prefetches(f, 5));
+    CHECK(f.is_cached(refs[8].digest));
+  }
+  cache::ChunkFetcher none(mem, no_prefetch());
+  CHECK(none.prefetch_sequence(owned(refs)) == 0);
+}
+
+TEST_CASE("a prefetched sequence stops at a backend failure instead of waiting on every read", "[fetcher]") {
+  backend::MemoryBackend mem;
+  std::string data = pseudo_random(8 * 4096, 32);
+  mem.put("blob", data);
+  backend::FaultBackend faulty(mem);
+  std::vector<cache::ChunkRef> refs;
+  // Not adjacent (every other chunk): four runs of one chunk each.
+  for (uint32_t i = 0; i < 8; i += 2) refs.push_back(ref_for("blob", data, uint64_t{i} * 4096, 4096));
+  cache::FetcherOptions o;
+  o.prefetch_threads = 1;
+  cache::ChunkFetcher f(faulty, o);
+  faulty.fail_next_reads(1000, EIO);
+  CapturedLog log;
+  CHECK(f.prefetch_sequence(owned(refs)) == 4);
+  for (int i = 0; i < 200 && faulty.reads() < 1; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK(faulty.reads() == 1);
+  CHECK(f.stats().prefetches == 0);
+  CHECK(log.lines_with("prefetch of blob stopped after a failed read; 3 reads dropped").size() == 1);
 }

@@ -16,7 +16,10 @@
 #include "fs/layer_index.h"
 #include "store/catalog_writer.h"
 #include "store/docker_meta.h"
+#include "store/indexer.h"
+#include "store/publish_blob.h"
 #include "store/trace.h"
+#include "test_util.h"
 
 using namespace extrafs;
 
@@ -178,4 +181,40 @@ TEST_CASE("each new catalog is also written under a generation never used before
   REQUIRE(parsed.ok());
   CHECK(parsed->generation == 3);
   std::filesystem::remove_all(store);
+}
+
+TEST_CASE("publish --order records the bytes its traced files take at the start of the blob", "[store]") {
+  char tmpl[] = "/tmp/extrafs-order-test.XXXXXX";
+  REQUIRE(::mkdtemp(tmpl) != nullptr);
+  const std::string dir = tmpl;
+  REQUIRE(make_dirs(dir + "/tree/sub").ok());
+  // Random bytes: stored as they are, so the sizes below are the stored sizes.
+  auto put = [&](const std::string& rel, size_t n, uint32_t seed) {
+    REQUIRE(write_file_atomic(dir + "/tree/" + rel, extrafs::testing::pseudo_random(n, seed)).ok());
+  };
+  put("a", 5000, 1);
+  put("sub/b", 3000, 2);
+  put("c", 7000, 3);
+  REQUIRE(::link((dir + "/tree/sub/b").c_str(), (dir + "/tree/b-again").c_str()) == 0);
+  auto prefix_for = [&](std::vector<std::string> first) {
+    const std::string blob_path = dir + "/layer.blob";
+    ::unlink(blob_path.c_str());
+    auto blob = store::BlobWriter::create(blob_path, fs::layer_blob_path("L"));
+    REQUIRE(blob.ok());
+    store::WalkOptions opts;
+    opts.first = first;
+    auto bytes = store::index_directory(dir + "/tree", **blob, opts);
+    REQUIRE(bytes.ok());
+    auto idx = fs::LayerIndex::parse(*bytes);
+    REQUIRE(idx.ok());
+    return store::ordered_prefix(**idx, first, (*blob)->object_path());
+  };
+  CHECK(prefix_for({}) == 0);
+  CHECK(prefix_for({"sub/b", "a"}) == 3000 + 5000);
+  // Names that are no regular file of the layer (missing, a directory) are packed nowhere and
+  // counted nowhere; a hard link to a traced file adds nothing.
+  CHECK(prefix_for({"missing", "sub", "c", "/x/../a", "b-again", "sub/b"}) == 7000 + 3000);
+  // A traced file that the walk did not pack first (here: not named first) is not in the prefix.
+  CHECK(prefix_for({"nope"}) == 0);
+  std::filesystem::remove_all(dir);
 }

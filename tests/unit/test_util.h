@@ -1,4 +1,4 @@
-// Helpers for unit tests: small layer indexes and stores built in memory.
+// Helpers for unit tests: small layer indexes and stores built in memory, captured log lines.
 #pragma once
 
 #include <sys/stat.h>
@@ -6,11 +6,14 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
 
 #include <cstring>
 #include <filesystem>
 #include <string>
 #include <system_error>
+#include <vector>
 
 #include "backend/testing/fault_backend.h"
 #include "backend/testing/memory_backend.h"
@@ -96,6 +99,26 @@ struct TempDir {
   }
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
+};
+
+// Sends the default logger's output to a ring buffer for the life of the object.
+struct CapturedLog {
+  std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(64);
+  std::shared_ptr<spdlog::logger> saved = spdlog::default_logger();
+  CapturedLog() {
+    auto l = std::make_shared<spdlog::logger>("captured", sink);
+    l->set_pattern("%l %v");
+    spdlog::set_default_logger(l);
+  }
+  ~CapturedLog() { spdlog::set_default_logger(saved); }
+  CapturedLog(const CapturedLog&) = delete;
+  CapturedLog& operator=(const CapturedLog&) = delete;
+  std::vector<std::string> lines_with(const std::string& what) {
+    std::vector<std::string> out;
+    for (auto& l : sink->last_formatted())
+      if (l.find(what) != std::string::npos) out.push_back(l);
+    return out;
+  }
 };
 
 }  // namespace extrafs::testing

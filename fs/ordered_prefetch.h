@@ -1,0 +1,49 @@
+// OrderedPrefetch: the daemon's side of `publish --order`. A layer published from a recorded
+// start-up holds the files that start-up read at the start of its blob, and its catalog entry
+// says how many bytes they take (CatalogLayer::ordered_prefix, fs/catalog.h). The first time
+// anything under that layer's diff/ is looked up or read in a mount, the whole prefix is queued
+// for background fetching (ChunkFetcher::prefetch_sequence: a few large backend reads, in
+// parallel), so the files a container reads next are there before it asks. Once per layer per
+// mount; a layer without a prefix costs one comparison.
+//
+// The prefix is a hint from the store: a value beyond the blob's chunks is clamped to them (one
+// warning line), and the fetcher queues at most half its memory LRU; the rest is left to readers.
+//
+// Thread-safety: touch() may be called from any thread; it never waits for I/O. The fetcher must
+// outlive this object; indexes are only read during the call.
+#pragma once
+
+#include <mutex>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "cache/chunk_fetcher.h"
+#include "fs/catalog.h"
+#include "fs/layer_index.h"
+
+namespace extrafs::fs {
+
+// The chunks of `layer`'s ordered prefix in `idx`: those of its blob (layer_blob_path) that lie
+// wholly within the first layer.ordered_prefix bytes, in offset order, each digest once. If the
+// prefix reaches beyond the blob's last chunk, *note says so (else it is left alone).
+std::vector<cache::OwnedChunkRef> ordered_prefix_chunks(const CatalogLayer& layer, const LayerIndex& idx,
+                                                        std::string* note);
+
+class OrderedPrefetch {
+ public:
+  explicit OrderedPrefetch(cache::ChunkFetcher& fetcher) : fetcher_(fetcher) {}
+  OrderedPrefetch(const OrderedPrefetch&) = delete;
+  OrderedPrefetch& operator=(const OrderedPrefetch&) = delete;
+
+  // A lookup or read under `layer`'s diff/ (served from `idx`, its index). The first call for a
+  // layer with a prefix queues it; every other call returns at once.
+  void touch(const CatalogLayer& layer, const LayerIndex& idx);
+
+ private:
+  cache::ChunkFetcher& fetcher_;
+  std::mutex mu_;                     // guards done_
+  std::unordered_set<std::string> done_;  // cache-ids whose prefix was queued (or refused)
+};
+
+}  // namespace extrafs::fs
