@@ -399,6 +399,7 @@ Result<MetaObject> ChunkFetcher::read_meta(std::string_view path, const std::str
                                            const std::function<Status(const std::string&)>& check) {
   auto got = backend_.read_all(path, 1ull << 32);
   if (got.ok()) {
+    meta_bytes_fetched_ += got->size();
     auto verdict = check(*got);
     if (verdict.ok()) {
       if (options_.disk) {
@@ -424,6 +425,12 @@ Result<MetaObject> ChunkFetcher::read_meta(std::string_view path, const std::str
     }
   }
   return got.error();
+}
+
+Result<std::string> ChunkFetcher::kept_meta(const std::string& cache_name) {
+  if (!options_.disk) return make_error(ENOENT, "no disk cache");
+  EXTRAFS_TRY(kept, options_.disk->get_meta(cache_name));
+  return std::string(reinterpret_cast<const char*>(kept.data()), kept.size());
 }
 
 Result<MetaVersion> ChunkFetcher::meta_version(std::string_view path) {
@@ -470,6 +477,7 @@ uint64_t ChunkFetcher::cached_bytes() {
 FetcherStats ChunkFetcher::stats() const {
   FetcherStats s;
   s.bytes_fetched = bytes_fetched_;
+  s.meta_bytes_fetched = meta_bytes_fetched_;
   s.chunks_fetched = chunks_fetched_;
   s.cache_hits = cache_hits_;
   s.cache_misses = cache_misses_;

@@ -83,7 +83,8 @@ inline constexpr double kFetchBuckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0
 inline constexpr size_t kFetchBucketCount = std::size(kFetchBuckets);
 
 struct FetcherStats {
-  uint64_t bytes_fetched = 0;    // bytes read from the backend (stored form)
+  uint64_t bytes_fetched = 0;    // bytes of chunks read from the backend (stored form)
+  uint64_t meta_bytes_fetched = 0;  // bytes of metadata (catalog, indexes) read from the backend
   uint64_t chunks_fetched = 0;   // chunks read from the backend
   uint64_t cache_hits = 0;       // chunks served from memory or disk
   uint64_t cache_misses = 0;     // chunks that had to be fetched
@@ -138,6 +139,7 @@ class ChunkFetcher : public MetaSource {
   // `cache_name`, so bad bytes in the store never replace a good cached copy.
   Result<MetaObject> read_meta(std::string_view path, const std::string& cache_name,
                                const std::function<Status(const std::string&)>& check) override;
+  Result<std::string> kept_meta(const std::string& cache_name) override;
   Result<MetaVersion> meta_version(std::string_view path) override;
   std::string describe() const override;
 
@@ -212,7 +214,7 @@ class ChunkFetcher : public MetaSource {
   bool stopping_ = false;
   std::vector<std::thread> workers_;
 
-  std::atomic<uint64_t> bytes_fetched_{0}, chunks_fetched_{0}, cache_hits_{0}, cache_misses_{0},
+  std::atomic<uint64_t> bytes_fetched_{0}, meta_bytes_fetched_{0}, chunks_fetched_{0}, cache_hits_{0}, cache_misses_{0},
       merged_waits_{0}, backend_errors_{0}, corrupt_fetches_{0}, prefetches_{0}, cache_write_errors_{0};
 
   // Latency histogram: per-bucket counts (not cumulative; the last is above every bound) and the

@@ -51,6 +51,13 @@ class MetaSource {
   virtual Result<MetaObject> read_meta(std::string_view path, const std::string& cache_name,
                                        const std::function<Status(const std::string&)>& check) = 0;
 
+  // The copy of an object kept under `cache_name` by an earlier read_meta, without asking the
+  // store (ENOENT if none). Unchecked: the caller checks it (an index against its digest).
+  virtual Result<std::string> kept_meta(const std::string& cache_name) {
+    (void)cache_name;
+    return make_error(ENOENT, "no kept copy");
+  }
+
   // The current version of the object at `path` in the store, without reading it (one stat).
   virtual Result<MetaVersion> meta_version(std::string_view path) = 0;
 

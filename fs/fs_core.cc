@@ -93,8 +93,18 @@ Result<std::unique_ptr<FsCore>> FsCore::open(cache::ChunkFetcher& fetcher, cache
   return core;
 }
 
+std::shared_ptr<const LayerIndex> FsCore::kept_index(const std::string& cache_name, const Digest128& want) {
+  auto kept = meta_.kept_meta(cache_name);
+  if (!kept.ok() || xxh3_128(kept->data(), kept->size()) != want) return nullptr;
+  auto idx = LayerIndex::parse(std::move(kept).value());
+  return idx.ok() ? *idx : nullptr;
+}
+
 Result<std::shared_ptr<const LayerIndex>> FsCore::load_index(const std::string& path, const std::string& cache_name,
                                                              const Digest128& want, const std::string& what) {
+  // Indexes are immutable and named by digest in the catalog: a kept copy with that digest is
+  // the same index, and costs the store nothing (a restart, or a store that is down).
+  if (auto kept = kept_index(cache_name, want)) return kept;
   // The check parses the index; a cheap digest comparison first rejects a wrong file outright.
   auto check = [&](const std::string& bytes) -> Status {
     if (xxh3_128(bytes.data(), bytes.size()) != want) {
@@ -115,11 +125,12 @@ Result<std::shared_ptr<const LayerIndex>> FsCore::load_index(const std::string& 
   return idx;
 }
 
-// Loads every layer of `catalog` not yet known, and its image/ index if new, then installs them.
-// Initially any failure fails the whole load. Later (a refresh) whatever loaded is installed and
-// what did not is reported as the error, so that the caller tries the catalog again.
+// Adds every layer of `catalog` not yet known (their indexes are read on first use, see
+// index_of) and loads its image/ index if new, then installs them. Initially a bad image/ index
+// fails the load. Later (a refresh) the layers are installed anyway and the image/ problem is
+// reported as the error, so that the caller tries the catalog again.
 Status FsCore::load(const Catalog& catalog, bool initial) {
-  std::vector<std::string> problems;
+  std::optional<Error> problem;
   std::vector<std::shared_ptr<Slot>> new_layers;
   std::shared_ptr<Slot> new_image;
   // A layer whose lower chain names links the catalog does not serve is not served itself: its
@@ -135,6 +146,7 @@ Status FsCore::load(const Catalog& catalog, bool initial) {
       if (by_cache_id_.count(l.cache_id) || refused.count(l.cache_id)) continue;
       auto s = std::make_shared<Slot>();
       s->layer = l;
+      s->lazy = std::make_shared<IndexLoad>();
       new_layers.push_back(std::move(s));
     }
     if (catalog.image_index && (image_slot_ == 0 || !(slots_[image_slot_]->index->digest() == *catalog.image_index))) {
@@ -142,23 +154,12 @@ Status FsCore::load(const Catalog& catalog, bool initial) {
       new_image->is_image = true;
     }
   }
-  for (auto& s : new_layers) {
-    auto idx = load_index(layer_index_path(s->layer.cache_id), "index-" + s->layer.cache_id, s->layer.index_digest,
-                          "layer " + s->layer.cache_id);
-    if (!idx.ok()) {
-      if (initial) return idx.error();
-      problems.push_back("layer " + s->layer.cache_id + " not added: " + idx.error().message);
-      s.reset();
-      continue;
-    }
-    s->index = *idx;
-  }
   if (new_image) {
     auto idx = load_index(image_index_path(*catalog.image_index), "image-" + catalog.image_index->hex(),
                           *catalog.image_index, "the image/ tree");
     if (!idx.ok()) {
       if (initial) return idx.error();
-      problems.push_back("keeping the previous image/ tree: " + idx.error().message);
+      problem = make_error(EIO, "keeping the previous image/ tree: " + idx.error().message);
       new_image.reset();
     } else {
       new_image->index = *idx;
@@ -166,7 +167,7 @@ Status FsCore::load(const Catalog& catalog, bool initial) {
   }
   std::unique_lock lock(mu_);
   for (auto& s : new_layers) {
-    if (!s || by_cache_id_.count(s->layer.cache_id)) continue;
+    if (by_cache_id_.count(s->layer.cache_id)) continue;
     uint32_t n = static_cast<uint32_t>(slots_.size());
     by_cache_id_[s->layer.cache_id] = n;
     if (!s->layer.link.empty()) by_link_.emplace(s->layer.link, n);
@@ -181,10 +182,8 @@ Status FsCore::load(const Catalog& catalog, bool initial) {
     if (old && inodes_.slot_nodes(old) == 0) slots_[old] = nullptr;
   }
   catalog_ = catalog;
-  if (problems.empty()) return ok_status();
-  std::string message = problems.front();
-  if (problems.size() > 1) message += fmt::format(" (and {} more)", problems.size() - 1);
-  return make_error(EIO, message);
+  if (problem) return *problem;
+  return ok_status();
 }
 
 Status FsCore::follow_generations() {
@@ -263,6 +262,56 @@ std::shared_ptr<const FsCore::Slot> FsCore::slot(uint32_t n) const {
   return slots_[n];
 }
 
+std::shared_ptr<const LayerIndex> FsCore::loaded_index(const Slot& s) {
+  if (s.is_image) return s.index;
+  std::lock_guard lock(s.lazy->mu);
+  return s.lazy->index;
+}
+
+Result<std::shared_ptr<const LayerIndex>> FsCore::index_of(const Slot& s) {
+  if (s.is_image) return s.index;
+  IndexLoad& l = *s.lazy;
+  std::unique_lock lock(l.mu);
+  l.cv.wait(lock, [&] { return l.index || !l.loading; });
+  if (l.index) return l.index;
+  const auto retry = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+      std::chrono::duration<double>(options_.index_retry_s));
+  if (l.failure && std::chrono::steady_clock::now() - l.failed_at < retry) return *l.failure;
+  // This caller reads it; the others wait on the cv. Only this layer's mutex is released and
+  // retaken: lookups in other layers never wait for this read.
+  l.loading = true;
+  lock.unlock();
+  const std::string& id = s.layer.cache_id;
+  auto idx = load_index(layer_index_path(id), "index-" + id, s.layer.index_digest, "layer " + id);
+  lock.lock();
+  l.loading = false;
+  if (idx.ok()) {
+    if (l.failure) spdlog::info("index of layer {} loaded; the layer is served again", id);
+    l.index = *idx;
+    l.failure.reset();
+  } else {
+    // One line per outage, not one per access.
+    if (!l.failure) spdlog::warn("{}; the layer answers EIO until it can be read (tried again on access)", idx.error().message);
+    l.failure = make_error(EIO, idx.error().message);
+    l.failed_at = std::chrono::steady_clock::now();
+  }
+  l.cv.notify_all();
+  if (!idx.ok()) return *l.failure;
+  return l.index;
+}
+
+std::shared_ptr<const LayerIndex> FsCore::local_index(const Slot& s) {
+  if (auto idx = loaded_index(s)) return idx;
+  auto kept = kept_index("index-" + s.layer.cache_id, s.layer.index_digest);
+  if (!kept) return nullptr;
+  std::lock_guard lock(s.lazy->mu);
+  if (!s.lazy->index) {
+    s.lazy->index = std::move(kept);
+    s.lazy->failure.reset();
+  }
+  return s.lazy->index;
+}
+
 void FsCore::forget(uint64_t ino, uint64_t n) {
   if (inodes_.forget(ino, n) != 0) return;
   uint32_t s = ino_slot(ino);
@@ -339,9 +388,10 @@ Result<NodeAttr> FsCore::getattr(uint64_t ino) {
   auto s = slot(sn);
   if (!s) return make_error(ESTALE, "stale node");
   if (local >= kEntryBase) {
+    EXTRAFS_TRY(idx, index_of(*s));
     uint64_t e = local - kEntryBase;
-    if (e >= s->index->entry_count()) return noent();
-    return entry_attr(sn, *s->index, static_cast<uint32_t>(e));
+    if (e >= idx->entry_count()) return noent();
+    return entry_attr(sn, *idx, static_cast<uint32_t>(e));
   }
   if (s->is_image) return noent();
   return layer_node_attr(ino, *s);
@@ -401,13 +451,14 @@ Result<NodeAttr> FsCore::lookup(uint64_t parent, std::string_view name) {
     if (name == "lower") return getattr(make_ino(sn, kLowerFile));
     return noent();
   }
+  EXTRAFS_TRY(idx, index_of(*s));
   uint64_t dir = local - kEntryBase;
-  if (dir >= s->index->entry_count()) return noent();
-  if (!s->index->is_dir(static_cast<uint32_t>(dir))) return make_error(ENOTDIR, "not a directory");
-  if (!s->is_image) ordered_.touch(s->layer, *s->index);
-  auto child = s->index->lookup(static_cast<uint32_t>(dir), name);
+  if (dir >= idx->entry_count()) return noent();
+  if (!idx->is_dir(static_cast<uint32_t>(dir))) return make_error(ENOTDIR, "not a directory");
+  if (!s->is_image) ordered_.touch(s->layer, *idx);
+  auto child = idx->lookup(static_cast<uint32_t>(dir), name);
   if (!child) return noent();
-  return entry_attr(sn, *s->index, *child);
+  return entry_attr(sn, *idx, *child);
 }
 
 Result<std::string> FsCore::readlink(uint64_t ino) {
@@ -418,10 +469,12 @@ Result<std::string> FsCore::readlink(uint64_t ino) {
     if (s->layer.link.empty()) return noent();
     return link_target(s->layer.cache_id);
   }
-  if (local < kEntryBase || local - kEntryBase >= s->index->entry_count()) return make_error(EINVAL, "not a symlink");
+  if (local < kEntryBase) return make_error(EINVAL, "not a symlink");
+  EXTRAFS_TRY(idx, index_of(*s));
+  if (local - kEntryBase >= idx->entry_count()) return make_error(EINVAL, "not a symlink");
   uint32_t e = local - kEntryBase;
-  if (!S_ISLNK(s->index->attr_entry(e).mode)) return make_error(EINVAL, "not a symlink");
-  return std::string(s->index->target(e));
+  if (!S_ISLNK(idx->attr_entry(e).mode)) return make_error(EINVAL, "not a symlink");
+  return std::string(idx->target(e));
 }
 
 Status FsCore::readdir(uint64_t ino, uint64_t offset, const std::function<bool(const DirItem&, const NodeAttr&)>& emit) {
@@ -453,6 +506,17 @@ Status FsCore::readdir(uint64_t ino, uint64_t offset, const std::function<bool(c
   }
   if (sn == 0 || local < kEntryBase) {
     for (uint64_t i = offset; i < items.size(); ++i) {
+      // A layer's diff/ whose index is not loaded is listed without attributes (the kernel
+      // looks it up when it is used), so that listing a layer directory reads no index.
+      if (sn && ino_local(items[i].second) == kEntryBase && !loaded_index(*s)) {
+        NodeAttr a;
+        a.st.st_ino = items[i].second;
+        a.st.st_mode = S_IFDIR;
+        a.known = false;
+        DirItem item{items[i].first, items[i].second, S_IFDIR, i + 1};
+        if (!emit(item, a)) break;
+        continue;
+      }
       auto a = getattr(items[i].second);
       if (!a.ok()) continue;
       DirItem item{items[i].first, items[i].second, a->st.st_mode & S_IFMT, i + 1};
@@ -460,8 +524,9 @@ Status FsCore::readdir(uint64_t ino, uint64_t offset, const std::function<bool(c
     }
     return ok_status();
   }
+  EXTRAFS_TRY(held, index_of(*s));
   uint64_t e = local - kEntryBase;
-  const LayerIndex& idx = *s->index;
+  const LayerIndex& idx = *held;
   if (e >= idx.entry_count()) return noent();
   if (!idx.is_dir(static_cast<uint32_t>(e))) return make_error(ENOTDIR, "not a directory");
   const EntryRecord& d = idx.entry(static_cast<uint32_t>(e));
@@ -483,10 +548,11 @@ Result<std::string> FsCore::getxattr(uint64_t ino, std::string_view name) {
   }
   auto s = slot(sn);
   if (!s) return make_error(ESTALE, "stale node");
+  EXTRAFS_TRY(idx, index_of(*s));
   uint64_t e = local - kEntryBase;
-  if (e >= s->index->entry_count()) return noent();
-  for (const auto& x : s->index->xattrs(static_cast<uint32_t>(e)))
-    if (s->index->xattr_name(x) == name) return std::string(s->index->xattr_value(x));
+  if (e >= idx->entry_count()) return noent();
+  for (const auto& x : idx->xattrs(static_cast<uint32_t>(e)))
+    if (idx->xattr_name(x) == name) return std::string(idx->xattr_value(x));
   return make_error(ENODATA, "no such attribute");
 }
 
@@ -499,9 +565,10 @@ Result<std::vector<std::string>> FsCore::listxattr(uint64_t ino) {
   }
   auto s = slot(sn);
   if (!s) return make_error(ESTALE, "stale node");
+  EXTRAFS_TRY(idx, index_of(*s));
   uint64_t e = local - kEntryBase;
-  if (e >= s->index->entry_count()) return noent();
-  for (const auto& x : s->index->xattrs(static_cast<uint32_t>(e))) out.emplace_back(s->index->xattr_name(x));
+  if (e >= idx->entry_count()) return noent();
+  for (const auto& x : idx->xattrs(static_cast<uint32_t>(e))) out.emplace_back(idx->xattr_name(x));
   return out;
 }
 
@@ -513,17 +580,18 @@ Status FsCore::open(uint64_t ino, int flags) {
   if (!S_ISREG(a.st.st_mode)) return make_error(EACCES, "not a regular file");
   uint32_t sn = ino_slot(ino), local = ino_local(ino);
   if (options_.on_first_open && local >= kEntryBase) {
-    if (auto s = slot(sn)) record_access(sn, *s, local - kEntryBase);
+    // getattr above loaded the index.
+    if (auto s = slot(sn); s && !s->is_image)
+      if (auto idx = loaded_index(*s)) record_access(sn, *s, *idx, local - kEntryBase);
   }
   return ok_status();
 }
 
-void FsCore::record_access(uint32_t slot_no, const Slot& s, uint32_t entry) {
-  if (s.is_image) return;
+void FsCore::record_access(uint32_t slot_no, const Slot& s, const LayerIndex& idx, uint32_t entry) {
   uint64_t key = make_ino(slot_no, entry);
   std::lock_guard lock(record_mu_);  // also keeps the callback's lines in first-open order
   if (!recorded_.insert(key).second) return;
-  options_.on_first_open(s.layer.cache_id, entry, s.index->path_of(entry));
+  options_.on_first_open(s.layer.cache_id, entry, idx.path_of(entry));
 }
 
 Result<size_t> FsCore::read(uint64_t ino, uint64_t offset, std::span<std::byte> out) {
@@ -554,7 +622,8 @@ Result<size_t> FsCore::read_pieces(uint64_t ino, uint64_t offset, size_t size, s
     bytes_served_ += n;
     return n;
   }
-  const LayerIndex& idx = *s->index;
+  EXTRAFS_TRY(held, index_of(*s));
+  const LayerIndex& idx = *held;
   uint64_t e = local - kEntryBase;
   if (e >= idx.entry_count()) return noent();
   const EntryRecord& rec = idx.attr_entry(static_cast<uint32_t>(e));
@@ -630,9 +699,10 @@ struct statvfs FsCore::statfs() {
   uint64_t bytes = 0, files = 0;
   {
     std::shared_lock lock(mu_);
+    // The catalog knows every layer's size; entries are counted for the indexes loaded so far.
     for (uint32_t n : layer_slots_) {
-      bytes += slots_[n]->index->content_bytes();
-      files += slots_[n]->index->entry_count();
+      bytes += slots_[n]->layer.bytes;
+      if (auto idx = loaded_index(*slots_[n])) files += idx->entry_count();
     }
   }
   sv.f_bsize = 4096;
@@ -652,6 +722,7 @@ std::string FsCore::stats_json() {
   auto f = fetcher_.stats();
   nlohmann::json j;
   j["bytes_fetched"] = f.bytes_fetched;
+  j["meta_bytes_fetched"] = f.meta_bytes_fetched;
   j["bytes_served"] = bytes_served_.load();
   j["chunks_fetched"] = f.chunks_fetched;
   j["cache_hits"] = f.cache_hits;
@@ -678,9 +749,18 @@ std::string FsCore::stats_json() {
     for (uint32_t n : layer_slots_) layers.push_back(slots_[n]);
   }
   nlohmann::json arr = nlohmann::json::array();
+  uint64_t loaded = 0;
   for (const auto& s : layers) {
+    // A layer whose index this host never read (nor kept) has had nothing read through it.
+    auto idx = local_index(*s);
+    if (!idx) {
+      arr.push_back({{"cache_id", s->layer.cache_id}, {"bytes_total", s->layer.bytes}, {"bytes_cached", uint64_t{0}},
+                     {"index_loaded", false}});
+      continue;
+    }
+    ++loaded;
     uint64_t cached = 0;
-    for (const auto& c : s->index->all_chunks()) {
+    for (const auto& c : idx->all_chunks()) {
       if (c.flags & kChunkZero) {
         cached += c.raw_len;
         continue;
@@ -689,10 +769,12 @@ std::string FsCore::stats_json() {
     }
     // Chunks of a hard-link group are listed once (on its primary entry), as bytes_total counts it.
     arr.push_back({{"cache_id", s->layer.cache_id},
-                   {"bytes_total", s->index->content_bytes()},
-                   {"bytes_cached", std::min(cached, s->index->content_bytes())}});
+                   {"bytes_total", idx->content_bytes()},
+                   {"bytes_cached", std::min(cached, idx->content_bytes())},
+                   {"index_loaded", true}});
   }
   j["layers"] = std::move(arr);
+  j["layer_indexes_loaded"] = loaded;
   return j.dump();
 }
 

@@ -7,7 +7,10 @@
 //   /overlay2/l/<link> -> ../<cache-id>/diff
 //
 // Every metadata answer comes from the catalog and the layer indexes in memory, read through a
-// cache::MetaSource; file content is read chunk by chunk through the cache::ChunkFetcher. FsCore
+// cache::MetaSource. Only the catalog and the image/ tree's index are read at open; a layer's
+// index is read on the first operation under its diff/ (a host reads only the indexes of the
+// layers it uses), and a layer whose index cannot be read answers EIO there until a later access
+// reads it, while every other node keeps working; file content is read chunk by chunk through the cache::ChunkFetcher. FsCore
 // never sees where the store lives. Node ids are derived from (slot, entry):
 // slot 0 holds the fixed directories, each layer and each version of the image/ tree gets its own
 // slot in the order it was first seen, so ids are stable for the life of the mount. A hard link
@@ -22,6 +25,7 @@
 #include <sys/statvfs.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <functional>
 #include <memory>
@@ -55,6 +59,9 @@ struct NodeAttr {
   struct stat st {};
   double attr_timeout = kLongTimeout;
   double entry_timeout = kLongTimeout;
+  // False in a readdir item whose attributes are not known yet (a layer's diff/ whose index is
+  // not loaded): only st_ino and the type in st_mode are set, and the kernel gets no node for it.
+  bool known = true;
 };
 
 struct DirItem {
@@ -73,13 +80,17 @@ struct FsCoreOptions {
   // A background thread re-reads the catalog this often (0 = never; call refresh() instead).
   // File system calls never wait for it, so a dead server cannot stall a lookup.
   double refresh_interval_s = 1.0;
+  // A layer index that failed to load answers EIO without a new attempt for this long; the first
+  // access after that tries again.
+  double index_retry_s = 2.0;
 };
 
 class FsCore {
  public:
-  // Loads the catalog and every index through `meta` and serves file content through `fetcher`
-  // (both must outlive the core; one ChunkFetcher may be both). Fails with a one-line message if
-  // the store has no catalog or an index is missing or corrupt.
+  // Loads the catalog and the image/ tree's index through `meta` and serves file content through
+  // `fetcher` (both must outlive the core; one ChunkFetcher may be both). Fails with a one-line
+  // message if the store has no catalog or its image/ index is missing or corrupt. Layer indexes
+  // are loaded later, on first use.
   static Result<std::unique_ptr<FsCore>> open(cache::ChunkFetcher& fetcher, cache::MetaSource& meta,
                                               FsCoreOptions options);
   ~FsCore();
@@ -90,7 +101,8 @@ class FsCore {
   Result<NodeAttr> getattr(uint64_t ino);
   Result<std::string> readlink(uint64_t ino);
   // Emits the entries of directory `ino` starting at `offset` (0 = the start) until `emit`
-  // returns false. No "." or "..".
+  // returns false. No "." or "..". An item whose attributes would need a layer index not yet
+  // loaded (a layer's diff/) comes with NodeAttr::known false.
   Status readdir(uint64_t ino, uint64_t offset, const std::function<bool(const DirItem&, const NodeAttr&)>& emit);
   Result<std::string> getxattr(uint64_t ino, std::string_view name);
   Result<std::vector<std::string>> listxattr(uint64_t ino);
@@ -120,7 +132,8 @@ class FsCore {
   // generations); a catalog of an older generation than the loaded one is never loaded. Adds new
   // layers and the new image/ tree. A version or generation counts as loaded only once it was
   // read from the store (not a kept copy) and every new layer and image/ index in it was added;
-  // otherwise the error is returned and the next call tries again.
+  // otherwise the error is returned and the next call tries again. New layers' indexes are not
+  // read here (see open()).
   Status refresh();
   // The `extrafs stats --json` object.
   std::string stats_json();
@@ -128,10 +141,21 @@ class FsCore {
   size_t layer_count();
 
  private:
+  // How far a layer's index has been loaded. Guarded by its own `mu`, so that a slow or dead
+  // store delays only the callers that need this layer.
+  struct IndexLoad {
+    std::mutex mu;
+    std::condition_variable cv;                // a load finished
+    std::shared_ptr<const LayerIndex> index;   // set once, never reset
+    bool loading = false;                      // a caller is reading it (others wait)
+    std::optional<Error> failure;              // the last failed load's error, answered until
+    std::chrono::steady_clock::time_point failed_at{};  // index_retry_s after this
+  };
   struct Slot {
     bool is_image = false;
     CatalogLayer layer;                          // layers only
-    std::shared_ptr<const LayerIndex> index;
+    std::shared_ptr<const LayerIndex> index;     // image/ slots only (loaded with the slot)
+    std::shared_ptr<IndexLoad> lazy;             // layers only
   };
   struct Synthetic;  // fixed and per-layer nodes that are not index entries
 
@@ -141,12 +165,23 @@ class FsCore {
   Status follow_generations();
   Result<std::shared_ptr<const LayerIndex>> load_index(const std::string& path, const std::string& cache_name,
                                                        const Digest128& want, const std::string& what);
+  // The kept copy of an index in the block cache if it has the digest `want`, else null.
+  std::shared_ptr<const LayerIndex> kept_index(const std::string& cache_name, const Digest128& want);
+  // The index of slot `s`: the image/ tree's, or the layer's, read on first use. Concurrent
+  // callers for one layer wait for one load; mu_ is not held meanwhile. EIO while the layer's
+  // index cannot be loaded (tried again once index_retry_s has passed since the last failure).
+  Result<std::shared_ptr<const LayerIndex>> index_of(const Slot& s);
+  // The index of `s` if loaded already (null otherwise); never reads anything.
+  static std::shared_ptr<const LayerIndex> loaded_index(const Slot& s);
+  // For statistics: the loaded index, or the kept copy in the block cache (then installed),
+  // never the store; null if neither.
+  std::shared_ptr<const LayerIndex> local_index(const Slot& s);
   std::shared_ptr<const Slot> slot(uint32_t n) const;
   void refresh_loop();
   NodeAttr entry_attr(uint32_t slot, const LayerIndex& idx, uint32_t entry) const;
   NodeAttr synthetic_attr(uint64_t ino, uint32_t mode, uint64_t size, uint32_t nlink) const;
   Result<NodeAttr> layer_node_attr(uint64_t ino, const Slot& s) const;
-  void record_access(uint32_t slot_no, const Slot& s, uint32_t entry);
+  void record_access(uint32_t slot_no, const Slot& s, const LayerIndex& idx, uint32_t entry);
   // Readahead: returns how many chunks after the one ending at `end` to prefetch for this reader.
   unsigned sequential_window(uint64_t ino, uint64_t offset, uint64_t end);
 

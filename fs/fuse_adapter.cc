@@ -120,6 +120,7 @@ void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plu
     size_t n;
     if (plus) {
       auto e = to_entry(a);
+      if (!a.known) e.ino = 0;  // a name and a type only: the kernel makes no node of it
       n = fuse_add_direntry_plus(req, buf.data() + used, size - used, name.c_str(), &e, static_cast<off_t>(item.next_offset));
     } else {
       struct stat st {};
@@ -128,7 +129,8 @@ void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plu
       n = fuse_add_direntry(req, buf.data() + used, size - used, name.c_str(), &st, static_cast<off_t>(item.next_offset));
     }
     if (n > size - used) return false;
-    if (plus) core.inodes().ref(item.ino);
+    // An item without attributes creates no kernel node, so no reference either.
+    if (plus && a.known) core.inodes().ref(item.ino);
     used += n;
     return true;
   });

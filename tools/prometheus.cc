@@ -15,6 +15,7 @@ struct Family {
 };
 constexpr Family kCounters[] = {
     {"bytes_fetched", "Bytes read from the backend (as stored: compressed chunks count their stored size)."},
+    {"meta_bytes_fetched", "Bytes of metadata (catalog, layer and image/ indexes) read from the backend."},
     {"bytes_served", "Bytes returned to readers of the mount."},
     {"chunks_fetched", "Chunks read from the backend."},
     {"cache_hits", "Chunk requests served from the memory or disk cache."},
@@ -28,6 +29,7 @@ constexpr Family kCounters[] = {
 constexpr Family kGauges[] = {
     {"cache_bytes", "Bytes of chunk data held in the local cache."},
     {"inodes", "Nodes the kernel currently holds references to."},
+    {"layer_indexes_loaded", "Layers whose index is loaded (read on a layer's first use)."},
 };
 
 std::string label_value(const std::string& v) {

@@ -21,7 +21,8 @@
 #   small   2,000 files of 1-16 KiB read in directory order, cold, against ext4
 #   fleet   8 mounts with their own caches start python at the same moment against one ganesha
 #           (emulated without dockerd: overlayfs of the mount's layers + chroot, see BENCHMARKS.md):
-#           bytes ganesha wrote to its sockets, p50/p99 start time against a single host
+#           bytes ganesha wrote to its sockets against the hosts' chunk and metadata (catalog,
+#           indexes: meta_bytes_fetched) bytes, p50/p99 start time against a single host
 #   memory  peak RSS (VmHWM) of the daemon with 10 small images attached and started
 #
 # The image: a Debian bookworm rootfs with python3 (debootstrap --variant=minbase
@@ -129,6 +130,8 @@ ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); pri
 mib() { python3 -c "import sys; print('%.1f MiB' % (float(sys.argv[1]) / 1048576))" "$1"; }
 stat_json() { timeout 30 "$EXTRAFS" stats "$1" --json; }
 stat_field() { stat_json "$1" | python3 -c "import json,sys; print(json.load(sys.stdin)['$2'])"; }
+# stat_opt MNT FIELD: the field, or nothing if the daemon does not report it (an older build).
+stat_opt() { stat_json "$1" | python3 -c "import json,sys; v = json.load(sys.stdin).get('$2'); print('' if v is None else v)"; }
 
 # Extrafs mounts: xmount NAME SUBDIR [EXTRA_OPTS] mounts $URL/SUBDIR on $T/m/NAME, cache $T/c/NAME.
 xmount() {
@@ -140,10 +143,14 @@ xmount() {
   MOUNTS+=("$mnt")
 }
 xunmount() {
-  local mnt=$T/m/$1
+  local mnt=$T/m/$1 pid
   mountpoint -q "$mnt" || return 0
+  pid=$(daemon_pid "$mnt") || pid=
   timeout 60 "$EXTRAFS" unmount "$mnt" 2>/dev/null || umount "$mnt" 2>/dev/null || umount -l "$mnt"
   for _ in $(seq 1 100); do mountpoint -q "$mnt" || break; sleep 0.1; done
+  # The daemon holds its cache's lock until it exits, a moment after the unmount: a mount on the
+  # same cache right away would find it in use.
+  if [ -n "$pid" ]; then for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done; fi
 }
 # xremount NAME SUBDIR cold|warm [EXTRA_OPTS]: cold also empties the block cache
 xremount() {
@@ -473,7 +480,7 @@ case_read_nfs() {
 # overlayfs (the image's two layers as lowers, read-only) and chroot: the same reads as the
 # container's start, without 8 dockerds competing for 2 cores.
 case_fleet() {
-  local i r w1 k
+  local i r w1 k m
   fleet_prepare() {  # fleet_prepare N: N fresh mounts with empty caches and their overlays
     local k
     for k in $(seq 1 "$FLEET_N"); do
@@ -498,6 +505,8 @@ case_fleet() {
     sample fleet_single "$(cat "$T/fleet.out")"
     sample fleet_single_server "$w1"
     sample fleet_single_fetched "$(stat_field "$T/m/f1" bytes_fetched)"
+    m=$(stat_opt "$T/m/f1" meta_bytes_fetched)
+    [ -n "$m" ] && sample fleet_single_meta "$m"
     # The same start from the image's layers on ext4 (A's overlay2 copy), page cache dropped, and
     # from host 1's block cache (fresh mount, page cache dropped): python's own start without
     # dockerd's fixed costs, so the lazy fetch shows undiluted.
@@ -523,9 +532,14 @@ case_fleet() {
     w1=$(server_sent)
     cat "$T/fleet.out" >>"$T/res/fleet_times"
     sample fleet_server "$w1"
-    local fsum=0
-    for k in $(seq 1 "$FLEET_N"); do fsum=$((fsum + $(stat_field "$T/m/f$k" bytes_fetched))); done
+    local fsum=0 msum=0
+    for k in $(seq 1 "$FLEET_N"); do
+      fsum=$((fsum + $(stat_field "$T/m/f$k" bytes_fetched)))
+      m=$(stat_opt "$T/m/f$k" meta_bytes_fetched)
+      msum=$((msum + ${m:-0}))
+    done
     sample fleet_fetched "$fsum"
+    [ -n "$m" ] && sample fleet_meta "$msum"
     log "  single $(tail -1 "$T/res/fleet_single") s; fleet: $(tr '\n' ' ' <"$T/fleet.out")s; server sent $(mib "$w1") (one host: $(mib "$(tail -1 "$T/res/fleet_single_server")"))"
     # The same 8 starts at once from their (now warm) block caches, page cache dropped: what the
     # 2 shared cores alone cost, with no server in the way.
@@ -562,6 +576,18 @@ case_fleet() {
   row "fleet: one host, ganesha sent (at mount + during start) vs its bytes fetched" "$(mib "$f1") fetched" \
     "$(mib "$(median fleet_single_mount)") + $(mib "$(python3 -c "print($s1 - $(median fleet_single_mount))")") sent" \
     "$(ratio "$s1" "$f1")" - -
+  # Metadata (catalog, image/ index, layer indexes) the hosts read, from their own counter.
+  local m1 mf
+  m1=$(median fleet_single_meta); mf=$(median fleet_meta)
+  if [ "$m1" != nan ]; then
+    row "fleet: one host, metadata read (catalog + indexes, meta_bytes_fetched) vs its chunk bytes fetched" "$(mib "$f1") chunks" \
+      "$(mib "$m1") metadata" "$(ratio "$m1" "$f1")" - -
+    row "fleet of $FLEET_N: bytes ganesha sent vs the hosts' chunk + metadata bytes" \
+      "$(mib "$(python3 -c "print($(median fleet_fetched) + $mf)")") ($(mib "$(median fleet_fetched)") + $(mib "$mf"))" "$(mib "$sf") sent" \
+      "$(ratio "$sf" "$(python3 -c "print($(median fleet_fetched) + $mf)")")" - -
+  else
+    row "fleet: one host, metadata read (meta_bytes_fetched)" "$(mib "$f1") chunks" "not reported by this build" - - -
+  fi
   p50=$(pctl fleet_times 50); p99=$(pctl fleet_times 99); s1=$(median fleet_single)
   row "fleet of $FLEET_N: p50 start vs a single host" "$s1 s" "$p50 s" "$(ratio "$p50" "$s1")" - -
   row "fleet of $FLEET_N: p99 start vs a single host" "$s1 s" "$p99 s" "$(ratio "$p99" "$s1")" "<=" 1.5
@@ -573,7 +599,7 @@ case_fleet() {
 # ---------------------------------------------------------------------------------------------
 # 6. Memory: 10 images attached into one data-root and started; the daemon's VmHWM.
 case_memory() {
-  local RM=$T/rm i pid hwm rss idx
+  local RM=$T/rm i pid hwm rss idx loaded nlayers
   log "case memory: attach $NMEM images, run each"
   xremount mem plain cold
   rm -rf "$RM"
@@ -592,13 +618,15 @@ case_memory() {
   pid=$(daemon_pid "$T/m/mem") || die "no daemon for $T/m/mem"
   hwm=$(awk '/^VmHWM:/ {print $2 * 1024}' "/proc/$pid/status")
   rss=$(awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$pid/status")
+  loaded=$(stat_opt "$T/m/mem" layer_indexes_loaded)
+  nlayers=$(stat_json "$T/m/mem" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["layers"]))')
   D mem ps -q | xargs -r timeout 60 "$DOCKERD" docker "$T/d/mem" rm -f >/dev/null 2>&1
   dstop mem
   xunmount mem
   idx=$(find "$STORES/plain/extrafs" -name '*.index' -printf '%s\n' | awk '{s += $1} END {print s}')
   local limit=$((64 << 20))
   row "daemon peak RSS (VmHWM), $NMEM images attached and running" "64 MiB + $(mib "$idx") of indexes" \
-    "$(mib "$hwm") (RSS now $(mib "$rss"))" "$(ratio "$hwm" $((limit + idx)))" "<=" 1 \
+    "$(mib "$hwm") (RSS now $(mib "$rss"); ${loaded:-all} of $nlayers layer indexes loaded)" "$(ratio "$hwm" $((limit + idx)))" "<=" 1 \
     "$(ratio "$hwm" $((limit + idx))) of the budget"
 }
 

@@ -4,8 +4,9 @@
 # The persistent cache serves what it holds while the NFS server is down:
 #   1. mount over NFSv4 with -o cache=DIR, read some files (warm the cache), unmount;
 #   2. stop nfs-ganesha; mount again with the same cache=DIR and -o timeout=3: the mount must
-#      succeed (catalog and layer indexes come from CACHE/meta), the tree is browsable, the files
-#      read before are byte-identical to the store, and a file never read fails with EIO within
+#      succeed (the catalog, and the indexes of the layers used, come from CACHE/meta), the tree
+#      is browsable, the files read before are byte-identical to the store, and a file never read
+#      (or anything in a layer never used) fails with EIO within
 #      the timeout (bounded, never a hang); nothing was fetched (chunks_fetched 0); the cached files,
 #      with every path looked up again (drop_caches), read within 2 s in total (nothing waits for
 #      the dead server).
@@ -46,9 +47,14 @@ echo "  warm-up fetched $(stat_of "$T/stats.warm.json" chunks_fetched) chunks"
 nm_unmount "$MNT" || die "cannot unmount"
 ls "$CACHE/meta" >"$T/meta.list" 2>&1 || true
 grep -qx "catalog-[0-9a-f]\{16\}" "$T/meta.list" && pass "CACHE/meta holds the catalog of this source" || fail "no CACHE/meta/catalog-<hash of source> after a mount: $(tr '\n' ' ' <"$T/meta.list")"
-for c in "${CIDS[@]}"; do
+# Indexes are read (and kept) on a layer's first use: base and top were used, mid was not.
+for c in "${CIDS[0]}" "${CIDS[2]}"; do
   grep -qx "index-$c" "$T/meta.list" && pass "CACHE/meta/index-${c:0:12}… exists" || fail "no CACHE/meta/index-$c"
 done
+! grep -qx "index-${CIDS[1]}" "$T/meta.list" && pass "no CACHE/meta/index-${CIDS[1]:0:12}… (a layer never used)" \
+  || fail "CACHE/meta/index-${CIDS[1]} exists although the mid layer was never used"
+(( $(stat_of "$T/stats.warm.json" layer_indexes_loaded) == 2 )) && pass "2 layer indexes loaded in the warm-up" \
+  || fail "layer_indexes_loaded $(stat_of "$T/stats.warm.json" layer_indexes_loaded) after the warm-up, expected 2"
 n=$(find "$CACHE/chunks" -type f | wc -l)
 (( n > 0 )) && pass "$n chunk files in CACHE/chunks" || fail "no chunk files in CACHE/chunks after the warm-up"
 
@@ -77,7 +83,8 @@ check_offline() {  # check_offline LABEL: the cached files read identically, the
   # the dead server (timeout=3 s per backend call).
   secs_le "$took" 2 && pass "$label: the ${#WARM[@]} cached files (paths looked up again) read in $took s" \
     || fail "$label: reading the ${#WARM[@]} cached files (paths looked up again) took $took s (> 2 s): something waited for the dead server"
-  for f in "${COLD[@]}"; do
+  # A layer the warm-up never used has no index in the cache: EIO like a never-read file.
+  for f in "${COLD[@]}" "overlay2/${CIDS[1]}/diff/etc"; do
     read_errno "$MNT/$f" 20; r=$READ_RESULT
     if [[ $r == EIO ]] && secs_le "$READ_SECS" 8; then
       pass "$label: never-read $(sp "$f") -> EIO after ${READ_SECS} s"

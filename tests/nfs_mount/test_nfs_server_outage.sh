@@ -39,8 +39,10 @@ M4=$T/mnt4/$D
 M3=$T/mnt3/$D
 cmp -s "$STORE/$D/warm" "$M4/warm" && pass "warm file read (v4)" || fail "warm file differs (v4)"
 cmp -s "$STORE/$D/warm" "$M3/warm" && pass "warm file read (v3)" || fail "warm file differs (v3)"
-# Resolve every path now, so the EIO timings below measure the reads alone.
+# Resolve every path now, so the EIO timings below measure the reads alone; and use the base
+# layer (its index is read on first use) for the metadata checks below.
 stat "$M4"/* "$M3"/* >/dev/null || fail "cannot stat the test files"
+stat "$T/mnt4/overlay2/${CIDS[0]}/diff/etc" >/dev/null || fail "cannot stat the base layer's etc"
 stat -c '%n %s' "$M4"/* "$M3"/* >"$T/sizes.before"
 mapfile -t DPIDS < <(daemon_pids "$T/mnt4"; daemon_pids "$T/mnt3")
 [[ ${#DPIDS[@]} -eq 2 ]] || fail "expected two daemons, found: ${DPIDS[*]}"
@@ -76,6 +78,9 @@ step "hung server (SIGSTOP)"
 timeout 20 "$GANESHA" pause "$GSTATE" || die "ganesha.sh pause failed"
 expect_eio 2.5 "v4, paused server, uncached file" "$M4/cold_pause" "v3, paused server, uncached file" "$M3/cold_pause_v3"
 no_d "paused server"
+# A layer never used before (mid) has no index in memory or in the cache: it fails like an
+# uncached read, and is served again once the server is back (see after the resume).
+expect_eio 2.5 "v4, paused server, a path in a layer never used (its index)" "$T/mnt4/overlay2/${CIDS[1]}/diff/etc/x"
 # Metadata comes from the in-memory index and cached content from the block cache: neither may
 # wait for the hung server. After drop_caches every path is looked up again.
 sync; echo 3 >/proc/sys/vm/drop_caches
@@ -94,11 +99,17 @@ if [[ $ok -eq 1 ]] && secs_le "$TIME_TAKEN" 1.5; then pass "v4, paused server: s
 else fail "v4, paused server: stat MNT/overlay2/<base>/diff/etc/greeting took ${TIME_TAKEN} s (ok=$ok; expected within 1.5 s: a lookup waited for the hung server)"; fi
 timeout 5 "$EXTRAFS" stats "$T/mnt4" --json >"$T/s.json" && pass "extrafs stats answers while the server hangs" \
   || fail "extrafs stats did not answer within 5 s while the server hangs"
+[[ $(python3 -c 'import json,sys; print(sum(l["index_loaded"] for l in json.load(open(sys.argv[1]))["layers"]))' "$T/s.json") == 2 ]] \
+  && pass "2 layer indexes loaded (base and top), mid not" || fail "layer indexes loaded: $(head -c 600 "$T/s.json")"
 (( $(stat_of "$T/s.json" backend_errors) > 0 )) && pass "backend_errors $(stat_of "$T/s.json" backend_errors)" \
   || fail "backend_errors 0 after failed reads"
 timeout 20 "$GANESHA" resume "$GSTATE" || die "ganesha.sh resume failed"
 expect_ok "v4, after resume, same file, same mount" "$M4/cold_pause"
 expect_ok "v3, after resume, same file, same mount" "$M3/cold_pause_v3"
+# The failed index is tried again on an access 2 s after the failure (well past by now).
+mid_lists() { timeout 10 ls "$T/mnt4/overlay2/${CIDS[1]}/diff" >/dev/null 2>&1; }
+timed wait_until 5 mid_lists && pass "v4, after resume: the layer never used lists (${TIME_TAKEN} s)" \
+  || fail "v4, after resume: the layer never used still fails 5 s later"
 
 step "the server hangs while a read is in progress"
 # The reader streams midread (16 MiB) in 256 KiB reads and reports how far it got; the server is

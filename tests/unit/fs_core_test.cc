@@ -4,6 +4,9 @@
 
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
+#include "backend/testing/fault_backend.h"
 #include "cache/block_cache.h"
 #include "cache/chunk_fetcher.h"
 #include "fs/fs_core.h"
@@ -150,6 +153,7 @@ TEST_CASE("FsCore answers metadata from the index: types, links, xattrs, whiteou
   uint64_t reads_before = s.mem.reads();
 
   uint64_t bb = walk(core, {"overlay2", kBase, "diff", "bin", "busybox"});
+  CHECK(s.mem.reads() == reads_before + 1);  // the base layer's index, on first use
   uint64_t hard = walk(core, {"overlay2", kBase, "diff", "bin", "sh-hard"});
   CHECK(bb == hard);  // one inode for the hard-link group
   auto a = core.getattr(bb);
@@ -176,7 +180,8 @@ TEST_CASE("FsCore answers metadata from the index: types, links, xattrs, whiteou
   CHECK(core.getxattr(etc, "user.none").code() == ENODATA);
   CHECK(*core.listxattr(etc) == std::vector<std::string>{"trusted.overlay.opaque"});
   CHECK(core.lookup(bb, "x").code() == ENOTDIR);
-  CHECK(s.mem.reads() == reads_before);  // no metadata call touched the backend
+  // Beyond the two layer indexes, read once each, no metadata call touched the backend.
+  CHECK(s.mem.reads() == reads_before + 2);
 }
 
 TEST_CASE("FsCore reads content across chunk boundaries and refuses writes", "[fscore]") {
@@ -206,7 +211,7 @@ TEST_CASE("FsCore reads content across chunk boundaries and refuses writes", "[f
   CHECK(core.bytes_served() > 0);
 }
 
-TEST_CASE("FsCore refuses a store without a catalog or with a mismatched index", "[fscore]") {
+TEST_CASE("FsCore refuses a store without a catalog; a bad layer index fails only that layer", "[fscore]") {
   {
     backend::MemoryBackend empty;
     empty.put("x", "y");
@@ -220,8 +225,15 @@ TEST_CASE("FsCore refuses a store without a catalog or with a mismatched index",
     s.mem.put(layer_index_path(kTop), "garbage");
     cache::ChunkFetcher fetcher(s.mem, {});
     auto r = FsCore::open(fetcher, fetcher, {});
-    REQUIRE_FALSE(r.ok());
-    CHECK(r.error().message.find(kTop) != std::string::npos);
+    REQUIRE(r.ok());  // the mount needs only the catalog (and the image/ index)
+    FsCore& core = **r;
+    uint64_t layer = walk(core, {"overlay2", kTop});
+    CHECK(walk(core, {"overlay2", kTop, "lower"}) != 0);  // catalog-only nodes still answer
+    auto diff = core.lookup(layer, "diff");
+    REQUIRE_FALSE(diff.ok());
+    CHECK(diff.code() == EIO);
+    CHECK(diff.error().message.find(kTop) != std::string::npos);
+    CHECK(walk(core, {"overlay2", kBase, "diff", "bin", "busybox"}) != 0);  // the other layer is fine
   }
   {
     Store s;
@@ -230,8 +242,21 @@ TEST_CASE("FsCore refuses a store without a catalog or with a mismatched index",
     s.mem.put(kCatalogPath, c.serialize());
     cache::ChunkFetcher fetcher(s.mem, {});
     auto r = FsCore::open(fetcher, fetcher, {});
-    REQUIRE_FALSE(r.ok());
-    CHECK(r.error().message.find("does not match") != std::string::npos);
+    REQUIRE(r.ok());
+    for (const auto& id : {kBase, kTop}) {
+      auto diff = (*r)->lookup(walk(**r, {"overlay2", id}), "diff");
+      REQUIRE_FALSE(diff.ok());
+      CHECK(diff.code() == EIO);
+      CHECK(diff.error().message.find("does not match") != std::string::npos);
+    }
+  }
+  {
+    Store s;
+    s.mem.put(image_index_path(*s.catalog.image_index), "garbage");
+    cache::ChunkFetcher fetcher(s.mem, {});
+    auto r = FsCore::open(fetcher, fetcher, {});
+    REQUIRE_FALSE(r.ok());  // the image/ tree is loaded at open
+    CHECK(r.error().message.find("image/") != std::string::npos);
   }
 }
 
@@ -285,11 +310,12 @@ TEST_CASE("a catalog refresh that falls back to the cached copy is retried", "[f
   CHECK(core.layer_count() == 2);
 }
 
-TEST_CASE("a layer whose index is not readable yet is added by a later refresh", "[fscore]") {
+TEST_CASE("a layer whose index is not readable yet is served once it is, after a back-off", "[fscore]") {
   Store s;
   cache::ChunkFetcher fetcher(s.mem, {});
   FsCoreOptions opts;
   opts.refresh_interval_s = 0;
+  opts.index_retry_s = 0.3;
   Catalog first = s.catalog;
   first.layers.pop_back();
   s.mem.put(kCatalogPath, first.serialize());
@@ -301,13 +327,130 @@ TEST_CASE("a layer whose index is not readable yet is added by a later refresh",
   REQUIRE(index.ok());
   s.mem.put(layer_index_path(kTop), index->substr(0, index->size() / 2));
   s.mem.put(kCatalogPath, s.catalog.serialize());
-  CHECK_FALSE(core.refresh().ok());
-  CHECK(core.layer_count() == 1);
-  CHECK_FALSE(core.refresh().ok());  // tried again, not remembered as done
-  s.mem.put(layer_index_path(kTop), *index);
-  REQUIRE(core.refresh().ok());
+  REQUIRE(core.refresh().ok());  // the catalog is loaded; the index is read on first use
   CHECK(core.layer_count() == 2);
-  CHECK(core.lookup(walk(core, {"overlay2"}), kTop).ok());
+  uint64_t layer = walk(core, {"overlay2", kTop});
+  uint64_t reads = s.mem.reads();
+  CHECK(core.lookup(layer, "diff").code() == EIO);
+  CHECK(s.mem.reads() == reads + 1);
+  s.mem.put(layer_index_path(kTop), *index);
+  // Within the back-off the failure is answered without a new read.
+  CHECK(core.lookup(layer, "diff").code() == EIO);
+  CHECK(s.mem.reads() == reads + 1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  CHECK(walk(core, {"overlay2", kTop, "diff", "etc", "hostname"}) != 0);
+}
+
+TEST_CASE("a host reads only the indexes of the layers it uses, and counts metadata bytes", "[fscore]") {
+  Store s;
+  cache::ChunkFetcher fetcher(s.mem, {});
+  auto core_r = FsCore::open(fetcher, fetcher, {});
+  REQUIRE(core_r.ok());
+  FsCore& core = **core_r;
+  auto size_of = [&](const std::string& path) { return s.mem.read_all(path)->size(); };
+  const uint64_t at_open = size_of(kCatalogPath) + size_of(image_index_path(*s.catalog.image_index));
+  CHECK(fetcher.stats().meta_bytes_fetched == at_open);
+  CHECK(fetcher.stats().bytes_fetched == 0);
+
+  // Catalog-only nodes: the top-level directories, l/, link, lower, the layer directories.
+  uint64_t reads = s.mem.reads();
+  list(core, walk(core, {"overlay2"}));
+  list(core, walk(core, {"overlay2", "l"}));
+  CHECK(core.readlink(walk(core, {"overlay2", "l", "TOPLINK"})).ok());
+  for (const auto& id : {kBase, kTop}) {
+    uint64_t dir = walk(core, {"overlay2", id});
+    bool saw_diff = false;
+    REQUIRE(core.readdir(dir, 0, [&](const DirItem& d, const NodeAttr& a) {
+                  if (d.name == "diff") {
+                    saw_diff = true;
+                    CHECK(d.mode == S_IFDIR);
+                    CHECK_FALSE(a.known);  // listed without attributes: no index read
+                    CHECK(a.st.st_ino == d.ino);
+                  }
+                  return true;
+                }).ok());
+    CHECK(saw_diff);
+    std::vector<std::byte> buf(64);
+    CHECK(core.read(walk(core, {"overlay2", id, "link"}), 0, buf).ok());
+  }
+  CHECK(core.statfs().f_blocks > 0);
+  auto j = nlohmann::json::parse(core.stats_json());
+  CHECK(j["layer_indexes_loaded"] == 0);
+  CHECK(j["layers"][0]["bytes_total"] == s.catalog.layers[0].bytes);
+  CHECK(j["layers"][0]["index_loaded"] == false);
+  CHECK(s.mem.reads() == reads);
+  CHECK(fetcher.stats().meta_bytes_fetched == at_open);
+
+  // The first operation under one layer's diff/ reads that layer's index, and only it.
+  walk(core, {"overlay2", kTop, "diff", "etc", "hostname"});
+  CHECK(fetcher.stats().meta_bytes_fetched == at_open + size_of(layer_index_path(kTop)));
+  j = nlohmann::json::parse(core.stats_json());
+  CHECK(j["meta_bytes_fetched"] == at_open + size_of(layer_index_path(kTop)));
+  CHECK(j["layer_indexes_loaded"] == 1);
+  CHECK(j["layers"][1]["index_loaded"] == true);
+  CHECK(j["layers"][0]["index_loaded"] == false);
+}
+
+TEST_CASE("a kept index copy is used without the store; stats load it from there", "[fscore]") {
+  Store s;
+  TempDir dir;
+  auto disk = cache::BlockCache::open(dir.path + "/cache", 64ull << 20);
+  REQUIRE(disk.ok());
+  cache::FetcherOptions fopts;
+  fopts.disk = disk->get();
+  {
+    cache::ChunkFetcher fetcher(s.mem, fopts);
+    auto core = FsCore::open(fetcher, fetcher, {});
+    REQUIRE(core.ok());
+    walk(**core, {"overlay2", kBase, "diff", "bin"});  // keeps the base index in the cache
+  }
+  cache::ChunkFetcher fetcher(s.mem, fopts);
+  auto core_r = FsCore::open(fetcher, fetcher, {});
+  REQUIRE(core_r.ok());
+  FsCore& core = **core_r;
+  const uint64_t at_open = fetcher.stats().meta_bytes_fetched;
+  auto j = nlohmann::json::parse(core.stats_json());
+  CHECK(j["layers"][0]["index_loaded"] == true);   // from the kept copy
+  CHECK(j["layers"][1]["index_loaded"] == false);  // never used: not read for statistics
+  walk(core, {"overlay2", kBase, "diff", "bin", "busybox"});
+  CHECK(fetcher.stats().meta_bytes_fetched == at_open);
+  // A kept copy whose digest is not the catalog's is not used.
+  s.mem.put(layer_index_path(kTop), "garbage");
+  CHECK(core.lookup(walk(core, {"overlay2", kTop}), "diff").code() == EIO);
+}
+
+TEST_CASE("many threads' first access to a layer cause one index read; other layers do not wait", "[fscore]") {
+  Store s;
+  backend::FaultBackend faulty(s.mem);
+  cache::FetcherOptions fopts;
+  fopts.prefetch_threads = 0;
+  cache::ChunkFetcher fetcher(faulty, fopts);
+  auto core_r = FsCore::open(fetcher, fetcher, {});
+  REQUIRE(core_r.ok());
+  FsCore& core = **core_r;
+  walk(core, {"overlay2", kBase, "diff"});  // base loaded before the slow reads start
+  const uint64_t top = walk(core, {"overlay2", kTop});
+  const uint64_t reads = faulty.reads();
+  faulty.set_delay(std::chrono::milliseconds(500));
+  std::atomic<int> ok{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 16; ++i) {
+    threads.emplace_back([&] {
+      auto d = core.lookup(top, "diff");
+      if (!d.ok()) return;
+      auto etc = core.lookup(d->st.st_ino, "etc");
+      if (etc.ok() && core.lookup(etc->st.st_ino, "hostname").ok()) ok++;
+    });
+  }
+  // While the top index is being read (500 ms), the base layer answers at once.
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  auto started = std::chrono::steady_clock::now();
+  CHECK(walk(core, {"overlay2", kBase, "diff", "bin", "busybox"}) != 0);
+  CHECK(std::chrono::steady_clock::now() - started < std::chrono::milliseconds(300));
+  for (auto& t : threads) t.join();
+  faulty.set_delay(std::chrono::milliseconds(0));
+  CHECK(ok == 16);
+  CHECK(faulty.reads() == reads + 1);
 }
 
 namespace {

@@ -10,6 +10,7 @@ TEST_CASE("the Prometheus text has HELP and TYPE per family, *_total counters, a
           "[prometheus]") {
   auto j = nlohmann::json::parse(R"({
     "bytes_fetched": 10, "bytes_served": 20, "cache_write_errors": 3, "cache_bytes": 7, "source": "/s",
+    "meta_bytes_fetched": 5, "layer_indexes_loaded": 1,
     "fetch_seconds": {"le": [0.001, 0.5], "buckets": [1, 2], "sum": 0.25, "count": 4},
     "layers": [{"cache_id": "aa", "bytes_total": 100, "bytes_cached": 50},
                {"cache_id": "bb", "bytes_total": 9, "bytes_cached": 9}]})");
@@ -18,6 +19,8 @@ TEST_CASE("the Prometheus text has HELP and TYPE per family, *_total counters, a
   INFO(out);
   for (const char* line : {"# HELP extrafs_bytes_fetched_total ", "# TYPE extrafs_bytes_fetched_total counter\n",
                            "\nextrafs_bytes_fetched_total 10\n", "\nextrafs_cache_write_errors_total 3\n",
+                           "# TYPE extrafs_meta_bytes_fetched_total counter\nextrafs_meta_bytes_fetched_total 5\n",
+                           "# TYPE extrafs_layer_indexes_loaded gauge\nextrafs_layer_indexes_loaded 1\n",
                            "# TYPE extrafs_cache_bytes gauge\nextrafs_cache_bytes 7\n",
                            "# TYPE extrafs_fetch_seconds histogram\n", "extrafs_fetch_seconds_bucket{le=\"0.001\"} 1\n",
                            "extrafs_fetch_seconds_bucket{le=\"0.5\"} 2\n", "extrafs_fetch_seconds_bucket{le=\"+Inf\"} 4\n",
