@@ -721,6 +721,7 @@ std::string FsCore::stats_json() {
   fetcher_.flush_cache_writes();
   auto f = fetcher_.stats();
   nlohmann::json j;
+  j["pid"] = static_cast<uint64_t>(::getpid());  // the daemon's (extrafs unmount waits for it to exit)
   j["bytes_fetched"] = f.bytes_fetched;
   j["meta_bytes_fetched"] = f.meta_bytes_fetched;
   j["bytes_served"] = bytes_served_.load();

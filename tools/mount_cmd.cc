@@ -3,6 +3,7 @@
 #include <malloc.h>
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -12,6 +13,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <chrono>
 #include <cstdio>
 #include <set>
 
@@ -21,12 +23,14 @@
 #include "common/hash.h"
 #include "common/log.h"
 #include "common/mountinfo.h"
+#include "common/posix_file.h"
 #include "common/str_util.h"
 #include "backend/nfs_backend.h"
 #include "fs/catalog.h"
 #include "fs/fs_core.h"
 #include "fs/fuse_adapter.h"
 #include "store/trace.h"
+#include "tools/mount_stats.h"
 
 namespace extrafs::tools {
 
@@ -266,6 +270,62 @@ int run_mount(MountRequest req) {
   return fail("the daemon exited during start-up", 1);
 }
 
+namespace {
+
+// The pid of the daemon serving the extrafs mount `mp` (the "pid" of its stats object), or 0 if it
+// cannot be learnt within `wait`. Asked from a child process, so that a daemon that does not
+// answer costs the caller at most `wait` (the child is killed; a FUSE request wait is killable)
+// and unmounting a hung mount still works.
+pid_t daemon_pid(const std::string& mp, std::chrono::milliseconds wait) {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) return 0;
+  pid_t child = ::fork();
+  if (child < 0) {
+    ::close(fds[0]);
+    ::close(fds[1]);
+    return 0;
+  }
+  if (child == 0) {
+    ::close(fds[0]);
+    auto st = read_mount_stats(mp);
+    if (st.ok() && st->contains("pid") && (*st)["pid"].is_number_unsigned()) {
+      std::string text = std::to_string((*st)["pid"].get<uint64_t>());
+      (void)!::write(fds[1], text.data(), text.size());
+    }
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  std::string text;
+  const auto deadline = std::chrono::steady_clock::now() + wait;
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) break;
+    pollfd p{fds[0], POLLIN, 0};
+    int r = ::poll(&p, 1, static_cast<int>(left.count()));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    char buf[32];
+    ssize_t n = ::read(fds[0], buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    text.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fds[0]);
+  ::kill(child, SIGKILL);  // gone already unless it hangs on the mount
+  while (::waitpid(child, nullptr, 0) < 0 && errno == EINTR) {
+  }
+  auto pid = parse_uint(text);
+  return pid && *pid > 0 && *pid <= 0x7fffffff ? static_cast<pid_t>(*pid) : 0;
+}
+
+// Whether process `pid` is an extrafs daemon (not a process that reused its pid).
+bool is_extrafs_process(pid_t pid) {
+  auto comm = read_file("/proc/" + std::to_string(pid) + "/comm");
+  return comm.ok() && trim_trailing(*comm).rfind("extrafs", 0) == 0;
+}
+
+}  // namespace
+
 int run_unmount(const std::string& mountpoint) {
   std::string mp = real_path(mountpoint);
   std::string fstype;
@@ -277,7 +337,24 @@ int run_unmount(const std::string& mountpoint) {
     print_error("extrafs", mountpoint + " is not an extrafs mount (it is " + fstype + ")");
     return 1;
   }
-  if (::umount2(mp.c_str(), 0) == 0) return 0;
+  // The daemon keeps its block cache (and the cache directory's lock) until it exits, a moment
+  // after the unmount, once its pending cache writes are done: wait for it, so that a mount
+  // started right after this command returns finds the cache free and complete.
+  const pid_t daemon = daemon_pid(mp, std::chrono::seconds(2));
+  if (::umount2(mp.c_str(), 0) == 0) {
+    if (daemon == 0 || daemon == ::getpid()) return 0;
+    constexpr auto kDaemonExitWait = std::chrono::seconds(30);
+    const auto deadline = std::chrono::steady_clock::now() + kDaemonExitWait;
+    while (::kill(daemon, 0) == 0 && is_extrafs_process(daemon)) {
+      if (std::chrono::steady_clock::now() >= deadline) {
+        print_error("extrafs", fmt::format("warning: {} is unmounted, but its daemon (pid {}) has not exited after {} s",
+                                           mountpoint, daemon, kDaemonExitWait.count()));
+        return 0;
+      }
+      ::usleep(10 * 1000);
+    }
+    return 0;
+  }
   if (errno == EPERM) {
     // Not root: the setuid helper may unmount a mount of this user.
     execlp("fusermount3", "fusermount3", "-u", mp.c_str(), static_cast<char*>(nullptr));
