@@ -157,7 +157,7 @@ class DiskBlockCache final : public BlockCache {
 
   Status init();
 
-  Result<std::vector<std::byte>> get(const Digest128& d) override;
+  Result<ChunkBuffer> get(const Digest128& d) override;
   Status put(const Digest128& d, std::span<const std::byte> raw) override;
   bool contains(const Digest128& d) override;
   Status put_meta(const std::string& name, std::span<const std::byte> data) override;
@@ -196,7 +196,7 @@ class DiskBlockCache final : public BlockCache {
     dev_t dev = 0;
     ino_t ino = 0;
     timespec ctime{};
-    std::vector<std::byte> data;
+    ChunkBuffer data;
   };
 
   std::mutex& stripe(const Digest128& d) { return stripes_[Digest128Hash{}(d) % kStripes]; }
@@ -459,7 +459,7 @@ DiskBlockCache::ReadResult DiskBlockCache::read_chunk(const Digest128& d, bool t
   if (std::memcmp(h.magic, kChunkMagic, 4) != 0 || h.version != kFormatVersion || h.flags != 0 ||
       h.raw_len != size - kHeaderSize || h.digest != d)
     return r;
-  r.data.resize(h.raw_len);
+  r.data = ChunkBuffer::uninitialised(h.raw_len);
   // A read error (EIO from a bad sector) makes the chunk as useless as a digest mismatch.
   if (pread_all(fd.get(), r.data.data(), r.data.size(), kHeaderSize) !=
       static_cast<ssize_t>(r.data.size())) {
@@ -510,7 +510,7 @@ void DiskBlockCache::forget_if_gone(const Digest128& d) {
   if (auto it = map_.find(d); it != map_.end()) erase_locked(it);
 }
 
-Result<std::vector<std::byte>> DiskBlockCache::get(const Digest128& d) {
+Result<ChunkBuffer> DiskBlockCache::get(const Digest128& d) {
   bool touch = false;
   {
     std::lock_guard lk(mu_);

@@ -380,7 +380,7 @@ TEST_CASE("a chunk file replaced by a symlink, a FIFO or a directory is dropped,
 
   // Opening a FIFO blocks until a writer comes: bound the wait, and unblock it if it happens.
   std::atomic<bool> done{false};
-  extrafs::Result<std::vector<std::byte>> got = extrafs::make_error(EIO, "not run");
+  extrafs::Result<extrafs::cache::ChunkBuffer> got = extrafs::make_error(EIO, "not run");
   std::thread th([&] {
     got = c->get(d);
     done = true;
