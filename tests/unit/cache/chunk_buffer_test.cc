@@ -53,3 +53,21 @@ TEST_CASE("a chunk buffer copy compares equal to its source, empty ones included
   CHECK(e.data() != nullptr);
   CHECK(e == std::span<const std::byte>());
 }
+
+TEST_CASE("a freed chunk-sized buffer is handed out again for the same size and alignment", "[cache]") {
+  const size_t n = (size_t{1} << 20) + 4096;
+  const std::byte* first;
+  {
+    auto b = ChunkBuffer::uninitialised(n, 4096);
+    first = b.data();
+  }  // freed: kept in the pool
+  {
+    // Another size (or alignment) never gets it, even while it is the only idle buffer.
+    auto other = ChunkBuffer::uninitialised(n + 4096, 4096);
+    CHECK(other.data() != first);
+    auto other_align = ChunkBuffer::uninitialised(n, 64);
+    CHECK(other_align.data() != first);
+  }
+  auto again = ChunkBuffer::uninitialised(n, 4096);
+  CHECK(again.data() == first);
+}
