@@ -21,6 +21,13 @@
 // leftovers in tmp/ are removed. Metadata blobs are rare and precious (they let a host serve its
 // cache while NFS is down), so they are fsync'ed before the rename and the directory after it.
 //
+// Reading. A chunk file is read whole (header included) with one O_DIRECT read into an aligned
+// buffer, where the file system allows O_DIRECT (else through the page cache, decided once). The
+// bytes a reader gets are in the mount's page cache already, so a second copy of them in the
+// page cache of the cache file would only cost a copy per read and memory; the price is that a
+// chunk file read again (a new mount, a chunk shared by several files) comes from the disk again,
+// and that reading a file still being written back waits for that writeback.
+//
 // Locking. `mu_` guards the in-memory index (map, LRU list, byte counts, pending puts, in-flight
 // temporary names) and is never held across file I/O. File operations that change which file a
 // chunk path names (rename on put, unlink on eviction or corruption) take the chunk's stripe lock
@@ -73,6 +80,9 @@ constexpr size_t kStripes = 64;
 constexpr size_t kMaxMetaName = 200;
 // The verified-files memory is never cleared below this many entries.
 constexpr size_t kVerifiedFloor = 4096;
+// Buffer address, file offset and length alignment that O_DIRECT reads get: the largest logical
+// block size in common use.
+constexpr size_t kDirectAlign = 4096;
 
 std::shared_ptr<spdlog::logger> log() {
   // common/ registers the per-module loggers; fall back to the default one if it has not.
@@ -116,6 +126,24 @@ Header decode_header(const uint8_t* p) {
   return h;
 }
 
+// Reads the `size`-byte file open with O_DIRECT on `fd` from offset 0 into `buf`, `cap` bytes
+// long (a multiple of kDirectAlign, >= size): every read asks for whole blocks, which O_DIRECT
+// wants, and the file's end makes the last one short. Returns the count or -errno.
+ssize_t pread_direct(int fd, std::byte* buf, size_t size, size_t cap) {
+  size_t done = 0;
+  while (done < size) {
+    ssize_t n = ::pread(fd, buf + done, cap - done, static_cast<off_t>(done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+    if (done % kDirectAlign != 0) break;  // short: the end of the file
+  }
+  return static_cast<ssize_t>(done);
+}
+
 bool valid_meta_name(const std::string& name) {
   if (name.empty() || name.size() > kMaxMetaName || name == "." || name == "..") return false;
   return std::all_of(name.begin(), name.end(), [](char c) {
@@ -157,7 +185,7 @@ class DiskBlockCache final : public BlockCache {
 
   Status init();
 
-  Result<std::vector<std::byte>> get(const Digest128& d) override;
+  Result<ChunkBuffer> get(const Digest128& d) override;
   Status put(const Digest128& d, std::span<const std::byte> raw) override;
   bool contains(const Digest128& d) override;
   Status put_meta(const std::string& name, std::span<const std::byte> data) override;
@@ -196,7 +224,7 @@ class DiskBlockCache final : public BlockCache {
     dev_t dev = 0;
     ino_t ino = 0;
     timespec ctime{};
-    std::vector<std::byte> data;
+    ChunkBuffer data;
   };
 
   std::mutex& stripe(const Digest128& d) { return stripes_[Digest128Hash{}(d) % kStripes]; }
@@ -213,6 +241,8 @@ class DiskBlockCache final : public BlockCache {
     return map_.size();
   }
   void drop_corrupt(const Digest128& d, const ReadResult& r);
+  // Reads chunk files through the page cache from now on.
+  void no_direct(const char* what);
   void forget_if_gone(const Digest128& d);
 
   // REQUIRES: mu_ held. Evicts LRU entries from the index until bytes_ + reserved_ + extra <=
@@ -232,6 +262,7 @@ class DiskBlockCache final : public BlockCache {
   Fd dir_fd_;
   Fd lock_fd_;
   std::atomic<bool> noatime_ok_{true};
+  std::atomic<bool> direct_ok_{true};  // cleared when the file system refuses O_DIRECT
   std::array<std::mutex, kStripes> stripes_;
 
   std::mutex mu_;
@@ -414,12 +445,25 @@ DiskBlockCache::ReadResult DiskBlockCache::read_chunk(const Digest128& d, bool t
   // O_NOFOLLOW and O_NONBLOCK: a chunk file replaced by a symlink (perhaps to a FIFO, whose
   // open would block the FUSE request for ever) or by a FIFO is judged, never waited on.
   int flags = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK;
-  Fd fd;
-  if (noatime_ok_.load(std::memory_order_relaxed)) {
-    fd = Fd(::openat(dir_fd_.get(), rel.c_str(), flags | O_NOATIME));
-    if (!fd.valid() && errno == EPERM) noatime_ok_.store(false, std::memory_order_relaxed);
+  // O_DIRECT: the file goes from the disk straight into the chunk's buffer. Through the page
+  // cache it would cost a copy, and the chunk would sit in memory twice, since the kernel keeps
+  // what the mount serves in the mount's own page cache.
+  bool direct = direct_ok_.load(std::memory_order_relaxed);
+  auto open_chunk = [&](int how) {
+    Fd f;
+    if (noatime_ok_.load(std::memory_order_relaxed)) {
+      f = Fd(::openat(dir_fd_.get(), rel.c_str(), how | O_NOATIME));
+      if (!f.valid() && errno == EPERM) noatime_ok_.store(false, std::memory_order_relaxed);
+    }
+    if (!f.valid()) f = Fd(::openat(dir_fd_.get(), rel.c_str(), how));
+    return f;
+  };
+  Fd fd = open_chunk(direct ? flags | O_DIRECT : flags);
+  if (!fd.valid() && errno == EINVAL && direct) {
+    no_direct("open");
+    direct = false;
+    fd = open_chunk(flags);
   }
-  if (!fd.valid()) fd = Fd(::openat(dir_fd_.get(), rel.c_str(), flags));
   struct stat st {};
   if (!fd.valid()) {
     r.err = errno;
@@ -453,19 +497,37 @@ DiskBlockCache::ReadResult DiskBlockCache::read_chunk(const Digest128& d, bool t
   if (!S_ISREG(st.st_mode)) return r;
   uint64_t size = static_cast<uint64_t>(st.st_size);
   if (size < kHeaderSize || size - kHeaderSize > kMaxChunkSize) return r;
-  uint8_t hbuf[kHeaderSize];
-  if (pread_all(fd.get(), hbuf, kHeaderSize, 0) != static_cast<ssize_t>(kHeaderSize)) return r;
-  Header h = decode_header(hbuf);
-  if (std::memcmp(h.magic, kChunkMagic, 4) != 0 || h.version != kFormatVersion || h.flags != 0 ||
-      h.raw_len != size - kHeaderSize || h.digest != d)
-    return r;
-  r.data.resize(h.raw_len);
-  // A read error (EIO from a bad sector) makes the chunk as useless as a digest mismatch.
-  if (pread_all(fd.get(), r.data.data(), r.data.size(), kHeaderSize) !=
-      static_cast<ssize_t>(r.data.size())) {
+  // The whole file, header included, in one read; the buffer then shows only the chunk.
+  r.data = ChunkBuffer::uninitialised((size + kDirectAlign - 1) / kDirectAlign * kDirectAlign, kDirectAlign);
+  ssize_t n = 0;
+  if (direct) {
+    n = pread_direct(fd.get(), r.data.data(), size, r.data.size());
+    if (n == -EINVAL) {  // opened, but refused at read time: read this one through the page cache
+      no_direct("read");
+      direct = false;
+      int fl = ::fcntl(fd.get(), F_GETFL);
+      if (fl == -1 || ::fcntl(fd.get(), F_SETFL, fl & ~O_DIRECT) != 0) {
+        r.err = errno;
+        r.outcome = ReadOutcome::kError;
+        r.data = {};
+        return r;
+      }
+    }
+  }
+  if (!direct) n = pread_all(fd.get(), r.data.data(), size, 0);
+  // A read error (EIO from a bad sector) makes the chunk as useless as a digest mismatch; so does
+  // a file that is not the size it was a moment ago.
+  if (n != static_cast<ssize_t>(size)) {
     r.data = {};
     return r;
   }
+  Header h = decode_header(reinterpret_cast<const uint8_t*>(r.data.data()));
+  if (std::memcmp(h.magic, kChunkMagic, 4) != 0 || h.version != kFormatVersion || h.flags != 0 ||
+      h.raw_len != size - kHeaderSize || h.digest != d) {
+    r.data = {};
+    return r;
+  }
+  r.data.narrow(kHeaderSize, h.raw_len);
   if (!known) {
     if (xxh3_128(r.data.data(), r.data.size()) != d) {
       r.data = {};
@@ -481,6 +543,11 @@ DiskBlockCache::ReadResult DiskBlockCache::read_chunk(const Digest128& d, bool t
   }
   r.outcome = ReadOutcome::kOk;
   return r;
+}
+
+void DiskBlockCache::no_direct(const char* what) {
+  if (direct_ok_.exchange(false, std::memory_order_relaxed))
+    log()->debug("cache {}: the file system refuses O_DIRECT ({}); chunk files are read through the page cache", dir_, what);
 }
 
 void DiskBlockCache::drop_corrupt(const Digest128& d, const ReadResult& r) {
@@ -510,7 +577,7 @@ void DiskBlockCache::forget_if_gone(const Digest128& d) {
   if (auto it = map_.find(d); it != map_.end()) erase_locked(it);
 }
 
-Result<std::vector<std::byte>> DiskBlockCache::get(const Digest128& d) {
+Result<ChunkBuffer> DiskBlockCache::get(const Digest128& d) {
   bool touch = false;
   {
     std::lock_guard lk(mu_);

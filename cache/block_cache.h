@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "cache/chunk_buffer.h"
 #include "common/hash.h"
 #include "common/result.h"
 
@@ -53,7 +54,7 @@ class BlockCache {
   // Returns the raw bytes of the chunk with digest `d`. ENOENT when absent; a chunk whose stored
   // bytes do not hash to `d` is deleted and reported as ENOENT (counted in corrupt_dropped). The
   // bytes are hashed unless this instance verified the same, unchanged file before.
-  virtual Result<std::vector<std::byte>> get(const Digest128& d) = 0;
+  virtual Result<ChunkBuffer> get(const Digest128& d) = 0;
 
   // Stores `raw` under `d` (the caller has already verified that xxh3_128(raw) == d). Evicts
   // least-recently-used chunks to stay within capacity. Idempotent.

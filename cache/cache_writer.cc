@@ -58,7 +58,7 @@ void CacheWriter::run() {
       queue_.pop_front();
     }
     room_cv_.notify_all();
-    Status st = disk_.put(job.first, *job.second);
+    Status st = disk_.put(job.first, job.second->span());
     if (!st.ok() && on_error_) on_error_(st.error());
     {
       std::lock_guard lock(mu_);

@@ -27,13 +27,11 @@
 #include <vector>
 
 #include "cache/block_cache.h"
+#include "cache/chunk_buffer.h"
 #include "common/hash.h"
 #include "common/result.h"
 
 namespace extrafs::cache {
-
-// The raw, verified bytes of one chunk, shared between the caches and the readers.
-using ChunkData = std::shared_ptr<const std::vector<std::byte>>;
 
 class CacheWriter {
  public:

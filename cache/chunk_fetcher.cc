@@ -184,12 +184,12 @@ ChunkData ChunkFetcher::memory_get(const Digest128& d) {
 void ChunkFetcher::memory_put(const Digest128& d, ChunkData data) {
   std::lock_guard lock(mu_);
   if (map_.count(d)) return;
-  mem_bytes_ += data->size();
+  mem_bytes_ += data->allocated();
   lru_.emplace_front(d, std::move(data));
   map_[d] = lru_.begin();
   while (mem_bytes_ > options_.memory_bytes && lru_.size() > 1) {
     auto& victim = lru_.back();
-    mem_bytes_ -= victim.second->size();
+    mem_bytes_ -= victim.second->allocated();
     map_.erase(victim.first);
     lru_.pop_back();
   }
@@ -297,7 +297,7 @@ ChunkData ChunkFetcher::local_get(const ChunkRef& c) {
   }
   if (options_.disk) {
     auto got = options_.disk->get(c.digest);
-    if (got.ok() && got->size() == c.raw_len) return std::make_shared<const std::vector<std::byte>>(std::move(got).value());
+    if (got.ok() && got->size() == c.raw_len) return std::make_shared<const ChunkBuffer>(std::move(got).value());
   }
   return nullptr;
 }
@@ -306,7 +306,7 @@ void ChunkFetcher::keep(const ChunkRef& c, const ChunkData& data) {
   if (writer_) {
     writer_->put(c.digest, data);
   } else if (options_.disk) {
-    if (auto st = options_.disk->put(c.digest, *data); !st.ok()) note_write_error(st.error());
+    if (auto st = options_.disk->put(c.digest, data->span()); !st.ok()) note_write_error(st.error());
   }
 }
 
@@ -318,9 +318,9 @@ std::vector<Result<ChunkData>> ChunkFetcher::fetch_run(std::span<const ChunkRef>
   }
   uint64_t total = 0;
   for (const auto& c : run) total += c.stored_len;
-  std::vector<std::byte> stored(total);
+  ChunkBuffer stored = ChunkBuffer::uninitialised(total);
   auto started = std::chrono::steady_clock::now();
-  auto n = backend_.read(run[0].object, run[0].offset, stored);
+  auto n = backend_.read(run[0].object, run[0].offset, std::span(stored.data(), stored.size()));
   observe_fetch(std::chrono::steady_clock::now() - started);
   if (!n.ok()) {
     backend_errors_++;
@@ -343,11 +343,11 @@ std::vector<Result<ChunkData>> ChunkFetcher::fetch_run(std::span<const ChunkRef>
   return out;
 }
 
-Result<ChunkData> ChunkFetcher::decode(const ChunkRef& c, std::vector<std::byte>& buf, size_t pos) {
-  std::vector<std::byte> raw;
+Result<ChunkData> ChunkFetcher::decode(const ChunkRef& c, ChunkBuffer& buf, size_t pos) {
+  ChunkBuffer raw;
   const std::byte* stored = buf.data() + pos;
   if (c.lz4) {
-    raw.resize(c.raw_len);
+    raw = ChunkBuffer::uninitialised(c.raw_len);
     int got = LZ4_decompress_safe(reinterpret_cast<const char*>(stored), reinterpret_cast<char*>(raw.data()),
                                   static_cast<int>(c.stored_len), static_cast<int>(c.raw_len));
     if (got != static_cast<int>(c.raw_len)) {
@@ -357,13 +357,13 @@ Result<ChunkData> ChunkFetcher::decode(const ChunkRef& c, std::vector<std::byte>
   } else if (pos == 0 && buf.size() == c.stored_len) {
     raw = std::move(buf);  // the whole buffer is this chunk: no copy
   } else {
-    raw.assign(stored, stored + c.stored_len);
+    raw = ChunkBuffer::copy_of(std::span(stored, c.stored_len));
   }
   if (xxh3_128(raw.data(), raw.size()) != c.digest) {
     corrupt_fetches_++;
     return make_error(EIO, fmt::format("chunk of {} at {} fails verification", c.object, c.offset));
   }
-  return std::make_shared<const std::vector<std::byte>>(std::move(raw));
+  return std::make_shared<const ChunkBuffer>(std::move(raw));
 }
 
 Result<ChunkData> ChunkFetcher::fetch_one(const ChunkRef& c, int attempts) {
@@ -371,9 +371,9 @@ Result<ChunkData> ChunkFetcher::fetch_one(const ChunkRef& c, int attempts) {
   // corrupted in transit; a second failure is reported as EIO.
   Error last = make_error(EIO, "unreachable");
   for (int attempt = 0; attempt < attempts; ++attempt) {
-    std::vector<std::byte> stored(c.stored_len);
+    ChunkBuffer stored = ChunkBuffer::uninitialised(c.stored_len);
     auto started = std::chrono::steady_clock::now();
-    auto n = backend_.read(c.object, c.offset, stored);
+    auto n = backend_.read(c.object, c.offset, std::span(stored.data(), stored.size()));
     observe_fetch(std::chrono::steady_clock::now() - started);
     if (!n.ok()) {
       backend_errors_++;

@@ -55,7 +55,7 @@ struct ChunkRef {
 };
 
 struct FetcherOptions {
-  uint64_t memory_bytes = 64ull << 20;  // bound of the in-memory LRU
+  uint64_t memory_bytes = 64ull << 20;  // bound of the in-memory LRU (bytes its chunks allocated)
   BlockCache* disk = nullptr;           // optional persistent cache
   unsigned prefetch_threads = 4;        // workers for prefetch(); 0 disables it
   size_t prefetch_queue = 64;           // pending prefetches beyond this are dropped
@@ -170,7 +170,7 @@ class ChunkFetcher : public MetaSource {
   Result<ChunkData> fetch_one(const ChunkRef& c, int attempts);
   // Decompresses and verifies the stored bytes of `c`, at `pos` in `buf`; EIO when they are
   // wrong. May take `buf` over when it holds exactly this uncompressed chunk.
-  Result<ChunkData> decode(const ChunkRef& c, std::vector<std::byte>& buf, size_t pos);
+  Result<ChunkData> decode(const ChunkRef& c, ChunkBuffer& buf, size_t pos);
   // Keeps a verified chunk: memory LRU, and the disk cache through the writer.
   void keep(const ChunkRef& c, const ChunkData& data);
   // Publishes the outcome of a fetch this thread leads to its waiters; a failure is remembered

@@ -47,6 +47,7 @@ std::vector<MountEntry> read_mounts() {
     if (f.size() < 5) continue;
     MountEntry m;
     m.point = unescape_mountinfo(f[4]);
+    m.dev = f[2];
     for (size_t i = 5; i + 1 < f.size(); ++i)
       if (f[i] == "-") m.fstype = f[i + 1];
     out.push_back(std::move(m));

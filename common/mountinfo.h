@@ -8,10 +8,13 @@
 
 namespace extrafs {
 
-// One line of /proc/self/mountinfo: where, and what type ("fuse.extrafs", "overlay", ...).
+// One line of /proc/self/mountinfo: where, what type ("fuse.extrafs", "overlay", ...), and the
+// device number of its file system as "MAJOR:MINOR" (st_dev of its files; names its
+// /sys/class/bdi/ entry).
 struct MountEntry {
   std::string point;
   std::string fstype;
+  std::string dev;
 };
 // The mounts of this process's namespace, in mount order (later entries cover earlier ones).
 std::vector<MountEntry> read_mounts();

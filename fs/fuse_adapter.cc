@@ -3,6 +3,7 @@
 // into libfuse (FsCore does not throw; allocation failure aborts, as everywhere).
 #include "fs/fuse_adapter.h"
 
+#include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <sys/uio.h>
 #include <sys/xattr.h>
@@ -10,13 +11,20 @@
 #include <spdlog/spdlog.h>
 
 #include <cstring>
+#include <system_error>
 #include <vector>
 
+#include "common/mountinfo.h"
+#include "common/posix_file.h"
 #include "fs/inode_table.h"
 
 namespace extrafs::fs {
 
 namespace {
+
+// The kernel's readahead for the mount, asked for in INIT. One chunk: a sequential reader then gets
+// one READ per chunk.
+constexpr unsigned kMaxReadahead = 1u << 20;
 
 FsCore& core_of(fuse_req_t req) { return *static_cast<FsCore*>(fuse_req_userdata(req)); }
 
@@ -42,7 +50,7 @@ void op_init(void*, fuse_conn_info* conn) {
   if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
   conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;  // nothing ever changes under a node id
   conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
-  conn->max_readahead = 1u << 20;
+  conn->max_readahead = kMaxReadahead;
 }
 
 void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
@@ -263,6 +271,27 @@ fuse_lowlevel_ops make_ops() {
   return ops;
 }
 
+// The kernel bounds a FUSE mount's readahead by its bdi's read_ahead_kb as well as by
+// max_readahead, and that starts at 128 KiB: a sequential reader of the page cache then sends
+// READs of 128-256 KiB, several per chunk, each a round trip through the daemon. Raised to
+// kMaxReadahead right after the mount, before INIT is answered (the kernel then keeps the lower
+// of the two). Needs root; without it the mount just keeps the kernel's default.
+void raise_readahead(const std::string& mountpoint) {
+  std::string dev;
+  for (const auto& m : read_mounts())
+    if (m.point == mountpoint) dev = m.dev;  // the last one is the mount just made
+  if (dev.empty()) {
+    spdlog::debug("readahead of {} left as it is: not in /proc/self/mountinfo", mountpoint);
+    return;
+  }
+  const std::string path = "/sys/class/bdi/" + dev + "/read_ahead_kb";
+  const std::string kb = std::to_string(kMaxReadahead >> 10);
+  Fd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
+  int err = fd.valid() ? write_all(fd.get(), kb.data(), kb.size()) : errno;
+  if (err == 0) err = fd.close_checked();
+  if (err != 0) spdlog::debug("readahead of {} left as it is: cannot write {}: {}", mountpoint, path, std::generic_category().message(err));
+}
+
 std::string escape_opt(const std::string& s) {
   std::string out;
   for (char c : s) {
@@ -300,6 +329,7 @@ int run_fuse(FsCore& core, const FuseConfig& config, const std::function<void(co
     on_mounted("cannot mount on " + config.mountpoint + " (is /dev/fuse available and are you root?)");
     return 1;
   }
+  raise_readahead(config.mountpoint);
   on_mounted("");
   fuse_loop_config* cfg = fuse_loop_cfg_create();
   fuse_loop_cfg_set_clone_fd(cfg, 1);

@@ -60,6 +60,10 @@ mount_extrafs "$STORE" "$MNT" "threads=4,timeout=30,allow_other" || die "cannot 
 echo "  mounted as: $(findmnt -n -o FSTYPE,OPTIONS --mountpoint "$MNT" | tail -1)"
 DAEMON=$(daemon_pids "$MNT" | head -1)
 [[ -n $DAEMON ]] && pass "daemon pid $DAEMON" || warn "could not find the daemon pid for $MNT"
+# The kernel starts a FUSE mount at 128 KiB of readahead; the daemon raises it to one chunk.
+RA_FILE=/sys/class/bdi/$(mountpoint -d "$MNT")/read_ahead_kb
+RA=$(cat "$RA_FILE" 2>/dev/null)
+[[ $RA == 1024 ]] && pass "the mount's readahead is 1024 KiB" || fail "$RA_FILE is '$RA', not 1024"
 
 step "top-level layout"
 for d in image overlay2; do

@@ -28,7 +28,7 @@ cache::ChunkRef ref_for(std::string_view object, const std::string& content, uin
 // A disk cache on a full disk: every write fails, nothing is ever found.
 class FullDiskCache : public cache::BlockCache {
  public:
-  Result<std::vector<std::byte>> get(const Digest128&) override { return make_error(ENOENT, "absent"); }
+  Result<cache::ChunkBuffer> get(const Digest128&) override { return make_error(ENOENT, "absent"); }
   Status put(const Digest128& d, std::span<const std::byte>) override {
     return make_error(ENOSPC, "cache /full: cannot write chunk " + d.hex() + ": No space left on device");
   }
@@ -52,11 +52,11 @@ class GatedCache : public cache::BlockCache {
   }
   size_t stored() { std::lock_guard l(mu_); return chunks_.size(); }
   size_t puts_started() { std::lock_guard l(mu_); return started_; }
-  Result<std::vector<std::byte>> get(const Digest128& d) override {
+  Result<cache::ChunkBuffer> get(const Digest128& d) override {
     std::lock_guard l(mu_);
     auto it = chunks_.find(d);
     if (it == chunks_.end()) return make_error(ENOENT, "absent");
-    return it->second;
+    return cache::ChunkBuffer::copy_of(it->second);
   }
   Status put(const Digest128& d, std::span<const std::byte> raw) override {
     std::unique_lock l(mu_);
@@ -88,7 +88,7 @@ cache::FetcherOptions no_prefetch() {
 
 cache::ChunkData bytes_of(const std::string& s) {
   auto b = std::as_bytes(std::span(s.data(), s.size()));
-  return std::make_shared<const std::vector<std::byte>>(b.begin(), b.end());
+  return std::make_shared<const cache::ChunkBuffer>(cache::ChunkBuffer::copy_of(b));
 }
 
 }  // namespace

@@ -152,6 +152,25 @@ TEST_CASE("an empty chunk round trips", "[cache]") {
   CHECK(got->empty());
 }
 
+TEST_CASE("chunks of every size round trip, whatever the file's length is in disk blocks", "[cache]") {
+  // The files are read whole with O_DIRECT, in 4 KiB blocks: these sizes put the end of the file
+  // just before, on and after a block boundary, and after many.
+  TempDir t;
+  auto c = open_ok(t.cache_dir(), 8 << 20);
+  int i = 0;
+  for (size_t n : {size_t{1}, size_t{4096 - kHeader - 1}, size_t{4096 - kHeader}, size_t{4096 - kHeader + 1}, size_t{4096},
+                   size_t{1} << 20, (size_t{1} << 20) + 4096 - kHeader}) {
+    auto data = make_chunk(100 + i++, n);
+    auto d = xxh3_128(data);
+    REQUIRE(c->put(d, data).ok());
+    auto got = c->get(d);
+    INFO(n);
+    REQUIRE(got.ok());
+    CHECK(*got == data);
+  }
+  CHECK(c->stats().corrupt_dropped == 0);
+}
+
 TEST_CASE("chunks survive closing and reopening the cache", "[cache]") {
   TempDir t;
   std::vector<Digest128> ds;
@@ -380,7 +399,7 @@ TEST_CASE("a chunk file replaced by a symlink, a FIFO or a directory is dropped,
 
   // Opening a FIFO blocks until a writer comes: bound the wait, and unblock it if it happens.
   std::atomic<bool> done{false};
-  extrafs::Result<std::vector<std::byte>> got = extrafs::make_error(EIO, "not run");
+  extrafs::Result<extrafs::cache::ChunkBuffer> got = extrafs::make_error(EIO, "not run");
   std::thread th([&] {
     got = c->get(d);
     done = true;
