@@ -21,12 +21,12 @@
 // leftovers in tmp/ are removed. Metadata blobs are rare and precious (they let a host serve its
 // cache while NFS is down), so they are fsync'ed before the rename and the directory after it.
 //
-// Reading. A chunk file is read whole (header included) with one O_DIRECT read into an aligned
-// buffer, where the file system allows O_DIRECT (else through the page cache, decided once). The
-// bytes a reader gets are in the mount's page cache already, so a second copy of them in the
-// page cache of the cache file would only cost a copy per read and memory; the price is that a
-// chunk file read again (a new mount, a chunk shared by several files) comes from the disk again,
-// and that reading a file still being written back waits for that writeback.
+// Reading. A chunk file is read whole (header included) into an aligned buffer, in one of two
+// ways. If the page cache holds all of it (a chunk written or read a moment ago, a new mount of a
+// warm host; asked with mincore, which reads nothing), it is copied from there. Otherwise it is read with O_DIRECT, from the disk straight into the buffer, where the file
+// system allows O_DIRECT (else through the page cache, decided once): the bytes a reader gets
+// land in the mount's own page cache, so a second copy in the page cache of the cache file would
+// cost a copy per read and memory for nothing.
 //
 // Locking. `mu_` guards the in-memory index (map, LRU list, byte counts, pending puts, in-flight
 // temporary names) and is never held across file I/O. File operations that change which file a
@@ -45,6 +45,7 @@
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -142,6 +143,21 @@ ssize_t pread_direct(int fd, std::byte* buf, size_t size, size_t cap) {
     if (done % kDirectAlign != 0) break;  // short: the end of the file
   }
   return static_cast<ssize_t>(done);
+}
+
+// Whether the page cache holds all of the first `size` bytes of the file open on `fd`: mincore()
+// of a mapping that is never touched (no fault, no read, no readahead started). False when it
+// cannot tell.
+bool all_cached(int fd, size_t size) {
+  if (size == 0) return true;
+  void* p = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) return false;
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  std::vector<unsigned char> vec((size + page - 1) / page);
+  bool all = ::mincore(p, size, vec.data()) == 0 &&
+             std::all_of(vec.begin(), vec.end(), [](unsigned char v) { return (v & 1) != 0; });
+  ::munmap(p, size);
+  return all;
 }
 
 bool valid_meta_name(const std::string& name) {
@@ -445,9 +461,8 @@ DiskBlockCache::ReadResult DiskBlockCache::read_chunk(const Digest128& d, bool t
   // O_NOFOLLOW and O_NONBLOCK: a chunk file replaced by a symlink (perhaps to a FIFO, whose
   // open would block the FUSE request for ever) or by a FIFO is judged, never waited on.
   int flags = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK;
-  // O_DIRECT: the file goes from the disk straight into the chunk's buffer. Through the page
-  // cache it would cost a copy, and the chunk would sit in memory twice, since the kernel keeps
-  // what the mount serves in the mount's own page cache.
+  // Opened through the page cache; switched to O_DIRECT below if the page cache does not hold the
+  // whole file (see "Reading" above).
   bool direct = direct_ok_.load(std::memory_order_relaxed);
   auto open_chunk = [&](int how) {
     Fd f;
@@ -458,12 +473,7 @@ DiskBlockCache::ReadResult DiskBlockCache::read_chunk(const Digest128& d, bool t
     if (!f.valid()) f = Fd(::openat(dir_fd_.get(), rel.c_str(), how));
     return f;
   };
-  Fd fd = open_chunk(direct ? flags | O_DIRECT : flags);
-  if (!fd.valid() && errno == EINVAL && direct) {
-    no_direct("open");
-    direct = false;
-    fd = open_chunk(flags);
-  }
+  Fd fd = open_chunk(flags);
   struct stat st {};
   if (!fd.valid()) {
     r.err = errno;
@@ -499,22 +509,24 @@ DiskBlockCache::ReadResult DiskBlockCache::read_chunk(const Digest128& d, bool t
   if (size < kHeaderSize || size - kHeaderSize > kMaxChunkSize) return r;
   // The whole file, header included, in one read; the buffer then shows only the chunk.
   r.data = ChunkBuffer::uninitialised((size + kDirectAlign - 1) / kDirectAlign * kDirectAlign, kDirectAlign);
-  ssize_t n = 0;
-  if (direct) {
-    n = pread_direct(fd.get(), r.data.data(), size, r.data.size());
-    if (n == -EINVAL) {  // opened, but refused at read time: read this one through the page cache
-      no_direct("read");
-      direct = false;
-      int fl = ::fcntl(fd.get(), F_GETFL);
-      if (fl == -1 || ::fcntl(fd.get(), F_SETFL, fl & ~O_DIRECT) != 0) {
-        r.err = errno;
-        r.outcome = ReadOutcome::kError;
-        r.data = {};
-        return r;
-      }
+  bool read_direct = direct && !all_cached(fd.get(), size);
+  const int fl = read_direct ? ::fcntl(fd.get(), F_GETFL) : 0;
+  if (read_direct && (fl == -1 || ::fcntl(fd.get(), F_SETFL, fl | O_DIRECT) != 0)) {
+    no_direct("open");
+    read_direct = false;
+  }
+  ssize_t n = read_direct ? pread_direct(fd.get(), r.data.data(), size, r.data.size()) : 0;
+  if (read_direct && n == -EINVAL) {  // switched, but refused at read time
+    no_direct("read");
+    read_direct = false;
+    if (::fcntl(fd.get(), F_SETFL, fl) != 0) {
+      r.err = errno;
+      r.outcome = ReadOutcome::kError;
+      r.data = {};
+      return r;
     }
   }
-  if (!direct) n = pread_all(fd.get(), r.data.data(), size, 0);
+  if (!read_direct) n = pread_all(fd.get(), r.data.data(), size, 0);
   // A read error (EIO from a bad sector) makes the chunk as useless as a digest mismatch; so does
   // a file that is not the size it was a moment ago.
   if (n != static_cast<ssize_t>(size)) {
