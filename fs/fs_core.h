@@ -10,12 +10,13 @@
 // cache::MetaSource. Only the catalog and the image/ tree's index are read at open; a layer's
 // index is read on the first operation under its diff/ (a host reads only the indexes of the
 // layers it uses), and a layer whose index cannot be read answers EIO there until a later access
-// reads it, while every other node keeps working; file content is read chunk by chunk through the cache::ChunkFetcher. FsCore
-// never sees where the store lives. Node ids are derived from (slot, entry):
-// slot 0 holds the fixed directories, each layer and each version of the image/ tree gets its own
-// slot in the order it was first seen, so ids are stable for the life of the mount. A hard link
-// group shares one id. New layers in the catalog appear without a remount (a background thread
-// checks the catalog once a second).
+// reads it, while every other node keeps working. File content is read chunk by chunk through
+// the cache::ChunkFetcher. FsCore never sees where the store lives.
+//
+// Node ids are derived from (slot, entry): slot 0 holds the fixed directories, each layer and each
+// version of the image/ tree gets its own slot in the order it was first seen, so ids are stable
+// for the life of the mount. A hard link group shares one id. New layers in the catalog appear
+// without a remount (a background thread checks the catalog once a second).
 //
 // Errors are returned as Result with a positive errno; nothing here throws or touches FUSE.
 // Thread-safety: every method may be called concurrently from the FUSE worker threads.
