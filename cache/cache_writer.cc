@@ -20,13 +20,28 @@ void CacheWriter::put(const Digest128& d, ChunkData data) {
   {
     std::unique_lock lock(mu_);
     if (pending_.count(d)) return;
-    room_cv_.wait(lock, [&] { return queue_.size() < max_pending_; });
-    if (pending_.count(d)) return;  // queued by someone else while we waited
-    pending_.emplace(d, data);
-    queue_.emplace_back(d, std::move(data));
-    ++queued_seq_;
+    // Room is handed out in the order callers asked for it (a ticket each): under sustained
+    // overload a caller that waits never loses its turn to callers that came later. (A plain
+    // "wait until there is room" lets newcomers take every slot that opens; a FUSE request could
+    // then wait as long as the overload lasts.)
+    const uint64_t ticket = next_ticket_++;
+    ++waiting_;
+    room_cv_.wait(lock, [&] { return ticket == turn_ && queue_.size() < max_pending_; });
+    --waiting_;
+    ++turn_;
+    if (!pending_.count(d)) {  // else queued by someone else while we waited
+      pending_.emplace(d, data);
+      queue_.emplace_back(d, std::move(data));
+      ++queued_seq_;
+    }
   }
+  room_cv_.notify_all();  // the next ticket may find room too
   work_cv_.notify_one();
+}
+
+size_t CacheWriter::waiting_for_room() {
+  std::lock_guard lock(mu_);
+  return waiting_;
 }
 
 ChunkData CacheWriter::pending(const Digest128& d) {

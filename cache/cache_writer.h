@@ -5,7 +5,8 @@
 // Bounded: at most `max_pending` chunks wait to be written. Their bytes are shared with whoever
 // holds the ChunkData (the fetcher's memory LRU, the reader), never copied. A put() that finds the
 // queue full waits until the writer has made room, so memory stays bounded and no verified chunk
-// is dropped on the floor. A chunk waiting in the queue can be read back with pending(), so a
+// is dropped on the floor; waiting callers get room in the order they asked (first come, first
+// served), so none waits longer than the writes queued ahead of it. A chunk waiting in the queue can be read back with pending(), so a
 // reader never fetches again what is about to be on disk.
 //
 // Failed writes (disk full, ...) are passed to `on_error` from the writer thread; the reader has
@@ -56,6 +57,9 @@ class CacheWriter {
   // Chunks queued or being written.
   size_t pending_count();
 
+  // Callers of put() waiting for room now.
+  size_t waiting_for_room();
+
  private:
   void run();
 
@@ -70,6 +74,9 @@ class CacheWriter {
   std::unordered_map<Digest128, ChunkData, Digest128Hash> pending_;  // queued + being written
   uint64_t queued_seq_ = 0;   // chunks ever queued
   uint64_t written_seq_ = 0;  // chunks ever taken off the queue and written (or failed)
+  uint64_t next_ticket_ = 0;  // put() callers ever (the next one's ticket)
+  uint64_t turn_ = 0;         // the ticket whose turn it is to take room
+  size_t waiting_ = 0;        // put() callers waiting for room
   bool stopping_ = false;
   std::thread thread_;  // last: started once everything above is constructed
 };

@@ -63,8 +63,10 @@ class GatedCache : public cache::BlockCache {
     ++started_;
     cv_.wait(l, [&] { return open_; });
     chunks_[d].assign(raw.begin(), raw.end());
+    order_.push_back(d);
     return ok_status();
   }
+  std::vector<Digest128> order() { std::lock_guard l(mu_); return order_; }
   bool contains(const Digest128& d) override { std::lock_guard l(mu_); return chunks_.count(d) > 0; }
   Status put_meta(const std::string&, std::span<const std::byte>) override { return ok_status(); }
   Result<std::vector<std::byte>> get_meta(const std::string&) override { return make_error(ENOENT, "absent"); }
@@ -78,6 +80,7 @@ class GatedCache : public cache::BlockCache {
   bool open_ = false;
   size_t started_ = 0;
   std::unordered_map<Digest128, std::vector<std::byte>, Digest128Hash> chunks_;
+  std::vector<Digest128> order_;  // digests in the order they were stored
 };
 
 cache::FetcherOptions no_prefetch() {
@@ -324,6 +327,35 @@ TEST_CASE("the cache write queue is bounded: a put waits for room, and nothing i
   CHECK(w.pending_count() == 0);
   CHECK(disk.stored() == 5);
   for (auto& d : ds) CHECK(disk.contains(d));
+}
+
+TEST_CASE("callers waiting for room in the cache write queue get it first come, first served", "[fetcher]") {
+  GatedCache disk;
+  cache::CacheWriter w(disk, 1, nullptr);
+  std::string s = pseudo_random(8 * 100, 26);
+  std::vector<Digest128> ds;
+  for (int i = 0; i < 8; ++i) ds.push_back(xxh3_128(s.data() + i * 100, 100));
+  auto put = [&](int i) { w.put(ds[i], bytes_of(s.substr(i * 100, 100))); };
+  auto wait_for = [](const std::function<bool()>& cond) {
+    for (int i = 0; i < 400 && !cond(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    return cond();
+  };
+  put(0);  // taken by the writer, which blocks in the disk
+  REQUIRE(wait_for([&] { return disk.puts_started() == 1; }));
+  put(1);  // fills the queue
+  std::vector<std::thread> waiters;
+  for (int i = 2; i <= 5; ++i) {
+    waiters.emplace_back(put, i);
+    REQUIRE(wait_for([&] { return w.waiting_for_room() == static_cast<size_t>(i - 1); }));
+  }
+  // Room opens while another caller arrives: it must queue behind the four that waited.
+  disk.open_gate();
+  put(6);
+  for (auto& t : waiters) t.join();
+  put(7);
+  w.flush();
+  CHECK(disk.order() == ds);
+  CHECK(w.waiting_for_room() == 0);
 }
 
 TEST_CASE("the cache writer reports every failed write and still drains its queue", "[fetcher]") {
