@@ -318,10 +318,18 @@ pid_t daemon_pid(const std::string& mp, std::chrono::milliseconds wait) {
   return pid && *pid > 0 && *pid <= 0x7fffffff ? static_cast<pid_t>(*pid) : 0;
 }
 
-// Whether process `pid` is an extrafs daemon (not a process that reused its pid).
-bool is_extrafs_process(pid_t pid) {
-  auto comm = read_file("/proc/" + std::to_string(pid) + "/comm");
-  return comm.ok() && trim_trailing(*comm).rfind("extrafs", 0) == 0;
+// Whether process `pid` is a live extrafs daemon: not a process that reused its pid, and not a
+// zombie (an exited daemon whose parent has not reaped it, as under a container's init that
+// reaps nothing).
+bool is_live_extrafs_process(pid_t pid) {
+  const std::string dir = "/proc/" + std::to_string(pid);
+  auto comm = read_file(dir + "/comm");
+  if (!comm.ok() || trim_trailing(*comm).rfind("extrafs", 0) != 0) return false;
+  auto stat = read_file(dir + "/stat");
+  if (!stat.ok()) return false;
+  // "pid (comm) STATE ...": the state follows the last ')'.
+  size_t close = stat->rfind(')');
+  return close != std::string::npos && close + 2 < stat->size() && (*stat)[close + 2] != 'Z';
 }
 
 }  // namespace
@@ -345,7 +353,7 @@ int run_unmount(const std::string& mountpoint) {
     if (daemon == 0 || daemon == ::getpid()) return 0;
     constexpr auto kDaemonExitWait = std::chrono::seconds(30);
     const auto deadline = std::chrono::steady_clock::now() + kDaemonExitWait;
-    while (::kill(daemon, 0) == 0 && is_extrafs_process(daemon)) {
+    while (::kill(daemon, 0) == 0 && is_live_extrafs_process(daemon)) {
       if (std::chrono::steady_clock::now() >= deadline) {
         print_error("extrafs", fmt::format("warning: {} is unmounted, but its daemon (pid {}) has not exited after {} s",
                                            mountpoint, daemon, kDaemonExitWait.count()));
