@@ -48,13 +48,6 @@ void op_init(void*, fuse_conn_info* conn) {
   conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
   if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
   if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
-  // Readahead requests are "background" requests, and the kernel lets only max_background of
-  // them be outstanding (12 by default); past that, every reader that starts a readahead waits
-  // for a slot while holding the page locks of its range, and slots are not handed out in order,
-  // so under load one reader could wait for as long as the load lasted (a reader in state D for
-  // 53-60 s under ThreadSanitizer with 64 readers; 18 s with this, and 7x the reads done).
-  conn->max_background = 64;
-  conn->congestion_threshold = 48;
   conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;  // nothing ever changes under a node id
   conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
   conn->max_readahead = kMaxReadahead;
