@@ -62,6 +62,12 @@ class LayerIndex {
   std::span<const ChunkRecord> all_chunks() const { return {chunks_, static_cast<size_t>(header_.chunk_count)}; }
   uint32_t object_count() const { return static_cast<uint32_t>(header_.object_count); }
   std::string_view object_path(uint32_t obj) const { return str(objects_[obj].path_off, objects_[obj].path_len); }
+  // The number of the object whose path is `path`, if the index names it.
+  std::optional<uint32_t> find_object(std::string_view path) const {
+    for (uint32_t o = 0; o < object_count(); ++o)
+      if (object_path(o) == path) return o;
+    return std::nullopt;
+  }
 
   // Sum of the sizes of regular files, each hard-link group counted once.
   uint64_t content_bytes() const { return content_bytes_; }

@@ -14,9 +14,7 @@ std::vector<cache::OwnedChunkRef> ordered_prefix_chunks(const CatalogLayer& laye
                                                         std::string* note) {
   std::vector<cache::OwnedChunkRef> out;
   const std::string blob = layer_blob_path(layer.cache_id);
-  std::optional<uint32_t> object;
-  for (uint32_t o = 0; o < idx.object_count() && !object; ++o)
-    if (idx.object_path(o) == blob) object = o;
+  const std::optional<uint32_t> object = idx.find_object(blob);
   if (!object) {
     *note = "its index names no blob " + blob + "; no prefix fetched";
     return out;

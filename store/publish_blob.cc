@@ -31,9 +31,7 @@ bool lz4_if_smaller(std::string_view raw, std::string* out) {
 }
 
 uint64_t ordered_prefix(const fs::LayerIndex& idx, const std::vector<std::string>& paths, std::string_view blob) {
-  std::optional<uint32_t> object;
-  for (uint32_t o = 0; o < idx.object_count(); ++o)
-    if (idx.object_path(o) == blob) object = o;
+  const std::optional<uint32_t> object = idx.find_object(blob);
   if (!object) return 0;
   std::vector<std::pair<uint64_t, uint64_t>> extents;  // (offset, end) of the files' chunks in the blob
   for (const auto& path : paths) {
