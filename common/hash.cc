@@ -1,6 +1,9 @@
 #include "common/hash.h"
 
 #include <xxhash.h>
+#ifdef EXTRAFS_XXH_DISPATCH
+#include <xxh_x86dispatch.h>  // XXH3_* become their run-time dispatching variants
+#endif
 
 namespace extrafs {
 
