@@ -225,6 +225,16 @@ for mode in dr ar; do
   "$EXTRAFS" verify "$S" >/dev/null 2>&1 || fail "publish --order ($mode): verify fails"
 done
 
+step "--order into a store that has the layers already: they keep their packing, and publish says so"
+snapshot_index "$S1" >"$T/snap1"
+"$EXTRAFS" publish --data-root "$DROOT" app:1 --to "$S1" --order "$T/trace" >"$T/ro.out" 2>"$T/ro.err"; rc=$?
+snapshot_index "$S1" >"$T/snap2"
+if [[ $rc -eq 0 && $(wc -l <"$T/ro.err") -eq 1 ]] && grep -q "warning: --order applies only to layers written now; $NL layers already in" "$T/ro.err"; then
+  pass "re-publish --order: exit 0, $(cat "$T/ro.err")"
+else fail "re-publish --order: exit $rc, stderr: $(head -c 300 "$T/ro.err")"; fi
+diff -q "$T/snap1" "$T/snap2" >/dev/null && pass "re-publish --order: no file rewritten" \
+  || { fail "re-publish --order changed files:"; diff "$T/snap1" "$T/snap2" | head -10; }
+
 step "bad input: one line on stderr, exit 1/2, nothing written"
 expect_fail() {  # WANT_RC DESCRIPTION ARGS...
   local want=$1 what=$2; shift 2
