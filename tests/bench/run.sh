@@ -21,8 +21,11 @@
 #   small   2,000 files of 1-16 KiB read in directory order, cold, against ext4
 #   fleet   8 mounts with their own caches start python at the same moment against one ganesha
 #           (emulated without dockerd: overlayfs of the mount's layers + chroot, see BENCHMARKS.md):
-#           bytes ganesha wrote to its sockets against the hosts' chunk and metadata (catalog,
-#           indexes: meta_bytes_fetched) bytes, p50/p99 start time against a single host
+#           bytes ganesha wrote to its sockets against 8 x what it wrote one host alone, and
+#           against the hosts' chunk and metadata (catalog, indexes: meta_bytes_fetched) bytes;
+#           p50/p99 start time against a single host, uncapped and with every host (its daemon
+#           and its start) in a cpu cgroup of EXTRAFS_BENCH_HOST_CPU cores (default 0.2), the
+#           single host capped the same
 #   memory  peak RSS (VmHWM) of the daemon with 10 small images attached and started
 #
 # The image: a Debian bookworm rootfs with python3 (debootstrap --variant=minbase
@@ -622,23 +625,23 @@ case_fleet() {
   row "python start without docker: extrafs block cache vs ext4, page cache dropped" "$lc s" "$(median chroot_block) s" \
     "$(ratio "$(median chroot_block)" "$lc")" - -
   f1=$(median fleet_single_fetched); sf=$(median fleet_server); s1=$(median fleet_single_server)
-  # A host's fetch is its chunks and its metadata (catalog, indexes): both come from the server.
-  # Builds that do not count metadata are held to their chunk bytes alone.
-  local m1 mf tgt_op=- f1all=$f1
+  # The target's yardstick, "one host's fetch", is measured where the fleet's bytes are: what
+  # ganesha sent one host alone (its chunks, its metadata and the RPC framing of both), so that
+  # the ratio is the fleet's amplification and nothing else. Beside it, the hosts' own counts.
+  local m1 mf f1all=$f1
   m1=$(median fleet_single_meta); mf=$(median fleet_meta)
-  [ "$m1" != nan ] || tgt_op="<="
+  row "fleet of $FLEET_N: bytes ganesha sent vs $FLEET_N x what it sent one host alone" \
+    "$(mib "$(python3 -c "print($s1 * $FLEET_N)")") ($FLEET_N x $(mib "$s1"))" "$(mib "$sf") sent" "$(ratio "$sf" "$s1")" "<=" "$FLEET_N" \
+    "$(ratio "$sf" "$s1")x one host"
   row "fleet of $FLEET_N: bytes ganesha sent vs $FLEET_N x one host's chunk bytes fetched" \
     "$(mib "$(python3 -c "print($f1 * $FLEET_N)")") ($FLEET_N x $(mib "$f1"))" "$(mib "$sf") sent" \
-    "$(ratio "$sf" "$f1")" "$tgt_op" "$FLEET_N" "$(ratio "$sf" "$f1")x one host's chunks"
+    "$(ratio "$sf" "$f1")" - - "$(ratio "$sf" "$f1")x one host's chunks"
   if [ "$m1" != nan ]; then
     f1all=$(python3 -c "print($f1 + $m1)")
-    row "fleet of $FLEET_N: bytes ganesha sent vs $FLEET_N x one host's fetch (chunks + metadata)" \
+    row "fleet of $FLEET_N: bytes ganesha sent vs $FLEET_N x one host's chunk + metadata bytes fetched" \
       "$(mib "$(python3 -c "print($f1all * $FLEET_N)")") ($FLEET_N x $(mib "$f1all"))" "$(mib "$sf") sent" \
-      "$(ratio "$sf" "$f1all")" "<=" "$FLEET_N" "$(ratio "$sf" "$f1all")x one host's fetch"
+      "$(ratio "$sf" "$f1all")" - - "$(ratio "$sf" "$f1all")x one host's chunks + metadata"
   fi
-  row "fleet of $FLEET_N: bytes ganesha sent vs $FLEET_N x what it sent one host" \
-    "$(mib "$(python3 -c "print($s1 * $FLEET_N)")") ($FLEET_N x $(mib "$s1"))" "$(mib "$sf") sent" "$(ratio "$sf" "$s1")" - - \
-    "$(ratio "$sf" "$s1")x one host"
   row "fleet: one host, ganesha sent (at mount + during start) vs its bytes fetched" "$(mib "$f1") fetched" \
     "$(mib "$(median fleet_single_mount)") + $(mib "$(python3 -c "print($s1 - $(median fleet_single_mount))")") sent" \
     "$(ratio "$s1" "$f1")" - -
@@ -653,8 +656,8 @@ case_fleet() {
     row "fleet: one host, metadata read (meta_bytes_fetched)" "$(mib "$f1") chunks" "not reported by this build" - - -
   fi
   p50=$(pctl fleet_times 50); p99=$(pctl fleet_times 99); s1=$(median fleet_single)
-  row "fleet of $FLEET_N on 2 shared cores: p50 start vs a single host" "$s1 s" "$p50 s" "$(ratio "$p50" "$s1")" - -
-  row "fleet of $FLEET_N on 2 shared cores: p99 start vs a single host" "$s1 s" "$p99 s" "$(ratio "$p99" "$s1")" - -
+  row "fleet of $FLEET_N on $(nproc) shared cores: p50 start vs a single host" "$s1 s" "$p50 s" "$(ratio "$p50" "$s1")" - -
+  row "fleet of $FLEET_N on $(nproc) shared cores: p99 start vs a single host" "$s1 s" "$p99 s" "$(ratio "$p99" "$s1")" - -
   local w99
   w99=$(pctl fleet_warm_times 99)
   row "fleet of $FLEET_N: p99 start vs the same $FLEET_N at once from their block caches (CPU only)" "$w99 s" "$p99 s" "$(ratio "$p99" "$w99")" - -
