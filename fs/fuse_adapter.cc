@@ -25,6 +25,7 @@ namespace {
 // The kernel's readahead for the mount, asked for in INIT. One chunk: a sequential reader then gets
 // one READ per chunk.
 constexpr unsigned kMaxReadahead = 1u << 20;
+constexpr unsigned kMaxBackground = 24;  // see op_init
 
 FsCore& core_of(fuse_req_t req) { return *static_cast<FsCore*>(fuse_req_userdata(req)); }
 
@@ -51,6 +52,13 @@ void op_init(void*, fuse_conn_info* conn) {
   conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;  // nothing ever changes under a node id
   conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
   conn->max_readahead = kMaxReadahead;
+  // Readahead READs are the kernel's background requests, of which only max_background may be
+  // outstanding (12 by default); a reader past that waits for a slot while holding the page locks
+  // of its readahead range, and freed slots go to whoever asks, not in order, so under load one
+  // reader could starve (RELIABILITY.md). 24 ended that in the load test (longest wait 15-19 s
+  // instead of 49-60 s under ThreadSanitizer) and still lets readers fail after `timeout` in a
+  // server outage; 64 did not (readers then waited the outage out behind queued readahead).
+  conn->max_background = kMaxBackground;
 }
 
 void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
