@@ -43,6 +43,17 @@ require_env() {
 
 is_mounted() { mountpoint -q -- "$1" 2>/dev/null; }
 
+# flip_byte FILE OFFSET: inverts every bit of the byte at OFFSET, so the file surely changes
+# (writing a fixed byte leaves a file that already holds it there, 1 in 256 for random data, as
+# it was).
+flip_byte() {
+  python3 -c 'import sys
+with open(sys.argv[1], "r+b") as f:
+    f.seek(int(sys.argv[2])); b = f.read(1)
+    if len(b) != 1: sys.exit("flip_byte: " + sys.argv[1] + " has no byte at " + sys.argv[2])
+    f.seek(int(sys.argv[2])); f.write(bytes([b[0] ^ 0xff]))' "$1" "$2"
+}
+
 # Any mount at or below a path (from /proc/self/mountinfo, field 5).
 mounts_under() {
   python3 - "$1" <<'PY'

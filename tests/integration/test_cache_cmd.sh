@@ -39,7 +39,7 @@ rc=0; "$EXTRAFS" cache verify --cache "$T/cache" 2>"$T/err" || rc=$?
 
 step "verify finds a corrupted chunk; gc evicts down to a size"
 chunk=$(find "$T/cache/chunks" -type f | head -1)
-printf '\xff' | dd of="$chunk" bs=1 seek=1000 conv=notrunc status=none
+flip_byte "$chunk" 1000 || die "cannot damage $chunk"
 rc=0; out=$("$EXTRAFS" cache verify --cache "$T/cache") || rc=$?
 [[ $rc == 1 && $out == *"1 corrupt chunks dropped"* ]] && pass "verify: $out" || fail "verify: rc $rc: $out"
 [[ ! -e $chunk ]] && pass "the corrupt chunk is gone" || fail "the corrupt chunk is still there"
@@ -62,7 +62,7 @@ fetched=$("$EXTRAFS" stats "$T/mnt" --json | python3 -c 'import json,sys; print(
 step "extrafs verify STORE checks every chunk"
 out=$("$EXTRAFS" verify "$T/store") && [[ $out == *"5 chunks"*"all good"* ]] && pass "intact store: $out" || fail "verify of an intact store: $out"
 cp "$d/blob" "$T/blob.orig"
-printf 'X' | dd of="$d/blob" bs=1 seek=$((3 * 1024 * 1024 + 5)) conv=notrunc status=none
+flip_byte "$d/blob" $((3 * 1024 * 1024 + 5)) || die "cannot damage $d/blob"
 rc=0; "$EXTRAFS" verify "$T/store" >"$T/out" 2>"$T/err" || rc=$?
 [[ $rc == 1 ]] && grep -q "/blob at offset 3145728" "$T/err" && [[ $(wc -l <"$T/err") == 1 ]] \
   && pass "a changed chunk is named: $(cat "$T/err")" || fail "verify of a damaged store: rc $rc: $(cat "$T/err")"
