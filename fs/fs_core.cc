@@ -725,6 +725,7 @@ std::string FsCore::stats_json() {
   j["bytes_fetched"] = f.bytes_fetched;
   j["meta_bytes_fetched"] = f.meta_bytes_fetched;
   j["bytes_served"] = bytes_served_.load();
+  j["open_requests"] = open_requests_.load();
   j["chunks_fetched"] = f.chunks_fetched;
   j["cache_hits"] = f.cache_hits;
   j["cache_misses"] = f.cache_misses;

@@ -109,6 +109,9 @@ class FsCore {
   Result<std::vector<std::string>> listxattr(uint64_t ino);
   // Checks that `ino` may be opened with `flags` (EROFS for any write access, EISDIR, ...).
   Status open(uint64_t ino, int flags);
+  // Whether open() does anything the kernel cannot do alone: only when first opens are recorded
+  // (on_first_open). Otherwise the FUSE adapter lets the kernel open files without asking.
+  bool wants_opens() const { return static_cast<bool>(options_.on_first_open); }
   // Reads up to out.size() bytes at `offset`; short only at end of file. If any chunk the
   // request touches cannot be served, the whole request fails (EIO) and nothing is returned: a
   // short count would read as end of file to the kernel, which then shrinks the file's size.
@@ -139,6 +142,8 @@ class FsCore {
   // The `extrafs stats --json` object.
   std::string stats_json();
   uint64_t bytes_served() const { return bytes_served_; }
+  // Counts an OPEN request from the kernel (`open_requests` in stats).
+  void count_open_request() { open_requests_.fetch_add(1, std::memory_order_relaxed); }
   size_t layer_count();
 
  private:
@@ -213,6 +218,7 @@ class FsCore {
   std::thread refresher_;
 
   std::atomic<uint64_t> bytes_served_{0};
+  std::atomic<uint64_t> open_requests_{0};
 
   struct Stream {
     uint64_t next = 0;    // offset a sequential reader would read next

@@ -17,6 +17,7 @@ constexpr Family kCounters[] = {
     {"bytes_fetched", "Bytes read from the backend (as stored: compressed chunks count their stored size)."},
     {"meta_bytes_fetched", "Bytes of metadata (catalog, layer and image/ indexes) read from the backend."},
     {"bytes_served", "Bytes returned to readers of the mount."},
+    {"open_requests", "OPEN requests from the kernel (after the first, none while it opens files without asking)."},
     {"chunks_fetched", "Chunks read from the backend."},
     {"cache_hits", "Chunk requests served from the memory or disk cache."},
     {"cache_misses", "Chunk requests that had to go to the backend."},

@@ -45,6 +45,11 @@ done
 cmp -s "$T/base/data/blob" "$T/mnt/overlay2/$BASE/diff/data/blob" && pass "base blob reads right" || fail "base blob differs"
 cmp -s "$T/top/app/main" "$T/mnt/overlay2/$TOP/diff/app/main" && pass "top main reads right" || fail "top main differs"
 head -c 1000 "$T/mnt/overlay2/$TOP/diff/app/text" >/dev/null
+# Opens cost the daemon nothing: after the first OPEN (answered "not needed") the kernel opens
+# files by itself, so open_requests stays at 1 (below) after these 40 opens.
+for _ in $(seq 1 20); do
+  cat "$T/mnt/overlay2/$TOP/diff/app/main" "$T/mnt/overlay2/$BASE/diff/data/blob" >/dev/null || fail "re-reading failed"
+done
 
 step "stats --json, --prometheus, --json while nothing reads"
 ok=0
@@ -123,6 +128,8 @@ for k in ["bytes_fetched", "bytes_served", "chunks_fetched", "cache_hits", "cach
     check(fams.get(f"extrafs_{k}") is not None and fams[f"extrafs_{k}"].type == "counter", f"extrafs_{k} is a counter family")
 check(one("extrafs_cache_bytes") == j["cache_bytes"], f"extrafs_cache_bytes == --json cache_bytes {j['cache_bytes']}")
 check(j["bytes_fetched"] >= 5 << 20 and j["bytes_served"] >= 5 << 20, "the reads are counted (>= 5 MiB fetched and served)")
+check(j.get("open_requests") == 1, f"open_requests {j.get('open_requests')} after 40+ opens: the kernel opens without asking")
+check(one("extrafs_open_requests_total") == j.get("open_requests"), "extrafs_open_requests_total == --json open_requests")
 
 h = fams.get("extrafs_fetch_seconds")
 check(h is not None and h.type == "histogram", "extrafs_fetch_seconds is a histogram")
