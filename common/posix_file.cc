@@ -74,6 +74,16 @@ Result<std::string> read_rest(const Fd& fd, const std::string& path, uint64_t li
 }
 }  // namespace
 
+bool process_running(long pid) {
+  auto stat = read_file("/proc/" + std::to_string(pid) + "/stat");
+  if (!stat.ok()) return false;
+  // "pid (comm) STATE ...": the state follows the last ')' (comm may hold one).
+  auto close = stat->rfind(')');
+  if (close == std::string::npos || close + 2 >= stat->size()) return false;
+  const char state = (*stat)[close + 2];
+  return state != 'Z' && state != 'X';
+}
+
 Result<std::string> read_file(const std::string& path, uint64_t limit) {
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd.valid()) return Error::from_errno(errno, path);

@@ -59,6 +59,10 @@ ssize_t pread_all(int fd, void* data, size_t len, off_t off);
 // Reads the file at `path` whole. EFBIG (naming the file) if it is larger than `limit` bytes.
 Result<std::string> read_file(const std::string& path, uint64_t limit = uint64_t{256} << 20);
 
+// Whether process `pid` exists and is neither a zombie nor dead (the state in /proc/PID/stat): a
+// zombie has exited and holds nothing any more, though its parent has yet to reap it.
+bool process_running(long pid);
+
 // Creates `path` (exclusively, never through a symlink) holding exactly `data` with mode `mode`
 // (not subject to the umask), and fsyncs it. EEXIST if something is there.
 Status write_new_file(const std::string& path, std::string_view data, mode_t mode = 0644);

@@ -50,19 +50,9 @@ std::string relative_to(const std::string& cwd, const std::string& path) {
   return path.empty() || path.front() == '/' ? path : cwd + "/" + path;
 }
 
-// A process that exists and is not a zombie (a zombie is gone for our purposes: its parent has
-// yet to reap it, but it holds nothing any more).
-bool process_alive(long pid) {
-  auto stat = read_file("/proc/" + std::to_string(pid) + "/stat");
-  if (!stat.ok()) return false;
-  auto close = stat->rfind(')');
-  return close != std::string::npos && close + 2 < stat->size() && (*stat)[close + 2] != 'Z' &&
-         (*stat)[close + 2] != 'X';
-}
-
 bool wait_gone(long pid, int timeout_s) {
   const auto end = Clock::now() + std::chrono::seconds(timeout_s);
-  while (process_alive(pid)) {
+  while (process_running(pid)) {
     if (Clock::now() >= end) return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
@@ -230,7 +220,7 @@ Status wait_api(const std::string& socket, long pid, int timeout_s) {
     auto r = http_get_unix(socket, "/_ping", 1000);
     if (r.ok() && r->status == 200 && r->body == "OK") return ok_status();
     last = r.ok() ? "GET /_ping answered " + std::to_string(r->status) : r.error().message;
-    if (pid != 0 && !process_alive(pid)) return make_error(ESRCH, "the new dockerd (pid " + std::to_string(pid) + ") exited");
+    if (pid != 0 && !process_running(pid)) return make_error(ESRCH, "the new dockerd (pid " + std::to_string(pid) + ") exited");
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   return make_error(ETIMEDOUT, "dockerd's API did not answer within " + std::to_string(timeout_s) + " s (" + last + ")");

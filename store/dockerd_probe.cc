@@ -44,11 +44,7 @@ std::string dockerd_data_root(long pid, const std::vector<std::string>& args) {
 bool live_dockerd(const std::string& pid) {
   auto comm = read_file("/proc/" + pid + "/comm");
   if (!comm.ok() || trim_trailing(*comm) != "dockerd") return false;
-  auto stat = read_file("/proc/" + pid + "/stat");
-  if (!stat.ok()) return false;
-  auto close = stat->rfind(')');
-  if (close == std::string::npos || close + 2 >= stat->size() || (*stat)[close + 2] == 'Z' || (*stat)[close + 2] == 'X')
-    return false;
+  if (!process_running(std::strtol(pid.c_str(), nullptr, 10))) return false;
   auto cmdline = read_file("/proc/" + pid + "/cmdline");
   return cmdline.ok() && !cmdline->empty();
 }

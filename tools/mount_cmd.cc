@@ -322,14 +322,8 @@ pid_t daemon_pid(const std::string& mp, std::chrono::milliseconds wait) {
 // zombie (an exited daemon whose parent has not reaped it, as under a container's init that
 // reaps nothing).
 bool is_live_extrafs_process(pid_t pid) {
-  const std::string dir = "/proc/" + std::to_string(pid);
-  auto comm = read_file(dir + "/comm");
-  if (!comm.ok() || trim_trailing(*comm).rfind("extrafs", 0) != 0) return false;
-  auto stat = read_file(dir + "/stat");
-  if (!stat.ok()) return false;
-  // "pid (comm) STATE ...": the state follows the last ')'.
-  size_t close = stat->rfind(')');
-  return close != std::string::npos && close + 2 < stat->size() && (*stat)[close + 2] != 'Z';
+  auto comm = read_file("/proc/" + std::to_string(pid) + "/comm");
+  return comm.ok() && trim_trailing(*comm).rfind("extrafs", 0) == 0 && process_running(pid);
 }
 
 }  // namespace
