@@ -3,9 +3,11 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <fmt/format.h>
 
 #include <cstdio>
 
+#include "common/log.h"
 #include "common/str_util.h"
 #include "tools/commands.h"
 #include "store/docker_meta.h"
@@ -70,9 +72,10 @@ int run_publish(const PublishArgs& a) {
   // A layer already in the store is left as it is: its blob keeps the packing (and the catalog
   // the ordered prefix) of the publish that wrote it, which live hosts may be reading.
   if (!a.order.empty() && report->layers_present > 0)
-    std::fprintf(stderr, "publish: warning: --order applies only to layers written now; %d layer%s already in %s keep%s the packing they were written with (publish into a new store to pack them in this trace's order)\n",
-                 report->layers_present, report->layers_present == 1 ? "" : "s", a.store.c_str(),
-                 report->layers_present == 1 ? "s" : "");
+    print_error("extrafs", fmt::format("publish: warning: --order applies only to layers written now; {} layer{} already in {} keep{} the "
+                                       "packing they were written with (publish into a new store to pack them in this trace's order)",
+                                       report->layers_present, report->layers_present == 1 ? "" : "s", a.store,
+                                       report->layers_present == 1 ? "s" : ""));
   std::printf("published %s to %s: %d layers written, %d already in the store; %s packed into %s%s in %.1f s\n",
               tags.empty() ? "(untagged)" : tags.c_str(), a.store.c_str(), report->layers_written, report->layers_present,
               format_size(report->raw_bytes).c_str(), format_size(report->stored_bytes).c_str(), ordered.c_str(),
