@@ -245,12 +245,7 @@ stats_json "$MNT" >"$T/s4.json" || fail "extrafs stats failed"
 nm_unmount "$MNT" || die "cannot unmount"
 
 cp -p "$IDX" "$T/index.orig"
-python3 - "$IDX" <<'PY'
-import os, sys
-p = sys.argv[1]; n = os.path.getsize(p)
-with open(p, "r+b") as f:
-    f.seek(n // 2); c = f.read(1); f.seek(n // 2); f.write(bytes([c[0] ^ 0xff]))
-PY
+flip_byte "$IDX" $(( $(stat -c %s "$IDX") / 2 )) || die "cannot damage $IDX"
 nm_mount "$NFS4_URL" "$MNT" "$PC" "cache_size=256M,timeout=3" || fail "mount with a warm cache and a corrupt index in the store failed"
 if is_mounted "$MNT"; then
   timeout 60 cmp -s "$SRC" "$PF" && pass "warm cache, corrupt index in the store: the file reads right" || fail "warm cache, corrupt index in the store: the file differs or is unreadable"
