@@ -23,7 +23,7 @@
 # build-tsan/tools/extrafs): TSAN_OPTIONS sends reports to files under the test's directory with
 # halt_on_error=1 exitcode=66; any report fails the test, and so does a daemon that exited. The
 # daemon serves 30 to 70 times fewer reads there, and 64 readers starve a request for as long as
-# the run lasts (see RELIABILITY.md), so scripts/test raises the D bound to 120 s for that run.
+# the run lasts (see RELIABILITY.md), so scripts/test raises the D bound to 90 s for that run.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/nfs_lib.sh"
 nm_init "$@"
