@@ -15,7 +15,8 @@
 #           recorded by a first run, and `extrafs prefetch --trace` started at attach time.
 #           Bytes fetched from the store against bytes served to readers.
 #   read    512 MiB file: block-cache read (fresh mount, page cache dropped) and page-cache read,
-#           against ext4 (docker's own overlay2 copy of the layer) the same way
+#           against ext4 (docker's own overlay2 copy of the layer) the same way; also the block
+#           cache's own chunk files read with O_DIRECT by direct_read.py, no daemon (the disk's floor)
 #   nfs     cold NFS read of that file against nfs-cat of its blob; metadata walk
 #           (find -printf '%s %m %u') of the Debian rootfs layer against ext4, warm and cold
 #   small   2,000 files of 1-16 KiB read in directory order, cold, against ext4
@@ -67,6 +68,7 @@ EXTRAFS=$BUILD/tools/extrafs
 GANESHA=$HERE/../nfs/ganesha.sh
 DOCKERD=$HERE/../docker/dockerd.sh
 FLEET_PY=$HERE/fleet.py
+DIRECT_READ_PY=$HERE/direct_read.py
 CACHE_DIR=${EXTRAFS_BENCH_CACHE:-/var/cache/extrafs-bench}
 ROOTFS_TAR=$CACHE_DIR/bookworm-python3.tar
 FLEET_N=${EXTRAFS_BENCH_FLEET:-8}
@@ -450,9 +452,20 @@ case_read_nfs() {
       # fill the block cache, then a fresh mount with the page cache dropped
       [ $filled = 1 ] || { xremount r plain cold; cat "$BIGX" >/dev/null; filled=1; }
       xremount r plain warm; drop
-      sample read_block "$(timed cat "$BIGX")"
+      local tb te
+      tb=$(timed cat "$BIGX")
+      sample read_block "$tb"
       drop
-      sample read_ext4_cold "$(timed cat "$BIGN")"
+      te=$(timed cat "$BIGN")
+      sample read_ext4_cold "$te"
+      # the floor: the same cache's chunk files (only this file's chunks: the cache was filled by
+      # the one read above) read by a plain program with O_DIRECT, one at a time, no daemon
+      drop
+      local floor
+      floor=$(python3 "$DIRECT_READ_PY" "$T/c/r/chunks") || die "direct_read.py $T/c/r/chunks failed"
+      sample read_floor "${floor% *}"
+      sample read_floor_bytes "${floor#* }"
+      log "  block cache $tb s, ext4 cold $te s, chunk files O_DIRECT ${floor% *} s"
       cat "$BIGX" >/dev/null; cat "$BIGN" >/dev/null
       local s0
       s0=$(stat_field "$T/m/r" bytes_served)
@@ -483,6 +496,9 @@ case_read_nfs() {
   if want read; then
     a=$(median read_block) b=$(median read_ext4_cold)
     row "read ${BIG_MIB} MiB: block cache, page cache dropped vs ext4 cold" "$b s ($(rate "$b"))" "$a s ($(rate "$a"))" "$(ratio "$a" "$b")" "<=" 1.25
+    b=$(median read_floor)
+    row "read ${BIG_MIB} MiB: block cache vs its chunk files ($(mib "$(median read_floor_bytes)")) read with O_DIRECT, no daemon" \
+      "$b s ($(rate "$b"))" "$a s ($(rate "$a"))" "$(ratio "$a" "$b")" - -
     a=$(median read_page) b=$(median read_ext4_hot)
     row "read ${BIG_MIB} MiB: page cache vs ext4 page cache ($(mib "$(median read_page_served)") served by the daemon)" \
       "$b s ($(rate "$b"))" "$a s ($(rate "$a"))" "$(ratio "$a" "$b")" "<=" 1.1
