@@ -208,6 +208,7 @@ class DiskBlockCache final : public BlockCache {
   Result<std::vector<std::byte>> get_meta(const std::string& name) override;
   Result<uint64_t> verify_all() override;
   Status shrink_to(uint64_t target) override;
+  void set_external(uint64_t bytes) override;
   BlockCacheStats stats() override;
 
  private:
@@ -220,18 +221,7 @@ class DiskBlockCache final : public BlockCache {
     Digest128 digest;
     uint64_t size;
   };
-  // What identifies the content of a chunk file without reading it: a rename puts a new inode
-  // in place, and any write to the file moves its mtime and ctime (ctime cannot be set by hand).
-  struct FileId {
-    dev_t dev = 0;
-    ino_t ino = 0;
-    off_t size = 0;
-    timespec mtime{}, ctime{};
-    bool operator==(const FileId& o) const {
-      return dev == o.dev && ino == o.ino && size == o.size && mtime.tv_sec == o.mtime.tv_sec &&
-             mtime.tv_nsec == o.mtime.tv_nsec && ctime.tv_sec == o.ctime.tv_sec && ctime.tv_nsec == o.ctime.tv_nsec;
-    }
-  };
+  using FileId = FileIdentity;  // what identifies a chunk file's content (common/posix_file.h)
   enum class ReadOutcome { kOk, kVanished, kCorrupt, kError };
   struct ReadResult {
     ReadOutcome outcome = ReadOutcome::kError;
@@ -275,6 +265,7 @@ class DiskBlockCache final : public BlockCache {
 
   const std::string dir_;
   const uint64_t capacity_;
+  uint64_t external_ = 0;  // GUARDED_BY(mu_): see set_external
   Fd dir_fd_;
   Fd lock_fd_;
   std::atomic<bool> noatime_ok_{true};
@@ -493,7 +484,7 @@ DiskBlockCache::ReadResult DiskBlockCache::read_chunk(const Digest128& d, bool t
     r.err = errno;
     return r;
   }
-  const FileId id{st.st_dev, st.st_ino, st.st_size, st.st_mtim, st.st_ctim};
+  const FileId id = FileId::of(st);
   bool known = false;
   if (trust) {
     std::lock_guard lk(verified_mu_);
@@ -644,13 +635,14 @@ Status DiskBlockCache::put(const Digest128& d, std::span<const std::byte> raw) {
       return ok_status();
     }
     if (pending_.count(d)) return ok_status();  // another thread is storing the same bytes
-    if (reserved_ + size > capacity_) {
+    const uint64_t limit = capacity_ - std::min(external_, capacity_);
+    if (reserved_ + size > limit) {
       // Only possible when the cache is a few chunks big and as many puts are in flight.
       write_errors_.fetch_add(1, std::memory_order_relaxed);
       return make_error(ENOSPC, "cache " + dir_ + ": no room for chunk " + d.hex() +
                                     " while other chunks are being stored");
     }
-    evict_locked(size, capacity_, &victims);
+    evict_locked(size, limit, &victims);
     reserved_ += size;
     pending_.insert(d);
     tmp = "tmp/" + new_tmp_name_locked('c');
@@ -824,12 +816,23 @@ Status DiskBlockCache::shrink_to(uint64_t target) {
   return ok_status();
 }
 
+void DiskBlockCache::set_external(uint64_t bytes) {
+  std::vector<Victim> victims;
+  {
+    std::lock_guard lk(mu_);
+    external_ = bytes;
+    evict_locked(0, capacity_ - std::min(external_, capacity_), &victims);
+  }
+  remove_victims(victims);
+}
+
 BlockCacheStats DiskBlockCache::stats() {
   BlockCacheStats s;
   {
     std::lock_guard lk(mu_);
     s.bytes = bytes_;
     s.chunks = map_.size();
+    s.external = external_;
   }
   s.capacity = capacity_;
   s.hits = hits_.load(std::memory_order_relaxed);
@@ -920,6 +923,13 @@ Result<CacheInspection> inspect_block_cache(const std::string& dir) {
       }
       out.chunks++;
       out.bytes += static_cast<uint64_t>(fst.st_size) - kHeaderSize;
+    }
+  }
+  for (const auto& [name, fst] : list(dir + "/files")) {
+    Digest128 d;
+    if (S_ISREG(fst.st_mode) && Digest128::from_hex(name, &d)) {
+      out.whole_files++;
+      out.whole_file_bytes += static_cast<uint64_t>(fst.st_size);
     }
   }
   out.meta_blobs = list(dir + "/meta").size();

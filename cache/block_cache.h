@@ -35,7 +35,8 @@ namespace extrafs::cache {
 struct BlockCacheStats {
   uint64_t bytes = 0;           // chunk bytes currently stored (raw, uncompressed)
   uint64_t chunks = 0;          // chunks currently stored
-  uint64_t capacity = 0;        // the bound
+  uint64_t capacity = 0;        // the bound (chunks plus the external bytes, see set_external)
+  uint64_t external = 0;        // bytes of whole-file copies counted against it
   uint64_t hits = 0;            // get() served from disk
   uint64_t misses = 0;          // get() found nothing (or found a corrupt chunk)
   uint64_t evictions = 0;       // chunks evicted to honour the bound
@@ -73,6 +74,11 @@ class BlockCache {
   // Evicts until at most `target` bytes remain (gc), removes stray temporary files.
   virtual Status shrink_to(uint64_t target) = 0;
 
+  // Bytes kept beside the chunks in the same directory (whole-file copies, cache/whole_files.h)
+  // that count against the bound: chunks are evicted, now and on later puts, so that chunks plus
+  // these stay within capacity.
+  virtual void set_external(uint64_t bytes) = 0;
+
   virtual BlockCacheStats stats() = 0;
 };
 
@@ -83,6 +89,8 @@ struct CacheInspection {
   uint64_t bytes = 0;        // raw bytes in them (headers excluded)
   uint64_t meta_blobs = 0;   // files in meta/
   uint64_t stray_files = 0;  // leftovers in tmp/ and misnamed files
+  uint64_t whole_files = 0;  // whole-file copies in files/ (cache/whole_files.h)
+  uint64_t whole_file_bytes = 0;
   long owner_pid = 0;        // the extrafs holding the cache, 0 if none
 };
 Result<CacheInspection> inspect_block_cache(const std::string& dir);

@@ -8,6 +8,7 @@
 // Result whose message names the file. All functions are thread-safe (they share no state).
 #pragma once
 
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include <cstddef>
@@ -49,6 +50,21 @@ class Fd {
 
  private:
   int fd_ = -1;
+};
+
+// What identifies a file's content without reading it: a rename puts a new inode in place, and
+// any write to the file moves its mtime and ctime (ctime cannot be set by hand). The cache trusts
+// a file it hashed while this stays the same.
+struct FileIdentity {
+  dev_t dev = 0;
+  ino_t ino = 0;
+  off_t size = 0;
+  timespec mtime{}, ctime{};
+  static FileIdentity of(const struct stat& st) { return {st.st_dev, st.st_ino, st.st_size, st.st_mtim, st.st_ctim}; }
+  bool operator==(const FileIdentity& o) const {
+    return dev == o.dev && ino == o.ino && size == o.size && mtime.tv_sec == o.mtime.tv_sec &&
+           mtime.tv_nsec == o.mtime.tv_nsec && ctime.tv_sec == o.ctime.tv_sec && ctime.tv_nsec == o.ctime.tv_nsec;
+  }
 };
 
 // Writes all `len` bytes (retrying EINTR and short writes): 0 or errno.

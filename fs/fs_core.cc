@@ -61,6 +61,12 @@ FsCore::~FsCore() {
   }
   stop_cv_.notify_all();
   if (refresher_.joinable()) refresher_.join();
+  {
+    std::lock_guard lock(copy_mu_);
+    copy_stop_ = true;
+  }
+  copy_cv_.notify_all();
+  if (copier_.joinable()) copier_.join();
 }
 
 void FsCore::refresh_loop() {
@@ -90,6 +96,7 @@ Result<std::unique_ptr<FsCore>> FsCore::open(cache::ChunkFetcher& fetcher, cache
   if (got->from_store() && version.ok()) core->catalog_version_ = *version;
   core->generation_ = catalog->generation;
   if (core->options_.refresh_interval_s > 0) core->refresher_ = std::thread([c = core.get()] { c->refresh_loop(); });
+  if (core->options_.whole_files) core->copier_ = std::thread([c = core.get()] { c->copy_loop(); });
   return core;
 }
 
@@ -671,6 +678,11 @@ Result<size_t> FsCore::read_pieces(uint64_t ino, uint64_t offset, size_t size, s
     done += n;
   }
   bytes_served_ += done;
+  // A read that reaches the end of a large file: if this host now holds all of it (checked by
+  // the copier), a local copy lets the next opens skip the daemon.
+  if (options_.whole_files && offset + done == rec.size && rec.size >= options_.whole_file_min &&
+      passthrough_.load(std::memory_order_relaxed))
+    want_whole_copy(held, static_cast<uint32_t>(e));
   // The window's chunks that the reads above did not bring are fetched in the background.
   if (window > 0) {
     uint64_t last = (offset + done - 1) / cs;
@@ -726,6 +738,15 @@ std::string FsCore::stats_json() {
   j["meta_bytes_fetched"] = f.meta_bytes_fetched;
   j["bytes_served"] = bytes_served_.load();
   j["open_requests"] = open_requests_.load();
+  j["passthrough"] = passthrough_.load();
+  j["passthrough_opens"] = passthrough_opens_.load();
+  if (options_.whole_files) {
+    auto w = options_.whole_files->stats();
+    j["whole_files"] = w.files;
+    j["whole_file_bytes"] = w.bytes;
+    j["whole_files_written"] = w.written;
+    j["whole_files_corrupt_dropped"] = w.corrupt_dropped;
+  }
   j["chunks_fetched"] = f.chunks_fetched;
   j["cache_hits"] = f.cache_hits;
   j["cache_misses"] = f.cache_misses;
@@ -778,6 +799,96 @@ std::string FsCore::stats_json() {
   j["layers"] = std::move(arr);
   j["layer_indexes_loaded"] = loaded;
   return j.dump();
+}
+
+Digest128 whole_file_key(const LayerIndex& idx, uint32_t e) {
+  std::string buf;
+  auto put = [&](uint64_t v, int n) {
+    for (int i = 0; i < n; ++i) buf.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+  };
+  put(idx.attr_entry(e).size, 8);
+  put(idx.chunk_size(), 4);
+  for (const ChunkRecord& c : idx.chunks(e)) {
+    const bool zero = (c.flags & kChunkZero) != 0;
+    put(zero ? 1 : 0, 1);
+    put(c.raw_len, 4);
+    if (!zero) buf.append(reinterpret_cast<const char*>(c.digest), 16);
+  }
+  return xxh3_128(buf.data(), buf.size());
+}
+
+void FsCore::want_whole_copy(std::shared_ptr<const LayerIndex> idx, uint32_t e) {
+  const Digest128 key = whole_file_key(*idx, e);
+  if (options_.whole_files->has(key)) return;
+  {
+    std::lock_guard lock(copy_mu_);
+    constexpr size_t kMaxQueued = 64;
+    if (copy_stop_ || copy_queue_.size() >= kMaxQueued || !copy_pending_.insert(key).second) return;
+    copy_queue_.push_back({key, std::move(idx), e});
+  }
+  copy_cv_.notify_one();
+}
+
+void FsCore::copy_loop() {
+  for (;;) {
+    CopyJob job;
+    {
+      std::unique_lock lock(copy_mu_);
+      copy_cv_.wait(lock, [&] { return copy_stop_ || !copy_queue_.empty(); });
+      if (copy_stop_) return;
+      job = std::move(copy_queue_.front());
+      copy_queue_.pop_front();
+    }
+    const LayerIndex& idx = *job.idx;
+    const uint64_t size = idx.attr_entry(job.entry).size;
+    Status st = [&]() -> Status {
+      if (options_.whole_files->has(job.key)) return ok_status();
+      // Only a file read whole: every chunk already here (so a copy costs the store nothing,
+      // unless the cache evicts a chunk meanwhile; that one is fetched again).
+      for (const ChunkRecord& c : idx.chunks(job.entry))
+        if (!(c.flags & kChunkZero) && !fetcher_.is_cached(chunk_digest(c))) return make_error(ENOENT, "not all chunks are cached");
+      EXTRAFS_TRY(w, options_.whole_files->begin(job.key, size));
+      uint64_t off = 0;
+      for (const ChunkRecord& c : idx.chunks(job.entry)) {
+        {
+          std::lock_guard lock(copy_mu_);
+          if (copy_stop_) return make_error(ECANCELED, "unmounting");
+        }
+        if (!(c.flags & kChunkZero)) {  // zeros: the file was made that long, sparse
+          // Verified on the way in, as every chunk a reader gets.
+          EXTRAFS_TRY(data, fetcher_.get(chunk_ref(idx, c)));
+          EXTRAFS_CHECK_STATUS(w->write(off, std::span(data->data(), data->size())));
+        }
+        off += c.raw_len;
+      }
+      return w->commit();
+    }();
+    if (!st.ok()) spdlog::debug("whole-file copy {} not made: {}", job.key.hex(), st.error().message);
+    std::lock_guard lock(copy_mu_);
+    copy_pending_.erase(job.key);
+  }
+}
+
+Fd FsCore::backing_file(uint64_t ino) {
+  if (!options_.whole_files || !passthrough_.load(std::memory_order_relaxed)) return Fd();
+  uint32_t sn = ino_slot(ino), local = ino_local(ino);
+  auto s = slot(sn);
+  if (!s || local < kEntryBase) return Fd();
+  auto held = index_of(*s);
+  if (!held.ok()) return Fd();
+  const LayerIndex& idx = **held;
+  const uint64_t e = local - kEntryBase;
+  if (e >= idx.entry_count()) return Fd();
+  const EntryRecord& rec = idx.attr_entry(static_cast<uint32_t>(e));
+  if (!S_ISREG(rec.mode) || rec.size < options_.whole_file_min) return Fd();
+  const Digest128 key = whole_file_key(idx, static_cast<uint32_t>(e));
+  if (!options_.whole_files->has(key)) return Fd();
+  std::vector<cache::ExpectedChunk> want;
+  for (const ChunkRecord& c : idx.chunks(static_cast<uint32_t>(e)))
+    want.push_back({chunk_digest(c), c.raw_len, (c.flags & kChunkZero) != 0});
+  auto fd = options_.whole_files->open_verified(key, rec.size, idx.chunk_size(), want);
+  if (!fd.ok()) return Fd();
+  return std::move(fd).value();
 }
 
 }  // namespace extrafs::fs

@@ -28,6 +28,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -43,6 +44,8 @@
 
 #include "cache/chunk_fetcher.h"
 #include "cache/meta_source.h"
+#include "cache/whole_files.h"
+#include "common/posix_file.h"
 #include "common/result.h"
 #include "fs/catalog.h"
 #include "fs/inode_table.h"
@@ -84,7 +87,16 @@ struct FsCoreOptions {
   // A layer index that failed to load answers EIO without a new attempt for this long; the first
   // access after that tries again.
   double index_retry_s = 2.0;
+  // Local whole-file copies for the kernel to read by itself (null = none): a file of at least
+  // whole_file_min bytes gets one, made in the background, when a read reaches its end and every
+  // one of its chunks is cached; backing_file() then hands it out.
+  cache::WholeFiles* whole_files = nullptr;
+  uint64_t whole_file_min = uint64_t{8} << 20;
 };
+
+// What names the content of entry `e` of `idx` for cache::WholeFiles: the xxh3-128 of its size,
+// the index's chunk size and its chunk table (digests, lengths, zero flags).
+Digest128 whole_file_key(const LayerIndex& idx, uint32_t e);
 
 class FsCore {
  public:
@@ -112,6 +124,14 @@ class FsCore {
   // Whether open() does anything the kernel cannot do alone: only when first opens are recorded
   // (on_first_open). Otherwise the FUSE adapter lets the kernel open files without asking.
   bool wants_opens() const { return static_cast<bool>(options_.on_first_open); }
+  // The local whole-file copy of regular file `ino`, open read-only and checked (see
+  // cache::WholeFiles), or an invalid Fd if it has none. Counted in `passthrough_opens` by the
+  // adapter once the kernel took it.
+  Fd backing_file(uint64_t ino);
+  void count_passthrough_open() { passthrough_opens_.fetch_add(1, std::memory_order_relaxed); }
+  // Called by the adapter when the kernel agreed to passthrough (before the first request after
+  // INIT): only then are copies made and handed out.
+  void enable_passthrough() { passthrough_.store(true, std::memory_order_relaxed); }
   // Reads up to out.size() bytes at `offset`; short only at end of file. If any chunk the
   // request touches cannot be served, the whole request fails (EIO) and nothing is returned: a
   // short count would read as end of file to the kernel, which then shrinks the file's size.
@@ -190,6 +210,9 @@ class FsCore {
   void record_access(uint32_t slot_no, const Slot& s, const LayerIndex& idx, uint32_t entry);
   // Readahead: returns how many chunks after the one ending at `end` to prefetch for this reader.
   unsigned sequential_window(uint64_t ino, uint64_t offset, uint64_t end);
+  // Queues a whole-file copy of entry `e` (see FsCoreOptions::whole_files); no-op if it has one.
+  void want_whole_copy(std::shared_ptr<const LayerIndex> idx, uint32_t e);
+  void copy_loop();
 
   cache::ChunkFetcher& fetcher_;
   cache::MetaSource& meta_;
@@ -219,6 +242,20 @@ class FsCore {
 
   std::atomic<uint64_t> bytes_served_{0};
   std::atomic<uint64_t> open_requests_{0};
+  std::atomic<uint64_t> passthrough_opens_{0};
+  std::atomic<bool> passthrough_{false};
+
+  struct CopyJob {
+    Digest128 key;
+    std::shared_ptr<const LayerIndex> idx;
+    uint32_t entry;
+  };
+  std::mutex copy_mu_;  // guards the three below; stopping_ (under stop_mu_) also ends copy_loop
+  std::condition_variable copy_cv_;
+  std::deque<CopyJob> copy_queue_;
+  std::unordered_set<Digest128, Digest128Hash> copy_pending_;
+  bool copy_stop_ = false;
+  std::thread copier_;
 
   struct Stream {
     uint64_t next = 0;    // offset a sequential reader would read next

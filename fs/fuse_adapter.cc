@@ -5,14 +5,20 @@
 
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
+#include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <sys/xattr.h>
+#include <unistd.h>
 
 #include <spdlog/spdlog.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <string_view>
 #include <system_error>
+#include <unordered_map>
 #include <vector>
 
 #include "common/mountinfo.h"
@@ -43,6 +49,118 @@ fuse_entry_param to_entry(const NodeAttr& a) {
 
 // Set in INIT when the kernel takes ENOSYS from OPEN as "open without asking" (op_open).
 std::atomic<bool> no_open_agreed{false};
+
+// FUSE passthrough (kernel >= 6.9): OPEN may answer with a local file that the kernel then reads
+// by itself, as it reads any file of that file system (its page cache, its readahead), without a
+// READ reaching the daemon. libfuse 3.14 (Debian 12) has no API for it, so the daemon does its
+// own I/O on the session's descriptor (fuse_session_custom_io): it sees whether the kernel's INIT
+// offers FUSE_PASSTHROUGH and, if so, adds it to libfuse's INIT reply with a max_stack_depth of 1
+// (what lets overlayfs still stack on the mount), registers the file with the
+// FUSE_DEV_IOC_BACKING_OPEN ioctl at OPEN and builds the OPEN reply itself
+// ({fh, FOPEN_PASSTHROUGH, backing id}, the same size as libfuse's {fh, open_flags, padding}).
+// The constants are the kernel's ABI (include/uapi/linux/fuse.h), which Debian 12's headers
+// predate.
+namespace passthrough {
+constexpr uint32_t kOpInit = 26;               // FUSE_INIT
+constexpr uint32_t kInitExt = 1u << 30;        // FUSE_INIT_EXT: flags2 is valid
+constexpr uint32_t kFlags2Passthrough = 1u << 5;  // FUSE_PASSTHROUGH, 1 << 37, in flags2
+constexpr uint32_t kOpenPassthrough = 1u << 7;    // FOPEN_PASSTHROUGH
+struct BackingMap {
+  int32_t fd;
+  uint32_t flags;
+  uint64_t padding;
+};
+constexpr unsigned long kIocBackingOpen = _IOW(229, 1, BackingMap);
+constexpr unsigned long kIocBackingClose = _IOW(229, 2, uint32_t);
+// struct fuse_in_header: len, opcode, unique, nodeid, uid, gid, pid, total_extlen, padding.
+constexpr size_t kInHeader = 40;
+// struct fuse_out_header: len, error, unique.
+constexpr size_t kOutHeader = 16;
+
+std::atomic<bool> offered{false};   // the kernel's INIT offered it
+std::atomic<bool> agreed{false};    // our INIT reply took it
+std::atomic<bool> init_replied{false};
+int dev_fd = -1;                    // the session's descriptor, for the ioctls
+FsCore* core = nullptr;             // told once the kernel agreed (it then makes copies)
+
+// EXTRAFS_PASSTHROUGH=0 in the daemon's environment turns it off (extrafs-mount(8)).
+bool passthrough_disabled() {
+  const char* v = std::getenv("EXTRAFS_PASSTHROUGH");
+  return v && std::string_view(v) == "0";
+}
+
+ssize_t io_read(int fd, void* buf, size_t len, void*) {
+  ssize_t n = ::read(fd, buf, len);
+  if (n >= static_cast<ssize_t>(kInHeader + 20) && !init_replied.load(std::memory_order_relaxed)) {
+    uint32_t in[5];
+    uint32_t opcode;
+    std::memcpy(&opcode, static_cast<const char*>(buf) + 4, 4);
+    std::memcpy(in, static_cast<const char*>(buf) + kInHeader, sizeof in);  // major minor readahead flags flags2
+    if (opcode == kOpInit && (in[3] & kInitExt) && (in[4] & kFlags2Passthrough) && !passthrough_disabled())
+      offered.store(true);
+  }
+  return n;
+}
+
+ssize_t io_writev(int fd, struct iovec* iov, int count, void*) {
+  // The first reply is INIT's: the kernel sends nothing else before it has one. libfuse 3.14's
+  // struct fuse_init_out: major minor max_readahead flags, max_background|congestion_threshold,
+  // max_write time_gran, max_pages|map_alignment, flags2, unused[7]; the kernel reads unused[0]
+  // as max_stack_depth.
+  if (!init_replied.exchange(true) && offered.load() && count >= 2 && iov[0].iov_len == kOutHeader &&
+      iov[1].iov_len >= 64) {
+    int32_t error;
+    std::memcpy(&error, static_cast<const char*>(iov[0].iov_base) + 4, 4);
+    if (error == 0) {
+      auto* out = static_cast<uint32_t*>(iov[1].iov_base);
+      out[3] |= kInitExt;
+      out[8] |= kFlags2Passthrough;
+      out[9] = 1;
+      agreed.store(true);
+      core->enable_passthrough();
+    }
+  }
+  return ::writev(fd, iov, count);
+}
+
+// Open files by node id, as OPEN and RELEASE come: the kernel has one mode per inode (all of its
+// open files read through the page cache, or all through the one backing file), and refuses an
+// open in the other mode with EIO; so a node keeps the mode of its first open until its last
+// release.
+struct NodeOpens {
+  unsigned opens = 0;
+  int backing_id = -1;  // -1: opened the usual way
+};
+std::mutex opens_mu;
+std::unordered_map<uint64_t, NodeOpens> opens;  // GUARDED_BY(opens_mu)
+
+// Registers a first open of `ino` (with `backing`, if valid) or joins the node's mode; returns the
+// backing id to answer with, or -1 for an open of the usual kind.
+int open_node(uint64_t ino, const Fd& backing) {
+  std::lock_guard lock(opens_mu);
+  NodeOpens& n = opens[ino];
+  if (n.opens++ > 0) return n.backing_id;
+  n.backing_id = -1;
+  if (backing.valid()) {
+    BackingMap m{backing.get(), 0, 0};
+    int id = ::ioctl(dev_fd, kIocBackingOpen, &m);
+    if (id >= 0) n.backing_id = id;
+    else spdlog::debug("passthrough refused for node {}: {}", ino, std::strerror(errno));
+  }
+  return n.backing_id;
+}
+
+void release_node(uint64_t ino) {
+  std::lock_guard lock(opens_mu);
+  auto it = opens.find(ino);
+  if (it == opens.end() || --it->second.opens > 0) return;
+  if (it->second.backing_id >= 0) {
+    uint32_t id = static_cast<uint32_t>(it->second.backing_id);
+    if (::ioctl(dev_fd, kIocBackingClose, &id) != 0) spdlog::debug("backing close {}: {}", id, std::strerror(errno));
+  }
+  opens.erase(it);
+}
+}  // namespace passthrough
 
 void op_init(void*, fuse_conn_info* conn) {
   // Content is immutable: let the kernel cache everything it can.
@@ -181,7 +299,10 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   // never changes. ENOSYS (with FUSE_CAP_NO_OPEN_SUPPORT agreed in INIT) tells the kernel to open
   // every file of this mount from now on without an OPEN or a RELEASE round trip, keeping the page
   // cache across opens as keep_cache does: two fewer requests per file a container opens.
-  if (no_open_agreed.load(std::memory_order_relaxed) && !core.wants_opens()) {
+  // With passthrough (see namespace passthrough) opens are answered instead: one of a file with a
+  // whole-file copy hands the copy to the kernel.
+  const bool pt = passthrough::agreed.load(std::memory_order_relaxed);
+  if (no_open_agreed.load(std::memory_order_relaxed) && !core.wants_opens() && !pt) {
     fuse_reply_err(req, ENOSYS);
     return;
   }
@@ -190,8 +311,28 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     fuse_reply_err(req, st.code());
     return;
   }
+  if (pt) {
+    Fd backing = core.backing_file(ino);
+    int id = passthrough::open_node(ino, backing);
+    if (id >= 0) {
+      struct {
+        uint64_t fh;
+        uint32_t open_flags;
+        int32_t backing_id;
+      } out{0, passthrough::kOpenPassthrough, id};
+      static_assert(sizeof out == 16);
+      if (fuse_reply_buf(req, reinterpret_cast<const char*>(&out), sizeof out) == 0) core.count_passthrough_open();
+      else passthrough::release_node(ino);  // interrupted: no RELEASE will come
+      return;
+    }
+  }
   fi->keep_cache = 1;  // content is immutable: keep the page cache across opens
-  fuse_reply_open(req, fi);
+  if (fuse_reply_open(req, fi) != 0 && pt) passthrough::release_node(ino);
+}
+
+void op_release(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+  if (passthrough::agreed.load(std::memory_order_relaxed)) passthrough::release_node(ino);
+  fuse_reply_err(req, 0);
 }
 
 void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
@@ -277,6 +418,7 @@ fuse_lowlevel_ops make_ops() {
   ops.readdir = op_readdir;
   ops.readdirplus = op_readdirplus;
   ops.open = op_open;
+  ops.release = op_release;
   ops.read = op_read;
   ops.statfs = op_statfs;
   ops.getxattr = op_getxattr;
@@ -357,6 +499,16 @@ int run_fuse(FsCore& core, const FuseConfig& config, const std::function<void(co
     return 1;
   }
   raise_readahead(config.mountpoint);
+  static const fuse_custom_io io = [] {
+    fuse_custom_io c;
+    std::memset(&c, 0, sizeof c);
+    c.read = passthrough::io_read;
+    c.writev = passthrough::io_writev;
+    return c;
+  }();
+  passthrough::dev_fd = fuse_session_fd(se);
+  passthrough::core = &core;
+  if (fuse_session_custom_io(se, &io, passthrough::dev_fd) != 0) spdlog::debug("no custom I/O: passthrough off");
   on_mounted("");
   fuse_loop_config* cfg = fuse_loop_cfg_create();
   fuse_loop_cfg_set_clone_fd(cfg, 1);

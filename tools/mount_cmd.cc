@@ -20,6 +20,7 @@
 #include "backend/backend.h"
 #include "cache/block_cache.h"
 #include "cache/chunk_fetcher.h"
+#include "cache/whole_files.h"
 #include "common/hash.h"
 #include "common/log.h"
 #include "common/mountinfo.h"
@@ -71,6 +72,7 @@ int serve(const MountRequest& req, const std::function<void(const std::string&)>
   // The cache first: if it holds this source's catalog, the mount can serve it while the server
   // is unreachable, so an unreachable server is then no reason to refuse the mount.
   std::unique_ptr<cache::BlockCache> disk;
+  std::unique_ptr<cache::WholeFiles> whole;
   {
     std::string dir = req.cache_dir.empty() ? default_cache_dir(req.source) : req.cache_dir;
     if (req.cache_dir.empty()) ::mkdir("/var/cache/extrafs", 0700);
@@ -80,6 +82,14 @@ int serve(const MountRequest& req, const std::function<void(const std::string&)>
       return 1;
     }
     disk = std::move(bc).value();
+    // Whole-file copies (FUSE passthrough) take at most a quarter of cache_size, counted against
+    // the same bound as the chunks.
+    auto wf = cache::WholeFiles::open(dir, req.cache_size / 4, [d = disk.get()](uint64_t b) { d->set_external(b); });
+    if (!wf.ok()) {
+      notify(wf.error().message);
+      return 1;
+    }
+    whole = std::move(wf).value();
   }
   bool have_catalog = disk->get_meta(fs::catalog_cache_name(req.source)).ok();
   auto backend = backend::open_backend(req.source, req.timeout_s * 1000, /*allow_offline=*/have_catalog);
@@ -91,6 +101,7 @@ int serve(const MountRequest& req, const std::function<void(const std::string&)>
   fopts.disk = disk.get();
   cache::ChunkFetcher fetcher(**backend, fopts);
   fs::FsCoreOptions copts;
+  copts.whole_files = whole.get();
   std::unique_ptr<store::TraceWriter> trace;  // outlives the core, which calls it
   if (!req.record_dir.empty()) {
     auto w = store::TraceWriter::create(req.record_dir);

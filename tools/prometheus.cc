@@ -17,7 +17,8 @@ constexpr Family kCounters[] = {
     {"bytes_fetched", "Bytes read from the backend (as stored: compressed chunks count their stored size)."},
     {"meta_bytes_fetched", "Bytes of metadata (catalog, layer and image/ indexes) read from the backend."},
     {"bytes_served", "Bytes returned to readers of the mount."},
-    {"open_requests", "OPEN requests from the kernel (after the first, none while it opens files without asking)."},
+    {"open_requests", "OPEN requests from the kernel (without passthrough, after the first none: the kernel then opens files without asking)."},
+    {"passthrough_opens", "Opens handed a local whole-file copy that the kernel reads by itself (FUSE passthrough)."},
     {"chunks_fetched", "Chunks read from the backend."},
     {"cache_hits", "Chunk requests served from the memory or disk cache."},
     {"cache_misses", "Chunk requests that had to go to the backend."},
@@ -31,6 +32,8 @@ constexpr Family kGauges[] = {
     {"cache_bytes", "Bytes of chunk data held in the local cache."},
     {"inodes", "Nodes the kernel currently holds references to."},
     {"layer_indexes_loaded", "Layers whose index is loaded (read on a layer's first use)."},
+    {"whole_files", "Local whole-file copies held for FUSE passthrough."},
+    {"whole_file_bytes", "Bytes of the local whole-file copies (counted against cache_size with the chunks)."},
 };
 
 std::string label_value(const std::string& v) {

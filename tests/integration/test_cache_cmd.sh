@@ -29,7 +29,9 @@ assert j["backend_errors"] == 0
 (l,) = [l for l in j["layers"] if l["cache_id"] == sys.argv[2]]
 assert l["bytes_total"] == 5 << 20 and l["bytes_cached"] == 5 << 20, l
 PY
-"$EXTRAFS" stats "$T/mnt" --prometheus | grep -q "^extrafs_chunks_fetched_total 5$" && pass "prometheus format" || fail "prometheus output"
+# Captured first: grep -q stops reading at its match, and the writer would die of SIGPIPE.
+prom=$("$EXTRAFS" stats "$T/mnt" --prometheus)
+grep -q "^extrafs_chunks_fetched_total 5$" <<<"$prom" && pass "prometheus format" || fail "prometheus output"
 out=$("$EXTRAFS" cache stat --cache "$T/cache")
 grep -q "chunks          5 (5.0 MiB)" <<<"$out" && pass "cache stat counts 5 chunks" || fail "cache stat: $out"
 grep -q "in use by       extrafs pid" <<<"$out" && pass "cache stat names the daemon using it" || fail "cache stat: $out"

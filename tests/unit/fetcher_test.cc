@@ -39,6 +39,7 @@ class FullDiskCache : public cache::BlockCache {
   Result<std::vector<std::byte>> get_meta(const std::string&) override { return make_error(ENOENT, "absent"); }
   Result<uint64_t> verify_all() override { return uint64_t{0}; }
   Status shrink_to(uint64_t) override { return ok_status(); }
+  void set_external(uint64_t) override {}
   cache::BlockCacheStats stats() override { return {}; }
 };
 
@@ -72,6 +73,7 @@ class GatedCache : public cache::BlockCache {
   Result<std::vector<std::byte>> get_meta(const std::string&) override { return make_error(ENOENT, "absent"); }
   Result<uint64_t> verify_all() override { return uint64_t{0}; }
   Status shrink_to(uint64_t) override { return ok_status(); }
+  void set_external(uint64_t) override {}
   cache::BlockCacheStats stats() override { return {}; }
 
  private:

@@ -1,0 +1,388 @@
+#include "cache/whole_files.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <list>
+#include <mutex>
+#include <random>
+#include <unordered_map>
+#include <vector>
+
+#include "common/log.h"
+
+namespace extrafs::cache {
+
+namespace {
+
+// Temporaries live beside the copies (one file system, so the rename is atomic) under a name no
+// key has; they are removed at open.
+constexpr const char* kTmpPrefix = ".tmp-";
+constexpr const char* kIdSuffix = ".id";
+
+bool parse_key(const std::string& name, Digest128& out) { return Digest128::from_hex(name, &out); }
+
+using FileId = FileIdentity;  // common/posix_file.h
+
+class DiskWholeFiles;
+
+class DiskWriter : public WholeFiles::Writer {
+ public:
+  DiskWriter(DiskWholeFiles& owner, Digest128 key, uint64_t size, Fd fd, std::string tmp)
+      : owner_(owner), key_(key), size_(size), fd_(std::move(fd)), tmp_(std::move(tmp)) {}
+  ~DiskWriter() override;
+  Status write(uint64_t offset, std::span<const std::byte> bytes) override {
+    if (offset + bytes.size() > size_) return make_error(EINVAL, "write past the end of the copy");
+    size_t done = 0;
+    while (done < bytes.size()) {
+      ssize_t n = ::pwrite(fd_.get(), bytes.data() + done, bytes.size() - done, static_cast<off_t>(offset + done));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return make_error(errno, "writing a whole-file copy");
+      }
+      done += static_cast<size_t>(n);
+    }
+    return ok_status();
+  }
+  Status commit() override;
+
+ private:
+  DiskWholeFiles& owner_;
+  Digest128 key_;
+  uint64_t size_;
+  Fd fd_;
+  std::string tmp_;
+  bool done_ = false;
+};
+
+class DiskWholeFiles : public WholeFiles {
+ public:
+  DiskWholeFiles(std::string dir, Fd dir_fd, uint64_t capacity, std::function<void(uint64_t)> usage)
+      : dir_(std::move(dir)), dir_fd_(std::move(dir_fd)), capacity_(capacity), usage_(std::move(usage)) {}
+
+  Status scan() {
+    // Oldest first, by when they were written (opens are not recorded on disk: touching a copy
+    // would change the identity it is trusted by).
+    struct Found {
+      Digest128 key;
+      uint64_t size;
+      timespec mtime;
+    };
+    std::vector<Found> found;
+    std::vector<std::pair<Digest128, std::string>> ids;
+    Fd fd(::openat(dir_fd_.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!fd.valid()) return make_error(errno, dir_ + ": cannot list");
+    DIR* d = ::fdopendir(fd.release());
+    if (!d) return make_error(errno, dir_ + ": cannot list");
+    while (dirent* e = ::readdir(d)) {
+      std::string name = e->d_name;
+      if (name == "." || name == "..") continue;
+      struct stat st {};
+      if (::fstatat(dir_fd_.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+      Digest128 key;
+      if (name.size() > 3 && name.compare(name.size() - 3, 3, kIdSuffix) == 0 && S_ISREG(st.st_mode) &&
+          parse_key(name.substr(0, name.size() - 3), key)) {
+        ids.push_back({key, name});  // an identity; dropped below if its copy is gone
+        continue;
+      }
+      if (name.rfind(kTmpPrefix, 0) == 0 || !S_ISREG(st.st_mode) || !parse_key(name, key)) {
+        ::unlinkat(dir_fd_.get(), name.c_str(), 0);  // a torn write, or nothing of ours
+        continue;
+      }
+      found.push_back({key, static_cast<uint64_t>(st.st_size), st.st_mtim});
+    }
+    ::closedir(d);
+    for (const auto& id : ids)
+      if (std::none_of(found.begin(), found.end(), [&](const Found& f) { return f.key == id.first; }))
+        ::unlinkat(dir_fd_.get(), id.second.c_str(), 0);
+    std::sort(found.begin(), found.end(), [](const Found& a, const Found& b) {
+      return a.mtime.tv_sec != b.mtime.tv_sec ? a.mtime.tv_sec < b.mtime.tv_sec : a.mtime.tv_nsec < b.mtime.tv_nsec;
+    });
+    std::lock_guard lock(mu_);
+    for (const auto& f : found) add_locked(f.key, f.size);
+    make_room_locked(0);
+    report_locked();
+    return ok_status();
+  }
+
+  bool has(const Digest128& key) override {
+    std::lock_guard lock(mu_);
+    return map_.count(key) != 0;
+  }
+
+  Result<std::unique_ptr<Writer>> begin(const Digest128& key, uint64_t size) override {
+    if (size > capacity_) return make_error(EFBIG, "larger than the whole-file bound");
+    {
+      std::lock_guard lock(mu_);
+      make_room_locked(size);
+      reserved_ += size;
+      report_locked();
+    }
+    static std::atomic<uint64_t> seq{0};
+    std::string tmp = std::string(kTmpPrefix) + key.hex() + "." + std::to_string(::getpid()) + "." + std::to_string(seq++);
+    Fd fd(::openat(dir_fd_.get(), tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+    if (!fd.valid() || ::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) {
+      int e = errno;
+      if (fd.valid()) ::unlinkat(dir_fd_.get(), tmp.c_str(), 0);
+      unreserve(size);
+      return make_error(e, "creating a whole-file copy in " + dir_);
+    }
+    return std::unique_ptr<Writer>(new DiskWriter(*this, key, size, std::move(fd), std::move(tmp)));
+  }
+
+  Result<Fd> open_verified(const Digest128& key, uint64_t size, uint64_t chunk_size,
+                           std::span<const ExpectedChunk> chunks) override {
+    const std::string name = key.hex();
+    Fd fd(::openat(dir_fd_.get(), name.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
+    if (!fd.valid()) return make_error(ENOENT, "no copy");
+    struct stat st {};
+    if (::fstat(fd.get(), &st) != 0) return make_error(errno, "stat of a copy");
+    if (!S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) != size) {
+      drop(key, name);
+      return make_error(ENOENT, "copy is not a regular file of the right size");
+    }
+    const FileId id = FileId::of(st);
+    {
+      std::lock_guard lock(mu_);
+      auto it = verified_.find(key);
+      if (it != verified_.end() && it->second == id) {
+        touch_locked(key);
+        return clear_nonblock(std::move(fd));
+      }
+    }
+    // Hashed by an earlier instance, unchanged since (its identity, kept beside it, matches).
+    if (read_id(name) == id) {
+      std::lock_guard lock(mu_);
+      verified_[key] = id;
+      touch_locked(key);
+      return clear_nonblock(std::move(fd));
+    }
+    if (!matches(fd.get(), size, chunk_size, chunks)) {
+      drop(key, name);
+      return make_error(ENOENT, "copy did not match");
+    }
+    if (now_after_write(st)) {
+      write_id(name, id);
+      std::lock_guard lock(mu_);
+      verified_[key] = id;
+    }
+    std::lock_guard lock(mu_);
+    touch_locked(key);
+    return clear_nonblock(std::move(fd));
+  }
+
+  WholeFileStats stats() override {
+    std::lock_guard lock(mu_);
+    return {map_.size(), bytes_, capacity_, written_, corrupt_};
+  }
+
+  // For the writer.
+  void unreserve(uint64_t size) {
+    std::lock_guard lock(mu_);
+    reserved_ -= size;
+    report_locked();
+  }
+  Status install(const Digest128& key, const std::string& tmp, uint64_t size) {
+    const std::string name = key.hex();
+    if (::renameat(dir_fd_.get(), tmp.c_str(), dir_fd_.get(), name.c_str()) != 0) {
+      int e = errno;
+      ::unlinkat(dir_fd_.get(), tmp.c_str(), 0);
+      unreserve(size);
+      return make_error(e, "installing a whole-file copy in " + dir_);
+    }
+    std::lock_guard lock(mu_);
+    reserved_ -= size;
+    if (!map_.count(key)) add_locked(key, size);
+    written_++;
+    report_locked();
+    return ok_status();
+  }
+  void remove_tmp(const std::string& tmp) { ::unlinkat(dir_fd_.get(), tmp.c_str(), 0); }
+
+ private:
+  // Whether the `size` bytes on `fd` are the chunks expected; reads through the page cache, which
+  // the kernel then reads from.
+  static bool matches(int fd, uint64_t size, uint64_t chunk_size, std::span<const ExpectedChunk> chunks) {
+    std::vector<std::byte> buf(chunk_size);
+    uint64_t off = 0;
+    for (const auto& c : chunks) {
+      if (c.raw_len > chunk_size || off + c.raw_len > size) return false;
+      ssize_t n = pread_all(fd, buf.data(), c.raw_len, static_cast<off_t>(off));
+      if (n != static_cast<ssize_t>(c.raw_len)) return false;
+      if (c.zero) {
+        if (std::any_of(buf.begin(), buf.begin() + c.raw_len, [](std::byte b) { return b != std::byte{0}; })) return false;
+      } else if (xxh3_128(buf.data(), c.raw_len) != c.digest) {
+        return false;
+      }
+      off += c.raw_len;
+    }
+    return off == size;
+  }
+
+  void drop(const Digest128& key, const std::string& name) {
+    ::unlinkat(dir_fd_.get(), name.c_str(), 0);
+    ::unlinkat(dir_fd_.get(), (name + kIdSuffix).c_str(), 0);
+    std::lock_guard lock(mu_);
+    corrupt_++;
+    remove_locked(key);
+    report_locked();
+    spdlog::warn("whole-file copy {} in {} did not match its chunks; removed", name, dir_);
+  }
+
+  void report_locked() {
+    if (usage_) usage_(bytes_ + reserved_);
+  }
+  void add_locked(const Digest128& key, uint64_t size) {
+    lru_.push_back(key);
+    map_[key] = {size, std::prev(lru_.end())};
+    bytes_ += size;
+  }
+  void remove_locked(const Digest128& key) {
+    auto it = map_.find(key);
+    if (it == map_.end()) return;
+    bytes_ -= it->second.size;
+    lru_.erase(it->second.pos);
+    map_.erase(it);
+    verified_.erase(key);
+  }
+  void touch_locked(const Digest128& key) {
+    auto it = map_.find(key);
+    if (it != map_.end()) lru_.splice(lru_.end(), lru_, it->second.pos);
+  }
+  // Evicts the least recently opened copies until `incoming` more bytes fit. An open copy stays
+  // readable through its descriptors after its name goes.
+  void make_room_locked(uint64_t incoming) {
+    while (!lru_.empty() && bytes_ + reserved_ + incoming > capacity_) {
+      Digest128 victim = lru_.front();
+      ::unlinkat(dir_fd_.get(), victim.hex().c_str(), 0);
+      ::unlinkat(dir_fd_.get(), (victim.hex() + kIdSuffix).c_str(), 0);
+      remove_locked(victim);
+    }
+  }
+
+  struct Entry {
+    uint64_t size;
+    std::list<Digest128>::iterator pos;
+  };
+  const std::string dir_;
+  Fd dir_fd_;
+  const uint64_t capacity_;
+  const std::function<void(uint64_t)> usage_;
+  std::mutex mu_;
+  std::list<Digest128> lru_;  // front = least recently opened (by this instance) or oldest
+  std::unordered_map<Digest128, Entry, Digest128Hash> map_;
+  std::unordered_map<Digest128, FileId, Digest128Hash> verified_;
+  uint64_t bytes_ = 0, reserved_ = 0, written_ = 0, corrupt_ = 0;
+
+  static Fd clear_nonblock(Fd fd) {
+    int fl = ::fcntl(fd.get(), F_GETFL);
+    if (fl != -1) ::fcntl(fd.get(), F_SETFL, fl & ~O_NONBLOCK);
+    return fd;
+  }
+  // The identity of a copy when it was last hashed, kept in "<key>.id" beside it (what lets a new
+  // instance trust an unchanged copy without reading it); a default FileId when absent or unreadable.
+  FileId read_id(const std::string& name) {
+    FileId id;
+    Fd fd(::openat(dir_fd_.get(), (name + kIdSuffix).c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
+    if (!fd.valid()) return id;
+    char buf[160];
+    ssize_t n = pread_all(fd.get(), buf, sizeof buf - 1, 0);
+    if (n <= 0) return id;
+    buf[n] = 0;
+    unsigned long long dev, ino, size, ms, mns, cs, cns;
+    if (std::sscanf(buf, "%llu %llu %llu %llu %llu %llu %llu", &dev, &ino, &size, &ms, &mns, &cs, &cns) != 7) return id;
+    id.dev = static_cast<dev_t>(dev);
+    id.ino = static_cast<ino_t>(ino);
+    id.size = static_cast<off_t>(size);
+    id.mtime = {static_cast<time_t>(ms), static_cast<long>(mns)};
+    id.ctime = {static_cast<time_t>(cs), static_cast<long>(cns)};
+    return id;
+  }
+  void write_id(const std::string& name, const FileId& id) {
+    char buf[160];
+    int len = std::snprintf(buf, sizeof buf, "%llu %llu %llu %llu %llu %llu %llu\n", (unsigned long long)id.dev,
+                            (unsigned long long)id.ino, (unsigned long long)id.size, (unsigned long long)id.mtime.tv_sec,
+                            (unsigned long long)id.mtime.tv_nsec, (unsigned long long)id.ctime.tv_sec,
+                            (unsigned long long)id.ctime.tv_nsec);
+    const std::string tmp = std::string(kTmpPrefix) + name + kIdSuffix;
+    Fd fd(::openat(dir_fd_.get(), tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    if (!fd.valid() || write_all(fd.get(), buf, static_cast<size_t>(len)) != 0 || fd.close_checked() != 0 ||
+        ::renameat(dir_fd_.get(), tmp.c_str(), dir_fd_.get(), (name + kIdSuffix).c_str()) != 0)
+      ::unlinkat(dir_fd_.get(), tmp.c_str(), 0);
+  }
+
+  static bool now_after_write(const struct stat& st) {
+    // A change within the file system's timestamp granularity could leave mtime and ctime as
+    // they were: only a file unchanged for a while is trusted later (as chunk files are).
+    timespec now{};
+    ::clock_gettime(CLOCK_REALTIME, &now);
+    return now.tv_sec - st.st_ctim.tv_sec >= 2;
+  }
+};
+
+DiskWriter::~DiskWriter() {
+  if (!done_) {
+    fd_.reset();
+    owner_.remove_tmp(tmp_);
+    owner_.unreserve(size_);
+  }
+}
+
+Status DiskWriter::commit() {
+  if (done_) return make_error(EINVAL, "copy already committed");
+  done_ = true;
+  int err = ::fsync(fd_.get()) != 0 ? errno : 0;
+  if (err == 0) err = fd_.close_checked();
+  if (err != 0) {
+    fd_.reset();
+    owner_.remove_tmp(tmp_);
+    owner_.unreserve(size_);
+    return make_error(err, "writing a whole-file copy");
+  }
+  return owner_.install(key_, tmp_, size_);
+}
+
+}  // namespace
+
+Result<std::unique_ptr<WholeFiles>> WholeFiles::open(const std::string& dir, uint64_t capacity,
+                                                     std::function<void(uint64_t)> usage) {
+  const std::string files = dir + "/files";
+  if (::mkdir(files.c_str(), 0700) != 0 && errno != EEXIST) return make_error(errno, files + ": cannot create");
+  Fd fd(::open(files.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd.valid()) return make_error(errno, files + ": cannot open");
+  auto w = std::make_unique<DiskWholeFiles>(files, std::move(fd), capacity, std::move(usage));
+  EXTRAFS_CHECK_STATUS(w->scan());
+  return std::unique_ptr<WholeFiles>(std::move(w));
+}
+
+Result<uint64_t> remove_whole_files(const std::string& dir) {
+  const std::string files = dir + "/files";
+  DIR* d = ::opendir(files.c_str());
+  if (!d) {
+    if (errno == ENOENT) return uint64_t{0};
+    return make_error(errno, files + ": cannot list");
+  }
+  uint64_t freed = 0;
+  int err = 0;
+  while (dirent* e = ::readdir(d)) {
+    if (std::strcmp(e->d_name, ".") == 0 || std::strcmp(e->d_name, "..") == 0) continue;
+    struct stat st {};
+    if (::fstatat(::dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || S_ISDIR(st.st_mode)) continue;
+    if (::unlinkat(::dirfd(d), e->d_name, 0) != 0) err = errno;
+    else if (S_ISREG(st.st_mode)) freed += static_cast<uint64_t>(st.st_size);
+  }
+  ::closedir(d);
+  if (err) return make_error(err, files + ": cannot remove every copy");
+  return freed;
+}
+
+}  // namespace extrafs::cache
