@@ -212,6 +212,8 @@ class DiskBlockCache final : public BlockCache {
   BlockCacheStats stats() override;
 
  private:
+  // What chunks may take: the capacity less the external bytes. REQUIRES: mu_.
+  uint64_t chunk_limit_locked() const { return capacity_ - std::min(external_, capacity_); }
   struct Entry {
     uint64_t size = 0;
     int64_t touched = 0;  // wall-clock seconds of the last mtime written to disk
@@ -536,9 +538,7 @@ DiskBlockCache::ReadResult DiskBlockCache::read_chunk(const Digest128& d, bool t
       r.data = {};
       return r;
     }
-    // A write within the file system's timestamp granularity of the last change could leave
-    // mtime and ctime as they were; only a file unchanged for a while is trusted later.
-    if (trust && now_sec() - st.st_ctim.tv_sec >= 2) {
+    if (trust && FileId::settled(st)) {
       std::lock_guard lk(verified_mu_);
       if (verified_.size() >= 2 * kVerifiedFloor && verified_.size() >= 2 * chunk_count()) verified_.clear();
       verified_[d] = id;
@@ -635,7 +635,7 @@ Status DiskBlockCache::put(const Digest128& d, std::span<const std::byte> raw) {
       return ok_status();
     }
     if (pending_.count(d)) return ok_status();  // another thread is storing the same bytes
-    const uint64_t limit = capacity_ - std::min(external_, capacity_);
+    const uint64_t limit = chunk_limit_locked();
     if (reserved_ + size > limit) {
       // Only possible when the cache is a few chunks big and as many puts are in flight.
       write_errors_.fetch_add(1, std::memory_order_relaxed);
@@ -821,7 +821,7 @@ void DiskBlockCache::set_external(uint64_t bytes) {
   {
     std::lock_guard lk(mu_);
     external_ = bytes;
-    evict_locked(0, capacity_ - std::min(external_, capacity_), &victims);
+    evict_locked(0, chunk_limit_locked(), &victims);
   }
   remove_victims(victims);
 }

@@ -14,11 +14,8 @@
 #include <cstring>
 #include <list>
 #include <mutex>
-#include <random>
 #include <unordered_map>
 #include <vector>
-
-#include "common/log.h"
 
 namespace extrafs::cache {
 
@@ -28,8 +25,6 @@ namespace {
 // key has; they are removed at open.
 constexpr const char* kTmpPrefix = ".tmp-";
 constexpr const char* kIdSuffix = ".id";
-
-bool parse_key(const std::string& name, Digest128& out) { return Digest128::from_hex(name, &out); }
 
 using FileId = FileIdentity;  // common/posix_file.h
 
@@ -42,15 +37,8 @@ class DiskWriter : public WholeFiles::Writer {
   ~DiskWriter() override;
   Status write(uint64_t offset, std::span<const std::byte> bytes) override {
     if (offset + bytes.size() > size_) return make_error(EINVAL, "write past the end of the copy");
-    size_t done = 0;
-    while (done < bytes.size()) {
-      ssize_t n = ::pwrite(fd_.get(), bytes.data() + done, bytes.size() - done, static_cast<off_t>(offset + done));
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return make_error(errno, "writing a whole-file copy");
-      }
-      done += static_cast<size_t>(n);
-    }
+    if (int e = pwrite_all(fd_.get(), bytes.data(), bytes.size(), static_cast<off_t>(offset)))
+      return make_error(e, "writing a whole-file copy");
     return ok_status();
   }
   Status commit() override;
@@ -90,11 +78,11 @@ class DiskWholeFiles : public WholeFiles {
       if (::fstatat(dir_fd_.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
       Digest128 key;
       if (name.size() > 3 && name.compare(name.size() - 3, 3, kIdSuffix) == 0 && S_ISREG(st.st_mode) &&
-          parse_key(name.substr(0, name.size() - 3), key)) {
+          Digest128::from_hex(name.substr(0, name.size() - 3), &key)) {
         ids.push_back({key, name});  // an identity; dropped below if its copy is gone
         continue;
       }
-      if (name.rfind(kTmpPrefix, 0) == 0 || !S_ISREG(st.st_mode) || !parse_key(name, key)) {
+      if (name.rfind(kTmpPrefix, 0) == 0 || !S_ISREG(st.st_mode) || !Digest128::from_hex(name, &key)) {
         ::unlinkat(dir_fd_.get(), name.c_str(), 0);  // a torn write, or nothing of ours
         continue;
       }
@@ -170,12 +158,10 @@ class DiskWholeFiles : public WholeFiles {
       drop(key, name);
       return make_error(ENOENT, "copy did not match");
     }
-    if (now_after_write(st)) {
-      write_id(name, id);
-      std::lock_guard lock(mu_);
-      verified_[key] = id;
-    }
+    const bool settled = FileId::settled(st);
+    if (settled) write_id(name, id);
     std::lock_guard lock(mu_);
+    if (settled) verified_[key] = id;
     touch_locked(key);
     return clear_nonblock(std::move(fd));
   }
@@ -228,9 +214,13 @@ class DiskWholeFiles : public WholeFiles {
     return off == size;
   }
 
-  void drop(const Digest128& key, const std::string& name) {
+  // Removes the copy named `name` and its identity from the directory.
+  void unlink_copy(const std::string& name) {
     ::unlinkat(dir_fd_.get(), name.c_str(), 0);
     ::unlinkat(dir_fd_.get(), (name + kIdSuffix).c_str(), 0);
+  }
+  void drop(const Digest128& key, const std::string& name) {
+    unlink_copy(name);
     std::lock_guard lock(mu_);
     corrupt_++;
     remove_locked(key);
@@ -263,8 +253,7 @@ class DiskWholeFiles : public WholeFiles {
   void make_room_locked(uint64_t incoming) {
     while (!lru_.empty() && bytes_ + reserved_ + incoming > capacity_) {
       Digest128 victim = lru_.front();
-      ::unlinkat(dir_fd_.get(), victim.hex().c_str(), 0);
-      ::unlinkat(dir_fd_.get(), (victim.hex() + kIdSuffix).c_str(), 0);
+      unlink_copy(victim.hex());
       remove_locked(victim);
     }
   }
@@ -319,14 +308,6 @@ class DiskWholeFiles : public WholeFiles {
         ::renameat(dir_fd_.get(), tmp.c_str(), dir_fd_.get(), (name + kIdSuffix).c_str()) != 0)
       ::unlinkat(dir_fd_.get(), tmp.c_str(), 0);
   }
-
-  static bool now_after_write(const struct stat& st) {
-    // A change within the file system's timestamp granularity could leave mtime and ctime as
-    // they were: only a file unchanged for a while is trusted later (as chunk files are).
-    timespec now{};
-    ::clock_gettime(CLOCK_REALTIME, &now);
-    return now.tv_sec - st.st_ctim.tv_sec >= 2;
-  }
 };
 
 DiskWriter::~DiskWriter() {
@@ -339,15 +320,10 @@ DiskWriter::~DiskWriter() {
 
 Status DiskWriter::commit() {
   if (done_) return make_error(EINVAL, "copy already committed");
-  done_ = true;
   int err = ::fsync(fd_.get()) != 0 ? errno : 0;
   if (err == 0) err = fd_.close_checked();
-  if (err != 0) {
-    fd_.reset();
-    owner_.remove_tmp(tmp_);
-    owner_.unreserve(size_);
-    return make_error(err, "writing a whole-file copy");
-  }
+  if (err != 0) return make_error(err, "writing a whole-file copy");  // the destructor cleans up
+  done_ = true;
   return owner_.install(key_, tmp_, size_);
 }
 

@@ -42,6 +42,28 @@ int write_all(int fd, const void* data, size_t len) {
   return 0;
 }
 
+int pwrite_all(int fd, const void* data, size_t len, off_t off) {
+  auto* p = static_cast<const uint8_t*>(data);
+  while (len > 0) {
+    ssize_t n = ::pwrite(fd, p, len, off);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    if (n == 0) return EIO;
+    p += n;
+    off += n;
+    len -= static_cast<size_t>(n);
+  }
+  return 0;
+}
+
+bool FileIdentity::settled(const struct stat& st) {
+  timespec now{};
+  ::clock_gettime(CLOCK_REALTIME_COARSE, &now);
+  return now.tv_sec - st.st_ctim.tv_sec >= 2;
+}
+
 ssize_t pread_all(int fd, void* data, size_t len, off_t off) {
   auto* p = static_cast<uint8_t*>(data);
   size_t done = 0;

@@ -65,10 +65,16 @@ struct FileIdentity {
     return dev == o.dev && ino == o.ino && size == o.size && mtime.tv_sec == o.mtime.tv_sec &&
            mtime.tv_nsec == o.mtime.tv_nsec && ctime.tv_sec == o.ctime.tv_sec && ctime.tv_nsec == o.ctime.tv_nsec;
   }
+  // Whether the identity of a file in state `st` may be trusted later: a write within the file
+  // system's timestamp granularity of its last change could leave mtime and ctime as they were,
+  // so only a file unchanged for a while (2 s) qualifies.
+  static bool settled(const struct stat& st);
 };
 
 // Writes all `len` bytes (retrying EINTR and short writes): 0 or errno.
 int write_all(int fd, const void* data, size_t len);
+// Writes all `len` bytes at `off` (retrying EINTR and short writes): 0 or errno.
+int pwrite_all(int fd, const void* data, size_t len, off_t off);
 // Reads up to `len` bytes at `off` (short only at end of file): the count, or -errno.
 ssize_t pread_all(int fd, void* data, size_t len, off_t off);
 

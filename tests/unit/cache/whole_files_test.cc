@@ -12,26 +12,16 @@
 #include <string>
 #include <vector>
 
+#include "test_util.h"
+
 namespace fs = std::filesystem;
 using extrafs::Digest128;
 using extrafs::xxh3_128;
 using extrafs::cache::ExpectedChunk;
 using extrafs::cache::WholeFiles;
+using extrafs::testing::TempDir;
 
 namespace {
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "wf_test.XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
 
 constexpr uint64_t kChunk = 1024;
 
@@ -64,6 +54,14 @@ void put(WholeFiles& w, const File& f) {
   REQUIRE((*wr)->commit().ok());
 }
 
+// Writes `f`'s copy through an instance of its own, closed again; returns the copy's path.
+fs::path written_copy(const TempDir& t, const File& f) {
+  auto w = WholeFiles::open(t.path, 1 << 20);
+  REQUIRE(w.ok());
+  put(**w, f);
+  return fs::path(t.path) / "files" / f.key.hex();
+}
+
 std::vector<std::byte> read_all(int fd, size_t n) {
   std::vector<std::byte> out(n);
   REQUIRE(::pread(fd, out.data(), n, 0) == static_cast<ssize_t>(n));
@@ -74,7 +72,7 @@ std::vector<std::byte> read_all(int fd, size_t n) {
 
 TEST_CASE("a whole-file copy is written, found, checked and handed out", "[cache]") {
   TempDir t;
-  auto w = WholeFiles::open(t.path.string(), 1 << 20);
+  auto w = WholeFiles::open(t.path, 1 << 20);
   REQUIRE(w.ok());
   File f(5 * kChunk + 17, 1);
   CHECK_FALSE((*w)->has(f.key));
@@ -93,19 +91,14 @@ TEST_CASE("a whole-file copy is written, found, checked and handed out", "[cache
 TEST_CASE("a copy that does not match its chunks is removed, never handed out", "[cache]") {
   TempDir t;
   File f(4 * kChunk, 2);
-  {
-    auto w = WholeFiles::open(t.path.string(), 1 << 20);
-    REQUIRE(w.ok());
-    put(**w, f);
-  }
-  const fs::path copy = t.path / "files" / f.key.hex();
+  const fs::path copy = written_copy(t, f);
   REQUIRE(fs::exists(copy));
   {
     std::fstream s(copy, std::ios::in | std::ios::out | std::ios::binary);
     s.seekp(3 * kChunk + 5);
     s.put(static_cast<char>(static_cast<unsigned char>(f.bytes[3 * kChunk + 5]) ^ 0xff));
   }
-  auto w = WholeFiles::open(t.path.string(), 1 << 20);
+  auto w = WholeFiles::open(t.path, 1 << 20);
   REQUIRE(w.ok());
   CHECK((*w)->has(f.key));
   CHECK((*w)->open_verified(f.key, f.bytes.size(), kChunk, f.chunks).code() == ENOENT);
@@ -120,25 +113,20 @@ TEST_CASE("a copy that does not match its chunks is removed, never handed out", 
 TEST_CASE("a copy hashed once is trusted by later instances while unchanged", "[cache]") {
   TempDir t;
   File f(3 * kChunk, 3);
-  {
-    auto w = WholeFiles::open(t.path.string(), 1 << 20);
-    REQUIRE(w.ok());
-    put(**w, f);
-  }
-  const fs::path copy = t.path / "files" / f.key.hex();
+  const fs::path copy = written_copy(t, f);
   // Only a file unchanged for two seconds is trusted later (timestamp granularity): age it.
   struct timespec old[2] = {{::time(nullptr) - 10, 0}, {::time(nullptr) - 10, 0}};
   REQUIRE(::utimensat(AT_FDCWD, copy.c_str(), old, 0) == 0);
   // ctime moved with utimensat; wait until it is two seconds old.
   ::sleep(3);
   {
-    auto w = WholeFiles::open(t.path.string(), 1 << 20);
+    auto w = WholeFiles::open(t.path, 1 << 20);
     REQUIRE(w.ok());
     REQUIRE((*w)->open_verified(f.key, f.bytes.size(), kChunk, f.chunks).ok());
   }
   CHECK(fs::exists(copy.string() + ".id"));
   // A later instance trusts the identity: expectations that would not match are not checked.
-  auto w = WholeFiles::open(t.path.string(), 1 << 20);
+  auto w = WholeFiles::open(t.path, 1 << 20);
   REQUIRE(w.ok());
   auto wrong = f.chunks;
   wrong[0].digest = xxh3_128("x", 1);
@@ -149,7 +137,7 @@ TEST_CASE("a copy hashed once is trusted by later instances while unchanged", "[
     s.seekp(0);
     s.put(static_cast<char>(f.bytes[0]));  // the same byte: content unchanged, ctime not
   }
-  auto w2 = WholeFiles::open(t.path.string(), 1 << 20);
+  auto w2 = WholeFiles::open(t.path, 1 << 20);
   REQUIRE(w2.ok());
   CHECK((*w2)->open_verified(f.key, f.bytes.size(), kChunk, wrong).code() == ENOENT);
 }
@@ -157,7 +145,7 @@ TEST_CASE("a copy hashed once is trusted by later instances while unchanged", "[
 TEST_CASE("copies stay within their bound and report their size", "[cache]") {
   TempDir t;
   uint64_t reported = 0;
-  auto w = WholeFiles::open(t.path.string(), 10 * kChunk, [&](uint64_t b) { reported = b; });
+  auto w = WholeFiles::open(t.path, 10 * kChunk, [&](uint64_t b) { reported = b; });
   REQUIRE(w.ok());
   File a(4 * kChunk, 4), b(4 * kChunk, 5), c(4 * kChunk, 6);
   put(**w, a);
@@ -170,23 +158,23 @@ TEST_CASE("copies stay within their bound and report their size", "[cache]") {
   CHECK(reported == 8 * kChunk);
   CHECK((*w)->begin(a.key, 11 * kChunk).code() == EFBIG);
   // Leftovers of an interrupted write and stray files go at the next open.
-  std::ofstream(t.path / "files" / ".tmp-junk") << "x";
-  std::ofstream(t.path / "files" / "not-a-key") << "x";
-  std::ofstream(t.path / "files" / (a.key.hex() + ".id")) << "1 2 3 4 5 6 7\n";
-  auto w2 = WholeFiles::open(t.path.string(), 10 * kChunk);
+  std::ofstream(fs::path(t.path) / "files" / ".tmp-junk") << "x";
+  std::ofstream(fs::path(t.path) / "files" / "not-a-key") << "x";
+  std::ofstream(fs::path(t.path) / "files" / (a.key.hex() + ".id")) << "1 2 3 4 5 6 7\n";
+  auto w2 = WholeFiles::open(t.path, 10 * kChunk);
   REQUIRE(w2.ok());
   CHECK((*w2)->stats().files == 2);
-  CHECK_FALSE(fs::exists(t.path / "files" / ".tmp-junk"));
-  CHECK_FALSE(fs::exists(t.path / "files" / "not-a-key"));
-  CHECK_FALSE(fs::exists(t.path / "files" / (a.key.hex() + ".id")));
-  auto freed = extrafs::cache::remove_whole_files(t.path.string());
+  CHECK_FALSE(fs::exists(fs::path(t.path) / "files" / ".tmp-junk"));
+  CHECK_FALSE(fs::exists(fs::path(t.path) / "files" / "not-a-key"));
+  CHECK_FALSE(fs::exists(fs::path(t.path) / "files" / (a.key.hex() + ".id")));
+  auto freed = extrafs::cache::remove_whole_files(t.path);
   REQUIRE(freed.ok());
   CHECK(*freed == 8 * kChunk);
 }
 
 TEST_CASE("an abandoned writer leaves nothing behind", "[cache]") {
   TempDir t;
-  auto w = WholeFiles::open(t.path.string(), 1 << 20);
+  auto w = WholeFiles::open(t.path, 1 << 20);
   REQUIRE(w.ok());
   File f(2 * kChunk, 7);
   {
@@ -196,6 +184,6 @@ TEST_CASE("an abandoned writer leaves nothing behind", "[cache]") {
     CHECK((*wr)->write(f.bytes.size(), std::span(f.bytes.data(), 1)).code() == EINVAL);
   }
   CHECK_FALSE((*w)->has(f.key));
-  CHECK(fs::is_empty(t.path / "files"));
+  CHECK(fs::is_empty(fs::path(t.path) / "files"));
   CHECK((*w)->stats().bytes == 0);
 }
