@@ -453,7 +453,14 @@ Result<NodeAttr> FsCore::lookup(uint64_t parent, std::string_view name) {
   if (!s) return make_error(ESTALE, "stale node");
   if (local < kEntryBase) {
     if (s->is_image || local != kLayerDir) return make_error(ENOTDIR, "not a directory");
-    if (name == "diff") return getattr(make_ino(sn, kEntryBase));
+    if (name == "diff") {
+      // The first look at a layer's diff/ (attach checks each layer's; overlayfs resolves its
+      // lower directories) starts fetching its ordered prefix: the start-up's files are on
+      // their way before the container asks for them.
+      EXTRAFS_TRY(idx, index_of(*s));
+      ordered_.touch(s->layer, *idx);
+      return entry_attr(sn, *idx, 0);
+    }
     if (name == "link") return getattr(make_ino(sn, kLinkFile));
     if (name == "lower") return getattr(make_ino(sn, kLowerFile));
     return noent();

@@ -1,10 +1,11 @@
 // OrderedPrefetch: the daemon's side of `publish --order`. A layer published from a recorded
 // start-up holds the files that start-up read at the start of its blob, and its catalog entry
-// says how many bytes they take (CatalogLayer::ordered_prefix, fs/catalog.h). The first time
-// anything under that layer's diff/ is looked up or read in a mount, the whole prefix is queued
-// for background fetching (ChunkFetcher::prefetch_sequence: a few large backend reads, in
-// parallel), so the files a container reads next are there before it asks. Once per layer per
-// mount; a layer without a prefix costs one comparison.
+// says how many bytes they take (CatalogLayer::ordered_prefix, fs/catalog.h). The first time in
+// a mount that layer's diff/ is looked up (`docker attach` checks it; overlayfs resolves it when
+// a container starts), or anything under it is looked up or read, the whole prefix is queued for
+// background fetching (ChunkFetcher::prefetch_sequence: a few large backend reads, in parallel),
+// so the files a container reads next are there before it asks. Once per layer per mount; a
+// layer without a prefix costs one comparison.
 //
 // The prefix is a hint from the store: a value beyond the blob's chunks is clamped to them (one
 // warning line), and the fetcher queues at most half its memory LRU; the rest is left to readers.
@@ -36,7 +37,7 @@ class OrderedPrefetch {
   OrderedPrefetch(const OrderedPrefetch&) = delete;
   OrderedPrefetch& operator=(const OrderedPrefetch&) = delete;
 
-  // A lookup or read under `layer`'s diff/ (served from `idx`, its index). The first call for a
+  // A lookup of `layer`'s diff/, or a lookup or read under it (served from `idx`, its index). The first call for a
   // layer with a prefix queues it; every other call returns at once.
   void touch(const CatalogLayer& layer, const LayerIndex& idx);
 

@@ -1,9 +1,10 @@
 #!/bin/bash
 # A store published with `publish --order` records each layer's ordered prefix in its catalog;
 # a mount of it (local directory and NFSv4) fetches a layer's whole prefix in the background on
-# the first access under its diff/: after reading one traced file, the other traced files'
-# chunks arrive without being read, in a few large backend reads, and every byte read equals the
-# source. A store without the key behaves as before; a hostile value is clamped (huge) or refused
+# the first look at its diff/: after reading one traced file, the other traced files' chunks
+# arrive without being read, in a few large backend reads, and every byte read equals the
+# source; `docker attach` (which checks each layer's diff/) starts the prefix of a layer nothing
+# has read yet. A store without the key behaves as before; a hostile value is clamped (huge) or refused
 # (not a number) with one line, and never crashes the daemon.
 set -euo pipefail
 source "$(dirname "$0")/nfs_lib.sh"
@@ -84,6 +85,18 @@ check_prefix() {
   local reads
   reads=$(stats "$mnt" | python3 -c "import json,sys; print(json.load(sys.stdin)['fetch_seconds']['count'])")
   ((reads <= 7)) && pass "$label: $reads backend reads for 6 MiB" || fail "$label: $reads backend reads"
+  # docker attach checks each layer's diff/ in the mount: that look starts the top layer's
+  # prefix, with nothing under it read (a container's first start then finds it here).
+  rm -rf "$T/dr-$label"
+  "$EXTRAFS" docker attach ord:1 --mount "$mnt" --data-root "$T/dr-$label" >"$T/attach.out" 2>&1 \
+    || fail "$label: docker attach: $(cat "$T/attach.out")"
+  if wait_until 20 cached_at_least "$mnt" "$OTOP" $((1 * MiB)); then
+    pass "$label: docker attach started the top layer's 1 MiB prefix"
+  else
+    fail "$label: top layer cached $(layer_cached "$mnt" "$OTOP") bytes 20 s after attach: $(stats "$mnt")"
+  fi
+  [[ $(layer_cached "$mnt" "$OTOP") == $((1 * MiB)) ]] && pass "$label: and only it (app/unused not fetched)" \
+    || fail "$label: top layer cached $(layer_cached "$mnt" "$OTOP") bytes"
   for f in opt/unread; do same "$SRC/base/$f" "$d/$f" && pass "$label: $f equal to the source" || fail "$label: $f differs"; done
   same "$SRC/top/app/main" "$mnt/overlay2/$OTOP/diff/app/main" && same "$SRC/top/app/unused" "$mnt/overlay2/$OTOP/diff/app/unused" \
     && pass "$label: the top layer reads equal to the source" || fail "$label: top layer differs"

@@ -143,7 +143,7 @@ TEST_CASE("the first read under a layer with an ordered prefix brings the other 
   CHECK(fetcher.stats().chunks_fetched > fetched);
 }
 
-TEST_CASE("a first lookup under a layer's diff queues its prefix once per mount", "[ordered]") {
+TEST_CASE("the first look at a layer's diff/ queues its prefix once per mount", "[ordered]") {
   BlobStore s(std::nullopt);
   s.catalog.layers[0].ordered_prefix = s.prefix;
   s.mem.put(kCatalogPath, s.catalog.serialize());
@@ -152,7 +152,16 @@ TEST_CASE("a first lookup under a layer's diff queues its prefix once per mount"
   auto core_r = FsCore::open(fetcher, fetcher, {});
   REQUIRE(core_r.ok());
   FsCore& core = **core_r;
-  walk(core, "usr");  // a lookup, no read
+  // The layer's directory and its link file: no.
+  auto overlay = core.lookup(kRootIno, "overlay2");
+  REQUIRE(overlay.ok());
+  auto top = core.lookup(overlay->st.st_ino, kOrd);
+  REQUIRE(top.ok());
+  REQUIRE(core.lookup(top->st.st_ino, "link").ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK(fetcher.stats().prefetches == 0);
+  // diff/ itself (what attach checks and overlayfs resolves): yes, before anything under it.
+  walk(core, "");
   REQUIRE(wait_cached(fetcher, s.files["usr/lib/b"]));
   walk(core, "usr/lib");
   read_all(core, "bin/python");
