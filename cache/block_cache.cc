@@ -925,13 +925,6 @@ Result<CacheInspection> inspect_block_cache(const std::string& dir) {
       out.bytes += static_cast<uint64_t>(fst.st_size) - kHeaderSize;
     }
   }
-  for (const auto& [name, fst] : list(dir + "/files")) {
-    Digest128 d;
-    if (S_ISREG(fst.st_mode) && Digest128::from_hex(name, &d)) {
-      out.whole_files++;
-      out.whole_file_bytes += static_cast<uint64_t>(fst.st_size);
-    }
-  }
   out.meta_blobs = list(dir + "/meta").size();
   out.stray_files += list(dir + "/tmp").size();
   return out;

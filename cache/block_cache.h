@@ -89,8 +89,6 @@ struct CacheInspection {
   uint64_t bytes = 0;        // raw bytes in them (headers excluded)
   uint64_t meta_blobs = 0;   // files in meta/
   uint64_t stray_files = 0;  // leftovers in tmp/ and misnamed files
-  uint64_t whole_files = 0;  // whole-file copies in files/ (cache/whole_files.h)
-  uint64_t whole_file_bytes = 0;
   long owner_pid = 0;        // the extrafs holding the cache, 0 if none
 };
 Result<CacheInspection> inspect_block_cache(const std::string& dir);

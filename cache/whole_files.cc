@@ -28,6 +28,34 @@ constexpr const char* kIdSuffix = ".id";
 
 using FileId = FileIdentity;  // common/posix_file.h
 
+// Calls fn(name, lstat) for every entry of the directory `dir_fd` but . and .. (entries that
+// vanish meanwhile are skipped). The one place that lists DIR/files.
+Status for_each_entry(int dir_fd, const std::string& shown,
+                      const std::function<void(const std::string&, const struct stat&)>& fn) {
+  Fd fd(::openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  DIR* d = fd.valid() ? ::fdopendir(fd.get()) : nullptr;
+  if (!d) return make_error(errno, shown + ": cannot list");
+  fd.release();  // the DIR owns it now
+  while (dirent* e = ::readdir(d)) {
+    std::string name = e->d_name;
+    if (name == "." || name == "..") continue;
+    struct stat st {};
+    if (::fstatat(::dirfd(d), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) fn(name, st);
+  }
+  ::closedir(d);
+  return ok_status();
+}
+
+// Whether an entry of DIR/files is a copy (a regular file named by its key).
+bool is_copy(const std::string& name, const struct stat& st, Digest128* key) {
+  return S_ISREG(st.st_mode) && Digest128::from_hex(name, key);
+}
+
+// DIR/files opened as a directory; an invalid Fd with errno set if it cannot be.
+Fd open_files_dir(const std::string& dir) {
+  return Fd(::open((dir + "/files").c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW));
+}
+
 class DiskWholeFiles;
 
 class DiskWriter : public WholeFiles::Writer {
@@ -67,28 +95,19 @@ class DiskWholeFiles : public WholeFiles {
     };
     std::vector<Found> found;
     std::vector<std::pair<Digest128, std::string>> ids;
-    Fd fd(::openat(dir_fd_.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (!fd.valid()) return make_error(errno, dir_ + ": cannot list");
-    DIR* d = ::fdopendir(fd.release());
-    if (!d) return make_error(errno, dir_ + ": cannot list");
-    while (dirent* e = ::readdir(d)) {
-      std::string name = e->d_name;
-      if (name == "." || name == "..") continue;
-      struct stat st {};
-      if (::fstatat(dir_fd_.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+    EXTRAFS_CHECK_STATUS(for_each_entry(dir_fd_.get(), dir_, [&](const std::string& name, const struct stat& st) {
       Digest128 key;
-      if (name.size() > 3 && name.compare(name.size() - 3, 3, kIdSuffix) == 0 && S_ISREG(st.st_mode) &&
-          Digest128::from_hex(name.substr(0, name.size() - 3), &key)) {
+      if (name.size() > 3 && name.compare(name.size() - 3, 3, kIdSuffix) == 0 &&
+          is_copy(name.substr(0, name.size() - 3), st, &key)) {
         ids.push_back({key, name});  // an identity; dropped below if its copy is gone
-        continue;
+        return;
       }
-      if (name.rfind(kTmpPrefix, 0) == 0 || !S_ISREG(st.st_mode) || !Digest128::from_hex(name, &key)) {
+      if (name.rfind(kTmpPrefix, 0) == 0 || !is_copy(name, st, &key)) {
         ::unlinkat(dir_fd_.get(), name.c_str(), 0);  // a torn write, or nothing of ours
-        continue;
+        return;
       }
       found.push_back({key, static_cast<uint64_t>(st.st_size), st.st_mtim});
-    }
-    ::closedir(d);
+    }));
     for (const auto& id : ids)
       if (std::none_of(found.begin(), found.end(), [&](const Found& f) { return f.key == id.first; }))
         ::unlinkat(dir_fd_.get(), id.second.c_str(), 0);
@@ -341,24 +360,33 @@ Result<std::unique_ptr<WholeFiles>> WholeFiles::open(const std::string& dir, uin
 }
 
 Result<uint64_t> remove_whole_files(const std::string& dir) {
-  const std::string files = dir + "/files";
-  DIR* d = ::opendir(files.c_str());
-  if (!d) {
+  Fd files = open_files_dir(dir);
+  if (!files.valid()) {
     if (errno == ENOENT) return uint64_t{0};
-    return make_error(errno, files + ": cannot list");
+    return make_error(errno, dir + "/files: cannot list");
   }
   uint64_t freed = 0;
   int err = 0;
-  while (dirent* e = ::readdir(d)) {
-    if (std::strcmp(e->d_name, ".") == 0 || std::strcmp(e->d_name, "..") == 0) continue;
-    struct stat st {};
-    if (::fstatat(::dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || S_ISDIR(st.st_mode)) continue;
-    if (::unlinkat(::dirfd(d), e->d_name, 0) != 0) err = errno;
+  EXTRAFS_CHECK_STATUS(for_each_entry(files.get(), dir + "/files", [&](const std::string& name, const struct stat& st) {
+    if (S_ISDIR(st.st_mode)) return;
+    if (::unlinkat(files.get(), name.c_str(), 0) != 0) err = errno;
     else if (S_ISREG(st.st_mode)) freed += static_cast<uint64_t>(st.st_size);
-  }
-  ::closedir(d);
-  if (err) return make_error(err, files + ": cannot remove every copy");
+  }));
+  if (err) return make_error(err, dir + "/files: cannot remove every copy");
   return freed;
+}
+
+WholeFilesInspection inspect_whole_files(const std::string& dir) {
+  WholeFilesInspection out;
+  Fd files = open_files_dir(dir);
+  if (!files.valid()) return out;
+  (void)for_each_entry(files.get(), dir + "/files", [&](const std::string& name, const struct stat& st) {
+    Digest128 key;
+    if (!is_copy(name, st, &key)) return;
+    out.files++;
+    out.bytes += static_cast<uint64_t>(st.st_size);
+  });
+  return out;
 }
 
 }  // namespace extrafs::cache

@@ -78,6 +78,14 @@ class WholeFiles {
   virtual WholeFileStats stats() = 0;
 };
 
+// What DIR/files holds, read without opening it (so it works while a daemon uses it): for
+// `extrafs cache stat`. Zeros if there is no DIR/files.
+struct WholeFilesInspection {
+  uint64_t files = 0;  // copies
+  uint64_t bytes = 0;  // their sizes
+};
+WholeFilesInspection inspect_whole_files(const std::string& dir);
+
 // Removes every copy in DIR/files (what `extrafs cache gc` and `verify` do: copies are rebuilt
 // from the chunks when a file is next read whole); returns the bytes freed.
 Result<uint64_t> remove_whole_files(const std::string& dir);

@@ -586,19 +586,20 @@ Result<std::vector<std::string>> FsCore::listxattr(uint64_t ino) {
   return out;
 }
 
-Status FsCore::open(uint64_t ino, int flags) {
+Result<Fd> FsCore::open(uint64_t ino, int flags) {
   if ((flags & O_ACCMODE) != O_RDONLY || (flags & (O_TRUNC | O_CREAT | O_APPEND)))
     return make_error(EROFS, "read-only file system");
   EXTRAFS_TRY(a, getattr(ino));
   if (S_ISDIR(a.st.st_mode)) return make_error(EISDIR, "is a directory");
   if (!S_ISREG(a.st.st_mode)) return make_error(EACCES, "not a regular file");
   uint32_t sn = ino_slot(ino), local = ino_local(ino);
-  if (options_.on_first_open && local >= kEntryBase) {
-    // getattr above loaded the index.
-    if (auto s = slot(sn); s && !s->is_image)
-      if (auto idx = loaded_index(*s)) record_access(sn, *s, *idx, local - kEntryBase);
-  }
-  return ok_status();
+  auto s = slot(sn);
+  if (!s || local < kEntryBase) return Fd();  // a layer's link or lower file
+  auto idx = loaded_index(*s);  // getattr above loaded it
+  if (!idx) return Fd();
+  const uint32_t e = local - kEntryBase;
+  if (options_.on_first_open && !s->is_image) record_access(sn, *s, *idx, e);
+  return whole_copy(*idx, e);
 }
 
 void FsCore::record_access(uint32_t slot_no, const Slot& s, const LayerIndex& idx, uint32_t entry) {
@@ -876,22 +877,14 @@ void FsCore::copy_loop() {
   }
 }
 
-Fd FsCore::backing_file(uint64_t ino) {
+Fd FsCore::whole_copy(const LayerIndex& idx, uint32_t e) {
   if (!options_.whole_files || !passthrough_.load(std::memory_order_relaxed)) return Fd();
-  uint32_t sn = ino_slot(ino), local = ino_local(ino);
-  auto s = slot(sn);
-  if (!s || local < kEntryBase) return Fd();
-  auto held = index_of(*s);
-  if (!held.ok()) return Fd();
-  const LayerIndex& idx = **held;
-  const uint64_t e = local - kEntryBase;
-  if (e >= idx.entry_count()) return Fd();
-  const EntryRecord& rec = idx.attr_entry(static_cast<uint32_t>(e));
+  const EntryRecord& rec = idx.attr_entry(e);
   if (!S_ISREG(rec.mode) || rec.size < options_.whole_file_min) return Fd();
-  const Digest128 key = whole_file_key(idx, static_cast<uint32_t>(e));
+  const Digest128 key = whole_file_key(idx, e);
   if (!options_.whole_files->has(key)) return Fd();
   std::vector<cache::ExpectedChunk> want;
-  for (const ChunkRecord& c : idx.chunks(static_cast<uint32_t>(e)))
+  for (const ChunkRecord& c : idx.chunks(e))
     want.push_back({chunk_digest(c), c.raw_len, (c.flags & kChunkZero) != 0});
   auto fd = options_.whole_files->open_verified(key, rec.size, idx.chunk_size(), want);
   if (!fd.ok()) return Fd();

@@ -89,7 +89,7 @@ struct FsCoreOptions {
   double index_retry_s = 2.0;
   // Local whole-file copies for the kernel to read by itself (null = none): a file of at least
   // whole_file_min bytes gets one, made in the background, when a read reaches its end and every
-  // one of its chunks is cached; backing_file() then hands it out.
+  // one of its chunks is cached; open() then hands it out.
   cache::WholeFiles* whole_files = nullptr;
   uint64_t whole_file_min = uint64_t{8} << 20;
 };
@@ -119,15 +119,14 @@ class FsCore {
   Status readdir(uint64_t ino, uint64_t offset, const std::function<bool(const DirItem&, const NodeAttr&)>& emit);
   Result<std::string> getxattr(uint64_t ino, std::string_view name);
   Result<std::vector<std::string>> listxattr(uint64_t ino);
-  // Checks that `ino` may be opened with `flags` (EROFS for any write access, EISDIR, ...).
-  Status open(uint64_t ino, int flags);
+  // Checks that `ino` may be opened with `flags` (EROFS for any write access, EISDIR, ...) and
+  // records the first open (on_first_open). Returns the file's local whole-file copy, open
+  // read-only and checked (see cache::WholeFiles), when passthrough is on and it has one; else an
+  // invalid Fd. The adapter counts `passthrough_opens` once the kernel took it.
+  Result<Fd> open(uint64_t ino, int flags);
   // Whether open() does anything the kernel cannot do alone: only when first opens are recorded
   // (on_first_open). Otherwise the FUSE adapter lets the kernel open files without asking.
   bool wants_opens() const { return static_cast<bool>(options_.on_first_open); }
-  // The local whole-file copy of regular file `ino`, open read-only and checked (see
-  // cache::WholeFiles), or an invalid Fd if it has none. Counted in `passthrough_opens` by the
-  // adapter once the kernel took it.
-  Fd backing_file(uint64_t ino);
   void count_passthrough_open() { passthrough_opens_.fetch_add(1, std::memory_order_relaxed); }
   // Called by the adapter when the kernel agreed to passthrough (before the first request after
   // INIT): only then are copies made and handed out.
@@ -212,6 +211,8 @@ class FsCore {
   unsigned sequential_window(uint64_t ino, uint64_t offset, uint64_t end);
   // Queues a whole-file copy of entry `e` (see FsCoreOptions::whole_files); no-op if it has one.
   void want_whole_copy(std::shared_ptr<const LayerIndex> idx, uint32_t e);
+  // Entry `e`'s whole-file copy for open(), checked; invalid if passthrough is off or it has none.
+  Fd whole_copy(const LayerIndex& idx, uint32_t e);
   void copy_loop();
 
   cache::ChunkFetcher& fetcher_;

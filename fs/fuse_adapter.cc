@@ -306,14 +306,13 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     fuse_reply_err(req, ENOSYS);
     return;
   }
-  auto st = core.open(ino, fi->flags);
-  if (!st.ok()) {
-    fuse_reply_err(req, st.code());
+  auto backing = core.open(ino, fi->flags);
+  if (!backing.ok()) {
+    fuse_reply_err(req, backing.code());
     return;
   }
   if (pt) {
-    Fd backing = core.backing_file(ino);
-    int id = passthrough::open_node(ino, backing);
+    int id = passthrough::open_node(ino, *backing);
     if (id >= 0) {
       struct {
         uint64_t fh;

@@ -83,8 +83,9 @@ int cmd_cache(const std::string& verb, const std::string& dir, const std::string
     std::printf("cache           %s\n", dir.c_str());
     std::printf("chunks          %llu (%s)\n", static_cast<unsigned long long>(info->chunks), format_size(info->bytes).c_str());
     std::printf("metadata blobs  %llu\n", static_cast<unsigned long long>(info->meta_blobs));
-    std::printf("whole files     %llu (%s)\n", static_cast<unsigned long long>(info->whole_files),
-                format_size(info->whole_file_bytes).c_str());
+    const auto copies = cache::inspect_whole_files(dir);
+    std::printf("whole files     %llu (%s)\n", static_cast<unsigned long long>(copies.files),
+                format_size(copies.bytes).c_str());
     std::printf("stray files     %llu\n", static_cast<unsigned long long>(info->stray_files));
     if (info->owner_pid > 0) std::printf("in use by       extrafs pid %ld\n", info->owner_pid);
     else if (info->owner_pid < 0) std::printf("in use by       another process\n");

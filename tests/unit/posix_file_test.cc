@@ -12,23 +12,12 @@
 #include <vector>
 
 #include "common/posix_file.h"
+#include "test_util.h"
 
 using namespace extrafs;
+using extrafs::testing::TempDir;
 
 namespace {
-
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/extrafs-posix-file-test.XXXXXX";
-    REQUIRE(::mkdtemp(tmpl) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-};
 
 std::vector<std::string> names_in(const std::string& dir) {
   std::vector<std::string> out;

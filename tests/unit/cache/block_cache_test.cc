@@ -19,6 +19,8 @@
 #include <thread>
 #include <vector>
 
+#include "test_util.h"
+
 namespace fs = std::filesystem;
 using extrafs::Digest128;
 using extrafs::xxh3_128;
@@ -28,18 +30,9 @@ namespace {
 
 constexpr uint64_t kHeader = 32;  // chunk file header size (see block_cache.cc)
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "bc_test.XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string cache_dir() const { return (path / "cache").string(); }
+// A temporary directory; the cache goes in its "cache" subdirectory.
+struct TempDir : extrafs::testing::TempDir {
+  std::string cache_dir() const { return path + "/cache"; }
 };
 
 // Deterministic content for chunk number `i` of `size` bytes.
@@ -376,7 +369,7 @@ TEST_CASE("a chunk file replaced by a symlink, a FIFO or a directory is dropped,
   auto other = make_chunk(10, 30000);
   REQUIRE(c->put(xxh3_128(other), other).ok());
   REQUIRE(c->put(d, data).ok());
-  fs::path fifo = t.path / "fifo";
+  fs::path fifo = fs::path(t.path) / "fifo";
   REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
 
   std::string how;
@@ -387,7 +380,7 @@ TEST_CASE("a chunk file replaced by a symlink, a FIFO or a directory is dropped,
   SECTION("a FIFO") { how = "fifo"; }
   SECTION("an empty directory") { how = "dir"; }
   INFO(how);
-  fs::path keep = t.path / "good";
+  fs::path keep = fs::path(t.path) / "good";
   fs::copy_file(p, keep);
   fs::remove(p);
   if (how == "self") fs::create_symlink(keep, p);
@@ -507,7 +500,7 @@ TEST_CASE("a second open of the same directory fails with EBUSY", "[cache]") {
 
 TEST_CASE("a cache directory that is not a directory is rejected with its name", "[cache]") {
   TempDir t;
-  auto file = t.path / "file";
+  auto file = fs::path(t.path) / "file";
   std::ofstream(file) << "x";
   for (auto dir : {file.string(), (file / "sub").string()}) {
     auto r = BlockCache::open(dir, 1 << 20);
@@ -527,18 +520,18 @@ TEST_CASE("an unwritable cache directory is rejected with its name", "[cache]") 
   CHECK_THAT(r.error().message, Catch::Contains(dir));
   if (::geteuid() != 0) {
     TempDir t;
-    fs::create_directory(t.path / "ro");
-    fs::permissions(t.path / "ro", fs::perms::owner_read | fs::perms::owner_exec);
-    auto r2 = BlockCache::open((t.path / "ro").string(), 1 << 20);
+    fs::create_directory(fs::path(t.path) / "ro");
+    fs::permissions(fs::path(t.path) / "ro", fs::perms::owner_read | fs::perms::owner_exec);
+    auto r2 = BlockCache::open((fs::path(t.path) / "ro").string(), 1 << 20);
     REQUIRE_FALSE(r2.ok());
     CHECK(r2.code() == EACCES);
-    fs::permissions(t.path / "ro", fs::perms::owner_all);
+    fs::permissions(fs::path(t.path) / "ro", fs::perms::owner_all);
   }
 }
 
 TEST_CASE("a cache is created with its missing parent directories", "[cache]") {
   TempDir t;
-  auto dir = (t.path / "a" / "b" / "cache").string();
+  auto dir = (fs::path(t.path) / "a" / "b" / "cache").string();
   auto c = open_ok(dir, 1 << 20);
   CHECK(fs::is_directory(fs::path(dir) / "chunks"));
   auto data = make_chunk(1, 100);
