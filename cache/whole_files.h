@@ -7,10 +7,12 @@
 // reads it as it reads any local file: its page cache, its readahead, no daemon in between).
 //
 // Trust: a copy is hashed chunk by chunk against the index's digests on its first open by this
-// instance, and again whenever the file changes (inode, size, mtime or ctime differ from when it
-// was hashed), as chunk files are; a copy that does not match is removed and the open is served
-// the usual way. Written to DIR/tmp, fsync'ed and renamed into place: a copy under its final name
-// is complete.
+// instance (the daemon's copier opens each copy it wrote once its identity settles, so readers
+// do not wait for that), and again whenever the file changes (inode, size, mtime or ctime differ
+// from when it was hashed), as chunk files are; the identity is kept beside the copy, so a later
+// instance trusts it too. A copy that does not match is removed and the open is served the
+// usual way. Written to a temporary beside it, fsync'ed and renamed into place: a copy under its
+// final name is complete.
 //
 // Bounded by `capacity` bytes (copies' sizes); the least recently opened copies go first. Copies
 // are extra: the chunks they were built from stay in the block cache.

@@ -838,17 +838,38 @@ void FsCore::want_whole_copy(std::shared_ptr<const LayerIndex> idx, uint32_t e) 
 }
 
 void FsCore::copy_loop() {
+  using Clock = std::chrono::steady_clock;
   for (;;) {
     CopyJob job;
+    bool settle = false;
     {
       std::unique_lock lock(copy_mu_);
-      copy_cv_.wait(lock, [&] { return copy_stop_ || !copy_queue_.empty(); });
-      if (copy_stop_) return;
-      job = std::move(copy_queue_.front());
-      copy_queue_.pop_front();
+      for (;;) {
+        if (copy_stop_) return;
+        if (!copy_queue_.empty()) {
+          job = std::move(copy_queue_.front());
+          copy_queue_.pop_front();
+          break;
+        }
+        if (!settle_queue_.empty() && settle_queue_.front().due <= Clock::now()) {
+          job = std::move(settle_queue_.front());
+          settle_queue_.pop_front();
+          settle = true;
+          break;
+        }
+        if (settle_queue_.empty()) copy_cv_.wait(lock);
+        else copy_cv_.wait_until(lock, settle_queue_.front().due);
+      }
+    }
+    if (settle) {
+      // The copy's first check (a hash of the whole file, which then records its identity), done
+      // here rather than in the first OPEN that hands it out.
+      whole_copy(*job.idx, job.entry);
+      continue;
     }
     const LayerIndex& idx = *job.idx;
     const uint64_t size = idx.attr_entry(job.entry).size;
+    bool written = false;
     Status st = [&]() -> Status {
       if (options_.whole_files->has(job.key)) return ok_status();
       // Only a file read whole: every chunk already here (so a copy costs the store nothing,
@@ -869,11 +890,20 @@ void FsCore::copy_loop() {
         }
         off += c.raw_len;
       }
-      return w->commit();
+      EXTRAFS_CHECK_STATUS(w->commit());
+      written = true;
+      return ok_status();
     }();
     if (!st.ok()) spdlog::debug("whole-file copy {} not made: {}", job.key.hex(), st.error().message);
     std::lock_guard lock(copy_mu_);
     copy_pending_.erase(job.key);
+    // A copy written now is trusted without a hash once unchanged for 2 s (whole seconds of a
+    // coarse clock: 3 s to be sure); a bounded number wait for that.
+    constexpr size_t kMaxSettling = 64;
+    if (written && settle_queue_.size() < kMaxSettling) {
+      job.due = Clock::now() + std::chrono::seconds(3);
+      settle_queue_.push_back(std::move(job));
+    }
   }
 }
 

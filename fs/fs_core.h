@@ -89,7 +89,8 @@ struct FsCoreOptions {
   double index_retry_s = 2.0;
   // Local whole-file copies for the kernel to read by itself (null = none): a file of at least
   // whole_file_min bytes gets one, made in the background, when a read reaches its end and every
-  // one of its chunks is cached; open() then hands it out.
+  // one of its chunks is cached; open() then hands it out. The copier checks each copy it wrote
+  // (hashes it) a few seconds later, so that no open waits for that.
   cache::WholeFiles* whole_files = nullptr;
   uint64_t whole_file_min = uint64_t{8} << 20;
 };
@@ -250,10 +251,14 @@ class FsCore {
     Digest128 key;
     std::shared_ptr<const LayerIndex> idx;
     uint32_t entry;
+    std::chrono::steady_clock::time_point due{};  // settle_queue_: when to check the new copy
   };
-  std::mutex copy_mu_;  // guards the three below; stopping_ (under stop_mu_) also ends copy_loop
+  std::mutex copy_mu_;  // guards the four below; stopping_ (under stop_mu_) also ends copy_loop
   std::condition_variable copy_cv_;
   std::deque<CopyJob> copy_queue_;
+  // Copies just written, to be hashed once their identity can be trusted (FileIdentity::settled),
+  // so that no open waits for it; in order of `due`.
+  std::deque<CopyJob> settle_queue_;
   std::unordered_set<Digest128, Digest128Hash> copy_pending_;
   bool copy_stop_ = false;
   std::thread copier_;

@@ -2,7 +2,8 @@
 # test_passthrough.sh EXTRAFS — whole-file copies read by the kernel itself (FUSE passthrough),
 # through a real mount of a local-directory store.
 #
-# A file of at least 8 MiB read to its end, with every chunk cached, gets a copy in CACHE/files;
+# A file of at least 8 MiB read to its end, with every chunk cached, gets a copy in CACHE/files,
+# which the daemon hashes a few seconds later, unasked (its identity is then recorded beside it);
 # a later open hands the copy to the kernel: the bytes are the store's (through the mount and
 # through an overlay mount on it, as docker reads them), and the daemon serves none of them. A
 # copy damaged on disk is found by its first open (hashed against the index), removed, and the
@@ -45,6 +46,12 @@ pass "the kernel agreed to FUSE passthrough"
 for f in big small holes; do cmp "$d/$f" "$F/$f" || fail "$f differs on the first read"; done
 wait_until 20 js_is whole_files 2 && pass "2 copies made (big, holes), none of the 4 MiB file" \
   || fail "whole_files $(js whole_files) after reading, expected 2"
+# Each new copy is hashed by the daemon a few seconds after it is written, with no open: its
+# identity file appears beside it (and the first open needs no hash).
+ids_are() { [[ $(find "$T/cache/files" -maxdepth 1 -name '*.id' | wc -l) == "$1" ]]; }
+wait_until 15 ids_are 2 && pass "both copies checked in the background (identities recorded), none opened" \
+  || fail "$(find "$T/cache/files" -maxdepth 1 -name '*.id' | wc -l) identities recorded 15 s after the copies"
+[[ $(js whole_files_corrupt_dropped) == 0 ]] && pass "and both matched" || fail "corrupt_dropped $(js whole_files_corrupt_dropped)"
 [[ $(js passthrough_opens) == 0 ]] && pass "no passthrough open yet" || fail "passthrough_opens $(js passthrough_opens) before any copy"
 "$EXTRAFS" unmount "$T/mnt"
 out=$("$EXTRAFS" cache stat --cache "$T/cache")
