@@ -461,14 +461,15 @@ case_read_nfs() {
     fi
     if want read; then
       # Fill the block cache once (and let the background work it starts finish: the whole-file
-      # copy, where the kernel agreed to passthrough), then each time a fresh mount with the page
+      # copy, where the kernel agreed to passthrough, and its check a few seconds later, which
+      # records its identity in files/<key>.id), then each time a fresh mount with the page
       # cache dropped.
       if [ $filled = 0 ]; then
         xremount b plain cold; cat "$BIGB" >/dev/null; filled=1
         local w
         for w in $(seq 1 120); do
           [ "$(stat_opt "$T/m/b" passthrough)" = True ] || break
-          [ "$(stat_opt "$T/m/b" whole_files)" -ge 1 ] && break
+          [ "$(stat_opt "$T/m/b" whole_files)" -ge 1 ] && compgen -G "$T/c/b/files/*.id" >/dev/null && break
           sleep 0.5
         done
       fi
