@@ -273,8 +273,8 @@ class FsCore {
   std::mutex record_mu_;  // guards recorded_
   std::unordered_set<uint64_t> recorded_;
 
-  // Layers published with --order: their prefix is fetched on the first lookup of diff/, or of
-  // or read under it.
+  // Layers published with --order: their prefix is fetched on the first lookup of diff/ or of
+  // anything under it, or the first read under it.
   OrderedPrefetch ordered_{fetcher_};
 };
 
