@@ -55,7 +55,10 @@ void ChunkFetcher::prefetch(const ChunkRef& c) {
 
 size_t ChunkFetcher::prefetch_sequence(std::vector<OwnedChunkRef> chunks) {
   if (workers_.empty()) return 0;
-  const uint64_t budget = options_.memory_bytes / 2;
+  // Beyond what may be queued at once, runs wait for room: with a disk cache up to a quarter of
+  // it (the chunks land there, and a container reads them from there); without one, nothing
+  // waits (they would push each other out of memory) and the rest is left to readers.
+  const uint64_t wait_limit = options_.disk ? options_.disk->stats().capacity / 4 : 0;
   size_t queued = 0;
   {
     std::lock_guard lock(queue_mu_);
@@ -64,26 +67,38 @@ size_t ChunkFetcher::prefetch_sequence(std::vector<OwnedChunkRef> chunks) {
     uint64_t run_stored = 0, run_raw = 0;
     auto close_run = [&] {
       if (run.empty()) return;
-      runs_bytes_ += run_raw;
-      runs_.emplace_back(std::move(run), run_raw);
+      waiting_bytes_ += run_raw;
+      waiting_.emplace_back(std::move(run), run_raw);
       run.clear();
       run_stored = run_raw = 0;
     };
     for (auto& c : chunks) {
       if (c.ref.stored_len == 0) continue;
-      if (runs_bytes_ + run_raw + c.ref.raw_len > budget) break;
+      if (runs_bytes_ + waiting_bytes_ + run_raw + c.ref.raw_len > sequence_budget() + wait_limit) break;
       const bool adjacent = !run.empty() && run.back().object == c.object &&
                             run.back().ref.offset + run.back().ref.stored_len == c.ref.offset;
-      if (!adjacent || run_stored + c.ref.stored_len > kMaxCoalescedRead) close_run();
+      // A run is one backend read, and within the budget (so that it can always be admitted).
+      if (!adjacent || run_stored + c.ref.stored_len > kMaxCoalescedRead || run_raw + c.ref.raw_len > sequence_budget())
+        close_run();
       run_stored += c.ref.stored_len;
       run_raw += c.ref.raw_len;
       run.push_back(std::move(c));
       queued++;
     }
     close_run();
+    admit_waiting_locked();
   }
   queue_cv_.notify_all();
   return queued;
+}
+
+void ChunkFetcher::admit_waiting_locked() {
+  while (!waiting_.empty() && (runs_bytes_ == 0 || runs_bytes_ + waiting_.front().second <= sequence_budget())) {
+    runs_bytes_ += waiting_.front().second;
+    waiting_bytes_ -= waiting_.front().second;
+    runs_.push_back(std::move(waiting_.front()));
+    waiting_.pop_front();
+  }
 }
 
 bool ChunkFetcher::held(const Digest128& d) {
@@ -116,13 +131,20 @@ void ChunkFetcher::fetch_sequence(std::vector<OwnedChunkRef>& run, uint64_t raw)
       // from readahead. Readers fetch (and report) what they need.
       std::lock_guard lock(queue_mu_);
       for (const auto& r : runs_) runs_bytes_ -= r.second;
-      if (!runs_.empty()) spdlog::warn("prefetch of {} stopped after a failed read; {} reads dropped", run[i].object, runs_.size());
+      const size_t dropped = runs_.size() + waiting_.size();
+      if (dropped) spdlog::warn("prefetch of {} stopped after a failed read; {} reads dropped", run[i].object, dropped);
       runs_.clear();
+      waiting_.clear();
+      waiting_bytes_ = 0;
       break;
     }
   }
-  std::lock_guard lock(queue_mu_);
-  runs_bytes_ -= raw;
+  {
+    std::lock_guard lock(queue_mu_);
+    runs_bytes_ -= raw;
+    admit_waiting_locked();
+  }
+  queue_cv_.notify_all();
 }
 
 void ChunkFetcher::prefetch_worker() {

@@ -127,9 +127,11 @@ class ChunkFetcher : public MetaSource {
   // of one object go together in backend reads of at most kMaxCoalescedRead bytes, and those
   // reads are spread over the prefetch workers, so over several backend connections at once.
   // Chunks held locally or being fetched when their turn comes are skipped. Bounded: at most
-  // half the memory LRU (raw bytes) is queued this way at a time, the rest of `chunks` is left
-  // to readers. Returns at once, with how many chunks were queued (0 without prefetch workers).
-  // Each chunk fetched counts in FetcherStats::prefetches.
+  // half the memory LRU (raw bytes) is queued for the workers at a time; further runs wait for
+  // room (several layers' prefixes at once, as `docker attach` of several images starts them),
+  // up to a quarter of the disk cache's capacity, and without a disk cache none waits. What is
+  // beyond that is left to readers. Returns at once, with how many chunks were queued or set
+  // waiting (0 without prefetch workers). Each chunk fetched counts in FetcherStats::prefetches.
   size_t prefetch_sequence(std::vector<OwnedChunkRef> chunks);
 
   // Whether the chunk is held locally (memory or disk).
@@ -204,13 +206,16 @@ class ChunkFetcher : public MetaSource {
   std::unordered_map<Digest128, std::chrono::steady_clock::time_point, Digest128Hash> failed_;
   static constexpr std::chrono::milliseconds kFailureMemory{500};
 
-  std::mutex queue_mu_;  // guards queue_, runs_, runs_bytes_, stopping_
+  std::mutex queue_mu_;  // guards queue_, runs_, runs_bytes_, waiting_, waiting_bytes_, stopping_
   std::condition_variable queue_cv_;
   std::deque<OwnedChunkRef> queue_;
   // prefetch_sequence(): runs of adjacent chunks with their raw bytes; runs_bytes_ counts those
-  // queued or being fetched, against the bound of half the memory LRU.
-  std::deque<std::pair<std::vector<OwnedChunkRef>, uint64_t>> runs_;
-  uint64_t runs_bytes_ = 0;
+  // queued or being fetched, against sequence_budget(). Runs beyond it wait in waiting_ (FIFO)
+  // and are moved to runs_ as fetched runs make room.
+  std::deque<std::pair<std::vector<OwnedChunkRef>, uint64_t>> runs_, waiting_;
+  uint64_t runs_bytes_ = 0, waiting_bytes_ = 0;
+  uint64_t sequence_budget() const { return options_.memory_bytes / 2; }
+  void admit_waiting_locked();  // REQUIRES: queue_mu_
   bool stopping_ = false;
   std::vector<std::thread> workers_;
 

@@ -8,7 +8,8 @@
 // layer without a prefix costs one comparison.
 //
 // The prefix is a hint from the store: a value beyond the blob's chunks is clamped to them (one
-// warning line), and the fetcher queues at most half its memory LRU; the rest is left to readers.
+// warning line), and the fetcher bounds what it takes (ChunkFetcher::prefetch_sequence: half its
+// memory LRU at a time, up to a quarter of the disk cache waiting); the rest is left to readers.
 //
 // Thread-safety: touch() may be called from any thread; it never waits for I/O. The fetcher must
 // outlive this object; indexes are only read during the call.

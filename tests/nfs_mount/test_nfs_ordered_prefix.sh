@@ -4,8 +4,9 @@
 # the first look at its diff/: after reading one traced file, the other traced files' chunks
 # arrive without being read, in a few large backend reads, and every byte read equals the
 # source; `docker attach` (which checks each layer's diff/) starts the prefix of a layer nothing
-# has read yet. A store without the key behaves as before; a hostile value is clamped (huge) or refused
-# (not a number) with one line, and never crashes the daemon.
+# has read yet, and the prefixes of several layers started at once all come whole, even beyond
+# what the daemon queues at a time. A store without the key behaves as before; a hostile value
+# is clamped (huge) or refused (not a number) with one line, and never crashes the daemon.
 set -euo pipefail
 source "$(dirname "$0")/nfs_lib.sh"
 nm_init "$@"
@@ -113,6 +114,34 @@ nm_start_ganesha "$STORES" 4
 nm_mount "$NFS4_URL/ordered" "$T/m/nfs" "$T/c/nfs" || die "NFS mount failed"
 check_prefix nfs "$T/m/nfs"
 "$EXTRAFS" unmount "$T/m/nfs"
+
+step "one attach starts two layers' prefixes of 20 MiB each: more than is queued at once (32 MiB), both come whole"
+SRC2=$T/src2
+random_file "$SRC2/base/big/a" $((20 * MiB)) big-a
+random_file "$SRC2/top/big/b" $((20 * MiB)) big-b
+random_file "$SRC2/top/big/unread" $((4 * MiB)) big-unread
+python3 "$HERE/../integration/make_save_archive.py" "$T/big.tar" big:1 "$SRC2/base" "$SRC2/top" || die "make_save_archive.py failed"
+# A trace names paths; publish --order matches them in every layer.
+printf '%s 1 big/a\n%s 1 big/b\n' x y >"$T/big.trace"
+"$EXTRAFS" publish --archive "$T/big.tar" --to "$STORES/big" --order "$T/big.trace" >"$T/pub.out" 2>&1 ||
+  die "publish --order big:1: $(cat "$T/pub.out")"
+grep -q "40.0 MiB of it in trace order first" "$T/pub.out" && pass "$(cat "$T/pub.out")" || fail "publish said: $(cat "$T/pub.out")"
+read -r BBASE BTOP < <(layers_of "$STORES/big")
+nm_mount "$NFS4_URL/big" "$T/m/big" "$T/c/big" || die "NFS mount of the big store failed"
+"$EXTRAFS" docker attach big:1 --mount "$T/m/big" --data-root "$T/dr-big" >"$T/attach.out" 2>&1 \
+  || fail "docker attach big:1: $(cat "$T/attach.out")"
+both_whole() { cached_at_least "$T/m/big" "$BBASE" $((20 * MiB)) && cached_at_least "$T/m/big" "$BTOP" $((20 * MiB)); }
+if wait_until 30 both_whole; then
+  pass "both prefixes arrived whole without being read ($(field "$T/m/big" prefetches) chunks prefetched)"
+else
+  fail "30 s after attach: base $(layer_cached "$T/m/big" "$BBASE"), top $(layer_cached "$T/m/big" "$BTOP") bytes cached"
+fi
+[[ $(layer_cached "$T/m/big" "$BTOP") == $((20 * MiB)) ]] && pass "and nothing beyond them (big/unread not fetched)" \
+  || fail "top layer cached $(layer_cached "$T/m/big" "$BTOP") bytes"
+same "$SRC2/base/big/a" "$T/m/big/overlay2/$BBASE/diff/big/a" && same "$SRC2/top/big/b" "$T/m/big/overlay2/$BTOP/diff/big/b" \
+  && same "$SRC2/top/big/unread" "$T/m/big/overlay2/$BTOP/diff/big/unread" && pass "every file equal to the source" \
+  || fail "big:1 differs from the source"
+"$EXTRAFS" unmount "$T/m/big"
 
 step "a store without the key behaves as before"
 nm_mount "$NFS4_URL/plain" "$T/m/plain" "$T/c/plain" || die "NFS mount of the plain store failed"

@@ -533,6 +533,38 @@ TEST_CASE("a prefetched sequence queues at most half the memory LRU, and nothing
   CHECK(none.prefetch_sequence(owned(refs)) == 0);
 }
 
+TEST_CASE("prefetched sequences beyond the memory budget wait their turn, up to a quarter of the disk cache",
+          "[fetcher]") {
+  backend::MemoryBackend mem;
+  std::string data = pseudo_random(24 * 4096, 33);
+  mem.put("blob", data);
+  std::vector<cache::ChunkRef> refs;
+  for (uint32_t i = 0; i < 24; ++i) refs.push_back(ref_for("blob", data, uint64_t{i} * 4096, 4096));
+  TempDir t;
+  auto disk = cache::BlockCache::open(t.path + "/cache", 48 * 4096);  // a quarter: 12 chunks
+  REQUIRE(disk.ok());
+  cache::FetcherOptions o;
+  o.memory_bytes = 8 * 4096;  // half: 4 chunks at a time
+  o.disk = disk->get();
+  cache::ChunkFetcher f(mem, o);
+  auto range = [&](size_t from, size_t to) { return owned({refs.begin() + from, refs.begin() + to}); };
+  // Two layers' prefixes at once (as an attach of two images starts them), 8 chunks each: the
+  // second is not cut off by the first.
+  CHECK(f.prefetch_sequence(range(0, 8)) == 8);
+  CHECK(f.prefetch_sequence(range(8, 16)) == 8);
+  REQUIRE(wait_prefetches(f, 16));
+  for (uint32_t i = 0; i < 16; ++i) CHECK(f.is_cached(refs[i].digest));
+  CHECK(mem.reads() == 4);  // runs of 4 chunks (the budget), one backend read each
+  // All 24 at once, the bound free again: 4 queued and 12 waiting are taken (chunks 0-15, held
+  // already, so skipped when their turn comes); 16-23 are left to readers.
+  CHECK(f.prefetch_sequence(owned(refs)) == 16);
+  for (int i = 0; i < 100 && f.stats().prefetches < 24; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK(f.stats().prefetches == 16);
+  CHECK_FALSE(f.is_cached(refs[16].digest));
+  CHECK(mem.reads() == 4);
+}
+
 TEST_CASE("a prefetched sequence stops at a backend failure instead of waiting on every read", "[fetcher]") {
   backend::MemoryBackend mem;
   std::string data = pseudo_random(8 * 4096, 32);
