@@ -221,6 +221,18 @@ Status FsCore::follow_generations() {
 
 Status FsCore::refresh() {
   std::lock_guard guard(refresh_mu_);
+  const uint64_t generation = generation_;
+  const cache::MetaVersion version = catalog_version_;
+  Status st = refresh_locked();
+  // Something newer was loaded: the directories that list layers may list others now.
+  if (on_listing_change_ && (generation_ != generation || !(catalog_version_ == version))) {
+    static constexpr uint64_t kListings[] = {kRootIno, kOverlayIno, kLinksIno};
+    on_listing_change_(kListings);
+  }
+  return st;
+}
+
+Status FsCore::refresh_locked() {
   Status followed = generation_ > 0 ? follow_generations() : ok_status();
   // Taken before the read: if the catalog is replaced again meanwhile, the next refresh sees a
   // version it has not loaded and reads it (again).
@@ -746,6 +758,7 @@ std::string FsCore::stats_json() {
   j["meta_bytes_fetched"] = f.meta_bytes_fetched;
   j["bytes_served"] = bytes_served_.load();
   j["open_requests"] = open_requests_.load();
+  j["opendir_requests"] = opendir_requests_.load();
   j["passthrough"] = passthrough_.load();
   j["passthrough_opens"] = passthrough_opens_.load();
   if (options_.whole_files) {

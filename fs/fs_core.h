@@ -164,6 +164,15 @@ class FsCore {
   uint64_t bytes_served() const { return bytes_served_; }
   // Counts an OPEN request from the kernel (`open_requests` in stats).
   void count_open_request() { open_requests_.fetch_add(1, std::memory_order_relaxed); }
+  // Counts an OPENDIR request (`opendir_requests`).
+  void count_opendir_request() { opendir_requests_.fetch_add(1, std::memory_order_relaxed); }
+  // Called (from the refresh thread, with no FsCore lock held but the refresh's own) with the
+  // directories whose listings may have changed, each time a newer catalog was loaded: the
+  // adapter tells the kernel to drop what it cached of them. Set before the first refresh.
+  void set_on_listing_change(std::function<void(std::span<const uint64_t>)> f) {
+    std::lock_guard lock(refresh_mu_);
+    on_listing_change_ = std::move(f);
+  }
   size_t layer_count();
 
  private:
@@ -187,6 +196,8 @@ class FsCore {
 
   FsCore(cache::ChunkFetcher& fetcher, cache::MetaSource& meta, FsCoreOptions options);
   Status load(const Catalog& catalog, bool initial);
+  // refresh() without its lock and its report of listings. REQUIRES: refresh_mu_.
+  Status refresh_locked();
   // Loads the catalog generations after generation_ that the store has. REQUIRES: refresh_mu_.
   Status follow_generations();
   Result<std::shared_ptr<const LayerIndex>> load_index(const std::string& path, const std::string& cache_name,
@@ -237,6 +248,7 @@ class FsCore {
   uint64_t generation_ = 0;         // of the newest catalog loaded whole (0: none has one)
   uint64_t failed_generation_ = 0;  // the generation whose load last failed
   std::string catalog_cache_name_;
+  std::function<void(std::span<const uint64_t>)> on_listing_change_;  // GUARDED_BY(refresh_mu_)
   std::mutex stop_mu_;  // guards stopping_
   std::condition_variable stop_cv_;
   bool stopping_ = false;
@@ -244,6 +256,7 @@ class FsCore {
 
   std::atomic<uint64_t> bytes_served_{0};
   std::atomic<uint64_t> open_requests_{0};
+  std::atomic<uint64_t> opendir_requests_{0};
   std::atomic<uint64_t> passthrough_opens_{0};
   std::atomic<bool> passthrough_{false};
 

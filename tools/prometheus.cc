@@ -18,6 +18,7 @@ constexpr Family kCounters[] = {
     {"meta_bytes_fetched", "Bytes of metadata (catalog, layer and image/ indexes) read from the backend."},
     {"bytes_served", "Bytes returned to readers of the mount."},
     {"open_requests", "OPEN requests from the kernel (without passthrough, after the first none: the kernel then opens files without asking)."},
+    {"opendir_requests", "OPENDIR requests from the kernel (after the first none: the kernel then opens directories without asking)."},
     {"passthrough_opens", "Opens handed a local whole-file copy that the kernel reads by itself (FUSE passthrough)."},
     {"chunks_fetched", "Chunks read from the backend."},
     {"cache_hits", "Chunk requests served from the memory or disk cache."},

@@ -53,6 +53,11 @@ head -c 1000 "$T/mnt/overlay2/$TOP/diff/app/text" >/dev/null
 for _ in $(seq 1 20); do
   cat "$T/mnt/overlay2/$TOP/diff/app/main" "$T/mnt/overlay2/$BASE/diff/data/blob" >/dev/null || fail "re-reading failed"
 done
+# Directories too: after the first OPENDIR (answered "not needed") the kernel opens and lists
+# them by itself, so these walks leave opendir_requests at 1 (below).
+for _ in 1 2 3; do
+  [[ $(find "$T/mnt" | wc -l) -gt 10 ]] || fail "walking the mount failed"
+done
 
 step "stats --json, --prometheus, --json while nothing reads"
 ok=0
@@ -133,6 +138,8 @@ check(one("extrafs_cache_bytes") == j["cache_bytes"], f"extrafs_cache_bytes == -
 check(j["bytes_fetched"] >= 5 << 20 and j["bytes_served"] >= 5 << 20, "the reads are counted (>= 5 MiB fetched and served)")
 check(j.get("open_requests") == 1, f"open_requests {j.get('open_requests')} after 40+ opens: the kernel opens without asking")
 check(one("extrafs_open_requests_total") == j.get("open_requests"), "extrafs_open_requests_total == --json open_requests")
+check(j.get("opendir_requests") == 1, f"opendir_requests {j.get('opendir_requests')} after 3 walks: the kernel opens directories without asking")
+check(one("extrafs_opendir_requests_total") == j.get("opendir_requests"), "extrafs_opendir_requests_total == --json opendir_requests")
 
 h = fams.get("extrafs_fetch_seconds")
 check(h is not None and h.type == "histogram", "extrafs_fetch_seconds is a histogram")
