@@ -1,6 +1,5 @@
 #include "cache/whole_files.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -28,21 +27,15 @@ constexpr const char* kIdSuffix = ".id";
 
 using FileId = FileIdentity;  // common/posix_file.h
 
-// Calls fn(name, lstat) for every entry of the directory `dir_fd` but . and .. (entries that
-// vanish meanwhile are skipped). The one place that lists DIR/files.
+// Calls fn(name, lstat) for every entry of the directory `dir_fd` (as list_dir_beneath names
+// them; entries that vanish meanwhile are skipped). The one place that lists DIR/files.
 Status for_each_entry(int dir_fd, const std::string& shown,
                       const std::function<void(const std::string&, const struct stat&)>& fn) {
-  Fd fd(::openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  DIR* d = fd.valid() ? ::fdopendir(fd.get()) : nullptr;
-  if (!d) return make_error(errno, shown + ": cannot list");
-  fd.release();  // the DIR owns it now
-  while (dirent* e = ::readdir(d)) {
-    std::string name = e->d_name;
-    if (name == "." || name == "..") continue;
+  EXTRAFS_TRY(names, list_dir_beneath(dir_fd, ".", shown));
+  for (const auto& name : names) {
     struct stat st {};
-    if (::fstatat(::dirfd(d), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) fn(name, st);
+    if (::fstatat(dir_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) fn(name, st);
   }
-  ::closedir(d);
   return ok_status();
 }
 
