@@ -225,7 +225,7 @@ Status FsCore::refresh() {
   const cache::MetaVersion version = catalog_version_;
   Status st = refresh_locked();
   // Something newer was loaded: the directories that list layers may list others now.
-  if (on_listing_change_ && (generation_ != generation || !(catalog_version_ == version))) {
+  if (on_listing_change_ && (generation_ != generation || catalog_version_ != version)) {
     static constexpr uint64_t kListings[] = {kRootIno, kOverlayIno, kLinksIno};
     on_listing_change_(kListings);
   }
