@@ -1,0 +1,355 @@
+"""Helpers for extrafs's pytest integration tests: running commands with bounds, real mounts,
+a private nfs-ganesha and private dockerds. Fixtures that hand these out are in conftest.py.
+
+Every wait is bounded; every process or mount a helper starts is registered with the object
+that started it and undone by its close() (the fixtures call it at teardown, even after a
+failure). Nothing here kills or unmounts what it did not start.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent.parent  # tests/
+GANESHA_SH = TESTS / "nfs" / "ganesha.sh"
+DOCKERD_SH = TESTS / "docker" / "dockerd.sh"
+MAKE_ODD_STORE = TESTS / "integration" / "make_odd_store.sh"
+COMPARE_TREES = TESTS / "integration" / "compare_trees.py"
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+
+def run(cmd, *, timeout=120, check=True, env=None, input=None, cwd=None) -> subprocess.CompletedProcess:
+    """Runs cmd (a list), output captured as text (undecodable bytes escaped). Raises
+    AssertionError naming the command and its stderr if check and it exits non-zero, or if it
+    runs longer than timeout seconds (killed; a hang is a failure, never a wait)."""
+    cmd = [str(c) for c in cmd]
+    full_env = None
+    if env is not None:
+        full_env = dict(os.environ)
+        full_env.update({k: str(v) for k, v in env.items()})
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, errors="backslashreplace",
+                           timeout=timeout, env=full_env, input=input, cwd=cwd,
+                           stdin=None if input is not None else subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"hung: {' '.join(cmd)} still running after {timeout} s; "
+                             f"stderr so far: {(e.stderr or b'')[:2000]!r}") from None
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)}: exit {p.returncode}\nstdout: {p.stdout[:3000]}\n"
+                             f"stderr: {p.stderr[:3000]}")
+    return p
+
+
+def expect_fail(cmd, code: int, *needles: str, timeout=20, env=None) -> str:
+    """Runs cmd and checks the project's error contract: exit status `code` (1 runtime, 2 usage),
+    never a hang or a signal, exactly one line on stderr, which contains one of `needles` (if
+    any are given). Returns that line."""
+    p = run(cmd, timeout=timeout, check=False, env=env)
+    where = f"{' '.join(str(c) for c in cmd)}"
+    assert p.returncode >= 0, f"{where}: killed by signal {-p.returncode}; stderr: {p.stderr[:2000]}"
+    assert p.returncode == code, f"{where}: exit {p.returncode}, expected {code}; stderr: {p.stderr[:2000]}"
+    lines = p.stderr.rstrip("\n").split("\n") if p.stderr.strip() else []
+    assert len(lines) == 1, f"{where}: {len(lines)} lines on stderr, expected 1: {p.stderr[:2000]!r}"
+    if needles:
+        assert any(n in lines[0] for n in needles), f"{where}: stderr {lines[0]!r} names none of {needles}"
+    return lines[0]
+
+
+def wait_until(pred, timeout: float, what: str, interval: float = 0.05):
+    """Polls pred() until it returns a true value (returned) or timeout seconds pass
+    (AssertionError naming `what`)."""
+    end = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def process_alive(pid: int) -> bool:
+    """True if pid exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def d_state_tasks(pid: int) -> list[int]:
+    """The task ids of pid that are in state D (uninterruptible sleep) now."""
+    out = []
+    for t in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            if (t / "stat").read_text().rsplit(")", 1)[1].split()[0] == "D":
+                out.append(int(t.name))
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            pass
+    return out
+
+
+def read_file_errno(path, timeout: float = 30) -> str:
+    """Reads path whole in a child process killed after timeout: "OK", "TIMEOUT" or the errno
+    name (EIO, ...). A reader the kernel keeps in state D past the timeout reads as TIMEOUT."""
+    code = ("import errno,sys\n"
+            "try:\n"
+            "  f=open(sys.argv[1],'rb',buffering=0)\n"
+            "  while f.read(1<<20): pass\n"
+            "  print('OK')\n"
+            "except OSError as e:\n"
+            "  print(errno.errorcode.get(e.errno,str(e.errno)))\n")
+    p = subprocess.Popen(["/usr/bin/python3", "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        try:
+            p.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        return "TIMEOUT"
+    return out.strip().splitlines()[-1] if out.strip() else f"exit {p.returncode}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Mounts
+
+
+def mountpoints() -> set[str]:
+    out = set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = line.split()[4]
+            out.add(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), mp))
+    return out
+
+
+def is_mounted(path) -> bool:
+    return os.path.realpath(str(path)) in mountpoints()
+
+
+def unmount_under(root):
+    """Lazily unmounts every mount at or below root (deepest first). For cleanup only."""
+    root = os.path.realpath(str(root)).rstrip("/")
+    for _ in range(5):
+        left = sorted((m for m in mountpoints() if m == root or m.startswith(root + "/")),
+                      key=len, reverse=True)
+        if not left:
+            return
+        for m in left:
+            subprocess.run(["umount", "-l", "--", m], capture_output=True, timeout=30)
+
+
+def daemon_pids(mnt) -> list[int]:
+    """Pids of extrafs processes whose command line names mnt."""
+    mnt = str(mnt)
+    out = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            exe = os.readlink(p / "exe").removesuffix(" (deleted)")
+            if not os.path.basename(exe).startswith("extrafs"):
+                continue
+            args = (p / "cmdline").read_bytes().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if mnt.encode() in args:
+            out.append(int(p.name))
+    return out
+
+
+@dataclass
+class Mount:
+    """One `extrafs mount` of `source` on `path` (background mode), with its own cache."""
+    extrafs: Path
+    source: str
+    path: Path
+    cache: Path
+    options: str
+    pid: int = 0
+
+    def stats(self) -> dict:
+        return json.loads(run([self.extrafs, "stats", self.path, "--json"], timeout=30).stdout)
+
+    def unmount(self, timeout: float = 30):
+        """`extrafs unmount`; checks the mount is gone and the daemon exited."""
+        run([self.extrafs, "unmount", self.path], timeout=timeout)
+        assert not is_mounted(self.path), f"{self.path} still mounted after extrafs unmount"
+        if self.pid:
+            wait_until(lambda: not process_alive(self.pid), 10, f"daemon {self.pid} to exit")
+
+
+class Mounts:
+    """Makes mounts for a test and undoes them all at close()."""
+
+    def __init__(self, extrafs: Path, tmp: Path):
+        self.extrafs = extrafs
+        self.tmp = tmp
+        self.made: list[Mount] = []
+
+    def __call__(self, source, path=None, *, cache=None, options: str = "", cache_size="512M",
+                 log_level="warn", timeout=60) -> Mount:
+        n = len(self.made)
+        path = Path(path) if path else self.tmp / f"mnt{n}"
+        cache = Path(cache) if cache else self.tmp / f"cache{n}"
+        path.mkdir(parents=True, exist_ok=True)
+        opts = ",".join(o for o in (f"cache={cache}", f"cache_size={cache_size}",
+                                    f"log_level={log_level}", options) if o)
+        m = Mount(self.extrafs, str(source), path, cache, opts)
+        self.made.append(m)
+        run([self.extrafs, "mount", source, path, "-o", opts], timeout=timeout)
+        assert is_mounted(path), f"extrafs mount {source} {path} returned 0 but nothing is mounted"
+        assert (path / "overlay2").is_dir(), f"{path} does not serve overlay2/ right after mount"
+        pids = daemon_pids(path)
+        m.pid = pids[0] if pids else 0
+        return m
+
+    def close(self):
+        for m in reversed(self.made):
+            if is_mounted(m.path):
+                subprocess.run([str(self.extrafs), "unmount", str(m.path)], capture_output=True, timeout=60)
+            if is_mounted(m.path):
+                subprocess.run(["umount", "-l", "--", str(m.path)], capture_output=True, timeout=30)
+            if m.pid and process_alive(m.pid):
+                os.kill(m.pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stores
+
+
+@dataclass
+class Store:
+    path: Path
+    cids: list[str] = field(default_factory=list)  # base, mid, top for the odd store
+
+
+def make_odd_store(extrafs: Path, path: Path, busybox: str | None = None) -> Store:
+    """tests/integration/make_odd_store.sh into path, then `extrafs index` it."""
+    cmd = [MAKE_ODD_STORE, path] + (["--busybox", busybox] if busybox else [])
+    run(cmd, timeout=600)
+    run([extrafs, "index", path], timeout=600)
+    return Store(path, (path / ".layers").read_text().split())
+
+
+# ---------------------------------------------------------------------------------------------
+# nfs-ganesha
+
+
+class Ganesha:
+    """A private nfs-ganesha on 127.0.0.1 exporting one directory (tests/nfs/ganesha.sh)."""
+
+    def __init__(self, state: Path, export: Path, protocols: str = "4", access: str = "RO"):
+        self.state, self.export, self.protocols, self.access = state, Path(export), protocols, access
+        self.port = 0
+        self.url4 = self.url3 = ""
+        self.pid = 0
+
+    def _env(self):
+        return {"GANESHA_PROTOCOLS": self.protocols, "GANESHA_ACCESS": self.access,
+                "GANESHA_MNT_PORT": str(self.port + 1)}
+
+    def start(self):
+        """Starts on a free random port pair (the same port again after a stop)."""
+        self.state.mkdir(parents=True, exist_ok=True)
+        import random
+        last = ""
+        for _ in range(20):
+            if not self.port:
+                self.port = 31000 + random.randrange(8000) * 2
+            p = run([GANESHA_SH, "start", self.state, self.export, self.port], timeout=60, check=False,
+                    env=self._env())
+            if p.returncode == 0:
+                kv = dict(line.split("=", 1) for line in p.stdout.splitlines() if "=" in line)
+                self.url4, self.url3 = kv.get("NFS4_URL", ""), kv.get("NFS3_URL", "")
+                self.pid = int(kv.get("PID", "0"))
+                return self
+            last = p.stderr
+            if p.returncode != 3:  # 3: port in use
+                raise AssertionError(f"ganesha.sh start failed ({p.returncode}): {p.stderr[-2000:]}")
+            if self.url4:  # a restart on our own port: it is still being released
+                time.sleep(0.5)
+            else:
+                self.port = 0
+        raise AssertionError(f"nfs-ganesha did not start: {last[-2000:]}")
+
+    def stop(self):
+        run([GANESHA_SH, "stop", self.state], timeout=60, check=False)
+
+    def pause(self):
+        run([GANESHA_SH, "pause", self.state], timeout=30)
+
+    def resume(self):
+        run([GANESHA_SH, "resume", self.state], timeout=30)
+
+    def close(self):
+        subprocess.run([str(GANESHA_SH), "resume", str(self.state)], capture_output=True, timeout=30)
+        self.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# dockerd
+
+
+class Dockerd:
+    """A private dockerd (with its own containerd, exec-root and socket) on data_root
+    (tests/docker/dockerd.sh). `state` must be short (unix socket paths)."""
+
+    def __init__(self, state: Path, data_root: Path, live_restore: bool = True, extra_args: str = ""):
+        self.state, self.data_root = Path(state), Path(data_root)
+        self.extra = ("--live-restore " if live_restore else "") + extra_args
+        self.host = ""
+        self.pid = 0
+
+    def start(self):
+        p = run([DOCKERD_SH, "start", self.state, self.data_root], timeout=90,
+                env={"DOCKERD_EXTRA_ARGS": self.extra})
+        kv = dict(line.split("=", 1) for line in p.stdout.splitlines() if "=" in line)
+        self.host, self.pid = kv["DOCKER_HOST"], int(kv["PID"])
+        return self
+
+    def stop(self):
+        run([DOCKERD_SH, "stop", self.state], timeout=120, check=False)
+
+    def docker(self, *args, timeout=120, check=True) -> subprocess.CompletedProcess:
+        return run(["/usr/bin/docker", "-H", self.host, *args], timeout=timeout, check=check)
+
+    def current_pid(self) -> int:
+        """The pid in dockerd's pid file now (another process after a --restart)."""
+        try:
+            return int((self.state / "dockerd.pid").read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def close(self):
+        self.stop()
+
+
+def short_tmpdir(prefix="xf-") -> Path:
+    """A new directory directly under /tmp (short enough for unix socket paths)."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+def remove_tree(path: Path):
+    """Removes a test's temporary tree once nothing is mounted below it; leaves it (and says
+    so) if something still is."""
+    unmount_under(path)
+    left = [m for m in mountpoints() if m.startswith(str(path) + "/")]
+    if left:
+        print(f"leaving {path}: still mounted below it: {left}")
+        return
+    shutil.rmtree(path, ignore_errors=True)
