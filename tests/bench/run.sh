@@ -6,7 +6,8 @@
 # median of --reps runs (default 3; --quick: 1 run and a 64 MiB unread file), and drops the page
 # cache (`sync; echo 3 > /proc/sys/vm/drop_caches`) before every cold run. Prints one Markdown
 # table: case | reference | extrafs | ratio | target | met?  With --append the table, the command
-# and the commit are appended to BENCHMARKS.md.
+# and the commit are appended to docs/benchmarks-log.md (BENCHMARKS.md keeps the current results,
+# replaced by hand with the run that stands).
 #
 # Cases (--only takes their names):
 #   start   docker run --rm --network none bench-py:1 python3 -c 'print(6*7)': extrafs with an
@@ -23,7 +24,7 @@
 #           (find -printf '%s %m %u') of the Debian rootfs layer against ext4, warm and cold
 #   small   2,000 files of 1-16 KiB read in directory order, cold, against ext4
 #   fleet   8 mounts with their own caches start python at the same moment against one ganesha
-#           (emulated without dockerd: overlayfs of the mount's layers + chroot, see BENCHMARKS.md):
+#           (emulated without dockerd: overlayfs of the mount's layers + chroot, see BENCHMARKS.md, "The suite"):
 #           bytes ganesha wrote to its sockets against 8 x what it wrote one host alone, and
 #           against the hosts' chunk and metadata (catalog, indexes: meta_bytes_fetched) bytes;
 #           p50/p99 start time against a single host, uncapped and with every host (its daemon
@@ -765,6 +766,6 @@ if [ $APPEND = 1 ]; then
     echo "load average at the end $(cut -d' ' -f1-3 /proc/loadavg)."
     echo
     cat "$T/table"
-  } >>"$REPO/BENCHMARKS.md"
-  log "appended to $REPO/BENCHMARKS.md"
+  } >>"$REPO/docs/benchmarks-log.md"
+  log "appended to $REPO/docs/benchmarks-log.md"
 fi
