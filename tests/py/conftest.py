@@ -16,6 +16,8 @@ Fixtures:
     odd_store    the odd store (tests/integration/make_odd_store.sh), indexed -> xf.Store
     ganesha      factory: ganesha(EXPORT_DIR, protocols="4") -> started xf.Ganesha (url4, url3)
     dockerd      factory: dockerd(DATA_ROOT, live_restore=True) -> started xf.Dockerd
+    nspawn       factory: nspawn(binds={HOST: PATH}) -> nspawn.Machine, a Debian rootfs booted with
+                 systemd as PID 1 (docker.io inside); .run(cmd), .copy_in(), .reboot(), .poweroff()
 
 A test that cannot run here (not root, no /dev/fuse) ends the run with exit status 77, which meson
 shows as SKIP and scripts/test counts as a failure; a pytest skip inside a test does the same.
@@ -121,3 +123,14 @@ def dockerd(tmp):
     yield start
     for d in reversed(started):
         d.close()
+
+
+@pytest.fixture
+def nspawn(tmp):
+    """Factory: nspawn(binds={HOST: PATH_INSIDE}, name=None) -> a booted nspawn.Machine (a real
+    systemd as PID 1 in a Debian bookworm rootfs with docker.io; tests/py/nspawn.py). Every
+    machine is powered off, and its overlay and cgroups removed, at teardown."""
+    import nspawn as nspawn_mod
+    machines = nspawn_mod.Machines(tmp)
+    yield machines
+    machines.close()
