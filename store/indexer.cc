@@ -35,45 +35,47 @@ namespace {
 
 constexpr uint64_t kSmallFile = uint64_t{64} << 20;
 
-// Restores the working directory when the walk ends.
-class CwdGuard {
- public:
-  CwdGuard() : fd_(::open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) {}
-  ~CwdGuard() {
-    if (fd_ >= 0) {
-      (void)::fchdir(fd_);
-      ::close(fd_);
-    }
-  }
+// openat() with O_NOATIME where the caller may use it (the file's owner or root): indexing must
+// not change what it indexes, so re-running it changes nothing.
+int openat_noatime(int dir, const char* name, int flags) {
+  int fd = ::openat(dir, name, flags | O_NOATIME | O_CLOEXEC);
+  if (fd < 0 && errno == EPERM) fd = ::openat(dir, name, flags | O_CLOEXEC);
+  return fd;
+}
 
- private:
-  int fd_;
-};
-
-// Reads the xattrs of `name` (relative to the cwd), sorted by name.
-Result<std::vector<std::pair<std::string, std::string>>> read_xattrs(const char* name, const std::string& shown) {
+// Reads the xattrs of the entry open as `fd`, an O_PATH descriptor (so that a symlink, a device
+// or a FIFO is never opened for I/O), sorted by name. Linux has no flistxattr() for O_PATH
+// descriptors; the descriptor's /proc/self/fd link leads to the very inode it holds (for a
+// symlink, the symlink itself), whatever happened to its name since.
+Result<std::vector<std::pair<std::string, std::string>>> read_xattrs(int fd, const std::string& shown) {
+  const std::string path = fmt::format("/proc/self/fd/{}", fd);
+  auto failed = [&](const std::string& what) {
+    if (errno == ENOENT)
+      return make_error(ENOENT, what + " of " + shown + ": /proc is not mounted (extended attributes are read through /proc/self/fd)");
+    return Error::from_errno(errno, what + " of " + shown);
+  };
   std::vector<std::pair<std::string, std::string>> out;
-  ssize_t len = ::llistxattr(name, nullptr, 0);
+  ssize_t len = ::listxattr(path.c_str(), nullptr, 0);
   if (len < 0) {
     if (errno == ENOTSUP) return out;
-    return Error::from_errno(errno, "list xattrs of " + shown);
+    return failed("list xattrs");
   }
   std::string names(static_cast<size_t>(len), '\0');
-  len = ::llistxattr(name, names.data(), names.size());
-  if (len < 0) return Error::from_errno(errno, "list xattrs of " + shown);
+  len = ::listxattr(path.c_str(), names.data(), names.size());
+  if (len < 0) return failed("list xattrs");
   names.resize(static_cast<size_t>(len));
   for (size_t pos = 0; pos < names.size();) {
     std::string key(names.c_str() + pos);
     pos += key.size() + 1;
     if (key.empty()) continue;
-    ssize_t vlen = ::lgetxattr(name, key.c_str(), nullptr, 0);
+    ssize_t vlen = ::getxattr(path.c_str(), key.c_str(), nullptr, 0);
     if (vlen < 0) {
       if (errno == ENODATA) continue;
-      return Error::from_errno(errno, "read xattr " + key + " of " + shown);
+      return failed("read xattr " + key);
     }
     std::string value(static_cast<size_t>(vlen), '\0');
-    vlen = ::lgetxattr(name, key.c_str(), value.data(), value.size());
-    if (vlen < 0) return Error::from_errno(errno, "read xattr " + key + " of " + shown);
+    vlen = ::getxattr(path.c_str(), key.c_str(), value.data(), value.size());
+    if (vlen < 0) return failed("read xattr " + key);
     value.resize(static_cast<size_t>(vlen));
     out.emplace_back(std::move(key), std::move(value));
   }
@@ -81,27 +83,34 @@ Result<std::vector<std::pair<std::string, std::string>>> read_xattrs(const char*
   return out;
 }
 
-// Opens `rel` (relative to directory fd `root`) one component at a time, so that no path is ever
-// longer than one name and no symlink is followed.
-Result<int> open_relative(int root, const std::string& rel, const std::string& shown) {
-  int dir = ::dup(root);
-  if (dir < 0) return Error::from_errno(errno, "dup");
+// Opens `rel` (relative to directory fd `root`; "" is `root` itself) one component at a time,
+// so that no path is ever longer than one name, however deep the tree, and no symlink is
+// followed; `flags` apply to the last component.
+Result<Fd> open_relative(int root, const std::string& rel, int flags, const std::string& shown) {
+  if (rel.empty()) {
+    Fd fd(openat_noatime(root, ".", flags));
+    if (!fd.valid()) return Error::from_errno(errno, "open " + shown);
+    return fd;
+  }
+  Fd dir;
   size_t start = 0;
   for (;;) {
     size_t end = rel.find('/', start);
     bool last = end == std::string::npos;
     std::string comp = rel.substr(start, last ? std::string::npos : end - start);
-    int flags = O_RDONLY | O_NOFOLLOW | O_CLOEXEC | (last ? 0 : O_DIRECTORY);
-    // O_NOATIME: indexing must not change what it indexes (re-running it changes nothing).
-    int fd = ::openat(dir, comp.c_str(), flags | O_NOATIME);
-    if (fd < 0 && errno == EPERM) fd = ::openat(dir, comp.c_str(), flags);
-    int e = errno;
-    ::close(dir);
-    if (fd < 0) return Error::from_errno(e, "open " + shown);
+    int at = dir.valid() ? dir.get() : root;
+    Fd fd(openat_noatime(at, comp.c_str(), last ? flags | O_NOFOLLOW : O_RDONLY | O_DIRECTORY | O_NOFOLLOW));
+    if (!fd.valid()) return Error::from_errno(errno, "open " + shown);
     if (last) return fd;
-    dir = fd;
+    dir = std::move(fd);
     start = end + 1;
   }
+}
+
+// Whether `st` is the inode the walk recorded as `was` (a name replaced between the walk and a
+// later open must not pair one file's attributes with another's content).
+bool same_inode(const struct stat& st, const struct stat& was) {
+  return st.st_dev == was.st_dev && st.st_ino == was.st_ino && (st.st_mode & S_IFMT) == (was.st_mode & S_IFMT);
 }
 
 // Chunks a regular file, skipping holes; non-zero chunks go to `sink`.
@@ -129,7 +138,8 @@ Status chunk_file(int fd, const std::string& rel, uint64_t size, IndexBuilder& b
 }
 
 // Walks a tree into an IndexBuilder: metadata first (breadth-first), then the content of the
-// regular files, in the order the options ask for.
+// regular files, in the order the options ask for. Every path is opened relative to a directory
+// descriptor (openat), never through the working directory, which stays the process's.
 struct Walker {
   IndexBuilder builder;
   ChunkSink& sink;
@@ -139,10 +149,18 @@ struct Walker {
 
   Walker(uint32_t chunk_size, ChunkSink& s) : builder(chunk_size), sink(s) {}
 
-  Status add_entry(const char* name, uint32_t parent, const std::string& rel, std::vector<std::pair<uint32_t, std::string>>* dirs) {
+  // Adds entry `name` of the directory open as `dir_fd` (`rel`: its path from the root, "" for
+  // the root itself, whose `name` is ".").
+  Status add_entry(int dir_fd, const char* name, uint32_t parent, const std::string& rel,
+                   std::vector<std::pair<uint32_t, std::string>>* dirs) {
+    const std::string shown = rel.empty() ? "." : rel;
+    // One O_PATH descriptor per entry: its attributes, symlink target and xattrs all come from
+    // the same inode even if the name is replaced meanwhile, and nothing is opened for I/O (not
+    // a device, not a FIFO).
+    Fd fd(::openat(dir_fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC));
+    if (!fd.valid()) return Error::from_errno(errno, "open " + shown);
     struct stat st;
-    std::string shown = rel.empty() ? "." : rel;
-    if (::lstat(name, &st) != 0) return Error::from_errno(errno, "stat " + shown);
+    if (::fstat(fd.get(), &st) != 0) return Error::from_errno(errno, "stat " + shown);
     BuildEntry e;
     e.name = rel.empty() ? "" : std::string(name);
     e.parent = parent;
@@ -155,11 +173,11 @@ struct Walker {
         return ok_status();
       }
     }
-    EXTRAFS_TRY(xattrs, read_xattrs(name, shown));
+    EXTRAFS_TRY(xattrs, read_xattrs(fd.get(), shown));
     e.xattrs = std::move(xattrs);
     if (S_ISLNK(st.st_mode)) {
       std::string target(static_cast<size_t>(st.st_size) + 1, '\0');
-      ssize_t n = ::readlink(name, target.data(), target.size());
+      ssize_t n = ::readlinkat(fd.get(), "", target.data(), target.size());
       if (n < 0) return Error::from_errno(errno, "readlink " + shown);
       target.resize(static_cast<size_t>(n));
       e.target = std::move(target);
@@ -171,42 +189,29 @@ struct Walker {
     return ok_status();
   }
 
-  // Breadth-first walk of the directory open as `dir_fd` (named `root` in messages); each
-  // directory is entered with fchdir so that paths stay short, and only through a directory
-  // opened with O_NOFOLLOW: a symlink in the tree is an entry, never a way out of it.
+  // Breadth-first walk of the directory open as `dir_fd` (named `root` in messages). Each
+  // directory is opened from the root one component at a time with O_NOFOLLOW, so paths stay
+  // short and a symlink in the tree is an entry, never a way out of it.
   Status walk(int dir_fd, const std::string& root, const WalkOptions& opts) {
-    CwdGuard guard;
-    int root_fd = ::openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (root_fd < 0) return Error::from_errno(errno, root);
-    Fd rootfd(root_fd);
-    if (::fchdir(root_fd) != 0) return Error::from_errno(errno, root);
+    Fd rootfd(::openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!rootfd.valid()) return Error::from_errno(errno, root);
     // Flush delayed allocation first: until written back, ext4 and xfs report st_blocks of
     // freshly written files that change later, and the index must record the settled value.
-    (void)::syncfs(root_fd);
+    (void)::syncfs(rootfd.get());
     std::vector<std::pair<uint32_t, std::string>> dirs;
-    EXTRAFS_CHECK_STATUS(add_entry(".", 0, "", &dirs));
+    EXTRAFS_CHECK_STATUS(add_entry(rootfd.get(), ".", 0, "", &dirs));
     for (size_t q = 0; q < dirs.size(); ++q) {
-      auto [id, rel] = dirs[q];
-      // Enter rel component by component from the root: no path is ever longer than one name.
-      if (::fchdir(rootfd.get()) != 0) return Error::from_errno(errno, root);
-      size_t start = 0;
-      while (start < rel.size()) {
-        size_t end = rel.find('/', start);
-        if (end == std::string::npos) end = rel.size();
-        std::string comp = rel.substr(start, end - start);
-        Fd sub(::open(comp.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-        if (!sub.valid() || ::fchdir(sub.get()) != 0) return Error::from_errno(errno, root + "/" + rel);
-        start = end + 1;
-      }
-      // O_NOATIME: indexing must not change what it indexes (re-running it changes nothing).
-      int dfd = ::open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOATIME);
-      if (dfd < 0 && errno == EPERM) dfd = ::open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-      DIR* d = dfd < 0 ? nullptr : ::fdopendir(dfd);
-      if (!d) {
-        int e = errno;
-        if (dfd >= 0) ::close(dfd);
-        return Error::from_errno(e, "open directory " + root + "/" + rel);
-      }
+      const auto [id, rel] = dirs[q];
+      const std::string shown = rel.empty() ? root : root + "/" + rel;
+      EXTRAFS_TRY(dir, open_relative(rootfd.get(), rel, O_RDONLY | O_DIRECTORY, shown));
+      struct stat st;
+      if (::fstat(dir.get(), &st) != 0) return Error::from_errno(errno, "stat " + shown);
+      if (!same_inode(st, builder.at(id).st)) return make_error(EIO, shown + " was replaced while being indexed");
+      // The listing takes a duplicate (closedir closes it): `dir` stays open for the openat()s.
+      Fd list(::fcntl(dir.get(), F_DUPFD_CLOEXEC, 0));
+      DIR* d = list.valid() ? ::fdopendir(list.get()) : nullptr;
+      if (!d) return Error::from_errno(errno, "open directory " + shown);
+      list.release();
       std::vector<std::string> names;
       while (struct dirent* de = ::readdir(d)) {
         if (std::strcmp(de->d_name, ".") == 0 || std::strcmp(de->d_name, "..") == 0) continue;
@@ -216,7 +221,7 @@ struct Walker {
       std::sort(names.begin(), names.end());
       for (const auto& n : names) {
         std::string child_rel = rel.empty() ? n : rel + "/" + n;
-        EXTRAFS_CHECK_STATUS(add_entry(n.c_str(), id, child_rel, &dirs));
+        EXTRAFS_CHECK_STATUS(add_entry(dir.get(), n.c_str(), id, child_rel, &dirs));
       }
     }
     return content(rootfd.get(), opts);
@@ -239,12 +244,30 @@ struct Walker {
     }
     for (size_t i = 0; i < files.size(); ++i)
       if (!taken[i]) order.push_back(i);
+    // Files of one directory come one after another (walk order): their directory is opened
+    // once for all of them.
+    Fd dir;
+    std::optional<std::string> dir_rel;
     for (size_t i : order) {
       auto& [id, rel] = files[i];
+      const size_t slash = rel.rfind('/');
+      const std::string parent = slash == std::string::npos ? "" : rel.substr(0, slash);
+      const std::string name = slash == std::string::npos ? rel : rel.substr(slash + 1);
+      if (dir_rel != parent) {
+        EXTRAFS_TRY(d, open_relative(root_fd, parent, O_RDONLY | O_DIRECTORY, parent.empty() ? "." : parent));
+        dir = std::move(d);
+        dir_rel = parent;
+      }
+      // Non-blocking, and checked to be the regular file the walk saw: a FIFO (or anything
+      // else) put in its place since must neither hang the indexer, which holds the store's
+      // lock, nor be read as this file's content.
+      Fd file(openat_noatime(dir.get(), name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK));
+      if (!file.valid()) return Error::from_errno(errno, "open " + rel);
+      struct stat st;
+      if (::fstat(file.get(), &st) != 0) return Error::from_errno(errno, "stat " + rel);
       BuildEntry& e = builder.at(id);
+      if (!same_inode(st, e.st)) return make_error(EIO, rel + " was replaced while being indexed");
       uint64_t size = static_cast<uint64_t>(e.st.st_size);
-      EXTRAFS_TRY(fd, open_relative(root_fd, rel, rel));
-      Fd file(fd);
       EXTRAFS_CHECK_STATUS(sink.begin_file(builder, rel));
       std::vector<ChunkRecord> chunks;
       EXTRAFS_CHECK_STATUS(chunk_file(file.get(), rel, size, builder, sink, &chunks, &buf));

@@ -1,8 +1,10 @@
 // Building indexes from local directory trees, and `extrafs index STORE` (indexing a Hermes-style
 // store: overlay2/<cache-id>/{diff,link,lower} and image/, as copied with `cp -a` from a docker
-// data-root). Runs in the tools process, single-threaded (it changes the working directory while
-// walking, so that arbitrarily deep trees work without PATH_MAX limits). Every index and the
-// catalog are written atomically and durably (store/catalog_writer.h).
+// data-root). A walk is single-threaded and opens everything relative to directory descriptors
+// (openat, one name at a time), so that arbitrarily deep trees work without PATH_MAX limits and
+// the process's working directory is never touched; extended attributes are read through
+// /proc/self/fd, which must be mounted. Every index and the catalog are written atomically and
+// durably (store/catalog_writer.h).
 #pragma once
 
 #include <cstdint>
