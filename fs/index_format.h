@@ -34,6 +34,9 @@ inline constexpr uint32_t kMaxTargetLen = 4095;
 inline constexpr uint32_t kMaxXattrNameLen = 255;
 inline constexpr uint32_t kMaxXattrValueLen = 65536;
 inline constexpr uint32_t kNoParent = 0;
+// The largest index file anything reads whole (some ten million entries; what the daemon's
+// backends take by default): a larger one is refused before it is read.
+inline constexpr uint64_t kMaxIndexBytes = uint64_t{1} << 32;
 
 enum ChunkFlags : uint32_t {
   kChunkLz4 = 1u << 0,

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <map>
 #include <optional>
+#include <set>
 #include <unordered_map>
 #include <vector>
 
@@ -278,6 +279,30 @@ struct Walker {
   }
 };
 
+// Why the index file `rel` beneath `root` does not hold the bytes whose xxh3-128 the catalog
+// names as `want`; nullopt if it does. Opened non-blocking and read only if it is a regular
+// file, in pieces (an index may be large).
+std::optional<std::string> named_index_problem(int root, const std::string& rel, const std::string& shown,
+                                               const Digest128& want) {
+  auto fd = open_beneath(root, rel, O_RDONLY | O_NONBLOCK, shown);
+  if (!fd.ok()) return fd.code() == ENOENT ? "is missing" : "cannot be opened (" + fd.error().message + ")";
+  struct stat st;
+  if (::fstat(fd->get(), &st) != 0) return "cannot be read (" + std::string(std::strerror(errno)) + ")";
+  if (!S_ISREG(st.st_mode)) return std::string("is not a regular file");
+  if (static_cast<uint64_t>(st.st_size) > fs::kMaxIndexBytes) return std::string("is larger than any index may be");
+  Xxh3Stream hash;
+  std::vector<char> buf(uint64_t{1} << 20);
+  for (off_t off = 0;;) {
+    ssize_t n = pread_all(fd->get(), buf.data(), buf.size(), off);
+    if (n < 0) return "cannot be read (" + std::string(std::strerror(static_cast<int>(-n))) + ")";
+    if (n == 0) break;
+    hash.update(buf.data(), static_cast<size_t>(n));
+    off += n;
+  }
+  if (hash.finish() != want) return std::string("does not have the digest the catalog names");
+  return std::nullopt;
+}
+
 }  // namespace
 
 Status PlainFileSink::begin_file(IndexBuilder& builder, const std::string& rel) {
@@ -385,8 +410,45 @@ Result<IndexStoreReport> index_store(const std::string& store_in, const std::fun
     ids.push_back(n);
   }
 
+  // What the catalog names is never changed (extrafs-store(5)): mounts may hold those layers'
+  // indexes, so their entries stay as they are and their index files keep their bytes.
+  std::set<std::string> named;
+  std::map<std::string, std::string> named_links;  // link -> cache-id
+  for (const auto& l : sc.catalog.layers) {
+    named.insert(l.cache_id);
+    if (!l.link.empty()) named_links.emplace(l.link, l.cache_id);
+  }
+  auto index_layer = [&](const std::string& id) -> Result<std::string> {
+    EXTRAFS_TRY(diff, open_beneath(overlay.get(), id + "/diff", O_RDONLY | O_DIRECTORY, layout.overlay2_dir()));
+    return index_directory_at(diff.get(), layout.overlay_dir(id) + "/diff", "overlay2/" + id + "/diff");
+  };
+
   for (const auto& id : ids) {
     const std::string index_file = layout.layer_index(id);
+    if (const CatalogLayer* known = sc.catalog.find(id)) {
+      auto problem = named_index_problem(root.get(), fs::layer_index_path(id), store, known->index_digest);
+      if (!problem) {
+        report.layers_present++;
+        continue;
+      }
+      // An unchanged layer indexes to the same bytes: those may go back under the name, which
+      // then holds what the catalog promised all along. Anything else would change an index
+      // that mounts may have read.
+      say(fmt::format("indexing layer {} again: {}", id, *problem));
+      auto bytes = index_layer(id);
+      if (bytes.ok() && xxh3_128(bytes->data(), bytes->size()) == known->index_digest) {
+        EXTRAFS_CHECK_STATUS(write_file_atomic(index_file, *bytes));
+        report.layers_indexed++;
+        continue;
+      }
+      report.damaged.push_back(fmt::format(
+          "overlay2/{}: its index {}, and {}; an index the catalog names is never replaced: restore it, or copy "
+          "the changed layer under a new cache-id",
+          escape_control(id), *problem,
+          bytes.ok() ? "indexing the layer again gives other bytes (its files changed since)"
+                     : "the layer cannot be indexed again (" + bytes.error().message + ")"));
+      continue;
+    }
     CatalogLayer layer;
     layer.cache_id = id;
     // link and lower: absent is fine; a symlink or anything else unreadable skips the layer.
@@ -409,16 +471,21 @@ Result<IndexStoreReport> index_store(const std::string& store_in, const std::fun
       skip(id, valid.error().message);
       continue;
     }
+    if (auto owner = named_links.find(layer.link); owner != named_links.end()) {
+      skip(id, fmt::format("link {} is claimed by layer {} of the catalog", layer.link, owner->second));
+      continue;
+    }
+    // An index no catalog names yet (left by an index or publish that stopped before its
+    // catalog) is taken if it is whole; no mount has read it, so it may be replaced if not.
     std::shared_ptr<const LayerIndex> index;
-    if (auto existing = read_file_beneath(root.get(), fs::layer_index_path(id), store, kSmallFile); existing.ok()) {
+    if (auto existing = read_file_beneath(root.get(), fs::layer_index_path(id), store, fs::kMaxIndexBytes); existing.ok()) {
       if (auto parsed = LayerIndex::parse(std::move(existing).value()); parsed.ok()) index = *parsed;
     }
     if (index) {
       report.layers_present++;
     } else {
       say(fmt::format("indexing layer {}", id));
-      EXTRAFS_TRY(diff, open_beneath(overlay.get(), id + "/diff", O_RDONLY | O_DIRECTORY, layout.overlay2_dir()));
-      EXTRAFS_TRY(bytes, index_directory_at(diff.get(), layout.overlay_dir(id) + "/diff", "overlay2/" + id + "/diff"));
+      EXTRAFS_TRY(bytes, index_layer(id));
       auto parsed = LayerIndex::parse(bytes);
       if (!parsed.ok()) return make_error(EIO, "index of " + id + " does not verify: " + parsed.error().message);
       EXTRAFS_CHECK_STATUS(write_file_atomic(index_file, bytes));
@@ -429,8 +496,9 @@ Result<IndexStoreReport> index_store(const std::string& store_in, const std::fun
     layer.bytes = index->content_bytes();
     merge_catalog_layer(&sc.catalog, std::move(layer));
   }
-  // Layers whose lower chain the daemon would refuse are left out of the catalog too.
+  // New layers whose lower chain the daemon would refuse are left out of the catalog too.
   for (const auto& refused : fs::unchained_layers(sc.catalog)) {
+    if (named.count(refused.first)) continue;
     skip(refused.first, refused.second);
     std::erase_if(sc.catalog.layers, [&](const CatalogLayer& l) { return l.cache_id == refused.first; });
   }

@@ -99,17 +99,25 @@ struct IndexStoreReport {
   bool image_indexed = false;
   bool catalog_written = false;
   // One line per layer left out of the catalog, naming it and why: a directory name that is not
-  // a cache-id, a symlinked diff/, link or lower, a link or lower the catalog reader refuses, a
-  // lower chain naming links no layer has. The rest of the store is indexed and stays mountable.
+  // a cache-id, a symlinked diff/, link or lower, a link or lower the catalog reader refuses (or
+  // one a layer of the catalog has), a lower chain naming links no layer has. The rest of the
+  // store is indexed and stays mountable.
   std::vector<std::string> skipped;
+  // One line per layer the catalog names whose index file is missing or no longer has the
+  // catalog's digest, and whose files no longer index to those bytes either: it stays in the
+  // catalog as it was (mounts that hold its index keep serving it; others answer EIO there).
+  std::vector<std::string> damaged;
 };
 
-// Indexes every overlay2/<cache-id>/diff of the store at local path `store` that has no valid
-// index yet, the store's image/ tree, and writes the catalog (atomically, only if it changed).
-// Nothing is opened through a symlink inside the store (open_beneath). Layers that cannot go into
-// a catalog the reader accepts are left out and listed in `skipped`; a symlinked overlay2/,
-// extrafs/layers or image/ is an error. `progress` (may be empty) receives one line per layer
-// indexed.
+// Indexes every overlay2/<cache-id>/diff of the store at local path `store` that the catalog
+// does not name yet (taking an index file already there if it is whole), the store's image/
+// tree, and writes the catalog (atomically, only if it changed). A layer the catalog names is
+// never changed: its entry stays, and its index file is only checked against the catalog's
+// digest (and, if missing or damaged, written again only if indexing the layer again gives the
+// very same bytes; else it is listed in `damaged`). Nothing is opened through a symlink inside
+// the store (open_beneath). New layers that cannot go into a catalog the reader accepts are left
+// out and listed in `skipped`; a symlinked overlay2/, extrafs/layers or image/ is an error.
+// `progress` (may be empty) receives one line per layer indexed.
 Result<IndexStoreReport> index_store(const std::string& store, const std::function<void(const std::string&)>& progress);
 
 }  // namespace extrafs::store

@@ -37,11 +37,14 @@ int cmd_index(const std::string& store) {
   });
   if (!report.ok()) return fail(report.error().message);
   for (const auto& s : report->skipped) print_error("extrafs: warning", s);
-  std::printf("%d layers indexed, %d already indexed%s%s\n", report->layers_indexed, report->layers_present,
+  for (const auto& s : report->damaged) print_error("extrafs: warning", s);
+  std::printf("%d layers indexed, %d already indexed%s%s%s\n", report->layers_indexed, report->layers_present,
               report->skipped.empty() ? "" : fmt::format(", {} skipped", report->skipped.size()).c_str(),
+              report->damaged.empty() ? "" : fmt::format(", {} damaged", report->damaged.size()).c_str(),
               report->catalog_written ? "; catalog written" : "; catalog unchanged");
-  // The catalog of the rest is written and mountable; exit 1 tells a script that layers are missing.
-  return report->skipped.empty() ? 0 : 1;
+  // The catalog of the rest is written and mountable; exit 1 tells a script that layers are
+  // missing or cannot be served.
+  return report->skipped.empty() && report->damaged.empty() ? 0 : 1;
 }
 
 int cmd_stats(const std::string& mountpoint, bool json, bool prometheus) {

@@ -31,3 +31,33 @@ def sparse_at(store: Path, rel: str, size: int) -> Path:
     with open(p, "wb") as f:
         f.truncate(size)
     return p
+
+
+def large_layer(store: Path, files: int = 110_000, name_len: int = 220, content_files: int = 8) -> str:
+    """A layer of `files` empty files with long names (500 to a directory), plus `content_files`
+    small files with content under content/, whose index is larger than 64 MiB (about 750 bytes
+    per file). Issue 20 §5: a 64 MiB cap on reading an existing index made `extrafs index` miss
+    it, index the layer again on every run and, once an access time had changed, replace the
+    index under its name, so that running mounts answered EIO for the layer. Returns the
+    layer's cache-id (its link is LARGELAYER followed by letters)."""
+    import hashlib
+    cid = hashlib.sha256(f"large-layer-{files}-{name_len}".encode()).hexdigest()
+    layer = Path(store) / "overlay2" / cid
+    diff = layer / "diff"
+    per = 500
+    for d in range((files + per - 1) // per):
+        dp = diff / f"d{d:04d}"
+        dp.mkdir(parents=True)
+        dfd = os.open(dp, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for i in range(min(per, files - d * per)):
+                os.close(os.open(f"{d * per + i:08d}".ljust(name_len, "x"), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                                 0o644, dir_fd=dfd))
+        finally:
+            os.close(dfd)
+    (diff / "content").mkdir()
+    for i in range(content_files):
+        (diff / "content" / f"f{i}").write_bytes(os.urandom(1000 + 4099 * i))
+    (layer / "link").write_text("LARGELAYER" + "A" * 16 + "\n")
+    return cid
+

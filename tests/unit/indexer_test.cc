@@ -1,5 +1,5 @@
 // The indexer: walking a tree without touching the working directory, opening a store's files
-// without ever waiting on one.
+// without ever waiting on one, and `extrafs index` never changing what a catalog names.
 #include <catch2/catch.hpp>
 
 #include <fcntl.h>
@@ -16,6 +16,7 @@
 
 #include "common/hash.h"
 #include "common/posix_file.h"
+#include "fs/catalog.h"
 #include "store/indexer.h"
 #include "test_util.h"
 
@@ -24,9 +25,35 @@ using extrafs::testing::TempDir;
 
 namespace {
 
+const std::string kA(64, 'a'), kB(64, 'b');
+
 void put_file(const std::string& path, const std::string& data) {
   REQUIRE(make_dirs(parent_dir(path)).ok());
   REQUIRE(write_file_atomic(path, data).ok());
+}
+
+// A store of one layer kA (a few files) under `root`/s, indexed once.
+std::string indexed_store(const TempDir& t) {
+  const std::string s = t.path + "/s";
+  put_file(s + "/overlay2/" + kA + "/diff/etc/hello", "hello");
+  put_file(s + "/overlay2/" + kA + "/diff/bin/tool", std::string(3 << 20, 't'));
+  put_file(s + "/overlay2/" + kA + "/link", "AAAAAAAAAAAAAAAAAAAAAAAAAA\n");
+  auto r = store::index_store(s, nullptr);
+  REQUIRE(r.ok());
+  REQUIRE(r->layers_indexed == 1);
+  return s;
+}
+
+struct stat stat_of(const std::string& path) {
+  struct stat st {};
+  REQUIRE(::stat(path.c_str(), &st) == 0);
+  return st;
+}
+
+// Sets the access time of `path` (which also moves its ctime) and nothing else.
+void touch_atime(const std::string& path) {
+  struct timespec times[2] = {{1000000000, 5}, {0, UTIME_OMIT}};
+  REQUIRE(::utimensat(AT_FDCWD, path.c_str(), times, AT_SYMLINK_NOFOLLOW) == 0);
 }
 
 // Runs `body` in a child process: its exit status, or -1 if it was still running after
@@ -49,6 +76,118 @@ int run_bounded(const std::function<int()>& body, int seconds) {
 }
 
 }  // namespace
+
+TEST_CASE("re-running index leaves a layer the catalog names, and its index, exactly as they are", "[store]") {
+  TempDir t;
+  const std::string s = indexed_store(t);
+  const std::string index = s + "/extrafs/layers/" + kA + ".index";
+  const std::string bytes = *read_file(index);
+  const std::string catalog = *read_file(s + "/extrafs/catalog");
+  const ino_t ino = stat_of(index).st_ino;
+
+  // Access times change (the index records them), the link file is edited: nothing moves.
+  touch_atime(s + "/overlay2/" + kA + "/diff/etc/hello");
+  touch_atime(s + "/overlay2/" + kA + "/diff/bin");
+  put_file(s + "/overlay2/" + kA + "/link", "CCCCCCCCCCCCCCCCCCCCCCCCCC\n");
+  auto r = store::index_store(s, nullptr);
+  REQUIRE(r.ok());
+  CHECK(r->layers_indexed == 0);
+  CHECK(r->layers_present == 1);
+  CHECK(r->damaged.empty());
+  CHECK(r->skipped.empty());
+  CHECK_FALSE(r->catalog_written);
+  CHECK(*read_file(index) == bytes);
+  CHECK(stat_of(index).st_ino == ino);  // not even replaced by the same bytes
+  CHECK(*read_file(s + "/extrafs/catalog") == catalog);
+}
+
+TEST_CASE("a lost index of a named layer is written again only with the bytes the catalog names", "[store]") {
+  TempDir t;
+  const std::string s = indexed_store(t);
+  const std::string index = s + "/extrafs/layers/" + kA + ".index";
+  const std::string bytes = *read_file(index);
+  const std::string catalog = *read_file(s + "/extrafs/catalog");
+
+  // Removed: the unchanged layer indexes to the same bytes, which go back under the name.
+  REQUIRE(::unlink(index.c_str()) == 0);
+  std::vector<std::string> progress;
+  auto r = store::index_store(s, [&](const std::string& l) { progress.push_back(l); });
+  REQUIRE(r.ok());
+  CHECK(r->layers_indexed == 1);
+  CHECK(r->damaged.empty());
+  CHECK(*read_file(index) == bytes);
+  CHECK(*read_file(s + "/extrafs/catalog") == catalog);
+  REQUIRE(progress.size() == 1);
+  CHECK(progress[0].find("is missing") != std::string::npos);
+
+  // Damaged, and the layer's files changed since: nothing is written, the layer is reported.
+  touch_atime(s + "/overlay2/" + kA + "/diff/etc/hello");
+  put_file(index, "not an index");
+  r = store::index_store(s, nullptr);
+  REQUIRE(r.ok());
+  REQUIRE(r->damaged.size() == 1);
+  CHECK(r->damaged[0].find("overlay2/" + kA) != std::string::npos);
+  CHECK(r->damaged[0].find("does not have the digest the catalog names") != std::string::npos);
+  CHECK(r->damaged[0].find("files changed") != std::string::npos);
+  CHECK(r->layers_indexed == 0);
+  CHECK(*read_file(index) == "not an index");
+  CHECK(*read_file(s + "/extrafs/catalog") == catalog);
+
+  // A FIFO in its place is reported too, never opened for reading.
+  REQUIRE(::unlink(index.c_str()) == 0);
+  REQUIRE(::mkfifo(index.c_str(), 0644) == 0);
+  int rc = run_bounded(
+      [&] {
+        auto again = store::index_store(s, nullptr);
+        return again.ok() && again->damaged.size() == 1 &&
+                       again->damaged[0].find("is not a regular file") != std::string::npos
+                   ? 0
+                   : 1;
+      },
+      30);
+  CHECK(rc == 0);
+}
+
+TEST_CASE("a new layer may not take the link of a layer the catalog names", "[store]") {
+  TempDir t;
+  const std::string s = indexed_store(t);
+  const std::string catalog_before = *read_file(s + "/extrafs/catalog");
+  put_file(s + "/overlay2/" + kB + "/diff/f", "b");
+  put_file(s + "/overlay2/" + kB + "/link", "AAAAAAAAAAAAAAAAAAAAAAAAAA\n");
+  auto r = store::index_store(s, nullptr);
+  REQUIRE(r.ok());
+  REQUIRE(r->skipped.size() == 1);
+  CHECK(r->skipped[0].find("overlay2/" + kB) != std::string::npos);
+  CHECK(r->skipped[0].find("claimed by layer " + kA) != std::string::npos);
+  auto c = fs::Catalog::parse(*read_file(s + "/extrafs/catalog"));
+  REQUIRE(c.ok());
+  REQUIRE(c->layers.size() == 1);
+  CHECK(c->layers[0] == fs::Catalog::parse(catalog_before)->layers[0]);
+}
+
+TEST_CASE("an index no catalog names is taken if whole and written again if not", "[store]") {
+  TempDir t;
+  const std::string s = indexed_store(t);
+  const std::string index = s + "/extrafs/layers/" + kA + ".index";
+  const std::string bytes = *read_file(index);
+  // As an index stopped before its catalog leaves it: the index is there, no catalog names it.
+  REQUIRE(::unlink((s + "/extrafs/catalog").c_str()) == 0);
+  auto r = store::index_store(s, nullptr);
+  REQUIRE(r.ok());
+  CHECK(r->layers_present == 1);
+  CHECK(r->layers_indexed == 0);
+  auto c = fs::Catalog::parse(*read_file(s + "/extrafs/catalog"));
+  REQUIRE(c.ok());
+  REQUIRE(c->layers.size() == 1);
+  CHECK(c->layers[0].index_digest == xxh3_128(bytes.data(), bytes.size()));
+
+  REQUIRE(::unlink((s + "/extrafs/catalog").c_str()) == 0);
+  put_file(index, bytes.substr(0, bytes.size() / 2));
+  r = store::index_store(s, nullptr);
+  REQUIRE(r.ok());
+  CHECK(r->layers_indexed == 1);
+  CHECK(*read_file(index) == bytes);
+}
 
 TEST_CASE("a walk never changes the working directory", "[store]") {
   TempDir t;
