@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <cstdio>
 #include <cstring>
 #include <list>
 #include <mutex>
@@ -21,9 +20,8 @@ namespace extrafs::cache {
 namespace {
 
 // Temporaries live beside the copies (one file system, so the rename is atomic) under a name no
-// key has; they are removed at open.
+// key has; they are removed by load().
 constexpr const char* kTmpPrefix = ".tmp-";
-constexpr const char* kIdSuffix = ".id";
 
 using FileId = FileIdentity;  // common/posix_file.h
 
@@ -42,6 +40,20 @@ Status for_each_entry(int dir_fd, const std::string& shown,
 // Whether an entry of DIR/files is a copy (a regular file named by its key).
 bool is_copy(const std::string& name, const struct stat& st, Digest128* key) {
   return S_ISREG(st.st_mode) && Digest128::from_hex(name, key);
+}
+
+// Unlinks everything but directories in the directory `dir_fd` (named `shown`); returns the
+// bytes of the regular files removed.
+Result<uint64_t> remove_entries(int dir_fd, const std::string& shown) {
+  uint64_t freed = 0;
+  int err = 0;
+  EXTRAFS_CHECK_STATUS(for_each_entry(dir_fd, shown, [&](const std::string& name, const struct stat& st) {
+    if (S_ISDIR(st.st_mode)) return;
+    if (::unlinkat(dir_fd, name.c_str(), 0) != 0) err = errno;
+    else if (S_ISREG(st.st_mode)) freed += static_cast<uint64_t>(st.st_size);
+  }));
+  if (err) return make_error(err, shown + ": cannot remove every copy");
+  return freed;
 }
 
 // DIR/files opened as a directory; an invalid Fd with errno set if it cannot be.
@@ -78,7 +90,7 @@ class DiskWholeFiles : public WholeFiles {
   DiskWholeFiles(std::string dir, Fd dir_fd, uint64_t capacity, std::function<void(uint64_t)> usage)
       : dir_(std::move(dir)), dir_fd_(std::move(dir_fd)), capacity_(capacity), usage_(std::move(usage)) {}
 
-  Status scan() {
+  Status load() override {
     // Oldest first, by when they were written (opens are not recorded on disk: touching a copy
     // would change the identity it is trusted by).
     struct Found {
@@ -87,31 +99,37 @@ class DiskWholeFiles : public WholeFiles {
       timespec mtime;
     };
     std::vector<Found> found;
-    std::vector<std::pair<Digest128, std::string>> ids;
     EXTRAFS_CHECK_STATUS(for_each_entry(dir_fd_.get(), dir_, [&](const std::string& name, const struct stat& st) {
       Digest128 key;
-      if (name.size() > 3 && name.compare(name.size() - 3, 3, kIdSuffix) == 0 &&
-          is_copy(name.substr(0, name.size() - 3), st, &key)) {
-        ids.push_back({key, name});  // an identity; dropped below if its copy is gone
-        return;
-      }
+      // A torn write, or nothing of ours (such as the <key>.id files of older versions, which
+      // let a later mount trust a copy without hashing it).
       if (name.rfind(kTmpPrefix, 0) == 0 || !is_copy(name, st, &key)) {
-        ::unlinkat(dir_fd_.get(), name.c_str(), 0);  // a torn write, or nothing of ours
+        ::unlinkat(dir_fd_.get(), name.c_str(), 0);
         return;
       }
       found.push_back({key, static_cast<uint64_t>(st.st_size), st.st_mtim});
     }));
-    for (const auto& id : ids)
-      if (std::none_of(found.begin(), found.end(), [&](const Found& f) { return f.key == id.first; }))
-        ::unlinkat(dir_fd_.get(), id.second.c_str(), 0);
     std::sort(found.begin(), found.end(), [](const Found& a, const Found& b) {
       return a.mtime.tv_sec != b.mtime.tv_sec ? a.mtime.tv_sec < b.mtime.tv_sec : a.mtime.tv_nsec < b.mtime.tv_nsec;
     });
     std::lock_guard lock(mu_);
+    loaded_ = true;
     for (const auto& f : found) add_locked(f.key, f.size);
     make_room_locked(0);
     report_locked();
     return ok_status();
+  }
+
+  Result<uint64_t> discard() override {
+    {
+      std::lock_guard lock(mu_);
+      lru_.clear();
+      map_.clear();
+      verified_.clear();
+      bytes_ = 0;
+      if (loaded_) report_locked();
+    }
+    return remove_entries(dir_fd_.get(), dir_);
   }
 
   bool has(const Digest128& key) override {
@@ -139,48 +157,44 @@ class DiskWholeFiles : public WholeFiles {
     return std::unique_ptr<Writer>(new DiskWriter(*this, key, size, std::move(fd), std::move(tmp)));
   }
 
-  Result<Fd> open_verified(const Digest128& key, uint64_t size, uint64_t chunk_size,
-                           std::span<const ExpectedChunk> chunks) override {
+  Result<Fd> open_checked(const Digest128& key, uint64_t size) override {
     const std::string name = key.hex();
-    Fd fd(::openat(dir_fd_.get(), name.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
-    if (!fd.valid()) return make_error(ENOENT, "no copy");
+    EXTRAFS_TRY(fd, open_copy(key, name, size));
     struct stat st {};
     if (::fstat(fd.get(), &st) != 0) return make_error(errno, "stat of a copy");
-    if (!S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) != size) {
-      drop(key, name);
-      return make_error(ENOENT, "copy is not a regular file of the right size");
-    }
-    const FileId id = FileId::of(st);
-    {
-      std::lock_guard lock(mu_);
-      auto it = verified_.find(key);
-      if (it != verified_.end() && it->second == id) {
-        touch_locked(key);
-        return clear_nonblock(std::move(fd));
-      }
-    }
-    // Hashed by an earlier instance, unchanged since (its identity, kept beside it, matches).
-    if (read_id(name) == id) {
-      std::lock_guard lock(mu_);
-      verified_[key] = id;
-      touch_locked(key);
-      return clear_nonblock(std::move(fd));
-    }
-    if (!matches(fd.get(), size, chunk_size, chunks)) {
-      drop(key, name);
-      return make_error(ENOENT, "copy did not match");
-    }
-    const bool settled = FileId::settled(st);
-    if (settled) write_id(name, id);
     std::lock_guard lock(mu_);
-    if (settled) verified_[key] = id;
+    auto it = verified_.find(key);
+    if (it == verified_.end() || !(it->second == FileId::of(st)))
+      return make_error(EAGAIN, "copy not checked by this mount since it last changed");
     touch_locked(key);
     return clear_nonblock(std::move(fd));
   }
 
+  Status check(const Digest128& key, uint64_t size, uint64_t chunk_size,
+               std::span<const ExpectedChunk> chunks) override {
+    const std::string name = key.hex();
+    EXTRAFS_TRY(fd, open_copy(key, name, size));
+    struct stat before {}, after {};
+    if (::fstat(fd.get(), &before) != 0) return make_error(errno, "stat of a copy");
+    if (!matches(fd.get(), size, chunk_size, chunks)) {
+      drop(key, name);
+      return make_error(ENOENT, "copy did not match");
+    }
+    // Trusted by its identity from now on: only if a write during the hash would show in it, and
+    // one right after it would too (timestamp granularity).
+    if (::fstat(fd.get(), &after) != 0) return make_error(errno, "stat of a copy");
+    const FileId id = FileId::of(after);
+    if (!(FileId::of(before) == id) || !FileId::settled(after)) return make_error(EAGAIN, "copy changed recently");
+    std::lock_guard lock(mu_);
+    if (!map_.count(key)) return make_error(ENOENT, "copy evicted meanwhile");
+    verified_[key] = id;
+    checked_++;
+    return ok_status();
+  }
+
   WholeFileStats stats() override {
     std::lock_guard lock(mu_);
-    return {map_.size(), bytes_, capacity_, written_, corrupt_};
+    return {map_.size(), bytes_, capacity_, written_, checked_, corrupt_};
   }
 
   // For the writer.
@@ -226,11 +240,21 @@ class DiskWholeFiles : public WholeFiles {
     return off == size;
   }
 
-  // Removes the copy named `name` and its identity from the directory.
-  void unlink_copy(const std::string& name) {
-    ::unlinkat(dir_fd_.get(), name.c_str(), 0);
-    ::unlinkat(dir_fd_.get(), (name + kIdSuffix).c_str(), 0);
+  // The copy `name` of `key`, opened without blocking (whatever is there); ENOENT if there is
+  // none, or if it is not a regular file of `size` bytes (then removed).
+  Result<Fd> open_copy(const Digest128& key, const std::string& name, uint64_t size) {
+    Fd fd(::openat(dir_fd_.get(), name.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
+    if (!fd.valid()) return make_error(ENOENT, "no copy");
+    struct stat st {};
+    if (::fstat(fd.get(), &st) != 0) return make_error(errno, "stat of a copy");
+    if (!S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) != size) {
+      drop(key, name);
+      return make_error(ENOENT, "copy is not a regular file of the right size");
+    }
+    return fd;
   }
+
+  void unlink_copy(const std::string& name) { ::unlinkat(dir_fd_.get(), name.c_str(), 0); }
   void drop(const Digest128& key, const std::string& name) {
     unlink_copy(name);
     std::lock_guard lock(mu_);
@@ -281,44 +305,15 @@ class DiskWholeFiles : public WholeFiles {
   std::mutex mu_;
   std::list<Digest128> lru_;  // front = least recently opened (by this instance) or oldest
   std::unordered_map<Digest128, Entry, Digest128Hash> map_;
+  // Copies this instance hashed and found right, with the identity they had then.
   std::unordered_map<Digest128, FileId, Digest128Hash> verified_;
-  uint64_t bytes_ = 0, reserved_ = 0, written_ = 0, corrupt_ = 0;
+  uint64_t bytes_ = 0, reserved_ = 0, written_ = 0, checked_ = 0, corrupt_ = 0;
+  bool loaded_ = false;
 
   static Fd clear_nonblock(Fd fd) {
     int fl = ::fcntl(fd.get(), F_GETFL);
     if (fl != -1) ::fcntl(fd.get(), F_SETFL, fl & ~O_NONBLOCK);
     return fd;
-  }
-  // The identity of a copy when it was last hashed, kept in "<key>.id" beside it (what lets a new
-  // instance trust an unchanged copy without reading it); a default FileId when absent or unreadable.
-  FileId read_id(const std::string& name) {
-    FileId id;
-    Fd fd(::openat(dir_fd_.get(), (name + kIdSuffix).c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
-    if (!fd.valid()) return id;
-    char buf[160];
-    ssize_t n = pread_all(fd.get(), buf, sizeof buf - 1, 0);
-    if (n <= 0) return id;
-    buf[n] = 0;
-    unsigned long long dev, ino, size, ms, mns, cs, cns;
-    if (std::sscanf(buf, "%llu %llu %llu %llu %llu %llu %llu", &dev, &ino, &size, &ms, &mns, &cs, &cns) != 7) return id;
-    id.dev = static_cast<dev_t>(dev);
-    id.ino = static_cast<ino_t>(ino);
-    id.size = static_cast<off_t>(size);
-    id.mtime = {static_cast<time_t>(ms), static_cast<long>(mns)};
-    id.ctime = {static_cast<time_t>(cs), static_cast<long>(cns)};
-    return id;
-  }
-  void write_id(const std::string& name, const FileId& id) {
-    char buf[160];
-    int len = std::snprintf(buf, sizeof buf, "%llu %llu %llu %llu %llu %llu %llu\n", (unsigned long long)id.dev,
-                            (unsigned long long)id.ino, (unsigned long long)id.size, (unsigned long long)id.mtime.tv_sec,
-                            (unsigned long long)id.mtime.tv_nsec, (unsigned long long)id.ctime.tv_sec,
-                            (unsigned long long)id.ctime.tv_nsec);
-    const std::string tmp = std::string(kTmpPrefix) + name + kIdSuffix;
-    Fd fd(::openat(dir_fd_.get(), tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-    if (!fd.valid() || write_all(fd.get(), buf, static_cast<size_t>(len)) != 0 || fd.close_checked() != 0 ||
-        ::renameat(dir_fd_.get(), tmp.c_str(), dir_fd_.get(), (name + kIdSuffix).c_str()) != 0)
-      ::unlinkat(dir_fd_.get(), tmp.c_str(), 0);
   }
 };
 
@@ -347,9 +342,7 @@ Result<std::unique_ptr<WholeFiles>> WholeFiles::open(const std::string& dir, uin
   if (::mkdir(files.c_str(), 0700) != 0 && errno != EEXIST) return make_error(errno, files + ": cannot create");
   Fd fd(::open(files.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
   if (!fd.valid()) return make_error(errno, files + ": cannot open");
-  auto w = std::make_unique<DiskWholeFiles>(files, std::move(fd), capacity, std::move(usage));
-  EXTRAFS_CHECK_STATUS(w->scan());
-  return std::unique_ptr<WholeFiles>(std::move(w));
+  return std::unique_ptr<WholeFiles>(std::make_unique<DiskWholeFiles>(files, std::move(fd), capacity, std::move(usage)));
 }
 
 Result<uint64_t> remove_whole_files(const std::string& dir) {
@@ -358,15 +351,7 @@ Result<uint64_t> remove_whole_files(const std::string& dir) {
     if (errno == ENOENT) return uint64_t{0};
     return make_error(errno, dir + "/files: cannot list");
   }
-  uint64_t freed = 0;
-  int err = 0;
-  EXTRAFS_CHECK_STATUS(for_each_entry(files.get(), dir + "/files", [&](const std::string& name, const struct stat& st) {
-    if (S_ISDIR(st.st_mode)) return;
-    if (::unlinkat(files.get(), name.c_str(), 0) != 0) err = errno;
-    else if (S_ISREG(st.st_mode)) freed += static_cast<uint64_t>(st.st_size);
-  }));
-  if (err) return make_error(err, dir + "/files: cannot remove every copy");
-  return freed;
+  return remove_entries(files.get(), dir + "/files");
 }
 
 WholeFilesInspection inspect_whole_files(const std::string& dir) {

@@ -611,7 +611,7 @@ Result<Fd> FsCore::open(uint64_t ino, int flags) {
   if (!idx) return Fd();
   const uint32_t e = local - kEntryBase;
   if (options_.on_first_open && !s->is_image) record_access(sn, *s, *idx, e);
-  return whole_copy(*idx, e);
+  return whole_copy(std::move(idx), e);
 }
 
 void FsCore::record_access(uint32_t slot_no, const Slot& s, const LayerIndex& idx, uint32_t entry) {
@@ -700,8 +700,7 @@ Result<size_t> FsCore::read_pieces(uint64_t ino, uint64_t offset, size_t size, s
   bytes_served_ += done;
   // A read that reaches the end of a large file: if this host now holds all of it (checked by
   // the copier), a local copy lets the next opens skip the daemon.
-  if (options_.whole_files && offset + done == rec.size && rec.size >= options_.whole_file_min &&
-      passthrough_.load(std::memory_order_relaxed))
+  if (offset + done == rec.size && rec.size >= options_.whole_file_min && copies_on_.load(std::memory_order_relaxed))
     want_whole_copy(held, static_cast<uint32_t>(e));
   // The window's chunks that the reads above did not bring are fetched in the background.
   if (window > 0) {
@@ -766,6 +765,7 @@ std::string FsCore::stats_json() {
     j["whole_files"] = w.files;
     j["whole_file_bytes"] = w.bytes;
     j["whole_files_written"] = w.written;
+    j["whole_files_checked"] = w.checked;
     j["whole_files_corrupt_dropped"] = w.corrupt_dropped;
   }
   j["chunks_fetched"] = f.chunks_fetched;
@@ -838,6 +838,15 @@ Digest128 whole_file_key(const LayerIndex& idx, uint32_t e) {
   return xxh3_128(buf.data(), buf.size());
 }
 
+void FsCore::set_passthrough(bool on) {
+  passthrough_.store(on, std::memory_order_relaxed);
+  {
+    std::lock_guard lock(copy_mu_);
+    copy_mode_ = on ? CopyMode::kOn : CopyMode::kOff;
+  }
+  copy_cv_.notify_all();
+}
+
 void FsCore::want_whole_copy(std::shared_ptr<const LayerIndex> idx, uint32_t e) {
   const Digest128 key = whole_file_key(*idx, e);
   if (options_.whole_files->has(key)) return;
@@ -850,11 +859,39 @@ void FsCore::want_whole_copy(std::shared_ptr<const LayerIndex> idx, uint32_t e) 
   copy_cv_.notify_one();
 }
 
+void FsCore::want_copy_check(std::shared_ptr<const LayerIndex> idx, uint32_t e, const Digest128& key) {
+  {
+    std::lock_guard lock(copy_mu_);
+    constexpr size_t kMaxQueued = 64;
+    if (copy_stop_ || check_queue_.size() >= kMaxQueued || !check_pending_.insert(key).second) return;
+    check_queue_.push_front({key, std::move(idx), e, std::chrono::steady_clock::now()});
+  }
+  copy_cv_.notify_one();
+}
+
 void FsCore::copy_loop() {
   using Clock = std::chrono::steady_clock;
+  CopyMode mode;
+  {
+    std::unique_lock lock(copy_mu_);
+    copy_cv_.wait(lock, [&] { return copy_stop_ || copy_mode_ != CopyMode::kUndecided; });
+    if (copy_stop_) return;
+    mode = copy_mode_;
+  }
+  if (mode == CopyMode::kOff) {
+    auto freed = options_.whole_files->discard();
+    if (!freed.ok()) spdlog::warn("whole-file copies: {}", freed.error().message);
+    else if (*freed) spdlog::info("passthrough is off: removed {} bytes of whole-file copies from the cache", *freed);
+    return;
+  }
+  if (auto st = options_.whole_files->load(); !st.ok()) {
+    spdlog::warn("whole-file copies not used: {}", st.error().message);
+    return;
+  }
+  copies_on_.store(true, std::memory_order_relaxed);
   for (;;) {
     CopyJob job;
-    bool settle = false;
+    bool check = false;
     {
       std::unique_lock lock(copy_mu_);
       for (;;) {
@@ -864,24 +901,36 @@ void FsCore::copy_loop() {
           copy_queue_.pop_front();
           break;
         }
-        if (!settle_queue_.empty() && settle_queue_.front().due <= Clock::now()) {
-          job = std::move(settle_queue_.front());
-          settle_queue_.pop_front();
-          settle = true;
+        if (!check_queue_.empty() && check_queue_.front().due <= Clock::now()) {
+          job = std::move(check_queue_.front());
+          check_queue_.pop_front();
+          check = true;
           break;
         }
-        if (settle_queue_.empty()) copy_cv_.wait(lock);
-        else copy_cv_.wait_until(lock, settle_queue_.front().due);
+        if (check_queue_.empty()) copy_cv_.wait(lock);
+        else copy_cv_.wait_until(lock, check_queue_.front().due);
       }
-    }
-    if (settle) {
-      // The copy's first check (a hash of the whole file, which then records its identity), done
-      // here rather than in the first OPEN that hands it out.
-      whole_copy(*job.idx, job.entry);
-      continue;
     }
     const LayerIndex& idx = *job.idx;
     const uint64_t size = idx.attr_entry(job.entry).size;
+    if (check) {
+      std::vector<cache::ExpectedChunk> want;
+      for (const ChunkRecord& c : idx.chunks(job.entry))
+        want.push_back({chunk_digest(c), c.raw_len, (c.flags & kChunkZero) != 0});
+      Status st = options_.whole_files->check(job.key, size, idx.chunk_size(), want);
+      if (!st.ok()) spdlog::debug("whole-file copy {} not taken: {}", job.key.hex(), st.error().message);
+      std::lock_guard lock(copy_mu_);
+      // Changed a moment ago: its identity settles within 2 s (whole seconds of a coarse clock:
+      // 3 s to be sure). Once; after that the next open asks again.
+      if (st.code() == EAGAIN && !job.retried) {
+        job.retried = true;
+        job.due = Clock::now() + std::chrono::seconds(3);
+        check_queue_.push_back(std::move(job));  // every other job is due no later
+      } else {
+        check_pending_.erase(job.key);
+      }
+      continue;
+    }
     bool written = false;
     Status st = [&]() -> Status {
       if (options_.whole_files->has(job.key)) return ok_status();
@@ -910,28 +959,28 @@ void FsCore::copy_loop() {
     if (!st.ok()) spdlog::debug("whole-file copy {} not made: {}", job.key.hex(), st.error().message);
     std::lock_guard lock(copy_mu_);
     copy_pending_.erase(job.key);
-    // A copy written now is trusted without a hash once unchanged for 2 s (whole seconds of a
-    // coarse clock: 3 s to be sure); a bounded number wait for that.
+    // A copy written now is hashed once its identity can be trusted (3 s, as above), before any
+    // open hands it out; a bounded number wait for that (the others: at their first open).
     constexpr size_t kMaxSettling = 64;
-    if (written && settle_queue_.size() < kMaxSettling) {
+    if (written && check_queue_.size() < kMaxSettling && check_pending_.insert(job.key).second) {
       job.due = Clock::now() + std::chrono::seconds(3);
-      settle_queue_.push_back(std::move(job));
+      check_queue_.push_back(std::move(job));
     }
   }
 }
 
-Fd FsCore::whole_copy(const LayerIndex& idx, uint32_t e) {
-  if (!options_.whole_files || !passthrough_.load(std::memory_order_relaxed)) return Fd();
-  const EntryRecord& rec = idx.attr_entry(e);
+Fd FsCore::whole_copy(std::shared_ptr<const LayerIndex> idx, uint32_t e) {
+  if (!copies_on_.load(std::memory_order_relaxed)) return Fd();
+  const EntryRecord& rec = idx->attr_entry(e);
   if (!S_ISREG(rec.mode) || rec.size < options_.whole_file_min) return Fd();
-  const Digest128 key = whole_file_key(idx, e);
+  const Digest128 key = whole_file_key(*idx, e);
   if (!options_.whole_files->has(key)) return Fd();
-  std::vector<cache::ExpectedChunk> want;
-  for (const ChunkRecord& c : idx.chunks(e))
-    want.push_back({chunk_digest(c), c.raw_len, (c.flags & kChunkZero) != 0});
-  auto fd = options_.whole_files->open_verified(key, rec.size, idx.chunk_size(), want);
-  if (!fd.ok()) return Fd();
-  return std::move(fd).value();
+  auto fd = options_.whole_files->open_checked(key, rec.size);
+  if (fd.ok()) return std::move(fd).value();
+  // Not hashed by this mount yet, or changed since: this open is served the usual way, and the
+  // copier hashes the copy for the next one.
+  if (fd.code() == EAGAIN) want_copy_check(std::move(idx), e, key);
+  return Fd();
 }
 
 }  // namespace extrafs::fs

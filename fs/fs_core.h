@@ -87,10 +87,12 @@ struct FsCoreOptions {
   // A layer index that failed to load answers EIO without a new attempt for this long; the first
   // access after that tries again.
   double index_retry_s = 2.0;
-  // Local whole-file copies for the kernel to read by itself (null = none): a file of at least
-  // whole_file_min bytes gets one, made in the background, when a read reaches its end and every
-  // one of its chunks is cached; open() then hands it out. The copier checks each copy it wrote
-  // (hashes it) a few seconds later, so that no open waits for that.
+  // Local whole-file copies for the kernel to read by itself (null = none), used once the kernel
+  // agreed to passthrough (set_passthrough): a file of at least whole_file_min bytes gets one,
+  // made in the background, when a read reaches its end and every one of its chunks is cached;
+  // open() then hands it out once this core's copier thread has hashed it (a few seconds after
+  // writing it, or after the first open of a copy an earlier mount left), so that no open waits
+  // for a hash.
   cache::WholeFiles* whole_files = nullptr;
   uint64_t whole_file_min = uint64_t{8} << 20;
 };
@@ -129,9 +131,11 @@ class FsCore {
   // (on_first_open). Otherwise the FUSE adapter lets the kernel open files without asking.
   bool wants_opens() const { return static_cast<bool>(options_.on_first_open); }
   void count_passthrough_open() { passthrough_opens_.fetch_add(1, std::memory_order_relaxed); }
-  // Called by the adapter when the kernel agreed to passthrough (before the first request after
-  // INIT): only then are copies made and handed out.
-  void enable_passthrough() { passthrough_.store(true, std::memory_order_relaxed); }
+  // Called by the adapter once, when the kernel's INIT is answered (before the first request
+  // after it): `on` if the kernel agreed to passthrough. Only then are copies made, checked and
+  // handed out; otherwise the copies the cache holds are removed in the background (nothing
+  // would read them, and they would take room from the chunks).
+  void set_passthrough(bool on);
   // Reads up to out.size() bytes at `offset`; short only at end of file. If any chunk the
   // request touches cannot be served, the whole request fails (EIO) and nothing is returned: a
   // short count would read as end of file to the kernel, which then shrinks the file's size.
@@ -223,8 +227,11 @@ class FsCore {
   unsigned sequential_window(uint64_t ino, uint64_t offset, uint64_t end);
   // Queues a whole-file copy of entry `e` (see FsCoreOptions::whole_files); no-op if it has one.
   void want_whole_copy(std::shared_ptr<const LayerIndex> idx, uint32_t e);
-  // Entry `e`'s whole-file copy for open(), checked; invalid if passthrough is off or it has none.
-  Fd whole_copy(const LayerIndex& idx, uint32_t e);
+  // Queues the hash of entry `e`'s copy `key` ahead of the copies settling (see check_queue_).
+  void want_copy_check(std::shared_ptr<const LayerIndex> idx, uint32_t e, const Digest128& key);
+  // Entry `e`'s whole-file copy for open(), checked by this core; invalid if copies are off, it
+  // has none, or it still has to be checked (then queued for that).
+  Fd whole_copy(std::shared_ptr<const LayerIndex> idx, uint32_t e);
   void copy_loop();
 
   cache::ChunkFetcher& fetcher_;
@@ -260,20 +267,29 @@ class FsCore {
   std::atomic<uint64_t> passthrough_opens_{0};
   std::atomic<bool> passthrough_{false};
 
+  // Copies made from the chunks on this host, and checks of copies before their first
+  // passthrough open, all on the copier thread.
   struct CopyJob {
     Digest128 key;
     std::shared_ptr<const LayerIndex> idx;
     uint32_t entry;
-    std::chrono::steady_clock::time_point due{};  // settle_queue_: when to check the new copy
+    std::chrono::steady_clock::time_point due{};  // check_queue_: not before then
+    bool retried = false;                          // check_queue_: once more after EAGAIN
   };
-  std::mutex copy_mu_;  // guards the four below; stopping_ (under stop_mu_) also ends copy_loop
+  enum class CopyMode { kUndecided, kOn, kOff };  // set_passthrough's answer
+  std::mutex copy_mu_;  // guards the fields below up to copier_
   std::condition_variable copy_cv_;
+  CopyMode copy_mode_ = CopyMode::kUndecided;
   std::deque<CopyJob> copy_queue_;
-  // Copies just written, to be hashed once their identity can be trusted (FileIdentity::settled),
-  // so that no open waits for it; in order of `due`.
-  std::deque<CopyJob> settle_queue_;
-  std::unordered_set<Digest128, Digest128Hash> copy_pending_;
+  // Copies to hash before they are handed out, in order of `due`: those an open wanted (due at
+  // once, at the front) and those just written (due once their identity can be trusted,
+  // FileIdentity::settled), so that no open waits for a hash.
+  std::deque<CopyJob> check_queue_;
+  std::unordered_set<Digest128, Digest128Hash> copy_pending_, check_pending_;
   bool copy_stop_ = false;
+  // The copies were taken in (WholeFiles::load) after the kernel agreed to passthrough: only
+  // then are they made and handed out.
+  std::atomic<bool> copies_on_{false};
   std::thread copier_;
 
   struct Stream {

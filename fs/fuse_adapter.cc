@@ -84,7 +84,7 @@ std::atomic<bool> offered{false};   // the kernel's INIT offered it
 std::atomic<bool> agreed{false};    // our INIT reply took it
 std::atomic<bool> init_replied{false};
 int dev_fd = -1;                    // the session's descriptor, for the ioctls
-FsCore* core = nullptr;             // told once the kernel agreed (it then makes copies)
+FsCore* core = nullptr;             // told whether the kernel agreed (it then makes copies)
 
 // EXTRAFS_PASSTHROUGH=0 in the daemon's environment turns it off (extrafs-mount(8)).
 bool passthrough_disabled() {
@@ -110,8 +110,8 @@ ssize_t io_writev(int fd, struct iovec* iov, int count, void*) {
   // struct fuse_init_out: major minor max_readahead flags, max_background|congestion_threshold,
   // max_write time_gran, max_pages|map_alignment, flags2, unused[7]; the kernel reads unused[0]
   // as max_stack_depth.
-  if (!init_replied.exchange(true) && offered.load() && count >= 2 && iov[0].iov_len == kOutHeader &&
-      iov[1].iov_len >= 64) {
+  if (init_replied.exchange(true)) return ::writev(fd, iov, count);
+  if (offered.load() && count >= 2 && iov[0].iov_len == kOutHeader && iov[1].iov_len >= 64) {
     int32_t error;
     std::memcpy(&error, static_cast<const char*>(iov[0].iov_base) + 4, 4);
     if (error == 0) {
@@ -120,9 +120,9 @@ ssize_t io_writev(int fd, struct iovec* iov, int count, void*) {
       out[8] |= kFlags2Passthrough;
       out[9] = 1;
       agreed.store(true);
-      core->enable_passthrough();
     }
   }
+  core->set_passthrough(agreed.load());
   return ::writev(fd, iov, count);
 }
 
@@ -526,7 +526,10 @@ int run_fuse(FsCore& core, const FuseConfig& config, const std::function<void(co
   }();
   passthrough::dev_fd = fuse_session_fd(se);
   passthrough::core = &core;
-  if (fuse_session_custom_io(se, &io, passthrough::dev_fd) != 0) spdlog::debug("no custom I/O: passthrough off");
+  if (fuse_session_custom_io(se, &io, passthrough::dev_fd) != 0) {
+    spdlog::debug("no custom I/O: passthrough off");
+    core.set_passthrough(false);
+  }
   // A newer catalog may list other layers: the kernel drops its cached listings (and attributes)
   // of the directories that list them. ENOENT (a directory the kernel never saw) is fine.
   core.set_on_listing_change([se](std::span<const uint64_t> inos) {

@@ -11,7 +11,7 @@ Fixtures:
     build_dir    the meson build directory (for mount.extrafs, configured units, ...)
     tmp          a fresh directory directly under /tmp, removed after the test (mounts under it
                  are unmounted first)
-    mount        factory: mount(SOURCE, options="k=v,...", cache=None) -> xf.Mount; every mount
+    mount        factory: mount(SOURCE, options="k=v,...", cache=None, env=None) -> xf.Mount; every mount
                  is unmounted at teardown
     odd_store    the odd store (tests/integration/make_odd_store.sh), indexed -> xf.Store
     ganesha      factory: ganesha(EXPORT_DIR, protocols="4") -> started xf.Ganesha (url4, url3)

@@ -61,3 +61,20 @@ def large_layer(store: Path, files: int = 110_000, name_len: int = 220, content_
     (layer / "link").write_text("LARGELAYER" + "A" * 16 + "\n")
     return cid
 
+
+def forged_whole_file_copy(copy: Path) -> bytes:
+    """Replaces a whole-file copy in a cache (CACHE/files/<key>) by rename with a file of the same
+    size holding other bytes, and writes beside it the "<key>.id" that versions before issue 20
+    §6 trusted (the identity of the copy when last hashed: dev ino size mtime ctime), made to
+    match the forged file. A mount must never hand the forged bytes to a reader. Returns them."""
+    copy = Path(copy)
+    size = copy.stat().st_size
+    forged = (b"FORGED-" * (size // 7 + 1))[:size]
+    tmp = copy.with_name(copy.name + ".forging")
+    tmp.write_bytes(forged)
+    os.rename(tmp, copy)
+    st = os.stat(copy)
+    ident = (f"{st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns // 10**9} {st.st_mtime_ns % 10**9} "
+             f"{st.st_ctime_ns // 10**9} {st.st_ctime_ns % 10**9}\n")
+    copy.with_name(copy.name + ".id").write_text(ident)
+    return forged

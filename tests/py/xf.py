@@ -202,7 +202,8 @@ class Mounts:
         self.made: list[Mount] = []
 
     def __call__(self, source, path=None, *, cache=None, options: str = "", cache_size="512M",
-                 log_level="warn", timeout=60) -> Mount:
+                 log_level="warn", timeout=60, env=None) -> Mount:
+        """env: variables added to the environment of `extrafs mount` (and so of its daemon)."""
         n = len(self.made)
         path = Path(path) if path else self.tmp / f"mnt{n}"
         cache = Path(cache) if cache else self.tmp / f"cache{n}"
@@ -211,7 +212,7 @@ class Mounts:
                                     f"log_level={log_level}", options) if o)
         m = Mount(self.extrafs, str(source), path, cache, opts)
         self.made.append(m)
-        run([self.extrafs, "mount", source, path, "-o", opts], timeout=timeout)
+        run([self.extrafs, "mount", source, path, "-o", opts], timeout=timeout, env=env)
         assert is_mounted(path), f"extrafs mount {source} {path} returned 0 but nothing is mounted"
         assert (path / "overlay2").is_dir(), f"{path} does not serve overlay2/ right after mount"
         pids = daemon_pids(path)
