@@ -211,6 +211,53 @@ TEST_CASE("a walk never changes the working directory", "[store]") {
   CHECK((*idx)->entry_count() == 1 + 200 * 3);
 }
 
+TEST_CASE("a tree deeper than PATH_MAX is walked and read", "[store]") {
+  TempDir t;
+  put_file(t.path + "/tree/top", "top");
+  // 24 levels of 200-character names: paths of about 4,800 bytes, beyond PATH_MAX.
+  Fd dir(::open((t.path + "/tree").c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  REQUIRE(dir.valid());
+  const std::string name(200, 'n');
+  for (int i = 0; i < 24; ++i) {
+    REQUIRE(::mkdirat(dir.get(), name.c_str(), 0755) == 0);
+    dir = Fd(::openat(dir.get(), name.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    REQUIRE(dir.valid());
+  }
+  Fd f(::openat(dir.get(), "bottom", O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  REQUIRE(f.valid());
+  REQUIRE(write_all(f.get(), "deep", 4) == 0);
+  f.reset();
+  // Chunks go to one object, as publish's blob does (an index bounds the paths of its objects,
+  // which `extrafs index` makes from the paths of the tree).
+  struct OneObject : store::ChunkSink {
+    uint64_t end = 0;
+    Status put(fs::IndexBuilder& b, const std::string&, uint64_t, std::string_view raw, fs::ChunkRecord* rec) override {
+      rec->object = b.add_object("blob");
+      rec->offset = end;
+      rec->stored_len = static_cast<uint32_t>(raw.size());
+      rec->flags = 0;
+      end += raw.size();
+      return ok_status();
+    }
+  } sink;
+  auto bytes = store::index_directory(t.path + "/tree", sink, store::WalkOptions{});
+  REQUIRE(remove_tree(t.path + "/tree").ok());  // TempDir's remove_all cannot go that deep
+  REQUIRE(bytes.ok());
+  auto idx = fs::LayerIndex::parse(*bytes);
+  REQUIRE(idx.ok());
+  CHECK((*idx)->entry_count() == 1 + 1 + 24 + 1);
+  uint32_t e = 0;
+  for (int i = 0; i < 24; ++i) {
+    auto next = (*idx)->lookup(e, name);
+    REQUIRE(next);
+    e = *next;
+  }
+  auto bottom = (*idx)->lookup(e, "bottom");
+  REQUIRE(bottom);
+  REQUIRE((*idx)->chunks(*bottom).size() == 1);
+  CHECK((*idx)->chunks(*bottom)[0].raw_len == 4);
+}
+
 TEST_CASE("a file swapped for a FIFO during the walk fails the walk at once", "[store]") {
   TempDir t;
   put_file(t.path + "/tree/a", "first");
