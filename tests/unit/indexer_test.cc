@@ -32,8 +32,12 @@ void put_file(const std::string& path, const std::string& data) {
   REQUIRE(write_file_atomic(path, data).ok());
 }
 
-// A store of one layer kA (a few files) under `root`/s, indexed once.
-std::string indexed_store(const TempDir& t) {
+// A store of one layer kA (a few files) under `t`/s, indexed once: its path, its index's path,
+// and the bytes of the index and the catalog then.
+struct IndexedStore {
+  std::string s, index, bytes, catalog;
+};
+IndexedStore indexed_store(const TempDir& t) {
   const std::string s = t.path + "/s";
   put_file(s + "/overlay2/" + kA + "/diff/etc/hello", "hello");
   put_file(s + "/overlay2/" + kA + "/diff/bin/tool", std::string(3 << 20, 't'));
@@ -41,7 +45,8 @@ std::string indexed_store(const TempDir& t) {
   auto r = store::index_store(s, nullptr);
   REQUIRE(r.ok());
   REQUIRE(r->layers_indexed == 1);
-  return s;
+  const std::string index = s + "/extrafs/layers/" + kA + ".index";
+  return {s, index, *read_file(index), *read_file(s + "/extrafs/catalog")};
 }
 
 struct stat stat_of(const std::string& path) {
@@ -79,10 +84,7 @@ int run_bounded(const std::function<int()>& body, int seconds) {
 
 TEST_CASE("re-running index leaves a layer the catalog names, and its index, exactly as they are", "[store]") {
   TempDir t;
-  const std::string s = indexed_store(t);
-  const std::string index = s + "/extrafs/layers/" + kA + ".index";
-  const std::string bytes = *read_file(index);
-  const std::string catalog = *read_file(s + "/extrafs/catalog");
+  const auto [s, index, bytes, catalog] = indexed_store(t);
   const ino_t ino = stat_of(index).st_ino;
 
   // Access times change (the index records them), the link file is edited: nothing moves.
@@ -103,10 +105,9 @@ TEST_CASE("re-running index leaves a layer the catalog names, and its index, exa
 
 TEST_CASE("a lost index of a named layer is written again only with the bytes the catalog names", "[store]") {
   TempDir t;
-  const std::string s = indexed_store(t);
-  const std::string index = s + "/extrafs/layers/" + kA + ".index";
-  const std::string bytes = *read_file(index);
-  const std::string catalog = *read_file(s + "/extrafs/catalog");
+  const IndexedStore made = indexed_store(t);
+  // Named, not bound: lambdas below capture them (clang 14 cannot capture structured bindings).
+  const std::string &s = made.s, &index = made.index, &bytes = made.bytes, &catalog = made.catalog;
 
   // Removed: the unchanged layer indexes to the same bytes, which go back under the name.
   REQUIRE(::unlink(index.c_str()) == 0);
@@ -150,8 +151,7 @@ TEST_CASE("a lost index of a named layer is written again only with the bytes th
 
 TEST_CASE("a new layer may not take the link of a layer the catalog names", "[store]") {
   TempDir t;
-  const std::string s = indexed_store(t);
-  const std::string catalog_before = *read_file(s + "/extrafs/catalog");
+  const auto [s, index, bytes, catalog_before] = indexed_store(t);
   put_file(s + "/overlay2/" + kB + "/diff/f", "b");
   put_file(s + "/overlay2/" + kB + "/link", "AAAAAAAAAAAAAAAAAAAAAAAAAA\n");
   auto r = store::index_store(s, nullptr);
@@ -167,9 +167,7 @@ TEST_CASE("a new layer may not take the link of a layer the catalog names", "[st
 
 TEST_CASE("an index no catalog names is taken if whole and written again if not", "[store]") {
   TempDir t;
-  const std::string s = indexed_store(t);
-  const std::string index = s + "/extrafs/layers/" + kA + ".index";
-  const std::string bytes = *read_file(index);
+  const auto [s, index, bytes, catalog] = indexed_store(t);
   // As an index stopped before its catalog leaves it: the index is there, no catalog names it.
   REQUIRE(::unlink((s + "/extrafs/catalog").c_str()) == 0);
   auto r = store::index_store(s, nullptr);
