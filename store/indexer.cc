@@ -289,7 +289,7 @@ std::optional<std::string> named_index_problem(int root, const std::string& rel,
   struct stat st;
   if (::fstat(fd->get(), &st) != 0) return "cannot be read (" + std::string(std::strerror(errno)) + ")";
   if (!S_ISREG(st.st_mode)) return std::string("is not a regular file");
-  if (static_cast<uint64_t>(st.st_size) > fs::kMaxIndexBytes) return std::string("is larger than any index may be");
+  if (static_cast<uint64_t>(st.st_size) > fs::kMaxIndexSize) return std::string("is larger than any index may be");
   Xxh3Stream hash;
   std::vector<char> buf(uint64_t{1} << 20);
   for (off_t off = 0;;) {
@@ -478,7 +478,7 @@ Result<IndexStoreReport> index_store(const std::string& store_in, const std::fun
     // An index no catalog names yet (left by an index or publish that stopped before its
     // catalog) is taken if it is whole; no mount has read it, so it may be replaced if not.
     std::shared_ptr<const LayerIndex> index;
-    if (auto existing = read_file_beneath(root.get(), fs::layer_index_path(id), store, fs::kMaxIndexBytes); existing.ok()) {
+    if (auto existing = read_file_beneath(root.get(), fs::layer_index_path(id), store, fs::kMaxIndexSize); existing.ok()) {
       if (auto parsed = LayerIndex::parse(std::move(existing).value()); parsed.ok()) index = *parsed;
     }
     if (index) {
