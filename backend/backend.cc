@@ -1,5 +1,6 @@
 #include "backend/backend.h"
 
+#include "backend/http_backend.h"
 #include "backend/local_backend.h"
 #include "backend/nfs_backend.h"
 
@@ -15,11 +16,23 @@ Result<std::string> Backend::read_all(std::string_view path, uint64_t limit) {
   return out;
 }
 
-Result<std::unique_ptr<Backend>> open_backend(const std::string& source, int timeout_ms, bool allow_offline) {
-  if (source.rfind("nfs://", 0) == 0) return make_nfs_backend(source, timeout_ms, allow_offline);
+Result<std::unique_ptr<Backend>> open_backend(const std::string& source, const BackendOptions& options) {
+  if (source.rfind("nfs://", 0) == 0) return make_nfs_backend(source, options.timeout_ms, options.allow_offline);
+  if (is_http_source(source)) return make_http_backend(source, options.http, options.timeout_ms);
   if (source.find("://") != std::string::npos)
-    return make_error(EINVAL, "source '" + source + "' is neither nfs:// nor an absolute path");
+    return make_error(EINVAL, "source '" + source + "' is none of nfs://, http://, https://, s3:// or an absolute path");
   return LocalBackend::open(source);
+}
+
+Result<std::unique_ptr<Backend>> open_backend(const std::string& source, int timeout_ms, bool allow_offline) {
+  BackendOptions options;
+  options.timeout_ms = timeout_ms;
+  options.allow_offline = allow_offline;
+  return open_backend(source, options);
+}
+
+bool is_source(const std::string& source) {
+  return (!source.empty() && source.front() == '/') || source.rfind("nfs://", 0) == 0 || is_http_source(source);
 }
 
 }  // namespace extrafs::backend

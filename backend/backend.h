@@ -1,7 +1,8 @@
 // Backend: where the store's bytes live. Reads objects addressed by a path relative to the store
 // root ("extrafs/catalog", "overlay2/<id>/diff/usr/bin/sh", "extrafs/layers/<id>.blob").
 //
-// Implementations: LocalBackend (a directory), NfsBackend (libnfs); for tests only,
+// Implementations: LocalBackend (a directory), NfsBackend (libnfs), HttpBackend (libcurl: http,
+// https, s3); for tests only,
 // MemoryBackend and FaultBackend in backend/testing/.
 // Thread-safety: every method may be called from any thread concurrently.
 // A Backend knows nothing of chunks, FUSE or docker.
@@ -15,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include "backend/http_source.h"
 #include "common/result.h"
 
 namespace extrafs::backend {
@@ -23,6 +25,9 @@ struct ObjectInfo {
   uint64_t size = 0;
   bool is_dir = false;
   int64_t mtime_ns = 0;
+  // What else tells one version of the object from the next where the mtime is coarse (an HTTP
+  // ETag's hash; Last-Modified has whole seconds): 0 when the source has nothing of the kind.
+  uint64_t version_tag = 0;
 };
 
 class Backend {
@@ -42,14 +47,31 @@ class Backend {
   // Human-readable description of the source, e.g. "/srv/store" or "nfs://127.0.0.1/export".
   virtual std::string describe() const = 0;
 
-  // Reads a whole (small) object. Refuses objects larger than `limit` with EFBIG.
-  Result<std::string> read_all(std::string_view path, uint64_t limit = 1ull << 32);
+  // Reads a whole (small) object. Refuses objects larger than `limit` with EFBIG. The default
+  // is a stat() and a read(); a backend that can do it in one request does.
+  virtual Result<std::string> read_all(std::string_view path, uint64_t limit = 1ull << 32);
 };
 
-// Opens the backend named by a mount SOURCE: an absolute directory path or an nfs:// URL.
-// `timeout_ms` bounds any one read (retries included) before it fails with ETIMEDOUT/EIO.
-// `allow_offline`: an unreachable NFS server still yields a backend that connects on first use
-// (for a daemon that can serve its cache meanwhile); otherwise it is an error.
+// How to open a SOURCE (see open_backend).
+struct BackendOptions {
+  // Bounds any one read (retries included) before it fails with ETIMEDOUT/EIO.
+  int timeout_ms = 30000;
+  // An unreachable NFS server still yields a backend that connects on first use (for a daemon
+  // that can serve its cache meanwhile); otherwise it is an error. http(s) and s3 backends
+  // never touch the network when opened, so this changes nothing for them.
+  bool allow_offline = false;
+  // proxy=, cacert=, s3_*= and the paths to revalidate: for http(s) and s3 sources only.
+  HttpOptions http;
+};
+
+// Opens the backend named by a mount SOURCE: an absolute directory path, an nfs:// URL, or
+// http://, https:// or s3:// URLs (one or several mirrors separated by ';').
+Result<std::unique_ptr<Backend>> open_backend(const std::string& source, const BackendOptions& options);
+// The same with default options but these.
 Result<std::unique_ptr<Backend>> open_backend(const std::string& source, int timeout_ms, bool allow_offline = false);
+
+// Whether `source` is a SOURCE form open_backend knows: an absolute path, nfs://, http://,
+// https:// or s3://. Says nothing of whether it is well-formed.
+bool is_source(const std::string& source);
 
 }  // namespace extrafs::backend

@@ -67,6 +67,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "backend/url.h"
 #include "common/str_util.h"
 
 namespace extrafs::backend {
@@ -125,38 +126,6 @@ std::string cb_message(int err, void* data) {
 std::string last_error(struct nfs_context* nfs) {
   const char* msg = nfs != nullptr ? nfs_get_error(nfs) : nullptr;
   return msg != nullptr && *msg != '\0' ? msg : "unknown libnfs error";
-}
-
-bool parse_port(std::string_view s, int* out) {
-  if (s.empty() || s.size() > 5) return false;
-  int v = 0;
-  for (char c : s) {
-    if (c < '0' || c > '9') return false;
-    v = v * 10 + (c - '0');
-  }
-  if (v < 1 || v > 65535) return false;
-  *out = v;
-  return true;
-}
-
-bool valid_hostname(std::string_view h) {
-  if (h.empty() || h.size() > 253) return false;
-  for (char c : h) {
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '-' || c == '.' || c == '_';
-    if (!ok) return false;
-  }
-  return h.front() != '.' && h.front() != '-';
-}
-
-bool valid_ipv6(std::string_view h) {
-  if (h.empty()) return false;
-  for (char c : h) {
-    bool ok = (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F') || (c >= '0' && c <= '9') ||
-              c == ':' || c == '.';
-    if (!ok) return false;
-  }
-  return h.find(':') != std::string_view::npos;
 }
 
 Error bad_url(std::string msg) { return Error{EINVAL, std::move(msg)}; }
@@ -875,41 +844,11 @@ Result<NfsUrl> parse_nfs_url(const std::string& url) {
   size_t slash = rest.find('/');
   std::string_view authority = rest.substr(0, slash);
   std::string_view path = slash == std::string_view::npos ? std::string_view() : rest.substr(slash);
-  if (authority.empty()) return bad_url("nfs URL has no host");
-  if (authority.find('@') != std::string_view::npos) {
-    return bad_url("nfs URL must not contain a user name ('@')");
-  }
-
+  EXTRAFS_TRY(auth, parse_url_authority(authority, "nfs URL"));
   NfsUrl out;
-  std::string_view port_str;
-  bool has_port = false;
-  if (authority.front() == '[') {
-    size_t close = authority.find(']');
-    if (close == std::string_view::npos) return bad_url("nfs URL has an unterminated '[' in its host");
-    std::string_view host = authority.substr(1, close - 1);
-    if (!valid_ipv6(host)) return bad_url("bad IPv6 host '" + std::string(host) + "' in nfs URL");
-    out.host = host;
-    std::string_view after = authority.substr(close + 1);
-    if (!after.empty()) {
-      if (after.front() != ':') return bad_url("unexpected '" + std::string(after) + "' after the host in nfs URL");
-      port_str = after.substr(1);
-      has_port = true;
-    }
-  } else {
-    size_t colon = authority.find(':');
-    std::string_view host = authority.substr(0, colon);
-    if (colon != std::string_view::npos) {
-      port_str = authority.substr(colon + 1);
-      has_port = true;
-    }
-    if (host.empty()) return bad_url("nfs URL has no host");
-    if (!valid_hostname(host)) return bad_url("bad host '" + std::string(host) + "' in nfs URL");
-    out.host = host;
-  }
-  int port = 0;
-  if (has_port && !parse_port(port_str, &port)) {
-    return bad_url("bad port '" + std::string(port_str) + "' in nfs URL (expected 1-65535)");
-  }
+  out.host = std::move(auth.host);
+  const bool has_port = auth.port != 0;
+  const int port = auth.port;
 
   std::vector<std::string_view> parts;
   if (!split_path(path, &parts)) return bad_url("nfs URL path must not contain '..'");

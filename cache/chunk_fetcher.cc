@@ -457,7 +457,7 @@ Result<std::string> ChunkFetcher::kept_meta(const std::string& cache_name) {
 
 Result<MetaVersion> ChunkFetcher::meta_version(std::string_view path) {
   EXTRAFS_TRY(info, backend_.stat(path));
-  return MetaVersion{info.size, info.mtime_ns};
+  return MetaVersion{info.size, info.mtime_ns, info.version_tag};
 }
 
 std::string ChunkFetcher::describe() const { return backend_.describe(); }

@@ -26,6 +26,7 @@ namespace extrafs::cache {
 struct MetaVersion {
   uint64_t size = 0;
   int64_t mtime_ns = 0;
+  uint64_t tag = 0;  // backend::ObjectInfo::version_tag (an HTTP ETag's hash), 0 if none
   bool operator==(const MetaVersion&) const = default;
 };
 

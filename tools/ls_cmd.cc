@@ -70,7 +70,8 @@ struct Row {
 int run_ls(const std::string& target) {
   std::string abs = target;
   if (abs.empty()) return fail("ls needs a store directory or an extrafs mount point", 2);
-  if (abs.rfind("nfs://", 0) == 0)
+  // A store's image list is in directories (imagedb), which http(s) and s3 cannot list.
+  if (abs.find("://") != std::string::npos)
     return fail("ls takes a store directory or an extrafs mount point, not a URL: mount " + target + " first");
   char* r = ::realpath(abs.c_str(), nullptr);
   if (!r) return fail(target + ": " + std::strerror(errno));

@@ -140,11 +140,15 @@ int main_impl(int argc, char** argv) {
 
   MountRequest mreq;
   std::vector<std::string> mopts;
-  auto* mount = app.add_subcommand("mount", "mount a store (local directory or nfs:// URL) read-only");
-  mount->add_option("SOURCE", mreq.source, "nfs://HOST[:PORT]/EXPORT[/SUBDIR][?...] or an absolute directory")->required();
+  auto* mount = app.add_subcommand("mount", "mount a store (local directory, nfs://, http(s):// or s3:// URL) read-only");
+  mount->add_option("SOURCE", mreq.source,
+                    "an absolute directory, nfs://HOST[:PORT]/EXPORT[/SUBDIR][?...], http(s)://HOST[:PORT]/PATH or "
+                    "s3://BUCKET[/PREFIX]; mirrors separated by ';'")
+      ->required();
   mount->add_option("MOUNTPOINT", mreq.mountpoint, "an existing directory with nothing mounted on it")->required();
   mount->add_flag("-f", mreq.foreground, "stay in the foreground");
-  mount->add_option("-o", mopts, "mount options: cache=DIR,cache_size=SIZE,timeout=S,threads=N,allow_other,record=DIR,log_level=L")
+  mount->add_option("-o", mopts, "mount options: cache=DIR,cache_size=SIZE,timeout=S,threads=N,allow_other,record=DIR,log_level=L,"
+                    "refresh=S,proxy=SPEC,cacert=FILE,s3_endpoint=URL,s3_region=R,s3_credentials=FILE,s3_profile=P")
       ->allow_extra_args(false);
 
   std::string umount_point;

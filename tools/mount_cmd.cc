@@ -26,6 +26,7 @@
 #include "common/mountinfo.h"
 #include "common/posix_file.h"
 #include "common/str_util.h"
+#include "backend/http_source.h"
 #include "backend/nfs_backend.h"
 #include "fs/catalog.h"
 #include "fs/fs_core.h"
@@ -92,7 +93,16 @@ int serve(const MountRequest& req, const std::function<void(const std::string&)>
     whole = std::move(wf).value();
   }
   bool have_catalog = disk->get_meta(fs::catalog_cache_name(req.source)).ok();
-  auto backend = backend::open_backend(req.source, req.timeout_s * 1000, /*allow_offline=*/have_catalog);
+  const int refresh_s = req.refresh_s > 0 ? req.refresh_s : default_refresh_s(req.source);
+  backend::BackendOptions bopts;
+  bopts.timeout_ms = req.timeout_s * 1000;
+  bopts.allow_offline = have_catalog;
+  bopts.http = req.http;
+  // What may change in a store: a caching proxy must ask the origin for these again once per
+  // refresh interval (and not cache a 404 for the next generation longer).
+  bopts.http.revalidate_paths = {fs::kCatalogPath, std::string(fs::kCatalogGenerationsDir) + "/"};
+  bopts.http.revalidate_after_s = refresh_s;
+  auto backend = backend::open_backend(req.source, bopts);
   if (!backend.ok()) {
     notify(backend.error().message);
     return 1;
@@ -102,6 +112,7 @@ int serve(const MountRequest& req, const std::function<void(const std::string&)>
   cache::ChunkFetcher fetcher(**backend, fopts);
   fs::FsCoreOptions copts;
   copts.whole_files = whole.get();
+  copts.refresh_interval_s = refresh_s;
   std::unique_ptr<store::TraceWriter> trace;  // outlives the core, which calls it
   if (!req.record_dir.empty()) {
     auto w = store::TraceWriter::create(req.record_dir);
@@ -174,6 +185,28 @@ Status apply_mount_options(const std::string& list, MountRequest* req) {
       spdlog::level::level_enum lvl;
       if (!parse_log_level(val, &lvl)) return usage("log_level=" + val + ": expected trace, debug, info, warn or error");
       req->log_level = val;
+    } else if (key == "refresh") {
+      EXTRAFS_CHECK_STATUS(need_val());
+      auto v = parse_uint(val);
+      if (!v || *v == 0 || *v > 86400) return usage("refresh=" + val + ": expected whole seconds between 1 and 86400");
+      req->refresh_s = static_cast<int>(*v);
+    } else if (key == "proxy") {
+      EXTRAFS_CHECK_STATUS(need_val());
+      if (auto groups = backend::parse_proxy_spec(val); !groups.ok()) return usage(groups.error().message);
+      req->http.proxy = val;
+    } else if (key == "cacert" || key == "s3_credentials") {
+      EXTRAFS_CHECK_STATUS(need_val());
+      if (val.front() != '/') return usage(key + "=" + val + ": expected an absolute path");
+      (key == "cacert" ? req->http.cacert : req->http.s3_credentials) = val;
+    } else if (key == "s3_endpoint") {
+      EXTRAFS_CHECK_STATUS(need_val());
+      req->http.s3_endpoint = val;
+    } else if (key == "s3_region") {
+      EXTRAFS_CHECK_STATUS(need_val());
+      req->http.s3_region = val;
+    } else if (key == "s3_profile") {
+      EXTRAFS_CHECK_STATUS(need_val());
+      req->http.s3_profile = val;
     } else if (kIgnoredOpts.count(key) || key.rfind("x-", 0) == 0 || key.rfind("comment=", 0) == 0) {
       continue;
     } else if (kPassedOpts.count(key) && !has_val) {
@@ -193,16 +226,22 @@ Status apply_mount_options(const std::string& list, MountRequest* req) {
   return ok_status();
 }
 
+int default_refresh_s(const std::string& source) { return backend::is_http_source(source) ? 60 : 1; }
+
 int run_mount(MountRequest req) {
   auto fail = [](const std::string& msg, int code) {
     print_error("extrafs", msg);
     return code;
   };
-  if (req.source.rfind("nfs://", 0) != 0 && (req.source.empty() || req.source.front() != '/'))
-    return fail("source '" + req.source + "' must be an nfs:// URL or an absolute directory path", 2);
+  if (!backend::is_source(req.source))
+    return fail("source '" + req.source + "' must be an absolute directory path or an nfs://, http://, https:// or s3:// URL", 2);
   if (req.source.rfind("nfs://", 0) == 0) {
     if (auto url = backend::parse_nfs_url(req.source); !url.ok()) return fail(url.error().message, 2);
   }
+  if (backend::is_http_source(req.source)) {
+    if (auto st = backend::check_http_source(req.source); !st.ok()) return fail(st.error().message, 2);
+  }
+  if (auto st = backend::check_http_options(req.source, req.http); !st.ok()) return fail(st.error().message, 2);
   if (req.source.front() == '/') {
     struct stat st;
     if (::stat(req.source.c_str(), &st) != 0) return fail(fmt::format("store {}: {}", req.source, std::strerror(errno)), 1);
