@@ -18,6 +18,15 @@ Fixtures:
     dockerd      factory: dockerd(DATA_ROOT, live_restore=True) -> started xf.Dockerd
     nspawn       factory: nspawn(binds={HOST: PATH}) -> nspawn.Machine, a Debian rootfs booted with
                  systemd as PID 1 (docker.io inside); .run(cmd), .copy_in(), .reboot(), .poweroff()
+    test_ca      a throw-away certificate authority (openssl) -> servers.TestCA
+    nginx        factory: nginx(ROOT, tls=True, catalog_max_age=1, limit_rate="") -> started
+                 servers.Nginx serving ROOT over HTTP (url) and HTTPS (tls_url, test_ca's)
+    squid        factory: squid(range_offset_limit="0") -> started servers.Squid (memory cache)
+    radosgw      a radosgw on a private one-OSD memstore Ceph cluster, one per test file (it
+                 takes ~5 s and ~630 MB) -> servers.Radosgw; tests use their own buckets
+    badhttp      factory: badhttp(ROOT, mode="good", tls=False) -> started servers.BadHttp, the
+                 misbehaving server (badhttp.py)
+    published_odd  the odd store with busybox, published (extrafs publish --data-root) -> xf.Store
 
 A test that cannot run here (not root, no /dev/fuse) ends the run with exit status 77, which meson
 shows as SKIP and scripts/test counts as a failure; a pytest skip inside a test does the same.
@@ -30,6 +39,7 @@ from pathlib import Path
 
 import pytest
 
+import servers
 import xf
 
 _skipped = []
@@ -134,3 +144,72 @@ def nspawn(tmp):
     machines = nspawn_mod.Machines(tmp)
     yield machines
     machines.close()
+
+
+@pytest.fixture
+def test_ca(tmp) -> servers.TestCA:
+    return servers.TestCA(tmp / "ca")
+
+
+@pytest.fixture
+def nginx(tmp, test_ca):
+    started = []
+
+    def start(root, tls=True, catalog_max_age=1, limit_rate="") -> servers.Nginx:
+        n = servers.Nginx(tmp / f"nginx{len(started)}", Path(root), test_ca if tls else None, catalog_max_age,
+                          limit_rate)
+        started.append(n)
+        return n.start()
+
+    yield start
+    for n in reversed(started):
+        n.close()
+
+
+@pytest.fixture
+def squid(tmp):
+    started = []
+
+    def start(range_offset_limit="0") -> servers.Squid:
+        s = servers.Squid(tmp / f"squid{len(started)}", range_offset_limit)
+        started.append(s)
+        return s.start()
+
+    yield start
+    for s in reversed(started):
+        s.close()
+
+
+@pytest.fixture(scope="module")
+def radosgw():
+    d = xf.short_tmpdir("xf-rgw-")
+    r = servers.Radosgw(d / "rgw")
+    try:
+        yield r.start()
+    finally:
+        r.close()
+        xf.remove_tree(d)
+
+
+@pytest.fixture
+def badhttp(tmp, test_ca):
+    started = []
+
+    def start(root, mode="good", tls=False) -> servers.BadHttp:
+        b = servers.BadHttp(tmp / f"bad{len(started)}", Path(root), mode, test_ca if tls else None)
+        started.append(b)
+        return b.start()
+
+    yield start
+    for b in reversed(started):
+        b.close()
+
+
+@pytest.fixture
+def published_odd(extrafs, tmp) -> xf.Store:
+    """The odd store (with /bin/busybox in its base layer, so that docker can run it),
+    published into tmp/pub: a packed store (blobs, indexes, objects) as a build host makes."""
+    odd = xf.make_odd_store(extrafs, tmp / "odd", busybox="/bin/busybox")
+    pub = tmp / "pub"
+    xf.run([extrafs, "publish", "--data-root", odd.path, "odd:latest", "--to", pub], timeout=300)
+    return xf.Store(pub, odd.cids)
