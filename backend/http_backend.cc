@@ -600,7 +600,7 @@ Outcome classify(const Request& r) {
     o = Outcome{Blame::kMirror, EAGAIN, what, 0};
     if (auto s = retry_after_s(r.retry_after)) {
       o.not_before_ns = now_ns() + *s * 1000000000;
-      o.message += fmt::format(", retry after {} s", *s);
+      o.message += fmt::format(", Retry-After: {} s", *s);
     }
     return o;
   }
@@ -788,7 +788,8 @@ class HttpBackend final : public Backend {
         if (wait_ns < 0) break;  // every mirror gave its definite answer
         // Only mirrors that asked us to wait are left: wait if that fits in the time left.
         if (wait_ns / 1000000 >= ms_left(deadline)) {
-          last = Error{EAGAIN, last.message + " (beyond the timeout)"};
+          last = Error{EAGAIN, fmt::format("every mirror asked (Retry-After) not to be asked again for {} s, longer than the "
+                                           "time left", (wait_ns + 999999999) / 1000000000)};
           break;
         }
         std::this_thread::sleep_for(std::chrono::nanoseconds(wait_ns));

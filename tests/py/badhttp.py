@@ -17,7 +17,8 @@ changes it while the server runs); it is a ','-separated list of:
   404               404 to everything
   only-head         correct HEAD answers, 500 to every GET
 
-Every request is logged to REQUEST_LOG as "METHOD PATH RANGE" (one line, appended).
+Every request is logged to REQUEST_LOG as "METHOD PATH range=RANGE cache-control=VALUE" (one
+line, appended), and every body cut short by the client as "CUT PATH SENT/LENGTH".
 """
 import email.utils
 import http.server
@@ -68,7 +69,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(body)
+            sent = 0
+            try:
+                while sent < len(body):
+                    self.wfile.write(body[sent:sent + 65536])
+                    sent += min(65536, len(body) - sent)
+            except (BrokenPipeError, ConnectionResetError):
+                with lock, open(LOG, "a") as f:
+                    f.write(f"CUT {self.path} {sent}/{len(body)}\n")
+                self.close_connection = True
+                return
         if close:
             self.close_connection = True
 
@@ -82,8 +92,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def handle_any(self):
         opts, n = current_mode()
         rng = self.headers.get("Range", "")
+        cc = self.headers.get("Cache-Control", "")
         with lock, open(LOG, "a") as f:
-            f.write(f"{self.command} {self.path} {rng}\n")
+            f.write(f"{self.command} {self.path} range={rng} cache-control={cc}\n")
         if "503" in opts:
             count, _, secs = opts["503"].partition(":")
             if n <= int(count):

@@ -171,7 +171,7 @@ def squid(tmp):
     started = []
 
     def start(range_offset_limit="0") -> servers.Squid:
-        s = servers.Squid(tmp / f"squid{len(started)}", range_offset_limit)
+        s = servers.Squid(f"xf-squid{len(started)}-", range_offset_limit)
         started.append(s)
         return s.start()
 

@@ -29,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 import uuid
@@ -252,10 +253,12 @@ http {{
 
 
 class Squid:
-    """squid as a memory-only caching proxy on 127.0.0.1:port (runs as user `proxy`)."""
+    """squid as a memory-only caching proxy on 127.0.0.1:port. It runs as user `proxy`, which
+    cannot enter a test's private directory: its state is in a directory of its own under /tmp,
+    owned by proxy and removed by close(); `name` is a prefix for that directory."""
 
-    def __init__(self, state: Path, range_offset_limit: str = "0"):
-        self.state = Path(state)
+    def __init__(self, name: str = "xf-squid-", range_offset_limit: str = "0"):
+        self.state = Path(tempfile.mkdtemp(prefix=name, dir="/tmp"))
         self.range_offset_limit = range_offset_limit
         self.port = 0
         self.proc: subprocess.Popen | None = None
@@ -290,8 +293,8 @@ visible_hostname extrafs-test-squid
 """
 
     def start(self) -> "Squid":
-        self.state.mkdir(parents=True, exist_ok=True)
         shutil.chown(self.state, "proxy", "proxy")
+        os.chmod(self.state, 0o755)
         last = ""
         for _ in range(10):
             if not self.port:
@@ -303,12 +306,13 @@ visible_hostname extrafs-test-squid
                 self.proc = subprocess.Popen(["squid", "-N", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=err,
                                              stdin=subprocess.DEVNULL)
             try:
-                wait_port(self.port, 20, "squid", self.proc, self.state / "cache.log")
+                wait_port(self.port, 20, "squid", self.proc, self.state / "stderr.log")
                 return self
             except AssertionError as e:
                 last = str(e)
                 stop_process(self.proc)
-                if "Address already in use" not in (self.state / "cache.log").read_text(errors="replace"):
+                logs = [self.state / "cache.log", self.state / "stderr.log"]
+                if not any("Address already in use" in p.read_text(errors="replace") for p in logs if p.exists()):
                     raise
                 self.port = 0
         raise AssertionError(f"squid did not start: {last}")
@@ -327,6 +331,7 @@ visible_hostname extrafs-test-squid
 
     def close(self):
         self.stop()
+        shutil.rmtree(self.state, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
