@@ -4,6 +4,34 @@
 
 using namespace extrafs::tools;
 
+TEST_CASE("http(s) and s3 mount options are parsed and bad ones named", "[mount]") {
+  MountRequest r;
+  REQUIRE(apply_mount_options("refresh=5,proxy=p1:3128|p2:3128;DIRECT,cacert=/etc/ca.pem,s3_endpoint=http://h:7480,"
+                              "s3_region=eu-west-1,s3_credentials=/etc/s3.ini,s3_profile=ci", &r).ok());
+  CHECK(r.refresh_s == 5);
+  CHECK(r.http.proxy == "p1:3128|p2:3128;DIRECT");
+  CHECK(r.http.cacert == "/etc/ca.pem");
+  CHECK(r.http.s3_endpoint == "http://h:7480");
+  CHECK(r.http.s3_region == "eu-west-1");
+  CHECK(r.http.s3_credentials == "/etc/s3.ini");
+  CHECK(r.http.s3_profile == "ci");
+  CHECK(default_refresh_s("/srv/store") == 1);
+  CHECK(default_refresh_s("nfs://h/export") == 1);
+  CHECK(default_refresh_s("https://h/store") == 60);
+  CHECK(default_refresh_s("s3://bucket") == 60);
+  for (const char* bad : {"refresh=0", "refresh=1.5", "refresh=86401", "refresh=", "proxy=", "proxy=p1", "proxy=p1:3128;",
+                          "proxy=https://p:1", "cacert=relative.pem", "cacert=", "s3_credentials=creds", "s3_endpoint=",
+                          "s3_region=", "s3_profile="}) {
+    MountRequest x;
+    auto st = apply_mount_options(bad, &x);
+    INFO(bad);
+    REQUIRE_FALSE(st.ok());
+    CHECK(st.code() == EINVAL);
+    std::string key = std::string(bad).substr(0, std::string(bad).find('='));
+    CHECK(st.error().message.find(key) != std::string::npos);
+  }
+}
+
 TEST_CASE("mount options are parsed and bad ones named", "[mount]") {
   MountRequest r;
   REQUIRE(apply_mount_options("cache=/tmp/c,cache_size=512M,timeout=5,threads=4,allow_other,log_level=debug", &r).ok());
