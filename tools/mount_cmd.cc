@@ -163,11 +163,11 @@ Status apply_mount_options(const std::string& list, MountRequest* req) {
       if (!v || *v < (1u << 20))
         return usage("cache_size=" + val + ": expected a size of at least 1M, like 512M, 20G or 1.5G (a whole number of bytes)");
       req->cache_size = *v;
-    } else if (key == "timeout") {
+    } else if (key == "timeout" || key == "refresh") {
       EXTRAFS_CHECK_STATUS(need_val());
       auto v = parse_uint(val);
-      if (!v || *v == 0 || *v > 86400) return usage("timeout=" + val + ": expected whole seconds between 1 and 86400");
-      req->timeout_s = static_cast<int>(*v);
+      if (!v || *v == 0 || *v > 86400) return usage(key + "=" + val + ": expected whole seconds between 1 and 86400");
+      (key == "timeout" ? req->timeout_s : req->refresh_s) = static_cast<int>(*v);
     } else if (key == "threads") {
       EXTRAFS_CHECK_STATUS(need_val());
       auto v = parse_uint(val);
@@ -185,11 +185,6 @@ Status apply_mount_options(const std::string& list, MountRequest* req) {
       spdlog::level::level_enum lvl;
       if (!parse_log_level(val, &lvl)) return usage("log_level=" + val + ": expected trace, debug, info, warn or error");
       req->log_level = val;
-    } else if (key == "refresh") {
-      EXTRAFS_CHECK_STATUS(need_val());
-      auto v = parse_uint(val);
-      if (!v || *v == 0 || *v > 86400) return usage("refresh=" + val + ": expected whole seconds between 1 and 86400");
-      req->refresh_s = static_cast<int>(*v);
     } else if (key == "proxy") {
       EXTRAFS_CHECK_STATUS(need_val());
       if (auto groups = backend::parse_proxy_spec(val); !groups.ok()) return usage(groups.error().message);

@@ -107,32 +107,34 @@ def odd_store(extrafs, tmp) -> xf.Store:
     return xf.make_odd_store(extrafs, tmp / "store")
 
 
+def started_servers(make):
+    """The body of a factory fixture: yields start(*args) which makes a server with
+    make(n, *args) (n counts the servers made so far), starts it and returns what its start()
+    returns; at teardown closes every one, the last started first."""
+    made = []
+
+    def start(*args, **kwargs):
+        s = make(len(made), *args, **kwargs)
+        made.append(s)
+        return s.start()
+
+    try:
+        yield start
+    finally:
+        for s in reversed(made):
+            s.close()
+
+
 @pytest.fixture
 def ganesha(tmp):
-    started = []
-
-    def start(export, protocols="4", access="RO") -> xf.Ganesha:
-        g = xf.Ganesha(tmp / f"ganesha{len(started)}", Path(export), protocols, access)
-        started.append(g)
-        return g.start()
-
-    yield start
-    for g in reversed(started):
-        g.close()
+    yield from started_servers(lambda n, export, protocols="4", access="RO":
+                               xf.Ganesha(tmp / f"ganesha{n}", Path(export), protocols, access))
 
 
 @pytest.fixture
 def dockerd(tmp):
-    started = []
-
-    def start(data_root, live_restore=True, extra_args="") -> xf.Dockerd:
-        d = xf.Dockerd(tmp / f"d{len(started)}", Path(data_root), live_restore, extra_args)
-        started.append(d)
-        return d.start()
-
-    yield start
-    for d in reversed(started):
-        d.close()
+    yield from started_servers(lambda n, data_root, live_restore=True, extra_args="":
+                               xf.Dockerd(tmp / f"d{n}", Path(data_root), live_restore, extra_args))
 
 
 @pytest.fixture
@@ -153,31 +155,14 @@ def test_ca(tmp) -> servers.TestCA:
 
 @pytest.fixture
 def nginx(tmp, test_ca):
-    started = []
-
-    def start(root, tls=True, catalog_max_age=1, limit_rate="") -> servers.Nginx:
-        n = servers.Nginx(tmp / f"nginx{len(started)}", Path(root), test_ca if tls else None, catalog_max_age,
-                          limit_rate)
-        started.append(n)
-        return n.start()
-
-    yield start
-    for n in reversed(started):
-        n.close()
+    yield from started_servers(lambda n, root, tls=True, catalog_max_age=1, limit_rate="":
+                               servers.Nginx(tmp / f"nginx{n}", Path(root), test_ca if tls else None, catalog_max_age,
+                                             limit_rate))
 
 
 @pytest.fixture
-def squid(tmp):
-    started = []
-
-    def start(range_offset_limit="0") -> servers.Squid:
-        s = servers.Squid(f"xf-squid{len(started)}-", range_offset_limit)
-        started.append(s)
-        return s.start()
-
-    yield start
-    for s in reversed(started):
-        s.close()
+def squid():
+    yield from started_servers(lambda n, range_offset_limit="0": servers.Squid(f"xf-squid{n}-", range_offset_limit))
 
 
 @pytest.fixture(scope="module")
@@ -193,16 +178,8 @@ def radosgw():
 
 @pytest.fixture
 def badhttp(tmp, test_ca):
-    started = []
-
-    def start(root, mode="good", tls=False) -> servers.BadHttp:
-        b = servers.BadHttp(tmp / f"bad{len(started)}", Path(root), mode, test_ca if tls else None)
-        started.append(b)
-        return b.start()
-
-    yield start
-    for b in reversed(started):
-        b.close()
+    yield from started_servers(lambda n, root, mode="good", tls=False:
+                               servers.BadHttp(tmp / f"bad{n}", Path(root), mode, test_ca if tls else None))
 
 
 @pytest.fixture
