@@ -66,7 +66,7 @@ bad_url "unknown option" "nfs://127.0.0.1:$P/export?foo=1" 5
 bad_url "version=5" "nfs://127.0.0.1:$P/export?version=5" 5
 bad_url "version=3 with nfsport=0" "nfs://127.0.0.1/export?version=3&nfsport=0&mountport=$MP" 5
 bad_url "no export path" "nfs://127.0.0.1:$P" 5
-bad_url "other scheme" "http://127.0.0.1:$P/export" 5
+bad_url "other scheme" "ftp://127.0.0.1:$P/export" 5
 
 step "unreachable or wrong server"
 bad_url "closed loopback port (v4)" "nfs://127.0.0.1:$CLOSED/export" 10
