@@ -468,6 +468,9 @@ class CurlLoop {
 
   void finish(Request* r) {
     curl_multi_remove_handle(multi_, r->easy);
+    // An answer without body bytes (HEAD, an empty object) is checked here, by the thread that
+    // owns the request until it is done.
+    if (r->result == CURLE_OK && !r->body_checked && r->abort_blame == Blame::kNone) check_answer(r);
     finish_unstarted(r);
   }
 
@@ -578,9 +581,6 @@ Outcome classify(const Request& r) {
   const long st = r.status;
   std::string what = fmt::format("{} {}", st, escape_control(r.status_text));
   if (st >= 200 && st < 300) {
-    if (!r.body_checked && r.kind != Request::Kind::kHead) {
-      if (!check_answer(const_cast<Request*>(&r))) return classify(r);
-    }
     if (r.kind == Request::Kind::kHead) {
       if (r.content_length < 0) return Outcome{Blame::kMirror, EIO, "HEAD answer without Content-Length", 0};
       return o;
