@@ -23,9 +23,15 @@
 //   CURLE_UNSUPPORTED_PROTOCOL; CURLOPT_MAXREDIRS bounds the hops (CURLE_TOO_MANY_REDIRECTS).
 // - A write callback that returns less than it was given aborts the transfer
 //   (CURLE_WRITE_ERROR): how a 200 to a range request is stopped at its first bytes.
+// - With CURLOPT_NOSIGNAL (needed in a threaded process) curl leaves signals alone, and OpenSSL
+//   writing to a connection the peer closed raises SIGPIPE, which would kill the process (a
+//   mirror stopped mid-transfer). make_http_backend() therefore ignores SIGPIPE if nothing
+//   handles it yet; a broken connection is then an error like any other.
 // - radosgw answers a range past the end with 416 without Content-Range, nginx with
 //   "bytes */N" (measured). Either way the read fails: the index names only bytes that exist.
 #include "backend/http_backend.h"
+
+#include <signal.h>
 
 #include <curl/curl.h>
 
@@ -879,7 +885,11 @@ Result<std::unique_ptr<Backend>> make_http_backend(const std::string& source, co
                                                    int timeout_ms) {
   if (timeout_ms <= 0) return Error{EINVAL, "http timeout must be positive"};
   EXTRAFS_TRY(src, resolve_http_source(source, options));
-  std::call_once(g_curl_init, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+  std::call_once(g_curl_init, [] {
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    struct sigaction sa {};
+    if (::sigaction(SIGPIPE, nullptr, &sa) == 0 && sa.sa_handler == SIG_DFL) ::signal(SIGPIPE, SIG_IGN);
+  });
   return std::unique_ptr<Backend>(std::make_unique<HttpBackend>(source, std::move(src), options, timeout_ms));
 }
 
