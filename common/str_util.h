@@ -31,9 +31,14 @@ std::string trim_trailing(std::string_view s);
 // The components of the '/'-separated `path`, without empty and "." ones; false if one is "..".
 // A leading '/' is not reported (callers that refuse absolute paths check it themselves).
 bool split_path(std::string_view path, std::vector<std::string_view>* out);
-// `s` with every control byte made visible, so that a message that quotes user input (a URL, a
-// path, an option, a file's content) stays one printable line: "\n", "\r", "\t" for those,
-// "\xNN" for the other bytes below 0x20 and 0x7f. Other bytes (UTF-8 included) are kept.
+// `s` made safe for a terminal or a log line, so that text that quotes user input or store
+// content (a URL, a path, an option, a tag, a file's content) stays one printable line and
+// cannot move the cursor or forge a row: "\n", "\r", "\t" for those, "\xNN" for the other
+// bytes below 0x20 and 0x7f, for each byte of a C1 control (U+0080..U+009F) and for each byte
+// that is not part of well-formed UTF-8. Other UTF-8 is kept, so the result is always
+// well-formed UTF-8 without control characters. The one terminal escaping: tool errors
+// (print_error), log lines (%* in log.h), `extrafs ls` and `stats`, and the base of the
+// Prometheus escaping (tools/prometheus.h).
 std::string escape_control(std::string_view s);
 
 }  // namespace extrafs

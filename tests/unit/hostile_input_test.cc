@@ -115,6 +115,36 @@ TEST_CASE("control characters in messages are escaped to one printable line", "[
   }
 }
 
+TEST_CASE("text shown on a terminal is well-formed UTF-8 without C0 or C1 controls", "[strings]") {
+  // Valid UTF-8 is kept, up to the largest code point.
+  CHECK(escape_control("tag \xc2\xa0\xe2\x82\xac \xf0\x9f\x90\xb3 \xf4\x8f\xbf\xbf") ==
+        "tag \xc2\xa0\xe2\x82\xac \xf0\x9f\x90\xb3 \xf4\x8f\xbf\xbf");
+  // C1 controls (CSI is U+009B) act like ESC [ on many terminals.
+  CHECK(escape_control("a\xc2\x9b" "2Jb\xc2\x85") == "a\\xc2\\x9b2Jb\\xc2\\x85");
+  // Bytes that are not UTF-8: a lone CSI byte, a stray continuation, overlong forms, a surrogate,
+  // beyond U+10FFFF, a sequence cut short at the end.
+  CHECK(escape_control("\x9b" "2J") == "\\x9b2J");
+  CHECK(escape_control("\x80") == "\\x80");
+  CHECK(escape_control("\xc0\xaf") == "\\xc0\\xaf");
+  CHECK(escape_control("\xe0\x80\xaf") == "\\xe0\\x80\\xaf");
+  CHECK(escape_control("\xed\xa0\x80") == "\\xed\\xa0\\x80");
+  CHECK(escape_control("\xf4\x90\x80\x80") == "\\xf4\\x90\\x80\\x80");
+  CHECK(escape_control("ok\xe2\x82") == "ok\\xe2\\x82");
+  // Every 1- and 2-byte input comes out as printable UTF-8 without a control.
+  for (int a = 0; a < 256; ++a) {
+    for (int b = 0; b < 256; ++b) {
+      std::string in{static_cast<char>(a), static_cast<char>(b)};
+      std::string out = escape_control(in);
+      for (size_t i = 0; i < out.size(); ++i) {
+        auto c = static_cast<unsigned char>(out[i]);
+        INFO(a << " " << b << " -> " << out);
+        REQUIRE((c >= 0x20 && c != 0x7f));
+        REQUIRE(!(c == 0xc2 && i + 1 < out.size() && static_cast<unsigned char>(out[i + 1]) < 0xa0));
+      }
+    }
+  }
+}
+
 TEST_CASE("daemon log lines escape what they quote", "[strings]") {
   auto sink = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(4);
   spdlog::logger logger("escape-test", sink);
