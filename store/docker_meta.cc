@@ -5,6 +5,10 @@
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include <mutex>
+#include <set>
 
 #include "common/posix_file.h"
 #include "common/str_util.h"
@@ -152,11 +156,35 @@ Result<std::vector<std::string>> parse_diff_ids(std::string_view config) {
   return diffs;
 }
 
+namespace {
+
+// Says `message` once per process through the default logger: a store's metadata is loaded again
+// and again (every command, every new image/ tree), its flaws are the same each time.
+void warn_once(const std::string& message) {
+  static std::mutex mu;
+  static std::set<std::string> said;
+  {
+    std::lock_guard lock(mu);
+    if (said.size() >= 4096 || !said.insert(message).second) return;
+  }
+  spdlog::warn("{}", message);
+}
+
+}  // namespace
+
 Result<DockerMeta> DockerMeta::load(const std::string& root) {
+  MetaFiles files;
+  files.read = [root](const std::string& rel) { return read_file(root + "/" + rel); };
+  files.exists = [root](const std::string& rel) { return ::access((root + "/" + rel).c_str(), F_OK) == 0; };
+  return load(std::move(files), root);
+}
+
+Result<DockerMeta> DockerMeta::load(MetaFiles files, const std::string& root) {
   DockerMeta m;
   m.root_ = root;
+  m.files_ = std::move(files);
   const std::string path = root + "/image/overlay2/repositories.json";
-  auto text = read_file(path);
+  auto text = m.files_.read("image/overlay2/repositories.json");
   if (!text.ok()) {
     if (text.code() == ENOENT) return m;
     return text.error();
@@ -165,11 +193,29 @@ Result<DockerMeta> DockerMeta::load(const std::string& root) {
   if (j.is_discarded() || !j.is_object()) return make_error(EBADMSG, path + " is not valid JSON");
   if (!j.contains("Repositories")) return m;
   if (!j["Repositories"].is_object()) return make_error(EBADMSG, path + ": Repositories is not an object");
+  // Docker writes each tag as "name:tag" under the repository "name", pointing at an image id:
+  // anything else did not come from docker, and a name or tag outside its grammar could reach a
+  // terminal, a metrics scraper or a data-root. Left out, the rest of the store is served.
+  auto skip = [&](const std::string& what) { warn_once(path + ": skipping " + what); };
   for (const auto& [repo, refs] : j["Repositories"].items()) {
-    if (!refs.is_object()) return make_error(EBADMSG, path + ": bad entry for " + repo);
+    if (!refs.is_object()) {
+      skip("repository '" + escape_control(repo) + "': not an object of tags");
+      continue;
+    }
     for (const auto& [ref, id] : refs.items()) {
-      if (!id.is_string() || !valid_digest(id.get<std::string>())) return make_error(EBADMSG, path + ": bad image id for " + ref);
       if (ref.find('@') != std::string::npos) continue;  // digest references: not a tag
+      if (auto valid = check_reference(ref); !valid.ok()) {
+        skip(valid.error().message);
+        continue;
+      }
+      if (std::string_view(ref).substr(0, ref.rfind(':')) != repo) {
+        skip("'" + escape_control(ref) + "': listed under another repository ('" + escape_control(repo) + "')");
+        continue;
+      }
+      if (!id.is_string() || !valid_digest(id.get<std::string>())) {
+        skip("'" + ref + "': its image id is not sha256: and 64 lowercase hex digits");
+        continue;
+      }
       m.refs_[ref] = id.get<std::string>();
     }
   }
@@ -189,9 +235,10 @@ Result<DockerImage> DockerMeta::image(const std::string& ref_in) const {
   if (!valid_digest(img.id)) return make_error(EINVAL, "bad image id " + img.id);
   for (const auto& [r, id] : refs_)
     if (id == img.id) img.tags.push_back(r);
-  const std::string base = root_ + "/image/overlay2";
-  const std::string cfg_path = base + "/imagedb/content/sha256/" + img.id.substr(7);
-  EXTRAFS_TRY(cfg, read_file(cfg_path));
+  const std::string base = "image/overlay2";
+  const std::string cfg_rel = base + "/imagedb/content/sha256/" + img.id.substr(7);
+  const std::string cfg_path = root_ + "/" + cfg_rel;
+  EXTRAFS_TRY(cfg, files_.read(cfg_rel));
   if (sha256_digest(cfg) != img.id) return make_error(EBADMSG, cfg_path + " does not match its digest");
   img.config = cfg;
   auto parsed = parse_diff_ids(cfg);
@@ -203,12 +250,12 @@ Result<DockerImage> DockerMeta::image(const std::string& ref_in) const {
     l.diff_id = diffs[i];
     l.chain_id = chains[i];
     const std::string dir = base + "/layerdb/sha256/" + chains[i].substr(7);
-    EXTRAFS_TRY(cache_id, read_file(dir + "/cache-id"));
+    EXTRAFS_TRY(cache_id, files_.read(dir + "/cache-id"));
     l.cache_id = trim_trailing(cache_id);
     if (!is_cache_id(l.cache_id))
-      return make_error(EBADMSG, dir + "/cache-id is not a valid cache id");
-    if (auto size = read_file(dir + "/size"); size.ok()) l.size = parse_uint(trim_trailing(*size)).value_or(0);
-    l.has_tar_split = ::access((dir + "/tar-split.json.gz").c_str(), F_OK) == 0;
+      return make_error(EBADMSG, root_ + "/" + dir + "/cache-id is not a valid cache id");
+    if (auto size = files_.read(dir + "/size"); size.ok()) l.size = parse_uint(trim_trailing(*size)).value_or(0);
+    l.has_tar_split = files_.exists(dir + "/tar-split.json.gz");
     img.layers.push_back(std::move(l));
   }
   return img;

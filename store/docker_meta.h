@@ -5,11 +5,15 @@
 //   layerdb/sha256/<chainID>/{diff,size,cache-id,parent[,tar-split.json.gz]}
 // and ROOT/overlay2/<cache-id>/{link,lower}.
 //
-// Used by publish (reading a data-root), docker attach (reading a mount), detach, ls and prefetch.
+// Used by publish (reading a data-root), docker attach (reading a mount), detach, ls, prefetch and
+// the daemon (the image names of `extrafs stats`, read from its own image/ tree). What it reads
+// is store content: a tag or image id that docker's reference grammar refuses is left out on
+// load (with one warning line, see load()), so no caller ever sees one.
 // Not thread-safe; a value type.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <string_view>
@@ -34,11 +38,25 @@ struct DockerImage {
   std::vector<DockerLayer> layers; // base first
 };
 
+// How DockerMeta reads ROOT: the whole content of the file at a path relative to ROOT
+// ("image/overlay2/repositories.json"; ENOENT if there is none) and whether a path exists.
+struct MetaFiles {
+  std::function<Result<std::string>(const std::string& rel)> read;
+  std::function<bool(const std::string& rel)> exists;
+};
+
 class DockerMeta {
  public:
   // Reads repositories.json under ROOT/image/overlay2. A missing repositories.json is an empty
-  // set of references; a malformed one is an error naming the file.
+  // set of references; one that is not a JSON object with an object "Repositories" is an error
+  // naming the file. Entries that docker would not have written are left out, each with one
+  // warning through the default logger (said once per process): a tag that check_reference()
+  // refuses or that is listed under another repository than its own name, an image id that is
+  // not "sha256:" and 64 lowercase hex digits, a repository whose value is not an object.
+  // Digest references ("name@sha256:...") are not tags and are left out silently.
   static Result<DockerMeta> load(const std::string& root);
+  // The same through `files`; `root` only names things in messages.
+  static Result<DockerMeta> load(MetaFiles files, const std::string& root);
 
   const std::string& root() const { return root_; }
   // Every "name:tag" reference with its image id, sorted.
@@ -49,6 +67,7 @@ class DockerMeta {
 
  private:
   std::string root_;
+  MetaFiles files_;
   std::map<std::string, std::string> refs_;
 };
 

@@ -6,11 +6,17 @@
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
+
 #include "common/hash.h"
+#include "common/log.h"
 #include "common/posix_file.h"
 #include "fs/catalog.h"
 #include "fs/layer_index.h"
@@ -80,6 +86,66 @@ TEST_CASE("diff_ids are parsed from an image config and bad ones named", "[store
     auto r = store::parse_diff_ids(R"({"rootfs":{"diff_ids":)" + bad + "}}");
     CHECK(r.code() == EBADMSG);
     CHECK(r.error().message == "has a bad diff_id");
+  }
+}
+
+TEST_CASE("tags and image ids docker would refuse are left out of a store's metadata, one warning each", "[store]") {
+  // An image whose config and layerdb entry are right, in memory.
+  const std::string cid(64, 'c');
+  const std::string diff = "sha256:" + std::string(64, 'd');
+  const std::string config = R"({"rootfs":{"type":"layers","diff_ids":[")" + diff + R"("]}})";
+  const std::string id = store::sha256_digest(config);
+  std::map<std::string, std::string> files = {
+      {"image/overlay2/imagedb/content/sha256/" + id.substr(7), config},
+      {"image/overlay2/layerdb/sha256/" + diff.substr(7) + "/cache-id", cid},
+  };
+  nlohmann::json repos;
+  auto& r = repos["Repositories"];
+  r["good"]["good:1"] = id;
+  r["good"]["good@sha256:" + std::string(64, 'e')] = id;       // a digest reference: not a tag
+  r["x"]["x:1\nextrafs_injected_total 1"] = id;               // a forged metric line
+  r["app"]["app:1\x1b[2J\rforged row"] = id;                  // terminal escapes
+  r["Upper"]["Upper:1"] = id;                                   // upper case name
+  r["app"]["app:" + std::string(129, 't')] = id;                // tag too long
+  r["app"]["app:2"] = "sha256:../../etc/passwd";                 // not an image id
+  r["app"]["other:1"] = id;                                     // under another repository
+  r["evil\nextrafs_injected_total 2"] = "not an object";       // a repository that is no object
+  files["image/overlay2/repositories.json"] = repos.dump();
+  store::MetaFiles mf;
+  mf.read = [&](const std::string& rel) -> Result<std::string> {
+    auto it = files.find(rel);
+    if (it == files.end()) return make_error(ENOENT, rel + ": no such file");
+    return it->second;
+  };
+  mf.exists = [&](const std::string& rel) { return files.count(rel) > 0; };
+
+  auto sink = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(64);
+  auto previous = spdlog::default_logger();
+  auto logger = std::make_shared<spdlog::logger>("meta-test", sink);
+  logger->set_formatter(make_log_formatter("%l %*"));
+  spdlog::set_default_logger(logger);
+  auto meta = store::DockerMeta::load(mf, "STORE");
+  auto again = store::DockerMeta::load(mf, "STORE");  // said once per process, not per load
+  auto lines = sink->last_formatted();
+  spdlog::set_default_logger(previous);
+
+  REQUIRE(meta.ok());
+  CHECK(meta->refs() == std::map<std::string, std::string>{{"good:1", id}});
+  REQUIRE(again.ok());
+  CHECK(again->refs() == meta->refs());
+  auto img = meta->image("good:1");
+  REQUIRE(img.ok());
+  REQUIRE(img->layers.size() == 1);
+  CHECK(img->layers[0].cache_id == cid);
+  CHECK(img->tags == std::vector<std::string>{"good:1"});
+  // One line each for the 7 refused entries, all escaped, each naming the file.
+  CHECK(lines.size() == 7);
+  for (const auto& l : lines) {
+    INFO(l);
+    CHECK(l.rfind("warning STORE/image/overlay2/repositories.json: skipping ", 0) == 0);
+    CHECK(l.find('\n') == l.size() - 1);
+    CHECK(l.find('\x1b') == std::string::npos);
+    CHECK(l.find('\r') == std::string::npos);
   }
 }
 
