@@ -226,9 +226,35 @@ bool ChunkFetcher::is_cached(const Digest128& d) {
   return options_.disk && options_.disk->contains(d);
 }
 
+namespace {
+// Set while this thread runs get_own(): its hits, misses and fetches are not a reader's.
+thread_local bool t_own_read = false;
+}  // namespace
+
+void ChunkFetcher::count(std::atomic<uint64_t>& counter) {
+  if (!t_own_read) counter.fetch_add(1, std::memory_order_relaxed);
+}
+
+void ChunkFetcher::count_fetched(uint64_t bytes, uint64_t chunks) {
+  if (t_own_read) {
+    own_bytes_fetched_ += bytes;
+    return;
+  }
+  bytes_fetched_ += bytes;
+  chunks_fetched_ += chunks;
+}
+
+Result<ChunkData> ChunkFetcher::get_own(const ChunkRef& c) {
+  struct Own {
+    Own() { t_own_read = true; }
+    ~Own() { t_own_read = false; }
+  } own;
+  return get(c);
+}
+
 Result<ChunkData> ChunkFetcher::get(const ChunkRef& c, std::span<const ChunkRef> following) {
   if (auto hit = memory_get(c.digest)) {
-    cache_hits_++;
+    count(cache_hits_);
     return hit;
   }
   std::shared_ptr<InFlight> flight;
@@ -246,18 +272,18 @@ Result<ChunkData> ChunkFetcher::get(const ChunkRef& c, std::span<const ChunkRef>
     leader = inserted;
   }
   if (!leader) {
-    merged_waits_++;
+    count(merged_waits_);
     std::unique_lock lock(flight->mu);
     flight->cv.wait(lock, [&] { return flight->done; });
-    if (flight->result.ok()) cache_hits_++;
+    if (flight->result.ok()) count(cache_hits_);
     return flight->result;
   }
   if (auto local = local_get(c)) {
-    cache_hits_++;
+    count(cache_hits_);
     finish(c.digest, flight, local, true);
     return local;
   }
-  cache_misses_++;
+  count(cache_misses_);
 
   // The run: `c`, then the following chunks that sit right after it in the object, are not held
   // locally and that no one else is fetching; this thread leads them all.
@@ -350,12 +376,12 @@ std::vector<Result<ChunkData>> ChunkFetcher::fetch_run(std::span<const ChunkRef>
     for (size_t i = 0; i < run.size(); ++i) out.push_back(n.error());
     return out;
   }
-  bytes_fetched_ += *n;
+  count_fetched(*n, 0);
   uint64_t pos = 0;
   for (const auto& c : run) {
     Result<ChunkData> r = make_error(EIO, "short read");
     if (pos + c.stored_len <= *n) {
-      chunks_fetched_++;
+      count_fetched(0, 1);
       r = decode(c, stored, pos);
     }
     // Short or bad: caught mid-replacement or corrupted in transit; this chunk alone, again.
@@ -402,8 +428,7 @@ Result<ChunkData> ChunkFetcher::fetch_one(const ChunkRef& c, int attempts) {
       spdlog::warn("read of {} at {} failed: {}", c.object, c.offset, n.error().message);
       return n.error();
     }
-    bytes_fetched_ += *n;
-    chunks_fetched_++;
+    count_fetched(*n, 1);
     if (*n != c.stored_len) {
       corrupt_fetches_++;
       last = make_error(EIO, fmt::format("{} is shorter than the index says (offset {})", c.object, c.offset));
@@ -500,6 +525,7 @@ FetcherStats ChunkFetcher::stats() const {
   FetcherStats s;
   s.bytes_fetched = bytes_fetched_;
   s.meta_bytes_fetched = meta_bytes_fetched_;
+  s.own_bytes_fetched = own_bytes_fetched_;
   s.chunks_fetched = chunks_fetched_;
   s.cache_hits = cache_hits_;
   s.cache_misses = cache_misses_;

@@ -85,6 +85,7 @@ inline constexpr size_t kFetchBucketCount = std::size(kFetchBuckets);
 struct FetcherStats {
   uint64_t bytes_fetched = 0;    // bytes of chunks read from the backend (stored form)
   uint64_t meta_bytes_fetched = 0;  // bytes of metadata (catalog, indexes) read from the backend
+  uint64_t own_bytes_fetched = 0;   // bytes of chunks read from the backend for get_own()
   uint64_t chunks_fetched = 0;   // chunks read from the backend
   uint64_t cache_hits = 0;       // chunks served from memory or disk
   uint64_t cache_misses = 0;     // chunks that had to be fetched
@@ -116,6 +117,11 @@ class ChunkFetcher : public MetaSource {
   // are neither held locally nor being fetched, are read with it in one backend read of at most
   // kMaxCoalescedRead bytes; each is verified on its own and kept like any fetched chunk.
   Result<ChunkData> get(const ChunkRef& c, std::span<const ChunkRef> following = {});
+  // get() for the daemon's own use, not a reader's (the docker metadata behind the image names
+  // of `extrafs stats`, fs::FsCore::read_path): served and kept the same way, but a fetch counts
+  // in FetcherStats::own_bytes_fetched alone, and hits, misses and merged waits are not counted,
+  // so that the readers' counters say what readers caused.
+  Result<ChunkData> get_own(const ChunkRef& c);
 
   // Queues `c` to be brought into memory in the background (readahead), from disk or from the
   // backend. Returns at once; does nothing if the chunk is in memory or being fetched, or if the
@@ -185,6 +191,10 @@ class ChunkFetcher : public MetaSource {
   // Held in memory, on disk, queued for the disk, or being fetched.
   bool held(const Digest128& d);
   ChunkData memory_get(const Digest128& d);
+  // Counts one event of a reader's (nothing for get_own()).
+  void count(std::atomic<uint64_t>& counter);
+  // Counts bytes and chunks fetched from the backend: a reader's, or own_bytes_fetched_.
+  void count_fetched(uint64_t bytes, uint64_t chunks);
   // Adds one backend read of `d` to the latency histogram.
   void observe_fetch(std::chrono::steady_clock::duration d);
   // Counts a failed disk-cache write and logs it, rate-limited.
@@ -219,7 +229,8 @@ class ChunkFetcher : public MetaSource {
   bool stopping_ = false;
   std::vector<std::thread> workers_;
 
-  std::atomic<uint64_t> bytes_fetched_{0}, meta_bytes_fetched_{0}, chunks_fetched_{0}, cache_hits_{0}, cache_misses_{0},
+  std::atomic<uint64_t> bytes_fetched_{0}, meta_bytes_fetched_{0}, own_bytes_fetched_{0}, chunks_fetched_{0}, cache_hits_{0},
+      cache_misses_{0},
       merged_waits_{0}, backend_errors_{0}, corrupt_fetches_{0}, prefetches_{0}, cache_write_errors_{0};
 
   // Latency histogram: per-bucket counts (not cumulative; the last is above every bound) and the

@@ -1,5 +1,6 @@
 #include "fs/fs_core.h"
 
+#include "common/str_util.h"
 #include "fs/chunk_ref.h"
 
 #include <fcntl.h>
@@ -566,7 +567,6 @@ Status FsCore::readdir(uint64_t ino, uint64_t offset, const std::function<bool(c
 }
 
 Result<std::string> FsCore::getxattr(uint64_t ino, std::string_view name) {
-  if (ino == kRootIno && name == kStatsXattr) return stats_json();
   uint32_t sn = ino_slot(ino), local = ino_local(ino);
   if (sn == 0 || local < kEntryBase) {
     EXTRAFS_CHECK_STATUS(getattr(ino));
@@ -745,7 +745,43 @@ struct statvfs FsCore::statfs() {
   return sv;
 }
 
-std::string FsCore::stats_json() {
+Result<std::string> FsCore::read_path(std::string_view path, uint64_t max) {
+  const std::string shown(path);
+  std::vector<std::string_view> parts;
+  if (!split_path(path, &parts)) return make_error(EINVAL, shown + ": '..' in the path");
+  uint64_t ino = kRootIno;
+  for (std::string_view name : parts) {
+    auto a = lookup(ino, name);
+    if (!a.ok()) return make_error(a.code(), shown + ": " + a.error().message);
+    ino = a->st.st_ino;
+  }
+  const uint32_t sn = ino_slot(ino), local = ino_local(ino);
+  auto s = sn ? slot(sn) : nullptr;
+  if (!s || local < kEntryBase) return make_error(EISDIR, shown + ": not a file of an index");
+  EXTRAFS_TRY(idx, index_of(*s));
+  const uint32_t e = local - kEntryBase;
+  if (e >= idx->entry_count()) return make_error(ENOENT, shown + ": no such entry");
+  const EntryRecord& rec = idx->attr_entry(e);
+  if (!S_ISREG(rec.mode)) return make_error(EISDIR, shown + ": not a regular file");
+  if (rec.size > max) return make_error(EFBIG, fmt::format("{}: {} bytes, more than the {} expected", shown, rec.size, max));
+  std::string out;
+  out.reserve(rec.size);
+  // The daemon's own reads (ChunkFetcher::get_own): not a reader's hits, misses or fetches, and
+  // not bytes_served.
+  for (const ChunkRecord& c : idx->chunks(e)) {
+    if (c.flags & kChunkZero) {
+      out.append(c.raw_len, '\0');
+      continue;
+    }
+    auto data = fetcher_.get_own(chunk_ref(*idx, c));
+    if (!data.ok()) return make_error(EIO, shown + ": " + data.error().message);
+    out.append(reinterpret_cast<const char*>((*data)->data()), c.raw_len);
+  }
+  if (out.size() != rec.size) return make_error(EIO, shown + ": its chunks do not add up to its size");
+  return out;
+}
+
+nlohmann::json FsCore::stats() {
   // Fetched chunks reach the disk cache from a background writer; waiting for it (at most the
   // writer's short queue) makes cache_bytes, bytes_cached and `extrafs cache stat` agree with
   // what has been read.
@@ -755,6 +791,7 @@ std::string FsCore::stats_json() {
   j["pid"] = static_cast<uint64_t>(::getpid());  // the daemon's (extrafs unmount waits for it to exit)
   j["bytes_fetched"] = f.bytes_fetched;
   j["meta_bytes_fetched"] = f.meta_bytes_fetched;
+  j["own_bytes_fetched"] = f.own_bytes_fetched;
   j["bytes_served"] = bytes_served_.load();
   j["open_requests"] = open_requests_.load();
   j["opendir_requests"] = opendir_requests_.load();
@@ -819,7 +856,7 @@ std::string FsCore::stats_json() {
   }
   j["layers"] = std::move(arr);
   j["layer_indexes_loaded"] = loaded;
-  return j.dump();
+  return j;
 }
 
 Digest128 whole_file_key(const LayerIndex& idx, uint32_t e) {

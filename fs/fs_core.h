@@ -42,6 +42,8 @@
 #include <unordered_set>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "cache/chunk_fetcher.h"
 #include "cache/meta_source.h"
 #include "cache/whole_files.h"
@@ -57,7 +59,6 @@ namespace extrafs::fs {
 inline constexpr uint64_t kRootIno = 1;
 inline constexpr double kLongTimeout = 86400.0;  // immutable content
 inline constexpr double kShortTimeout = 1.0;     // names that can appear (new layers, new images)
-inline constexpr const char* kStatsXattr = "user.extrafs.stats";
 
 struct NodeAttr {
   struct stat st {};
@@ -163,8 +164,16 @@ class FsCore {
   // otherwise the error is returned and the next call tries again. New layers' indexes are not
   // read here (see open()).
   Status refresh();
-  // The `extrafs stats --json` object.
-  std::string stats_json();
+  // The `extrafs stats --json` object (tools/mount_stats.h serves it to `extrafs stats`). Never
+  // reads the store: per layer what the loaded or locally kept index says.
+  nlohmann::json stats();
+  // The whole content of the regular file at `path` ('/'-separated components from the root of
+  // the mount, e.g. "image/overlay2/repositories.json"), for the daemon's own use (the image
+  // names of its statistics): from the caches, else the store, through
+  // ChunkFetcher::get_own, so that it counts in own_bytes_fetched and in none of the readers'
+  // counters. ENOENT/ENOTDIR/EISDIR as a lookup or read would give, EIO if a chunk cannot be
+  // read, EFBIG past `max` bytes; every message names `path`.
+  Result<std::string> read_path(std::string_view path, uint64_t max);
   uint64_t bytes_served() const { return bytes_served_; }
   // Counts an OPEN request from the kernel (`open_requests` in stats).
   void count_open_request() { open_requests_.fetch_add(1, std::memory_order_relaxed); }

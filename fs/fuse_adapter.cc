@@ -463,10 +463,7 @@ fuse_lowlevel_ops make_ops() {
 // READs of 128-256 KiB, several per chunk, each a round trip through the daemon. Raised to
 // kMaxReadahead right after the mount, before INIT is answered (the kernel then keeps the lower
 // of the two). Needs root; without it the mount just keeps the kernel's default.
-void raise_readahead(const std::string& mountpoint) {
-  std::string dev;
-  for (const auto& m : read_mounts())
-    if (m.point == mountpoint) dev = m.dev;  // the last one is the mount just made
+void raise_readahead(const std::string& mountpoint, const std::string& dev) {
   if (dev.empty()) {
     spdlog::debug("readahead of {} left as it is: not in /proc/self/mountinfo", mountpoint);
     return;
@@ -516,7 +513,19 @@ int run_fuse(FsCore& core, const FuseConfig& config, const std::function<void(co
     on_mounted("cannot mount on " + config.mountpoint + " (is /dev/fuse available and are you root?)");
     return 1;
   }
-  raise_readahead(config.mountpoint);
+  std::string dev;
+  for (const auto& m : read_mounts())
+    if (m.point == config.mountpoint && m.fstype == "fuse.extrafs") dev = m.dev;  // the last: the mount just made
+  raise_readahead(config.mountpoint, dev);
+  if (config.after_mount) {
+    if (auto st = config.after_mount(dev); !st.ok()) {
+      fuse_session_unmount(se);
+      fuse_remove_signal_handlers(se);
+      fuse_session_destroy(se);
+      on_mounted(st.error().message);
+      return 1;
+    }
+  }
   static const fuse_custom_io io = [] {
     fuse_custom_io c;
     std::memset(&c, 0, sizeof c);

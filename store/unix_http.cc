@@ -54,7 +54,8 @@ Result<HttpResponse> parse_http_response(const std::string& raw) {
   return r;
 }
 
-Result<HttpResponse> http_get_unix(const std::string& socket_path, const std::string& path, int timeout_ms) {
+Result<HttpResponse> http_get_unix(const std::string& socket_path, const std::string& path, int timeout_ms,
+                                   size_t max_response) {
   const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
   struct sockaddr_un addr = {};
   addr.sun_family = AF_UNIX;
@@ -88,7 +89,8 @@ Result<HttpResponse> http_get_unix(const std::string& socket_path, const std::st
       return Error::from_errno(errno, "read from " + socket_path);
     }
     raw.append(buf, static_cast<size_t>(n));
-    if (raw.size() > kHttpMaxResponse) return make_error(EFBIG, socket_path + ": answer larger than 4 MiB");
+    if (raw.size() > max_response)
+      return make_error(EFBIG, socket_path + ": answer larger than " + std::to_string(max_response) + " bytes");
   }
   auto r = parse_http_response(raw);
   if (!r.ok()) return make_error(EBADMSG, socket_path + ": " + r.error().message);

@@ -17,14 +17,15 @@ struct HttpResponse {
   std::string body;    // everything after the blank line that ends the headers
 };
 
-// The largest answer read (dockerd's /info is a few KiB).
+// The largest answer read by default (dockerd's /info is a few KiB).
 inline constexpr size_t kHttpMaxResponse = size_t{4} << 20;
 
 // `GET path HTTP/1.0` to the unix socket at `socket_path`, reading the answer to EOF. Errors
 // (naming the socket): connect failures with their errno, ETIMEDOUT when the whole exchange takes
-// longer than `timeout_ms`, EBADMSG for an answer that is not HTTP, EFBIG past kHttpMaxResponse.
-// A non-2xx status is not an error: the caller looks at `status`.
-Result<HttpResponse> http_get_unix(const std::string& socket_path, const std::string& path, int timeout_ms = 5000);
+// longer than `timeout_ms`, EBADMSG for an answer that is not HTTP, EFBIG past `max_response`
+// bytes. A non-2xx status is not an error: the caller looks at `status`.
+Result<HttpResponse> http_get_unix(const std::string& socket_path, const std::string& path, int timeout_ms = 5000,
+                                   size_t max_response = kHttpMaxResponse);
 
 // Splits a raw HTTP answer into status, reason and body. EBADMSG if it has no "HTTP/x.y NNN"
 // status line or no end of headers.

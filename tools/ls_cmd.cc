@@ -1,6 +1,8 @@
 // `extrafs ls STORE|MOUNTPOINT`: the images of a store (or of anything shaped like a data-root),
 // their tags, layers and sizes; on an extrafs mount also how much of each layer and image is in
-// the local cache (from the mount's `user.extrafs.stats` xattr).
+// the local cache (from the daemon's statistics, tools/mount_stats.h). Everything printed that
+// comes from the store goes through escape_control: a tag or a message cannot move the cursor
+// or forge a row (tags docker would refuse are left out by DockerMeta::load, with a warning).
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -133,21 +135,21 @@ int run_ls(const std::string& target) {
   std::vector<std::string> tag_text;
   for (const auto& row : rows) {
     std::string t;
-    for (const auto& x : row.tags) t += (t.empty() ? "" : ", ") + x;
+    for (const auto& x : row.tags) t += (t.empty() ? "" : ", ") + escape_control(x);
     if (t.empty()) t = "<none>";
     tag_w = std::max(tag_w, t.size());
     tag_text.push_back(t);
   }
   tag_w = std::min<size_t>(tag_w, 60);
 
-  std::printf("%s %s\n", mounted ? "extrafs mount" : "store", root.c_str());
+  std::printf("%s %s\n", mounted ? "extrafs mount" : "store", escape_control(root).c_str());
   if (mounted) std::printf("%-12s  %-*s  %6s  %10s  %7s\n", "IMAGE ID", static_cast<int>(tag_w), "TAGS", "LAYERS", "SIZE", "CACHED");
   else std::printf("%-12s  %-*s  %6s  %10s\n", "IMAGE ID", static_cast<int>(tag_w), "TAGS", "LAYERS", "SIZE");
   for (size_t i = 0; i < rows.size(); ++i) {
     const Row& row = rows[i];
     if (!row.image) {
       std::printf("%-12s  %-*s  unreadable: %s\n", short_hex(row.id).c_str(), static_cast<int>(tag_w), tag_text[i].c_str(),
-                  row.error.c_str());
+                  escape_control(row.error).c_str());
       continue;
     }
     uint64_t size = 0, total = 0, cached = 0;

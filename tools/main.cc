@@ -49,21 +49,21 @@ int cmd_index(const std::string& store) {
 }
 
 int cmd_stats(const std::string& mountpoint, bool json, bool prometheus) {
-  auto j = read_mount_stats(mountpoint);
+  // With --prometheus the daemon adds each layer's image names, from what it knows itself: the
+  // mount is never read here, so a store that went away costs no time.
+  auto j = read_mount_stats(mountpoint, /*with_images=*/prometheus);
   if (!j.ok()) return fail(j.error().message);
   if (json) {
-    std::cout << j->dump(2) << "\n";
+    std::cout << json_text(*j, 2) << "\n";
     return 0;
   }
   if (prometheus) {
-    // The image label comes from the mount's own image/ tree; without one the layers still show.
-    auto images = layer_images(mountpoint);
-    if (!images.ok()) std::cout << "# extrafs: no image names: " << images.error().message << "\n";
-    std::cout << render_prometheus(*j, images.ok() ? *images : LayerImages{});
+    std::cout << render_prometheus(*j);
     return 0;
   }
-  auto u = [&](const char* k) { return (*j)[k].get<uint64_t>(); };
-  std::printf("source          %s\n", (*j)["source"].get<std::string>().c_str());
+  auto u = [&](const char* k) { return j->contains(k) && (*j)[k].is_number_unsigned() ? (*j)[k].get<uint64_t>() : 0; };
+  auto text = [&](const nlohmann::json& v) { return escape_control(v.is_string() ? v.get<std::string>() : v.dump()); };
+  std::printf("source          %s\n", text(j->value("source", nlohmann::json(""))).c_str());
   std::printf("bytes fetched   %s (%llu chunks)\n", format_size(u("bytes_fetched")).c_str(),
               static_cast<unsigned long long>(u("chunks_fetched")));
   std::printf("bytes served    %s\n", format_size(u("bytes_served")).c_str());
@@ -72,10 +72,15 @@ int cmd_stats(const std::string& mountpoint, bool json, bool prometheus) {
   std::printf("backend errors  %llu\n", static_cast<unsigned long long>(u("backend_errors")));
   if (j->contains("cache_write_errors"))
     std::printf("cache errors    %llu failed writes\n", static_cast<unsigned long long>(u("cache_write_errors")));
-  for (const auto& l : (*j)["layers"]) {
-    uint64_t total = l["bytes_total"].get<uint64_t>(), cached = l["bytes_cached"].get<uint64_t>();
-    std::printf("layer %.12s  %10s  %5.1f%% cached\n", l["cache_id"].get<std::string>().c_str(), format_size(total).c_str(),
-                total ? 100.0 * static_cast<double>(cached) / static_cast<double>(total) : 100.0);
+  if (j->contains("layers") && (*j)["layers"].is_array()) {
+    for (const auto& l : (*j)["layers"]) {
+      if (!l.is_object()) continue;
+      auto n = [&](const char* k) { return l.contains(k) && l[k].is_number_unsigned() ? l[k].get<uint64_t>() : 0; };
+      uint64_t total = n("bytes_total"), cached = n("bytes_cached");
+      std::printf("layer %.12s  %10s  %5.1f%% cached\n", text(l.value("cache_id", nlohmann::json(""))).c_str(),
+                  format_size(total).c_str(),
+                  total ? 100.0 * static_cast<double>(cached) / static_cast<double>(total) : 100.0);
+    }
   }
   return 0;
 }

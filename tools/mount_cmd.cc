@@ -3,7 +3,6 @@
 #include <malloc.h>
 
 #include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -32,6 +31,7 @@
 #include "fs/fs_core.h"
 #include "fs/fuse_adapter.h"
 #include "store/trace.h"
+#include "tools/mount_images.h"
 #include "tools/mount_stats.h"
 
 namespace extrafs::tools {
@@ -39,6 +39,10 @@ namespace extrafs::tools {
 namespace {
 
 Error usage(std::string msg) { return make_error(EINVAL, std::move(msg)); }
+
+// How long a stats request for image names waits for the daemon's first reading of a new image/
+// tree (mount_images.h): long enough for a store that answers, short for one that does not.
+constexpr std::chrono::milliseconds kImageNamesWait{2000};
 
 // Options of mount(8) and fstab that concern mount(8) itself or change nothing here: accepted and
 // not passed on. "rw" is among them because mount(8) passes it unless told "ro"; the mount is
@@ -130,12 +134,31 @@ int serve(const MountRequest& req, const std::function<void(const std::string&)>
     notify(core.error().message);
     return 1;
   }
+  // The statistics channel is bound before the mount is made: a mount nobody could ask for its
+  // statistics (or whose daemon `extrafs unmount` could not find) is refused.
+  MountImages images(**core, req.mountpoint);
+  auto server = StatsServer::open(req.allow_other);
+  if (!server.ok()) {
+    notify(server.error().message);
+    return 1;
+  }
   fs::FuseConfig fc;
   fc.mountpoint = req.mountpoint;
   fc.fsname = req.source;
   fc.allow_other = req.allow_other;
   fc.threads = req.threads;
   fc.extra_opts = req.fuse_opts;
+  fc.after_mount = [&](const std::string& dev) {
+    return (*server)->serve(dev, [&](std::string_view target, int* status) -> std::string {
+      if (target != "/stats" && target != "/stats?images=1") {
+        *status = 404;
+        return "unknown request; ask GET /stats or GET /stats?images=1\n";
+      }
+      nlohmann::json j = (*core)->stats();
+      if (target == "/stats?images=1") images.annotate(j, kImageNamesWait);
+      return json_text(j);
+    });
+  };
   spdlog::info("serving {} on {} ({} layers)", req.source, req.mountpoint, (*core)->layer_count());
   return fs::run_fuse(**core, fc, notify);
 }
@@ -317,52 +340,6 @@ int run_mount(MountRequest req) {
 
 namespace {
 
-// The pid of the daemon serving the extrafs mount `mp` (the "pid" of its stats object), or 0 if it
-// cannot be learnt within `wait`. Asked from a child process, so that a daemon that does not
-// answer costs the caller at most `wait` (the child is killed; a FUSE request wait is killable)
-// and unmounting a hung mount still works.
-pid_t daemon_pid(const std::string& mp, std::chrono::milliseconds wait) {
-  int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0) return 0;
-  pid_t child = ::fork();
-  if (child < 0) {
-    ::close(fds[0]);
-    ::close(fds[1]);
-    return 0;
-  }
-  if (child == 0) {
-    ::close(fds[0]);
-    auto st = read_mount_stats(mp);
-    if (st.ok() && st->contains("pid") && (*st)["pid"].is_number_unsigned()) {
-      std::string text = std::to_string((*st)["pid"].get<uint64_t>());
-      (void)!::write(fds[1], text.data(), text.size());
-    }
-    ::_exit(0);
-  }
-  ::close(fds[1]);
-  std::string text;
-  const auto deadline = std::chrono::steady_clock::now() + wait;
-  for (;;) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0) break;
-    pollfd p{fds[0], POLLIN, 0};
-    int r = ::poll(&p, 1, static_cast<int>(left.count()));
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) break;
-    char buf[32];
-    ssize_t n = ::read(fds[0], buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    text.append(buf, static_cast<size_t>(n));
-  }
-  ::close(fds[0]);
-  ::kill(child, SIGKILL);  // gone already unless it hangs on the mount
-  while (::waitpid(child, nullptr, 0) < 0 && errno == EINTR) {
-  }
-  auto pid = parse_uint(text);
-  return pid && *pid > 0 && *pid <= 0x7fffffff ? static_cast<pid_t>(*pid) : 0;
-}
-
 // Whether process `pid` is a live extrafs daemon: not a process that reused its pid, and not a
 // zombie (an exited daemon whose parent has not reaped it, as under a container's init that
 // reaps nothing).
@@ -386,8 +363,10 @@ int run_unmount(const std::string& mountpoint) {
   }
   // The daemon keeps its block cache (and the cache directory's lock) until it exits, a moment
   // after the unmount, once its pending cache writes are done: wait for it, so that a mount
-  // started right after this command returns finds the cache free and complete.
-  const pid_t daemon = daemon_pid(mp, std::chrono::seconds(2));
+  // started right after this command returns finds the cache free and complete. Its pid comes
+  // with a connection to its statistics socket, which never waits on the daemon (it may be
+  // stopped or hung); a socket nobody listens on is a killed daemon's, removed here.
+  const pid_t daemon = mount_daemon_pid(mp, /*remove_stale=*/true);
   if (::umount2(mp.c_str(), 0) == 0) {
     if (daemon == 0 || daemon == ::getpid()) return 0;
     constexpr auto kDaemonExitWait = std::chrono::seconds(30);

@@ -2,7 +2,7 @@
 
 #include <fmt/format.h>
 
-#include "store/docker_meta.h"
+#include "common/str_util.h"
 
 namespace extrafs::tools {
 
@@ -16,6 +16,7 @@ struct Family {
 constexpr Family kCounters[] = {
     {"bytes_fetched", "Bytes read from the backend (as stored: compressed chunks count their stored size)."},
     {"meta_bytes_fetched", "Bytes of metadata (catalog, layer and image/ indexes) read from the backend."},
+    {"own_bytes_fetched", "Bytes the daemon read from the backend for itself (the docker metadata behind the image labels)."},
     {"bytes_served", "Bytes returned to readers of the mount."},
     {"open_requests", "OPEN requests from the kernel (without passthrough, after the first none: the kernel then opens files without asking)."},
     {"opendir_requests", "OPENDIR requests from the kernel (after the first none: the kernel then opens directories without asking)."},
@@ -37,41 +38,38 @@ constexpr Family kGauges[] = {
     {"whole_file_bytes", "Bytes of the local whole-file copies (counted against cache_size with the chunks)."},
 };
 
-std::string label_value(const std::string& v) {
-  std::string out;
-  for (char c : v) {
-    if (c == '\\') out += "\\\\";
-    else if (c == '"') out += "\\\"";
-    else if (c == '\n') out += "\\n";
-    else out += c;
-  }
-  return out;
-}
-
 bool is_count(const nlohmann::json& j, const char* k) { return j.contains(k) && j[k].is_number_unsigned(); }
 
 void header(std::string& out, const std::string& name, const char* type, const char* help) {
-  out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+  out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, prometheus_help(help), name, type);
 }
 
 }  // namespace
 
-Result<LayerImages> layer_images(const std::string& root) {
-  EXTRAFS_TRY(meta, store::DockerMeta::load(root));
-  LayerImages out;
-  for (const auto& [ref, id] : meta.refs()) {
-    auto img = meta.image(ref);
-    if (!img.ok()) continue;
-    for (const auto& l : img->layers) {
-      auto& refs = out[l.cache_id];
-      if (refs.empty() || refs.back() != ref) refs.push_back(ref);
-    }
+std::string prometheus_label_value(std::string_view v) {
+  std::string out;
+  for (char c : escape_control(v)) {
+    if (c == '\\' || c == '"') out += '\\';
+    out += c;
   }
   return out;
 }
 
-std::string render_prometheus(const nlohmann::json& stats, const LayerImages& images) {
+std::string prometheus_help(std::string_view v) {
   std::string out;
+  for (char c : escape_control(v)) {
+    if (c == '\\') out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+std::string prometheus_comment(std::string_view v) { return escape_control(v); }
+
+std::string render_prometheus(const nlohmann::json& stats) {
+  std::string out;
+  if (stats.contains("images_unknown") && stats["images_unknown"].is_string())
+    out += "# extrafs: image names not all known: " + prometheus_comment(stats["images_unknown"].get<std::string>()) + "\n";
   for (const auto& f : kCounters) {
     if (!is_count(stats, f.field)) continue;
     std::string name = fmt::format("extrafs_{}_total", f.field);
@@ -103,10 +101,12 @@ std::string render_prometheus(const nlohmann::json& stats, const LayerImages& im
       if (!l.is_object() || !l.contains("cache_id") || !l["cache_id"].is_string()) continue;
       std::string id = l["cache_id"].get<std::string>();
       std::string image;
-      if (auto it = images.find(id); it != images.end()) {
-        for (const auto& r : it->second) image += (image.empty() ? "" : ",") + r;
+      if (l.contains("images") && l["images"].is_array()) {
+        for (const auto& r : l["images"])
+          if (r.is_string()) image += (image.empty() ? "" : ",") + r.get<std::string>();
       }
-      std::string labels = fmt::format("{{cache_id=\"{}\",image=\"{}\"}}", label_value(id), label_value(image));
+      std::string labels =
+          fmt::format("{{cache_id=\"{}\",image=\"{}\"}}", prometheus_label_value(id), prometheus_label_value(image));
       if (is_count(l, "bytes_total")) size += fmt::format("extrafs_layer_size_bytes{} {}\n", labels, l["bytes_total"].get<uint64_t>());
       if (is_count(l, "bytes_cached"))
         cached += fmt::format("extrafs_layer_cached_bytes{} {}\n", labels, l["bytes_cached"].get<uint64_t>());

@@ -7,6 +7,7 @@ Shapes (add new ones here, one function each, with the issue they come from):
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -78,3 +79,43 @@ def forged_whole_file_copy(copy: Path) -> bytes:
              f"{st.st_ctime_ns // 10**9} {st.st_ctime_ns % 10**9}\n")
     copy.with_name(copy.name + ".id").write_text(ident)
     return forged
+
+
+# Issue 20 §2: output forged by store content. The metric name a forged tag tries to inject into
+# `extrafs stats --prometheus`; no line of any output may ever start with it.
+INJECTED_METRIC = "extrafs_injected_total"
+
+
+def forged_tags(store: Path, image_id: str | None = None) -> list[str]:
+    """repositories.json entries docker would never have written, all pointing at an image the
+    store has (`image_id`, or the first tagged one): a tag holding a newline and a Prometheus
+    sample (a metric injection into every scraper), one holding terminal escapes and a CR (a
+    forged row on the operator's terminal), one holding a C1 control (CSI, U+009B), an
+    upper-case name, a 129-character tag, a tag listed under another repository than its name,
+    an image id that is no digest, and a repository whose value is not an object of tags.
+    Rewrites STORE/image/overlay2/repositories.json in place (run `extrafs index STORE`
+    afterwards, so that the image/ index and the catalog name the new content) and returns the
+    forged keys (repositories and tags), each of which every reader must leave out."""
+    path = Path(store) / "image" / "overlay2" / "repositories.json"
+    repos = json.loads(path.read_text())
+    r = repos.setdefault("Repositories", {})
+    if image_id is None:
+        image_id = next(iter(next(iter(r.values())).values()))
+    forged = {
+        "x": {f"x:1\n{INJECTED_METRIC} 1": image_id},
+        "app": {"app:1\x1b[2J\rFORGED ROW": image_id, "app:1\u009b2J": image_id,
+                "app:" + "t" * 129: image_id, "app:3": "sha256:../../../etc/passwd",
+                "other:1": image_id},
+        "Upper": {"Upper:1": image_id},
+        f"evil\n{INJECTED_METRIC} 2": "not an object of tags",
+    }
+    keys = []
+    for repo, tags in forged.items():
+        if isinstance(tags, dict):
+            r.setdefault(repo, {}).update(tags)
+            keys += list(tags)
+        else:
+            r[repo] = tags
+            keys.append(repo)
+    path.write_text(json.dumps(repos))
+    return keys

@@ -354,3 +354,85 @@ def remove_tree(path: Path):
         print(f"leaving {path}: still mounted below it: {left}")
         return
     shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small stores made on the spot (issue 20)
+
+MAKE_SAVE_ARCHIVE = TESTS / "integration" / "make_save_archive.py"
+
+
+def publish_images(extrafs: Path, store: Path, images: dict, work: Path) -> Store:
+    """A packed store holding `images` ({"name:tag[,name:tag...]": [layer_dir, ...]}, base
+    first), published one `docker save` archive at a time (make_save_archive.py): the same
+    directory gives the same layer, so images share layers the way their lists do. Returns the
+    Store; its cids are the cache-ids in the order the catalog lists them."""
+    work.mkdir(parents=True, exist_ok=True)
+    for n, (tags, dirs) in enumerate(images.items()):
+        archive = work / f"image{n}.tar"
+        run(["/usr/bin/python3", MAKE_SAVE_ARCHIVE, archive, tags, *dirs], timeout=120)
+        run([extrafs, "publish", "--archive", archive, "--to", store], timeout=300)
+    catalog = json.loads((store / "extrafs" / "catalog").read_text())
+    return Store(store, [l["cache_id"] for l in catalog["layers"]])
+
+
+def make_many_layer_store(extrafs: Path, store: Path, images: int, layers_per_image: int) -> dict:
+    """A Hermes-style store of images x layers_per_image tiny layers (one small file each, no
+    layer shared), with docker's image metadata for each image "img<N>:1", indexed with
+    `extrafs index`: what a large store looks like to `extrafs stats`, cheaply. Returns
+    {cache_id: "img<N>:1"}."""
+    import hashlib
+    meta = store / "image" / "overlay2"
+    repos = {}
+    owner = {}
+    for i in range(images):
+        ref = f"img{i}:1"
+        diffs, cids = [], []
+        for k in range(layers_per_image):
+            cid = hashlib.sha256(f"many-layers {i} {k}".encode()).hexdigest()
+            diff = store / "overlay2" / cid / "diff"
+            diff.mkdir(parents=True)
+            (diff / f"file{k}").write_text(f"image {i} layer {k}\n")
+            diffs.append("sha256:" + hashlib.sha256(f"diff {i} {k}".encode()).hexdigest())
+            cids.append(cid)
+            owner[cid] = ref
+        chain = []
+        for d in diffs:
+            chain.append(d if not chain else "sha256:" + hashlib.sha256(f"{chain[-1]} {d}".encode()).hexdigest())
+        for k, (cid, d, c) in enumerate(zip(cids, diffs, chain)):
+            ldir = meta / "layerdb" / "sha256" / c[7:]
+            ldir.mkdir(parents=True)
+            (ldir / "diff").write_text(d)
+            (ldir / "cache-id").write_text(cid)
+            (ldir / "size").write_text(str(len(f"image {i} layer {k}\n")))
+            if k:
+                (ldir / "parent").write_text(chain[k - 1])
+        config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"]},
+                             "rootfs": {"type": "layers", "diff_ids": diffs}}, separators=(",", ":")).encode()
+        image_id = hashlib.sha256(config).hexdigest()
+        cdir = meta / "imagedb" / "content" / "sha256"
+        cdir.mkdir(parents=True, exist_ok=True)
+        (cdir / image_id).write_bytes(config)
+        repos.setdefault(f"img{i}", {})[ref] = "sha256:" + image_id
+    (meta / "repositories.json").write_text(json.dumps({"Repositories": repos}))
+    run([extrafs, "index", store], timeout=1200)
+    return owner
+
+
+def mount_dev(path) -> str:
+    """The device ("MAJOR:MINOR") of the top mount at path, from /proc/self/mountinfo ("" if
+    none)."""
+    real = os.path.realpath(str(path))
+    dev = ""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            mp = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+            if mp == real:
+                dev = fields[2]
+    return dev
+
+
+def stats_socket(path) -> Path:
+    """Where the daemon of the extrafs mount at path answers `extrafs stats` (root's daemons)."""
+    return Path("/run/extrafs") / f"{mount_dev(path)}.sock"
