@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -225,7 +226,7 @@ Status apply_mount_options(const std::string& list, MountRequest* req) {
     } else if (key == "s3_profile") {
       EXTRAFS_CHECK_STATUS(need_val());
       req->http.s3_profile = val;
-    } else if (kIgnoredOpts.count(key) || key.rfind("x-", 0) == 0 || key.rfind("comment=", 0) == 0) {
+    } else if (kIgnoredOpts.count(key) || key.rfind("x-", 0) == 0 || key == "comment") {
       continue;
     } else if (kPassedOpts.count(key) && !has_val) {
       req->fuse_opts.push_back(key);
@@ -271,8 +272,19 @@ int run_mount(MountRequest req) {
     return fail(fmt::format("mountpoint {}: {}", req.mountpoint, std::strerror(errno)), 1);
   if (!S_ISDIR(st.st_mode)) return fail("mountpoint " + req.mountpoint + " is not a directory", 1);
   req.mountpoint = real_path(req.mountpoint);
-  if (is_mount_point(req.mountpoint, nullptr))
-    return fail("mountpoint " + req.mountpoint + " is busy: something is already mounted there", 1);
+  const std::string busy = "mountpoint " + req.mountpoint + " is busy: ";
+  if (is_mount_point(req.mountpoint, nullptr)) return fail(busy + "something is already mounted there", 1);
+  // Two mounts started at once would both see an empty mount point and stack. Each takes a lock
+  // on the directory it is about to cover, held by the daemon while it lives (it inherits the
+  // descriptor): the second one is refused. One that opens the path after the first mount was
+  // made locks the mount's root instead, and the check below (after the lock) refuses it.
+  Fd mount_lock(::open(req.mountpoint.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!mount_lock.valid()) return fail(fmt::format("mountpoint {}: {}", req.mountpoint, std::strerror(errno)), 1);
+  if (::flock(mount_lock.get(), LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EWOULDBLOCK) return fail(busy + "another extrafs mount is starting there", 1);
+    return fail(fmt::format("mountpoint {}: flock: {}", req.mountpoint, std::strerror(errno)), 1);
+  }
+  if (is_mount_point(req.mountpoint, nullptr)) return fail(busy + "something is already mounted there", 1);
   if (!req.record_dir.empty()) {
     struct stat rs;
     if (::stat(req.record_dir.c_str(), &rs) != 0 || !S_ISDIR(rs.st_mode))

@@ -64,3 +64,11 @@ TEST_CASE("mount options are parsed and bad ones named", "[mount]") {
     check_refused_naming_its_key(bad);
   }
 }
+
+TEST_CASE("fstab's comment= and x-* options are accepted and not passed on", "[mount]") {
+  MountRequest r;
+  REQUIRE(apply_mount_options("comment=x-gvfs-show,x-systemd.before=docker.service,comment=", &r).ok());
+  CHECK(r.fuse_opts.empty());
+  // "comment" is a key like any other: one that only starts with it is still unknown.
+  CHECK(apply_mount_options("commentary=1", &r).code() == EINVAL);
+}
