@@ -310,8 +310,10 @@ Result<ChunkData> ChunkFetcher::get(const ChunkRef& c, std::span<const ChunkRef>
   // Waiters first (the chunk is in memory once finish() returns), then the disk cache. Only the
   // chunk asked for is remembered as failed: the others were not asked for yet.
   for (size_t i = 0; i < run.size(); ++i) finish(run[i].digest, flights[i], results[i], /*remember_failure=*/i == 0);
-  for (size_t i = 0; i < run.size(); ++i)
-    if (results[i].ok()) keep(run[i], results[i].value());
+  // The daemon's own reads stay in memory: the disk cache holds what readers read.
+  if (!t_own_read)
+    for (size_t i = 0; i < run.size(); ++i)
+      if (results[i].ok()) keep(run[i], results[i].value());
   return results[0];
 }
 
@@ -488,6 +490,7 @@ Result<MetaVersion> ChunkFetcher::meta_version(std::string_view path) {
 std::string ChunkFetcher::describe() const { return backend_.describe(); }
 
 void ChunkFetcher::observe_fetch(std::chrono::steady_clock::duration d) {
+  if (t_own_read) return;
   uint64_t ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
   double seconds = static_cast<double>(ns) / 1e9;
   size_t i = 0;

@@ -118,9 +118,10 @@ class ChunkFetcher : public MetaSource {
   // kMaxCoalescedRead bytes; each is verified on its own and kept like any fetched chunk.
   Result<ChunkData> get(const ChunkRef& c, std::span<const ChunkRef> following = {});
   // get() for the daemon's own use, not a reader's (the docker metadata behind the image names
-  // of `extrafs stats`, fs::FsCore::read_path): served and kept the same way, but a fetch counts
-  // in FetcherStats::own_bytes_fetched alone, and hits, misses and merged waits are not counted,
-  // so that the readers' counters say what readers caused.
+  // of `extrafs stats`, fs::FsCore::read_path): served from memory, the disk cache or the
+  // backend like get(), but a fetched chunk is kept in memory only, and counts in
+  // FetcherStats::own_bytes_fetched alone (not in the latency histogram; hits, misses and merged
+  // waits are not counted): the disk cache and the readers' counters say what readers caused.
   Result<ChunkData> get_own(const ChunkRef& c);
 
   // Queues `c` to be brought into memory in the background (readahead), from disk or from the

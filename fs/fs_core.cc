@@ -781,6 +781,12 @@ Result<std::string> FsCore::read_path(std::string_view path, uint64_t max) {
   return out;
 }
 
+std::optional<Digest128> FsCore::image_tree() const {
+  std::shared_lock lock(mu_);
+  if (!image_slot_ || !slots_[image_slot_] || !slots_[image_slot_]->index) return std::nullopt;
+  return slots_[image_slot_]->index->digest();
+}
+
 nlohmann::json FsCore::stats() {
   // Fetched chunks reach the disk cache from a background writer; waiting for it (at most the
   // writer's short queue) makes cache_bytes, bytes_cached and `extrafs cache stat` agree with

@@ -174,6 +174,10 @@ class FsCore {
   // counters. ENOENT/ENOTDIR/EISDIR as a lookup or read would give, EIO if a chunk cannot be
   // read, EFBIG past `max` bytes; every message names `path`.
   Result<std::string> read_path(std::string_view path, uint64_t max);
+  // The digest of the index of the image/ tree served now (nullopt: the store has none): names
+  // one version of that tree, for what is worked out once per version (the image names of the
+  // statistics). From memory.
+  std::optional<Digest128> image_tree() const;
   uint64_t bytes_served() const { return bytes_served_; }
   // Counts an OPEN request from the kernel (`open_requests` in stats).
   void count_open_request() { open_requests_.fetch_add(1, std::memory_order_relaxed); }

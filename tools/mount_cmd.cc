@@ -137,7 +137,7 @@ int serve(const MountRequest& req, const std::function<void(const std::string&)>
   }
   // The statistics channel is bound before the mount is made: a mount nobody could ask for its
   // statistics (or whose daemon `extrafs unmount` could not find) is refused.
-  MountImages images(**core, req.mountpoint);
+  MountImages images(**core, disk.get(), req.mountpoint);
   auto server = StatsServer::open(req.allow_other);
   if (!server.ok()) {
     notify(server.error().message);

@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <span>
 
 #include "common/str_util.h"
 #include "store/docker_meta.h"
@@ -22,8 +23,8 @@ constexpr std::chrono::seconds kRetry{10};
 
 }  // namespace
 
-MountImages::MountImages(fs::FsCore& core, std::string mountpoint)
-    : core_(core), mountpoint_(std::move(mountpoint)), thread_([this] { loop(); }) {}
+MountImages::MountImages(fs::FsCore& core, cache::BlockCache* disk, std::string mountpoint)
+    : core_(core), disk_(disk), mountpoint_(std::move(mountpoint)), thread_([this] { loop(); }) {}
 
 MountImages::~MountImages() {
   {
@@ -34,15 +35,15 @@ MountImages::~MountImages() {
   thread_.join();
 }
 
-uint64_t MountImages::current_tree() {
-  auto a = core_.lookup(fs::kRootIno, "image");
-  return a.ok() ? a->st.st_ino : 0;
+std::string MountImages::current_tree() const {
+  auto d = core_.image_tree();
+  return d ? d->hex() : std::string();
 }
 
 void MountImages::annotate(nlohmann::json& stats, std::chrono::milliseconds wait) {
-  const uint64_t tree = current_tree();
+  const std::string tree = current_tree();
   Names names;
-  if (tree != 0) {
+  if (!tree.empty()) {
     std::unique_lock lock(mu_);
     if (names_.tree != tree) {
       // A tree the thread has not finished reading yet (it looks once a second): tell it, and
@@ -55,7 +56,7 @@ void MountImages::annotate(nlohmann::json& stats, std::chrono::milliseconds wait
     names = names_;
   }
   if (names.tree != tree)
-    names.missing = names.tree == 0 ? "the image names are still being read"
+    names.missing = names.tree.empty() ? "the image names are still being read"
                                     : "the image names of the newest image/ tree are still being read; "
                                       "these are from the one before";
   if (stats.contains("layers") && stats["layers"].is_array()) {
@@ -68,7 +69,37 @@ void MountImages::annotate(nlohmann::json& stats, std::chrono::milliseconds wait
   if (!names.missing.empty()) stats["images_unknown"] = names.missing;
 }
 
-MountImages::Names MountImages::read_names(uint64_t tree) {
+MountImages::Names MountImages::names_of(const std::string& tree) {
+  const std::string kept_name = "image-names-" + tree;
+  if (disk_) {
+    if (auto kept = disk_->get_meta(kept_name); kept.ok()) {
+      auto j = nlohmann::json::parse(kept->begin(), kept->end(), nullptr, false);
+      if (j.is_object()) {
+        Names n;
+        n.tree = tree;
+        bool good = true;
+        for (const auto& [cid, refs] : j.items()) {
+          if (!refs.is_array()) good = false;
+          for (const auto& r : refs) {
+            if (!r.is_string()) good = false;
+            else n.layers[cid].push_back(r.get<std::string>());
+          }
+        }
+        if (good) return n;
+      }
+      spdlog::warn("{} in the cache is unreadable; reading the image names again", kept_name);
+    }
+  }
+  Names n = read_names(tree);
+  if (disk_ && n.missing.empty()) {
+    const std::string text = nlohmann::json(n.layers).dump();
+    if (auto st = disk_->put_meta(kept_name, std::as_bytes(std::span(text.data(), text.size()))); !st.ok())
+      spdlog::warn("cannot keep the image names in the cache: {}", st.error().message);
+  }
+  return n;
+}
+
+MountImages::Names MountImages::read_names(const std::string& tree) {
   auto stopping = [&] {
     std::lock_guard lock(mu_);
     return stop_;
@@ -126,10 +157,11 @@ void MountImages::loop() {
   std::chrono::steady_clock::time_point last_try{};
   while (!stop_) {
     lock.unlock();
-    const uint64_t tree = current_tree();  // from memory: never waits on the store
+    const std::string tree = current_tree();  // from memory: never waits on the store
     lock.lock();
     const auto now = std::chrono::steady_clock::now();
-    const bool due = tree != 0 && (names_.tree != tree || (!names_.missing.empty() && now - last_try >= kRetry));
+    const bool due =
+        !tree.empty() && (names_.tree != tree || (!names_.missing.empty() && now - last_try >= kRetry));
     if (!due) {
       cv_.wait_for(lock, kPoll, [&] { return stop_ || poke_; });
       poke_ = false;
@@ -137,7 +169,7 @@ void MountImages::loop() {
     }
     last_try = now;
     lock.unlock();
-    Names n = read_names(tree);
+    Names n = names_of(tree);
     lock.lock();
     if (stop_) break;
     if (!n.missing.empty()) {

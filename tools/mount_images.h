@@ -2,15 +2,16 @@
 // --prometheus` labels each layer with. Worked out inside the daemon from its own image/ tree
 // (fs::FsCore::read_path: the caches first, else the store; counted as the daemon's own reads),
 // never through the mount: by a thread of its own, at once for each new image/ tree (at mount,
-// and after each publish), and kept in memory. So `extrafs stats` never waits on the store: it
-// gets the names read while the store answered, and a request waits (briefly) only for a tree
-// the thread has not read yet. Names that could not be read (the store away) are tried again
-// every 10 s, and said so in the answer ("images_unknown") rather than left empty silently.
+// and after each publish), kept in memory, and kept in the block cache's metadata area under the
+// digest of the tree's index, so that a remount finds them there without reading anything (also
+// while the store is down). So `extrafs stats` never waits on the store: it gets the names read
+// while the store answered, and a request waits (briefly) only for a tree the thread has not
+// read yet. Names that could not be read (the store away) are tried again every 10 s, and said
+// so in the answer ("images_unknown") rather than left empty silently.
 #pragma once
 
 #include <chrono>
 #include <condition_variable>
-#include <cstdint>
 #include <map>
 #include <mutex>
 #include <string>
@@ -19,6 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cache/block_cache.h"
 #include "fs/fs_core.h"
 
 namespace extrafs::tools {
@@ -28,8 +30,9 @@ using LayerImages = std::map<std::string, std::vector<std::string>>;
 
 class MountImages {
  public:
-  // `core` must outlive this object; `mountpoint` names things in messages.
-  MountImages(fs::FsCore& core, std::string mountpoint);
+  // `core` and `disk` (may be null: nothing kept) must outlive this object; `mountpoint` names
+  // things in messages.
+  MountImages(fs::FsCore& core, cache::BlockCache* disk, std::string mountpoint);
   ~MountImages();  // waits for a reading in progress (each read is bounded by the mount's timeout)
   MountImages(const MountImages&) = delete;
   MountImages& operator=(const MountImages&) = delete;
@@ -42,16 +45,19 @@ class MountImages {
 
  private:
   struct Names {
-    uint64_t tree = 0;    // the image/ tree they come from (its root's node id); 0: none yet
+    std::string tree;     // hex digest of the image/ index they come from ("": none yet)
     LayerImages layers;
     std::string missing;  // why some or all names are missing ("" = complete)
   };
-  // The node id of the current image/ tree's root (0: the store has no image/ tree).
-  uint64_t current_tree();
-  Names read_names(uint64_t tree);
+  // The current image/ tree ("" if the store has none), from memory.
+  std::string current_tree() const;
+  // The names of `tree`: those kept in the block cache, else read from the tree (and then kept).
+  Names names_of(const std::string& tree);
+  Names read_names(const std::string& tree);
   void loop();
 
   fs::FsCore& core_;
+  cache::BlockCache* const disk_;
   const std::string mountpoint_;
   std::mutex mu_;  // guards the fields below
   std::condition_variable cv_;

@@ -584,6 +584,7 @@ TEST_CASE("the daemon reads a file of its image/ tree for itself without countin
   CHECK(core.stats()["bytes_served"] == 100);
 
   CHECK(core.read_path("image/overlay2/nothing", 1 << 20).code() == ENOENT);
+  CHECK(core.image_tree() == s.catalog.image_index);
   CHECK(core.read_path("image/overlay2", 1 << 20).code() == EISDIR);
   CHECK(core.read_path("image/../overlay2", 1 << 20).code() == EINVAL);
   auto big = core.read_path("overlay2/" + kBase + "/diff/bin/busybox", 100);
