@@ -230,9 +230,9 @@ class ChunkFetcher : public MetaSource {
   bool stopping_ = false;
   std::vector<std::thread> workers_;
 
-  std::atomic<uint64_t> bytes_fetched_{0}, meta_bytes_fetched_{0}, own_bytes_fetched_{0}, chunks_fetched_{0}, cache_hits_{0},
-      cache_misses_{0},
-      merged_waits_{0}, backend_errors_{0}, corrupt_fetches_{0}, prefetches_{0}, cache_write_errors_{0};
+  std::atomic<uint64_t> bytes_fetched_{0}, meta_bytes_fetched_{0}, own_bytes_fetched_{0}, chunks_fetched_{0},
+      cache_hits_{0}, cache_misses_{0}, merged_waits_{0}, backend_errors_{0}, corrupt_fetches_{0}, prefetches_{0},
+      cache_write_errors_{0};
 
   // Latency histogram: per-bucket counts (not cumulative; the last is above every bound) and the
   // total in nanoseconds.

@@ -282,7 +282,8 @@ int run_mount(MountRequest req) {
   if (!mount_lock.valid()) return fail(fmt::format("mountpoint {}: {}", req.mountpoint, std::strerror(errno)), 1);
   if (::flock(mount_lock.get(), LOCK_EX | LOCK_NB) != 0) {
     if (errno == EWOULDBLOCK) return fail(busy + "another extrafs mount is starting there", 1);
-    return fail(fmt::format("mountpoint {}: flock: {}", req.mountpoint, std::strerror(errno)), 1);
+    // A file system without locks (ENOLCK): only the guard against a race is lost.
+    spdlog::debug("mountpoint {}: flock: {}; mounting without the lock", req.mountpoint, std::strerror(errno));
   }
   if (is_mount_point(req.mountpoint, nullptr)) return fail(busy + "something is already mounted there", 1);
   if (!req.record_dir.empty()) {
