@@ -226,35 +226,18 @@ bool ChunkFetcher::is_cached(const Digest128& d) {
   return options_.disk && options_.disk->contains(d);
 }
 
-namespace {
-// Set while this thread runs get_own(): its hits, misses and fetches are not a reader's.
-thread_local bool t_own_read = false;
-}  // namespace
-
-void ChunkFetcher::count(std::atomic<uint64_t>& counter) {
-  if (!t_own_read) counter.fetch_add(1, std::memory_order_relaxed);
-}
-
-void ChunkFetcher::count_fetched(uint64_t bytes, uint64_t chunks) {
-  if (t_own_read) {
-    own_bytes_fetched_ += bytes;
-    return;
-  }
-  bytes_fetched_ += bytes;
-  chunks_fetched_ += chunks;
-}
-
 Result<ChunkData> ChunkFetcher::get_own(const ChunkRef& c) {
-  struct Own {
-    Own() { t_own_read = true; }
-    ~Own() { t_own_read = false; }
-  } own;
-  return get(c);
+  // Held locally: taken as it is (the reader who brought it was counted then).
+  if (auto hit = memory_get(c.digest)) return hit;
+  if (auto local = local_get(c)) return local;
+  // Else fetched for this caller alone: no in-flight entry (a reader wanting the same chunk at
+  // that moment fetches it too, counted and kept as its own), nothing kept.
+  return fetch_one(c, 2, /*own=*/true);
 }
 
 Result<ChunkData> ChunkFetcher::get(const ChunkRef& c, std::span<const ChunkRef> following) {
   if (auto hit = memory_get(c.digest)) {
-    count(cache_hits_);
+    cache_hits_++;
     return hit;
   }
   std::shared_ptr<InFlight> flight;
@@ -272,18 +255,18 @@ Result<ChunkData> ChunkFetcher::get(const ChunkRef& c, std::span<const ChunkRef>
     leader = inserted;
   }
   if (!leader) {
-    count(merged_waits_);
+    merged_waits_++;
     std::unique_lock lock(flight->mu);
     flight->cv.wait(lock, [&] { return flight->done; });
-    if (flight->result.ok()) count(cache_hits_);
+    if (flight->result.ok()) cache_hits_++;
     return flight->result;
   }
   if (auto local = local_get(c)) {
-    count(cache_hits_);
+    cache_hits_++;
     finish(c.digest, flight, local, true);
     return local;
   }
-  count(cache_misses_);
+  cache_misses_++;
 
   // The run: `c`, then the following chunks that sit right after it in the object, are not held
   // locally and that no one else is fetching; this thread leads them all.
@@ -310,10 +293,8 @@ Result<ChunkData> ChunkFetcher::get(const ChunkRef& c, std::span<const ChunkRef>
   // Waiters first (the chunk is in memory once finish() returns), then the disk cache. Only the
   // chunk asked for is remembered as failed: the others were not asked for yet.
   for (size_t i = 0; i < run.size(); ++i) finish(run[i].digest, flights[i], results[i], /*remember_failure=*/i == 0);
-  // The daemon's own reads stay in memory: the disk cache holds what readers read.
-  if (!t_own_read)
-    for (size_t i = 0; i < run.size(); ++i)
-      if (results[i].ok()) keep(run[i], results[i].value());
+  for (size_t i = 0; i < run.size(); ++i)
+    if (results[i].ok()) keep(run[i], results[i].value());
   return results[0];
 }
 
@@ -378,12 +359,12 @@ std::vector<Result<ChunkData>> ChunkFetcher::fetch_run(std::span<const ChunkRef>
     for (size_t i = 0; i < run.size(); ++i) out.push_back(n.error());
     return out;
   }
-  count_fetched(*n, 0);
+  bytes_fetched_ += *n;
   uint64_t pos = 0;
   for (const auto& c : run) {
     Result<ChunkData> r = make_error(EIO, "short read");
     if (pos + c.stored_len <= *n) {
-      count_fetched(0, 1);
+      chunks_fetched_++;
       r = decode(c, stored, pos);
     }
     // Short or bad: caught mid-replacement or corrupted in transit; this chunk alone, again.
@@ -416,7 +397,7 @@ Result<ChunkData> ChunkFetcher::decode(const ChunkRef& c, ChunkBuffer& buf, size
   return std::make_shared<const ChunkBuffer>(std::move(raw));
 }
 
-Result<ChunkData> ChunkFetcher::fetch_one(const ChunkRef& c, int attempts) {
+Result<ChunkData> ChunkFetcher::fetch_one(const ChunkRef& c, int attempts, bool own) {
   // One retry: a chunk that fails verification may have been caught mid-replacement or
   // corrupted in transit; a second failure is reported as EIO.
   Error last = make_error(EIO, "unreachable");
@@ -424,13 +405,18 @@ Result<ChunkData> ChunkFetcher::fetch_one(const ChunkRef& c, int attempts) {
     ChunkBuffer stored = ChunkBuffer::uninitialised(c.stored_len);
     auto started = std::chrono::steady_clock::now();
     auto n = backend_.read(c.object, c.offset, std::span(stored.data(), stored.size()));
-    observe_fetch(std::chrono::steady_clock::now() - started);
+    if (!own) observe_fetch(std::chrono::steady_clock::now() - started);
     if (!n.ok()) {
       backend_errors_++;
       spdlog::warn("read of {} at {} failed: {}", c.object, c.offset, n.error().message);
       return n.error();
     }
-    count_fetched(*n, 1);
+    if (own) {
+      own_bytes_fetched_ += *n;
+    } else {
+      bytes_fetched_ += *n;
+      chunks_fetched_++;
+    }
     if (*n != c.stored_len) {
       corrupt_fetches_++;
       last = make_error(EIO, fmt::format("{} is shorter than the index says (offset {})", c.object, c.offset));
@@ -490,7 +476,6 @@ Result<MetaVersion> ChunkFetcher::meta_version(std::string_view path) {
 std::string ChunkFetcher::describe() const { return backend_.describe(); }
 
 void ChunkFetcher::observe_fetch(std::chrono::steady_clock::duration d) {
-  if (t_own_read) return;
   uint64_t ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
   double seconds = static_cast<double>(ns) / 1e9;
   size_t i = 0;

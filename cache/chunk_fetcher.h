@@ -118,10 +118,11 @@ class ChunkFetcher : public MetaSource {
   // kMaxCoalescedRead bytes; each is verified on its own and kept like any fetched chunk.
   Result<ChunkData> get(const ChunkRef& c, std::span<const ChunkRef> following = {});
   // get() for the daemon's own use, not a reader's (the docker metadata behind the image names
-  // of `extrafs stats`, fs::FsCore::read_path): served from memory, the disk cache or the
-  // backend like get(), but a fetched chunk is kept in memory only, and counts in
-  // FetcherStats::own_bytes_fetched alone (not in the latency histogram; hits, misses and merged
-  // waits are not counted): the disk cache and the readers' counters say what readers caused.
+  // of `extrafs stats`, fs::FsCore::read_path): a chunk held in memory or on disk is taken as it
+  // is; one that must come from the backend is fetched for this caller alone and kept nowhere,
+  // and counts in FetcherStats::own_bytes_fetched only (not in the latency histogram), so that
+  // the disk cache, the memory cache and the readers' counters stay what readers made them.
+  // Errors as get() (a failure counts in backend_errors).
   Result<ChunkData> get_own(const ChunkRef& c);
 
   // Queues `c` to be brought into memory in the background (readahead), from disk or from the
@@ -176,7 +177,8 @@ class ChunkFetcher : public MetaSource {
   std::vector<Result<ChunkData>> fetch_run(std::span<const ChunkRef> run);
   // Reads one chunk from the backend, up to `attempts` times while what comes back does not
   // verify.
-  Result<ChunkData> fetch_one(const ChunkRef& c, int attempts);
+  // `own`: for get_own(), counted in own_bytes_fetched_ only.
+  Result<ChunkData> fetch_one(const ChunkRef& c, int attempts, bool own = false);
   // Decompresses and verifies the stored bytes of `c`, at `pos` in `buf`; EIO when they are
   // wrong. May take `buf` over when it holds exactly this uncompressed chunk.
   Result<ChunkData> decode(const ChunkRef& c, ChunkBuffer& buf, size_t pos);
@@ -192,10 +194,6 @@ class ChunkFetcher : public MetaSource {
   // Held in memory, on disk, queued for the disk, or being fetched.
   bool held(const Digest128& d);
   ChunkData memory_get(const Digest128& d);
-  // Counts one event of a reader's (nothing for get_own()).
-  void count(std::atomic<uint64_t>& counter);
-  // Counts bytes and chunks fetched from the backend: a reader's, or own_bytes_fetched_.
-  void count_fetched(uint64_t bytes, uint64_t chunks);
   // Adds one backend read of `d` to the latency histogram.
   void observe_fetch(std::chrono::steady_clock::duration d);
   // Counts a failed disk-cache write and logs it, rate-limited.
