@@ -94,7 +94,11 @@ def test_stats_with_the_server_gone_answer_at_once_with_image_labels(extrafs, mo
     assert (m.path / "overlay2" / top / "diff" / "app" / "main").read_bytes() == \
         (tmp / "top" / "app" / "main").read_bytes()
     want = {store.cids[0]: "app:1,web:1,web:latest", top: "web:1,web:latest"}
-    time.sleep(2)  # the daemon reads its image names at mount, in the background
+    # The daemon reads its image names at mount, in the background, and keeps them in its cache:
+    # give it the moment that takes (without asking for stats, which would read them on main).
+    deadline = time.monotonic() + 10
+    xf.wait_until(lambda: list((cache / "meta").glob("image-names-*")) or time.monotonic() > deadline, 15,
+                  "the daemon to read its image names")
     g.stop()
     for attempt in ("server stopped", "after a remount on the warm cache"):
         t0 = time.monotonic()
