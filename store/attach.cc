@@ -4,6 +4,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <map>
+#include <set>
 #include <utility>
 
 #include <nlohmann/json.hpp>
@@ -11,18 +13,43 @@
 #include "common/mountinfo.h"
 #include "common/posix_file.h"
 #include "common/str_util.h"
-#include "store/data_root.h"
 #include "store/docker_meta.h"
+#include "store/dockerd_probe.h"
 
 namespace extrafs::store {
 
 namespace {
+
+// One layer of an image as the mount serves it, read before the data-root lock.
+struct SourceLayer {
+  DockerLayer layer;
+  std::string parent_chain;                                 // "" for the base
+  std::vector<std::pair<std::string, std::string>> files;   // diff, size, cache-id[, parent]: checked
+  std::string src;                                          // MNT/image/overlay2/layerdb/sha256/<hex>
+  std::string target;                                       // MNT/overlay2/<cache-id>/diff
+};
+
+struct SourceImage {
+  std::string ref;
+  DockerImage img;
+  std::vector<SourceLayer> layers;
+};
 
 // A layer as it is in the data-root.
 struct LocalLayer {
   std::string cache_id;
   std::string link;
   std::string lower;
+};
+
+// One pass of attach_one over the data-root: the dry run of prepare() (checks and stages, writes
+// nothing else) or the real one of apply().
+struct Pass {
+  bool dry = true;
+  std::string mnt;
+  std::map<std::string, std::string>* staged;  // chain ID -> its layerdb entry staged in layerdb/tmp
+  std::set<std::string>* dangling;             // diff symlink targets prepare() found dangling
+  bool writes = false;                         // dry: something would be written
 };
 
 // The expected `lower` of a layer whose parent has link `plink` and lower `plower`.
@@ -41,67 +68,121 @@ Result<std::string> make_link(const DataRootPaths& p, const std::string& cache_i
   return make_error(EEXIST, "could not find a free link name in " + p.links);
 }
 
-Status ensure_link_symlink(const DataRootPaths& p, const std::string& link, const std::string& cache_id, bool* changed) {
+Status ensure_link_symlink(const DataRootPaths& p, const std::string& link, const std::string& cache_id, Pass& pass,
+                           bool* changed) {
   const std::string l = p.links + "/" + link;
   const std::string want = "../" + cache_id + "/diff";
   auto cur = read_link(l);
   if (cur && *cur == want) return ok_status();
   if (path_exists(l)) return make_error(EEXIST, l + " exists and does not point at " + want);
-  if (::symlink(want.c_str(), l.c_str()) != 0) return Error::from_errno(errno, l);
   *changed = true;
+  if (pass.dry) {
+    pass.writes = true;
+    return ok_status();
+  }
+  if (::symlink(want.c_str(), l.c_str()) != 0) return Error::from_errno(errno, l);
   return ok_status();
 }
 
-// Copies the layerdb entry of `layer` from the mount into the data-root (temporary directory in
-// layerdb/tmp, renamed into layerdb/sha256/<hex>).
-Status copy_layerdb_entry(const DataRootPaths& p, const std::string& mnt, const DockerLayer& layer,
-                          const std::string& parent_chain) {
-  const std::string hex = layer.chain_id.substr(7);
-  const std::string src = mnt + "/image/overlay2/layerdb/sha256/" + hex;
-  std::vector<std::pair<std::string, std::string>> files;
-  for (const char* name : {"diff", "size", "cache-id", "parent", "tar-split.json.gz"}) {
-    const std::string f = src + "/" + name;
-    auto data = read_file(f);
+// Reads the small layerdb files of `layer` from the mount and checks them against the image.
+Result<SourceLayer> read_source_layer(const std::string& mnt, const DockerLayer& layer, const std::string& parent_chain) {
+  SourceLayer s;
+  s.layer = layer;
+  s.parent_chain = parent_chain;
+  s.src = mnt + "/image/overlay2/layerdb/sha256/" + layer.chain_id.substr(7);
+  s.target = mnt + "/overlay2/" + layer.cache_id + "/diff";
+  for (const char* name : {"diff", "size", "cache-id", "parent"}) {
+    const std::string f = s.src + "/" + name;
+    auto data = read_file(f, 4096);
     if (!data.ok()) {
-      if (data.code() == ENOENT && (std::string(name) == "tar-split.json.gz" ||
-                                    (std::string(name) == "parent" && parent_chain.empty())))
-        continue;
+      if (data.code() == ENOENT && std::string(name) == "parent" && parent_chain.empty()) continue;
       return data.error();
     }
-    files.emplace_back(name, std::move(*data));
+    s.files.emplace_back(name, std::move(*data));
   }
-  for (const auto& [name, data] : files) {
-    if (name == "diff" && trim_trailing(data) != layer.diff_id)
-      return make_error(EBADMSG, src + "/diff says " + trim_trailing(data) + ", the image config says " + layer.diff_id);
-    if (name == "cache-id" && trim_trailing(data) != layer.cache_id)
-      return make_error(EBADMSG, src + "/cache-id does not match");
-    if (name == "parent" && trim_trailing(data) != parent_chain)
-      return make_error(EBADMSG, src + "/parent says " + trim_trailing(data) + ", expected " +
+  for (const auto& [name, data] : s.files) {
+    const std::string v = trim_trailing(data);
+    if (name == "diff" && v != layer.diff_id)
+      return make_error(EBADMSG, s.src + "/diff says " + escape_control(v) + ", the image config says " + layer.diff_id);
+    if (name == "cache-id" && v != layer.cache_id) return make_error(EBADMSG, s.src + "/cache-id does not match");
+    if (name == "parent" && v != parent_chain)
+      return make_error(EBADMSG, s.src + "/parent says " + escape_control(v) + ", expected " +
                                      (parent_chain.empty() ? "none" : parent_chain));
+    if (name == "size" && !parse_uint(v)) return make_error(EBADMSG, s.src + "/size is not a number");
   }
-  std::string tmpl = p.layerdb_tmp + "/extrafs-XXXXXX";
+  if (!is_dir(s.target)) return make_error(ENOENT, s.target + " is missing: the store does not serve layer " + layer.cache_id);
+  return s;
+}
+
+// Resolves `ref` to an image the mount serves and reads what attach needs of it.
+Result<SourceImage> read_source_image(const DockerMeta& meta, const std::string& mnt, const std::string& ref) {
+  auto img = meta.image(ref);
+  if (!img.ok()) {
+    if (img.code() == ENOENT && !meta.refs().count(ref))
+      return make_error(ENOENT, "no image " + ref + " in " + mnt + " (see 'extrafs ls " + mnt + "')");
+    return img.error();
+  }
+  if (img->layers.empty()) return make_error(EBADMSG, ref + " has no layers");
+  if (img->layers.size() > static_cast<size_t>(kMaxLayers))
+    return make_error(E2BIG, ref + " has " + std::to_string(img->layers.size()) + " layers; overlay2 takes at most 128");
+  SourceImage s;
+  s.ref = ref;
+  std::string parent;
+  for (const auto& l : img->layers) {
+    EXTRAFS_TRY(layer, read_source_layer(mnt, l, parent));
+    s.layers.push_back(std::move(layer));
+    parent = l.chain_id;
+  }
+  s.img = std::move(*img);
+  return s;
+}
+
+// Copies the layerdb entry of `l` from the mount into a new directory in layerdb/tmp (its
+// tar-split too), for install_layerdb_entry to rename into place later. Returns the directory.
+Result<std::string> stage_layerdb_entry(const DataRootPaths& p, const SourceLayer& l) {
+  std::vector<std::pair<std::string, std::string>> files = l.files;
+  const std::string ts = l.src + "/tar-split.json.gz";
+  auto tar_split = read_file(ts);
+  if (tar_split.ok()) files.emplace_back("tar-split.json.gz", std::move(*tar_split));
+  else if (tar_split.code() != ENOENT) return tar_split.error();
+  std::string tmpl = p.layerdb_tmp + "/" + kLayerdbTmpPrefix + "XXXXXX";
   if (!::mkdtemp(tmpl.data())) return Error::from_errno(errno, p.layerdb_tmp);
   const std::string tmp = tmpl;
-  auto cleanup = [&] { (void)remove_tree(tmp); };
-  if (::chmod(tmp.c_str(), 0700) != 0) {
-    cleanup();
-    return Error::from_errno(errno, tmp);
-  }
-  for (const auto& [name, data] : files) {
-    auto st = write_new_file(tmp + "/" + name, data, 0644);
-    if (!st.ok()) {
-      cleanup();
-      return st;
-    }
-  }
-  (void)fsync_dir(tmp);
-  const std::string dst = p.layerdb_sha + "/" + hex;
-  if (::rename(tmp.c_str(), dst.c_str()) != 0) {
-    int e = errno;
-    cleanup();
-    return Error::from_errno(e, "renaming into " + dst);
-  }
+  auto fail = [&](Error e) -> Error {
+    (void)remove_tree(tmp);
+    return e;
+  };
+  if (::chmod(tmp.c_str(), 0700) != 0) return fail(Error::from_errno(errno, tmp));
+  for (const auto& [name, data] : files)
+    if (auto st = write_new_file(tmp + "/" + name, data, 0644); !st.ok()) return fail(st.error());
+  if (auto st = fsync_dir(tmp); !st.ok()) return fail(st.error());
+  return tmp;
+}
+
+Status install_layerdb_entry(const DataRootPaths& p, const std::string& staged, const std::string& chain_id) {
+  const std::string dst = p.layerdb_sha + "/" + chain_id.substr(7);
+  if (::rename(staged.c_str(), dst.c_str()) != 0) return Error::from_errno(errno, "renaming into " + dst);
   return fsync_dir(p.layerdb_sha);
+}
+
+// The layerdb entry of `l` must be created: staged in the dry pass, renamed into place in the
+// real one. Without a staged entry (the data-root lost the layer between the passes) the real
+// pass cannot read the mount to make one: EAGAIN.
+Status layerdb_entry(const DataRootPaths& p, const SourceLayer& l, Pass& pass) {
+  const std::string& chain = l.layer.chain_id;
+  auto it = pass.staged->find(chain);
+  if (pass.dry) {
+    pass.writes = true;
+    if (it != pass.staged->end()) return ok_status();
+    EXTRAFS_TRY(dir, stage_layerdb_entry(p, l));
+    (*pass.staged)[chain] = dir;
+    return ok_status();
+  }
+  if (it == pass.staged->end())
+    return make_error(EAGAIN, "layer " + chain + " left " + p.root + " while attach prepared; run attach again");
+  EXTRAFS_CHECK_STATUS(install_layerdb_entry(p, it->second, chain));
+  pass.staged->erase(it);
+  return ok_status();
 }
 
 // Builds overlay2/<cache-id> for a layer served at `target`, under a temporary name, renamed into
@@ -109,7 +190,7 @@ Status copy_layerdb_entry(const DataRootPaths& p, const std::string& mnt, const 
 Result<std::string> create_overlay_dir(const DataRootPaths& p, const std::string& cache_id, const std::string& target,
                                        const std::string& lower, bool base, bool committed) {
   EXTRAFS_TRY(link, make_link(p, cache_id));
-  std::string tmpl = p.overlay2 + "/.extrafs-XXXXXX";
+  std::string tmpl = p.overlay2 + "/" + kOverlayTmpPrefix + "XXXXXX";
   if (!::mkdtemp(tmpl.data())) return Error::from_errno(errno, p.overlay2);
   const std::string tmp = tmpl;
   auto fail = [&](Error e) -> Error {
@@ -137,50 +218,63 @@ Result<std::string> create_overlay_dir(const DataRootPaths& p, const std::string
 // The layer is in the layerdb already (attached before, or pulled or built by dockerd itself):
 // reuse it, repairing its l/ symlink, a dangling diff symlink and a missing `committed`.
 // Returns whether anything was repaired.
-Result<bool> reuse_layer(const DataRootPaths& p, const std::string& ldb, const DockerLayer& layer,
-                         const std::string& target, bool top, LocalLayer* here) {
+Result<bool> reuse_layer(const DataRootPaths& p, const std::string& ldb, const SourceLayer& s, bool top,
+                         LocalLayer* here, Pass& pass) {
   bool changed = false;
-  EXTRAFS_TRY(cid, read_file(ldb + "/cache-id"));
+  EXTRAFS_TRY(cid, read_file(ldb + "/cache-id", 4096));
   here->cache_id = trim_trailing(cid);
   if (!is_cache_id(here->cache_id)) return make_error(EBADMSG, ldb + "/cache-id is not a valid cache id");
   const std::string odir = p.overlay2 + "/" + here->cache_id;
-  auto link = read_file(odir + "/link");
+  auto link = read_file(odir + "/link", 4096);
   if (!link.ok())
-    return make_error(EBADMSG, "layer " + layer.chain_id + " in " + p.root + " has no " + odir +
+    return make_error(EBADMSG, "layer " + s.layer.chain_id + " in " + p.root + " has no " + odir +
                                    "/link; the data-root is damaged");
   here->link = trim_trailing(*link);
   if (auto lower = read_file(odir + "/lower"); lower.ok()) here->lower = trim_trailing(*lower);
-  EXTRAFS_CHECK_STATUS(ensure_link_symlink(p, here->link, here->cache_id, &changed));
-  // A diff symlink left dangling by a mount that moved: point it at this mount.
+  EXTRAFS_CHECK_STATUS(ensure_link_symlink(p, here->link, here->cache_id, pass, &changed));
+  // A diff symlink left dangling by a mount that moved: point it at this mount. Whether it
+  // dangles is asked in the dry pass only (the answer may take a lookup in another mount).
   const std::string diff = odir + "/diff";
-  if (here->cache_id == layer.cache_id && is_symlink(diff) && read_link(diff) != target && !is_dir(diff)) {
-    const std::string tmp = diff + ".extrafs-new";
-    ::unlink(tmp.c_str());
-    if (::symlink(target.c_str(), tmp.c_str()) != 0) return Error::from_errno(errno, tmp);
-    if (::rename(tmp.c_str(), diff.c_str()) != 0) return Error::from_errno(errno, diff);
-    EXTRAFS_CHECK_STATUS(fsync_dir(odir));
-    changed = true;
+  const auto cur = read_link(diff);
+  if (here->cache_id == s.layer.cache_id && cur && *cur != s.target) {
+    if (pass.dry) {
+      if (!is_dir(diff)) {
+        pass.dangling->insert(*cur);
+        pass.writes = true;
+        changed = true;
+      }
+    } else if (pass.dangling->count(*cur)) {
+      const std::string tmp = diff + ".extrafs-new";
+      ::unlink(tmp.c_str());
+      if (::symlink(s.target.c_str(), tmp.c_str()) != 0) return Error::from_errno(errno, tmp);
+      if (::rename(tmp.c_str(), diff.c_str()) != 0) return Error::from_errno(errno, diff);
+      EXTRAFS_CHECK_STATUS(fsync_dir(odir));
+      changed = true;
+    }
   }
   if (!top && !path_exists(odir + "/committed")) {
     // What dockerd itself writes on a parent when it creates a child layer.
-    EXTRAFS_CHECK_STATUS(write_new_file(odir + "/committed", "", 0600));
+    if (pass.dry) pass.writes = true;
+    else EXTRAFS_CHECK_STATUS(write_new_file(odir + "/committed", "", 0600));
   }
   return changed;
 }
 
 // overlay2/<cache-id> was left by an attach that stopped before its layerdb rename: adopt it if
 // it is ours (its diff points at `target`), else refuse to touch it.
-Status adopt_overlay_dir(const DataRootPaths& p, const std::string& mnt, const std::string& odir, const std::string& target,
-                         const std::string& want_lower, bool base, bool top, LocalLayer* here) {
+Status adopt_overlay_dir(const DataRootPaths& p, const std::string& odir, const SourceLayer& s, const std::string& want_lower,
+                         bool base, bool top, LocalLayer* here, Pass& pass) {
   bool changed = false;
-  if (read_link(odir + "/diff") != target || !path_exists(odir + "/link"))
-    return make_error(EEXIST, odir + " already exists and was not made by extrafs docker attach from " + mnt +
+  if (read_link(odir + "/diff") != s.target || !path_exists(odir + "/link"))
+    return make_error(EEXIST, odir + " already exists and was not made by extrafs docker attach from " + pass.mnt +
                                   "; refusing to touch it");
-  EXTRAFS_TRY(link, read_file(odir + "/link"));
+  EXTRAFS_TRY(link, read_file(odir + "/link", 4096));
   here->link = trim_trailing(link);
-  EXTRAFS_CHECK_STATUS(ensure_link_symlink(p, here->link, here->cache_id, &changed));
+  EXTRAFS_CHECK_STATUS(ensure_link_symlink(p, here->link, here->cache_id, pass, &changed));
+  pass.writes = true;
+  if (pass.dry) return ok_status();
   if (!base) {
-    auto lower = read_file(odir + "/lower");
+    auto lower = read_file(odir + "/lower", 1 << 20);
     if (!lower.ok() || trim_trailing(*lower) != want_lower) EXTRAFS_CHECK_STATUS(write_file_atomic(odir + "/lower", want_lower, 0644));
     EXTRAFS_CHECK_STATUS(mkdir_mode(odir + "/work", 0700));
   }
@@ -189,11 +283,12 @@ Status adopt_overlay_dir(const DataRootPaths& p, const std::string& mnt, const s
 }
 
 // The image config, then the tag: dockerd never sees a tag without its config.
-Status write_config_and_tag(const DataRootPaths& p, const DockerImage& img, const std::string& ref, AttachResult* r) {
+Status write_config_and_tag(const DataRootPaths& p, const DockerImage& img, const std::string& ref, AttachResult* r,
+                            Pass& pass) {
   const std::string cfg = p.content + "/" + img.id.substr(7);
   auto existing = read_file(cfg);
   if (!existing.ok() || *existing != img.config) {
-    EXTRAFS_CHECK_STATUS(write_file_atomic(cfg, img.config, 0600));
+    if (!pass.dry) EXTRAFS_CHECK_STATUS(write_file_atomic(cfg, img.config, 0600));
     r->config_written = true;
   }
   EXTRAFS_TRY(repos, load_repositories(p.repos));
@@ -202,75 +297,113 @@ Status write_config_and_tag(const DataRootPaths& p, const DockerImage& img, cons
   if (!entry.contains(ref) || entry[ref] != img.id) {
     if (entry.contains(ref) && entry[ref].is_string()) r->previous_id = entry[ref].get<std::string>();
     entry[ref] = img.id;
-    EXTRAFS_CHECK_STATUS(save_repositories(p.repos, repos));
+    if (!pass.dry) EXTRAFS_CHECK_STATUS(save_repositories(p.repos, repos));
     r->tag_written = true;
   }
+  if (r->config_written || r->tag_written) pass.writes = true;
   return ok_status();
 }
 
-Result<AttachResult> attach_one(const DataRootPaths& p, const std::string& mnt, const DockerImage& img,
-                                const std::string& ref) {
+Result<AttachResult> attach_one(const DataRootPaths& p, const SourceImage& s, Pass& pass) {
   AttachResult r;
-  r.ref = ref;
-  r.image_id = img.id;
-  r.layers = static_cast<int>(img.layers.size());
+  r.ref = s.ref;
+  r.image_id = s.img.id;
+  r.layers = static_cast<int>(s.layers.size());
   LocalLayer below;  // the layer under the current one, as it is in the data-root
-  std::string parent_chain;
-  for (size_t i = 0; i < img.layers.size(); ++i) {
-    const DockerLayer& layer = img.layers[i];
-    const bool base = i == 0, top = i + 1 == img.layers.size();
+  for (size_t i = 0; i < s.layers.size(); ++i) {
+    const SourceLayer& sl = s.layers[i];
+    const DockerLayer& layer = sl.layer;
+    const bool base = i == 0, top = i + 1 == s.layers.size();
     const std::string ldb = p.layerdb_sha + "/" + layer.chain_id.substr(7);
-    const std::string target = mnt + "/overlay2/" + layer.cache_id + "/diff";
     const std::string want_lower = base ? "" : child_lower(below.link, below.lower);
     LocalLayer here;
     if (path_exists(ldb + "/cache-id")) {
-      EXTRAFS_TRY(repaired, reuse_layer(p, ldb, layer, target, top, &here));
+      EXTRAFS_TRY(repaired, reuse_layer(p, ldb, sl, top, &here, pass));
       ++(repaired ? r.layers_repaired : r.layers_present);
     } else {
       const std::string odir = p.overlay2 + "/" + layer.cache_id;
       here.cache_id = layer.cache_id;
       if (path_exists(odir)) {
-        EXTRAFS_CHECK_STATUS(adopt_overlay_dir(p, mnt, odir, target, want_lower, base, top, &here));
+        EXTRAFS_CHECK_STATUS(adopt_overlay_dir(p, odir, sl, want_lower, base, top, &here, pass));
         ++r.layers_repaired;
       } else {
-        EXTRAFS_TRY(link, create_overlay_dir(p, layer.cache_id, target, want_lower, base, !top));
-        here.link = link;
+        if (pass.dry) {
+          here.link = "(new)";  // made in the real pass; the dry pass writes no lower file
+        } else {
+          EXTRAFS_TRY(link, create_overlay_dir(p, layer.cache_id, sl.target, want_lower, base, !top));
+          here.link = link;
+        }
         ++r.layers_created;
       }
       here.lower = want_lower;
-      EXTRAFS_CHECK_STATUS(copy_layerdb_entry(p, mnt, layer, parent_chain));
+      EXTRAFS_CHECK_STATUS(layerdb_entry(p, sl, pass));
     }
     below = here;
-    parent_chain = layer.chain_id;
   }
-  EXTRAFS_CHECK_STATUS(write_config_and_tag(p, img, ref, &r));
+  EXTRAFS_CHECK_STATUS(write_config_and_tag(p, s.img, s.ref, &r, pass));
   return r;
 }
 
-// Resolves every reference to an image the mount serves, checking that each layer is there.
-Result<std::vector<std::pair<std::string, DockerImage>>> resolve_images(const std::string& mnt,
-                                                                         const std::vector<std::string>& refs) {
-  EXTRAFS_TRY(meta, DockerMeta::load(mnt));
-  std::vector<std::pair<std::string, DockerImage>> images;
-  for (const auto& in : refs) {
-    EXTRAFS_TRY(ref, familiar_ref(in));
-    auto img = meta.image(ref);
-    if (!img.ok()) {
-      if (img.code() == ENOENT && !meta.refs().count(ref))
-        return make_error(ENOENT, "no image " + ref + " in " + mnt + " (see 'extrafs ls " + mnt + "')");
-      return img.error();
-    }
-    if (img->layers.empty()) return make_error(EBADMSG, ref + " has no layers");
-    if (img->layers.size() > static_cast<size_t>(kMaxLayers))
-      return make_error(E2BIG, ref + " has " + std::to_string(img->layers.size()) + " layers; overlay2 takes at most 128");
-    for (const auto& l : img->layers) {
-      const std::string diff = mnt + "/overlay2/" + l.cache_id + "/diff";
-      if (!is_dir(diff)) return make_error(ENOENT, diff + " is missing: the store does not serve layer " + l.cache_id);
-    }
-    images.emplace_back(ref, std::move(*img));
-  }
-  return images;
+// Whether `repos` (a data-root's repositories.json) has `ref` pointing at `id`: tags are written
+// last by attach, so that means the attach completed.
+bool tag_points_at(const nlohmann::json& repos, const std::string& ref, const std::string& id) {
+  const auto& r = repos["Repositories"];
+  const std::string repo = repo_of(ref);
+  return r.is_object() && r.contains(repo) && r[repo].is_object() && r[repo].contains(ref) && r[repo][ref].is_string() &&
+         r[repo][ref].get<std::string>() == id;
 }
+
+class AttachChange : public DataRootChange {
+ public:
+  AttachChange(std::string mnt, std::vector<SourceImage> images, bool all, AttachReport* report)
+      : mnt_(std::move(mnt)), images_(std::move(images)), all_(all), report_(report) {}
+  ~AttachChange() override {
+    for (const auto& [chain, dir] : staged_) (void)remove_tree(dir);
+  }
+
+  Result<bool> prepare(const std::string& data_root) override {
+    DataRootPaths p(data_root);
+    EXTRAFS_CHECK_STATUS(ensure_data_root_layout(p));
+    remove_dead_temporaries(p);
+    if (all_) {
+      // Attached meanwhile by another run: not again.
+      EXTRAFS_TRY(repos, load_repositories(p.repos));
+      std::erase_if(images_, [&](const SourceImage& s) { return tag_points_at(repos, s.ref, s.img.id); });
+      if (images_.empty()) {
+        report_->nothing_to_attach = true;
+        return false;
+      }
+    }
+    Pass pass{true, mnt_, &staged_, &dangling_};
+    std::vector<AttachResult> dry;
+    for (const auto& s : images_) {
+      EXTRAFS_TRY(r, attach_one(p, s, pass));
+      dry.push_back(std::move(r));
+    }
+    if (!pass.writes) report_->images = std::move(dry);  // attached whole already: nothing to do
+    return pass.writes;
+  }
+
+  Status apply(const std::string& data_root) override {
+    DataRootPaths p(data_root);
+    EXTRAFS_CHECK_STATUS(ensure_data_root_layout(p));
+    Pass pass{false, mnt_, &staged_, &dangling_};
+    report_->images.clear();
+    for (const auto& s : images_) {
+      EXTRAFS_TRY(r, attach_one(p, s, pass));
+      report_->images.push_back(std::move(r));
+    }
+    return ok_status();
+  }
+
+ private:
+  std::string mnt_;
+  std::vector<SourceImage> images_;
+  bool all_;
+  AttachReport* report_;
+  std::map<std::string, std::string> staged_;
+  std::set<std::string> dangling_;
+};
 
 // Creates the data-root if it is missing (its parents 0755, itself 0710 as dockerd makes it);
 // returns it resolved.
@@ -287,6 +420,34 @@ Result<std::string> make_data_root(const std::string& data_root_in, const std::s
   return data_root;
 }
 
+// The images `req` names, read from the mount. With `all`: every tag of the mount the data-root
+// does not have yet (a first look, without the lock; prepare() looks again under it); tags docker
+// would refuse go to `skipped`.
+Result<std::vector<SourceImage>> read_requested(const AttachRequest& req, const std::string& mnt,
+                                                std::vector<std::string>* skipped) {
+  EXTRAFS_TRY(meta, DockerMeta::load(mnt));
+  std::vector<SourceImage> out;
+  if (!req.all) {
+    for (const auto& in : req.refs) {
+      EXTRAFS_TRY(ref, familiar_ref(in));
+      EXTRAFS_TRY(img, read_source_image(meta, mnt, ref));
+      out.push_back(std::move(img));
+    }
+    return out;
+  }
+  auto repos = load_repositories(DataRootPaths(absolute_path(req.data_root)).repos);
+  for (const auto& [ref, id] : meta.refs()) {
+    if (auto valid = check_reference(ref); !valid.ok()) {
+      skipped->push_back(valid.error().message);
+      continue;
+    }
+    if (repos.ok() && tag_points_at(*repos, ref, id)) continue;
+    EXTRAFS_TRY(img, read_source_image(meta, mnt, ref));
+    out.push_back(std::move(img));
+  }
+  return out;
+}
+
 }  // namespace
 
 Result<std::string> resolve_extrafs_mount(const std::string& mountpoint) {
@@ -298,37 +459,18 @@ Result<std::string> resolve_extrafs_mount(const std::string& mountpoint) {
   return *real;
 }
 
-Result<std::vector<AttachResult>> attach_images(const std::string& mountpoint, const std::string& data_root_in,
-                                                const std::vector<std::string>& refs) {
-  EXTRAFS_TRY(mnt, resolve_extrafs_mount(mountpoint));
-  EXTRAFS_TRY(images, resolve_images(mnt, refs));
-  EXTRAFS_TRY(data_root, make_data_root(data_root_in, mnt));
-  EXTRAFS_TRY(lock, DataRootLock::take(data_root));
-  DataRootPaths p(data_root);
-  EXTRAFS_CHECK_STATUS(ensure_data_root_layout(p));
-  std::vector<AttachResult> out;
-  for (const auto& [ref, img] : images) {
-    EXTRAFS_TRY(r, attach_one(p, mnt, img, ref));
-    out.push_back(std::move(r));
+Status docker_attach(const AttachRequest& req, AttachReport* report) {
+  *report = AttachReport{};
+  EXTRAFS_TRY(mnt, resolve_extrafs_mount(req.mount));
+  EXTRAFS_CHECK_STATUS(check_overlay2_data_root(req.data_root));
+  EXTRAFS_TRY(images, read_requested(req, mnt, &report->skipped));
+  if (req.all && images.empty()) {
+    report->nothing_to_attach = true;
+    return ok_status();
   }
-  return out;
-}
-
-Result<std::vector<std::string>> unattached_refs(const std::string& mountpoint, const std::string& data_root) {
-  EXTRAFS_TRY(mnt, resolve_extrafs_mount(mountpoint));
-  EXTRAFS_TRY(served, DockerMeta::load(mnt));
-  // Tags are written last by attach: a tag pointing at the image means the attach completed.
-  EXTRAFS_TRY(repos, load_repositories(DataRootPaths(data_root).repos));
-  std::vector<std::string> out;
-  for (const auto& [ref, id] : served.refs()) {
-    if (ref.find('@') != std::string::npos) continue;  // a digest reference, not a tag
-    const auto& r = repos["Repositories"];
-    const std::string repo = repo_of(ref);
-    const bool have = r.is_object() && r.contains(repo) && r[repo].is_object() && r[repo].contains(ref) &&
-                      r[repo][ref].is_string() && r[repo][ref].get<std::string>() == id;
-    if (!have) out.push_back(ref);
-  }
-  return out;
+  EXTRAFS_TRY(data_root, make_data_root(req.data_root, mnt));
+  AttachChange change(mnt, std::move(images), req.all, report);
+  return run_with_dockerd_stopped(data_root, req.restart, change, req.restart_options, &report->restart);
 }
 
 }  // namespace extrafs::store

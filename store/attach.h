@@ -14,14 +14,21 @@
 // sees a layerdb entry without its overlay2 directory, nor a tag without its config. Re-running
 // attach finishes a half-done attach.
 //
-// The caller checks first that no dockerd runs on the data-root (store/dockerd_probe.h). Not
-// thread-safe; attach and detach take the data-root's lock (store/data_root.h).
+// Three steps, so that nothing is read from the mount while dockerd is stopped (a mount can be
+// slow, hang, or serve a FIFO): (1) before the data-root lock, every image is resolved on the
+// mount and its config and small layerdb files are read and checked; (2) under the lock, before
+// dockerd is stopped (DataRootChange::prepare), the data-root is checked by a dry run of the
+// writes, and the layerdb entries to create are staged in layerdb/tmp/extrafs-* with their
+// tar-split copied from the mount; (3) with dockerd stopped (DataRootChange::apply), the writes,
+// from the staged entries and the data-root alone. store/dockerd_control.h runs (2) and (3).
 #pragma once
 
 #include <string>
 #include <vector>
 
 #include "common/result.h"
+#include "store/data_root.h"
+#include "store/dockerd_control.h"
 
 namespace extrafs::store {
 
@@ -40,15 +47,28 @@ struct AttachResult {
   std::string previous_id;  // the image the tag pointed at before, if another one
 };
 
-// Attaches every image of `refs` (each "name:tag") served by the extrafs mount `mountpoint`
-// into `data_root` (created if missing). All images are resolved before anything is written.
-// The caller has checked the dockerd and the driver.
-Result<std::vector<AttachResult>> attach_images(const std::string& mountpoint, const std::string& data_root,
-                                                const std::vector<std::string>& refs);
+struct AttachRequest {
+  std::string mount;                       // the extrafs mount serving the images
+  std::string data_root = kDefaultDataRoot;
+  std::vector<std::string> refs;           // "name:tag" (checked by the caller: familiar_ref)
+  bool all = false;                        // instead of refs: every tag of the mount not attached yet
+  bool restart = false;                    // restart a running dockerd around the change
+  RestartOptions restart_options;
+};
 
-// The "name:tag" references of every image the extrafs mount `mountpoint` serves that `data_root`
-// does not have yet (its repositories.json lacks the tag, or has it for another image), sorted.
-// For `extrafs docker attach --all`.
-Result<std::vector<std::string>> unattached_refs(const std::string& mountpoint, const std::string& data_root);
+struct AttachReport {
+  std::vector<AttachResult> images;        // each image, attached now or found attached already
+  std::vector<std::string> skipped;        // with `all`: tags of the mount docker would refuse ("why" each)
+  bool nothing_to_attach = false;          // with `all`: every image of the mount is attached already
+  RestartOutcome restart;                  // what happened to dockerd (also when the attach failed)
+};
+
+// `extrafs docker attach`: checks the mount and the data-root's driver, reads the images from the
+// mount, creates the data-root if missing (its parents 0755, itself 0710), and attaches them
+// through run_with_dockerd_stopped (so with `restart` a running dockerd is restarted around the
+// writes, and without it a running one is refused). All images are resolved before anything is
+// written; an image already attached whole causes no write and no restart. `report` is filled
+// as far as the run got, also on failure.
+Status docker_attach(const AttachRequest& req, AttachReport* report);
 
 }  // namespace extrafs::store

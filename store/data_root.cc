@@ -54,6 +54,15 @@ Status ensure_data_root_layout(const DataRootPaths& p) {
   return ok_status();
 }
 
+void remove_dead_temporaries(const DataRootPaths& p) {
+  if (auto names = list_dir(p.layerdb_tmp); names.ok())
+    for (const auto& n : *names)
+      if (n.rfind(kLayerdbTmpPrefix, 0) == 0) (void)remove_tree(p.layerdb_tmp + "/" + n);
+  if (auto names = list_dir(p.overlay2); names.ok())
+    for (const auto& n : *names)
+      if (n.rfind(kOverlayTmpPrefix, 0) == 0) (void)remove_tree(p.overlay2 + "/" + n);
+}
+
 Result<nlohmann::json> load_repositories(const std::string& path) {
   auto text = read_file(path);
   if (!text.ok()) {
@@ -97,16 +106,19 @@ Result<std::string> familiar_ref(const std::string& in) {
 
 std::string repo_of(const std::string& ref) { return ref.substr(0, ref.rfind(':')); }
 
-Result<DataRootLock> DataRootLock::take(const std::string& root) {
+Result<DataRootLock> DataRootLock::take(const std::string& root, int timeout_s) {
   DataRootLock l;
   l.fd_ = ::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (l.fd_ < 0) return Error::from_errno(errno, root);
-  for (int i = 0; i < 300; ++i) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+  for (;;) {
     if (::flock(l.fd_, LOCK_EX | LOCK_NB) == 0) return l;
     if (errno != EWOULDBLOCK) return Error::from_errno(errno, "locking " + root);
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (std::chrono::steady_clock::now() >= end) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  return make_error(EBUSY, "another extrafs docker attach/detach has been working on " + root + " for 30 s");
+  return make_error(EBUSY, "another extrafs docker attach/detach has been working on " + root + " for " +
+                               std::to_string(timeout_s) + " s");
 }
 
 DataRootLock::~DataRootLock() {

@@ -33,6 +33,15 @@ struct DataRootPaths {
   explicit DataRootPaths(const std::string& root);
 };
 
+// Prefixes of what attach and detach build in a data-root before renaming it into place (or
+// rename out of it before removing it). Runs hold the data-root lock, so one found by a run
+// holding it is a temporary of a run that died.
+inline constexpr const char* kLayerdbTmpPrefix = "extrafs-";   // in layerdb/tmp
+inline constexpr const char* kOverlayTmpPrefix = ".extrafs-";  // in overlay2/
+
+// Removes what runs that died left in layerdb/tmp and overlay2/. REQUIRES: the data-root lock.
+void remove_dead_temporaries(const DataRootPaths& p);
+
 // Creates the directories of `p` that are missing, with the modes dockerd 20.10 gives them.
 Status ensure_data_root_layout(const DataRootPaths& p);
 
@@ -52,11 +61,13 @@ Result<std::string> familiar_ref(const std::string& ref);
 // The repositories.json key of "name:tag": "name".
 std::string repo_of(const std::string& ref);
 
-// An flock on the data-root directory: one attach/detach at a time per data-root. Waits up to
-// 30 s for another holder, then EBUSY.
+// An flock on the data-root directory: one attach/detach at a time per data-root, held from
+// before the dockerd check until the change is done and a restarted dockerd answers again
+// (store/dockerd_control.h). Waits up to `timeout_s` for another holder (which may be restarting
+// dockerd), then EBUSY.
 class DataRootLock {
  public:
-  static Result<DataRootLock> take(const std::string& root);
+  static Result<DataRootLock> take(const std::string& root, int timeout_s);
   DataRootLock() = default;
   DataRootLock(DataRootLock&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
   DataRootLock& operator=(DataRootLock&&) = delete;

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <map>
 #include <set>
 
 #include <nlohmann/json.hpp>
@@ -61,8 +62,21 @@ Result<std::string> find_tag(const nlohmann::json& repos, const std::string& ref
   return id;
 }
 
+// Whether attach made the layer `cache_id` whose diff symlink points at `target`: into an extrafs
+// mount, or dangling (the mount is gone); dockerd never makes a symlink diff. Asks the mount
+// table and looks the target up: prepare() only.
+bool made_by_attach(const std::string& cache_id, const std::string& target) {
+  const std::string suffix = "/overlay2/" + cache_id + "/diff";
+  const bool shape = target.size() > suffix.size() && target.front() == '/' &&
+                     target.compare(target.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return shape && (fstype_of(target) == "fuse.extrafs" || !path_exists(target));
+}
+
 // The image's layers as they are in the data-root, base first (layers already gone are skipped).
-std::vector<Layer> local_layers(const DataRootPaths& p, const std::string& config) {
+// `ours` gives, for a diff symlink target, whether attach made the layer: judged by prepare()
+// (filled when `judge`), looked up by apply() (a target it never judged is not ours).
+std::vector<Layer> local_layers(const DataRootPaths& p, const std::string& config, std::map<std::string, bool>* ours,
+                                bool judge) {
   std::vector<Layer> layers;
   for (const auto& chain : chains_of_config(config)) {
     Layer l;
@@ -75,11 +89,10 @@ std::vector<Layer> local_layers(const DataRootPaths& p, const std::string& confi
     if (auto link = read_file(odir + "/link"); link.ok()) l.link = trim_trailing(*link);
     if (auto lower = read_file(odir + "/lower"); lower.ok()) l.lower = trim_trailing(*lower);
     if (auto target = read_link(odir + "/diff")) {
-      const std::string suffix = "/overlay2/" + l.cache_id + "/diff";
-      const bool shape = target->size() > suffix.size() && target->front() == '/' &&
-                         target->compare(target->size() - suffix.size(), suffix.size(), suffix) == 0;
-      // Into an extrafs mount, or dangling (the mount is gone): dockerd never makes a symlink diff.
-      l.ours = shape && (fstype_of(*target) == "fuse.extrafs" || !path_exists(*target));
+      const std::string key = l.cache_id + " " + *target;
+      if (judge) (*ours)[key] = made_by_attach(l.cache_id, *target);
+      auto it = ours->find(key);
+      l.ours = it != ours->end() && it->second;
     }
     layers.push_back(std::move(l));
   }
@@ -198,7 +211,7 @@ Status remove_config(const DataRootPaths& p, const std::string& id) {
 // directory), the l/ symlink if it is the layer's, the overlay2 directory.
 Status remove_layer(const DataRootPaths& p, const Layer& l) {
   const std::string ldb = p.layerdb_sha + "/" + l.chain.substr(7);
-  std::string tmpl = p.layerdb_tmp + "/extrafs-rm-XXXXXX";
+  std::string tmpl = p.layerdb_tmp + "/" + kLayerdbTmpPrefix + "rm-XXXXXX";
   (void)mkdir_mode(p.layerdb_tmp, 0755);
   if (!::mkdtemp(tmpl.data())) return Error::from_errno(errno, p.layerdb_tmp);
   const std::string graveyard = tmpl + "/entry";
@@ -212,29 +225,25 @@ Status remove_layer(const DataRootPaths& p, const Layer& l) {
   return remove_tree(p.overlay2 + "/" + l.cache_id);
 }
 
-}  // namespace
-
-Result<DetachResult> detach_image(const std::string& data_root_in, const std::string& in_ref) {
-  EXTRAFS_TRY(ref, familiar_ref(in_ref));
-  const std::string data_root = real_path(absolute_path(data_root_in)).value_or(absolute_path(data_root_in));
-  if (!is_dir(data_root)) return make_error(ENOENT, "data-root " + data_root + " does not exist");
-  EXTRAFS_TRY(lock, DataRootLock::take(data_root));
-  DataRootPaths p(data_root);
+// One image out of the data-root. `judge`: the dry run of prepare(), which checks, judges the
+// layers into `ours` and removes nothing.
+Result<DetachResult> detach_one(const DataRootPaths& p, const std::string& ref, std::map<std::string, bool>* ours,
+                                bool judge) {
   DetachResult r;
   r.ref = ref;
-
   EXTRAFS_TRY(repos, load_repositories(p.repos));
   std::set<std::string> other_tags;
-  EXTRAFS_TRY(id, find_tag(repos, ref, data_root, &other_tags));
+  EXTRAFS_TRY(id, find_tag(repos, ref, p.root, &other_tags));
   r.image_id = id;
 
   auto cfg = read_file(p.content + "/" + id.substr(7));
-  const std::vector<Layer> layers = cfg.ok() ? local_layers(p, *cfg) : std::vector<Layer>{};
+  const std::vector<Layer> layers = cfg.ok() ? local_layers(p, *cfg, ours, judge) : std::vector<Layer>{};
   bool any_ours = false;
   for (const auto& l : layers) any_ours |= l.ours;
   if (cfg.ok() && !any_ours && !layers.empty())
-    return make_error(EINVAL, ref + " in " + data_root +
+    return make_error(EINVAL, ref + " in " + p.root +
                                   " was not attached by extrafs (none of its layers is served by an extrafs mount); use docker rmi");
+  if (judge) return r;
 
   const Users users = find_users(p, id);
   const bool keep_config = !other_tags.empty() || users.container_uses_image || users.child_image;
@@ -250,6 +259,47 @@ Result<DetachResult> detach_image(const std::string& data_root_in, const std::st
     r.removed_layers.push_back(it->cache_id);
   }
   return r;
+}
+
+class DetachChange : public DataRootChange {
+ public:
+  DetachChange(std::vector<std::string> refs, DetachReport* report) : refs_(std::move(refs)), report_(report) {}
+
+  Result<bool> prepare(const std::string& data_root) override {
+    DataRootPaths p(data_root);
+    remove_dead_temporaries(p);
+    for (const auto& ref : refs_) EXTRAFS_CHECK_STATUS(detach_one(p, ref, &ours_, true));
+    return !refs_.empty();
+  }
+
+  Status apply(const std::string& data_root) override {
+    DataRootPaths p(data_root);
+    for (const auto& ref : refs_) {
+      EXTRAFS_TRY(r, detach_one(p, ref, &ours_, false));
+      report_->images.push_back(std::move(r));
+    }
+    return ok_status();
+  }
+
+ private:
+  std::vector<std::string> refs_;
+  DetachReport* report_;
+  std::map<std::string, bool> ours_;  // "cache-id diff-target" -> made by attach
+};
+
+}  // namespace
+
+Status docker_detach(const DetachRequest& req, DetachReport* report) {
+  *report = DetachReport{};
+  std::vector<std::string> refs;
+  for (const auto& in : req.refs) {
+    EXTRAFS_TRY(ref, familiar_ref(in));
+    refs.push_back(ref);
+  }
+  const std::string data_root = real_path(absolute_path(req.data_root)).value_or(absolute_path(req.data_root));
+  if (!is_dir(data_root)) return make_error(ENOENT, "data-root " + data_root + " does not exist");
+  DetachChange change(std::move(refs), report);
+  return run_with_dockerd_stopped(data_root, req.restart, change, req.restart_options, &report->restart);
 }
 
 }  // namespace extrafs::store

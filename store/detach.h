@@ -5,14 +5,19 @@
 // symlink and overlay2 directory go. A layer attach did not make (its diff is not a symlink into
 // an extrafs mount, nor a dangling one) is never removed.
 //
-// The caller checks first that no dockerd runs on the data-root (store/dockerd_probe.h). Not
-// thread-safe; takes the data-root's lock (store/data_root.h).
+// Two steps, as for attach (store/attach.h): under the data-root lock, before dockerd is
+// stopped (DataRootChange::prepare), every image is looked up and checked and each layer is
+// judged (whether attach made it: that may look into the mount its diff points at); with dockerd
+// stopped (DataRootChange::apply), the removals, reading only the data-root.
+// store/dockerd_control.h runs both.
 #pragma once
 
 #include <string>
 #include <vector>
 
 #include "common/result.h"
+#include "store/data_root.h"
+#include "store/dockerd_control.h"
 
 namespace extrafs::store {
 
@@ -25,9 +30,23 @@ struct DetachResult {
   std::string note;                          // why the config was kept, if it was
 };
 
-// Takes `ref` out of `data_root`: the tag; the config if no other tag and no container use it;
-// every layer attach made (its diff is a symlink into an extrafs mount) that no other image, no
-// container and no other layer's lower chain uses. The caller has checked the dockerd.
-Result<DetachResult> detach_image(const std::string& data_root, const std::string& ref);
+struct DetachRequest {
+  std::string data_root = kDefaultDataRoot;
+  std::vector<std::string> refs;  // "name:tag" (checked by the caller: familiar_ref)
+  bool restart = false;           // restart a running dockerd around the change
+  RestartOptions restart_options;
+};
+
+struct DetachReport {
+  std::vector<DetachResult> images;  // the images detached, in order (also those before a failure)
+  RestartOutcome restart;            // what happened to dockerd (also when the detach failed)
+};
+
+// `extrafs docker detach`: takes each ref out of `data_root`: the tag; the config if no other tag
+// and no container use it; every layer attach made (its diff is a symlink into an extrafs mount)
+// that no other image, no container and no other layer's lower chain uses. Every ref is checked
+// (in the data-root, made by attach) before anything is removed; through
+// run_with_dockerd_stopped, so with `restart` a running dockerd is restarted around the removals.
+Status docker_detach(const DetachRequest& req, DetachReport* report);
 
 }  // namespace extrafs::store

@@ -1,47 +1,71 @@
-// Restarting the dockerd that owns a data-root around a change to it: what
-// `extrafs docker attach|detach --restart` does. dockerd reads a data-root's image metadata only at
-// start-up (and rewrites repositories.json from memory), so the change has to happen while it is
-// stopped; with live-restore enabled, running containers survive that stop (their shims outlive
-// dockerd) and the new dockerd takes them back.
+// Changing a dockerd data-root safely, restarting the dockerd that owns it around the change when
+// asked: what `extrafs docker attach|detach [--restart]` (and the docker CLI plugin) call.
+// dockerd reads a data-root's image metadata only at start-up (and rewrites repositories.json
+// from memory), so the change has to happen while it is stopped; with live-restore enabled,
+// running containers survive that stop (their shims outlive dockerd) and the new dockerd takes
+// them back.
 //
-//   1. find the dockerd running on the data-root (store/dockerd_probe.h) and record how it was
-//      started: its systemd unit (when /proc/PID/cgroup names a .service whose MainPID it is), or
-//      its executable, command line, environment, working directory and stdout/stderr files;
-//   2. ask its API socket `GET /info` whether `LiveRestoreEnabled`; refuse if not;
-//   3. stop it: `systemctl stop` (with the sockets that would start it again), or SIGTERM; wait
-//      (bounded) for the process to go;
-//   4. run the change;
-//   5. start it again the same way (always, also when the change failed) and wait (bounded) for
-//      `GET /_ping` to answer OK.
+// run_with_dockerd_stopped(), in order:
+//   1. take the data-root lock (store/data_root.h), held to the end;
+//   2. recover: if the restart journal (store/dockerd_journal.h) says an earlier run stopped this
+//      dockerd and died before starting it again, start it again now (recover_stopped_dockerd);
+//   3. change.prepare(): read, validate and stage everything (from the mount too); nothing to do
+//      ends here, dockerd untouched;
+//   4. find the dockerd running on the data-root (store/dockerd_probe.h); none: change.apply(),
+//      done. One running without `restart`: EBUSY. With `restart`: record how it was started (its
+//      systemd unit when it is that unit's main process, else executable, command line,
+//      environment, working directory, output files), open what starting it again needs (its
+//      working directory, even a deleted one; its output files), check live-restore through
+//      its API (`GET /info`), refuse (EPERM) without it;
+//   5. the window: write the journal, defer SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGTSTP, SIGTTIN,
+//      SIGTTOU, SIGUSR1, SIGUSR2, SIGALRM and SIGPIPE (blocked; children get a clean mask and
+//      their own process group, so a terminal's Ctrl-C reaches neither them nor us); stop dockerd
+//      (`systemctl stop` of the unit and its active sockets, or SIGTERM through a pidfd) and wait
+//      for it to exit; change.apply(), which reads nothing but the data-root; start it again the
+//      same way, always, also when the change failed; wait for `GET /_ping`; remove the journal;
+//      end the deferral (a deferred signal is reported, not lost: see reraise_deferred_signal).
 //
-// Not thread-safe: one call at a time per data-root (the change takes the data-root's lock).
-// Runs systemctl and starts dockerd as child processes; leaves no child behind.
+// A run killed by SIGKILL in the window leaves the journal: the next run on the data-root (step
+// 2) starts dockerd again. Not thread-safe (it blocks signals in the calling thread and runs
+// children); one call per data-root at a time across processes (the lock). Leaves no child
+// process behind but the dockerd it started.
 #pragma once
 
-#include <functional>
-#include <optional>
 #include <string>
 #include <vector>
 
 #include "common/result.h"
+#include "store/dockerd_journal.h"
 
 namespace extrafs::store {
 
-// How a running dockerd was started, read from /proc/PID before it is stopped.
-struct DockerdProcess {
-  long pid = 0;
-  std::string unit;               // "docker.service" when systemd runs it, else empty
-  std::string exe;                // /proc/PID/exe
-  std::vector<std::string> argv;  // /proc/PID/cmdline
-  std::vector<std::string> env;   // /proc/PID/environ
-  std::string cwd;                // /proc/PID/cwd
-  std::string stdout_file;        // a regular file its stdout was, else empty (-> /dev/null)
-  std::string stderr_file;        // likewise for stderr
-  std::string config_file;        // its --config-file, or /etc/docker/daemon.json
-  std::string api_socket;         // the unix socket its API listens on
+// The data-root work done with no dockerd running on it, in two steps.
+class DataRootChange {
+ public:
+  virtual ~DataRootChange() = default;
+  // Under the data-root lock, before dockerd is stopped (it may be running): read and check
+  // everything the change needs, from the mount too, and stage what can be staged in the
+  // data-root where dockerd does not look. Returns false when there is nothing to change (dockerd
+  // is then left alone). An error leaves dockerd running.
+  virtual Result<bool> prepare(const std::string& data_root) = 0;
+  // Under the lock, with no dockerd on the data-root: the writes. Reads nothing but the data-root
+  // and what prepare() kept (never the mount, which may hang).
+  virtual Status apply(const std::string& data_root) = 0;
 };
 
-// Reads /proc/PID of a running dockerd. ESRCH if it is gone.
+// How a running dockerd was started, read from /proc/PID.
+struct DockerdProcess {
+  DockerdLaunch launch;                 // what the journal keeps
+  std::string config_file;              // its --config-file, or /etc/docker/daemon.json
+  unsigned long long start_time = 0;    // /proc/PID/stat field 22: tells it from a later process with its pid
+  bool cwd_deleted = false;             // its working directory was removed while it ran
+};
+
+// Reads /proc/PID of a running dockerd: its command line and environment (split at NULs, empty
+// arguments kept), executable (" (deleted)" after a package upgrade replaced it: the path, which
+// then holds the new binary), working directory (told from a directory whose name ends in
+// " (deleted)" by comparing device and inode), output files, systemd unit, API socket. ESRCH if
+// it is gone or was replaced by another process while being read.
 Result<DockerdProcess> inspect_dockerd(long pid);
 
 // The unix socket dockerd's API listens on, from its command line `args` (argv[0] first): the first
@@ -58,27 +82,42 @@ std::string service_of_cgroup(const std::string& cgroup_text);
 // Whether the dockerd behind `socket` runs with live-restore: `GET /info` -> LiveRestoreEnabled.
 Result<bool> dockerd_live_restore(const std::string& socket);
 
-// What restart_dockerd_around did.
+struct RestartOptions {
+  int stop_timeout_s = 120;   // for dockerd to exit after SIGTERM / systemctl stop
+  int start_timeout_s = 120;  // for the new dockerd to answer /_ping
+  int lock_timeout_s = 600;   // for another extrafs docker run on the data-root (it may be restarting dockerd)
+};
+
+// What run_with_dockerd_stopped did; filled as far as it got, also when it fails.
 struct RestartOutcome {
-  bool restarted = false;     // false: no dockerd ran on the data-root, the change ran alone
+  std::string recovered;      // a line about a dockerd an interrupted earlier run had left stopped, if any
+  bool changed = false;       // prepare() found work and apply() succeeded
+  bool restarted = false;     // dockerd was stopped and answers again
   long old_pid = 0;
   long new_pid = 0;           // 0 when systemd started it and did not tell
   std::string how;            // "systemd unit docker.service" or "its own command line"
   double api_down_s = 0;      // from the stop request until the new dockerd answered /_ping
+  int deferred_signal = 0;    // a signal that arrived while dockerd was stopped, or 0
 };
 
-struct RestartOptions {
-  int stop_timeout_s = 120;   // for dockerd to exit after SIGTERM / systemctl stop
-  int start_timeout_s = 120;  // for the new dockerd to answer /_ping
-};
+// Runs `change` with no dockerd on `data_root` (an existing directory), as the header comment
+// says. Errors, one line each: EBUSY (a dockerd runs and `restart` is false, or it runs in another
+// pid namespace), EPERM (no live-restore; dockerd left alone), the change's own errors (dockerd
+// started again all the same, saying so), and failures to stop or start dockerd (the journal
+// then stays, so the next run tries again).
+Status run_with_dockerd_stopped(const std::string& data_root, bool restart, DataRootChange& change,
+                                const RestartOptions& opts, RestartOutcome* out);
 
-// Runs `change` with no dockerd on `data_root`. If one runs there and `restart` is false: EBUSY,
-// one line naming it and hinting at --restart. If `restart`: the steps in the header comment; a
-// dockerd without live-restore is refused (EPERM, one line naming the "live-restore": true
-// setting) and left alone. If `change` fails after dockerd was stopped, dockerd is still started
-// again and the change's error is returned (saying so).
-Result<RestartOutcome> run_with_dockerd_stopped(const std::string& data_root, bool restart,
-                                                const std::function<Status()>& change,
-                                                const RestartOptions& opts = {});
+// Step 2 alone, for a caller holding the data-root lock: if the journal of `data_root` says an
+// interrupted run left its dockerd stopped, and none runs there now, starts it again as recorded
+// and waits for its API, then removes the journal. A journal from an earlier boot is removed
+// without starting anything (the boot started what starts at boot). Returns a line for the
+// operator, empty when there was nothing to recover. On failure the journal stays.
+Result<std::string> recover_stopped_dockerd(const std::string& data_root, const RestartOptions& opts);
+
+// Ends the process by the signal run_with_dockerd_stopped deferred (after the caller has printed
+// what it did), with the signal's default action; for SIGTSTP and the like, stops and returns
+// once continued. Does nothing for 0.
+void reraise_deferred_signal(int sig);
 
 }  // namespace extrafs::store

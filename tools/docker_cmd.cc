@@ -4,15 +4,16 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <cstring>
 #include <memory>
 
-#include "tools/commands.h"
+#include "common/log.h"
+#include "common/str_util.h"
 #include "store/attach.h"
 #include "store/data_root.h"
 #include "store/detach.h"
-#include "store/docker_meta.h"
 #include "store/dockerd_control.h"
-#include "store/dockerd_probe.h"
+#include "tools/commands.h"
 
 namespace extrafs::tools {
 
@@ -30,10 +31,26 @@ struct DockerArgs {
   bool restart = false;
 };
 
+// The dockerd part of a run: a recovered dockerd first (it happened first), the restart last.
+void print_recovered(const store::RestartOutcome& o) {
+  if (!o.recovered.empty()) std::printf("%s\n", escape_control(o.recovered).c_str());
+}
 void print_restart(const store::RestartOutcome& o) {
   if (!o.restarted) return;
   std::printf("dockerd restarted (%s; pid %ld -> %s): its API was unavailable for %.2f s\n", o.how.c_str(), o.old_pid,
               o.new_pid ? std::to_string(o.new_pid).c_str() : "?", o.api_down_s);
+}
+
+// After the report: a signal that arrived while dockerd was stopped ends the process now, as it
+// would have then.
+int finish(const store::RestartOutcome& o, int rc) {
+  if (o.deferred_signal) {
+    std::fflush(stdout);
+    print_error("extrafs", std::string(strsignal(o.deferred_signal)) +
+                               " arrived while dockerd was stopped; it was started again first");
+    store::reraise_deferred_signal(o.deferred_signal);
+  }
+  return rc;
 }
 
 // Validates the references; 0 or the usage exit code after printing one line.
@@ -50,31 +67,25 @@ int run_attach(const DockerArgs& a) {
   if (!a.all && a.images.empty()) return fail("give IMAGE... or --all", 2);
   if (int rc = check_refs(a.images)) return rc;
   if (a.data_root.empty()) return fail("--data-root must not be empty", 2);
-  if (auto m = store::resolve_extrafs_mount(a.mount); !m.ok()) return fail(m.error().message);
-  if (auto st = store::check_overlay2_data_root(a.data_root); !st.ok()) return fail(st.error().message);
-  std::vector<std::string> images = a.images;
-  if (a.all) {
-    auto refs = store::unattached_refs(a.mount, a.data_root);
-    if (!refs.ok()) return fail(refs.error().message);
-    if (refs->empty()) {
-      std::printf("nothing to attach: every image of %s is attached in %s\n", a.mount.c_str(), a.data_root.c_str());
-      return 0;
-    }
-    images = *refs;
-  } else if (a.restart) {
-    // Before dockerd is stopped: every image must be there to attach.
-    auto meta = store::DockerMeta::load(*store::resolve_extrafs_mount(a.mount));
-    if (!meta.ok()) return fail(meta.error().message);
-    for (const auto& i : images)
-      if (auto img = meta->image(*store::familiar_ref(i)); !img.ok()) return fail(img.error().message);
+  store::AttachRequest req;
+  req.mount = a.mount;
+  req.data_root = a.data_root;
+  req.refs = a.images;
+  req.all = a.all;
+  req.restart = a.restart;
+  store::AttachReport rep;
+  Status st = store::docker_attach(req, &rep);
+  for (const auto& s : rep.skipped) print_error("extrafs: warning: skipped", s);
+  print_recovered(rep.restart);
+  if (!st.ok()) {
+    fail("cannot attach: " + st.error().message);
+    return finish(rep.restart, 1);
   }
-  Result<std::vector<store::AttachResult>> res = std::vector<store::AttachResult>{};
-  auto outcome = store::run_with_dockerd_stopped(a.data_root, a.restart, [&]() -> Status {
-    res = store::attach_images(a.mount, a.data_root, images);
-    return res.ok() ? ok_status() : Status(res.error());
-  });
-  if (!outcome.ok()) return fail("cannot attach: " + outcome.error().message);
-  for (const auto& r : *res) {
+  if (rep.nothing_to_attach) {
+    std::printf("nothing to attach: every image of %s is attached in %s\n", a.mount.c_str(), a.data_root.c_str());
+    return finish(rep.restart, 0);
+  }
+  for (const auto& r : rep.images) {
     const bool changed = r.layers_created || r.layers_repaired || r.config_written || r.tag_written;
     if (!changed) {
       std::printf("%s (%s) already attached: %d layers present\n", r.ref.c_str(), short_id(r.image_id).c_str(), r.layers);
@@ -86,43 +97,33 @@ int run_attach(const DockerArgs& a) {
     if (!r.previous_id.empty()) std::printf("; the tag pointed at %s before", short_id(r.previous_id).c_str());
     std::printf("\n");
   }
-  print_restart(*outcome);
-  return 0;
+  print_restart(rep.restart);
+  return finish(rep.restart, 0);
 }
 
 int run_detach(const DockerArgs& a) {
   if (int rc = check_refs(a.images)) return rc;
   if (a.data_root.empty()) return fail("--data-root must not be empty", 2);
-  if (a.restart) {
-    // Before dockerd is stopped: every image must be there to detach.
-    auto repos = store::load_repositories(store::DataRootPaths(a.data_root).repos);
-    if (!repos.ok()) return fail(repos.error().message);
-    for (const auto& i : a.images) {
-      const std::string ref = *store::familiar_ref(i);
-      const auto& r = (*repos)["Repositories"];
-      if (!r.contains(store::repo_of(ref)) || !r[store::repo_of(ref)].contains(ref))
-        return fail("cannot detach: " + ref + " is not in " + store::DataRootPaths(a.data_root).repos);
-    }
-  }
-  std::vector<store::DetachResult> done;
-  auto outcome = store::run_with_dockerd_stopped(a.data_root, a.restart, [&]() -> Status {
-    for (const auto& i : a.images) {
-      auto r = store::detach_image(a.data_root, i);
-      if (!r.ok()) return r.error();
-      done.push_back(std::move(*r));
-    }
-    return ok_status();
-  });
+  store::DetachRequest req;
+  req.data_root = a.data_root;
+  req.refs = a.images;
+  req.restart = a.restart;
+  store::DetachReport rep;
+  Status st = store::docker_detach(req, &rep);
+  print_recovered(rep.restart);
   // What was detached before a failure is reported too.
-  for (const auto& r : done) {
+  for (const auto& r : rep.images) {
     std::printf("detached %s (%s): tag%s and %zu layers removed%s%s\n", r.ref.c_str(), short_id(r.image_id).c_str(),
                 r.config_removed ? ", image config" : "", r.removed_layers.size(),
                 r.config_removed ? "" : "; image config kept: ", r.config_removed ? "" : r.note.c_str());
     for (const auto& k : r.kept_layers) std::printf("  kept layer %s\n", k.c_str());
   }
-  if (!outcome.ok()) return fail("cannot detach: " + outcome.error().message);
-  print_restart(*outcome);
-  return 0;
+  if (!st.ok()) {
+    fail("cannot detach: " + st.error().message);
+    return finish(rep.restart, 1);
+  }
+  print_restart(rep.restart);
+  return finish(rep.restart, 0);
 }
 
 }  // namespace

@@ -14,8 +14,10 @@ Fixtures:
     mount        factory: mount(SOURCE, options="k=v,...", cache=None, env=None) -> xf.Mount; every mount
                  is unmounted at teardown
     odd_store    the odd store (tests/integration/make_odd_store.sh), indexed -> xf.Store
+    images       busybox images published into a store and mounted -> xf.Images (app-a:1, app-b:1, ...)
     ganesha      factory: ganesha(EXPORT_DIR, protocols="4") -> started xf.Ganesha (url4, url3)
-    dockerd      factory: dockerd(DATA_ROOT, live_restore=True) -> started xf.Dockerd
+    dockerd      factory: dockerd(DATA_ROOT, live_restore=True, extra_args="", cwd=None) -> started
+                 xf.Dockerd (cwd: the directory dockerd is started in)
     nspawn       factory: nspawn(binds={HOST: PATH}) -> nspawn.Machine, a Debian rootfs booted with
                  systemd as PID 1 (docker.io inside); .run(cmd), .copy_in(), .reboot(), .poweroff()
     test_ca      a throw-away certificate authority (openssl) -> servers.TestCA
@@ -126,6 +128,13 @@ def started_servers(make):
 
 
 @pytest.fixture
+def images(extrafs, tmp, mount) -> xf.Images:
+    store = tmp / "store"
+    xf.publish_images(extrafs, tmp, store)
+    return xf.Images(store, mount(store).path)
+
+
+@pytest.fixture
 def ganesha(tmp):
     yield from started_servers(lambda n, export, protocols="4", access="RO":
                                xf.Ganesha(tmp / f"ganesha{n}", Path(export), protocols, access))
@@ -133,8 +142,8 @@ def ganesha(tmp):
 
 @pytest.fixture
 def dockerd(tmp):
-    yield from started_servers(lambda n, data_root, live_restore=True, extra_args="":
-                               xf.Dockerd(tmp / f"d{n}", Path(data_root), live_restore, extra_args))
+    yield from started_servers(lambda n, data_root, live_restore=True, extra_args="", cwd=None:
+                               xf.Dockerd(tmp / f"d{n}", Path(data_root), live_restore, extra_args, cwd))
 
 
 @pytest.fixture

@@ -119,3 +119,17 @@ def forged_tags(store: Path, image_id: str | None = None) -> list[str]:
             keys.append(repo)
     path.write_text(json.dumps(repos))
     return keys
+
+
+def invalid_tag(store: Path, tag: str, like: str) -> Path:
+    """A tag docker's reference grammar refuses (`tag`, e.g. "Bad:1" or "../x:1") added to the
+    store's image/overlay2/repositories.json, for the image that tag `like` names (issue 20
+    sections 2 and 4). The image/ index is written by publish: publish something afterwards for
+    a mount to serve it."""
+    import json
+    p = Path(store) / "image/overlay2/repositories.json"
+    j = json.loads(p.read_text())
+    image_id = next(refs[like] for refs in j["Repositories"].values() if like in refs)
+    j["Repositories"].setdefault(tag.rsplit(":", 1)[0], {})[tag] = image_id
+    p.write_text(json.dumps(j))
+    return p

@@ -247,6 +247,42 @@ def make_odd_store(extrafs: Path, path: Path, busybox: str | None = None) -> Sto
     return Store(path, (path / ".layers").read_text().split())
 
 
+# Images for the docker tests: busybox-static layers in `docker save`-shaped archives, published.
+
+MAKE_SAVE_ARCHIVE = TESTS / "integration" / "make_save_archive.py"
+IMAGE_TOPS = ("b", "c", "d", "e", "f", "g")
+
+
+@dataclass
+class Images:
+    """A published store of images sharing a busybox base, and a mount of it: app-a:1 is the
+    base alone; app-b:1, app-c:1, ... (IMAGE_TOPS) the base and a top layer holding /etc/marker
+    ("app-b-marker\n", ...)."""
+    store: Path
+    mnt: Path
+
+
+def publish_images(extrafs: Path, tmp: Path, store: Path, tweak_after_first=None):
+    """Publishes app-a:1 and then app-b:1, ... into `store` with `extrafs publish --archive`.
+    tweak_after_first(store), if given, runs after the first publish: the next one carries the
+    store's image/ tree as tweaked into its new image/ index, so a mount serves it."""
+    src = tmp / "src"
+    (src / "base" / "bin").mkdir(parents=True)
+    shutil.copy("/bin/busybox", src / "base" / "bin" / "busybox")
+    os.symlink("busybox", src / "base" / "bin" / "sh")
+    archives = [("app-a:1", ["base"])]
+    for name in IMAGE_TOPS:
+        (src / name / "etc").mkdir(parents=True)
+        (src / name / "etc" / "marker").write_text(f"app-{name}-marker\n")
+        archives.append((f"app-{name}:1", ["base", name]))
+    for i, (tag, layers) in enumerate(archives):
+        tar = tmp / f"{tag.replace(':', '_')}.tar"
+        run(["python3", MAKE_SAVE_ARCHIVE, tar, tag, *[src / l for l in layers]])
+        run([extrafs, "publish", "--archive", tar, "--to", store])
+        if i == 0 and tweak_after_first:
+            tweak_after_first(store)
+
+
 # ---------------------------------------------------------------------------------------------
 # nfs-ganesha
 
@@ -310,15 +346,22 @@ class Dockerd:
     """A private dockerd (with its own containerd, exec-root and socket) on data_root
     (tests/docker/dockerd.sh). `state` must be short (unix socket paths)."""
 
-    def __init__(self, state: Path, data_root: Path, live_restore: bool = True, extra_args: str = ""):
+    def __init__(self, state: Path, data_root: Path, live_restore: bool = True, extra_args: str = "",
+                 cwd: Path | None = None):
         self.state, self.data_root = Path(state), Path(data_root)
         self.extra = ("--live-restore " if live_restore else "") + extra_args
+        self.cwd = cwd  # the working directory dockerd is started in (default: the test's)
         self.host = ""
         self.pid = 0
 
+    @property
+    def log(self) -> Path:
+        """The file dockerd's stdout and stderr are appended to."""
+        return self.state / "dockerd.log"
+
     def start(self):
-        p = run([DOCKERD_SH, "start", self.state, self.data_root], timeout=90,
-                env={"DOCKERD_EXTRA_ARGS": self.extra})
+        p = run([DOCKERD_SH, "start", self.state.resolve(), self.data_root.resolve()], timeout=90,
+                env={"DOCKERD_EXTRA_ARGS": self.extra}, cwd=self.cwd)
         kv = dict(line.split("=", 1) for line in p.stdout.splitlines() if "=" in line)
         self.host, self.pid = kv["DOCKER_HOST"], int(kv["PID"])
         return self
@@ -335,6 +378,10 @@ class Dockerd:
             return int((self.state / "dockerd.pid").read_text().strip())
         except (FileNotFoundError, ValueError):
             return 0
+
+    def answers(self) -> bool:
+        """Whether its API answers now (`docker version` within 10 s)."""
+        return self.docker("version", "--format", "{{.Server.Version}}", timeout=10, check=False).returncode == 0
 
     def close(self):
         self.stop()

@@ -1,7 +1,9 @@
 #include <catch2/catch.hpp>
 
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -11,8 +13,10 @@
 
 #include "common/posix_file.h"
 #include "store/dockerd_control.h"
+#include "store/dockerd_journal.h"
 #include "store/dockerd_probe.h"
 #include "store/unix_http.h"
+#include "test_util.h"
 
 using namespace extrafs;
 
@@ -195,4 +199,141 @@ TEST_CASE("dockerd flag values are found in every spelling", "[dockerd]") {
   static const char raw[] = "dockerd\0-H\0unix:///x\0";
   CHECK(store::split_cmdline(std::string(raw, sizeof(raw) - 1)) ==
         std::vector<std::string>{"dockerd", "-H", "unix:///x"});
+}
+
+TEST_CASE("journal strings survive any byte, and a bad %XX is refused", "[dockerd]") {
+  std::string all;
+  for (int c = 0; c < 256; ++c) all += static_cast<char>(c);
+  const std::string enc = store::journal_encode(all);
+  for (char c : enc) CHECK((c >= 0x20 && c < 0x7f));
+  auto dec = store::journal_decode(enc);
+  REQUIRE(dec.ok());
+  CHECK(*dec == all);
+  CHECK(store::journal_encode("a b%c") == "a b%25c");
+  CHECK(!store::journal_decode("%4").ok());
+  CHECK(!store::journal_decode("%zz").ok());
+}
+
+TEST_CASE("a restart journal is read back as written", "[dockerd]") {
+  testing::TempDir t;
+  store::DockerdLaunch l;
+  l.pid = 1234;
+  l.exe = "/usr/sbin/dockerd";
+  l.argv = {"dockerd", "--data-root", "/srv/d", "", "-H", "unix:///run/x\n.sock"};
+  l.env = {"PATH=/usr/bin", std::string("ODD=\xff\x01%")};
+  l.cwd = "/srv/was here";
+  l.stdout_file = "/var/log/d.log";
+  l.api_socket = "/run/x.sock";
+  REQUIRE(store::write_restart_journal(t.path, l).ok());
+  struct stat st;
+  REQUIRE(::stat(store::restart_journal_path(t.path).c_str(), &st) == 0);
+  CHECK((st.st_mode & 07777) == 0600);
+  auto j = store::read_restart_journal(t.path);
+  REQUIRE(j.ok());
+  REQUIRE(j->has_value());
+  const store::RestartJournal& r = **j;
+  CHECK(r.boot_id == store::current_boot_id());
+  CHECK(r.by_pid == ::getpid());
+  CHECK(r.dockerd.pid == 1234);
+  CHECK(r.dockerd.argv == l.argv);
+  CHECK(r.dockerd.env == l.env);
+  CHECK(r.dockerd.cwd == l.cwd);
+  CHECK(r.dockerd.stdout_file == l.stdout_file);
+  CHECK(r.dockerd.stderr_file.empty());
+  CHECK(r.dockerd.unit.empty());
+  REQUIRE(store::remove_restart_journal(t.path).ok());
+  auto none = store::read_restart_journal(t.path);
+  REQUIRE(none.ok());
+  CHECK(!none->has_value());
+}
+
+TEST_CASE("a journal that cannot be read is an error naming it, left in place", "[dockerd]") {
+  testing::TempDir t;
+  const std::string path = store::restart_journal_path(t.path);
+  for (const char* text : {"{", R"({"version": 2, "dockerd": {}})", R"({"version": 1, "dockerd": {"api_socket": "/x"}})",
+                           R"({"version": 1, "dockerd": {"api_socket": "/x", "unit": "../x.service"}})"}) {
+    REQUIRE(write_file_atomic(path, text).ok());
+    auto r = store::recover_stopped_dockerd(t.path, {});
+    REQUIRE(!r.ok());
+    CHECK(r.code() == EBADMSG);
+    CHECK(r.error().message.find(path) != std::string::npos);
+    CHECK(path_exists(path));
+  }
+}
+
+TEST_CASE("a journal from an earlier boot is dropped without starting anything", "[dockerd]") {
+  testing::TempDir t;
+  const std::string path = store::restart_journal_path(t.path);
+  REQUIRE(write_file_atomic(path, R"({"version": 1, "boot_id": "not-this-boot", "by": "extrafs docker attach x:1",
+      "dockerd": {"pid": 77, "exe": "/bin/false", "argv": ["false"], "api_socket": "/nonexistent/d.sock"}})")
+              .ok());
+  auto r = store::recover_stopped_dockerd(t.path, {});
+  REQUIRE(r.ok());
+  CHECK(r->find("earlier boot") != std::string::npos);
+  CHECK(!path_exists(path));
+  auto again = store::recover_stopped_dockerd(t.path, {});
+  REQUIRE(again.ok());
+  CHECK(again->empty());
+}
+
+namespace {
+// A child process (`sh -c 'sleep 30; :' ''`: its last argument empty) started in `dir`.
+pid_t child_in(const std::string& dir) {
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    if (::chdir(dir.c_str()) != 0) ::_exit(1);
+    ::execl("/bin/sh", "sh", "-c", "sleep 30; :", "", static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  return pid;
+}
+void end_child(pid_t pid) {
+  ::kill(pid, SIGKILL);
+  int status;
+  ::waitpid(pid, &status, 0);
+}
+// Waits (bounded) until `pid` has exec'd, so /proc shows its own command line.
+void wait_exec(pid_t pid) {
+  for (int i = 0; i < 200; ++i) {
+    auto c = read_file("/proc/" + std::to_string(pid) + "/cmdline");
+    if (c.ok() && c->rfind(std::string("sh\0-c", 5), 0) == 0) return;
+    ::usleep(10000);
+  }
+}
+}  // namespace
+
+TEST_CASE("a process's working directory is read robustly, deleted or not", "[dockerd]") {
+  testing::TempDir t;
+  const std::string gone = t.path + "/gone", odd = t.path + "/x (deleted)";
+  REQUIRE(::mkdir(gone.c_str(), 0755) == 0);
+  REQUIRE(::mkdir(odd.c_str(), 0755) == 0);
+  pid_t a = child_in(gone), b = child_in(odd);
+  wait_exec(a);
+  wait_exec(b);
+  REQUIRE(::rmdir(gone.c_str()) == 0);
+  auto da = store::inspect_dockerd(a);
+  auto db = store::inspect_dockerd(b);
+  end_child(a);
+  end_child(b);
+  REQUIRE(da.ok());
+  REQUIRE(db.ok());
+  CHECK(da->launch.cwd == gone);
+  CHECK(da->cwd_deleted);
+  CHECK(db->launch.cwd == odd);
+  CHECK(!db->cwd_deleted);
+  CHECK(db->launch.argv == std::vector<std::string>{"sh", "-c", "sleep 30; :", ""});
+  CHECK(db->launch.exe == *real_path("/bin/sh"));
+  CHECK(db->start_time > 0);
+}
+
+TEST_CASE("inspecting a process that is gone is ESRCH", "[dockerd]") {
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) ::_exit(0);
+  int status;
+  ::waitpid(pid, &status, 0);
+  auto d = store::inspect_dockerd(pid);
+  REQUIRE(!d.ok());
+  CHECK(d.code() == ESRCH);
 }
