@@ -190,8 +190,8 @@ cmp -s "$T/rc.before" "$T/rc.after" && cmp -s "$T/repos.before" "$RC/image/overl
   pass "C's data-root untouched" || fail "C's data-root changed: $(diff "$T/rc.before" "$T/rc.after" | head -5)"
 
 step "the systemd helper extrafs-attach-listed attaches the listed image into a stopped data-root"
-sbindir=$(sed -n 's|^exec \(/.*\)/extrafs docker attach .*|\1|p' "$HELPER")
-[[ -n $sbindir && -d $sbindir ]] || die "cannot find the extrafs path the helper runs: $(grep exec "$HELPER")"
+sbindir=$(sed -n 's|^extrafs=\(/.*\)/extrafs$|\1|p' "$HELPER")
+[[ -n $sbindir && -d $sbindir ]] || die "cannot find the extrafs path the helper runs: $(grep "^extrafs=" "$HELPER")"
 mkdir -p "$T/sbin"
 ln -s "$EXTRAFS" "$T/sbin/extrafs"
 printf '# images for this host\nlive-b:latest   # the app\n\n' >"$T/images"

@@ -38,7 +38,7 @@ script=$D$libexecdir/extrafs-attach-listed
 [[ -x $D$sbindir/extrafs ]] && pass "extrafs installed in $sbindir" || fail "$sbindir/extrafs not installed"
 grep -qx "ExecStart=$libexecdir/extrafs-attach-listed %f /etc/extrafs/images" "$unit" \
   && pass "ExecStart names the installed script" || fail "ExecStart: $(grep ExecStart "$unit")"
-grep -q "exec $sbindir/extrafs docker attach" "$script" && pass "script runs the installed extrafs" || fail "script: $(grep exec "$script")"
+grep -qx "extrafs=$sbindir/extrafs" "$script" && pass "script runs the installed extrafs" || fail "script: $(grep "^extrafs=" "$script")"
 grep -qx "Before=docker.service" "$unit" && pass "ordered before docker.service" || fail "no Before=docker.service"
 
 step "systemd-analyze verify on the installed unit"
