@@ -351,10 +351,16 @@ std::string how_started(const DockerdLaunch& d) {
 Result<long> start_and_wait(const DockerdLaunch& d, const RestartOptions& o, bool no_block = false) {
   long pid = 0;
   if (!d.unit.empty()) {
+    std::vector<std::string> units = {d.unit};
+    units.insert(units.end(), d.sockets.begin(), d.sockets.end());
+    // Every start counts against the unit's start rate limit (docker.service: 3 in 60 s), and
+    // restarts are starts: without this, the third --restart in a minute leaves dockerd down.
+    std::vector<std::string> reset = {"systemctl", "--no-ask-password", "reset-failed"};
+    reset.insert(reset.end(), units.begin(), units.end());
+    (void)run_program(reset, 30);
     std::vector<std::string> cmd = {"systemctl", "--no-ask-password", "start"};
     if (no_block) cmd.push_back("--no-block");
-    cmd.push_back(d.unit);
-    cmd.insert(cmd.end(), d.sockets.begin(), d.sockets.end());
+    cmd.insert(cmd.end(), units.begin(), units.end());
     EXTRAFS_CHECK_STATUS(run_program(cmd, o.start_timeout_s + 30));
     if (no_block) return 0L;
     pid = static_cast<long>(parse_uint(unit_property(d.unit, "MainPID")).value_or(0));
