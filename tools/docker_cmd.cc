@@ -46,7 +46,8 @@ void print_restart(const store::RestartOutcome& o) {
 int finish(const store::RestartOutcome& o, int rc) {
   if (o.deferred_signal) {
     std::fflush(stdout);
-    print_error("extrafs", std::string(strsignal(o.deferred_signal)) +
+    const char* abbrev = sigabbrev_np(o.deferred_signal);
+    print_error("extrafs", (abbrev ? "SIG" + std::string(abbrev) : "signal " + std::to_string(o.deferred_signal)) +
                                " arrived while dockerd was stopped; it was started again first");
     store::reraise_deferred_signal(o.deferred_signal);
   }

@@ -103,6 +103,7 @@ def test_sigkill_in_the_window_is_recovered_by_the_next_command(extrafs, images,
 
     # The next command, whatever it is, starts dockerd again first.
     p = xattach(extrafs, images, root, "app-c:1", restart=True)
+    print(p.stdout)
     assert d.answers(), f"dockerd does not answer after the next extrafs docker command: {p.stdout}"
     assert "was started again" in p.stdout, p.stdout
     assert journal.get("dockerd", {}).get("pid") == old, f"the journal left in the window: {journal}"
@@ -130,6 +131,7 @@ def test_a_signal_in_the_window_waits_until_dockerd_is_back(extrafs, images, doc
     in_the_window(d, proc, d.log.stat().st_size)
     os.killpg(proc.pid, sig)  # as a terminal's Ctrl-C (or hangup) reaches the whole process group
     out, err = proc.communicate(timeout=180)
+    print(out, err)
     assert d.answers(), f"dockerd is down after {sig.name} in the window; extrafs said {out!r} {err!r}"
     assert d.current_pid() != old
     assert proc.returncode == -sig, f"extrafs did not end by {sig.name} once done: exit {proc.returncode}, {err!r}"
@@ -182,6 +184,7 @@ def test_concurrent_restarts_lose_no_tag(extrafs, images, dockerd, tmp):
         for t in threads:
             t.join()
         for ref, p in results.items():
+            print(p.stdout)
             assert p.returncode == 0, f"attach {ref}: exit {p.returncode}: {p.stderr}"
         want |= set(pair)
         assert d.answers()
