@@ -42,14 +42,15 @@ struct LocalLayer {
   std::string lower;
 };
 
-// One pass of attach_one over the data-root: the dry run of prepare() (checks and stages, writes
-// nothing else) or the real one of apply().
+// One pass of attach_one over the data-root: the dry run of plan() (reads and checks, writes
+// nothing) or the real one of apply().
 struct Pass {
   bool dry = true;
   std::string mnt;
-  std::map<std::string, std::string>* staged;  // chain ID -> its layerdb entry staged in layerdb/tmp
-  std::set<std::string>* dangling;             // diff symlink targets prepare() found dangling
-  bool writes = false;                         // dry: something would be written
+  std::map<std::string, const SourceLayer*>* to_stage;  // dry: layers whose layerdb entry is to be made
+  std::map<std::string, std::string>* staged;           // chain ID -> its entry staged in layerdb/tmp
+  std::set<std::string>* dangling;                      // diff symlink targets plan() found dangling
+  bool writes = false;                                  // dry: something would be written
 };
 
 // The expected `lower` of a layer whose parent has link `plink` and lower `plower`.
@@ -165,19 +166,17 @@ Status install_layerdb_entry(const DataRootPaths& p, const std::string& staged, 
   return fsync_dir(p.layerdb_sha);
 }
 
-// The layerdb entry of `l` must be created: staged in the dry pass, renamed into place in the
-// real one. Without a staged entry (the data-root lost the layer between the passes) the real
-// pass cannot read the mount to make one: EAGAIN.
+// The layerdb entry of `l` must be created: noted in the dry pass (prepare() stages it), renamed
+// into place in the real one. Without a staged entry (the data-root lost the layer between the
+// passes) the real pass cannot read the mount to make one: EAGAIN.
 Status layerdb_entry(const DataRootPaths& p, const SourceLayer& l, Pass& pass) {
   const std::string& chain = l.layer.chain_id;
-  auto it = pass.staged->find(chain);
   if (pass.dry) {
     pass.writes = true;
-    if (it != pass.staged->end()) return ok_status();
-    EXTRAFS_TRY(dir, stage_layerdb_entry(p, l));
-    (*pass.staged)[chain] = dir;
+    pass.to_stage->emplace(chain, &l);
     return ok_status();
   }
+  auto it = pass.staged->find(chain);
   if (it == pass.staged->end())
     return make_error(EAGAIN, "layer " + chain + " left " + p.root + " while attach prepared; run attach again");
   EXTRAFS_CHECK_STATUS(install_layerdb_entry(p, it->second, chain));
@@ -361,10 +360,8 @@ class AttachChange : public DataRootChange {
     for (const auto& [chain, dir] : staged_) (void)remove_tree(dir);
   }
 
-  Result<bool> prepare(const std::string& data_root) override {
+  Result<bool> plan(const std::string& data_root) override {
     DataRootPaths p(data_root);
-    EXTRAFS_CHECK_STATUS(ensure_data_root_layout(p));
-    remove_dead_temporaries(p);
     if (all_) {
       // Attached meanwhile by another run: not again.
       EXTRAFS_TRY(repos, load_repositories(p.repos));
@@ -374,7 +371,7 @@ class AttachChange : public DataRootChange {
         return false;
       }
     }
-    Pass pass{true, mnt_, &staged_, &dangling_};
+    Pass pass{true, mnt_, &to_stage_, &staged_, &dangling_};
     std::vector<AttachResult> dry;
     for (const auto& s : images_) {
       EXTRAFS_TRY(r, attach_one(p, s, pass));
@@ -384,10 +381,21 @@ class AttachChange : public DataRootChange {
     return pass.writes;
   }
 
+  Status prepare(const std::string& data_root) override {
+    DataRootPaths p(data_root);
+    EXTRAFS_CHECK_STATUS(ensure_data_root_layout(p));
+    remove_dead_temporaries(p);
+    for (const auto& [chain, layer] : to_stage_) {
+      EXTRAFS_TRY(dir, stage_layerdb_entry(p, *layer));
+      staged_[chain] = dir;
+    }
+    return ok_status();
+  }
+
   Status apply(const std::string& data_root) override {
     DataRootPaths p(data_root);
     EXTRAFS_CHECK_STATUS(ensure_data_root_layout(p));
-    Pass pass{false, mnt_, &staged_, &dangling_};
+    Pass pass{false, mnt_, &to_stage_, &staged_, &dangling_};
     report_->images.clear();
     for (const auto& s : images_) {
       EXTRAFS_TRY(r, attach_one(p, s, pass));
@@ -401,6 +409,7 @@ class AttachChange : public DataRootChange {
   std::vector<SourceImage> images_;
   bool all_;
   AttachReport* report_;
+  std::map<std::string, const SourceLayer*> to_stage_;  // points into images_, fixed after plan()
   std::map<std::string, std::string> staged_;
   std::set<std::string> dangling_;
 };
@@ -421,7 +430,7 @@ Result<std::string> make_data_root(const std::string& data_root_in, const std::s
 }
 
 // The images `req` names, read from the mount. With `all`: every tag of the mount the data-root
-// does not have yet (a first look, without the lock; prepare() looks again under it); tags docker
+// does not have yet (a first look, without the lock; plan() looks again under it); tags docker
 // would refuse go to `skipped`.
 Result<std::vector<SourceImage>> read_requested(const AttachRequest& req, const std::string& mnt,
                                                 std::vector<std::string>* skipped) {
@@ -464,10 +473,6 @@ Status docker_attach(const AttachRequest& req, AttachReport* report) {
   EXTRAFS_TRY(mnt, resolve_extrafs_mount(req.mount));
   EXTRAFS_CHECK_STATUS(check_overlay2_data_root(req.data_root));
   EXTRAFS_TRY(images, read_requested(req, mnt, &report->skipped));
-  if (req.all && images.empty()) {
-    report->nothing_to_attach = true;
-    return ok_status();
-  }
   EXTRAFS_TRY(data_root, make_data_root(req.data_root, mnt));
   AttachChange change(mnt, std::move(images), req.all, report);
   return run_with_dockerd_stopped(data_root, req.restart, change, req.restart_options, &report->restart);

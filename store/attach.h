@@ -14,13 +14,15 @@
 // sees a layerdb entry without its overlay2 directory, nor a tag without its config. Re-running
 // attach finishes a half-done attach.
 //
-// Three steps, so that nothing is read from the mount while dockerd is stopped (a mount can be
-// slow, hang, or serve a FIFO): (1) before the data-root lock, every image is resolved on the
-// mount and its config and small layerdb files are read and checked; (2) under the lock, before
-// dockerd is stopped (DataRootChange::prepare), the data-root is checked by a dry run of the
-// writes, and the layerdb entries to create are staged in layerdb/tmp/extrafs-* with their
-// tar-split copied from the mount; (3) with dockerd stopped (DataRootChange::apply), the writes,
-// from the staged entries and the data-root alone. store/dockerd_control.h runs (2) and (3).
+// In steps, so that nothing is read from the mount while dockerd is stopped (a mount can be slow,
+// hang, or serve a FIFO): (1) before the data-root lock, every image is resolved on the mount and
+// its config and small layerdb files are read and checked; under the lock,
+// (2) DataRootChange::plan: a dry run of the writes checks the data-root and tells whether
+// anything is to be written at all (an image attached whole needs nothing, and no restart);
+// (3) DataRootChange::prepare, before dockerd is stopped: the layerdb entries to create are
+// staged in layerdb/tmp/extrafs-* with their tar-split copied from the mount; (4) with dockerd
+// stopped, DataRootChange::apply: the writes, from the staged entries and the data-root alone.
+// store/dockerd_control.h runs (2) to (4).
 #pragma once
 
 #include <string>

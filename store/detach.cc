@@ -64,7 +64,7 @@ Result<std::string> find_tag(const nlohmann::json& repos, const std::string& ref
 
 // Whether attach made the layer `cache_id` whose diff symlink points at `target`: into an extrafs
 // mount, or dangling (the mount is gone); dockerd never makes a symlink diff. Asks the mount
-// table and looks the target up: prepare() only.
+// table and looks the target up: plan() only.
 bool made_by_attach(const std::string& cache_id, const std::string& target) {
   const std::string suffix = "/overlay2/" + cache_id + "/diff";
   const bool shape = target.size() > suffix.size() && target.front() == '/' &&
@@ -73,7 +73,7 @@ bool made_by_attach(const std::string& cache_id, const std::string& target) {
 }
 
 // The image's layers as they are in the data-root, base first (layers already gone are skipped).
-// `ours` gives, for a diff symlink target, whether attach made the layer: judged by prepare()
+// `ours` gives, for a diff symlink target, whether attach made the layer: judged by plan()
 // (filled when `judge`), looked up by apply() (a target it never judged is not ours).
 std::vector<Layer> local_layers(const DataRootPaths& p, const std::string& config, std::map<std::string, bool>* ours,
                                 bool judge) {
@@ -225,7 +225,7 @@ Status remove_layer(const DataRootPaths& p, const Layer& l) {
   return remove_tree(p.overlay2 + "/" + l.cache_id);
 }
 
-// One image out of the data-root. `judge`: the dry run of prepare(), which checks, judges the
+// One image out of the data-root. `judge`: the dry run of plan(), which checks, judges the
 // layers into `ours` and removes nothing.
 Result<DetachResult> detach_one(const DataRootPaths& p, const std::string& ref, std::map<std::string, bool>* ours,
                                 bool judge) {
@@ -265,11 +265,15 @@ class DetachChange : public DataRootChange {
  public:
   DetachChange(std::vector<std::string> refs, DetachReport* report) : refs_(std::move(refs)), report_(report) {}
 
-  Result<bool> prepare(const std::string& data_root) override {
+  Result<bool> plan(const std::string& data_root) override {
     DataRootPaths p(data_root);
-    remove_dead_temporaries(p);
     for (const auto& ref : refs_) EXTRAFS_CHECK_STATUS(detach_one(p, ref, &ours_, true));
     return !refs_.empty();
+  }
+
+  Status prepare(const std::string& data_root) override {
+    remove_dead_temporaries(DataRootPaths(data_root));
+    return ok_status();
   }
 
   Status apply(const std::string& data_root) override {

@@ -5,11 +5,11 @@
 // symlink and overlay2 directory go. A layer attach did not make (its diff is not a symlink into
 // an extrafs mount, nor a dangling one) is never removed.
 //
-// Two steps, as for attach (store/attach.h): under the data-root lock, before dockerd is
-// stopped (DataRootChange::prepare), every image is looked up and checked and each layer is
-// judged (whether attach made it: that may look into the mount its diff points at); with dockerd
-// stopped (DataRootChange::apply), the removals, reading only the data-root.
-// store/dockerd_control.h runs both.
+// In steps, as for attach (store/attach.h): under the data-root lock, before anything about
+// dockerd is decided (DataRootChange::plan), every image is looked up and checked and each layer
+// is judged (whether attach made it: that may look into the mount its diff points at); with
+// dockerd stopped (DataRootChange::apply), the removals, reading only the data-root.
+// store/dockerd_control.h runs them.
 #pragma once
 
 #include <string>

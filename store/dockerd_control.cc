@@ -602,12 +602,14 @@ Status run_with_dockerd_stopped(const std::string& data_root, bool restart, Data
   EXTRAFS_TRY(recovered, recover_stopped_dockerd(data_root, o));
   out->recovered = recovered;
 
+  EXTRAFS_TRY(work, change.plan(data_root));
+  if (!work) return ok_status();
+
   // Whether the change may run, and how, is settled before prepare() stages anything.
   auto pid = find_dockerd(data_root);
   if (!pid) {
     EXTRAFS_CHECK_STATUS(check_dockerd_stopped(data_root));
-    EXTRAFS_TRY(work, change.prepare(data_root));
-    if (!work) return ok_status();
+    EXTRAFS_CHECK_STATUS(change.prepare(data_root));
     EXTRAFS_CHECK_STATUS(check_dockerd_stopped(data_root));  // started meanwhile (not by extrafs)?
     EXTRAFS_CHECK_STATUS(change.apply(data_root));
     out->changed = true;
@@ -633,8 +635,7 @@ Status run_with_dockerd_stopped(const std::string& data_root, bool restart, Data
   if (d.launch.unit.empty() && ::access(d.launch.exe.c_str(), X_OK) != 0)
     return make_error(ENOENT, "cannot restart " + who + ": its executable " + d.launch.exe +
                                   " is gone (nothing was changed; stop it yourself)");
-  EXTRAFS_TRY(work, change.prepare(data_root));
-  if (!work) return ok_status();
+  EXTRAFS_CHECK_STATUS(change.prepare(data_root));
   out->old_pid = *pid;
   out->how = how_started(d.launch);
   return restart_around(data_root, d, std::move(pidfd), change, o, out);

@@ -9,15 +9,16 @@
 //   1. take the data-root lock (store/data_root.h), held to the end;
 //   2. recover: if the restart journal (store/dockerd_journal.h) says an earlier run stopped this
 //      dockerd and died before starting it again, start it again now (recover_stopped_dockerd);
-//   3. change.prepare(): read, validate and stage everything (from the mount too); nothing to do
-//      ends here, dockerd untouched;
-//   4. find the dockerd running on the data-root (store/dockerd_probe.h); none: change.apply(),
-//      done. One running without `restart`: EBUSY. With `restart`: record how it was started (its
-//      systemd unit when it is that unit's main process, else executable, command line,
-//      environment, working directory, output files), open what starting it again needs (its
-//      working directory, even a deleted one; its output files), check live-restore through
-//      its API (`GET /info`), refuse (EPERM) without it;
-//   5. the window: write the journal, defer SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGTSTP, SIGTTIN,
+//   3. change.plan(): read and check everything, write nothing; nothing to change ends here,
+//      dockerd untouched;
+//   4. find the dockerd running on the data-root (store/dockerd_probe.h). One running without
+//      `restart`: EBUSY. With `restart`: record how it was started (its systemd unit when it is
+//      that unit's main process, else executable, command line, environment, working directory,
+//      output files), check that its executable is there, open a pidfd to it, ask its API
+//      (`GET /info`) about live-restore and refuse (EPERM) without it;
+//   5. change.prepare(): stage what can be staged (from the mount too); with no dockerd running,
+//      change.apply() and done;
+//   6. the window: write the journal, defer SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGTSTP, SIGTTIN,
 //      SIGTTOU, SIGUSR1, SIGUSR2, SIGALRM and SIGPIPE (blocked; children get a clean mask and
 //      their own process group, so a terminal's Ctrl-C reaches neither them nor us); stop dockerd
 //      (`systemctl stop` of the unit and its active sockets, or SIGTERM through a pidfd) and wait
@@ -26,9 +27,10 @@
 //      end the deferral (a deferred signal is reported, not lost: see reraise_deferred_signal).
 //
 // A run killed by SIGKILL in the window leaves the journal: the next run on the data-root (step
-// 2) starts dockerd again. Not thread-safe (it blocks signals in the calling thread and runs
-// children); one call per data-root at a time across processes (the lock). Leaves no child
-// process behind but the dockerd it started.
+// 2) starts dockerd again. Not thread-safe: it blocks the signals in the calling thread only (a
+// program with other threads blocks them there for good), and runs children. One call per
+// data-root at a time across processes (the lock). Leaves no child process behind but the
+// dockerd it started.
 #pragma once
 
 #include <string>
@@ -39,17 +41,20 @@
 
 namespace extrafs::store {
 
-// The data-root work done with no dockerd running on it, in two steps.
+// The data-root work done with no dockerd running on it, in three steps, each called once, in
+// order, under the data-root lock. An error in plan() or prepare() leaves dockerd running.
 class DataRootChange {
  public:
   virtual ~DataRootChange() = default;
-  // Under the data-root lock, before dockerd is stopped (it may be running): read and check
-  // everything the change needs, from the mount too, and stage what can be staged in the
-  // data-root where dockerd does not look. Returns false when there is nothing to change (dockerd
-  // is then left alone). An error leaves dockerd running.
-  virtual Result<bool> prepare(const std::string& data_root) = 0;
-  // Under the lock, with no dockerd on the data-root: the writes. Reads nothing but the data-root
-  // and what prepare() kept (never the mount, which may hang).
+  // Before anything about dockerd is decided (it may be running): read and check everything the
+  // change needs, writing nothing. Returns false when there is nothing to change (dockerd is then
+  // left alone, and the run succeeds even if a dockerd runs and `restart` was not asked).
+  virtual Result<bool> plan(const std::string& data_root) = 0;
+  // Once the change may go ahead, before dockerd is stopped (it may be running): read what is
+  // left to read (from the mount too) and stage it in the data-root where dockerd does not look.
+  virtual Status prepare(const std::string& data_root) = 0;
+  // With no dockerd on the data-root: the writes. Reads nothing but the data-root and what
+  // plan() and prepare() kept (never the mount, which may hang).
   virtual Status apply(const std::string& data_root) = 0;
 };
 
@@ -91,7 +96,7 @@ struct RestartOptions {
 // What run_with_dockerd_stopped did; filled as far as it got, also when it fails.
 struct RestartOutcome {
   std::string recovered;      // a line about a dockerd an interrupted earlier run had left stopped, if any
-  bool changed = false;       // prepare() found work and apply() succeeded
+  bool changed = false;       // plan() found work and apply() succeeded
   bool restarted = false;     // dockerd was stopped and answers again
   long old_pid = 0;
   long new_pid = 0;           // 0 when systemd started it and did not tell
