@@ -3,6 +3,8 @@
 #include <unistd.h>
 
 #include <ctime>
+#include <initializer_list>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -24,23 +26,27 @@ nlohmann::json encode_all(const std::vector<std::string>& v) {
   return a;
 }
 
-// Reads the string `key` of `j` (absent: empty), decoding it.
-Result<std::string> get_string(const nlohmann::json& j, const char* key) {
-  if (!j.contains(key)) return std::string();
+// Reads the string `key` of `j` (absent: empty) into `out`, decoding it.
+Status get_string(const nlohmann::json& j, const char* key, std::string* out) {
+  out->clear();
+  if (!j.contains(key)) return ok_status();
   if (!j[key].is_string()) return make_error(EBADMSG, std::string(key) + " is not a string");
-  return journal_decode(j[key].get<std::string>());
+  EXTRAFS_TRY(d, journal_decode(j[key].get<std::string>()));
+  *out = std::move(d);
+  return ok_status();
 }
 
-Result<std::vector<std::string>> get_strings(const nlohmann::json& j, const char* key) {
-  std::vector<std::string> out;
-  if (!j.contains(key)) return out;
+// Reads the list of strings `key` of `j` (absent: empty) into `out`, decoding each.
+Status get_strings(const nlohmann::json& j, const char* key, std::vector<std::string>* out) {
+  out->clear();
+  if (!j.contains(key)) return ok_status();
   if (!j[key].is_array()) return make_error(EBADMSG, std::string(key) + " is not a list");
   for (const auto& s : j[key]) {
     if (!s.is_string()) return make_error(EBADMSG, std::string(key) + " holds a non-string");
     EXTRAFS_TRY(d, journal_decode(s.get<std::string>()));
-    out.push_back(std::move(d));
+    out->push_back(std::move(d));
   }
-  return out;
+  return ok_status();
 }
 
 Result<RestartJournal> parse(const std::string& text) {
@@ -51,33 +57,19 @@ Result<RestartJournal> parse(const std::string& text) {
     return make_error(EBADMSG, "unknown version");
   if (!j.contains("dockerd") || !j["dockerd"].is_object()) return make_error(EBADMSG, "no dockerd");
   const auto& d = j["dockerd"];
-  EXTRAFS_TRY(boot, get_string(j, "boot_id"));
-  EXTRAFS_TRY(at, get_string(j, "stopped_at"));
-  EXTRAFS_TRY(by, get_string(j, "by"));
-  r.boot_id = boot;
-  r.stopped_at = at;
-  r.by = by;
-  if (j.contains("by_pid") && j["by_pid"].is_number_integer()) r.by_pid = j["by_pid"].get<long>();
   DockerdLaunch& l = r.dockerd;
+  for (const auto& [key, field] : std::initializer_list<std::pair<const char*, std::string*>>{
+           {"boot_id", &r.boot_id}, {"stopped_at", &r.stopped_at}, {"by", &r.by}})
+    EXTRAFS_CHECK_STATUS(get_string(j, key, field));
+  for (const auto& [key, field] : std::initializer_list<std::pair<const char*, std::string*>>{
+           {"unit", &l.unit}, {"exe", &l.exe}, {"cwd", &l.cwd}, {"stdout", &l.stdout_file},
+           {"stderr", &l.stderr_file}, {"api_socket", &l.api_socket}})
+    EXTRAFS_CHECK_STATUS(get_string(d, key, field));
+  for (const auto& [key, field] : std::initializer_list<std::pair<const char*, std::vector<std::string>*>>{
+           {"sockets", &l.sockets}, {"argv", &l.argv}, {"env", &l.env}})
+    EXTRAFS_CHECK_STATUS(get_strings(d, key, field));
+  if (j.contains("by_pid") && j["by_pid"].is_number_integer()) r.by_pid = j["by_pid"].get<long>();
   if (d.contains("pid") && d["pid"].is_number_integer()) l.pid = d["pid"].get<long>();
-  EXTRAFS_TRY(unit, get_string(d, "unit"));
-  EXTRAFS_TRY(sockets, get_strings(d, "sockets"));
-  EXTRAFS_TRY(exe, get_string(d, "exe"));
-  EXTRAFS_TRY(argv, get_strings(d, "argv"));
-  EXTRAFS_TRY(env, get_strings(d, "env"));
-  EXTRAFS_TRY(cwd, get_string(d, "cwd"));
-  EXTRAFS_TRY(out, get_string(d, "stdout"));
-  EXTRAFS_TRY(err, get_string(d, "stderr"));
-  EXTRAFS_TRY(sock, get_string(d, "api_socket"));
-  l.unit = unit;
-  l.sockets = sockets;
-  l.exe = exe;
-  l.argv = argv;
-  l.env = env;
-  l.cwd = cwd;
-  l.stdout_file = out;
-  l.stderr_file = err;
-  l.api_socket = sock;
   if (l.api_socket.empty()) return make_error(EBADMSG, "no api_socket");
   if (l.unit.empty() && (l.exe.empty() || l.argv.empty() || l.exe.front() != '/'))
     return make_error(EBADMSG, "neither a unit nor an executable and command line");
