@@ -430,10 +430,9 @@ Result<std::string> make_data_root(const std::string& data_root_in, const std::s
 }
 
 // The images `req` names, read from the mount. With `all`: every tag of the mount the data-root
-// does not have yet (a first look, without the lock; plan() looks again under it); tags docker
-// would refuse go to `skipped`.
-Result<std::vector<SourceImage>> read_requested(const AttachRequest& req, const std::string& mnt,
-                                                std::vector<std::string>* skipped) {
+// does not have yet (a first look, without the lock; plan() looks again under it). Tags docker
+// would refuse never get here: DockerMeta::load leaves them out, with a warning.
+Result<std::vector<SourceImage>> read_requested(const AttachRequest& req, const std::string& mnt) {
   EXTRAFS_TRY(meta, DockerMeta::load(mnt));
   std::vector<SourceImage> out;
   if (!req.all) {
@@ -446,10 +445,6 @@ Result<std::vector<SourceImage>> read_requested(const AttachRequest& req, const 
   }
   auto repos = load_repositories(DataRootPaths(absolute_path(req.data_root)).repos);
   for (const auto& [ref, id] : meta.refs()) {
-    if (auto valid = check_reference(ref); !valid.ok()) {
-      skipped->push_back(valid.error().message);
-      continue;
-    }
     if (repos.ok() && tag_points_at(*repos, ref, id)) continue;
     EXTRAFS_TRY(img, read_source_image(meta, mnt, ref));
     out.push_back(std::move(img));
@@ -472,7 +467,7 @@ Status docker_attach(const AttachRequest& req, AttachReport* report) {
   *report = AttachReport{};
   EXTRAFS_TRY(mnt, resolve_extrafs_mount(req.mount));
   EXTRAFS_CHECK_STATUS(check_overlay2_data_root(req.data_root));
-  EXTRAFS_TRY(images, read_requested(req, mnt, &report->skipped));
+  EXTRAFS_TRY(images, read_requested(req, mnt));
   EXTRAFS_TRY(data_root, make_data_root(req.data_root, mnt));
   AttachChange change(mnt, std::move(images), req.all, report);
   return run_with_dockerd_stopped(data_root, req.restart, change, req.restart_options, &report->restart);

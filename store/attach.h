@@ -60,7 +60,6 @@ struct AttachRequest {
 
 struct AttachReport {
   std::vector<AttachResult> images;        // each image, attached now or found attached already
-  std::vector<std::string> skipped;        // with `all`: tags of the mount docker would refuse ("why" each)
   bool nothing_to_attach = false;          // with `all`: every image of the mount is attached already
   RestartOutcome restart;                  // what happened to dockerd (also when the attach failed)
 };

@@ -76,7 +76,6 @@ int run_attach(const DockerArgs& a) {
   req.restart = a.restart;
   store::AttachReport rep;
   Status st = store::docker_attach(req, &rep);
-  for (const auto& s : rep.skipped) print_error("extrafs: warning: skipped", s);
   print_recovered(rep.restart);
   if (!st.ok()) {
     fail("cannot attach: " + st.error().message);

@@ -130,7 +130,7 @@ def started_servers(make):
 @pytest.fixture
 def images(extrafs, tmp, mount) -> xf.Images:
     store = tmp / "store"
-    xf.publish_images(extrafs, tmp, store)
+    xf.publish_busybox_images(extrafs, tmp, store)
     return xf.Images(store, mount(store).path)
 
 

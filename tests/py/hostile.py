@@ -121,15 +121,14 @@ def forged_tags(store: Path, image_id: str | None = None) -> list[str]:
     return keys
 
 
-def invalid_tag(store: Path, tag: str, like: str) -> Path:
-    """A tag docker's reference grammar refuses (`tag`, e.g. "Bad:1" or "../x:1") added to the
-    store's image/overlay2/repositories.json, for the image that tag `like` names (issue 20
-    sections 2 and 4). The image/ index is written by publish: publish something afterwards for
-    a mount to serve it."""
-    import json
-    p = Path(store) / "image/overlay2/repositories.json"
-    j = json.loads(p.read_text())
-    image_id = next(refs[like] for refs in j["Repositories"].values() if like in refs)
-    j["Repositories"].setdefault(tag.rsplit(":", 1)[0], {})[tag] = image_id
-    p.write_text(json.dumps(j))
-    return p
+def tag_without_image(store: Path, tag: str = "ghost:1") -> str:
+    """A well-formed tag in STORE/image/overlay2/repositories.json naming an image id (a valid
+    digest) the store has no config for: docker's grammar accepts it, resolving it fails. Issue 20
+    section 4: `docker attach --all --restart` stopped dockerd before finding that out. Publish
+    something afterwards (or index) for a mount to serve it. Returns the id."""
+    path = Path(store) / "image" / "overlay2" / "repositories.json"
+    repos = json.loads(path.read_text())
+    image_id = "sha256:" + "0" * 64
+    repos.setdefault("Repositories", {}).setdefault(tag.rsplit(":", 1)[0], {})[tag] = image_id
+    path.write_text(json.dumps(repos))
+    return image_id

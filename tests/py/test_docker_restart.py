@@ -198,21 +198,38 @@ def test_concurrent_restarts_lose_no_tag(extrafs, images, dockerd, tmp):
     assert container_pid(d) == keeper
 
 
-def test_all_with_an_invalid_tag_in_the_store_never_restarts_then_fails(extrafs, tmp, mount, dockerd):
-    def bad_tag(store):
-        hostile.invalid_tag(store, "Bad:1", "app-a:1")
-
+def test_all_with_tags_docker_refuses_in_the_store_never_restarts_then_fails(extrafs, tmp, mount, dockerd):
+    forged = []
     store = tmp / "store"
-    xf.publish_images(extrafs, tmp, store, tweak_after_first=bad_tag)
+    xf.publish_busybox_images(extrafs, tmp, store, tweak_after_first=lambda s: forged.extend(hostile.forged_tags(s)))
     images = xf.Images(store, mount(store).path)
     root = tmp / "root"
     d, keeper = dockerd_with_keeper(extrafs, images, dockerd, root)
     old = d.current_pid()
     p = xattach(extrafs, images, root, "--all", restart=True, check=False)
+    print(p.stdout, p.stderr)
     assert p.returncode == 0, f"exit {p.returncode}: {p.stderr}"
-    assert "Bad:1" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == len(forged) and all(" warning " in l and ": skipping " in l for l in lines), p.stderr
     assert d.answers() and d.current_pid() != old
     assert {"app-a:1", "app-b:1", "app-c:1"} <= tags(d)
+    kept = (root / "image/overlay2/repositories.json").read_text()
+    assert not [k for k in forged if json.dumps(k)[1:-1] in kept], f"a forged key reached the data-root: {kept}"
+    assert container_pid(d) == keeper
+
+
+def test_all_with_an_image_it_cannot_resolve_leaves_dockerd_alone(extrafs, tmp, mount, dockerd):
+    store = tmp / "store"
+    ghost = []
+    xf.publish_busybox_images(extrafs, tmp, store, tweak_after_first=lambda s: ghost.append(hostile.tag_without_image(s)))
+    images = xf.Images(store, mount(store).path)
+    root = tmp / "root"
+    d, keeper = dockerd_with_keeper(extrafs, images, dockerd, root)
+    old = d.current_pid()
+    line = xf.expect_fail([extrafs, "docker", "attach", "--all", "--mount", images.mnt, "--data-root", root,
+                           "--restart"], 1, ghost[0][7:])
+    assert d.current_pid() == old and d.answers(), f"dockerd was restarted for nothing: {line}"
+    assert not (root / JOURNAL).exists()
     assert container_pid(d) == keeper
 
 
@@ -222,7 +239,7 @@ def test_a_fifo_in_the_mounts_metadata_leaves_dockerd_running(extrafs, tmp, moun
         hostile.fifo_at(store, f"image/overlay2/layerdb/sha256/{chain}/tar-split.json.gz")
 
     store = tmp / "store"
-    xf.publish_images(extrafs, tmp, store, tweak_after_first=fifo)
+    xf.publish_busybox_images(extrafs, tmp, store, tweak_after_first=fifo)
     images = xf.Images(store, mount(store).path)
     root = tmp / "root"
     root.mkdir()

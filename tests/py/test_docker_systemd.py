@@ -75,7 +75,7 @@ def machine(nspawn_factory, extrafs, build_dir, tmp, *, at_boot=False, listed=("
     docker.service and extrafs-attach@ is enabled for MNT with `listed` in /etc/extrafs/images
     (takes effect at the next boot); else the store is mounted at MNT now, by hand."""
     store = tmp / "store"
-    xf.publish_images(extrafs, tmp, store)
+    xf.publish_busybox_images(extrafs, tmp, store)
     m = nspawn_factory([(store, "/srv/store", True)])
     sbindir, libexecdir = configured(build_dir)
     h = Host(m, f"{sbindir}/extrafs")

@@ -247,42 +247,6 @@ def make_odd_store(extrafs: Path, path: Path, busybox: str | None = None) -> Sto
     return Store(path, (path / ".layers").read_text().split())
 
 
-# Images for the docker tests: busybox-static layers in `docker save`-shaped archives, published.
-
-MAKE_SAVE_ARCHIVE = TESTS / "integration" / "make_save_archive.py"
-IMAGE_TOPS = ("b", "c", "d", "e", "f", "g")
-
-
-@dataclass
-class Images:
-    """A published store of images sharing a busybox base, and a mount of it: app-a:1 is the
-    base alone; app-b:1, app-c:1, ... (IMAGE_TOPS) the base and a top layer holding /etc/marker
-    ("app-b-marker\n", ...)."""
-    store: Path
-    mnt: Path
-
-
-def publish_images(extrafs: Path, tmp: Path, store: Path, tweak_after_first=None):
-    """Publishes app-a:1 and then app-b:1, ... into `store` with `extrafs publish --archive`.
-    tweak_after_first(store), if given, runs after the first publish: the next one carries the
-    store's image/ tree as tweaked into its new image/ index, so a mount serves it."""
-    src = tmp / "src"
-    (src / "base" / "bin").mkdir(parents=True)
-    shutil.copy("/bin/busybox", src / "base" / "bin" / "busybox")
-    os.symlink("busybox", src / "base" / "bin" / "sh")
-    archives = [("app-a:1", ["base"])]
-    for name in IMAGE_TOPS:
-        (src / name / "etc").mkdir(parents=True)
-        (src / name / "etc" / "marker").write_text(f"app-{name}-marker\n")
-        archives.append((f"app-{name}:1", ["base", name]))
-    for i, (tag, layers) in enumerate(archives):
-        tar = tmp / f"{tag.replace(':', '_')}.tar"
-        run(["python3", MAKE_SAVE_ARCHIVE, tar, tag, *[src / l for l in layers]])
-        run([extrafs, "publish", "--archive", tar, "--to", store])
-        if i == 0 and tweak_after_first:
-            tweak_after_first(store)
-
-
 # ---------------------------------------------------------------------------------------------
 # nfs-ganesha
 
@@ -421,6 +385,35 @@ def publish_images(extrafs: Path, store: Path, images: dict, work: Path) -> Stor
         run([extrafs, "publish", "--archive", archive, "--to", store], timeout=300)
     catalog = json.loads((store / "extrafs" / "catalog").read_text())
     return Store(store, [l["cache_id"] for l in catalog["layers"]])
+
+
+IMAGE_TOPS = ("b", "c", "d", "e", "f", "g")
+
+
+@dataclass
+class Images:
+    """A published store of images sharing a busybox base, and a mount of it: app-a:1 is the
+    base alone; app-b:1, app-c:1, ... (IMAGE_TOPS) the base and a top layer holding /etc/marker
+    ("app-b-marker\n", ...). For the docker tests."""
+    store: Path
+    mnt: Path
+
+
+def publish_busybox_images(extrafs: Path, tmp: Path, store: Path, tweak_after_first=None):
+    """Publishes app-a:1, then app-b:1, ... (see Images) into `store` with publish_images.
+    tweak_after_first(store), if given, runs after the first publish: the next one carries the
+    store's image/ tree as tweaked into its new image/ index, so a mount serves it."""
+    src = tmp / "src"
+    (src / "base" / "bin").mkdir(parents=True)
+    shutil.copy("/bin/busybox", src / "base" / "bin" / "busybox")
+    os.symlink("busybox", src / "base" / "bin" / "sh")
+    for name in IMAGE_TOPS:
+        (src / name / "etc").mkdir(parents=True)
+        (src / name / "etc" / "marker").write_text(f"app-{name}-marker\n")
+    publish_images(extrafs, store, {"app-a:1": [src / "base"]}, tmp / "work")
+    if tweak_after_first:
+        tweak_after_first(store)
+    publish_images(extrafs, store, {f"app-{n}:1": [src / "base", src / n] for n in IMAGE_TOPS}, tmp / "work")
 
 
 def make_many_layer_store(extrafs: Path, store: Path, images: int, layers_per_image: int) -> dict:
