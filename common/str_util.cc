@@ -13,6 +13,22 @@ std::optional<uint64_t> parse_uint(std::string_view s) {
   return v;
 }
 
+std::optional<uint64_t> parse_duration(std::string_view s) {
+  if (s == "0") return 0;
+  if (s.size() < 2) return std::nullopt;
+  uint64_t unit = 0;
+  switch (s.back()) {
+    case 's': unit = 1; break;
+    case 'm': unit = 60; break;
+    case 'h': unit = 3600; break;
+    case 'd': unit = 86400; break;
+    default: return std::nullopt;
+  }
+  auto n = parse_uint(s.substr(0, s.size() - 1));
+  if (!n || *n > UINT64_MAX / unit) return std::nullopt;
+  return *n * unit;
+}
+
 std::optional<uint64_t> parse_size(std::string_view s) {
   // NUMBER[.FRACTION][UNIT[B|iB]]: the digits end at the first non-digit.
   size_t i = 0;

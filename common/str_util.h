@@ -15,6 +15,10 @@ namespace extrafs {
 std::optional<uint64_t> parse_size(std::string_view s);
 // Decimal unsigned integer (no sign, no spaces), whole string, at most UINT64_MAX.
 std::optional<uint64_t> parse_uint(std::string_view s);
+// "7d", "12h", "30m", "45s", "0" -> seconds: decimal digits followed by one unit (s, m, h, d), or
+// a bare "0". The whole string must match (no sign, space, fraction or second unit); nullopt on
+// anything else, on a bare number other than 0, and on overflow.
+std::optional<uint64_t> parse_duration(std::string_view s);
 // "1.5 GiB" style rendering.
 std::string format_size(uint64_t bytes);
 // Splits "a,b\,c" on unescaped commas (FUSE -o syntax), unescaping "\,".

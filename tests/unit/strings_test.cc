@@ -48,6 +48,22 @@ TEST_CASE("unsigned integers are parsed strictly", "[strings]") {
   }
 }
 
+TEST_CASE("durations take one unit of s, m, h or d, or a bare 0, and nothing else", "[strings]") {
+  CHECK(parse_duration("0") == 0u);
+  CHECK(parse_duration("0d") == 0u);
+  CHECK(parse_duration("45s") == 45u);
+  CHECK(parse_duration("30m") == 1800u);
+  CHECK(parse_duration("12h") == 43200u);
+  CHECK(parse_duration("7d") == 604800u);
+  CHECK(parse_duration("007d") == 604800u);
+  CHECK(parse_duration("213503982334601d") == 213503982334601ull * 86400);
+  for (const char* bad : {"", "7", "60", "d", "-1d", "+1d", " 7d", "7d ", "7 d", "1.5h", "7D", "7H", "1w", "7dd",
+                          "1h30m", "0x10s", "213503982334602d", "18446744073709551616s", "7days", "00"}) {
+    INFO(bad);
+    CHECK_FALSE(parse_duration(bad));
+  }
+}
+
 TEST_CASE("option lists split on unescaped commas", "[strings]") {
   auto v = split_options("a,b=c\\,d,,e");
   REQUIRE(v.size() == 4);
