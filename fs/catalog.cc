@@ -49,6 +49,7 @@ json body_of(const Catalog& c) {
   json body = {{"format", "extrafs-catalog"}, {"version", kCatalogVersion}, {"layers", std::move(layers)}};
   if (c.image_index) body["image_index"] = c.image_index->hex();
   if (c.generation) body["generation"] = c.generation;
+  if (!c.store_id.empty()) body["store_id"] = c.store_id;
   return body;
 }
 }  // namespace
@@ -135,6 +136,13 @@ std::string catalog_generation_path(uint64_t generation) {
   return std::string(kCatalogGenerationsDir) + "/" + std::to_string(generation);
 }
 
+bool is_store_id(std::string_view id) {
+  if (id.size() != 32) return false;
+  for (char c : id)
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  return true;
+}
+
 std::string Catalog::serialize() const {
   json body = body_of(*this);
   std::string canon = body.dump();
@@ -205,6 +213,10 @@ Result<Catalog> Catalog::parse(std::string_view text) {
   if (j.contains("generation")) {
     if (!j["generation"].is_number_unsigned() || j["generation"].get<uint64_t>() == 0) return bad("bad generation");
     c.generation = j["generation"].get<uint64_t>();
+  }
+  if (j.contains("store_id")) {
+    if (!j["store_id"].is_string() || !is_store_id(j["store_id"].get<std::string>())) return bad("bad store_id");
+    c.store_id = j["store_id"].get<std::string>();
   }
   return c;
 }

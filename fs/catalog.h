@@ -12,6 +12,12 @@
 // ignore it; the checksum covers it); catalogs without one (generation 0) come from older
 // writers.
 //
+// Store id: a random 128-bit id (32 lowercase hex digits) that the first writer of a store puts
+// in its catalog and every later writer keeps, so that a store made again from scratch (whose
+// generations start again at 1) is told apart from the one it replaces. An optional key of
+// format version 1 like "generation" (older readers ignore it, the checksum covers it); "" in
+// catalogs written before it, which the next writer gives one.
+//
 // Ordered prefix: a layer published with `--order` packs the files of a recorded start-up first
 // in its blob, in trace order; its catalog entry then says how many bytes at the start of the
 // blob those files take ("ordered_prefix", an optional key of format version 1 like
@@ -50,6 +56,7 @@ struct Catalog {
   std::vector<CatalogLayer> layers;
   std::optional<Digest128> image_index;  // index of STORE/image, if the store has one
   uint64_t generation = 0;               // 0: written without generations
+  std::string store_id;                  // 32 lowercase hex digits; "": written without one
 
   static Result<Catalog> parse(std::string_view text);
   std::string serialize() const;
@@ -84,5 +91,7 @@ std::string layer_blob_path(std::string_view cache_id);
 std::string image_index_path(const Digest128& digest);
 // extrafs/catalog.d/<generation> (decimal).
 std::string catalog_generation_path(uint64_t generation);
+// Whether `id` is a store id as catalogs carry it: 32 lowercase hex digits.
+bool is_store_id(std::string_view id);
 
 }  // namespace extrafs::fs

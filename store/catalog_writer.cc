@@ -69,6 +69,7 @@ Result<CatalogCommit> commit_store_catalog(const std::string& store, StoreCatalo
     }
     sc->catalog.image_index = digest;
   }
+  if (sc->catalog.store_id.empty()) sc->catalog.store_id = new_store_id();
   std::string text = sc->catalog.serialize();
   if (text != sc->text) {
     // A new generation, under a name no earlier catalog had (a publish killed after writing
@@ -93,5 +94,7 @@ Result<CatalogCommit> commit_store_catalog(const std::string& store, StoreCatalo
   }
   return report;
 }
+
+std::string new_store_id() { return random_chars(32, "0123456789abcdef"); }
 
 }  // namespace extrafs::store

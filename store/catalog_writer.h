@@ -35,6 +35,11 @@ inline constexpr uint64_t kKeptGenerations = 32;
 // catalog, and writes the catalog if it changed. Everything the catalog names must already be on
 // disk, durably. A changed catalog gets the next free generation and is written as
 // STORE/extrafs/catalog.d/<generation> (never replacing anything) and then over STORE/extrafs/catalog.
+// A catalog without a store id (a new store, or one written before store ids) is given a new one
+// (new_store_id); one that has it keeps it.
 Result<CatalogCommit> commit_store_catalog(const std::string& store, StoreCatalog* sc);
+
+// A fresh store id (fs/catalog.h): 32 random lowercase hex digits.
+std::string new_store_id();
 
 }  // namespace extrafs::store

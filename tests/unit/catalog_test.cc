@@ -159,3 +159,53 @@ TEST_CASE("an ordered prefix that is not a byte count is refused with one line",
   REQUIRE(parsed.ok());
   CHECK(parsed->layers[0].ordered_prefix == UINT64_MAX);
 }
+
+TEST_CASE("a catalog's store id round-trips, is covered by the checksum, and is optional", "[catalog]") {
+  Catalog c = sample();
+  CHECK(c.serialize().find("store_id") == std::string::npos);  // as writers before store ids wrote them
+  auto plain = Catalog::parse(c.serialize());
+  REQUIRE(plain.ok());
+  CHECK(plain->store_id.empty());
+  c.store_id = "0123456789abcdef0123456789abcdef";
+  const std::string text = c.serialize();
+  auto parsed = Catalog::parse(text);
+  REQUIRE(parsed.ok());
+  CHECK(parsed->store_id == c.store_id);
+  CHECK(parsed->layers == c.layers);
+  std::string edited = text;
+  edited.replace(edited.find("0123456789abcdef0123"), 1, "f");
+  auto r = Catalog::parse(edited);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().message.find("checksum") != std::string::npos);
+}
+
+TEST_CASE("a store id that is not 32 lowercase hex digits makes the catalog corrupt", "[catalog]") {
+  for (const char* bad : {"\"\"", "\"0123456789ABCDEF0123456789ABCDEF\"", "\"0123456789abcdef\"",
+                          "\"0123456789abcdef0123456789abcdef0\"", "\"../../../../../../../../etc/passwd\"", "12", "null"}) {
+    nlohmann::json j = nlohmann::json::parse(sample().serialize());
+    j["store_id"] = nlohmann::json::parse(bad);
+    j.erase("checksum");
+    std::string canon = j.dump();
+    j["checksum"] = xxh3_128(canon.data(), canon.size()).hex();
+    auto r = Catalog::parse(j.dump());
+    INFO(bad);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.code() == EBADMSG);
+    CHECK(r.error().message == "corrupt catalog: bad store_id");
+  }
+  CHECK(is_store_id("00000000000000000000000000000000"));
+  CHECK_FALSE(is_store_id("0000000000000000000000000000000g"));
+}
+
+TEST_CASE("a top-level key a later writer adds is read past, as the store id is by readers before it", "[catalog]") {
+  // Readers before store ids know format, version, layers, image_index, generation and checksum
+  // only: this is how they treat "store_id" (a key this reader does not know stands in for it).
+  nlohmann::json j = nlohmann::json::parse(sample().serialize());
+  j["some_later_top_key"] = "0123456789abcdef0123456789abcdef";
+  j.erase("checksum");
+  std::string canon = j.dump();
+  j["checksum"] = xxh3_128(canon.data(), canon.size()).hex();
+  auto r = Catalog::parse(j.dump(1));
+  REQUIRE(r.ok());
+  CHECK(r->layers == sample().layers);
+}

@@ -249,6 +249,33 @@ TEST_CASE("each new catalog is also written under a generation never used before
   std::filesystem::remove_all(store);
 }
 
+TEST_CASE("the first catalog of a store gets a store id that every later catalog keeps", "[store]") {
+  extrafs::testing::TempDir t;
+  const std::string store = t.path;
+  const std::string repo = store + "/image/overlay2/repositories.json";
+  REQUIRE(make_dirs(store + "/image/overlay2").ok());
+  REQUIRE(write_file_atomic(repo, "{}").ok());
+  store::StoreCatalog sc;
+  REQUIRE(store::commit_store_catalog(store, &sc).ok());
+  const std::string id = sc.catalog.store_id;
+  CHECK(fs::is_store_id(id));
+  CHECK(fs::Catalog::parse(*read_file(store + "/extrafs/catalog.d/1"))->store_id == id);
+  REQUIRE(write_file_atomic(repo, R"({"Repositories":{}})").ok());
+  auto reread = store::load_store_catalog(store);
+  REQUIRE(reread.ok());
+  REQUIRE(store::commit_store_catalog(store, &*reread).ok());
+  CHECK(reread->catalog.generation == 2);
+  CHECK(fs::Catalog::parse(*read_file(store + "/extrafs/catalog"))->store_id == id);
+  // A catalog written before store ids gets one at its next write; a new store another one.
+  store::StoreCatalog legacy = *reread;
+  legacy.catalog.store_id.clear();
+  legacy.text = legacy.catalog.serialize();
+  REQUIRE(store::commit_store_catalog(store, &legacy).ok());
+  CHECK(fs::is_store_id(legacy.catalog.store_id));
+  CHECK(legacy.catalog.store_id != id);
+  CHECK(store::new_store_id() != store::new_store_id());
+}
+
 TEST_CASE("publish --order records the bytes its traced files take at the start of the blob", "[store]") {
   char tmpl[] = "/tmp/extrafs-order-test.XXXXXX";
   REQUIRE(::mkdtemp(tmpl) != nullptr);
