@@ -396,6 +396,60 @@ Result<std::string> read_file_beneath(int dir, std::string_view rel, const std::
   return read_rest(fd, name, limit);
 }
 
+namespace {
+
+// The parent directory of `rel` beneath `dir`, opened, and the last component of `rel`.
+Result<std::pair<Fd, std::string>> open_parent_beneath(int dir, std::string_view rel, const std::string& shown) {
+  while (!rel.empty() && rel.back() == '/') rel.remove_suffix(1);
+  size_t slash = rel.rfind('/');
+  std::string name(slash == std::string_view::npos ? rel : rel.substr(slash + 1));
+  if (name.empty() || name == "." || name == "..") return make_error(EINVAL, shown + "/" + std::string(rel) + ": not a name to remove");
+  EXTRAFS_TRY(parent, open_beneath(dir, slash == std::string_view::npos ? "" : rel.substr(0, slash), O_RDONLY | O_DIRECTORY, shown));
+  return std::make_pair(std::move(parent), std::move(name));
+}
+
+Status usage_at(int parent_fd, const std::string& name, const std::string& shown, dev_t dev, TreeUsage* usage) {
+  struct stat st;
+  if (::fstatat(parent_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    if (errno == ENOENT) return ok_status();
+    return Error::from_errno(errno, shown);
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    usage->files++;
+    if (S_ISREG(st.st_mode)) usage->bytes += static_cast<uint64_t>(st.st_size);
+    return ok_status();
+  }
+  if (st.st_dev != dev) return make_error(EBUSY, shown + " is a mount point");
+  Fd fd(::openat(parent_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd.valid()) return Error::from_errno(errno, shown);
+  EXTRAFS_TRY(names, list_dir_beneath(fd.get(), "", shown));
+  for (const auto& n : names) EXTRAFS_CHECK_STATUS(usage_at(fd.get(), n, shown + "/" + n, dev, usage));
+  return ok_status();
+}
+
+}  // namespace
+
+Status remove_beneath(int dir, std::string_view rel, const std::string& shown) {
+  auto parent = open_parent_beneath(dir, rel, shown);
+  if (!parent.ok()) return parent.code() == ENOENT ? ok_status() : Status(parent.error());
+  struct stat st;
+  if (::fstat(parent->first.get(), &st) != 0) return Error::from_errno(errno, shown);
+  return remove_tree_at(parent->first.get(), parent->second, shown + "/" + std::string(rel), st.st_dev);
+}
+
+Result<TreeUsage> usage_beneath(int dir, std::string_view rel, const std::string& shown) {
+  TreeUsage usage;
+  auto parent = open_parent_beneath(dir, rel, shown);
+  if (!parent.ok()) {
+    if (parent.code() == ENOENT) return usage;
+    return parent.error();
+  }
+  struct stat st;
+  if (::fstat(parent->first.get(), &st) != 0) return Error::from_errno(errno, shown);
+  EXTRAFS_CHECK_STATUS(usage_at(parent->first.get(), parent->second, shown + "/" + std::string(rel), st.st_dev, &usage));
+  return usage;
+}
+
 Status check_dir_beneath(int dir, std::string_view rel, const std::string& shown) {
   EXTRAFS_TRY(fd, open_beneath(dir, rel, O_RDONLY | O_DIRECTORY, shown));
   (void)fd;

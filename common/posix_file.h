@@ -126,6 +126,13 @@ std::optional<std::string> real_path(const std::string& path);
 // into another file system (EBUSY naming the mount point). A missing `path` is fine.
 Status remove_tree(const std::string& path);
 
+// What a file or tree takes: its entries that are not directories, and the sizes of its regular
+// files (st_size).
+struct TreeUsage {
+  uint64_t files = 0;
+  uint64_t bytes = 0;
+};
+
 // Opening inside a tree that someone else may have written (a store, a data-root): `rel` is
 // resolved beneath the directory `dir` without following any symlink, not even in a parent
 // component, and never leaving `dir` (openat2 with RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS; on a
@@ -144,6 +151,13 @@ Result<std::string> read_file_beneath(int dir, std::string_view rel, const std::
 Status check_dir_beneath(int dir, std::string_view rel, const std::string& shown);
 // list_dir() of `rel` beneath `dir`, never through a symlink.
 Result<std::vector<std::string>> list_dir_beneath(int dir, std::string_view rel, const std::string& shown);
+// Removes what is at `rel` beneath `dir`: a file, a symlink (never followed), or a directory
+// and everything in it, as remove_tree() does (never into another file system: EBUSY). The
+// parent of `rel` is opened with open_beneath(). A missing `rel` is fine.
+Status remove_beneath(int dir, std::string_view rel, const std::string& shown);
+// What remove_beneath() of `rel` would free, counted the same way (never following a symlink,
+// never into another file system). A missing `rel` takes nothing.
+Result<TreeUsage> usage_beneath(int dir, std::string_view rel, const std::string& shown);
 
 // Docker's overlay2 link-id alphabet (base32, RFC 4648): what `l/<link>` names are made of.
 inline constexpr std::string_view kLinkIdAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";

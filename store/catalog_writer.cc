@@ -88,9 +88,6 @@ Result<CatalogCommit> commit_store_catalog(const std::string& store, StoreCatalo
     EXTRAFS_CHECK_STATUS(write_file_atomic(layout.catalog(), text));
     report.catalog_written = true;
     sc->text = std::move(text);
-    // Old generations go; a mount that far behind finds the current one through the catalog.
-    if (sc->catalog.generation > kKeptGenerations)
-      (void)::unlink(layout.catalog_generation(sc->catalog.generation - kKeptGenerations).c_str());
   }
   return report;
 }

@@ -1,8 +1,8 @@
 // Writing a store's catalog (STORE/extrafs/catalog; format in fs/catalog.h): the last step of
-// `extrafs index` and `extrafs publish`. The catalog is what moves a mounted host to a new
-// version of the store, so it is written last, atomically and durably (temporary file, fsync,
-// rename, fsync of the directory), and only when its content changed. Single-threaded; one writer
-// per store at a time (publish and index hold STORE/extrafs/.publish.lock, store_lock.h).
+// `extrafs index`, `extrafs publish` and `extrafs rm`. The catalog is what moves a mounted host
+// to a new version of the store, so it is written last, atomically and durably (temporary file,
+// fsync, rename, fsync of the directory), and only when its content changed. Single-threaded; one writer
+// per store at a time (every writer holds STORE/extrafs/.publish.lock, store_lock.h).
 #pragma once
 
 #include <string>
@@ -26,9 +26,6 @@ struct CatalogCommit {
   bool image_indexed = false;    // a new image/ index file was written
   bool catalog_written = false;  // the catalog changed and was written
 };
-// How many catalog generations (STORE/extrafs/catalog.d/<N>) a store keeps: writing generation N
-// removes N - kKeptGenerations.
-inline constexpr uint64_t kKeptGenerations = 32;
 
 // Indexes STORE/image (if present; its content goes to content-addressed objects, see ObjectSink,
 // never referenced in the plain files, which later publishes rewrite), records that index in the
@@ -36,7 +33,8 @@ inline constexpr uint64_t kKeptGenerations = 32;
 // disk, durably. A changed catalog gets the next free generation and is written as
 // STORE/extrafs/catalog.d/<generation> (never replacing anything) and then over STORE/extrafs/catalog.
 // A catalog without a store id (a new store, or one written before store ids) is given a new one
-// (new_store_id); one that has it keeps it.
+// (new_store_id); one that has it keeps it. Old generations are never removed here: which of them
+// hosts may still depend on is `extrafs gc`'s question (live_set.h).
 Result<CatalogCommit> commit_store_catalog(const std::string& store, StoreCatalog* sc);
 
 // A fresh store id (fs/catalog.h): 32 random lowercase hex digits.

@@ -24,6 +24,7 @@
 #include "store/catalog_writer.h"
 #include "store/chunking.h"
 #include "store/layout.h"
+#include "store/remove_images.h"
 #include "store/store_lock.h"
 
 namespace extrafs::store {
@@ -385,6 +386,7 @@ Result<IndexStoreReport> index_store(const std::string& store_in, const std::fun
   // One writer at a time (publish holds the same lock); the catalog is read under it.
   EXTRAFS_TRY(lock, StoreWriteLock::take(root.get(), store));
   EXTRAFS_TRY(sc, load_store_catalog(store));
+  EXTRAFS_TRY(removed, removed_layers(root.get(), store));
   auto skip = [&](const std::string& name, const std::string& why) {
     report.skipped.push_back(fmt::format("skipping overlay2/{}: {}", escape_control(name), why));
   };
@@ -447,6 +449,12 @@ Result<IndexStoreReport> index_store(const std::string& store_in, const std::fun
           escape_control(id), *problem,
           bytes.ok() ? "indexing the layer again gives other bytes (its files changed since)"
                      : "the layer cannot be indexed again (" + bytes.error().message + ")"));
+      continue;
+    }
+    // Taken out of the catalog by `extrafs rm`: its tree stays for hosts that still read it,
+    // until `extrafs gc` deletes it; it is not a new layer.
+    if (removed.count(id)) {
+      report.layers_removed++;
       continue;
     }
     CatalogLayer layer;

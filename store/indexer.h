@@ -96,6 +96,7 @@ Result<std::string> index_directory(const std::string& dir, const std::string& o
 struct IndexStoreReport {
   int layers_indexed = 0;   // new indexes written
   int layers_present = 0;   // already indexed, left alone
+  int layers_removed = 0;   // trees of layers `extrafs rm` took out of the catalog: left for gc
   bool image_indexed = false;
   bool catalog_written = false;
   // One line per layer left out of the catalog, naming it and why: a directory name that is not
@@ -110,8 +111,9 @@ struct IndexStoreReport {
 };
 
 // Indexes every overlay2/<cache-id>/diff of the store at local path `store` that the catalog
-// does not name yet (taking an index file already there if it is whole), the store's image/
-// tree, and writes the catalog (atomically, only if it changed). A layer the catalog names is
+// does not name yet and `extrafs rm` did not remove (remove_images.h; taking an index file
+// already there if it is whole), the store's image/ tree, and writes the catalog (atomically,
+// only if it changed). A layer the catalog names is
 // never changed: its entry stays, and its index file is only checked against the catalog's
 // digest (and, if missing or damaged, written again only if indexing the layer again gives the
 // very same bytes; else it is listed in `damaged`). Nothing is opened through a symlink inside

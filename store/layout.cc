@@ -20,6 +20,8 @@ std::string StoreLayout::image_index(const Digest128& digest) const { return roo
 std::string StoreLayout::objects_dir() const { return root_ + "/extrafs/objects"; }
 std::string StoreLayout::object(const Digest128& digest) const { return root_ + "/" + content_object_path(digest); }
 std::string StoreLayout::publish_lock() const { return root_ + "/extrafs/.publish.lock"; }
+std::string StoreLayout::removed_dir() const { return root_ + "/" + kRemovedDir; }
+std::string StoreLayout::removed_marker(std::string_view cache_id) const { return root_ + "/" + removed_marker_path(cache_id); }
 std::string StoreLayout::image_dir() const { return root_ + "/image"; }
 std::string StoreLayout::docker_dir() const { return root_ + "/image/overlay2"; }
 std::string StoreLayout::layerdb_dir() const { return docker_dir() + "/layerdb/sha256"; }
@@ -31,5 +33,7 @@ std::string StoreLayout::overlay_dir(std::string_view cache_id) const { return o
 std::string blob_object_path(std::string_view cache_id) { return fs::layer_blob_path(cache_id); }
 
 std::string content_object_path(const Digest128& digest) { return "extrafs/objects/" + digest.hex(); }
+
+std::string removed_marker_path(std::string_view cache_id) { return std::string(kRemovedDir) + "/" + std::string(cache_id); }
 
 }  // namespace extrafs::store

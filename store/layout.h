@@ -8,7 +8,9 @@
 //   STORE/extrafs/layers/<cache-id>.blob          a published layer's packed chunks
 //   STORE/extrafs/image-<digest>.index            the index of the image/ tree
 //   STORE/extrafs/objects/<digest>                one chunk of an image/ file, named by its xxh3-128
-//   STORE/extrafs/.publish.lock                   flock of the running publish or index (store_lock.h)
+//   STORE/extrafs/removed/<cache-id>              a layer `extrafs rm` took out of the catalog, until
+//                                                 `extrafs gc` deletes its files (remove_images.h)
+//   STORE/extrafs/.publish.lock                   flock of the running writer: publish, index, rm, gc (store_lock.h)
 //
 // The read side names the same files relative to the store (fs::kCatalogPath,
 // fs::layer_index_path, fs::image_index_path); this is their absolute, write-side form. A value
@@ -38,6 +40,8 @@ class StoreLayout {
   std::string objects_dir() const;
   std::string object(const Digest128& digest) const;
   std::string publish_lock() const;
+  std::string removed_dir() const;
+  std::string removed_marker(std::string_view cache_id) const;
   std::string image_dir() const;        // STORE/image
   std::string docker_dir() const;       // STORE/image/overlay2
   std::string layerdb_dir() const;      // STORE/image/overlay2/layerdb/sha256
@@ -54,5 +58,8 @@ class StoreLayout {
 std::string blob_object_path(std::string_view cache_id);
 // The content-addressed object holding the chunk with xxh3-128 `digest` (relative to the store root).
 std::string content_object_path(const Digest128& digest);
+// The directory of the marks of removed layers, and a layer's mark (relative to the store root).
+inline constexpr const char* kRemovedDir = "extrafs/removed";
+std::string removed_marker_path(std::string_view cache_id);
 
 }  // namespace extrafs::store

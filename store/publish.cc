@@ -26,6 +26,7 @@
 #include "store/layout.h"
 #include "store/publish_blob.h"
 #include "store/publish_tar.h"
+#include "store/remove_images.h"
 #include "store/save_archive.h"
 #include "store/store_lock.h"
 #include "store/trace.h"
@@ -115,6 +116,7 @@ class Publisher {
   bool committed_ = false;
   nlohmann::json repositories_;
   StoreCatalog sc_;
+  std::set<std::string> removed_;  // cache-ids `extrafs rm` took out of the catalog (remove_images.h)
   PublishReport report_;
   PublishProgress progress_;
 
@@ -241,6 +243,8 @@ class Publisher {
     lock_ = std::move(lock);
     EXTRAFS_TRY(sc, load_store_catalog(store_));
     sc_ = std::move(sc);
+    EXTRAFS_TRY(removed, removed_layers(store_fd_.get(), store_));
+    removed_ = std::move(removed);
     const std::string repo_path = layout_.repositories();
     repositories_ = nlohmann::json::object();
     if (path_exists(repo_path)) {
@@ -269,8 +273,11 @@ class Publisher {
         report_.layers_present++;
       } else {
         // A layer an interrupted publish left half-done keeps its cache-id (it is overwritten).
-        if (is_cache_id(known) && !sc_.catalog.find(known)) l.cache_id = known;
-        else if (!l.src_cache_id.empty() && !sc_.catalog.find(l.src_cache_id)) l.cache_id = l.src_cache_id;
+        // A cache-id `extrafs rm` took out of the catalog is never used again: hosts may still
+        // serve that layer from its index, which must keep naming the same bytes.
+        auto free_id = [&](const std::string& id) { return !sc_.catalog.find(id) && !removed_.count(id); };
+        if (is_cache_id(known) && free_id(known)) l.cache_id = known;
+        else if (!l.src_cache_id.empty() && free_id(l.src_cache_id)) l.cache_id = l.src_cache_id;
         else l.cache_id = random_cache_id();
         // A link file already in the store is kept only if the catalog reader would accept it.
         fs::CatalogLayer probe;

@@ -16,11 +16,6 @@ namespace extrafs::store {
 
 namespace {
 
-// Where writers create temporaries (relative to the store root): layer blobs and indexes, image/
-// objects, catalog generations and the catalog itself, docker's layer metadata.
-constexpr const char* kWriterDirs[] = {"extrafs",           "extrafs/layers", "extrafs/objects", "extrafs/catalog.d",
-                                       "image/overlay2/layerdb/sha256"};
-
 // Removes the temporaries in `rel` of writers whose process is gone. Best effort: a directory
 // that is missing, or a symlink, is left alone (the writer refuses it later with a clear error).
 void remove_dead_temporaries(int store_fd, const char* rel, const std::string& store) {
@@ -43,6 +38,18 @@ void remove_dead_temporaries(int store_fd, const char* rel, const std::string& s
 
 }  // namespace
 
+const std::vector<std::string>& writer_temporary_dirs() {
+  static const std::vector<std::string> dirs = {"extrafs",
+                                                "extrafs/layers",
+                                                "extrafs/objects",
+                                                "extrafs/catalog.d",
+                                                "extrafs/removed",
+                                                "image/overlay2",
+                                                "image/overlay2/imagedb/content/sha256",
+                                                "image/overlay2/layerdb/sha256"};
+  return dirs;
+}
+
 std::optional<pid_t> stale_temporary_pid(std::string_view n) {
   bool temp = n.find(".tmp-") != std::string_view::npos || n.find(".tmp.") != std::string_view::npos ||
               n.rfind(".old-", 0) == 0;
@@ -53,14 +60,15 @@ std::optional<pid_t> stale_temporary_pid(std::string_view n) {
   return static_cast<pid_t>(*pid);
 }
 
-Result<StoreWriteLock> StoreWriteLock::take(int store_fd, const std::string& store) {
+Result<StoreWriteLock> StoreWriteLock::take(int store_fd, const std::string& store, bool remove_dead) {
   EXTRAFS_TRY(fd, open_beneath(store_fd, "extrafs/.publish.lock", O_RDWR | O_CREAT, store, 0644));
   if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
     if (errno == EWOULDBLOCK)
-      return make_error(EBUSY, "store " + store + " is being written by another extrafs publish or index");
+      return make_error(EBUSY, "store " + store + " is being written by another extrafs publish, index, rm or gc");
     return Error::from_errno(errno, "store " + store + ": lock file");
   }
-  for (const char* rel : kWriterDirs) remove_dead_temporaries(store_fd, rel, store);
+  if (remove_dead)
+    for (const auto& rel : writer_temporary_dirs()) remove_dead_temporaries(store_fd, rel.c_str(), store);
   return StoreWriteLock(std::move(fd));
 }
 

@@ -16,6 +16,8 @@ namespace extrafs::tools {
 int fail(const std::string& msg, int code = 1);
 
 void add_publish_command(CLI::App& app, int* exit_code);   // tools/publish_cmd.cc
+void add_rm_command(CLI::App& app, int* exit_code);        // tools/rm_cmd.cc
+void add_gc_command(CLI::App& app, int* exit_code);        // tools/gc_cmd.cc
 void add_docker_command(CLI::App& app, int* exit_code);    // tools/docker_cmd.cc (attach, detach)
 void add_ls_command(CLI::App& app, int* exit_code);        // tools/ls_cmd.cc
 void add_verify_command(CLI::App& app, int* exit_code);    // tools/verify_cmd.cc

@@ -39,7 +39,8 @@ int cmd_index(const std::string& store) {
   if (!report.ok()) return fail(report.error().message);
   for (const auto& s : report->skipped) print_error("extrafs: warning", s);
   for (const auto& s : report->damaged) print_error("extrafs: warning", s);
-  std::printf("%d layers indexed, %d already indexed%s%s%s\n", report->layers_indexed, report->layers_present,
+  std::printf("%d layers indexed, %d already indexed%s%s%s%s\n", report->layers_indexed, report->layers_present,
+              report->layers_removed ? fmt::format(", {} removed by extrafs rm (left for gc)", report->layers_removed).c_str() : "",
               report->skipped.empty() ? "" : fmt::format(", {} skipped", report->skipped.size()).c_str(),
               report->damaged.empty() ? "" : fmt::format(", {} damaged", report->damaged.size()).c_str(),
               report->catalog_written ? "; catalog written" : "; catalog unchanged");
@@ -183,6 +184,8 @@ int main_impl(int argc, char** argv) {
 
   int exit_code = -1;  // set by the callbacks of the commands registered below
   add_publish_command(app, &exit_code);
+  add_rm_command(app, &exit_code);
+  add_gc_command(app, &exit_code);
   add_docker_command(app, &exit_code);
   add_ls_command(app, &exit_code);
   add_verify_command(app, &exit_code);

@@ -250,7 +250,7 @@ TEST_CASE("index takes the writers' lock that publish takes", "[store]") {
     REQUIRE(held.ok());
     auto r = store::index_store(t.path + "/s", nullptr);
     CHECK(r.code() == EBUSY);
-    CHECK(r.error().message.find("another extrafs publish or index") != std::string::npos);
+    CHECK(r.error().message.find("another extrafs publish, index, rm or gc") != std::string::npos);
     CHECK_FALSE(path_exists(t.path + "/s/extrafs/catalog"));
     // A second writer in the same process is refused too (flock is per open file).
     CHECK(store::StoreWriteLock::take(root.get(), t.path + "/s").code() == EBUSY);
@@ -274,7 +274,10 @@ TEST_CASE("a writer removes the temporaries of killed writers, and only those", 
   REQUIRE(::waitpid(dead, &status, 0) == dead);
   const std::string d = std::to_string(dead), live = std::to_string(::getppid());
   const std::vector<std::string> stale = {"s/extrafs/catalog.tmp." + d, "s/extrafs/objects/0123.tmp." + d,
-                                          "s/extrafs/catalog.d/7.tmp." + d, "s/extrafs/layers/.x.blob.tmp-" + d};
+                                          "s/extrafs/catalog.d/7.tmp." + d, "s/extrafs/layers/.x.blob.tmp-" + d,
+                                          "s/extrafs/removed/" + std::string(64, 'b') + ".tmp." + d,
+                                          "s/image/overlay2/repositories.json.tmp." + d,
+                                          "s/image/overlay2/imagedb/content/sha256/" + std::string(64, 'c') + ".tmp." + d};
   const std::vector<std::string> kept = {"s/extrafs/objects/4567.tmp." + live, "s/extrafs/objects/0123",
                                          "s/extrafs/catalog.d/7"};
   for (const auto& f : stale) t.file(f, "partial");
