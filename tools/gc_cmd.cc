@@ -1,4 +1,5 @@
 // `extrafs gc STORE [--grace DURATION] [--dry-run]`: the command line of store/gc.h.
+#include <signal.h>
 #include <time.h>
 
 #include <CLI/CLI.hpp>
@@ -29,23 +30,29 @@ int run_gc(const GcArgs& a) {
   if (!grace) return fail("gc: --grace '" + a.grace + "': expected a duration like 7d, 12h, 30m, 45s or 0", 2);
   if (a.store.find("://") != std::string::npos)
     return fail("gc: STORE is a local store directory (on the NFS server, or where the export is mounted), not " + a.store, 2);
-  if (*grace == 0)
-    print_error("extrafs", "gc: warning: --grace 0: only the newest catalog is kept; a host that has not loaded it yet, or "
-                           "runs a container of a removed image, fails reads of what is deleted now");
   store::GcRequest req;
   req.store = a.store;
   req.grace = *grace;
   req.dry_run = a.dry_run;
-  // Tests stop gc between two deletions: a pause after each one gives a kill somewhere to land.
-  if (const char* pause = std::getenv("EXTRAFS_GC_TEST_PAUSE_MS")) {
-    if (auto ms = parse_uint(pause); ms && *ms > 0 && *ms <= 10000)
-      req.after_delete = [ns = static_cast<long>(*ms) * 1000000](const std::string&) {
-        struct timespec ts = {ns / 1000000000, ns % 1000000000};
-        ::nanosleep(&ts, nullptr);
-      };
-  }
+  // Test hooks (tests/py/test_gc_kill.py): a pause after each deletion, so that a kill at a
+  // random moment lands between two; SIGKILL of gc itself right after deletion N.
+  long pause_ns = 0;
+  uint64_t kill_after = 0;
+  if (const char* v = std::getenv("EXTRAFS_GC_TEST_PAUSE_MS"))
+    if (auto ms = parse_uint(v); ms && *ms <= 10000) pause_ns = static_cast<long>(*ms) * 1000000;
+  if (const char* v = std::getenv("EXTRAFS_GC_TEST_KILL_AFTER")) kill_after = parse_uint(v).value_or(0);
+  if (pause_ns || kill_after)
+    req.after_delete = [pause_ns, kill_after, n = uint64_t{0}](const std::string&) mutable {
+      if (++n == kill_after) ::raise(SIGKILL);
+      struct timespec ts = {pause_ns / 1000000000, pause_ns % 1000000000};
+      if (pause_ns) ::nanosleep(&ts, nullptr);
+    };
   auto report = store::collect_garbage(req);
   if (!report.ok()) return fail("gc: " + report.error().message, report.code() == EINVAL ? 2 : 1);
+  if (*grace == 0)
+    print_error("extrafs", std::string("gc: warning: --grace 0: only the newest catalog is kept; a host that has not loaded "
+                                       "it yet, or runs a container of a removed image, fails reads of what ") +
+                               (a.dry_run ? "this would delete" : "was deleted"));
   for (const auto& w : report->warnings) print_error("extrafs", "gc: warning: " + w);
   const char* verb = a.dry_run ? "would delete" : "deleted";
   for (size_t k = 0; k < store::kGcKinds; ++k) {
