@@ -29,6 +29,8 @@ Fixtures:
     badhttp      factory: badhttp(ROOT, mode="good", tls=False) -> started servers.BadHttp, the
                  misbehaving server (badhttp.py)
     published_odd  the odd store with busybox, published (extrafs publish --data-root) -> xf.Store
+    three_images xf.Images: a:1 (busybox-static base), b:1 and c:1 (base + a layer of their own),
+                 as `docker save` archives under tmp (xf.three_images)
 
 A test that cannot run here (not root, no /dev/fuse) ends the run with exit status 77, which meson
 shows as SKIP and scripts/test counts as a failure; a pytest skip inside a test does the same.
@@ -199,3 +201,8 @@ def published_odd(extrafs, tmp) -> xf.Store:
     pub = tmp / "pub"
     xf.run([extrafs, "publish", "--data-root", odd.path, "odd:latest", "--to", pub], timeout=300)
     return xf.Store(pub, odd.cids)
+
+
+@pytest.fixture
+def three_images(tmp) -> xf.Images:
+    return xf.three_images(tmp / "images")

@@ -24,6 +24,7 @@ GANESHA_SH = TESTS / "nfs" / "ganesha.sh"
 DOCKERD_SH = TESTS / "docker" / "dockerd.sh"
 MAKE_ODD_STORE = TESTS / "integration" / "make_odd_store.sh"
 COMPARE_TREES = TESTS / "integration" / "compare_trees.py"
+MAKE_SAVE_ARCHIVE = TESTS / "integration" / "make_save_archive.py"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,6 +246,113 @@ def make_odd_store(extrafs: Path, path: Path, busybox: str | None = None) -> Sto
     run(cmd, timeout=600)
     run([extrafs, "index", path], timeout=600)
     return Store(path, (path / ".layers").read_text().split())
+
+
+# ---------------------------------------------------------------------------------------------
+# Small real images (busybox-static) as `docker save` archives, and what a store or mount says
+# about them
+
+
+def pseudo_random(n: int, seed: int) -> bytes:
+    """n bytes that do not compress (so a blob stores them as they are), the same for a seed."""
+    import random
+    return random.Random(seed).randbytes(n)
+
+
+@dataclass
+class Images:
+    layers: dict[str, Path]         # layer name -> its source tree
+    images: dict[str, list[str]]    # tag -> its layers' names, base first
+    archives: dict[str, Path]       # tag -> `docker save` archive of that one image
+
+    def sources(self, tag: str) -> list[Path]:
+        return [self.layers[n] for n in self.images[tag]]
+
+
+def make_images(dir: Path, layers: dict[str, dict[str, bytes]], images: dict[str, list[str]]) -> Images:
+    """Layer trees under dir/layers/<name> from {name: {relpath: content}} (the content b"@busybox"
+    copies /bin/busybox, which must be busybox-static; a str content makes a symlink), and one
+    archive per tag (tests/integration/make_save_archive.py) of the layers named, base first."""
+    out = Images({}, dict(images), {})
+    for name, files in layers.items():
+        root = dir / "layers" / name
+        for rel, content in files.items():
+            p = root / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, str):
+                p.symlink_to(content)
+            elif content == b"@busybox":
+                shutil.copyfile("/bin/busybox", p)
+                p.chmod(0o755)
+            else:
+                p.write_bytes(content)
+        out.layers[name] = root
+    for tag, names in images.items():
+        archive = dir / (tag.replace(":", "_").replace("/", "_") + ".tar")
+        run(["/usr/bin/python3", MAKE_SAVE_ARCHIVE, archive, tag, *[out.layers[n] for n in names]], timeout=120)
+        out.archives[tag] = archive
+    return out
+
+
+def three_images(dir: Path) -> Images:
+    """a:1 (a busybox-static base), b:1 (base + 1 MiB of its own), c:1 (base + 3 MiB of its own):
+    one layer shared by all three, one only b:1 has, one only c:1 has."""
+    return make_images(dir, {
+        "base": {"bin/busybox": b"@busybox", "bin/sh": "busybox", "etc/base-marker": b"base\n"},
+        "b": {"b/data": pseudo_random(1 << 20, 2), "b/marker": b"b:1\n"},
+        "c": {"c/data": pseudo_random(3 << 20, 3), "c/marker": b"c:1\n"},
+    }, {"a:1": ["base"], "b:1": ["base", "b"], "c:1": ["base", "c"]})
+
+
+def image_layer_ids(root, tag: str) -> list[str]:
+    """The cache-ids of the layers of `tag` (base first), from ROOT/image/overlay2 (a store, a
+    mount or a data-root)."""
+    import hashlib
+    meta = Path(root) / "image" / "overlay2"
+    repos = json.loads((meta / "repositories.json").read_text())["Repositories"]
+    image_id = repos[tag.rsplit(":", 1)[0]][tag]
+    config = json.loads((meta / "imagedb" / "content" / "sha256" / image_id.split(":", 1)[1]).read_bytes())
+    chain, out = "", []
+    for diff in config["rootfs"]["diff_ids"]:
+        chain = diff if not chain else "sha256:" + hashlib.sha256(f"{chain} {diff}".encode()).hexdigest()
+        out.append((meta / "layerdb" / "sha256" / chain.split(":", 1)[1] / "cache-id").read_text().strip())
+    return out
+
+
+def check_layer_served(mnt, cache_id: str, src: Path):
+    """Every file, symlink and directory of the source tree `src` is served under
+    MNT/overlay2/<cache_id>/diff with the same bytes (read through the mount, no EIO) and target."""
+    served = Path(mnt) / "overlay2" / cache_id / "diff"
+    for p in sorted(src.rglob("*")):
+        rel = p.relative_to(src)
+        q = served / rel
+        if p.is_symlink():
+            assert os.readlink(q) == os.readlink(p), f"{q}: symlink target differs"
+        elif p.is_dir():
+            assert q.is_dir(), f"{q} is not a directory"
+        else:
+            assert read_file_errno(q) == "OK", f"reading {q}: {read_file_errno(q)}"
+            assert q.read_bytes() == p.read_bytes(), f"{q} differs from {p}"
+
+
+def tree_state(root) -> dict[str, tuple]:
+    """Every entry under root (not following symlinks): type and mode, size, mtime, inode, and the
+    SHA-256 of regular files or the target of symlinks; to show that nothing changed."""
+    import hashlib
+    out = {}
+    root = Path(root)
+    for dp, dns, fns in os.walk(root):
+        for n in dns + fns:
+            p = Path(dp) / n
+            st = p.lstat()
+            extra = ""
+            if p.is_symlink():
+                extra = os.readlink(p)
+            elif p.is_file():
+                extra = hashlib.sha256(p.read_bytes()).hexdigest()
+            out[str(p.relative_to(root))] = (st.st_mode, st.st_size if not p.is_dir() else 0, st.st_mtime_ns,
+                                             st.st_ino, extra)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
