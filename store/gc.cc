@@ -51,14 +51,10 @@ class Collector {
 
   Result<GcReport> run() {
     store_ = layout_.root();
-    store_fd_.reset(::open(store_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (!store_fd_.valid()) return Error::from_errno(errno, "store " + store_);
-    if (auto st = check_dir_beneath(store_fd_.get(), "extrafs", store_); !st.ok()) {
-      if (st.code() == ENOENT) return make_error(ENOENT, "store " + store_ + " has no extrafs catalog (nothing was published or indexed there)");
-      return st.error();
-    }
     // A dry run changes nothing, not even what dead writers left.
-    EXTRAFS_TRY(lock, StoreWriteLock::take(store_fd_.get(), store_, /*remove_dead=*/!req_.dry_run));
+    EXTRAFS_TRY(locked, lock_existing_store(store_, /*remove_dead=*/!req_.dry_run));
+    store_fd_ = std::move(locked.fd);
+    lock_ = std::move(locked.lock);
     EXTRAFS_TRY(live, compute_live_set(store_fd_.get(), store_, req_.grace, now_));
     live_ = std::move(live);
     for (const auto& u : live_.unreadable) report_.warnings.push_back("catalog generation not kept and unreadable (deleted): " + u);
@@ -93,6 +89,7 @@ class Collector {
   StoreLayout layout_;
   std::string store_;
   Fd store_fd_;
+  StoreWriteLock lock_;
   int64_t now_ = 0;
   LiveSet live_;
   std::map<std::string, int64_t> marks_;  // layers rm removed -> when (the mark's mtime)

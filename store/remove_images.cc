@@ -69,14 +69,9 @@ class Remover {
 
   Status open_store() {
     store_ = layout_.root();
-    store_fd_.reset(::open(store_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (!store_fd_.valid()) return Error::from_errno(errno, "store " + store_);
-    if (auto st = check_dir_beneath(store_fd_.get(), "extrafs", store_); !st.ok()) {
-      if (st.code() == ENOENT) return make_error(ENOENT, "store " + store_ + " has no extrafs catalog (nothing was published or indexed there)");
-      return st.error();
-    }
-    EXTRAFS_TRY(lock, StoreWriteLock::take(store_fd_.get(), store_));
-    lock_ = std::move(lock);
+    EXTRAFS_TRY(locked, lock_existing_store(store_));
+    store_fd_ = std::move(locked.fd);
+    lock_ = std::move(locked.lock);
     EXTRAFS_TRY(sc, load_store_catalog(store_));
     if (sc.text.empty()) return make_error(ENOENT, "store " + store_ + " has no extrafs catalog (nothing was published or indexed there)");
     sc_ = std::move(sc);

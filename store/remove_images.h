@@ -7,9 +7,9 @@
 // period names them.
 //
 // A layer rm drops gets a mark, STORE/extrafs/removed/<cache-id> (an empty file), before any
-// metadata changes. The mark tells the other writers that the layer's cache-id is taken for good
-// (publish never writes a new layer under it; `extrafs index` never puts its plain tree back in
-// the catalog) and tells gc that a plain overlay2/<cache-id>/ tree is garbage, not a copy waiting
+// metadata changes. The mark tells the other writers that the layer's cache-id is taken until gc
+// deletes the layer's files and then the mark (publish never writes a new layer under it;
+// `extrafs index` never puts its plain tree back in the catalog) and tells gc that a plain overlay2/<cache-id>/ tree is garbage, not a copy waiting
 // to be indexed. Written first, it also lets a killed rm be finished: every rm drops the marked
 // layers that no image uses, whatever images it was told to remove (`extrafs rm --all-untagged`
 // does it with nothing untagged), and removes the marks of layers back in the catalog.

@@ -35,6 +35,15 @@ class StoreWriteLock {
   Fd fd_;
 };
 
+// A store that exists (it has STORE/extrafs/), opened and locked for writing: where `extrafs rm`
+// and `extrafs gc` start (they never create a store). ENOENT naming the store if it has no
+// extrafs/ (nothing was published or indexed there); EBUSY as take().
+struct LockedStore {
+  Fd fd;  // the store's root directory
+  StoreWriteLock lock;
+};
+Result<LockedStore> lock_existing_store(const std::string& store, bool remove_dead = true);
+
 // The directories (relative to the store root) where writers make temporaries: layer blobs and
 // indexes, image/ objects, catalog generations and the catalog itself, docker's metadata
 // (repositories.json, image configs, layerdb), the marks of removed layers. (Each

@@ -190,6 +190,7 @@ def test_a_publish_racing_gc_never_loses_its_new_objects(extrafs, tmp, three_ima
         m = mount(store)
         check_image(m.path, new, tag)
         m.unmount()
+    print(f"6 rounds: {races}")
     assert races["publish refused"] >= 1 and races["gc refused"] >= 1, f"the writers never met: {races}"
     m = mount(store)
     for tag in ("a:1", "b:1"):

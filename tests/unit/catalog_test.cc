@@ -23,6 +23,14 @@ Catalog sample() {
   c.image_index = xxh3_128("img", 3);
   return c;
 }
+
+// The catalog text of `j` (a catalog as JSON, edited by a test) with the checksum a writer gives it.
+std::string with_checksum(nlohmann::json j) {
+  j.erase("checksum");
+  std::string canon = j.dump();
+  j["checksum"] = xxh3_128(canon.data(), canon.size()).hex();
+  return j.dump();
+}
 }  // namespace
 
 TEST_CASE("a catalog round-trips", "[catalog]") {
@@ -142,10 +150,7 @@ TEST_CASE("an ordered prefix that is not a byte count is refused with one line",
     std::string text = c.serialize();
     nlohmann::json j = nlohmann::json::parse(text);
     j["layers"][0]["ordered_prefix"] = nlohmann::json::parse(bad);
-    j.erase("checksum");
-    std::string canon = j.dump();
-    j["checksum"] = xxh3_128(canon.data(), canon.size()).hex();
-    auto r = Catalog::parse(j.dump());
+    auto r = Catalog::parse(with_checksum(j));
     INFO(bad);
     REQUIRE_FALSE(r.ok());
     CHECK(r.code() == EBADMSG);
@@ -184,10 +189,7 @@ TEST_CASE("a store id that is not 32 lowercase hex digits makes the catalog corr
                           "\"0123456789abcdef0123456789abcdef0\"", "\"../../../../../../../../etc/passwd\"", "12", "null"}) {
     nlohmann::json j = nlohmann::json::parse(sample().serialize());
     j["store_id"] = nlohmann::json::parse(bad);
-    j.erase("checksum");
-    std::string canon = j.dump();
-    j["checksum"] = xxh3_128(canon.data(), canon.size()).hex();
-    auto r = Catalog::parse(j.dump());
+    auto r = Catalog::parse(with_checksum(j));
     INFO(bad);
     REQUIRE_FALSE(r.ok());
     CHECK(r.code() == EBADMSG);
@@ -202,10 +204,7 @@ TEST_CASE("a top-level key a later writer adds is read past, as the store id is 
   // only: this is how they treat "store_id" (a key this reader does not know stands in for it).
   nlohmann::json j = nlohmann::json::parse(sample().serialize());
   j["some_later_top_key"] = "0123456789abcdef0123456789abcdef";
-  j.erase("checksum");
-  std::string canon = j.dump();
-  j["checksum"] = xxh3_128(canon.data(), canon.size()).hex();
-  auto r = Catalog::parse(j.dump(1));
+  auto r = Catalog::parse(with_checksum(j));
   REQUIRE(r.ok());
   CHECK(r->layers == sample().layers);
 }

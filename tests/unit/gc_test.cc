@@ -124,6 +124,15 @@ ThreeImages three_images(Tree& t) {
   return s;
 }
 
+// The three images as a Hermes-style store in a temporary directory, indexed once.
+struct IndexedThree {
+  TempDir t;
+  Tree tree{t.path + "/s"};
+  ThreeImages s = three_images(tree);
+  std::string store = tree.root();
+  IndexedThree() { REQUIRE(store::index_store(store, nullptr).ok()); }
+};
+
 std::set<std::string> catalog_layers(const std::string& store) {
   auto sc = store::load_store_catalog(store);
   REQUIRE(sc.ok());
@@ -181,11 +190,9 @@ TEST_CASE("a generation is kept while it was the newest within the grace period"
 }
 
 TEST_CASE("the live set is what the kept catalogs name; what only older ones name is dropped", "[gc]") {
-  TempDir t;
-  Tree tree(t.path + "/s");
-  auto s = three_images(tree);
-  const std::string store = tree.root();
-  REQUIRE(store::index_store(store, nullptr).ok());
+  IndexedThree x;
+  const auto& s = x.s;
+  const std::string& store = x.store;
   auto before = store::load_store_catalog(store);
   REQUIRE(before.ok());
   REQUIRE(before->catalog.generation == 1);
@@ -262,11 +269,9 @@ TEST_CASE("the live set refuses to guess when a kept catalog cannot be read", "[
 }
 
 TEST_CASE("rm takes out the layers only its image used, marks them, and deletes nothing a host reads", "[gc]") {
-  TempDir t;
-  Tree tree(t.path + "/s");
-  auto s = three_images(tree);
-  const std::string store = tree.root();
-  REQUIRE(store::index_store(store, nullptr).ok());
+  IndexedThree x;
+  const auto& s = x.s;
+  const std::string& store = x.store;
   auto before = store::load_store_catalog(store);
   REQUIRE(before.ok());
   const std::string store_id = before->catalog.store_id;
@@ -309,11 +314,8 @@ TEST_CASE("rm takes out the layers only its image used, marks them, and deletes 
 }
 
 TEST_CASE("rm refuses a name the store does not have and changes nothing", "[gc]") {
-  TempDir t;
-  Tree tree(t.path + "/s");
-  three_images(tree);
-  const std::string store = tree.root();
-  REQUIRE(store::index_store(store, nullptr).ok());
+  IndexedThree x;
+  const std::string& store = x.store;
   auto before = snapshot(store);
   for (std::vector<std::string> args : std::vector<std::vector<std::string>>{
            {"nope:1"}, {"c:1", "nope:1"}, {"sha256:" + std::string(64, '9')}, {std::string(12, 'f')}, {"a"}}) {
@@ -334,11 +336,9 @@ TEST_CASE("rm refuses a name the store does not have and changes nothing", "[gc]
 }
 
 TEST_CASE("rm refuses when an image that stays cannot be read, and changes nothing", "[gc]") {
-  TempDir t;
-  Tree tree(t.path + "/s");
-  auto s = three_images(tree);
-  const std::string store = tree.root();
-  REQUIRE(store::index_store(store, nullptr).ok());
+  IndexedThree x;
+  const auto& s = x.s;
+  const std::string& store = x.store;
   REQUIRE(::unlink((store + "/image/overlay2/layerdb/sha256/" + s.b.chain_id.substr(7) + "/cache-id").c_str()) == 0);
   auto before = snapshot(store);
   auto r = rm(store, {"c:1"});
@@ -388,11 +388,9 @@ TEST_CASE("rm of one of two tags only untags; by id or --all-untagged the image 
 }
 
 TEST_CASE("a killed rm is finished by the next one, and a layer back in the catalog loses its mark", "[gc]") {
-  TempDir t;
-  Tree tree(t.path + "/s");
-  auto s = three_images(tree);
-  const std::string store = tree.root();
-  REQUIRE(store::index_store(store, nullptr).ok());
+  IndexedThree x;
+  const auto& s = x.s;
+  const std::string& store = x.store;
   // As left by `rm c:1` killed after its marks, its tag and its config, before the catalog.
   put(store + "/extrafs/removed/" + s.c.cache_id, "");
   auto repos = nlohmann::json::parse(*read_file(store + "/image/overlay2/repositories.json"));
@@ -413,11 +411,9 @@ TEST_CASE("a killed rm is finished by the next one, and a layer back in the cata
 }
 
 TEST_CASE("extrafs index never takes back a layer rm removed", "[gc]") {
-  TempDir t;
-  Tree tree(t.path + "/s");
-  auto s = three_images(tree);
-  const std::string store = tree.root();
-  REQUIRE(store::index_store(store, nullptr).ok());
+  IndexedThree x;
+  const auto& s = x.s;
+  const std::string& store = x.store;
   REQUIRE(rm(store, {"c:1"}).ok());
   const auto layers = store::load_store_catalog(store)->catalog.layers;
   auto r = store::index_store(store, nullptr);
@@ -431,11 +427,9 @@ TEST_CASE("extrafs index never takes back a layer rm removed", "[gc]") {
 }
 
 TEST_CASE("gc deletes what only dropped catalogs name, namers before what they name; a dry run deletes nothing", "[gc]") {
-  TempDir t;
-  Tree tree(t.path + "/s");
-  auto s = three_images(tree);
-  const std::string store = tree.root();
-  REQUIRE(store::index_store(store, nullptr).ok());
+  IndexedThree x;
+  const auto& s = x.s;
+  const std::string& store = x.store;
   auto first = store::load_store_catalog(store);
   REQUIRE(rm(store, {"c:1"}).ok());
   const std::string c_index = "extrafs/layers/" + s.c.cache_id + ".index";
@@ -497,11 +491,9 @@ TEST_CASE("gc deletes what only dropped catalogs name, namers before what they n
 }
 
 TEST_CASE("a layer rm removed stays a grace period after its mark, also where no generation says so", "[gc]") {
-  TempDir t;
-  Tree tree(t.path + "/s");
-  auto s = three_images(tree);
-  const std::string store = tree.root();
-  REQUIRE(store::index_store(store, nullptr).ok());
+  IndexedThree x;
+  const auto& s = x.s;
+  const std::string& store = x.store;
   REQUIRE(rm(store, {"c:1"}).ok());
   // As in a store whose catalogs before rm had no generations: nothing on disk names the layer.
   std::filesystem::remove_all(store + "/extrafs/catalog.d");
@@ -524,11 +516,8 @@ TEST_CASE("a layer rm removed stays a grace period after its mark, also where no
 }
 
 TEST_CASE("gc leaves young files no catalog names, unmarked plain trees, and young temporaries", "[gc]") {
-  TempDir t;
-  Tree tree(t.path + "/s");
-  three_images(tree);
-  const std::string store = tree.root();
-  REQUIRE(store::index_store(store, nullptr).ok());
+  IndexedThree x;
+  const std::string& store = x.store;
   const int64_t now = ::time(nullptr);
   const std::string orphan(64, 'd');
   // A killed publish's layer files and object, and temporaries: young, then old. (Their writer's
@@ -565,11 +554,8 @@ TEST_CASE("gc leaves young files no catalog names, unmarked plain trees, and you
 }
 
 TEST_CASE("gc is refused while another writer holds the store, and a dry run takes the lock too", "[gc]") {
-  TempDir t;
-  Tree tree(t.path + "/s");
-  three_images(tree);
-  const std::string store = tree.root();
-  REQUIRE(store::index_store(store, nullptr).ok());
+  IndexedThree x;
+  const std::string& store = x.store;
   Fd fd = open_dir(store);
   auto held = store::StoreWriteLock::take(fd.get(), store);
   REQUIRE(held.ok());
