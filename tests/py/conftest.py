@@ -29,7 +29,7 @@ Fixtures:
     badhttp      factory: badhttp(ROOT, mode="good", tls=False) -> started servers.BadHttp, the
                  misbehaving server (badhttp.py)
     published_odd  the odd store with busybox, published (extrafs publish --data-root) -> xf.Store
-    three_images xf.Images: a:1 (busybox-static base), b:1 and c:1 (base + a layer of their own),
+    three_images xf.SavedImages: a:1 (busybox-static base), b:1 and c:1 (base + a layer of their own),
                  as `docker save` archives under tmp (xf.three_images)
 
 A test that cannot run here (not root, no /dev/fuse) ends the run with exit status 77, which meson
@@ -204,5 +204,5 @@ def published_odd(extrafs, tmp) -> xf.Store:
 
 
 @pytest.fixture
-def three_images(tmp) -> xf.Images:
+def three_images(tmp) -> xf.SavedImages:
     return xf.three_images(tmp / "images")

@@ -260,7 +260,7 @@ def pseudo_random(n: int, seed: int) -> bytes:
 
 
 @dataclass
-class Images:
+class SavedImages:
     layers: dict[str, Path]         # layer name -> its source tree
     images: dict[str, list[str]]    # tag -> its layers' names, base first
     archives: dict[str, Path]       # tag -> `docker save` archive of that one image
@@ -269,11 +269,11 @@ class Images:
         return [self.layers[n] for n in self.images[tag]]
 
 
-def make_images(dir: Path, layers: dict[str, dict[str, bytes]], images: dict[str, list[str]]) -> Images:
+def make_images(dir: Path, layers: dict[str, dict[str, bytes]], images: dict[str, list[str]]) -> SavedImages:
     """Layer trees under dir/layers/<name> from {name: {relpath: content}} (the content b"@busybox"
     copies /bin/busybox, which must be busybox-static; a str content makes a symlink), and one
     archive per tag (tests/integration/make_save_archive.py) of the layers named, base first."""
-    out = Images({}, dict(images), {})
+    out = SavedImages({}, dict(images), {})
     for name, files in layers.items():
         root = dir / "layers" / name
         for rel, content in files.items():
@@ -294,7 +294,7 @@ def make_images(dir: Path, layers: dict[str, dict[str, bytes]], images: dict[str
     return out
 
 
-def three_images(dir: Path) -> Images:
+def three_images(dir: Path) -> SavedImages:
     """a:1 (a busybox-static base), b:1 (base + 1 MiB of its own), c:1 (base + 3 MiB of its own):
     one layer shared by all three, one only b:1 has, one only c:1 has."""
     return make_images(dir, {
