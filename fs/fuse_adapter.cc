@@ -5,7 +5,6 @@
 
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
-#include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -15,6 +14,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <string_view>
 #include <system_error>
@@ -25,6 +25,12 @@
 #include "common/posix_file.h"
 #include "fs/inode_table.h"
 
+// libfuse >= 3.17 has an API for FUSE passthrough; for an older one the adapter uses its own shim.
+#define EXTRAFS_LIBFUSE_PASSTHROUGH (FUSE_VERSION >= FUSE_MAKE_VERSION(3, 17))
+#if !EXTRAFS_LIBFUSE_PASSTHROUGH
+#include "fs/passthrough_shim_314.h"
+#endif
+
 namespace extrafs::fs {
 
 namespace {
@@ -34,7 +40,74 @@ namespace {
 constexpr unsigned kMaxReadahead = 1u << 20;
 constexpr unsigned kMaxBackground = 24;  // see op_init
 
-FsCore& core_of(fuse_req_t req) { return *static_cast<FsCore*>(fuse_req_userdata(req)); }
+// Open files by node id, as OPEN and RELEASE come: the kernel has one I/O mode per inode (all of
+// its open files read through the page cache, or all through the one backing file) and refuses
+// an open in the other mode with EIO; so a node keeps the mode of its first open until its last
+// release. Any worker thread. The lock is held across the backing file's registration (so that a
+// second open cannot pass a first one still registering) but never across a reply.
+class NodeModes {
+ public:
+  // Joins the node's mode or, on its first open, registers `backing` (if valid) through
+  // `open_backing(fd)`, which returns a backing id or -1. Returns the backing id to answer with,
+  // or -1 for an open of the usual kind.
+  template <typename OpenBacking>
+  int join(uint64_t ino, const Fd& backing, OpenBacking&& open_backing) {
+    std::lock_guard lock(mu_);
+    Node& n = nodes_[ino];
+    if (n.opens++ > 0) return n.backing_id;
+    n.backing_id = backing.valid() ? open_backing(backing.get()) : -1;
+    return n.backing_id;
+  }
+  // One open of `ino` ended; after its last, `close_backing(id)` if its first registered one.
+  template <typename CloseBacking>
+  void leave(uint64_t ino, CloseBacking&& close_backing) {
+    std::lock_guard lock(mu_);
+    auto it = nodes_.find(ino);
+    if (it == nodes_.end() || --it->second.opens > 0) return;
+    if (it->second.backing_id >= 0) close_backing(it->second.backing_id);
+    nodes_.erase(it);
+  }
+
+ private:
+  struct Node {
+    unsigned opens = 0;
+    int backing_id = -1;  // -1: opened the usual way
+  };
+  std::mutex mu_;
+  std::unordered_map<uint64_t, Node> nodes_;  // GUARDED_BY(mu_)
+};
+
+// What the session's userdata points to: the core and what INIT agreed. Owned by run_fuse for
+// the life of the session; read by every op, from any worker thread.
+struct Mount {
+  Mount(FsCore& c, bool pt_allowed) : core(c), passthrough_allowed(pt_allowed) {}
+
+  FsCore& core;
+  const bool passthrough_allowed;  // EXTRAFS_PASSTHROUGH is not 0
+  // Set while INIT is answered, before the first request after it.
+  std::atomic<bool> no_open{false};      // the kernel takes ENOSYS from OPEN as "open without asking" (op_open)
+  std::atomic<bool> no_opendir{false};   // the same for OPENDIR (op_opendir)
+  std::atomic<bool> passthrough{false};  // the kernel agreed to FUSE passthrough (op_open)
+  NodeModes modes;                       // only used with passthrough
+#if EXTRAFS_LIBFUSE_PASSTHROUGH
+  // Backing ids whose last open ended in a failed reply, to close with the next request.
+  std::mutex orphans_mu;
+  std::vector<int> orphan_ids;  // GUARDED_BY(orphans_mu)
+  std::atomic<bool> has_orphans{false};
+#else
+  int dev_fd = -1;  // the session's descriptor, for the shim's ioctls
+  std::unique_ptr<PassthroughShim314> shim;
+#endif
+
+  // Called once, when the kernel's INIT is answered: the adapter and the core learn together.
+  void set_passthrough(bool on) {
+    passthrough.store(on, std::memory_order_relaxed);
+    core.set_passthrough(on);
+  }
+};
+
+Mount& mount_of(fuse_req_t req) { return *static_cast<Mount*>(fuse_req_userdata(req)); }
+FsCore& core_of(fuse_req_t req) { return mount_of(req).core; }
 
 fuse_entry_param to_entry(const NodeAttr& a) {
   fuse_entry_param e;
@@ -47,135 +120,109 @@ fuse_entry_param to_entry(const NodeAttr& a) {
   return e;
 }
 
-// Set in INIT when the kernel takes ENOSYS from OPEN as "open without asking" (op_open).
-std::atomic<bool> no_open_agreed{false};
-// FUSE_CAP_NO_OPENDIR_SUPPORT agreed: directories open without an OPENDIR round trip (see
-// op_opendir).
-std::atomic<bool> no_opendir_agreed{false};
+// EXTRAFS_PASSTHROUGH=0 in the daemon's environment turns it off (extrafs-mount(8)).
+bool passthrough_allowed() {
+  const char* v = std::getenv("EXTRAFS_PASSTHROUGH");
+  return !(v && std::string_view(v) == "0");
+}
+
+// Asks for capability `cap` if the kernel offers it. libfuse >= 3.17 keeps the capabilities in
+// 64 bits behind fuse_set_feature_flag and refuses INIT if `want` is changed beside them.
+bool want(fuse_conn_info* conn, uint64_t cap) {
+#if EXTRAFS_LIBFUSE_PASSTHROUGH
+  return fuse_set_feature_flag(conn, cap);
+#else
+  if (!(conn->capable & cap)) return false;
+  conn->want |= static_cast<unsigned>(cap);
+  return true;
+#endif
+}
+
+void unwant(fuse_conn_info* conn, uint64_t cap) {
+#if EXTRAFS_LIBFUSE_PASSTHROUGH
+  fuse_unset_feature_flag(conn, cap);
+#else
+  conn->want &= ~static_cast<unsigned>(cap);
+#endif
+}
 
 // FUSE passthrough (kernel >= 6.9): OPEN may answer with a local file that the kernel then reads
 // by itself, as it reads any file of that file system (its page cache, its readahead), without a
-// READ reaching the daemon. libfuse 3.14 (Debian 12) has no API for it, so the daemon does its
-// own I/O on the session's descriptor (fuse_session_custom_io): it sees whether the kernel's INIT
-// offers FUSE_PASSTHROUGH and, if so, adds it to libfuse's INIT reply with a max_stack_depth of 1
-// (what lets overlayfs still stack on the mount), registers the file with the
-// FUSE_DEV_IOC_BACKING_OPEN ioctl at OPEN and builds the OPEN reply itself
-// ({fh, FOPEN_PASSTHROUGH, backing id}, the same size as libfuse's {fh, open_flags, padding}).
-// The constants are the kernel's ABI (include/uapi/linux/fuse.h), which Debian 12's headers
-// predate.
-namespace passthrough {
-constexpr uint32_t kOpInit = 26;               // FUSE_INIT
-constexpr uint32_t kInitExt = 1u << 30;        // FUSE_INIT_EXT: flags2 is valid
-constexpr uint32_t kFlags2Passthrough = 1u << 5;  // FUSE_PASSTHROUGH, 1 << 37, in flags2
-constexpr uint32_t kOpenPassthrough = 1u << 7;    // FOPEN_PASSTHROUGH
-struct BackingMap {
-  int32_t fd;
-  uint32_t flags;
-  uint64_t padding;
-};
-constexpr unsigned long kIocBackingOpen = _IOW(229, 1, BackingMap);
-constexpr unsigned long kIocBackingClose = _IOW(229, 2, uint32_t);
-// struct fuse_in_header: len, opcode, unique, nodeid, uid, gid, pid, total_extlen, padding.
-constexpr size_t kInHeader = 40;
-// struct fuse_out_header: len, error, unique.
-constexpr size_t kOutHeader = 16;
-
-std::atomic<bool> offered{false};   // the kernel's INIT offered it
-std::atomic<bool> agreed{false};    // our INIT reply took it
-std::atomic<bool> init_replied{false};
-int dev_fd = -1;                    // the session's descriptor, for the ioctls
-FsCore* core = nullptr;             // told whether the kernel agreed (it then makes copies)
-
-// EXTRAFS_PASSTHROUGH=0 in the daemon's environment turns it off (extrafs-mount(8)).
-bool passthrough_disabled() {
-  const char* v = std::getenv("EXTRAFS_PASSTHROUGH");
-  return v && std::string_view(v) == "0";
+// READ reaching the daemon. libfuse >= 3.17 has an API for it; with an older one (3.14, Debian
+// 12's) the shim of fs/passthrough_shim_314.h takes it in INIT, registers the backing files and
+// shapes the OPEN reply.
+#if EXTRAFS_LIBFUSE_PASSTHROUGH
+int open_backing(Mount&, fuse_req_t req, int fd) {
+  const int id = fuse_passthrough_open(req, fd);  // libfuse logs a refusal
+  return id > 0 ? id : -1;
 }
-
-ssize_t io_read(int fd, void* buf, size_t len, void*) {
-  ssize_t n = ::read(fd, buf, len);
-  if (n >= static_cast<ssize_t>(kInHeader + 20) && !init_replied.load(std::memory_order_relaxed)) {
-    uint32_t in[5];
-    uint32_t opcode;
-    std::memcpy(&opcode, static_cast<const char*>(buf) + 4, 4);
-    std::memcpy(in, static_cast<const char*>(buf) + kInHeader, sizeof in);  // major minor readahead flags flags2
-    if (opcode == kOpInit && (in[3] & kInitExt) && (in[4] & kFlags2Passthrough) && !passthrough_disabled())
-      offered.store(true);
+// fuse_passthrough_close needs a request: without one (after a failed reply) the id waits for
+// the next OPEN or RELEASE.
+void close_backing(Mount& m, fuse_req_t req, int id) {
+  if (req) {
+    fuse_passthrough_close(req, id);  // libfuse logs a failure
+    return;
   }
-  return n;
+  std::lock_guard lock(m.orphans_mu);
+  m.orphan_ids.push_back(id);
+  m.has_orphans.store(true, std::memory_order_release);
 }
-
-ssize_t io_writev(int fd, struct iovec* iov, int count, void*) {
-  // The first reply is INIT's: the kernel sends nothing else before it has one. libfuse 3.14's
-  // struct fuse_init_out: major minor max_readahead flags, max_background|congestion_threshold,
-  // max_write time_gran, max_pages|map_alignment, flags2, unused[7]; the kernel reads unused[0]
-  // as max_stack_depth.
-  if (init_replied.exchange(true)) return ::writev(fd, iov, count);
-  if (offered.load() && count >= 2 && iov[0].iov_len == kOutHeader && iov[1].iov_len >= 64) {
-    int32_t error;
-    std::memcpy(&error, static_cast<const char*>(iov[0].iov_base) + 4, 4);
-    if (error == 0) {
-      auto* out = static_cast<uint32_t*>(iov[1].iov_base);
-      out[3] |= kInitExt;
-      out[8] |= kFlags2Passthrough;
-      out[9] = 1;
-      agreed.store(true);
-    }
+void close_orphans(Mount& m, fuse_req_t req) {
+  if (!m.has_orphans.load(std::memory_order_acquire)) return;
+  std::vector<int> ids;
+  {
+    std::lock_guard lock(m.orphans_mu);
+    ids.swap(m.orphan_ids);
+    m.has_orphans.store(false, std::memory_order_relaxed);
   }
-  core->set_passthrough(agreed.load());
-  return ::writev(fd, iov, count);
+  for (int id : ids) fuse_passthrough_close(req, id);
+}
+int reply_backing_open(fuse_req_t req, fuse_file_info* fi, int id) {
+  fi->backing_id = id;
+  fi->keep_cache = 0;  // the kernel reads the backing file's pages, not the mount's
+  return fuse_reply_open(req, fi);
+}
+#else
+int open_backing(Mount& m, fuse_req_t, int fd) {
+  auto id = PassthroughShim314::open_backing(m.dev_fd, fd);
+  if (id.ok()) return *id;
+  spdlog::debug("passthrough refused: {}", id.error().message);
+  return -1;
+}
+void close_backing(Mount& m, fuse_req_t, int id) {
+  if (auto st = PassthroughShim314::close_backing(m.dev_fd, id); !st.ok()) spdlog::debug("{}", st.error().message);
+}
+void close_orphans(Mount&, fuse_req_t) {}  // the shim closes without a request
+int reply_backing_open(fuse_req_t req, fuse_file_info*, int id) {
+  const PassthroughShim314::OpenOut out = PassthroughShim314::open_reply(id);
+  return fuse_reply_buf(req, reinterpret_cast<const char*>(&out), sizeof out);
+}
+// The session's custom I/O: its userdata is the session's, the Mount.
+ssize_t shim_read(int fd, void* buf, size_t len, void* userdata) {
+  return static_cast<Mount*>(userdata)->shim->read(fd, buf, len);
+}
+ssize_t shim_writev(int fd, struct iovec* iov, int count, void* userdata) {
+  return static_cast<Mount*>(userdata)->shim->writev(fd, iov, count);
+}
+#endif
+
+// One open of `ino` ended. `req` is null after a failed reply (which frees the request).
+void release_node(Mount& m, fuse_req_t req, fuse_ino_t ino) {
+  m.modes.leave(ino, [&](int id) { close_backing(m, req, id); });
 }
 
-// Open files by node id, as OPEN and RELEASE come: the kernel has one mode per inode (all of its
-// open files read through the page cache, or all through the one backing file), and refuses an
-// open in the other mode with EIO; so a node keeps the mode of its first open until its last
-// release.
-struct NodeOpens {
-  unsigned opens = 0;
-  int backing_id = -1;  // -1: opened the usual way
-};
-std::mutex opens_mu;
-std::unordered_map<uint64_t, NodeOpens> opens;  // GUARDED_BY(opens_mu)
-
-// Registers a first open of `ino` (with `backing`, if valid) or joins the node's mode; returns the
-// backing id to answer with, or -1 for an open of the usual kind.
-int open_node(uint64_t ino, const Fd& backing) {
-  std::lock_guard lock(opens_mu);
-  NodeOpens& n = opens[ino];
-  if (n.opens++ > 0) return n.backing_id;
-  n.backing_id = -1;
-  if (backing.valid()) {
-    BackingMap m{backing.get(), 0, 0};
-    int id = ::ioctl(dev_fd, kIocBackingOpen, &m);
-    if (id >= 0) n.backing_id = id;
-    else spdlog::debug("passthrough refused for node {}: {}", ino, std::strerror(errno));
-  }
-  return n.backing_id;
-}
-
-void release_node(uint64_t ino) {
-  std::lock_guard lock(opens_mu);
-  auto it = opens.find(ino);
-  if (it == opens.end() || --it->second.opens > 0) return;
-  if (it->second.backing_id >= 0) {
-    uint32_t id = static_cast<uint32_t>(it->second.backing_id);
-    if (::ioctl(dev_fd, kIocBackingClose, &id) != 0) spdlog::debug("backing close {}: {}", id, std::strerror(errno));
-  }
-  opens.erase(it);
-}
-}  // namespace passthrough
-
-void op_init(void*, fuse_conn_info* conn) {
+void op_init(void* userdata, fuse_conn_info* conn) {
+  Mount& m = *static_cast<Mount*>(userdata);
   // Content is immutable: let the kernel cache everything it can.
-  if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
-  if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
+  want(conn, FUSE_CAP_CACHE_SYMLINKS);
+  want(conn, FUSE_CAP_READDIRPLUS);
   // Always readdirplus: attributes cost nothing here (they are in the index), and one READDIRPLUS
   // saves a LOOKUP round trip per entry for `ls -l`, `find` and overlayfs alike.
-  conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
-  if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
-  if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
-  conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;  // nothing ever changes under a node id
-  conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+  unwant(conn, FUSE_CAP_READDIRPLUS_AUTO);
+  want(conn, FUSE_CAP_PARALLEL_DIROPS);
+  want(conn, FUSE_CAP_ASYNC_READ);
+  unwant(conn, FUSE_CAP_AUTO_INVAL_DATA);  // nothing ever changes under a node id
+  unwant(conn, FUSE_CAP_WRITEBACK_CACHE);  // and the kernel does not combine it with passthrough
   conn->max_readahead = kMaxReadahead;
   // Readahead READs are the kernel's background requests, of which only max_background may be
   // outstanding (12 by default); a reader past that waits for a slot while holding the page locks
@@ -184,14 +231,14 @@ void op_init(void*, fuse_conn_info* conn) {
   // instead of 49-60 s under ThreadSanitizer) and still lets readers fail after `timeout` in a
   // server outage; 64 did not (readers then waited the outage out behind queued readahead).
   conn->max_background = kMaxBackground;
-  if (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) {
-    conn->want |= FUSE_CAP_NO_OPEN_SUPPORT;
-    no_open_agreed.store(true, std::memory_order_relaxed);
-  }
-  if (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) {
-    conn->want |= FUSE_CAP_NO_OPENDIR_SUPPORT;
-    no_opendir_agreed.store(true, std::memory_order_relaxed);
-  }
+  m.no_open.store(want(conn, FUSE_CAP_NO_OPEN_SUPPORT), std::memory_order_relaxed);
+  m.no_opendir.store(want(conn, FUSE_CAP_NO_OPENDIR_SUPPORT), std::memory_order_relaxed);
+#if EXTRAFS_LIBFUSE_PASSTHROUGH
+  // The backing files sit on a plain file system (stacking depth 0), so the mount is one level
+  // deep and overlayfs may still stack on it.
+  conn->max_backing_stack_depth = 0;
+  m.set_passthrough(m.passthrough_allowed && want(conn, FUSE_CAP_PASSTHROUGH));
+#endif
 }
 
 void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
@@ -252,7 +299,7 @@ void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   // round trips that made a warm `find` 1.4-1.8x ext4). The directories whose listings can
   // change (the top ones, when the store gains layers) are invalidated in the kernel by the
   // catalog refresh instead (run_fuse).
-  if (no_opendir_agreed.load(std::memory_order_relaxed)) {
+  if (mount_of(req).no_opendir.load(std::memory_order_relaxed)) {
     fuse_reply_err(req, ENOSYS);
     return;
   }
@@ -311,45 +358,45 @@ void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse
 }
 
 void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  FsCore& core = core_of(req);
+  Mount& m = mount_of(req);
+  FsCore& core = m.core;
   core.count_open_request();
   // Without a first-open recorder there is nothing to do at open: the mount is read-only (the
   // kernel refuses write opens), the kernel opens only regular files through OPEN, and content
   // never changes. ENOSYS (with FUSE_CAP_NO_OPEN_SUPPORT agreed in INIT) tells the kernel to open
   // every file of this mount from now on without an OPEN or a RELEASE round trip, keeping the page
   // cache across opens as keep_cache does: two fewer requests per file a container opens.
-  // With passthrough (see namespace passthrough) opens are answered instead: one of a file with a
-  // whole-file copy hands the copy to the kernel.
-  const bool pt = passthrough::agreed.load(std::memory_order_relaxed);
-  if (no_open_agreed.load(std::memory_order_relaxed) && !core.wants_opens() && !pt) {
+  // With passthrough opens are answered instead: one of a file with a whole-file copy hands the
+  // copy to the kernel.
+  const bool pt = m.passthrough.load(std::memory_order_relaxed);
+  if (m.no_open.load(std::memory_order_relaxed) && !core.wants_opens() && !pt) {
     fuse_reply_err(req, ENOSYS);
     return;
   }
+  if (pt) close_orphans(m, req);
   auto backing = core.open(ino, fi->flags);
   if (!backing.ok()) {
     fuse_reply_err(req, backing.code());
     return;
   }
   if (pt) {
-    int id = passthrough::open_node(ino, *backing);
+    const int id = m.modes.join(ino, *backing, [&](int fd) { return open_backing(m, req, fd); });
     if (id >= 0) {
-      struct {
-        uint64_t fh;
-        uint32_t open_flags;
-        int32_t backing_id;
-      } out{0, passthrough::kOpenPassthrough, id};
-      static_assert(sizeof out == 16);
-      if (fuse_reply_buf(req, reinterpret_cast<const char*>(&out), sizeof out) == 0) core.count_passthrough_open();
-      else passthrough::release_node(ino);  // interrupted: no RELEASE will come
+      if (reply_backing_open(req, fi, id) == 0) core.count_passthrough_open();
+      else release_node(m, nullptr, ino);  // interrupted: no RELEASE will come
       return;
     }
   }
   fi->keep_cache = 1;  // content is immutable: keep the page cache across opens
-  if (fuse_reply_open(req, fi) != 0 && pt) passthrough::release_node(ino);
+  if (fuse_reply_open(req, fi) != 0 && pt) release_node(m, nullptr, ino);
 }
 
 void op_release(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
-  if (passthrough::agreed.load(std::memory_order_relaxed)) passthrough::release_node(ino);
+  Mount& m = mount_of(req);
+  if (m.passthrough.load(std::memory_order_relaxed)) {
+    close_orphans(m, req);
+    release_node(m, req, ino);
+  }
   fuse_reply_err(req, 0);
 }
 
@@ -497,7 +544,8 @@ int run_fuse(FsCore& core, const FuseConfig& config, const std::function<void(co
   fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
 
   static const fuse_lowlevel_ops ops = make_ops();
-  fuse_session* se = fuse_session_new(&args, &ops, sizeof ops, &core);
+  Mount mount(core, passthrough_allowed());
+  fuse_session* se = fuse_session_new(&args, &ops, sizeof ops, &mount);
   if (!se) {
     on_mounted("cannot start a FUSE session with options '" + opts + "'");
     return 1;
@@ -526,19 +574,19 @@ int run_fuse(FsCore& core, const FuseConfig& config, const std::function<void(co
       return 1;
     }
   }
-  static const fuse_custom_io io = [] {
-    fuse_custom_io c;
-    std::memset(&c, 0, sizeof c);
-    c.read = passthrough::io_read;
-    c.writev = passthrough::io_writev;
-    return c;
-  }();
-  passthrough::dev_fd = fuse_session_fd(se);
-  passthrough::core = &core;
-  if (fuse_session_custom_io(se, &io, passthrough::dev_fd) != 0) {
+#if !EXTRAFS_LIBFUSE_PASSTHROUGH
+  // The shim reads and writes the session's descriptor for libfuse (libfuse copies `io`).
+  mount.dev_fd = fuse_session_fd(se);
+  mount.shim = std::make_unique<PassthroughShim314>(mount.passthrough_allowed, [&mount](bool on) { mount.set_passthrough(on); });
+  fuse_custom_io io;
+  std::memset(&io, 0, sizeof io);
+  io.read = shim_read;
+  io.writev = shim_writev;
+  if (fuse_session_custom_io(se, &io, mount.dev_fd) != 0) {
     spdlog::debug("no custom I/O: passthrough off");
-    core.set_passthrough(false);
+    mount.set_passthrough(false);
   }
+#endif
   // A newer catalog may list other layers: the kernel drops its cached listings (and attributes)
   // of the directories that list them. ENOENT (a directory the kernel never saw) is fine.
   core.set_on_listing_change([se](std::span<const uint64_t> inos) {
