@@ -84,9 +84,10 @@ struct Mount {
 
   FsCore& core;
   const bool passthrough_allowed;  // EXTRAFS_PASSTHROUGH is not 0
-  // Set while INIT is answered, before the first request after it.
-  std::atomic<bool> no_open{false};      // the kernel takes ENOSYS from OPEN as "open without asking" (op_open)
-  std::atomic<bool> no_opendir{false};   // the same for OPENDIR (op_opendir)
+  // Set while INIT is answered, before the first request after it. no_open: the kernel takes
+  // ENOSYS from OPEN as "open without asking" (op_open); no_opendir: the same for OPENDIR.
+  std::atomic<bool> no_open{false};
+  std::atomic<bool> no_opendir{false};
   std::atomic<bool> passthrough{false};  // the kernel agreed to FUSE passthrough (op_open)
   NodeModes modes;                       // only used with passthrough
 #if EXTRAFS_LIBFUSE_PASSTHROUGH
@@ -148,8 +149,8 @@ void unwant(fuse_conn_info* conn, uint64_t cap) {
 
 // FUSE passthrough (kernel >= 6.9): OPEN may answer with a local file that the kernel then reads
 // by itself, as it reads any file of that file system (its page cache, its readahead), without a
-// READ reaching the daemon. libfuse >= 3.17 has an API for it; with an older one (3.14, Debian
-// 12's) the shim of fs/passthrough_shim_314.h takes it in INIT, registers the backing files and
+// READ reaching the daemon. libfuse >= 3.17 has an API for it; with an older one (Debian 12 has
+// 3.14) the shim of fs/passthrough_shim_314.h takes it in INIT, registers the backing files and
 // shapes the OPEN reply.
 #if EXTRAFS_LIBFUSE_PASSTHROUGH
 int open_backing(Mount&, fuse_req_t req, int fd) {

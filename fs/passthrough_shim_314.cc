@@ -52,7 +52,7 @@ bool init_offers_passthrough(const std::byte* buf, size_t n) {
 }
 
 // `out`: libfuse's INIT reply body taking passthrough, if `iov` is that reply shaped as libfuse
-// 3.14 shapes it; otherwise why not (for the log).
+// 3.14 to 3.16 shape it; otherwise why not (for the log).
 const char* rewrite_init_reply(const struct iovec* iov, int count, uint64_t init_unique, fuse_init_out& out) {
   if (count != 2) return "not two iovecs";
   if (iov[0].iov_len != sizeof(fuse_out_header)) return "the out header is not 16 bytes";

@@ -1,23 +1,25 @@
-// FUSE passthrough for a libfuse without an API for it (3.14, Debian 12's). A build against
-// libfuse >= 3.17 asks for passthrough through libfuse's own API (FUSE_CAP_PASSTHROUGH,
-// fuse_passthrough_open/close) and never uses this; fs/fuse_adapter.cc chooses by FUSE_VERSION.
+// FUSE passthrough for a libfuse without an API for it (3.14 to 3.16; Debian 12 has 3.14). A
+// build against libfuse >= 3.17 asks for passthrough through libfuse's own API
+// (FUSE_CAP_PASSTHROUGH, fuse_passthrough_open/close) and never uses this; fs/fuse_adapter.cc
+// chooses by FUSE_VERSION.
 //
 // Passthrough (kernel >= 6.9, protocol 7.40): OPEN may answer with a local file that the kernel
 // then reads by itself, without a READ reaching the daemon. The kernel offers it in its INIT
 // request (FUSE_PASSTHROUGH in flags2); the daemon takes it in its INIT reply (the same bit and a
-// max_stack_depth, which libfuse 3.14's reply leaves zero), registers each backing file with an
-// ioctl on the device and answers OPEN with {fh, FOPEN_PASSTHROUGH, backing id}. libfuse 3.14
+// max_stack_depth, which these libfuse versions leave zero), registers each backing file with an
+// ioctl on the device and answers OPEN with {fh, FOPEN_PASSTHROUGH, backing id}. libfuse
 // builds the INIT reply itself, so the shim sits in the session's custom I/O
 // (fuse_session_custom_io): read() sees the requests the kernel sends, writev() the replies
 // libfuse writes, and the one INIT reply is rewritten on its way out.
 //
 // The shim trusts nothing about libfuse's writes beyond what it checks. It rewrites a reply only
 // if it is the answer to the kernel's INIT (same `unique`), successful, shaped as libfuse 3.14
-// shapes it (two iovecs: the 16-byte out header and a whole 64-byte fuse_init_out, lengths that
-// agree), without FUSE_WRITEBACK_CACHE (which the kernel does not combine with passthrough) and
-// with the max_stack_depth word still zero. Anything else (another shape, another request first,
-// an INIT not offering passthrough) leaves passthrough off and every byte written as libfuse gave
-// it. libfuse's buffers are never written to: a rewritten reply goes out from a copy.
+// to 3.16 shape it (two iovecs: the 16-byte out header and a whole 64-byte fuse_init_out,
+// lengths that agree), without FUSE_WRITEBACK_CACHE (which the kernel does not combine with
+// passthrough) and with the max_stack_depth word still zero. Anything else (another shape,
+// another request first, an INIT not offering passthrough) leaves passthrough off and every byte
+// written as libfuse gave it. libfuse's buffers are never written to: a rewritten reply goes out
+// from a copy.
 //
 // Ownership and threads: the adapter owns one shim per session and hands it to the custom I/O
 // callbacks through their userdata. read() and writev() may be called from any of libfuse's
