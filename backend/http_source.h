@@ -3,7 +3,7 @@
 // settings and credentials. HttpBackend (http_backend.cc, the only file that includes libcurl)
 // is built from it. Parsing here is strict: anything wrong is EINVAL with one line naming it.
 //
-// SOURCE forms (DESIGN.md section 3):
+// SOURCE forms (extrafs-mount(8); docs/DESIGN.md section 2):
 //   http://HOST[:PORT]/PATH, https://HOST[:PORT]/PATH   the store root; PATH as written in a URL
 //   s3://BUCKET[/PREFIX]                                PREFIX is a key prefix, taken literally
 // Several mirrors of one store: URLs of one kind separated by ';' (failover order). No user

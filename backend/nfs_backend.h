@@ -1,6 +1,6 @@
 // NfsBackend: reads the store from an NFS server through libnfs (no kernel NFS client needed).
 //
-// SOURCE syntax (DESIGN.md section 3):
+// SOURCE syntax (extrafs-mount(8); docs/DESIGN.md section 2):
 //   nfs://HOST[:PORT]/EXPORT[/SUBDIR][?version=3|4&nfsport=N&mountport=N]
 // - HOST: an IPv4 address, a host name, or a bracketed IPv6 address ("[::1]").
 // - PORT (or nfsport=N, which must agree with PORT when both are given): the NFS port. Without it

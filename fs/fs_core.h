@@ -1,5 +1,5 @@
 // FsCore: the whole read-only filesystem without FUSE. It presents the store as the
-// overlay2-shaped tree of DESIGN.md:
+// overlay2-shaped tree of docs/DESIGN.md section 3:
 //
 //   /image/...                          the store's image/ tree (docker metadata)
 //   /overlay2/<cache-id>/diff/...       each layer's files

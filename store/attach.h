@@ -1,5 +1,5 @@
 // `extrafs docker attach`: registering images served by an extrafs mount into a stock dockerd
-// data-root (overlay2 graph driver). DESIGN.md "Docker pairing" describes what is written:
+// data-root (overlay2 graph driver). docs/DESIGN.md section 5 describes what is written:
 //
 //   DATAROOT/image/overlay2/layerdb/sha256/<chainID>/{diff,size,cache-id,parent[,tar-split.json.gz]}
 //       copied from the mount's layerdb, built in layerdb/tmp/ and renamed into place

@@ -1,4 +1,4 @@
-// The paths of a store (DESIGN.md "The store"), in one place:
+// The paths of a store (extrafs-store(5); docs/DESIGN.md section 8), in one place:
 //
 //   STORE/image/overlay2/...                      docker metadata: imagedb, layerdb, repositories.json
 //   STORE/overlay2/<cache-id>/{link,lower[,diff/]}

@@ -1,4 +1,4 @@
-// `extrafs publish`: writes images into a store in the packed format of DESIGN.md, from a dockerd
+// `extrafs publish`: writes images into a store, packed (docs/DESIGN.md section 4), from a dockerd
 // data-root (reading overlay2/<cache-id>/diff trees and image/overlay2 metadata; dockerd may be
 // running) or from a `docker save` archive.
 //

@@ -1,4 +1,4 @@
-// The `extrafs` command: one CLI11 subcommand per verb of the contract in DESIGN.md. Each verb
+// The `extrafs` command: one CLI11 subcommand per verb of extrafs(8) (docs/DESIGN.md section 1). Each verb
 // parses its arguments here and calls into the library layers; exit codes are 0 (success),
 // 1 (runtime failure) and 2 (usage error), and every failure is one line on stderr.
 #include <sys/stat.h>
