@@ -11,11 +11,13 @@ Fixtures:
     build_dir    the meson build directory (for mount.extrafs, configured units, ...)
     tmp          a fresh directory directly under /tmp, removed after the test (mounts under it
                  are unmounted first)
+    module_tmp   the same for what all tests of one module share, removed after the last one
     mount        factory: mount(SOURCE, options="k=v,...", cache=None, env=None) -> xf.Mount; every mount
                  is unmounted at teardown
     odd_store    the odd store (tests/integration/make_odd_store.sh), indexed -> xf.Store
     images       busybox images published into a store and mounted -> xf.Images (app-a:1, app-b:1, ...)
     ganesha      factory: ganesha(EXPORT_DIR, protocols="4") -> started xf.Ganesha (url4, url3)
+    module_ganesha  the same, for a module's shared fixtures (stopped after its last test)
     dockerd      factory: dockerd(DATA_ROOT, live_restore=True, extra_args="", cwd=None) -> started
                  xf.Dockerd (cwd: the directory dockerd is started in)
     nspawn       factory: nspawn(binds={HOST: PATH}) -> nspawn.Machine, a Debian rootfs booted with
@@ -99,6 +101,15 @@ def tmp():
     xf.remove_tree(d)
 
 
+@pytest.fixture(scope="module")
+def module_tmp():
+    """A fresh directory directly under /tmp for what the tests of one module share (an image
+    built once, stores published once), removed after the module's last test."""
+    d = xf.short_tmpdir()
+    yield d
+    xf.remove_tree(d)
+
+
 @pytest.fixture
 def mount(extrafs, tmp):
     m = xf.Mounts(extrafs, tmp)
@@ -140,6 +151,13 @@ def images(extrafs, tmp, mount) -> xf.Images:
 def ganesha(tmp):
     yield from started_servers(lambda n, export, protocols="4", access="RO":
                                xf.Ganesha(tmp / f"ganesha{n}", Path(export), protocols, access))
+
+
+@pytest.fixture(scope="module")
+def module_ganesha(module_tmp):
+    """ganesha for what the tests of one module share: stopped after the module's last test."""
+    yield from started_servers(lambda n, export, protocols="4", access="RO":
+                               xf.Ganesha(module_tmp / f"ganesha{n}", Path(export), protocols, access))
 
 
 @pytest.fixture

@@ -438,8 +438,13 @@ class Dockerd:
         self.host, self.pid = kv["DOCKER_HOST"], int(kv["PID"])
         return self
 
-    def stop(self):
-        run([DOCKERD_SH, "stop", self.state], timeout=120, check=False)
+    def stop(self, check: bool = False):
+        """Stops it (SIGTERM, bounded wait, SIGKILL); with check, fails the test unless the stop
+        went cleanly and the dockerd is gone."""
+        run([DOCKERD_SH, "stop", self.state], timeout=120, check=check)
+        if check:
+            assert run([DOCKERD_SH, "status", self.state], timeout=30, check=False).returncode != 0, \
+                f"dockerd on {self.data_root} still running after stop"
 
     def docker(self, *args, timeout=120, check=True) -> subprocess.CompletedProcess:
         return run(["/usr/bin/docker", "-H", self.host, *args], timeout=timeout, check=check)
@@ -584,3 +589,69 @@ def mount_dev(path) -> str:
 def stats_socket(path) -> Path:
     """Where the daemon of the extrafs mount at path answers `extrafs stats` (root's daemons)."""
     return Path("/run/extrafs") / f"{mount_dev(path)}.sock"
+
+
+# ---------------------------------------------------------------------------------------------
+# Trees, files and images compared (the ports of the shell tests, issue 19 item 7)
+
+
+def _module(path: Path):
+    """The Python file at path imported as a module (once), for the engines the shell tests run
+    as scripts (compare_trees.py, dataroot_listing.py)."""
+    import importlib.util
+    import sys
+    name = f"_xf_{path.stem}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+def snapshot(root) -> list[str]:
+    """Every file (and symlink to a directory) under root: path, size, mtime, ctime, inode and the
+    SHA-256 of its content, one line each in path order; equal snapshots mean nothing was written,
+    replaced or touched."""
+    import hashlib
+    out = []
+    for dp, dns, fns in sorted(os.walk(root)):
+        dns.sort()
+        for n in sorted(fns) + [d for d in dns if os.path.islink(os.path.join(dp, d))]:
+            p = os.path.join(dp, n)
+            st = os.lstat(p)
+            h = "-"
+            if os.path.isfile(p) and not os.path.islink(p):
+                h = hashlib.sha256()
+                with open(p, "rb") as f:
+                    for b in iter(lambda: f.read(1 << 20), b""):
+                        h.update(b)
+                h = h.hexdigest()
+            out.append(f"{os.path.relpath(p, root)} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_ino} {h}")
+    return out
+
+
+def assert_unchanged(before: list[str], after: list[str], what: str):
+    """Two snapshot()s (or manifests) of `what`: fails naming the first lines that differ."""
+    if before != after:
+        import difflib
+        d = [l for l in difflib.unified_diff(before, after, "before", "after", lineterm="", n=0)][2:22]
+        raise AssertionError(f"{what} changed:\n" + "\n".join(d))
+
+
+def layer_chain(root, image_id: str) -> list[tuple[str, str]]:
+    """(chain id hex, cache-id) of each layer of the image `image_id` ("sha256:..."), base first,
+    from ROOT/image/overlay2 (a data-root, a store or a mount)."""
+    import hashlib
+    meta = Path(root) / "image" / "overlay2"
+    cfg = json.loads((meta / "imagedb" / "content" / "sha256" / image_id.split(":")[-1]).read_bytes())
+    chain, out = None, []
+    for d in cfg["rootfs"]["diff_ids"]:
+        chain = d if chain is None else "sha256:" + hashlib.sha256(f"{chain} {d}".encode()).hexdigest()
+        out.append((chain[7:], (meta / "layerdb" / "sha256" / chain[7:] / "cache-id").read_text().strip()))
+    return out
+
+
+def dataroot_listing(root, nomtime: bool = False) -> list[str]:
+    """What attach writes under a data-root (tests/docker/dataroot_listing.py), one line per entry."""
+    return _module(TESTS / "docker" / "dataroot_listing.py").listing(root, nomtime)
