@@ -132,3 +132,26 @@ def tag_without_image(store: Path, tag: str = "ghost:1") -> str:
     repos.setdefault("Repositories", {}).setdefault(tag.rsplit(":", 1)[0], {})[tag] = image_id
     path.write_text(json.dumps(repos))
     return image_id
+
+
+def rewrite_catalog(store: Path, edit) -> dict:
+    """The store's catalog as `edit(catalog)` leaves it, written back with a valid checksum
+    (xxh3-128 of the canonical form, through libxxhash): what a broken or hostile publisher could
+    write, which the checksum does not catch. Returns the new catalog."""
+    import ctypes
+
+    class H(ctypes.Structure):
+        _fields_ = [("low64", ctypes.c_uint64), ("high64", ctypes.c_uint64)]
+
+    lib = ctypes.CDLL("libxxhash.so.0")
+    lib.XXH3_128bits.restype = H
+    lib.XXH3_128bits.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+    path = store / "extrafs" / "catalog"
+    cat = json.loads(path.read_text())
+    edit(cat)
+    cat.pop("checksum")
+    canon = json.dumps(cat, sort_keys=True, separators=(",", ":")).encode()
+    h = lib.XXH3_128bits(canon, len(canon))
+    cat["checksum"] = "%016x%016x" % (h.high64, h.low64)
+    path.write_text(json.dumps(cat, indent=1) + "\n")
+    return cat

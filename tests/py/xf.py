@@ -639,6 +639,21 @@ def assert_unchanged(before: list[str], after: list[str], what: str):
         raise AssertionError(f"{what} changed:\n" + "\n".join(d))
 
 
+def random_file(path, size: int, seed: str) -> Path:
+    """A file of `size` pseudo-random bytes (which lz4 leaves as they are), the same for a seed."""
+    import random
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = random.Random("nfs_mount:" + seed)
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 1 << 20)
+            f.write(rng.randbytes(n))
+            left -= n
+    return path
+
+
 def layer_chain(root, image_id: str) -> list[tuple[str, str]]:
     """(chain id hex, cache-id) of each layer of the image `image_id` ("sha256:..."), base first,
     from ROOT/image/overlay2 (a data-root, a store or a mount)."""
@@ -650,6 +665,16 @@ def layer_chain(root, image_id: str) -> list[tuple[str, str]]:
         chain = d if chain is None else "sha256:" + hashlib.sha256(f"{chain} {d}".encode()).hexdigest()
         out.append((chain[7:], (meta / "layerdb" / "sha256" / chain[7:] / "cache-id").read_text().strip()))
     return out
+
+
+def catalog_layers(store) -> list[dict]:
+    """The layers a store's catalog lists (each a dict with cache_id, ...), in its order."""
+    return json.loads((Path(store) / "extrafs" / "catalog").read_text())["layers"]
+
+
+def layer_cached(stats: dict, cache_id: str) -> int:
+    """bytes_cached of one layer in `extrafs stats --json` output."""
+    return sum(l["bytes_cached"] for l in stats["layers"] if l["cache_id"] == cache_id)
 
 
 def dataroot_listing(root, nomtime: bool = False) -> list[str]:
