@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """fault_readers.py: readers at random offsets that compare every successful read with the source.
 
-Used by the fault and load tests (tests/nfs_mount/test_nfs_faults.sh, test_nfs_load.sh):
+Used by the fault and load tests (tests/py/test_nfs_faults.py, tests/nfs_mount/test_nfs_load.sh):
 
   fault_readers.py --src SRC_ROOT --mnt MNT_ROOT --files LIST --readers N --seconds S --out JSON
                    [--allow ERRNO,...] [--drop-every S] [--drop-caches-every S]

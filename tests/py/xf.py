@@ -654,6 +654,16 @@ def random_file(path, size: int, seed: str) -> Path:
     return path
 
 
+def flip_byte(path, offset: int):
+    """Inverts every bit of the byte at offset (so the file surely changes)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        assert len(b) == 1, f"{path} has no byte at {offset}"
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0xff]))
+
+
 def layer_chain(root, image_id: str) -> list[tuple[str, str]]:
     """(chain id hex, cache-id) of each layer of the image `image_id` ("sha256:..."), base first,
     from ROOT/image/overlay2 (a data-root, a store or a mount)."""
