@@ -460,7 +460,8 @@ def manifest(root, excludes, out):
     return count
 
 
-def main():
+def parse_args(argv=None):
+    """The command line (argv, default sys.argv[1:]) as options for Comparer and manifest()."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n", 2)[2])
@@ -476,12 +477,38 @@ def main():
     ap.add_argument("--max-diffs", type=int, default=50)
     ap.add_argument("--manifest", action="store_true",
                     help="print a metadata manifest of one TREE instead of comparing")
-    opts = ap.parse_args()
+    opts = ap.parse_args(argv)
     opts.exclude = [os.fsencode(e.strip("/")) for e in opts.exclude]
+    if opts.manifest and len(opts.trees) != 1:
+        ap.error("--manifest takes exactly one TREE")
+    if not opts.manifest and len(opts.trees) != 2:
+        ap.error("need exactly two trees A B")
+    return opts
 
+
+def compare_opts(opts, comparer=None):
+    """Compares opts.trees[0] (A) with opts.trees[1] (B), both directories, with Comparer or a
+    subclass that relaxes some differences; returns it: its ndiffs, diffs (the first max_diffs),
+    entries and bytes_compared tell what it found."""
+    c = (comparer or Comparer)(Tree("A", opts.trees[0], opts.exclude), Tree("B", opts.trees[1], opts.exclude), opts)
+    c.walk()
+    c.compare_links()
+    return c
+
+
+def compare(argv, comparer=None):
+    """For tests that import this module: compare_opts() of a command line (["A", "B",
+    "--no-ctime", ...]). Raises NotADirectoryError if a root is not a directory."""
+    opts = parse_args([os.fspath(a) for a in argv])
+    for t in opts.trees:
+        if not os.path.isdir(t):
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", t)
+    return compare_opts(opts, comparer)
+
+
+def main():
+    opts = parse_args()
     if opts.manifest:
-        if len(opts.trees) != 1:
-            ap.error("--manifest takes exactly one TREE")
         try:
             n = manifest(opts.trees[0], opts.exclude, sys.stdout)
         except OSError as e:
@@ -490,16 +517,11 @@ def main():
         print("# %d entries" % n, file=sys.stderr)
         return 0
 
-    if len(opts.trees) != 2:
-        ap.error("need exactly two trees A B")
     for t in opts.trees:
         if not os.path.isdir(t):
             print("compare_trees: not a directory: %s" % t, file=sys.stderr)
             return 2
-    c = Comparer(Tree("A", opts.trees[0], opts.exclude),
-                 Tree("B", opts.trees[1], opts.exclude), opts)
-    c.walk()
-    c.compare_links()
+    c = compare_opts(opts)
     print("compare_trees: A=%s B=%s" % (opts.trees[0], opts.trees[1]))
     if c.ndiffs:
         print("compare_trees: %d difference(s); first %d:" % (c.ndiffs, len(c.diffs)))

@@ -609,6 +609,31 @@ def _module(path: Path):
     return sys.modules[name]
 
 
+def compare_trees_engine():
+    """tests/integration/compare_trees.py as a module (to subclass its Comparer)."""
+    return _module(COMPARE_TREES)
+
+
+def compare_trees(a, b, *options: str, comparer=None) -> str:
+    """compare_trees.py's engine, in this process: A and B entry by entry (type, mode, owner,
+    size, nlink, rdev, times with ctime, xattrs, d_type, d_ino, hard-link groups, every byte;
+    `options` as on its command line, e.g. "--no-ctime", "--exclude", "data/x"; comparer: a
+    subclass of its Comparer). Fails the test with the differences found; returns a summary."""
+    c = compare_trees_engine().compare([a, b, *options], comparer)
+    assert c.ndiffs == 0, (f"{b} differs from {a} ({c.ndiffs} differences; first {len(c.diffs)}):\n  "
+                           + "\n  ".join(c.diffs))
+    return f"{c.entries} entries, {c.bytes_compared} bytes identical"
+
+
+def tree_manifest(root, *exclude: str) -> list[str]:
+    """compare_trees.py --manifest ROOT: one line per entry (type, mode, owner, size, nlink, rdev,
+    mtime, ctime, inode, link target, xattrs; no content), to show that a tree did not change."""
+    import io
+    out = io.StringIO()
+    compare_trees_engine().manifest(str(root), [os.fsencode(e.strip("/")) for e in exclude], out)
+    return out.getvalue().splitlines()
+
+
 def snapshot(root) -> list[str]:
     """Every file (and symlink to a directory) under root: path, size, mtime, ctime, inode and the
     SHA-256 of its content, one line each in path order; equal snapshots mean nothing was written,
