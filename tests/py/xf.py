@@ -53,14 +53,15 @@ def run(cmd, *, timeout=120, check=True, env=None, input=None, cwd=None) -> subp
     return p
 
 
-def expect_fail(cmd, code: int, *needles: str, timeout=20, env=None) -> str:
+def expect_fail(cmd, code: int, *needles: str, timeout=20, env=None, no_stdout=False) -> str:
     """Runs cmd and checks the project's error contract: exit status `code` (1 runtime, 2 usage),
     never a hang or a signal, exactly one line on stderr, which contains one of `needles` (if
-    any are given). Returns that line."""
+    any are given), and with no_stdout nothing on stdout. Returns that line."""
     p = run(cmd, timeout=timeout, check=False, env=env)
     where = f"{' '.join(str(c) for c in cmd)}"
     assert p.returncode >= 0, f"{where}: killed by signal {-p.returncode}; stderr: {p.stderr[:2000]}"
     assert p.returncode == code, f"{where}: exit {p.returncode}, expected {code}; stderr: {p.stderr[:2000]}"
+    assert not (no_stdout and p.stdout), f"{where}: wrote to stdout: {p.stdout[:2000]!r}"
     lines = p.stderr.rstrip("\n").split("\n") if p.stderr.strip() else []
     assert len(lines) == 1, f"{where}: {len(lines)} lines on stderr, expected 1: {p.stderr[:2000]!r}"
     if needles:

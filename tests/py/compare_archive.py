@@ -1,8 +1,6 @@
-#!/usr/bin/env python3
-"""compare_archive.py A B: compare_trees.py --no-ctime --no-dir-size --no-blocks, relaxed further
-for a tree published from a `docker save` archive (A) against the data-root layer it came from (B).
-
-What a docker layer tar does not carry, and so is not compared:
+"""The comparison of a tree published from a `docker save` archive (A) with the data-root layer
+it came from (B): compare_trees.py --no-ctime --no-dir-size --no-blocks, relaxed further for what
+a docker layer tar does not carry, which is so not compared:
   * st_ctime (never in the tar), directory st_size and every st_blocks (not in the tar);
   * sub-second mtimes: docker writes layer tars with whole-second mtimes, so A's mtime must
     equal B's truncated to the second;
@@ -19,18 +17,15 @@ hard-link groups, content, d_type) is compared exactly.
 """
 import os
 import re
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
-import compare_trees  # noqa: E402
+import xf
 
-RELAXED = [0]
-_orig = compare_trees.Comparer.diff
 PRIVATE = re.compile(r"^xattr trusted\.overlay\.(origin|impure|uuid|nlink) only in B ")
 MTIME = re.compile(r"^st_mtime_ns A=(\d+) B=(\d+)$")
+ROOT_ATTRS = ("st_mode", "st_mtime_ns", "st_uid", "st_gid")
 
 
-def is_whiteout(path):
+def is_whiteout(path) -> bool:
     try:
         st = os.lstat(path)
     except OSError:
@@ -38,27 +33,24 @@ def is_whiteout(path):
     return (st.st_mode & 0o170000) == 0o020000 and st.st_rdev == 0
 
 
-def diff(self, rel, msg):
-    if PRIVATE.match(msg):
-        RELAXED[0] += 1
-        return
-    m = MTIME.match(msg)
-    if m and int(m.group(1)) == int(m.group(2)) // 10**9 * 10**9:
-        RELAXED[0] += 1
-        return
-    if m and is_whiteout(self.a.path(rel)):
-        RELAXED[0] += 1
-        return
-    if rel == b"" and (msg.startswith("st_mode") or msg.startswith("st_mtime_ns") or msg.startswith("st_uid")
-                       or msg.startswith("st_gid")):
-        RELAXED[0] += 1
-        return
-    _orig(self, rel, msg)
+class ArchiveComparer(xf.compare_trees_engine().Comparer):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.relaxed = 0
+
+    def diff(self, rel, msg):
+        m = MTIME.match(msg)
+        if (PRIVATE.match(msg)
+                or (m and int(m.group(1)) == int(m.group(2)) // 10**9 * 10**9)
+                or (m and is_whiteout(self.a.path(rel)))
+                or (rel == b"" and msg.startswith(ROOT_ATTRS))):
+            self.relaxed += 1
+            return
+        super().diff(rel, msg)
 
 
-compare_trees.Comparer.diff = diff
-if __name__ == "__main__":
-    sys.argv = [sys.argv[0], "--no-ctime", "--no-dir-size", "--no-blocks"] + sys.argv[1:]
-    rc = compare_trees.main()
-    print("compare_archive: %d differences relaxed (sub-second mtimes, whiteout mtimes, layer root, overlayfs-private xattrs)" % RELAXED[0])
-    sys.exit(rc)
+def compare(published, source) -> str:
+    """Fails the test with the differences between the published tree and its source layer
+    beyond what a tar does not carry; returns a summary."""
+    return xf.compare_trees(published, source, "--no-ctime", "--no-dir-size", "--no-blocks",
+                            comparer=ArchiveComparer)
