@@ -111,12 +111,8 @@ def image(module_tmp) -> Image:
     a = xf.Dockerd(t / "da", t / "ra", live_restore=False)
     try:
         a.start()
-        rootfs = t / "rootfs"
-        for d in ("bin", "etc", "data/keep", "data/sub", "opt", "tmp"):
-            (rootfs / d).mkdir(parents=True)
-        xf.run(["cp", "/bin/busybox", rootfs / "bin" / "busybox"])
-        for applet in "sh ls cat echo rm mkdir ln chmod stat head true touch".split():
-            (rootfs / "bin" / applet).symlink_to("busybox")
+        rootfs = xf.busybox_rootfs(t / "rootfs", "sh ls cat echo rm mkdir ln chmod stat head true touch",
+                                   "etc", "data/keep", "data/sub", "opt", "tmp")
         (rootfs / "etc" / "greeting").write_text("hello\n")
         (rootfs / "etc" / "removeme").write_text("gone\n")
         (rootfs / "data" / "keep" / "a").write_text("a\n")
@@ -201,8 +197,8 @@ def refused(cmd, code: int, *needles: str) -> str:
     return line
 
 
-def layout_problems(root: Path, mnt, cids: list[str]) -> list[str]:
-    """What attach wrote into the data-root `root` against the documented layout."""
+def check_layout(root: Path, mnt, cids: list[str]):
+    """What attach wrote into the data-root `root` is the documented layout."""
     bad, links = [], []
     for i, c in enumerate(cids):
         d = root / "overlay2" / c
@@ -228,7 +224,7 @@ def layout_problems(root: Path, mnt, cids: list[str]) -> list[str]:
         links.append(link)
         if not os.path.isdir(f"{d}/diff/"):
             bad.append(f"{d}/diff does not resolve")
-    return bad
+    assert not bad, f"attach wrote into {root} other than the documented layout:\n" + "\n".join(bad)
 
 
 def packed_problems(store: Path, layers: list[tuple[str, str]], tar_split: bool) -> list[str]:
@@ -312,10 +308,11 @@ def overlay_dirs_left(root: Path) -> list[str]:
     return [p.name for p in (root / "overlay2").iterdir() if p.name != "l"]
 
 
-def run_attached(extrafs, dockerd, m: xf.Mount, image_ref: str, root: Path, want_id: str) -> xf.Dockerd:
-    """Attaches image_ref from the mount into `root`, starts a dockerd there, which must list it
-    as want_id and run it."""
+def run_attached(extrafs, dockerd, m: xf.Mount, image_ref: str, root: Path, cids: list[str], want_id: str) -> xf.Dockerd:
+    """Attaches image_ref (layers `cids`) from the mount into `root`, which must then have the
+    documented layout, and starts a dockerd there, which must list it as want_id and run it."""
     attach(extrafs, image_ref, m.path, root)
+    check_layout(root, m.path, cids)
     d = dockerd(root, live_restore=False)
     got = d.docker("image", "inspect", "-f", "{{.Id}}", image_ref).stdout.strip()
     assert got == want_id, f"dockerd lists {image_ref} as {got}, A built {want_id}"
@@ -388,7 +385,7 @@ def test_attach_writes_the_documented_layout_and_a_second_attach_changes_nothing
     m = mounts("dr")
     rb = tmp / "rb"
     attach(extrafs, IMAGE, m.path, rb)
-    assert layout_problems(rb, m.path, stores.cids("dr")) == []
+    check_layout(rb, m.path, stores.cids("dr"))
     before = xf.dataroot_listing(rb)
     out = attach(extrafs, IMAGE, m.path, rb)
     assert "already attached" in out, out
@@ -398,7 +395,7 @@ def test_attach_writes_the_documented_layout_and_a_second_attach_changes_nothing
 def test_dockerd_runs_the_data_root_published_image_lazily_and_exactly(extrafs, image, stores, mounts, dockerd, tmp):
     m = mounts("dr")
     rb = tmp / "rb"
-    b = run_attached(extrafs, dockerd, m, IMAGE, rb, image.id)
+    b = run_attached(extrafs, dockerd, m, IMAGE, rb, stores.cids("dr"), image.id)
     # Attached whole already: nothing to write, so no refusal (and nothing written).
     before = xf.dataroot_listing(rb)
     out = attach(extrafs, IMAGE, m.path, rb)
@@ -414,11 +411,7 @@ def test_dockerd_runs_the_data_root_published_image_lazily_and_exactly(extrafs, 
 def test_dockerd_runs_the_archive_published_image_but_cannot_save_it(extrafs, image, stores, mounts, dockerd, tmp):
     m2 = mounts("ar")
     rc = tmp / "rc"
-    attach(extrafs, IMAGE_AR, m2.path, rc)
-    assert layout_problems(rc, m2.path, stores.cids("ar")) == []
-    c = dockerd(rc, live_restore=False)
-    assert c.docker("image", "inspect", "-f", "{{.Id}}", IMAGE_AR).stdout.strip() == image.id
-    assert docker_run(c, IMAGE_AR) == RUN_OUTPUT
+    c = run_attached(extrafs, dockerd, m2, IMAGE_AR, rc, stores.cids("ar"), image.id)
     check_fetched_little(m2, stores.cids("ar"))
     check_export(c, IMAGE_AR, image.export, tmp / "export-c.tar")
     mnt2_before = xf.snapshot(m2.path)
@@ -441,10 +434,7 @@ def test_dockerd_runs_the_archive_published_image_but_cannot_save_it(extrafs, im
 def test_a_hermes_style_store_attaches_runs_exports_and_saves(extrafs, image, stores, mounts, dockerd, tmp):
     m3 = mounts("hermes")
     rh = tmp / "rh"
-    attach(extrafs, IMAGE, m3.path, rh)
-    assert layout_problems(rh, m3.path, stores.cids("hermes")) == []
-    h = dockerd(rh, live_restore=False)
-    assert docker_run(h, IMAGE) == RUN_OUTPUT
+    h = run_attached(extrafs, dockerd, m3, IMAGE, rh, stores.cids("hermes"), image.id)
     check_fetched_little(m3, stores.cids("hermes"))
     check_export(h, IMAGE, image.export, tmp / "export-h.tar")
     check_save(h, IMAGE, tmp / "save-h.tar")
@@ -457,7 +447,7 @@ def test_a_hermes_style_store_attaches_runs_exports_and_saves(extrafs, image, st
 def test_the_image_runs_after_a_dockerd_restart_next_to_another_dockerd(extrafs, image, stores, mounts, dockerd, tmp):
     m = mounts("dr")
     rb = tmp / "rb"
-    b = run_attached(extrafs, dockerd, m, IMAGE, rb, image.id)
+    b = run_attached(extrafs, dockerd, m, IMAGE, rb, stores.cids("dr"), image.id)
     b.stop(check=True)
     a = dockerd(image.ra, live_restore=False)
     # Only A runs, on another data-root: no reason to refuse.
@@ -471,7 +461,7 @@ def test_the_image_runs_after_a_dockerd_restart_next_to_another_dockerd(extrafs,
 def test_rmi_reattach_and_prune_leave_the_store_and_the_mount_alone(extrafs, image, stores, mounts, dockerd, tmp):
     m = mounts("dr")
     rb = tmp / "rb"
-    b = run_attached(extrafs, dockerd, m, IMAGE, rb, image.id)
+    b = run_attached(extrafs, dockerd, m, IMAGE, rb, stores.cids("dr"), image.id)
     mnt_before = xf.snapshot(m.path)
     b.docker("rmi", IMAGE)
     assert overlay_dirs_left(rb) == [], "rmi left overlay2 dirs"

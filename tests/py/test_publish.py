@@ -85,12 +85,8 @@ def image(module_tmp) -> Image:
     d = xf.Dockerd(t / "d", t / "docker", live_restore=False)
     try:
         d.start()
-        r = t / "rootfs"
-        for sub in ("bin", "etc", "opt", "data/dir/sub", "tmp", "usr/sbin"):
-            (r / sub).mkdir(parents=True)
-        shutil.copy("/bin/busybox", r / "bin" / "busybox")
-        for a in "sh ls rm mkdir ln chmod chown cp cat echo dd touch mv head seq".split():
-            (r / "bin" / a).symlink_to("busybox")
+        r = xf.busybox_rootfs(t / "rootfs", "sh ls rm mkdir ln chmod chown cp cat echo dd touch mv head seq",
+                              "etc", "opt", "data/dir/sub", "tmp", "usr/sbin")
         (r / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
         # setcap (and its libraries) inside the image: docker build's COPY drops security.capability.
         shutil.copy("/usr/sbin/setcap", r / "usr/sbin/setcap")

@@ -621,7 +621,7 @@ def compare_trees(a, b, *options: str, comparer=None) -> str:
     `options` as on its command line, e.g. "--no-ctime", "--exclude", "data/x"; comparer: a
     subclass of its Comparer). Fails the test with the differences found; returns a summary."""
     c = compare_trees_engine().compare([a, b, *options], comparer)
-    assert c.ndiffs == 0, (f"{b} differs from {a} ({c.ndiffs} differences; first {len(c.diffs)}):\n  "
+    assert c.ndiffs == 0, (f"A={a} and B={b} differ ({c.ndiffs} differences; first {len(c.diffs)}):\n  "
                            + "\n  ".join(c.diffs))
     return f"{c.entries} entries, {c.bytes_compared} bytes identical"
 
@@ -688,6 +688,18 @@ def flip_byte(path, offset: int):
         assert len(b) == 1, f"{path} has no byte at {offset}"
         f.seek(offset)
         f.write(bytes([b[0] ^ 0xff]))
+
+
+def busybox_rootfs(root, applets: str, *dirs: str) -> Path:
+    """A root file system for `docker import`: bin/busybox (busybox-static), a symlink to it for
+    each of the space-separated `applets`, and the empty directories `dirs`."""
+    root = Path(root)
+    for d in ("bin", *dirs):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    shutil.copy("/bin/busybox", root / "bin" / "busybox")
+    for a in applets.split():
+        (root / "bin" / a).symlink_to("busybox")
+    return root
 
 
 def layer_chain(root, image_id: str) -> list[tuple[str, str]]:
