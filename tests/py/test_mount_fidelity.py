@@ -15,8 +15,8 @@ test_nfs_fidelity.sh; [source] marks the checks the NFS test lacked, now made fo
 [x] L: 8 concurrent first readers of 4 unread files get the store's bytes; mmap too [source]
                                                         -> test_concurrent_first_reads_and_mmap_*
 [x] L, N: every layer diff/ and image/ equal the store strictly (with ctime, d_type, d_ino,
-    hard-link groups, xattrs, every byte incl. the 5 GiB sparse file)
-                                                        -> test_every_layer_and_image_equal_*
+    hard-link groups, xattrs, every byte incl. the 5 GiB sparse file); the three sources at
+    once, as N compared NFSv3 and NFSv4 side by side       -> test_every_layer_and_image_equal_*
 [x] N: the content came from the source: bytes_fetched and chunks_fetched > 0, backend_errors 0,
     stats source is the mount's source (nfs://... over NFS)      -> test_every_layer_and_image_equal_*
 [x] L, N: each layer's directory lists as in the store [N: source]; link and lower are regular
@@ -46,11 +46,12 @@ from __future__ import annotations
 import errno
 import hashlib
 import mmap
+import multiprocessing
 import os
 import signal
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,12 +98,16 @@ def nfs(module_ganesha, odd) -> xf.Ganesha:
     return g
 
 
-@pytest.fixture(params=SOURCES)
-def source(request, odd) -> str:
-    if request.param == "local":
+def source_url(name: str, odd: Odd, request) -> str:
+    if name == "local":
         return str(odd.store)
     g = request.getfixturevalue("nfs")
-    return g.url3 if request.param == "nfs3" else g.url4
+    return g.url3 if name == "nfs3" else g.url4
+
+
+@pytest.fixture(params=SOURCES)
+def source(request, odd) -> str:
+    return source_url(request.param, odd, request)
 
 
 @pytest.fixture
@@ -180,16 +185,45 @@ def test_concurrent_first_reads_and_mmap_return_the_stores_bytes(served, odd):
         assert m[:] == a, "mmap of a served file differs"
 
 
-def test_every_layer_and_image_equal_the_store(served, odd):
-    for c in odd.cids:
+def compare_mount(odd: Odd, mnt: Path) -> list[tuple[str, str, bool]]:
+    """Every layer diff/ and image/ of the mount at mnt against the store, strictly: (what, the
+    summary or the differences, equal) for each."""
+    out = []
+    for what in [f"overlay2/{c}/diff" for c in odd.cids] + ["image"]:
         t0 = time.monotonic()
-        summary = xf.compare_trees(odd.store / "overlay2" / c / "diff", served.path / "overlay2" / c / "diff")
-        print(f"overlay2/{c[:12]}…/diff: {summary} ({time.monotonic() - t0:.1f} s)")
-    print(f"image/: {xf.compare_trees(odd.store / 'image', served.path / 'image')}")
-    s = served.stats()
+        try:
+            out.append((what, f"{xf.compare_trees(odd.store / what, mnt / what)} ({time.monotonic() - t0:.1f} s)", True))
+        except AssertionError as e:
+            out.append((what, str(e), False))
+    return out
+
+
+@pytest.fixture(scope="module")
+def compared(odd, extrafs, module_tmp, request) -> dict:
+    """A fresh mount from each source compared whole with the store, the three at once (a process
+    each, as the shell tests compared NFSv3 and NFSv4 side by side): {source: (compare_mount()'s
+    results, the mount's stats after them, the mount's source, its cache, now warm and unused)}."""
+    mounts = xf.Mounts(extrafs, module_tmp / "compared")
+    try:
+        ms = {n: mounts(source_url(n, odd, request), cache_size="2G", options=OPTIONS) for n in SOURCES}
+        with ProcessPoolExecutor(len(ms), mp_context=multiprocessing.get_context("fork")) as pool:
+            running = {n: pool.submit(compare_mount, odd, m.path) for n, m in ms.items()}
+            results = {n: f.result(timeout=900) for n, f in running.items()}
+        return {n: (results[n], ms[n].stats(), ms[n].source, ms[n].cache) for n in ms}
+    finally:
+        mounts.close()
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_every_layer_and_image_equal_the_store(name, compared):
+    results, s, source, _ = compared[name]
+    for what, summary, equal in results:
+        print(f"{what}: {summary}" if equal else f"{what}: DIFFERS")
+    bad = [summary for _, summary, equal in results if not equal]
+    assert not bad, "\n".join(bad)
     assert s["bytes_fetched"] > 0 and s["chunks_fetched"] > 0, f"nothing was read from the source? {s}"
     assert s["backend_errors"] == 0, s
-    assert s["source"] == served.source, f"stats source {s['source']!r}, mounted {served.source!r}"
+    assert s["source"] == source, f"stats source {s['source']!r}, mounted {source!r}"
 
 
 PROBE_PATHS = ["etc/greeting", "perms/mode0000", "perms/dir_0700", "perms/dir_0700/inside",
@@ -327,16 +361,15 @@ def test_unmount_ends_the_daemon_and_empties_the_mount_point(served):
     assert os.listdir(served.path) == [], "MNT not empty after unmount"
 
 
-def test_a_remount_on_a_pipe_serves_the_warm_cache_and_sigterm_unmounts(source, odd, mount, extrafs, tmp):
+def test_a_remount_on_a_pipe_serves_the_warm_cache_and_sigterm_unmounts(source, odd, extrafs, tmp, compared):
     base = f"overlay2/{odd.base}/diff"
-    first = mount(source, options=OPTIONS)
-    xf.compare_trees(odd.store / base, first.path / base, "--exclude", "data/sparse_5g")
-    first.unmount()
+    # The cache the whole comparison filled (as the shell test remounted on its first mount's).
+    cache = next(c for _, _, src, c in compared.values() if src == source)
     mnt = tmp / "again"
     mnt.mkdir()
     # The daemon must not keep the caller's stdout/stderr (here a pipe) open, or this never returns.
     p = xf.run(["bash", "-c", '"$1" mount "$2" "$3" -o "cache=$4,cache_size=2G,log_level=warn" 2>&1 | cat',
-                "_", extrafs, source, mnt, first.cache], timeout=30, check=False)
+                "_", extrafs, source, mnt, cache], timeout=30, check=False)
     assert p.returncode == 0, f"mount on a pipe: exit {p.returncode}: {p.stdout[:500]}"
     try:
         assert xf.is_mounted(mnt)
