@@ -254,7 +254,7 @@ def make_odd_store(extrafs: Path, path: Path, busybox: str | None = None) -> Sto
 # about them
 
 
-def pseudo_random(n: int, seed: int) -> bytes:
+def pseudo_random(n: int, seed: int | str) -> bytes:
     """n bytes that do not compress (so a blob stores them as they are), the same for a seed."""
     import random
     return random.Random(seed).randbytes(n)
@@ -305,19 +305,24 @@ def three_images(dir: Path) -> SavedImages:
     }, {"a:1": ["base"], "b:1": ["base", "b"], "c:1": ["base", "c"]})
 
 
+def layer_chain(root, image_id: str) -> list[tuple[str, str]]:
+    """(chain id hex, cache-id) of each layer of the image `image_id` ("sha256:..."), base first,
+    from ROOT/image/overlay2 (a data-root, a store or a mount)."""
+    import hashlib
+    meta = Path(root) / "image" / "overlay2"
+    cfg = json.loads((meta / "imagedb" / "content" / "sha256" / image_id.split(":")[-1]).read_bytes())
+    chain, out = None, []
+    for d in cfg["rootfs"]["diff_ids"]:
+        chain = d if chain is None else "sha256:" + hashlib.sha256(f"{chain} {d}".encode()).hexdigest()
+        out.append((chain[7:], (meta / "layerdb" / "sha256" / chain[7:] / "cache-id").read_text().strip()))
+    return out
+
+
 def image_layer_ids(root, tag: str) -> list[str]:
     """The cache-ids of the layers of `tag` (base first), from ROOT/image/overlay2 (a store, a
     mount or a data-root)."""
-    import hashlib
-    meta = Path(root) / "image" / "overlay2"
-    repos = json.loads((meta / "repositories.json").read_text())["Repositories"]
-    image_id = repos[tag.rsplit(":", 1)[0]][tag]
-    config = json.loads((meta / "imagedb" / "content" / "sha256" / image_id.split(":", 1)[1]).read_bytes())
-    chain, out = "", []
-    for diff in config["rootfs"]["diff_ids"]:
-        chain = diff if not chain else "sha256:" + hashlib.sha256(f"{chain} {diff}".encode()).hexdigest()
-        out.append((meta / "layerdb" / "sha256" / chain.split(":", 1)[1] / "cache-id").read_text().strip())
-    return out
+    repos = json.loads((Path(root) / "image" / "overlay2" / "repositories.json").read_text())["Repositories"]
+    return [cache_id for _, cache_id in layer_chain(root, repos[tag.rsplit(":", 1)[0]][tag])]
 
 
 def check_layer_served(mnt, cache_id: str, src: Path):
@@ -666,17 +671,10 @@ def assert_unchanged(before: list[str], after: list[str], what: str):
 
 
 def random_file(path, size: int, seed: str) -> Path:
-    """A file of `size` pseudo-random bytes (which lz4 leaves as they are), the same for a seed."""
-    import random
+    """A file of `size` bytes of pseudo_random() (which lz4 leaves as they are), the same for a seed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    rng = random.Random("nfs_mount:" + seed)
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            n = min(left, 1 << 20)
-            f.write(rng.randbytes(n))
-            left -= n
+    path.write_bytes(pseudo_random(size, seed))
     return path
 
 
@@ -700,19 +698,6 @@ def busybox_rootfs(root, applets: str, *dirs: str) -> Path:
     for a in applets.split():
         (root / "bin" / a).symlink_to("busybox")
     return root
-
-
-def layer_chain(root, image_id: str) -> list[tuple[str, str]]:
-    """(chain id hex, cache-id) of each layer of the image `image_id` ("sha256:..."), base first,
-    from ROOT/image/overlay2 (a data-root, a store or a mount)."""
-    import hashlib
-    meta = Path(root) / "image" / "overlay2"
-    cfg = json.loads((meta / "imagedb" / "content" / "sha256" / image_id.split(":")[-1]).read_bytes())
-    chain, out = None, []
-    for d in cfg["rootfs"]["diff_ids"]:
-        chain = d if chain is None else "sha256:" + hashlib.sha256(f"{chain} {d}".encode()).hexdigest()
-        out.append((chain[7:], (meta / "layerdb" / "sha256" / chain[7:] / "cache-id").read_text().strip()))
-    return out
 
 
 def catalog_layers(store) -> list[dict]:
