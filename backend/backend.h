@@ -50,6 +50,13 @@ class Backend {
   // Reads a whole (small) object. Refuses objects larger than `limit` with EFBIG. The default
   // is a stat() and a read(); a backend that can do it in one request does.
   virtual Result<std::string> read_all(std::string_view path, uint64_t limit = 1ull << 32);
+
+  // The owner is shutting down: every call in progress returns at once (its waits, retries and
+  // transfers cut short) and every later call fails at once, both with ECANCELED. Irreversible.
+  // Without it a shutdown waits for calls bounded only by the timeout (30 s by default, longer
+  // for a call that makes several), e.g. a catalog probe of a store that does not answer. The
+  // default does nothing: a local directory has no waits to cut short.
+  virtual void interrupt() {}
 };
 
 // How to open a SOURCE (see open_backend).

@@ -347,6 +347,11 @@ class CurlLoop {
   void run(Request& r) {
     {
       std::lock_guard lock(mu_);
+      if (cancelled_) {
+        r.result = CURLE_ABORTED_BY_CALLBACK;
+        r.done = true;
+        return;
+      }
       pending_.push_back(&r);
     }
     curl_multi_wakeup(multi_);
@@ -360,6 +365,16 @@ class CurlLoop {
     }
   }
 
+  // Ends every transfer in progress and every one asked for later (CURLE_ABORTED_BY_CALLBACK)
+  // at once. Irreversible (Backend::interrupt).
+  void cancel_all() {
+    {
+      std::lock_guard lock(mu_);
+      cancelled_ = true;
+    }
+    curl_multi_wakeup(multi_);
+  }
+
  private:
   void loop() {
     std::vector<Request*> active;
@@ -367,7 +382,7 @@ class CurlLoop {
       std::vector<Request*> added;
       {
         std::lock_guard lock(mu_);
-        if (stop_) break;
+        if (stop_ || cancelled_) break;
         while (!pending_.empty() && active.size() + added.size() < kMaxTransfers) {
           added.push_back(pending_.front());
           pending_.pop_front();
@@ -404,7 +419,11 @@ class CurlLoop {
       finish(r);
     }
     std::lock_guard lock(mu_);
-    for (Request* r : pending_) r->done = true;
+    for (Request* r : pending_) {
+      r->result = CURLE_ABORTED_BY_CALLBACK;
+      r->done = true;
+    }
+    pending_.clear();
     done_cv_.notify_all();
   }
 
@@ -497,6 +516,7 @@ class CurlLoop {
   std::condition_variable done_cv_;
   std::deque<Request*> pending_;  // guarded by mu_
   bool stop_ = false;             // guarded by mu_
+  bool cancelled_ = false;        // guarded by mu_; the loop has ended (cancel_all)
 };
 
 // How an attempt ended.
@@ -682,7 +702,27 @@ class HttpBackend final : public Backend {
 
   std::string describe() const override { return source_; }
 
+  void interrupt() override {
+    {
+      std::lock_guard lock(pause_mu_);
+      interrupted_.store(true);
+    }
+    pause_cv_.notify_all();
+    loop_.cancel_all();
+  }
+
  private:
+  static Error interrupted_error(const char* method, std::string_view path) {
+    return Error{ECANCELED, fmt::format("http {} of '{}' cancelled: shutting down", method, path)};
+  }
+
+  // Waits `d` (a back-off, a Retry-After), or less if interrupt() comes meanwhile.
+  template <typename Duration>
+  void pause(Duration d) {
+    std::unique_lock lock(pause_mu_);
+    pause_cv_.wait_for(lock, d, [&] { return interrupted_.load(); });
+  }
+
   // What a finished attempt left for the caller (the parts of Request it needs).
   struct Answer {
     int64_t content_length = -1;
@@ -788,6 +828,7 @@ class HttpBackend final : public Backend {
     Error last{ETIMEDOUT, "no attempt finished"};
     int backoff_ms = kFirstBackoffMs;
     for (int attempt = 0; attempt < 1000; ++attempt) {
+      if (interrupted_.load()) return interrupted_error(method, path);
       int64_t wait_ns = 0;
       auto m = pick_mirror(excluded, &wait_ns);
       if (!m) {
@@ -798,7 +839,7 @@ class HttpBackend final : public Backend {
                                            "time left", (wait_ns + 999999999) / 1000000000)};
           break;
         }
-        std::this_thread::sleep_for(std::chrono::nanoseconds(wait_ns));
+        pause(std::chrono::nanoseconds(wait_ns));
         continue;
       }
       auto [g, pi] = pick_proxy(path);
@@ -807,7 +848,7 @@ class HttpBackend final : public Backend {
         // Everything usable failed once already: back off before asking the same again.
         int left = ms_left(deadline);
         if (left <= 2) break;
-        std::this_thread::sleep_for(std::chrono::milliseconds(std::min(backoff_ms, left - 1)));
+        pause(std::chrono::milliseconds(std::min(backoff_ms, left - 1)));
         backoff_ms = std::min(backoff_ms * 2, kMaxBackoffMs);
       }
       if (ms_left(deadline) <= 0) break;
@@ -825,6 +866,7 @@ class HttpBackend final : public Backend {
       r.stall_s = std::max<long>(1, timeout_ms_ / 4000);
       setup(r);
       loop_.run(r);
+      if (interrupted_.load()) return interrupted_error(method, path);
       Outcome o = classify(r);
       const bool complete = progress && progress(r, o);
       if (o.blame == Blame::kNone || complete) {
@@ -876,6 +918,9 @@ class HttpBackend final : public Backend {
   const int timeout_ms_;
   mutable std::vector<Health> mirrors_;
   mutable std::vector<std::vector<Health>> proxies_;
+  std::atomic<bool> interrupted_{false};
+  std::mutex pause_mu_;
+  std::condition_variable pause_cv_;  // interrupt() ends every pause()
   CurlLoop loop_;  // last: stopped first, while everything it uses is alive
 };
 

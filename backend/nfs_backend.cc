@@ -230,14 +230,16 @@ struct Conn {
   };
   std::list<std::string> lru;  // most recently used first
   std::unordered_map<std::string, Handle> handles;
+  const std::atomic<bool>* interrupted = nullptr;  // the backend's: set, the loop gives up
 };
 
-enum class Loop { kDone, kTimeout, kBroken };
+enum class Loop { kDone, kTimeout, kBroken, kInterrupted };
 
 // Drives the context until done() or the deadline; never blocks past the deadline.
 template <typename Done>
 Loop run_loop(Conn& c, Done done, Deadline deadline) {
   while (!done()) {
+    if (c.interrupted != nullptr && c.interrupted->load()) return Loop::kInterrupted;
     int left = ms_left(deadline);
     if (left <= 0) return Loop::kTimeout;
     struct pollfd pfd {};
@@ -345,6 +347,15 @@ class NfsBackend final : public Backend {
 
   std::string describe() const override { return url_; }
 
+  void interrupt() override {
+    {
+      std::lock_guard lk(mu_);
+      interrupted_.store(true);
+    }
+    cv_.notify_all();
+    pause_cv_.notify_all();
+  }
+
  private:
   Result<std::string> full_path(std::string_view path) const {
     std::vector<std::string_view> parts;
@@ -388,8 +399,10 @@ class NfsBackend final : public Backend {
       }
       if (conns_.size() < static_cast<size_t>(kMaxContexts)) {
         conns_.push_back(std::make_unique<Conn>());
+        conns_.back()->interrupted = &interrupted_;
         return conns_.back().get();
       }
+      if (interrupted_.load()) return Error{ECANCELED, "cancelled: shutting down"};
       if (cv_.wait_until(lk, deadline) == std::cv_status::timeout && idle_.empty()) {
         return Error{ETIMEDOUT, "all " + std::to_string(kMaxContexts) +
                                     " NFS connections stayed busy until the deadline"};
@@ -440,6 +453,7 @@ class NfsBackend final : public Backend {
     if (loop == Loop::kTimeout) {
       return Error{ETIMEDOUT, what + ": no answer from " + server_name() + " before the deadline"};
     }
+    if (loop == Loop::kInterrupted) return Error{ECANCELED, what + ": cancelled: shutting down"};
     int code = c.sock_errno != 0 ? c.sock_errno : ECONNRESET;
     std::string msg = what + ": " + server_name() + ": " + std::strerror(code);
     if (c.sock_errno == 0 || code == ECONNRESET) msg += " (connection lost)";
@@ -568,6 +582,7 @@ class NfsBackend final : public Backend {
     int stale_retries = 0;
     Error last{ETIMEDOUT, "no attempt finished"};
     for (int attempt = 0;; ++attempt) {
+      if (interrupted_.load()) return Error{ECANCELED, "nfs " + std::string(op) + " of '" + std::string(path) + "' cancelled: shutting down"};
       auto lease = acquire(deadline, key);
       if (!lease.ok()) {
         last = lease.error();
@@ -592,12 +607,15 @@ class NfsBackend final : public Backend {
         return r;
       }
       last = r.error();
-      if (is_permanent(last.code)) return last;
+      if (is_permanent(last.code) || last.code == ECANCELED) return last;
       if (last.code == ESTALE && stale_retries++ < 3) continue;  // handle was dropped: reopen
       int left = ms_left(deadline);
       if (left <= 2) break;
       spdlog::debug("nfs: {}: {} of '{}' failed ({}), retrying", url_, op, path, last.message);
-      std::this_thread::sleep_for(std::chrono::milliseconds(std::min(backoff_ms, left - 1)));
+      {
+        std::unique_lock lk(mu_);
+        pause_cv_.wait_for(lk, std::chrono::milliseconds(std::min(backoff_ms, left - 1)), [&] { return interrupted_.load(); });
+      }
       backoff_ms = std::min(backoff_ms * 2, kMaxBackoffMs);
     }
     auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count();
@@ -818,9 +836,11 @@ class NfsBackend final : public Backend {
   std::array<std::atomic<uint32_t>, kStatGenerations> stat_gen_;
 
   std::mutex mu_;
-  std::condition_variable cv_;
+  std::condition_variable cv_;                // a context was released
+  std::condition_variable pause_cv_;          // interrupt() ends back-offs (with mu_)
   std::vector<std::unique_ptr<Conn>> conns_;  // guarded by mu_ (grows only)
   std::vector<Conn*> idle_;                   // guarded by mu_
+  std::atomic<bool> interrupted_{false};      // interrupt(): every call fails at once
 };
 
 }  // namespace

@@ -30,6 +30,21 @@ ChunkFetcher::~ChunkFetcher() {
   writer_.reset();  // writes what is queued
 }
 
+void ChunkFetcher::interrupt() {
+  {
+    std::lock_guard lock(queue_mu_);
+    stopping_ = true;
+    queue_.clear();
+    // A run being fetched takes its own bytes off runs_bytes_ when it ends.
+    for (const auto& r : runs_) runs_bytes_ -= r.second;
+    runs_.clear();
+    waiting_.clear();
+    waiting_bytes_ = 0;
+  }
+  queue_cv_.notify_all();
+  backend_.interrupt();
+}
+
 void ChunkFetcher::flush_cache_writes() {
   if (writer_) writer_->flush();
 }

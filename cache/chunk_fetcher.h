@@ -157,6 +157,12 @@ class ChunkFetcher : public MetaSource {
   // has failed and been counted). For `extrafs stats` and tests; unmount does it too.
   void flush_cache_writes();
 
+  // Nothing more will be read (the mount is going away): drops the prefetch work, stops its
+  // workers and interrupts the backend (Backend::interrupt), so that every backend call in
+  // progress or to come fails at once with ECANCELED. Chunks already fetched are still written
+  // to the disk cache. Irreversible.
+  void interrupt();
+
   FetcherStats stats() const;
   // Bytes of chunk data held locally: the disk cache if there is one, else the memory LRU.
   uint64_t cached_bytes();

@@ -55,6 +55,20 @@ FsCore::FsCore(cache::ChunkFetcher& fetcher, cache::MetaSource& meta, FsCoreOpti
   slots_.push_back(nullptr);
 }
 
+void FsCore::stop() {
+  {
+    std::lock_guard lock(stop_mu_);
+    stopping_ = true;
+  }
+  stop_cv_.notify_all();
+  {
+    std::lock_guard lock(copy_mu_);
+    copy_stop_ = true;
+  }
+  copy_cv_.notify_all();
+  fetcher_.interrupt();
+}
+
 FsCore::~FsCore() {
   {
     std::lock_guard lock(stop_mu_);

@@ -111,6 +111,11 @@ class FsCore {
   static Result<std::unique_ptr<FsCore>> open(cache::ChunkFetcher& fetcher, cache::MetaSource& meta,
                                               FsCoreOptions options);
   ~FsCore();
+  // The file system is no longer served (its FUSE session ended): the refresh and copier threads
+  // stop, and the store calls in progress are cut short (ChunkFetcher::interrupt), so that a
+  // refresh waiting on a store that does not answer does not hold up the daemon's exit for up
+  // to the timeout of each call it makes. Nothing is read from the store afterwards.
+  void stop();
 
   Result<NodeAttr> lookup(uint64_t parent, std::string_view name);
   // How long the kernel may cache "no such name" in `parent`.

@@ -605,6 +605,9 @@ int run_fuse(FsCore& core, const FuseConfig& config, const std::function<void(co
   // An unmount ends the loop with 0; SIGINT/SIGTERM/SIGHUP with the signal's number (libfuse's
   // signal handler stores it as the session error): both are clean stops.
   bool clean = rc >= 0;
+  // Nothing is served any more: a refresh waiting on the store (which holds the lock that
+  // set_on_listing_change takes) ends at once instead of after its timeouts.
+  core.stop();
   core.set_on_listing_change({});  // the session goes away; the refresh thread may still run
   fuse_session_unmount(se);
   fuse_remove_signal_handlers(se);

@@ -174,6 +174,8 @@ def test_broken_answers_fail_the_read_never_return_wrong_bytes(extrafs, tmp, mou
         assert big.stat().st_size == size, mode
         b.set_mode("good")  # the same mount reads right once the server does
         assert read_again(big) == want, mode
+        _, secs = timed(m.unmount)  # and goes away at once, whatever its threads were doing
+        assert secs < 5, (mode, f"unmount took {secs:.1f} s")
 
 
 def test_redirects_from_https_to_http_and_redirect_loops_fail(extrafs, tmp, badhttp, nginx, test_ca):
