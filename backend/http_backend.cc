@@ -11,12 +11,8 @@
 // - Connections, and HTTP/2 multiplexing over them, belong to the multi handle; the DNS cache
 //   and TLS session ids are shared through a share handle (CURL_LOCK_DATA_DNS, _SSL_SESSION),
 //   so a new connection to a server seen before resumes its TLS session.
-// - CURLOPT_AWS_SIGV4 signs host, x-amz-date and every header we add (Cache-Control,
-//   x-amz-content-sha256, x-amz-security-token), and takes the payload hash from our
-//   x-amz-content-sha256 header when there is one. Without that header it sends none, and
-//   radosgw then rejects every request (403 SignatureDoesNotMatch): we send UNSIGNED-PAYLOAD.
-//   The canonical URI is the path as sent, which is why every key segment is percent-encoded
-//   the way SigV4 canonicalises it (url.h).
+// - S3 requests are signed by CURLOPT_AWS_SIGV4 (set_s3_signing in http_curl.h, which says
+//   what 7.88 signs); reads send x-amz-content-sha256: UNSIGNED-PAYLOAD (they have no body).
 // - CURLOPT_PROXY "" disables every proxy, also those of http_proxy and friends in the
 //   environment, which the daemon must not follow.
 // - CURLOPT_REDIR_PROTOCOLS_STR "https" makes a redirect from https to http fail with
@@ -25,13 +21,10 @@
 //   (CURLE_WRITE_ERROR): how a 200 to a range request is stopped at its first bytes.
 // - With CURLOPT_NOSIGNAL (needed in a threaded process) curl leaves signals alone, and OpenSSL
 //   writing to a connection the peer closed raises SIGPIPE, which would kill the process (a
-//   mirror stopped mid-transfer). make_http_backend() therefore ignores SIGPIPE if nothing
-//   handles it yet; a broken connection is then an error like any other.
+//   mirror stopped mid-transfer): http::init_curl() ignores it if nothing handles it yet.
 // - radosgw answers a range past the end with 416 without Content-Range, nginx with
 //   "bytes */N" (measured). Either way the read fails: the index names only bytes that exist.
 #include "backend/http_backend.h"
-
-#include <signal.h>
 
 #include <curl/curl.h>
 
@@ -52,6 +45,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "backend/http_curl.h"
 #include "backend/url.h"
 #include "common/hash.h"
 #include "common/str_util.h"
@@ -68,7 +62,6 @@ constexpr long kMaxRedirects = 3;
 constexpr size_t kErrorBodyKeep = 4096;                  // of an error answer, for its S3 <Code>
 constexpr int kFirstBackoffMs = 10;
 constexpr int kMaxBackoffMs = 500;
-constexpr int kMaxRetryAfterS = 3600;
 
 int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
@@ -77,20 +70,6 @@ int64_t now_ns() {
 int ms_left(Deadline deadline) {
   auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
   return left.count() <= 0 ? 0 : static_cast<int>(std::min<int64_t>(left.count(), INT32_MAX));
-}
-
-bool iequals_prefix(std::string_view line, std::string_view name) {
-  if (line.size() < name.size()) return false;
-  for (size_t i = 0; i < name.size(); ++i)
-    if (std::tolower(static_cast<unsigned char>(line[i])) != name[i]) return false;
-  return true;
-}
-
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r' || s.back() == '\n'))
-    s.remove_suffix(1);
-  return s;
 }
 
 // Who is to blame for a failed attempt, which decides what is tried next.
@@ -177,24 +156,24 @@ size_t on_header(char* data, size_t size, size_t n, void* user) {
       long code = 0;
       auto [p, ec] = std::from_chars(rest.data(), rest.data() + rest.size(), code);
       if (ec == std::errc()) r->status = code;
-      r->status_text = std::string(trim(std::string_view(p, rest.data() + rest.size() - p)));
+      r->status_text = std::string(http::trim_header(std::string_view(p, rest.data() + rest.size() - p)));
     }
     return total;
   }
   size_t colon = line.find(':');
   if (colon == std::string_view::npos) return total;
-  std::string_view value = trim(line.substr(colon + 1));
-  if (iequals_prefix(line, "content-range:")) {
+  std::string_view value = http::trim_header(line.substr(colon + 1));
+  if (http::header_is(line, "content-range:")) {
     r->content_range = value;
-  } else if (iequals_prefix(line, "content-length:")) {
+  } else if (http::header_is(line, "content-length:")) {
     int64_t v = -1;
     auto [p, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
     r->content_length = (ec == std::errc() && p == value.data() + value.size() && v >= 0) ? v : -2;
-  } else if (iequals_prefix(line, "retry-after:")) {
+  } else if (http::header_is(line, "retry-after:")) {
     r->retry_after = value;
-  } else if (iequals_prefix(line, "etag:")) {
+  } else if (http::header_is(line, "etag:")) {
     r->etag = value;
-  } else if (iequals_prefix(line, "last-modified:")) {
+  } else if (http::header_is(line, "last-modified:")) {
     r->last_modified = value;
   }
   return total;
@@ -314,8 +293,6 @@ size_t on_body(char* data, size_t size, size_t n, void* user) {
   r->got += total;
   return total;
 }
-
-std::once_flag g_curl_init;
 
 // The thread that drives every transfer of one backend (see the top of the file).
 class CurlLoop {
@@ -461,7 +438,7 @@ class CurlLoop {
     curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
-    if (!r->source->cacert.empty()) curl_easy_setopt(e, CURLOPT_CAINFO, r->source->cacert.c_str());
+    http::set_tls(e, *r->source);
     std::string range;
     if (r->kind == Request::Kind::kHead) {
       curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
@@ -472,16 +449,7 @@ class CurlLoop {
     if (r->revalidate) {
       r->headers = curl_slist_append(r->headers, fmt::format("Cache-Control: max-age={}", r->revalidate_after_s).c_str());
     }
-    const HttpSource& s = *r->source;
-    if (!s.sigv4.empty()) {
-      curl_easy_setopt(e, CURLOPT_AWS_SIGV4, s.sigv4.c_str());
-      curl_easy_setopt(e, CURLOPT_USERNAME, s.credentials.access_key.c_str());
-      curl_easy_setopt(e, CURLOPT_PASSWORD, s.credentials.secret_key.c_str());
-      r->headers = curl_slist_append(r->headers, "x-amz-content-sha256: UNSIGNED-PAYLOAD");
-      if (!s.credentials.session_token.empty()) {
-        r->headers = curl_slist_append(r->headers, ("x-amz-security-token: " + s.credentials.session_token).c_str());
-      }
-    }
+    http::set_s3_signing(e, *r->source, "UNSIGNED-PAYLOAD", &r->headers);
     if (r->headers != nullptr) curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
     if (curl_multi_add_handle(multi_, e) != CURLM_OK) {
       r->result = CURLE_FAILED_INIT;
@@ -526,26 +494,6 @@ struct Outcome {
   std::string message;
   int64_t not_before_ns = 0;  // Retry-After
 };
-
-// The S3 error code (<Code>X</Code>) of an XML error body, or "".
-std::string s3_error_code(const std::string& body) {
-  size_t a = body.find("<Code>");
-  if (a == std::string::npos) return "";
-  size_t b = body.find("</Code>", a);
-  if (b == std::string::npos || b - a > 70) return "";
-  return escape_control(body.substr(a + 6, b - a - 6));
-}
-
-// Retry-After: delay-seconds or an HTTP date; nullopt if absent or unreadable.
-std::optional<int64_t> retry_after_s(const std::string& v) {
-  if (v.empty()) return std::nullopt;
-  int64_t s = 0;
-  auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), s);
-  if (ec == std::errc() && p == v.data() + v.size()) return std::clamp<int64_t>(s, 0, kMaxRetryAfterS);
-  time_t t = curl_getdate(v.c_str(), nullptr);
-  if (t < 0) return std::nullopt;
-  return std::clamp<int64_t>(static_cast<int64_t>(t - ::time(nullptr)), 0, kMaxRetryAfterS);
-}
 
 Outcome classify(const Request& r) {
   Outcome o;
@@ -617,14 +565,14 @@ Outcome classify(const Request& r) {
     }
     return o;
   }
-  std::string code = s3_error_code(r.error_body);
+  std::string code = http::s3_error_code(r.error_body);
   if (!code.empty()) what += " (" + code + ")";
   if (st == 404 || st == 410) return Outcome{Blame::kMirrorFinal, ENOENT, what, 0};
   if (st == 401 || st == 403) return Outcome{Blame::kMirrorFinal, EACCES, what, 0};
   if (st == 416) return Outcome{Blame::kMirrorFinal, EIO, what + ": the object is shorter than the store's index says", 0};
   if (st == 429 || st == 503) {
     o = Outcome{Blame::kMirror, EAGAIN, what, 0};
-    if (auto s = retry_after_s(r.retry_after)) {
+    if (auto s = http::retry_after_s(r.retry_after)) {
       o.not_before_ns = now_ns() + *s * 1000000000;
       o.message += fmt::format(", Retry-After: {} s", *s);
     }
@@ -739,14 +687,8 @@ class HttpBackend final : public Backend {
   }
 
   Result<std::string> object_url(size_t mirror, std::string_view path) const {
-    std::vector<std::string_view> parts;
-    if (!split_path(path, &parts)) return make_error(EINVAL, "path '" + std::string(path) + "' contains '..'");
-    std::string url = src_.mirrors[mirror];
-    for (auto p : parts) {
-      url += '/';
-      url += percent_encode_segment(p);
-    }
-    return url;
+    EXTRAFS_TRY(encoded, percent_encode_path(path));
+    return src_.mirrors[mirror] + encoded;
   }
 
   // The mirror to ask next: the first one not excluded and not avoided; else the first one not
@@ -930,11 +872,7 @@ Result<std::unique_ptr<Backend>> make_http_backend(const std::string& source, co
                                                    int timeout_ms) {
   if (timeout_ms <= 0) return Error{EINVAL, "http timeout must be positive"};
   EXTRAFS_TRY(src, resolve_http_source(source, options));
-  std::call_once(g_curl_init, [] {
-    curl_global_init(CURL_GLOBAL_DEFAULT);
-    struct sigaction sa {};
-    if (::sigaction(SIGPIPE, nullptr, &sa) == 0 && sa.sa_handler == SIG_DFL) ::signal(SIGPIPE, SIG_IGN);
-  });
+  http::init_curl();
   return std::unique_ptr<Backend>(std::make_unique<HttpBackend>(source, std::move(src), options, timeout_ms));
 }
 

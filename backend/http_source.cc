@@ -112,16 +112,6 @@ Result<S3Mirror> parse_s3_url(std::string_view url) {
   return m;
 }
 
-std::string encode_key_path(std::string_view key) {
-  std::string out;
-  for (auto part : split(key, '/')) {
-    if (part.empty()) continue;
-    out += '/';
-    out += percent_encode_segment(part);
-  }
-  return out;
-}
-
 Result<std::string> parse_one_proxy(std::string_view p) {
   if (p == "DIRECT") return std::string();
   std::string_view hostport = p;
@@ -240,7 +230,10 @@ Result<HttpSource> resolve_http_source(std::string_view source, const HttpOption
         return bad("bucket '" + s3.bucket + "' has a '.', which AWS's virtual-hosted URLs cannot serve over https: give s3_endpoint=https://s3." + region + ".amazonaws.com");
       base = "https://" + s3.bucket + ".s3." + region + ".amazonaws.com";
     }
-    base += encode_key_path(s3.prefix);
+    out.bucket_urls.push_back(base);
+    out.key_prefixes.push_back(s3.prefix);
+    EXTRAFS_TRY(encoded, percent_encode_path(s3.prefix));  // checked by parse_s3_url
+    base += encoded;
     out.mirrors.push_back(std::move(base));
   }
 

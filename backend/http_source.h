@@ -57,6 +57,11 @@ struct HttpSource {
   std::vector<std::string> mirrors;
   // The mirrors as the user wrote them (for messages and describe()).
   std::vector<std::string> mirror_names;
+  // S3 only, one per mirror: the bucket's URL (path-style "scheme://host[:port]/BUCKET", or
+  // virtual-hosted "https://BUCKET.s3.REGION.amazonaws.com") and the key prefix as written
+  // ("" or "a/b"): mirrors[i] is bucket_urls[i] + the encoded prefix. What a listing needs.
+  std::vector<std::string> bucket_urls;
+  std::vector<std::string> key_prefixes;
   std::vector<ProxyGroup> proxy_groups;  // never empty: {{""}} is DIRECT
   std::string cacert;
   // S3 only: AWS Signature V4 parameters (sigv4 empty: anonymous requests).

@@ -1,5 +1,9 @@
 #include "backend/url.h"
 
+#include <vector>
+
+#include "common/str_util.h"
+
 namespace extrafs::backend {
 namespace {
 
@@ -107,6 +111,17 @@ bool valid_url_path(std::string_view path) {
     if (c == '%' && (i + 2 >= path.size() || !is_hex(path[i + 1]) || !is_hex(path[i + 2]))) return false;
   }
   return true;
+}
+
+Result<std::string> percent_encode_path(std::string_view path) {
+  std::vector<std::string_view> parts;
+  if (!split_path(path, &parts)) return make_error(EINVAL, "path '" + std::string(path) + "' contains '..'");
+  std::string out;
+  for (auto p : parts) {
+    out += '/';
+    out += percent_encode_segment(p);
+  }
+  return out;
 }
 
 }  // namespace extrafs::backend

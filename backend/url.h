@@ -32,6 +32,11 @@ bool parse_port(std::string_view s, int* out);
 // canonicalises a path to, so a signed S3 key needs no second encoding.
 std::string percent_encode_segment(std::string_view s);
 
+// The URL path of the store-relative `path` ("extrafs/catalog" -> "/extrafs/catalog"): each
+// '/'-separated component percent-encoded (percent_encode_segment), empty and "." ones dropped.
+// EINVAL if a component is "..".
+Result<std::string> percent_encode_path(std::string_view path);
+
 // Whether `path` is a well-formed URL path: printable ASCII without space, '?', '#', '\\', and
 // every '%' followed by two hex digits.
 bool valid_url_path(std::string_view path);

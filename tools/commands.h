@@ -22,5 +22,6 @@ void add_docker_command(CLI::App& app, int* exit_code);    // tools/docker_cmd.c
 void add_ls_command(CLI::App& app, int* exit_code);        // tools/ls_cmd.cc
 void add_verify_command(CLI::App& app, int* exit_code);    // tools/verify_cmd.cc
 void add_prefetch_command(CLI::App& app, int* exit_code);  // tools/prefetch_cmd.cc
+void add_push_command(CLI::App& app, int* exit_code);      // tools/push_cmd.cc
 
 }  // namespace extrafs::tools

@@ -190,6 +190,7 @@ int main_impl(int argc, char** argv) {
   add_ls_command(app, &exit_code);
   add_verify_command(app, &exit_code);
   add_prefetch_command(app, &exit_code);
+  add_push_command(app, &exit_code);
 
   if (argc > 1 && argv[1][0] != '-') {
     bool known = false;
