@@ -11,23 +11,30 @@ import servers
 import xf
 
 
-def compare(a: Path, b: Path) -> str:
+def compare(a: Path, b: Path, data_map: Path | None = None) -> str:
     """compare_trees.py A B (strict: every entry's type, mode, owner, size, times, xattrs, d_type,
-    hard links and content); fails the test with its report if they differ. Returns its last line."""
-    p = xf.run(["/usr/bin/python3", xf.COMPARE_TREES, a, b], timeout=600, check=False)
+    hard links and content); fails the test with its report if they differ. Returns its last line.
+    data_map: the same tree on ext4 (compare_trees.py --data-map): sparse files are then read over
+    their data and a sample of their holes, not whole."""
+    extra = ["--data-map", data_map] if data_map is not None and Path(data_map).is_dir() else []
+    p = xf.run(["/usr/bin/python3", xf.COMPARE_TREES, a, b, *extra], timeout=600, check=False)
     assert p.returncode == 0, f"{b} differs from {a} (exit {p.returncode}):\n{p.stdout[-4000:]}{p.stderr[-2000:]}"
     return p.stdout.strip().splitlines()[-1]
 
 
-def compare_mounts(a: Path, b: Path) -> str:
+def compare_mounts(a: Path, b: Path, source: Path | None = None) -> str:
     """Two mounts of one store: image/ and every layer's diff/ entry by entry (compare), every
     layer's link and lower byte for byte, overlay2/l/ links with the same targets. (The
-    directories extrafs makes up itself, like overlay2/, carry each mount's start time.)"""
+    directories extrafs makes up itself, like overlay2/, carry each mount's start time.)
+    source: the data-root the store was published from (same cache-ids, on ext4): its layers
+    are the data maps of the comparisons, so that the odd store's 5 GiB sparse file is read
+    over its data, not whole."""
     layers = sorted(p.name for p in (a / "overlay2").iterdir() if p.name != "l")
     assert layers == sorted(p.name for p in (b / "overlay2").iterdir() if p.name != "l")
     total = [compare(a / "image", b / "image")]
     for cid in layers:
-        total.append(compare(a / "overlay2" / cid / "diff", b / "overlay2" / cid / "diff"))
+        ref = source / "overlay2" / cid / "diff" if source is not None else None
+        total.append(compare(a / "overlay2" / cid / "diff", b / "overlay2" / cid / "diff", ref))
         for f in ("link", "lower"):
             pa, pb = a / "overlay2" / cid / f, b / "overlay2" / cid / f
             assert pa.exists() == pb.exists(), f"{cid}/{f}"
@@ -62,15 +69,16 @@ def s3_options(rgw: servers.Radosgw, creds: Path) -> str:
     return f"s3_endpoint={rgw.endpoint},s3_credentials={creds}"
 
 
-def big_files(mnt: Path, min_size: int = 1 << 20) -> list[Path]:
-    """The regular files of the mount's layers at least min_size long (several chunks), largest first."""
+def big_files(mnt: Path, min_size: int = 1 << 20, max_size: int = 256 << 20) -> list[Path]:
+    """The regular files of the mount's layers at least min_size long (several chunks) and at most
+    max_size (not the odd store's 5 GiB sparse file), largest first."""
     out = []
     for p in (mnt / "overlay2").glob("*/diff/**/*"):
         try:
             st = p.lstat()
         except OSError:
             continue
-        if p.is_file() and not p.is_symlink() and st.st_size >= min_size:
+        if p.is_file() and not p.is_symlink() and min_size <= st.st_size <= max_size:
             out.append((st.st_size, p))
     out.sort(key=lambda t: (-t[0], str(t[1])))
     return [p for _, p in out]

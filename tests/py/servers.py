@@ -510,7 +510,10 @@ class S3Client:
         for k, v in (headers or {}).items():
             h[k.lower()] = v
         signed = sorted(h)
-        canonical = "\n".join([method, path, "", "".join(f"{k}:{h[k].strip()}\n" for k in signed), ";".join(signed),
+        u = urllib.parse.urlsplit(path)  # the path may carry a query ("?uploads=")
+        q = "&".join(sorted(f"{urllib.parse.quote(k, safe='-_.~')}={urllib.parse.quote(v, safe='-_.~')}"
+                            for k, v in urllib.parse.parse_qsl(u.query, keep_blank_values=True)))
+        canonical = "\n".join([method, u.path, q, "".join(f"{k}:{h[k].strip()}\n" for k in signed), ";".join(signed),
                                payload_hash])
         scope = f"{day}/{self.region}/s3/aws4_request"
         to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])

@@ -20,7 +20,9 @@ def test_http_https_and_s3_mounts_equal_the_local_mount(published_odd, mount, ng
         "s3": mount(f"s3://{bucket}/stores/odd", options=http_util.s3_options(radosgw, creds)),
     }
     for kind, m in mounts.items():
-        summary = http_util.compare_mounts(local.path, m.path)
+        # One mount reads the odd store's 5 GiB sparse file whole; the others read its data and a
+        # sample of its holes (zero chunks never reach the backend: they read the same anyway).
+        summary = http_util.compare_mounts(local.path, m.path, None if kind == "https" else tmp / "odd")
         print(f"{kind}: {summary}")
         s = m.stats()
         assert s["bytes_fetched"] > (1 << 20), f"{kind}: {s}"
