@@ -90,6 +90,7 @@ struct Request {
   std::string proxy;   // "" = DIRECT
   bool https_only = false;
   bool revalidate = false;
+  bool whole_object = false;  // kRange at offset 0 of an object read whole: no Range header
   int revalidate_after_s = 0;
   const HttpSource* source = nullptr;
   Deadline deadline;
@@ -232,6 +233,10 @@ bool check_answer(Request* r) {
         if (r->offset == 0 && r->content_length >= 0 && static_cast<uint64_t>(r->content_length) <= r->len) {
           r->expected = static_cast<uint64_t>(r->content_length);
           return true;
+        }
+        if (r->whole_object) {
+          r->abort(Blame::kMirrorFinal, EIO, fmt::format("the object is larger than the {} bytes the store's index gives", r->len));
+          return false;
         }
         r->abort(Blame::kMirrorFinal, EIO, "server ignores Range (answered 200 to a range request)");
         return false;
@@ -442,7 +447,7 @@ class CurlLoop {
     std::string range;
     if (r->kind == Request::Kind::kHead) {
       curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
-    } else if (r->kind == Request::Kind::kRange) {
+    } else if (r->kind == Request::Kind::kRange && !r->whole_object) {
       range = fmt::format("{}-{}", r->offset, r->offset + r->len - 1);
       curl_easy_setopt(e, CURLOPT_RANGE, range.c_str());  // copied by curl
     }
@@ -609,6 +614,7 @@ class HttpBackend final : public Backend {
       q.offset = offset + done;
       q.dst = buf.data() + done;
       q.len = buf.size() - done;
+      q.whole_object = q.offset == 0 && matches(options_.whole_object_paths, path);
     }, [&](const Request& q, const Outcome& o) {
       // The bytes of an answer cut short are in place: the next attempt (on another mirror,
       // if this one failed) asks for the rest. A broken answer's bytes are not trusted.
@@ -678,8 +684,9 @@ class HttpBackend final : public Backend {
     std::string etag;
   };
 
-  bool revalidate(std::string_view path) const {
-    for (const auto& p : options_.revalidate_paths) {
+  // Whether `path` is one of `paths` (an exact path, or a prefix ending in '/').
+  static bool matches(const std::vector<std::string>& paths, std::string_view path) {
+    for (const auto& p : paths) {
       if (path == p) return true;
       if (!p.empty() && p.back() == '/' && path.substr(0, p.size()) == p) return true;
     }
@@ -799,7 +806,7 @@ class HttpBackend final : public Backend {
       r.url = std::move(url);
       r.proxy = proxy;
       r.https_only = r.url.rfind("https://", 0) == 0;
-      r.revalidate = revalidate(path);
+      r.revalidate = matches(options_.revalidate_paths, path);
       r.revalidate_after_s = options_.revalidate_after_s;
       r.source = &src_;
       r.deadline = deadline;

@@ -37,6 +37,11 @@ struct HttpOptions {
   // else in a store is immutable and requested plainly.
   std::vector<std::string> revalidate_paths;
   int revalidate_after_s = 60;
+  // Reads of these paths (prefixes ending in '/') that start at offset 0 are plain GETs without
+  // a Range header: objects that are only ever read whole (content-addressed chunk objects).
+  // Caching proxies keep such answers with their default settings, where squid passes a ranged
+  // miss through uncached. The object must fit the read; a larger one fails it.
+  std::vector<std::string> whole_object_paths;
 };
 
 // AWS credentials. Never printed, logged or put in a message.

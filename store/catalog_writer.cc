@@ -57,8 +57,9 @@ Result<CatalogCommit> commit_store_catalog(const std::string& store, StoreCatalo
   if (!image.ok() && image.code() != ENOENT) return image.error();  // a symlinked image/ is refused
   if (image.ok()) {
     // The image/ files themselves may be rewritten by the next publish; the index names copies.
-    ObjectSink objects(layout.root());
+    ObjectSink objects(layout.root(), /*compress=*/false);
     EXTRAFS_TRY(bytes, index_directory_at(image->get(), layout.image_dir(), objects, WalkOptions{}));
+    EXTRAFS_CHECK_STATUS(objects.finish());
     auto parsed = fs::LayerIndex::parse(bytes);
     if (!parsed.ok()) return make_error(EIO, "index of image/ does not verify: " + parsed.error().message);
     Digest128 digest = (*parsed)->digest();

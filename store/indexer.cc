@@ -25,6 +25,7 @@
 #include "store/chunking.h"
 #include "store/layout.h"
 #include "store/remove_images.h"
+#include "store/publish_blob.h"
 #include "store/store_lock.h"
 
 namespace extrafs::store {
@@ -319,21 +320,74 @@ Status PlainFileSink::put(IndexBuilder&, const std::string&, uint64_t file_offse
   return ok_status();
 }
 
-Status ObjectSink::put(IndexBuilder& builder, const std::string&, uint64_t, std::string_view raw, ChunkRecord* rec) {
+ObjectSink::ObjectSink(std::string store, bool compress) : store_(std::move(store)), compress_(compress) {}
+
+ObjectSink::~ObjectSink() {
+  for (const auto& [tmp, path] : staged_) ::unlink(tmp.c_str());
+}
+
+Status ObjectSink::pack(IndexBuilder& builder, std::string_view raw, ChunkRecord* rec) {
   Digest128 digest;
   std::memcpy(digest.bytes.data(), rec->digest, sizeof rec->digest);
+  const std::string hex = digest.hex();
   const StoreLayout layout(store_);
-  const std::string path = layout.object(digest);
-  if (!path_exists(path)) {
-    if (written_ == 0) EXTRAFS_CHECK_STATUS(make_dirs(layout.objects_dir()));
-    EXTRAFS_CHECK_STATUS(write_file_atomic(path, raw));
-    written_++;
+  auto it = known_.find(hex);
+  if (it == known_.end()) {
+    const std::string path = layout.object(digest);
+    Known k;
+    struct stat st;
+    if (::lstat(path.c_str(), &st) == 0) {
+      // Taken as it is: whole and durable (see finish()).
+      if (!S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) > raw.size() || (st.st_size == 0 && !raw.empty()))
+        return make_error(EBADMSG, fmt::format("{}: an object of {} bytes for a chunk of {} (the store is damaged)", path,
+                                               st.st_size, raw.size()));
+      k.stored_len = static_cast<uint32_t>(st.st_size);
+      k.lz4 = static_cast<uint64_t>(st.st_size) < raw.size();
+    } else if (errno != ENOENT) {
+      return Error::from_errno(errno, path);
+    } else {
+      std::string_view stored = raw;
+      if (compress_ && lz4_if_smaller(raw, &lz4_)) {
+        stored = lz4_;
+        k.lz4 = true;
+      }
+      k.stored_len = static_cast<uint32_t>(stored.size());
+      if (written_ == 0 && staged_.empty()) EXTRAFS_CHECK_STATUS(make_dirs(layout.objects_dir()));
+      const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+      if (::unlink(tmp.c_str()) != 0 && errno != ENOENT) return Error::from_errno(errno, "create " + tmp);
+      {
+        // Not fsynced one by one: finish() flushes them all at once before they go in place.
+        Fd out(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644));
+        if (!out.valid()) return Error::from_errno(errno, "create " + tmp);
+        if (int e = write_all(out.get(), stored.data(), stored.size())) return Error::from_errno(e, "write " + tmp);
+        if (::fchmod(out.get(), 0644) != 0) return Error::from_errno(errno, "chmod " + tmp);
+        if (int e = out.close_checked()) return Error::from_errno(e, "write " + tmp);
+      }
+      staged_.emplace_back(tmp, path);
+      written_++;
+      stored_bytes_ += stored.size();
+    }
+    it = known_.emplace(hex, k).first;
   }
+  raw_bytes_ += raw.size();
   rec->object = builder.add_object(content_object_path(digest));
   rec->offset = 0;
-  rec->stored_len = static_cast<uint32_t>(raw.size());
-  rec->flags = 0;
+  rec->stored_len = it->second.stored_len;
+  rec->flags = it->second.lz4 ? static_cast<uint32_t>(fs::kChunkLz4) : 0u;
   return ok_status();
+}
+
+Status ObjectSink::finish() {
+  if (staged_.empty()) return ok_status();
+  const std::string dir = StoreLayout(store_).objects_dir();
+  Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd.valid()) return Error::from_errno(errno, dir);
+  // One flush of the file system instead of an fsync per object (thousands of small ones).
+  if (::syncfs(fd.get()) != 0) return Error::from_errno(errno, "syncfs " + dir);
+  for (const auto& [tmp, path] : staged_)
+    if (::rename(tmp.c_str(), path.c_str()) != 0) return Error::from_errno(errno, "rename " + tmp);
+  staged_.clear();
+  return fsync_dir(dir);
 }
 
 Result<std::string> index_directory_at(int dir_fd, const std::string& shown, ChunkSink& sink, const WalkOptions& options) {

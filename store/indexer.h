@@ -11,6 +11,8 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "common/result.h"
@@ -50,22 +52,64 @@ class PlainFileSink : public ChunkSink {
   uint32_t object_ = 0;  // of the current file
 };
 
-// The sink of the image/ tree (both `extrafs index` and `extrafs publish`): every chunk is stored
-// as an immutable, content-addressed object STORE/extrafs/objects/<xxh3-128 hex> (raw, offset 0),
-// written atomically and durably unless it is already there. So an image/ file that a publisher
-// later rewrites never changes the bytes an index already names, and mounted hosts reading the
-// old index keep reading what it verified.
-class ObjectSink : public ChunkSink {
+// A sink that stores the chunks themselves (rather than pointing into the files walked), so that
+// it also takes chunks that come from elsewhere than a walk, such as a layer tar: BlobWriter
+// (publish_blob.h) and ObjectSink.
+class ChunkPacker : public ChunkSink {
+ public:
+  // Stores the (not all-zero) chunk `raw`; rec->raw_len and rec->digest are set (describe_chunk).
+  virtual Status pack(IndexBuilder& builder, std::string_view raw, ChunkRecord* rec) = 0;
+  Status put(IndexBuilder& builder, const std::string& /*rel*/, uint64_t /*file_offset*/, std::string_view raw,
+             ChunkRecord* rec) override {
+    return pack(builder, raw, rec);
+  }
+};
+
+// Content-addressed objects: every distinct chunk stored once as the immutable object
+// STORE/extrafs/objects/<xxh3-128 hex of its raw bytes> (offset 0). The sink of the image/ tree
+// (`extrafs index` and `extrafs publish`: an image/ file a publisher later rewrites never changes
+// the bytes an index names, so hosts reading the old index keep reading what it verified) and of
+// the layers of `publish --chunk-objects` (each chunk an object any HTTP cache keeps whole, the
+// same chunk in several layers or images stored once).
+//
+// A chunk whose object is there already (written by this sink, an earlier publish, or the
+// image/ tree) is not written again: its record takes the object as it is, raw if its size is
+// the chunk's, else lz4 (an object is never larger than its chunk; one that is is EBADMSG). New
+// objects are lz4-compressed where that makes them smaller if `compress`, else stored raw; they
+// are written to temporaries ("<object>.tmp.<pid>", which the store lock removes after a killed
+// writer) and put in place by finish(): one syncfs for all of them, then the renames and an
+// fsync of the directory. So an object in place is always whole and durable, which is what
+// lets the next writer take one it finds as it is. Single-threaded; unfinished temporaries are
+// removed when the sink is destroyed.
+class ObjectSink : public ChunkPacker {
  public:
   // `store`: the store's local root.
-  explicit ObjectSink(std::string store) : store_(std::move(store)) {}
-  Status put(IndexBuilder& builder, const std::string& rel, uint64_t file_offset, std::string_view raw,
-             ChunkRecord* rec) override;
+  ObjectSink(std::string store, bool compress);
+  ~ObjectSink() override;
+  ObjectSink(const ObjectSink&) = delete;
+  ObjectSink& operator=(const ObjectSink&) = delete;
+
+  Status pack(IndexBuilder& builder, std::string_view raw, ChunkRecord* rec) override;
+  // Makes every object written since the last call durable and puts it in place. An index that
+  // names them may be written only after it succeeded.
+  Status finish();
+
   int objects_written() const { return written_; }
+  uint64_t stored_bytes() const { return stored_bytes_; }  // bytes of the objects written
+  uint64_t raw_bytes() const { return raw_bytes_; }        // raw bytes of the chunks packed
 
  private:
+  struct Known {
+    uint32_t stored_len = 0;
+    bool lz4 = false;
+  };
   std::string store_;
+  bool compress_;
+  std::unordered_map<std::string, Known> known_;            // hex digest -> the object's form
+  std::vector<std::pair<std::string, std::string>> staged_;  // (temporary, final path)
+  std::string lz4_;                                          // compression scratch
   int written_ = 0;
+  uint64_t stored_bytes_ = 0, raw_bytes_ = 0;
 };
 
 struct WalkOptions {

@@ -17,7 +17,7 @@ std::string StoreLayout::layers_dir() const { return root_ + "/extrafs/layers"; 
 std::string StoreLayout::layer_index(std::string_view cache_id) const { return root_ + "/" + fs::layer_index_path(cache_id); }
 std::string StoreLayout::layer_blob(std::string_view cache_id) const { return root_ + "/" + blob_object_path(cache_id); }
 std::string StoreLayout::image_index(const Digest128& digest) const { return root_ + "/" + fs::image_index_path(digest); }
-std::string StoreLayout::objects_dir() const { return root_ + "/extrafs/objects"; }
+std::string StoreLayout::objects_dir() const { return root_ + "/" + kObjectsDir; }
 std::string StoreLayout::object(const Digest128& digest) const { return root_ + "/" + content_object_path(digest); }
 std::string StoreLayout::publish_lock() const { return root_ + "/extrafs/.publish.lock"; }
 std::string StoreLayout::removed_dir() const { return root_ + "/" + kRemovedDir; }
@@ -32,7 +32,7 @@ std::string StoreLayout::overlay_dir(std::string_view cache_id) const { return o
 
 std::string blob_object_path(std::string_view cache_id) { return fs::layer_blob_path(cache_id); }
 
-std::string content_object_path(const Digest128& digest) { return "extrafs/objects/" + digest.hex(); }
+std::string content_object_path(const Digest128& digest) { return std::string(kObjectsDir) + "/" + digest.hex(); }
 
 std::string removed_marker_path(std::string_view cache_id) { return std::string(kRemovedDir) + "/" + std::string(cache_id); }
 

@@ -54,6 +54,10 @@ class StoreLayout {
   std::string root_;
 };
 
+// Where content-addressed objects live (relative to the store root): the image/ tree's chunks,
+// and every chunk of a layer published with --chunk-objects. Each is only ever read whole.
+inline constexpr const char* kObjectsDir = "extrafs/objects";
+
 // The blob of layer `cache_id` as chunk records name it (relative to the store root).
 std::string blob_object_path(std::string_view cache_id);
 // The content-addressed object holding the chunk with xxh3-128 `digest` (relative to the store root).

@@ -119,6 +119,7 @@ class Publisher {
   std::set<std::string> removed_;  // cache-ids `extrafs rm` took out of the catalog (remove_images.h)
   PublishReport report_;
   PublishProgress progress_;
+  std::unique_ptr<ObjectSink> objects_;  // --chunk-objects: the chunks of every layer written
 
   StoreLayout layout_{""};
 
@@ -304,29 +305,40 @@ class Publisher {
     progress_.layer++;
     tick(0);
     const std::string pid = std::to_string(::getpid());
-    l.blob_tmp = layers_dir() + "/." + l.cache_id + ".blob.tmp-" + pid;
-    EXTRAFS_TRY(blob, BlobWriter::create(l.blob_tmp, blob_object_path(l.cache_id)));
+    // The chunks go into the layer's blob, or (--chunk-objects) each into its own object.
+    std::unique_ptr<BlobWriter> blob;
+    if (req_.chunk_objects) {
+      if (!objects_) objects_ = std::make_unique<ObjectSink>(store_, /*compress=*/true);
+    } else {
+      l.blob_tmp = layers_dir() + "/." + l.cache_id + ".blob.tmp-" + pid;
+      EXTRAFS_TRY(b, BlobWriter::create(l.blob_tmp, blob_object_path(l.cache_id)));
+      blob = std::move(b);
+    }
+    ChunkPacker& out = blob ? static_cast<ChunkPacker&>(*blob) : *objects_;
+    const uint64_t objects_before = objects_ ? objects_->objects_written() : 0;
+    const uint64_t stored_before = objects_ ? objects_->stored_bytes() : 0;
+    const uint64_t raw_before = objects_ ? objects_->raw_bytes() : 0;
     std::string index;
     std::vector<std::string> first;
     if (!req_.data_root.empty()) {
       WalkOptions opts;
-      opts.first = first = order_for({l.src_cache_id, l.cache_id});
+      if (blob) opts.first = first = order_for({l.src_cache_id, l.cache_id});
       opts.on_file = [this](uint64_t n) { tick(n); };
       const std::string diff_rel = "overlay2/" + l.src_cache_id + "/diff";
       auto diff = open_beneath(data_root_fd_.get(), diff_rel, O_RDONLY | O_DIRECTORY, req_.data_root);
       if (!diff.ok()) return make_error(diff.code(), "layer " + l.src_cache_id + ": " + diff.error().message);
-      auto bytes = index_directory_at(diff->get(), req_.data_root + "/" + diff_rel, *blob, opts);
+      auto bytes = index_directory_at(diff->get(), req_.data_root + "/" + diff_rel, out, opts);
       if (!bytes.ok()) return make_error(bytes.code(), "layer " + l.src_cache_id + ": " + bytes.error().message);
       index = std::move(bytes).value();
       l.docker_size = l.src_size;
     } else {
       LayerTarOptions opts;
-      opts.first = first = order_for({l.cache_id});
+      if (blob) opts.first = first = order_for({l.cache_id});
       opts.scratch_dir = layers_dir();
       opts.on_bytes = [this](uint64_t n) { tick(n); };
       LayerTarResult res;
       auto diff_id = archive_->read_layer(l.archive_layer, [&](struct archive* a) -> Status {
-        EXTRAFS_TRY(r, convert_layer_tar(a, *blob, opts));
+        EXTRAFS_TRY(r, convert_layer_tar(a, out, opts));
         res = std::move(r);
         return ok_status();
       });
@@ -337,7 +349,7 @@ class Publisher {
       index = std::move(res.index);
       l.docker_size = res.docker_size;
     }
-    EXTRAFS_CHECK_STATUS(blob->finish());
+    if (blob) EXTRAFS_CHECK_STATUS(blob->finish());
     auto parsed = fs::LayerIndex::parse(index);
     if (!parsed.ok()) return make_error(EIO, "index of layer " + l.cache_id + " does not verify: " + parsed.error().message);
     l.index_tmp = layers_dir() + "/." + l.cache_id + ".index.tmp-" + pid;
@@ -347,10 +359,16 @@ class Publisher {
     l.catalog.link = l.link;
     l.catalog.lower = l.lower;
     l.catalog.bytes = (*parsed)->content_bytes();
-    l.catalog.ordered_prefix = ordered_prefix(**parsed, first, blob->object_path());
+    l.catalog.ordered_prefix = blob ? ordered_prefix(**parsed, first, blob->object_path()) : 0;
     EXTRAFS_CHECK_STATUS(fs::check_catalog_layer(l.catalog));
-    report_.raw_bytes += blob->raw_bytes();
-    report_.stored_bytes += blob->size();
+    if (blob) {
+      report_.raw_bytes += blob->raw_bytes();
+      report_.stored_bytes += blob->size();
+    } else {
+      report_.raw_bytes += objects_->raw_bytes() - raw_before;
+      report_.stored_bytes += objects_->stored_bytes() - stored_before;
+      report_.objects_written += objects_->objects_written() - objects_before;
+    }
     report_.ordered_bytes += l.catalog.ordered_prefix;
     return ok_status();
   }
@@ -385,11 +403,13 @@ class Publisher {
     EXTRAFS_CHECK_STATUS(mkdir_tracked(layout_.config_dir()));
     EXTRAFS_CHECK_STATUS(mkdir_tracked(layout_.overlay2_dir()));
     committed_ = true;  // from here on, what is renamed into place stays
+    // The chunk objects are durable and in place before any index naming them.
+    if (objects_) EXTRAFS_CHECK_STATUS(objects_->finish());
     bool changed = false;
     for (auto& l : layers_) {
       if (l.present) continue;
       // The index's rename_durably below fsyncs the same directory, for both renames.
-      if (::rename(l.blob_tmp.c_str(), layout_.layer_blob(l.cache_id).c_str()) != 0)
+      if (!l.blob_tmp.empty() && ::rename(l.blob_tmp.c_str(), layout_.layer_blob(l.cache_id).c_str()) != 0)
         return Error::from_errno(errno, "rename " + l.blob_tmp);
       l.blob_tmp.clear();
       EXTRAFS_CHECK_STATUS(rename_durably(l.index_tmp, layout_.layer_index(l.cache_id)));

@@ -3,8 +3,9 @@
 // running) or from a `docker save` archive.
 //
 // For every layer, base first, unless the store already has it (same chainID in layerdb, its
-// cache-id in the catalog, its index present): the blob extrafs/layers/<cache-id>.blob, the index
-// extrafs/layers/<cache-id>.index (chunks into the blob), overlay2/<cache-id>/{link,lower} and
+// cache-id in the catalog, its index present): the blob extrafs/layers/<cache-id>.blob (or with
+// chunk_objects, one object per chunk), the index extrafs/layers/<cache-id>.index (chunks into
+// the blob or the objects), overlay2/<cache-id>/{link,lower} and
 // image/overlay2/layerdb/sha256/<chainID>/{diff,size,cache-id,parent,tar-split.json.gz}; then the
 // image configs, the tags (merged into repositories.json), and last the catalog with a new index
 // of image/. Everything is validated before the store is touched; blobs and indexes are written
@@ -31,6 +32,11 @@ struct PublishRequest {
   std::string archive;              // --archive
   std::string store;                // --to
   std::string order_file;           // --order ("" = none)
+  // --chunk-objects: every chunk of the layers written its own content-addressed object
+  // extrafs/objects/<digest> (store/indexer.h, ObjectSink), lz4 where that pays, instead of a
+  // range of a layer blob; a chunk already in the store (any layer, the image/ tree) is not
+  // stored again. --order then orders nothing: such a layer has no blob, so no ordered prefix.
+  bool chunk_objects = false;
   // Progress (may be empty): called often; the caller rate-limits.
   std::function<void(const struct PublishProgress&)> progress;
 };
@@ -45,7 +51,8 @@ struct PublishReport {
   int layers_written = 0;
   int layers_present = 0;           // already in the store, left alone
   uint64_t raw_bytes = 0;           // content bytes packed (non-zero chunks)
-  uint64_t stored_bytes = 0;        // bytes written into blobs
+  uint64_t stored_bytes = 0;        // bytes written into blobs (or new chunk objects)
+  uint64_t objects_written = 0;     // --chunk-objects: chunk objects written (the rest were there)
   uint64_t ordered_bytes = 0;       // --order: blob bytes recorded as ordered prefixes (fs/catalog.h)
   bool catalog_written = false;
 };

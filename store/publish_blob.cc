@@ -90,10 +90,6 @@ Status BlobWriter::flush() {
   return ok_status();
 }
 
-Status BlobWriter::put(fs::IndexBuilder& builder, const std::string&, uint64_t, std::string_view raw, fs::ChunkRecord* rec) {
-  return pack(builder, raw, rec);
-}
-
 Status BlobWriter::pack(fs::IndexBuilder& builder, std::string_view raw, fs::ChunkRecord* rec) {
   rec->object = object_.empty() ? 0 : builder.add_object(object_);
   rec->offset = offset_;

@@ -29,7 +29,7 @@ bool lz4_if_smaller(std::string_view raw, std::string* out);
 // start with them.
 uint64_t ordered_prefix(const fs::LayerIndex& idx, const std::vector<std::string>& paths, std::string_view blob);
 
-class BlobWriter : public ChunkSink {
+class BlobWriter : public ChunkPacker {
  public:
   // A blob at `path` (created exclusively, mode 0644; the caller renames or removes it).
   // `object_path`: the path chunk records name (relative to the store root).
@@ -40,11 +40,8 @@ class BlobWriter : public ChunkSink {
   BlobWriter(const BlobWriter&) = delete;
   BlobWriter& operator=(const BlobWriter&) = delete;
 
-  // ChunkSink: stores the (not all-zero) chunk `raw` at the end of the blob.
-  Status put(fs::IndexBuilder& builder, const std::string& rel, uint64_t file_offset, std::string_view raw,
-             fs::ChunkRecord* rec) override;
-  // The same without a file name. rec->raw_len and rec->digest must be set (describe_chunk).
-  Status pack(fs::IndexBuilder& builder, std::string_view raw, fs::ChunkRecord* rec);
+  // ChunkPacker: stores the (not all-zero) chunk `raw` at the end of the blob.
+  Status pack(fs::IndexBuilder& builder, std::string_view raw, fs::ChunkRecord* rec) override;
   // Appends raw bytes as they are (scratch spools).
   Status put_raw(std::string_view raw) {
     offset_ += raw.size();

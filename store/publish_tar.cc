@@ -159,12 +159,13 @@ namespace {
 // writes the index breadth-first.
 class LayerTarConverter {
  public:
-  LayerTarConverter(struct archive* a, BlobWriter& blob, const LayerTarOptions& opts)
-      : a_(a), blob_(blob), opts_(opts), builder_(opts.chunk_size) {
+  LayerTarConverter(struct archive* a, ChunkPacker& out, const LayerTarOptions& opts)
+      : a_(a), out_(out), blob_(dynamic_cast<BlobWriter*>(&out)), opts_(opts), builder_(opts.chunk_size) {
     for (const auto& p : opts.first) first_rank_.emplace(p, first_rank_.size());
   }
 
   Result<LayerTarResult> run() {
+    if (ordered() && blob_ == nullptr) return make_error(EINVAL, "a packing order needs a blob to order (not chunk objects)");
     if (ordered()) {
       // The files to pack first are spooled raw; the rest is packed into `back_`; at the end the
       // first files are packed into the blob in order and `back_` is appended behind them.
@@ -180,7 +181,8 @@ class LayerTarConverter {
 
  private:
   struct archive* a_;
-  BlobWriter& blob_;
+  ChunkPacker& out_;
+  BlobWriter* blob_;  // out_ if it is a blob (what ordered packing needs), else null
   const LayerTarOptions& opts_;
   fs::IndexBuilder builder_;
   TarTree tree_;
@@ -348,7 +350,7 @@ class LayerTarConverter {
       spool_end_ += size;
       return ok_status();
     }
-    BlobWriter& dst = ordered() ? *back_ : blob_;
+    ChunkPacker& dst = ordered() ? static_cast<ChunkPacker&>(*back_) : out_;
     auto read = [&](uint64_t, uint32_t len, char* out, bool*) { return read_data(path, out, len); };
     auto store = [&](uint64_t, std::string_view raw, fs::ChunkRecord* rec) { return dst.pack(builder_, raw, rec); };
     EXTRAFS_TRY(content, chunk_content(size, cs, buf_, read, store));
@@ -377,14 +379,14 @@ class LayerTarConverter {
         if (n < 0 || static_cast<size_t>(n) < len) return Error::from_errno(n < 0 ? static_cast<int>(-n) : EIO, "read back the scratch file");
         return ok_status();
       };
-      auto store = [&](uint64_t, std::string_view raw, fs::ChunkRecord* rec) { return blob_.pack(builder_, raw, rec); };
+      auto store = [&](uint64_t, std::string_view raw, fs::ChunkRecord* rec) { return blob_->pack(builder_, raw, rec); };
       EXTRAFS_TRY(content, chunk_content(sp.size, opts_.chunk_size, buf_, read, store));
       nodes[id].chunks = std::move(content.chunks);
       nodes[id].st.st_blocks = static_cast<blkcnt_t>(blocks_for(content.stored_raw));
     }
     EXTRAFS_CHECK_STATUS(back_->finish());
-    EXTRAFS_TRY(base, blob_.append(*back_));
-    uint32_t obj = builder_.add_object(blob_.object_path());
+    EXTRAFS_TRY(base, blob_->append(*back_));
+    uint32_t obj = builder_.add_object(blob_->object_path());
     for (uint32_t id = 0; id < nodes.size(); ++id) {
       if (spooled_.count(id)) continue;
       for (auto& c : nodes[id].chunks) {
@@ -476,8 +478,8 @@ class LayerTarConverter {
 
 }  // namespace
 
-Result<LayerTarResult> convert_layer_tar(struct archive* a, BlobWriter& blob, const LayerTarOptions& opts) {
-  LayerTarConverter c(a, blob, opts);
+Result<LayerTarResult> convert_layer_tar(struct archive* a, ChunkPacker& out, const LayerTarOptions& opts) {
+  LayerTarConverter c(a, out, opts);
   return c.run();
 }
 

@@ -47,9 +47,11 @@ struct LayerTarResult {
 };
 
 // Reads the layer tar `a` (opened by the caller, positioned before its first header) to its end,
-// packing regular file content into `blob`. EBADMSG for a malformed tar or an entry that cannot be
-// represented (a path with "..", a hard link to a missing entry or to a directory).
-Result<LayerTarResult> convert_layer_tar(struct archive* a, BlobWriter& blob, const LayerTarOptions& options);
+// packing regular file content into `out` (a layer blob, or content objects). EBADMSG for a
+// malformed tar or an entry that cannot be represented (a path with "..", a hard link to a
+// missing entry or to a directory); EINVAL for `options.first` with an `out` that is not a
+// BlobWriter (only a blob has an order to pack in).
+Result<LayerTarResult> convert_layer_tar(struct archive* a, ChunkPacker& out, const LayerTarOptions& options);
 
 // Normalises a path inside a tar: strips "./" and "/" prefixes and trailing '/'; "" for the root.
 // False if it has a ".." component or an empty name where one is needed.

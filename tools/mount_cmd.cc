@@ -31,6 +31,7 @@
 #include "fs/catalog.h"
 #include "fs/fs_core.h"
 #include "fs/fuse_adapter.h"
+#include "store/layout.h"
 #include "store/trace.h"
 #include "tools/mount_images.h"
 #include "tools/mount_stats.h"
@@ -107,6 +108,8 @@ int serve(const MountRequest& req, const std::function<void(const std::string&)>
   // refresh interval (and not cache a 404 for the next generation longer).
   bopts.http.revalidate_paths = {fs::kCatalogPath, std::string(fs::kCatalogGenerationsDir) + "/"};
   bopts.http.revalidate_after_s = refresh_s;
+  // Chunk objects are read whole: plainly requested, so that any proxy caches them.
+  bopts.http.whole_object_paths = {std::string(store::kObjectsDir) + "/"};
   auto backend = backend::open_backend(req.source, bopts);
   if (!backend.ok()) {
     notify(backend.error().message);

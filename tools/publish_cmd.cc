@@ -29,6 +29,7 @@ double now_s() {
 struct PublishArgs {
   std::string data_root, archive, store, order;
   std::vector<std::string> images;
+  bool chunk_objects = false;
 };
 
 int run_publish(const PublishArgs& a) {
@@ -46,6 +47,7 @@ int run_publish(const PublishArgs& a) {
   req.store = a.store;
   req.order_file = a.order;
   req.images = a.images;
+  req.chunk_objects = a.chunk_objects;
   const double t0 = now_s();
   const bool tty = ::isatty(2);
   double last = 0;
@@ -68,7 +70,11 @@ int run_publish(const PublishArgs& a) {
   std::string tags;
   for (const auto& t : report->tags) tags += (tags.empty() ? "" : ", ") + t;
   std::string ordered;
-  if (!a.order.empty()) ordered = ", " + format_size(report->ordered_bytes) + " of it in trace order first";
+  if (!a.order.empty() && !a.chunk_objects) ordered = ", " + format_size(report->ordered_bytes) + " of it in trace order first";
+  if (a.chunk_objects) ordered = fmt::format(" ({} new chunk objects)", report->objects_written);
+  if (!a.order.empty() && a.chunk_objects)
+    print_error("extrafs", "publish: warning: --order has no effect with --chunk-objects (the layers have no blob to order; "
+                           "hosts fetch their start-up's chunks as they read them)");
   // A layer already in the store is left as it is: its blob keeps the packing (and the catalog
   // the ordered prefix) of the publish that wrote it, which live hosts may be reading.
   if (!a.order.empty() && report->layers_present > 0)
@@ -93,6 +99,9 @@ void add_publish_command(CLI::App& app, int* exit_code) {
   sub->add_option("--archive", args->archive, "a 'docker save' tar");
   sub->add_option("--to", args->store, "the store directory (created if missing)")->required();
   sub->add_option("--order", args->order, "a first-access trace (extrafs mount -o record=DIR): pack its files first");
+  sub->add_flag("--chunk-objects", args->chunk_objects,
+                "every chunk its own object extrafs/objects/<digest> (cacheable whole by any HTTP proxy, stored once "
+                "across layers) instead of ranges of a layer blob");
   sub->callback([args, exit_code] { *exit_code = run_publish(*args); });
 }
 

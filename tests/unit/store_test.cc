@@ -21,8 +21,10 @@
 #include "fs/catalog.h"
 #include "fs/layer_index.h"
 #include "store/catalog_writer.h"
+#include "store/chunking.h"
 #include "store/docker_meta.h"
 #include "store/indexer.h"
+#include "store/layout.h"
 #include "store/publish_blob.h"
 #include "store/trace.h"
 #include "test_util.h"
@@ -310,4 +312,69 @@ TEST_CASE("publish --order records the bytes its traced files take at the start 
   // A traced file that the walk did not pack first (here: not named first) is not in the prefix.
   CHECK(prefix_for({"nope"}) == 0);
   std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("chunk objects are stored once, lz4 where it pays, in place only once finished, and taken as they are",
+          "[store]") {
+  testing::TempDir t;
+  const std::string s = t.path + "/s";
+  REQUIRE(make_dirs(s).ok());
+  const std::string text(1 << 20, 'a');                       // lz4 makes it much smaller
+  const std::string noise = testing::pseudo_random(1 << 20, 7);  // lz4 cannot
+  fs::IndexBuilder b;
+  auto pack = [&](store::ObjectSink& sink, const std::string& raw) {
+    fs::ChunkRecord rec{};
+    REQUIRE_FALSE(store::describe_chunk(raw, &rec));
+    REQUIRE(sink.pack(b, raw, &rec).ok());
+    return rec;
+  };
+  auto digest_of = [](const fs::ChunkRecord& rec) {
+    Digest128 d;
+    std::memcpy(d.bytes.data(), rec.digest, 16);
+    return d;
+  };
+  {
+    store::ObjectSink sink(s, /*compress=*/true);
+    const auto a = pack(sink, text), n = pack(sink, noise), again = pack(sink, text);
+    CHECK((a.flags & fs::kChunkLz4) != 0);
+    CHECK(a.stored_len < (64u << 10));
+    CHECK(n.flags == 0);
+    CHECK(n.stored_len == noise.size());
+    CHECK(again.stored_len == a.stored_len);
+    CHECK(again.object == a.object);
+    CHECK(sink.objects_written() == 2);  // the same chunk twice is one object
+    const std::string obj = store::StoreLayout(s).object(digest_of(a));
+    CHECK_FALSE(path_exists(obj));  // nothing named before finish()
+    REQUIRE(sink.finish().ok());
+    CHECK(read_file(obj)->size() == a.stored_len);
+    auto got = read_file(store::StoreLayout(s).object(digest_of(n)));
+    REQUIRE(got.ok());
+    CHECK(*got == noise);
+  }
+  {
+    // A later sink (another publish, or the image/ tree, raw) takes the objects as they are.
+    store::ObjectSink raw_sink(s, /*compress=*/false);
+    const auto a = pack(raw_sink, text);
+    CHECK((a.flags & fs::kChunkLz4) != 0);
+    CHECK(raw_sink.objects_written() == 0);
+  }
+  {
+    // An object larger than its chunk is a damaged store, never taken.
+    const std::string small(4096, 'z');
+    fs::ChunkRecord rec{};
+    REQUIRE_FALSE(store::describe_chunk(small, &rec));
+    REQUIRE(write_file_atomic(store::StoreLayout(s).object(digest_of(rec)), small + "more").ok());
+    store::ObjectSink sink(s, true);
+    auto st = sink.pack(b, small, &rec);
+    CHECK(st.code() == EBADMSG);
+  }
+  {
+    // Objects of a sink never finished (a failed publish) are not left behind.
+    store::ObjectSink sink(s, true);
+    pack(sink, testing::pseudo_random(1000, 9));
+  }
+  auto names = list_dir(store::StoreLayout(s).objects_dir());
+  REQUIRE(names.ok());
+  CHECK(names->size() == 3);
+  for (const auto& n : *names) CHECK(n.find(".tmp.") == std::string::npos);
 }
