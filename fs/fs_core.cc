@@ -248,7 +248,7 @@ Status FsCore::refresh() {
 }
 
 Status FsCore::refresh_locked() {
-  Status followed = generation_ > 0 ? follow_generations() : ok_status();
+  Status followed = generation_ > 0 && options_.probe_generations ? follow_generations() : ok_status();
   // Taken before the read: if the catalog is replaced again meanwhile, the next refresh sees a
   // version it has not loaded and reads it (again).
   auto current = meta_.meta_version(kCatalogPath);

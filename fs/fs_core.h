@@ -85,6 +85,12 @@ struct FsCoreOptions {
   // A background thread re-reads the catalog this often (0 = never; call refresh() instead).
   // File system calls never wait for it, so a dead server cannot stall a lookup.
   double refresh_interval_s = 1.0;
+  // Whether a refresh first looks up the next catalog generation (catalog.d/<N+1>): the way past
+  // an NFS server's attribute cache, which can hide a replaced catalog for a minute. HTTP sources
+  // need it not (the catalog's ETag changes with it, and proxies revalidate it as asked), and
+  // there it would cost the origin a request per host and interval: squid does not cache the
+  // 404 of a generation not written yet, even one sent with a max-age (measured, squid 5.7).
+  bool probe_generations = true;
   // A layer index that failed to load answers EIO without a new attempt for this long; the first
   // access after that tries again.
   double index_retry_s = 2.0;

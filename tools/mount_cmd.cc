@@ -121,6 +121,7 @@ int serve(const MountRequest& req, const std::function<void(const std::string&)>
   fs::FsCoreOptions copts;
   copts.whole_files = whole.get();
   copts.refresh_interval_s = refresh_s;
+  copts.probe_generations = !backend::is_http_source(req.source);
   std::unique_ptr<store::TraceWriter> trace;  // outlives the core, which calls it
   if (!req.record_dir.empty()) {
     auto w = store::TraceWriter::create(req.record_dir);

@@ -518,6 +518,29 @@ TEST_CASE("the next catalog generation is found while the catalog itself looks u
   CHECK(read_whole(core, walk(core, {"image", "overlay2", "repositories.json"})) == R"({"three":1})");
 }
 
+TEST_CASE("without generation probes (http sources) a refresh follows the catalog alone", "[fscore]") {
+  Store s;
+  cache::ChunkFetcher fetcher(s.mem, {});
+  FsCoreOptions opts;
+  opts.refresh_interval_s = 0;
+  opts.probe_generations = false;
+  Catalog first = s.catalog;
+  first.layers.pop_back();
+  first.generation = 1;
+  s.mem.put(kCatalogPath, first.serialize());
+  auto core_r = FsCore::open(fetcher, fetcher, opts);
+  REQUIRE(core_r.ok());
+  FsCore& core = **core_r;
+  Catalog second = s.catalog;
+  second.generation = 2;
+  s.mem.put(catalog_generation_path(2), second.serialize());
+  REQUIRE(core.refresh().ok());
+  CHECK(core.layer_count() == 1);  // catalog.d/2 was not looked up
+  s.mem.put(kCatalogPath, second.serialize());
+  REQUIRE(core.refresh().ok());
+  CHECK(core.layer_count() == 2);
+}
+
 TEST_CASE("the background refresher adds new layers by itself", "[fscore]") {
   Store s;
   cache::ChunkFetcher fetcher(s.mem, {});
