@@ -31,6 +31,15 @@
 #           and its start) in a cpu cgroup of EXTRAFS_BENCH_HOST_CPU cores (default 0.2), the
 #           single host capped the same
 #   memory  peak RSS (VmHWM) of the daemon with 10 small images attached and started
+#   https   (issue 17, tests/bench/http_bench.py) the docker-less python start from an https store
+#           (nginx, TLS) vs the same from NFS, empty cache; cold read of the unread file over https
+#           vs curl of its blob from the same nginx; each also with the store published
+#           --chunk-objects (co/), against the blob store, over NFS and https
+#   proxy   (http_bench.py) FLEET_N hosts behind one squid (memory cache, range_offset_limit and
+#           collapsed_forwarding at their defaults): bytes and requests the origin answered vs one
+#           host alone, p99 start vs one host (every host in its cpu cgroup, as in the capped fleet
+#           runs), blob and chunk-object stores, and the latter with collapsed_forwarding on;
+#           catalog probes reaching the origin from FLEET_N idle hosts with refresh=60, per 60 s
 #
 # The image: a Debian bookworm rootfs with python3 (debootstrap --variant=minbase
 # --include=python3 from the apt mirror configured on this host, kept as a tarball in
@@ -47,7 +56,7 @@ usage() { echo "usage: $0 BUILD_DIR [--quick] [--only CASE[,CASE...]] [--reps N]
 CMDLINE="tests/bench/run.sh $*"
 BUILD=$(realpath "$1") || usage
 shift
-QUICK=0 ONLY=start,read,nfs,small,fleet,memory REPS= BIG_MIB= APPEND=0
+QUICK=0 ONLY=start,read,nfs,small,fleet,memory,https,proxy REPS= BIG_MIB= APPEND=0
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) QUICK=1 ;;
@@ -61,7 +70,7 @@ while [ $# -gt 0 ]; do
 done
 if [ $QUICK = 1 ]; then REPS=${REPS:-1} BIG_MIB=${BIG_MIB:-64}; else REPS=${REPS:-3} BIG_MIB=${BIG_MIB:-512}; fi
 for c in ${ONLY//,/ }; do
-  case $c in start|read|nfs|small|fleet|memory) ;; *) echo "run.sh: unknown case '$c'" >&2; usage ;; esac
+  case $c in start|read|nfs|small|fleet|memory|https|proxy) ;; *) echo "run.sh: unknown case '$c'" >&2; usage ;; esac
 done
 want() { [[ ,$ONLY, == *,$1,* ]]; }
 
@@ -71,6 +80,7 @@ EXTRAFS=$BUILD/tools/extrafs
 GANESHA=$HERE/../nfs/ganesha.sh
 DOCKERD=$HERE/../docker/dockerd.sh
 FLEET_PY=$HERE/fleet.py
+HTTP_BENCH_PY=$HERE/http_bench.py
 DIRECT_READ_PY=$HERE/direct_read.py
 CACHE_DIR=${EXTRAFS_BENCH_CACHE:-/var/cache/extrafs-bench}
 ROOTFS_TAR=$CACHE_DIR/bookworm-python3.tar
@@ -310,6 +320,12 @@ t0=$EPOCHREALTIME
 timeout 1200 "$EXTRAFS" publish --data-root "$RA" "${IMAGES[@]}" --to "$STORES/plain" >"$T/publish.out" 2>&1 ||
   die "publish failed: $(tail -3 "$T/publish.out")"
 log "published in $(secs "$t0" "$EPOCHREALTIME") s: $(tail -1 "$T/publish.out")"
+if want https || want proxy; then
+  # The same image with every chunk its own object (publish --chunk-objects), for the http cases.
+  timeout 1200 "$EXTRAFS" publish --data-root "$RA" bench-py:1 --to "$STORES/co" --chunk-objects >"$T/publish.out" 2>&1 ||
+    die "publish --chunk-objects failed: $(tail -3 "$T/publish.out")"
+  log "published with --chunk-objects: $(tail -1 "$T/publish.out")"
+fi
 GSTATE=$T/ganesha
 mkdir -p "$GSTATE"
 URL=
@@ -753,10 +769,27 @@ case_memory() {
     "$(ratio "$hwm" $((limit + idx))) of the budget"
 }
 
+# ---------------------------------------------------------------------------------------------
+# 7. http(s) and caching proxies (issue 17): tests/bench/http_bench.py, with the stores and
+# ganesha above and one capped cpu cgroup per fleet host made here.
+case_http() {
+  local k cases= procs=
+  want https && cases=https
+  want proxy && cases=${cases:+$cases,}proxy
+  for k in $(seq 1 "$FLEET_N"); do
+    if cg_make "http$k"; then procs="$procs $CGP"; else procs=; break; fi
+  done
+  [ -n "$procs" ] || log "case proxy: no cpu cgroup controller here: its starts are not capped"
+  XF_CGROUP_PROCS=$procs EXTRAFS_BENCH_HOST_CPU=$HOST_CPU python3 "$HTTP_BENCH_PY" --extrafs "$EXTRAFS" --stores "$STORES" \
+    --nfs-url "$URL" --py-cid "$PY_CID" --base-cid "$BASE_CID" --tmp "$T/http" --cases "$cases" --reps "$REPS" \
+    --fleet "$FLEET_N" >>"$ROWS" || die "http_bench.py failed"
+}
+
 want start && case_start
 if want read || want nfs || want small; then case_read_nfs; fi
 want fleet && case_fleet
 want memory && case_memory
+if want https || want proxy; then case_http; fi
 
 # ---------------------------------------------------------------------------------------------
 {

@@ -197,10 +197,11 @@ http {{
         location / {{
             add_header Cache-Control "public, max-age=31536000, immutable" always;
         }}
-        location = /extrafs/catalog {{
+        # Regular expressions: a store may be a sub-directory of the root (the bench serves two).
+        location ~ /extrafs/catalog$ {{
             add_header Cache-Control "public, max-age={self.catalog_max_age}" always;
         }}
-        location /extrafs/catalog.d/ {{
+        location ~ /extrafs/catalog[.]d/ {{
             add_header Cache-Control "public, max-age={self.catalog_max_age}" always;
         }}
     }}
@@ -257,9 +258,11 @@ class Squid:
     cannot enter a test's private directory: its state is in a directory of its own under /tmp,
     owned by proxy and removed by close(); `name` is a prefix for that directory."""
 
-    def __init__(self, name: str = "xf-squid-", range_offset_limit: str = "0"):
+    def __init__(self, name: str = "xf-squid-", range_offset_limit: str = "0", collapsed_forwarding: bool = False):
         self.state = Path(tempfile.mkdtemp(prefix=name, dir="/tmp"))
         self.range_offset_limit = range_offset_limit
+        # squid's default (off): concurrent misses of one URL each go to the origin.
+        self.collapsed_forwarding = collapsed_forwarding
         self.port = 0
         self.proc: subprocess.Popen | None = None
 
@@ -280,6 +283,7 @@ cache_mem 256 MB
 maximum_object_size_in_memory 64 MB
 maximum_object_size 1 GB
 range_offset_limit {self.range_offset_limit}
+collapsed_forwarding {"on" if self.collapsed_forwarding else "off"}
 refresh_pattern . 10 20% 4320
 acl localhost src 127.0.0.1/32
 acl to_loopback dst 127.0.0.1/32
