@@ -285,3 +285,31 @@ def test_a_caching_proxy_serves_immutable_objects_from_its_cache(extrafs, tmp, m
     indexes = [r for r in origin if r.startswith("GET /extrafs/layers/") and ".index" in r]
     assert len(indexes) == 1, f"the layer index reached the origin {len(indexes)} times: {origin}"
     assert any("TCP_MEM_HIT" in line or "TCP_HIT" in line for line in p.access_log()), p.access_log()
+
+
+def test_hosts_behind_a_proxy_see_a_new_image_by_the_catalog_alone(extrafs, tmp, mount, nginx, squid):
+    # The store in a sub-directory of the web root (as the bench serves its stores): the origin's
+    # short max-age must reach the catalog there too, else squid keeps the catalog for good.
+    # Hosts of http sources look for a new catalog only by asking for the catalog itself.
+    store = http_util.make_big_store(extrafs, tmp, size_mib=1)
+    n = nginx(tmp, tls=False, catalog_max_age=1)
+    p = squid()
+    url = f"{n.url}/{store.name}"
+    hosts = [mount(url, options=f"proxy={p.address},refresh=1") for _ in range(2)]
+    for h in hosts:
+        assert http_util.layer_file(h.path, "etc/hello").read_text() == "hello\n"
+    time.sleep(2.5)  # squid's copy of the catalog is now older than its max-age
+    src = tmp / "src2"
+    (src / "etc").mkdir(parents=True)
+    (src / "etc" / "second").write_text("second image\n")
+    xf.run(["/usr/bin/python3", xf.TESTS / "integration" / "make_save_archive.py", tmp / "b.tar", "second:1", src],
+           timeout=120)
+    xf.run([extrafs, "publish", "--archive", tmp / "b.tar", "--to", store], timeout=120)
+    t0 = time.monotonic()
+    for h in hosts:
+        xf.wait_until(lambda: "second" in (h.path / "image/overlay2/repositories.json").read_text(), 15,
+                      f"{h.path} to see the image published behind the proxy")
+        assert http_util.layer_file(h.path, "etc/second").read_text() == "second image\n"
+    print(f"both hosts saw the new image {time.monotonic() - t0:.1f} s after the publish")
+    origin = [line.split('"')[1] for line in n.access_log()]
+    assert not any("/extrafs/catalog.d/" in r for r in origin), origin
