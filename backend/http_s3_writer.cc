@@ -236,11 +236,7 @@ class S3Writer final : public ObjectWriter {
   }
 
   Result<std::optional<uint64_t>> head(std::string_view path) override {
-    EXTRAFS_TRY(url, key_url(path));
-    Call c;
-    c.method = "HEAD";
-    c.url = std::move(url);
-    c.what = "HEAD " + shown(path);
+    EXTRAFS_TRY(c, call_for("HEAD", path));
     EXTRAFS_TRY(a, perform(c, /*ok_404=*/true));
     if (a.status == 404) return std::optional<uint64_t>();
     if (a.content_length < 0) return make_error(EIO, c.what + ": answer without Content-Length");
@@ -248,10 +244,7 @@ class S3Writer final : public ObjectWriter {
   }
 
   Result<std::string> get(std::string_view path, uint64_t limit) override {
-    EXTRAFS_TRY(url, key_url(path));
-    Call c;
-    c.url = std::move(url);
-    c.what = "GET " + shown(path);
+    EXTRAFS_TRY(c, call_for("GET", path));
     c.keep = limit;
     EXTRAFS_TRY(a, perform(c, /*ok_404=*/true));
     if (a.status == 404) return make_error(ENOENT, c.what + ": no such object");
@@ -260,13 +253,9 @@ class S3Writer final : public ObjectWriter {
 
   Status put(std::string_view path, const PutBody& body, std::string_view cache_control,
              const std::function<void(int64_t)>& on_bytes) override {
-    EXTRAFS_TRY(url, key_url(path));
+    EXTRAFS_TRY(c, call_for("PUT", path));
     const uint64_t size = body.fd >= 0 ? body.size : body.bytes.size();
-    if (size > options_.multipart_threshold) return put_multipart(path, url, body, size, cache_control, on_bytes);
-    Call c;
-    c.method = "PUT";
-    c.url = std::move(url);
-    c.what = "PUT " + shown(path);
+    if (size > options_.multipart_threshold) return put_multipart(path, c.url, body, size, cache_control, on_bytes);
     c.headers = {"Cache-Control: " + std::string(cache_control), "Content-Type: application/octet-stream"};
     c.body = &body;
     c.length = size;
@@ -277,11 +266,7 @@ class S3Writer final : public ObjectWriter {
   }
 
   Status remove(std::string_view path) override {
-    EXTRAFS_TRY(url, key_url(path));
-    Call c;
-    c.method = "DELETE";
-    c.url = std::move(url);
-    c.what = "DELETE " + shown(path);
+    EXTRAFS_TRY(c, call_for("DELETE", path));
     EXTRAFS_TRY(a, perform(c, /*ok_404=*/true));
     (void)a;
     return ok_status();
@@ -342,6 +327,16 @@ class S3Writer final : public ObjectWriter {
     EXTRAFS_TRY(encoded, percent_encode_path(key));
     if (encoded.empty()) return make_error(EINVAL, "an empty object path");
     return bucket_url() + encoded;
+  }
+
+  // A request `method` of the object at `path`: its URL, and its name in messages.
+  Result<Call> call_for(const char* method, std::string_view path) const {
+    EXTRAFS_TRY(url, key_url(path));
+    Call c;
+    c.method = method;
+    c.url = std::move(url);
+    c.what = std::string(method) + " " + shown(path);
+    return c;
   }
 
   CURL* lease() {

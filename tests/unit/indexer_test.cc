@@ -21,16 +21,12 @@
 #include "test_util.h"
 
 using namespace extrafs;
+using extrafs::testing::put_file;
 using extrafs::testing::TempDir;
 
 namespace {
 
 const std::string kA(64, 'a'), kB(64, 'b');
-
-void put_file(const std::string& path, const std::string& data) {
-  REQUIRE(make_dirs(parent_dir(path)).ok());
-  REQUIRE(write_file_atomic(path, data).ok());
-}
 
 // A store of one layer kA (a few files) under `t`/s, indexed once: its path, its index's path,
 // and the bytes of the index and the catalog then.

@@ -15,16 +15,12 @@
 #include "test_util.h"
 
 using namespace extrafs;
+using extrafs::testing::put_file;
 using extrafs::testing::TempDir;
 
 namespace {
 
 const std::string kA(64, 'a'), kB(64, 'b');
-
-void put_file(const std::string& path, const std::string& data) {
-  REQUIRE(make_dirs(parent_dir(path)).ok());
-  REQUIRE(write_file_atomic(path, data).ok());
-}
 
 // A Hermes-style store of two layers and an image/ tree, indexed (so with a catalog generation,
 // two layer indexes naming plain files, an image/ index naming content objects).

@@ -18,6 +18,7 @@
 #include "backend/testing/fault_backend.h"
 #include "backend/testing/memory_backend.h"
 #include "common/hash.h"
+#include "common/posix_file.h"
 #include "fs/catalog.h"
 #include "fs/layer_index.h"
 
@@ -83,6 +84,12 @@ inline std::string pseudo_random(size_t n, uint32_t seed) {
     s[i] = static_cast<char>(x);
   }
   return s;
+}
+
+// Writes `data` to `path` (atomically), making its parent directories first.
+inline void put_file(const std::string& path, const std::string& data) {
+  REQUIRE(make_dirs(parent_dir(path)).ok());
+  REQUIRE(write_file_atomic(path, data).ok());
 }
 
 // A private directory under $TMPDIR, removed with everything in it at the end of its scope.
