@@ -24,8 +24,8 @@
 #include "store/catalog_writer.h"
 #include "store/chunking.h"
 #include "store/layout.h"
-#include "store/remove_images.h"
 #include "store/publish_blob.h"
+#include "store/remove_images.h"
 #include "store/store_lock.h"
 
 namespace extrafs::store {
