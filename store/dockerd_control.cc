@@ -543,13 +543,22 @@ Result<DockerdProcess> inspect_dockerd(long pid) {
   return d;
 }
 
-Result<bool> dockerd_live_restore(const std::string& socket) {
+Result<DockerdInfo> dockerd_info(const std::string& socket) {
   EXTRAFS_TRY(r, http_get_unix(socket, "/info", 10000));
   if (r.status != 200) return make_error(EIO, socket + ": GET /info answered " + std::to_string(r.status) + " " + escape_control(r.reason));
   auto j = nlohmann::json::parse(r.body, nullptr, false);
   if (!j.is_object() || !j.contains("LiveRestoreEnabled") || !j["LiveRestoreEnabled"].is_boolean())
     return make_error(EBADMSG, socket + ": GET /info has no boolean LiveRestoreEnabled");
-  return j["LiveRestoreEnabled"].get<bool>();
+  DockerdInfo info;
+  info.live_restore = j["LiveRestoreEnabled"].get<bool>();
+  if (j.contains("DockerRootDir") && j["DockerRootDir"].is_string()) info.root_dir = j["DockerRootDir"].get<std::string>();
+  if (j.contains("Driver") && j["Driver"].is_string()) info.driver = j["Driver"].get<std::string>();
+  return info;
+}
+
+Result<bool> dockerd_live_restore(const std::string& socket) {
+  EXTRAFS_TRY(info, dockerd_info(socket));
+  return info.live_restore;
 }
 
 Result<std::string> recover_stopped_dockerd(const std::string& data_root, const RestartOptions& o) {

@@ -84,6 +84,17 @@ Result<std::string> dockerd_api_socket(const std::vector<std::string>& args, con
 // unified or name=systemd hierarchy, user@*.service managers excluded), or empty.
 std::string service_of_cgroup(const std::string& cgroup_text);
 
+// What `GET /info` of a dockerd says about where and how it keeps images.
+struct DockerdInfo {
+  std::string root_dir;       // DockerRootDir: its data-root, as that dockerd sees it ("" if not said)
+  bool live_restore = false;  // LiveRestoreEnabled
+  std::string driver;         // Driver: its graph driver ("overlay2")
+};
+
+// `GET /info` of the dockerd behind `socket`. Errors name the socket: its connect errors,
+// EIO for a non-200 answer, EBADMSG for an answer without a boolean LiveRestoreEnabled.
+Result<DockerdInfo> dockerd_info(const std::string& socket);
+
 // Whether the dockerd behind `socket` runs with live-restore: `GET /info` -> LiveRestoreEnabled.
 Result<bool> dockerd_live_restore(const std::string& socket);
 

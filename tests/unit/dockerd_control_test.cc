@@ -12,6 +12,8 @@
 #include <thread>
 
 #include "common/posix_file.h"
+#include "store/docker_endpoint.h"
+#include "store/docker_meta.h"
 #include "store/dockerd_control.h"
 #include "store/dockerd_journal.h"
 #include "store/dockerd_probe.h"
@@ -156,6 +158,64 @@ TEST_CASE("LiveRestoreEnabled is read from GET /info", "[dockerd]") {
   {
     TinyServer s("HTTP/1.0 500 Internal Server Error\r\n\r\n{}");
     CHECK(!store::dockerd_live_restore(s.path()).ok());
+  }
+}
+
+TEST_CASE("DockerRootDir, live-restore and the driver are read from GET /info", "[dockerd]") {
+  TinyServer s(ok_json("{\"DockerRootDir\":\"/srv/docker\",\"LiveRestoreEnabled\":true,\"Driver\":\"overlay2\"}"));
+  auto r = store::dockerd_info(s.path());
+  REQUIRE(r.ok());
+  CHECK(r->root_dir == "/srv/docker");
+  CHECK(r->live_restore);
+  CHECK(r->driver == "overlay2");
+}
+
+TEST_CASE("the docker CLI's endpoint comes from -H, --context, DOCKER_HOST, DOCKER_CONTEXT, then config.json",
+          "[dockerd]") {
+  testing::TempDir cfg;
+  // A context "remote" on tcp and "local" on a unix socket, as `docker context create` keeps them.
+  auto add_context = [&](const std::string& name, const std::string& host) {
+    const std::string dir = cfg.path + "/contexts/meta/" + store::sha256_digest(name).substr(7);
+    std::filesystem::create_directories(dir);
+    REQUIRE(write_file_atomic(dir + "/meta.json", "{\"Name\":\"" + name + "\",\"Endpoints\":{\"docker\":{\"Host\":\"" +
+                                                      host + "\"}}}").ok());
+  };
+  add_context("remote", "tcp://10.0.0.1:2375");
+  add_context("local", "unix:///run/local.sock");
+  // -H, --context, $DOCKER_HOST, $DOCKER_CONTEXT -> the endpoint and where it came from.
+  auto endpoint = [&](const std::string& host_flag, const std::string& context_flag, const std::string& docker_host,
+                      const std::string& docker_context) {
+    store::DockerCliSettings s;
+    s.host_flag = host_flag;
+    s.context_flag = context_flag;
+    s.docker_host = docker_host;
+    s.docker_context = docker_context;
+    s.config_dir = cfg.path;
+    std::string via;
+    auto r = store::docker_cli_endpoint(s, &via);
+    return r.ok() ? *r + " via " + via : "error: " + r.error().message;
+  };
+  CHECK(endpoint("", "", "", "") == "unix:///var/run/docker.sock via the default endpoint");
+  CHECK(endpoint("", "", "unix:///h.sock", "") == "unix:///h.sock via DOCKER_HOST");
+  CHECK(endpoint("unix:///f.sock", "", "unix:///h.sock", "") == "unix:///f.sock via --host");
+  CHECK(endpoint("", "local", "unix:///h.sock", "") == "unix:///run/local.sock via --context local");
+  CHECK(endpoint("", "", "unix:///h.sock", "local") == "unix:///h.sock via DOCKER_HOST");
+  CHECK(endpoint("", "", "", "local") == "unix:///run/local.sock via DOCKER_CONTEXT local");
+  CHECK(endpoint("", "default", "unix:///h.sock", "") == "unix:///h.sock via DOCKER_HOST");
+  CHECK(endpoint("unix:///f.sock", "local", "", "").rfind("error: conflicting options", 0) == 0);
+  CHECK(endpoint("", "nosuch", "", "").find("docker context \"nosuch\" does not exist") != std::string::npos);
+  REQUIRE(write_file_atomic(cfg.path + "/config.json", "{\"auths\":{},\"currentContext\":\"remote\"}").ok());
+  CHECK(endpoint("", "", "", "").rfind("tcp://10.0.0.1:2375 via context remote", 0) == 0);
+  REQUIRE(write_file_atomic(cfg.path + "/config.json", "not json").ok());
+  CHECK(endpoint("", "", "", "").rfind("error: " + cfg.path + "/config.json is not a JSON object", 0) == 0);
+
+  auto sock = store::local_socket_of("unix:///run/local.sock", "x");
+  REQUIRE(sock.ok());
+  CHECK(*sock == "/run/local.sock");
+  for (const char* e : {"tcp://10.0.0.1:2375", "ssh://me@host", "fd://", "unix://"}) {
+    auto r = store::local_socket_of(e, "DOCKER_HOST");
+    REQUIRE(!r.ok());
+    CHECK(r.code() == EINVAL);
   }
 }
 
