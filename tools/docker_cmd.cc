@@ -14,6 +14,7 @@
 #include "store/detach.h"
 #include "store/dockerd_control.h"
 #include "tools/commands.h"
+#include "tools/docker_report.h"
 
 namespace extrafs::tools {
 
@@ -30,29 +31,6 @@ struct DockerArgs {
   bool all = false;
   bool restart = false;
 };
-
-// The dockerd part of a run: a recovered dockerd first (it happened first), the restart last.
-void print_recovered(const store::RestartOutcome& o) {
-  if (!o.recovered.empty()) std::printf("%s\n", escape_control(o.recovered).c_str());
-}
-void print_restart(const store::RestartOutcome& o) {
-  if (!o.restarted) return;
-  std::printf("dockerd restarted (%s; pid %ld -> %s): its API was unavailable for %.2f s\n", o.how.c_str(), o.old_pid,
-              o.new_pid ? std::to_string(o.new_pid).c_str() : "?", o.api_down_s);
-}
-
-// After the report: a signal that arrived while dockerd was stopped ends the process now, as it
-// would have then.
-int finish(const store::RestartOutcome& o, int rc) {
-  if (o.deferred_signal) {
-    std::fflush(stdout);
-    const char* abbrev = sigabbrev_np(o.deferred_signal);
-    print_error("extrafs", (abbrev ? "SIG" + std::string(abbrev) : "signal " + std::to_string(o.deferred_signal)) +
-                               " arrived while dockerd was stopped; it was started again first");
-    store::reraise_deferred_signal(o.deferred_signal);
-  }
-  return rc;
-}
 
 // Validates the references; 0 or the usage exit code after printing one line.
 int check_refs(const std::vector<std::string>& images) {
@@ -79,11 +57,11 @@ int run_attach(const DockerArgs& a) {
   print_recovered(rep.restart);
   if (!st.ok()) {
     fail("cannot attach: " + st.error().message);
-    return finish(rep.restart, 1);
+    return finish_restart(rep.restart, 1, "extrafs");
   }
   if (rep.nothing_to_attach) {
     std::printf("nothing to attach: every image of %s is attached in %s\n", a.mount.c_str(), a.data_root.c_str());
-    return finish(rep.restart, 0);
+    return finish_restart(rep.restart, 0, "extrafs");
   }
   for (const auto& r : rep.images) {
     const bool changed = r.layers_created || r.layers_repaired || r.config_written || r.tag_written;
@@ -98,7 +76,7 @@ int run_attach(const DockerArgs& a) {
     std::printf("\n");
   }
   print_restart(rep.restart);
-  return finish(rep.restart, 0);
+  return finish_restart(rep.restart, 0, "extrafs");
 }
 
 int run_detach(const DockerArgs& a) {
@@ -120,10 +98,10 @@ int run_detach(const DockerArgs& a) {
   }
   if (!st.ok()) {
     fail("cannot detach: " + st.error().message);
-    return finish(rep.restart, 1);
+    return finish_restart(rep.restart, 1, "extrafs");
   }
   print_restart(rep.restart);
-  return finish(rep.restart, 0);
+  return finish_restart(rep.restart, 0, "extrafs");
 }
 
 }  // namespace
