@@ -91,7 +91,8 @@ def test_package_holds_the_programs_units_pages_and_docs(deb):
     assert field("Package") == "extrafs"
     assert field("Version") == version
     assert path.name == f"extrafs_{version}_{field('Architecture')}.deb"
-    for f in ("usr/sbin/extrafs", "sbin/mount.extrafs", "usr/libexec/extrafs-attach-listed"):
+    for f in ("usr/sbin/extrafs", "sbin/mount.extrafs", "usr/libexec/extrafs-attach-listed",
+              "usr/libexec/docker/cli-plugins/docker-extrafs"):
         assert os.access(root / f, os.X_OK), f"{f} missing or not executable in the package"
     unit = root / "lib/systemd/system/extrafs-attach@.service"
     assert "ExecStart=/usr/libexec/extrafs-attach-listed %f /etc/extrafs/images" in unit.read_text()
@@ -110,6 +111,9 @@ def test_package_holds_the_programs_units_pages_and_docs(deb):
     # The packaged binary reports the same version (libraries: this host's, the same release).
     out = xf.run([root / "usr/sbin/extrafs", "--version"]).stdout.strip()
     assert out == f"extrafs {version}"
+    # The docker CLI plugin, where docker looks for the system's plugins, says the same version.
+    meta = json.loads(xf.run([root / "usr/libexec/docker/cli-plugins/docker-extrafs", "docker-cli-plugin-metadata"]).stdout)
+    assert meta["SchemaVersion"] == "0.1.0" and meta["Version"] == version, meta
 
 
 def test_package_build_refuses_a_changelog_version_other_than_meson(tmp):
@@ -217,6 +221,10 @@ def test_installed_package_mounts_at_boot_attaches_before_docker_and_removes_cle
     out = m.run(["docker", "run", "--rm", "--network", "none", "bb:1", "/bin/busybox", "sha256sum",
                  "/bin/busybox"]).stdout.split()[0]
     assert out == hashlib.sha256(Path("/bin/busybox").read_bytes()).hexdigest()
+    # The docker CLI finds the plugin where the package put it; with the one mount of the machine
+    # it lists bb:1 as attached to this dockerd.
+    listed = m.run(["docker", "extrafs", "images"]).stdout.splitlines()
+    assert any(l.split()[:2] == ["bb", "1"] and l.split()[-1] == "yes" for l in listed[1:]), listed
     stats = json.loads(m.run(["extrafs", "stats", "/mnt/extrafs", "--json"]).stdout)
     assert stats["bytes_served"] > 0 and stats["bytes_fetched"] > 0, stats
 
@@ -224,7 +232,8 @@ def test_installed_package_mounts_at_boot_attaches_before_docker_and_removes_cle
     m.run(["apt-get", "remove", "-y", "extrafs"], timeout=300)
     status = m.run(["dpkg-query", "-W", "-f=${Status}", "extrafs"], check=False).stdout
     assert "install ok installed" not in status, status
-    for f in ("/usr/sbin/extrafs", "/sbin/mount.extrafs", "/usr/libexec/extrafs-attach-listed"):
+    for f in ("/usr/sbin/extrafs", "/sbin/mount.extrafs", "/usr/libexec/extrafs-attach-listed",
+              "/usr/libexec/docker/cli-plugins/docker-extrafs"):
         assert m.run(["test", "-e", f], check=False).returncode == 1, f"{f} left after apt-get remove"
     left = m.run(["find", "/etc/systemd", "/usr/lib/systemd", "/run/systemd/system", "-name", "extrafs*"]).stdout.split()
     assert not left, f"unit files or links left after apt-get remove: {left}"
