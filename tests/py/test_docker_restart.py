@@ -31,25 +31,6 @@ def xattach(extrafs, images: xf.Images, root: Path, *refs, restart=False, check=
     return xf.run(cmd + (["--restart"] if restart else []), check=check, timeout=timeout)
 
 
-def dockerd_with_keeper(extrafs, images, dockerd, root: Path, **kw):
-    """app-a:1 attached into `root`, a dockerd with live-restore started there, and a container
-    of app-a:1 running in it. Returns (dockerd, the container's pid)."""
-    xattach(extrafs, images, root, "app-a:1")
-    d = dockerd(root, **kw)
-    d.docker("run", "-d", "--network", "none", "--name", "keeper", "app-a:1", "/bin/busybox", "sleep", "600")
-    return d, container_pid(d)
-
-
-def container_pid(d: xf.Dockerd, name="keeper") -> int:
-    out = d.docker("inspect", "-f", "{{.State.Running}} {{.State.Pid}}", name).stdout.split()
-    assert out[0] == "true", f"container {name} is not running: {out}"
-    return int(out[1])
-
-
-def tags(d: xf.Dockerd) -> set[str]:
-    return set(d.docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}").stdout.split())
-
-
 def cmdline(pid: int) -> list[bytes]:
     return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
 
@@ -91,7 +72,7 @@ def start_restart(extrafs, images: xf.Images, root: Path, *refs) -> subprocess.P
 
 def test_sigkill_in_the_window_is_recovered_by_the_next_command(extrafs, images, dockerd, tmp):
     root = tmp / "root"
-    d, keeper = dockerd_with_keeper(extrafs, images, dockerd, root)
+    d, keeper = xf.dockerd_with_keeper(extrafs, images, dockerd, root)
     old = d.current_pid()
     old_cmdline, old_env = cmdline(old), environ(old)
     proc = start_restart(extrafs, images, root, "app-b:1")
@@ -112,20 +93,20 @@ def test_sigkill_in_the_window_is_recovered_by_the_next_command(extrafs, images,
     assert cmdline(new) == old_cmdline, "dockerd was not started with its own command line"
     assert environ(new) == old_env, "dockerd was not started with its own environment"
     assert os.readlink(f"/proc/{new}/fd/1") == str(d.log), "dockerd's stdout is not its log file any more"
-    assert container_pid(d) == keeper, "the container did not keep running through it all"
+    assert xf.container_pid(d) == keeper, "the container did not keep running through it all"
     assert not (root / JOURNAL).exists(), "the journal stayed after dockerd answered"
     # The interrupted attach is finished by running it again.
     xattach(extrafs, images, root, "app-b:1", restart=True)
-    assert {"app-a:1", "app-b:1", "app-c:1"} <= tags(d), tags(d)
+    assert {"app-a:1", "app-b:1", "app-c:1"} <= xf.docker_tags(d), xf.docker_tags(d)
     out = d.docker("run", "--rm", "--network", "none", "app-b:1", "/bin/busybox", "cat", "/etc/marker").stdout
     assert out == "app-b-marker\n"
-    assert container_pid(d) == keeper
+    assert xf.container_pid(d) == keeper
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_in_the_window_waits_until_dockerd_is_back(extrafs, images, dockerd, tmp, sig):
     root = tmp / "root"
-    d, keeper = dockerd_with_keeper(extrafs, images, dockerd, root)
+    d, keeper = xf.dockerd_with_keeper(extrafs, images, dockerd, root)
     old = d.current_pid()
     proc = start_restart(extrafs, images, root, "app-b:1")
     in_the_window(d, proc, d.log.stat().st_size)
@@ -137,8 +118,8 @@ def test_a_signal_in_the_window_waits_until_dockerd_is_back(extrafs, images, doc
     assert proc.returncode == -sig, f"extrafs did not end by {sig.name} once done: exit {proc.returncode}, {err!r}"
     assert "attached app-b:1" in out and "dockerd restarted" in out, out
     assert "dockerd was stopped" in err and len(err.strip().splitlines()) == 1, err
-    assert "app-b:1" in tags(d)
-    assert container_pid(d) == keeper
+    assert "app-b:1" in xf.docker_tags(d)
+    assert xf.container_pid(d) == keeper
     assert not (root / JOURNAL).exists()
 
 
@@ -146,7 +127,7 @@ def test_dockerd_started_in_a_deleted_directory_is_restarted(extrafs, images, do
     root = tmp / "root"
     here = tmp / "was-here"
     here.mkdir()
-    d, keeper = dockerd_with_keeper(extrafs, images, dockerd, root, cwd=here)
+    d, keeper = xf.dockerd_with_keeper(extrafs, images, dockerd, root, cwd=here)
     here.rmdir()
     assert os.readlink(f"/proc/{d.current_pid()}/cwd").endswith(" (deleted)")
     old = d.current_pid()
@@ -154,14 +135,14 @@ def test_dockerd_started_in_a_deleted_directory_is_restarted(extrafs, images, do
     assert p.returncode == 0, p.stderr
     assert d.answers() and d.current_pid() != old, "dockerd was not started again"
     assert os.readlink(f"/proc/{d.current_pid()}/cwd") == "/"
-    assert container_pid(d) == keeper
+    assert xf.container_pid(d) == keeper
 
 
 def test_a_directory_named_deleted_is_still_its_working_directory(extrafs, images, dockerd, tmp):
     root = tmp / "root"
     here = tmp / "x (deleted)"
     here.mkdir()
-    d, _ = dockerd_with_keeper(extrafs, images, dockerd, root, cwd=here)
+    d, _ = xf.dockerd_with_keeper(extrafs, images, dockerd, root, cwd=here)
     xattach(extrafs, images, root, "app-b:1", restart=True)
     assert d.answers()
     assert os.readlink(f"/proc/{d.current_pid()}/cwd") == str(here)
@@ -169,7 +150,7 @@ def test_a_directory_named_deleted_is_still_its_working_directory(extrafs, image
 
 def test_concurrent_restarts_lose_no_tag(extrafs, images, dockerd, tmp):
     root = tmp / "root"
-    d, keeper = dockerd_with_keeper(extrafs, images, dockerd, root)
+    d, keeper = xf.dockerd_with_keeper(extrafs, images, dockerd, root)
     want = {"app-a:1"}
     # Rounds of two runs started together: each must wait for the other's whole restart.
     for pair in (("app-b:1", "app-c:1"), ("app-d:1", "app-e:1"), ("app-f:1", "app-g:1")):
@@ -188,14 +169,14 @@ def test_concurrent_restarts_lose_no_tag(extrafs, images, dockerd, tmp):
             assert p.returncode == 0, f"attach {ref}: exit {p.returncode}: {p.stderr}"
         want |= set(pair)
         assert d.answers()
-        assert want <= tags(d), f"dockerd lost a tag: it lists {tags(d)}"
+        assert want <= xf.docker_tags(d), f"dockerd lost a tag: it lists {xf.docker_tags(d)}"
     # dockerd's own copy, which it writes from memory, has them all: once more through a restart.
     xf.run([extrafs, "docker", "detach", "app-a:1", "--data-root", root, "--restart"])
     want.discard("app-a:1")
-    assert want <= tags(d), f"a tag was lost: {tags(d)}"
+    assert want <= xf.docker_tags(d), f"a tag was lost: {xf.docker_tags(d)}"
     repos = json.loads((root / "image/overlay2/repositories.json").read_text())["Repositories"]
     assert want <= {t for refs in repos.values() for t in refs}, repos
-    assert container_pid(d) == keeper
+    assert xf.container_pid(d) == keeper
 
 
 def test_all_with_tags_docker_refuses_in_the_store_never_restarts_then_fails(extrafs, tmp, mount, dockerd):
@@ -204,7 +185,7 @@ def test_all_with_tags_docker_refuses_in_the_store_never_restarts_then_fails(ext
     xf.publish_busybox_images(extrafs, tmp, store, tweak_after_first=lambda s: forged.extend(hostile.forged_tags(s)))
     images = xf.Images(store, mount(store).path)
     root = tmp / "root"
-    d, keeper = dockerd_with_keeper(extrafs, images, dockerd, root)
+    d, keeper = xf.dockerd_with_keeper(extrafs, images, dockerd, root)
     old = d.current_pid()
     p = xattach(extrafs, images, root, "--all", restart=True, check=False)
     print(p.stdout, p.stderr)
@@ -212,10 +193,10 @@ def test_all_with_tags_docker_refuses_in_the_store_never_restarts_then_fails(ext
     lines = p.stderr.strip().splitlines()
     assert len(lines) == len(forged) and all(" warning " in l and ": skipping " in l for l in lines), p.stderr
     assert d.answers() and d.current_pid() != old
-    assert {"app-a:1", "app-b:1", "app-c:1"} <= tags(d)
+    assert {"app-a:1", "app-b:1", "app-c:1"} <= xf.docker_tags(d)
     kept = (root / "image/overlay2/repositories.json").read_text()
     assert not [k for k in forged if json.dumps(k)[1:-1] in kept], f"a forged key reached the data-root: {kept}"
-    assert container_pid(d) == keeper
+    assert xf.container_pid(d) == keeper
 
 
 def test_all_with_an_image_it_cannot_resolve_leaves_dockerd_alone(extrafs, tmp, mount, dockerd):
@@ -224,18 +205,18 @@ def test_all_with_an_image_it_cannot_resolve_leaves_dockerd_alone(extrafs, tmp, 
     xf.publish_busybox_images(extrafs, tmp, store, tweak_after_first=lambda s: ghost.append(hostile.tag_without_image(s)))
     images = xf.Images(store, mount(store).path)
     root = tmp / "root"
-    d, keeper = dockerd_with_keeper(extrafs, images, dockerd, root)
+    d, keeper = xf.dockerd_with_keeper(extrafs, images, dockerd, root)
     old = d.current_pid()
     line = xf.expect_fail([extrafs, "docker", "attach", "--all", "--mount", images.mnt, "--data-root", root,
                            "--restart"], 1, ghost[0][7:])
     assert d.current_pid() == old and d.answers(), f"dockerd was restarted for nothing: {line}"
     assert not (root / JOURNAL).exists()
-    assert container_pid(d) == keeper
+    assert xf.container_pid(d) == keeper
 
 
 def test_attach_without_restart_against_a_running_dockerd_changes_nothing(extrafs, images, dockerd, tmp):
     root = tmp / "root"
-    d, _ = dockerd_with_keeper(extrafs, images, dockerd, root)
+    d, _ = xf.dockerd_with_keeper(extrafs, images, dockerd, root)
     before = sorted(str(p.relative_to(root)) for p in (root / "image").rglob("*"))
     xf.expect_fail([extrafs, "docker", "attach", "app-b:1", "--mount", images.mnt, "--data-root", root], 1,
                    "--restart")
@@ -246,7 +227,7 @@ def test_attach_without_restart_against_a_running_dockerd_changes_nothing(extraf
 
 def test_an_attached_image_needs_no_restart(extrafs, images, dockerd, tmp):
     root = tmp / "root"
-    d, _ = dockerd_with_keeper(extrafs, images, dockerd, root)
+    d, _ = xf.dockerd_with_keeper(extrafs, images, dockerd, root)
     old = d.current_pid()
     p = xattach(extrafs, images, root, "app-a:1", restart=True)
     assert "already attached" in p.stdout and "restarted" not in p.stdout, p.stdout

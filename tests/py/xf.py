@@ -470,6 +470,28 @@ class Dockerd:
         self.stop()
 
 
+def dockerd_with_keeper(extrafs: Path, images: "Images", dockerd, root: Path, **kw):
+    """app-a:1 attached into `root` (extrafs docker attach), a dockerd started there by the
+    `dockerd` fixture (kw: its options, e.g. live_restore=False), and a container "keeper" of
+    app-a:1 running in it. Returns (dockerd, the container's pid)."""
+    run([extrafs, "docker", "attach", "app-a:1", "--mount", images.mnt, "--data-root", root], timeout=180)
+    d = dockerd(root, **kw)
+    d.docker("run", "-d", "--network", "none", "--name", "keeper", "app-a:1", "/bin/busybox", "sleep", "600")
+    return d, container_pid(d)
+
+
+def container_pid(d: Dockerd, name="keeper") -> int:
+    """The pid of the running container `name` (fails if it is not running)."""
+    out = d.docker("inspect", "-f", "{{.State.Running}} {{.State.Pid}}", name).stdout.split()
+    assert out[0] == "true", f"container {name} is not running: {out}"
+    return int(out[1])
+
+
+def docker_tags(d: Dockerd) -> set[str]:
+    """The name:tag references the dockerd lists."""
+    return set(d.docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}").stdout.split())
+
+
 def short_tmpdir(prefix="xf-") -> Path:
     """A new directory directly under /tmp (short enough for unix socket paths)."""
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
