@@ -148,28 +148,44 @@ def test_without_live_restore_pull_refuses_before_anything_changes(extrafs, imag
     assert "app-b:1" not in xf.docker_tags(d)
 
 
-def test_no_store_mounted_says_how_to_mount_one_and_a_single_mount_is_found(extrafs, images, plugin_config, dockerd,
-                                                                           tmp):
+def test_which_mount_two_then_docker_conf_then_the_only_one_then_none(extrafs, images, mount, plugin_config,
+                                                                    dockerd, tmp):
     d = dockerd(tmp / "root")
+    second = mount(images.store)  # the same store twice: two extrafs mounts
+    conf = tmp / "docker.conf"
+    conf.write_text(f"# which mount docker extrafs uses\nmount = {second.path}\n")
     # A private mount namespace where the other extrafs mounts of this machine (other tests')
     # are unmounted, to see the plugin choose by itself; the host's mounts are not touched.
+    # Each step records its exit status and output; the assertions are below.
+    cli = f"DOCKER_CONFIG={plugin_config} DOCKER_HOST={d.host} {DOCKER} extrafs images"
     script = f"""
 set -e
 awk -F' - ' '{{split($1, a, " "); split($2, b, " "); if (b[1] == "fuse.extrafs") print a[5]}}' /proc/self/mountinfo |
   sort -u | while IFS= read -r m; do
     m=$(printf '%b' "$m")
-    [ "$m" = "{images.mnt}" ] || umount -l "$m"
+    [ "$m" = "{images.mnt}" ] || [ "$m" = "{second.path}" ] || umount -l "$m"
   done
-DOCKER_CONFIG={plugin_config} DOCKER_HOST={d.host} {DOCKER} extrafs images > {tmp}/one.out
+step() {{ name=$1; shift; if "$@" > {tmp}/$name.out 2> {tmp}/$name.err; then echo 0; else echo $?; fi > {tmp}/$name.rc; }}
+step two env EXTRAFS_DOCKER_CONF={tmp}/none.conf sh -c '{cli}'
+step conf env EXTRAFS_DOCKER_CONF={conf} sh -c '{cli}'
+umount -l {second.path}
+step one env EXTRAFS_DOCKER_CONF={tmp}/none.conf sh -c '{cli}'
 umount -l {images.mnt}
-DOCKER_CONFIG={plugin_config} DOCKER_HOST={d.host} EXTRAFS_DOCKER_CONF={tmp}/none.conf \
-  {DOCKER} extrafs images 2> {tmp}/none.err && exit 9 || echo "exit $?" > {tmp}/none.rc
+step none env EXTRAFS_DOCKER_CONF={tmp}/none.conf sh -c '{cli}'
 """
     xf.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], timeout=120)
-    assert "app-a   " in (tmp / "one.out").read_text(), (tmp / "one.out").read_text()
-    err = (tmp / "none.err").read_text().splitlines()
-    assert (tmp / "none.rc").read_text().strip() == "exit 1"
-    assert len(err) == 1 and "extrafs mount SOURCE MOUNTPOINT" in err[0], err
+
+    def step(name):
+        return int((tmp / f"{name}.rc").read_text()), (tmp / f"{name}.out").read_text(), \
+            (tmp / f"{name}.err").read_text().splitlines()
+
+    rc, out, err = step("two")
+    assert rc == 1 and len(err) == 1 and "2 extrafs mounts" in err[0] and "--mount" in err[0], (rc, err)
+    for name in ("conf", "one"):
+        rc, out, err = step(name)
+        assert rc == 0 and "app-a   " in out, (name, rc, out, err)
+    rc, out, err = step("none")
+    assert rc == 1 and len(err) == 1 and "extrafs mount SOURCE MOUNTPOINT" in err[0], (rc, err)
 
 
 def test_usage_errors_exit_2_and_a_remote_daemon_is_refused(plugin_config, tmp):
