@@ -2,7 +2,7 @@
 // and one for the store's image/ tree. Everything is little-endian, fixed-size records, then one
 // string area. Layout:
 //
-//   IndexHeader (128 bytes)
+//   IndexHeader (136 bytes; header_size says so, and a reader refuses any other value)
 //   EntryRecord[entry_count]   breadth-first order; entry 0 is the root directory; the children
 //                              of a directory are contiguous and sorted by name (bytewise)
 //   ChunkRecord[chunk_count]
