@@ -79,7 +79,31 @@ ssize_t pread_all(int fd, void* data, size_t len, off_t off) {
   return static_cast<ssize_t>(done);
 }
 
+const char* file_type_name(mode_t mode) {
+  switch (mode & S_IFMT) {
+    case S_IFREG: return "a regular file";
+    case S_IFDIR: return "a directory";
+    case S_IFIFO: return "a FIFO";
+    case S_IFSOCK: return "a socket";
+    case S_IFCHR: return "a character device";
+    case S_IFBLK: return "a block device";
+    case S_IFLNK: return "a symlink";
+    default: return "of an unknown type";
+  }
+}
+
+Error not_a_regular_file(const std::string& name, mode_t mode) {
+  return make_error(S_ISDIR(mode) ? EISDIR : EINVAL,
+                    name + " is " + file_type_name(mode) + ", not a regular file; refusing to read it");
+}
+
+Error too_large(const std::string& name, uint64_t size, uint64_t limit) {
+  return make_error(EFBIG, name + " is " + std::to_string(size) + " bytes, over its limit of " + std::to_string(limit) +
+                               " bytes; refusing to read it");
+}
+
 namespace {
+
 // The rest of open file `fd` (named `path` in messages), at most `limit` bytes.
 Result<std::string> read_rest(const Fd& fd, const std::string& path, uint64_t limit) {
   std::string out;
@@ -90,11 +114,60 @@ Result<std::string> read_rest(const Fd& fd, const std::string& path, uint64_t li
     if (n < 0) return Error::from_errno(errno, path);
     if (n == 0) break;
     out.append(buf, static_cast<size_t>(n));
-    if (out.size() > limit) return make_error(EFBIG, path + " is too large");
+    if (out.size() > limit)
+      return make_error(EFBIG, path + " grew past its limit of " + std::to_string(limit) + " bytes while being read");
   }
   return out;
 }
+
+// `path_fd`, opened with O_PATH on `name`, if it is a regular file: opened again for reading
+// (see open_regular). `st` receives its attributes.
+Result<Fd> reopen_regular(const Fd& path_fd, const std::string& name, int flags, struct stat* st) {
+  if (::fstat(path_fd.get(), st) != 0) return Error::from_errno(errno, name);
+  if (!S_ISREG(st->st_mode)) return not_a_regular_file(name, st->st_mode);
+  // The magic link names the file path_fd holds, not whatever the name leads to now.
+  const std::string proc = "/proc/self/fd/" + std::to_string(path_fd.get());
+  const int base = O_RDONLY | O_CLOEXEC | O_NOCTTY;
+  flags &= ~O_NOFOLLOW;  // (the magic link is a symlink)
+  int fd = ::open(proc.c_str(), base | flags);
+  if (fd < 0 && errno == EPERM && (flags & O_NOATIME)) fd = ::open(proc.c_str(), base | (flags & ~O_NOATIME));
+  if (fd < 0) {
+    if (errno == ENOENT) return make_error(ENOENT, "cannot reopen " + name + " through " + proc + " (is /proc mounted?)");
+    return Error::from_errno(errno, name);
+  }
+  return Fd(fd);
+}
+
+// open_regular() that also gives the file's attributes.
+Result<Fd> open_regular_stat(const std::string& path, int flags, struct stat* st) {
+  Fd pfd(::open(path.c_str(), O_PATH | O_CLOEXEC | (flags & O_NOFOLLOW)));
+  if (!pfd.valid()) return Error::from_errno(errno, path);
+  return reopen_regular(pfd, path, flags, st);
+}
+
+Result<Fd> open_regular_beneath_stat(int dir, std::string_view rel, const std::string& shown, int flags,
+                                     struct stat* st) {
+  EXTRAFS_TRY(pfd, open_beneath(dir, rel, O_PATH, shown));
+  return reopen_regular(pfd, rel.empty() ? shown : shown + "/" + std::string(rel), flags, st);
+}
+
+// The whole of `fd`, a regular file named `name` with attributes `st`, if at most `limit` bytes.
+Result<std::string> read_whole(const Fd& fd, const std::string& name, const struct stat& st, uint64_t limit) {
+  if (static_cast<uint64_t>(st.st_size) > limit) return too_large(name, static_cast<uint64_t>(st.st_size), limit);
+  return read_rest(fd, name, limit);
+}
+
 }  // namespace
+
+Result<Fd> open_regular(const std::string& path, int flags) {
+  struct stat st;
+  return open_regular_stat(path, flags, &st);
+}
+
+Result<Fd> open_regular_beneath(int dir, std::string_view rel, const std::string& shown, int flags) {
+  struct stat st;
+  return open_regular_beneath_stat(dir, rel, shown, flags, &st);
+}
 
 bool process_running(long pid) {
   auto stat = read_file("/proc/" + std::to_string(pid) + "/stat");
@@ -107,9 +180,9 @@ bool process_running(long pid) {
 }
 
 Result<std::string> read_file(const std::string& path, uint64_t limit) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) return Error::from_errno(errno, path);
-  return read_rest(fd, path, limit);
+  struct stat st;
+  EXTRAFS_TRY(fd, open_regular_stat(path, 0, &st));
+  return read_whole(fd, path, st, limit);
 }
 
 namespace {
@@ -388,12 +461,9 @@ Result<Fd> open_beneath(int dir, std::string_view rel, int flags, const std::str
 }
 
 Result<std::string> read_file_beneath(int dir, std::string_view rel, const std::string& shown, uint64_t limit) {
-  EXTRAFS_TRY(fd, open_beneath(dir, rel, O_RDONLY, shown));
-  const std::string name = shown + "/" + std::string(rel);
   struct stat st;
-  if (::fstat(fd.get(), &st) != 0) return Error::from_errno(errno, name);
-  if (!S_ISREG(st.st_mode)) return make_error(EINVAL, name + " is not a regular file");
-  return read_rest(fd, name, limit);
+  EXTRAFS_TRY(fd, open_regular_beneath_stat(dir, rel, shown, 0, &st));
+  return read_whole(fd, rel.empty() ? shown : shown + "/" + std::string(rel), st, limit);
 }
 
 namespace {

@@ -78,7 +78,30 @@ int pwrite_all(int fd, const void* data, size_t len, off_t off);
 // Reads up to `len` bytes at `off` (short only at end of file): the count, or -errno.
 ssize_t pread_all(int fd, void* data, size_t len, off_t off);
 
-// Reads the file at `path` whole. EFBIG (naming the file) if it is larger than `limit` bytes.
+// Opening a file that someone else may have made (a store, a mount, a data-root) is safe only if
+// it is a regular file: opening a FIFO blocks until a writer comes (for ever, in state D when it
+// is in a FUSE mount), and opening a device can act on the device. The openers below therefore
+// open `path` with O_PATH first (which neither blocks nor touches a device), check its type, and
+// only then open it for reading through /proc/self/fd (the very file checked, even if the name
+// has been replaced meanwhile). Anything but a regular file is refused: EISDIR for a directory,
+// EINVAL otherwise, with a message naming the file and what it is ("X is a FIFO, not a regular
+// file"). `flags` are added to O_RDONLY|O_CLOEXEC|O_NOCTTY (O_NOATIME is dropped where the caller
+// may not use it; with O_NOFOLLOW a symlink is refused as not a regular file). Needs /proc.
+//
+// `path` resolved as open(2) does (symlinks followed).
+Result<Fd> open_regular(const std::string& path, int flags = 0);
+
+// What a file of type `mode` (st_mode; only the S_IFMT bits count) is, for messages: "a regular
+// file", "a directory", "a FIFO", "a socket", "a character device", "a block device", "a symlink".
+const char* file_type_name(mode_t mode);
+// The error for `name`, of type `mode`, where a regular file should be (EISDIR or EINVAL, as above).
+Error not_a_regular_file(const std::string& name, mode_t mode);
+// The error for `name`, `size` bytes long, where at most `limit` bytes may be: EFBIG.
+Error too_large(const std::string& name, uint64_t size, uint64_t limit);
+
+// Reads the regular file at `path` whole (opened as open_regular does). EFBIG (naming the file) if
+// it is larger than `limit` bytes: said from its size before anything is read, and also if it
+// grows past `limit` while being read (a file in /proc has size 0).
 Result<std::string> read_file(const std::string& path, uint64_t limit = uint64_t{256} << 20);
 
 // Whether process `pid` exists and is neither a zombie nor dead (the state in /proc/PID/stat): a
@@ -143,6 +166,8 @@ struct TreeUsage {
 Result<Fd> open_beneath(int dir, std::string_view rel, int flags, const std::string& shown, mode_t mode = 0);
 // Tests only: makes open_beneath() take the fallback walk, as on a kernel without openat2.
 void use_open_beneath_fallback_for_testing(bool on);
+// open_regular() of `rel` beneath `dir`, never through a symlink (see open_beneath).
+Result<Fd> open_regular_beneath(int dir, std::string_view rel, const std::string& shown, int flags = 0);
 // read_file() of `rel` beneath `dir`, never through a symlink (see open_beneath).
 Result<std::string> read_file_beneath(int dir, std::string_view rel, const std::string& shown,
                                       uint64_t limit = uint64_t{256} << 20);

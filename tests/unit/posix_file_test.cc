@@ -7,6 +7,8 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -16,6 +18,7 @@
 
 using namespace extrafs;
 using extrafs::testing::TempDir;
+using extrafs::testing::blocked_on_fifo;
 
 namespace {
 
@@ -161,4 +164,75 @@ TEST_CASE("remove_tree removes a tree without following symlinks", "[files]") {
   CHECK(is_dir(outside.path));
   CHECK(*read_file(outside.path + "/keep") == "k");
   CHECK(remove_tree(t.path + "/tree").ok());  // already gone
+}
+
+namespace {
+
+// Bytes this process has read with read(2) and its kin so far (/proc/self/io's rchar).
+uint64_t bytes_read_so_far() {
+  std::ifstream io("/proc/self/io");
+  std::string key;
+  uint64_t value = 0;
+  while (io >> key >> value)
+    if (key == "rchar:") return value;
+  FAIL("no rchar in /proc/self/io");
+  return 0;
+}
+
+}  // namespace
+
+TEST_CASE("every file reader refuses a FIFO at once instead of waiting for a writer", "[files]") {
+  TempDir t;
+  const std::string fifo = t.path + "/catalog";
+  REQUIRE(::mkfifo(fifo.c_str(), 0644) == 0);
+  Fd root(::open(t.path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  REQUIRE(root.valid());
+  std::optional<Result<std::string>> whole, beneath;
+  CHECK_FALSE(blocked_on_fifo(fifo, [&] { whole = read_file(fifo); }));
+  CHECK_FALSE(blocked_on_fifo(fifo, [&] { beneath = read_file_beneath(root.get(), "catalog", t.path); }));
+  for (const auto* got : {&whole, &beneath}) {
+    REQUIRE(*got);
+    CHECK((**got).code() == EINVAL);
+    CHECK((**got).error().message == fifo + " is a FIFO, not a regular file; refusing to read it");
+  }
+}
+
+TEST_CASE("a device or a directory is refused as a file, and a symlink where none may be", "[files]") {
+  TempDir t;
+  // Never opened: opening a device can act on it.
+  auto dev = read_file("/dev/null");
+  CHECK(dev.code() == EINVAL);
+  CHECK(dev.error().message.find("/dev/null is a character device") == 0);
+  CHECK(read_file(t.path).code() == EISDIR);
+  REQUIRE(write_new_file(t.path + "/file", "content").ok());
+  REQUIRE(::symlink("file", (t.path + "/link").c_str()) == 0);
+  CHECK(open_regular(t.path + "/link").ok());
+  auto nofollow = open_regular(t.path + "/link", O_NOFOLLOW);
+  CHECK(nofollow.code() == EINVAL);
+  CHECK(nofollow.error().message.find("is a symlink") != std::string::npos);
+  Fd root(::open(t.path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  auto fd = open_regular_beneath(root.get(), "file", t.path, O_NOATIME);
+  REQUIRE(fd.ok());
+  char buf[16];
+  CHECK(::read(fd->get(), buf, sizeof buf) == 7);
+  CHECK(open_regular_beneath(root.get(), "link", t.path).code() == ELOOP);
+}
+
+TEST_CASE("a file over its limit is refused from its size, before any of it is read", "[files]") {
+  TempDir t;
+  const std::string big = t.path + "/index";
+  {
+    Fd fd(::open(big.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
+    REQUIRE(fd.valid());
+    REQUIRE(::ftruncate(fd.get(), off_t{1} << 30) == 0);  // 1 GiB of holes
+  }
+  Fd root(::open(t.path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  const uint64_t before = bytes_read_so_far();
+  auto whole = read_file(big, 1 << 20);
+  auto beneath = read_file_beneath(root.get(), "index", t.path, 1 << 20);
+  const uint64_t read = bytes_read_so_far() - before;
+  CHECK(read < 4096);  // (the reads of /proc/self/io itself)
+  CHECK(whole.code() == EFBIG);
+  CHECK(whole.error().message == big + " is 1073741824 bytes, over its limit of 1048576 bytes; refusing to read it");
+  CHECK(beneath.code() == EFBIG);
 }

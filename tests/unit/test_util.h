@@ -1,6 +1,7 @@
 // Helpers for unit tests: small layer indexes and stores built in memory, captured log lines.
 #pragma once
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -9,10 +10,14 @@
 #include <spdlog/sinks/ringbuffer_sink.h>
 #include <spdlog/spdlog.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <system_error>
+#include <thread>
 #include <vector>
 
 #include "backend/testing/fault_backend.h"
@@ -107,6 +112,28 @@ struct TempDir {
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
 };
+
+// Runs `fn`, which may open the FIFO `fifo`. Returns whether it blocked there: if `fn` has not
+// returned after 3 s, the FIFO is opened for writing (again and again until `fn` returns), which
+// releases an open(2) waiting on it, so that a test of code that blocks fails instead of hanging.
+inline bool blocked_on_fifo(const std::string& fifo, const std::function<void()>& fn) {
+  std::atomic<bool> done{false}, unblocked{false};
+  std::thread guard([&] {
+    for (int i = 0; i < 300 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    while (!done) {
+      int fd = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+      if (fd >= 0) {
+        unblocked = true;
+        ::close(fd);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  });
+  fn();
+  done = true;
+  guard.join();
+  return unblocked;
+}
 
 // Sends the default logger's output to a ring buffer for the life of the object.
 struct CapturedLog {
