@@ -2,8 +2,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdio>
-#include <map>
+#include <unordered_map>
+#include <unordered_set>
 
 #include "common/str_util.h"
 
@@ -64,46 +66,57 @@ Status check_catalog_layer(const CatalogLayer& l) {
 }
 
 std::vector<std::pair<std::string, std::string>> unchained_layers(const Catalog& catalog) {
+  const size_t n = catalog.layers.size();
   std::vector<std::pair<std::string, std::string>> out;
-  std::map<std::string_view, std::vector<size_t>> by_link;
-  for (size_t i = 0; i < catalog.layers.size(); ++i)
+  std::unordered_map<std::string_view, std::vector<size_t>> by_link;  // link -> its layers, catalog order
+  for (size_t i = 0; i < n; ++i)
     if (!catalog.layers[i].link.empty()) by_link[catalog.layers[i].link].push_back(i);
-  std::vector<bool> refused(catalog.layers.size(), false);
+  std::vector<bool> refused(n, false);
+  std::vector<size_t> to_spread;  // refused layers whose refusal has not reached their users yet
   auto refuse = [&](size_t i, std::string why) {
     if (refused[i]) return;
     refused[i] = true;
     out.emplace_back(catalog.layers[i].cache_id, std::move(why));
+    to_spread.push_back(i);
   };
-  for (const auto& [link, users] : by_link)
-    if (users.size() > 1)
-      for (size_t i : users) refuse(i, "link " + std::string(link) + " is claimed by more than one layer");
-  // A layer whose chain names a refused layer is refused in turn: repeat until nothing changes.
-  for (bool changed = true; changed;) {
-    changed = false;
-    for (size_t i = 0; i < catalog.layers.size(); ++i) {
-      const auto& l = catalog.layers[i];
-      if (refused[i] || !l.lower) continue;
-      std::vector<std::string_view> links;
-      if (!lower_links(*l.lower, &links)) {
-        refuse(i, "its lower is not a list of l/<link>");
-        changed = true;
-        continue;
-      }
-      for (auto link : links) {
-        auto it = by_link.find(link);
-        if (it == by_link.end()) {
-          refuse(i, "its lower names l/" + std::string(link) + ", which no layer of the catalog has");
-        } else if (it->second.front() == i) {
-          refuse(i, "its lower names its own link");
-        } else if (refused[it->second.front()]) {
-          refuse(i, "its lower names layer " + catalog.layers[it->second.front()].cache_id + ", which is refused");
-        } else {
-          continue;
-        }
-        changed = true;
+  std::vector<std::string_view> claimed_twice;
+  for (const auto& [link, claimers] : by_link)
+    if (claimers.size() > 1) claimed_twice.push_back(link);
+  std::sort(claimed_twice.begin(), claimed_twice.end());
+  for (auto link : claimed_twice)
+    for (size_t i : by_link[link]) refuse(i, "link " + std::string(link) + " is claimed by more than one layer");
+  // users[j]: the layers whose lower names the link of layer j. Every lower entry is looked up
+  // once here and followed at most once below, so the whole check is linear in the catalog
+  // (repeating passes until nothing changes was quadratic: one pass per step of a long chain).
+  std::vector<std::vector<size_t>> users(n);
+  std::vector<std::string_view> links;
+  for (size_t i = 0; i < n; ++i) {
+    const auto& l = catalog.layers[i];
+    if (!l.lower) continue;
+    links.clear();
+    if (!lower_links(*l.lower, &links)) {
+      refuse(i, "its lower is not a list of l/<link>");
+      continue;
+    }
+    for (auto link : links) {
+      auto it = by_link.find(link);
+      if (it == by_link.end()) {
+        refuse(i, "its lower names l/" + std::string(link) + ", which no layer of the catalog has");
         break;
       }
+      if (it->second.front() == i) {
+        refuse(i, "its lower names its own link");
+        break;
+      }
+      users[it->second.front()].push_back(i);
     }
+  }
+  // A layer whose chain names a refused layer is refused in turn.
+  while (!to_spread.empty()) {
+    const size_t r = to_spread.back();
+    to_spread.pop_back();
+    for (size_t u : users[r])
+      refuse(u, "its lower names layer " + catalog.layers[r].cache_id + ", which is refused");
   }
   return out;
 }
@@ -175,6 +188,7 @@ Result<Catalog> Catalog::parse(std::string_view text) {
 
   Catalog c;
   if (!j.contains("layers") || !j["layers"].is_array()) return bad("no layer list");
+  std::unordered_set<std::string> seen;  // (Catalog::find per layer would be quadratic)
   for (const auto& l : j["layers"]) {
     if (!l.is_object()) return bad("layer is not an object");
     CatalogLayer layer;
@@ -201,7 +215,7 @@ Result<Catalog> Catalog::parse(std::string_view text) {
       if (!l["ordered_prefix"].is_number_unsigned()) return bad("bad ordered_prefix for " + layer.cache_id);
       layer.ordered_prefix = l["ordered_prefix"].get<uint64_t>();
     }
-    if (c.find(layer.cache_id)) return bad("layer " + layer.cache_id + " listed twice");
+    if (!seen.insert(layer.cache_id).second) return bad("layer " + layer.cache_id + " listed twice");
     c.layers.push_back(std::move(layer));
   }
   if (j.contains("image_index")) {

@@ -74,6 +74,8 @@ Status check_catalog_layer(const CatalogLayer& layer);
 // whose lower chain cannot be served, each with a one-line reason. A lower entry "l/<link>" must
 // be the link of another layer of the catalog whose own chain is served, and a link may belong to
 // one layer only (both layers are refused otherwise). The layers named are to be left out.
+// Linear in the size of the catalog (every lower entry is looked at a bounded number of times),
+// so a crafted catalog of long chains costs its parse, no more.
 std::vector<std::pair<std::string, std::string>> unchained_layers(const Catalog& catalog);
 
 // The catalog of the store `source` from the result of reading its catalog file: a missing file
