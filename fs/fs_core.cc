@@ -235,14 +235,22 @@ Status FsCore::follow_generations() {
 }
 
 Status FsCore::refresh() {
-  std::lock_guard guard(refresh_mu_);
-  const uint64_t generation = generation_;
-  const cache::MetaVersion version = catalog_version_;
-  Status st = refresh_locked();
-  // Something newer was loaded: the directories that list layers may list others now.
-  if (on_listing_change_ && (generation_ != generation || catalog_version_ != version)) {
+  Status st = ok_status();
+  bool newer = false;
+  {
+    std::lock_guard guard(refresh_mu_);
+    const uint64_t generation = generation_;
+    const cache::MetaVersion version = catalog_version_;
+    st = refresh_locked();
+    newer = generation_ != generation || catalog_version_ != version;
+  }
+  // Something newer was loaded: the directories that list layers may list others now. Told
+  // without refresh_mu_, which is held while the store is waited on: the adapter's
+  // set_on_listing_change() at unmount never waits for the store.
+  if (newer) {
+    std::lock_guard lock(listing_mu_);
     static constexpr uint64_t kListings[] = {kRootIno, kOverlayIno, kLinksIno};
-    on_listing_change_(kListings);
+    if (on_listing_change_) on_listing_change_(kListings);
   }
   return st;
 }

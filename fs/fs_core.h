@@ -194,11 +194,12 @@ class FsCore {
   void count_open_request() { open_requests_.fetch_add(1, std::memory_order_relaxed); }
   // Counts an OPENDIR request (`opendir_requests`).
   void count_opendir_request() { opendir_requests_.fetch_add(1, std::memory_order_relaxed); }
-  // Called (from the refresh thread, with no FsCore lock held but the refresh's own) with the
-  // directories whose listings may have changed, each time a newer catalog was loaded: the
-  // adapter tells the kernel to drop what it cached of them. Set before the first refresh.
+  // Called (from the refresh thread, with no FsCore lock held but its own) with the directories
+  // whose listings may have changed, each time a newer catalog was loaded: the adapter tells the
+  // kernel to drop what it cached of them. Returns once no call of the previous `f` is running;
+  // never waits for the store (a refresh waiting on it does not hold what this takes).
   void set_on_listing_change(std::function<void(std::span<const uint64_t>)> f) {
-    std::lock_guard lock(refresh_mu_);
+    std::lock_guard lock(listing_mu_);
     on_listing_change_ = std::move(f);
   }
   size_t layer_count();
@@ -279,7 +280,8 @@ class FsCore {
   uint64_t generation_ = 0;         // of the newest catalog loaded whole (0: none has one)
   uint64_t failed_generation_ = 0;  // the generation whose load last failed
   std::string catalog_cache_name_;
-  std::function<void(std::span<const uint64_t>)> on_listing_change_;  // GUARDED_BY(refresh_mu_)
+  std::mutex listing_mu_;  // guards on_listing_change_, held while it runs
+  std::function<void(std::span<const uint64_t>)> on_listing_change_;
   std::mutex stop_mu_;  // guards stopping_
   std::condition_variable stop_cv_;
   bool stopping_ = false;

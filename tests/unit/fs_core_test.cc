@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 
+#include <atomic>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -709,4 +710,31 @@ TEST_CASE("FsCore does not serve a layer whose lower names a link no served laye
   CHECK(list(core, ov).size() == 2);  // l/ and the base layer only
   CHECK(core.lookup(ov, kBase).ok());
   CHECK(core.lookup(ov, kTop).code() == ENOENT);
+}
+
+TEST_CASE("unmount's set_on_listing_change does not wait for a refresh blocked on the store", "[fscore]") {
+  Store s;
+  backend::FaultBackend slow(s.mem);
+  cache::ChunkFetcher fetcher(slow, {});
+  FsCoreOptions opts;
+  opts.refresh_interval_s = 0;
+  Catalog first = s.catalog;
+  first.layers.pop_back();
+  s.mem.put(kCatalogPath, first.serialize());
+  auto core_r = FsCore::open(fetcher, fetcher, opts);
+  REQUIRE(core_r.ok());
+  FsCore& core = **core_r;
+  std::atomic<int> told{0};
+  core.set_on_listing_change([&](std::span<const uint64_t>) { told++; });
+  s.mem.put(kCatalogPath, s.catalog.serialize());
+  slow.set_delay(std::chrono::milliseconds(1500));  // a server that answers slowly
+  std::thread refresher([&] { CHECK(core.refresh().ok()); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the refresh waits on the store now
+  auto t0 = std::chrono::steady_clock::now();
+  core.set_on_listing_change({});
+  auto waited = std::chrono::steady_clock::now() - t0;
+  CHECK(waited < std::chrono::milliseconds(300));
+  refresher.join();
+  CHECK(core.layer_count() == 2);
+  CHECK(told == 0);  // cleared before the refresh finished: not called any more
 }
