@@ -3,13 +3,20 @@
 #include "backend/http_backend.h"
 #include "backend/local_backend.h"
 #include "backend/nfs_backend.h"
+#include "common/posix_file.h"
 
 namespace extrafs::backend {
 
+Status Backend::check_object(std::string_view path, const ObjectInfo& info, uint64_t limit) {
+  if (info.is_dir) return not_a_regular_file(std::string(path), S_IFDIR);
+  if (info.special) return not_a_regular_file(std::string(path), info.special);
+  if (info.size > limit) return too_large(std::string(path), info.size, limit);
+  return ok_status();
+}
+
 Result<std::string> Backend::read_all(std::string_view path, uint64_t limit) {
   EXTRAFS_TRY(info, stat(path));
-  if (info.is_dir) return make_error(EISDIR, std::string(path) + " is a directory");
-  if (info.size > limit) return make_error(EFBIG, std::string(path) + " is too large");
+  EXTRAFS_CHECK_STATUS(check_object(path, info, limit));
   std::string out(info.size, '\0');
   EXTRAFS_TRY(n, read(path, 0, std::as_writable_bytes(std::span(out.data(), out.size()))));
   if (n != info.size) return make_error(EIO, std::string(path) + " changed while being read");

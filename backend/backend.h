@@ -28,6 +28,15 @@ struct ObjectInfo {
   // What else tells one version of the object from the next where the mtime is coarse (an HTTP
   // ETag's hash; Last-Modified has whole seconds): 0 when the source has nothing of the kind.
   uint64_t version_tag = 0;
+  // The S_IFMT type bits of an object that is neither a regular file nor a directory (a FIFO, a
+  // socket, a device, a symlink), 0 otherwise. A backend never opens or reads such an object:
+  // opening a FIFO would block, opening a device could act on it.
+  uint32_t special = 0;
+  // What changes whenever the object does, even if size and mtime stay the same (a file replaced
+  // by rename, a write that set the mtime back): its inode (file id) and change time where the
+  // store has them, 0 where it does not.
+  uint64_t file_id = 0;
+  int64_t ctime_ns = 0;
 };
 
 class Backend {
@@ -35,7 +44,8 @@ class Backend {
   virtual ~Backend() = default;
 
   // Reads up to buf.size() bytes of `path` at `offset`; returns the number read, which is smaller
-  // than asked only at end of file. Errors: ENOENT, EIO, ETIMEDOUT (the timeout bound elapsed), ...
+  // than asked only at end of file. Errors: ENOENT, EIO, ETIMEDOUT (the timeout bound elapsed),
+  // EISDIR or EINVAL when `path` is not a regular file (checked before it is opened), ...
   virtual Result<size_t> read(std::string_view path, uint64_t offset, std::span<std::byte> buf) = 0;
 
   // Size, type and mtime of `path`.
@@ -47,9 +57,13 @@ class Backend {
   // Human-readable description of the source, e.g. "/srv/store" or "nfs://127.0.0.1/export".
   virtual std::string describe() const = 0;
 
-  // Reads a whole (small) object. Refuses objects larger than `limit` with EFBIG. The default
-  // is a stat() and a read(); a backend that can do it in one request does.
-  virtual Result<std::string> read_all(std::string_view path, uint64_t limit = 1ull << 32);
+  // Reads a whole (small) object. Refuses an object larger than `limit` (EFBIG) and one that is
+  // not a regular file (EISDIR, EINVAL), from its attributes, before reading anything. The
+  // default is a stat() and a read(); a backend that can do it in one request does.
+  virtual Result<std::string> read_all(std::string_view path, uint64_t limit);
+  // Whether `info` (what stat() said of `path`) describes what read_all() reads: ok, or the
+  // refusal read_all() gives.
+  static Status check_object(std::string_view path, const ObjectInfo& info, uint64_t limit);
 
   // The owner is shutting down: every call in progress returns at once (its waits, retries and
   // transfers cut short) and every later call fails at once, both with ECANCELED. Irreversible.

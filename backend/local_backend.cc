@@ -11,7 +11,6 @@
 
 namespace extrafs::backend {
 
-
 Result<std::unique_ptr<Backend>> LocalBackend::open(const std::string& root) {
   if (root.empty() || root.front() != '/') return make_error(EINVAL, "store path '" + root + "' is not absolute");
   int fd = ::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -35,11 +34,10 @@ Result<std::shared_ptr<int>> LocalBackend::fd_for(std::string_view path) {
     }
   }
   // Paths come from validated indexes, but nothing is opened outside the root or through a
-  // symlink in the store, whoever wrote it.
-  auto opened = open_beneath(root_fd_, path, O_RDONLY | O_NOATIME, root_);
-  if (!opened.ok() && opened.code() == EPERM) opened = open_beneath(root_fd_, path, O_RDONLY, root_);
-  if (!opened.ok()) return opened.error();
-  int fd = opened->release();
+  // symlink in the store, whoever wrote it, and nothing but a regular file (a FIFO would block
+  // the reader for ever).
+  EXTRAFS_TRY(opened, open_regular_beneath(root_fd_, path, root_, O_NOATIME));
+  int fd = opened.release();
   auto handle = std::shared_ptr<int>(new int(fd), [](int* p) {
     ::close(*p);
     delete p;
@@ -91,7 +89,10 @@ Result<ObjectInfo> LocalBackend::stat(std::string_view path) {
   ObjectInfo info;
   info.size = static_cast<uint64_t>(st.st_size);
   info.is_dir = S_ISDIR(st.st_mode);
+  if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode)) info.special = st.st_mode & S_IFMT;
   info.mtime_ns = st.st_mtim.tv_sec * 1000000000ll + st.st_mtim.tv_nsec;
+  info.file_id = st.st_ino;
+  info.ctime_ns = st.st_ctim.tv_sec * 1000000000ll + st.st_ctim.tv_nsec;
   return info;
 }
 

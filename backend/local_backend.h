@@ -2,7 +2,9 @@
 // file descriptors so that a chunk read is one pread(). A file replaced by rename (how the
 // catalog moves to a new version) keeps being read through the old descriptor until a stat() of
 // its path notices the new file and drops it, as NfsBackend reopens its handles after a stat();
-// read_all() stats first, so it always reads the current file.
+// read_all() stats first, so it always reads the current file. Only regular files are opened,
+// never through a symlink and never outside the root (open_regular_beneath): a FIFO or a device
+// put where a store object should be is refused, not waited on.
 #pragma once
 
 #include <sys/types.h>

@@ -68,6 +68,7 @@
 #include <spdlog/spdlog.h>
 
 #include "backend/url.h"
+#include "common/posix_file.h"
 #include "common/str_util.h"
 
 namespace extrafs::backend {
@@ -638,6 +639,12 @@ class NfsBackend final : public Backend {
       forget_handle(c, it, deadline);
       if (c.nfs == nullptr || c.broken) return Error{EIO, "cannot close " + full + " on " + server_name()};
     }
+    // The type from the attributes first: an export may hold a FIFO or a device where a store
+    // object should be, and an OPEN or READ of one could block (here or in the server) or act on
+    // the device. One GETATTR per handle opened, not per read.
+    EXTRAFS_TRY(info, stat_on(c, full, deadline));
+    if (info.is_dir) return not_a_regular_file(full, S_IFDIR);
+    if (info.special) return not_a_regular_file(full, info.special);
     OpenState st;
     if (nfs_open_async(c.nfs, full.c_str(), O_RDONLY, open_cb, &st) != 0) {
       c.broken = true;
@@ -791,10 +798,15 @@ class NfsBackend final : public Backend {
       return Error{code, "cannot stat " + full + ": " + st.message};
     }
     ObjectInfo info;
+    const auto mode = static_cast<mode_t>(st.st.nfs_mode);
     info.size = st.st.nfs_size;
-    info.is_dir = S_ISDIR(static_cast<mode_t>(st.st.nfs_mode));
+    info.is_dir = S_ISDIR(mode);
+    if (!S_ISDIR(mode) && !S_ISREG(mode)) info.special = mode & S_IFMT;
     info.mtime_ns = static_cast<int64_t>(st.st.nfs_mtime) * 1000000000 +
                     static_cast<int64_t>(st.st.nfs_mtime_nsec);
+    info.file_id = st.st.nfs_ino;
+    info.ctime_ns = static_cast<int64_t>(st.st.nfs_ctime) * 1000000000 +
+                    static_cast<int64_t>(st.st.nfs_ctime_nsec);
     return info;
   }
 

@@ -17,6 +17,8 @@
 // Behaviour (see nfs_backend.cc for the details and the libnfs 4.0.0 facts behind them):
 // - thread-safe: a pool of up to 8 libnfs contexts (libnfs is not thread-safe), each used by one
 //   thread at a time and created lazily, so concurrent callers have concurrent READs in flight;
+// - only regular files are opened: a file's type is taken from its attributes (one GETATTR)
+//   before its OPEN, so a FIFO or device on the server is refused (EINVAL), never opened or read;
 // - open file handles are cached per context (bounded LRU), so a read costs one READ RPC;
 //   READs are at most 1 MiB each and a large request is pipelined over several READs;
 // - every call is bounded by `timeout_ms` (retries with backoff included), after which it fails

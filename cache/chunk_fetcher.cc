@@ -445,36 +445,49 @@ Result<ChunkData> ChunkFetcher::fetch_one(const ChunkRef& c, int attempts, bool 
   return last;
 }
 
-Result<MetaObject> ChunkFetcher::read_meta(std::string_view path, const std::string& cache_name,
-                                           const std::function<Status(const std::string&)>& check) {
-  auto got = backend_.read_all(path, 1ull << 32);
-  if (got.ok()) {
-    meta_bytes_fetched_ += got->size();
-    auto verdict = check(*got);
-    if (verdict.ok()) {
-      if (options_.disk) {
-        auto st = options_.disk->put_meta(cache_name, std::as_bytes(std::span(got->data(), got->size())));
-        if (!st.ok()) note_write_error(st.error());
-      }
-      return MetaObject{std::move(got).value(), std::nullopt};
-    }
-    got = verdict.error();
-  } else if (got.code() != ENOENT) {
-    backend_errors_++;
+namespace {
+MetaVersion version_of(const backend::ObjectInfo& info) {
+  return MetaVersion{info.size, info.mtime_ns, info.version_tag, info.file_id, info.ctime_ns};
+}
+}  // namespace
+
+Result<std::string> ChunkFetcher::read_meta(std::string_view path, const std::string& cache_name, uint64_t limit,
+                                            const std::function<Status(const std::string&)>& check) {
+  std::string key(path);
+  auto info = backend_.stat(path);
+  if (!info.ok()) {
+    if (info.code() != ENOENT) backend_errors_++;
+    return info.error();
   }
+  const MetaVersion version = version_of(*info);
+  {
+    std::lock_guard lock(refused_mu_);
+    auto it = refused_.find(key);
+    if (it != refused_.end()) {
+      if (it->second.version == version) return it->second.error;
+      refused_.erase(it);
+    }
+  }
+  auto refuse = [&](const Error& why) {
+    std::lock_guard lock(refused_mu_);
+    refused_[key] = Refusal{version, why};
+    return why;
+  };
+  if (auto fits = backend::Backend::check_object(path, *info, limit); !fits.ok()) return refuse(fits.error());
+  // (An object replaced since the stat is read in its new version and remembered under the old
+  // one if refused: the next call sees the new version and reads it once more.)
+  auto got = backend_.read_all(path, limit);
+  if (!got.ok()) {
+    if (got.code() != ENOENT) backend_errors_++;
+    return got.error();
+  }
+  meta_bytes_fetched_ += got->size();
+  if (auto verdict = check(*got); !verdict.ok()) return refuse(verdict.error());
   if (options_.disk) {
-    auto cached = options_.disk->get_meta(cache_name);
-    if (cached.ok()) {
-      std::string copy(reinterpret_cast<const char*>(cached->data()), cached->size());
-      if (check(copy).ok()) {
-        // The caller decides how loud this is: at start-up it is worth a warning, while a
-        // refresh that keeps failing must not repeat one every tick.
-        spdlog::debug("{}: {}; using the cached copy", path, got.error().message);
-        return MetaObject{std::move(copy), got.error()};
-      }
-    }
+    auto st = options_.disk->put_meta(cache_name, std::as_bytes(std::span(got->data(), got->size())));
+    if (!st.ok()) note_write_error(st.error());
   }
-  return got.error();
+  return got;
 }
 
 Result<std::string> ChunkFetcher::kept_meta(const std::string& cache_name) {
@@ -485,7 +498,7 @@ Result<std::string> ChunkFetcher::kept_meta(const std::string& cache_name) {
 
 Result<MetaVersion> ChunkFetcher::meta_version(std::string_view path) {
   EXTRAFS_TRY(info, backend_.stat(path));
-  return MetaVersion{info.size, info.mtime_ns, info.version_tag};
+  return version_of(info);
 }
 
 std::string ChunkFetcher::describe() const { return backend_.describe(); }

@@ -147,8 +147,8 @@ class ChunkFetcher : public MetaSource {
 
   // MetaSource. read_meta keeps what passes `check` in the disk cache (if there is one) under
   // `cache_name`, so bad bytes in the store never replace a good cached copy.
-  Result<MetaObject> read_meta(std::string_view path, const std::string& cache_name,
-                               const std::function<Status(const std::string&)>& check) override;
+  Result<std::string> read_meta(std::string_view path, const std::string& cache_name, uint64_t limit,
+                                const std::function<Status(const std::string&)>& check) override;
   Result<std::string> kept_meta(const std::string& cache_name) override;
   Result<MetaVersion> meta_version(std::string_view path) override;
   std::string describe() const override;
@@ -220,6 +220,16 @@ class ChunkFetcher : public MetaSource {
   // (the server is back) forgets them all.
   std::unordered_map<Digest128, std::chrono::steady_clock::time_point, Digest128Hash> failed_;
   static constexpr std::chrono::milliseconds kFailureMemory{500};
+
+  // Metadata objects read_meta() refused, by path, with the version refused and why: answered
+  // again without a read while the store's version is the same. An entry goes when its object is
+  // read in another version.
+  struct Refusal {
+    MetaVersion version;
+    Error error;
+  };
+  std::mutex refused_mu_;  // guards refused_
+  std::unordered_map<std::string, Refusal> refused_;
 
   std::mutex queue_mu_;  // guards queue_, runs_, runs_bytes_, waiting_, waiting_bytes_, stopping_
   std::condition_variable queue_cv_;

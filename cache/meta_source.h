@@ -13,7 +13,6 @@
 
 #include <cstdint>
 #include <functional>
-#include <optional>
 #include <string>
 #include <string_view>
 
@@ -22,22 +21,15 @@
 namespace extrafs::cache {
 
 // A cheap identity of one version of a metadata object: a file replaced by rename (how the
-// catalog moves to a new version) gets a different one. Equal versions mean "nothing to reload".
+// catalog moves to a new version) or written again gets a different one. Equal versions mean
+// "nothing to reload".
 struct MetaVersion {
   uint64_t size = 0;
   int64_t mtime_ns = 0;
-  uint64_t tag = 0;  // backend::ObjectInfo::version_tag (an HTTP ETag's hash), 0 if none
+  uint64_t tag = 0;      // backend::ObjectInfo::version_tag (an HTTP ETag's hash), 0 if none
+  uint64_t file_id = 0;  // inode or NFS file id, where the store has one
+  int64_t ctime_ns = 0;  // change time, where the store has one
   bool operator==(const MetaVersion&) const = default;
-};
-
-// A metadata object as read_meta() found it.
-struct MetaObject {
-  std::string bytes;
-  // Set when `bytes` are the kept copy rather than the store's: why the store's copy was not
-  // used (it could not be read, or it failed the check). A caller that must see the store's
-  // current version (a catalog refresh) treats this as a failure.
-  std::optional<Error> store_error;
-  bool from_store() const { return !store_error; }
 };
 
 class MetaSource {
@@ -46,11 +38,15 @@ class MetaSource {
 
   // Reads the whole object at `path` (relative to the store root) afresh from the store and
   // checks it with `check`: an object replaced since an earlier read is read in its new version.
-  // Only bytes that pass are kept under `cache_name`; if the store's copy cannot be read or fails
-  // the check, a kept copy that passes is returned instead (with store_error set); otherwise the
-  // read's (or the check's) error (ENOENT when the store has no such object and nothing is kept).
-  virtual Result<MetaObject> read_meta(std::string_view path, const std::string& cache_name,
-                                       const std::function<Status(const std::string&)>& check) = 0;
+  // Only bytes that pass are kept under `cache_name` (see kept_meta).
+  // Nothing but a regular file of at most `limit` bytes is ever read: a larger object (EFBIG)
+  // or one of another type (EISDIR, EINVAL: a FIFO, a device...) is refused from its attributes,
+  // before anything is opened. A refused object (of the wrong type, over `limit`, or failing
+  // `check`) is remembered with its version: until that changes, read_meta answers the same error
+  // after one stat, without reading the object again. Other errors (ENOENT when the store has no
+  // such object, EIO, ETIMEDOUT, ...) are not remembered: the next call tries again.
+  virtual Result<std::string> read_meta(std::string_view path, const std::string& cache_name, uint64_t limit,
+                                        const std::function<Status(const std::string&)>& check) = 0;
 
   // The copy of an object kept under `cache_name` by an earlier read_meta, without asking the
   // store (ENOENT if none). Unchecked: the caller checks it (an index against its digest).

@@ -101,14 +101,23 @@ Result<std::unique_ptr<FsCore>> FsCore::open(cache::ChunkFetcher& fetcher, cache
   // The version is taken before the read: a catalog replaced in between is simply loaded again
   // by the next refresh.
   auto version = meta.meta_version(kCatalogPath);
-  auto got = meta.read_meta(kCatalogPath, core->catalog_cache_name_, check_catalog);
-  auto catalog = store_catalog(got.ok() ? Result<std::string>(got->bytes) : Result<std::string>(got.error()), meta.describe());
+  auto got = meta.read_meta(kCatalogPath, core->catalog_cache_name_, kMaxCatalogSize, check_catalog);
+  const bool from_store = got.ok();
+  if (!from_store) {
+    // The store unreachable, or its catalog refused: the copy kept by an earlier mount serves
+    // meanwhile, if it is good.
+    auto kept = meta.kept_meta(core->catalog_cache_name_);
+    if (kept.ok() && check_catalog(*kept).ok()) {
+      spdlog::warn("{}: {}; serving the cached copy", kCatalogPath, got.error().message);
+      got = std::move(kept);
+    }
+  }
+  auto catalog = store_catalog(got, meta.describe());
   if (!catalog.ok()) return catalog.error();
-  if (!got->from_store()) spdlog::warn("{}: {}; serving the cached copy", kCatalogPath, got->store_error->message);
   EXTRAFS_CHECK_STATUS(core->load(*catalog, /*initial=*/true));
-  // A kept copy (the store unreachable or its catalog unreadable at start-up) is not the store's
-  // version: leaving it unseen makes the first refresh that can read the store load it.
-  if (got->from_store() && version.ok()) core->catalog_version_ = *version;
+  // A kept copy is not the store's version: leaving it unseen makes the first refresh that can
+  // read the store load it.
+  if (from_store && version.ok()) core->catalog_version_ = *version;
   core->generation_ = catalog->generation;
   if (core->options_.refresh_interval_s > 0) core->refresher_ = std::thread([c = core.get()] { c->refresh_loop(); });
   if (core->options_.whole_files) core->copier_ = std::thread([c = core.get()] { c->copy_loop(); });
@@ -138,11 +147,9 @@ Result<std::shared_ptr<const LayerIndex>> FsCore::load_index(const std::string& 
     if (!parsed.ok()) return parsed.error();
     return ok_status();
   };
-  auto got = meta_.read_meta(path, cache_name, check);
+  auto got = meta_.read_meta(path, cache_name, kMaxIndexSize, check);
   if (!got.ok()) return make_error(got.code(), "index of " + what + " (" + path + "): " + got.error().message);
-  // The kept copy has the digest the catalog names, so it is the same index.
-  if (!got->from_store()) spdlog::warn("{}: {}; using the cached copy", path, got->store_error->message);
-  auto idx = LayerIndex::parse(std::move(got->bytes));
+  auto idx = LayerIndex::parse(std::move(got).value());
   if (!idx.ok()) return make_error(idx.code(), path + ": " + idx.error().message);
   return idx;
 }
@@ -211,14 +218,15 @@ Status FsCore::load(const Catalog& catalog, bool initial) {
 Status FsCore::follow_generations() {
   // Bounded per tick; a store that far ahead is caught up with on the next ticks.
   constexpr int kMaxSteps = 64;
-  for (int step = 0; step < kMaxSteps; ++step) {
+  for (int step = 0; step < kMaxSteps && !stopping(); ++step) {
     const uint64_t next = generation_ + 1;
     const std::string path = catalog_generation_path(next);
     if (!meta_.meta_version(path).ok()) return ok_status();  // not published (yet)
     Status st = [&]() -> Status {
-      EXTRAFS_TRY(got, meta_.read_meta(path, catalog_cache_name_, check_catalog));
-      if (!got.from_store()) return *got.store_error;
-      EXTRAFS_TRY(catalog, Catalog::parse(got.bytes));
+      // A generation that was refused (not a regular file, too large, corrupt) is not read again
+      // until it changes: read_meta remembers it.
+      EXTRAFS_TRY(got, meta_.read_meta(path, catalog_cache_name_, kMaxCatalogSize, check_catalog));
+      EXTRAFS_TRY(catalog, Catalog::parse(got));
       if (catalog.generation != next)
         return make_error(EBADMSG, fmt::format("{} holds generation {}", path, catalog.generation));
       return load(catalog, /*initial=*/false);
@@ -232,6 +240,11 @@ Status FsCore::follow_generations() {
     spdlog::info("catalog generation {} loaded: {} layers", next, layer_count());
   }
   return ok_status();
+}
+
+bool FsCore::stopping() {
+  std::lock_guard lock(stop_mu_);
+  return stopping_;
 }
 
 Status FsCore::refresh() {
@@ -268,10 +281,8 @@ Status FsCore::refresh_locked() {
   if (version == catalog_version_) return followed;
   bool loaded = false;
   auto reload = [&]() -> Status {
-    EXTRAFS_TRY(got, meta_.read_meta(kCatalogPath, catalog_cache_name_, check_catalog));
-    // The kept copy is what is loaded already; only the store's copy is news.
-    if (!got.from_store()) return *got.store_error;
-    EXTRAFS_TRY(catalog, Catalog::parse(got.bytes));
+    EXTRAFS_TRY(got, meta_.read_meta(kCatalogPath, catalog_cache_name_, kMaxCatalogSize, check_catalog));
+    EXTRAFS_TRY(catalog, Catalog::parse(got));
     // Loaded already through its generation, or older (an NFS server may still serve a replaced
     // catalog): loading it would bring back an earlier image/ tree.
     if (generation_ > 0 && catalog.generation <= generation_) return ok_status();

@@ -244,6 +244,8 @@ class FsCore {
   std::shared_ptr<const LayerIndex> local_index(const Slot& s);
   std::shared_ptr<const Slot> slot(uint32_t n) const;
   void refresh_loop();
+  // Whether the destructor has asked the background threads to end.
+  bool stopping();
   NodeAttr entry_attr(uint32_t slot, const LayerIndex& idx, uint32_t entry) const;
   NodeAttr synthetic_attr(uint64_t ino, uint32_t mode, uint64_t size, uint32_t nlink) const;
   Result<NodeAttr> layer_node_attr(uint64_t ino, const Slot& s) const;

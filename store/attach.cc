@@ -94,7 +94,7 @@ Result<SourceLayer> read_source_layer(const std::string& mnt, const DockerLayer&
   s.target = mnt + "/overlay2/" + layer.cache_id + "/diff";
   for (const char* name : {"diff", "size", "cache-id", "parent"}) {
     const std::string f = s.src + "/" + name;
-    auto data = read_file(f, 4096);
+    auto data = read_file(f, kMaxLineFileSize);
     if (!data.ok()) {
       if (data.code() == ENOENT && std::string(name) == "parent" && parent_chain.empty()) continue;
       return data.error();
@@ -143,7 +143,7 @@ Result<SourceImage> read_source_image(const DockerMeta& meta, const std::string&
 Result<std::string> stage_layerdb_entry(const DataRootPaths& p, const SourceLayer& l) {
   std::vector<std::pair<std::string, std::string>> files = l.files;
   const std::string ts = l.src + "/tar-split.json.gz";
-  auto tar_split = read_file(ts);
+  auto tar_split = read_file(ts, kMaxTarSplitSize);
   if (tar_split.ok()) files.emplace_back("tar-split.json.gz", std::move(*tar_split));
   else if (tar_split.code() != ENOENT) return tar_split.error();
   std::string tmpl = p.layerdb_tmp + "/" + kLayerdbTmpPrefix + "XXXXXX";
@@ -220,16 +220,16 @@ Result<std::string> create_overlay_dir(const DataRootPaths& p, const std::string
 Result<bool> reuse_layer(const DataRootPaths& p, const std::string& ldb, const SourceLayer& s, bool top,
                          LocalLayer* here, Pass& pass) {
   bool changed = false;
-  EXTRAFS_TRY(cid, read_file(ldb + "/cache-id", 4096));
+  EXTRAFS_TRY(cid, read_file(ldb + "/cache-id", kMaxLineFileSize));
   here->cache_id = trim_trailing(cid);
   if (!is_cache_id(here->cache_id)) return make_error(EBADMSG, ldb + "/cache-id is not a valid cache id");
   const std::string odir = p.overlay2 + "/" + here->cache_id;
-  auto link = read_file(odir + "/link", 4096);
+  auto link = read_file(odir + "/link", kMaxLineFileSize);
   if (!link.ok())
     return make_error(EBADMSG, "layer " + s.layer.chain_id + " in " + p.root + " has no " + odir +
                                    "/link; the data-root is damaged");
   here->link = trim_trailing(*link);
-  if (auto lower = read_file(odir + "/lower"); lower.ok()) here->lower = trim_trailing(*lower);
+  if (auto lower = read_file(odir + "/lower", kMaxLineFileSize); lower.ok()) here->lower = trim_trailing(*lower);
   EXTRAFS_CHECK_STATUS(ensure_link_symlink(p, here->link, here->cache_id, pass, &changed));
   // A diff symlink left dangling by a mount that moved: point it at this mount. Whether it
   // dangles is asked in the dry pass only (the answer may take a lookup in another mount).
@@ -267,13 +267,13 @@ Status adopt_overlay_dir(const DataRootPaths& p, const std::string& odir, const 
   if (read_link(odir + "/diff") != s.target || !path_exists(odir + "/link"))
     return make_error(EEXIST, odir + " already exists and was not made by extrafs docker attach from " + pass.mnt +
                                   "; refusing to touch it");
-  EXTRAFS_TRY(link, read_file(odir + "/link", 4096));
+  EXTRAFS_TRY(link, read_file(odir + "/link", kMaxLineFileSize));
   here->link = trim_trailing(link);
   EXTRAFS_CHECK_STATUS(ensure_link_symlink(p, here->link, here->cache_id, pass, &changed));
   pass.writes = true;
   if (pass.dry) return ok_status();
   if (!base) {
-    auto lower = read_file(odir + "/lower", 1 << 20);
+    auto lower = read_file(odir + "/lower", kMaxLineFileSize);
     if (!lower.ok() || trim_trailing(*lower) != want_lower) EXTRAFS_CHECK_STATUS(write_file_atomic(odir + "/lower", want_lower, 0644));
     EXTRAFS_CHECK_STATUS(mkdir_mode(odir + "/work", 0700));
   }
@@ -285,7 +285,7 @@ Status adopt_overlay_dir(const DataRootPaths& p, const std::string& odir, const 
 Status write_config_and_tag(const DataRootPaths& p, const DockerImage& img, const std::string& ref, AttachResult* r,
                             Pass& pass) {
   const std::string cfg = p.content + "/" + img.id.substr(7);
-  auto existing = read_file(cfg);
+  auto existing = read_file(cfg, kMaxImageConfigSize);
   if (!existing.ok() || *existing != img.config) {
     if (!pass.dry) EXTRAFS_CHECK_STATUS(write_file_atomic(cfg, img.config, 0600));
     r->config_written = true;

@@ -21,7 +21,7 @@ Result<StoreCatalog> load_store_catalog(const std::string& store) {
   const std::string catalog_path = StoreLayout(store).catalog();
   Fd root(::open(store.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!root.valid()) return Error::from_errno(errno, "store " + store);
-  auto text = read_file_beneath(root.get(), fs::kCatalogPath, store, uint64_t{64} << 20);
+  auto text = read_file_beneath(root.get(), fs::kCatalogPath, store, fs::kMaxCatalogSize);
   if (text.ok()) {
     auto parsed = fs::Catalog::parse(*text);
     if (!parsed.ok()) return make_error(parsed.code(), catalog_path + ": " + parsed.error().message);

@@ -174,7 +174,7 @@ void warn_once(const std::string& message) {
 
 Result<DockerMeta> DockerMeta::load(const std::string& root) {
   MetaFiles files;
-  files.read = [root](const std::string& rel) { return read_file(root + "/" + rel); };
+  files.read = [root](const std::string& rel, uint64_t limit) { return read_file(root + "/" + rel, limit); };
   files.exists = [root](const std::string& rel) { return ::access((root + "/" + rel).c_str(), F_OK) == 0; };
   return load(std::move(files), root);
 }
@@ -184,7 +184,7 @@ Result<DockerMeta> DockerMeta::load(MetaFiles files, const std::string& root) {
   m.root_ = root;
   m.files_ = std::move(files);
   const std::string path = root + "/image/overlay2/repositories.json";
-  auto text = m.files_.read("image/overlay2/repositories.json");
+  auto text = m.files_.read("image/overlay2/repositories.json", kMaxRepositoriesSize);
   if (!text.ok()) {
     if (text.code() == ENOENT) return m;
     return text.error();
@@ -238,7 +238,7 @@ Result<DockerImage> DockerMeta::image(const std::string& ref_in) const {
   const std::string base = "image/overlay2";
   const std::string cfg_rel = base + "/imagedb/content/sha256/" + img.id.substr(7);
   const std::string cfg_path = root_ + "/" + cfg_rel;
-  EXTRAFS_TRY(cfg, files_.read(cfg_rel));
+  EXTRAFS_TRY(cfg, files_.read(cfg_rel, kMaxImageConfigSize));
   if (sha256_digest(cfg) != img.id) return make_error(EBADMSG, cfg_path + " does not match its digest");
   img.config = cfg;
   auto parsed = parse_diff_ids(cfg);
@@ -250,11 +250,12 @@ Result<DockerImage> DockerMeta::image(const std::string& ref_in) const {
     l.diff_id = diffs[i];
     l.chain_id = chains[i];
     const std::string dir = base + "/layerdb/sha256/" + chains[i].substr(7);
-    EXTRAFS_TRY(cache_id, files_.read(dir + "/cache-id"));
+    EXTRAFS_TRY(cache_id, files_.read(dir + "/cache-id", kMaxLineFileSize));
     l.cache_id = trim_trailing(cache_id);
     if (!is_cache_id(l.cache_id))
       return make_error(EBADMSG, root_ + "/" + dir + "/cache-id is not a valid cache id");
-    if (auto size = files_.read(dir + "/size"); size.ok()) l.size = parse_uint(trim_trailing(*size)).value_or(0);
+    if (auto size = files_.read(dir + "/size", kMaxLineFileSize); size.ok())
+      l.size = parse_uint(trim_trailing(*size)).value_or(0);
     l.has_tar_split = files_.exists(dir + "/tar-split.json.gz");
     img.layers.push_back(std::move(l));
   }

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common/result.h"
+#include "store/layout.h"
 
 namespace extrafs::store {
 
@@ -39,9 +40,11 @@ struct DockerImage {
 };
 
 // How DockerMeta reads ROOT: the whole content of the file at a path relative to ROOT
-// ("image/overlay2/repositories.json"; ENOENT if there is none) and whether a path exists.
+// ("image/overlay2/repositories.json"; ENOENT if there is none), refusing anything but a regular
+// file and a file over `limit` bytes before reading it (DockerMeta passes each file's cap from
+// store/layout.h), and whether a path exists.
 struct MetaFiles {
-  std::function<Result<std::string>(const std::string& rel)> read;
+  std::function<Result<std::string>(const std::string& rel, uint64_t limit)> read;
   std::function<bool(const std::string& rel)> exists;
 };
 

@@ -36,8 +36,6 @@ using fs::LayerIndex;
 
 namespace {
 
-constexpr uint64_t kSmallFile = uint64_t{64} << 20;
-
 // openat() with O_NOATIME where the caller may use it (the file's owner or root): indexing must
 // not change what it indexes, so re-running it changes nothing.
 int openat_noatime(int dir, const char* name, int flags) {
@@ -515,7 +513,7 @@ Result<IndexStoreReport> index_store(const std::string& store_in, const std::fun
     layer.cache_id = id;
     // link and lower: absent is fine; a symlink or anything else unreadable skips the layer.
     auto meta = [&](const char* name, std::optional<std::string>* out) -> Status {
-      auto text = read_file_beneath(overlay.get(), id + "/" + name, layout.overlay2_dir(), kSmallFile);
+      auto text = read_file_beneath(overlay.get(), id + "/" + name, layout.overlay2_dir(), kMaxLineFileSize);
       if (text.ok()) *out = trim_trailing(*text);
       else if (text.code() != ENOENT) return text.error();
       return ok_status();

@@ -14,15 +14,32 @@
 //
 // The read side names the same files relative to the store (fs::kCatalogPath,
 // fs::layer_index_path, fs::image_index_path); this is their absolute, write-side form. A value
-// type; thread-safe.
+// type; thread-safe. Also here: how large docker's metadata files may be (below).
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 
 #include "common/hash.h"
 
 namespace extrafs::store {
+
+// The largest docker metadata files anyone reads (index, publish, docker attach, ls, prefetch,
+// stats), in a store, a mount or a data-root; a larger one is refused from its size before it is
+// read. (The catalog's and the indexes' limits are beside their formats: fs::kMaxCatalogSize,
+// fs::kMaxIndexSize.) Each is far above what dockerd writes:
+// repositories.json: about 150 bytes a tag, so 64 MiB is some 400,000 tags.
+inline constexpr uint64_t kMaxRepositoriesSize = uint64_t{64} << 20;
+// An image config (imagedb/content/sha256/<id>): its history, environment and labels, a few KiB
+// and rarely a few hundred; registries refuse manifests over 4 MiB, and 16 MiB leaves room.
+inline constexpr uint64_t kMaxImageConfigSize = uint64_t{16} << 20;
+// layerdb's tar-split.json.gz: every tar header of the layer, gzipped, about 100 bytes a file,
+// so 1 GiB is a layer of some 10 million files (and the layer index's own cap, 1 GiB, comes first).
+inline constexpr uint64_t kMaxTarSplitSize = uint64_t{1} << 30;
+// The one-line files: layerdb's diff, size, cache-id and parent, overlay2's link and lower (a
+// lower of docker's deepest chain, 128 layers, is 3.7 KiB).
+inline constexpr uint64_t kMaxLineFileSize = uint64_t{64} << 10;
 
 class StoreLayout {
  public:

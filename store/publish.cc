@@ -249,7 +249,7 @@ class Publisher {
     const std::string repo_path = layout_.repositories();
     repositories_ = nlohmann::json::object();
     if (path_exists(repo_path)) {
-      EXTRAFS_TRY(text, read_file_beneath(store_fd_.get(), "image/overlay2/repositories.json", store_));
+      EXTRAFS_TRY(text, read_file_beneath(store_fd_.get(), "image/overlay2/repositories.json", store_, kMaxRepositoriesSize));
       repositories_ = nlohmann::json::parse(text, nullptr, false);
       if (repositories_.is_discarded() || !repositories_.is_object() ||
           (repositories_.contains("Repositories") && !repositories_["Repositories"].is_object()))
@@ -283,7 +283,7 @@ class Publisher {
         // A link file already in the store is kept only if the catalog reader would accept it.
         fs::CatalogLayer probe;
         probe.cache_id = l.cache_id;
-        if (auto link = read_file_beneath(store_fd_.get(), "overlay2/" + l.cache_id + "/link", store_); link.ok())
+        if (auto link = read_file_beneath(store_fd_.get(), "overlay2/" + l.cache_id + "/link", store_, kMaxLineFileSize); link.ok())
           probe.link = trim_trailing(*link);
         if (!probe.link.empty() && fs::check_catalog_layer(probe).ok())
           l.link = probe.link;
@@ -386,7 +386,7 @@ class Publisher {
     EXTRAFS_CHECK_STATUS(write_synced(tmp + "/cache-id", l.cache_id));
     if (!l.parent_chain.empty()) EXTRAFS_CHECK_STATUS(write_synced(tmp + "/parent", l.parent_chain));
     if (l.has_tar_split) {
-      EXTRAFS_TRY(ts, read_file(l.src_layerdb + "/tar-split.json.gz"));
+      EXTRAFS_TRY(ts, read_file(l.src_layerdb + "/tar-split.json.gz", kMaxTarSplitSize));
       EXTRAFS_CHECK_STATUS(write_synced(tmp + "/tar-split.json.gz", ts));
     }
     EXTRAFS_CHECK_STATUS(fsync_dir(tmp));

@@ -37,7 +37,7 @@ void verify_index(cache::ChunkFetcher& fetcher, const LayerIndex& idx, const std
 }  // namespace
 
 Result<VerifyReport> verify_store(backend::Backend& backend, const std::function<void(const std::string&)>& progress) {
-  auto catalog = fs::store_catalog(backend.read_all(fs::kCatalogPath, 1ull << 30), backend.describe());
+  auto catalog = fs::store_catalog(backend.read_all(fs::kCatalogPath, fs::kMaxCatalogSize), backend.describe());
   if (!catalog.ok()) return catalog.error();
   // No caches: every chunk is read from the store itself, each exactly once.
   cache::FetcherOptions opts;
@@ -46,7 +46,7 @@ Result<VerifyReport> verify_store(backend::Backend& backend, const std::function
   cache::ChunkFetcher fetcher(backend, opts);
   VerifyReport report;
   auto check = [&](const std::string& path, const Digest128& want, const std::string& what) {
-    auto bytes = backend.read_all(path, 1ull << 32);
+    auto bytes = backend.read_all(path, fs::kMaxIndexSize);
     if (!bytes.ok()) {
       report.problems.push_back(what + ": index " + path + ": " + bytes.error().message);
       return;

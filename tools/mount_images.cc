@@ -13,9 +13,6 @@ namespace extrafs::tools {
 
 namespace {
 
-// The largest docker metadata file read (repositories.json of a very large store; configs are a
-// few KiB).
-constexpr uint64_t kMaxMetaFile = uint64_t{64} << 20;
 // How often the thread looks for a new image/ tree (a lookup in memory), and how soon it tries
 // again after names could not be read.
 constexpr std::chrono::seconds kPoll{1};
@@ -105,9 +102,9 @@ MountImages::Names MountImages::read_names(const std::string& tree) {
     return stop_;
   };
   store::MetaFiles files;
-  files.read = [&](const std::string& rel) -> Result<std::string> {
+  files.read = [&](const std::string& rel, uint64_t limit) -> Result<std::string> {
     if (stopping()) return make_error(ECANCELED, "the daemon is stopping");
-    return core_.read_path(rel, kMaxMetaFile);
+    return core_.read_path(rel, limit);
   };
   files.exists = [&](const std::string& rel) {
     // Names only: no read, the lookups are answered from memory.

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "common/mountinfo.h"
+#include "common/posix_file.h"
 #include "common/str_util.h"
 #include "store/docker_meta.h"
 #include "store/trace.h"
@@ -27,10 +28,12 @@ namespace extrafs::tools {
 
 namespace {
 
-// Reads `path` to the end; false if it cannot be read.
+// Reads `path` to the end; false if it cannot be read (or is not a regular file: a trace may
+// name a FIFO, which would block).
 bool read_through(const std::string& path, std::vector<char>& buf, uint64_t* bytes) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-  if (fd < 0) return false;
+  auto opened = open_regular(path, O_NOFOLLOW);
+  if (!opened.ok()) return false;
+  const int fd = opened->get();
   bool ok = true;
   for (;;) {
     ssize_t n = ::read(fd, buf.data(), buf.size());
@@ -42,7 +45,6 @@ bool read_through(const std::string& path, std::vector<char>& buf, uint64_t* byt
     if (n == 0) break;
     *bytes += static_cast<uint64_t>(n);
   }
-  ::close(fd);
   return ok;
 }
 

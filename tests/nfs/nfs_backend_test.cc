@@ -6,6 +6,7 @@
 //   EXTRAFS_GANESHA_SH, EXTRAFS_GANESHA_STATE   to stop/kill/pause/start the server
 // A missing variable is a failure, not a skip.
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 
 #include <algorithm>
 #include <atomic>
@@ -456,4 +457,36 @@ TEST_CASE("an object replaced on the server is seen after a stat", "[nfs][replac
       std::remove((dir + "/replace.txt").c_str());
     }
   }
+}
+
+TEST_CASE("a FIFO or a device on the server is refused from its attributes, never opened", "[nfs][special]") {
+  const std::string dir = env("EXTRAFS_NFS_EXPORT_DIR");
+  REQUIRE(::mkfifo((dir + "/fifo").c_str(), 0644) == 0);
+  REQUIRE(::mknod((dir + "/device").c_str(), S_IFCHR | 0644, makedev(1, 3)) == 0);
+  for (const auto& url : both_urls()) {
+    SECTION(url) {
+      auto b = connect(url, 10000);
+      auto s = b->stat("fifo");
+      REQUIRE(s.ok());
+      CHECK(s->special == S_IFIFO);
+      auto d = b->stat("device");
+      REQUIRE(d.ok());
+      CHECK(d->special == S_IFCHR);
+      std::string buf(100, '\0');
+      for (const char* name : {"fifo", "device"}) {
+        auto t0 = Clock::now();
+        auto r = b->read(name, 0, std::span<std::byte>(reinterpret_cast<std::byte*>(buf.data()), buf.size()));
+        INFO(name << ": " << (r.ok() ? std::string("read ") + std::to_string(*r) : r.error().message));
+        REQUIRE_FALSE(r.ok());
+        CHECK(r.error().code == EINVAL);
+        CHECK(r.error().message.find("not a regular file") != std::string::npos);
+        CHECK(seconds_since(t0) < 1.0);  // refused, not retried until the timeout
+      }
+      CHECK(b->read_all("fifo", 1 << 20).code() == EINVAL);
+      // The context is still good (NFSv4: nothing was OPENed, no open-owner state disturbed).
+      CHECK(read_range(*b, "small.txt", 0, 100) == "hello nfs\n");
+    }
+  }
+  std::remove((dir + "/fifo").c_str());
+  std::remove((dir + "/device").c_str());
 }

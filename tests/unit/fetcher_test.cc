@@ -122,7 +122,7 @@ TEST_CASE("failed disk-cache writes are counted and logged now and then; reads s
 
   std::this_thread::sleep_for(std::chrono::milliseconds(350));
   REQUIRE(f.get(ref_for("obj", data, 5 * 4096, 4096)).ok());
-  REQUIRE(f.read_meta("obj", "meta-obj", [](const std::string&) { return ok_status(); }).ok());
+  REQUIRE(f.read_meta("obj", "meta-obj", 1 << 20, [](const std::string&) { return ok_status(); }).ok());
   f.flush_cache_writes();
   CHECK(f.stats().cache_write_errors == 7);  // a metadata copy that cannot be kept counts too
   lines = log.lines_with("cannot write to the cache");
@@ -584,4 +584,59 @@ TEST_CASE("a prefetched sequence stops at a backend failure instead of waiting o
   CHECK(faulty.reads() == 1);
   CHECK(f.stats().prefetches == 0);
   CHECK(log.lines_with("prefetch of blob stopped after a failed read; 3 reads dropped").size() == 1);
+}
+
+namespace {
+Status parses_as_ok(const std::string& bytes) {
+  return bytes == "ok" ? ok_status() : Status(make_error(EBADMSG, "corrupt"));
+}
+}  // namespace
+
+TEST_CASE("metadata over its limit or not a regular file is refused without being read", "[fetcher]") {
+  backend::MemoryBackend mem;
+  mem.put_sparse("extrafs/catalog.d/2", uint64_t{1} << 30);
+  mem.put_special("extrafs/layers/x.index", S_IFIFO);
+  cache::ChunkFetcher f(mem, {});
+  auto big = f.read_meta("extrafs/catalog.d/2", "catalog", 1 << 20, parses_as_ok);
+  CHECK(big.code() == EFBIG);
+  CHECK(big.error().message == "extrafs/catalog.d/2 is 1073741824 bytes, over its limit of 1048576 bytes; refusing to read it");
+  auto fifo = f.read_meta("extrafs/layers/x.index", "index-x", 1 << 20, parses_as_ok);
+  CHECK(fifo.code() == EINVAL);
+  CHECK(fifo.error().message.find("is a FIFO, not a regular file") != std::string::npos);
+  CHECK(mem.reads() == 0);
+  CHECK(f.stats().meta_bytes_fetched == 0);
+}
+
+TEST_CASE("a refused metadata object is not read again until it changes", "[fetcher]") {
+  backend::MemoryBackend mem;
+  mem.put("extrafs/catalog.d/2", std::string(1000, 'x'));
+  cache::ChunkFetcher f(mem, {});
+  for (int i = 0; i < 3; ++i) CHECK(f.read_meta("extrafs/catalog.d/2", "catalog", 1 << 20, parses_as_ok).code() == EBADMSG);
+  CHECK(mem.reads() == 1);
+  CHECK(f.stats().meta_bytes_fetched == 1000);
+  // Written again, even with the same bytes: a new version, read once more.
+  mem.put("extrafs/catalog.d/2", std::string(1000, 'x'));
+  CHECK(f.read_meta("extrafs/catalog.d/2", "catalog", 1 << 20, parses_as_ok).code() == EBADMSG);
+  CHECK(mem.reads() == 2);
+  mem.put("extrafs/catalog.d/2", "ok");
+  auto good = f.read_meta("extrafs/catalog.d/2", "catalog", 1 << 20, parses_as_ok);
+  REQUIRE(good.ok());
+  CHECK(*good == "ok");
+  // Over the limit, too, until it changes.
+  mem.put_sparse("big", 5 << 20);
+  CHECK(f.read_meta("big", "big", 1 << 20, parses_as_ok).code() == EFBIG);
+  mem.put("big", "ok");
+  CHECK(f.read_meta("big", "big", 1 << 20, parses_as_ok).ok());
+}
+
+TEST_CASE("metadata that could not be read is tried again at the next call", "[fetcher]") {
+  backend::MemoryBackend mem;
+  mem.put("extrafs/catalog", "ok");
+  backend::FaultBackend faulty(mem);
+  cache::ChunkFetcher f(faulty, {});
+  faulty.fail_next_reads(1);
+  CHECK(f.read_meta("extrafs/catalog", "catalog", 1 << 20, parses_as_ok).code() == EIO);
+  CHECK(f.stats().backend_errors == 1);
+  CHECK(f.read_meta("extrafs/catalog", "catalog", 1 << 20, parses_as_ok).ok());
+  CHECK(f.read_meta("nothing", "nothing", 1 << 20, parses_as_ok).code() == ENOENT);
 }

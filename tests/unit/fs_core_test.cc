@@ -1,8 +1,10 @@
 #include <catch2/catch.hpp>
 
 #include <fcntl.h>
+#include <sys/stat.h>
 
 #include <atomic>
+#include <optional>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -324,7 +326,7 @@ TEST_CASE("a layer whose index is not readable yet is served once it is, after a
   REQUIRE(core_r.ok());
   FsCore& core = **core_r;
   // The catalog names the new layer before its index is complete (a publish still copying it).
-  auto index = s.mem.read_all(layer_index_path(kTop));
+  auto index = s.mem.read_all(layer_index_path(kTop), kMaxIndexSize);
   REQUIRE(index.ok());
   s.mem.put(layer_index_path(kTop), index->substr(0, index->size() / 2));
   s.mem.put(kCatalogPath, s.catalog.serialize());
@@ -348,7 +350,7 @@ TEST_CASE("a host reads only the indexes of the layers it uses, and counts metad
   auto core_r = FsCore::open(fetcher, fetcher, {});
   REQUIRE(core_r.ok());
   FsCore& core = **core_r;
-  auto size_of = [&](const std::string& path) { return s.mem.read_all(path)->size(); };
+  auto size_of = [&](const std::string& path) { return s.mem.read_all(path, kMaxIndexSize)->size(); };
   const uint64_t at_open = size_of(kCatalogPath) + size_of(image_index_path(*s.catalog.image_index));
   CHECK(fetcher.stats().meta_bytes_fetched == at_open);
   CHECK(fetcher.stats().bytes_fetched == 0);
@@ -710,6 +712,132 @@ TEST_CASE("FsCore does not serve a layer whose lower names a link no served laye
   CHECK(list(core, ov).size() == 2);  // l/ and the base layer only
   CHECK(core.lookup(ov, kBase).ok());
   CHECK(core.lookup(ov, kTop).code() == ENOENT);
+}
+
+namespace {
+
+// Writes every object of `mem` below `dir`, so that a LocalBackend on `dir` serves the same store.
+void write_out(backend::MemoryBackend& mem, const std::string& dir, const std::string& rel = "") {
+  auto names = mem.list(rel);
+  REQUIRE(names.ok());
+  for (const auto& n : *names) {
+    const std::string child = rel.empty() ? n : rel + "/" + n;
+    auto info = mem.stat(child);
+    REQUIRE(info.ok());
+    if (info->is_dir) {
+      REQUIRE(make_dirs(dir + "/" + child).ok());
+      write_out(mem, dir, child);
+    } else {
+      auto bytes = mem.read_all(child, kMaxIndexSize);
+      REQUIRE(bytes.ok());
+      REQUIRE(write_new_file(dir + "/" + child, *bytes).ok());
+    }
+  }
+}
+
+// The Store of the tests above, its catalog of generation 1 (base layer only), on local disk,
+// served by a core that refreshes only when asked.
+struct LocalStore {
+  Store s;
+  TempDir dir;
+  std::unique_ptr<backend::Backend> backend;
+  std::unique_ptr<cache::ChunkFetcher> fetcher;
+  std::unique_ptr<FsCore> core;
+  LocalStore() {
+    Catalog first = s.catalog;
+    first.layers.pop_back();
+    first.generation = 1;
+    s.mem.put(kCatalogPath, first.serialize());
+    s.mem.put(catalog_generation_path(1), first.serialize());
+    write_out(s.mem, dir.path);
+    auto b = backend::open_backend(dir.path, 5000);
+    REQUIRE(b.ok());
+    backend = std::move(b).value();
+    fetcher = std::make_unique<cache::ChunkFetcher>(*backend, cache::FetcherOptions{});
+    FsCoreOptions opts;
+    opts.refresh_interval_s = 0;
+    auto c = FsCore::open(*fetcher, *fetcher, opts);
+    REQUIRE(c.ok());
+    core = std::move(c).value();
+  }
+  std::string path(const std::string& rel) const { return dir.path + "/" + rel; }
+};
+
+}  // namespace
+
+TEST_CASE("a FIFO as the next catalog generation is refused at once, not waited on", "[fscore]") {
+  LocalStore ls;
+  FsCore& core = *ls.core;
+  const std::string fifo = ls.path(catalog_generation_path(2));
+  REQUIRE(::mkfifo(fifo.c_str(), 0644) == 0);
+  for (int i = 0; i < 2; ++i) {
+    std::optional<Status> st;
+    CHECK_FALSE(blocked_on_fifo(fifo, [&] { st = core.refresh(); }));
+    REQUIRE(st);
+    CHECK(st->code() == EINVAL);
+  }
+  CHECK(core.layer_count() == 1);
+}
+
+TEST_CASE("a sparse huge catalog generation is refused from its size, never read", "[fscore]") {
+  LocalStore ls;
+  FsCore& core = *ls.core;
+  const uint64_t before = ls.fetcher->stats().meta_bytes_fetched;
+  {
+    Fd fd(::open(ls.path(catalog_generation_path(2)).c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
+    REQUIRE(fd.valid());
+    REQUIRE(::ftruncate(fd.get(), off_t{256} << 20) == 0);  // 4 x the cap, all holes
+  }
+  for (int i = 0; i < 3; ++i) CHECK(core.refresh().code() == EFBIG);
+  CHECK(ls.fetcher->stats().meta_bytes_fetched == before);
+}
+
+TEST_CASE("a corrupt catalog generation is read once, not on every refresh, until it changes", "[fscore]") {
+  Store s;
+  Catalog first = s.catalog;
+  first.layers.pop_back();
+  first.generation = 1;
+  s.mem.put(kCatalogPath, first.serialize());
+  cache::ChunkFetcher fetcher(s.mem, {});
+  FsCoreOptions opts;
+  opts.refresh_interval_s = 0;
+  auto core_r = FsCore::open(fetcher, fetcher, opts);
+  REQUIRE(core_r.ok());
+  FsCore& core = **core_r;
+  s.mem.put(catalog_generation_path(2), "{ not a catalog");
+  const uint64_t reads = s.mem.reads();
+  for (int i = 0; i < 3; ++i) CHECK_FALSE(core.refresh().ok());
+  CHECK(s.mem.reads() == reads + 1);
+  Catalog second = s.catalog;
+  second.generation = 2;
+  s.mem.put(catalog_generation_path(2), second.serialize());
+  REQUIRE(core.refresh().ok());
+  CHECK(core.layer_count() == 2);
+}
+
+TEST_CASE("a corrupt layer index is read once, not on every access, until it changes", "[fscore]") {
+  Store s;
+  auto good = s.mem.read_all(layer_index_path(kTop), kMaxIndexSize);
+  REQUIRE(good.ok());
+  std::string bad = *good;
+  bad[bad.size() / 2] ^= 1;
+  s.mem.put(layer_index_path(kTop), bad);
+  cache::ChunkFetcher fetcher(s.mem, {});
+  FsCoreOptions opts;
+  opts.refresh_interval_s = 0;
+  opts.index_retry_s = 0.05;
+  auto core_r = FsCore::open(fetcher, fetcher, opts);
+  REQUIRE(core_r.ok());
+  FsCore& core = **core_r;
+  uint64_t layer = walk(core, {"overlay2", kTop});
+  const uint64_t reads = s.mem.reads();
+  for (int i = 0; i < 3; ++i) {
+    CHECK(core.lookup(layer, "diff").code() == EIO);
+    std::this_thread::sleep_for(std::chrono::milliseconds(80));  // past the back-off
+  }
+  CHECK(s.mem.reads() == reads + 1);
+  s.mem.put(layer_index_path(kTop), *good);
+  CHECK(walk(core, {"overlay2", kTop, "diff", "etc", "hostname"}) != 0);
 }
 
 TEST_CASE("unmount's set_on_listing_change does not wait for a refresh blocked on the store", "[fscore]") {

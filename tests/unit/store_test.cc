@@ -114,7 +114,7 @@ TEST_CASE("tags and image ids docker would refuse are left out of a store's meta
   r["evil\nextrafs_injected_total 2"] = "not an object";       // a repository that is no object
   files["image/overlay2/repositories.json"] = repos.dump();
   store::MetaFiles mf;
-  mf.read = [&](const std::string& rel) -> Result<std::string> {
+  mf.read = [&](const std::string& rel, uint64_t) -> Result<std::string> {
     auto it = files.find(rel);
     if (it == files.end()) return make_error(ENOENT, rel + ": no such file");
     return it->second;
