@@ -38,10 +38,15 @@ constexpr size_t kMaxFollowing = 8;
 // What a hole reads as (never written: the kernel backs it with its zero page).
 const std::byte kZeros[1 << 20] = {};
 
-Status check_catalog(const std::string& text) {
-  auto c = Catalog::parse(text);
-  if (!c.ok()) return c.error();
-  return ok_status();
+// The check read_meta runs on a catalog: it parses it and keeps the result in `out`, so that a
+// catalog (up to kMaxCatalogSize of JSON) is parsed once, not once to check and once to use.
+std::function<Status(const std::string&)> parse_catalog_into(std::optional<Catalog>* out) {
+  return [out](const std::string& text) -> Status {
+    auto c = Catalog::parse(text);
+    if (!c.ok()) return c.error();
+    *out = std::move(c).value();
+    return ok_status();
+  };
 }
 
 std::string link_target(const std::string& cache_id) { return "../" + cache_id + "/diff"; }
@@ -101,19 +106,19 @@ Result<std::unique_ptr<FsCore>> FsCore::open(cache::ChunkFetcher& fetcher, cache
   // The version is taken before the read: a catalog replaced in between is simply loaded again
   // by the next refresh.
   auto version = meta.meta_version(kCatalogPath);
-  auto got = meta.read_meta(kCatalogPath, core->catalog_cache_name_, kMaxCatalogSize, check_catalog);
+  std::optional<Catalog> catalog;
+  auto got = meta.read_meta(kCatalogPath, core->catalog_cache_name_, kMaxCatalogSize, parse_catalog_into(&catalog));
   const bool from_store = got.ok();
   if (!from_store) {
     // The store unreachable, or its catalog refused: the copy kept by an earlier mount serves
     // meanwhile, if it is good.
     auto kept = meta.kept_meta(core->catalog_cache_name_);
-    if (kept.ok() && check_catalog(*kept).ok()) {
+    if (kept.ok() && parse_catalog_into(&catalog)(*kept).ok()) {
       spdlog::warn("{}: {}; serving the cached copy", kCatalogPath, got.error().message);
-      got = std::move(kept);
+    } else {
+      return store_catalog(got, meta.describe()).error();
     }
   }
-  auto catalog = store_catalog(got, meta.describe());
-  if (!catalog.ok()) return catalog.error();
   EXTRAFS_CHECK_STATUS(core->load(*catalog, /*initial=*/true));
   // A kept copy is not the store's version: leaving it unseen makes the first refresh that can
   // read the store load it.
@@ -225,11 +230,11 @@ Status FsCore::follow_generations() {
     Status st = [&]() -> Status {
       // A generation that was refused (not a regular file, too large, corrupt) is not read again
       // until it changes: read_meta remembers it.
-      EXTRAFS_TRY(got, meta_.read_meta(path, catalog_cache_name_, kMaxCatalogSize, check_catalog));
-      EXTRAFS_TRY(catalog, Catalog::parse(got));
-      if (catalog.generation != next)
-        return make_error(EBADMSG, fmt::format("{} holds generation {}", path, catalog.generation));
-      return load(catalog, /*initial=*/false);
+      std::optional<Catalog> catalog;
+      EXTRAFS_CHECK_STATUS(meta_.read_meta(path, catalog_cache_name_, kMaxCatalogSize, parse_catalog_into(&catalog)));
+      if (catalog->generation != next)
+        return make_error(EBADMSG, fmt::format("{} holds generation {}", path, catalog->generation));
+      return load(*catalog, /*initial=*/false);
     }();
     if (!st.ok()) {
       if (failed_generation_ != next) spdlog::warn("catalog generation {} not loaded, will retry: {}", next, st.error().message);
@@ -281,8 +286,9 @@ Status FsCore::refresh_locked() {
   if (version == catalog_version_) return followed;
   bool loaded = false;
   auto reload = [&]() -> Status {
-    EXTRAFS_TRY(got, meta_.read_meta(kCatalogPath, catalog_cache_name_, kMaxCatalogSize, check_catalog));
-    EXTRAFS_TRY(catalog, Catalog::parse(got));
+    std::optional<Catalog> parsed;
+    EXTRAFS_CHECK_STATUS(meta_.read_meta(kCatalogPath, catalog_cache_name_, kMaxCatalogSize, parse_catalog_into(&parsed)));
+    const Catalog& catalog = *parsed;
     // Loaded already through its generation, or older (an NFS server may still serve a replaced
     // catalog): loading it would bring back an earlier image/ tree.
     if (generation_ > 0 && catalog.generation <= generation_) return ok_status();
