@@ -155,3 +155,129 @@ def rewrite_catalog(store: Path, edit) -> dict:
     cat["checksum"] = "%016x%016x" % (h.high64, h.low64)
     path.write_text(json.dumps(cat, indent=1) + "\n")
     return cat
+
+
+# --- issue 20 section 1: nothing read from a store may block or balloon -----------------------
+# A FIFO where a file should be (each place a reader opens one), sparse huge metadata objects,
+# and a catalog crafted to make a quadratic check crawl. Each applies to an indexed store (the
+# odd store, say) and returns what it made.
+
+def catalog_of(store: Path) -> dict:
+    """The store's extrafs/catalog, parsed."""
+    return json.loads((Path(store) / "extrafs" / "catalog").read_text())
+
+
+def fifo_next_generation(store: Path) -> Path:
+    """A FIFO at extrafs/catalog.d/<N+1>: the name a mounted host looks up on every refresh."""
+    return fifo_at(store, f"extrafs/catalog.d/{catalog_of(store).get('generation', 0) + 1}")
+
+
+def sparse_next_generation(store: Path, size: int = 1 << 30) -> Path:
+    """A sparse catalog generation N+1 of `size` bytes (1 GiB: it once cost a host 4 GiB read
+    in 10 s)."""
+    return sparse_at(store, f"extrafs/catalog.d/{catalog_of(store).get('generation', 0) + 1}", size)
+
+
+def fifo_layer_index(store: Path, cache_id: str) -> Path:
+    """A FIFO in place of a layer's index (extrafs/layers/<cache-id>.index)."""
+    return fifo_at(store, f"extrafs/layers/{cache_id}.index")
+
+
+def sparse_layer_index(store: Path, cache_id: str, size: int) -> Path:
+    """A sparse layer index of `size` bytes: over the 1 GiB cap (2 GiB once took 4.2 GB of memory
+    on every access), or under it (read, fails its digest, and must not be read again)."""
+    return sparse_at(store, f"extrafs/layers/{cache_id}.index", size)
+
+
+def fifo_diff_file(store: Path, cache_id: str) -> Path:
+    """A FIFO in place of the first regular file (over 1 KiB) of a layer's plain diff/ tree, after
+    it was indexed: the chunks the index names are read from there. Returns the path in the
+    layer (relative to diff/)."""
+    diff = Path(store) / "overlay2" / cache_id / "diff"
+    for p in sorted(diff.rglob("*")):
+        if p.is_file() and not p.is_symlink() and p.stat().st_size > 1024:
+            rel = p.relative_to(diff)
+            fifo_at(diff, str(rel))
+            return rel
+    raise AssertionError(f"no regular file over 1 KiB under {diff}")
+
+
+def fifo_link(store: Path, cache_id: str) -> Path:
+    """A FIFO at overlay2/<cache-id>/link, which `extrafs index` reads."""
+    return fifo_at(store, f"overlay2/{cache_id}/link")
+
+
+def fifo_repositories(store: Path) -> Path:
+    """A FIFO at image/overlay2/repositories.json (`extrafs index` then serves it in the mount's
+    image/ tree as a FIFO, where ls, stats and docker attach read the tags)."""
+    return fifo_at(store, "image/overlay2/repositories.json")
+
+
+def fifo_tar_split(store: Path) -> Path:
+    """A FIFO at the tar-split.json.gz of the last layer in image/overlay2/layerdb (what docker
+    attach copies from the mount)."""
+    layerdb = Path(store) / "image" / "overlay2" / "layerdb" / "sha256"
+    chains = sorted(p for p in layerdb.iterdir() if p.is_dir() and (p / "parent").exists())
+    if not chains:
+        raise AssertionError(f"no layer with a parent under {layerdb}")
+    return fifo_at(store, str((chains[-1] / "tar-split.json.gz").relative_to(store)))
+
+
+def _xxh3_128_hex(data: bytes) -> str:
+    """xxh3-128 in its canonical hex form, through the system's libxxhash (stdlib only)."""
+    import ctypes
+
+    class H(ctypes.Structure):
+        _fields_ = [("low64", ctypes.c_uint64), ("high64", ctypes.c_uint64)]
+    lib = ctypes.CDLL("libxxhash.so.0")
+    lib.XXH3_128bits.restype = H
+    lib.XXH3_128bits.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+    h = lib.XXH3_128bits(data, len(data))
+    return "%016x%016x" % (h.high64, h.low64)
+
+
+def write_catalog(store: Path, catalog: dict) -> Path:
+    """Writes `catalog` (a dict as catalog_of returns) as the store's extrafs/catalog, and as its
+    generation under catalog.d/ if it has one, with a valid checksum: what a hostile or broken
+    publisher could write."""
+    body = {k: v for k, v in catalog.items() if k != "checksum"}
+    canon = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    body["checksum"] = _xxh3_128_hex(canon)
+    text = json.dumps(body, indent=1) + "\n"
+    path = Path(store) / "extrafs" / "catalog"
+    tmp = path.with_name("catalog.hostile-tmp")
+    tmp.write_text(text)
+    os.rename(tmp, path)
+    if body.get("generation"):
+        (Path(store) / "extrafs" / "catalog.d" / str(body["generation"])).write_text(text)
+    return path
+
+
+def crafted_catalog(store: Path, good: int = 1000, chain: int = 1600) -> dict:
+    """Adds to the store's catalog `good` base layers and `chain` layers whose lowers name every
+    good layer and then the next chain layer; the last names a link no layer has, so the whole
+    chain is refused. Layer k of the chain is refused only once k+1 is, so a check that repeats
+    passes over the catalog until nothing changes makes `chain` passes of `chain` x `good`
+    lookups (a 47 MB catalog took a host 123 s to mount). The new layers have no index (a
+    host reads a layer's index only when it is used). Returns {"good": [...], "chain": [...]}
+    (cache-ids)."""
+    import hashlib
+    cat = catalog_of(store)
+
+    def cid(kind, i):
+        return hashlib.sha256(f"hostile-{kind}-{i}".encode()).hexdigest()
+
+    def link(kind, i):
+        return f"{kind[0].upper()}{i:025d}"
+
+    good_ids = [cid("good", i) for i in range(good)]
+    chain_ids = [cid("chain", i) for i in range(chain)]
+    good_lower = ":".join(f"l/{link('good', i)}" for i in range(good))
+    for i in range(good):
+        cat["layers"].append({"cache_id": good_ids[i], "index": "0" * 32, "link": link("good", i), "bytes": 0})
+    for i in range(chain):
+        nxt = link("chain", i + 1) if i + 1 < chain else "MISSING" + "0" * 19
+        cat["layers"].append({"cache_id": chain_ids[i], "index": "0" * 32, "link": link("chain", i),
+                              "lower": f"{good_lower}:l/{nxt}", "bytes": 0})
+    write_catalog(store, cat)
+    return {"good": good_ids, "chain": chain_ids}
