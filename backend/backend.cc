@@ -14,8 +14,9 @@ Status Backend::check_object(std::string_view path, const ObjectInfo& info, uint
   return ok_status();
 }
 
-Result<std::string> Backend::read_all(std::string_view path, uint64_t limit) {
+Result<std::string> Backend::read_object(std::string_view path, uint64_t limit, std::optional<ObjectInfo>* seen) {
   EXTRAFS_TRY(info, stat(path));
+  if (seen) *seen = info;
   EXTRAFS_CHECK_STATUS(check_object(path, info, limit));
   std::string out(info.size, '\0');
   EXTRAFS_TRY(n, read(path, 0, std::as_writable_bytes(std::span(out.data(), out.size()))));

@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -58,9 +59,12 @@ class Backend {
   virtual std::string describe() const = 0;
 
   // Reads a whole (small) object. Refuses an object larger than `limit` (EFBIG) and one that is
-  // not a regular file (EISDIR, EINVAL), from its attributes, before reading anything. The
+  // not a regular file (EISDIR, EINVAL), from its attributes, before reading anything.
+  Result<std::string> read_all(std::string_view path, uint64_t limit) { return read_object(path, limit, nullptr); }
+  // read_all() that also gives the attributes of the version it read in `*info` (if `info` is
+  // not null), set as soon as they are known: also when they made it refuse the object. The
   // default is a stat() and a read(); a backend that can do it in one request does.
-  virtual Result<std::string> read_all(std::string_view path, uint64_t limit);
+  virtual Result<std::string> read_object(std::string_view path, uint64_t limit, std::optional<ObjectInfo>* info);
   // Whether `info` (what stat() said of `path`) describes what read_all() reads: ok, or the
   // refusal read_all() gives.
   static Status check_object(std::string_view path, const ObjectInfo& info, uint64_t limit);

@@ -625,7 +625,7 @@ class HttpBackend final : public Backend {
     return done;
   }
 
-  Result<std::string> read_all(std::string_view path, uint64_t limit) override {
+  Result<std::string> read_object(std::string_view path, uint64_t limit, std::optional<ObjectInfo>* info) override {
     std::string body;
     EXTRAFS_TRY(r, perform("GET", path, [&](Request& q) {
       q.kind = Request::Kind::kWhole;
@@ -633,20 +633,13 @@ class HttpBackend final : public Backend {
       q.whole = &body;
       q.limit = limit;
     }, nullptr));
-    (void)r;
+    if (info) *info = info_of(r, body.size());
     return body;
   }
 
   Result<ObjectInfo> stat(std::string_view path) override {
-    ObjectInfo info;
     EXTRAFS_TRY(r, perform("HEAD", path, [&](Request& q) { q.kind = Request::Kind::kHead; }, nullptr));
-    info.size = static_cast<uint64_t>(r.content_length);
-    if (!r.last_modified.empty()) {
-      time_t t = curl_getdate(r.last_modified.c_str(), nullptr);
-      if (t > 0) info.mtime_ns = static_cast<int64_t>(t) * 1000000000;
-    }
-    if (!r.etag.empty()) info.version_tag = xxh3_64(r.etag.data(), r.etag.size());
-    return info;
+    return info_of(r, static_cast<uint64_t>(r.content_length));
   }
 
   Result<std::vector<std::string>> list(std::string_view path) override {
@@ -683,6 +676,18 @@ class HttpBackend final : public Backend {
     std::string last_modified;
     std::string etag;
   };
+
+  // The attributes an answer gives of an object of `size` bytes: Last-Modified, the ETag's hash.
+  static ObjectInfo info_of(const Answer& r, uint64_t size) {
+    ObjectInfo info;
+    info.size = size;
+    if (!r.last_modified.empty()) {
+      time_t t = curl_getdate(r.last_modified.c_str(), nullptr);
+      if (t > 0) info.mtime_ns = static_cast<int64_t>(t) * 1000000000;
+    }
+    if (!r.etag.empty()) info.version_tag = xxh3_64(r.etag.data(), r.etag.size());
+    return info;
+  }
 
   // Whether `path` is one of `paths` (an exact path, or a prefix ending in '/').
   static bool matches(const std::vector<std::string>& paths, std::string_view path) {

@@ -2,9 +2,9 @@
 // that includes curl, as nfs_backend.cc is for libnfs). What the SOURCE and options mean is in
 // http_source.h; the behaviour, in short (details and the reasons in http_backend.cc):
 //
-// - Requests: a chunk run is one range GET, a whole small object (read_all) one plain GET, stat
-//   one HEAD. list() is not possible over HTTP and fails with ENOTSUP: nothing on the read side
-//   of a published or indexed store needs it.
+// - Requests: a chunk run is one range GET, a whole small object (read_all, read_object) one
+//   plain GET, stat one HEAD. list() is not possible over HTTP and fails with ENOTSUP: nothing on
+//   the read side of a published or indexed store needs it.
 // - Connections: one libcurl multi handle driven by one thread owned by the backend, shared by
 //   every caller: connections kept alive and reused, HTTP/2 (multiplexed) when an https server
 //   offers it, DNS answers and TLS sessions shared (curl's share interface). At most 8 transfers

@@ -454,31 +454,41 @@ MetaVersion version_of(const backend::ObjectInfo& info) {
 Result<std::string> ChunkFetcher::read_meta(std::string_view path, const std::string& cache_name, uint64_t limit,
                                             const std::function<Status(const std::string&)>& check) {
   std::string key(path);
-  auto info = backend_.stat(path);
-  if (!info.ok()) {
-    if (info.code() != ENOENT) backend_errors_++;
-    return info.error();
-  }
-  const MetaVersion version = version_of(*info);
+  bool was_refused = false;
   {
+    std::lock_guard lock(refused_mu_);
+    was_refused = refused_.count(key) != 0;
+  }
+  if (was_refused) {
+    // Only an object refused before costs a stat first: unchanged, it is refused again unread.
+    auto info = backend_.stat(path);
+    if (!info.ok()) {
+      if (info.code() != ENOENT) backend_errors_++;
+      return info.error();
+    }
     std::lock_guard lock(refused_mu_);
     auto it = refused_.find(key);
     if (it != refused_.end()) {
-      if (it->second.version == version) return it->second.error;
+      if (it->second.version == version_of(*info)) return it->second.error;
       refused_.erase(it);
     }
   }
+  // The version is the one the read went by (its stat, or the answer to a one-request read), so
+  // a refusal is remembered for the very version refused.
+  std::optional<backend::ObjectInfo> seen;
   auto refuse = [&](const Error& why) {
-    std::lock_guard lock(refused_mu_);
-    refused_[key] = Refusal{version, why};
+    if (seen) {
+      std::lock_guard lock(refused_mu_);
+      refused_[key] = Refusal{version_of(*seen), why};
+    }
     return why;
   };
-  if (auto fits = backend::Backend::check_object(path, *info, limit); !fits.ok()) return refuse(fits.error());
-  // (An object replaced since the stat is read in its new version and remembered under the old
-  // one if refused: the next call sees the new version and reads it once more.)
-  auto got = backend_.read_all(path, limit);
+  auto got = backend_.read_object(path, limit, &seen);
   if (!got.ok()) {
-    if (got.code() != ENOENT) backend_errors_++;
+    // Refused from its attributes (over `limit`, not a regular file), or not read at all.
+    const int code = got.code();
+    if (code == EFBIG || code == EISDIR || code == EINVAL) return refuse(got.error());
+    if (code != ENOENT) backend_errors_++;
     return got.error();
   }
   meta_bytes_fetched_ += got->size();

@@ -40,11 +40,13 @@ class MetaSource {
   // checks it with `check`: an object replaced since an earlier read is read in its new version.
   // Only bytes that pass are kept under `cache_name` (see kept_meta).
   // Nothing but a regular file of at most `limit` bytes is ever read: a larger object (EFBIG)
-  // or one of another type (EISDIR, EINVAL: a FIFO, a device...) is refused from its attributes,
-  // before anything is opened. A refused object (of the wrong type, over `limit`, or failing
-  // `check`) is remembered with its version: until that changes, read_meta answers the same error
-  // after one stat, without reading the object again. Other errors (ENOENT when the store has no
-  // such object, EIO, ETIMEDOUT, ...) are not remembered: the next call tries again.
+  // or one of another type (EISDIR, EINVAL: a FIFO, a device...) is refused from its attributes
+  // before anything of it is read. A refused object (of the wrong type, over `limit`, or failing
+  // `check`) is remembered with the version refused: until the store shows another version,
+  // read_meta answers the same error after one stat, without reading the object again. (Over
+  // http(s) an object over `limit` is refused from the headers of its answer, the body never
+  // fetched, but not remembered.) Other errors (ENOENT when the store has no such object, EIO,
+  // ETIMEDOUT, ...) are not remembered: the next call tries again.
   virtual Result<std::string> read_meta(std::string_view path, const std::string& cache_name, uint64_t limit,
                                         const std::function<Status(const std::string&)>& check) = 0;
 

@@ -15,6 +15,7 @@
 #include "common/str_util.h"
 #include "store/docker_meta.h"
 #include "store/dockerd_probe.h"
+#include "store/layout.h"
 
 namespace extrafs::store {
 

@@ -12,6 +12,7 @@
 
 #include "common/posix_file.h"
 #include "common/str_util.h"
+#include "store/layout.h"
 
 namespace extrafs::store {
 

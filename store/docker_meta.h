@@ -20,7 +20,6 @@
 #include <vector>
 
 #include "common/result.h"
-#include "store/layout.h"
 
 namespace extrafs::store {
 

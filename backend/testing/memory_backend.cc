@@ -44,7 +44,6 @@ Result<size_t> MemoryBackend::read(std::string_view path, uint64_t offset, std::
   size_t from_data = offset < o.data.size() ? std::min<uint64_t>(n, o.data.size() - offset) : 0;
   if (from_data) std::memcpy(buf.data(), o.data.data() + offset, from_data);
   std::memset(buf.data() + from_data, 0, n - from_data);
-  bytes_read_ += n;
   return n;
 }
 

@@ -32,8 +32,6 @@ class MemoryBackend : public Backend {
   Result<std::vector<std::string>> list(std::string_view path) override;
   std::string describe() const override { return "memory"; }
   uint64_t reads() const { return reads_; }
-  // Bytes returned by read() so far.
-  uint64_t bytes_read() const { return bytes_read_; }
 
  private:
   struct Object {
@@ -48,7 +46,6 @@ class MemoryBackend : public Backend {
   std::map<std::string, Object, std::less<>> objects_;
   int64_t versions_ = 0;
   std::atomic<uint64_t> reads_{0};
-  std::atomic<uint64_t> bytes_read_{0};
 };
 
 }  // namespace extrafs::backend
