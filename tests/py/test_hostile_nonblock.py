@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -249,12 +250,16 @@ def test_fifo_as_plain_diff_file(odd_store, mount, ganesha, via):
 
 
 def test_fifo_as_layer_link_in_extrafs_index(odd_store, extrafs):
-    mid = odd_store.cids[1]
-    hostile.fifo_link(odd_store.path, mid)
-    line = fails_quickly([extrafs, "index", odd_store.path], f"{mid}/link", within=60)
+    base, mid, top = odd_store.cids
+    # A layer the catalog does not name yet (index reads its link; a named layer stays as named).
+    shutil.rmtree(odd_store.path / "extrafs" / "catalog.d")
+    (odd_store.path / "extrafs" / "catalog").unlink()
+    hostile.fifo_link(odd_store.path, top)
+    line = fails_quickly([extrafs, "index", odd_store.path], f"{top}/link", within=60)
     assert "FIFO" in line, line
     # The writers' lock was released: the next run answers the same.
-    fails_quickly([extrafs, "index", odd_store.path], f"{mid}/link", within=60)
+    fails_quickly([extrafs, "index", odd_store.path], f"{top}/link", within=60)
+    assert {l["cache_id"] for l in hostile.catalog_of(odd_store.path)["layers"]} == {base, mid}
 
 
 @pytest.mark.parametrize("via", VIA)
