@@ -214,6 +214,24 @@ def test_all_with_an_image_it_cannot_resolve_leaves_dockerd_alone(extrafs, tmp, 
     assert xf.container_pid(d) == keeper
 
 
+def test_a_fifo_in_the_mounts_metadata_leaves_dockerd_running(extrafs, tmp, mount, dockerd):
+    def fifo(store):
+        chain = next((store / "image/overlay2/layerdb/sha256").iterdir()).name  # app-a's only layer
+        hostile.fifo_at(store, f"image/overlay2/layerdb/sha256/{chain}/tar-split.json.gz")
+
+    store = tmp / "store"
+    xf.publish_busybox_images(extrafs, tmp, store, tweak_after_first=fifo)
+    images = xf.Images(store, mount(store).path)
+    root = tmp / "root"
+    root.mkdir()
+    d = dockerd(root)
+    old = d.current_pid()
+    line = xf.expect_fail([extrafs, "docker", "attach", "app-b:1", "--mount", images.mnt, "--data-root", root,
+                           "--restart"], 1, "tar-split.json.gz", timeout=60)
+    assert d.current_pid() == old and d.answers(), f"dockerd was stopped: {line}"
+    assert not (root / JOURNAL).exists()
+
+
 def test_attach_without_restart_against_a_running_dockerd_changes_nothing(extrafs, images, dockerd, tmp):
     root = tmp / "root"
     d, _ = xf.dockerd_with_keeper(extrafs, images, dockerd, root)
