@@ -42,7 +42,7 @@ inline constexpr int kCatalogVersion = 1;
 inline constexpr const char* kCatalogPath = "extrafs/catalog";
 inline constexpr const char* kCatalogGenerationsDir = "extrafs/catalog.d";
 
-// The largest catalog anyone reads (the daemon, `extrafs index`, publish, verify), each catalog
+// The largest catalog anyone reads (the daemon, `extrafs index`, publish, verify, rm, gc), each catalog
 // generation too; a larger one is refused from its size before a byte is read. A layer takes
 // about 200 bytes plus 29 per entry of its lower chain, and docker stacks at most 128 layers, so
 // even layers at the deepest chain take under 4 KiB: 64 MiB is over 16,000 of those, or about

@@ -240,7 +240,7 @@ class Collector {
 
   // The link of a removed layer in overlay2/l, if it is the symlink docker made for it.
   void plan_link(int overlay_fd, const std::string& id) {
-    auto link = read_file_beneath(overlay_fd, id + "/link", store_ + "/overlay2", 4096);
+    auto link = read_file_beneath(overlay_fd, id + "/link", store_ + "/overlay2", kMaxLineFileSize);
     if (!link.ok()) return;
     const std::string l = trim_trailing(*link);
     if (l.empty() || l.find('/') != std::string::npos || l == "." || l == ".." || live_.links.count(l)) return;

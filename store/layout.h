@@ -25,9 +25,9 @@
 
 namespace extrafs::store {
 
-// The largest docker metadata files anyone reads (index, publish, docker attach, ls, prefetch,
-// stats), in a store, a mount or a data-root; a larger one is refused from its size before it is
-// read. (The catalog's and the indexes' limits are beside their formats: fs::kMaxCatalogSize,
+// The largest docker metadata files anyone reads (index, publish, rm, gc, docker attach, ls,
+// prefetch, stats), in a store, a mount or a data-root; a larger one is refused from its size
+// before it is read. (The catalog's and the indexes' limits are beside their formats: fs::kMaxCatalogSize,
 // fs::kMaxIndexSize.) Each is far above what dockerd writes:
 // repositories.json: about 150 bytes a tag, so 64 MiB is some 400,000 tags.
 inline constexpr uint64_t kMaxRepositoriesSize = uint64_t{64} << 20;

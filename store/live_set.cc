@@ -14,8 +14,6 @@ namespace extrafs::store {
 
 namespace {
 
-constexpr uint64_t kMaxCatalogBytes = uint64_t{64} << 20;  // what load_store_catalog reads
-
 std::string content_object_prefix() { return "extrafs/objects/"; }
 
 // "extrafs/catalog.d/<n>" with n written as the writers write it (decimal, no leading zero).
@@ -26,7 +24,7 @@ std::optional<uint64_t> generation_name(std::string_view name) {
 }
 
 Result<fs::Catalog> read_catalog(int store_fd, const std::string& store, const std::string& rel) {
-  EXTRAFS_TRY(text, read_file_beneath(store_fd, rel, store, kMaxCatalogBytes));
+  EXTRAFS_TRY(text, read_file_beneath(store_fd, rel, store, fs::kMaxCatalogSize));
   auto parsed = fs::Catalog::parse(text);
   if (!parsed.ok()) return make_error(parsed.code(), store + "/" + rel + ": " + parsed.error().message);
   return parsed;

@@ -25,9 +25,6 @@ constexpr const char* kRepositories = "image/overlay2/repositories.json";
 constexpr const char* kConfigs = "image/overlay2/imagedb/content/sha256";
 constexpr const char* kImageMetadata = "image/overlay2/imagedb/metadata/sha256";
 constexpr const char* kLayerdb = "image/overlay2/layerdb/sha256";
-constexpr uint64_t kMaxJsonBytes = uint64_t{64} << 20;
-constexpr uint64_t kMaxConfigBytes = uint64_t{16} << 20;
-constexpr uint64_t kMaxLineBytes = uint64_t{64} << 10;
 constexpr size_t kMinIdPrefix = 12;
 
 bool lower_hex(std::string_view s) {
@@ -82,7 +79,7 @@ class Remover {
 
   Status read_metadata() {
     repositories_ = nlohmann::json::object();
-    auto text = read_file_beneath(store_fd_.get(), kRepositories, store_, kMaxJsonBytes);
+    auto text = read_file_beneath(store_fd_.get(), kRepositories, store_, kMaxRepositoriesSize);
     if (text.ok()) {
       repositories_ = nlohmann::json::parse(*text, nullptr, false);
       if (repositories_.is_discarded() || !repositories_.is_object() ||
@@ -164,14 +161,14 @@ class Remover {
   // The cache-ids of the layers of image `id`, from its config and the layerdb.
   Result<std::vector<std::string>> image_layers(const std::string& id) const {
     const std::string cfg_rel = std::string(kConfigs) + "/" + id.substr(7);
-    EXTRAFS_TRY(cfg, read_file_beneath(store_fd_.get(), cfg_rel, store_, kMaxConfigBytes));
+    EXTRAFS_TRY(cfg, read_file_beneath(store_fd_.get(), cfg_rel, store_, kMaxImageConfigSize));
     if (sha256_digest(cfg) != id) return make_error(EBADMSG, store_ + "/" + cfg_rel + " does not match its digest");
     auto diffs = parse_diff_ids(cfg);
     if (!diffs.ok()) return make_error(diffs.code(), store_ + "/" + cfg_rel + " " + diffs.error().message);
     std::vector<std::string> out;
     for (const auto& chain : chain_ids(*diffs)) {
       const std::string rel = std::string(kLayerdb) + "/" + chain.substr(7) + "/cache-id";
-      EXTRAFS_TRY(text, read_file_beneath(store_fd_.get(), rel, store_, kMaxLineBytes));
+      EXTRAFS_TRY(text, read_file_beneath(store_fd_.get(), rel, store_, kMaxLineFileSize));
       std::string cid = trim_trailing(text);
       if (!is_cache_id(cid)) return make_error(EBADMSG, store_ + "/" + rel + " is not a valid cache id");
       out.push_back(std::move(cid));
@@ -267,7 +264,7 @@ class Remover {
     const std::string pid = std::to_string(::getpid());
     for (const auto& n : *names) {
       if (!is_hex64(n)) continue;
-      auto cid = read_file_beneath(store_fd_.get(), std::string(kLayerdb) + "/" + n + "/cache-id", store_, kMaxLineBytes);
+      auto cid = read_file_beneath(store_fd_.get(), std::string(kLayerdb) + "/" + n + "/cache-id", store_, kMaxLineFileSize);
       if (!cid.ok() || !drop_.count(trim_trailing(*cid))) continue;
       // Out of the way in one rename, then removed (a killed rm leaves an ".old-" directory that
       // the next writer removes).
