@@ -69,10 +69,9 @@ class Pusher {
 
   // The size of the regular file `rel` of the store (never through a symlink).
   Result<uint64_t> local_size(const std::string& rel) {
-    EXTRAFS_TRY(fd, open_beneath(root_.get(), rel, O_RDONLY | O_NONBLOCK, req_.store));
+    EXTRAFS_TRY(fd, open_regular_beneath(root_.get(), rel, req_.store));
     struct stat st;
     if (::fstat(fd.get(), &st) != 0) return Error::from_errno(errno, req_.store + "/" + rel);
-    if (!S_ISREG(st.st_mode)) return make_error(EINVAL, req_.store + "/" + rel + " is not a regular file");
     return static_cast<uint64_t>(st.st_size);
   }
 
@@ -149,7 +148,7 @@ class Pusher {
       tick(1, 0);
       return ok_status();
     }
-    EXTRAFS_TRY(fd, open_beneath(root_.get(), it.path, O_RDONLY, req_.store));
+    EXTRAFS_TRY(fd, open_regular_beneath(root_.get(), it.path, req_.store));
     struct stat st;
     if (::fstat(fd.get(), &st) != 0) return Error::from_errno(errno, req_.store + "/" + it.path);
     if (static_cast<uint64_t>(st.st_size) != it.size)
