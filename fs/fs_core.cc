@@ -124,6 +124,7 @@ Result<std::unique_ptr<FsCore>> FsCore::open(cache::ChunkFetcher& fetcher, cache
   // read the store load it.
   if (from_store && version.ok()) core->catalog_version_ = *version;
   core->generation_ = catalog->generation;
+  core->store_id_ = catalog->store_id;
   if (core->options_.refresh_interval_s > 0) core->refresher_ = std::thread([c = core.get()] { c->refresh_loop(); });
   if (core->options_.whole_files) core->copier_ = std::thread([c = core.get()] { c->copy_loop(); });
   return core;
@@ -215,6 +216,23 @@ Status FsCore::load(const Catalog& catalog, bool initial) {
     // The superseded tree stays while the kernel still refers to any of its nodes.
     if (old && inodes_.slot_nodes(old) == 0) slots_[old] = nullptr;
   }
+  // A layer this catalog does not name, or names with another index (a store made again), keeps
+  // its slot: the kernel, overlayfs and open files may refer to it, and this host may have all of
+  // it that a container needs.
+  std::unordered_map<std::string_view, const Digest128*> named;
+  for (const auto& l : catalog.layers) named.emplace(l.cache_id, &l.index_digest);
+  for (uint32_t n : layer_slots_) {
+    const CatalogLayer& l = slots_[n]->layer;
+    auto it = named.find(l.cache_id);
+    if (it == named.end() || !(*it->second == l.index_digest)) {
+      if (removed_.insert(n).second)
+        spdlog::info("layer {} {}; served from what this host has until unmounted", l.cache_id,
+                     it == named.end() ? "is no longer in the store's catalog" : "has another index in the store now");
+    } else if (removed_.erase(n)) {
+      removed_logged_.erase(n);
+      spdlog::info("layer {} is in the store's catalog again", l.cache_id);
+    }
+  }
   catalog_ = catalog;
   if (problem) return *problem;
   return ok_status();
@@ -234,14 +252,17 @@ Status FsCore::follow_generations() {
       EXTRAFS_CHECK_STATUS(meta_.read_meta(path, catalog_cache_name_, kMaxCatalogSize, parse_catalog_into(&catalog)));
       if (catalog->generation != next)
         return make_error(EBADMSG, fmt::format("{} holds generation {}", path, catalog->generation));
-      return load(*catalog, /*initial=*/false);
+      if (!is_news(*catalog))
+        return make_error(ESTALE, fmt::format("{} is of store {}, which this mount left", path, catalog->store_id));
+      EXTRAFS_CHECK_STATUS(load(*catalog, /*initial=*/false));
+      loaded_catalog(*catalog);
+      return ok_status();
     }();
     if (!st.ok()) {
       if (failed_generation_ != next) spdlog::warn("catalog generation {} not loaded, will retry: {}", next, st.error().message);
       failed_generation_ = next;
       return st;
     }
-    generation_ = next;
     spdlog::info("catalog generation {} loaded: {} layers", next, layer_count());
   }
   return ok_status();
@@ -250,6 +271,23 @@ Status FsCore::follow_generations() {
 bool FsCore::stopping() {
   std::lock_guard lock(stop_mu_);
   return stopping_;
+}
+
+bool FsCore::is_news(const Catalog& c) const {
+  if (c.store_id != store_id_) return !left_store_ids_.count(c.store_id);
+  return generation_ == 0 || c.generation > generation_;
+}
+
+void FsCore::loaded_catalog(const Catalog& c) {
+  if (c.store_id != store_id_) {
+    // Its generations count from 1 again: the one loaded says nothing about them.
+    spdlog::warn("the store was made again (store id {} instead of {}): its catalog generation {} loaded as new; "
+                 "layers it no longer has are served from what this host has",
+                 c.store_id.empty() ? "none" : c.store_id, store_id_.empty() ? "none" : store_id_, c.generation);
+    left_store_ids_.insert(store_id_);
+    store_id_ = c.store_id;
+  }
+  generation_ = c.generation;
 }
 
 Status FsCore::refresh() {
@@ -290,10 +328,10 @@ Status FsCore::refresh_locked() {
     EXTRAFS_CHECK_STATUS(meta_.read_meta(kCatalogPath, catalog_cache_name_, kMaxCatalogSize, parse_catalog_into(&parsed)));
     const Catalog& catalog = *parsed;
     // Loaded already through its generation, or older (an NFS server may still serve a replaced
-    // catalog): loading it would bring back an earlier image/ tree.
-    if (generation_ > 0 && catalog.generation <= generation_) return ok_status();
+    // catalog), or of a store this mount left: loading it would bring back an earlier image/ tree.
+    if (!is_news(catalog)) return ok_status();
     EXTRAFS_CHECK_STATUS(load(catalog, /*initial=*/false));
-    generation_ = catalog.generation;
+    loaded_catalog(catalog);
     loaded = true;
     return ok_status();
   };
@@ -688,7 +726,9 @@ Result<size_t> FsCore::read_pieces(uint64_t ino, uint64_t offset, size_t size, s
     bytes_served_ += n;
     return n;
   }
-  EXTRAFS_TRY(held, index_of(*s));
+  auto held_or = index_of(*s);
+  if (!held_or.ok()) return read_failed(sn, *s, held_or.error());
+  const std::shared_ptr<const LayerIndex> held = std::move(held_or).value();
   const LayerIndex& idx = *held;
   uint64_t e = local - kEntryBase;
   if (e >= idx.entry_count()) return noent();
@@ -730,7 +770,7 @@ Result<size_t> FsCore::read_pieces(uint64_t ino, uint64_t offset, size_t size, s
         // wrong below (timeout, missing object, bytes that never verify), the reader sees EIO;
         // the cause is logged and counted by the fetcher.
         pieces.clear();
-        return make_error(EIO, data.error().message);
+        return read_failed(sn, *s, make_error(EIO, data.error().message));
       }
       pieces.push_back({*data, std::span((*data)->data() + in_chunk, n)});
     }
@@ -751,6 +791,20 @@ Result<size_t> FsCore::read_pieces(uint64_t ino, uint64_t offset, size_t size, s
     }
   }
   return done;
+}
+
+Error FsCore::read_failed(uint32_t sn, const Slot& s, Error e) {
+  {
+    std::shared_lock lock(mu_);
+    if (!removed_.count(sn)) return e;
+  }
+  removed_layer_errors_.fetch_add(1, std::memory_order_relaxed);
+  std::unique_lock lock(mu_);
+  if (removed_logged_.insert(sn).second)
+    spdlog::warn("layer {}, removed from the store, cannot be read whole any more: {}; the parts this host has not "
+                 "cached answer EIO (counted in removed_layer_errors, logged once per layer)",
+                 s.layer.cache_id, e.message);
+  return e;
 }
 
 unsigned FsCore::sequential_window(uint64_t ino, uint64_t offset, uint64_t end) {
@@ -858,6 +912,7 @@ nlohmann::json FsCore::stats() {
   j["corrupt_fetches"] = f.corrupt_fetches;
   j["prefetches"] = f.prefetches;
   j["cache_write_errors"] = f.cache_write_errors;
+  j["removed_layer_errors"] = removed_layer_errors_.load();
   j["cache_bytes"] = fetcher_.cached_bytes();
   // Backend chunk reads by duration: cumulative counts per upper bound "le" (seconds).
   nlohmann::json le = nlohmann::json::array(), buckets = nlohmann::json::array();
@@ -869,19 +924,19 @@ nlohmann::json FsCore::stats() {
                         {"count", f.fetch_count}};
   j["inodes"] = inodes_.size();
   j["source"] = meta_.describe();
-  std::vector<std::shared_ptr<const Slot>> layers;
+  std::vector<std::pair<std::shared_ptr<const Slot>, bool>> layers;  // with whether it is removed
   {
     std::shared_lock lock(mu_);
-    for (uint32_t n : layer_slots_) layers.push_back(slots_[n]);
+    for (uint32_t n : layer_slots_) layers.emplace_back(slots_[n], removed_.count(n) != 0);
   }
   nlohmann::json arr = nlohmann::json::array();
   uint64_t loaded = 0;
-  for (const auto& s : layers) {
+  for (const auto& [s, removed] : layers) {
     // A layer whose index this host never read (nor kept) has had nothing read through it.
     auto idx = local_index(*s);
     if (!idx) {
       arr.push_back({{"cache_id", s->layer.cache_id}, {"bytes_total", s->layer.bytes}, {"bytes_cached", uint64_t{0}},
-                     {"index_loaded", false}});
+                     {"index_loaded", false}, {"removed", removed}});
       continue;
     }
     ++loaded;
@@ -897,7 +952,8 @@ nlohmann::json FsCore::stats() {
     arr.push_back({{"cache_id", s->layer.cache_id},
                    {"bytes_total", idx->content_bytes()},
                    {"bytes_cached", std::min(cached, idx->content_bytes())},
-                   {"index_loaded", true}});
+                   {"index_loaded", true},
+                   {"removed", removed}});
   }
   j["layers"] = std::move(arr);
   j["layer_indexes_loaded"] = loaded;

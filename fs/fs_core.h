@@ -18,6 +18,13 @@
 // for the life of the mount. A hard link group shares one id. New layers in the catalog appear
 // without a remount (a background thread checks the catalog once a second).
 //
+// Removed layers: a layer a newer catalog no longer names (`extrafs rm`, or a store made again
+// from scratch) stays served from what this host has, its index in memory or kept and its cached
+// chunks, until the mount ends; it is marked removed in stats(). A read of it that fails (its
+// data collected by `extrafs gc`) answers EIO and counts in removed_layer_errors, logged once per
+// layer. A catalog with another store id than the one loaded (the store was made again) is loaded
+// whatever its generation; a store id this mount moved away from is never loaded again.
+//
 // Errors are returned as Result with a positive errno; nothing here throws or touches FUSE.
 // Thread-safety: every method may be called concurrently from the FUSE worker threads.
 #pragma once
@@ -166,7 +173,7 @@ class FsCore {
   InodeTable& inodes() { return inodes_; }
   // Called by the adapter when the kernel forgets nodes, so superseded image/ trees are released.
   void forget(uint64_t ino, uint64_t n);
-  // Loads newer catalogs: first each next generation (extrafs/catalog.d/<N+1>, looked up by a
+  // Loads newer catalogs (or one of another store, see above): first each next generation (extrafs/catalog.d/<N+1>, looked up by a
   // name never looked up before, so an NFS server's attribute cache cannot hide it), then
   // extrafs/catalog if its version differs from the one last loaded (stores without
   // generations); a catalog of an older generation than the loaded one is never loaded. Adds new
@@ -225,6 +232,15 @@ class FsCore {
 
   FsCore(cache::ChunkFetcher& fetcher, cache::MetaSource& meta, FsCoreOptions options);
   Status load(const Catalog& catalog, bool initial);
+  // Whether `c` moves this mount on: a catalog of another store than the one loaded (never one it
+  // left), or a later generation of the same. REQUIRES: refresh_mu_.
+  bool is_news(const Catalog& c) const;
+  // Records `c` as the catalog loaded (its generation and store id; a change of store id is
+  // logged). REQUIRES: refresh_mu_.
+  void loaded_catalog(const Catalog& c);
+  // A read of slot `sn` failed with `e`: if the store no longer names that layer, counted in
+  // removed_layer_errors and logged once per layer. Returns `e`.
+  Error read_failed(uint32_t sn, const Slot& s, Error e);
   // refresh() without its lock and its report of listings. REQUIRES: refresh_mu_.
   Status refresh_locked();
   // Loads the catalog generations after generation_ that the store has. REQUIRES: refresh_mu_.
@@ -273,14 +289,19 @@ class FsCore {
   std::unordered_map<std::string, uint32_t> by_cache_id_, by_link_;
   uint32_t image_slot_ = 0;
   Catalog catalog_;
+  // Layer slots the newest catalog loaded does not name (or names with another index): served
+  // from what this host has. removed_logged_: those whose failed read was logged already.
+  std::unordered_set<uint32_t> removed_, removed_logged_;
 
   // One refresh at a time; guards catalog_version_, failed_version_, generation_,
-  // failed_generation_.
+  // failed_generation_, store_id_, left_store_ids_.
   std::mutex refresh_mu_;
   cache::MetaVersion catalog_version_{};               // the store's catalog as last loaded
   std::optional<cache::MetaVersion> failed_version_;  // the version whose reload last failed
   uint64_t generation_ = 0;         // of the newest catalog loaded whole (0: none has one)
   uint64_t failed_generation_ = 0;  // the generation whose load last failed
+  std::string store_id_;            // of the catalog loaded ("": written without one)
+  std::unordered_set<std::string> left_store_ids_;  // stores this mount moved away from
   std::string catalog_cache_name_;
   std::mutex listing_mu_;  // guards on_listing_change_, held while it runs
   std::function<void(std::span<const uint64_t>)> on_listing_change_;
@@ -293,6 +314,7 @@ class FsCore {
   std::atomic<uint64_t> open_requests_{0};
   std::atomic<uint64_t> opendir_requests_{0};
   std::atomic<uint64_t> passthrough_opens_{0};
+  std::atomic<uint64_t> removed_layer_errors_{0};
   std::atomic<bool> passthrough_{false};
 
   // Copies made from the chunks on this host, and checks of copies before their first

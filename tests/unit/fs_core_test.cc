@@ -865,4 +865,91 @@ TEST_CASE("unmount's set_on_listing_change does not wait for a refresh blocked o
   refresher.join();
   CHECK(core.layer_count() == 2);
   CHECK(told == 0);  // cleared before the refresh finished: not called any more
+TEST_CASE("a catalog of a store made again is loaded whatever its generation; the store left never again", "[fscore]") {
+  Store s;
+  cache::ChunkFetcher fetcher(s.mem, {});
+  FsCoreOptions opts;
+  opts.refresh_interval_s = 0;
+  Catalog old = s.catalog;
+  old.generation = 5;
+  old.store_id = std::string(32, 'a');
+  old.image_index = put_image(s.mem, R"({"old":1})", "extrafs/objects/old");
+  s.mem.put(kCatalogPath, old.serialize());
+  auto core_r = FsCore::open(fetcher, fetcher, opts);
+  REQUIRE(core_r.ok());
+  FsCore& core = **core_r;
+  // The store made again from scratch: another id, generations from 1, only the base layer.
+  Catalog rebuilt = s.catalog;
+  rebuilt.layers.pop_back();
+  rebuilt.generation = 1;
+  rebuilt.store_id = std::string(32, 'b');
+  rebuilt.image_index = put_image(s.mem, R"({"new":1})", "extrafs/objects/new");
+  s.mem.put(kCatalogPath, rebuilt.serialize());
+  s.mem.put(catalog_generation_path(1), rebuilt.serialize());
+  REQUIRE(core.refresh().ok());
+  CHECK(read_whole(core, walk(core, {"image", "overlay2", "repositories.json"})) == R"({"new":1})");
+  // The layer it no longer has stays (served from what this host has), marked removed.
+  auto layers = core.stats()["layers"];
+  REQUIRE(layers.size() == 2);
+  CHECK(layers[0]["removed"] == false);
+  CHECK(layers[1]["cache_id"] == kTop);
+  CHECK(layers[1]["removed"] == true);
+  // Its next generation is followed.
+  Catalog next = rebuilt;
+  next.generation = 2;
+  next.image_index = put_image(s.mem, R"({"n2":1})", "extrafs/objects/n2");
+  s.mem.put(catalog_generation_path(2), next.serialize());
+  REQUIRE(core.refresh().ok());
+  CHECK(read_whole(core, walk(core, {"image", "overlay2", "repositories.json"})) == R"({"n2":1})");
+  // The store left, showing again (a server still serving a replaced file) with any generation,
+  // is not loaded. (A generation of another length: the memory backend's version is the size.)
+  Catalog stale = old;
+  stale.generation = 12;
+  s.mem.put(kCatalogPath, stale.serialize());
+  REQUIRE(core.refresh().ok());
+  CHECK(read_whole(core, walk(core, {"image", "overlay2", "repositories.json"})) == R"({"n2":1})");
+}
+
+TEST_CASE("a failed read of a layer the store removed counts in removed_layer_errors", "[fscore]") {
+  Store s;
+  cache::ChunkFetcher fetcher(s.mem, {});
+  FsCoreOptions opts;
+  opts.refresh_interval_s = 0;
+  s.catalog.generation = 1;
+  s.mem.put(kCatalogPath, s.catalog.serialize());
+  auto core_r = FsCore::open(fetcher, fetcher, opts);
+  REQUIRE(core_r.ok());
+  FsCore& core = **core_r;
+  const uint64_t hostname = walk(core, {"overlay2", kTop, "diff", "etc", "hostname"});
+  const uint64_t busybox = walk(core, {"overlay2", kBase, "diff", "bin", "busybox"});
+  std::string buf(16, '\0');
+  auto out = std::as_writable_bytes(std::span<char>(buf));
+  // A store's own read failure is not one of these.
+  s.mem.put("overlay2/" + kBase + "/diff/bin/busybox", "");
+  CHECK(!core.read(busybox, 0, out).ok());
+  CHECK(core.stats()["removed_layer_errors"] == 0);
+  // The top layer is removed (a newer catalog without it) and its data then collected.
+  Catalog next = s.catalog;
+  next.layers.pop_back();
+  next.generation = 2;
+  s.mem.put(catalog_generation_path(2), next.serialize());
+  REQUIRE(core.refresh().ok());
+  s.mem.put("overlay2/" + kTop + "/diff/etc/hostname", "");
+  for (int i = 0; i < 2; ++i) {
+    auto r = core.read(hostname, 0, out);
+    REQUIRE(!r.ok());
+    CHECK(r.code() == EIO);
+  }
+  auto j = core.stats();
+  CHECK(j["removed_layer_errors"] == 2);
+  CHECK(j["layers"][1]["removed"] == true);
+  CHECK(j["layers"][0]["removed"] == false);
+  // The layer back in a later catalog: served as any other again.
+  Catalog again = s.catalog;
+  again.generation = 3;
+  s.mem.put(catalog_generation_path(3), again.serialize());
+  REQUIRE(core.refresh().ok());
+  CHECK(!core.read(hostname, 0, out).ok());
+  CHECK(core.stats()["removed_layer_errors"] == 2);
+  CHECK(core.stats()["layers"][1]["removed"] == false);
 }
