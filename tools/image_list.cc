@@ -20,7 +20,7 @@ namespace extrafs::tools {
 namespace {
 
 Result<std::map<std::string, LayerCache>> mount_layer_stats(const std::string& mnt) {
-  EXTRAFS_TRY(j, read_mount_stats(mnt));
+  EXTRAFS_TRY(j, read_mount_stats(mnt, /*with_images=*/true));
   if (!j.contains("layers") || !j["layers"].is_array()) return make_error(EBADMSG, mnt + " returned unreadable statistics");
   std::map<std::string, LayerCache> out;
   for (const auto& l : j["layers"]) {
@@ -28,6 +28,10 @@ Result<std::map<std::string, LayerCache>> mount_layer_stats(const std::string& m
     LayerCache s;
     if (l.contains("bytes_total") && l["bytes_total"].is_number_unsigned()) s.total = l["bytes_total"].get<uint64_t>();
     if (l.contains("bytes_cached") && l["bytes_cached"].is_number_unsigned()) s.cached = l["bytes_cached"].get<uint64_t>();
+    if (l.contains("removed") && l["removed"].is_boolean()) s.removed = l["removed"].get<bool>();
+    if (l.contains("former_images") && l["former_images"].is_array())
+      for (const auto& r : l["former_images"])
+        if (r.is_string()) s.former.push_back(r.get<std::string>());
     out[l["cache_id"].get<std::string>()] = s;
   }
   return out;

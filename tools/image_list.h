@@ -19,6 +19,8 @@ namespace extrafs::tools {
 struct LayerCache {
   uint64_t total = 0;   // bytes of the layer's files
   uint64_t cached = 0;  // of those, bytes in the local cache
+  bool removed = false;  // no longer in the store's catalog; the mount serves it from what it has
+  std::vector<std::string> former;  // removed: the images that used it, as the mount last knew them
 };
 
 struct ImageRow {

@@ -67,6 +67,7 @@ int run_ls(const std::string& target) {
     for (const auto& l : row.image->layers) {
       auto it = stats.find(l.cache_id);
       std::string shared = uses[l.cache_id] > 1 ? "  (shared)" : "";
+      if (it != stats.end() && it->second.removed) shared += "  (removed from the store)";
       if (mounted)
         std::printf("  layer %-12.12s  diff %-12s  %10s  %7s%s\n", l.cache_id.c_str(), short_hex(l.diff_id).c_str(),
                     format_size(l.size).c_str(),
@@ -91,12 +92,27 @@ int run_ls(const std::string& target) {
       }
     }
   }
-  size_t unused = 0;
-  for (const auto& [cid, s] : stats) unused += seen.count(cid) ? 0 : 1;
+  // Layers the store removed (extrafs rm, or a store made again) that the mount still serves
+  // from what it has: no image of the store lists them any more, so they are listed here.
+  size_t unused = 0, removed = 0;
+  for (const auto& [cid, s] : stats) {
+    if (seen.count(cid)) continue;
+    if (!s.removed) {
+      ++unused;
+      continue;
+    }
+    if (removed++ == 0) std::printf("\nserved by this mount from what it has, no longer in the store:\n");
+    std::string was;
+    for (const auto& r : s.former) was += (was.empty() ? " (was " : ", ") + escape_control(r);
+    if (!was.empty()) was += ")";
+    std::printf("  layer %-12.12s  %10s  %7s  removed from the store%s\n", escape_control(cid).c_str(),
+                format_size(s.total).c_str(), percent(s.cached, s.total).c_str(), was.c_str());
+  }
   std::printf("\n%zu image%s, %zu layer%s, %s", rows.size(), rows.size() == 1 ? "" : "s", seen.size(),
               seen.size() == 1 ? "" : "s", format_size(size).c_str());
   if (mounted) std::printf("; %s of %s cached (%s)", format_size(cached).c_str(), format_size(total).c_str(), percent(cached, total).c_str());
   if (unused) std::printf("; %zu served layer%s not used by any image", unused, unused == 1 ? "" : "s");
+  if (removed) std::printf("; %zu removed from the store", removed);
   std::printf("\n");
   if (broken) {
     std::fflush(stdout);

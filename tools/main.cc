@@ -71,6 +71,9 @@ int cmd_stats(const std::string& mountpoint, bool json, bool prometheus) {
   std::printf("cache           %llu hits, %llu misses, %s held\n", static_cast<unsigned long long>(u("cache_hits")),
               static_cast<unsigned long long>(u("cache_misses")), format_size(u("cache_bytes")).c_str());
   std::printf("backend errors  %llu\n", static_cast<unsigned long long>(u("backend_errors")));
+  if (j->contains("removed_layer_errors"))
+    std::printf("removed layers  %llu failed reads (data no longer in the store)\n",
+                static_cast<unsigned long long>(u("removed_layer_errors")));
   if (j->contains("cache_write_errors"))
     std::printf("cache errors    %llu failed writes\n", static_cast<unsigned long long>(u("cache_write_errors")));
   if (j->contains("layers") && (*j)["layers"].is_array()) {
@@ -78,9 +81,11 @@ int cmd_stats(const std::string& mountpoint, bool json, bool prometheus) {
       if (!l.is_object()) continue;
       auto n = [&](const char* k) { return l.contains(k) && l[k].is_number_unsigned() ? l[k].get<uint64_t>() : 0; };
       uint64_t total = n("bytes_total"), cached = n("bytes_cached");
-      std::printf("layer %.12s  %10s  %5.1f%% cached\n", text(l.value("cache_id", nlohmann::json(""))).c_str(),
+      const bool removed = l.contains("removed") && l["removed"].is_boolean() && l["removed"].get<bool>();
+      std::printf("layer %.12s  %10s  %5.1f%% cached%s\n", text(l.value("cache_id", nlohmann::json(""))).c_str(),
                   format_size(total).c_str(),
-                  total ? 100.0 * static_cast<double>(cached) / static_cast<double>(total) : 100.0);
+                  total ? 100.0 * static_cast<double>(cached) / static_cast<double>(total) : 100.0,
+                  removed ? "  (removed from the store)" : "");
     }
   }
   return 0;
