@@ -173,10 +173,11 @@ class FsCore {
   InodeTable& inodes() { return inodes_; }
   // Called by the adapter when the kernel forgets nodes, so superseded image/ trees are released.
   void forget(uint64_t ino, uint64_t n);
-  // Loads newer catalogs (or one of another store, see above): first each next generation (extrafs/catalog.d/<N+1>, looked up by a
+  // Loads newer catalogs: first each next generation (extrafs/catalog.d/<N+1>, looked up by a
   // name never looked up before, so an NFS server's attribute cache cannot hide it), then
   // extrafs/catalog if its version differs from the one last loaded (stores without
-  // generations); a catalog of an older generation than the loaded one is never loaded. Adds new
+  // generations); a catalog of an older generation than the loaded one is never loaded, unless
+  // it is of another store (see "Removed layers" above). Adds new
   // layers and the new image/ tree. A version or generation counts as loaded only once it was
   // read from the store (not a kept copy) and every new layer and image/ index in it was added;
   // otherwise the error is returned and the next call tries again. New layers' indexes are not

@@ -27,7 +27,9 @@ constexpr Family kCounters[] = {
     {"merged_waits", "Chunk requests that waited for another reader's fetch of the same chunk."},
     {"prefetches", "Chunks brought in ahead of readers (readahead)."},
     {"backend_errors", "Backend reads that failed (timeout, I/O error, missing object)."},
-    {"removed_layer_errors", "Reads that failed because the store no longer has the data (a layer removed by extrafs rm and collected by extrafs gc, or gone from a store made again)."},
+    {"removed_layer_errors",
+     "Reads that failed because the store no longer has the data (a layer removed by extrafs rm and collected by "
+     "extrafs gc, or gone from a store made again)."},
     {"corrupt_fetches", "Fetched chunks that failed decompression or digest verification."},
     {"cache_write_errors", "Chunks or metadata the disk cache failed to store (for example a full disk)."},
 };
