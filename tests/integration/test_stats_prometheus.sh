@@ -126,11 +126,11 @@ def one(name):
     return None
 
 required = ["bytes_fetched", "bytes_served", "chunks_fetched", "cache_hits", "cache_misses", "cache_bytes",
-            "backend_errors", "cache_write_errors", "layers"]
+            "backend_errors", "cache_write_errors", "removed_layer_errors", "layers"]
 check(all(k in j for k in required), "--json has every field DESIGN.md requires")
 check(all({"cache_id", "bytes_total", "bytes_cached"} <= set(l) for l in j["layers"]), "--json layers have cache_id, bytes_total, bytes_cached")
 for k in ["bytes_fetched", "bytes_served", "chunks_fetched", "cache_hits", "cache_misses", "merged_waits",
-          "prefetches", "backend_errors", "corrupt_fetches", "cache_write_errors"]:
+          "prefetches", "backend_errors", "corrupt_fetches", "cache_write_errors", "removed_layer_errors"]:
     v = one(f"extrafs_{k}_total")
     check(v is not None and v == j[k], f"extrafs_{k}_total {v} == --json {k} {j[k]}")
     check(fams.get(f"extrafs_{k}") is not None and fams[f"extrafs_{k}"].type == "counter", f"extrafs_{k} is a counter family")
