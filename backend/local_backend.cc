@@ -11,16 +11,51 @@
 
 namespace extrafs::backend {
 
+namespace {
+
+std::shared_ptr<int> shared_fd(int fd) {
+  return std::shared_ptr<int>(new int(fd), [](int* p) {
+    ::close(*p);
+    delete p;
+  });
+}
+
+}  // namespace
+
 Result<std::unique_ptr<Backend>> LocalBackend::open(const std::string& root) {
   if (root.empty() || root.front() != '/') return make_error(EINVAL, "store path '" + root + "' is not absolute");
   int fd = ::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return Error::from_errno(errno, "store " + root);
-  return std::unique_ptr<Backend>(new LocalBackend(root, fd));
+  auto handle = shared_fd(fd);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return Error::from_errno(errno, "store " + root);
+  return std::unique_ptr<Backend>(new LocalBackend(root, std::move(handle), st.st_dev, st.st_ino));
 }
 
-LocalBackend::~LocalBackend() {
+LocalBackend::~LocalBackend() { fds_.clear(); }
+
+std::shared_ptr<int> LocalBackend::root_fd() {
+  std::lock_guard lock(mu_);
+  return root_fd_;
+}
+
+void LocalBackend::follow_root() {
+  struct stat st;
+  if (::stat(root_.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return;  // gone for now: keep the old one
+  {
+    std::lock_guard lock(mu_);
+    if (st.st_dev == root_dev_ && st.st_ino == root_ino_) return;
+  }
+  int fd = ::open(root_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return;
+  auto handle = shared_fd(fd);
+  if (::fstat(fd, &st) != 0) return;
+  std::lock_guard lock(mu_);
+  root_fd_ = std::move(handle);
+  root_dev_ = st.st_dev;
+  root_ino_ = st.st_ino;
   fds_.clear();
-  ::close(root_fd_);
+  lru_.clear();
 }
 
 Result<std::shared_ptr<int>> LocalBackend::fd_for(std::string_view path) {
@@ -36,17 +71,16 @@ Result<std::shared_ptr<int>> LocalBackend::fd_for(std::string_view path) {
   // Paths come from validated indexes, but nothing is opened outside the root or through a
   // symlink in the store, whoever wrote it, and nothing but a regular file (a FIFO would block
   // the reader for ever).
-  EXTRAFS_TRY(opened, open_regular_beneath(root_fd_, path, root_, O_NOATIME));
+  auto root = root_fd();
+  EXTRAFS_TRY(opened, open_regular_beneath(*root, path, root_, O_NOATIME));
   int fd = opened.release();
-  auto handle = std::shared_ptr<int>(new int(fd), [](int* p) {
-    ::close(*p);
-    delete p;
-  });
+  auto handle = shared_fd(fd);
   struct stat st;
   if (::fstat(fd, &st) != 0) return Error::from_errno(errno, root_ + "/" + key);
   std::lock_guard lock(mu_);
   auto it = fds_.find(key);
   if (it != fds_.end()) return it->second.fd;  // another thread won; ours closes on return
+  if (root_fd_ != root) return handle;          // opened in a root left meanwhile: not kept
   lru_.push_front(key);
   fds_[key] = Open{handle, lru_.begin(), st.st_dev, st.st_ino};
   while (fds_.size() > kMaxOpen) {
@@ -72,7 +106,8 @@ Result<size_t> LocalBackend::read(std::string_view path, uint64_t offset, std::s
 }
 
 Result<ObjectInfo> LocalBackend::stat(std::string_view path) {
-  EXTRAFS_TRY(fd, open_beneath(root_fd_, path, O_PATH, root_));
+  follow_root();
+  EXTRAFS_TRY(fd, open_beneath(*root_fd(), path, O_PATH, root_));
   struct stat st;
   if (::fstat(fd.get(), &st) != 0) return Error::from_errno(errno, root_ + "/" + std::string(path));
   {
@@ -97,7 +132,7 @@ Result<ObjectInfo> LocalBackend::stat(std::string_view path) {
 }
 
 Result<std::vector<std::string>> LocalBackend::list(std::string_view path) {
-  return list_dir_beneath(root_fd_, path, root_);
+  return list_dir_beneath(*root_fd(), path, root_);
 }
 
 }  // namespace extrafs::backend

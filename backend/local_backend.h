@@ -2,9 +2,11 @@
 // file descriptors so that a chunk read is one pread(). A file replaced by rename (how the
 // catalog moves to a new version) keeps being read through the old descriptor until a stat() of
 // its path notices the new file and drops it, as NfsBackend reopens its handles after a stat();
-// read_all() stats first, so it always reads the current file. Only regular files are opened,
-// never through a symlink and never outside the root (open_regular_beneath): a FIFO or a device
-// put where a store object should be is refused, not waited on.
+// read_all() stats first, so it always reads the current file. Likewise a store directory
+// removed and made again at the same path (a store rebuilt from scratch): a stat() that finds
+// another directory at the root's path moves every later call to it. Only regular files are
+// opened, never through a symlink and never outside the root (open_regular_beneath): a FIFO or a
+// device put where a store object should be is refused, not waited on.
 #pragma once
 
 #include <sys/types.h>
@@ -31,14 +33,22 @@ class LocalBackend : public Backend {
   std::string describe() const override { return root_; }
 
  private:
-  explicit LocalBackend(std::string root, int root_fd) : root_(std::move(root)), root_fd_(root_fd) {}
+  LocalBackend(std::string root, std::shared_ptr<int> root_fd, dev_t dev, ino_t ino)
+      : root_(std::move(root)), root_fd_(std::move(root_fd)), root_dev_(dev), root_ino_(ino) {}
   // Returns a shared handle to an open fd for `path` (opened relative to the root).
   Result<std::shared_ptr<int>> fd_for(std::string_view path);
+  // The directory fd of the root, held by the caller for as long as it uses it.
+  std::shared_ptr<int> root_fd();
+  // If the root's path names another directory now (the store made again), opens it and drops
+  // the fds of the old one; the old root stays open for whoever holds it.
+  void follow_root();
 
   std::string root_;
-  int root_fd_;
   static constexpr size_t kMaxOpen = 256;
-  std::mutex mu_;  // guards lru_, fds_
+  std::mutex mu_;  // guards the fields below
+  std::shared_ptr<int> root_fd_;
+  dev_t root_dev_ = 0;  // identity of the directory root_fd_ is open on
+  ino_t root_ino_ = 0;
   std::list<std::string> lru_;
   struct Open {
     std::shared_ptr<int> fd;

@@ -124,8 +124,10 @@ def test_a_host_mounted_before_rm_and_gc_keeps_reading_what_it_had(extrafs, tmp,
         opened.close()
 
 
-@pytest.mark.parametrize("over", ["local", "nfs"])
-def test_a_rebuilt_store_is_picked_up_by_a_running_mount(extrafs, tmp, ganesha, mount, over):
+@pytest.mark.parametrize("over,how", [("local", "emptied"), ("local", "replaced"), ("nfs", "emptied")])
+def test_a_rebuilt_store_is_picked_up_by_a_running_mount(extrafs, tmp, ganesha, mount, over, how):
+    """how: the store directory emptied and published into, or removed and made again (a local
+    store only: an NFS export of a removed directory is gone for its clients)."""
     imgs = four_images(tmp / "images")
     store = tmp / "store"
     publish(extrafs, imgs, store, "a:1", "b:1")
@@ -137,10 +139,13 @@ def test_a_rebuilt_store_is_picked_up_by_a_running_mount(extrafs, tmp, ganesha, 
     b_data = m.path / "overlay2" / b_top / "diff" / "b" / "data"
     assert b_data.read_bytes() == (imgs.layers["b"] / "b" / "data").read_bytes()
 
-    # The store made again from scratch in place (the export stays): a new store id, and its
-    # generations start again at 1, below the generation the mount holds.
-    for p in store.iterdir():
-        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    # The store made again from scratch: a new store id, and its generations start again at 1,
+    # below the generation the mount holds.
+    if how == "replaced":
+        shutil.rmtree(store)
+    else:
+        for p in store.iterdir():
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     publish(extrafs, imgs, store, "c:1")
     new = catalog(store)
     assert new["generation"] == 1 and new["store_id"] != old["store_id"], (new["generation"], new["store_id"])
