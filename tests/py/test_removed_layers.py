@@ -4,6 +4,7 @@ counts the reads that fail because the store no longer has the data (removed_lay
 JSON and Prometheus), and marks the layer in `extrafs ls`; `docker attach --all` leaves the
 removed image out. A store rebuilt from scratch (a new store id, generations from 1 again) is
 picked up by a running mount without a remount. Local store and NFS (ganesha)."""
+import hashlib
 import json
 import os
 import re
@@ -167,3 +168,32 @@ def test_a_rebuilt_store_is_picked_up_by_a_running_mount(extrafs, tmp, ganesha, 
     xf.wait_until(lambda: repositories(m.path) == {"b", "c"}, 15, "the running mount to load generation 2")
     nb_base, nb_top = xf.image_layer_ids(m.path, "b:1")
     xf.check_layer_served(m.path, nb_top, imgs.layers["b"])
+
+
+def test_a_running_container_of_a_removed_and_collected_image_keeps_running_on_what_its_host_has(
+        extrafs, tmp, mount, dockerd):
+    imgs = four_images(tmp / "images")
+    store = tmp / "store"
+    publish(extrafs, imgs, store, "a:1", "b:1", "c:1", "d:1")
+    c_top = xf.image_layer_ids(store, "c:1")[1]
+    m = mount(store)
+    root = tmp / "dataroot"
+    (root / "overlay2" / "l").mkdir(parents=True)
+    xf.run([extrafs, "docker", "attach", "c:1", "--mount", m.path, "--data-root", root], timeout=120)
+    d = dockerd(root)
+    ctr = d.docker("run", "-d", "--network", "none", "c:1", "/bin/busybox", "sleep", "600").stdout.strip()
+    want = hashlib.sha256((imgs.layers["c"] / "c" / "data").read_bytes()).hexdigest()
+    assert d.docker("exec", ctr, "/bin/busybox", "sha256sum", "/c/data").stdout.split()[0] == want
+
+    xf.run([extrafs, "rm", "c:1", "--from", store])
+    xf.wait_until(lambda: "c" not in repositories(m.path), 15, "the mount to load the catalog without c:1")
+    xf.run([extrafs, "gc", store, "--grace", "0"])
+    assert not (store / "extrafs" / "layers" / f"{c_top}.blob").exists()
+
+    # The container keeps running and reads what its host has; new processes start in it.
+    state = json.loads(d.docker("inspect", ctr).stdout)[0]["State"]
+    assert state["Running"], state
+    assert d.docker("exec", ctr, "/bin/busybox", "sha256sum", "/c/data").stdout.split()[0] == want
+    assert d.docker("exec", ctr, "/bin/busybox", "cat", "/c/marker").stdout == "c:1\n"
+    assert layer_stats(m)[c_top]["removed"] is True
+    assert m.stats()["removed_layer_errors"] == 0
