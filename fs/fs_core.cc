@@ -273,17 +273,25 @@ bool FsCore::stopping() {
   return stopping_;
 }
 
+bool FsCore::same_store(const Catalog& c) const {
+  // A catalog written before store ids gets one at its next write, a later generation.
+  return c.store_id == store_id_ || (store_id_.empty() && (generation_ == 0 || c.generation > generation_));
+}
+
 bool FsCore::is_news(const Catalog& c) const {
-  if (c.store_id != store_id_) return !left_store_ids_.count(c.store_id);
+  if (!same_store(c)) return !left_store_ids_.count(c.store_id);
   return generation_ == 0 || c.generation > generation_;
 }
 
 void FsCore::loaded_catalog(const Catalog& c) {
   if (c.store_id != store_id_) {
     // Its generations count from 1 again: the one loaded says nothing about them.
-    spdlog::warn("the store was made again (store id {} instead of {}): its catalog generation {} loaded as new; "
-                 "layers it no longer has are served from what this host has",
-                 c.store_id.empty() ? "none" : c.store_id, store_id_.empty() ? "none" : store_id_, c.generation);
+    if (!same_store(c))
+      spdlog::warn("the store was made again (store id {} instead of {}): its catalog generation {} loaded as new; "
+                   "layers it no longer has are served from what this host has",
+                   c.store_id.empty() ? "none" : c.store_id, store_id_.empty() ? "none" : store_id_, c.generation);
+    // Either way a catalog without the new id is an old one from now on (a server may still
+    // serve the replaced file).
     left_store_ids_.insert(store_id_);
     store_id_ = c.store_id;
   }
@@ -794,11 +802,14 @@ Result<size_t> FsCore::read_pieces(uint64_t ino, uint64_t offset, size_t size, s
 }
 
 Error FsCore::read_failed(uint32_t sn, const Slot& s, Error e) {
+  bool logged;
   {
     std::shared_lock lock(mu_);
     if (!removed_.count(sn)) return e;
+    logged = removed_logged_.count(sn) != 0;
   }
   removed_layer_errors_.fetch_add(1, std::memory_order_relaxed);
+  if (logged) return e;
   std::unique_lock lock(mu_);
   if (removed_logged_.insert(sn).second)
     spdlog::warn("layer {}, removed from the store, cannot be read whole any more: {}; the parts this host has not "

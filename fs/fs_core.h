@@ -233,6 +233,9 @@ class FsCore {
 
   FsCore(cache::ChunkFetcher& fetcher, cache::MetaSource& meta, FsCoreOptions options);
   Status load(const Catalog& catalog, bool initial);
+  // Whether `c` is of the store loaded: the same store id, or the loaded catalog has none and `c`
+  // is a later generation (the first write since store ids). REQUIRES: refresh_mu_.
+  bool same_store(const Catalog& c) const;
   // Whether `c` moves this mount on: a catalog of another store than the one loaded (never one it
   // left), or a later generation of the same. REQUIRES: refresh_mu_.
   bool is_news(const Catalog& c) const;

@@ -478,6 +478,11 @@ std::string read_whole(FsCore& core, uint64_t ino) {
   out.resize(*n);
   return out;
 }
+
+// What the mount serves as image/overlay2/repositories.json: which image/ tree it loaded.
+std::string repositories(FsCore& core) {
+  return read_whole(core, walk(core, {"image", "overlay2", "repositories.json"}));
+}
 }  // namespace
 
 TEST_CASE("the next catalog generation is found while the catalog itself looks unchanged", "[fscore]") {
@@ -503,14 +508,14 @@ TEST_CASE("the next catalog generation is found while the catalog itself looks u
   s.mem.put(catalog_generation_path(2), second.serialize());
   REQUIRE(core.refresh().ok());
   CHECK(core.layer_count() == 2);
-  CHECK(read_whole(core, walk(core, {"image", "overlay2", "repositories.json"})) == R"({"two":1})");
+  CHECK(repositories(core) == R"({"two":1})");
   // An older catalog then showing as extrafs/catalog (a server still serving the replaced file)
   // must not bring back the older image/ tree.
   Catalog stale = s.catalog;
   stale.generation = 1;
   s.mem.put(kCatalogPath, stale.serialize());
   REQUIRE(core.refresh().ok());
-  CHECK(read_whole(core, walk(core, {"image", "overlay2", "repositories.json"})) == R"({"two":1})");
+  CHECK(repositories(core) == R"({"two":1})");
   // A later generation that comes only as extrafs/catalog (a mount more generations behind than
   // the store keeps): still loaded. (Two digits: the memory backend's version is the size.)
   Catalog third = second;
@@ -518,7 +523,7 @@ TEST_CASE("the next catalog generation is found while the catalog itself looks u
   third.image_index = put_image(s.mem, R"({"three":1})", "extrafs/objects/three");
   s.mem.put(kCatalogPath, third.serialize());
   REQUIRE(core.refresh().ok());
-  CHECK(read_whole(core, walk(core, {"image", "overlay2", "repositories.json"})) == R"({"three":1})");
+  CHECK(repositories(core) == R"({"three":1})");
 }
 
 TEST_CASE("without generation probes (http sources) a refresh follows the catalog alone", "[fscore]") {
@@ -887,7 +892,7 @@ TEST_CASE("a catalog of a store made again is loaded whatever its generation; th
   s.mem.put(kCatalogPath, rebuilt.serialize());
   s.mem.put(catalog_generation_path(1), rebuilt.serialize());
   REQUIRE(core.refresh().ok());
-  CHECK(read_whole(core, walk(core, {"image", "overlay2", "repositories.json"})) == R"({"new":1})");
+  CHECK(repositories(core) == R"({"new":1})");
   // The layer it no longer has stays (served from what this host has), marked removed.
   auto layers = core.stats()["layers"];
   REQUIRE(layers.size() == 2);
@@ -900,14 +905,14 @@ TEST_CASE("a catalog of a store made again is loaded whatever its generation; th
   next.image_index = put_image(s.mem, R"({"n2":1})", "extrafs/objects/n2");
   s.mem.put(catalog_generation_path(2), next.serialize());
   REQUIRE(core.refresh().ok());
-  CHECK(read_whole(core, walk(core, {"image", "overlay2", "repositories.json"})) == R"({"n2":1})");
+  CHECK(repositories(core) == R"({"n2":1})");
   // The store left, showing again (a server still serving a replaced file) with any generation,
   // is not loaded. (A generation of another length: the memory backend's version is the size.)
   Catalog stale = old;
   stale.generation = 12;
   s.mem.put(kCatalogPath, stale.serialize());
   REQUIRE(core.refresh().ok());
-  CHECK(read_whole(core, walk(core, {"image", "overlay2", "repositories.json"})) == R"({"n2":1})");
+  CHECK(repositories(core) == R"({"n2":1})");
 }
 
 TEST_CASE("a failed read of a layer the store removed counts in removed_layer_errors", "[fscore]") {
@@ -952,4 +957,38 @@ TEST_CASE("a failed read of a layer the store removed counts in removed_layer_er
   CHECK(!core.read(hostname, 0, out).ok());
   CHECK(core.stats()["removed_layer_errors"] == 2);
   CHECK(core.stats()["layers"][1]["removed"] == false);
+}
+
+TEST_CASE("a store written before store ids that gets one is the same store, and its old catalogs stay old", "[fscore]") {
+  Store s;
+  cache::ChunkFetcher fetcher(s.mem, {});
+  FsCoreOptions opts;
+  opts.refresh_interval_s = 0;
+  Catalog old = s.catalog;
+  old.generation = 3;
+  old.image_index = put_image(s.mem, R"({"three":1})", "extrafs/objects/three");
+  s.mem.put(kCatalogPath, old.serialize());
+  auto core_r = FsCore::open(fetcher, fetcher, opts);
+  REQUIRE(core_r.ok());
+  FsCore& core = **core_r;
+  // The next write gives the store its id.
+  Catalog next = old;
+  next.generation = 4;
+  next.store_id = std::string(32, 'c');
+  next.image_index = put_image(s.mem, R"({"four":1})", "extrafs/objects/four");
+  s.mem.put(catalog_generation_path(4), next.serialize());
+  REQUIRE(core.refresh().ok());
+  CHECK(repositories(core) == R"({"four":1})");
+  CHECK(core.stats()["layers"][1]["removed"] == false);
+  // An older generation of it, with its id, is old; so is the replaced catalog without one.
+  Catalog older = next;
+  older.generation = 2;
+  s.mem.put(kCatalogPath, older.serialize());
+  REQUIRE(core.refresh().ok());
+  CHECK(repositories(core) == R"({"four":1})");
+  Catalog stale = old;
+  stale.generation = 35;  // another length than the last one: the memory backend's version is the size
+  s.mem.put(kCatalogPath, stale.serialize());
+  REQUIRE(core.refresh().ok());
+  CHECK(repositories(core) == R"({"four":1})");
 }
