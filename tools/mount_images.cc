@@ -52,6 +52,11 @@ void MountImages::annotate(nlohmann::json& stats, std::chrono::milliseconds wait
     }
     names = names_;
   }
+  LayerImages former;
+  {
+    std::lock_guard lock(mu_);
+    former = former_;
+  }
   if (names.tree != tree)
     names.missing = names.tree.empty() ? "the image names are still being read"
                                     : "the image names of the newest image/ tree are still being read; "
@@ -59,8 +64,10 @@ void MountImages::annotate(nlohmann::json& stats, std::chrono::milliseconds wait
   if (stats.contains("layers") && stats["layers"].is_array()) {
     for (auto& l : stats["layers"]) {
       if (!l.is_object() || !l.contains("cache_id") || !l["cache_id"].is_string()) continue;
-      auto it = names.layers.find(l["cache_id"].get<std::string>());
+      const std::string cid = l["cache_id"].get<std::string>();
+      auto it = names.layers.find(cid);
       l["images"] = it != names.layers.end() ? nlohmann::json(it->second) : nlohmann::json::array();
+      if (auto f = former.find(cid); f != former.end() && it == names.layers.end()) l["former_images"] = f->second;
     }
   }
   if (!names.missing.empty()) stats["images_unknown"] = names.missing;
@@ -178,6 +185,11 @@ void MountImages::loop() {
     } else if (!names_.missing.empty()) {
       spdlog::info("image names for extrafs stats: all read now");
     }
+    // A layer no image of the new tree uses keeps the names it had, as "former_images": the mount
+    // still serves it (fs_core.h, removed layers), and `extrafs ls` says which image it was.
+    for (const auto& [cid, refs] : names_.layers)
+      if (!n.layers.count(cid) && !refs.empty()) former_[cid] = refs;
+    for (const auto& [cid, refs] : n.layers) former_.erase(cid);
     names_ = std::move(n);
     cv_.notify_all();
   }

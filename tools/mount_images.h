@@ -38,6 +38,8 @@ class MountImages {
   MountImages& operator=(const MountImages&) = delete;
 
   // Adds "images" (an array of references, maybe empty) to every element of stats["layers"],
+  // "former_images" to a layer no image of the current tree uses that an earlier tree of this
+  // mount named (a removed image's layer, still served),
   // and "images_unknown" (why) when the names of the current image/ tree are not all known.
   // Waits at most `wait`, and only while the current tree has not been read at all.
   // Thread-safe.
@@ -62,6 +64,7 @@ class MountImages {
   std::mutex mu_;  // guards the fields below
   std::condition_variable cv_;
   Names names_;
+  LayerImages former_;  // layers earlier trees named and the current one does not: their names
   bool poke_ = false;  // a request waits for a tree the thread has not read: look now
   bool stop_ = false;
   std::thread thread_;

@@ -110,9 +110,10 @@ def test_a_host_mounted_before_rm_and_gc_keeps_reading_what_it_had(extrafs, tmp,
 
         # `extrafs ls` marks the layer the mount still serves though the store removed it.
         ls = xf.run([extrafs, "ls", m.path]).stdout
-        for cid in (c_top, d_top):
+        for cid, tag in ((c_top, "c:1"), (d_top, "d:1")):
             marked = [l for l in ls.splitlines() if cid[:12] in l]
             assert marked and all("removed from the store" in l for l in marked), ls
+            assert any(f"(was {tag})" in l for l in marked), ls
 
         # `extrafs docker attach --all` attaches what the store has, not the removed image.
         root = tmp / "dataroot"
