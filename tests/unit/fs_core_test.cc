@@ -483,6 +483,24 @@ std::string read_whole(FsCore& core, uint64_t ino) {
 std::string repositories(FsCore& core) {
   return read_whole(core, walk(core, {"image", "overlay2", "repositories.json"}));
 }
+
+// `base` as generation `generation` of the store `id` ("": none), serving `repos` as its
+// repositories.json.
+Catalog catalog_of(backend::MemoryBackend& mem, Catalog base, uint64_t generation, const std::string& id,
+                   const std::string& repos) {
+  base.generation = generation;
+  base.store_id = id;
+  base.image_index = put_image(mem, repos, "extrafs/objects/" + std::to_string(generation) + id);
+  return base;
+}
+
+// Puts catalog `c` at `path` (extrafs/catalog or a generation's name), refreshes `core`, and
+// returns the repositories.json it serves then.
+std::string put_and_refresh(backend::MemoryBackend& mem, FsCore& core, const std::string& path, const Catalog& c) {
+  mem.put(path, c.serialize());
+  REQUIRE(core.refresh().ok());
+  return repositories(core);
+}
 }  // namespace
 
 TEST_CASE("the next catalog generation is found while the catalog itself looks unchanged", "[fscore]") {
@@ -875,10 +893,7 @@ TEST_CASE("a catalog of a store made again is loaded whatever its generation; th
   cache::ChunkFetcher fetcher(s.mem, {});
   FsCoreOptions opts;
   opts.refresh_interval_s = 0;
-  Catalog old = s.catalog;
-  old.generation = 5;
-  old.store_id = std::string(32, 'a');
-  old.image_index = put_image(s.mem, R"({"old":1})", "extrafs/objects/old");
+  Catalog old = catalog_of(s.mem, s.catalog, 5, std::string(32, 'a'), R"({"old":1})");
   s.mem.put(kCatalogPath, old.serialize());
   auto core_r = FsCore::open(fetcher, fetcher, opts);
   REQUIRE(core_r.ok());
@@ -886,13 +901,9 @@ TEST_CASE("a catalog of a store made again is loaded whatever its generation; th
   // The store made again from scratch: another id, generations from 1, only the base layer.
   Catalog rebuilt = s.catalog;
   rebuilt.layers.pop_back();
-  rebuilt.generation = 1;
-  rebuilt.store_id = std::string(32, 'b');
-  rebuilt.image_index = put_image(s.mem, R"({"new":1})", "extrafs/objects/new");
+  rebuilt = catalog_of(s.mem, rebuilt, 1, std::string(32, 'b'), R"({"new":1})");
   s.mem.put(kCatalogPath, rebuilt.serialize());
-  s.mem.put(catalog_generation_path(1), rebuilt.serialize());
-  REQUIRE(core.refresh().ok());
-  CHECK(repositories(core) == R"({"new":1})");
+  CHECK(put_and_refresh(s.mem, core, catalog_generation_path(1), rebuilt) == R"({"new":1})");
   // The layer it no longer has stays (served from what this host has), marked removed.
   auto layers = core.stats()["layers"];
   REQUIRE(layers.size() == 2);
@@ -900,19 +911,13 @@ TEST_CASE("a catalog of a store made again is loaded whatever its generation; th
   CHECK(layers[1]["cache_id"] == kTop);
   CHECK(layers[1]["removed"] == true);
   // Its next generation is followed.
-  Catalog next = rebuilt;
-  next.generation = 2;
-  next.image_index = put_image(s.mem, R"({"n2":1})", "extrafs/objects/n2");
-  s.mem.put(catalog_generation_path(2), next.serialize());
-  REQUIRE(core.refresh().ok());
-  CHECK(repositories(core) == R"({"n2":1})");
+  Catalog next = catalog_of(s.mem, rebuilt, 2, rebuilt.store_id, R"({"n2":1})");
+  CHECK(put_and_refresh(s.mem, core, catalog_generation_path(2), next) == R"({"n2":1})");
   // The store left, showing again (a server still serving a replaced file) with any generation,
   // is not loaded. (A generation of another length: the memory backend's version is the size.)
   Catalog stale = old;
   stale.generation = 12;
-  s.mem.put(kCatalogPath, stale.serialize());
-  REQUIRE(core.refresh().ok());
-  CHECK(repositories(core) == R"({"n2":1})");
+  CHECK(put_and_refresh(s.mem, core, kCatalogPath, stale) == R"({"n2":1})");
 }
 
 TEST_CASE("a failed read of a layer the store removed counts in removed_layer_errors", "[fscore]") {
@@ -964,31 +969,20 @@ TEST_CASE("a store written before store ids that gets one is the same store, and
   cache::ChunkFetcher fetcher(s.mem, {});
   FsCoreOptions opts;
   opts.refresh_interval_s = 0;
-  Catalog old = s.catalog;
-  old.generation = 3;
-  old.image_index = put_image(s.mem, R"({"three":1})", "extrafs/objects/three");
+  Catalog old = catalog_of(s.mem, s.catalog, 3, "", R"({"three":1})");
   s.mem.put(kCatalogPath, old.serialize());
   auto core_r = FsCore::open(fetcher, fetcher, opts);
   REQUIRE(core_r.ok());
   FsCore& core = **core_r;
   // The next write gives the store its id.
-  Catalog next = old;
-  next.generation = 4;
-  next.store_id = std::string(32, 'c');
-  next.image_index = put_image(s.mem, R"({"four":1})", "extrafs/objects/four");
-  s.mem.put(catalog_generation_path(4), next.serialize());
-  REQUIRE(core.refresh().ok());
-  CHECK(repositories(core) == R"({"four":1})");
+  Catalog next = catalog_of(s.mem, old, 4, std::string(32, 'c'), R"({"four":1})");
+  CHECK(put_and_refresh(s.mem, core, catalog_generation_path(4), next) == R"({"four":1})");
   CHECK(core.stats()["layers"][1]["removed"] == false);
   // An older generation of it, with its id, is old; so is the replaced catalog without one.
   Catalog older = next;
   older.generation = 2;
-  s.mem.put(kCatalogPath, older.serialize());
-  REQUIRE(core.refresh().ok());
-  CHECK(repositories(core) == R"({"four":1})");
+  CHECK(put_and_refresh(s.mem, core, kCatalogPath, older) == R"({"four":1})");
   Catalog stale = old;
   stale.generation = 35;  // another length than the last one: the memory backend's version is the size
-  s.mem.put(kCatalogPath, stale.serialize());
-  REQUIRE(core.refresh().ok());
-  CHECK(repositories(core) == R"({"four":1})");
+  CHECK(put_and_refresh(s.mem, core, kCatalogPath, stale) == R"({"four":1})");
 }
