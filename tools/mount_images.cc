@@ -40,6 +40,7 @@ std::string MountImages::current_tree() const {
 void MountImages::annotate(nlohmann::json& stats, std::chrono::milliseconds wait) {
   const std::string tree = current_tree();
   Names names;
+  LayerImages former;
   if (!tree.empty()) {
     std::unique_lock lock(mu_);
     if (names_.tree != tree) {
@@ -51,10 +52,6 @@ void MountImages::annotate(nlohmann::json& stats, std::chrono::milliseconds wait
       cv_.wait_for(lock, wait, [&] { return names_.tree == tree || stop_; });
     }
     names = names_;
-  }
-  LayerImages former;
-  {
-    std::lock_guard lock(mu_);
     former = former_;
   }
   if (names.tree != tree)
