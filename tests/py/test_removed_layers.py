@@ -69,6 +69,10 @@ def test_a_host_mounted_before_rm_and_gc_keeps_reading_what_it_had(extrafs, tmp,
         d_data = m.path / "overlay2" / d_top / "diff" / "d" / "data"
         assert os.stat(d_data).st_size == 300000  # d:1's index is loaded, none of its data read
         assert m.stats()["removed_layer_errors"] == 0
+        # (ls also waits for the daemon to know the image names of this image/ tree, which it
+        # names the removed layers by below.)
+        ls = xf.run([extrafs, "ls", m.path]).stdout
+        assert "c:1" in ls and "d:1" in ls and "removed from the store" not in ls, ls
 
         xf.run([extrafs, "rm", "c:1", "d:1", "--from", store])
         # The mount loads the catalog without c:1 and d:1 (its image/ tree no longer names them) ...
