@@ -890,6 +890,7 @@ TEST_CASE("unmount's set_on_listing_change does not wait for a refresh blocked o
   CHECK(told == 0);  // cleared before the refresh finished: not called any more
 TEST_CASE("a catalog of a store made again is loaded whatever its generation; the store left never again", "[fscore]") {
   Store s;
+  CapturedLog log;
   cache::ChunkFetcher fetcher(s.mem, {});
   FsCoreOptions opts;
   opts.refresh_interval_s = 0;
@@ -904,6 +905,10 @@ TEST_CASE("a catalog of a store made again is loaded whatever its generation; th
   rebuilt = catalog_of(s.mem, rebuilt, 1, std::string(32, 'b'), R"({"new":1})");
   s.mem.put(kCatalogPath, rebuilt.serialize());
   CHECK(put_and_refresh(s.mem, core, catalog_generation_path(1), rebuilt) == R"({"new":1})");
+  auto said = log.lines_with("the store was made again");
+  REQUIRE(said.size() == 1);
+  CHECK(said[0].find(std::string(32, 'a')) != std::string::npos);
+  CHECK(said[0].find(std::string(32, 'b')) != std::string::npos);
   // The layer it no longer has stays (served from what this host has), marked removed.
   auto layers = core.stats()["layers"];
   REQUIRE(layers.size() == 2);
@@ -922,6 +927,7 @@ TEST_CASE("a catalog of a store made again is loaded whatever its generation; th
 
 TEST_CASE("a failed read of a layer the store removed counts in removed_layer_errors", "[fscore]") {
   Store s;
+  CapturedLog log;
   cache::ChunkFetcher fetcher(s.mem, {});
   FsCoreOptions opts;
   opts.refresh_interval_s = 0;
@@ -952,6 +958,7 @@ TEST_CASE("a failed read of a layer the store removed counts in removed_layer_er
   }
   auto j = core.stats();
   CHECK(j["removed_layer_errors"] == 2);
+  CHECK(log.lines_with("removed from the store, cannot be read whole").size() == 1);  // once per layer
   CHECK(j["layers"][1]["removed"] == true);
   CHECK(j["layers"][0]["removed"] == false);
   // The layer back in a later catalog: served as any other again.
@@ -966,6 +973,7 @@ TEST_CASE("a failed read of a layer the store removed counts in removed_layer_er
 
 TEST_CASE("a store written before store ids that gets one is the same store, and its old catalogs stay old", "[fscore]") {
   Store s;
+  CapturedLog log;
   cache::ChunkFetcher fetcher(s.mem, {});
   FsCoreOptions opts;
   opts.refresh_interval_s = 0;
@@ -978,6 +986,7 @@ TEST_CASE("a store written before store ids that gets one is the same store, and
   Catalog next = catalog_of(s.mem, old, 4, std::string(32, 'c'), R"({"four":1})");
   CHECK(put_and_refresh(s.mem, core, catalog_generation_path(4), next) == R"({"four":1})");
   CHECK(core.stats()["layers"][1]["removed"] == false);
+  CHECK(log.lines_with("made again").empty());
   // An older generation of it, with its id, is old; so is the replaced catalog without one.
   Catalog older = next;
   older.generation = 2;
