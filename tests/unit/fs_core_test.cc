@@ -494,6 +494,21 @@ Catalog catalog_of(backend::MemoryBackend& mem, Catalog base, uint64_t generatio
   return base;
 }
 
+// A core over store `s` (which must outlive it) that loads newer catalogs only when told
+// (refresh()), opened on catalog `first`.
+struct ManualCore {
+  cache::ChunkFetcher fetcher;
+  std::unique_ptr<FsCore> core;
+  ManualCore(Store& s, const Catalog& first) : fetcher(s.mem, {}) {
+    s.mem.put(kCatalogPath, first.serialize());
+    FsCoreOptions opts;
+    opts.refresh_interval_s = 0;
+    auto r = FsCore::open(fetcher, fetcher, opts);
+    REQUIRE(r.ok());
+    core = std::move(r).value();
+  }
+};
+
 // Puts catalog `c` at `path` (extrafs/catalog or a generation's name), refreshes `core`, and
 // returns the repositories.json it serves then.
 std::string put_and_refresh(backend::MemoryBackend& mem, FsCore& core, const std::string& path, const Catalog& c) {
@@ -891,14 +906,9 @@ TEST_CASE("unmount's set_on_listing_change does not wait for a refresh blocked o
 TEST_CASE("a catalog of a store made again is loaded whatever its generation; the store left never again", "[fscore]") {
   Store s;
   CapturedLog log;
-  cache::ChunkFetcher fetcher(s.mem, {});
-  FsCoreOptions opts;
-  opts.refresh_interval_s = 0;
   Catalog old = catalog_of(s.mem, s.catalog, 5, std::string(32, 'a'), R"({"old":1})");
-  s.mem.put(kCatalogPath, old.serialize());
-  auto core_r = FsCore::open(fetcher, fetcher, opts);
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  ManualCore mc(s, old);
+  FsCore& core = *mc.core;
   // The store made again from scratch: another id, generations from 1, only the base layer.
   Catalog rebuilt = s.catalog;
   rebuilt.layers.pop_back();
@@ -928,14 +938,9 @@ TEST_CASE("a catalog of a store made again is loaded whatever its generation; th
 TEST_CASE("a failed read of a layer the store removed counts in removed_layer_errors", "[fscore]") {
   Store s;
   CapturedLog log;
-  cache::ChunkFetcher fetcher(s.mem, {});
-  FsCoreOptions opts;
-  opts.refresh_interval_s = 0;
   s.catalog.generation = 1;
-  s.mem.put(kCatalogPath, s.catalog.serialize());
-  auto core_r = FsCore::open(fetcher, fetcher, opts);
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  ManualCore mc(s, s.catalog);
+  FsCore& core = *mc.core;
   const uint64_t hostname = walk(core, {"overlay2", kTop, "diff", "etc", "hostname"});
   const uint64_t busybox = walk(core, {"overlay2", kBase, "diff", "bin", "busybox"});
   std::string buf(16, '\0');
@@ -974,14 +979,9 @@ TEST_CASE("a failed read of a layer the store removed counts in removed_layer_er
 TEST_CASE("a store written before store ids that gets one is the same store, and its old catalogs stay old", "[fscore]") {
   Store s;
   CapturedLog log;
-  cache::ChunkFetcher fetcher(s.mem, {});
-  FsCoreOptions opts;
-  opts.refresh_interval_s = 0;
   Catalog old = catalog_of(s.mem, s.catalog, 3, "", R"({"three":1})");
-  s.mem.put(kCatalogPath, old.serialize());
-  auto core_r = FsCore::open(fetcher, fetcher, opts);
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  ManualCore mc(s, old);
+  FsCore& core = *mc.core;
   // The next write gives the store its id.
   Catalog next = catalog_of(s.mem, old, 4, std::string(32, 'c'), R"({"four":1})");
   CHECK(put_and_refresh(s.mem, core, catalog_generation_path(4), next) == R"({"four":1})");
