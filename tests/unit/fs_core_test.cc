@@ -903,6 +903,8 @@ TEST_CASE("unmount's set_on_listing_change does not wait for a refresh blocked o
   refresher.join();
   CHECK(core.layer_count() == 2);
   CHECK(told == 0);  // cleared before the refresh finished: not called any more
+}
+
 TEST_CASE("a catalog of a store made again is loaded whatever its generation; the store left never again", "[fscore]") {
   Store s;
   CapturedLog log;

@@ -83,6 +83,8 @@ TEST_CASE("stat tells a rewritten file from the one before, even at the same siz
   CHECK(second->size == first->size);
   CHECK(second->mtime_ns == first->mtime_ns);
   CHECK(second->file_id != first->file_id);
+}
+
 TEST_CASE("a store directory removed and made again at the same path is read in its new version", "[backend]") {
   TempDir dir;
   const std::string store = dir.path + "/store";
@@ -91,7 +93,7 @@ TEST_CASE("a store directory removed and made again at the same path is read in 
   write_file(store + "/blob", "old blob");
   auto b = backend::LocalBackend::open(store);
   REQUIRE(b.ok());
-  REQUIRE((*b)->read_all("catalog").ok());
+  REQUIRE((*b)->read_all("catalog", 1 << 20).ok());
   std::string buf(8, '\0');
   REQUIRE((*b)->read("blob", 0, std::as_writable_bytes(std::span<char>(buf))).ok());  // an fd kept open
 
@@ -100,7 +102,7 @@ TEST_CASE("a store directory removed and made again at the same path is read in 
   REQUIRE(::mkdir(store.c_str(), 0755) == 0);
   write_file(store + "/catalog", "the new store");
   write_file(store + "/blob", "new blob");
-  auto cat = (*b)->read_all("catalog");
+  auto cat = (*b)->read_all("catalog", 1 << 20);
   REQUIRE(cat.ok());
   CHECK(*cat == "the new store");
   auto n = (*b)->read("blob", 0, std::as_writable_bytes(std::span<char>(buf)));
@@ -112,7 +114,7 @@ TEST_CASE("a store directory removed and made again at the same path is read in 
 
   // While the path names nothing (between the removal and the new directory), the old one stays.
   REQUIRE(std::rename(store.c_str(), (dir.path + "/gone2").c_str()) == 0);
-  cat = (*b)->read_all("catalog");
+  cat = (*b)->read_all("catalog", 1 << 20);
   REQUIRE(cat.ok());
   CHECK(*cat == "the new store");
 }
