@@ -455,51 +455,75 @@ NodeAttr FsCore::entry_attr(uint32_t slot_no, const LayerIndex& idx, uint32_t en
   return a;
 }
 
-Result<NodeAttr> FsCore::layer_node_attr(uint64_t ino, const Slot& s) const {
-  switch (ino_local(ino)) {
+Result<FsCore::Node> FsCore::resolve(uint64_t ino) {
+  Node n;
+  n.ino = ino;
+  n.slot_no = ino_slot(ino);
+  n.local = ino_local(ino);
+  if (n.slot_no == 0) {
+    if (ino != kRootIno && ino != kOverlayIno && ino != kLinksIno) return noent();
+    return n;
+  }
+  n.slot = slot(n.slot_no);
+  if (!n.slot) return make_error(ESTALE, "stale node");
+  if (n.local >= kEntryBase) {
+    EXTRAFS_TRY(idx, index_of(*n.slot));
+    const uint64_t e = n.local - kEntryBase;
+    if (e >= idx->entry_count()) return noent();
+    n.index = std::move(idx);
+    n.entry = static_cast<uint32_t>(e);
+    return n;
+  }
+  if (n.slot->is_image) return noent();
+  const CatalogLayer& l = n.slot->layer;
+  switch (n.local) {
     case kLayerDir:
-      return synthetic_attr(ino, S_IFDIR | 0710, 4096, 3);
+      return n;
     case kLinkFile:
-      if (s.layer.link.empty()) return noent();
-      return synthetic_attr(ino, S_IFREG | 0644, s.layer.link.size(), 1);
-    case kLowerFile:
-      if (!s.layer.lower) return noent();
-      return synthetic_attr(ino, S_IFREG | 0644, s.layer.lower->size(), 1);
     case kLinkSymlink:
-      if (s.layer.link.empty()) return noent();
-      return synthetic_attr(ino, S_IFLNK | 0777, link_target(s.layer.cache_id).size(), 1);
+      if (l.link.empty()) return noent();
+      return n;
+    case kLowerFile:
+      if (!l.lower) return noent();
+      return n;
     default:
       return noent();
   }
 }
 
-Result<NodeAttr> FsCore::getattr(uint64_t ino) {
-  uint32_t sn = ino_slot(ino), local = ino_local(ino);
-  if (sn == 0) {
-    std::shared_lock lock(mu_);
+NodeAttr FsCore::node_attr(const Node& n) const {
+  if (n.index) return entry_attr(n.slot_no, *n.index, n.entry);
+  if (n.slot_no == 0) {
     NodeAttr a;
-    if (ino == kRootIno) {
-      a = synthetic_attr(ino, S_IFDIR | 0755, 4096, image_slot_ ? 4 : 3);
-    } else if (ino == kOverlayIno) {
-      a = synthetic_attr(ino, S_IFDIR | 0710, 4096, static_cast<uint32_t>(3 + layer_slots_.size()));
-    } else if (ino == kLinksIno) {
-      a = synthetic_attr(ino, S_IFDIR | 0700, 4096, 2);
-    } else {
-      return noent();
+    {
+      std::shared_lock lock(mu_);
+      if (n.ino == kRootIno) {
+        a = synthetic_attr(n.ino, S_IFDIR | 0755, 4096, image_slot_ ? 4 : 3);
+      } else if (n.ino == kOverlayIno) {
+        a = synthetic_attr(n.ino, S_IFDIR | 0710, 4096, static_cast<uint32_t>(3 + layer_slots_.size()));
+      } else {
+        a = synthetic_attr(n.ino, S_IFDIR | 0700, 4096, 2);  // kLinksIno
+      }
     }
-    a.attr_timeout = kShortTimeout;
+    a.attr_timeout = kShortTimeout;  // a new catalog changes their link counts
     return a;
   }
-  auto s = slot(sn);
-  if (!s) return make_error(ESTALE, "stale node");
-  if (local >= kEntryBase) {
-    EXTRAFS_TRY(idx, index_of(*s));
-    uint64_t e = local - kEntryBase;
-    if (e >= idx->entry_count()) return noent();
-    return entry_attr(sn, *idx, static_cast<uint32_t>(e));
+  const CatalogLayer& l = n.slot->layer;
+  switch (n.local) {
+    case kLayerDir:
+      return synthetic_attr(n.ino, S_IFDIR | 0710, 4096, 3);
+    case kLinkFile:
+      return synthetic_attr(n.ino, S_IFREG | 0644, l.link.size(), 1);
+    case kLowerFile:
+      return synthetic_attr(n.ino, S_IFREG | 0644, l.lower->size(), 1);
+    default:  // kLinkSymlink (resolve() lets no other through)
+      return synthetic_attr(n.ino, S_IFLNK | 0777, link_target(l.cache_id).size(), 1);
   }
-  if (s->is_image) return noent();
-  return layer_node_attr(ino, *s);
+}
+
+Result<NodeAttr> FsCore::getattr(uint64_t ino) {
+  EXTRAFS_TRY(n, resolve(ino));
+  return node_attr(n);
 }
 
 double FsCore::negative_timeout(uint64_t parent) const {
@@ -507,93 +531,78 @@ double FsCore::negative_timeout(uint64_t parent) const {
 }
 
 Result<NodeAttr> FsCore::lookup(uint64_t parent, std::string_view name) {
-  uint32_t sn = ino_slot(parent), local = ino_local(parent);
-  if (sn == 0) {
+  EXTRAFS_TRY(dir, resolve(parent));
+  if (dir.index) {
+    const LayerIndex& idx = *dir.index;
+    if (!idx.is_dir(dir.entry)) return make_error(ENOTDIR, "not a directory");
+    if (!dir.slot->is_image) ordered_.touch(dir.slot->layer, idx);
+    auto child = idx.lookup(dir.entry, name);
+    if (!child) return noent();
+    return entry_attr(dir.slot_no, idx, *child);
+  }
+  // A synthetic directory: find the child's id, then resolve it as any node.
+  uint64_t child = 0;
+  if (dir.slot_no == 0) {
+    std::shared_lock lock(mu_);
     if (parent == kRootIno) {
-      if (name == "overlay2") return getattr(kOverlayIno);
-      if (name == "image") {
-        uint32_t img;
-        {
-          std::shared_lock lock(mu_);
-          img = image_slot_;
-        }
-        if (!img) return noent();
-        auto a = getattr(make_ino(img, kEntryBase));
-        if (a.ok()) a->entry_timeout = kShortTimeout;  // a newer image/ tree may replace it
-        return a;
+      if (name == "overlay2") child = kOverlayIno;
+      else if (name == "image" && image_slot_) child = make_ino(image_slot_, kEntryBase);
+    } else if (parent == kOverlayIno) {
+      if (name == "l") {
+        child = kLinksIno;
+      } else if (auto it = by_cache_id_.find(std::string(name)); it != by_cache_id_.end()) {
+        child = make_ino(it->second, kLayerDir);
       }
-      return noent();
+    } else if (auto it = by_link_.find(std::string(name)); it != by_link_.end()) {  // kLinksIno
+      child = make_ino(it->second, kLinkSymlink);
     }
-    if (parent == kOverlayIno) {
-      if (name == "l") return getattr(kLinksIno);
-      uint32_t n;
-      {
-        std::shared_lock lock(mu_);
-        auto it = by_cache_id_.find(std::string(name));
-        if (it == by_cache_id_.end()) return noent();
-        n = it->second;
-      }
-      return getattr(make_ino(n, kLayerDir));
-    }
-    if (parent == kLinksIno) {
-      uint32_t n;
-      {
-        std::shared_lock lock(mu_);
-        auto it = by_link_.find(std::string(name));
-        if (it == by_link_.end()) return noent();
-        n = it->second;
-      }
-      return getattr(make_ino(n, kLinkSymlink));
-    }
-    return make_error(ENOTDIR, "not a directory");
+  } else {
+    if (dir.local != kLayerDir) return make_error(ENOTDIR, "not a directory");
+    if (name == "diff") child = make_ino(dir.slot_no, kEntryBase);
+    else if (name == "link") child = make_ino(dir.slot_no, kLinkFile);
+    else if (name == "lower") child = make_ino(dir.slot_no, kLowerFile);
   }
-  auto s = slot(sn);
-  if (!s) return make_error(ESTALE, "stale node");
-  if (local < kEntryBase) {
-    if (s->is_image || local != kLayerDir) return make_error(ENOTDIR, "not a directory");
-    if (name == "diff") {
-      // The first look at a layer's diff/ (attach checks each layer's; overlayfs resolves its
-      // lower directories) starts fetching its ordered prefix: the start-up's files are on
-      // their way before the container asks for them.
-      EXTRAFS_TRY(idx, index_of(*s));
-      ordered_.touch(s->layer, *idx);
-      return entry_attr(sn, *idx, 0);
-    }
-    if (name == "link") return getattr(make_ino(sn, kLinkFile));
-    if (name == "lower") return getattr(make_ino(sn, kLowerFile));
-    return noent();
-  }
-  EXTRAFS_TRY(idx, index_of(*s));
-  uint64_t dir = local - kEntryBase;
-  if (dir >= idx->entry_count()) return noent();
-  if (!idx->is_dir(static_cast<uint32_t>(dir))) return make_error(ENOTDIR, "not a directory");
-  if (!s->is_image) ordered_.touch(s->layer, *idx);
-  auto child = idx->lookup(static_cast<uint32_t>(dir), name);
   if (!child) return noent();
-  return entry_attr(sn, *idx, *child);
+  EXTRAFS_TRY(n, resolve(child));
+  NodeAttr a = node_attr(n);
+  if (n.index && n.slot->is_image) {
+    a.entry_timeout = kShortTimeout;  // /image: a newer image/ tree may replace it
+  } else if (n.index) {
+    // The first look at a layer's diff/ (attach checks each layer's; overlayfs resolves its
+    // lower directories) starts fetching its ordered prefix: the start-up's files are on
+    // their way before the container asks for them.
+    ordered_.touch(n.slot->layer, *n.index);
+  }
+  return a;
 }
 
 Result<std::string> FsCore::readlink(uint64_t ino) {
-  uint32_t sn = ino_slot(ino), local = ino_local(ino);
-  auto s = slot(sn);
-  if (!s) return make_error(sn == 0 ? EINVAL : ESTALE, "not a symlink");
-  if (local == kLinkSymlink && !s->is_image) {
-    if (s->layer.link.empty()) return noent();
-    return link_target(s->layer.cache_id);
+  EXTRAFS_TRY(n, resolve(ino));
+  if (n.index) {
+    if (!S_ISLNK(n.index->attr_entry(n.entry).mode)) return make_error(EINVAL, "not a symlink");
+    return std::string(n.index->target(n.entry));
   }
-  if (local < kEntryBase) return make_error(EINVAL, "not a symlink");
-  EXTRAFS_TRY(idx, index_of(*s));
-  if (local - kEntryBase >= idx->entry_count()) return make_error(EINVAL, "not a symlink");
-  uint32_t e = local - kEntryBase;
-  if (!S_ISLNK(idx->attr_entry(e).mode)) return make_error(EINVAL, "not a symlink");
-  return std::string(idx->target(e));
+  if (n.slot_no != 0 && n.local == kLinkSymlink) return link_target(n.slot->layer.cache_id);
+  return make_error(EINVAL, "not a symlink");
 }
 
 Status FsCore::readdir(uint64_t ino, uint64_t offset, const std::function<bool(const DirItem&, const NodeAttr&)>& emit) {
-  uint32_t sn = ino_slot(ino), local = ino_local(ino);
+  EXTRAFS_TRY(dir, resolve(ino));
+  if (dir.index) {
+    const LayerIndex& idx = *dir.index;
+    if (!idx.is_dir(dir.entry)) return make_error(ENOTDIR, "not a directory");
+    const EntryRecord& d = idx.entry(dir.entry);
+    for (uint64_t i = offset; i < d.child_count; ++i) {
+      uint32_t c = static_cast<uint32_t>(d.child_first + i);
+      NodeAttr a = entry_attr(dir.slot_no, idx, c);
+      DirItem item{idx.name(c), a.st.st_ino, a.st.st_mode & S_IFMT, i + 1};
+      if (!emit(item, a)) break;
+    }
+    return ok_status();
+  }
   // Fixed and per-layer directories: build the list, then emit from `offset`.
   std::vector<std::pair<std::string, uint64_t>> items;
-  if (sn == 0) {
+  if (dir.slot_no == 0) {
     std::shared_lock lock(mu_);
     if (ino == kRootIno) {
       if (image_slot_) items.emplace_back("image", make_ino(image_slot_, kEntryBase));
@@ -601,102 +610,63 @@ Status FsCore::readdir(uint64_t ino, uint64_t offset, const std::function<bool(c
     } else if (ino == kOverlayIno) {
       items.emplace_back("l", kLinksIno);
       for (uint32_t n : layer_slots_) items.emplace_back(slots_[n]->layer.cache_id, make_ino(n, kLayerDir));
-    } else if (ino == kLinksIno) {
+    } else {  // kLinksIno
       for (uint32_t n : layer_slots_)
         if (!slots_[n]->layer.link.empty()) items.emplace_back(slots_[n]->layer.link, make_ino(n, kLinkSymlink));
-    } else {
-      return make_error(ENOTDIR, "not a directory");
     }
+  } else {
+    if (dir.local != kLayerDir) return make_error(ENOTDIR, "not a directory");
+    const CatalogLayer& l = dir.slot->layer;
+    items.emplace_back("diff", make_ino(dir.slot_no, kEntryBase));
+    if (!l.link.empty()) items.emplace_back("link", make_ino(dir.slot_no, kLinkFile));
+    if (l.lower) items.emplace_back("lower", make_ino(dir.slot_no, kLowerFile));
   }
-  auto s = sn ? slot(sn) : nullptr;
-  if (sn && !s) return make_error(ESTALE, "stale node");
-  if (sn && local < kEntryBase) {
-    if (s->is_image || local != kLayerDir) return make_error(ENOTDIR, "not a directory");
-    items.emplace_back("diff", make_ino(sn, kEntryBase));
-    if (!s->layer.link.empty()) items.emplace_back("link", make_ino(sn, kLinkFile));
-    if (s->layer.lower) items.emplace_back("lower", make_ino(sn, kLowerFile));
-  }
-  if (sn == 0 || local < kEntryBase) {
-    for (uint64_t i = offset; i < items.size(); ++i) {
-      // A layer's diff/ whose index is not loaded is listed without attributes (the kernel
-      // looks it up when it is used), so that listing a layer directory reads no index.
-      if (sn && ino_local(items[i].second) == kEntryBase && !loaded_index(*s)) {
-        NodeAttr a;
-        a.st.st_ino = items[i].second;
-        a.st.st_mode = S_IFDIR;
-        a.known = false;
-        DirItem item{items[i].first, items[i].second, S_IFDIR, i + 1};
-        if (!emit(item, a)) break;
-        continue;
-      }
-      auto a = getattr(items[i].second);
-      if (!a.ok()) continue;
-      DirItem item{items[i].first, items[i].second, a->st.st_mode & S_IFMT, i + 1};
-      if (!emit(item, *a)) break;
+  for (uint64_t i = offset; i < items.size(); ++i) {
+    // A layer's diff/ whose index is not loaded is listed without attributes (the kernel
+    // looks it up when it is used), so that listing a layer directory reads no index.
+    if (dir.slot_no != 0 && ino_local(items[i].second) == kEntryBase && !loaded_index(*dir.slot)) {
+      NodeAttr a;
+      a.st.st_ino = items[i].second;
+      a.st.st_mode = S_IFDIR;
+      a.known = false;
+      DirItem item{items[i].first, items[i].second, S_IFDIR, i + 1};
+      if (!emit(item, a)) break;
+      continue;
     }
-    return ok_status();
-  }
-  EXTRAFS_TRY(held, index_of(*s));
-  uint64_t e = local - kEntryBase;
-  const LayerIndex& idx = *held;
-  if (e >= idx.entry_count()) return noent();
-  if (!idx.is_dir(static_cast<uint32_t>(e))) return make_error(ENOTDIR, "not a directory");
-  const EntryRecord& d = idx.entry(static_cast<uint32_t>(e));
-  for (uint64_t i = offset; i < d.child_count; ++i) {
-    uint32_t c = static_cast<uint32_t>(d.child_first + i);
-    NodeAttr a = entry_attr(sn, idx, c);
-    DirItem item{idx.name(c), a.st.st_ino, a.st.st_mode & S_IFMT, i + 1};
-    if (!emit(item, a)) break;
+    auto a = getattr(items[i].second);
+    if (!a.ok()) continue;
+    DirItem item{items[i].first, items[i].second, a->st.st_mode & S_IFMT, i + 1};
+    if (!emit(item, *a)) break;
   }
   return ok_status();
 }
 
 Result<std::string> FsCore::getxattr(uint64_t ino, std::string_view name) {
-  uint32_t sn = ino_slot(ino), local = ino_local(ino);
-  if (sn == 0 || local < kEntryBase) {
-    EXTRAFS_CHECK_STATUS(getattr(ino));
-    return make_error(ENODATA, "no such attribute");
-  }
-  auto s = slot(sn);
-  if (!s) return make_error(ESTALE, "stale node");
-  EXTRAFS_TRY(idx, index_of(*s));
-  uint64_t e = local - kEntryBase;
-  if (e >= idx->entry_count()) return noent();
-  for (const auto& x : idx->xattrs(static_cast<uint32_t>(e)))
-    if (idx->xattr_name(x) == name) return std::string(idx->xattr_value(x));
+  EXTRAFS_TRY(n, resolve(ino));
+  if (n.index)
+    for (const auto& x : n.index->xattrs(n.entry))
+      if (n.index->xattr_name(x) == name) return std::string(n.index->xattr_value(x));
   return make_error(ENODATA, "no such attribute");
 }
 
 Result<std::vector<std::string>> FsCore::listxattr(uint64_t ino) {
-  uint32_t sn = ino_slot(ino), local = ino_local(ino);
+  EXTRAFS_TRY(n, resolve(ino));
   std::vector<std::string> out;
-  if (sn == 0 || local < kEntryBase) {
-    EXTRAFS_CHECK_STATUS(getattr(ino));
-    return out;
-  }
-  auto s = slot(sn);
-  if (!s) return make_error(ESTALE, "stale node");
-  EXTRAFS_TRY(idx, index_of(*s));
-  uint64_t e = local - kEntryBase;
-  if (e >= idx->entry_count()) return noent();
-  for (const auto& x : idx->xattrs(static_cast<uint32_t>(e))) out.emplace_back(idx->xattr_name(x));
+  if (n.index)
+    for (const auto& x : n.index->xattrs(n.entry)) out.emplace_back(n.index->xattr_name(x));
   return out;
 }
 
 Result<Fd> FsCore::open(uint64_t ino, int flags) {
   if ((flags & O_ACCMODE) != O_RDONLY || (flags & (O_TRUNC | O_CREAT | O_APPEND)))
     return make_error(EROFS, "read-only file system");
-  EXTRAFS_TRY(a, getattr(ino));
-  if (S_ISDIR(a.st.st_mode)) return make_error(EISDIR, "is a directory");
-  if (!S_ISREG(a.st.st_mode)) return make_error(EACCES, "not a regular file");
-  uint32_t sn = ino_slot(ino), local = ino_local(ino);
-  auto s = slot(sn);
-  if (!s || local < kEntryBase) return Fd();  // a layer's link or lower file
-  auto idx = loaded_index(*s);  // getattr above loaded it
-  if (!idx) return Fd();
-  const uint32_t e = local - kEntryBase;
-  if (options_.on_first_open && !s->is_image) record_access(sn, *s, *idx, e);
-  return whole_copy(std::move(idx), e);
+  EXTRAFS_TRY(n, resolve(ino));
+  const uint32_t mode = node_attr(n).st.st_mode;
+  if (S_ISDIR(mode)) return make_error(EISDIR, "is a directory");
+  if (!S_ISREG(mode)) return make_error(EACCES, "not a regular file");
+  if (!n.index) return Fd();  // a layer's link or lower file
+  if (options_.on_first_open && !n.slot->is_image) record_access(n.slot_no, *n.slot, *n.index, n.entry);
+  return whole_copy(n.index, n.entry);
 }
 
 void FsCore::record_access(uint32_t slot_no, const Slot& s, const LayerIndex& idx, uint32_t entry) {
@@ -720,32 +690,28 @@ Result<size_t> FsCore::read(uint64_t ino, uint64_t offset, std::span<std::byte> 
 
 Result<size_t> FsCore::read_pieces(uint64_t ino, uint64_t offset, size_t size, std::vector<ReadPiece>& pieces) {
   pieces.clear();
-  uint32_t sn = ino_slot(ino), local = ino_local(ino);
-  auto s = slot(sn);
-  if (!s) return make_error(sn == 0 ? EISDIR : ESTALE, "not a file");
-  if (local < kEntryBase) {
+  auto node = resolve(ino);
+  if (!node.ok()) return read_failed(ino_slot(ino), node.error());  // a layer's index that cannot be loaded
+  const Node& n = *node;
+  if (!n.index) {
     std::string_view content;
-    if (local == kLinkFile && !s->is_image) content = s->layer.link;
-    else if (local == kLowerFile && !s->is_image && s->layer.lower) content = *s->layer.lower;
+    if (n.slot_no != 0 && n.local == kLinkFile) content = n.slot->layer.link;
+    else if (n.slot_no != 0 && n.local == kLowerFile) content = *n.slot->layer.lower;
     else return make_error(EISDIR, "not a file");
     if (offset >= content.size()) return size_t{0};
-    size_t n = std::min<size_t>(size, content.size() - offset);
-    pieces.push_back({s, std::as_bytes(std::span(content.data() + offset, n))});
-    bytes_served_ += n;
-    return n;
+    size_t len = std::min<size_t>(size, content.size() - offset);
+    pieces.push_back({n.slot, std::as_bytes(std::span(content.data() + offset, len))});
+    bytes_served_ += len;
+    return len;
   }
-  auto held_or = index_of(*s);
-  if (!held_or.ok()) return read_failed(sn, *s, held_or.error());
-  const std::shared_ptr<const LayerIndex> held = std::move(held_or).value();
-  const LayerIndex& idx = *held;
-  uint64_t e = local - kEntryBase;
-  if (e >= idx.entry_count()) return noent();
-  const EntryRecord& rec = idx.attr_entry(static_cast<uint32_t>(e));
+  const LayerIndex& idx = *n.index;
+  const uint32_t e = n.entry;
+  const EntryRecord& rec = idx.attr_entry(e);
   if (!S_ISREG(rec.mode)) return make_error(EISDIR, "not a regular file");
-  if (!s->is_image) ordered_.touch(s->layer, idx);
+  if (!n.slot->is_image) ordered_.touch(n.slot->layer, idx);
   if (offset >= rec.size) return size_t{0};
   size_t want = static_cast<size_t>(std::min<uint64_t>(size, rec.size - offset));
-  auto chunks = idx.chunks(static_cast<uint32_t>(e));
+  auto chunks = idx.chunks(e);
   const uint64_t cs = idx.chunk_size();
   // Readahead: a reader that keeps reading where it stopped gets the next chunks fetched, a
   // window that grows with the streak.
@@ -757,10 +723,10 @@ Result<size_t> FsCore::read_pieces(uint64_t ino, uint64_t offset, size_t size, s
     uint64_t ci = pos / cs;
     uint64_t in_chunk = pos - ci * cs;
     const ChunkRecord& c = chunks[ci];
-    size_t n = static_cast<size_t>(std::min<uint64_t>(want - done, c.raw_len - in_chunk));
+    size_t len = static_cast<size_t>(std::min<uint64_t>(want - done, c.raw_len - in_chunk));
     if (c.flags & kChunkZero) {
-      n = std::min(n, sizeof(kZeros));
-      pieces.push_back({nullptr, std::span(kZeros, n)});
+      len = std::min(len, sizeof(kZeros));
+      pieces.push_back({nullptr, std::span(kZeros, len)});
     } else {
       // The rest of this read and the readahead window go along: a chunk that must come from
       // the backend brings the ones right after it in the same read.
@@ -778,17 +744,17 @@ Result<size_t> FsCore::read_pieces(uint64_t ino, uint64_t offset, size_t size, s
         // wrong below (timeout, missing object, bytes that never verify), the reader sees EIO;
         // the cause is logged and counted by the fetcher.
         pieces.clear();
-        return read_failed(sn, *s, make_error(EIO, data.error().message));
+        return read_failed(n.slot_no, make_error(EIO, data.error().message));
       }
-      pieces.push_back({*data, std::span((*data)->data() + in_chunk, n)});
+      pieces.push_back({*data, std::span((*data)->data() + in_chunk, len)});
     }
-    done += n;
+    done += len;
   }
   bytes_served_ += done;
   // A read that reaches the end of a large file: if this host now holds all of it (checked by
   // the copier), a local copy lets the next opens skip the daemon.
   if (offset + done == rec.size && rec.size >= options_.whole_file_min && copies_on_.load(std::memory_order_relaxed))
-    want_whole_copy(held, static_cast<uint32_t>(e));
+    want_whole_copy(n.index, e);
   // The window's chunks that the reads above did not bring are fetched in the background.
   if (window > 0) {
     uint64_t last = (offset + done - 1) / cs;
@@ -801,7 +767,7 @@ Result<size_t> FsCore::read_pieces(uint64_t ino, uint64_t offset, size_t size, s
   return done;
 }
 
-Error FsCore::read_failed(uint32_t sn, const Slot& s, Error e) {
+Error FsCore::read_failed(uint32_t sn, Error e) {
   bool logged;
   {
     std::shared_lock lock(mu_);
@@ -814,7 +780,7 @@ Error FsCore::read_failed(uint32_t sn, const Slot& s, Error e) {
   if (removed_logged_.insert(sn).second)
     spdlog::warn("layer {}, removed from the store, cannot be read whole any more: {}; the parts this host has not "
                  "cached answer EIO (counted in removed_layer_errors, logged once per layer)",
-                 s.layer.cache_id, e.message);
+                 slots_[sn]->layer.cache_id, e.message);
   return e;
 }
 
@@ -859,12 +825,11 @@ Result<std::string> FsCore::read_path(std::string_view path, uint64_t max) {
     if (!a.ok()) return make_error(a.code(), shown + ": " + a.error().message);
     ino = a->st.st_ino;
   }
-  const uint32_t sn = ino_slot(ino), local = ino_local(ino);
-  auto s = sn ? slot(sn) : nullptr;
-  if (!s || local < kEntryBase) return make_error(EISDIR, shown + ": not a file of an index");
-  EXTRAFS_TRY(idx, index_of(*s));
-  const uint32_t e = local - kEntryBase;
-  if (e >= idx->entry_count()) return make_error(ENOENT, shown + ": no such entry");
+  auto node = resolve(ino);
+  if (!node.ok()) return make_error(node.code(), shown + ": " + node.error().message);
+  if (!node->index) return make_error(EISDIR, shown + ": not a file of an index");
+  const std::shared_ptr<const LayerIndex>& idx = node->index;
+  const uint32_t e = node->entry;
   const EntryRecord& rec = idx->attr_entry(e);
   if (!S_ISREG(rec.mode)) return make_error(EISDIR, shown + ": not a regular file");
   if (rec.size > max) return make_error(EFBIG, fmt::format("{}: {} bytes, more than the {} expected", shown, rec.size, max));

@@ -244,7 +244,7 @@ class FsCore {
   void loaded_catalog(const Catalog& c);
   // A read of slot `sn` failed with `e`: if the store no longer names that layer, counted in
   // removed_layer_errors and logged once per layer. Returns `e`.
-  Error read_failed(uint32_t sn, const Slot& s, Error e);
+  Error read_failed(uint32_t sn, Error e);
   // refresh() without its lock and its report of listings. REQUIRES: refresh_mu_.
   Status refresh_locked();
   // Loads the catalog generations after generation_ that the store has. REQUIRES: refresh_mu_.
@@ -266,9 +266,26 @@ class FsCore {
   void refresh_loop();
   // Whether the destructor has asked the background threads to end.
   bool stopping();
+  // What a node id names, found once at the start of every operation (squashfuse's
+  // sqfs_ll_iget is the model): its slot and, for an entry of an index, the index (held, so
+  // that a newer image/ tree cannot release it mid-operation) and the entry.
+  struct Node {
+    uint64_t ino = 0;
+    uint32_t slot_no = 0;  // 0: one of the fixed directories (root, overlay2, l)
+    uint32_t local = 0;    // which node of the slot (see fs_core.cc: kLayerDir ... kEntryBase)
+    std::shared_ptr<const Slot> slot;          // null for the fixed directories
+    std::shared_ptr<const LayerIndex> index;   // set only for an entry of an index
+    uint32_t entry = 0;                        // that entry
+  };
+  // The one resolution of `ino`: ENOENT for an id that names nothing (a fixed id that is not a
+  // directory, a layer's link or lower it has not, an entry beyond its index), ESTALE for a slot
+  // released (a superseded image/ tree), EIO while the layer's index cannot be loaded (see
+  // index_of). Loads the layer's index on first use; takes mu_ only briefly.
+  Result<Node> resolve(uint64_t ino);
+  // The attributes of a resolved node. Takes mu_ (shared) for the fixed directories.
+  NodeAttr node_attr(const Node& n) const;
   NodeAttr entry_attr(uint32_t slot, const LayerIndex& idx, uint32_t entry) const;
   NodeAttr synthetic_attr(uint64_t ino, uint32_t mode, uint64_t size, uint32_t nlink) const;
-  Result<NodeAttr> layer_node_attr(uint64_t ino, const Slot& s) const;
   void record_access(uint32_t slot_no, const Slot& s, const LayerIndex& idx, uint32_t entry);
   // Readahead: returns how many chunks after the one ending at `end` to prefetch for this reader.
   unsigned sequential_window(uint64_t ino, uint64_t offset, uint64_t end);

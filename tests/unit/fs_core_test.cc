@@ -997,3 +997,29 @@ TEST_CASE("a store written before store ids that gets one is the same store, and
   stale.generation = 35;  // another length than the last one: the memory backend's version is the size
   CHECK(put_and_refresh(s.mem, core, kCatalogPath, stale) == R"({"four":1})");
 }
+
+TEST_CASE("an id the mount never gave out gets one answer from every operation", "[fscore]") {
+  Store s;
+  cache::ChunkFetcher fetcher(s.mem, {});
+  auto core_r = FsCore::open(fetcher, fetcher, {});
+  REQUIRE(core_r.ok());
+  FsCore& core = **core_r;
+  const uint64_t busybox = walk(core, {"overlay2", kBase, "diff", "bin", "busybox"});
+  const uint32_t base = ino_slot(busybox);
+  std::vector<std::byte> buf(16);
+  // Each op starts with the one resolution of its node id, so all of them agree on what an id
+  // names: nothing (a fixed id that is no directory, an entry beyond the index) or a slot never
+  // handed out.
+  for (auto [ino, code] : {std::pair{make_ino(0, 99), ENOENT}, std::pair{make_ino(base, 1u << 30), ENOENT},
+                           std::pair{make_ino(1000, 0), ESTALE}}) {
+    INFO(ino);
+    CHECK(core.getattr(ino).code() == code);
+    CHECK(core.lookup(ino, "x").code() == code);
+    CHECK(core.readlink(ino).code() == code);
+    CHECK(core.readdir(ino, 0, [](const DirItem&, const NodeAttr&) { return true; }).code() == code);
+    CHECK(core.getxattr(ino, "user.x").code() == code);
+    CHECK(core.listxattr(ino).code() == code);
+    CHECK(core.open(ino, O_RDONLY).code() == code);
+    CHECK(core.read(ino, 0, buf).code() == code);
+  }
+}
