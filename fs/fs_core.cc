@@ -55,7 +55,7 @@ std::string link_target(const std::string& cache_id) { return "../" + cache_id +
 }  // namespace
 
 FsCore::FsCore(cache::ChunkFetcher& fetcher, cache::MetaSource& meta, FsCoreOptions options)
-    : fetcher_(fetcher), meta_(meta), options_(std::move(options)) {
+    : fetcher_(fetcher), meta_(meta), options_(std::move(options)), indexes_(meta, options_.index_retry_s, options_.now) {
   clock_gettime(CLOCK_REALTIME, &start_time_);
   slots_.push_back(nullptr);
 }
@@ -130,36 +130,6 @@ Result<std::unique_ptr<FsCore>> FsCore::open(cache::ChunkFetcher& fetcher, cache
   return core;
 }
 
-std::shared_ptr<const LayerIndex> FsCore::kept_index(const std::string& cache_name, const Digest128& want) {
-  auto kept = meta_.kept_meta(cache_name);
-  if (!kept.ok() || xxh3_128(kept->data(), kept->size()) != want) return nullptr;
-  auto idx = LayerIndex::parse(std::move(kept).value());
-  return idx.ok() ? *idx : nullptr;
-}
-
-Result<std::shared_ptr<const LayerIndex>> FsCore::load_index(const std::string& path, const std::string& cache_name,
-                                                             const Digest128& want, const std::string& what) {
-  // Indexes are immutable and named by digest in the catalog: a kept copy with that digest is
-  // the same index, and costs the store nothing (a restart, or a store that is down).
-  if (auto kept = kept_index(cache_name, want)) return kept;
-  // The check parses the index; a cheap digest comparison first rejects a wrong file outright.
-  auto check = [&](const std::string& bytes) -> Status {
-    if (xxh3_128(bytes.data(), bytes.size()) != want) {
-      auto parsed = LayerIndex::parse(bytes);
-      if (!parsed.ok()) return parsed.error();
-      return make_error(EBADMSG, "index does not match the digest in the catalog");
-    }
-    auto parsed = LayerIndex::parse(bytes);
-    if (!parsed.ok()) return parsed.error();
-    return ok_status();
-  };
-  auto got = meta_.read_meta(path, cache_name, kMaxIndexSize, check);
-  if (!got.ok()) return make_error(got.code(), "index of " + what + " (" + path + "): " + got.error().message);
-  auto idx = LayerIndex::parse(std::move(got).value());
-  if (!idx.ok()) return make_error(idx.code(), path + ": " + idx.error().message);
-  return idx;
-}
-
 // Adds every layer of `catalog` not yet known (their indexes are read on first use, see
 // index_of) and loads its image/ index if new, then installs them. Initially a bad image/ index
 // fails the load. Later (a refresh) the layers are installed anyway and the image/ problem is
@@ -181,7 +151,7 @@ Status FsCore::load(const Catalog& catalog, bool initial) {
       if (by_cache_id_.count(l.cache_id) || refused.count(l.cache_id)) continue;
       auto s = std::make_shared<Slot>();
       s->layer = l;
-      s->lazy = std::make_shared<IndexLoad>();
+      s->lazy = std::make_shared<LazyIndex>(l.cache_id, l.index_digest);
       new_layers.push_back(std::move(s));
     }
     if (catalog.image_index && (image_slot_ == 0 || !(slots_[image_slot_]->index->digest() == *catalog.image_index))) {
@@ -190,8 +160,8 @@ Status FsCore::load(const Catalog& catalog, bool initial) {
     }
   }
   if (new_image) {
-    auto idx = load_index(image_index_path(*catalog.image_index), "image-" + catalog.image_index->hex(),
-                          *catalog.image_index, "the image/ tree");
+    auto idx = indexes_.load(image_index_path(*catalog.image_index), "image-" + catalog.image_index->hex(),
+                             *catalog.image_index, "the image/ tree");
     if (!idx.ok()) {
       if (initial) return idx.error();
       problem = make_error(EIO, "keeping the previous image/ tree: " + idx.error().message);
@@ -368,53 +338,16 @@ std::shared_ptr<const FsCore::Slot> FsCore::slot(uint32_t n) const {
 }
 
 std::shared_ptr<const LayerIndex> FsCore::loaded_index(const Slot& s) {
-  if (s.is_image) return s.index;
-  std::lock_guard lock(s.lazy->mu);
-  return s.lazy->index;
+  return s.is_image ? s.index : s.lazy->loaded();
 }
 
 Result<std::shared_ptr<const LayerIndex>> FsCore::index_of(const Slot& s) {
   if (s.is_image) return s.index;
-  IndexLoad& l = *s.lazy;
-  std::unique_lock lock(l.mu);
-  l.cv.wait(lock, [&] { return l.index || !l.loading; });
-  if (l.index) return l.index;
-  const auto retry = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-      std::chrono::duration<double>(options_.index_retry_s));
-  if (l.failure && std::chrono::steady_clock::now() - l.failed_at < retry) return *l.failure;
-  // This caller reads it; the others wait on the cv. Only this layer's mutex is released and
-  // retaken: lookups in other layers never wait for this read.
-  l.loading = true;
-  lock.unlock();
-  const std::string& id = s.layer.cache_id;
-  auto idx = load_index(layer_index_path(id), "index-" + id, s.layer.index_digest, "layer " + id);
-  lock.lock();
-  l.loading = false;
-  if (idx.ok()) {
-    if (l.failure) spdlog::info("index of layer {} loaded; the layer is served again", id);
-    l.index = *idx;
-    l.failure.reset();
-  } else {
-    // One line per outage, not one per access.
-    if (!l.failure) spdlog::warn("{}; the layer answers EIO until it can be read (tried again on access)", idx.error().message);
-    l.failure = make_error(EIO, idx.error().message);
-    l.failed_at = std::chrono::steady_clock::now();
-  }
-  l.cv.notify_all();
-  if (!idx.ok()) return *l.failure;
-  return l.index;
+  return indexes_.get(*s.lazy);
 }
 
 std::shared_ptr<const LayerIndex> FsCore::local_index(const Slot& s) {
-  if (auto idx = loaded_index(s)) return idx;
-  auto kept = kept_index("index-" + s.layer.cache_id, s.layer.index_digest);
-  if (!kept) return nullptr;
-  std::lock_guard lock(s.lazy->mu);
-  if (!s.lazy->index) {
-    s.lazy->index = std::move(kept);
-    s.lazy->failure.reset();
-  }
-  return s.lazy->index;
+  return s.is_image ? s.index : indexes_.local(*s.lazy);
 }
 
 void FsCore::forget(uint64_t ino, uint64_t n) {

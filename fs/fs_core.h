@@ -57,6 +57,7 @@
 #include "common/posix_file.h"
 #include "common/result.h"
 #include "fs/catalog.h"
+#include "fs/index_loader.h"
 #include "fs/inode_table.h"
 #include "fs/layer_index.h"
 #include "fs/ordered_prefetch.h"
@@ -99,8 +100,10 @@ struct FsCoreOptions {
   // 404 of a generation not written yet, even one sent with a max-age (measured, squid 5.7).
   bool probe_generations = true;
   // A layer index that failed to load answers EIO without a new attempt for this long; the first
-  // access after that tries again.
+  // access after that tries again (see IndexLoader).
   double index_retry_s = 2.0;
+  // The clock of index_retry_s (null: std::chrono::steady_clock::now). Unit tests pass their own.
+  IndexLoader::Clock now;
   // Local whole-file copies for the kernel to read by itself (null = none), used once the kernel
   // agreed to passthrough (set_passthrough): a file of at least whole_file_min bytes gets one,
   // made in the background, when a read reaches its end and every one of its chunks is cached;
@@ -213,21 +216,11 @@ class FsCore {
   size_t layer_count();
 
  private:
-  // How far a layer's index has been loaded. Guarded by its own `mu`, so that a slow or dead
-  // store delays only the callers that need this layer.
-  struct IndexLoad {
-    std::mutex mu;
-    std::condition_variable cv;                // a load finished
-    std::shared_ptr<const LayerIndex> index;   // set once, never reset
-    bool loading = false;                      // a caller is reading it (others wait)
-    std::optional<Error> failure;              // the last failed load's error, answered until
-    std::chrono::steady_clock::time_point failed_at{};  // index_retry_s after this
-  };
   struct Slot {
     bool is_image = false;
     CatalogLayer layer;                          // layers only
     std::shared_ptr<const LayerIndex> index;     // image/ slots only (loaded with the slot)
-    std::shared_ptr<IndexLoad> lazy;             // layers only
+    std::shared_ptr<LazyIndex> lazy;             // layers only (read on first use, indexes_)
   };
   struct Synthetic;  // fixed and per-layer nodes that are not index entries
 
@@ -249,13 +242,8 @@ class FsCore {
   Status refresh_locked();
   // Loads the catalog generations after generation_ that the store has. REQUIRES: refresh_mu_.
   Status follow_generations();
-  Result<std::shared_ptr<const LayerIndex>> load_index(const std::string& path, const std::string& cache_name,
-                                                       const Digest128& want, const std::string& what);
-  // The kept copy of an index in the block cache if it has the digest `want`, else null.
-  std::shared_ptr<const LayerIndex> kept_index(const std::string& cache_name, const Digest128& want);
-  // The index of slot `s`: the image/ tree's, or the layer's, read on first use. Concurrent
-  // callers for one layer wait for one load; mu_ is not held meanwhile. EIO while the layer's
-  // index cannot be loaded (tried again once index_retry_s has passed since the last failure).
+  // The index of slot `s`: the image/ tree's, or the layer's, read on first use
+  // (IndexLoader::get; mu_ is not held meanwhile).
   Result<std::shared_ptr<const LayerIndex>> index_of(const Slot& s);
   // The index of `s` if loaded already (null otherwise); never reads anything.
   static std::shared_ptr<const LayerIndex> loaded_index(const Slot& s);
@@ -301,6 +289,7 @@ class FsCore {
   cache::ChunkFetcher& fetcher_;
   cache::MetaSource& meta_;
   FsCoreOptions options_;
+  IndexLoader indexes_;
   InodeTable inodes_;
   struct timespec start_time_ {};
 

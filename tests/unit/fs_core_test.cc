@@ -92,6 +92,15 @@ struct Store {
   }
 };
 
+// A clock the test moves by hand (FsCoreOptions::now): a back-off passes without a sleep.
+struct ManualClock {
+  std::shared_ptr<std::atomic<int64_t>> ms = std::make_shared<std::atomic<int64_t>>(0);
+  IndexLoader::Clock clock() const {
+    return [ms = ms] { return std::chrono::steady_clock::time_point(std::chrono::milliseconds(ms->load())); };
+  }
+  void advance(std::chrono::milliseconds d) { *ms += d.count(); }
+};
+
 uint64_t walk(FsCore& core, std::initializer_list<std::string_view> path) {
   uint64_t ino = kRootIno;
   for (auto name : path) {
@@ -319,6 +328,8 @@ TEST_CASE("a layer whose index is not readable yet is served once it is, after a
   FsCoreOptions opts;
   opts.refresh_interval_s = 0;
   opts.index_retry_s = 0.3;
+  ManualClock clock;
+  opts.now = clock.clock();
   Catalog first = s.catalog;
   first.layers.pop_back();
   s.mem.put(kCatalogPath, first.serialize());
@@ -340,7 +351,10 @@ TEST_CASE("a layer whose index is not readable yet is served once it is, after a
   // Within the back-off the failure is answered without a new read.
   CHECK(core.lookup(layer, "diff").code() == EIO);
   CHECK(s.mem.reads() == reads + 1);
-  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  clock.advance(std::chrono::milliseconds(299));
+  CHECK(core.lookup(layer, "diff").code() == EIO);
+  CHECK(s.mem.reads() == reads + 1);
+  clock.advance(std::chrono::milliseconds(1));
   CHECK(walk(core, {"overlay2", kTop, "diff", "etc", "hostname"}) != 0);
 }
 
@@ -864,6 +878,8 @@ TEST_CASE("a corrupt layer index is read once, not on every access, until it cha
   FsCoreOptions opts;
   opts.refresh_interval_s = 0;
   opts.index_retry_s = 0.05;
+  ManualClock clock;
+  opts.now = clock.clock();
   auto core_r = FsCore::open(fetcher, fetcher, opts);
   REQUIRE(core_r.ok());
   FsCore& core = **core_r;
@@ -871,7 +887,7 @@ TEST_CASE("a corrupt layer index is read once, not on every access, until it cha
   const uint64_t reads = s.mem.reads();
   for (int i = 0; i < 3; ++i) {
     CHECK(core.lookup(layer, "diff").code() == EIO);
-    std::this_thread::sleep_for(std::chrono::milliseconds(80));  // past the back-off
+    clock.advance(std::chrono::milliseconds(50));  // past the back-off
   }
   CHECK(s.mem.reads() == reads + 1);
   s.mem.put(layer_index_path(kTop), *good);
