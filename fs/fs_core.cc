@@ -66,11 +66,7 @@ void FsCore::stop() {
     stopping_ = true;
   }
   stop_cv_.notify_all();
-  {
-    std::lock_guard lock(copy_mu_);
-    copy_stop_ = true;
-  }
-  copy_cv_.notify_all();
+  if (copier_) copier_->stop();
   fetcher_.interrupt();
 }
 
@@ -81,12 +77,7 @@ FsCore::~FsCore() {
   }
   stop_cv_.notify_all();
   if (refresher_.joinable()) refresher_.join();
-  {
-    std::lock_guard lock(copy_mu_);
-    copy_stop_ = true;
-  }
-  copy_cv_.notify_all();
-  if (copier_.joinable()) copier_.join();
+  copier_.reset();
 }
 
 void FsCore::refresh_loop() {
@@ -126,7 +117,8 @@ Result<std::unique_ptr<FsCore>> FsCore::open(cache::ChunkFetcher& fetcher, cache
   core->generation_ = catalog->generation;
   core->store_id_ = catalog->store_id;
   if (core->options_.refresh_interval_s > 0) core->refresher_ = std::thread([c = core.get()] { c->refresh_loop(); });
-  if (core->options_.whole_files) core->copier_ = std::thread([c = core.get()] { c->copy_loop(); });
+  if (core->options_.whole_files)
+    core->copier_ = std::make_unique<WholeFileCopier>(fetcher, *core->options_.whole_files, core->options_.whole_file_min);
   return core;
 }
 
@@ -599,7 +591,7 @@ Result<Fd> FsCore::open(uint64_t ino, int flags) {
   if (!S_ISREG(mode)) return make_error(EACCES, "not a regular file");
   if (!n.index) return Fd();  // a layer's link or lower file
   if (options_.on_first_open && !n.slot->is_image) record_access(n.slot_no, *n.slot, *n.index, n.entry);
-  return whole_copy(n.index, n.entry);
+  return copier_ ? copier_->open(n.index, n.entry) : Fd();
 }
 
 void FsCore::record_access(uint32_t slot_no, const Slot& s, const LayerIndex& idx, uint32_t entry) {
@@ -648,7 +640,7 @@ Result<size_t> FsCore::read_pieces(uint64_t ino, uint64_t offset, size_t size, s
   const uint64_t cs = idx.chunk_size();
   // Readahead: a reader that keeps reading where it stopped gets the next chunks fetched, a
   // window that grows with the streak.
-  const unsigned window = sequential_window(ino, offset, offset + want);
+  const unsigned window = readahead_.window(ino, offset, offset + want);
   const uint64_t last_wanted = std::min<uint64_t>((offset + want - 1) / cs + window, chunks.size() - 1);
   size_t done = 0;
   while (done < want) {
@@ -686,8 +678,7 @@ Result<size_t> FsCore::read_pieces(uint64_t ino, uint64_t offset, size_t size, s
   bytes_served_ += done;
   // A read that reaches the end of a large file: if this host now holds all of it (checked by
   // the copier), a local copy lets the next opens skip the daemon.
-  if (offset + done == rec.size && rec.size >= options_.whole_file_min && copies_on_.load(std::memory_order_relaxed))
-    want_whole_copy(n.index, e);
+  if (offset + done == rec.size && copier_) copier_->want_copy(n.index, e);
   // The window's chunks that the reads above did not bring are fetched in the background.
   if (window > 0) {
     uint64_t last = (offset + done - 1) / cs;
@@ -715,17 +706,6 @@ Error FsCore::read_failed(uint32_t sn, Error e) {
                  "cached answer EIO (counted in removed_layer_errors, logged once per layer)",
                  slots_[sn]->layer.cache_id, e.message);
   return e;
-}
-
-unsigned FsCore::sequential_window(uint64_t ino, uint64_t offset, uint64_t end) {
-  constexpr size_t kMaxStreams = 4096;
-  std::lock_guard lock(streams_mu_);
-  if (streams_.size() >= kMaxStreams && !streams_.count(ino)) streams_.clear();
-  Stream& s = streams_[ino];
-  s.streak = (offset == s.next && offset != 0) ? s.streak + 1 : (offset == 0 ? 1 : 0);
-  s.next = end;
-  if (s.streak < 2) return 0;
-  return std::min(s.streak - 1, 8u);
 }
 
 struct statvfs FsCore::statfs() {
@@ -869,165 +849,9 @@ nlohmann::json FsCore::stats() {
   return j;
 }
 
-Digest128 whole_file_key(const LayerIndex& idx, uint32_t e) {
-  std::string buf;
-  auto put = [&](uint64_t v, int n) {
-    for (int i = 0; i < n; ++i) buf.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-  };
-  put(idx.attr_entry(e).size, 8);
-  put(idx.chunk_size(), 4);
-  for (const ChunkRecord& c : idx.chunks(e)) {
-    const bool zero = (c.flags & kChunkZero) != 0;
-    put(zero ? 1 : 0, 1);
-    put(c.raw_len, 4);
-    if (!zero) buf.append(reinterpret_cast<const char*>(c.digest), 16);
-  }
-  return xxh3_128(buf.data(), buf.size());
-}
-
 void FsCore::set_passthrough(bool on) {
   passthrough_.store(on, std::memory_order_relaxed);
-  {
-    std::lock_guard lock(copy_mu_);
-    copy_mode_ = on ? CopyMode::kOn : CopyMode::kOff;
-  }
-  copy_cv_.notify_all();
-}
-
-void FsCore::want_whole_copy(std::shared_ptr<const LayerIndex> idx, uint32_t e) {
-  const Digest128 key = whole_file_key(*idx, e);
-  if (options_.whole_files->has(key)) return;
-  {
-    std::lock_guard lock(copy_mu_);
-    constexpr size_t kMaxQueued = 64;
-    if (copy_stop_ || copy_queue_.size() >= kMaxQueued || !copy_pending_.insert(key).second) return;
-    copy_queue_.push_back({key, std::move(idx), e});
-  }
-  copy_cv_.notify_one();
-}
-
-void FsCore::want_copy_check(std::shared_ptr<const LayerIndex> idx, uint32_t e, const Digest128& key) {
-  {
-    std::lock_guard lock(copy_mu_);
-    constexpr size_t kMaxQueued = 64;
-    if (copy_stop_ || check_queue_.size() >= kMaxQueued || !check_pending_.insert(key).second) return;
-    check_queue_.push_front({key, std::move(idx), e, std::chrono::steady_clock::now()});
-  }
-  copy_cv_.notify_one();
-}
-
-void FsCore::copy_loop() {
-  using Clock = std::chrono::steady_clock;
-  CopyMode mode;
-  {
-    std::unique_lock lock(copy_mu_);
-    copy_cv_.wait(lock, [&] { return copy_stop_ || copy_mode_ != CopyMode::kUndecided; });
-    if (copy_stop_) return;
-    mode = copy_mode_;
-  }
-  if (mode == CopyMode::kOff) {
-    auto freed = options_.whole_files->discard();
-    if (!freed.ok()) spdlog::warn("whole-file copies: {}", freed.error().message);
-    else if (*freed) spdlog::info("passthrough is off: removed {} bytes of whole-file copies from the cache", *freed);
-    return;
-  }
-  if (auto st = options_.whole_files->load(); !st.ok()) {
-    spdlog::warn("whole-file copies not used: {}", st.error().message);
-    return;
-  }
-  copies_on_.store(true, std::memory_order_relaxed);
-  for (;;) {
-    CopyJob job;
-    bool check = false;
-    {
-      std::unique_lock lock(copy_mu_);
-      for (;;) {
-        if (copy_stop_) return;
-        if (!copy_queue_.empty()) {
-          job = std::move(copy_queue_.front());
-          copy_queue_.pop_front();
-          break;
-        }
-        if (!check_queue_.empty() && check_queue_.front().due <= Clock::now()) {
-          job = std::move(check_queue_.front());
-          check_queue_.pop_front();
-          check = true;
-          break;
-        }
-        if (check_queue_.empty()) copy_cv_.wait(lock);
-        else copy_cv_.wait_until(lock, check_queue_.front().due);
-      }
-    }
-    const LayerIndex& idx = *job.idx;
-    const uint64_t size = idx.attr_entry(job.entry).size;
-    if (check) {
-      std::vector<cache::ExpectedChunk> want;
-      for (const ChunkRecord& c : idx.chunks(job.entry))
-        want.push_back({chunk_digest(c), c.raw_len, (c.flags & kChunkZero) != 0});
-      Status st = options_.whole_files->check(job.key, size, idx.chunk_size(), want);
-      if (!st.ok()) spdlog::debug("whole-file copy {} not taken: {}", job.key.hex(), st.error().message);
-      std::lock_guard lock(copy_mu_);
-      // Changed a moment ago: its identity settles within 2 s (whole seconds of a coarse clock:
-      // 3 s to be sure). Once; after that the next open asks again.
-      if (st.code() == EAGAIN && !job.retried) {
-        job.retried = true;
-        job.due = Clock::now() + std::chrono::seconds(3);
-        check_queue_.push_back(std::move(job));  // every other job is due no later
-      } else {
-        check_pending_.erase(job.key);
-      }
-      continue;
-    }
-    bool written = false;
-    Status st = [&]() -> Status {
-      if (options_.whole_files->has(job.key)) return ok_status();
-      // Only a file read whole: every chunk already here (so a copy costs the store nothing,
-      // unless the cache evicts a chunk meanwhile; that one is fetched again).
-      for (const ChunkRecord& c : idx.chunks(job.entry))
-        if (!(c.flags & kChunkZero) && !fetcher_.is_cached(chunk_digest(c))) return make_error(ENOENT, "not all chunks are cached");
-      EXTRAFS_TRY(w, options_.whole_files->begin(job.key, size));
-      uint64_t off = 0;
-      for (const ChunkRecord& c : idx.chunks(job.entry)) {
-        {
-          std::lock_guard lock(copy_mu_);
-          if (copy_stop_) return make_error(ECANCELED, "unmounting");
-        }
-        if (!(c.flags & kChunkZero)) {  // zeros: the file was made that long, sparse
-          // Verified on the way in, as every chunk a reader gets.
-          EXTRAFS_TRY(data, fetcher_.get(chunk_ref(idx, c)));
-          EXTRAFS_CHECK_STATUS(w->write(off, std::span(data->data(), data->size())));
-        }
-        off += c.raw_len;
-      }
-      EXTRAFS_CHECK_STATUS(w->commit());
-      written = true;
-      return ok_status();
-    }();
-    if (!st.ok()) spdlog::debug("whole-file copy {} not made: {}", job.key.hex(), st.error().message);
-    std::lock_guard lock(copy_mu_);
-    copy_pending_.erase(job.key);
-    // A copy written now is hashed once its identity can be trusted (3 s, as above), before any
-    // open hands it out; a bounded number wait for that (the others: at their first open).
-    constexpr size_t kMaxSettling = 64;
-    if (written && check_queue_.size() < kMaxSettling && check_pending_.insert(job.key).second) {
-      job.due = Clock::now() + std::chrono::seconds(3);
-      check_queue_.push_back(std::move(job));
-    }
-  }
-}
-
-Fd FsCore::whole_copy(std::shared_ptr<const LayerIndex> idx, uint32_t e) {
-  if (!copies_on_.load(std::memory_order_relaxed)) return Fd();
-  const EntryRecord& rec = idx->attr_entry(e);
-  if (!S_ISREG(rec.mode) || rec.size < options_.whole_file_min) return Fd();
-  const Digest128 key = whole_file_key(*idx, e);
-  if (!options_.whole_files->has(key)) return Fd();
-  auto fd = options_.whole_files->open_checked(key, rec.size);
-  if (fd.ok()) return std::move(fd).value();
-  // Not hashed by this mount yet, or changed since: this open is served the usual way, and the
-  // copier hashes the copy for the next one.
-  if (fd.code() == EAGAIN) want_copy_check(std::move(idx), e, key);
-  return Fd();
+  if (copier_) copier_->set_passthrough(on);
 }
 
 }  // namespace extrafs::fs

@@ -35,7 +35,6 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -61,6 +60,8 @@
 #include "fs/inode_table.h"
 #include "fs/layer_index.h"
 #include "fs/ordered_prefetch.h"
+#include "fs/readahead.h"
+#include "fs/whole_file_copier.h"
 
 namespace extrafs::fs {
 
@@ -107,16 +108,12 @@ struct FsCoreOptions {
   // Local whole-file copies for the kernel to read by itself (null = none), used once the kernel
   // agreed to passthrough (set_passthrough): a file of at least whole_file_min bytes gets one,
   // made in the background, when a read reaches its end and every one of its chunks is cached;
-  // open() then hands it out once this core's copier thread has hashed it (a few seconds after
+  // open() then hands it out once the copier thread (fs/whole_file_copier.h) has hashed it (a few seconds after
   // writing it, or after the first open of a copy an earlier mount left), so that no open waits
   // for a hash.
   cache::WholeFiles* whole_files = nullptr;
   uint64_t whole_file_min = uint64_t{8} << 20;
 };
-
-// What names the content of entry `e` of `idx` for cache::WholeFiles: the xxh3-128 of its size,
-// the index's chunk size and its chunk table (digests, lengths, zero flags).
-Digest128 whole_file_key(const LayerIndex& idx, uint32_t e);
 
 class FsCore {
  public:
@@ -275,17 +272,6 @@ class FsCore {
   NodeAttr entry_attr(uint32_t slot, const LayerIndex& idx, uint32_t entry) const;
   NodeAttr synthetic_attr(uint64_t ino, uint32_t mode, uint64_t size, uint32_t nlink) const;
   void record_access(uint32_t slot_no, const Slot& s, const LayerIndex& idx, uint32_t entry);
-  // Readahead: returns how many chunks after the one ending at `end` to prefetch for this reader.
-  unsigned sequential_window(uint64_t ino, uint64_t offset, uint64_t end);
-  // Queues a whole-file copy of entry `e` (see FsCoreOptions::whole_files); no-op if it has one.
-  void want_whole_copy(std::shared_ptr<const LayerIndex> idx, uint32_t e);
-  // Queues the hash of entry `e`'s copy `key` ahead of the copies settling (see check_queue_).
-  void want_copy_check(std::shared_ptr<const LayerIndex> idx, uint32_t e, const Digest128& key);
-  // Entry `e`'s whole-file copy for open(), checked by this core; invalid if copies are off, it
-  // has none, or it still has to be checked (then queued for that).
-  Fd whole_copy(std::shared_ptr<const LayerIndex> idx, uint32_t e);
-  void copy_loop();
-
   cache::ChunkFetcher& fetcher_;
   cache::MetaSource& meta_;
   FsCoreOptions options_;
@@ -327,37 +313,9 @@ class FsCore {
   std::atomic<uint64_t> removed_layer_errors_{0};
   std::atomic<bool> passthrough_{false};
 
-  // Copies made from the chunks on this host, and checks of copies before their first
-  // passthrough open, all on the copier thread.
-  struct CopyJob {
-    Digest128 key;
-    std::shared_ptr<const LayerIndex> idx;
-    uint32_t entry;
-    std::chrono::steady_clock::time_point due{};  // check_queue_: not before then
-    bool retried = false;                          // check_queue_: once more after EAGAIN
-  };
-  enum class CopyMode { kUndecided, kOn, kOff };  // set_passthrough's answer
-  std::mutex copy_mu_;  // guards the fields below up to copier_
-  std::condition_variable copy_cv_;
-  CopyMode copy_mode_ = CopyMode::kUndecided;
-  std::deque<CopyJob> copy_queue_;
-  // Copies to hash before they are handed out, in order of `due`: those an open wanted (due at
-  // once, at the front) and those just written (due once their identity can be trusted,
-  // FileIdentity::settled), so that no open waits for a hash.
-  std::deque<CopyJob> check_queue_;
-  std::unordered_set<Digest128, Digest128Hash> copy_pending_, check_pending_;
-  bool copy_stop_ = false;
-  // The copies were taken in (WholeFiles::load) after the kernel agreed to passthrough: only
-  // then are they made and handed out.
-  std::atomic<bool> copies_on_{false};
-  std::thread copier_;
-
-  struct Stream {
-    uint64_t next = 0;    // offset a sequential reader would read next
-    unsigned streak = 0;  // consecutive sequential reads
-  };
-  std::mutex streams_mu_;  // guards streams_
-  std::unordered_map<uint64_t, Stream> streams_;
+  Readahead readahead_;
+  // Whole-file copies for passthrough (null without options_.whole_files).
+  std::unique_ptr<WholeFileCopier> copier_;
 
   std::mutex record_mu_;  // guards recorded_
   std::unordered_set<uint64_t> recorded_;
