@@ -14,7 +14,6 @@
 
 #include <algorithm>
 #include <array>
-#include <set>
 #include <cstring>
 
 namespace extrafs::fs {
@@ -38,17 +37,6 @@ constexpr size_t kMaxFollowing = 8;
 // What a hole reads as (never written: the kernel backs it with its zero page).
 const std::byte kZeros[1 << 20] = {};
 
-// The check read_meta runs on a catalog: it parses it and keeps the result in `out`, so that a
-// catalog (up to kMaxCatalogSize of JSON) is parsed once, not once to check and once to use.
-std::function<Status(const std::string&)> parse_catalog_into(std::optional<Catalog>* out) {
-  return [out](const std::string& text) -> Status {
-    auto c = Catalog::parse(text);
-    if (!c.ok()) return c.error();
-    *out = std::move(c).value();
-    return ok_status();
-  };
-}
-
 std::string link_target(const std::string& cache_id) { return "../" + cache_id + "/diff"; }
 
 
@@ -57,276 +45,44 @@ std::string link_target(const std::string& cache_id) { return "../" + cache_id +
 FsCore::FsCore(cache::ChunkFetcher& fetcher, cache::MetaSource& meta, FsCoreOptions options)
     : fetcher_(fetcher), meta_(meta), options_(std::move(options)), indexes_(meta, options_.index_retry_s, options_.now) {
   clock_gettime(CLOCK_REALTIME, &start_time_);
-  slots_.push_back(nullptr);
 }
 
 void FsCore::stop() {
-  {
-    std::lock_guard lock(stop_mu_);
-    stopping_ = true;
-  }
-  stop_cv_.notify_all();
+  view_->stop();
   if (copier_) copier_->stop();
   fetcher_.interrupt();
 }
 
 FsCore::~FsCore() {
-  {
-    std::lock_guard lock(stop_mu_);
-    stopping_ = true;
-  }
-  stop_cv_.notify_all();
-  if (refresher_.joinable()) refresher_.join();
+  // The threads first: they use the rest.
+  view_.reset();
   copier_.reset();
-}
-
-void FsCore::refresh_loop() {
-  auto interval = std::chrono::duration<double>(options_.refresh_interval_s);
-  std::unique_lock lock(stop_mu_);
-  while (!stop_cv_.wait_for(lock, interval, [&] { return stopping_; })) {
-    lock.unlock();
-    if (auto st = refresh(); !st.ok()) spdlog::debug("catalog refresh: {}", st.error().message);
-    lock.lock();
-  }
 }
 
 Result<std::unique_ptr<FsCore>> FsCore::open(cache::ChunkFetcher& fetcher, cache::MetaSource& meta,
                                              FsCoreOptions options) {
   std::unique_ptr<FsCore> core(new FsCore(fetcher, meta, std::move(options)));
-  core->catalog_cache_name_ = catalog_cache_name(meta.describe());
-  // The version is taken before the read: a catalog replaced in between is simply loaded again
-  // by the next refresh.
-  auto version = meta.meta_version(kCatalogPath);
-  std::optional<Catalog> catalog;
-  auto got = meta.read_meta(kCatalogPath, core->catalog_cache_name_, kMaxCatalogSize, parse_catalog_into(&catalog));
-  const bool from_store = got.ok();
-  if (!from_store) {
-    // The store unreachable, or its catalog refused: the copy kept by an earlier mount serves
-    // meanwhile, if it is good.
-    auto kept = meta.kept_meta(core->catalog_cache_name_);
-    if (kept.ok() && parse_catalog_into(&catalog)(*kept).ok()) {
-      spdlog::warn("{}: {}; serving the cached copy", kCatalogPath, got.error().message);
-    } else {
-      return store_catalog(got, meta.describe()).error();
-    }
-  }
-  EXTRAFS_CHECK_STATUS(core->load(*catalog, /*initial=*/true));
-  // A kept copy is not the store's version: leaving it unseen makes the first refresh that can
-  // read the store load it.
-  if (from_store && version.ok()) core->catalog_version_ = *version;
-  core->generation_ = catalog->generation;
-  core->store_id_ = catalog->store_id;
-  if (core->options_.refresh_interval_s > 0) core->refresher_ = std::thread([c = core.get()] { c->refresh_loop(); });
+  StoreViewOptions vo;
+  vo.refresh_interval_s = core->options_.refresh_interval_s;
+  vo.probe_generations = core->options_.probe_generations;
+  EXTRAFS_TRY(view, StoreView::open(meta, core->indexes_, core->inodes_, vo));
+  core->view_ = std::move(view);
   if (core->options_.whole_files)
     core->copier_ = std::make_unique<WholeFileCopier>(fetcher, *core->options_.whole_files, core->options_.whole_file_min);
   return core;
 }
 
-// Adds every layer of `catalog` not yet known (their indexes are read on first use, see
-// index_of) and loads its image/ index if new, then installs them. Initially a bad image/ index
-// fails the load. Later (a refresh) the layers are installed anyway and the image/ problem is
-// reported as the error, so that the caller tries the catalog again.
-Status FsCore::load(const Catalog& catalog, bool initial) {
-  std::optional<Error> problem;
-  std::vector<std::shared_ptr<Slot>> new_layers;
-  std::shared_ptr<Slot> new_image;
-  // A layer whose lower chain names links the catalog does not serve is not served itself: its
-  // `lower` would lead overlayfs elsewhere.
-  std::set<std::string> refused;
-  for (auto& [id, why] : unchained_layers(catalog)) {
-    spdlog::warn("not serving layer {}: {}", id, why);
-    refused.insert(id);
-  }
-  {
-    std::shared_lock lock(mu_);
-    for (const auto& l : catalog.layers) {
-      if (by_cache_id_.count(l.cache_id) || refused.count(l.cache_id)) continue;
-      auto s = std::make_shared<Slot>();
-      s->layer = l;
-      s->lazy = std::make_shared<LazyIndex>(l.cache_id, l.index_digest);
-      new_layers.push_back(std::move(s));
-    }
-    if (catalog.image_index && (image_slot_ == 0 || !(slots_[image_slot_]->index->digest() == *catalog.image_index))) {
-      new_image = std::make_shared<Slot>();
-      new_image->is_image = true;
-    }
-  }
-  if (new_image) {
-    auto idx = indexes_.load(image_index_path(*catalog.image_index), "image-" + catalog.image_index->hex(),
-                             *catalog.image_index, "the image/ tree");
-    if (!idx.ok()) {
-      if (initial) return idx.error();
-      problem = make_error(EIO, "keeping the previous image/ tree: " + idx.error().message);
-      new_image.reset();
-    } else {
-      new_image->index = *idx;
-    }
-  }
-  std::unique_lock lock(mu_);
-  for (auto& s : new_layers) {
-    if (by_cache_id_.count(s->layer.cache_id)) continue;
-    uint32_t n = static_cast<uint32_t>(slots_.size());
-    by_cache_id_[s->layer.cache_id] = n;
-    if (!s->layer.link.empty()) by_link_.emplace(s->layer.link, n);
-    layer_slots_.push_back(n);
-    slots_.push_back(std::move(s));
-  }
-  if (new_image) {
-    uint32_t old = image_slot_;
-    image_slot_ = static_cast<uint32_t>(slots_.size());
-    slots_.push_back(std::move(new_image));
-    // The superseded tree stays while the kernel still refers to any of its nodes.
-    if (old && inodes_.slot_nodes(old) == 0) slots_[old] = nullptr;
-  }
-  // A layer this catalog does not name, or names with another index (a store made again), keeps
-  // its slot: the kernel, overlayfs and open files may refer to it, and this host may have all of
-  // it that a container needs.
-  std::unordered_map<std::string_view, const Digest128*> named;
-  for (const auto& l : catalog.layers) named.emplace(l.cache_id, &l.index_digest);
-  for (uint32_t n : layer_slots_) {
-    const CatalogLayer& l = slots_[n]->layer;
-    auto it = named.find(l.cache_id);
-    if (it == named.end() || !(*it->second == l.index_digest)) {
-      if (removed_.insert(n).second)
-        spdlog::info("layer {} {}; served from what this host has until unmounted", l.cache_id,
-                     it == named.end() ? "is no longer in the store's catalog" : "has another index in the store now");
-    } else if (removed_.erase(n)) {
-      removed_logged_.erase(n);
-      spdlog::info("layer {} is in the store's catalog again", l.cache_id);
-    }
-  }
-  catalog_ = catalog;
-  if (problem) return *problem;
-  return ok_status();
-}
+Status FsCore::refresh() { return view_->refresh(); }
 
-Status FsCore::follow_generations() {
-  // Bounded per tick; a store that far ahead is caught up with on the next ticks.
-  constexpr int kMaxSteps = 64;
-  for (int step = 0; step < kMaxSteps && !stopping(); ++step) {
-    const uint64_t next = generation_ + 1;
-    const std::string path = catalog_generation_path(next);
-    if (!meta_.meta_version(path).ok()) return ok_status();  // not published (yet)
-    Status st = [&]() -> Status {
-      // A generation that was refused (not a regular file, too large, corrupt) is not read again
-      // until it changes: read_meta remembers it.
-      std::optional<Catalog> catalog;
-      EXTRAFS_CHECK_STATUS(meta_.read_meta(path, catalog_cache_name_, kMaxCatalogSize, parse_catalog_into(&catalog)));
-      if (catalog->generation != next)
-        return make_error(EBADMSG, fmt::format("{} holds generation {}", path, catalog->generation));
-      if (!is_news(*catalog))
-        return make_error(ESTALE, fmt::format("{} is of store {}, which this mount left", path, catalog->store_id));
-      EXTRAFS_CHECK_STATUS(load(*catalog, /*initial=*/false));
-      loaded_catalog(*catalog);
-      return ok_status();
-    }();
-    if (!st.ok()) {
-      if (failed_generation_ != next) spdlog::warn("catalog generation {} not loaded, will retry: {}", next, st.error().message);
-      failed_generation_ = next;
-      return st;
-    }
-    spdlog::info("catalog generation {} loaded: {} layers", next, layer_count());
-  }
-  return ok_status();
-}
+size_t FsCore::layer_count() { return view_->layer_count(); }
 
-bool FsCore::stopping() {
-  std::lock_guard lock(stop_mu_);
-  return stopping_;
-}
+std::optional<Digest128> FsCore::image_tree() const { return view_->image_tree(); }
 
-bool FsCore::same_store(const Catalog& c) const {
-  // A catalog written before store ids gets one at its next write, a later generation.
-  return c.store_id == store_id_ || (store_id_.empty() && (generation_ == 0 || c.generation > generation_));
-}
-
-bool FsCore::is_news(const Catalog& c) const {
-  if (!same_store(c)) return !left_store_ids_.count(c.store_id);
-  return generation_ == 0 || c.generation > generation_;
-}
-
-void FsCore::loaded_catalog(const Catalog& c) {
-  if (c.store_id != store_id_) {
-    // Its generations count from 1 again: the one loaded says nothing about them.
-    if (!same_store(c))
-      spdlog::warn("the store was made again (store id {} instead of {}): its catalog generation {} loaded as new; "
-                   "layers it no longer has are served from what this host has",
-                   c.store_id.empty() ? "none" : c.store_id, store_id_.empty() ? "none" : store_id_, c.generation);
-    // Either way a catalog without the new id is an old one from now on (a server may still
-    // serve the replaced file).
-    left_store_ids_.insert(store_id_);
-    store_id_ = c.store_id;
-  }
-  generation_ = c.generation;
-}
-
-Status FsCore::refresh() {
-  Status st = ok_status();
-  bool newer = false;
-  {
-    std::lock_guard guard(refresh_mu_);
-    const uint64_t generation = generation_;
-    const cache::MetaVersion version = catalog_version_;
-    st = refresh_locked();
-    newer = generation_ != generation || catalog_version_ != version;
-  }
-  // Something newer was loaded: the directories that list layers may list others now. Told
-  // without refresh_mu_, which is held while the store is waited on: the adapter's
-  // set_on_listing_change() at unmount never waits for the store.
-  if (newer) {
-    std::lock_guard lock(listing_mu_);
-    static constexpr uint64_t kListings[] = {kRootIno, kOverlayIno, kLinksIno};
-    if (on_listing_change_) on_listing_change_(kListings);
-  }
-  return st;
-}
-
-Status FsCore::refresh_locked() {
-  Status followed = generation_ > 0 && options_.probe_generations ? follow_generations() : ok_status();
-  // Taken before the read: if the catalog is replaced again meanwhile, the next refresh sees a
-  // version it has not loaded and reads it (again).
-  auto current = meta_.meta_version(kCatalogPath);
-  if (!current.ok()) {
-    if (!followed.ok()) return followed;
-    return current.error();
-  }
-  const cache::MetaVersion version = *current;
-  if (version == catalog_version_) return followed;
-  bool loaded = false;
-  auto reload = [&]() -> Status {
-    std::optional<Catalog> parsed;
-    EXTRAFS_CHECK_STATUS(meta_.read_meta(kCatalogPath, catalog_cache_name_, kMaxCatalogSize, parse_catalog_into(&parsed)));
-    const Catalog& catalog = *parsed;
-    // Loaded already through its generation, or older (an NFS server may still serve a replaced
-    // catalog), or of a store this mount left: loading it would bring back an earlier image/ tree.
-    if (!is_news(catalog)) return ok_status();
-    EXTRAFS_CHECK_STATUS(load(catalog, /*initial=*/false));
-    loaded_catalog(catalog);
-    loaded = true;
-    return ok_status();
-  };
-  if (auto st = reload(); !st.ok()) {
-    // The version stays unseen, so the next refresh tries again; said once per version, not on
-    // every tick.
-    if (failed_version_ != version) spdlog::warn("catalog refresh failed, will retry: {}", st.error().message);
-    failed_version_ = version;
-    return st;
-  }
-  catalog_version_ = version;
-  failed_version_.reset();
-  if (loaded) spdlog::info("catalog reloaded: {} layers", layer_count());
-  return followed;
-}
-
-size_t FsCore::layer_count() {
-  std::shared_lock lock(mu_);
-  return layer_slots_.size();
-}
-
-std::shared_ptr<const FsCore::Slot> FsCore::slot(uint32_t n) const {
-  std::shared_lock lock(mu_);
-  if (n == 0 || n >= slots_.size()) return nullptr;
-  return slots_[n];
+void FsCore::set_on_listing_change(std::function<void(std::span<const uint64_t>)> f) {
+  // A newer catalog: the directories that list layers may list others now.
+  static constexpr uint64_t kListings[] = {kRootIno, kOverlayIno, kLinksIno};
+  if (!f) return view_->set_on_change(nullptr);
+  view_->set_on_change([f = std::move(f)] { f(kListings); });
 }
 
 std::shared_ptr<const LayerIndex> FsCore::loaded_index(const Slot& s) {
@@ -344,10 +100,8 @@ std::shared_ptr<const LayerIndex> FsCore::local_index(const Slot& s) {
 
 void FsCore::forget(uint64_t ino, uint64_t n) {
   if (inodes_.forget(ino, n) != 0) return;
-  uint32_t s = ino_slot(ino);
-  if (s == 0 || inodes_.slot_nodes(s) != 0) return;
-  std::unique_lock lock(mu_);
-  if (s < slots_.size() && slots_[s] && slots_[s]->is_image && s != image_slot_) slots_[s] = nullptr;
+  const uint32_t s = ino_slot(ino);
+  if (s != 0 && inodes_.slot_nodes(s) == 0) view_->release_if_superseded(s);
 }
 
 NodeAttr FsCore::synthetic_attr(uint64_t ino, uint32_t mode, uint64_t size, uint32_t nlink) const {
@@ -389,7 +143,7 @@ Result<FsCore::Node> FsCore::resolve(uint64_t ino) {
     if (ino != kRootIno && ino != kOverlayIno && ino != kLinksIno) return noent();
     return n;
   }
-  n.slot = slot(n.slot_no);
+  n.slot = view_->slot(n.slot_no);
   if (!n.slot) return make_error(ESTALE, "stale node");
   if (n.local >= kEntryBase) {
     EXTRAFS_TRY(idx, index_of(*n.slot));
@@ -420,15 +174,12 @@ NodeAttr FsCore::node_attr(const Node& n) const {
   if (n.index) return entry_attr(n.slot_no, *n.index, n.entry);
   if (n.slot_no == 0) {
     NodeAttr a;
-    {
-      std::shared_lock lock(mu_);
-      if (n.ino == kRootIno) {
-        a = synthetic_attr(n.ino, S_IFDIR | 0755, 4096, image_slot_ ? 4 : 3);
-      } else if (n.ino == kOverlayIno) {
-        a = synthetic_attr(n.ino, S_IFDIR | 0710, 4096, static_cast<uint32_t>(3 + layer_slots_.size()));
-      } else {
-        a = synthetic_attr(n.ino, S_IFDIR | 0700, 4096, 2);  // kLinksIno
-      }
+    if (n.ino == kRootIno) {
+      a = synthetic_attr(n.ino, S_IFDIR | 0755, 4096, view_->image_slot() ? 4 : 3);
+    } else if (n.ino == kOverlayIno) {
+      a = synthetic_attr(n.ino, S_IFDIR | 0710, 4096, static_cast<uint32_t>(3 + view_->layer_count()));
+    } else {
+      a = synthetic_attr(n.ino, S_IFDIR | 0700, 4096, 2);  // kLinksIno
     }
     a.attr_timeout = kShortTimeout;  // a new catalog changes their link counts
     return a;
@@ -468,18 +219,14 @@ Result<NodeAttr> FsCore::lookup(uint64_t parent, std::string_view name) {
   // A synthetic directory: find the child's id, then resolve it as any node.
   uint64_t child = 0;
   if (dir.slot_no == 0) {
-    std::shared_lock lock(mu_);
     if (parent == kRootIno) {
       if (name == "overlay2") child = kOverlayIno;
-      else if (name == "image" && image_slot_) child = make_ino(image_slot_, kEntryBase);
+      else if (uint32_t img = view_->image_slot(); name == "image" && img) child = make_ino(img, kEntryBase);
     } else if (parent == kOverlayIno) {
-      if (name == "l") {
-        child = kLinksIno;
-      } else if (auto it = by_cache_id_.find(std::string(name)); it != by_cache_id_.end()) {
-        child = make_ino(it->second, kLayerDir);
-      }
-    } else if (auto it = by_link_.find(std::string(name)); it != by_link_.end()) {  // kLinksIno
-      child = make_ino(it->second, kLinkSymlink);
+      if (name == "l") child = kLinksIno;
+      else if (uint32_t n = view_->layer_by_cache_id(name)) child = make_ino(n, kLayerDir);
+    } else if (uint32_t n = view_->layer_by_link(name)) {  // kLinksIno
+      child = make_ino(n, kLinkSymlink);
     }
   } else {
     if (dir.local != kLayerDir) return make_error(ENOTDIR, "not a directory");
@@ -527,18 +274,15 @@ Status FsCore::readdir(uint64_t ino, uint64_t offset, const std::function<bool(c
   }
   // Fixed and per-layer directories: build the list, then emit from `offset`.
   std::vector<std::pair<std::string, uint64_t>> items;
-  if (dir.slot_no == 0) {
-    std::shared_lock lock(mu_);
-    if (ino == kRootIno) {
-      if (image_slot_) items.emplace_back("image", make_ino(image_slot_, kEntryBase));
-      items.emplace_back("overlay2", kOverlayIno);
-    } else if (ino == kOverlayIno) {
-      items.emplace_back("l", kLinksIno);
-      for (uint32_t n : layer_slots_) items.emplace_back(slots_[n]->layer.cache_id, make_ino(n, kLayerDir));
-    } else {  // kLinksIno
-      for (uint32_t n : layer_slots_)
-        if (!slots_[n]->layer.link.empty()) items.emplace_back(slots_[n]->layer.link, make_ino(n, kLinkSymlink));
-    }
+  if (ino == kRootIno) {
+    if (uint32_t img = view_->image_slot()) items.emplace_back("image", make_ino(img, kEntryBase));
+    items.emplace_back("overlay2", kOverlayIno);
+  } else if (ino == kOverlayIno) {
+    items.emplace_back("l", kLinksIno);
+    for (const auto& l : view_->layers()) items.emplace_back(l.slot->layer.cache_id, make_ino(l.slot_no, kLayerDir));
+  } else if (ino == kLinksIno) {
+    for (const auto& l : view_->layers())
+      if (!l.slot->layer.link.empty()) items.emplace_back(l.slot->layer.link, make_ino(l.slot_no, kLinkSymlink));
   } else {
     if (dir.local != kLayerDir) return make_error(ENOTDIR, "not a directory");
     const CatalogLayer& l = dir.slot->layer;
@@ -616,7 +360,7 @@ Result<size_t> FsCore::read(uint64_t ino, uint64_t offset, std::span<std::byte> 
 Result<size_t> FsCore::read_pieces(uint64_t ino, uint64_t offset, size_t size, std::vector<ReadPiece>& pieces) {
   pieces.clear();
   auto node = resolve(ino);
-  if (!node.ok()) return read_failed(ino_slot(ino), node.error());  // a layer's index that cannot be loaded
+  if (!node.ok()) return view_->read_failed(ino_slot(ino), node.error());  // a layer's index that cannot be loaded
   const Node& n = *node;
   if (!n.index) {
     std::string_view content;
@@ -669,7 +413,7 @@ Result<size_t> FsCore::read_pieces(uint64_t ino, uint64_t offset, size_t size, s
         // wrong below (timeout, missing object, bytes that never verify), the reader sees EIO;
         // the cause is logged and counted by the fetcher.
         pieces.clear();
-        return read_failed(n.slot_no, make_error(EIO, data.error().message));
+        return view_->read_failed(n.slot_no, make_error(EIO, data.error().message));
       }
       pieces.push_back({*data, std::span((*data)->data() + in_chunk, len)});
     }
@@ -691,33 +435,13 @@ Result<size_t> FsCore::read_pieces(uint64_t ino, uint64_t offset, size_t size, s
   return done;
 }
 
-Error FsCore::read_failed(uint32_t sn, Error e) {
-  bool logged;
-  {
-    std::shared_lock lock(mu_);
-    if (!removed_.count(sn)) return e;
-    logged = removed_logged_.count(sn) != 0;
-  }
-  removed_layer_errors_.fetch_add(1, std::memory_order_relaxed);
-  if (logged) return e;
-  std::unique_lock lock(mu_);
-  if (removed_logged_.insert(sn).second)
-    spdlog::warn("layer {}, removed from the store, cannot be read whole any more: {}; the parts this host has not "
-                 "cached answer EIO (counted in removed_layer_errors, logged once per layer)",
-                 slots_[sn]->layer.cache_id, e.message);
-  return e;
-}
-
 struct statvfs FsCore::statfs() {
   struct statvfs sv {};
   uint64_t bytes = 0, files = 0;
-  {
-    std::shared_lock lock(mu_);
-    // The catalog knows every layer's size; entries are counted for the indexes loaded so far.
-    for (uint32_t n : layer_slots_) {
-      bytes += slots_[n]->layer.bytes;
-      if (auto idx = loaded_index(*slots_[n])) files += idx->entry_count();
-    }
+  // The catalog knows every layer's size; entries are counted for the indexes loaded so far.
+  for (const auto& l : view_->layers()) {
+    bytes += l.slot->layer.bytes;
+    if (auto idx = loaded_index(*l.slot)) files += idx->entry_count();
   }
   sv.f_bsize = 4096;
   sv.f_frsize = 4096;
@@ -763,12 +487,6 @@ Result<std::string> FsCore::read_path(std::string_view path, uint64_t max) {
   return out;
 }
 
-std::optional<Digest128> FsCore::image_tree() const {
-  std::shared_lock lock(mu_);
-  if (!image_slot_ || !slots_[image_slot_] || !slots_[image_slot_]->index) return std::nullopt;
-  return slots_[image_slot_]->index->digest();
-}
-
 nlohmann::json FsCore::stats() {
   // Fetched chunks reach the disk cache from a background writer; waiting for it (at most the
   // writer's short queue) makes cache_bytes, bytes_cached and `extrafs cache stat` agree with
@@ -801,7 +519,7 @@ nlohmann::json FsCore::stats() {
   j["corrupt_fetches"] = f.corrupt_fetches;
   j["prefetches"] = f.prefetches;
   j["cache_write_errors"] = f.cache_write_errors;
-  j["removed_layer_errors"] = removed_layer_errors_.load();
+  j["removed_layer_errors"] = view_->removed_layer_errors();
   j["cache_bytes"] = fetcher_.cached_bytes();
   // Backend chunk reads by duration: cumulative counts per upper bound "le" (seconds).
   nlohmann::json le = nlohmann::json::array(), buckets = nlohmann::json::array();
@@ -813,14 +531,9 @@ nlohmann::json FsCore::stats() {
                         {"count", f.fetch_count}};
   j["inodes"] = inodes_.size();
   j["source"] = meta_.describe();
-  std::vector<std::pair<std::shared_ptr<const Slot>, bool>> layers;  // with whether it is removed
-  {
-    std::shared_lock lock(mu_);
-    for (uint32_t n : layer_slots_) layers.emplace_back(slots_[n], removed_.count(n) != 0);
-  }
   nlohmann::json arr = nlohmann::json::array();
   uint64_t loaded = 0;
-  for (const auto& [s, removed] : layers) {
+  for (const auto& [sn, s, removed] : view_->layers()) {
     // A layer whose index this host never read (nor kept) has had nothing read through it.
     auto idx = local_index(*s);
     if (!idx) {
