@@ -9,7 +9,6 @@
 #include <unistd.h>
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -487,61 +486,30 @@ Result<std::string> FsCore::read_path(std::string_view path, uint64_t max) {
   return out;
 }
 
-nlohmann::json FsCore::stats() {
+FsStatistics FsCore::statistics() {
   // Fetched chunks reach the disk cache from a background writer; waiting for it (at most the
   // writer's short queue) makes cache_bytes, bytes_cached and `extrafs cache stat` agree with
   // what has been read.
   fetcher_.flush_cache_writes();
-  auto f = fetcher_.stats();
-  nlohmann::json j;
-  j["pid"] = static_cast<uint64_t>(::getpid());  // the daemon's (extrafs unmount waits for it to exit)
-  j["bytes_fetched"] = f.bytes_fetched;
-  j["meta_bytes_fetched"] = f.meta_bytes_fetched;
-  j["own_bytes_fetched"] = f.own_bytes_fetched;
-  j["bytes_served"] = bytes_served_.load();
-  j["open_requests"] = open_requests_.load();
-  j["opendir_requests"] = opendir_requests_.load();
-  j["passthrough"] = passthrough_.load();
-  j["passthrough_opens"] = passthrough_opens_.load();
-  if (options_.whole_files) {
-    auto w = options_.whole_files->stats();
-    j["whole_files"] = w.files;
-    j["whole_file_bytes"] = w.bytes;
-    j["whole_files_written"] = w.written;
-    j["whole_files_checked"] = w.checked;
-    j["whole_files_corrupt_dropped"] = w.corrupt_dropped;
-  }
-  j["chunks_fetched"] = f.chunks_fetched;
-  j["cache_hits"] = f.cache_hits;
-  j["cache_misses"] = f.cache_misses;
-  j["merged_waits"] = f.merged_waits;
-  j["backend_errors"] = f.backend_errors;
-  j["corrupt_fetches"] = f.corrupt_fetches;
-  j["prefetches"] = f.prefetches;
-  j["cache_write_errors"] = f.cache_write_errors;
-  j["removed_layer_errors"] = view_->removed_layer_errors();
-  j["cache_bytes"] = fetcher_.cached_bytes();
-  // Backend chunk reads by duration: cumulative counts per upper bound "le" (seconds).
-  nlohmann::json le = nlohmann::json::array(), buckets = nlohmann::json::array();
-  for (size_t i = 0; i < cache::kFetchBucketCount; ++i) {
-    le.push_back(cache::kFetchBuckets[i]);
-    buckets.push_back(f.fetch_buckets[i]);
-  }
-  j["fetch_seconds"] = {{"le", std::move(le)}, {"buckets", std::move(buckets)}, {"sum", f.fetch_seconds},
-                        {"count", f.fetch_count}};
-  j["inodes"] = inodes_.size();
-  j["source"] = meta_.describe();
-  nlohmann::json arr = nlohmann::json::array();
-  uint64_t loaded = 0;
+  FsStatistics st;
+  st.fetcher = fetcher_.stats();
+  st.cache_bytes = fetcher_.cached_bytes();
+  if (options_.whole_files) st.whole_files = options_.whole_files->stats();
+  st.bytes_served = bytes_served_.load();
+  st.open_requests = open_requests_.load();
+  st.opendir_requests = opendir_requests_.load();
+  st.passthrough = passthrough_.load();
+  st.passthrough_opens = passthrough_opens_.load();
+  st.removed_layer_errors = view_->removed_layer_errors();
+  st.inodes = inodes_.size();
+  st.source = meta_.describe();
   for (const auto& [sn, s, removed] : view_->layers()) {
     // A layer whose index this host never read (nor kept) has had nothing read through it.
     auto idx = local_index(*s);
     if (!idx) {
-      arr.push_back({{"cache_id", s->layer.cache_id}, {"bytes_total", s->layer.bytes}, {"bytes_cached", uint64_t{0}},
-                     {"index_loaded", false}, {"removed", removed}});
+      st.layers.push_back({s->layer.cache_id, s->layer.bytes, 0, false, removed});
       continue;
     }
-    ++loaded;
     uint64_t cached = 0;
     for (const auto& c : idx->all_chunks()) {
       if (c.flags & kChunkZero) {
@@ -551,15 +519,9 @@ nlohmann::json FsCore::stats() {
       if (fetcher_.is_cached(chunk_digest(c))) cached += c.raw_len;
     }
     // Chunks of a hard-link group are listed once (on its primary entry), as bytes_total counts it.
-    arr.push_back({{"cache_id", s->layer.cache_id},
-                   {"bytes_total", idx->content_bytes()},
-                   {"bytes_cached", std::min(cached, idx->content_bytes())},
-                   {"index_loaded", true},
-                   {"removed", removed}});
+    st.layers.push_back({s->layer.cache_id, idx->content_bytes(), std::min(cached, idx->content_bytes()), true, removed});
   }
-  j["layers"] = std::move(arr);
-  j["layer_indexes_loaded"] = loaded;
-  return j;
+  return st;
 }
 
 void FsCore::set_passthrough(bool on) {

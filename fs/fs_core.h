@@ -20,7 +20,7 @@
 //
 // Removed layers: a layer a newer catalog no longer names (`extrafs rm`, or a store made again
 // from scratch) stays served from what this host has, its index in memory or kept and its cached
-// chunks, until the mount ends; it is marked removed in stats(). A read of it that fails (its
+// chunks, until the mount ends; it is marked removed in statistics(). A read of it that fails (its
 // data collected by `extrafs gc`) answers EIO and counts in removed_layer_errors, logged once per
 // layer. A catalog with another store id than the one loaded (the store was made again) is loaded
 // whatever its generation; a store id this mount moved away from is never loaded again.
@@ -60,8 +60,6 @@
 #include <string_view>
 #include <unordered_set>
 #include <vector>
-
-#include <nlohmann/json_fwd.hpp>
 
 #include "cache/chunk_fetcher.h"
 #include "cache/meta_source.h"
@@ -129,6 +127,31 @@ struct FsCoreOptions {
   uint64_t whole_file_min = uint64_t{8} << 20;
 };
 
+// Per layer, for the statistics.
+struct LayerStatistics {
+  std::string cache_id;
+  uint64_t bytes_total = 0;   // its files' content (the catalog's number until its index is here)
+  uint64_t bytes_cached = 0;  // of that, held on this host
+  bool index_loaded = false;  // its index is in memory or kept on this host
+  bool removed = false;       // the newest catalog loaded does not name it
+};
+
+// What FsCore::statistics() gathers: its own counters, the fetcher's, the whole-file copies'.
+struct FsStatistics {
+  cache::FetcherStats fetcher;
+  uint64_t cache_bytes = 0;                          // ChunkFetcher::cached_bytes
+  std::optional<cache::WholeFileStats> whole_files;  // with whole-file copies
+  uint64_t bytes_served = 0;
+  uint64_t open_requests = 0;
+  uint64_t opendir_requests = 0;
+  bool passthrough = false;
+  uint64_t passthrough_opens = 0;
+  uint64_t removed_layer_errors = 0;
+  uint64_t inodes = 0;  // nodes the kernel holds
+  std::string source;   // MetaSource::describe
+  std::vector<LayerStatistics> layers;  // in the order first seen
+};
+
 class FsCore {
  public:
   // Loads the catalog and the image/ tree's index through `meta` and serves file content through
@@ -190,9 +213,9 @@ class FsCore {
   // Loads newer catalogs now (StoreView::refresh): what the refresh thread does every
   // refresh_interval_s, for a caller that set it to 0.
   Status refresh();
-  // The `extrafs stats --json` object (tools/mount_stats.h serves it to `extrafs stats`). Never
-  // reads the store: per layer what the loaded or locally kept index says.
-  nlohmann::json stats();
+  // The mount's numbers, for the statistics (fs/stats_json.h makes `extrafs stats --json` of
+  // them). Never reads the store: per layer what the loaded or locally kept index says.
+  FsStatistics statistics();
   // The whole content of the regular file at `path` ('/'-separated components from the root of
   // the mount, e.g. "image/overlay2/repositories.json"), for the daemon's own use (the image
   // names of its statistics): from the caches, else the store, through
