@@ -93,6 +93,35 @@ struct Store {
   }
 };
 
+// Options of a core that loads newer catalogs only when told (refresh()): no background thread.
+FsCoreOptions manual() {
+  FsCoreOptions o;
+  o.refresh_interval_s = 0;
+  return o;
+}
+
+// The core the tests open: a ChunkFetcher of its own over backend `b` (which must outlive it)
+// and an FsCore on it, refreshed only when told unless `opts` says otherwise.
+struct Mount {
+  cache::ChunkFetcher fetcher;
+  std::unique_ptr<FsCore> core;
+  explicit Mount(backend::Backend& b, FsCoreOptions opts = manual(), cache::FetcherOptions fo = {}) : fetcher(b, fo) {
+    open(std::move(opts));
+  }
+  // Opened on catalog `first`, put as the store's extrafs/catalog.
+  Mount(Store& s, const Catalog& first) : fetcher(s.mem, {}) {
+    s.mem.put(kCatalogPath, first.serialize());
+    open(manual());
+  }
+
+ private:
+  void open(FsCoreOptions opts) {
+    auto r = FsCore::open(fetcher, fetcher, std::move(opts));
+    REQUIRE(r.ok());
+    core = std::move(r).value();
+  }
+};
+
 // A clock the test moves by hand (FsCoreOptions::now): a back-off passes without a sleep.
 struct ManualClock {
   std::shared_ptr<std::atomic<int64_t>> ms = std::make_shared<std::atomic<int64_t>>(0);
@@ -128,10 +157,8 @@ std::vector<std::pair<std::string, uint32_t>> list(FsCore& core, uint64_t ino) {
 
 TEST_CASE("FsCore shows the overlay2-shaped tree", "[fscore]") {
   Store s;
-  cache::ChunkFetcher fetcher(s.mem, {});
-  auto core_r = FsCore::open(fetcher, fetcher, {});
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(s.mem);
+  FsCore& core = *m.core;
 
   CHECK(list(core, kRootIno) == std::vector<std::pair<std::string, uint32_t>>{{"image", S_IFDIR}, {"overlay2", S_IFDIR}});
   auto ov = list(core, walk(core, {"overlay2"}));
@@ -162,10 +189,8 @@ TEST_CASE("FsCore shows the overlay2-shaped tree", "[fscore]") {
 
 TEST_CASE("FsCore answers metadata from the index: types, links, xattrs, whiteouts", "[fscore]") {
   Store s;
-  cache::ChunkFetcher fetcher(s.mem, {});
-  auto core_r = FsCore::open(fetcher, fetcher, {});
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(s.mem);
+  FsCore& core = *m.core;
   uint64_t reads_before = s.mem.reads();
 
   uint64_t bb = walk(core, {"overlay2", kBase, "diff", "bin", "busybox"});
@@ -202,10 +227,8 @@ TEST_CASE("FsCore answers metadata from the index: types, links, xattrs, whiteou
 
 TEST_CASE("FsCore reads content across chunk boundaries and refuses writes", "[fscore]") {
   Store s;
-  cache::ChunkFetcher fetcher(s.mem, {});
-  auto core_r = FsCore::open(fetcher, fetcher, {});
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(s.mem);
+  FsCore& core = *m.core;
   uint64_t bb = walk(core, {"overlay2", kBase, "diff", "bin", "busybox"});
   CHECK(core.open(bb, O_RDONLY).ok());
   CHECK(core.open(bb, O_RDWR).code() == EROFS);
@@ -278,16 +301,13 @@ TEST_CASE("FsCore refuses a store without a catalog; a bad layer index fails onl
 
 TEST_CASE("FsCore picks up layers added to the catalog without a remount", "[fscore]") {
   Store s;
-  cache::ChunkFetcher fetcher(s.mem, {});
-  FsCoreOptions opts;
-  opts.refresh_interval_s = 0;  // no background thread: the test refreshes by hand
+  FsCoreOptions opts = manual();
   // The memory backend reports mtime 0 for everything, so the refresh is keyed on size.
   Catalog first = s.catalog;
   first.layers.pop_back();
   s.mem.put(kCatalogPath, first.serialize());
-  auto core_r = FsCore::open(fetcher, fetcher, opts);
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(s.mem, opts);
+  FsCore& core = *m.core;
   uint64_t ov = walk(core, {"overlay2"});
   CHECK(core.lookup(ov, kTop).code() == ENOENT);
   uint64_t base_dir = walk(core, {"overlay2", kBase});
@@ -307,15 +327,12 @@ TEST_CASE("a catalog refresh that falls back to the cached copy is retried", "[f
   backend::FaultBackend faulty(s.mem);
   cache::FetcherOptions fo;
   fo.disk = disk->get();
-  cache::ChunkFetcher fetcher(faulty, fo);
-  FsCoreOptions opts;
-  opts.refresh_interval_s = 0;
+  FsCoreOptions opts = manual();
   Catalog first = s.catalog;
   first.layers.pop_back();
   s.mem.put(kCatalogPath, first.serialize());
-  auto core_r = FsCore::open(fetcher, fetcher, opts);
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(faulty, opts, fo);
+  FsCore& core = *m.core;
   // The new catalog cannot be read this time: the fetcher serves its kept copy (the old one),
   // which must not count as having loaded the new version.
   s.mem.put(kCatalogPath, s.catalog.serialize());
@@ -328,18 +345,15 @@ TEST_CASE("a catalog refresh that falls back to the cached copy is retried", "[f
 
 TEST_CASE("a layer whose index is not readable yet is served once it is, after a back-off", "[fscore]") {
   Store s;
-  cache::ChunkFetcher fetcher(s.mem, {});
-  FsCoreOptions opts;
-  opts.refresh_interval_s = 0;
+  FsCoreOptions opts = manual();
   opts.index_retry_s = 0.3;
   ManualClock clock;
   opts.now = clock.clock();
   Catalog first = s.catalog;
   first.layers.pop_back();
   s.mem.put(kCatalogPath, first.serialize());
-  auto core_r = FsCore::open(fetcher, fetcher, opts);
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(s.mem, opts);
+  FsCore& core = *m.core;
   // The catalog names the new layer before its index is complete (a publish still copying it).
   auto index = s.mem.read_all(layer_index_path(kTop), kMaxIndexSize);
   REQUIRE(index.ok());
@@ -364,10 +378,9 @@ TEST_CASE("a layer whose index is not readable yet is served once it is, after a
 
 TEST_CASE("a host reads only the indexes of the layers it uses, and counts metadata bytes", "[fscore]") {
   Store s;
-  cache::ChunkFetcher fetcher(s.mem, {});
-  auto core_r = FsCore::open(fetcher, fetcher, {});
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(s.mem);
+  FsCore& core = *m.core;
+  cache::ChunkFetcher& fetcher = m.fetcher;
   auto size_of = [&](const std::string& path) { return s.mem.read_all(path, kMaxIndexSize)->size(); };
   const uint64_t at_open = size_of(kCatalogPath) + size_of(image_index_path(*s.catalog.image_index));
   CHECK(fetcher.stats().meta_bytes_fetched == at_open);
@@ -425,10 +438,9 @@ TEST_CASE("a kept index copy is used without the store; stats load it from there
     REQUIRE(core.ok());
     walk(**core, {"overlay2", kBase, "diff", "bin"});  // keeps the base index in the cache
   }
-  cache::ChunkFetcher fetcher(s.mem, fopts);
-  auto core_r = FsCore::open(fetcher, fetcher, {});
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(s.mem, manual(), fopts);
+  FsCore& core = *m.core;
+  cache::ChunkFetcher& fetcher = m.fetcher;
   const uint64_t at_open = fetcher.stats().meta_bytes_fetched;
   auto j = stats(core);
   CHECK(j["layers"][0]["index_loaded"] == true);   // from the kept copy
@@ -445,10 +457,8 @@ TEST_CASE("many threads' first access to a layer cause one index read; other lay
   backend::FaultBackend faulty(s.mem);
   cache::FetcherOptions fopts;
   fopts.prefetch_threads = 0;
-  cache::ChunkFetcher fetcher(faulty, fopts);
-  auto core_r = FsCore::open(fetcher, fetcher, {});
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(faulty, manual(), fopts);
+  FsCore& core = *m.core;
   walk(core, {"overlay2", kBase, "diff"});  // base loaded before the slow reads start
   const uint64_t top = walk(core, {"overlay2", kTop});
   const uint64_t reads = faulty.reads();
@@ -512,21 +522,6 @@ Catalog catalog_of(backend::MemoryBackend& mem, Catalog base, uint64_t generatio
   return base;
 }
 
-// A core over store `s` (which must outlive it) that loads newer catalogs only when told
-// (refresh()), opened on catalog `first`.
-struct ManualCore {
-  cache::ChunkFetcher fetcher;
-  std::unique_ptr<FsCore> core;
-  ManualCore(Store& s, const Catalog& first) : fetcher(s.mem, {}) {
-    s.mem.put(kCatalogPath, first.serialize());
-    FsCoreOptions opts;
-    opts.refresh_interval_s = 0;
-    auto r = FsCore::open(fetcher, fetcher, opts);
-    REQUIRE(r.ok());
-    core = std::move(r).value();
-  }
-};
-
 // Puts catalog `c` at `path` (extrafs/catalog or a generation's name), refreshes `core`, and
 // returns the repositories.json it serves then.
 std::string put_and_refresh(backend::MemoryBackend& mem, FsCore& core, const std::string& path, const Catalog& c) {
@@ -538,17 +533,14 @@ std::string put_and_refresh(backend::MemoryBackend& mem, FsCore& core, const std
 
 TEST_CASE("the next catalog generation is found while the catalog itself looks unchanged", "[fscore]") {
   Store s;
-  cache::ChunkFetcher fetcher(s.mem, {});
-  FsCoreOptions opts;
-  opts.refresh_interval_s = 0;
+  FsCoreOptions opts = manual();
   Catalog first = s.catalog;
   first.layers.pop_back();
   first.generation = 1;
   s.mem.put(kCatalogPath, first.serialize());
   s.mem.put(catalog_generation_path(1), first.serialize());
-  auto core_r = FsCore::open(fetcher, fetcher, opts);
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(s.mem, opts);
+  FsCore& core = *m.core;
   REQUIRE(core.refresh().ok());  // nothing new
   CHECK(core.layer_count() == 1);
   // Generation 2 is published while the store still shows the old extrafs/catalog (as an NFS
@@ -579,17 +571,14 @@ TEST_CASE("the next catalog generation is found while the catalog itself looks u
 
 TEST_CASE("without generation probes (http sources) a refresh follows the catalog alone", "[fscore]") {
   Store s;
-  cache::ChunkFetcher fetcher(s.mem, {});
-  FsCoreOptions opts;
-  opts.refresh_interval_s = 0;
+  FsCoreOptions opts = manual();
   opts.probe_generations = false;
   Catalog first = s.catalog;
   first.layers.pop_back();
   first.generation = 1;
   s.mem.put(kCatalogPath, first.serialize());
-  auto core_r = FsCore::open(fetcher, fetcher, opts);
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(s.mem, opts);
+  FsCore& core = *m.core;
   Catalog second = s.catalog;
   second.generation = 2;
   s.mem.put(catalog_generation_path(2), second.serialize());
@@ -602,26 +591,23 @@ TEST_CASE("without generation probes (http sources) a refresh follows the catalo
 
 TEST_CASE("the background refresher adds new layers by itself", "[fscore]") {
   Store s;
-  cache::ChunkFetcher fetcher(s.mem, {});
   Catalog first = s.catalog;
   first.layers.pop_back();
   s.mem.put(kCatalogPath, first.serialize());
   FsCoreOptions opts;
   opts.refresh_interval_s = 0.02;
-  auto core_r = FsCore::open(fetcher, fetcher, opts);
-  REQUIRE(core_r.ok());
-  CHECK((*core_r)->layer_count() == 1);
+  Mount m(s.mem, opts);
+  FsCore& core = *m.core;
+  CHECK(core.layer_count() == 1);
   s.mem.put(kCatalogPath, s.catalog.serialize());
-  for (int i = 0; i < 200 && (*core_r)->layer_count() < 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  CHECK((*core_r)->layer_count() == 2);
+  for (int i = 0; i < 200 && core.layer_count() < 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  CHECK(core.layer_count() == 2);
 }
 
 TEST_CASE("stats are reported as one JSON object with per-layer numbers", "[fscore]") {
   Store s;
-  cache::ChunkFetcher fetcher(s.mem, {});
-  auto core_r = FsCore::open(fetcher, fetcher, {});
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(s.mem);
+  FsCore& core = *m.core;
   uint64_t bb = walk(core, {"overlay2", kBase, "diff", "bin", "busybox"});
   std::vector<std::byte> buf(100);
   REQUIRE(core.read(bb, 0, buf).ok());
@@ -638,10 +624,9 @@ TEST_CASE("stats are reported as one JSON object with per-layer numbers", "[fsco
 
 TEST_CASE("the daemon reads a file of its image/ tree for itself without counting it as a reader's", "[fscore]") {
   Store s;
-  cache::ChunkFetcher fetcher(s.mem, {});
-  auto core_r = FsCore::open(fetcher, fetcher, {});
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(s.mem);
+  FsCore& core = *m.core;
+  cache::ChunkFetcher& fetcher = m.fetcher;
   auto repos = core.read_path("image/overlay2/repositories.json", 1 << 20);
   REQUIRE(repos.ok());
   CHECK(*repos == "{}");
@@ -679,10 +664,9 @@ TEST_CASE("the daemon reads a file of its image/ tree for itself without countin
 
 TEST_CASE("a sequential reader gets the next chunks fetched ahead, a random one does not", "[fscore]") {
   Store s;
-  cache::ChunkFetcher fetcher(s.mem, {});
-  auto core_r = FsCore::open(fetcher, fetcher, {});
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(s.mem);
+  FsCore& core = *m.core;
+  cache::ChunkFetcher& fetcher = m.fetcher;
   uint64_t bb = walk(core, {"overlay2", kBase, "diff", "bin", "busybox"});
   std::vector<std::byte> buf(1024);
   // Random: the same offset again and again never looks sequential.
@@ -707,10 +691,8 @@ TEST_CASE("a chunk that cannot be served fails the whole read, never a short one
   backend::FaultBackend faulty(s.mem);
   cache::FetcherOptions fopts;
   fopts.prefetch_threads = 0;  // no readahead: every backend read below is one the test asked for
-  cache::ChunkFetcher fetcher(faulty, fopts);
-  auto core_r = FsCore::open(fetcher, fetcher, {});
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(faulty, manual(), fopts);
+  FsCore& core = *m.core;
   uint64_t bb = walk(core, {"overlay2", kBase, "diff", "bin", "busybox"});
   const off_t size = static_cast<off_t>(s.big.size());
   REQUIRE(core.getattr(bb)->st.st_size == size);
@@ -760,10 +742,8 @@ TEST_CASE("FsCore does not serve a layer whose lower names a link no served laye
   Store s;
   s.catalog.layers[1].lower = "l/NOSUCHLINK";
   s.mem.put(kCatalogPath, s.catalog.serialize());
-  cache::ChunkFetcher fetcher(s.mem, {});
-  auto core_r = FsCore::open(fetcher, fetcher, {});
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(s.mem);
+  FsCore& core = *m.core;
   uint64_t ov = walk(core, {"overlay2"});
   CHECK(list(core, ov).size() == 2);  // l/ and the base layer only
   CHECK(core.lookup(ov, kBase).ok());
@@ -810,8 +790,7 @@ struct LocalStore {
     REQUIRE(b.ok());
     backend = std::move(b).value();
     fetcher = std::make_unique<cache::ChunkFetcher>(*backend, cache::FetcherOptions{});
-    FsCoreOptions opts;
-    opts.refresh_interval_s = 0;
+    FsCoreOptions opts = manual();
     auto c = FsCore::open(*fetcher, *fetcher, opts);
     REQUIRE(c.ok());
     core = std::move(c).value();
@@ -854,12 +833,9 @@ TEST_CASE("a corrupt catalog generation is read once, not on every refresh, unti
   first.layers.pop_back();
   first.generation = 1;
   s.mem.put(kCatalogPath, first.serialize());
-  cache::ChunkFetcher fetcher(s.mem, {});
-  FsCoreOptions opts;
-  opts.refresh_interval_s = 0;
-  auto core_r = FsCore::open(fetcher, fetcher, opts);
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  FsCoreOptions opts = manual();
+  Mount m(s.mem, opts);
+  FsCore& core = *m.core;
   s.mem.put(catalog_generation_path(2), "{ not a catalog");
   const uint64_t reads = s.mem.reads();
   for (int i = 0; i < 3; ++i) CHECK_FALSE(core.refresh().ok());
@@ -878,15 +854,12 @@ TEST_CASE("a corrupt layer index is read once, not on every access, until it cha
   std::string bad = *good;
   bad[bad.size() / 2] ^= 1;
   s.mem.put(layer_index_path(kTop), bad);
-  cache::ChunkFetcher fetcher(s.mem, {});
-  FsCoreOptions opts;
-  opts.refresh_interval_s = 0;
+  FsCoreOptions opts = manual();
   opts.index_retry_s = 0.05;
   ManualClock clock;
   opts.now = clock.clock();
-  auto core_r = FsCore::open(fetcher, fetcher, opts);
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(s.mem, opts);
+  FsCore& core = *m.core;
   uint64_t layer = walk(core, {"overlay2", kTop});
   const uint64_t reads = s.mem.reads();
   for (int i = 0; i < 3; ++i) {
@@ -901,15 +874,12 @@ TEST_CASE("a corrupt layer index is read once, not on every access, until it cha
 TEST_CASE("unmount's set_on_listing_change does not wait for a refresh blocked on the store", "[fscore]") {
   Store s;
   backend::FaultBackend slow(s.mem);
-  cache::ChunkFetcher fetcher(slow, {});
-  FsCoreOptions opts;
-  opts.refresh_interval_s = 0;
+  FsCoreOptions opts = manual();
   Catalog first = s.catalog;
   first.layers.pop_back();
   s.mem.put(kCatalogPath, first.serialize());
-  auto core_r = FsCore::open(fetcher, fetcher, opts);
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(slow, opts);
+  FsCore& core = *m.core;
   std::atomic<int> told{0};
   core.set_on_listing_change([&](std::span<const uint64_t>) { told++; });
   s.mem.put(kCatalogPath, s.catalog.serialize());
@@ -929,7 +899,7 @@ TEST_CASE("a catalog of a store made again is loaded whatever its generation; th
   Store s;
   CapturedLog log;
   Catalog old = catalog_of(s.mem, s.catalog, 5, std::string(32, 'a'), R"({"old":1})");
-  ManualCore mc(s, old);
+  Mount mc(s, old);
   FsCore& core = *mc.core;
   // The store made again from scratch: another id, generations from 1, only the base layer.
   Catalog rebuilt = s.catalog;
@@ -961,7 +931,7 @@ TEST_CASE("a failed read of a layer the store removed counts in removed_layer_er
   Store s;
   CapturedLog log;
   s.catalog.generation = 1;
-  ManualCore mc(s, s.catalog);
+  Mount mc(s, s.catalog);
   FsCore& core = *mc.core;
   const uint64_t hostname = walk(core, {"overlay2", kTop, "diff", "etc", "hostname"});
   const uint64_t busybox = walk(core, {"overlay2", kBase, "diff", "bin", "busybox"});
@@ -1002,7 +972,7 @@ TEST_CASE("a store written before store ids that gets one is the same store, and
   Store s;
   CapturedLog log;
   Catalog old = catalog_of(s.mem, s.catalog, 3, "", R"({"three":1})");
-  ManualCore mc(s, old);
+  Mount mc(s, old);
   FsCore& core = *mc.core;
   // The next write gives the store its id.
   Catalog next = catalog_of(s.mem, old, 4, std::string(32, 'c'), R"({"four":1})");
@@ -1020,10 +990,8 @@ TEST_CASE("a store written before store ids that gets one is the same store, and
 
 TEST_CASE("an id the mount never gave out gets one answer from every operation", "[fscore]") {
   Store s;
-  cache::ChunkFetcher fetcher(s.mem, {});
-  auto core_r = FsCore::open(fetcher, fetcher, {});
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(s.mem);
+  FsCore& core = *m.core;
   const uint64_t busybox = walk(core, {"overlay2", kBase, "diff", "bin", "busybox"});
   const uint32_t base = ino_slot(busybox);
   std::vector<std::byte> buf(16);
