@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <future>
 #include <optional>
 #include <thread>
 
@@ -462,7 +463,7 @@ TEST_CASE("many threads' first access to a layer cause one index read; other lay
   walk(core, {"overlay2", kBase, "diff"});  // base loaded before the slow reads start
   const uint64_t top = walk(core, {"overlay2", kTop});
   const uint64_t reads = faulty.reads();
-  faulty.set_delay(std::chrono::milliseconds(500));
+  faulty.hold_reads();  // a store that does not answer until told
   std::atomic<int> ok{0};
   std::vector<std::thread> threads;
   for (int i = 0; i < 16; ++i) {
@@ -473,13 +474,18 @@ TEST_CASE("many threads' first access to a layer cause one index read; other lay
       if (etc.ok() && core.lookup(etc->st.st_ino, "hostname").ok()) ok++;
     });
   }
-  // While the top index is being read (500 ms), the base layer answers at once.
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  auto started = std::chrono::steady_clock::now();
-  CHECK(walk(core, {"overlay2", kBase, "diff", "bin", "busybox"}) != 0);
-  CHECK(std::chrono::steady_clock::now() - started < std::chrono::milliseconds(300));
+  // While the top index is being read (held), the base layer answers.
+  REQUIRE(faulty.wait_held(1, std::chrono::seconds(10)));
+  auto base = std::async(std::launch::async, [&] {
+    auto d = core.lookup(walk(core, {"overlay2", kBase}), "diff");
+    auto bin = d.ok() ? core.lookup(d->st.st_ino, "bin") : d;
+    return bin.ok() && core.lookup(bin->st.st_ino, "busybox").ok();
+  });
+  const bool answered = base.wait_for(std::chrono::seconds(5)) == std::future_status::ready;
+  faulty.release_reads();
+  CHECK(answered);
+  CHECK(base.get());
   for (auto& t : threads) t.join();
-  faulty.set_delay(std::chrono::milliseconds(0));
   CHECK(ok == 16);
   CHECK(faulty.reads() == reads + 1);
 }
@@ -599,8 +605,15 @@ TEST_CASE("the background refresher adds new layers by itself", "[fscore]") {
   Mount m(s.mem, opts);
   FsCore& core = *m.core;
   CHECK(core.layer_count() == 1);
+  // The thread tells the adapter (here: this promise) once it loaded a newer catalog.
+  std::promise<void> told;
+  std::atomic<bool> once{false};
+  core.set_on_listing_change([&](std::span<const uint64_t>) {
+    if (!once.exchange(true)) told.set_value();
+  });
   s.mem.put(kCatalogPath, s.catalog.serialize());
-  for (int i = 0; i < 200 && core.layer_count() < 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  REQUIRE(told.get_future().wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+  core.set_on_listing_change({});
   CHECK(core.layer_count() == 2);
 }
 
@@ -883,14 +896,17 @@ TEST_CASE("unmount's set_on_listing_change does not wait for a refresh blocked o
   std::atomic<int> told{0};
   core.set_on_listing_change([&](std::span<const uint64_t>) { told++; });
   s.mem.put(kCatalogPath, s.catalog.serialize());
-  slow.set_delay(std::chrono::milliseconds(1500));  // a server that answers slowly
-  std::thread refresher([&] { CHECK(core.refresh().ok()); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the refresh waits on the store now
-  auto t0 = std::chrono::steady_clock::now();
-  core.set_on_listing_change({});
-  auto waited = std::chrono::steady_clock::now() - t0;
-  CHECK(waited < std::chrono::milliseconds(300));
+  slow.hold_reads();  // a server that does not answer until told
+  std::atomic<bool> refreshed{false};
+  std::thread refresher([&] { refreshed = core.refresh().ok(); });
+  REQUIRE(slow.wait_held(1, std::chrono::seconds(10)));  // the refresh waits on the store now
+  auto cleared = std::async(std::launch::async, [&] { core.set_on_listing_change({}); });
+  const bool at_once = cleared.wait_for(std::chrono::seconds(5)) == std::future_status::ready;
+  slow.release_reads();
+  CHECK(at_once);
+  cleared.get();
   refresher.join();
+  CHECK(refreshed);
   CHECK(core.layer_count() == 2);
   CHECK(told == 0);  // cleared before the refresh finished: not called any more
 }
