@@ -9,12 +9,10 @@
 #include <unistd.h>
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <array>
-#include <set>
 #include <cstring>
 
 namespace extrafs::fs {
@@ -38,391 +36,71 @@ constexpr size_t kMaxFollowing = 8;
 // What a hole reads as (never written: the kernel backs it with its zero page).
 const std::byte kZeros[1 << 20] = {};
 
-// The check read_meta runs on a catalog: it parses it and keeps the result in `out`, so that a
-// catalog (up to kMaxCatalogSize of JSON) is parsed once, not once to check and once to use.
-std::function<Status(const std::string&)> parse_catalog_into(std::optional<Catalog>* out) {
-  return [out](const std::string& text) -> Status {
-    auto c = Catalog::parse(text);
-    if (!c.ok()) return c.error();
-    *out = std::move(c).value();
-    return ok_status();
-  };
-}
-
 std::string link_target(const std::string& cache_id) { return "../" + cache_id + "/diff"; }
 
 
 }  // namespace
 
 FsCore::FsCore(cache::ChunkFetcher& fetcher, cache::MetaSource& meta, FsCoreOptions options)
-    : fetcher_(fetcher), meta_(meta), options_(std::move(options)) {
+    : fetcher_(fetcher), meta_(meta), options_(std::move(options)), indexes_(meta, options_.index_retry_s, options_.now) {
   clock_gettime(CLOCK_REALTIME, &start_time_);
-  slots_.push_back(nullptr);
 }
 
 void FsCore::stop() {
-  {
-    std::lock_guard lock(stop_mu_);
-    stopping_ = true;
-  }
-  stop_cv_.notify_all();
-  {
-    std::lock_guard lock(copy_mu_);
-    copy_stop_ = true;
-  }
-  copy_cv_.notify_all();
+  view_->stop();
+  if (copier_) copier_->stop();
   fetcher_.interrupt();
 }
 
 FsCore::~FsCore() {
-  {
-    std::lock_guard lock(stop_mu_);
-    stopping_ = true;
-  }
-  stop_cv_.notify_all();
-  if (refresher_.joinable()) refresher_.join();
-  {
-    std::lock_guard lock(copy_mu_);
-    copy_stop_ = true;
-  }
-  copy_cv_.notify_all();
-  if (copier_.joinable()) copier_.join();
-}
-
-void FsCore::refresh_loop() {
-  auto interval = std::chrono::duration<double>(options_.refresh_interval_s);
-  std::unique_lock lock(stop_mu_);
-  while (!stop_cv_.wait_for(lock, interval, [&] { return stopping_; })) {
-    lock.unlock();
-    if (auto st = refresh(); !st.ok()) spdlog::debug("catalog refresh: {}", st.error().message);
-    lock.lock();
-  }
+  // The threads first: they use the rest.
+  view_.reset();
+  copier_.reset();
 }
 
 Result<std::unique_ptr<FsCore>> FsCore::open(cache::ChunkFetcher& fetcher, cache::MetaSource& meta,
                                              FsCoreOptions options) {
   std::unique_ptr<FsCore> core(new FsCore(fetcher, meta, std::move(options)));
-  core->catalog_cache_name_ = catalog_cache_name(meta.describe());
-  // The version is taken before the read: a catalog replaced in between is simply loaded again
-  // by the next refresh.
-  auto version = meta.meta_version(kCatalogPath);
-  std::optional<Catalog> catalog;
-  auto got = meta.read_meta(kCatalogPath, core->catalog_cache_name_, kMaxCatalogSize, parse_catalog_into(&catalog));
-  const bool from_store = got.ok();
-  if (!from_store) {
-    // The store unreachable, or its catalog refused: the copy kept by an earlier mount serves
-    // meanwhile, if it is good.
-    auto kept = meta.kept_meta(core->catalog_cache_name_);
-    if (kept.ok() && parse_catalog_into(&catalog)(*kept).ok()) {
-      spdlog::warn("{}: {}; serving the cached copy", kCatalogPath, got.error().message);
-    } else {
-      return store_catalog(got, meta.describe()).error();
-    }
-  }
-  EXTRAFS_CHECK_STATUS(core->load(*catalog, /*initial=*/true));
-  // A kept copy is not the store's version: leaving it unseen makes the first refresh that can
-  // read the store load it.
-  if (from_store && version.ok()) core->catalog_version_ = *version;
-  core->generation_ = catalog->generation;
-  core->store_id_ = catalog->store_id;
-  if (core->options_.refresh_interval_s > 0) core->refresher_ = std::thread([c = core.get()] { c->refresh_loop(); });
-  if (core->options_.whole_files) core->copier_ = std::thread([c = core.get()] { c->copy_loop(); });
+  StoreViewOptions vo;
+  vo.refresh_interval_s = core->options_.refresh_interval_s;
+  vo.probe_generations = core->options_.probe_generations;
+  EXTRAFS_TRY(view, StoreView::open(meta, core->indexes_, core->inodes_, vo));
+  core->view_ = std::move(view);
+  if (core->options_.whole_files)
+    core->copier_ = std::make_unique<WholeFileCopier>(fetcher, *core->options_.whole_files, core->options_.whole_file_min);
   return core;
 }
 
-std::shared_ptr<const LayerIndex> FsCore::kept_index(const std::string& cache_name, const Digest128& want) {
-  auto kept = meta_.kept_meta(cache_name);
-  if (!kept.ok() || xxh3_128(kept->data(), kept->size()) != want) return nullptr;
-  auto idx = LayerIndex::parse(std::move(kept).value());
-  return idx.ok() ? *idx : nullptr;
-}
+Status FsCore::refresh() { return view_->refresh(); }
 
-Result<std::shared_ptr<const LayerIndex>> FsCore::load_index(const std::string& path, const std::string& cache_name,
-                                                             const Digest128& want, const std::string& what) {
-  // Indexes are immutable and named by digest in the catalog: a kept copy with that digest is
-  // the same index, and costs the store nothing (a restart, or a store that is down).
-  if (auto kept = kept_index(cache_name, want)) return kept;
-  // The check parses the index; a cheap digest comparison first rejects a wrong file outright.
-  auto check = [&](const std::string& bytes) -> Status {
-    if (xxh3_128(bytes.data(), bytes.size()) != want) {
-      auto parsed = LayerIndex::parse(bytes);
-      if (!parsed.ok()) return parsed.error();
-      return make_error(EBADMSG, "index does not match the digest in the catalog");
-    }
-    auto parsed = LayerIndex::parse(bytes);
-    if (!parsed.ok()) return parsed.error();
-    return ok_status();
-  };
-  auto got = meta_.read_meta(path, cache_name, kMaxIndexSize, check);
-  if (!got.ok()) return make_error(got.code(), "index of " + what + " (" + path + "): " + got.error().message);
-  auto idx = LayerIndex::parse(std::move(got).value());
-  if (!idx.ok()) return make_error(idx.code(), path + ": " + idx.error().message);
-  return idx;
-}
+size_t FsCore::layer_count() { return view_->layer_count(); }
 
-// Adds every layer of `catalog` not yet known (their indexes are read on first use, see
-// index_of) and loads its image/ index if new, then installs them. Initially a bad image/ index
-// fails the load. Later (a refresh) the layers are installed anyway and the image/ problem is
-// reported as the error, so that the caller tries the catalog again.
-Status FsCore::load(const Catalog& catalog, bool initial) {
-  std::optional<Error> problem;
-  std::vector<std::shared_ptr<Slot>> new_layers;
-  std::shared_ptr<Slot> new_image;
-  // A layer whose lower chain names links the catalog does not serve is not served itself: its
-  // `lower` would lead overlayfs elsewhere.
-  std::set<std::string> refused;
-  for (auto& [id, why] : unchained_layers(catalog)) {
-    spdlog::warn("not serving layer {}: {}", id, why);
-    refused.insert(id);
-  }
-  {
-    std::shared_lock lock(mu_);
-    for (const auto& l : catalog.layers) {
-      if (by_cache_id_.count(l.cache_id) || refused.count(l.cache_id)) continue;
-      auto s = std::make_shared<Slot>();
-      s->layer = l;
-      s->lazy = std::make_shared<IndexLoad>();
-      new_layers.push_back(std::move(s));
-    }
-    if (catalog.image_index && (image_slot_ == 0 || !(slots_[image_slot_]->index->digest() == *catalog.image_index))) {
-      new_image = std::make_shared<Slot>();
-      new_image->is_image = true;
-    }
-  }
-  if (new_image) {
-    auto idx = load_index(image_index_path(*catalog.image_index), "image-" + catalog.image_index->hex(),
-                          *catalog.image_index, "the image/ tree");
-    if (!idx.ok()) {
-      if (initial) return idx.error();
-      problem = make_error(EIO, "keeping the previous image/ tree: " + idx.error().message);
-      new_image.reset();
-    } else {
-      new_image->index = *idx;
-    }
-  }
-  std::unique_lock lock(mu_);
-  for (auto& s : new_layers) {
-    if (by_cache_id_.count(s->layer.cache_id)) continue;
-    uint32_t n = static_cast<uint32_t>(slots_.size());
-    by_cache_id_[s->layer.cache_id] = n;
-    if (!s->layer.link.empty()) by_link_.emplace(s->layer.link, n);
-    layer_slots_.push_back(n);
-    slots_.push_back(std::move(s));
-  }
-  if (new_image) {
-    uint32_t old = image_slot_;
-    image_slot_ = static_cast<uint32_t>(slots_.size());
-    slots_.push_back(std::move(new_image));
-    // The superseded tree stays while the kernel still refers to any of its nodes.
-    if (old && inodes_.slot_nodes(old) == 0) slots_[old] = nullptr;
-  }
-  // A layer this catalog does not name, or names with another index (a store made again), keeps
-  // its slot: the kernel, overlayfs and open files may refer to it, and this host may have all of
-  // it that a container needs.
-  std::unordered_map<std::string_view, const Digest128*> named;
-  for (const auto& l : catalog.layers) named.emplace(l.cache_id, &l.index_digest);
-  for (uint32_t n : layer_slots_) {
-    const CatalogLayer& l = slots_[n]->layer;
-    auto it = named.find(l.cache_id);
-    if (it == named.end() || !(*it->second == l.index_digest)) {
-      if (removed_.insert(n).second)
-        spdlog::info("layer {} {}; served from what this host has until unmounted", l.cache_id,
-                     it == named.end() ? "is no longer in the store's catalog" : "has another index in the store now");
-    } else if (removed_.erase(n)) {
-      removed_logged_.erase(n);
-      spdlog::info("layer {} is in the store's catalog again", l.cache_id);
-    }
-  }
-  catalog_ = catalog;
-  if (problem) return *problem;
-  return ok_status();
-}
+std::optional<Digest128> FsCore::image_tree() const { return view_->image_tree(); }
 
-Status FsCore::follow_generations() {
-  // Bounded per tick; a store that far ahead is caught up with on the next ticks.
-  constexpr int kMaxSteps = 64;
-  for (int step = 0; step < kMaxSteps && !stopping(); ++step) {
-    const uint64_t next = generation_ + 1;
-    const std::string path = catalog_generation_path(next);
-    if (!meta_.meta_version(path).ok()) return ok_status();  // not published (yet)
-    Status st = [&]() -> Status {
-      // A generation that was refused (not a regular file, too large, corrupt) is not read again
-      // until it changes: read_meta remembers it.
-      std::optional<Catalog> catalog;
-      EXTRAFS_CHECK_STATUS(meta_.read_meta(path, catalog_cache_name_, kMaxCatalogSize, parse_catalog_into(&catalog)));
-      if (catalog->generation != next)
-        return make_error(EBADMSG, fmt::format("{} holds generation {}", path, catalog->generation));
-      if (!is_news(*catalog))
-        return make_error(ESTALE, fmt::format("{} is of store {}, which this mount left", path, catalog->store_id));
-      EXTRAFS_CHECK_STATUS(load(*catalog, /*initial=*/false));
-      loaded_catalog(*catalog);
-      return ok_status();
-    }();
-    if (!st.ok()) {
-      if (failed_generation_ != next) spdlog::warn("catalog generation {} not loaded, will retry: {}", next, st.error().message);
-      failed_generation_ = next;
-      return st;
-    }
-    spdlog::info("catalog generation {} loaded: {} layers", next, layer_count());
-  }
-  return ok_status();
-}
-
-bool FsCore::stopping() {
-  std::lock_guard lock(stop_mu_);
-  return stopping_;
-}
-
-bool FsCore::same_store(const Catalog& c) const {
-  // A catalog written before store ids gets one at its next write, a later generation.
-  return c.store_id == store_id_ || (store_id_.empty() && (generation_ == 0 || c.generation > generation_));
-}
-
-bool FsCore::is_news(const Catalog& c) const {
-  if (!same_store(c)) return !left_store_ids_.count(c.store_id);
-  return generation_ == 0 || c.generation > generation_;
-}
-
-void FsCore::loaded_catalog(const Catalog& c) {
-  if (c.store_id != store_id_) {
-    // Its generations count from 1 again: the one loaded says nothing about them.
-    if (!same_store(c))
-      spdlog::warn("the store was made again (store id {} instead of {}): its catalog generation {} loaded as new; "
-                   "layers it no longer has are served from what this host has",
-                   c.store_id.empty() ? "none" : c.store_id, store_id_.empty() ? "none" : store_id_, c.generation);
-    // Either way a catalog without the new id is an old one from now on (a server may still
-    // serve the replaced file).
-    left_store_ids_.insert(store_id_);
-    store_id_ = c.store_id;
-  }
-  generation_ = c.generation;
-}
-
-Status FsCore::refresh() {
-  Status st = ok_status();
-  bool newer = false;
-  {
-    std::lock_guard guard(refresh_mu_);
-    const uint64_t generation = generation_;
-    const cache::MetaVersion version = catalog_version_;
-    st = refresh_locked();
-    newer = generation_ != generation || catalog_version_ != version;
-  }
-  // Something newer was loaded: the directories that list layers may list others now. Told
-  // without refresh_mu_, which is held while the store is waited on: the adapter's
-  // set_on_listing_change() at unmount never waits for the store.
-  if (newer) {
-    std::lock_guard lock(listing_mu_);
-    static constexpr uint64_t kListings[] = {kRootIno, kOverlayIno, kLinksIno};
-    if (on_listing_change_) on_listing_change_(kListings);
-  }
-  return st;
-}
-
-Status FsCore::refresh_locked() {
-  Status followed = generation_ > 0 && options_.probe_generations ? follow_generations() : ok_status();
-  // Taken before the read: if the catalog is replaced again meanwhile, the next refresh sees a
-  // version it has not loaded and reads it (again).
-  auto current = meta_.meta_version(kCatalogPath);
-  if (!current.ok()) {
-    if (!followed.ok()) return followed;
-    return current.error();
-  }
-  const cache::MetaVersion version = *current;
-  if (version == catalog_version_) return followed;
-  bool loaded = false;
-  auto reload = [&]() -> Status {
-    std::optional<Catalog> parsed;
-    EXTRAFS_CHECK_STATUS(meta_.read_meta(kCatalogPath, catalog_cache_name_, kMaxCatalogSize, parse_catalog_into(&parsed)));
-    const Catalog& catalog = *parsed;
-    // Loaded already through its generation, or older (an NFS server may still serve a replaced
-    // catalog), or of a store this mount left: loading it would bring back an earlier image/ tree.
-    if (!is_news(catalog)) return ok_status();
-    EXTRAFS_CHECK_STATUS(load(catalog, /*initial=*/false));
-    loaded_catalog(catalog);
-    loaded = true;
-    return ok_status();
-  };
-  if (auto st = reload(); !st.ok()) {
-    // The version stays unseen, so the next refresh tries again; said once per version, not on
-    // every tick.
-    if (failed_version_ != version) spdlog::warn("catalog refresh failed, will retry: {}", st.error().message);
-    failed_version_ = version;
-    return st;
-  }
-  catalog_version_ = version;
-  failed_version_.reset();
-  if (loaded) spdlog::info("catalog reloaded: {} layers", layer_count());
-  return followed;
-}
-
-size_t FsCore::layer_count() {
-  std::shared_lock lock(mu_);
-  return layer_slots_.size();
-}
-
-std::shared_ptr<const FsCore::Slot> FsCore::slot(uint32_t n) const {
-  std::shared_lock lock(mu_);
-  if (n == 0 || n >= slots_.size()) return nullptr;
-  return slots_[n];
+void FsCore::set_on_listing_change(std::function<void(std::span<const uint64_t>)> f) {
+  // A newer catalog: the directories that list layers may list others now.
+  static constexpr uint64_t kListings[] = {kRootIno, kOverlayIno, kLinksIno};
+  if (!f) return view_->set_on_change(nullptr);
+  view_->set_on_change([f = std::move(f)] { f(kListings); });
 }
 
 std::shared_ptr<const LayerIndex> FsCore::loaded_index(const Slot& s) {
-  if (s.is_image) return s.index;
-  std::lock_guard lock(s.lazy->mu);
-  return s.lazy->index;
+  return s.is_image ? s.index : s.lazy->loaded();
 }
 
 Result<std::shared_ptr<const LayerIndex>> FsCore::index_of(const Slot& s) {
   if (s.is_image) return s.index;
-  IndexLoad& l = *s.lazy;
-  std::unique_lock lock(l.mu);
-  l.cv.wait(lock, [&] { return l.index || !l.loading; });
-  if (l.index) return l.index;
-  const auto retry = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-      std::chrono::duration<double>(options_.index_retry_s));
-  if (l.failure && std::chrono::steady_clock::now() - l.failed_at < retry) return *l.failure;
-  // This caller reads it; the others wait on the cv. Only this layer's mutex is released and
-  // retaken: lookups in other layers never wait for this read.
-  l.loading = true;
-  lock.unlock();
-  const std::string& id = s.layer.cache_id;
-  auto idx = load_index(layer_index_path(id), "index-" + id, s.layer.index_digest, "layer " + id);
-  lock.lock();
-  l.loading = false;
-  if (idx.ok()) {
-    if (l.failure) spdlog::info("index of layer {} loaded; the layer is served again", id);
-    l.index = *idx;
-    l.failure.reset();
-  } else {
-    // One line per outage, not one per access.
-    if (!l.failure) spdlog::warn("{}; the layer answers EIO until it can be read (tried again on access)", idx.error().message);
-    l.failure = make_error(EIO, idx.error().message);
-    l.failed_at = std::chrono::steady_clock::now();
-  }
-  l.cv.notify_all();
-  if (!idx.ok()) return *l.failure;
-  return l.index;
+  return indexes_.get(*s.lazy);
 }
 
 std::shared_ptr<const LayerIndex> FsCore::local_index(const Slot& s) {
-  if (auto idx = loaded_index(s)) return idx;
-  auto kept = kept_index("index-" + s.layer.cache_id, s.layer.index_digest);
-  if (!kept) return nullptr;
-  std::lock_guard lock(s.lazy->mu);
-  if (!s.lazy->index) {
-    s.lazy->index = std::move(kept);
-    s.lazy->failure.reset();
-  }
-  return s.lazy->index;
+  return s.is_image ? s.index : indexes_.local(*s.lazy);
 }
 
 void FsCore::forget(uint64_t ino, uint64_t n) {
   if (inodes_.forget(ino, n) != 0) return;
-  uint32_t s = ino_slot(ino);
-  if (s == 0 || inodes_.slot_nodes(s) != 0) return;
-  std::unique_lock lock(mu_);
-  if (s < slots_.size() && slots_[s] && slots_[s]->is_image && s != image_slot_) slots_[s] = nullptr;
+  const uint32_t s = ino_slot(ino);
+  if (s != 0 && inodes_.slot_nodes(s) == 0) view_->release_if_superseded(s);
 }
 
 NodeAttr FsCore::synthetic_attr(uint64_t ino, uint32_t mode, uint64_t size, uint32_t nlink) const {
@@ -455,51 +133,72 @@ NodeAttr FsCore::entry_attr(uint32_t slot_no, const LayerIndex& idx, uint32_t en
   return a;
 }
 
-Result<NodeAttr> FsCore::layer_node_attr(uint64_t ino, const Slot& s) const {
-  switch (ino_local(ino)) {
+Result<FsCore::Node> FsCore::resolve(uint64_t ino) {
+  Node n;
+  n.ino = ino;
+  n.slot_no = ino_slot(ino);
+  n.local = ino_local(ino);
+  if (n.slot_no == 0) {
+    if (ino != kRootIno && ino != kOverlayIno && ino != kLinksIno) return noent();
+    return n;
+  }
+  n.slot = view_->slot(n.slot_no);
+  if (!n.slot) return make_error(ESTALE, "stale node");
+  if (n.local >= kEntryBase) {
+    EXTRAFS_TRY(idx, index_of(*n.slot));
+    const uint64_t e = n.local - kEntryBase;
+    if (e >= idx->entry_count()) return noent();
+    n.index = std::move(idx);
+    n.entry = static_cast<uint32_t>(e);
+    return n;
+  }
+  if (n.slot->is_image) return noent();
+  const CatalogLayer& l = n.slot->layer;
+  switch (n.local) {
     case kLayerDir:
-      return synthetic_attr(ino, S_IFDIR | 0710, 4096, 3);
+      return n;
     case kLinkFile:
-      if (s.layer.link.empty()) return noent();
-      return synthetic_attr(ino, S_IFREG | 0644, s.layer.link.size(), 1);
-    case kLowerFile:
-      if (!s.layer.lower) return noent();
-      return synthetic_attr(ino, S_IFREG | 0644, s.layer.lower->size(), 1);
     case kLinkSymlink:
-      if (s.layer.link.empty()) return noent();
-      return synthetic_attr(ino, S_IFLNK | 0777, link_target(s.layer.cache_id).size(), 1);
+      if (l.link.empty()) return noent();
+      return n;
+    case kLowerFile:
+      if (!l.lower) return noent();
+      return n;
     default:
       return noent();
   }
 }
 
-Result<NodeAttr> FsCore::getattr(uint64_t ino) {
-  uint32_t sn = ino_slot(ino), local = ino_local(ino);
-  if (sn == 0) {
-    std::shared_lock lock(mu_);
+NodeAttr FsCore::node_attr(const Node& n) const {
+  if (n.index) return entry_attr(n.slot_no, *n.index, n.entry);
+  if (n.slot_no == 0) {
     NodeAttr a;
-    if (ino == kRootIno) {
-      a = synthetic_attr(ino, S_IFDIR | 0755, 4096, image_slot_ ? 4 : 3);
-    } else if (ino == kOverlayIno) {
-      a = synthetic_attr(ino, S_IFDIR | 0710, 4096, static_cast<uint32_t>(3 + layer_slots_.size()));
-    } else if (ino == kLinksIno) {
-      a = synthetic_attr(ino, S_IFDIR | 0700, 4096, 2);
+    if (n.ino == kRootIno) {
+      a = synthetic_attr(n.ino, S_IFDIR | 0755, 4096, view_->image_slot() ? 4 : 3);
+    } else if (n.ino == kOverlayIno) {
+      a = synthetic_attr(n.ino, S_IFDIR | 0710, 4096, static_cast<uint32_t>(3 + view_->layer_count()));
     } else {
-      return noent();
+      a = synthetic_attr(n.ino, S_IFDIR | 0700, 4096, 2);  // kLinksIno
     }
-    a.attr_timeout = kShortTimeout;
+    a.attr_timeout = kShortTimeout;  // a new catalog changes their link counts
     return a;
   }
-  auto s = slot(sn);
-  if (!s) return make_error(ESTALE, "stale node");
-  if (local >= kEntryBase) {
-    EXTRAFS_TRY(idx, index_of(*s));
-    uint64_t e = local - kEntryBase;
-    if (e >= idx->entry_count()) return noent();
-    return entry_attr(sn, *idx, static_cast<uint32_t>(e));
+  const CatalogLayer& l = n.slot->layer;
+  switch (n.local) {
+    case kLayerDir:
+      return synthetic_attr(n.ino, S_IFDIR | 0710, 4096, 3);
+    case kLinkFile:
+      return synthetic_attr(n.ino, S_IFREG | 0644, l.link.size(), 1);
+    case kLowerFile:
+      return synthetic_attr(n.ino, S_IFREG | 0644, l.lower->size(), 1);
+    default:  // kLinkSymlink (resolve() lets no other through)
+      return synthetic_attr(n.ino, S_IFLNK | 0777, link_target(l.cache_id).size(), 1);
   }
-  if (s->is_image) return noent();
-  return layer_node_attr(ino, *s);
+}
+
+Result<NodeAttr> FsCore::getattr(uint64_t ino) {
+  EXTRAFS_TRY(n, resolve(ino));
+  return node_attr(n);
 }
 
 double FsCore::negative_timeout(uint64_t parent) const {
@@ -507,196 +206,135 @@ double FsCore::negative_timeout(uint64_t parent) const {
 }
 
 Result<NodeAttr> FsCore::lookup(uint64_t parent, std::string_view name) {
-  uint32_t sn = ino_slot(parent), local = ino_local(parent);
-  if (sn == 0) {
+  EXTRAFS_TRY(dir, resolve(parent));
+  if (dir.index) {
+    const LayerIndex& idx = *dir.index;
+    if (!idx.is_dir(dir.entry)) return make_error(ENOTDIR, "not a directory");
+    if (!dir.slot->is_image) ordered_.touch(dir.slot->layer, idx);
+    auto child = idx.lookup(dir.entry, name);
+    if (!child) return noent();
+    return entry_attr(dir.slot_no, idx, *child);
+  }
+  // A synthetic directory: find the child's id, then resolve it as any node.
+  uint64_t child = 0;
+  if (dir.slot_no == 0) {
     if (parent == kRootIno) {
-      if (name == "overlay2") return getattr(kOverlayIno);
-      if (name == "image") {
-        uint32_t img;
-        {
-          std::shared_lock lock(mu_);
-          img = image_slot_;
-        }
-        if (!img) return noent();
-        auto a = getattr(make_ino(img, kEntryBase));
-        if (a.ok()) a->entry_timeout = kShortTimeout;  // a newer image/ tree may replace it
-        return a;
-      }
-      return noent();
+      if (name == "overlay2") child = kOverlayIno;
+      else if (uint32_t img = view_->image_slot(); name == "image" && img) child = make_ino(img, kEntryBase);
+    } else if (parent == kOverlayIno) {
+      if (name == "l") child = kLinksIno;
+      else if (uint32_t n = view_->layer_by_cache_id(name)) child = make_ino(n, kLayerDir);
+    } else if (uint32_t n = view_->layer_by_link(name)) {  // kLinksIno
+      child = make_ino(n, kLinkSymlink);
     }
-    if (parent == kOverlayIno) {
-      if (name == "l") return getattr(kLinksIno);
-      uint32_t n;
-      {
-        std::shared_lock lock(mu_);
-        auto it = by_cache_id_.find(std::string(name));
-        if (it == by_cache_id_.end()) return noent();
-        n = it->second;
-      }
-      return getattr(make_ino(n, kLayerDir));
-    }
-    if (parent == kLinksIno) {
-      uint32_t n;
-      {
-        std::shared_lock lock(mu_);
-        auto it = by_link_.find(std::string(name));
-        if (it == by_link_.end()) return noent();
-        n = it->second;
-      }
-      return getattr(make_ino(n, kLinkSymlink));
-    }
-    return make_error(ENOTDIR, "not a directory");
+  } else {
+    if (dir.local != kLayerDir) return make_error(ENOTDIR, "not a directory");
+    if (name == "diff") child = make_ino(dir.slot_no, kEntryBase);
+    else if (name == "link") child = make_ino(dir.slot_no, kLinkFile);
+    else if (name == "lower") child = make_ino(dir.slot_no, kLowerFile);
   }
-  auto s = slot(sn);
-  if (!s) return make_error(ESTALE, "stale node");
-  if (local < kEntryBase) {
-    if (s->is_image || local != kLayerDir) return make_error(ENOTDIR, "not a directory");
-    if (name == "diff") {
-      // The first look at a layer's diff/ (attach checks each layer's; overlayfs resolves its
-      // lower directories) starts fetching its ordered prefix: the start-up's files are on
-      // their way before the container asks for them.
-      EXTRAFS_TRY(idx, index_of(*s));
-      ordered_.touch(s->layer, *idx);
-      return entry_attr(sn, *idx, 0);
-    }
-    if (name == "link") return getattr(make_ino(sn, kLinkFile));
-    if (name == "lower") return getattr(make_ino(sn, kLowerFile));
-    return noent();
-  }
-  EXTRAFS_TRY(idx, index_of(*s));
-  uint64_t dir = local - kEntryBase;
-  if (dir >= idx->entry_count()) return noent();
-  if (!idx->is_dir(static_cast<uint32_t>(dir))) return make_error(ENOTDIR, "not a directory");
-  if (!s->is_image) ordered_.touch(s->layer, *idx);
-  auto child = idx->lookup(static_cast<uint32_t>(dir), name);
   if (!child) return noent();
-  return entry_attr(sn, *idx, *child);
+  EXTRAFS_TRY(n, resolve(child));
+  NodeAttr a = node_attr(n);
+  if (n.index && n.slot->is_image) {
+    a.entry_timeout = kShortTimeout;  // /image: a newer image/ tree may replace it
+  } else if (n.index) {
+    // The first look at a layer's diff/ (attach checks each layer's; overlayfs resolves its
+    // lower directories) starts fetching its ordered prefix: the start-up's files are on
+    // their way before the container asks for them.
+    ordered_.touch(n.slot->layer, *n.index);
+  }
+  return a;
 }
 
 Result<std::string> FsCore::readlink(uint64_t ino) {
-  uint32_t sn = ino_slot(ino), local = ino_local(ino);
-  auto s = slot(sn);
-  if (!s) return make_error(sn == 0 ? EINVAL : ESTALE, "not a symlink");
-  if (local == kLinkSymlink && !s->is_image) {
-    if (s->layer.link.empty()) return noent();
-    return link_target(s->layer.cache_id);
+  EXTRAFS_TRY(n, resolve(ino));
+  if (n.index) {
+    if (!S_ISLNK(n.index->attr_entry(n.entry).mode)) return make_error(EINVAL, "not a symlink");
+    return std::string(n.index->target(n.entry));
   }
-  if (local < kEntryBase) return make_error(EINVAL, "not a symlink");
-  EXTRAFS_TRY(idx, index_of(*s));
-  if (local - kEntryBase >= idx->entry_count()) return make_error(EINVAL, "not a symlink");
-  uint32_t e = local - kEntryBase;
-  if (!S_ISLNK(idx->attr_entry(e).mode)) return make_error(EINVAL, "not a symlink");
-  return std::string(idx->target(e));
+  if (n.slot_no != 0 && n.local == kLinkSymlink) return link_target(n.slot->layer.cache_id);
+  return make_error(EINVAL, "not a symlink");
 }
 
 Status FsCore::readdir(uint64_t ino, uint64_t offset, const std::function<bool(const DirItem&, const NodeAttr&)>& emit) {
-  uint32_t sn = ino_slot(ino), local = ino_local(ino);
-  // Fixed and per-layer directories: build the list, then emit from `offset`.
-  std::vector<std::pair<std::string, uint64_t>> items;
-  if (sn == 0) {
-    std::shared_lock lock(mu_);
-    if (ino == kRootIno) {
-      if (image_slot_) items.emplace_back("image", make_ino(image_slot_, kEntryBase));
-      items.emplace_back("overlay2", kOverlayIno);
-    } else if (ino == kOverlayIno) {
-      items.emplace_back("l", kLinksIno);
-      for (uint32_t n : layer_slots_) items.emplace_back(slots_[n]->layer.cache_id, make_ino(n, kLayerDir));
-    } else if (ino == kLinksIno) {
-      for (uint32_t n : layer_slots_)
-        if (!slots_[n]->layer.link.empty()) items.emplace_back(slots_[n]->layer.link, make_ino(n, kLinkSymlink));
-    } else {
-      return make_error(ENOTDIR, "not a directory");
-    }
-  }
-  auto s = sn ? slot(sn) : nullptr;
-  if (sn && !s) return make_error(ESTALE, "stale node");
-  if (sn && local < kEntryBase) {
-    if (s->is_image || local != kLayerDir) return make_error(ENOTDIR, "not a directory");
-    items.emplace_back("diff", make_ino(sn, kEntryBase));
-    if (!s->layer.link.empty()) items.emplace_back("link", make_ino(sn, kLinkFile));
-    if (s->layer.lower) items.emplace_back("lower", make_ino(sn, kLowerFile));
-  }
-  if (sn == 0 || local < kEntryBase) {
-    for (uint64_t i = offset; i < items.size(); ++i) {
-      // A layer's diff/ whose index is not loaded is listed without attributes (the kernel
-      // looks it up when it is used), so that listing a layer directory reads no index.
-      if (sn && ino_local(items[i].second) == kEntryBase && !loaded_index(*s)) {
-        NodeAttr a;
-        a.st.st_ino = items[i].second;
-        a.st.st_mode = S_IFDIR;
-        a.known = false;
-        DirItem item{items[i].first, items[i].second, S_IFDIR, i + 1};
-        if (!emit(item, a)) break;
-        continue;
-      }
-      auto a = getattr(items[i].second);
-      if (!a.ok()) continue;
-      DirItem item{items[i].first, items[i].second, a->st.st_mode & S_IFMT, i + 1};
-      if (!emit(item, *a)) break;
+  EXTRAFS_TRY(dir, resolve(ino));
+  if (dir.index) {
+    const LayerIndex& idx = *dir.index;
+    if (!idx.is_dir(dir.entry)) return make_error(ENOTDIR, "not a directory");
+    const EntryRecord& d = idx.entry(dir.entry);
+    for (uint64_t i = offset; i < d.child_count; ++i) {
+      uint32_t c = static_cast<uint32_t>(d.child_first + i);
+      NodeAttr a = entry_attr(dir.slot_no, idx, c);
+      DirItem item{idx.name(c), a.st.st_ino, a.st.st_mode & S_IFMT, i + 1};
+      if (!emit(item, a)) break;
     }
     return ok_status();
   }
-  EXTRAFS_TRY(held, index_of(*s));
-  uint64_t e = local - kEntryBase;
-  const LayerIndex& idx = *held;
-  if (e >= idx.entry_count()) return noent();
-  if (!idx.is_dir(static_cast<uint32_t>(e))) return make_error(ENOTDIR, "not a directory");
-  const EntryRecord& d = idx.entry(static_cast<uint32_t>(e));
-  for (uint64_t i = offset; i < d.child_count; ++i) {
-    uint32_t c = static_cast<uint32_t>(d.child_first + i);
-    NodeAttr a = entry_attr(sn, idx, c);
-    DirItem item{idx.name(c), a.st.st_ino, a.st.st_mode & S_IFMT, i + 1};
-    if (!emit(item, a)) break;
+  // Fixed and per-layer directories: build the list, then emit from `offset`.
+  std::vector<std::pair<std::string, uint64_t>> items;
+  if (ino == kRootIno) {
+    if (uint32_t img = view_->image_slot()) items.emplace_back("image", make_ino(img, kEntryBase));
+    items.emplace_back("overlay2", kOverlayIno);
+  } else if (ino == kOverlayIno) {
+    items.emplace_back("l", kLinksIno);
+    for (const auto& l : view_->layers()) items.emplace_back(l.slot->layer.cache_id, make_ino(l.slot_no, kLayerDir));
+  } else if (ino == kLinksIno) {
+    for (const auto& l : view_->layers())
+      if (!l.slot->layer.link.empty()) items.emplace_back(l.slot->layer.link, make_ino(l.slot_no, kLinkSymlink));
+  } else {
+    if (dir.local != kLayerDir) return make_error(ENOTDIR, "not a directory");
+    const CatalogLayer& l = dir.slot->layer;
+    items.emplace_back("diff", make_ino(dir.slot_no, kEntryBase));
+    if (!l.link.empty()) items.emplace_back("link", make_ino(dir.slot_no, kLinkFile));
+    if (l.lower) items.emplace_back("lower", make_ino(dir.slot_no, kLowerFile));
+  }
+  for (uint64_t i = offset; i < items.size(); ++i) {
+    // A layer's diff/ whose index is not loaded is listed without attributes (the kernel
+    // looks it up when it is used), so that listing a layer directory reads no index.
+    if (dir.slot_no != 0 && ino_local(items[i].second) == kEntryBase && !loaded_index(*dir.slot)) {
+      NodeAttr a;
+      a.st.st_ino = items[i].second;
+      a.st.st_mode = S_IFDIR;
+      a.known = false;
+      DirItem item{items[i].first, items[i].second, S_IFDIR, i + 1};
+      if (!emit(item, a)) break;
+      continue;
+    }
+    auto a = getattr(items[i].second);
+    if (!a.ok()) continue;
+    DirItem item{items[i].first, items[i].second, a->st.st_mode & S_IFMT, i + 1};
+    if (!emit(item, *a)) break;
   }
   return ok_status();
 }
 
 Result<std::string> FsCore::getxattr(uint64_t ino, std::string_view name) {
-  uint32_t sn = ino_slot(ino), local = ino_local(ino);
-  if (sn == 0 || local < kEntryBase) {
-    EXTRAFS_CHECK_STATUS(getattr(ino));
-    return make_error(ENODATA, "no such attribute");
-  }
-  auto s = slot(sn);
-  if (!s) return make_error(ESTALE, "stale node");
-  EXTRAFS_TRY(idx, index_of(*s));
-  uint64_t e = local - kEntryBase;
-  if (e >= idx->entry_count()) return noent();
-  for (const auto& x : idx->xattrs(static_cast<uint32_t>(e)))
-    if (idx->xattr_name(x) == name) return std::string(idx->xattr_value(x));
+  EXTRAFS_TRY(n, resolve(ino));
+  if (n.index)
+    for (const auto& x : n.index->xattrs(n.entry))
+      if (n.index->xattr_name(x) == name) return std::string(n.index->xattr_value(x));
   return make_error(ENODATA, "no such attribute");
 }
 
 Result<std::vector<std::string>> FsCore::listxattr(uint64_t ino) {
-  uint32_t sn = ino_slot(ino), local = ino_local(ino);
+  EXTRAFS_TRY(n, resolve(ino));
   std::vector<std::string> out;
-  if (sn == 0 || local < kEntryBase) {
-    EXTRAFS_CHECK_STATUS(getattr(ino));
-    return out;
-  }
-  auto s = slot(sn);
-  if (!s) return make_error(ESTALE, "stale node");
-  EXTRAFS_TRY(idx, index_of(*s));
-  uint64_t e = local - kEntryBase;
-  if (e >= idx->entry_count()) return noent();
-  for (const auto& x : idx->xattrs(static_cast<uint32_t>(e))) out.emplace_back(idx->xattr_name(x));
+  if (n.index)
+    for (const auto& x : n.index->xattrs(n.entry)) out.emplace_back(n.index->xattr_name(x));
   return out;
 }
 
 Result<Fd> FsCore::open(uint64_t ino, int flags) {
   if ((flags & O_ACCMODE) != O_RDONLY || (flags & (O_TRUNC | O_CREAT | O_APPEND)))
     return make_error(EROFS, "read-only file system");
-  EXTRAFS_TRY(a, getattr(ino));
-  if (S_ISDIR(a.st.st_mode)) return make_error(EISDIR, "is a directory");
-  if (!S_ISREG(a.st.st_mode)) return make_error(EACCES, "not a regular file");
-  uint32_t sn = ino_slot(ino), local = ino_local(ino);
-  auto s = slot(sn);
-  if (!s || local < kEntryBase) return Fd();  // a layer's link or lower file
-  auto idx = loaded_index(*s);  // getattr above loaded it
-  if (!idx) return Fd();
-  const uint32_t e = local - kEntryBase;
-  if (options_.on_first_open && !s->is_image) record_access(sn, *s, *idx, e);
-  return whole_copy(std::move(idx), e);
+  EXTRAFS_TRY(n, resolve(ino));
+  const uint32_t mode = node_attr(n).st.st_mode;
+  if (S_ISDIR(mode)) return make_error(EISDIR, "is a directory");
+  if (!S_ISREG(mode)) return make_error(EACCES, "not a regular file");
+  if (!n.index) return Fd();  // a layer's link or lower file
+  if (options_.on_first_open && !n.slot->is_image) record_access(n.slot_no, *n.slot, *n.index, n.entry);
+  return copier_ ? copier_->open(n.index, n.entry) : Fd();
 }
 
 void FsCore::record_access(uint32_t slot_no, const Slot& s, const LayerIndex& idx, uint32_t entry) {
@@ -720,36 +358,32 @@ Result<size_t> FsCore::read(uint64_t ino, uint64_t offset, std::span<std::byte> 
 
 Result<size_t> FsCore::read_pieces(uint64_t ino, uint64_t offset, size_t size, std::vector<ReadPiece>& pieces) {
   pieces.clear();
-  uint32_t sn = ino_slot(ino), local = ino_local(ino);
-  auto s = slot(sn);
-  if (!s) return make_error(sn == 0 ? EISDIR : ESTALE, "not a file");
-  if (local < kEntryBase) {
+  auto node = resolve(ino);
+  if (!node.ok()) return view_->read_failed(ino_slot(ino), node.error());  // a layer's index that cannot be loaded
+  const Node& n = *node;
+  if (!n.index) {
     std::string_view content;
-    if (local == kLinkFile && !s->is_image) content = s->layer.link;
-    else if (local == kLowerFile && !s->is_image && s->layer.lower) content = *s->layer.lower;
+    if (n.slot_no != 0 && n.local == kLinkFile) content = n.slot->layer.link;
+    else if (n.slot_no != 0 && n.local == kLowerFile) content = *n.slot->layer.lower;
     else return make_error(EISDIR, "not a file");
     if (offset >= content.size()) return size_t{0};
-    size_t n = std::min<size_t>(size, content.size() - offset);
-    pieces.push_back({s, std::as_bytes(std::span(content.data() + offset, n))});
-    bytes_served_ += n;
-    return n;
+    size_t len = std::min<size_t>(size, content.size() - offset);
+    pieces.push_back({n.slot, std::as_bytes(std::span(content.data() + offset, len))});
+    bytes_served_ += len;
+    return len;
   }
-  auto held_or = index_of(*s);
-  if (!held_or.ok()) return read_failed(sn, *s, held_or.error());
-  const std::shared_ptr<const LayerIndex> held = std::move(held_or).value();
-  const LayerIndex& idx = *held;
-  uint64_t e = local - kEntryBase;
-  if (e >= idx.entry_count()) return noent();
-  const EntryRecord& rec = idx.attr_entry(static_cast<uint32_t>(e));
+  const LayerIndex& idx = *n.index;
+  const uint32_t e = n.entry;
+  const EntryRecord& rec = idx.attr_entry(e);
   if (!S_ISREG(rec.mode)) return make_error(EISDIR, "not a regular file");
-  if (!s->is_image) ordered_.touch(s->layer, idx);
+  if (!n.slot->is_image) ordered_.touch(n.slot->layer, idx);
   if (offset >= rec.size) return size_t{0};
   size_t want = static_cast<size_t>(std::min<uint64_t>(size, rec.size - offset));
-  auto chunks = idx.chunks(static_cast<uint32_t>(e));
+  auto chunks = idx.chunks(e);
   const uint64_t cs = idx.chunk_size();
   // Readahead: a reader that keeps reading where it stopped gets the next chunks fetched, a
   // window that grows with the streak.
-  const unsigned window = sequential_window(ino, offset, offset + want);
+  const unsigned window = readahead_.window(ino, offset, offset + want);
   const uint64_t last_wanted = std::min<uint64_t>((offset + want - 1) / cs + window, chunks.size() - 1);
   size_t done = 0;
   while (done < want) {
@@ -757,10 +391,10 @@ Result<size_t> FsCore::read_pieces(uint64_t ino, uint64_t offset, size_t size, s
     uint64_t ci = pos / cs;
     uint64_t in_chunk = pos - ci * cs;
     const ChunkRecord& c = chunks[ci];
-    size_t n = static_cast<size_t>(std::min<uint64_t>(want - done, c.raw_len - in_chunk));
+    size_t len = static_cast<size_t>(std::min<uint64_t>(want - done, c.raw_len - in_chunk));
     if (c.flags & kChunkZero) {
-      n = std::min(n, sizeof(kZeros));
-      pieces.push_back({nullptr, std::span(kZeros, n)});
+      len = std::min(len, sizeof(kZeros));
+      pieces.push_back({nullptr, std::span(kZeros, len)});
     } else {
       // The rest of this read and the readahead window go along: a chunk that must come from
       // the backend brings the ones right after it in the same read.
@@ -778,17 +412,16 @@ Result<size_t> FsCore::read_pieces(uint64_t ino, uint64_t offset, size_t size, s
         // wrong below (timeout, missing object, bytes that never verify), the reader sees EIO;
         // the cause is logged and counted by the fetcher.
         pieces.clear();
-        return read_failed(sn, *s, make_error(EIO, data.error().message));
+        return view_->read_failed(n.slot_no, make_error(EIO, data.error().message));
       }
-      pieces.push_back({*data, std::span((*data)->data() + in_chunk, n)});
+      pieces.push_back({*data, std::span((*data)->data() + in_chunk, len)});
     }
-    done += n;
+    done += len;
   }
   bytes_served_ += done;
   // A read that reaches the end of a large file: if this host now holds all of it (checked by
   // the copier), a local copy lets the next opens skip the daemon.
-  if (offset + done == rec.size && rec.size >= options_.whole_file_min && copies_on_.load(std::memory_order_relaxed))
-    want_whole_copy(held, static_cast<uint32_t>(e));
+  if (offset + done == rec.size && copier_) copier_->want_copy(n.index, e);
   // The window's chunks that the reads above did not bring are fetched in the background.
   if (window > 0) {
     uint64_t last = (offset + done - 1) / cs;
@@ -801,44 +434,13 @@ Result<size_t> FsCore::read_pieces(uint64_t ino, uint64_t offset, size_t size, s
   return done;
 }
 
-Error FsCore::read_failed(uint32_t sn, const Slot& s, Error e) {
-  bool logged;
-  {
-    std::shared_lock lock(mu_);
-    if (!removed_.count(sn)) return e;
-    logged = removed_logged_.count(sn) != 0;
-  }
-  removed_layer_errors_.fetch_add(1, std::memory_order_relaxed);
-  if (logged) return e;
-  std::unique_lock lock(mu_);
-  if (removed_logged_.insert(sn).second)
-    spdlog::warn("layer {}, removed from the store, cannot be read whole any more: {}; the parts this host has not "
-                 "cached answer EIO (counted in removed_layer_errors, logged once per layer)",
-                 s.layer.cache_id, e.message);
-  return e;
-}
-
-unsigned FsCore::sequential_window(uint64_t ino, uint64_t offset, uint64_t end) {
-  constexpr size_t kMaxStreams = 4096;
-  std::lock_guard lock(streams_mu_);
-  if (streams_.size() >= kMaxStreams && !streams_.count(ino)) streams_.clear();
-  Stream& s = streams_[ino];
-  s.streak = (offset == s.next && offset != 0) ? s.streak + 1 : (offset == 0 ? 1 : 0);
-  s.next = end;
-  if (s.streak < 2) return 0;
-  return std::min(s.streak - 1, 8u);
-}
-
 struct statvfs FsCore::statfs() {
   struct statvfs sv {};
   uint64_t bytes = 0, files = 0;
-  {
-    std::shared_lock lock(mu_);
-    // The catalog knows every layer's size; entries are counted for the indexes loaded so far.
-    for (uint32_t n : layer_slots_) {
-      bytes += slots_[n]->layer.bytes;
-      if (auto idx = loaded_index(*slots_[n])) files += idx->entry_count();
-    }
+  // The catalog knows every layer's size; entries are counted for the indexes loaded so far.
+  for (const auto& l : view_->layers()) {
+    bytes += l.slot->layer.bytes;
+    if (auto idx = loaded_index(*l.slot)) files += idx->entry_count();
   }
   sv.f_bsize = 4096;
   sv.f_frsize = 4096;
@@ -859,12 +461,11 @@ Result<std::string> FsCore::read_path(std::string_view path, uint64_t max) {
     if (!a.ok()) return make_error(a.code(), shown + ": " + a.error().message);
     ino = a->st.st_ino;
   }
-  const uint32_t sn = ino_slot(ino), local = ino_local(ino);
-  auto s = sn ? slot(sn) : nullptr;
-  if (!s || local < kEntryBase) return make_error(EISDIR, shown + ": not a file of an index");
-  EXTRAFS_TRY(idx, index_of(*s));
-  const uint32_t e = local - kEntryBase;
-  if (e >= idx->entry_count()) return make_error(ENOENT, shown + ": no such entry");
+  auto node = resolve(ino);
+  if (!node.ok()) return make_error(node.code(), shown + ": " + node.error().message);
+  if (!node->index) return make_error(EISDIR, shown + ": not a file of an index");
+  const std::shared_ptr<const LayerIndex>& idx = node->index;
+  const uint32_t e = node->entry;
   const EntryRecord& rec = idx->attr_entry(e);
   if (!S_ISREG(rec.mode)) return make_error(EISDIR, shown + ": not a regular file");
   if (rec.size > max) return make_error(EFBIG, fmt::format("{}: {} bytes, more than the {} expected", shown, rec.size, max));
@@ -885,72 +486,30 @@ Result<std::string> FsCore::read_path(std::string_view path, uint64_t max) {
   return out;
 }
 
-std::optional<Digest128> FsCore::image_tree() const {
-  std::shared_lock lock(mu_);
-  if (!image_slot_ || !slots_[image_slot_] || !slots_[image_slot_]->index) return std::nullopt;
-  return slots_[image_slot_]->index->digest();
-}
-
-nlohmann::json FsCore::stats() {
+FsStatistics FsCore::statistics() {
   // Fetched chunks reach the disk cache from a background writer; waiting for it (at most the
   // writer's short queue) makes cache_bytes, bytes_cached and `extrafs cache stat` agree with
   // what has been read.
   fetcher_.flush_cache_writes();
-  auto f = fetcher_.stats();
-  nlohmann::json j;
-  j["pid"] = static_cast<uint64_t>(::getpid());  // the daemon's (extrafs unmount waits for it to exit)
-  j["bytes_fetched"] = f.bytes_fetched;
-  j["meta_bytes_fetched"] = f.meta_bytes_fetched;
-  j["own_bytes_fetched"] = f.own_bytes_fetched;
-  j["bytes_served"] = bytes_served_.load();
-  j["open_requests"] = open_requests_.load();
-  j["opendir_requests"] = opendir_requests_.load();
-  j["passthrough"] = passthrough_.load();
-  j["passthrough_opens"] = passthrough_opens_.load();
-  if (options_.whole_files) {
-    auto w = options_.whole_files->stats();
-    j["whole_files"] = w.files;
-    j["whole_file_bytes"] = w.bytes;
-    j["whole_files_written"] = w.written;
-    j["whole_files_checked"] = w.checked;
-    j["whole_files_corrupt_dropped"] = w.corrupt_dropped;
-  }
-  j["chunks_fetched"] = f.chunks_fetched;
-  j["cache_hits"] = f.cache_hits;
-  j["cache_misses"] = f.cache_misses;
-  j["merged_waits"] = f.merged_waits;
-  j["backend_errors"] = f.backend_errors;
-  j["corrupt_fetches"] = f.corrupt_fetches;
-  j["prefetches"] = f.prefetches;
-  j["cache_write_errors"] = f.cache_write_errors;
-  j["removed_layer_errors"] = removed_layer_errors_.load();
-  j["cache_bytes"] = fetcher_.cached_bytes();
-  // Backend chunk reads by duration: cumulative counts per upper bound "le" (seconds).
-  nlohmann::json le = nlohmann::json::array(), buckets = nlohmann::json::array();
-  for (size_t i = 0; i < cache::kFetchBucketCount; ++i) {
-    le.push_back(cache::kFetchBuckets[i]);
-    buckets.push_back(f.fetch_buckets[i]);
-  }
-  j["fetch_seconds"] = {{"le", std::move(le)}, {"buckets", std::move(buckets)}, {"sum", f.fetch_seconds},
-                        {"count", f.fetch_count}};
-  j["inodes"] = inodes_.size();
-  j["source"] = meta_.describe();
-  std::vector<std::pair<std::shared_ptr<const Slot>, bool>> layers;  // with whether it is removed
-  {
-    std::shared_lock lock(mu_);
-    for (uint32_t n : layer_slots_) layers.emplace_back(slots_[n], removed_.count(n) != 0);
-  }
-  nlohmann::json arr = nlohmann::json::array();
-  uint64_t loaded = 0;
-  for (const auto& [s, removed] : layers) {
+  FsStatistics st;
+  st.fetcher = fetcher_.stats();
+  st.cache_bytes = fetcher_.cached_bytes();
+  if (options_.whole_files) st.whole_files = options_.whole_files->stats();
+  st.bytes_served = bytes_served_.load();
+  st.open_requests = open_requests_.load();
+  st.opendir_requests = opendir_requests_.load();
+  st.passthrough = passthrough_.load();
+  st.passthrough_opens = passthrough_opens_.load();
+  st.removed_layer_errors = view_->removed_layer_errors();
+  st.inodes = inodes_.size();
+  st.source = meta_.describe();
+  for (const auto& [sn, s, removed] : view_->layers()) {
     // A layer whose index this host never read (nor kept) has had nothing read through it.
     auto idx = local_index(*s);
     if (!idx) {
-      arr.push_back({{"cache_id", s->layer.cache_id}, {"bytes_total", s->layer.bytes}, {"bytes_cached", uint64_t{0}},
-                     {"index_loaded", false}, {"removed", removed}});
+      st.layers.push_back({s->layer.cache_id, s->layer.bytes, 0, false, removed});
       continue;
     }
-    ++loaded;
     uint64_t cached = 0;
     for (const auto& c : idx->all_chunks()) {
       if (c.flags & kChunkZero) {
@@ -960,176 +519,14 @@ nlohmann::json FsCore::stats() {
       if (fetcher_.is_cached(chunk_digest(c))) cached += c.raw_len;
     }
     // Chunks of a hard-link group are listed once (on its primary entry), as bytes_total counts it.
-    arr.push_back({{"cache_id", s->layer.cache_id},
-                   {"bytes_total", idx->content_bytes()},
-                   {"bytes_cached", std::min(cached, idx->content_bytes())},
-                   {"index_loaded", true},
-                   {"removed", removed}});
+    st.layers.push_back({s->layer.cache_id, idx->content_bytes(), std::min(cached, idx->content_bytes()), true, removed});
   }
-  j["layers"] = std::move(arr);
-  j["layer_indexes_loaded"] = loaded;
-  return j;
-}
-
-Digest128 whole_file_key(const LayerIndex& idx, uint32_t e) {
-  std::string buf;
-  auto put = [&](uint64_t v, int n) {
-    for (int i = 0; i < n; ++i) buf.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-  };
-  put(idx.attr_entry(e).size, 8);
-  put(idx.chunk_size(), 4);
-  for (const ChunkRecord& c : idx.chunks(e)) {
-    const bool zero = (c.flags & kChunkZero) != 0;
-    put(zero ? 1 : 0, 1);
-    put(c.raw_len, 4);
-    if (!zero) buf.append(reinterpret_cast<const char*>(c.digest), 16);
-  }
-  return xxh3_128(buf.data(), buf.size());
+  return st;
 }
 
 void FsCore::set_passthrough(bool on) {
   passthrough_.store(on, std::memory_order_relaxed);
-  {
-    std::lock_guard lock(copy_mu_);
-    copy_mode_ = on ? CopyMode::kOn : CopyMode::kOff;
-  }
-  copy_cv_.notify_all();
-}
-
-void FsCore::want_whole_copy(std::shared_ptr<const LayerIndex> idx, uint32_t e) {
-  const Digest128 key = whole_file_key(*idx, e);
-  if (options_.whole_files->has(key)) return;
-  {
-    std::lock_guard lock(copy_mu_);
-    constexpr size_t kMaxQueued = 64;
-    if (copy_stop_ || copy_queue_.size() >= kMaxQueued || !copy_pending_.insert(key).second) return;
-    copy_queue_.push_back({key, std::move(idx), e});
-  }
-  copy_cv_.notify_one();
-}
-
-void FsCore::want_copy_check(std::shared_ptr<const LayerIndex> idx, uint32_t e, const Digest128& key) {
-  {
-    std::lock_guard lock(copy_mu_);
-    constexpr size_t kMaxQueued = 64;
-    if (copy_stop_ || check_queue_.size() >= kMaxQueued || !check_pending_.insert(key).second) return;
-    check_queue_.push_front({key, std::move(idx), e, std::chrono::steady_clock::now()});
-  }
-  copy_cv_.notify_one();
-}
-
-void FsCore::copy_loop() {
-  using Clock = std::chrono::steady_clock;
-  CopyMode mode;
-  {
-    std::unique_lock lock(copy_mu_);
-    copy_cv_.wait(lock, [&] { return copy_stop_ || copy_mode_ != CopyMode::kUndecided; });
-    if (copy_stop_) return;
-    mode = copy_mode_;
-  }
-  if (mode == CopyMode::kOff) {
-    auto freed = options_.whole_files->discard();
-    if (!freed.ok()) spdlog::warn("whole-file copies: {}", freed.error().message);
-    else if (*freed) spdlog::info("passthrough is off: removed {} bytes of whole-file copies from the cache", *freed);
-    return;
-  }
-  if (auto st = options_.whole_files->load(); !st.ok()) {
-    spdlog::warn("whole-file copies not used: {}", st.error().message);
-    return;
-  }
-  copies_on_.store(true, std::memory_order_relaxed);
-  for (;;) {
-    CopyJob job;
-    bool check = false;
-    {
-      std::unique_lock lock(copy_mu_);
-      for (;;) {
-        if (copy_stop_) return;
-        if (!copy_queue_.empty()) {
-          job = std::move(copy_queue_.front());
-          copy_queue_.pop_front();
-          break;
-        }
-        if (!check_queue_.empty() && check_queue_.front().due <= Clock::now()) {
-          job = std::move(check_queue_.front());
-          check_queue_.pop_front();
-          check = true;
-          break;
-        }
-        if (check_queue_.empty()) copy_cv_.wait(lock);
-        else copy_cv_.wait_until(lock, check_queue_.front().due);
-      }
-    }
-    const LayerIndex& idx = *job.idx;
-    const uint64_t size = idx.attr_entry(job.entry).size;
-    if (check) {
-      std::vector<cache::ExpectedChunk> want;
-      for (const ChunkRecord& c : idx.chunks(job.entry))
-        want.push_back({chunk_digest(c), c.raw_len, (c.flags & kChunkZero) != 0});
-      Status st = options_.whole_files->check(job.key, size, idx.chunk_size(), want);
-      if (!st.ok()) spdlog::debug("whole-file copy {} not taken: {}", job.key.hex(), st.error().message);
-      std::lock_guard lock(copy_mu_);
-      // Changed a moment ago: its identity settles within 2 s (whole seconds of a coarse clock:
-      // 3 s to be sure). Once; after that the next open asks again.
-      if (st.code() == EAGAIN && !job.retried) {
-        job.retried = true;
-        job.due = Clock::now() + std::chrono::seconds(3);
-        check_queue_.push_back(std::move(job));  // every other job is due no later
-      } else {
-        check_pending_.erase(job.key);
-      }
-      continue;
-    }
-    bool written = false;
-    Status st = [&]() -> Status {
-      if (options_.whole_files->has(job.key)) return ok_status();
-      // Only a file read whole: every chunk already here (so a copy costs the store nothing,
-      // unless the cache evicts a chunk meanwhile; that one is fetched again).
-      for (const ChunkRecord& c : idx.chunks(job.entry))
-        if (!(c.flags & kChunkZero) && !fetcher_.is_cached(chunk_digest(c))) return make_error(ENOENT, "not all chunks are cached");
-      EXTRAFS_TRY(w, options_.whole_files->begin(job.key, size));
-      uint64_t off = 0;
-      for (const ChunkRecord& c : idx.chunks(job.entry)) {
-        {
-          std::lock_guard lock(copy_mu_);
-          if (copy_stop_) return make_error(ECANCELED, "unmounting");
-        }
-        if (!(c.flags & kChunkZero)) {  // zeros: the file was made that long, sparse
-          // Verified on the way in, as every chunk a reader gets.
-          EXTRAFS_TRY(data, fetcher_.get(chunk_ref(idx, c)));
-          EXTRAFS_CHECK_STATUS(w->write(off, std::span(data->data(), data->size())));
-        }
-        off += c.raw_len;
-      }
-      EXTRAFS_CHECK_STATUS(w->commit());
-      written = true;
-      return ok_status();
-    }();
-    if (!st.ok()) spdlog::debug("whole-file copy {} not made: {}", job.key.hex(), st.error().message);
-    std::lock_guard lock(copy_mu_);
-    copy_pending_.erase(job.key);
-    // A copy written now is hashed once its identity can be trusted (3 s, as above), before any
-    // open hands it out; a bounded number wait for that (the others: at their first open).
-    constexpr size_t kMaxSettling = 64;
-    if (written && check_queue_.size() < kMaxSettling && check_pending_.insert(job.key).second) {
-      job.due = Clock::now() + std::chrono::seconds(3);
-      check_queue_.push_back(std::move(job));
-    }
-  }
-}
-
-Fd FsCore::whole_copy(std::shared_ptr<const LayerIndex> idx, uint32_t e) {
-  if (!copies_on_.load(std::memory_order_relaxed)) return Fd();
-  const EntryRecord& rec = idx->attr_entry(e);
-  if (!S_ISREG(rec.mode) || rec.size < options_.whole_file_min) return Fd();
-  const Digest128 key = whole_file_key(*idx, e);
-  if (!options_.whole_files->has(key)) return Fd();
-  auto fd = options_.whole_files->open_checked(key, rec.size);
-  if (fd.ok()) return std::move(fd).value();
-  // Not hashed by this mount yet, or changed since: this open is served the usual way, and the
-  // copier hashes the copy for the next one.
-  if (fd.code() == EAGAIN) want_copy_check(std::move(idx), e, key);
-  return Fd();
+  if (copier_) copier_->set_passthrough(on);
 }
 
 }  // namespace extrafs::fs

@@ -20,36 +20,46 @@
 //
 // Removed layers: a layer a newer catalog no longer names (`extrafs rm`, or a store made again
 // from scratch) stays served from what this host has, its index in memory or kept and its cached
-// chunks, until the mount ends; it is marked removed in stats(). A read of it that fails (its
+// chunks, until the mount ends; it is marked removed in statistics(). A read of it that fails (its
 // data collected by `extrafs gc`) answers EIO and counts in removed_layer_errors, logged once per
 // layer. A catalog with another store id than the one loaded (the store was made again) is loaded
 // whatever its generation; a store id this mount moved away from is never loaded again.
 //
+// FsCore keeps the file system operations, each of which starts with one resolve(ino), and
+// composes the parts that do the rest (each header says what it owns, which threads call it and
+// its locks):
+//   StoreView        fs/store_view.h         the catalog, its refresh thread, the slots, removed layers
+//   IndexLoader      fs/index_loader.h       reading indexes; lazy layer indexes and their retry
+//   WholeFileCopier  fs/whole_file_copier.h  passthrough's whole-file copies and their thread
+//   Readahead        fs/readahead.h          sequential streaks, the readahead window
+//   OrderedPrefetch  fs/ordered_prefetch.h   the prefixes of layers published with --order
+//
 // Errors are returned as Result with a positive errno; nothing here throws or touches FUSE.
-// Thread-safety: every method may be called concurrently from the FUSE worker threads.
+// Thread-safety: every method may be called concurrently from the FUSE worker threads. FsCore's
+// own lock is record_mu_; no FsCore lock is held while a part is called, and no part calls back
+// into FsCore. The order in which the locks of the fs/ side may be nested (left before right,
+// never the reverse):
+//   StoreView::refresh_mu_ -> StoreView::mu_ -> InodeTable::slots_mu_
+//   StoreView::change_mu_ -> (set_on_listing_change's callback: the kernel's invalidations);
+//                            never together with refresh_mu_
+//   PassthroughShim314::mu_ -> WholeFileCopier::mu_      (set_passthrough at INIT)
+//   FsCore::record_mu_ -> (on_first_open: the trace write)
+// LazyIndex::mu_, Readahead::mu_, OrderedPrefetch::mu_ and the InodeTable shards are leaves.
 #pragma once
 
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 
 #include <atomic>
-#include <chrono>
-#include <condition_variable>
-#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <shared_mutex>
 #include <span>
 #include <string>
 #include <string_view>
-#include <thread>
-#include <unordered_map>
 #include <unordered_set>
 #include <vector>
-
-#include <nlohmann/json_fwd.hpp>
 
 #include "cache/chunk_fetcher.h"
 #include "cache/meta_source.h"
@@ -57,9 +67,13 @@
 #include "common/posix_file.h"
 #include "common/result.h"
 #include "fs/catalog.h"
+#include "fs/index_loader.h"
 #include "fs/inode_table.h"
 #include "fs/layer_index.h"
 #include "fs/ordered_prefetch.h"
+#include "fs/store_view.h"
+#include "fs/readahead.h"
+#include "fs/whole_file_copier.h"
 
 namespace extrafs::fs {
 
@@ -99,21 +113,44 @@ struct FsCoreOptions {
   // 404 of a generation not written yet, even one sent with a max-age (measured, squid 5.7).
   bool probe_generations = true;
   // A layer index that failed to load answers EIO without a new attempt for this long; the first
-  // access after that tries again.
+  // access after that tries again (see IndexLoader).
   double index_retry_s = 2.0;
+  // The clock of index_retry_s (null: std::chrono::steady_clock::now). Unit tests pass their own.
+  IndexLoader::Clock now;
   // Local whole-file copies for the kernel to read by itself (null = none), used once the kernel
   // agreed to passthrough (set_passthrough): a file of at least whole_file_min bytes gets one,
   // made in the background, when a read reaches its end and every one of its chunks is cached;
-  // open() then hands it out once this core's copier thread has hashed it (a few seconds after
+  // open() then hands it out once the copier thread (fs/whole_file_copier.h) has hashed it (a few seconds after
   // writing it, or after the first open of a copy an earlier mount left), so that no open waits
   // for a hash.
   cache::WholeFiles* whole_files = nullptr;
   uint64_t whole_file_min = uint64_t{8} << 20;
 };
 
-// What names the content of entry `e` of `idx` for cache::WholeFiles: the xxh3-128 of its size,
-// the index's chunk size and its chunk table (digests, lengths, zero flags).
-Digest128 whole_file_key(const LayerIndex& idx, uint32_t e);
+// Per layer, for the statistics.
+struct LayerStatistics {
+  std::string cache_id;
+  uint64_t bytes_total = 0;   // its files' content (the catalog's number until its index is here)
+  uint64_t bytes_cached = 0;  // of that, held on this host
+  bool index_loaded = false;  // its index is in memory or kept on this host
+  bool removed = false;       // the newest catalog loaded does not name it
+};
+
+// What FsCore::statistics() gathers: its own counters, the fetcher's, the whole-file copies'.
+struct FsStatistics {
+  cache::FetcherStats fetcher;
+  uint64_t cache_bytes = 0;                          // ChunkFetcher::cached_bytes
+  std::optional<cache::WholeFileStats> whole_files;  // with whole-file copies
+  uint64_t bytes_served = 0;
+  uint64_t open_requests = 0;
+  uint64_t opendir_requests = 0;
+  bool passthrough = false;
+  uint64_t passthrough_opens = 0;
+  uint64_t removed_layer_errors = 0;
+  uint64_t inodes = 0;  // nodes the kernel holds
+  std::string source;   // MetaSource::describe
+  std::vector<LayerStatistics> layers;  // in the order first seen
+};
 
 class FsCore {
  public:
@@ -173,19 +210,12 @@ class FsCore {
   InodeTable& inodes() { return inodes_; }
   // Called by the adapter when the kernel forgets nodes, so superseded image/ trees are released.
   void forget(uint64_t ino, uint64_t n);
-  // Loads newer catalogs: first each next generation (extrafs/catalog.d/<N+1>, looked up by a
-  // name never looked up before, so an NFS server's attribute cache cannot hide it), then
-  // extrafs/catalog if its version differs from the one last loaded (stores without
-  // generations); a catalog of an older generation than the loaded one is never loaded, unless
-  // it is of another store (see "Removed layers" above). Adds new
-  // layers and the new image/ tree. A version or generation counts as loaded only once it was
-  // read from the store (not a kept copy) and every new layer and image/ index in it was added;
-  // otherwise the error is returned and the next call tries again. New layers' indexes are not
-  // read here (see open()).
+  // Loads newer catalogs now (StoreView::refresh): what the refresh thread does every
+  // refresh_interval_s, for a caller that set it to 0.
   Status refresh();
-  // The `extrafs stats --json` object (tools/mount_stats.h serves it to `extrafs stats`). Never
-  // reads the store: per layer what the loaded or locally kept index says.
-  nlohmann::json stats();
+  // The mount's numbers, for the statistics (fs/stats_json.h makes `extrafs stats --json` of
+  // them). Never reads the store: per layer what the loaded or locally kept index says.
+  FsStatistics statistics();
   // The whole content of the regular file at `path` ('/'-separated components from the root of
   // the mount, e.g. "image/overlay2/repositories.json"), for the daemon's own use (the image
   // names of its statistics): from the caches, else the store, through
@@ -202,156 +232,65 @@ class FsCore {
   void count_open_request() { open_requests_.fetch_add(1, std::memory_order_relaxed); }
   // Counts an OPENDIR request (`opendir_requests`).
   void count_opendir_request() { opendir_requests_.fetch_add(1, std::memory_order_relaxed); }
-  // Called (from the refresh thread, with no FsCore lock held but its own) with the directories
+  // Called (from the refresh thread, with no lock held but StoreView::change_mu_) with the directories
   // whose listings may have changed, each time a newer catalog was loaded: the adapter tells the
   // kernel to drop what it cached of them. Returns once no call of the previous `f` is running;
   // never waits for the store (a refresh waiting on it does not hold what this takes).
-  void set_on_listing_change(std::function<void(std::span<const uint64_t>)> f) {
-    std::lock_guard lock(listing_mu_);
-    on_listing_change_ = std::move(f);
-  }
+  void set_on_listing_change(std::function<void(std::span<const uint64_t>)> f);
   size_t layer_count();
 
  private:
-  // How far a layer's index has been loaded. Guarded by its own `mu`, so that a slow or dead
-  // store delays only the callers that need this layer.
-  struct IndexLoad {
-    std::mutex mu;
-    std::condition_variable cv;                // a load finished
-    std::shared_ptr<const LayerIndex> index;   // set once, never reset
-    bool loading = false;                      // a caller is reading it (others wait)
-    std::optional<Error> failure;              // the last failed load's error, answered until
-    std::chrono::steady_clock::time_point failed_at{};  // index_retry_s after this
-  };
-  struct Slot {
-    bool is_image = false;
-    CatalogLayer layer;                          // layers only
-    std::shared_ptr<const LayerIndex> index;     // image/ slots only (loaded with the slot)
-    std::shared_ptr<IndexLoad> lazy;             // layers only
-  };
-  struct Synthetic;  // fixed and per-layer nodes that are not index entries
-
   FsCore(cache::ChunkFetcher& fetcher, cache::MetaSource& meta, FsCoreOptions options);
-  Status load(const Catalog& catalog, bool initial);
-  // Whether `c` is of the store loaded: the same store id, or the loaded catalog has none and `c`
-  // is a later generation (the first write since store ids). REQUIRES: refresh_mu_.
-  bool same_store(const Catalog& c) const;
-  // Whether `c` moves this mount on: a catalog of another store than the one loaded (never one it
-  // left), or a later generation of the same. REQUIRES: refresh_mu_.
-  bool is_news(const Catalog& c) const;
-  // Records `c` as the catalog loaded (its generation and store id; a change of store id is
-  // logged). REQUIRES: refresh_mu_.
-  void loaded_catalog(const Catalog& c);
-  // A read of slot `sn` failed with `e`: if the store no longer names that layer, counted in
-  // removed_layer_errors and logged once per layer. Returns `e`.
-  Error read_failed(uint32_t sn, const Slot& s, Error e);
-  // refresh() without its lock and its report of listings. REQUIRES: refresh_mu_.
-  Status refresh_locked();
-  // Loads the catalog generations after generation_ that the store has. REQUIRES: refresh_mu_.
-  Status follow_generations();
-  Result<std::shared_ptr<const LayerIndex>> load_index(const std::string& path, const std::string& cache_name,
-                                                       const Digest128& want, const std::string& what);
-  // The kept copy of an index in the block cache if it has the digest `want`, else null.
-  std::shared_ptr<const LayerIndex> kept_index(const std::string& cache_name, const Digest128& want);
-  // The index of slot `s`: the image/ tree's, or the layer's, read on first use. Concurrent
-  // callers for one layer wait for one load; mu_ is not held meanwhile. EIO while the layer's
-  // index cannot be loaded (tried again once index_retry_s has passed since the last failure).
+  // The index of slot `s`: the image/ tree's, or the layer's, read on first use
+  // (IndexLoader::get).
   Result<std::shared_ptr<const LayerIndex>> index_of(const Slot& s);
   // The index of `s` if loaded already (null otherwise); never reads anything.
   static std::shared_ptr<const LayerIndex> loaded_index(const Slot& s);
   // For statistics: the loaded index, or the kept copy in the block cache (then installed),
   // never the store; null if neither.
   std::shared_ptr<const LayerIndex> local_index(const Slot& s);
-  std::shared_ptr<const Slot> slot(uint32_t n) const;
-  void refresh_loop();
-  // Whether the destructor has asked the background threads to end.
-  bool stopping();
+  // What a node id names, found once at the start of every operation (squashfuse's
+  // sqfs_ll_iget is the model): its slot and, for an entry of an index, the index (held, so
+  // that a newer image/ tree cannot release it mid-operation) and the entry.
+  struct Node {
+    uint64_t ino = 0;
+    uint32_t slot_no = 0;  // 0: one of the fixed directories (root, overlay2, l)
+    uint32_t local = 0;    // which node of the slot (see fs_core.cc: kLayerDir ... kEntryBase)
+    std::shared_ptr<const Slot> slot;          // null for the fixed directories
+    std::shared_ptr<const LayerIndex> index;   // set only for an entry of an index
+    uint32_t entry = 0;                        // that entry
+  };
+  // The one resolution of `ino`: ENOENT for an id that names nothing (a fixed id that is not a
+  // directory, a layer's link or lower it has not, an entry beyond its index), ESTALE for a slot
+  // released (a superseded image/ tree), EIO while the layer's index cannot be loaded (see
+  // index_of). Loads the layer's index on first use.
+  Result<Node> resolve(uint64_t ino);
+  // The attributes of a resolved node.
+  NodeAttr node_attr(const Node& n) const;
   NodeAttr entry_attr(uint32_t slot, const LayerIndex& idx, uint32_t entry) const;
   NodeAttr synthetic_attr(uint64_t ino, uint32_t mode, uint64_t size, uint32_t nlink) const;
-  Result<NodeAttr> layer_node_attr(uint64_t ino, const Slot& s) const;
   void record_access(uint32_t slot_no, const Slot& s, const LayerIndex& idx, uint32_t entry);
-  // Readahead: returns how many chunks after the one ending at `end` to prefetch for this reader.
-  unsigned sequential_window(uint64_t ino, uint64_t offset, uint64_t end);
-  // Queues a whole-file copy of entry `e` (see FsCoreOptions::whole_files); no-op if it has one.
-  void want_whole_copy(std::shared_ptr<const LayerIndex> idx, uint32_t e);
-  // Queues the hash of entry `e`'s copy `key` ahead of the copies settling (see check_queue_).
-  void want_copy_check(std::shared_ptr<const LayerIndex> idx, uint32_t e, const Digest128& key);
-  // Entry `e`'s whole-file copy for open(), checked by this core; invalid if copies are off, it
-  // has none, or it still has to be checked (then queued for that).
-  Fd whole_copy(std::shared_ptr<const LayerIndex> idx, uint32_t e);
-  void copy_loop();
 
   cache::ChunkFetcher& fetcher_;
   cache::MetaSource& meta_;
   FsCoreOptions options_;
+  IndexLoader indexes_;
   InodeTable inodes_;
   struct timespec start_time_ {};
 
-  mutable std::shared_mutex mu_;  // guards the fields below
-  std::vector<std::shared_ptr<const Slot>> slots_;  // [0] unused
-  std::vector<uint32_t> layer_slots_;               // catalog order
-  std::unordered_map<std::string, uint32_t> by_cache_id_, by_link_;
-  uint32_t image_slot_ = 0;
-  Catalog catalog_;
-  // Layer slots the newest catalog loaded does not name (or names with another index): served
-  // from what this host has. removed_logged_: those whose failed read was logged already.
-  std::unordered_set<uint32_t> removed_, removed_logged_;
-
-  // One refresh at a time; guards catalog_version_, failed_version_, generation_,
-  // failed_generation_, store_id_, left_store_ids_.
-  std::mutex refresh_mu_;
-  cache::MetaVersion catalog_version_{};               // the store's catalog as last loaded
-  std::optional<cache::MetaVersion> failed_version_;  // the version whose reload last failed
-  uint64_t generation_ = 0;         // of the newest catalog loaded whole (0: none has one)
-  uint64_t failed_generation_ = 0;  // the generation whose load last failed
-  std::string store_id_;            // of the catalog loaded ("": written without one)
-  std::unordered_set<std::string> left_store_ids_;  // stores this mount moved away from
-  std::string catalog_cache_name_;
-  std::mutex listing_mu_;  // guards on_listing_change_, held while it runs
-  std::function<void(std::span<const uint64_t>)> on_listing_change_;
-  std::mutex stop_mu_;  // guards stopping_
-  std::condition_variable stop_cv_;
-  bool stopping_ = false;
-  std::thread refresher_;
+  // The catalog and the slots, kept current by its refresh thread. Declared after indexes_ and
+  // inodes_, which it uses, and reset first in the destructor.
+  std::unique_ptr<StoreView> view_;
 
   std::atomic<uint64_t> bytes_served_{0};
   std::atomic<uint64_t> open_requests_{0};
   std::atomic<uint64_t> opendir_requests_{0};
   std::atomic<uint64_t> passthrough_opens_{0};
-  std::atomic<uint64_t> removed_layer_errors_{0};
   std::atomic<bool> passthrough_{false};
 
-  // Copies made from the chunks on this host, and checks of copies before their first
-  // passthrough open, all on the copier thread.
-  struct CopyJob {
-    Digest128 key;
-    std::shared_ptr<const LayerIndex> idx;
-    uint32_t entry;
-    std::chrono::steady_clock::time_point due{};  // check_queue_: not before then
-    bool retried = false;                          // check_queue_: once more after EAGAIN
-  };
-  enum class CopyMode { kUndecided, kOn, kOff };  // set_passthrough's answer
-  std::mutex copy_mu_;  // guards the fields below up to copier_
-  std::condition_variable copy_cv_;
-  CopyMode copy_mode_ = CopyMode::kUndecided;
-  std::deque<CopyJob> copy_queue_;
-  // Copies to hash before they are handed out, in order of `due`: those an open wanted (due at
-  // once, at the front) and those just written (due once their identity can be trusted,
-  // FileIdentity::settled), so that no open waits for a hash.
-  std::deque<CopyJob> check_queue_;
-  std::unordered_set<Digest128, Digest128Hash> copy_pending_, check_pending_;
-  bool copy_stop_ = false;
-  // The copies were taken in (WholeFiles::load) after the kernel agreed to passthrough: only
-  // then are they made and handed out.
-  std::atomic<bool> copies_on_{false};
-  std::thread copier_;
-
-  struct Stream {
-    uint64_t next = 0;    // offset a sequential reader would read next
-    unsigned streak = 0;  // consecutive sequential reads
-  };
-  std::mutex streams_mu_;  // guards streams_
-  std::unordered_map<uint64_t, Stream> streams_;
+  Readahead readahead_;
+  // Whole-file copies for passthrough (null without options_.whole_files).
+  std::unique_ptr<WholeFileCopier> copier_;
 
   std::mutex record_mu_;  // guards recorded_
   std::unordered_set<uint64_t> recorded_;

@@ -31,6 +31,7 @@
 #include "fs/catalog.h"
 #include "fs/fs_core.h"
 #include "fs/fuse_adapter.h"
+#include "fs/stats_json.h"
 #include "store/layout.h"
 #include "store/trace.h"
 #include "tools/mount_images.h"
@@ -159,7 +160,7 @@ int serve(const MountRequest& req, const std::function<void(const std::string&)>
         *status = 404;
         return "unknown request; ask GET /stats or GET /stats?images=1\n";
       }
-      nlohmann::json j = (*core)->stats();
+      nlohmann::json j = fs::stats_json((*core)->statistics());
       if (target == "/stats?images=1") images.annotate(j, kImageNamesWait);
       return json_text(j);
     });

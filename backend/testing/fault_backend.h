@@ -9,6 +9,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <string>
 
 #include "backend/backend.h"
@@ -25,6 +27,12 @@ class FaultBackend : public Backend {
   // Every read sleeps this long first.
   void set_delay(std::chrono::milliseconds d) { delay_ms_ = d.count(); }
   uint64_t reads() const { return reads_; }
+  // Reads that start from now on wait, once counted, until release_reads(): a store that does
+  // not answer yet, for a test that must act while a read is in progress (no sleep).
+  void hold_reads();
+  void release_reads();
+  // Waits until at least `n` reads are held, for at most `timeout`; whether they are.
+  bool wait_held(uint64_t n, std::chrono::milliseconds timeout);
 
   Result<size_t> read(std::string_view path, uint64_t offset, std::span<std::byte> buf) override;
   Result<ObjectInfo> stat(std::string_view path) override { return inner_.stat(path); }
@@ -36,6 +44,10 @@ class FaultBackend : public Backend {
   std::atomic<int> fail_count_{0}, fail_code_{EIO}, corrupt_count_{0};
   std::atomic<int64_t> delay_ms_{0};
   std::atomic<uint64_t> reads_{0};
+  std::mutex hold_mu_;  // guards holding_, held_
+  std::condition_variable hold_cv_;
+  bool holding_ = false;
+  uint64_t held_ = 0;  // reads waiting in hold
 };
 
 }  // namespace extrafs::backend

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <future>
 #include <optional>
 #include <thread>
 
@@ -13,6 +14,7 @@
 #include "cache/block_cache.h"
 #include "cache/chunk_fetcher.h"
 #include "fs/fs_core.h"
+#include "fs/stats_json.h"
 #include "test_util.h"
 
 using namespace extrafs;
@@ -92,6 +94,47 @@ struct Store {
   }
 };
 
+// Options of a core that loads newer catalogs only when told (refresh()): no background thread.
+FsCoreOptions manual() {
+  FsCoreOptions o;
+  o.refresh_interval_s = 0;
+  return o;
+}
+
+// The core the tests open: a ChunkFetcher of its own over backend `b` (which must outlive it)
+// and an FsCore on it, refreshed only when told unless `opts` says otherwise.
+struct Mount {
+  cache::ChunkFetcher fetcher;
+  std::unique_ptr<FsCore> core;
+  explicit Mount(backend::Backend& b, FsCoreOptions opts = manual(), cache::FetcherOptions fo = {}) : fetcher(b, fo) {
+    open(std::move(opts));
+  }
+  // Opened on catalog `first`, put as the store's extrafs/catalog.
+  Mount(Store& s, const Catalog& first) : fetcher(s.mem, {}) {
+    s.mem.put(kCatalogPath, first.serialize());
+    open(manual());
+  }
+
+ private:
+  void open(FsCoreOptions opts) {
+    auto r = FsCore::open(fetcher, fetcher, std::move(opts));
+    REQUIRE(r.ok());
+    core = std::move(r).value();
+  }
+};
+
+// A clock the test moves by hand (FsCoreOptions::now): a back-off passes without a sleep.
+struct ManualClock {
+  std::shared_ptr<std::atomic<int64_t>> ms = std::make_shared<std::atomic<int64_t>>(0);
+  IndexLoader::Clock clock() const {
+    return [ms = ms] { return std::chrono::steady_clock::time_point(std::chrono::milliseconds(ms->load())); };
+  }
+  void advance(std::chrono::milliseconds d) { *ms += d.count(); }
+};
+
+// The `extrafs stats --json` object of `core`.
+nlohmann::json stats(FsCore& core) { return stats_json(core.statistics()); }
+
 uint64_t walk(FsCore& core, std::initializer_list<std::string_view> path) {
   uint64_t ino = kRootIno;
   for (auto name : path) {
@@ -115,10 +158,8 @@ std::vector<std::pair<std::string, uint32_t>> list(FsCore& core, uint64_t ino) {
 
 TEST_CASE("FsCore shows the overlay2-shaped tree", "[fscore]") {
   Store s;
-  cache::ChunkFetcher fetcher(s.mem, {});
-  auto core_r = FsCore::open(fetcher, fetcher, {});
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(s.mem);
+  FsCore& core = *m.core;
 
   CHECK(list(core, kRootIno) == std::vector<std::pair<std::string, uint32_t>>{{"image", S_IFDIR}, {"overlay2", S_IFDIR}});
   auto ov = list(core, walk(core, {"overlay2"}));
@@ -149,10 +190,8 @@ TEST_CASE("FsCore shows the overlay2-shaped tree", "[fscore]") {
 
 TEST_CASE("FsCore answers metadata from the index: types, links, xattrs, whiteouts", "[fscore]") {
   Store s;
-  cache::ChunkFetcher fetcher(s.mem, {});
-  auto core_r = FsCore::open(fetcher, fetcher, {});
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(s.mem);
+  FsCore& core = *m.core;
   uint64_t reads_before = s.mem.reads();
 
   uint64_t bb = walk(core, {"overlay2", kBase, "diff", "bin", "busybox"});
@@ -189,10 +228,8 @@ TEST_CASE("FsCore answers metadata from the index: types, links, xattrs, whiteou
 
 TEST_CASE("FsCore reads content across chunk boundaries and refuses writes", "[fscore]") {
   Store s;
-  cache::ChunkFetcher fetcher(s.mem, {});
-  auto core_r = FsCore::open(fetcher, fetcher, {});
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(s.mem);
+  FsCore& core = *m.core;
   uint64_t bb = walk(core, {"overlay2", kBase, "diff", "bin", "busybox"});
   CHECK(core.open(bb, O_RDONLY).ok());
   CHECK(core.open(bb, O_RDWR).code() == EROFS);
@@ -265,16 +302,13 @@ TEST_CASE("FsCore refuses a store without a catalog; a bad layer index fails onl
 
 TEST_CASE("FsCore picks up layers added to the catalog without a remount", "[fscore]") {
   Store s;
-  cache::ChunkFetcher fetcher(s.mem, {});
-  FsCoreOptions opts;
-  opts.refresh_interval_s = 0;  // no background thread: the test refreshes by hand
+  FsCoreOptions opts = manual();
   // The memory backend reports mtime 0 for everything, so the refresh is keyed on size.
   Catalog first = s.catalog;
   first.layers.pop_back();
   s.mem.put(kCatalogPath, first.serialize());
-  auto core_r = FsCore::open(fetcher, fetcher, opts);
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(s.mem, opts);
+  FsCore& core = *m.core;
   uint64_t ov = walk(core, {"overlay2"});
   CHECK(core.lookup(ov, kTop).code() == ENOENT);
   uint64_t base_dir = walk(core, {"overlay2", kBase});
@@ -294,15 +328,12 @@ TEST_CASE("a catalog refresh that falls back to the cached copy is retried", "[f
   backend::FaultBackend faulty(s.mem);
   cache::FetcherOptions fo;
   fo.disk = disk->get();
-  cache::ChunkFetcher fetcher(faulty, fo);
-  FsCoreOptions opts;
-  opts.refresh_interval_s = 0;
+  FsCoreOptions opts = manual();
   Catalog first = s.catalog;
   first.layers.pop_back();
   s.mem.put(kCatalogPath, first.serialize());
-  auto core_r = FsCore::open(fetcher, fetcher, opts);
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(faulty, opts, fo);
+  FsCore& core = *m.core;
   // The new catalog cannot be read this time: the fetcher serves its kept copy (the old one),
   // which must not count as having loaded the new version.
   s.mem.put(kCatalogPath, s.catalog.serialize());
@@ -315,16 +346,15 @@ TEST_CASE("a catalog refresh that falls back to the cached copy is retried", "[f
 
 TEST_CASE("a layer whose index is not readable yet is served once it is, after a back-off", "[fscore]") {
   Store s;
-  cache::ChunkFetcher fetcher(s.mem, {});
-  FsCoreOptions opts;
-  opts.refresh_interval_s = 0;
+  FsCoreOptions opts = manual();
   opts.index_retry_s = 0.3;
+  ManualClock clock;
+  opts.now = clock.clock();
   Catalog first = s.catalog;
   first.layers.pop_back();
   s.mem.put(kCatalogPath, first.serialize());
-  auto core_r = FsCore::open(fetcher, fetcher, opts);
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(s.mem, opts);
+  FsCore& core = *m.core;
   // The catalog names the new layer before its index is complete (a publish still copying it).
   auto index = s.mem.read_all(layer_index_path(kTop), kMaxIndexSize);
   REQUIRE(index.ok());
@@ -340,16 +370,18 @@ TEST_CASE("a layer whose index is not readable yet is served once it is, after a
   // Within the back-off the failure is answered without a new read.
   CHECK(core.lookup(layer, "diff").code() == EIO);
   CHECK(s.mem.reads() == reads + 1);
-  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  clock.advance(std::chrono::milliseconds(299));
+  CHECK(core.lookup(layer, "diff").code() == EIO);
+  CHECK(s.mem.reads() == reads + 1);
+  clock.advance(std::chrono::milliseconds(1));
   CHECK(walk(core, {"overlay2", kTop, "diff", "etc", "hostname"}) != 0);
 }
 
 TEST_CASE("a host reads only the indexes of the layers it uses, and counts metadata bytes", "[fscore]") {
   Store s;
-  cache::ChunkFetcher fetcher(s.mem, {});
-  auto core_r = FsCore::open(fetcher, fetcher, {});
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(s.mem);
+  FsCore& core = *m.core;
+  cache::ChunkFetcher& fetcher = m.fetcher;
   auto size_of = [&](const std::string& path) { return s.mem.read_all(path, kMaxIndexSize)->size(); };
   const uint64_t at_open = size_of(kCatalogPath) + size_of(image_index_path(*s.catalog.image_index));
   CHECK(fetcher.stats().meta_bytes_fetched == at_open);
@@ -377,7 +409,7 @@ TEST_CASE("a host reads only the indexes of the layers it uses, and counts metad
     CHECK(core.read(walk(core, {"overlay2", id, "link"}), 0, buf).ok());
   }
   CHECK(core.statfs().f_blocks > 0);
-  auto j = core.stats();
+  auto j = stats(core);
   CHECK(j["layer_indexes_loaded"] == 0);
   CHECK(j["layers"][0]["bytes_total"] == s.catalog.layers[0].bytes);
   CHECK(j["layers"][0]["index_loaded"] == false);
@@ -387,7 +419,7 @@ TEST_CASE("a host reads only the indexes of the layers it uses, and counts metad
   // The first operation under one layer's diff/ reads that layer's index, and only it.
   walk(core, {"overlay2", kTop, "diff", "etc", "hostname"});
   CHECK(fetcher.stats().meta_bytes_fetched == at_open + size_of(layer_index_path(kTop)));
-  j = core.stats();
+  j = stats(core);
   CHECK(j["meta_bytes_fetched"] == at_open + size_of(layer_index_path(kTop)));
   CHECK(j["layer_indexes_loaded"] == 1);
   CHECK(j["layers"][1]["index_loaded"] == true);
@@ -407,12 +439,11 @@ TEST_CASE("a kept index copy is used without the store; stats load it from there
     REQUIRE(core.ok());
     walk(**core, {"overlay2", kBase, "diff", "bin"});  // keeps the base index in the cache
   }
-  cache::ChunkFetcher fetcher(s.mem, fopts);
-  auto core_r = FsCore::open(fetcher, fetcher, {});
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(s.mem, manual(), fopts);
+  FsCore& core = *m.core;
+  cache::ChunkFetcher& fetcher = m.fetcher;
   const uint64_t at_open = fetcher.stats().meta_bytes_fetched;
-  auto j = core.stats();
+  auto j = stats(core);
   CHECK(j["layers"][0]["index_loaded"] == true);   // from the kept copy
   CHECK(j["layers"][1]["index_loaded"] == false);  // never used: not read for statistics
   walk(core, {"overlay2", kBase, "diff", "bin", "busybox"});
@@ -427,14 +458,12 @@ TEST_CASE("many threads' first access to a layer cause one index read; other lay
   backend::FaultBackend faulty(s.mem);
   cache::FetcherOptions fopts;
   fopts.prefetch_threads = 0;
-  cache::ChunkFetcher fetcher(faulty, fopts);
-  auto core_r = FsCore::open(fetcher, fetcher, {});
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(faulty, manual(), fopts);
+  FsCore& core = *m.core;
   walk(core, {"overlay2", kBase, "diff"});  // base loaded before the slow reads start
   const uint64_t top = walk(core, {"overlay2", kTop});
   const uint64_t reads = faulty.reads();
-  faulty.set_delay(std::chrono::milliseconds(500));
+  faulty.hold_reads();  // a store that does not answer until told
   std::atomic<int> ok{0};
   std::vector<std::thread> threads;
   for (int i = 0; i < 16; ++i) {
@@ -445,13 +474,18 @@ TEST_CASE("many threads' first access to a layer cause one index read; other lay
       if (etc.ok() && core.lookup(etc->st.st_ino, "hostname").ok()) ok++;
     });
   }
-  // While the top index is being read (500 ms), the base layer answers at once.
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  auto started = std::chrono::steady_clock::now();
-  CHECK(walk(core, {"overlay2", kBase, "diff", "bin", "busybox"}) != 0);
-  CHECK(std::chrono::steady_clock::now() - started < std::chrono::milliseconds(300));
+  // While the top index is being read (held), the base layer answers.
+  REQUIRE(faulty.wait_held(1, std::chrono::seconds(10)));
+  auto base = std::async(std::launch::async, [&] {
+    auto d = core.lookup(walk(core, {"overlay2", kBase}), "diff");
+    auto bin = d.ok() ? core.lookup(d->st.st_ino, "bin") : d;
+    return bin.ok() && core.lookup(bin->st.st_ino, "busybox").ok();
+  });
+  const bool answered = base.wait_for(std::chrono::seconds(5)) == std::future_status::ready;
+  faulty.release_reads();
+  CHECK(answered);
+  CHECK(base.get());
   for (auto& t : threads) t.join();
-  faulty.set_delay(std::chrono::milliseconds(0));
   CHECK(ok == 16);
   CHECK(faulty.reads() == reads + 1);
 }
@@ -494,21 +528,6 @@ Catalog catalog_of(backend::MemoryBackend& mem, Catalog base, uint64_t generatio
   return base;
 }
 
-// A core over store `s` (which must outlive it) that loads newer catalogs only when told
-// (refresh()), opened on catalog `first`.
-struct ManualCore {
-  cache::ChunkFetcher fetcher;
-  std::unique_ptr<FsCore> core;
-  ManualCore(Store& s, const Catalog& first) : fetcher(s.mem, {}) {
-    s.mem.put(kCatalogPath, first.serialize());
-    FsCoreOptions opts;
-    opts.refresh_interval_s = 0;
-    auto r = FsCore::open(fetcher, fetcher, opts);
-    REQUIRE(r.ok());
-    core = std::move(r).value();
-  }
-};
-
 // Puts catalog `c` at `path` (extrafs/catalog or a generation's name), refreshes `core`, and
 // returns the repositories.json it serves then.
 std::string put_and_refresh(backend::MemoryBackend& mem, FsCore& core, const std::string& path, const Catalog& c) {
@@ -520,17 +539,14 @@ std::string put_and_refresh(backend::MemoryBackend& mem, FsCore& core, const std
 
 TEST_CASE("the next catalog generation is found while the catalog itself looks unchanged", "[fscore]") {
   Store s;
-  cache::ChunkFetcher fetcher(s.mem, {});
-  FsCoreOptions opts;
-  opts.refresh_interval_s = 0;
+  FsCoreOptions opts = manual();
   Catalog first = s.catalog;
   first.layers.pop_back();
   first.generation = 1;
   s.mem.put(kCatalogPath, first.serialize());
   s.mem.put(catalog_generation_path(1), first.serialize());
-  auto core_r = FsCore::open(fetcher, fetcher, opts);
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(s.mem, opts);
+  FsCore& core = *m.core;
   REQUIRE(core.refresh().ok());  // nothing new
   CHECK(core.layer_count() == 1);
   // Generation 2 is published while the store still shows the old extrafs/catalog (as an NFS
@@ -561,17 +577,14 @@ TEST_CASE("the next catalog generation is found while the catalog itself looks u
 
 TEST_CASE("without generation probes (http sources) a refresh follows the catalog alone", "[fscore]") {
   Store s;
-  cache::ChunkFetcher fetcher(s.mem, {});
-  FsCoreOptions opts;
-  opts.refresh_interval_s = 0;
+  FsCoreOptions opts = manual();
   opts.probe_generations = false;
   Catalog first = s.catalog;
   first.layers.pop_back();
   first.generation = 1;
   s.mem.put(kCatalogPath, first.serialize());
-  auto core_r = FsCore::open(fetcher, fetcher, opts);
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(s.mem, opts);
+  FsCore& core = *m.core;
   Catalog second = s.catalog;
   second.generation = 2;
   s.mem.put(catalog_generation_path(2), second.serialize());
@@ -584,30 +597,34 @@ TEST_CASE("without generation probes (http sources) a refresh follows the catalo
 
 TEST_CASE("the background refresher adds new layers by itself", "[fscore]") {
   Store s;
-  cache::ChunkFetcher fetcher(s.mem, {});
   Catalog first = s.catalog;
   first.layers.pop_back();
   s.mem.put(kCatalogPath, first.serialize());
   FsCoreOptions opts;
   opts.refresh_interval_s = 0.02;
-  auto core_r = FsCore::open(fetcher, fetcher, opts);
-  REQUIRE(core_r.ok());
-  CHECK((*core_r)->layer_count() == 1);
+  Mount m(s.mem, opts);
+  FsCore& core = *m.core;
+  CHECK(core.layer_count() == 1);
+  // The thread tells the adapter (here: this promise) once it loaded a newer catalog.
+  std::promise<void> told;
+  std::atomic<bool> once{false};
+  core.set_on_listing_change([&](std::span<const uint64_t>) {
+    if (!once.exchange(true)) told.set_value();
+  });
   s.mem.put(kCatalogPath, s.catalog.serialize());
-  for (int i = 0; i < 200 && (*core_r)->layer_count() < 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  CHECK((*core_r)->layer_count() == 2);
+  REQUIRE(told.get_future().wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+  core.set_on_listing_change({});
+  CHECK(core.layer_count() == 2);
 }
 
 TEST_CASE("stats are reported as one JSON object with per-layer numbers", "[fscore]") {
   Store s;
-  cache::ChunkFetcher fetcher(s.mem, {});
-  auto core_r = FsCore::open(fetcher, fetcher, {});
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(s.mem);
+  FsCore& core = *m.core;
   uint64_t bb = walk(core, {"overlay2", kBase, "diff", "bin", "busybox"});
   std::vector<std::byte> buf(100);
   REQUIRE(core.read(bb, 0, buf).ok());
-  auto j = core.stats().dump();
+  auto j = stats(core).dump();
   for (const char* k : {"\"bytes_fetched\":4096", "\"bytes_served\":100", "\"chunks_fetched\":1", "\"cache_misses\":1",
                         "\"bytes_cached\":4096", "\"backend_errors\":0", "\"cache_write_errors\":0", "\"cache_bytes\":4096"}) {
     INFO(j);
@@ -620,10 +637,9 @@ TEST_CASE("stats are reported as one JSON object with per-layer numbers", "[fsco
 
 TEST_CASE("the daemon reads a file of its image/ tree for itself without counting it as a reader's", "[fscore]") {
   Store s;
-  cache::ChunkFetcher fetcher(s.mem, {});
-  auto core_r = FsCore::open(fetcher, fetcher, {});
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(s.mem);
+  FsCore& core = *m.core;
+  cache::ChunkFetcher& fetcher = m.fetcher;
   auto repos = core.read_path("image/overlay2/repositories.json", 1 << 20);
   REQUIRE(repos.ok());
   CHECK(*repos == "{}");
@@ -636,7 +652,7 @@ TEST_CASE("the daemon reads a file of its image/ tree for itself without countin
   CHECK(st.chunks_fetched == 0);
   CHECK(st.cache_hits == 0);
   CHECK(st.cache_misses == 0);
-  CHECK(core.stats()["bytes_served"] == 0);
+  CHECK(stats(core)["bytes_served"] == 0);
   // Nothing of it was kept: a reader then fetches the chunk itself, counted as its own.
   std::vector<std::byte> buf(100);
   REQUIRE(core.read(walk(core, {"overlay2", kBase, "diff", "bin", "busybox"}), 0, buf).ok());
@@ -644,7 +660,7 @@ TEST_CASE("the daemon reads a file of its image/ tree for itself without countin
   CHECK(st.cache_misses == 1);
   CHECK(st.chunks_fetched == 1);
   CHECK(st.cache_hits == 0);
-  CHECK(core.stats()["bytes_served"] == 100);
+  CHECK(stats(core)["bytes_served"] == 100);
   // What a reader brought is used by the daemon's reads as it is, fetched again nothing.
   REQUIRE(core.read_path("overlay2/" + kBase + "/diff/bin/busybox", 1 << 20).ok());
   CHECK(fetcher.stats().own_bytes_fetched == 2 + 2 * s.big.size() - 4096);
@@ -661,10 +677,9 @@ TEST_CASE("the daemon reads a file of its image/ tree for itself without countin
 
 TEST_CASE("a sequential reader gets the next chunks fetched ahead, a random one does not", "[fscore]") {
   Store s;
-  cache::ChunkFetcher fetcher(s.mem, {});
-  auto core_r = FsCore::open(fetcher, fetcher, {});
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(s.mem);
+  FsCore& core = *m.core;
+  cache::ChunkFetcher& fetcher = m.fetcher;
   uint64_t bb = walk(core, {"overlay2", kBase, "diff", "bin", "busybox"});
   std::vector<std::byte> buf(1024);
   // Random: the same offset again and again never looks sequential.
@@ -689,10 +704,8 @@ TEST_CASE("a chunk that cannot be served fails the whole read, never a short one
   backend::FaultBackend faulty(s.mem);
   cache::FetcherOptions fopts;
   fopts.prefetch_threads = 0;  // no readahead: every backend read below is one the test asked for
-  cache::ChunkFetcher fetcher(faulty, fopts);
-  auto core_r = FsCore::open(fetcher, fetcher, {});
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(faulty, manual(), fopts);
+  FsCore& core = *m.core;
   uint64_t bb = walk(core, {"overlay2", kBase, "diff", "bin", "busybox"});
   const off_t size = static_cast<off_t>(s.big.size());
   REQUIRE(core.getattr(bb)->st.st_size == size);
@@ -742,10 +755,8 @@ TEST_CASE("FsCore does not serve a layer whose lower names a link no served laye
   Store s;
   s.catalog.layers[1].lower = "l/NOSUCHLINK";
   s.mem.put(kCatalogPath, s.catalog.serialize());
-  cache::ChunkFetcher fetcher(s.mem, {});
-  auto core_r = FsCore::open(fetcher, fetcher, {});
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(s.mem);
+  FsCore& core = *m.core;
   uint64_t ov = walk(core, {"overlay2"});
   CHECK(list(core, ov).size() == 2);  // l/ and the base layer only
   CHECK(core.lookup(ov, kBase).ok());
@@ -792,8 +803,7 @@ struct LocalStore {
     REQUIRE(b.ok());
     backend = std::move(b).value();
     fetcher = std::make_unique<cache::ChunkFetcher>(*backend, cache::FetcherOptions{});
-    FsCoreOptions opts;
-    opts.refresh_interval_s = 0;
+    FsCoreOptions opts = manual();
     auto c = FsCore::open(*fetcher, *fetcher, opts);
     REQUIRE(c.ok());
     core = std::move(c).value();
@@ -836,12 +846,9 @@ TEST_CASE("a corrupt catalog generation is read once, not on every refresh, unti
   first.layers.pop_back();
   first.generation = 1;
   s.mem.put(kCatalogPath, first.serialize());
-  cache::ChunkFetcher fetcher(s.mem, {});
-  FsCoreOptions opts;
-  opts.refresh_interval_s = 0;
-  auto core_r = FsCore::open(fetcher, fetcher, opts);
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  FsCoreOptions opts = manual();
+  Mount m(s.mem, opts);
+  FsCore& core = *m.core;
   s.mem.put(catalog_generation_path(2), "{ not a catalog");
   const uint64_t reads = s.mem.reads();
   for (int i = 0; i < 3; ++i) CHECK_FALSE(core.refresh().ok());
@@ -860,18 +867,17 @@ TEST_CASE("a corrupt layer index is read once, not on every access, until it cha
   std::string bad = *good;
   bad[bad.size() / 2] ^= 1;
   s.mem.put(layer_index_path(kTop), bad);
-  cache::ChunkFetcher fetcher(s.mem, {});
-  FsCoreOptions opts;
-  opts.refresh_interval_s = 0;
+  FsCoreOptions opts = manual();
   opts.index_retry_s = 0.05;
-  auto core_r = FsCore::open(fetcher, fetcher, opts);
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  ManualClock clock;
+  opts.now = clock.clock();
+  Mount m(s.mem, opts);
+  FsCore& core = *m.core;
   uint64_t layer = walk(core, {"overlay2", kTop});
   const uint64_t reads = s.mem.reads();
   for (int i = 0; i < 3; ++i) {
     CHECK(core.lookup(layer, "diff").code() == EIO);
-    std::this_thread::sleep_for(std::chrono::milliseconds(80));  // past the back-off
+    clock.advance(std::chrono::milliseconds(50));  // past the back-off
   }
   CHECK(s.mem.reads() == reads + 1);
   s.mem.put(layer_index_path(kTop), *good);
@@ -881,26 +887,26 @@ TEST_CASE("a corrupt layer index is read once, not on every access, until it cha
 TEST_CASE("unmount's set_on_listing_change does not wait for a refresh blocked on the store", "[fscore]") {
   Store s;
   backend::FaultBackend slow(s.mem);
-  cache::ChunkFetcher fetcher(slow, {});
-  FsCoreOptions opts;
-  opts.refresh_interval_s = 0;
+  FsCoreOptions opts = manual();
   Catalog first = s.catalog;
   first.layers.pop_back();
   s.mem.put(kCatalogPath, first.serialize());
-  auto core_r = FsCore::open(fetcher, fetcher, opts);
-  REQUIRE(core_r.ok());
-  FsCore& core = **core_r;
+  Mount m(slow, opts);
+  FsCore& core = *m.core;
   std::atomic<int> told{0};
   core.set_on_listing_change([&](std::span<const uint64_t>) { told++; });
   s.mem.put(kCatalogPath, s.catalog.serialize());
-  slow.set_delay(std::chrono::milliseconds(1500));  // a server that answers slowly
-  std::thread refresher([&] { CHECK(core.refresh().ok()); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the refresh waits on the store now
-  auto t0 = std::chrono::steady_clock::now();
-  core.set_on_listing_change({});
-  auto waited = std::chrono::steady_clock::now() - t0;
-  CHECK(waited < std::chrono::milliseconds(300));
+  slow.hold_reads();  // a server that does not answer until told
+  std::atomic<bool> refreshed{false};
+  std::thread refresher([&] { refreshed = core.refresh().ok(); });
+  REQUIRE(slow.wait_held(1, std::chrono::seconds(10)));  // the refresh waits on the store now
+  auto cleared = std::async(std::launch::async, [&] { core.set_on_listing_change({}); });
+  const bool at_once = cleared.wait_for(std::chrono::seconds(5)) == std::future_status::ready;
+  slow.release_reads();
+  CHECK(at_once);
+  cleared.get();
   refresher.join();
+  CHECK(refreshed);
   CHECK(core.layer_count() == 2);
   CHECK(told == 0);  // cleared before the refresh finished: not called any more
 }
@@ -909,7 +915,7 @@ TEST_CASE("a catalog of a store made again is loaded whatever its generation; th
   Store s;
   CapturedLog log;
   Catalog old = catalog_of(s.mem, s.catalog, 5, std::string(32, 'a'), R"({"old":1})");
-  ManualCore mc(s, old);
+  Mount mc(s, old);
   FsCore& core = *mc.core;
   // The store made again from scratch: another id, generations from 1, only the base layer.
   Catalog rebuilt = s.catalog;
@@ -922,7 +928,7 @@ TEST_CASE("a catalog of a store made again is loaded whatever its generation; th
   CHECK(said[0].find(std::string(32, 'a')) != std::string::npos);
   CHECK(said[0].find(std::string(32, 'b')) != std::string::npos);
   // The layer it no longer has stays (served from what this host has), marked removed.
-  auto layers = core.stats()["layers"];
+  auto layers = stats(core)["layers"];
   REQUIRE(layers.size() == 2);
   CHECK(layers[0]["removed"] == false);
   CHECK(layers[1]["cache_id"] == kTop);
@@ -941,7 +947,7 @@ TEST_CASE("a failed read of a layer the store removed counts in removed_layer_er
   Store s;
   CapturedLog log;
   s.catalog.generation = 1;
-  ManualCore mc(s, s.catalog);
+  Mount mc(s, s.catalog);
   FsCore& core = *mc.core;
   const uint64_t hostname = walk(core, {"overlay2", kTop, "diff", "etc", "hostname"});
   const uint64_t busybox = walk(core, {"overlay2", kBase, "diff", "bin", "busybox"});
@@ -950,7 +956,7 @@ TEST_CASE("a failed read of a layer the store removed counts in removed_layer_er
   // A store's own read failure is not one of these.
   s.mem.put("overlay2/" + kBase + "/diff/bin/busybox", "");
   CHECK(!core.read(busybox, 0, out).ok());
-  CHECK(core.stats()["removed_layer_errors"] == 0);
+  CHECK(stats(core)["removed_layer_errors"] == 0);
   // The top layer is removed (a newer catalog without it) and its data then collected.
   Catalog next = s.catalog;
   next.layers.pop_back();
@@ -963,7 +969,7 @@ TEST_CASE("a failed read of a layer the store removed counts in removed_layer_er
     REQUIRE(!r.ok());
     CHECK(r.code() == EIO);
   }
-  auto j = core.stats();
+  auto j = stats(core);
   CHECK(j["removed_layer_errors"] == 2);
   CHECK(log.lines_with("removed from the store, cannot be read whole").size() == 1);  // once per layer
   CHECK(j["layers"][1]["removed"] == true);
@@ -974,20 +980,20 @@ TEST_CASE("a failed read of a layer the store removed counts in removed_layer_er
   s.mem.put(catalog_generation_path(3), again.serialize());
   REQUIRE(core.refresh().ok());
   CHECK(!core.read(hostname, 0, out).ok());
-  CHECK(core.stats()["removed_layer_errors"] == 2);
-  CHECK(core.stats()["layers"][1]["removed"] == false);
+  CHECK(stats(core)["removed_layer_errors"] == 2);
+  CHECK(stats(core)["layers"][1]["removed"] == false);
 }
 
 TEST_CASE("a store written before store ids that gets one is the same store, and its old catalogs stay old", "[fscore]") {
   Store s;
   CapturedLog log;
   Catalog old = catalog_of(s.mem, s.catalog, 3, "", R"({"three":1})");
-  ManualCore mc(s, old);
+  Mount mc(s, old);
   FsCore& core = *mc.core;
   // The next write gives the store its id.
   Catalog next = catalog_of(s.mem, old, 4, std::string(32, 'c'), R"({"four":1})");
   CHECK(put_and_refresh(s.mem, core, catalog_generation_path(4), next) == R"({"four":1})");
-  CHECK(core.stats()["layers"][1]["removed"] == false);
+  CHECK(stats(core)["layers"][1]["removed"] == false);
   CHECK(log.lines_with("made again").empty());
   // An older generation of it, with its id, is old; so is the replaced catalog without one.
   Catalog older = next;
@@ -996,4 +1002,28 @@ TEST_CASE("a store written before store ids that gets one is the same store, and
   Catalog stale = old;
   stale.generation = 35;  // another length than the last one: the memory backend's version is the size
   CHECK(put_and_refresh(s.mem, core, kCatalogPath, stale) == R"({"four":1})");
+}
+
+TEST_CASE("an id the mount never gave out gets one answer from every operation", "[fscore]") {
+  Store s;
+  Mount m(s.mem);
+  FsCore& core = *m.core;
+  const uint64_t busybox = walk(core, {"overlay2", kBase, "diff", "bin", "busybox"});
+  const uint32_t base = ino_slot(busybox);
+  std::vector<std::byte> buf(16);
+  // Each op starts with the one resolution of its node id, so all of them agree on what an id
+  // names: nothing (a fixed id that is no directory, an entry beyond the index) or a slot never
+  // handed out.
+  for (auto [ino, code] : {std::pair{make_ino(0, 99), ENOENT}, std::pair{make_ino(base, 1u << 30), ENOENT},
+                           std::pair{make_ino(1000, 0), ESTALE}}) {
+    INFO(ino);
+    CHECK(core.getattr(ino).code() == code);
+    CHECK(core.lookup(ino, "x").code() == code);
+    CHECK(core.readlink(ino).code() == code);
+    CHECK(core.readdir(ino, 0, [](const DirItem&, const NodeAttr&) { return true; }).code() == code);
+    CHECK(core.getxattr(ino, "user.x").code() == code);
+    CHECK(core.listxattr(ino).code() == code);
+    CHECK(core.open(ino, O_RDONLY).code() == code);
+    CHECK(core.read(ino, 0, buf).code() == code);
+  }
 }
