@@ -55,18 +55,13 @@ void LocalBackend::follow_root() {
   root_dev_ = st.st_dev;
   root_ino_ = st.st_ino;
   fds_.clear();
-  lru_.clear();
 }
 
 Result<std::shared_ptr<int>> LocalBackend::fd_for(std::string_view path) {
   std::string key(path);
   {
     std::lock_guard lock(mu_);
-    auto it = fds_.find(key);
-    if (it != fds_.end()) {
-      lru_.splice(lru_.begin(), lru_, it->second.pos);
-      return it->second.fd;
-    }
+    if (Open* open = fds_.touch(key)) return open->fd;
   }
   // Paths come from validated indexes, but nothing is opened outside the root or through a
   // symlink in the store, whoever wrote it, and nothing but a regular file (a FIFO would block
@@ -78,15 +73,10 @@ Result<std::shared_ptr<int>> LocalBackend::fd_for(std::string_view path) {
   struct stat st;
   if (::fstat(fd, &st) != 0) return Error::from_errno(errno, root_ + "/" + key);
   std::lock_guard lock(mu_);
-  auto it = fds_.find(key);
-  if (it != fds_.end()) return it->second.fd;  // another thread won; ours closes on return
-  if (root_fd_ != root) return handle;          // opened in a root left meanwhile: not kept
-  lru_.push_front(key);
-  fds_[key] = Open{handle, lru_.begin(), st.st_dev, st.st_ino};
-  while (fds_.size() > kMaxOpen) {
-    fds_.erase(lru_.back());
-    lru_.pop_back();
-  }
+  if (Open* open = fds_.find(key)) return open->fd;  // another thread won; ours closes on return
+  if (root_fd_ != root) return handle;              // opened in a root left meanwhile: not kept
+  fds_.insert(key, Open{handle, st.st_dev, st.st_ino});
+  while (fds_.size() > kMaxOpen) fds_.pop_oldest();
   return handle;
 }
 
@@ -115,11 +105,8 @@ Result<ObjectInfo> LocalBackend::stat(std::string_view path) {
     // old content: drop it, so the next read opens the current file. Readers holding it finish
     // on the old file.
     std::lock_guard lock(mu_);
-    auto it = fds_.find(std::string(path));
-    if (it != fds_.end() && (it->second.dev != st.st_dev || it->second.ino != st.st_ino)) {
-      lru_.erase(it->second.pos);
-      fds_.erase(it);
-    }
+    const std::string key(path);
+    if (Open* open = fds_.find(key); open && (open->dev != st.st_dev || open->ino != st.st_ino)) fds_.erase(key);
   }
   ObjectInfo info;
   info.size = static_cast<uint64_t>(st.st_size);

@@ -56,18 +56,17 @@
 #include <condition_variable>
 #include <cstring>
 #include <functional>
-#include <list>
 #include <mutex>
 #include <random>
 #include <string>
 #include <thread>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
 #include <spdlog/spdlog.h>
 
 #include "backend/url.h"
+#include "common/lru.h"
 #include "common/posix_file.h"
 #include "common/str_util.h"
 
@@ -227,10 +226,8 @@ struct Conn {
   struct Handle {
     struct nfsfh* fh = nullptr;
     uint32_t gen = 0;
-    std::list<std::string>::iterator lru;
   };
-  std::list<std::string> lru;  // most recently used first
-  std::unordered_map<std::string, Handle> handles;
+  Lru<std::string, Handle> handles;  // open handles by full path
   const std::atomic<bool>* interrupted = nullptr;  // the backend's: set, the loop gives up
 };
 
@@ -297,7 +294,7 @@ class NfsBackend final : public Backend {
     for (auto& c : conns_) {
       if (c->nfs == nullptr) continue;
       while (!c->broken && c->nfs != nullptr && !c->handles.empty()) {
-        drop_handle(*c, c->handles.begin(), deadline);
+        drop_handle(*c, std::string(c->handles.oldest().first), deadline);
       }
       teardown(*c);
     }
@@ -388,7 +385,7 @@ class NfsBackend final : public Backend {
         for (size_t i = 0; i < idle_.size(); ++i) {
           Conn* c = idle_[i];
           int score = c->nfs == nullptr ? 0 : 1;
-          if (score == 1 && !key.empty() && c->handles.count(key) != 0) score = 2;
+          if (score == 1 && !key.empty() && c->handles.contains(key)) score = 2;
           if (score > best_score) {
             best_score = score;
             best = i;
@@ -428,7 +425,6 @@ class NfsBackend final : public Backend {
     }
     c.retired.clear();
     c.handles.clear();
-    c.lru.clear();
   }
 
   // Destroys the context. Pending RPCs are cancelled (their callbacks run now, with an error).
@@ -440,7 +436,6 @@ class NfsBackend final : public Backend {
       c.nfs = nullptr;
     }
     c.handles.clear();
-    c.lru.clear();
     c.retired.clear();
     c.broken = false;
     c.reset_after = false;
@@ -630,13 +625,9 @@ class NfsBackend final : public Backend {
 
   Result<struct nfsfh*> get_handle(Conn& c, const std::string& full, Deadline deadline) {
     uint32_t gen = stat_gen_[gen_slot(full)].load(std::memory_order_acquire);
-    auto it = c.handles.find(full);
-    if (it != c.handles.end()) {
-      if (it->second.gen == gen) {
-        c.lru.splice(c.lru.begin(), c.lru, it->second.lru);
-        return it->second.fh;
-      }
-      forget_handle(c, it, deadline);
+    if (Conn::Handle* h = c.handles.find(full)) {
+      if (h->gen == gen) return c.handles.touch(full)->fh;
+      forget_handle(c, full, deadline);
       if (c.nfs == nullptr || c.broken) return Error{EIO, "cannot close " + full + " on " + server_name()};
     }
     // The type from the attributes first: an export may hold a FIFO or a device where a store
@@ -662,14 +653,13 @@ class NfsBackend final : public Backend {
       if (u_.version == 4) c.reset_after = true;  // see forget_handle
       return Error{code, "cannot open " + full + ": " + st.message};
     }
-    c.lru.push_front(full);
-    c.handles[full] = Conn::Handle{st.fh, gen, c.lru.begin()};
+    c.handles.insert(full, Conn::Handle{st.fh, gen});
     struct nfsfh* fh = st.fh;
     if (c.handles.size() > kMaxCachedHandles && u_.version == 4) {
       c.reset_after = true;  // drop them all at once after this call (see forget_handle)
     }
     while (c.handles.size() > kMaxCachedHandles && u_.version != 4 && c.nfs != nullptr && !c.broken) {
-      drop_handle(c, c.handles.find(c.lru.back()), deadline);
+      drop_handle(c, std::string(c.handles.oldest().first), deadline);
     }
     if (c.nfs == nullptr) return Error{ETIMEDOUT, "close on " + server_name() + " timed out"};
     return fh;
@@ -682,15 +672,12 @@ class NfsBackend final : public Backend {
   // with NFS4ERR_BAD_SEQID. So on NFSv4 we never CLOSE-then-OPEN on a live context and never
   // OPEN after a failed OPEN: the handle is retired and the context reset after the call (a fresh
   // SETCLIENTID, about 1 ms on loopback). NFSv3 has no open state: the handle is just freed.
-  void forget_handle(Conn& c, std::unordered_map<std::string, Conn::Handle>::iterator it,
-                     Deadline deadline) {
+  void forget_handle(Conn& c, const std::string& full, Deadline deadline) {
     if (u_.version != 4) {
-      drop_handle(c, it, deadline);
+      drop_handle(c, full, deadline);
       return;
     }
-    c.retired.push_back(it->second.fh);
-    c.lru.erase(it->second.lru);
-    c.handles.erase(it);
+    if (auto h = c.handles.take(full)) c.retired.push_back(h->fh);
     c.reset_after = true;
   }
 
@@ -698,11 +685,10 @@ class NfsBackend final : public Backend {
   // libnfs 4.0 pipelines OPEN/CLOSE of one open-owner, and an OPEN sent while a CLOSE is in flight
   // can reach ganesha first and fail with NFS4ERR_BAD_SEQID. A CLOSE that does not finish by the
   // deadline marks the context broken (teardown frees the handle).
-  void drop_handle(Conn& c, std::unordered_map<std::string, Conn::Handle>::iterator it,
-                   Deadline deadline) {
-    struct nfsfh* fh = it->second.fh;
-    c.lru.erase(it->second.lru);
-    c.handles.erase(it);
+  void drop_handle(Conn& c, const std::string& full, Deadline deadline) {
+    auto h = c.handles.take(full);
+    if (!h) return;
+    struct nfsfh* fh = h->fh;
     CbState st;
     if (nfs_close_async(c.nfs, fh, status_cb, &st) != 0) {
       c.broken = true;
@@ -766,8 +752,7 @@ class NfsBackend final : public Backend {
       if (p.err != 0) {
         int code = cb_errno(p.err);
         if (code == ESTALE) {
-          auto it = c.handles.find(full);
-          if (it != c.handles.end()) forget_handle(c, it, deadline);
+          if (c.handles.contains(full)) forget_handle(c, full, deadline);
         } else if (!is_permanent(code)) {
           c.broken = true;
         }

@@ -55,7 +55,6 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
-#include <list>
 #include <mutex>
 #include <string_view>
 #include <system_error>
@@ -63,6 +62,7 @@
 #include <unordered_set>
 #include <utility>
 
+#include "common/lru.h"
 #include "common/posix_file.h"
 
 namespace extrafs::cache {
@@ -217,7 +217,6 @@ class DiskBlockCache final : public BlockCache {
   struct Entry {
     uint64_t size = 0;
     int64_t touched = 0;  // wall-clock seconds of the last mtime written to disk
-    std::list<Digest128>::iterator lru;
   };
   struct Victim {
     Digest128 digest;
@@ -259,7 +258,7 @@ class DiskBlockCache final : public BlockCache {
   void evict_locked(uint64_t extra, uint64_t limit, std::vector<Victim>* victims);
   void remove_victims(const std::vector<Victim>& victims);
   void insert_locked(const Digest128& d, uint64_t size, int64_t touched);
-  void erase_locked(std::unordered_map<Digest128, Entry, Digest128Hash>::iterator it);
+  void erase_locked(const Digest128& d);
 
   std::string new_tmp_name_locked(char kind);
   uint64_t clean_tmp();
@@ -275,8 +274,7 @@ class DiskBlockCache final : public BlockCache {
   std::array<std::mutex, kStripes> stripes_;
 
   std::mutex mu_;
-  std::unordered_map<Digest128, Entry, Digest128Hash> map_;  // GUARDED_BY(mu_)
-  std::list<Digest128> lru_;                                 // GUARDED_BY(mu_); front = newest
+  Lru<Digest128, Entry, Digest128Hash> map_;                 // GUARDED_BY(mu_)
   uint64_t bytes_ = 0;                                       // GUARDED_BY(mu_)
   uint64_t reserved_ = 0;  // GUARDED_BY(mu_): room held by puts in progress
   std::unordered_set<Digest128, Digest128Hash> pending_;  // GUARDED_BY(mu_)
@@ -372,29 +370,20 @@ Status DiskBlockCache::scan() {
 }
 
 void DiskBlockCache::insert_locked(const Digest128& d, uint64_t size, int64_t touched) {
-  auto [it, inserted] = map_.try_emplace(d);
-  if (!inserted) {
-    bytes_ -= it->second.size;
-    lru_.erase(it->second.lru);
-  }
-  lru_.push_front(d);
-  it->second = Entry{size, touched, lru_.begin()};
+  erase_locked(d);
+  map_.insert(d, Entry{size, touched});
   bytes_ += size;
 }
 
-void DiskBlockCache::erase_locked(
-    std::unordered_map<Digest128, Entry, Digest128Hash>::iterator it) {
-  bytes_ -= it->second.size;
-  lru_.erase(it->second.lru);
-  map_.erase(it);
+void DiskBlockCache::erase_locked(const Digest128& d) {
+  if (auto e = map_.take(d)) bytes_ -= e->size;
 }
 
 void DiskBlockCache::evict_locked(uint64_t extra, uint64_t limit, std::vector<Victim>* victims) {
-  while (!lru_.empty() && bytes_ + reserved_ + extra > limit) {
-    auto it = map_.find(lru_.back());
-    EXTRAFS_INVARIANT(it != map_.end(), "LRU list and index disagree");
-    victims->push_back({it->first, it->second.size});
-    erase_locked(it);
+  while (!map_.empty() && bytes_ + reserved_ + extra > limit) {
+    auto [digest, entry] = map_.pop_oldest();
+    bytes_ -= entry.size;
+    victims->push_back({digest, entry.size});
     evictions_.fetch_add(1, std::memory_order_relaxed);
   }
 }
@@ -405,7 +394,7 @@ void DiskBlockCache::remove_victims(const std::vector<Victim>& victims) {
     {
       // A put of the same digest may have installed a fresh file since the eviction.
       std::lock_guard lk(mu_);
-      if (map_.count(v.digest)) continue;
+      if (map_.contains(v.digest)) continue;
     }
     if (::unlinkat(dir_fd_.get(), chunk_rel(v.digest).c_str(), 0) != 0 && errno != ENOENT)
       log()->warn("cache {}: cannot remove evicted chunk {}: {}", dir_, v.digest.hex(),
@@ -569,7 +558,7 @@ void DiskBlockCache::drop_corrupt(const Digest128& d, const ReadResult& r) {
     ::unlinkat(dir_fd_.get(), rel.c_str(), S_ISDIR(st.st_mode) ? AT_REMOVEDIR : 0);
   }
   std::lock_guard lk(mu_);
-  if (auto it = map_.find(d); it != map_.end()) erase_locked(it);
+  erase_locked(d);
 }
 
 void DiskBlockCache::forget_if_gone(const Digest128& d) {
@@ -577,22 +566,21 @@ void DiskBlockCache::forget_if_gone(const Digest128& d) {
   struct stat st {};
   if (::fstatat(dir_fd_.get(), chunk_rel(d).c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) return;
   std::lock_guard lk(mu_);
-  if (auto it = map_.find(d); it != map_.end()) erase_locked(it);
+  erase_locked(d);
 }
 
 Result<ChunkBuffer> DiskBlockCache::get(const Digest128& d) {
   bool touch = false;
   {
     std::lock_guard lk(mu_);
-    auto it = map_.find(d);
-    if (it == map_.end()) {
+    Entry* e = map_.touch(d);
+    if (e == nullptr) {
       misses_.fetch_add(1, std::memory_order_relaxed);
       return make_error(ENOENT, "chunk " + d.hex() + " not in cache " + dir_);
     }
-    lru_.splice(lru_.begin(), lru_, it->second.lru);
     int64_t now = now_sec();
-    if (now - it->second.touched >= kTouchIntervalSec || now < it->second.touched) {
-      it->second.touched = now;
+    if (now - e->touched >= kTouchIntervalSec || now < e->touched) {
+      e->touched = now;
       touch = true;
     }
   }
@@ -630,10 +618,7 @@ Status DiskBlockCache::put(const Digest128& d, std::span<const std::byte> raw) {
   std::string tmp;
   {
     std::lock_guard lk(mu_);
-    if (auto it = map_.find(d); it != map_.end()) {
-      lru_.splice(lru_.begin(), lru_, it->second.lru);
-      return ok_status();
-    }
+    if (map_.touch(d)) return ok_status();
     if (pending_.count(d)) return ok_status();  // another thread is storing the same bytes
     const uint64_t limit = chunk_limit_locked();
     if (reserved_ + size > limit) {
@@ -698,7 +683,7 @@ Status DiskBlockCache::put(const Digest128& d, std::span<const std::byte> raw) {
 
 bool DiskBlockCache::contains(const Digest128& d) {
   std::lock_guard lk(mu_);
-  return map_.count(d) != 0;
+  return map_.contains(d);
 }
 
 Status DiskBlockCache::put_meta(const std::string& name, std::span<const std::byte> data) {
@@ -783,7 +768,7 @@ Result<uint64_t> DiskBlockCache::verify_all() {
   std::vector<Digest128> all;
   {
     std::lock_guard lk(mu_);
-    all.assign(lru_.begin(), lru_.end());
+    for (const auto& [d, e] : map_) all.push_back(d);
   }
   uint64_t dropped = 0;
   for (const auto& d : all) {

@@ -55,7 +55,7 @@ void ChunkFetcher::prefetch(const ChunkRef& c) {
     // A chunk on disk but not in memory is still worth reading ahead: the disk read and the
     // verification then happen before the reader asks.
     std::lock_guard lock(mu_);
-    if (map_.count(c.digest) || inflight_.count(c.digest)) return;
+    if (memory_.contains(c.digest) || inflight_.count(c.digest)) return;
   }
   {
     std::lock_guard lock(queue_mu_);
@@ -203,7 +203,7 @@ void ChunkFetcher::prefetch_worker() {
     }
     {
       std::lock_guard lock(mu_);
-      if (map_.count(job.ref.digest)) continue;
+      if (memory_.contains(job.ref.digest)) continue;
     }
     prefetches_ += 1 + refs.size();
     (void)get(job.ref, refs);
@@ -212,30 +212,22 @@ void ChunkFetcher::prefetch_worker() {
 
 ChunkData ChunkFetcher::memory_get(const Digest128& d) {
   std::lock_guard lock(mu_);
-  auto it = map_.find(d);
-  if (it == map_.end()) return nullptr;
-  lru_.splice(lru_.begin(), lru_, it->second);
-  return it->second->second;
+  ChunkData* hit = memory_.touch(d);
+  return hit ? *hit : nullptr;
 }
 
 void ChunkFetcher::memory_put(const Digest128& d, ChunkData data) {
   std::lock_guard lock(mu_);
-  if (map_.count(d)) return;
-  mem_bytes_ += data->allocated();
-  lru_.emplace_front(d, std::move(data));
-  map_[d] = lru_.begin();
-  while (mem_bytes_ > options_.memory_bytes && lru_.size() > 1) {
-    auto& victim = lru_.back();
-    mem_bytes_ -= victim.second->allocated();
-    map_.erase(victim.first);
-    lru_.pop_back();
-  }
+  const uint64_t size = data->allocated();
+  if (!memory_.insert(d, std::move(data)).second) return;
+  mem_bytes_ += size;
+  while (mem_bytes_ > options_.memory_bytes && memory_.size() > 1) mem_bytes_ -= memory_.pop_oldest().second->allocated();
 }
 
 bool ChunkFetcher::is_cached(const Digest128& d) {
   {
     std::lock_guard lock(mu_);
-    if (map_.count(d)) return true;
+    if (memory_.contains(d)) return true;
   }
   if (writer_ && writer_->pending(d)) return true;
   return options_.disk && options_.disk->contains(d);

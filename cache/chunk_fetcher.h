@@ -21,7 +21,6 @@
 #include <deque>
 #include <functional>
 #include <iterator>
-#include <list>
 #include <thread>
 #include <memory>
 #include <mutex>
@@ -35,6 +34,7 @@
 #include "cache/cache_writer.h"
 #include "cache/meta_source.h"
 #include "common/hash.h"
+#include "common/lru.h"
 #include "common/result.h"
 
 namespace extrafs::backend {
@@ -209,9 +209,8 @@ class ChunkFetcher : public MetaSource {
   backend::Backend& backend_;
   FetcherOptions options_;
 
-  std::mutex mu_;  // guards lru_, map_, mem_bytes_, inflight_
-  std::list<std::pair<Digest128, ChunkData>> lru_;  // front = most recent
-  std::unordered_map<Digest128, decltype(lru_)::iterator, Digest128Hash> map_;
+  std::mutex mu_;  // guards memory_, mem_bytes_, inflight_
+  Lru<Digest128, ChunkData, Digest128Hash> memory_;
   uint64_t mem_bytes_ = 0;
   std::unordered_map<Digest128, std::shared_ptr<InFlight>, Digest128Hash> inflight_;
   // Chunks whose fetch just failed, with the time: a retry within kFailureMemory gets the same

@@ -10,10 +10,11 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
-#include <list>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
+
+#include "common/lru.h"
 
 namespace extrafs::cache {
 
@@ -123,8 +124,7 @@ class DiskWholeFiles : public WholeFiles {
   Result<uint64_t> discard() override {
     {
       std::lock_guard lock(mu_);
-      lru_.clear();
-      map_.clear();
+      copies_.clear();
       verified_.clear();
       bytes_ = 0;
       if (loaded_) report_locked();
@@ -134,7 +134,7 @@ class DiskWholeFiles : public WholeFiles {
 
   bool has(const Digest128& key) override {
     std::lock_guard lock(mu_);
-    return map_.count(key) != 0;
+    return copies_.contains(key);
   }
 
   Result<std::unique_ptr<Writer>> begin(const Digest128& key, uint64_t size) override {
@@ -166,7 +166,7 @@ class DiskWholeFiles : public WholeFiles {
     auto it = verified_.find(key);
     if (it == verified_.end() || !(it->second == FileId::of(st)))
       return make_error(EAGAIN, "copy not checked by this mount since it last changed");
-    touch_locked(key);
+    copies_.touch(key);
     return clear_nonblock(std::move(fd));
   }
 
@@ -186,7 +186,7 @@ class DiskWholeFiles : public WholeFiles {
     const FileId id = FileId::of(after);
     if (!(FileId::of(before) == id) || !FileId::settled(after)) return make_error(EAGAIN, "copy changed recently");
     std::lock_guard lock(mu_);
-    if (!map_.count(key)) return make_error(ENOENT, "copy evicted meanwhile");
+    if (!copies_.contains(key)) return make_error(ENOENT, "copy evicted meanwhile");
     verified_[key] = id;
     checked_++;
     return ok_status();
@@ -194,7 +194,7 @@ class DiskWholeFiles : public WholeFiles {
 
   WholeFileStats stats() override {
     std::lock_guard lock(mu_);
-    return {map_.size(), bytes_, capacity_, written_, checked_, corrupt_};
+    return {copies_.size(), bytes_, capacity_, written_, checked_, corrupt_};
   }
 
   // For the writer.
@@ -213,7 +213,7 @@ class DiskWholeFiles : public WholeFiles {
     }
     std::lock_guard lock(mu_);
     reserved_ -= size;
-    if (!map_.count(key)) add_locked(key, size);
+    add_locked(key, size);
     written_++;
     report_locked();
     return ok_status();
@@ -268,43 +268,30 @@ class DiskWholeFiles : public WholeFiles {
     if (usage_) usage_(bytes_ + reserved_);
   }
   void add_locked(const Digest128& key, uint64_t size) {
-    lru_.push_back(key);
-    map_[key] = {size, std::prev(lru_.end())};
-    bytes_ += size;
+    if (copies_.insert(key, size).second) bytes_ += size;
   }
   void remove_locked(const Digest128& key) {
-    auto it = map_.find(key);
-    if (it == map_.end()) return;
-    bytes_ -= it->second.size;
-    lru_.erase(it->second.pos);
-    map_.erase(it);
+    if (auto size = copies_.take(key)) bytes_ -= *size;
     verified_.erase(key);
-  }
-  void touch_locked(const Digest128& key) {
-    auto it = map_.find(key);
-    if (it != map_.end()) lru_.splice(lru_.end(), lru_, it->second.pos);
   }
   // Evicts the least recently opened copies until `incoming` more bytes fit. An open copy stays
   // readable through its descriptors after its name goes.
   void make_room_locked(uint64_t incoming) {
-    while (!lru_.empty() && bytes_ + reserved_ + incoming > capacity_) {
-      Digest128 victim = lru_.front();
+    while (!copies_.empty() && bytes_ + reserved_ + incoming > capacity_) {
+      Digest128 victim = copies_.oldest().first;
       unlink_copy(victim.hex());
       remove_locked(victim);
     }
   }
 
-  struct Entry {
-    uint64_t size;
-    std::list<Digest128>::iterator pos;
-  };
   const std::string dir_;
   Fd dir_fd_;
   const uint64_t capacity_;
   const std::function<void(uint64_t)> usage_;
   std::mutex mu_;
-  std::list<Digest128> lru_;  // front = least recently opened (by this instance) or oldest
-  std::unordered_map<Digest128, Entry, Digest128Hash> map_;
+  // Sizes of the copies; the oldest is the least recently opened by this instance (or, never
+  // opened, the oldest by mtime at load()).
+  Lru<Digest128, uint64_t, Digest128Hash> copies_;
   // Copies this instance hashed and found right, with the identity they had then.
   std::unordered_map<Digest128, FileId, Digest128Hash> verified_;
   uint64_t bytes_ = 0, reserved_ = 0, written_ = 0, checked_ = 0, corrupt_ = 0;
