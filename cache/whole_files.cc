@@ -113,21 +113,31 @@ class DiskWholeFiles : public WholeFiles {
     std::sort(found.begin(), found.end(), [](const Found& a, const Found& b) {
       return a.mtime.tv_sec != b.mtime.tv_sec ? a.mtime.tv_sec < b.mtime.tv_sec : a.mtime.tv_nsec < b.mtime.tv_nsec;
     });
-    std::lock_guard lock(mu_);
-    loaded_ = true;
-    for (const auto& f : found) add_locked(f.key, f.size);
-    make_room_locked(0);
-    report_locked();
+    std::lock_guard files(files_mu_);
+    std::vector<Digest128> victims;
+    {
+      std::lock_guard lock(mu_);
+      loaded_ = true;
+      for (const auto& f : found) add_locked(f.key, f.size);
+      make_room_locked(0, &victims);
+    }
+    unlink_victims(victims);
+    report();
     return ok_status();
   }
 
   Result<uint64_t> discard() override {
     {
-      std::lock_guard lock(mu_);
-      copies_.clear();
-      verified_.clear();
-      bytes_ = 0;
-      if (loaded_) report_locked();
+      std::lock_guard files(files_mu_);
+      bool loaded;
+      {
+        std::lock_guard lock(mu_);
+        copies_.clear();
+        verified_.clear();
+        bytes_ = 0;
+        loaded = loaded_;
+      }
+      if (loaded) report();
     }
     return remove_entries(dir_fd_.get(), dir_);
   }
@@ -140,10 +150,15 @@ class DiskWholeFiles : public WholeFiles {
   Result<std::unique_ptr<Writer>> begin(const Digest128& key, uint64_t size) override {
     if (size > capacity_) return make_error(EFBIG, "larger than the whole-file bound");
     {
-      std::lock_guard lock(mu_);
-      make_room_locked(size);
-      reserved_ += size;
-      report_locked();
+      std::lock_guard files(files_mu_);
+      std::vector<Digest128> victims;
+      {
+        std::lock_guard lock(mu_);
+        make_room_locked(size, &victims);
+        reserved_ += size;
+      }
+      unlink_victims(victims);
+      report();
     }
     static std::atomic<uint64_t> seq{0};
     std::string tmp = std::string(kTmpPrefix) + key.hex() + "." + std::to_string(::getpid()) + "." + std::to_string(seq++);
@@ -199,23 +214,30 @@ class DiskWholeFiles : public WholeFiles {
 
   // For the writer.
   void unreserve(uint64_t size) {
-    std::lock_guard lock(mu_);
-    reserved_ -= size;
-    report_locked();
+    std::lock_guard files(files_mu_);
+    {
+      std::lock_guard lock(mu_);
+      reserved_ -= size;
+    }
+    report();
   }
   Status install(const Digest128& key, const std::string& tmp, uint64_t size) {
     const std::string name = key.hex();
+    std::unique_lock files(files_mu_);
     if (::renameat(dir_fd_.get(), tmp.c_str(), dir_fd_.get(), name.c_str()) != 0) {
       int e = errno;
       ::unlinkat(dir_fd_.get(), tmp.c_str(), 0);
+      files.unlock();
       unreserve(size);
       return make_error(e, "installing a whole-file copy in " + dir_);
     }
-    std::lock_guard lock(mu_);
-    reserved_ -= size;
-    add_locked(key, size);
-    written_++;
-    report_locked();
+    {
+      std::lock_guard lock(mu_);
+      reserved_ -= size;
+      add_locked(key, size);
+      written_++;
+    }
+    report();
     return ok_status();
   }
   void remove_tmp(const std::string& tmp) { ::unlinkat(dir_fd_.get(), tmp.c_str(), 0); }
@@ -256,16 +278,33 @@ class DiskWholeFiles : public WholeFiles {
 
   void unlink_copy(const std::string& name) { ::unlinkat(dir_fd_.get(), name.c_str(), 0); }
   void drop(const Digest128& key, const std::string& name) {
-    unlink_copy(name);
-    std::lock_guard lock(mu_);
-    corrupt_++;
-    remove_locked(key);
-    report_locked();
+    {
+      std::lock_guard files(files_mu_);
+      unlink_copy(name);
+      {
+        std::lock_guard lock(mu_);
+        corrupt_++;
+        remove_locked(key);
+      }
+      report();
+    }
     spdlog::warn("whole-file copy {} in {} did not match its chunks; removed", name, dir_);
   }
 
-  void report_locked() {
-    if (usage_) usage_(bytes_ + reserved_);
+  // Tells `usage` the bytes taken now. REQUIRES: files_mu_ (so reports arrive in the order of
+  // the changes they report), not mu_ (the callback enters the block cache).
+  void report() {
+    if (!usage_) return;
+    uint64_t now;
+    {
+      std::lock_guard lock(mu_);
+      now = bytes_ + reserved_;
+    }
+    usage_(now);
+  }
+  // Evicted copies' files. REQUIRES: files_mu_, not mu_.
+  void unlink_victims(const std::vector<Digest128>& victims) {
+    for (const auto& v : victims) unlink_copy(v.hex());
   }
   void add_locked(const Digest128& key, uint64_t size) {
     if (copies_.insert(key, size).second) bytes_ += size;
@@ -274,13 +313,14 @@ class DiskWholeFiles : public WholeFiles {
     if (auto size = copies_.take(key)) bytes_ -= *size;
     verified_.erase(key);
   }
-  // Evicts the least recently opened copies until `incoming` more bytes fit. An open copy stays
-  // readable through its descriptors after its name goes.
-  void make_room_locked(uint64_t incoming) {
+  // Evicts the least recently opened copies from the index until `incoming` more bytes fit; the
+  // caller unlinks `victims` after releasing mu_ (unlink_victims). An open copy stays readable
+  // through its descriptors after its name goes.
+  void make_room_locked(uint64_t incoming, std::vector<Digest128>* victims) {
     while (!copies_.empty() && bytes_ + reserved_ + incoming > capacity_) {
       Digest128 victim = copies_.oldest().first;
-      unlink_copy(victim.hex());
       remove_locked(victim);
+      victims->push_back(victim);
     }
   }
 
@@ -288,6 +328,13 @@ class DiskWholeFiles : public WholeFiles {
   Fd dir_fd_;
   const uint64_t capacity_;
   const std::function<void(uint64_t)> usage_;
+  // Serialises what changes the names in DIR (install's rename, evictions' and drops' unlinks)
+  // with the index's view of them, and the reports to `usage_`: a victim's name is unlinked
+  // before any copy of the same key can be installed again, and the last report is of the last
+  // change. Taken before mu_; held across file I/O and the callback, but opens (open_checked,
+  // has, stats) never take it.
+  std::mutex files_mu_;
+  // The index: never held across file I/O or a call out of this class.
   std::mutex mu_;
   // Sizes of the copies; the oldest is the least recently opened by this instance (or, never
   // opened, the oldest by mtime at load()).
