@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "common/posix_file.h"
+#include "common/thread_annotations.h"
 
 namespace extrafs::backend {
 
@@ -35,7 +36,7 @@ Result<std::unique_ptr<Backend>> LocalBackend::open(const std::string& root) {
 LocalBackend::~LocalBackend() { fds_.clear(); }
 
 std::shared_ptr<int> LocalBackend::root_fd() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   return root_fd_;
 }
 
@@ -43,14 +44,14 @@ void LocalBackend::follow_root() {
   struct stat st;
   if (::stat(root_.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return;  // gone for now: keep the old one
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     if (st.st_dev == root_dev_ && st.st_ino == root_ino_) return;
   }
   int fd = ::open(root_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return;
   auto handle = shared_fd(fd);
   if (::fstat(fd, &st) != 0) return;
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   root_fd_ = std::move(handle);
   root_dev_ = st.st_dev;
   root_ino_ = st.st_ino;
@@ -60,7 +61,7 @@ void LocalBackend::follow_root() {
 Result<std::shared_ptr<int>> LocalBackend::fd_for(std::string_view path) {
   std::string key(path);
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     if (Open* open = fds_.touch(key)) return open->fd;
   }
   // Paths come from validated indexes, but nothing is opened outside the root or through a
@@ -72,7 +73,7 @@ Result<std::shared_ptr<int>> LocalBackend::fd_for(std::string_view path) {
   auto handle = shared_fd(fd);
   struct stat st;
   if (::fstat(fd, &st) != 0) return Error::from_errno(errno, root_ + "/" + key);
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   if (Open* open = fds_.find(key)) return open->fd;  // another thread won; ours closes on return
   if (root_fd_ != root) return handle;              // opened in a root left meanwhile: not kept
   fds_.insert(key, Open{handle, st.st_dev, st.st_ino});
@@ -104,7 +105,7 @@ Result<ObjectInfo> LocalBackend::stat(std::string_view path) {
     // A cached fd on a file that the path no longer names (replaced by rename) would serve the
     // old content: drop it, so the next read opens the current file. Readers holding it finish
     // on the old file.
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     const std::string key(path);
     if (Open* open = fds_.find(key); open && (open->dev != st.st_dev || open->ino != st.st_ino)) fds_.erase(key);
   }

@@ -53,10 +53,8 @@
 #include <array>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstring>
 #include <functional>
-#include <mutex>
 #include <random>
 #include <string>
 #include <thread>
@@ -69,6 +67,7 @@
 #include "common/lru.h"
 #include "common/posix_file.h"
 #include "common/str_util.h"
+#include "common/thread_annotations.h"
 
 namespace extrafs::backend {
 namespace {
@@ -347,7 +346,7 @@ class NfsBackend final : public Backend {
 
   void interrupt() override {
     {
-      std::lock_guard lk(mu_);
+      MutexLock lk(&mu_);
       interrupted_.store(true);
     }
     cv_.notify_all();
@@ -376,7 +375,7 @@ class NfsBackend final : public Backend {
   // ---- pool ----
 
   Result<Conn*> acquire(Deadline deadline, const std::string& key) {
-    std::unique_lock lk(mu_);
+    MutexLock lk(&mu_);
     for (;;) {
       if (!idle_.empty()) {
         // Prefer a context that has the file open, then any connected one.
@@ -401,7 +400,7 @@ class NfsBackend final : public Backend {
         return conns_.back().get();
       }
       if (interrupted_.load()) return Error{ECANCELED, "cancelled: shutting down"};
-      if (cv_.wait_until(lk, deadline) == std::cv_status::timeout && idle_.empty()) {
+      if (!cv_.wait_until(&mu_, deadline) && idle_.empty()) {
         return Error{ETIMEDOUT, "all " + std::to_string(kMaxContexts) +
                                     " NFS connections stayed busy until the deadline"};
       }
@@ -410,7 +409,7 @@ class NfsBackend final : public Backend {
 
   void release(Conn* c) {
     {
-      std::lock_guard lk(mu_);
+      MutexLock lk(&mu_);
       idle_.push_back(c);
     }
     cv_.notify_one();
@@ -609,8 +608,10 @@ class NfsBackend final : public Backend {
       if (left <= 2) break;
       spdlog::debug("nfs: {}: {} of '{}' failed ({}), retrying", url_, op, path, last.message);
       {
-        std::unique_lock lk(mu_);
-        pause_cv_.wait_for(lk, std::chrono::milliseconds(std::min(backoff_ms, left - 1)), [&] { return interrupted_.load(); });
+        MutexLock lk(&mu_);
+        const auto until = Clock::now() + std::chrono::milliseconds(std::min(backoff_ms, left - 1));
+        while (!interrupted_.load() && pause_cv_.wait_until(&mu_, until)) {
+        }
       }
       backoff_ms = std::min(backoff_ms * 2, kMaxBackoffMs);
     }
@@ -832,11 +833,11 @@ class NfsBackend final : public Backend {
   std::atomic<uint64_t> next_client_id_{0};
   std::array<std::atomic<uint32_t>, kStatGenerations> stat_gen_;
 
-  std::mutex mu_;
-  std::condition_variable cv_;                // a context was released
-  std::condition_variable pause_cv_;          // interrupt() ends back-offs (with mu_)
-  std::vector<std::unique_ptr<Conn>> conns_;  // guarded by mu_ (grows only)
-  std::vector<Conn*> idle_;                   // guarded by mu_
+  Mutex mu_;
+  CondVar cv_;                // a context was released
+  CondVar pause_cv_;          // interrupt() ends back-offs (with mu_)
+  std::vector<std::unique_ptr<Conn>> conns_ GUARDED_BY(mu_);  // grows only
+  std::vector<Conn*> idle_ GUARDED_BY(mu_);
   std::atomic<bool> interrupted_{false};      // interrupt(): every call fails at once
 };
 

@@ -55,7 +55,6 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
 #include <string_view>
 #include <system_error>
 #include <unordered_map>
@@ -64,6 +63,7 @@
 
 #include "common/lru.h"
 #include "common/posix_file.h"
+#include "common/thread_annotations.h"
 
 namespace extrafs::cache {
 
@@ -212,8 +212,8 @@ class DiskBlockCache final : public BlockCache {
   BlockCacheStats stats() override;
 
  private:
-  // What chunks may take: the capacity less the external bytes. REQUIRES: mu_.
-  uint64_t chunk_limit_locked() const { return capacity_ - std::min(external_, capacity_); }
+  // What chunks may take: the capacity less the external bytes.
+  uint64_t chunk_limit_locked() const REQUIRES(mu_) { return capacity_ - std::min(external_, capacity_); }
   struct Entry {
     uint64_t size = 0;
     int64_t touched = 0;  // wall-clock seconds of the last mtime written to disk
@@ -234,7 +234,7 @@ class DiskBlockCache final : public BlockCache {
     ChunkBuffer data;
   };
 
-  std::mutex& stripe(const Digest128& d) { return stripes_[Digest128Hash{}(d) % kStripes]; }
+  Mutex& stripe(const Digest128& d) { return stripes_[Digest128Hash{}(d) % kStripes]; }
 
   Error dir_error(int code, const std::string& what) const {
     return Error::from_errno(code, "cache " + dir_ + ": " + what);
@@ -243,8 +243,8 @@ class DiskBlockCache final : public BlockCache {
   // `trust`: skip hashing a file this instance has already verified and that has not changed
   // since (same identity, see FileId). verify_all() never trusts.
   ReadResult read_chunk(const Digest128& d, bool touch, bool trust);
-  size_t chunk_count() {
-    std::lock_guard lk(mu_);
+  size_t chunk_count() EXCLUDES(mu_) {
+    MutexLock lk(&mu_);
     return map_.size();
   }
   void drop_corrupt(const Digest128& d, const ReadResult& r);
@@ -252,34 +252,33 @@ class DiskBlockCache final : public BlockCache {
   void no_direct(const char* what);
   void forget_if_gone(const Digest128& d);
 
-  // REQUIRES: mu_ held. Evicts LRU entries from the index until bytes_ + reserved_ + extra <=
-  // limit (or nothing is left); the caller unlinks the victims with remove_victims() after
-  // releasing mu_.
-  void evict_locked(uint64_t extra, uint64_t limit, std::vector<Victim>* victims);
-  void remove_victims(const std::vector<Victim>& victims);
-  void insert_locked(const Digest128& d, uint64_t size, int64_t touched);
-  void erase_locked(const Digest128& d);
+  // Evicts LRU entries from the index until bytes_ + reserved_ + extra <= limit (or nothing is
+  // left); the caller unlinks the victims with remove_victims() after releasing mu_.
+  void evict_locked(uint64_t extra, uint64_t limit, std::vector<Victim>* victims) REQUIRES(mu_);
+  void remove_victims(const std::vector<Victim>& victims) EXCLUDES(mu_);
+  void insert_locked(const Digest128& d, uint64_t size, int64_t touched) REQUIRES(mu_);
+  void erase_locked(const Digest128& d) REQUIRES(mu_);
 
-  std::string new_tmp_name_locked(char kind);
+  std::string new_tmp_name_locked(char kind) REQUIRES(mu_);
   uint64_t clean_tmp();
   Status scan();
 
   const std::string dir_;
   const uint64_t capacity_;
-  uint64_t external_ = 0;  // GUARDED_BY(mu_): see set_external
+  uint64_t external_ GUARDED_BY(mu_) = 0;  // see set_external
   Fd dir_fd_;
   Fd lock_fd_;
   std::atomic<bool> noatime_ok_{true};
   std::atomic<bool> direct_ok_{true};  // cleared when the file system refuses O_DIRECT
-  std::array<std::mutex, kStripes> stripes_;
+  std::array<Mutex, kStripes> stripes_;
 
-  std::mutex mu_;
-  Lru<Digest128, Entry, Digest128Hash> map_;                 // GUARDED_BY(mu_)
-  uint64_t bytes_ = 0;                                       // GUARDED_BY(mu_)
-  uint64_t reserved_ = 0;  // GUARDED_BY(mu_): room held by puts in progress
-  std::unordered_set<Digest128, Digest128Hash> pending_;  // GUARDED_BY(mu_)
-  std::unordered_set<std::string> inflight_tmp_;          // GUARDED_BY(mu_)
-  uint64_t tmp_seq_ = 0;                                  // GUARDED_BY(mu_)
+  Mutex mu_;
+  Lru<Digest128, Entry, Digest128Hash> map_ GUARDED_BY(mu_);
+  uint64_t bytes_ GUARDED_BY(mu_) = 0;
+  uint64_t reserved_ GUARDED_BY(mu_) = 0;  // room held by puts in progress
+  std::unordered_set<Digest128, Digest128Hash> pending_ GUARDED_BY(mu_);
+  std::unordered_set<std::string> inflight_tmp_ GUARDED_BY(mu_);
+  uint64_t tmp_seq_ GUARDED_BY(mu_) = 0;
 
   std::atomic<uint64_t> hits_{0}, misses_{0}, evictions_{0}, corrupt_{0}, write_errors_{0};
 
@@ -287,8 +286,8 @@ class DiskBlockCache final : public BlockCache {
   // were. A file whose identity still matches is served without hashing it again; any other
   // (replaced, rewritten, touched by hand) is verified again. Bounded by the number of chunks
   // (entries of chunks no longer in the index are dropped when it doubles).
-  std::mutex verified_mu_;
-  std::unordered_map<Digest128, FileId, Digest128Hash> verified_;  // GUARDED_BY(verified_mu_)
+  Mutex verified_mu_ ACQUIRED_BEFORE(mu_);
+  std::unordered_map<Digest128, FileId, Digest128Hash> verified_ GUARDED_BY(verified_mu_);
 };
 
 Status DiskBlockCache::init() {
@@ -302,7 +301,7 @@ Status DiskBlockCache::init() {
   EXTRAFS_CHECK_STATUS(scan());
   std::vector<Victim> victims;
   {
-    std::lock_guard lk(mu_);
+    MutexLock lk(&mu_);
     evict_locked(0, capacity_, &victims);
   }
   remove_victims(victims);
@@ -364,7 +363,7 @@ Status DiskBlockCache::scan() {
   }
   std::sort(found.begin(), found.end(),
             [](const Found& a, const Found& b) { return a.mtime_ns < b.mtime_ns; });
-  std::lock_guard lk(mu_);
+  MutexLock lk(&mu_);
   for (const auto& f : found) insert_locked(f.digest, f.size, f.mtime_ns / 1000000000);
   return ok_status();
 }
@@ -390,10 +389,10 @@ void DiskBlockCache::evict_locked(uint64_t extra, uint64_t limit, std::vector<Vi
 
 void DiskBlockCache::remove_victims(const std::vector<Victim>& victims) {
   for (const auto& v : victims) {
-    std::lock_guard slk(stripe(v.digest));
+    MutexLock slk(&stripe(v.digest));
     {
       // A put of the same digest may have installed a fresh file since the eviction.
-      std::lock_guard lk(mu_);
+      MutexLock lk(&mu_);
       if (map_.contains(v.digest)) continue;
     }
     if (::unlinkat(dir_fd_.get(), chunk_rel(v.digest).c_str(), 0) != 0 && errno != ENOENT)
@@ -426,7 +425,7 @@ uint64_t DiskBlockCache::clean_tmp() {
   for (const auto& name : names) {
     {
       // Names are never reused, so one not in flight now belongs to nobody.
-      std::lock_guard lk(mu_);
+      MutexLock lk(&mu_);
       if (inflight_tmp_.count(name)) continue;
     }
     if (::unlinkat(fd, name.c_str(), 0) == 0 ||
@@ -478,7 +477,7 @@ DiskBlockCache::ReadResult DiskBlockCache::read_chunk(const Digest128& d, bool t
   const FileId id = FileId::of(st);
   bool known = false;
   if (trust) {
-    std::lock_guard lk(verified_mu_);
+    MutexLock lk(&verified_mu_);
     auto it = verified_.find(d);
     known = it != verified_.end() && it->second == id;
   }
@@ -528,7 +527,7 @@ DiskBlockCache::ReadResult DiskBlockCache::read_chunk(const Digest128& d, bool t
       return r;
     }
     if (trust && FileId::settled(st)) {
-      std::lock_guard lk(verified_mu_);
+      MutexLock lk(&verified_mu_);
       if (verified_.size() >= 2 * kVerifiedFloor && verified_.size() >= 2 * chunk_count()) verified_.clear();
       verified_[d] = id;
     }
@@ -545,7 +544,7 @@ void DiskBlockCache::no_direct(const char* what) {
 void DiskBlockCache::drop_corrupt(const Digest128& d, const ReadResult& r) {
   corrupt_.fetch_add(1, std::memory_order_relaxed);
   log()->warn("cache {}: chunk {} is corrupt; dropped", dir_, d.hex());
-  std::lock_guard slk(stripe(d));
+  MutexLock slk(&stripe(d));
   std::string rel = chunk_rel(d);
   struct stat st {};
   if (::fstatat(dir_fd_.get(), rel.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
@@ -557,22 +556,22 @@ void DiskBlockCache::drop_corrupt(const Digest128& d, const ReadResult& r) {
     // the chunk again fails (a cache write error), while reads are served from the backend.
     ::unlinkat(dir_fd_.get(), rel.c_str(), S_ISDIR(st.st_mode) ? AT_REMOVEDIR : 0);
   }
-  std::lock_guard lk(mu_);
+  MutexLock lk(&mu_);
   erase_locked(d);
 }
 
 void DiskBlockCache::forget_if_gone(const Digest128& d) {
-  std::lock_guard slk(stripe(d));
+  MutexLock slk(&stripe(d));
   struct stat st {};
   if (::fstatat(dir_fd_.get(), chunk_rel(d).c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) return;
-  std::lock_guard lk(mu_);
+  MutexLock lk(&mu_);
   erase_locked(d);
 }
 
 Result<ChunkBuffer> DiskBlockCache::get(const Digest128& d) {
   bool touch = false;
   {
-    std::lock_guard lk(mu_);
+    MutexLock lk(&mu_);
     Entry* e = map_.touch(d);
     if (e == nullptr) {
       misses_.fetch_add(1, std::memory_order_relaxed);
@@ -617,7 +616,7 @@ Status DiskBlockCache::put(const Digest128& d, std::span<const std::byte> raw) {
   std::vector<Victim> victims;
   std::string tmp;
   {
-    std::lock_guard lk(mu_);
+    MutexLock lk(&mu_);
     if (map_.touch(d)) return ok_status();
     if (pending_.count(d)) return ok_status();  // another thread is storing the same bytes
     const uint64_t limit = chunk_limit_locked();
@@ -648,7 +647,7 @@ Status DiskBlockCache::put(const Digest128& d, std::span<const std::byte> raw) {
       if (err == 0) err = fd.close_checked();
     }
   }
-  std::unique_lock slk(stripe(d));
+  MutexLock slk(&stripe(d));
   if (err == 0) {
     std::string rel = chunk_rel(d);
     int r = ::renameat(dir_fd_.get(), tmp.c_str(), dir_fd_.get(), rel.c_str());
@@ -668,7 +667,7 @@ Status DiskBlockCache::put(const Digest128& d, std::span<const std::byte> raw) {
     }
   }
   {
-    std::lock_guard lk(mu_);
+    MutexLock lk(&mu_);
     reserved_ -= size;
     pending_.erase(d);
     inflight_tmp_.erase(tmp.substr(4));
@@ -682,7 +681,7 @@ Status DiskBlockCache::put(const Digest128& d, std::span<const std::byte> raw) {
 }
 
 bool DiskBlockCache::contains(const Digest128& d) {
-  std::lock_guard lk(mu_);
+  MutexLock lk(&mu_);
   return map_.contains(d);
 }
 
@@ -691,7 +690,7 @@ Status DiskBlockCache::put_meta(const std::string& name, std::span<const std::by
     return make_error(EINVAL, "cache " + dir_ + ": invalid meta blob name '" + name + "'");
   std::string tmp;
   {
-    std::lock_guard lk(mu_);
+    MutexLock lk(&mu_);
     tmp = "tmp/" + new_tmp_name_locked('m');
   }
   int err = 0;
@@ -722,7 +721,7 @@ Status DiskBlockCache::put_meta(const std::string& name, std::span<const std::by
     }
   }
   {
-    std::lock_guard lk(mu_);
+    MutexLock lk(&mu_);
     inflight_tmp_.erase(tmp.substr(4));
   }
   if (err == 0) return ok_status();
@@ -767,7 +766,7 @@ Result<std::vector<std::byte>> DiskBlockCache::get_meta(const std::string& name)
 Result<uint64_t> DiskBlockCache::verify_all() {
   std::vector<Digest128> all;
   {
-    std::lock_guard lk(mu_);
+    MutexLock lk(&mu_);
     for (const auto& [d, e] : map_) all.push_back(d);
   }
   uint64_t dropped = 0;
@@ -793,7 +792,7 @@ Result<uint64_t> DiskBlockCache::verify_all() {
 Status DiskBlockCache::shrink_to(uint64_t target) {
   std::vector<Victim> victims;
   {
-    std::lock_guard lk(mu_);
+    MutexLock lk(&mu_);
     evict_locked(0, target, &victims);
   }
   remove_victims(victims);
@@ -804,7 +803,7 @@ Status DiskBlockCache::shrink_to(uint64_t target) {
 void DiskBlockCache::set_external(uint64_t bytes) {
   std::vector<Victim> victims;
   {
-    std::lock_guard lk(mu_);
+    MutexLock lk(&mu_);
     external_ = bytes;
     evict_locked(0, chunk_limit_locked(), &victims);
   }
@@ -814,7 +813,7 @@ void DiskBlockCache::set_external(uint64_t bytes) {
 BlockCacheStats DiskBlockCache::stats() {
   BlockCacheStats s;
   {
-    std::lock_guard lk(mu_);
+    MutexLock lk(&mu_);
     s.bytes = bytes_;
     s.chunks = map_.size();
     s.external = external_;

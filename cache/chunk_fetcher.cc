@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "backend/backend.h"
+#include "common/thread_annotations.h"
 
 namespace extrafs::cache {
 
@@ -20,7 +21,7 @@ ChunkFetcher::ChunkFetcher(backend::Backend& backend, FetcherOptions options)
 
 ChunkFetcher::~ChunkFetcher() {
   {
-    std::lock_guard lock(queue_mu_);
+    MutexLock lock(&queue_mu_);
     stopping_ = true;
     queue_.clear();
     runs_.clear();
@@ -32,7 +33,7 @@ ChunkFetcher::~ChunkFetcher() {
 
 void ChunkFetcher::interrupt() {
   {
-    std::lock_guard lock(queue_mu_);
+    MutexLock lock(&queue_mu_);
     stopping_ = true;
     queue_.clear();
     // A run being fetched takes its own bytes off runs_bytes_ when it ends.
@@ -54,11 +55,11 @@ void ChunkFetcher::prefetch(const ChunkRef& c) {
   {
     // A chunk on disk but not in memory is still worth reading ahead: the disk read and the
     // verification then happen before the reader asks.
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     if (memory_.contains(c.digest) || inflight_.count(c.digest)) return;
   }
   {
-    std::lock_guard lock(queue_mu_);
+    MutexLock lock(&queue_mu_);
     if (stopping_ || queue_.size() >= options_.prefetch_queue) return;
     for (const auto& q : queue_)
       if (q.ref.digest == c.digest) return;
@@ -76,11 +77,11 @@ size_t ChunkFetcher::prefetch_sequence(std::vector<OwnedChunkRef> chunks) {
   const uint64_t wait_limit = options_.disk ? options_.disk->stats().capacity / 4 : 0;
   size_t queued = 0;
   {
-    std::lock_guard lock(queue_mu_);
+    MutexLock lock(&queue_mu_);
     if (stopping_) return 0;
     std::vector<OwnedChunkRef> run;
     uint64_t run_stored = 0, run_raw = 0;
-    auto close_run = [&] {
+    auto close_run = [&]() REQUIRES(queue_mu_) {
       if (run.empty()) return;
       waiting_bytes_ += run_raw;
       waiting_.emplace_back(std::move(run), run_raw);
@@ -118,7 +119,7 @@ void ChunkFetcher::admit_waiting_locked() {
 
 bool ChunkFetcher::held(const Digest128& d) {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     if (inflight_.count(d)) return true;
   }
   return is_cached(d);
@@ -144,7 +145,7 @@ void ChunkFetcher::fetch_sequence(std::vector<OwnedChunkRef>& run, uint64_t raw)
     if (!got.ok()) {
       // The backend is failing: queued runs would each wait for it again, keeping the workers
       // from readahead. Readers fetch (and report) what they need.
-      std::lock_guard lock(queue_mu_);
+      MutexLock lock(&queue_mu_);
       for (const auto& r : runs_) runs_bytes_ -= r.second;
       const size_t dropped = runs_.size() + waiting_.size();
       if (dropped) spdlog::warn("prefetch of {} stopped after a failed read; {} reads dropped", run[i].object, dropped);
@@ -155,7 +156,7 @@ void ChunkFetcher::fetch_sequence(std::vector<OwnedChunkRef>& run, uint64_t raw)
     }
   }
   {
-    std::lock_guard lock(queue_mu_);
+    MutexLock lock(&queue_mu_);
     runs_bytes_ -= raw;
     admit_waiting_locked();
   }
@@ -167,8 +168,8 @@ void ChunkFetcher::prefetch_worker() {
     OwnedChunkRef job;
     std::vector<OwnedChunkRef> following;
     {
-      std::unique_lock lock(queue_mu_);
-      queue_cv_.wait(lock, [&] { return stopping_ || !queue_.empty() || !runs_.empty(); });
+      MutexLock lock(&queue_mu_);
+      while (!stopping_ && queue_.empty() && runs_.empty()) queue_cv_.wait(&queue_mu_);
       if (stopping_) return;
       // Readahead first: a reader is at the end of what it has.
       if (queue_.empty()) {
@@ -202,7 +203,7 @@ void ChunkFetcher::prefetch_worker() {
       refs.push_back(f.ref);
     }
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(&mu_);
       if (memory_.contains(job.ref.digest)) continue;
     }
     prefetches_ += 1 + refs.size();
@@ -211,13 +212,13 @@ void ChunkFetcher::prefetch_worker() {
 }
 
 ChunkData ChunkFetcher::memory_get(const Digest128& d) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   ChunkData* hit = memory_.touch(d);
   return hit ? *hit : nullptr;
 }
 
 void ChunkFetcher::memory_put(const Digest128& d, ChunkData data) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   const uint64_t size = data->allocated();
   if (!memory_.insert(d, std::move(data)).second) return;
   mem_bytes_ += size;
@@ -226,7 +227,7 @@ void ChunkFetcher::memory_put(const Digest128& d, ChunkData data) {
 
 bool ChunkFetcher::is_cached(const Digest128& d) {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     if (memory_.contains(d)) return true;
   }
   if (writer_ && writer_->pending(d)) return true;
@@ -250,7 +251,7 @@ Result<ChunkData> ChunkFetcher::get(const ChunkRef& c, std::span<const ChunkRef>
   std::shared_ptr<InFlight> flight;
   bool leader = false;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     if (auto f = failed_.find(c.digest); f != failed_.end()) {
       if (std::chrono::steady_clock::now() - f->second < kFailureMemory)
         return make_error(EIO, "chunk of " + std::string(c.object) + " at " + std::to_string(c.offset) + " failed just now");
@@ -263,8 +264,8 @@ Result<ChunkData> ChunkFetcher::get(const ChunkRef& c, std::span<const ChunkRef>
   }
   if (!leader) {
     merged_waits_++;
-    std::unique_lock lock(flight->mu);
-    flight->cv.wait(lock, [&] { return flight->done; });
+    MutexLock lock(&flight->mu);
+    while (!flight->done) flight->cv.wait(&flight->mu);
     if (flight->result.ok()) cache_hits_++;
     return flight->result;
   }
@@ -285,7 +286,7 @@ Result<ChunkData> ChunkFetcher::get(const ChunkRef& c, std::span<const ChunkRef>
     if (f.digest == c.digest || memory_get(f.digest) || (writer_ && writer_->pending(f.digest)) ||
         (options_.disk && options_.disk->contains(f.digest)))
       break;
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     if (failed_.count(f.digest)) break;
     auto [it, inserted] = inflight_.try_emplace(f.digest);
     if (!inserted) break;
@@ -309,7 +310,7 @@ void ChunkFetcher::finish(const Digest128& d, const std::shared_ptr<InFlight>& f
                           bool remember_failure) {
   if (result.ok()) memory_put(d, result.value());
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     inflight_.erase(d);
     if (!result.ok()) {
       if (remember_failure) {
@@ -321,7 +322,7 @@ void ChunkFetcher::finish(const Digest128& d, const std::shared_ptr<InFlight>& f
     }
   }
   {
-    std::lock_guard lock(flight->mu);
+    MutexLock lock(&flight->mu);
     flight->result = result;
     flight->done = true;
   }
@@ -448,7 +449,7 @@ Result<std::string> ChunkFetcher::read_meta(std::string_view path, const std::st
   std::string key(path);
   bool was_refused = false;
   {
-    std::lock_guard lock(refused_mu_);
+    MutexLock lock(&refused_mu_);
     was_refused = refused_.count(key) != 0;
   }
   if (was_refused) {
@@ -458,7 +459,7 @@ Result<std::string> ChunkFetcher::read_meta(std::string_view path, const std::st
       if (info.code() != ENOENT) backend_errors_++;
       return info.error();
     }
-    std::lock_guard lock(refused_mu_);
+    MutexLock lock(&refused_mu_);
     auto it = refused_.find(key);
     if (it != refused_.end()) {
       if (it->second.version == version_of(*info)) return it->second.error;
@@ -470,7 +471,7 @@ Result<std::string> ChunkFetcher::read_meta(std::string_view path, const std::st
   std::optional<backend::ObjectInfo> seen;
   auto refuse = [&](const Error& why) {
     if (seen) {
-      std::lock_guard lock(refused_mu_);
+      MutexLock lock(&refused_mu_);
       refused_[key] = Refusal{version_of(*seen), why};
     }
     return why;
@@ -517,7 +518,7 @@ void ChunkFetcher::observe_fetch(std::chrono::steady_clock::duration d) {
 void ChunkFetcher::note_write_error(const Error& e) {
   uint64_t total = ++cache_write_errors_;
   auto now = std::chrono::steady_clock::now();
-  std::lock_guard lock(write_log_mu_);
+  MutexLock lock(&write_log_mu_);
   // A full cache disk fails every put: one line now and then says so without flooding the log.
   if (write_errors_logged_ != 0 && now - write_logged_at_ < options_.write_error_log_interval) return;
   uint64_t since = total - write_errors_logged_;
@@ -535,7 +536,7 @@ void ChunkFetcher::note_write_error(const Error& e) {
 
 uint64_t ChunkFetcher::cached_bytes() {
   if (options_.disk) return options_.disk->stats().bytes;
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   return mem_bytes_;
 }
 

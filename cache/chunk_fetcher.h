@@ -16,14 +16,12 @@
 #include <array>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <iterator>
 #include <thread>
 #include <memory>
-#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -36,6 +34,7 @@
 #include "common/hash.h"
 #include "common/lru.h"
 #include "common/result.h"
+#include "common/thread_annotations.h"
 
 namespace extrafs::backend {
 class Backend;
@@ -169,10 +168,10 @@ class ChunkFetcher : public MetaSource {
 
  private:
   struct InFlight {
-    std::mutex mu;
-    std::condition_variable cv;
-    bool done = false;
-    Result<ChunkData> result = make_error(EIO, "pending");
+    Mutex mu;
+    CondVar cv;
+    bool done GUARDED_BY(mu) = false;
+    Result<ChunkData> result GUARDED_BY(mu) = make_error(EIO, "pending");
   };
 
   // The chunk from the disk cache or the writer's queue, or null.
@@ -198,26 +197,26 @@ class ChunkFetcher : public MetaSource {
   // A worker's part of prefetch_sequence(): one run of adjacent chunks, `raw` bytes in all.
   void fetch_sequence(std::vector<OwnedChunkRef>& run, uint64_t raw);
   // Held in memory, on disk, queued for the disk, or being fetched.
-  bool held(const Digest128& d);
-  ChunkData memory_get(const Digest128& d);
+  bool held(const Digest128& d) EXCLUDES(mu_);
+  ChunkData memory_get(const Digest128& d) EXCLUDES(mu_);
   // Adds one backend read of `d` to the latency histogram.
   void observe_fetch(std::chrono::steady_clock::duration d);
   // Counts a failed disk-cache write and logs it, rate-limited.
   void note_write_error(const Error& e);
-  void memory_put(const Digest128& d, ChunkData data);
+  void memory_put(const Digest128& d, ChunkData data) EXCLUDES(mu_);
 
   backend::Backend& backend_;
   FetcherOptions options_;
 
-  std::mutex mu_;  // guards memory_, mem_bytes_, inflight_
-  Lru<Digest128, ChunkData, Digest128Hash> memory_;
-  uint64_t mem_bytes_ = 0;
-  std::unordered_map<Digest128, std::shared_ptr<InFlight>, Digest128Hash> inflight_;
+  Mutex mu_;
+  Lru<Digest128, ChunkData, Digest128Hash> memory_ GUARDED_BY(mu_);
+  uint64_t mem_bytes_ GUARDED_BY(mu_) = 0;
+  std::unordered_map<Digest128, std::shared_ptr<InFlight>, Digest128Hash> inflight_ GUARDED_BY(mu_);
   // Chunks whose fetch just failed, with the time: a retry within kFailureMemory gets the same
   // error at once. The kernel re-issues a failed readahead as a plain read right away; without
   // this, one read() of a dead server would wait for the timeout twice. Any successful fetch
   // (the server is back) forgets them all.
-  std::unordered_map<Digest128, std::chrono::steady_clock::time_point, Digest128Hash> failed_;
+  std::unordered_map<Digest128, std::chrono::steady_clock::time_point, Digest128Hash> failed_ GUARDED_BY(mu_);
   static constexpr std::chrono::milliseconds kFailureMemory{500};
 
   // Metadata objects read_meta() refused, by path, with the version refused and why: answered
@@ -227,20 +226,21 @@ class ChunkFetcher : public MetaSource {
     MetaVersion version;
     Error error;
   };
-  std::mutex refused_mu_;  // guards refused_
-  std::unordered_map<std::string, Refusal> refused_;
+  Mutex refused_mu_;
+  std::unordered_map<std::string, Refusal> refused_ GUARDED_BY(refused_mu_);
 
-  std::mutex queue_mu_;  // guards queue_, runs_, runs_bytes_, waiting_, waiting_bytes_, stopping_
-  std::condition_variable queue_cv_;
-  std::deque<OwnedChunkRef> queue_;
+  Mutex queue_mu_;
+  CondVar queue_cv_;
+  std::deque<OwnedChunkRef> queue_ GUARDED_BY(queue_mu_);
   // prefetch_sequence(): runs of adjacent chunks with their raw bytes; runs_bytes_ counts those
   // queued or being fetched, against sequence_budget(). Runs beyond it wait in waiting_ (FIFO)
   // and are moved to runs_ as fetched runs make room.
-  std::deque<std::pair<std::vector<OwnedChunkRef>, uint64_t>> runs_, waiting_;
-  uint64_t runs_bytes_ = 0, waiting_bytes_ = 0;
+  std::deque<std::pair<std::vector<OwnedChunkRef>, uint64_t>> runs_ GUARDED_BY(queue_mu_),
+      waiting_ GUARDED_BY(queue_mu_);
+  uint64_t runs_bytes_ GUARDED_BY(queue_mu_) = 0, waiting_bytes_ GUARDED_BY(queue_mu_) = 0;
   uint64_t sequence_budget() const { return options_.memory_bytes / 2; }
-  void admit_waiting_locked();  // REQUIRES: queue_mu_
-  bool stopping_ = false;
+  void admit_waiting_locked() REQUIRES(queue_mu_);
+  bool stopping_ GUARDED_BY(queue_mu_) = false;
   std::vector<std::thread> workers_;
 
   std::atomic<uint64_t> bytes_fetched_{0}, meta_bytes_fetched_{0}, own_bytes_fetched_{0}, chunks_fetched_{0},
@@ -252,9 +252,9 @@ class ChunkFetcher : public MetaSource {
   std::array<std::atomic<uint64_t>, kFetchBucketCount + 1> fetch_hist_{};
   std::atomic<uint64_t> fetch_ns_{0};
 
-  std::mutex write_log_mu_;  // guards the two fields below
-  std::chrono::steady_clock::time_point write_logged_at_{};
-  uint64_t write_errors_logged_ = 0;  // cache_write_errors_ when last logged
+  Mutex write_log_mu_;
+  std::chrono::steady_clock::time_point write_logged_at_ GUARDED_BY(write_log_mu_){};
+  uint64_t write_errors_logged_ GUARDED_BY(write_log_mu_) = 0;  // cache_write_errors_ when last logged
 
   // Null without a disk cache or with cache_write_queue == 0. Reset first in the destructor: its
   // thread reports errors through note_write_error.
