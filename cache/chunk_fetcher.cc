@@ -12,7 +12,7 @@
 namespace extrafs::cache {
 
 ChunkFetcher::ChunkFetcher(backend::Backend& backend, FetcherOptions options)
-    : backend_(backend), options_(options) {
+    : backend_(backend), options_(options), memory_(options.memory_bytes) {
   if (options_.disk && options_.cache_write_queue > 0)
     writer_ = std::make_unique<CacheWriter>(*options_.disk, options_.cache_write_queue,
                                             [this](const Error& e) { note_write_error(e); });
@@ -55,8 +55,9 @@ void ChunkFetcher::prefetch(const ChunkRef& c) {
   {
     // A chunk on disk but not in memory is still worth reading ahead: the disk read and the
     // verification then happen before the reader asks.
+    if (memory_.contains(c.digest)) return;
     MutexLock lock(&mu_);
-    if (memory_.contains(c.digest) || inflight_.count(c.digest)) return;
+    if (inflight_.count(c.digest)) return;
   }
   {
     MutexLock lock(&queue_mu_);
@@ -202,41 +203,21 @@ void ChunkFetcher::prefetch_worker() {
       f.ref.object = f.object;
       refs.push_back(f.ref);
     }
-    {
-      MutexLock lock(&mu_);
-      if (memory_.contains(job.ref.digest)) continue;
-    }
+    if (memory_.contains(job.ref.digest)) continue;
     prefetches_ += 1 + refs.size();
     (void)get(job.ref, refs);
   }
 }
 
-ChunkData ChunkFetcher::memory_get(const Digest128& d) {
-  MutexLock lock(&mu_);
-  ChunkData* hit = memory_.touch(d);
-  return hit ? *hit : nullptr;
-}
-
-void ChunkFetcher::memory_put(const Digest128& d, ChunkData data) {
-  MutexLock lock(&mu_);
-  const uint64_t size = data->allocated();
-  if (!memory_.insert(d, std::move(data)).second) return;
-  mem_bytes_ += size;
-  while (mem_bytes_ > options_.memory_bytes && memory_.size() > 1) mem_bytes_ -= memory_.pop_oldest().second->allocated();
-}
-
 bool ChunkFetcher::is_cached(const Digest128& d) {
-  {
-    MutexLock lock(&mu_);
-    if (memory_.contains(d)) return true;
-  }
+  if (memory_.contains(d)) return true;
   if (writer_ && writer_->pending(d)) return true;
   return options_.disk && options_.disk->contains(d);
 }
 
 Result<ChunkData> ChunkFetcher::get_own(const ChunkRef& c) {
   // Held locally: taken as it is (the reader who brought it was counted then).
-  if (auto hit = memory_get(c.digest)) return hit;
+  if (auto hit = memory_.get(c.digest)) return hit;
   if (auto local = local_get(c)) return local;
   // Else fetched for this caller alone: no in-flight entry (a reader wanting the same chunk at
   // that moment fetches it too, counted and kept as its own), nothing kept.
@@ -244,7 +225,7 @@ Result<ChunkData> ChunkFetcher::get_own(const ChunkRef& c) {
 }
 
 Result<ChunkData> ChunkFetcher::get(const ChunkRef& c, std::span<const ChunkRef> following) {
-  if (auto hit = memory_get(c.digest)) {
+  if (auto hit = memory_.get(c.digest)) {
     cache_hits_++;
     return hit;
   }
@@ -283,7 +264,7 @@ Result<ChunkData> ChunkFetcher::get(const ChunkRef& c, std::span<const ChunkRef>
   uint64_t end = c.offset + c.stored_len, total = c.stored_len;
   for (const ChunkRef& f : following) {
     if (f.object != c.object || f.offset != end || f.stored_len == 0 || total + f.stored_len > kMaxCoalescedRead) break;
-    if (f.digest == c.digest || memory_get(f.digest) || (writer_ && writer_->pending(f.digest)) ||
+    if (f.digest == c.digest || memory_.get(f.digest) || (writer_ && writer_->pending(f.digest)) ||
         (options_.disk && options_.disk->contains(f.digest)))
       break;
     MutexLock lock(&mu_);
@@ -308,7 +289,7 @@ Result<ChunkData> ChunkFetcher::get(const ChunkRef& c, std::span<const ChunkRef>
 
 void ChunkFetcher::finish(const Digest128& d, const std::shared_ptr<InFlight>& flight, const Result<ChunkData>& result,
                           bool remember_failure) {
-  if (result.ok()) memory_put(d, result.value());
+  if (result.ok()) memory_.put(d, result.value());
   {
     MutexLock lock(&mu_);
     inflight_.erase(d);
@@ -536,8 +517,7 @@ void ChunkFetcher::note_write_error(const Error& e) {
 
 uint64_t ChunkFetcher::cached_bytes() {
   if (options_.disk) return options_.disk->stats().bytes;
-  MutexLock lock(&mu_);
-  return mem_bytes_;
+  return memory_.bytes();
 }
 
 FetcherStats ChunkFetcher::stats() const {

@@ -1,5 +1,6 @@
 // ChunkFetcher: turns a chunk reference into verified raw bytes. It
-//   - serves from a small in-memory LRU, then from the on-disk BlockCache (if one is given),
+//   - serves from its MemoryCache (memory_cache.h), then from the on-disk BlockCache (if one is
+//     given),
 //   - otherwise reads the stored bytes from the Backend, decompresses (lz4) and verifies the
 //     xxh3-128 digest, keeps the chunk in memory, returns it, and has a CacheWriter store it on
 //     disk in the background (the reader does not wait for the cache-file write),
@@ -30,9 +31,9 @@
 
 #include "cache/block_cache.h"
 #include "cache/cache_writer.h"
+#include "cache/memory_cache.h"
 #include "cache/meta_source.h"
 #include "common/hash.h"
-#include "common/lru.h"
 #include "common/result.h"
 #include "common/thread_annotations.h"
 
@@ -54,7 +55,7 @@ struct ChunkRef {
 };
 
 struct FetcherOptions {
-  uint64_t memory_bytes = 64ull << 20;  // bound of the in-memory LRU (bytes its chunks allocated)
+  uint64_t memory_bytes = 64ull << 20;  // bound of the MemoryCache (bytes its chunks allocated)
   BlockCache* disk = nullptr;           // optional persistent cache
   unsigned prefetch_threads = 4;        // workers for prefetch(); 0 disables it
   size_t prefetch_queue = 64;           // pending prefetches beyond this are dropped
@@ -134,7 +135,7 @@ class ChunkFetcher : public MetaSource {
   // of one object go together in backend reads of at most kMaxCoalescedRead bytes, and those
   // reads are spread over the prefetch workers, so over several backend connections at once.
   // Chunks held locally or being fetched when their turn comes are skipped. Bounded: at most
-  // half the memory LRU (raw bytes) is queued for the workers at a time; further runs wait for
+  // half the memory cache's bound (raw bytes) is queued for the workers at a time; further runs wait for
   // room (several layers' prefixes at once, as `docker attach` of several images starts them),
   // up to a quarter of the disk cache's capacity, and without a disk cache none waits. What is
   // beyond that is left to readers. Returns at once, with how many chunks were queued or set
@@ -163,7 +164,7 @@ class ChunkFetcher : public MetaSource {
   void interrupt();
 
   FetcherStats stats() const;
-  // Bytes of chunk data held locally: the disk cache if there is one, else the memory LRU.
+  // Bytes of chunk data held locally: the disk cache if there is one, else the memory cache.
   uint64_t cached_bytes();
 
  private:
@@ -187,7 +188,7 @@ class ChunkFetcher : public MetaSource {
   // Decompresses and verifies the stored bytes of `c`, at `pos` in `buf`; EIO when they are
   // wrong. May take `buf` over when it holds exactly this uncompressed chunk.
   Result<ChunkData> decode(const ChunkRef& c, ChunkBuffer& buf, size_t pos);
-  // Keeps a verified chunk: memory LRU, and the disk cache through the writer.
+  // Keeps a verified chunk: the memory cache, and the disk cache through the writer.
   void keep(const ChunkRef& c, const ChunkData& data);
   // Publishes the outcome of a fetch this thread leads to its waiters; a failure is remembered
   // (see failed_) if `remember_failure`.
@@ -198,19 +199,19 @@ class ChunkFetcher : public MetaSource {
   void fetch_sequence(std::vector<OwnedChunkRef>& run, uint64_t raw);
   // Held in memory, on disk, queued for the disk, or being fetched.
   bool held(const Digest128& d) EXCLUDES(mu_);
-  ChunkData memory_get(const Digest128& d) EXCLUDES(mu_);
   // Adds one backend read of `d` to the latency histogram.
   void observe_fetch(std::chrono::steady_clock::duration d);
   // Counts a failed disk-cache write and logs it, rate-limited.
   void note_write_error(const Error& e);
-  void memory_put(const Digest128& d, ChunkData data) EXCLUDES(mu_);
 
   backend::Backend& backend_;
   FetcherOptions options_;
 
+  MemoryCache memory_;
+
+  // Request merging: the fetches in progress, by digest (the first reader leads, the others wait
+  // on its InFlight), and the failures just seen.
   Mutex mu_;
-  Lru<Digest128, ChunkData, Digest128Hash> memory_ GUARDED_BY(mu_);
-  uint64_t mem_bytes_ GUARDED_BY(mu_) = 0;
   std::unordered_map<Digest128, std::shared_ptr<InFlight>, Digest128Hash> inflight_ GUARDED_BY(mu_);
   // Chunks whose fetch just failed, with the time: a retry within kFailureMemory gets the same
   // error at once. The kernel re-issues a failed readahead as a plain read right away; without
