@@ -12,7 +12,7 @@
 namespace extrafs::cache {
 
 ChunkFetcher::ChunkFetcher(backend::Backend& backend, FetcherOptions options)
-    : backend_(backend), options_(options), memory_(options.memory_bytes) {
+    : backend_(backend), options_(options), memory_(options.memory_bytes), write_log_(options.write_error_log_interval) {
   if (options_.disk && options_.cache_write_queue > 0)
     writer_ = std::make_unique<CacheWriter>(*options_.disk, options_.cache_write_queue,
                                             [this](const Error& e) { note_write_error(e); });
@@ -341,7 +341,7 @@ std::vector<Result<ChunkData>> ChunkFetcher::fetch_run(std::span<const ChunkRef>
   ChunkBuffer stored = ChunkBuffer::uninitialised(total);
   auto started = std::chrono::steady_clock::now();
   auto n = backend_.read(run[0].object, run[0].offset, std::span(stored.data(), stored.size()));
-  observe_fetch(std::chrono::steady_clock::now() - started);
+  fetch_hist_.observe(std::chrono::steady_clock::now() - started);
   if (!n.ok()) {
     backend_errors_++;
     spdlog::warn("read of {} at {} ({} chunks) failed: {}", run[0].object, run[0].offset, run.size(), n.error().message);
@@ -394,7 +394,7 @@ Result<ChunkData> ChunkFetcher::fetch_one(const ChunkRef& c, int attempts, bool 
     ChunkBuffer stored = ChunkBuffer::uninitialised(c.stored_len);
     auto started = std::chrono::steady_clock::now();
     auto n = backend_.read(c.object, c.offset, std::span(stored.data(), stored.size()));
-    if (!own) observe_fetch(std::chrono::steady_clock::now() - started);
+    if (!own) fetch_hist_.observe(std::chrono::steady_clock::now() - started);
     if (!n.ok()) {
       backend_errors_++;
       spdlog::warn("read of {} at {} failed: {}", c.object, c.offset, n.error().message);
@@ -487,26 +487,13 @@ Result<MetaVersion> ChunkFetcher::meta_version(std::string_view path) {
 
 std::string ChunkFetcher::describe() const { return backend_.describe(); }
 
-void ChunkFetcher::observe_fetch(std::chrono::steady_clock::duration d) {
-  uint64_t ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
-  double seconds = static_cast<double>(ns) / 1e9;
-  size_t i = 0;
-  while (i < kFetchBucketCount && seconds > kFetchBuckets[i]) ++i;
-  fetch_hist_[i].fetch_add(1, std::memory_order_relaxed);
-  fetch_ns_.fetch_add(ns, std::memory_order_relaxed);
-}
-
 void ChunkFetcher::note_write_error(const Error& e) {
-  uint64_t total = ++cache_write_errors_;
-  auto now = std::chrono::steady_clock::now();
-  MutexLock lock(&write_log_mu_);
+  ++cache_write_errors_;
   // A full cache disk fails every put: one line now and then says so without flooding the log.
-  if (write_errors_logged_ != 0 && now - write_logged_at_ < options_.write_error_log_interval) return;
-  uint64_t since = total - write_errors_logged_;
-  bool first = write_errors_logged_ == 0;
-  write_logged_at_ = now;
-  write_errors_logged_ = total;
-  if (first) {
+  const auto due = write_log_.note();
+  if (!due) return;
+  const uint64_t since = due->since, total = due->total;
+  if (due->first) {
     spdlog::warn("cannot write to the cache (reads still succeed from the store; more failures are reported at most "
                  "once a minute): {}", e.message);
   } else {
@@ -534,14 +521,10 @@ FetcherStats ChunkFetcher::stats() const {
   s.prefetches = prefetches_;
   s.cache_write_errors = cache_write_errors_;
   s.cache_writes_pending = writer_ ? writer_->pending_count() : 0;
-  // The count is the sum of the buckets, so the +Inf bucket always equals it.
-  uint64_t running = 0;
-  for (size_t i = 0; i <= kFetchBucketCount; ++i) {
-    running += fetch_hist_[i].load(std::memory_order_relaxed);
-    if (i < kFetchBucketCount) s.fetch_buckets[i] = running;
-  }
-  s.fetch_count = running;
-  s.fetch_seconds = static_cast<double>(fetch_ns_.load(std::memory_order_relaxed)) / 1e9;
+  const auto hist = fetch_hist_.snapshot();
+  s.fetch_buckets = hist.cumulative;
+  s.fetch_count = hist.count;
+  s.fetch_seconds = hist.seconds;
   return s;
 }
 

@@ -34,6 +34,8 @@
 #include "cache/memory_cache.h"
 #include "cache/meta_source.h"
 #include "common/hash.h"
+#include "common/latency_histogram.h"
+#include "common/log_limiter.h"
 #include "common/result.h"
 #include "common/thread_annotations.h"
 
@@ -199,8 +201,6 @@ class ChunkFetcher : public MetaSource {
   void fetch_sequence(std::vector<OwnedChunkRef>& run, uint64_t raw);
   // Held in memory, on disk, queued for the disk, or being fetched.
   bool held(const Digest128& d) EXCLUDES(mu_);
-  // Adds one backend read of `d` to the latency histogram.
-  void observe_fetch(std::chrono::steady_clock::duration d);
   // Counts a failed disk-cache write and logs it, rate-limited.
   void note_write_error(const Error& e);
 
@@ -248,14 +248,10 @@ class ChunkFetcher : public MetaSource {
       cache_hits_{0}, cache_misses_{0}, merged_waits_{0}, backend_errors_{0}, corrupt_fetches_{0}, prefetches_{0},
       cache_write_errors_{0};
 
-  // Latency histogram: per-bucket counts (not cumulative; the last is above every bound) and the
-  // total in nanoseconds.
-  std::array<std::atomic<uint64_t>, kFetchBucketCount + 1> fetch_hist_{};
-  std::atomic<uint64_t> fetch_ns_{0};
-
-  Mutex write_log_mu_;
-  std::chrono::steady_clock::time_point write_logged_at_ GUARDED_BY(write_log_mu_){};
-  uint64_t write_errors_logged_ GUARDED_BY(write_log_mu_) = 0;  // cache_write_errors_ when last logged
+  // Backend reads of chunks by how long they took.
+  LatencyHistogram<kFetchBucketCount> fetch_hist_{kFetchBuckets};
+  // When a failed disk-cache write is logged (options_.write_error_log_interval).
+  LogLimiter write_log_;
 
   // Null without a disk cache or with cache_write_queue == 0. Reset first in the destructor: its
   // thread reports errors through note_write_error.
