@@ -12,7 +12,11 @@
 namespace extrafs::cache {
 
 ChunkFetcher::ChunkFetcher(backend::Backend& backend, FetcherOptions options)
-    : backend_(backend), options_(options), memory_(options.memory_bytes), write_log_(options.write_error_log_interval) {
+    : backend_(backend),
+      options_(options),
+      memory_(options.memory_bytes),
+      write_log_(options.write_error_log_interval),
+      meta_(backend, options.disk, [this](const Error& e) { note_write_error(e); }) {
   if (options_.disk && options_.cache_write_queue > 0)
     writer_ = std::make_unique<CacheWriter>(*options_.disk, options_.cache_write_queue,
                                             [this](const Error& e) { note_write_error(e); });
@@ -419,73 +423,16 @@ Result<ChunkData> ChunkFetcher::fetch_one(const ChunkRef& c, int attempts, bool 
   return last;
 }
 
-namespace {
-MetaVersion version_of(const backend::ObjectInfo& info) {
-  return MetaVersion{info.size, info.mtime_ns, info.version_tag, info.file_id, info.ctime_ns};
-}
-}  // namespace
-
 Result<std::string> ChunkFetcher::read_meta(std::string_view path, const std::string& cache_name, uint64_t limit,
                                             const std::function<Status(const std::string&)>& check) {
-  std::string key(path);
-  bool was_refused = false;
-  {
-    MutexLock lock(&refused_mu_);
-    was_refused = refused_.count(key) != 0;
-  }
-  if (was_refused) {
-    // Only an object refused before costs a stat first: unchanged, it is refused again unread.
-    auto info = backend_.stat(path);
-    if (!info.ok()) {
-      if (info.code() != ENOENT) backend_errors_++;
-      return info.error();
-    }
-    MutexLock lock(&refused_mu_);
-    auto it = refused_.find(key);
-    if (it != refused_.end()) {
-      if (it->second.version == version_of(*info)) return it->second.error;
-      refused_.erase(it);
-    }
-  }
-  // The version is the one the read went by (its stat, or the answer to a one-request read), so
-  // a refusal is remembered for the very version refused.
-  std::optional<backend::ObjectInfo> seen;
-  auto refuse = [&](const Error& why) {
-    if (seen) {
-      MutexLock lock(&refused_mu_);
-      refused_[key] = Refusal{version_of(*seen), why};
-    }
-    return why;
-  };
-  auto got = backend_.read_object(path, limit, &seen);
-  if (!got.ok()) {
-    // Refused from its attributes (over `limit`, not a regular file), or not read at all.
-    const int code = got.code();
-    if (code == EFBIG || code == EISDIR || code == EINVAL) return refuse(got.error());
-    if (code != ENOENT) backend_errors_++;
-    return got.error();
-  }
-  meta_bytes_fetched_ += got->size();
-  if (auto verdict = check(*got); !verdict.ok()) return refuse(verdict.error());
-  if (options_.disk) {
-    auto st = options_.disk->put_meta(cache_name, std::as_bytes(std::span(got->data(), got->size())));
-    if (!st.ok()) note_write_error(st.error());
-  }
-  return got;
+  return meta_.read_meta(path, cache_name, limit, check);
 }
 
-Result<std::string> ChunkFetcher::kept_meta(const std::string& cache_name) {
-  if (!options_.disk) return make_error(ENOENT, "no disk cache");
-  EXTRAFS_TRY(kept, options_.disk->get_meta(cache_name));
-  return std::string(reinterpret_cast<const char*>(kept.data()), kept.size());
-}
+Result<std::string> ChunkFetcher::kept_meta(const std::string& cache_name) { return meta_.kept_meta(cache_name); }
 
-Result<MetaVersion> ChunkFetcher::meta_version(std::string_view path) {
-  EXTRAFS_TRY(info, backend_.stat(path));
-  return version_of(info);
-}
+Result<MetaVersion> ChunkFetcher::meta_version(std::string_view path) { return meta_.meta_version(path); }
 
-std::string ChunkFetcher::describe() const { return backend_.describe(); }
+std::string ChunkFetcher::describe() const { return meta_.describe(); }
 
 void ChunkFetcher::note_write_error(const Error& e) {
   ++cache_write_errors_;
@@ -510,13 +457,13 @@ uint64_t ChunkFetcher::cached_bytes() {
 FetcherStats ChunkFetcher::stats() const {
   FetcherStats s;
   s.bytes_fetched = bytes_fetched_;
-  s.meta_bytes_fetched = meta_bytes_fetched_;
+  s.meta_bytes_fetched = meta_.bytes_fetched();
   s.own_bytes_fetched = own_bytes_fetched_;
   s.chunks_fetched = chunks_fetched_;
   s.cache_hits = cache_hits_;
   s.cache_misses = cache_misses_;
   s.merged_waits = merged_waits_;
-  s.backend_errors = backend_errors_;
+  s.backend_errors = backend_errors_ + meta_.backend_errors();
   s.corrupt_fetches = corrupt_fetches_;
   s.prefetches = prefetches_;
   s.cache_write_errors = cache_write_errors_;

@@ -6,9 +6,10 @@
 //     disk in the background (the reader does not wait for the cache-file write),
 //   - merges concurrent misses on one chunk so N readers cause one backend read,
 //   - counts every outcome (see FetcherStats) for `extrafs stats`.
-// It is also the store's MetaSource (see meta_source.h): it reads metadata objects (catalog,
-// indexes), keeping a copy in the BlockCache so that a host can serve what it has cached while the
-// backend is down. Failed backend reads of either kind are counted in backend_errors.
+// It is also the store's MetaSource (see meta_source.h), through a StoreMeta (store_meta.h) on
+// the same Backend and BlockCache: metadata objects (catalog, indexes) are read afresh and a copy
+// kept in the BlockCache so that a host can serve what it has cached while the backend is down.
+// Failed backend reads of either kind are counted in backend_errors.
 //
 // Thread-safety: every method may be called from any thread. The Backend and BlockCache must
 // outlive the fetcher; the fetcher never exposes the Backend.
@@ -33,6 +34,7 @@
 #include "cache/cache_writer.h"
 #include "cache/memory_cache.h"
 #include "cache/meta_source.h"
+#include "cache/store_meta.h"
 #include "common/hash.h"
 #include "common/latency_histogram.h"
 #include "common/log_limiter.h"
@@ -220,15 +222,6 @@ class ChunkFetcher : public MetaSource {
   std::unordered_map<Digest128, std::chrono::steady_clock::time_point, Digest128Hash> failed_ GUARDED_BY(mu_);
   static constexpr std::chrono::milliseconds kFailureMemory{500};
 
-  // Metadata objects read_meta() refused, by path, with the version refused and why: answered
-  // again without a read while the store's version is the same. An entry goes when its object is
-  // read in another version.
-  struct Refusal {
-    MetaVersion version;
-    Error error;
-  };
-  Mutex refused_mu_;
-  std::unordered_map<std::string, Refusal> refused_ GUARDED_BY(refused_mu_);
 
   Mutex queue_mu_;
   CondVar queue_cv_;
@@ -244,7 +237,7 @@ class ChunkFetcher : public MetaSource {
   bool stopping_ GUARDED_BY(queue_mu_) = false;
   std::vector<std::thread> workers_;
 
-  std::atomic<uint64_t> bytes_fetched_{0}, meta_bytes_fetched_{0}, own_bytes_fetched_{0}, chunks_fetched_{0},
+  std::atomic<uint64_t> bytes_fetched_{0}, own_bytes_fetched_{0}, chunks_fetched_{0},
       cache_hits_{0}, cache_misses_{0}, merged_waits_{0}, backend_errors_{0}, corrupt_fetches_{0}, prefetches_{0},
       cache_write_errors_{0};
 
@@ -252,6 +245,9 @@ class ChunkFetcher : public MetaSource {
   LatencyHistogram<kFetchBucketCount> fetch_hist_{kFetchBuckets};
   // When a failed disk-cache write is logged (options_.write_error_log_interval).
   LogLimiter write_log_;
+
+  // The MetaSource part. After the counters and write_log_: it reports through note_write_error.
+  StoreMeta meta_;
 
   // Null without a disk cache or with cache_write_queue == 0. Reset first in the destructor: its
   // thread reports errors through note_write_error.
