@@ -32,11 +32,9 @@
 #include <atomic>
 #include <charconv>
 #include <chrono>
-#include <condition_variable>
 #include <cstring>
 #include <deque>
 #include <functional>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -49,6 +47,7 @@
 #include "backend/url.h"
 #include "common/hash.h"
 #include "common/str_util.h"
+#include "common/thread_annotations.h"
 
 namespace extrafs::backend {
 namespace {
@@ -315,7 +314,7 @@ class CurlLoop {
 
   ~CurlLoop() {
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(&mu_);
       stop_ = true;
     }
     curl_multi_wakeup(multi_);
@@ -328,7 +327,7 @@ class CurlLoop {
   // the deadline pass anyway, it is cancelled, and the loop takes it out at once.
   void run(Request& r) {
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(&mu_);
       if (cancelled_) {
         r.result = CURLE_ABORTED_BY_CALLBACK;
         r.done = true;
@@ -337,13 +336,16 @@ class CurlLoop {
       pending_.push_back(&r);
     }
     curl_multi_wakeup(multi_);
-    std::unique_lock lock(mu_);
-    if (!done_cv_.wait_until(lock, r.deadline + std::chrono::seconds(2), [&] { return r.done; })) {
+    MutexLock lock(&mu_);
+    const auto give_up = r.deadline + std::chrono::seconds(2);
+    while (!r.done && done_cv_.wait_until(&mu_, give_up)) {
+    }
+    if (!r.done) {
       r.cancel.store(true);
       lock.unlock();
       curl_multi_wakeup(multi_);
       lock.lock();
-      done_cv_.wait(lock, [&] { return r.done; });
+      while (!r.done) done_cv_.wait(&mu_);
     }
   }
 
@@ -351,7 +353,7 @@ class CurlLoop {
   // at once. Irreversible (Backend::interrupt).
   void cancel_all() {
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(&mu_);
       cancelled_ = true;
     }
     curl_multi_wakeup(multi_);
@@ -363,7 +365,7 @@ class CurlLoop {
     for (;;) {
       std::vector<Request*> added;
       {
-        std::lock_guard lock(mu_);
+        MutexLock lock(&mu_);
         if (stop_ || cancelled_) break;
         while (!pending_.empty() && active.size() + added.size() < kMaxTransfers) {
           added.push_back(pending_.front());
@@ -400,7 +402,7 @@ class CurlLoop {
       r->result = CURLE_ABORTED_BY_CALLBACK;
       finish(r);
     }
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     for (Request* r : pending_) {
       r->result = CURLE_ABORTED_BY_CALLBACK;
       r->done = true;
@@ -477,7 +479,7 @@ class CurlLoop {
     r->easy = nullptr;
     curl_slist_free_all(r->headers);
     r->headers = nullptr;
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     r->done = true;
     done_cv_.notify_all();
   }
@@ -485,11 +487,11 @@ class CurlLoop {
   CURLM* multi_ = nullptr;
   CURLSH* share_ = nullptr;
   std::thread thread_;
-  std::mutex mu_;
-  std::condition_variable done_cv_;
-  std::deque<Request*> pending_;  // guarded by mu_
-  bool stop_ = false;             // guarded by mu_
-  bool cancelled_ = false;        // guarded by mu_; the loop has ended (cancel_all)
+  Mutex mu_;
+  CondVar done_cv_;
+  std::deque<Request*> pending_ GUARDED_BY(mu_);
+  bool stop_ GUARDED_BY(mu_) = false;
+  bool cancelled_ GUARDED_BY(mu_) = false;  // the loop has ended (cancel_all)
 };
 
 // How an attempt ended.
@@ -651,7 +653,7 @@ class HttpBackend final : public Backend {
 
   void interrupt() override {
     {
-      std::lock_guard lock(pause_mu_);
+      MutexLock lock(&pause_mu_);
       interrupted_.store(true);
     }
     pause_cv_.notify_all();
@@ -666,8 +668,10 @@ class HttpBackend final : public Backend {
   // Waits `d` (a back-off, a Retry-After), or less if interrupt() comes meanwhile.
   template <typename Duration>
   void pause(Duration d) {
-    std::unique_lock lock(pause_mu_);
-    pause_cv_.wait_for(lock, d, [&] { return interrupted_.load(); });
+    MutexLock lock(&pause_mu_);
+    const auto until = std::chrono::steady_clock::now() + d;
+    while (!interrupted_.load() && pause_cv_.wait_until(&pause_mu_, until)) {
+    }
   }
 
   // What a finished attempt left for the caller (the parts of Request it needs).
@@ -873,8 +877,8 @@ class HttpBackend final : public Backend {
   mutable std::vector<Health> mirrors_;
   mutable std::vector<std::vector<Health>> proxies_;
   std::atomic<bool> interrupted_{false};
-  std::mutex pause_mu_;
-  std::condition_variable pause_cv_;  // interrupt() ends every pause()
+  Mutex pause_mu_;
+  CondVar pause_cv_;  // interrupt() ends every pause()
   CurlLoop loop_;  // last: stopped first, while everything it uses is alive
 };
 

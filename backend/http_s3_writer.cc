@@ -24,7 +24,6 @@
 #include <charconv>
 #include <chrono>
 #include <cstring>
-#include <mutex>
 #include <thread>
 
 #include <fmt/format.h>
@@ -34,6 +33,7 @@
 #include "backend/url.h"
 #include "common/posix_file.h"
 #include "common/str_util.h"
+#include "common/thread_annotations.h"
 
 namespace extrafs::backend {
 namespace {
@@ -341,7 +341,7 @@ class S3Writer final : public ObjectWriter {
 
   CURL* lease() {
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(&mu_);
       if (!idle_.empty()) {
         CURL* e = idle_.back();
         idle_.pop_back();
@@ -352,7 +352,7 @@ class S3Writer final : public ObjectWriter {
   }
 
   void release(CURL* e) {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     idle_.push_back(e);
   }
 
@@ -575,8 +575,8 @@ class S3Writer final : public ObjectWriter {
   const std::string destination_;
   const HttpSource src_;
   const S3WriterOptions options_;
-  std::mutex mu_;
-  std::vector<CURL*> idle_;  // guarded by mu_: easy handles kept for their connections
+  Mutex mu_;
+  std::vector<CURL*> idle_ GUARDED_BY(mu_);  // easy handles kept for their connections
 };
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "common/posix_file.h"
+#include "common/thread_annotations.h"
 
 namespace extrafs::backend {
 
@@ -35,7 +36,7 @@ Result<std::unique_ptr<Backend>> LocalBackend::open(const std::string& root) {
 LocalBackend::~LocalBackend() { fds_.clear(); }
 
 std::shared_ptr<int> LocalBackend::root_fd() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   return root_fd_;
 }
 
@@ -43,30 +44,25 @@ void LocalBackend::follow_root() {
   struct stat st;
   if (::stat(root_.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return;  // gone for now: keep the old one
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     if (st.st_dev == root_dev_ && st.st_ino == root_ino_) return;
   }
   int fd = ::open(root_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return;
   auto handle = shared_fd(fd);
   if (::fstat(fd, &st) != 0) return;
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   root_fd_ = std::move(handle);
   root_dev_ = st.st_dev;
   root_ino_ = st.st_ino;
   fds_.clear();
-  lru_.clear();
 }
 
 Result<std::shared_ptr<int>> LocalBackend::fd_for(std::string_view path) {
   std::string key(path);
   {
-    std::lock_guard lock(mu_);
-    auto it = fds_.find(key);
-    if (it != fds_.end()) {
-      lru_.splice(lru_.begin(), lru_, it->second.pos);
-      return it->second.fd;
-    }
+    MutexLock lock(&mu_);
+    if (Open* open = fds_.touch(key)) return open->fd;
   }
   // Paths come from validated indexes, but nothing is opened outside the root or through a
   // symlink in the store, whoever wrote it, and nothing but a regular file (a FIFO would block
@@ -77,16 +73,11 @@ Result<std::shared_ptr<int>> LocalBackend::fd_for(std::string_view path) {
   auto handle = shared_fd(fd);
   struct stat st;
   if (::fstat(fd, &st) != 0) return Error::from_errno(errno, root_ + "/" + key);
-  std::lock_guard lock(mu_);
-  auto it = fds_.find(key);
-  if (it != fds_.end()) return it->second.fd;  // another thread won; ours closes on return
-  if (root_fd_ != root) return handle;          // opened in a root left meanwhile: not kept
-  lru_.push_front(key);
-  fds_[key] = Open{handle, lru_.begin(), st.st_dev, st.st_ino};
-  while (fds_.size() > kMaxOpen) {
-    fds_.erase(lru_.back());
-    lru_.pop_back();
-  }
+  MutexLock lock(&mu_);
+  if (Open* open = fds_.find(key)) return open->fd;  // another thread won; ours closes on return
+  if (root_fd_ != root) return handle;              // opened in a root left meanwhile: not kept
+  fds_.insert(key, Open{handle, st.st_dev, st.st_ino});
+  while (fds_.size() > kMaxOpen) fds_.pop_oldest();
   return handle;
 }
 
@@ -114,12 +105,9 @@ Result<ObjectInfo> LocalBackend::stat(std::string_view path) {
     // A cached fd on a file that the path no longer names (replaced by rename) would serve the
     // old content: drop it, so the next read opens the current file. Readers holding it finish
     // on the old file.
-    std::lock_guard lock(mu_);
-    auto it = fds_.find(std::string(path));
-    if (it != fds_.end() && (it->second.dev != st.st_dev || it->second.ino != st.st_ino)) {
-      lru_.erase(it->second.pos);
-      fds_.erase(it);
-    }
+    MutexLock lock(&mu_);
+    const std::string key(path);
+    if (Open* open = fds_.find(key); open && (open->dev != st.st_dev || open->ino != st.st_ino)) fds_.erase(key);
   }
   ObjectInfo info;
   info.size = static_cast<uint64_t>(st.st_size);

@@ -11,13 +11,12 @@
 
 #include <sys/types.h>
 
-#include <list>
 #include <memory>
-#include <mutex>
 #include <string>
-#include <unordered_map>
 
 #include "backend/backend.h"
+#include "common/lru.h"
+#include "common/thread_annotations.h"
 
 namespace extrafs::backend {
 
@@ -45,18 +44,16 @@ class LocalBackend : public Backend {
 
   std::string root_;
   static constexpr size_t kMaxOpen = 256;
-  std::mutex mu_;  // guards the fields below
-  std::shared_ptr<int> root_fd_;
-  dev_t root_dev_ = 0;  // identity of the directory root_fd_ is open on
-  ino_t root_ino_ = 0;
-  std::list<std::string> lru_;
+  Mutex mu_;
+  std::shared_ptr<int> root_fd_ GUARDED_BY(mu_);
+  dev_t root_dev_ GUARDED_BY(mu_) = 0;  // identity of the directory root_fd_ is open on
+  ino_t root_ino_ GUARDED_BY(mu_) = 0;
   struct Open {
     std::shared_ptr<int> fd;
-    std::list<std::string>::iterator pos;
     dev_t dev = 0;  // identity of the file the fd is open on
     ino_t ino = 0;
   };
-  std::unordered_map<std::string, Open> fds_;
+  Lru<std::string, Open> fds_ GUARDED_BY(mu_);  // at most kMaxOpen; the least recently read closed first
 };
 
 }  // namespace extrafs::backend

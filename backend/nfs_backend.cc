@@ -53,23 +53,21 @@
 #include <array>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstring>
 #include <functional>
-#include <list>
-#include <mutex>
 #include <random>
 #include <string>
 #include <thread>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
 #include <spdlog/spdlog.h>
 
 #include "backend/url.h"
+#include "common/lru.h"
 #include "common/posix_file.h"
 #include "common/str_util.h"
+#include "common/thread_annotations.h"
 
 namespace extrafs::backend {
 namespace {
@@ -227,10 +225,8 @@ struct Conn {
   struct Handle {
     struct nfsfh* fh = nullptr;
     uint32_t gen = 0;
-    std::list<std::string>::iterator lru;
   };
-  std::list<std::string> lru;  // most recently used first
-  std::unordered_map<std::string, Handle> handles;
+  Lru<std::string, Handle> handles;  // open handles by full path
   const std::atomic<bool>* interrupted = nullptr;  // the backend's: set, the loop gives up
 };
 
@@ -297,7 +293,7 @@ class NfsBackend final : public Backend {
     for (auto& c : conns_) {
       if (c->nfs == nullptr) continue;
       while (!c->broken && c->nfs != nullptr && !c->handles.empty()) {
-        drop_handle(*c, c->handles.begin(), deadline);
+        drop_handle(*c, std::string(c->handles.oldest().first), deadline);
       }
       teardown(*c);
     }
@@ -350,7 +346,7 @@ class NfsBackend final : public Backend {
 
   void interrupt() override {
     {
-      std::lock_guard lk(mu_);
+      MutexLock lk(&mu_);
       interrupted_.store(true);
     }
     cv_.notify_all();
@@ -379,7 +375,7 @@ class NfsBackend final : public Backend {
   // ---- pool ----
 
   Result<Conn*> acquire(Deadline deadline, const std::string& key) {
-    std::unique_lock lk(mu_);
+    MutexLock lk(&mu_);
     for (;;) {
       if (!idle_.empty()) {
         // Prefer a context that has the file open, then any connected one.
@@ -388,7 +384,7 @@ class NfsBackend final : public Backend {
         for (size_t i = 0; i < idle_.size(); ++i) {
           Conn* c = idle_[i];
           int score = c->nfs == nullptr ? 0 : 1;
-          if (score == 1 && !key.empty() && c->handles.count(key) != 0) score = 2;
+          if (score == 1 && !key.empty() && c->handles.contains(key)) score = 2;
           if (score > best_score) {
             best_score = score;
             best = i;
@@ -404,7 +400,7 @@ class NfsBackend final : public Backend {
         return conns_.back().get();
       }
       if (interrupted_.load()) return Error{ECANCELED, "cancelled: shutting down"};
-      if (cv_.wait_until(lk, deadline) == std::cv_status::timeout && idle_.empty()) {
+      if (!cv_.wait_until(&mu_, deadline) && idle_.empty()) {
         return Error{ETIMEDOUT, "all " + std::to_string(kMaxContexts) +
                                     " NFS connections stayed busy until the deadline"};
       }
@@ -413,7 +409,7 @@ class NfsBackend final : public Backend {
 
   void release(Conn* c) {
     {
-      std::lock_guard lk(mu_);
+      MutexLock lk(&mu_);
       idle_.push_back(c);
     }
     cv_.notify_one();
@@ -428,7 +424,6 @@ class NfsBackend final : public Backend {
     }
     c.retired.clear();
     c.handles.clear();
-    c.lru.clear();
   }
 
   // Destroys the context. Pending RPCs are cancelled (their callbacks run now, with an error).
@@ -440,7 +435,6 @@ class NfsBackend final : public Backend {
       c.nfs = nullptr;
     }
     c.handles.clear();
-    c.lru.clear();
     c.retired.clear();
     c.broken = false;
     c.reset_after = false;
@@ -614,8 +608,10 @@ class NfsBackend final : public Backend {
       if (left <= 2) break;
       spdlog::debug("nfs: {}: {} of '{}' failed ({}), retrying", url_, op, path, last.message);
       {
-        std::unique_lock lk(mu_);
-        pause_cv_.wait_for(lk, std::chrono::milliseconds(std::min(backoff_ms, left - 1)), [&] { return interrupted_.load(); });
+        MutexLock lk(&mu_);
+        const auto until = Clock::now() + std::chrono::milliseconds(std::min(backoff_ms, left - 1));
+        while (!interrupted_.load() && pause_cv_.wait_until(&mu_, until)) {
+        }
       }
       backoff_ms = std::min(backoff_ms * 2, kMaxBackoffMs);
     }
@@ -630,13 +626,9 @@ class NfsBackend final : public Backend {
 
   Result<struct nfsfh*> get_handle(Conn& c, const std::string& full, Deadline deadline) {
     uint32_t gen = stat_gen_[gen_slot(full)].load(std::memory_order_acquire);
-    auto it = c.handles.find(full);
-    if (it != c.handles.end()) {
-      if (it->second.gen == gen) {
-        c.lru.splice(c.lru.begin(), c.lru, it->second.lru);
-        return it->second.fh;
-      }
-      forget_handle(c, it, deadline);
+    if (Conn::Handle* h = c.handles.find(full)) {
+      if (h->gen == gen) return c.handles.touch(full)->fh;
+      forget_handle(c, full, deadline);
       if (c.nfs == nullptr || c.broken) return Error{EIO, "cannot close " + full + " on " + server_name()};
     }
     // The type from the attributes first: an export may hold a FIFO or a device where a store
@@ -662,14 +654,13 @@ class NfsBackend final : public Backend {
       if (u_.version == 4) c.reset_after = true;  // see forget_handle
       return Error{code, "cannot open " + full + ": " + st.message};
     }
-    c.lru.push_front(full);
-    c.handles[full] = Conn::Handle{st.fh, gen, c.lru.begin()};
+    c.handles.insert(full, Conn::Handle{st.fh, gen});
     struct nfsfh* fh = st.fh;
     if (c.handles.size() > kMaxCachedHandles && u_.version == 4) {
       c.reset_after = true;  // drop them all at once after this call (see forget_handle)
     }
     while (c.handles.size() > kMaxCachedHandles && u_.version != 4 && c.nfs != nullptr && !c.broken) {
-      drop_handle(c, c.handles.find(c.lru.back()), deadline);
+      drop_handle(c, std::string(c.handles.oldest().first), deadline);
     }
     if (c.nfs == nullptr) return Error{ETIMEDOUT, "close on " + server_name() + " timed out"};
     return fh;
@@ -682,15 +673,12 @@ class NfsBackend final : public Backend {
   // with NFS4ERR_BAD_SEQID. So on NFSv4 we never CLOSE-then-OPEN on a live context and never
   // OPEN after a failed OPEN: the handle is retired and the context reset after the call (a fresh
   // SETCLIENTID, about 1 ms on loopback). NFSv3 has no open state: the handle is just freed.
-  void forget_handle(Conn& c, std::unordered_map<std::string, Conn::Handle>::iterator it,
-                     Deadline deadline) {
+  void forget_handle(Conn& c, const std::string& full, Deadline deadline) {
     if (u_.version != 4) {
-      drop_handle(c, it, deadline);
+      drop_handle(c, full, deadline);
       return;
     }
-    c.retired.push_back(it->second.fh);
-    c.lru.erase(it->second.lru);
-    c.handles.erase(it);
+    if (auto h = c.handles.take(full)) c.retired.push_back(h->fh);
     c.reset_after = true;
   }
 
@@ -698,11 +686,10 @@ class NfsBackend final : public Backend {
   // libnfs 4.0 pipelines OPEN/CLOSE of one open-owner, and an OPEN sent while a CLOSE is in flight
   // can reach ganesha first and fail with NFS4ERR_BAD_SEQID. A CLOSE that does not finish by the
   // deadline marks the context broken (teardown frees the handle).
-  void drop_handle(Conn& c, std::unordered_map<std::string, Conn::Handle>::iterator it,
-                   Deadline deadline) {
-    struct nfsfh* fh = it->second.fh;
-    c.lru.erase(it->second.lru);
-    c.handles.erase(it);
+  void drop_handle(Conn& c, const std::string& full, Deadline deadline) {
+    auto h = c.handles.take(full);
+    if (!h) return;
+    struct nfsfh* fh = h->fh;
     CbState st;
     if (nfs_close_async(c.nfs, fh, status_cb, &st) != 0) {
       c.broken = true;
@@ -766,8 +753,7 @@ class NfsBackend final : public Backend {
       if (p.err != 0) {
         int code = cb_errno(p.err);
         if (code == ESTALE) {
-          auto it = c.handles.find(full);
-          if (it != c.handles.end()) forget_handle(c, it, deadline);
+          if (c.handles.contains(full)) forget_handle(c, full, deadline);
         } else if (!is_permanent(code)) {
           c.broken = true;
         }
@@ -847,11 +833,11 @@ class NfsBackend final : public Backend {
   std::atomic<uint64_t> next_client_id_{0};
   std::array<std::atomic<uint32_t>, kStatGenerations> stat_gen_;
 
-  std::mutex mu_;
-  std::condition_variable cv_;                // a context was released
-  std::condition_variable pause_cv_;          // interrupt() ends back-offs (with mu_)
-  std::vector<std::unique_ptr<Conn>> conns_;  // guarded by mu_ (grows only)
-  std::vector<Conn*> idle_;                   // guarded by mu_
+  Mutex mu_;
+  CondVar cv_;                // a context was released
+  CondVar pause_cv_;          // interrupt() ends back-offs (with mu_)
+  std::vector<std::unique_ptr<Conn>> conns_ GUARDED_BY(mu_);  // grows only
+  std::vector<Conn*> idle_ GUARDED_BY(mu_);
   std::atomic<bool> interrupted_{false};      // interrupt(): every call fails at once
 };
 

@@ -55,15 +55,15 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
-#include <list>
-#include <mutex>
 #include <string_view>
 #include <system_error>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
 
+#include "common/lru.h"
 #include "common/posix_file.h"
+#include "common/thread_annotations.h"
 
 namespace extrafs::cache {
 
@@ -212,12 +212,11 @@ class DiskBlockCache final : public BlockCache {
   BlockCacheStats stats() override;
 
  private:
-  // What chunks may take: the capacity less the external bytes. REQUIRES: mu_.
-  uint64_t chunk_limit_locked() const { return capacity_ - std::min(external_, capacity_); }
+  // What chunks may take: the capacity less the external bytes.
+  uint64_t chunk_limit_locked() const REQUIRES(mu_) { return capacity_ - std::min(external_, capacity_); }
   struct Entry {
     uint64_t size = 0;
     int64_t touched = 0;  // wall-clock seconds of the last mtime written to disk
-    std::list<Digest128>::iterator lru;
   };
   struct Victim {
     Digest128 digest;
@@ -235,7 +234,7 @@ class DiskBlockCache final : public BlockCache {
     ChunkBuffer data;
   };
 
-  std::mutex& stripe(const Digest128& d) { return stripes_[Digest128Hash{}(d) % kStripes]; }
+  Mutex& stripe(const Digest128& d) { return stripes_[Digest128Hash{}(d) % kStripes]; }
 
   Error dir_error(int code, const std::string& what) const {
     return Error::from_errno(code, "cache " + dir_ + ": " + what);
@@ -244,8 +243,8 @@ class DiskBlockCache final : public BlockCache {
   // `trust`: skip hashing a file this instance has already verified and that has not changed
   // since (same identity, see FileId). verify_all() never trusts.
   ReadResult read_chunk(const Digest128& d, bool touch, bool trust);
-  size_t chunk_count() {
-    std::lock_guard lk(mu_);
+  size_t chunk_count() EXCLUDES(mu_) {
+    MutexLock lk(&mu_);
     return map_.size();
   }
   void drop_corrupt(const Digest128& d, const ReadResult& r);
@@ -253,35 +252,33 @@ class DiskBlockCache final : public BlockCache {
   void no_direct(const char* what);
   void forget_if_gone(const Digest128& d);
 
-  // REQUIRES: mu_ held. Evicts LRU entries from the index until bytes_ + reserved_ + extra <=
-  // limit (or nothing is left); the caller unlinks the victims with remove_victims() after
-  // releasing mu_.
-  void evict_locked(uint64_t extra, uint64_t limit, std::vector<Victim>* victims);
-  void remove_victims(const std::vector<Victim>& victims);
-  void insert_locked(const Digest128& d, uint64_t size, int64_t touched);
-  void erase_locked(std::unordered_map<Digest128, Entry, Digest128Hash>::iterator it);
+  // Evicts LRU entries from the index until bytes_ + reserved_ + extra <= limit (or nothing is
+  // left); the caller unlinks the victims with remove_victims() after releasing mu_.
+  void evict_locked(uint64_t extra, uint64_t limit, std::vector<Victim>* victims) REQUIRES(mu_);
+  void remove_victims(const std::vector<Victim>& victims) EXCLUDES(mu_);
+  void insert_locked(const Digest128& d, uint64_t size, int64_t touched) REQUIRES(mu_);
+  void erase_locked(const Digest128& d) REQUIRES(mu_);
 
-  std::string new_tmp_name_locked(char kind);
+  std::string new_tmp_name_locked(char kind) REQUIRES(mu_);
   uint64_t clean_tmp();
   Status scan();
 
   const std::string dir_;
   const uint64_t capacity_;
-  uint64_t external_ = 0;  // GUARDED_BY(mu_): see set_external
+  uint64_t external_ GUARDED_BY(mu_) = 0;  // see set_external
   Fd dir_fd_;
   Fd lock_fd_;
   std::atomic<bool> noatime_ok_{true};
   std::atomic<bool> direct_ok_{true};  // cleared when the file system refuses O_DIRECT
-  std::array<std::mutex, kStripes> stripes_;
+  std::array<Mutex, kStripes> stripes_;
 
-  std::mutex mu_;
-  std::unordered_map<Digest128, Entry, Digest128Hash> map_;  // GUARDED_BY(mu_)
-  std::list<Digest128> lru_;                                 // GUARDED_BY(mu_); front = newest
-  uint64_t bytes_ = 0;                                       // GUARDED_BY(mu_)
-  uint64_t reserved_ = 0;  // GUARDED_BY(mu_): room held by puts in progress
-  std::unordered_set<Digest128, Digest128Hash> pending_;  // GUARDED_BY(mu_)
-  std::unordered_set<std::string> inflight_tmp_;          // GUARDED_BY(mu_)
-  uint64_t tmp_seq_ = 0;                                  // GUARDED_BY(mu_)
+  Mutex mu_;
+  Lru<Digest128, Entry, Digest128Hash> map_ GUARDED_BY(mu_);
+  uint64_t bytes_ GUARDED_BY(mu_) = 0;
+  uint64_t reserved_ GUARDED_BY(mu_) = 0;  // room held by puts in progress
+  std::unordered_set<Digest128, Digest128Hash> pending_ GUARDED_BY(mu_);
+  std::unordered_set<std::string> inflight_tmp_ GUARDED_BY(mu_);
+  uint64_t tmp_seq_ GUARDED_BY(mu_) = 0;
 
   std::atomic<uint64_t> hits_{0}, misses_{0}, evictions_{0}, corrupt_{0}, write_errors_{0};
 
@@ -289,8 +286,8 @@ class DiskBlockCache final : public BlockCache {
   // were. A file whose identity still matches is served without hashing it again; any other
   // (replaced, rewritten, touched by hand) is verified again. Bounded by the number of chunks
   // (entries of chunks no longer in the index are dropped when it doubles).
-  std::mutex verified_mu_;
-  std::unordered_map<Digest128, FileId, Digest128Hash> verified_;  // GUARDED_BY(verified_mu_)
+  Mutex verified_mu_ ACQUIRED_BEFORE(mu_);
+  std::unordered_map<Digest128, FileId, Digest128Hash> verified_ GUARDED_BY(verified_mu_);
 };
 
 Status DiskBlockCache::init() {
@@ -304,7 +301,7 @@ Status DiskBlockCache::init() {
   EXTRAFS_CHECK_STATUS(scan());
   std::vector<Victim> victims;
   {
-    std::lock_guard lk(mu_);
+    MutexLock lk(&mu_);
     evict_locked(0, capacity_, &victims);
   }
   remove_victims(victims);
@@ -366,46 +363,37 @@ Status DiskBlockCache::scan() {
   }
   std::sort(found.begin(), found.end(),
             [](const Found& a, const Found& b) { return a.mtime_ns < b.mtime_ns; });
-  std::lock_guard lk(mu_);
+  MutexLock lk(&mu_);
   for (const auto& f : found) insert_locked(f.digest, f.size, f.mtime_ns / 1000000000);
   return ok_status();
 }
 
 void DiskBlockCache::insert_locked(const Digest128& d, uint64_t size, int64_t touched) {
-  auto [it, inserted] = map_.try_emplace(d);
-  if (!inserted) {
-    bytes_ -= it->second.size;
-    lru_.erase(it->second.lru);
-  }
-  lru_.push_front(d);
-  it->second = Entry{size, touched, lru_.begin()};
+  erase_locked(d);
+  map_.insert(d, Entry{size, touched});
   bytes_ += size;
 }
 
-void DiskBlockCache::erase_locked(
-    std::unordered_map<Digest128, Entry, Digest128Hash>::iterator it) {
-  bytes_ -= it->second.size;
-  lru_.erase(it->second.lru);
-  map_.erase(it);
+void DiskBlockCache::erase_locked(const Digest128& d) {
+  if (auto e = map_.take(d)) bytes_ -= e->size;
 }
 
 void DiskBlockCache::evict_locked(uint64_t extra, uint64_t limit, std::vector<Victim>* victims) {
-  while (!lru_.empty() && bytes_ + reserved_ + extra > limit) {
-    auto it = map_.find(lru_.back());
-    EXTRAFS_INVARIANT(it != map_.end(), "LRU list and index disagree");
-    victims->push_back({it->first, it->second.size});
-    erase_locked(it);
+  while (!map_.empty() && bytes_ + reserved_ + extra > limit) {
+    auto [digest, entry] = map_.pop_oldest();
+    bytes_ -= entry.size;
+    victims->push_back({digest, entry.size});
     evictions_.fetch_add(1, std::memory_order_relaxed);
   }
 }
 
 void DiskBlockCache::remove_victims(const std::vector<Victim>& victims) {
   for (const auto& v : victims) {
-    std::lock_guard slk(stripe(v.digest));
+    MutexLock slk(&stripe(v.digest));
     {
       // A put of the same digest may have installed a fresh file since the eviction.
-      std::lock_guard lk(mu_);
-      if (map_.count(v.digest)) continue;
+      MutexLock lk(&mu_);
+      if (map_.contains(v.digest)) continue;
     }
     if (::unlinkat(dir_fd_.get(), chunk_rel(v.digest).c_str(), 0) != 0 && errno != ENOENT)
       log()->warn("cache {}: cannot remove evicted chunk {}: {}", dir_, v.digest.hex(),
@@ -437,7 +425,7 @@ uint64_t DiskBlockCache::clean_tmp() {
   for (const auto& name : names) {
     {
       // Names are never reused, so one not in flight now belongs to nobody.
-      std::lock_guard lk(mu_);
+      MutexLock lk(&mu_);
       if (inflight_tmp_.count(name)) continue;
     }
     if (::unlinkat(fd, name.c_str(), 0) == 0 ||
@@ -489,7 +477,7 @@ DiskBlockCache::ReadResult DiskBlockCache::read_chunk(const Digest128& d, bool t
   const FileId id = FileId::of(st);
   bool known = false;
   if (trust) {
-    std::lock_guard lk(verified_mu_);
+    MutexLock lk(&verified_mu_);
     auto it = verified_.find(d);
     known = it != verified_.end() && it->second == id;
   }
@@ -539,7 +527,7 @@ DiskBlockCache::ReadResult DiskBlockCache::read_chunk(const Digest128& d, bool t
       return r;
     }
     if (trust && FileId::settled(st)) {
-      std::lock_guard lk(verified_mu_);
+      MutexLock lk(&verified_mu_);
       if (verified_.size() >= 2 * kVerifiedFloor && verified_.size() >= 2 * chunk_count()) verified_.clear();
       verified_[d] = id;
     }
@@ -556,7 +544,7 @@ void DiskBlockCache::no_direct(const char* what) {
 void DiskBlockCache::drop_corrupt(const Digest128& d, const ReadResult& r) {
   corrupt_.fetch_add(1, std::memory_order_relaxed);
   log()->warn("cache {}: chunk {} is corrupt; dropped", dir_, d.hex());
-  std::lock_guard slk(stripe(d));
+  MutexLock slk(&stripe(d));
   std::string rel = chunk_rel(d);
   struct stat st {};
   if (::fstatat(dir_fd_.get(), rel.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
@@ -568,31 +556,30 @@ void DiskBlockCache::drop_corrupt(const Digest128& d, const ReadResult& r) {
     // the chunk again fails (a cache write error), while reads are served from the backend.
     ::unlinkat(dir_fd_.get(), rel.c_str(), S_ISDIR(st.st_mode) ? AT_REMOVEDIR : 0);
   }
-  std::lock_guard lk(mu_);
-  if (auto it = map_.find(d); it != map_.end()) erase_locked(it);
+  MutexLock lk(&mu_);
+  erase_locked(d);
 }
 
 void DiskBlockCache::forget_if_gone(const Digest128& d) {
-  std::lock_guard slk(stripe(d));
+  MutexLock slk(&stripe(d));
   struct stat st {};
   if (::fstatat(dir_fd_.get(), chunk_rel(d).c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) return;
-  std::lock_guard lk(mu_);
-  if (auto it = map_.find(d); it != map_.end()) erase_locked(it);
+  MutexLock lk(&mu_);
+  erase_locked(d);
 }
 
 Result<ChunkBuffer> DiskBlockCache::get(const Digest128& d) {
   bool touch = false;
   {
-    std::lock_guard lk(mu_);
-    auto it = map_.find(d);
-    if (it == map_.end()) {
+    MutexLock lk(&mu_);
+    Entry* e = map_.touch(d);
+    if (e == nullptr) {
       misses_.fetch_add(1, std::memory_order_relaxed);
       return make_error(ENOENT, "chunk " + d.hex() + " not in cache " + dir_);
     }
-    lru_.splice(lru_.begin(), lru_, it->second.lru);
     int64_t now = now_sec();
-    if (now - it->second.touched >= kTouchIntervalSec || now < it->second.touched) {
-      it->second.touched = now;
+    if (now - e->touched >= kTouchIntervalSec || now < e->touched) {
+      e->touched = now;
       touch = true;
     }
   }
@@ -629,11 +616,8 @@ Status DiskBlockCache::put(const Digest128& d, std::span<const std::byte> raw) {
   std::vector<Victim> victims;
   std::string tmp;
   {
-    std::lock_guard lk(mu_);
-    if (auto it = map_.find(d); it != map_.end()) {
-      lru_.splice(lru_.begin(), lru_, it->second.lru);
-      return ok_status();
-    }
+    MutexLock lk(&mu_);
+    if (map_.touch(d)) return ok_status();
     if (pending_.count(d)) return ok_status();  // another thread is storing the same bytes
     const uint64_t limit = chunk_limit_locked();
     if (reserved_ + size > limit) {
@@ -663,7 +647,7 @@ Status DiskBlockCache::put(const Digest128& d, std::span<const std::byte> raw) {
       if (err == 0) err = fd.close_checked();
     }
   }
-  std::unique_lock slk(stripe(d));
+  MutexLock slk(&stripe(d));
   if (err == 0) {
     std::string rel = chunk_rel(d);
     int r = ::renameat(dir_fd_.get(), tmp.c_str(), dir_fd_.get(), rel.c_str());
@@ -683,7 +667,7 @@ Status DiskBlockCache::put(const Digest128& d, std::span<const std::byte> raw) {
     }
   }
   {
-    std::lock_guard lk(mu_);
+    MutexLock lk(&mu_);
     reserved_ -= size;
     pending_.erase(d);
     inflight_tmp_.erase(tmp.substr(4));
@@ -697,8 +681,8 @@ Status DiskBlockCache::put(const Digest128& d, std::span<const std::byte> raw) {
 }
 
 bool DiskBlockCache::contains(const Digest128& d) {
-  std::lock_guard lk(mu_);
-  return map_.count(d) != 0;
+  MutexLock lk(&mu_);
+  return map_.contains(d);
 }
 
 Status DiskBlockCache::put_meta(const std::string& name, std::span<const std::byte> data) {
@@ -706,7 +690,7 @@ Status DiskBlockCache::put_meta(const std::string& name, std::span<const std::by
     return make_error(EINVAL, "cache " + dir_ + ": invalid meta blob name '" + name + "'");
   std::string tmp;
   {
-    std::lock_guard lk(mu_);
+    MutexLock lk(&mu_);
     tmp = "tmp/" + new_tmp_name_locked('m');
   }
   int err = 0;
@@ -737,7 +721,7 @@ Status DiskBlockCache::put_meta(const std::string& name, std::span<const std::by
     }
   }
   {
-    std::lock_guard lk(mu_);
+    MutexLock lk(&mu_);
     inflight_tmp_.erase(tmp.substr(4));
   }
   if (err == 0) return ok_status();
@@ -782,8 +766,8 @@ Result<std::vector<std::byte>> DiskBlockCache::get_meta(const std::string& name)
 Result<uint64_t> DiskBlockCache::verify_all() {
   std::vector<Digest128> all;
   {
-    std::lock_guard lk(mu_);
-    all.assign(lru_.begin(), lru_.end());
+    MutexLock lk(&mu_);
+    for (const auto& [d, e] : map_) all.push_back(d);
   }
   uint64_t dropped = 0;
   for (const auto& d : all) {
@@ -808,7 +792,7 @@ Result<uint64_t> DiskBlockCache::verify_all() {
 Status DiskBlockCache::shrink_to(uint64_t target) {
   std::vector<Victim> victims;
   {
-    std::lock_guard lk(mu_);
+    MutexLock lk(&mu_);
     evict_locked(0, target, &victims);
   }
   remove_victims(victims);
@@ -819,7 +803,7 @@ Status DiskBlockCache::shrink_to(uint64_t target) {
 void DiskBlockCache::set_external(uint64_t bytes) {
   std::vector<Victim> victims;
   {
-    std::lock_guard lk(mu_);
+    MutexLock lk(&mu_);
     external_ = bytes;
     evict_locked(0, chunk_limit_locked(), &victims);
   }
@@ -829,7 +813,7 @@ void DiskBlockCache::set_external(uint64_t bytes) {
 BlockCacheStats DiskBlockCache::stats() {
   BlockCacheStats s;
   {
-    std::lock_guard lk(mu_);
+    MutexLock lk(&mu_);
     s.bytes = bytes_;
     s.chunks = map_.size();
     s.external = external_;

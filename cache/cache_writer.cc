@@ -1,4 +1,5 @@
 #include "cache/cache_writer.h"
+#include "common/thread_annotations.h"
 
 namespace extrafs::cache {
 
@@ -9,7 +10,7 @@ CacheWriter::CacheWriter(BlockCache& disk, size_t max_pending, ErrorSink on_erro
 
 CacheWriter::~CacheWriter() {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     stopping_ = true;
   }
   work_cv_.notify_all();
@@ -18,7 +19,7 @@ CacheWriter::~CacheWriter() {
 
 void CacheWriter::put(const Digest128& d, ChunkData data) {
   {
-    std::unique_lock lock(mu_);
+    MutexLock lock(&mu_);
     if (pending_.count(d)) return;
     // Room is handed out in the order callers asked for it (a ticket each): under sustained
     // overload a caller that waits never loses its turn to callers that came later. (A plain
@@ -26,7 +27,7 @@ void CacheWriter::put(const Digest128& d, ChunkData data) {
     // then wait as long as the overload lasts.)
     const uint64_t ticket = next_ticket_++;
     ++waiting_;
-    room_cv_.wait(lock, [&] { return ticket == turn_ && queue_.size() < max_pending_; });
+    while (ticket != turn_ || queue_.size() >= max_pending_) room_cv_.wait(&mu_);
     --waiting_;
     ++turn_;
     if (!pending_.count(d)) {  // else queued by someone else while we waited
@@ -40,24 +41,24 @@ void CacheWriter::put(const Digest128& d, ChunkData data) {
 }
 
 size_t CacheWriter::waiting_for_room() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   return waiting_;
 }
 
 ChunkData CacheWriter::pending(const Digest128& d) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   auto it = pending_.find(d);
   return it == pending_.end() ? nullptr : it->second;
 }
 
 void CacheWriter::flush() {
-  std::unique_lock lock(mu_);
+  MutexLock lock(&mu_);
   uint64_t target = queued_seq_;
-  room_cv_.wait(lock, [&] { return written_seq_ >= target; });
+  while (written_seq_ < target) room_cv_.wait(&mu_);
 }
 
 size_t CacheWriter::pending_count() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   return pending_.size();
 }
 
@@ -65,9 +66,9 @@ void CacheWriter::run() {
   for (;;) {
     std::pair<Digest128, ChunkData> job;
     {
-      std::unique_lock lock(mu_);
+      MutexLock lock(&mu_);
       // On stop, the queue is still drained: an unmount leaves every fetched chunk on disk.
-      work_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      while (!stopping_ && queue_.empty()) work_cv_.wait(&mu_);
       if (queue_.empty()) return;
       job = std::move(queue_.front());
       queue_.pop_front();
@@ -76,7 +77,7 @@ void CacheWriter::run() {
     Status st = disk_.put(job.first, job.second->span());
     if (!st.ok() && on_error_) on_error_(st.error());
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(&mu_);
       pending_.erase(job.first);
       ++written_seq_;
     }

@@ -16,12 +16,10 @@
 // writer; the destructor writes everything still queued, then joins the thread.
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <thread>
 #include <unordered_map>
 #include <utility>
@@ -31,6 +29,7 @@
 #include "cache/chunk_buffer.h"
 #include "common/hash.h"
 #include "common/result.h"
+#include "common/thread_annotations.h"
 
 namespace extrafs::cache {
 
@@ -67,17 +66,17 @@ class CacheWriter {
   const size_t max_pending_;
   ErrorSink on_error_;
 
-  std::mutex mu_;  // guards everything below
-  std::condition_variable work_cv_;  // the writer waits for work or stop
-  std::condition_variable room_cv_;  // producers wait for room; flush() waits for progress
-  std::deque<std::pair<Digest128, ChunkData>> queue_;
-  std::unordered_map<Digest128, ChunkData, Digest128Hash> pending_;  // queued + being written
-  uint64_t queued_seq_ = 0;   // chunks ever queued
-  uint64_t written_seq_ = 0;  // chunks ever taken off the queue and written (or failed)
-  uint64_t next_ticket_ = 0;  // put() callers ever (the next one's ticket)
-  uint64_t turn_ = 0;         // the ticket whose turn it is to take room
-  size_t waiting_ = 0;        // put() callers waiting for room
-  bool stopping_ = false;
+  Mutex mu_;
+  CondVar work_cv_;  // the writer waits for work or stop
+  CondVar room_cv_;  // producers wait for room; flush() waits for progress
+  std::deque<std::pair<Digest128, ChunkData>> queue_ GUARDED_BY(mu_);
+  std::unordered_map<Digest128, ChunkData, Digest128Hash> pending_ GUARDED_BY(mu_);  // queued + being written
+  uint64_t queued_seq_ GUARDED_BY(mu_) = 0;   // chunks ever queued
+  uint64_t written_seq_ GUARDED_BY(mu_) = 0;  // chunks ever taken off the queue and written (or failed)
+  uint64_t next_ticket_ GUARDED_BY(mu_) = 0;  // put() callers ever (the next one's ticket)
+  uint64_t turn_ GUARDED_BY(mu_) = 0;         // the ticket whose turn it is to take room
+  size_t waiting_ GUARDED_BY(mu_) = 0;        // put() callers waiting for room
+  bool stopping_ GUARDED_BY(mu_) = false;
   std::thread thread_;  // last: started once everything above is constructed
 };
 

@@ -3,9 +3,9 @@
 #include <algorithm>
 #include <cstring>
 #include <deque>
-#include <mutex>
 
 #include "common/result.h"
+#include "common/thread_annotations.h"
 
 namespace extrafs::cache {
 
@@ -18,8 +18,8 @@ struct Idle {
 };
 
 struct Pool {
-  std::mutex mu;
-  std::deque<Idle> idle;  // GUARDED_BY(mu); back = freed last
+  Mutex mu;
+  std::deque<Idle> idle GUARDED_BY(mu);  // back = freed last
 };
 
 // Never destroyed: buffers held by static objects may be freed after main() returns.
@@ -32,7 +32,7 @@ void free_now(std::byte* p, size_t align) { ::operator delete[](p, std::align_va
 
 std::byte* take_idle(size_t size, size_t align) {
   Pool& pl = pool();
-  std::lock_guard lock(pl.mu);
+  MutexLock lock(&pl.mu);
   for (auto it = pl.idle.rbegin(); it != pl.idle.rend(); ++it) {
     if (it->size == size && it->align == align) {
       std::byte* p = it->mem;
@@ -53,7 +53,7 @@ void PooledFree::operator()(std::byte* p) const {
   Idle evicted{nullptr, 0, 0};
   {
     Pool& pl = pool();
-    std::lock_guard lock(pl.mu);
+    MutexLock lock(&pl.mu);
     if (pl.idle.size() >= ChunkBuffer::kPoolSlots) {
       evicted = pl.idle.front();
       pl.idle.pop_front();

@@ -7,11 +7,16 @@
 #include <algorithm>
 
 #include "backend/backend.h"
+#include "common/thread_annotations.h"
 
 namespace extrafs::cache {
 
 ChunkFetcher::ChunkFetcher(backend::Backend& backend, FetcherOptions options)
-    : backend_(backend), options_(options) {
+    : backend_(backend),
+      options_(options),
+      memory_(options.memory_bytes),
+      write_log_(options.write_error_log_interval),
+      meta_(backend, options.disk, [this](const Error& e) { note_write_error(e); }) {
   if (options_.disk && options_.cache_write_queue > 0)
     writer_ = std::make_unique<CacheWriter>(*options_.disk, options_.cache_write_queue,
                                             [this](const Error& e) { note_write_error(e); });
@@ -20,7 +25,7 @@ ChunkFetcher::ChunkFetcher(backend::Backend& backend, FetcherOptions options)
 
 ChunkFetcher::~ChunkFetcher() {
   {
-    std::lock_guard lock(queue_mu_);
+    MutexLock lock(&queue_mu_);
     stopping_ = true;
     queue_.clear();
     runs_.clear();
@@ -32,7 +37,7 @@ ChunkFetcher::~ChunkFetcher() {
 
 void ChunkFetcher::interrupt() {
   {
-    std::lock_guard lock(queue_mu_);
+    MutexLock lock(&queue_mu_);
     stopping_ = true;
     queue_.clear();
     // A run being fetched takes its own bytes off runs_bytes_ when it ends.
@@ -54,11 +59,12 @@ void ChunkFetcher::prefetch(const ChunkRef& c) {
   {
     // A chunk on disk but not in memory is still worth reading ahead: the disk read and the
     // verification then happen before the reader asks.
-    std::lock_guard lock(mu_);
-    if (map_.count(c.digest) || inflight_.count(c.digest)) return;
+    if (memory_.contains(c.digest)) return;
+    MutexLock lock(&mu_);
+    if (inflight_.count(c.digest)) return;
   }
   {
-    std::lock_guard lock(queue_mu_);
+    MutexLock lock(&queue_mu_);
     if (stopping_ || queue_.size() >= options_.prefetch_queue) return;
     for (const auto& q : queue_)
       if (q.ref.digest == c.digest) return;
@@ -76,11 +82,11 @@ size_t ChunkFetcher::prefetch_sequence(std::vector<OwnedChunkRef> chunks) {
   const uint64_t wait_limit = options_.disk ? options_.disk->stats().capacity / 4 : 0;
   size_t queued = 0;
   {
-    std::lock_guard lock(queue_mu_);
+    MutexLock lock(&queue_mu_);
     if (stopping_) return 0;
     std::vector<OwnedChunkRef> run;
     uint64_t run_stored = 0, run_raw = 0;
-    auto close_run = [&] {
+    auto close_run = [&]() REQUIRES(queue_mu_) {
       if (run.empty()) return;
       waiting_bytes_ += run_raw;
       waiting_.emplace_back(std::move(run), run_raw);
@@ -118,7 +124,7 @@ void ChunkFetcher::admit_waiting_locked() {
 
 bool ChunkFetcher::held(const Digest128& d) {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     if (inflight_.count(d)) return true;
   }
   return is_cached(d);
@@ -144,7 +150,7 @@ void ChunkFetcher::fetch_sequence(std::vector<OwnedChunkRef>& run, uint64_t raw)
     if (!got.ok()) {
       // The backend is failing: queued runs would each wait for it again, keeping the workers
       // from readahead. Readers fetch (and report) what they need.
-      std::lock_guard lock(queue_mu_);
+      MutexLock lock(&queue_mu_);
       for (const auto& r : runs_) runs_bytes_ -= r.second;
       const size_t dropped = runs_.size() + waiting_.size();
       if (dropped) spdlog::warn("prefetch of {} stopped after a failed read; {} reads dropped", run[i].object, dropped);
@@ -155,7 +161,7 @@ void ChunkFetcher::fetch_sequence(std::vector<OwnedChunkRef>& run, uint64_t raw)
     }
   }
   {
-    std::lock_guard lock(queue_mu_);
+    MutexLock lock(&queue_mu_);
     runs_bytes_ -= raw;
     admit_waiting_locked();
   }
@@ -167,8 +173,8 @@ void ChunkFetcher::prefetch_worker() {
     OwnedChunkRef job;
     std::vector<OwnedChunkRef> following;
     {
-      std::unique_lock lock(queue_mu_);
-      queue_cv_.wait(lock, [&] { return stopping_ || !queue_.empty() || !runs_.empty(); });
+      MutexLock lock(&queue_mu_);
+      while (!stopping_ && queue_.empty() && runs_.empty()) queue_cv_.wait(&queue_mu_);
       if (stopping_) return;
       // Readahead first: a reader is at the end of what it has.
       if (queue_.empty()) {
@@ -201,49 +207,21 @@ void ChunkFetcher::prefetch_worker() {
       f.ref.object = f.object;
       refs.push_back(f.ref);
     }
-    {
-      std::lock_guard lock(mu_);
-      if (map_.count(job.ref.digest)) continue;
-    }
+    if (memory_.contains(job.ref.digest)) continue;
     prefetches_ += 1 + refs.size();
     (void)get(job.ref, refs);
   }
 }
 
-ChunkData ChunkFetcher::memory_get(const Digest128& d) {
-  std::lock_guard lock(mu_);
-  auto it = map_.find(d);
-  if (it == map_.end()) return nullptr;
-  lru_.splice(lru_.begin(), lru_, it->second);
-  return it->second->second;
-}
-
-void ChunkFetcher::memory_put(const Digest128& d, ChunkData data) {
-  std::lock_guard lock(mu_);
-  if (map_.count(d)) return;
-  mem_bytes_ += data->allocated();
-  lru_.emplace_front(d, std::move(data));
-  map_[d] = lru_.begin();
-  while (mem_bytes_ > options_.memory_bytes && lru_.size() > 1) {
-    auto& victim = lru_.back();
-    mem_bytes_ -= victim.second->allocated();
-    map_.erase(victim.first);
-    lru_.pop_back();
-  }
-}
-
 bool ChunkFetcher::is_cached(const Digest128& d) {
-  {
-    std::lock_guard lock(mu_);
-    if (map_.count(d)) return true;
-  }
+  if (memory_.contains(d)) return true;
   if (writer_ && writer_->pending(d)) return true;
   return options_.disk && options_.disk->contains(d);
 }
 
 Result<ChunkData> ChunkFetcher::get_own(const ChunkRef& c) {
   // Held locally: taken as it is (the reader who brought it was counted then).
-  if (auto hit = memory_get(c.digest)) return hit;
+  if (auto hit = memory_.get(c.digest)) return hit;
   if (auto local = local_get(c)) return local;
   // Else fetched for this caller alone: no in-flight entry (a reader wanting the same chunk at
   // that moment fetches it too, counted and kept as its own), nothing kept.
@@ -251,14 +229,14 @@ Result<ChunkData> ChunkFetcher::get_own(const ChunkRef& c) {
 }
 
 Result<ChunkData> ChunkFetcher::get(const ChunkRef& c, std::span<const ChunkRef> following) {
-  if (auto hit = memory_get(c.digest)) {
+  if (auto hit = memory_.get(c.digest)) {
     cache_hits_++;
     return hit;
   }
   std::shared_ptr<InFlight> flight;
   bool leader = false;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     if (auto f = failed_.find(c.digest); f != failed_.end()) {
       if (std::chrono::steady_clock::now() - f->second < kFailureMemory)
         return make_error(EIO, "chunk of " + std::string(c.object) + " at " + std::to_string(c.offset) + " failed just now");
@@ -271,8 +249,8 @@ Result<ChunkData> ChunkFetcher::get(const ChunkRef& c, std::span<const ChunkRef>
   }
   if (!leader) {
     merged_waits_++;
-    std::unique_lock lock(flight->mu);
-    flight->cv.wait(lock, [&] { return flight->done; });
+    MutexLock lock(&flight->mu);
+    while (!flight->done) flight->cv.wait(&flight->mu);
     if (flight->result.ok()) cache_hits_++;
     return flight->result;
   }
@@ -290,10 +268,10 @@ Result<ChunkData> ChunkFetcher::get(const ChunkRef& c, std::span<const ChunkRef>
   uint64_t end = c.offset + c.stored_len, total = c.stored_len;
   for (const ChunkRef& f : following) {
     if (f.object != c.object || f.offset != end || f.stored_len == 0 || total + f.stored_len > kMaxCoalescedRead) break;
-    if (f.digest == c.digest || memory_get(f.digest) || (writer_ && writer_->pending(f.digest)) ||
+    if (f.digest == c.digest || memory_.get(f.digest) || (writer_ && writer_->pending(f.digest)) ||
         (options_.disk && options_.disk->contains(f.digest)))
       break;
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     if (failed_.count(f.digest)) break;
     auto [it, inserted] = inflight_.try_emplace(f.digest);
     if (!inserted) break;
@@ -315,9 +293,9 @@ Result<ChunkData> ChunkFetcher::get(const ChunkRef& c, std::span<const ChunkRef>
 
 void ChunkFetcher::finish(const Digest128& d, const std::shared_ptr<InFlight>& flight, const Result<ChunkData>& result,
                           bool remember_failure) {
-  if (result.ok()) memory_put(d, result.value());
+  if (result.ok()) memory_.put(d, result.value());
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     inflight_.erase(d);
     if (!result.ok()) {
       if (remember_failure) {
@@ -329,7 +307,7 @@ void ChunkFetcher::finish(const Digest128& d, const std::shared_ptr<InFlight>& f
     }
   }
   {
-    std::lock_guard lock(flight->mu);
+    MutexLock lock(&flight->mu);
     flight->result = result;
     flight->done = true;
   }
@@ -367,7 +345,7 @@ std::vector<Result<ChunkData>> ChunkFetcher::fetch_run(std::span<const ChunkRef>
   ChunkBuffer stored = ChunkBuffer::uninitialised(total);
   auto started = std::chrono::steady_clock::now();
   auto n = backend_.read(run[0].object, run[0].offset, std::span(stored.data(), stored.size()));
-  observe_fetch(std::chrono::steady_clock::now() - started);
+  fetch_hist_.observe(std::chrono::steady_clock::now() - started);
   if (!n.ok()) {
     backend_errors_++;
     spdlog::warn("read of {} at {} ({} chunks) failed: {}", run[0].object, run[0].offset, run.size(), n.error().message);
@@ -420,7 +398,7 @@ Result<ChunkData> ChunkFetcher::fetch_one(const ChunkRef& c, int attempts, bool 
     ChunkBuffer stored = ChunkBuffer::uninitialised(c.stored_len);
     auto started = std::chrono::steady_clock::now();
     auto n = backend_.read(c.object, c.offset, std::span(stored.data(), stored.size()));
-    if (!own) observe_fetch(std::chrono::steady_clock::now() - started);
+    if (!own) fetch_hist_.observe(std::chrono::steady_clock::now() - started);
     if (!n.ok()) {
       backend_errors_++;
       spdlog::warn("read of {} at {} failed: {}", c.object, c.offset, n.error().message);
@@ -445,94 +423,24 @@ Result<ChunkData> ChunkFetcher::fetch_one(const ChunkRef& c, int attempts, bool 
   return last;
 }
 
-namespace {
-MetaVersion version_of(const backend::ObjectInfo& info) {
-  return MetaVersion{info.size, info.mtime_ns, info.version_tag, info.file_id, info.ctime_ns};
-}
-}  // namespace
-
 Result<std::string> ChunkFetcher::read_meta(std::string_view path, const std::string& cache_name, uint64_t limit,
                                             const std::function<Status(const std::string&)>& check) {
-  std::string key(path);
-  bool was_refused = false;
-  {
-    std::lock_guard lock(refused_mu_);
-    was_refused = refused_.count(key) != 0;
-  }
-  if (was_refused) {
-    // Only an object refused before costs a stat first: unchanged, it is refused again unread.
-    auto info = backend_.stat(path);
-    if (!info.ok()) {
-      if (info.code() != ENOENT) backend_errors_++;
-      return info.error();
-    }
-    std::lock_guard lock(refused_mu_);
-    auto it = refused_.find(key);
-    if (it != refused_.end()) {
-      if (it->second.version == version_of(*info)) return it->second.error;
-      refused_.erase(it);
-    }
-  }
-  // The version is the one the read went by (its stat, or the answer to a one-request read), so
-  // a refusal is remembered for the very version refused.
-  std::optional<backend::ObjectInfo> seen;
-  auto refuse = [&](const Error& why) {
-    if (seen) {
-      std::lock_guard lock(refused_mu_);
-      refused_[key] = Refusal{version_of(*seen), why};
-    }
-    return why;
-  };
-  auto got = backend_.read_object(path, limit, &seen);
-  if (!got.ok()) {
-    // Refused from its attributes (over `limit`, not a regular file), or not read at all.
-    const int code = got.code();
-    if (code == EFBIG || code == EISDIR || code == EINVAL) return refuse(got.error());
-    if (code != ENOENT) backend_errors_++;
-    return got.error();
-  }
-  meta_bytes_fetched_ += got->size();
-  if (auto verdict = check(*got); !verdict.ok()) return refuse(verdict.error());
-  if (options_.disk) {
-    auto st = options_.disk->put_meta(cache_name, std::as_bytes(std::span(got->data(), got->size())));
-    if (!st.ok()) note_write_error(st.error());
-  }
-  return got;
+  return meta_.read_meta(path, cache_name, limit, check);
 }
 
-Result<std::string> ChunkFetcher::kept_meta(const std::string& cache_name) {
-  if (!options_.disk) return make_error(ENOENT, "no disk cache");
-  EXTRAFS_TRY(kept, options_.disk->get_meta(cache_name));
-  return std::string(reinterpret_cast<const char*>(kept.data()), kept.size());
-}
+Result<std::string> ChunkFetcher::kept_meta(const std::string& cache_name) { return meta_.kept_meta(cache_name); }
 
-Result<MetaVersion> ChunkFetcher::meta_version(std::string_view path) {
-  EXTRAFS_TRY(info, backend_.stat(path));
-  return version_of(info);
-}
+Result<MetaVersion> ChunkFetcher::meta_version(std::string_view path) { return meta_.meta_version(path); }
 
-std::string ChunkFetcher::describe() const { return backend_.describe(); }
-
-void ChunkFetcher::observe_fetch(std::chrono::steady_clock::duration d) {
-  uint64_t ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
-  double seconds = static_cast<double>(ns) / 1e9;
-  size_t i = 0;
-  while (i < kFetchBucketCount && seconds > kFetchBuckets[i]) ++i;
-  fetch_hist_[i].fetch_add(1, std::memory_order_relaxed);
-  fetch_ns_.fetch_add(ns, std::memory_order_relaxed);
-}
+std::string ChunkFetcher::describe() const { return meta_.describe(); }
 
 void ChunkFetcher::note_write_error(const Error& e) {
-  uint64_t total = ++cache_write_errors_;
-  auto now = std::chrono::steady_clock::now();
-  std::lock_guard lock(write_log_mu_);
+  ++cache_write_errors_;
   // A full cache disk fails every put: one line now and then says so without flooding the log.
-  if (write_errors_logged_ != 0 && now - write_logged_at_ < options_.write_error_log_interval) return;
-  uint64_t since = total - write_errors_logged_;
-  bool first = write_errors_logged_ == 0;
-  write_logged_at_ = now;
-  write_errors_logged_ = total;
-  if (first) {
+  const auto due = write_log_.note();
+  if (!due) return;
+  const uint64_t since = due->since, total = due->total;
+  if (due->first) {
     spdlog::warn("cannot write to the cache (reads still succeed from the store; more failures are reported at most "
                  "once a minute): {}", e.message);
   } else {
@@ -543,32 +451,27 @@ void ChunkFetcher::note_write_error(const Error& e) {
 
 uint64_t ChunkFetcher::cached_bytes() {
   if (options_.disk) return options_.disk->stats().bytes;
-  std::lock_guard lock(mu_);
-  return mem_bytes_;
+  return memory_.bytes();
 }
 
 FetcherStats ChunkFetcher::stats() const {
   FetcherStats s;
   s.bytes_fetched = bytes_fetched_;
-  s.meta_bytes_fetched = meta_bytes_fetched_;
+  s.meta_bytes_fetched = meta_.bytes_fetched();
   s.own_bytes_fetched = own_bytes_fetched_;
   s.chunks_fetched = chunks_fetched_;
   s.cache_hits = cache_hits_;
   s.cache_misses = cache_misses_;
   s.merged_waits = merged_waits_;
-  s.backend_errors = backend_errors_;
+  s.backend_errors = backend_errors_ + meta_.backend_errors();
   s.corrupt_fetches = corrupt_fetches_;
   s.prefetches = prefetches_;
   s.cache_write_errors = cache_write_errors_;
   s.cache_writes_pending = writer_ ? writer_->pending_count() : 0;
-  // The count is the sum of the buckets, so the +Inf bucket always equals it.
-  uint64_t running = 0;
-  for (size_t i = 0; i <= kFetchBucketCount; ++i) {
-    running += fetch_hist_[i].load(std::memory_order_relaxed);
-    if (i < kFetchBucketCount) s.fetch_buckets[i] = running;
-  }
-  s.fetch_count = running;
-  s.fetch_seconds = static_cast<double>(fetch_ns_.load(std::memory_order_relaxed)) / 1e9;
+  const auto hist = fetch_hist_.snapshot();
+  s.fetch_buckets = hist.cumulative;
+  s.fetch_count = hist.count;
+  s.fetch_seconds = hist.seconds;
   return s;
 }
 

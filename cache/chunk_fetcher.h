@@ -1,13 +1,15 @@
 // ChunkFetcher: turns a chunk reference into verified raw bytes. It
-//   - serves from a small in-memory LRU, then from the on-disk BlockCache (if one is given),
+//   - serves from its MemoryCache (memory_cache.h), then from the on-disk BlockCache (if one is
+//     given),
 //   - otherwise reads the stored bytes from the Backend, decompresses (lz4) and verifies the
 //     xxh3-128 digest, keeps the chunk in memory, returns it, and has a CacheWriter store it on
 //     disk in the background (the reader does not wait for the cache-file write),
 //   - merges concurrent misses on one chunk so N readers cause one backend read,
 //   - counts every outcome (see FetcherStats) for `extrafs stats`.
-// It is also the store's MetaSource (see meta_source.h): it reads metadata objects (catalog,
-// indexes), keeping a copy in the BlockCache so that a host can serve what it has cached while the
-// backend is down. Failed backend reads of either kind are counted in backend_errors.
+// It is also the store's MetaSource (see meta_source.h), through a StoreMeta (store_meta.h) on
+// the same Backend and BlockCache: metadata objects (catalog, indexes) are read afresh and a copy
+// kept in the BlockCache so that a host can serve what it has cached while the backend is down.
+// Failed backend reads of either kind are counted in backend_errors.
 //
 // Thread-safety: every method may be called from any thread. The Backend and BlockCache must
 // outlive the fetcher; the fetcher never exposes the Backend.
@@ -16,15 +18,12 @@
 #include <array>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <iterator>
-#include <list>
 #include <thread>
 #include <memory>
-#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -33,9 +32,14 @@
 
 #include "cache/block_cache.h"
 #include "cache/cache_writer.h"
+#include "cache/memory_cache.h"
 #include "cache/meta_source.h"
+#include "cache/store_meta.h"
 #include "common/hash.h"
+#include "common/latency_histogram.h"
+#include "common/log_limiter.h"
 #include "common/result.h"
+#include "common/thread_annotations.h"
 
 namespace extrafs::backend {
 class Backend;
@@ -55,7 +59,7 @@ struct ChunkRef {
 };
 
 struct FetcherOptions {
-  uint64_t memory_bytes = 64ull << 20;  // bound of the in-memory LRU (bytes its chunks allocated)
+  uint64_t memory_bytes = 64ull << 20;  // bound of the MemoryCache (bytes its chunks allocated)
   BlockCache* disk = nullptr;           // optional persistent cache
   unsigned prefetch_threads = 4;        // workers for prefetch(); 0 disables it
   size_t prefetch_queue = 64;           // pending prefetches beyond this are dropped
@@ -135,7 +139,7 @@ class ChunkFetcher : public MetaSource {
   // of one object go together in backend reads of at most kMaxCoalescedRead bytes, and those
   // reads are spread over the prefetch workers, so over several backend connections at once.
   // Chunks held locally or being fetched when their turn comes are skipped. Bounded: at most
-  // half the memory LRU (raw bytes) is queued for the workers at a time; further runs wait for
+  // half the memory cache's bound (raw bytes) is queued for the workers at a time; further runs wait for
   // room (several layers' prefixes at once, as `docker attach` of several images starts them),
   // up to a quarter of the disk cache's capacity, and without a disk cache none waits. What is
   // beyond that is left to readers. Returns at once, with how many chunks were queued or set
@@ -164,15 +168,15 @@ class ChunkFetcher : public MetaSource {
   void interrupt();
 
   FetcherStats stats() const;
-  // Bytes of chunk data held locally: the disk cache if there is one, else the memory LRU.
+  // Bytes of chunk data held locally: the disk cache if there is one, else the memory cache.
   uint64_t cached_bytes();
 
  private:
   struct InFlight {
-    std::mutex mu;
-    std::condition_variable cv;
-    bool done = false;
-    Result<ChunkData> result = make_error(EIO, "pending");
+    Mutex mu;
+    CondVar cv;
+    bool done GUARDED_BY(mu) = false;
+    Result<ChunkData> result GUARDED_BY(mu) = make_error(EIO, "pending");
   };
 
   // The chunk from the disk cache or the writer's queue, or null.
@@ -188,7 +192,7 @@ class ChunkFetcher : public MetaSource {
   // Decompresses and verifies the stored bytes of `c`, at `pos` in `buf`; EIO when they are
   // wrong. May take `buf` over when it holds exactly this uncompressed chunk.
   Result<ChunkData> decode(const ChunkRef& c, ChunkBuffer& buf, size_t pos);
-  // Keeps a verified chunk: memory LRU, and the disk cache through the writer.
+  // Keeps a verified chunk: the memory cache, and the disk cache through the writer.
   void keep(const ChunkRef& c, const ChunkData& data);
   // Publishes the outcome of a fetch this thread leads to its waiters; a failure is remembered
   // (see failed_) if `remember_failure`.
@@ -198,64 +202,52 @@ class ChunkFetcher : public MetaSource {
   // A worker's part of prefetch_sequence(): one run of adjacent chunks, `raw` bytes in all.
   void fetch_sequence(std::vector<OwnedChunkRef>& run, uint64_t raw);
   // Held in memory, on disk, queued for the disk, or being fetched.
-  bool held(const Digest128& d);
-  ChunkData memory_get(const Digest128& d);
-  // Adds one backend read of `d` to the latency histogram.
-  void observe_fetch(std::chrono::steady_clock::duration d);
+  bool held(const Digest128& d) EXCLUDES(mu_);
   // Counts a failed disk-cache write and logs it, rate-limited.
   void note_write_error(const Error& e);
-  void memory_put(const Digest128& d, ChunkData data);
 
   backend::Backend& backend_;
   FetcherOptions options_;
 
-  std::mutex mu_;  // guards lru_, map_, mem_bytes_, inflight_
-  std::list<std::pair<Digest128, ChunkData>> lru_;  // front = most recent
-  std::unordered_map<Digest128, decltype(lru_)::iterator, Digest128Hash> map_;
-  uint64_t mem_bytes_ = 0;
-  std::unordered_map<Digest128, std::shared_ptr<InFlight>, Digest128Hash> inflight_;
+  MemoryCache memory_;
+
+  // Request merging: the fetches in progress, by digest (the first reader leads, the others wait
+  // on its InFlight), and the failures just seen.
+  Mutex mu_;
+  std::unordered_map<Digest128, std::shared_ptr<InFlight>, Digest128Hash> inflight_ GUARDED_BY(mu_);
   // Chunks whose fetch just failed, with the time: a retry within kFailureMemory gets the same
   // error at once. The kernel re-issues a failed readahead as a plain read right away; without
   // this, one read() of a dead server would wait for the timeout twice. Any successful fetch
   // (the server is back) forgets them all.
-  std::unordered_map<Digest128, std::chrono::steady_clock::time_point, Digest128Hash> failed_;
+  std::unordered_map<Digest128, std::chrono::steady_clock::time_point, Digest128Hash> failed_ GUARDED_BY(mu_);
   static constexpr std::chrono::milliseconds kFailureMemory{500};
 
-  // Metadata objects read_meta() refused, by path, with the version refused and why: answered
-  // again without a read while the store's version is the same. An entry goes when its object is
-  // read in another version.
-  struct Refusal {
-    MetaVersion version;
-    Error error;
-  };
-  std::mutex refused_mu_;  // guards refused_
-  std::unordered_map<std::string, Refusal> refused_;
 
-  std::mutex queue_mu_;  // guards queue_, runs_, runs_bytes_, waiting_, waiting_bytes_, stopping_
-  std::condition_variable queue_cv_;
-  std::deque<OwnedChunkRef> queue_;
+  Mutex queue_mu_;
+  CondVar queue_cv_;
+  std::deque<OwnedChunkRef> queue_ GUARDED_BY(queue_mu_);
   // prefetch_sequence(): runs of adjacent chunks with their raw bytes; runs_bytes_ counts those
   // queued or being fetched, against sequence_budget(). Runs beyond it wait in waiting_ (FIFO)
   // and are moved to runs_ as fetched runs make room.
-  std::deque<std::pair<std::vector<OwnedChunkRef>, uint64_t>> runs_, waiting_;
-  uint64_t runs_bytes_ = 0, waiting_bytes_ = 0;
+  std::deque<std::pair<std::vector<OwnedChunkRef>, uint64_t>> runs_ GUARDED_BY(queue_mu_),
+      waiting_ GUARDED_BY(queue_mu_);
+  uint64_t runs_bytes_ GUARDED_BY(queue_mu_) = 0, waiting_bytes_ GUARDED_BY(queue_mu_) = 0;
   uint64_t sequence_budget() const { return options_.memory_bytes / 2; }
-  void admit_waiting_locked();  // REQUIRES: queue_mu_
-  bool stopping_ = false;
+  void admit_waiting_locked() REQUIRES(queue_mu_);
+  bool stopping_ GUARDED_BY(queue_mu_) = false;
   std::vector<std::thread> workers_;
 
-  std::atomic<uint64_t> bytes_fetched_{0}, meta_bytes_fetched_{0}, own_bytes_fetched_{0}, chunks_fetched_{0},
+  std::atomic<uint64_t> bytes_fetched_{0}, own_bytes_fetched_{0}, chunks_fetched_{0},
       cache_hits_{0}, cache_misses_{0}, merged_waits_{0}, backend_errors_{0}, corrupt_fetches_{0}, prefetches_{0},
       cache_write_errors_{0};
 
-  // Latency histogram: per-bucket counts (not cumulative; the last is above every bound) and the
-  // total in nanoseconds.
-  std::array<std::atomic<uint64_t>, kFetchBucketCount + 1> fetch_hist_{};
-  std::atomic<uint64_t> fetch_ns_{0};
+  // Backend reads of chunks by how long they took.
+  LatencyHistogram<kFetchBucketCount> fetch_hist_{kFetchBuckets};
+  // When a failed disk-cache write is logged (options_.write_error_log_interval).
+  LogLimiter write_log_;
 
-  std::mutex write_log_mu_;  // guards the two fields below
-  std::chrono::steady_clock::time_point write_logged_at_{};
-  uint64_t write_errors_logged_ = 0;  // cache_write_errors_ when last logged
+  // The MetaSource part. After the counters and write_log_: it reports through note_write_error.
+  StoreMeta meta_;
 
   // Null without a disk cache or with cache_write_queue == 0. Reset first in the destructor: its
   // thread reports errors through note_write_error.

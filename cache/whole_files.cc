@@ -10,10 +10,11 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
-#include <list>
-#include <mutex>
 #include <unordered_map>
 #include <vector>
+
+#include "common/lru.h"
+#include "common/thread_annotations.h"
 
 namespace extrafs::cache {
 
@@ -112,38 +113,52 @@ class DiskWholeFiles : public WholeFiles {
     std::sort(found.begin(), found.end(), [](const Found& a, const Found& b) {
       return a.mtime.tv_sec != b.mtime.tv_sec ? a.mtime.tv_sec < b.mtime.tv_sec : a.mtime.tv_nsec < b.mtime.tv_nsec;
     });
-    std::lock_guard lock(mu_);
-    loaded_ = true;
-    for (const auto& f : found) add_locked(f.key, f.size);
-    make_room_locked(0);
-    report_locked();
+    MutexLock files(&files_mu_);
+    std::vector<Digest128> victims;
+    {
+      MutexLock lock(&mu_);
+      loaded_ = true;
+      for (const auto& f : found) add_locked(f.key, f.size);
+      make_room_locked(0, &victims);
+    }
+    unlink_victims(victims);
+    report();
     return ok_status();
   }
 
   Result<uint64_t> discard() override {
     {
-      std::lock_guard lock(mu_);
-      lru_.clear();
-      map_.clear();
-      verified_.clear();
-      bytes_ = 0;
-      if (loaded_) report_locked();
+      MutexLock files(&files_mu_);
+      bool loaded;
+      {
+        MutexLock lock(&mu_);
+        copies_.clear();
+        verified_.clear();
+        bytes_ = 0;
+        loaded = loaded_;
+      }
+      if (loaded) report();
     }
     return remove_entries(dir_fd_.get(), dir_);
   }
 
   bool has(const Digest128& key) override {
-    std::lock_guard lock(mu_);
-    return map_.count(key) != 0;
+    MutexLock lock(&mu_);
+    return copies_.contains(key);
   }
 
   Result<std::unique_ptr<Writer>> begin(const Digest128& key, uint64_t size) override {
     if (size > capacity_) return make_error(EFBIG, "larger than the whole-file bound");
     {
-      std::lock_guard lock(mu_);
-      make_room_locked(size);
-      reserved_ += size;
-      report_locked();
+      MutexLock files(&files_mu_);
+      std::vector<Digest128> victims;
+      {
+        MutexLock lock(&mu_);
+        make_room_locked(size, &victims);
+        reserved_ += size;
+      }
+      unlink_victims(victims);
+      report();
     }
     static std::atomic<uint64_t> seq{0};
     std::string tmp = std::string(kTmpPrefix) + key.hex() + "." + std::to_string(::getpid()) + "." + std::to_string(seq++);
@@ -162,11 +177,11 @@ class DiskWholeFiles : public WholeFiles {
     EXTRAFS_TRY(fd, open_copy(key, name, size));
     struct stat st {};
     if (::fstat(fd.get(), &st) != 0) return make_error(errno, "stat of a copy");
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     auto it = verified_.find(key);
     if (it == verified_.end() || !(it->second == FileId::of(st)))
       return make_error(EAGAIN, "copy not checked by this mount since it last changed");
-    touch_locked(key);
+    copies_.touch(key);
     return clear_nonblock(std::move(fd));
   }
 
@@ -185,37 +200,44 @@ class DiskWholeFiles : public WholeFiles {
     if (::fstat(fd.get(), &after) != 0) return make_error(errno, "stat of a copy");
     const FileId id = FileId::of(after);
     if (!(FileId::of(before) == id) || !FileId::settled(after)) return make_error(EAGAIN, "copy changed recently");
-    std::lock_guard lock(mu_);
-    if (!map_.count(key)) return make_error(ENOENT, "copy evicted meanwhile");
+    MutexLock lock(&mu_);
+    if (!copies_.contains(key)) return make_error(ENOENT, "copy evicted meanwhile");
     verified_[key] = id;
     checked_++;
     return ok_status();
   }
 
   WholeFileStats stats() override {
-    std::lock_guard lock(mu_);
-    return {map_.size(), bytes_, capacity_, written_, checked_, corrupt_};
+    MutexLock lock(&mu_);
+    return {copies_.size(), bytes_, capacity_, written_, checked_, corrupt_};
   }
 
   // For the writer.
   void unreserve(uint64_t size) {
-    std::lock_guard lock(mu_);
-    reserved_ -= size;
-    report_locked();
+    MutexLock files(&files_mu_);
+    {
+      MutexLock lock(&mu_);
+      reserved_ -= size;
+    }
+    report();
   }
   Status install(const Digest128& key, const std::string& tmp, uint64_t size) {
     const std::string name = key.hex();
+    MutexLock files(&files_mu_);
     if (::renameat(dir_fd_.get(), tmp.c_str(), dir_fd_.get(), name.c_str()) != 0) {
       int e = errno;
       ::unlinkat(dir_fd_.get(), tmp.c_str(), 0);
+      files.unlock();
       unreserve(size);
       return make_error(e, "installing a whole-file copy in " + dir_);
     }
-    std::lock_guard lock(mu_);
-    reserved_ -= size;
-    if (!map_.count(key)) add_locked(key, size);
-    written_++;
-    report_locked();
+    {
+      MutexLock lock(&mu_);
+      reserved_ -= size;
+      add_locked(key, size);
+      written_++;
+    }
+    report();
     return ok_status();
   }
   void remove_tmp(const std::string& tmp) { ::unlinkat(dir_fd_.get(), tmp.c_str(), 0); }
@@ -256,59 +278,72 @@ class DiskWholeFiles : public WholeFiles {
 
   void unlink_copy(const std::string& name) { ::unlinkat(dir_fd_.get(), name.c_str(), 0); }
   void drop(const Digest128& key, const std::string& name) {
-    unlink_copy(name);
-    std::lock_guard lock(mu_);
-    corrupt_++;
-    remove_locked(key);
-    report_locked();
+    {
+      MutexLock files(&files_mu_);
+      unlink_copy(name);
+      {
+        MutexLock lock(&mu_);
+        corrupt_++;
+        remove_locked(key);
+      }
+      report();
+    }
     spdlog::warn("whole-file copy {} in {} did not match its chunks; removed", name, dir_);
   }
 
-  void report_locked() {
-    if (usage_) usage_(bytes_ + reserved_);
+  // Tells `usage` the bytes taken now. Under files_mu_, so that reports arrive in the order of
+  // the changes they report; not under mu_, since the callback enters the block cache.
+  void report() REQUIRES(files_mu_) EXCLUDES(mu_) {
+    if (!usage_) return;
+    uint64_t now;
+    {
+      MutexLock lock(&mu_);
+      now = bytes_ + reserved_;
+    }
+    usage_(now);
   }
-  void add_locked(const Digest128& key, uint64_t size) {
-    lru_.push_back(key);
-    map_[key] = {size, std::prev(lru_.end())};
-    bytes_ += size;
+  // Unlinks evicted copies' files.
+  void unlink_victims(const std::vector<Digest128>& victims) REQUIRES(files_mu_) EXCLUDES(mu_) {
+    for (const auto& v : victims) unlink_copy(v.hex());
   }
-  void remove_locked(const Digest128& key) {
-    auto it = map_.find(key);
-    if (it == map_.end()) return;
-    bytes_ -= it->second.size;
-    lru_.erase(it->second.pos);
-    map_.erase(it);
+  void add_locked(const Digest128& key, uint64_t size) REQUIRES(mu_) {
+    if (copies_.insert(key, size).second) bytes_ += size;
+  }
+  void remove_locked(const Digest128& key) REQUIRES(mu_) {
+    if (auto size = copies_.take(key)) bytes_ -= *size;
     verified_.erase(key);
   }
-  void touch_locked(const Digest128& key) {
-    auto it = map_.find(key);
-    if (it != map_.end()) lru_.splice(lru_.end(), lru_, it->second.pos);
-  }
-  // Evicts the least recently opened copies until `incoming` more bytes fit. An open copy stays
-  // readable through its descriptors after its name goes.
-  void make_room_locked(uint64_t incoming) {
-    while (!lru_.empty() && bytes_ + reserved_ + incoming > capacity_) {
-      Digest128 victim = lru_.front();
-      unlink_copy(victim.hex());
+  // Evicts the least recently opened copies from the index until `incoming` more bytes fit; the
+  // caller unlinks `victims` after releasing mu_ (unlink_victims). An open copy stays readable
+  // through its descriptors after its name goes.
+  void make_room_locked(uint64_t incoming, std::vector<Digest128>* victims) REQUIRES(mu_) {
+    while (!copies_.empty() && bytes_ + reserved_ + incoming > capacity_) {
+      Digest128 victim = copies_.oldest().first;
       remove_locked(victim);
+      victims->push_back(victim);
     }
   }
 
-  struct Entry {
-    uint64_t size;
-    std::list<Digest128>::iterator pos;
-  };
   const std::string dir_;
   Fd dir_fd_;
   const uint64_t capacity_;
   const std::function<void(uint64_t)> usage_;
-  std::mutex mu_;
-  std::list<Digest128> lru_;  // front = least recently opened (by this instance) or oldest
-  std::unordered_map<Digest128, Entry, Digest128Hash> map_;
+  // Serialises what changes the names in DIR (install's rename, evictions' and drops' unlinks)
+  // with the index's view of them, and the reports to `usage_`: a victim's name is unlinked
+  // before any copy of the same key can be installed again, and the last report is of the last
+  // change. Taken before mu_; held across file I/O and the callback, but opens (open_checked,
+  // has, stats) never take it.
+  Mutex files_mu_ ACQUIRED_BEFORE(mu_);
+  // The index: never held across file I/O or a call out of this class.
+  Mutex mu_;
+  // Sizes of the copies; the oldest is the least recently opened by this instance (or, never
+  // opened, the oldest by mtime at load()).
+  Lru<Digest128, uint64_t, Digest128Hash> copies_ GUARDED_BY(mu_);
   // Copies this instance hashed and found right, with the identity they had then.
-  std::unordered_map<Digest128, FileId, Digest128Hash> verified_;
-  uint64_t bytes_ = 0, reserved_ = 0, written_ = 0, checked_ = 0, corrupt_ = 0;
-  bool loaded_ = false;
+  std::unordered_map<Digest128, FileId, Digest128Hash> verified_ GUARDED_BY(mu_);
+  uint64_t bytes_ GUARDED_BY(mu_) = 0, reserved_ GUARDED_BY(mu_) = 0, written_ GUARDED_BY(mu_) = 0,
+           checked_ GUARDED_BY(mu_) = 0, corrupt_ GUARDED_BY(mu_) = 0;
+  bool loaded_ GUARDED_BY(mu_) = false;
 
   static Fd clear_nonblock(Fd fd) {
     int fl = ::fcntl(fd.get(), F_GETFL);

@@ -4,11 +4,12 @@
 #include <cstring>
 
 #include "common/posix_file.h"
+#include "common/thread_annotations.h"
 
 namespace extrafs::backend {
 
 void MemoryBackend::put_object(const std::string& path, Object o) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   o.version = ++versions_;
   objects_[path] = std::move(o);
 }
@@ -34,7 +35,7 @@ void MemoryBackend::put_sparse(const std::string& path, uint64_t size) {
 
 Result<size_t> MemoryBackend::read(std::string_view path, uint64_t offset, std::span<std::byte> buf) {
   reads_++;
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   auto it = objects_.find(path);
   if (it == objects_.end()) return Error::from_errno(ENOENT, std::string(path));
   const Object& o = it->second;
@@ -48,7 +49,7 @@ Result<size_t> MemoryBackend::read(std::string_view path, uint64_t offset, std::
 }
 
 Result<ObjectInfo> MemoryBackend::stat(std::string_view path) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   auto it = objects_.find(path);
   if (it != objects_.end()) {
     ObjectInfo info;
@@ -64,7 +65,7 @@ Result<ObjectInfo> MemoryBackend::stat(std::string_view path) {
 }
 
 Result<std::vector<std::string>> MemoryBackend::list(std::string_view path) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   std::string prefix = path.empty() ? "" : std::string(path) + "/";
   std::vector<std::string> out;
   for (const auto& [k, v] : objects_) {

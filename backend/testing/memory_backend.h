@@ -12,10 +12,10 @@
 
 #include <atomic>
 #include <map>
-#include <mutex>
 #include <string>
 
 #include "backend/backend.h"
+#include "common/thread_annotations.h"
 
 namespace extrafs::backend {
 
@@ -42,9 +42,9 @@ class MemoryBackend : public Backend {
   };
   void put_object(const std::string& path, Object o);
 
-  std::mutex mu_;  // guards objects_, versions_
-  std::map<std::string, Object, std::less<>> objects_;
-  int64_t versions_ = 0;
+  Mutex mu_;
+  std::map<std::string, Object, std::less<>> objects_ GUARDED_BY(mu_);
+  int64_t versions_ GUARDED_BY(mu_) = 0;
   std::atomic<uint64_t> reads_{0};
 };
 

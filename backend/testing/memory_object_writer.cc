@@ -1,6 +1,7 @@
 #include "backend/testing/memory_object_writer.h"
 
 #include "common/posix_file.h"
+#include "common/thread_annotations.h"
 
 namespace extrafs::backend {
 
@@ -10,7 +11,7 @@ Status MemoryObjectWriter::check_failing() {
 }
 
 Result<std::optional<uint64_t>> MemoryObjectWriter::head(std::string_view path) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   calls_.push_back("HEAD " + std::string(path));
   EXTRAFS_CHECK_STATUS(check_failing());
   auto it = objects_.find(path);
@@ -19,7 +20,7 @@ Result<std::optional<uint64_t>> MemoryObjectWriter::head(std::string_view path) 
 }
 
 Result<std::string> MemoryObjectWriter::get(std::string_view path, uint64_t limit) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   calls_.push_back("GET " + std::string(path));
   EXTRAFS_CHECK_STATUS(check_failing());
   auto it = objects_.find(path);
@@ -38,7 +39,7 @@ Status MemoryObjectWriter::put(std::string_view path, const PutBody& body, std::
   } else {
     bytes = body.bytes;
   }
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   calls_.push_back("PUT " + std::string(path));
   EXTRAFS_CHECK_STATUS(check_failing());
   if (puts_left_) --*puts_left_;
@@ -48,7 +49,7 @@ Status MemoryObjectWriter::put(std::string_view path, const PutBody& body, std::
 }
 
 Status MemoryObjectWriter::remove(std::string_view path) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   calls_.push_back("DELETE " + std::string(path));
   EXTRAFS_CHECK_STATUS(check_failing());
   auto it = objects_.find(path);
@@ -57,7 +58,7 @@ Status MemoryObjectWriter::remove(std::string_view path) {
 }
 
 Result<std::vector<ListedObject>> MemoryObjectWriter::list(std::string_view prefix) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   calls_.push_back("LIST " + std::string(prefix));
   EXTRAFS_CHECK_STATUS(check_failing());
   std::vector<ListedObject> out;
@@ -67,27 +68,27 @@ Result<std::vector<ListedObject>> MemoryObjectWriter::list(std::string_view pref
 }
 
 void MemoryObjectWriter::fail_after(std::optional<int> puts) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   puts_left_ = puts;
 }
 
 void MemoryObjectWriter::set(const std::string& path, std::string bytes) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   objects_[path] = Object{std::move(bytes), ""};
 }
 
 std::map<std::string, MemoryObjectWriter::Object> MemoryObjectWriter::objects() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   return {objects_.begin(), objects_.end()};
 }
 
 std::vector<std::string> MemoryObjectWriter::calls() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   return calls_;
 }
 
 void MemoryObjectWriter::clear_calls() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   calls_.clear();
 }
 

@@ -9,12 +9,12 @@
 #pragma once
 
 #include <map>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "backend/object_writer.h"
+#include "common/thread_annotations.h"
 
 namespace extrafs::backend {
 
@@ -42,12 +42,12 @@ class MemoryObjectWriter : public ObjectWriter {
   void clear_calls();
 
  private:
-  Status check_failing();
+  Status check_failing() REQUIRES(mu_);
 
-  mutable std::mutex mu_;
-  std::map<std::string, Object, std::less<>> objects_;
-  std::vector<std::string> calls_;
-  std::optional<int> puts_left_;
+  mutable Mutex mu_;
+  std::map<std::string, Object, std::less<>> objects_ GUARDED_BY(mu_);
+  std::vector<std::string> calls_ GUARDED_BY(mu_);
+  std::optional<int> puts_left_ GUARDED_BY(mu_);
 };
 
 }  // namespace extrafs::backend

@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -12,6 +14,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "test_util.h"
@@ -223,6 +226,37 @@ TEST_CASE("copies stay within their bound and report their size", "[cache]") {
   auto freed = extrafs::cache::remove_whole_files(t.path);
   REQUIRE(freed.ok());
   CHECK(*freed == 8 * kChunk);
+}
+
+TEST_CASE("usage is reported without the lock that opens need", "[cache]") {
+  // The mount wires `usage` to BlockCache::set_external, which evicts chunks and unlinks their
+  // files: an open of a copy meanwhile must not wait for that.
+  TempDir t;
+  WholeFiles* self = nullptr;
+  int reports = 0, blocked = 0;
+  std::vector<std::thread> opens;
+  auto w = loaded(t, 10 * kChunk, [&](uint64_t) {
+    ++reports;
+    if (self == nullptr) return;
+    auto answered = std::make_shared<std::atomic<bool>>(false);
+    opens.emplace_back([self, answered] {
+      (void)self->stats();
+      *answered = true;
+    });
+    for (int i = 0; i < 200 && !*answered; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (!*answered) ++blocked;
+  });
+  self = w.get();
+  File a(4 * kChunk, 11), b(4 * kChunk, 12), c(4 * kChunk, 13);
+  put(*w, a);
+  put(*w, b);
+  put(*w, c);  // evicts a
+  for (auto& th : opens) th.join();
+  CHECK(reports >= 6);  // a reservation and an install each
+  CHECK(blocked == 0);
+  CHECK_FALSE(w->has(a.key));
+  CHECK_FALSE(fs::exists(fs::path(t.path) / "files" / a.key.hex()));
+  CHECK(w->has(c.key));
 }
 
 TEST_CASE("a mount that cannot use copies removes them and counts none", "[cache]") {
