@@ -69,7 +69,7 @@ std::string child_lower(const std::string& plink, const std::string& plower) {
 // Makes overlay2/l/<new link> -> ../<cache_id>/diff; returns the link id.
 Result<std::string> make_link(const DataRootPaths& p, const std::string& cache_id) {
   for (int attempt = 0; attempt < 100; ++attempt) {
-    std::string id = random_link_id();
+    std::string id = store::random_link_id();
     const std::string l = p.links + "/" + id;
     if (::symlink(("../" + cache_id + "/diff").c_str(), l.c_str()) == 0) return id;
     if (errno != EEXIST) return Error::from_errno(errno, l);
