@@ -542,7 +542,6 @@ std::string random_chars(size_t n, std::string_view alphabet) {
   return out;
 }
 
-std::string random_link_id() { return random_chars(kLinkIdLength, kLinkIdAlphabet); }
 std::string random_cache_id() { return random_chars(64, "0123456789abcdef"); }
 
 }  // namespace extrafs

@@ -1,7 +1,7 @@
 // The POSIX file helpers every layer uses: an owning file descriptor, write-all and read-all
 // loops that retry EINTR, reading a small file whole, atomic replacement of a file (temporary
 // beside it, fsync of the file, rename, fsync of the directory), fsync of a directory, mkdir -p,
-// and random names in docker's link-id alphabet.
+// and random names (`random_chars`, `random_cache_id`).
 //
 // Two kinds of calls: the low-level loops (write_all, pread_all) return 0 or an errno value and
 // build no strings, so the block cache can use them on the read path; everything else returns a
@@ -184,14 +184,8 @@ Status remove_beneath(int dir, std::string_view rel, const std::string& shown);
 // never into another file system). A missing `rel` takes nothing.
 Result<TreeUsage> usage_beneath(int dir, std::string_view rel, const std::string& shown);
 
-// Docker's overlay2 link-id alphabet (base32, RFC 4648): what `l/<link>` names are made of.
-inline constexpr std::string_view kLinkIdAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-inline constexpr size_t kLinkIdLength = 26;
-
 // `n` characters drawn uniformly from `alphabet` (at most 256 characters) with getrandom(2).
 std::string random_chars(size_t n, std::string_view alphabet);
-// A fresh overlay2 link id as dockerd makes them: 26 characters of kLinkIdAlphabet.
-std::string random_link_id();
 // A fresh cache-id as dockerd makes them: 64 random lowercase hex digits.
 std::string random_cache_id();
 

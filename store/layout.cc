@@ -1,5 +1,6 @@
 #include "store/layout.h"
 
+#include "common/posix_file.h"
 #include "fs/catalog.h"
 
 namespace extrafs::store {
@@ -35,5 +36,7 @@ std::string blob_object_path(std::string_view cache_id) { return fs::layer_blob_
 std::string content_object_path(const Digest128& digest) { return std::string(kObjectsDir) + "/" + digest.hex(); }
 
 std::string removed_marker_path(std::string_view cache_id) { return std::string(kRemovedDir) + "/" + std::string(cache_id); }
+
+std::string random_link_id() { return random_chars(kLinkIdLength, kLinkIdAlphabet); }
 
 }  // namespace extrafs::store

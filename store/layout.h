@@ -83,4 +83,14 @@ std::string content_object_path(const Digest128& digest);
 inline constexpr const char* kRemovedDir = "extrafs/removed";
 std::string removed_marker_path(std::string_view cache_id);
 
+// Docker's overlay2 link ids: the names in STORE/overlay2/l/ (and in a data-root's overlay2/l/,
+// docker/attach.h), one per layer, written in its overlay2/<cache-id>/link and named by the
+// `lower` files of the layers above it. Base32 (RFC 4648) characters, 26 of them, as dockerd 20.10
+// makes them.
+inline constexpr std::string_view kLinkIdAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+inline constexpr size_t kLinkIdLength = 26;
+// A fresh link id as dockerd makes them: kLinkIdLength characters of kLinkIdAlphabet, drawn
+// uniformly with getrandom(2).
+std::string random_link_id();
+
 }  // namespace extrafs::store

@@ -1,6 +1,6 @@
 // `extrafs docker attach IMAGE... | --all --mount MOUNTPOINT [--data-root DIR] [--restart]` and
-// `extrafs docker detach IMAGE... [--data-root DIR] [--restart]` (the work is in store/attach.cc,
-// store/detach.cc, and store/dockerd_control.cc for --restart).
+// `extrafs docker detach IMAGE... [--data-root DIR] [--restart]` (the work is in docker/attach.cc,
+// docker/detach.cc, and docker/dockerd_control.cc for --restart).
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -9,10 +9,10 @@
 
 #include "common/log.h"
 #include "common/str_util.h"
-#include "store/attach.h"
-#include "store/data_root.h"
-#include "store/detach.h"
-#include "store/dockerd_control.h"
+#include "docker/attach.h"
+#include "docker/data_root.h"
+#include "docker/detach.h"
+#include "docker/dockerd_control.h"
 #include "tools/commands.h"
 #include "tools/docker_report.h"
 
@@ -20,7 +20,7 @@ namespace extrafs::tools {
 
 namespace {
 
-using store::kDefaultDataRoot;
+using docker::kDefaultDataRoot;
 
 std::string short_id(const std::string& id) { return id.substr(id.find(':') + 1, 12); }
 
@@ -35,7 +35,7 @@ struct DockerArgs {
 // Validates the references; 0 or the usage exit code after printing one line.
 int check_refs(const std::vector<std::string>& images) {
   for (const auto& i : images) {
-    auto r = store::familiar_ref(i);
+    auto r = docker::familiar_ref(i);
     if (!r.ok()) return fail(r.error().message, 2);
   }
   return 0;
@@ -46,14 +46,14 @@ int run_attach(const DockerArgs& a) {
   if (!a.all && a.images.empty()) return fail("give IMAGE... or --all", 2);
   if (int rc = check_refs(a.images)) return rc;
   if (a.data_root.empty()) return fail("--data-root must not be empty", 2);
-  store::AttachRequest req;
+  docker::AttachRequest req;
   req.mount = a.mount;
   req.data_root = a.data_root;
   req.refs = a.images;
   req.all = a.all;
   req.restart = a.restart;
-  store::AttachReport rep;
-  Status st = store::docker_attach(req, &rep);
+  docker::AttachReport rep;
+  Status st = docker::docker_attach(req, &rep);
   print_recovered(rep.restart);
   if (!st.ok()) {
     fail("cannot attach: " + st.error().message);
@@ -82,12 +82,12 @@ int run_attach(const DockerArgs& a) {
 int run_detach(const DockerArgs& a) {
   if (int rc = check_refs(a.images)) return rc;
   if (a.data_root.empty()) return fail("--data-root must not be empty", 2);
-  store::DetachRequest req;
+  docker::DetachRequest req;
   req.data_root = a.data_root;
   req.refs = a.images;
   req.restart = a.restart;
-  store::DetachReport rep;
-  Status st = store::docker_detach(req, &rep);
+  docker::DetachReport rep;
+  Status st = docker::docker_detach(req, &rep);
   print_recovered(rep.restart);
   // What was detached before a failure is reported too.
   for (const auto& r : rep.images) {

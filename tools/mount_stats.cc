@@ -18,7 +18,8 @@
 
 #include "common/mountinfo.h"
 #include "common/str_util.h"
-#include "store/unix_http.h"
+#include "docker/unix_http.h"
+#include "store/layout.h"
 
 namespace extrafs::tools {
 
@@ -183,7 +184,7 @@ Result<std::unique_ptr<StatsServer>> StatsServer::open(bool allow_other) {
     return make_error(EINVAL, "no directory for the statistics socket: run as root, or set XDG_RUNTIME_DIR");
   EXTRAFS_CHECK_STATUS(prepare_run_dir(s->dir_));
   remove_dead_sockets(s->dir_);
-  s->temp_path_ = fmt::format("{}/.{}.{}{}", s->dir_, ::getpid(), random_chars(8, kLinkIdAlphabet), kTempSuffix);
+  s->temp_path_ = fmt::format("{}/.{}.{}{}", s->dir_, ::getpid(), random_chars(8, store::kLinkIdAlphabet), kTempSuffix);
   sockaddr_un addr;
   if (!make_address(s->temp_path_, &addr)) return make_error(ENAMETOOLONG, s->temp_path_ + ": socket path too long");
   s->listen_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
@@ -289,7 +290,7 @@ void StatsServer::answer(int conn) {
 Result<nlohmann::json> read_mount_stats(const std::string& mountpoint, bool with_images) {
   EXTRAFS_TRY(mount, find_mount(mountpoint));
   const std::string socket = socket_of(mount.dev);
-  auto got = store::http_get_unix(socket, with_images ? "/stats?images=1" : "/stats", kClientTimeoutMs, kMaxAnswer);
+  auto got = docker::http_get_unix(socket, with_images ? "/stats?images=1" : "/stats", kClientTimeoutMs, kMaxAnswer);
   if (!got.ok()) {
     switch (got.code()) {
       case ENOENT:

@@ -14,9 +14,9 @@
 #include "backend/backend.h"
 #include "common/log.h"
 #include "common/str_util.h"
-#include "store/verify.h"
 #include "tools/commands.h"
 #include "tools/mount_cmd.h"
+#include "tools/verify.h"
 
 namespace extrafs::tools {
 
@@ -65,7 +65,7 @@ void add_verify_command(CLI::App& app, int* exit_code) {
     }
     spdlog::set_level(spdlog::level::off);  // every problem is reported below, once
     bool tty = ::isatty(2);
-    auto report = store::verify_store(**backend, [&](const std::string& id) {
+    auto report = verify_store(**backend, [&](const std::string& id) {
       if (tty) std::fprintf(stderr, "verified layer %s\n", id.c_str());
     });
     if (!report.ok()) {

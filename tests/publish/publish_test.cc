@@ -21,6 +21,7 @@
 #include "common/hash.h"
 #include "fs/layer_index.h"
 #include "common/posix_file.h"
+#include "store/layout.h"
 #include "store/publish.h"
 #include "store/publish_blob.h"
 #include "store/publish_tar.h"
@@ -394,10 +395,10 @@ TEST_CASE("order traces are parsed with their escapes", "[publish]") {
 }
 
 TEST_CASE("fresh links and cache-ids look like docker's", "[publish]") {
-  std::string l = random_link_id(), id = random_cache_id();
+  std::string l = store::random_link_id(), id = random_cache_id();
   CHECK(l.size() == 26);
   CHECK(l.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567") == std::string::npos);
   CHECK(id.size() == 64);
   CHECK(id.find_first_not_of("0123456789abcdef") == std::string::npos);
-  CHECK(l != random_link_id());
+  CHECK(l != store::random_link_id());
 }

@@ -12,12 +12,12 @@
 #include <thread>
 
 #include "common/posix_file.h"
-#include "store/docker_endpoint.h"
+#include "docker/docker_endpoint.h"
+#include "docker/dockerd_control.h"
+#include "docker/dockerd_journal.h"
+#include "docker/dockerd_probe.h"
+#include "docker/unix_http.h"
 #include "store/docker_meta.h"
-#include "store/dockerd_control.h"
-#include "store/dockerd_journal.h"
-#include "store/dockerd_probe.h"
-#include "store/unix_http.h"
 #include "test_util.h"
 
 using namespace extrafs;
@@ -83,7 +83,7 @@ std::string ok_json(const std::string& body) {
 
 TEST_CASE("an HTTP GET over a unix socket returns the status and the body read to EOF", "[dockerd]") {
   TinyServer s(ok_json("{\"LiveRestoreEnabled\":true}\n"));
-  auto r = store::http_get_unix(s.path(), "/info");
+  auto r = docker::http_get_unix(s.path(), "/info");
   REQUIRE(r.ok());
   CHECK(r->status == 200);
   CHECK(r->reason == "OK");
@@ -93,7 +93,7 @@ TEST_CASE("an HTTP GET over a unix socket returns the status and the body read t
 
 TEST_CASE("a non-2xx answer is returned with its status, not as an error", "[dockerd]") {
   TinyServer s("HTTP/1.1 404 Not Found\r\n\r\npage not found");
-  auto r = store::http_get_unix(s.path(), "/nope");
+  auto r = docker::http_get_unix(s.path(), "/nope");
   REQUIRE(r.ok());
   CHECK(r->status == 404);
   CHECK(r->body == "page not found");
@@ -101,7 +101,7 @@ TEST_CASE("a non-2xx answer is returned with its status, not as an error", "[doc
 
 TEST_CASE("an answer that is not HTTP is EBADMSG naming the socket", "[dockerd]") {
   TinyServer s("SSH-2.0-OpenSSH\r\n");
-  auto r = store::http_get_unix(s.path(), "/info");
+  auto r = docker::http_get_unix(s.path(), "/info");
   REQUIRE(!r.ok());
   CHECK(r.code() == EBADMSG);
   CHECK(r.error().message.find(s.path()) != std::string::npos);
@@ -110,7 +110,7 @@ TEST_CASE("an answer that is not HTTP is EBADMSG naming the socket", "[dockerd]"
 TEST_CASE("a server that never answers times out within the bound", "[dockerd]") {
   TinyServer s("", /*silent=*/true);
   const auto t0 = std::chrono::steady_clock::now();
-  auto r = store::http_get_unix(s.path(), "/info", 200);
+  auto r = docker::http_get_unix(s.path(), "/info", 200);
   const auto took = std::chrono::steady_clock::now() - t0;
   REQUIRE(!r.ok());
   CHECK(r.code() == ETIMEDOUT);
@@ -118,52 +118,52 @@ TEST_CASE("a server that never answers times out within the bound", "[dockerd]")
 }
 
 TEST_CASE("no socket is a connect error naming the path", "[dockerd]") {
-  auto r = store::http_get_unix("/nonexistent-extrafs-test/docker.sock", "/_ping");
+  auto r = docker::http_get_unix("/nonexistent-extrafs-test/docker.sock", "/_ping");
   REQUIRE(!r.ok());
   CHECK(r.code() == ENOENT);
   CHECK(r.error().message.find("/nonexistent-extrafs-test/docker.sock") != std::string::npos);
 }
 
 TEST_CASE("the status line is parsed strictly", "[dockerd]") {
-  CHECK(store::parse_http_response("HTTP/1.1 200 OK\r\nA: b\r\n\r\nbody").ok());
-  auto empty_reason = store::parse_http_response("HTTP/1.0 204\r\n\r\n");
+  CHECK(docker::parse_http_response("HTTP/1.1 200 OK\r\nA: b\r\n\r\nbody").ok());
+  auto empty_reason = docker::parse_http_response("HTTP/1.0 204\r\n\r\n");
   REQUIRE(empty_reason.ok());
   CHECK(empty_reason->status == 204);
   CHECK(empty_reason->body.empty());
-  CHECK(!store::parse_http_response("HTTP/1.1 2x0 OK\r\n\r\n").ok());
-  CHECK(!store::parse_http_response("HTTP/1.1 2000 OK\r\n\r\n").ok());
-  CHECK(!store::parse_http_response("HTTP/1.1 200 OK\r\nno end of headers").ok());
-  CHECK(!store::parse_http_response("").ok());
+  CHECK(!docker::parse_http_response("HTTP/1.1 2x0 OK\r\n\r\n").ok());
+  CHECK(!docker::parse_http_response("HTTP/1.1 2000 OK\r\n\r\n").ok());
+  CHECK(!docker::parse_http_response("HTTP/1.1 200 OK\r\nno end of headers").ok());
+  CHECK(!docker::parse_http_response("").ok());
 }
 
 TEST_CASE("LiveRestoreEnabled is read from GET /info", "[dockerd]") {
   {
     TinyServer s(ok_json("{\"ID\":\"x\",\"LiveRestoreEnabled\":true}"));
-    auto r = store::dockerd_live_restore(s.path());
+    auto r = docker::dockerd_live_restore(s.path());
     REQUIRE(r.ok());
     CHECK(*r);
   }
   {
     TinyServer s(ok_json("{\"LiveRestoreEnabled\":false}"));
-    auto r = store::dockerd_live_restore(s.path());
+    auto r = docker::dockerd_live_restore(s.path());
     REQUIRE(r.ok());
     CHECK(!*r);
   }
   {
     TinyServer s(ok_json("{\"NoSuchField\":1}"));
-    auto r = store::dockerd_live_restore(s.path());
+    auto r = docker::dockerd_live_restore(s.path());
     REQUIRE(!r.ok());
     CHECK(r.code() == EBADMSG);
   }
   {
     TinyServer s("HTTP/1.0 500 Internal Server Error\r\n\r\n{}");
-    CHECK(!store::dockerd_live_restore(s.path()).ok());
+    CHECK(!docker::dockerd_live_restore(s.path()).ok());
   }
 }
 
 TEST_CASE("DockerRootDir, live-restore and the driver are read from GET /info", "[dockerd]") {
   TinyServer s(ok_json("{\"DockerRootDir\":\"/srv/docker\",\"LiveRestoreEnabled\":true,\"Driver\":\"overlay2\"}"));
-  auto r = store::dockerd_info(s.path());
+  auto r = docker::dockerd_info(s.path());
   REQUIRE(r.ok());
   CHECK(r->root_dir == "/srv/docker");
   CHECK(r->live_restore);
@@ -185,14 +185,14 @@ TEST_CASE("the docker CLI's endpoint comes from -H, --context, DOCKER_HOST, DOCK
   // -H, --context, $DOCKER_HOST, $DOCKER_CONTEXT -> the endpoint and where it came from.
   auto endpoint = [&](const std::string& host_flag, const std::string& context_flag, const std::string& docker_host,
                       const std::string& docker_context) {
-    store::DockerCliSettings s;
+    docker::DockerCliSettings s;
     s.host_flag = host_flag;
     s.context_flag = context_flag;
     s.docker_host = docker_host;
     s.docker_context = docker_context;
     s.config_dir = cfg.path;
     std::string via;
-    auto r = store::docker_cli_endpoint(s, &via);
+    auto r = docker::docker_cli_endpoint(s, &via);
     return r.ok() ? *r + " via " + via : "error: " + r.error().message;
   };
   CHECK(endpoint("", "", "", "") == "unix:///var/run/docker.sock via the default endpoint");
@@ -209,11 +209,11 @@ TEST_CASE("the docker CLI's endpoint comes from -H, --context, DOCKER_HOST, DOCK
   REQUIRE(write_file_atomic(cfg.path + "/config.json", "not json").ok());
   CHECK(endpoint("", "", "", "").rfind("error: " + cfg.path + "/config.json is not a JSON object", 0) == 0);
 
-  auto sock = store::local_socket_of("unix:///run/local.sock", "x");
+  auto sock = docker::local_socket_of("unix:///run/local.sock", "x");
   REQUIRE(sock.ok());
   CHECK(*sock == "/run/local.sock");
   for (const char* e : {"tcp://10.0.0.1:2375", "ssh://me@host", "fd://", "unix://"}) {
-    auto r = store::local_socket_of(e, "DOCKER_HOST");
+    auto r = docker::local_socket_of(e, "DOCKER_HOST");
     REQUIRE(!r.ok());
     CHECK(r.code() == EINVAL);
   }
@@ -222,7 +222,7 @@ TEST_CASE("the docker CLI's endpoint comes from -H, --context, DOCKER_HOST, DOCK
 TEST_CASE("dockerd's API socket comes from -H, then its config file, then the default", "[dockerd]") {
   using V = std::vector<std::string>;
   auto sock = [](const V& args, const std::string& cfg = "/nonexistent/daemon.json") {
-    auto r = store::dockerd_api_socket(args, "/srv", cfg);
+    auto r = docker::dockerd_api_socket(args, "/srv", cfg);
     return r.ok() ? *r : "error: " + r.error().message;
   };
   CHECK(sock({"dockerd", "-H", "unix:///tmp/d.sock"}) == "/tmp/d.sock");
@@ -244,39 +244,39 @@ TEST_CASE("dockerd's API socket comes from -H, then its config file, then the de
 }
 
 TEST_CASE("the systemd service of a process is read from its cgroup", "[dockerd]") {
-  CHECK(store::service_of_cgroup("0::/system.slice/docker.service\n") == "docker.service");
-  CHECK(store::service_of_cgroup("12:memory:/x\n1:name=systemd:/system.slice/docker.service\n0::/\n") ==
+  CHECK(docker::service_of_cgroup("0::/system.slice/docker.service\n") == "docker.service");
+  CHECK(docker::service_of_cgroup("12:memory:/x\n1:name=systemd:/system.slice/docker.service\n0::/\n") ==
         "docker.service");
-  CHECK(store::service_of_cgroup("0::/user.slice/user-0.slice/session-3.scope\n").empty());
-  CHECK(store::service_of_cgroup("0::/user.slice/user-1000.slice/user@1000.service/app.slice/x.scope\n").empty());
-  CHECK(store::service_of_cgroup("0::/\n").empty());
-  CHECK(store::service_of_cgroup("4:memory:/system.slice/docker.service\n0::/\n").empty());
+  CHECK(docker::service_of_cgroup("0::/user.slice/user-0.slice/session-3.scope\n").empty());
+  CHECK(docker::service_of_cgroup("0::/user.slice/user-1000.slice/user@1000.service/app.slice/x.scope\n").empty());
+  CHECK(docker::service_of_cgroup("0::/\n").empty());
+  CHECK(docker::service_of_cgroup("4:memory:/system.slice/docker.service\n0::/\n").empty());
 }
 
 TEST_CASE("dockerd flag values are found in every spelling", "[dockerd]") {
   const std::vector<std::string> args = {"dockerd", "--data-root", "/a", "-g=/b", "--graph=/c", "-g/d", "--data-rootx", "/e"};
-  CHECK(store::dockerd_flag_values(args, {"--data-root", "--graph", "-g"}) == std::vector<std::string>{"/a", "/b", "/c", "/d"});
+  CHECK(docker::dockerd_flag_values(args, {"--data-root", "--graph", "-g"}) == std::vector<std::string>{"/a", "/b", "/c", "/d"});
   static const char raw[] = "dockerd\0-H\0unix:///x\0";
-  CHECK(store::split_cmdline(std::string(raw, sizeof(raw) - 1)) ==
+  CHECK(docker::split_cmdline(std::string(raw, sizeof(raw) - 1)) ==
         std::vector<std::string>{"dockerd", "-H", "unix:///x"});
 }
 
 TEST_CASE("journal strings survive any byte, and a bad %XX is refused", "[dockerd]") {
   std::string all;
   for (int c = 0; c < 256; ++c) all += static_cast<char>(c);
-  const std::string enc = store::journal_encode(all);
+  const std::string enc = docker::journal_encode(all);
   for (char c : enc) CHECK((c >= 0x20 && c < 0x7f));
-  auto dec = store::journal_decode(enc);
+  auto dec = docker::journal_decode(enc);
   REQUIRE(dec.ok());
   CHECK(*dec == all);
-  CHECK(store::journal_encode("a b%c") == "a b%25c");
-  CHECK(!store::journal_decode("%4").ok());
-  CHECK(!store::journal_decode("%zz").ok());
+  CHECK(docker::journal_encode("a b%c") == "a b%25c");
+  CHECK(!docker::journal_decode("%4").ok());
+  CHECK(!docker::journal_decode("%zz").ok());
 }
 
 TEST_CASE("a restart journal is read back as written", "[dockerd]") {
   testing::TempDir t;
-  store::DockerdLaunch l;
+  docker::DockerdLaunch l;
   l.pid = 1234;
   l.exe = "/usr/sbin/dockerd";
   l.argv = {"dockerd", "--data-root", "/srv/d", "", "-H", "unix:///run/x\n.sock"};
@@ -284,15 +284,15 @@ TEST_CASE("a restart journal is read back as written", "[dockerd]") {
   l.cwd = "/srv/was here";
   l.stdout_file = "/var/log/d.log";
   l.api_socket = "/run/x.sock";
-  REQUIRE(store::write_restart_journal(t.path, l).ok());
+  REQUIRE(docker::write_restart_journal(t.path, l).ok());
   struct stat st;
-  REQUIRE(::stat(store::restart_journal_path(t.path).c_str(), &st) == 0);
+  REQUIRE(::stat(docker::restart_journal_path(t.path).c_str(), &st) == 0);
   CHECK((st.st_mode & 07777) == 0600);
-  auto j = store::read_restart_journal(t.path);
+  auto j = docker::read_restart_journal(t.path);
   REQUIRE(j.ok());
   REQUIRE(j->has_value());
-  const store::RestartJournal& r = **j;
-  CHECK(r.boot_id == store::current_boot_id());
+  const docker::RestartJournal& r = **j;
+  CHECK(r.boot_id == docker::current_boot_id());
   CHECK(r.by_pid == ::getpid());
   CHECK(r.dockerd.pid == 1234);
   CHECK(r.dockerd.argv == l.argv);
@@ -301,19 +301,19 @@ TEST_CASE("a restart journal is read back as written", "[dockerd]") {
   CHECK(r.dockerd.stdout_file == l.stdout_file);
   CHECK(r.dockerd.stderr_file.empty());
   CHECK(r.dockerd.unit.empty());
-  REQUIRE(store::remove_restart_journal(t.path).ok());
-  auto none = store::read_restart_journal(t.path);
+  REQUIRE(docker::remove_restart_journal(t.path).ok());
+  auto none = docker::read_restart_journal(t.path);
   REQUIRE(none.ok());
   CHECK(!none->has_value());
 }
 
 TEST_CASE("a journal that cannot be read is an error naming it, left in place", "[dockerd]") {
   testing::TempDir t;
-  const std::string path = store::restart_journal_path(t.path);
+  const std::string path = docker::restart_journal_path(t.path);
   for (const char* text : {"{", R"({"version": 2, "dockerd": {}})", R"({"version": 1, "dockerd": {"api_socket": "/x"}})",
                            R"({"version": 1, "dockerd": {"api_socket": "/x", "unit": "../x.service"}})"}) {
     REQUIRE(write_file_atomic(path, text).ok());
-    auto r = store::recover_stopped_dockerd(t.path, {});
+    auto r = docker::recover_stopped_dockerd(t.path, {});
     REQUIRE(!r.ok());
     CHECK(r.code() == EBADMSG);
     CHECK(r.error().message.find(path) != std::string::npos);
@@ -323,15 +323,15 @@ TEST_CASE("a journal that cannot be read is an error naming it, left in place", 
 
 TEST_CASE("a journal from an earlier boot is dropped without starting anything", "[dockerd]") {
   testing::TempDir t;
-  const std::string path = store::restart_journal_path(t.path);
+  const std::string path = docker::restart_journal_path(t.path);
   REQUIRE(write_file_atomic(path, R"({"version": 1, "boot_id": "not-this-boot", "by": "extrafs docker attach x:1",
       "dockerd": {"pid": 77, "exe": "/bin/false", "argv": ["false"], "api_socket": "/nonexistent/d.sock"}})")
               .ok());
-  auto r = store::recover_stopped_dockerd(t.path, {});
+  auto r = docker::recover_stopped_dockerd(t.path, {});
   REQUIRE(r.ok());
   CHECK(r->find("earlier boot") != std::string::npos);
   CHECK(!path_exists(path));
-  auto again = store::recover_stopped_dockerd(t.path, {});
+  auto again = docker::recover_stopped_dockerd(t.path, {});
   REQUIRE(again.ok());
   CHECK(again->empty());
 }
@@ -372,8 +372,8 @@ TEST_CASE("a process's working directory is read robustly, deleted or not", "[do
   wait_exec(a);
   wait_exec(b);
   REQUIRE(::rmdir(gone.c_str()) == 0);
-  auto da = store::inspect_dockerd(a);
-  auto db = store::inspect_dockerd(b);
+  auto da = docker::inspect_dockerd(a);
+  auto db = docker::inspect_dockerd(b);
   end_child(a);
   end_child(b);
   REQUIRE(da.ok());
@@ -393,7 +393,7 @@ TEST_CASE("inspecting a process that is gone is ESRCH", "[dockerd]") {
   if (pid == 0) ::_exit(0);
   int status;
   ::waitpid(pid, &status, 0);
-  auto d = store::inspect_dockerd(pid);
+  auto d = docker::inspect_dockerd(pid);
   REQUIRE(!d.ok());
   CHECK(d.code() == ESRCH);
 }

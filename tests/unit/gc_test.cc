@@ -22,6 +22,7 @@
 #include "store/docker_meta.h"
 #include "store/gc.h"
 #include "store/indexer.h"
+#include "store/layout.h"
 #include "store/live_set.h"
 #include "store/publish.h"
 #include "store/remove_images.h"
@@ -70,7 +71,7 @@ class Tree {
   Layer layer(const Layer* parent, const std::string& name, const std::string& content) {
     Layer l;
     l.cache_id = random_cache_id();
-    l.link = random_link_id();
+    l.link = store::random_link_id();
     l.diff_id = store::sha256_digest("layer " + name);
     l.chain_id = parent ? store::sha256_digest(parent->chain_id + " " + l.diff_id) : l.diff_id;
     if (parent) l.lower = "l/" + parent->link + (parent->lower ? ":" + *parent->lower : "");

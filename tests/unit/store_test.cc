@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -67,6 +68,20 @@ TEST_CASE("traces name the bad line", "[store]") {
   REQUIRE(lead->size() == 1);
   CHECK((*lead)[0].path == "abs");
   CHECK(store::read_trace_file("/nonexistent/trace").code() == ENOENT);
+}
+
+TEST_CASE("link ids use docker's alphabet and length", "[store]") {
+  std::set<std::string> seen;
+  std::set<char> chars;
+  for (int i = 0; i < 200; ++i) {
+    std::string l = store::random_link_id();
+    CHECK(l.size() == 26);
+    CHECK(l.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567") == std::string::npos);
+    chars.insert(l.begin(), l.end());
+    seen.insert(l);
+  }
+  CHECK(seen.size() == 200);
+  CHECK(chars.size() == 32);  // every character of the alphabet turns up (5200 draws)
 }
 
 TEST_CASE("diff_ids are parsed from an image config and bad ones named", "[store]") {

@@ -13,7 +13,7 @@
 
 #include "common/result.h"
 
-namespace extrafs::store {
+namespace extrafs::docker {
 
 // The default endpoint of a docker CLI with nothing configured.
 inline constexpr const char* kDefaultDockerHost = "unix:///var/run/docker.sock";
@@ -41,4 +41,4 @@ Result<std::string> docker_cli_endpoint(const DockerCliSettings& s, std::string*
 // (tcp://, ssh://, npipe://, fd://): the daemon's data-root must be on this host.
 Result<std::string> local_socket_of(const std::string& endpoint, const std::string& via);
 
-}  // namespace extrafs::store
+}  // namespace extrafs::docker

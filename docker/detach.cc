@@ -1,4 +1,4 @@
-#include "store/detach.h"
+#include "docker/detach.h"
 
 #include <stdlib.h>
 #include <unistd.h>
@@ -11,10 +11,10 @@
 #include "common/mountinfo.h"
 #include "common/posix_file.h"
 #include "common/str_util.h"
-#include "store/data_root.h"
+#include "docker/data_root.h"
 #include "store/docker_meta.h"
 
-namespace extrafs::store {
+namespace extrafs::docker {
 
 namespace {
 
@@ -44,8 +44,8 @@ void add_lower_links(const std::string& lower, std::set<std::string>* links) {
 
 // The chain IDs of an image config (none if it is unreadable).
 std::vector<std::string> chains_of_config(const std::string& text) {
-  auto diffs = parse_diff_ids(text);
-  return diffs.ok() ? chain_ids(*diffs) : std::vector<std::string>{};
+  auto diffs = store::parse_diff_ids(text);
+  return diffs.ok() ? store::chain_ids(*diffs) : std::vector<std::string>{};
 }
 
 // The id `ref` is tagged with, and the other tags of that id.
@@ -306,4 +306,4 @@ Status docker_detach(const DetachRequest& req, DetachReport* report) {
   return run_with_dockerd_stopped(data_root, req.restart, change, req.restart_options, &report->restart);
 }
 
-}  // namespace extrafs::store
+}  // namespace extrafs::docker

@@ -1,4 +1,4 @@
-#include "store/docker_endpoint.h"
+#include "docker/docker_endpoint.h"
 
 #include <cstdlib>
 
@@ -8,7 +8,7 @@
 #include "common/str_util.h"
 #include "store/docker_meta.h"
 
-namespace extrafs::store {
+namespace extrafs::docker {
 
 namespace {
 
@@ -31,7 +31,7 @@ Result<nlohmann::json> read_json_file(const std::string& path, bool must_exist) 
 
 Result<std::string> context_endpoint(const std::string& config_dir, const std::string& name) {
   // docker names a context's directory by the SHA-256 of its name.
-  const std::string digest = sha256_digest(name).substr(7);
+  const std::string digest = store::sha256_digest(name).substr(7);
   const std::string meta = config_dir + "/contexts/meta/" + digest + "/meta.json";
   if (!path_exists(meta)) return make_error(ENOENT, "docker context \"" + escape_control(name) + "\" does not exist (no " + meta + ")");
   EXTRAFS_TRY(j, read_json_file(meta, true));
@@ -92,4 +92,4 @@ Result<std::string> local_socket_of(const std::string& endpoint, const std::stri
                                 "host, so run docker extrafs there");
 }
 
-}  // namespace extrafs::store
+}  // namespace extrafs::docker

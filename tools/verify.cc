@@ -1,4 +1,4 @@
-#include "store/verify.h"
+#include "tools/verify.h"
 
 #include <fmt/format.h>
 
@@ -7,7 +7,7 @@
 #include "fs/chunk_ref.h"
 #include "fs/layer_index.h"
 
-namespace extrafs::store {
+namespace extrafs::tools {
 
 using fs::ChunkRecord;
 using fs::LayerIndex;
@@ -71,4 +71,4 @@ Result<VerifyReport> verify_store(backend::Backend& backend, const std::function
   return report;
 }
 
-}  // namespace extrafs::store
+}  // namespace extrafs::tools

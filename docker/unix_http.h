@@ -9,7 +9,7 @@
 
 #include "common/result.h"
 
-namespace extrafs::store {
+namespace extrafs::docker {
 
 struct HttpResponse {
   int status = 0;      // e.g. 200
@@ -31,4 +31,4 @@ Result<HttpResponse> http_get_unix(const std::string& socket_path, const std::st
 // status line or no end of headers.
 Result<HttpResponse> parse_http_response(const std::string& raw);
 
-}  // namespace extrafs::store
+}  // namespace extrafs::docker

@@ -1,4 +1,4 @@
-#include "store/dockerd_journal.h"
+#include "docker/dockerd_journal.h"
 
 #include <unistd.h>
 
@@ -10,9 +10,9 @@
 
 #include "common/posix_file.h"
 #include "common/str_util.h"
-#include "store/dockerd_probe.h"
+#include "docker/dockerd_probe.h"
 
-namespace extrafs::store {
+namespace extrafs::docker {
 
 namespace {
 
@@ -180,4 +180,4 @@ Status remove_restart_journal(const std::string& data_root) {
   return fsync_dir(data_root);
 }
 
-}  // namespace extrafs::store
+}  // namespace extrafs::docker

@@ -6,12 +6,12 @@
 // them back.
 //
 // run_with_dockerd_stopped(), in order:
-//   1. take the data-root lock (store/data_root.h), held to the end;
-//   2. recover: if the restart journal (store/dockerd_journal.h) says an earlier run stopped this
+//   1. take the data-root lock (docker/data_root.h), held to the end;
+//   2. recover: if the restart journal (docker/dockerd_journal.h) says an earlier run stopped this
 //      dockerd and died before starting it again, start it again now (recover_stopped_dockerd);
 //   3. change.plan(): read and check everything, write nothing; nothing to change ends here,
 //      dockerd untouched;
-//   4. find the dockerd running on the data-root (store/dockerd_probe.h). One running without
+//   4. find the dockerd running on the data-root (docker/dockerd_probe.h). One running without
 //      `restart`: EBUSY. With `restart`: record how it was started (its systemd unit when it is
 //      that unit's main process, else executable, command line, environment, working directory,
 //      output files), check that its executable is there, open a pidfd to it, ask its API
@@ -37,9 +37,9 @@
 #include <vector>
 
 #include "common/result.h"
-#include "store/dockerd_journal.h"
+#include "docker/dockerd_journal.h"
 
-namespace extrafs::store {
+namespace extrafs::docker {
 
 // The data-root work done with no dockerd running on it, in three steps, each called once, in
 // order, under the data-root lock. An error in plan() or prepare() leaves dockerd running.
@@ -136,4 +136,4 @@ Result<std::string> recover_stopped_dockerd(const std::string& data_root, const 
 // once continued. Does nothing for 0.
 void reraise_deferred_signal(int sig);
 
-}  // namespace extrafs::store
+}  // namespace extrafs::docker

@@ -22,17 +22,17 @@
 // (3) DataRootChange::prepare, before dockerd is stopped: the layerdb entries to create are
 // staged in layerdb/tmp/extrafs-* with their tar-split copied from the mount; (4) with dockerd
 // stopped, DataRootChange::apply: the writes, from the staged entries and the data-root alone.
-// store/dockerd_control.h runs (2) to (4).
+// docker/dockerd_control.h runs (2) to (4).
 #pragma once
 
 #include <string>
 #include <vector>
 
 #include "common/result.h"
-#include "store/data_root.h"
-#include "store/dockerd_control.h"
+#include "docker/data_root.h"
+#include "docker/dockerd_control.h"
 
-namespace extrafs::store {
+namespace extrafs::docker {
 
 // Checks that `mountpoint` (resolved) is an extrafs mount; returns the resolved path.
 Result<std::string> resolve_extrafs_mount(const std::string& mountpoint);
@@ -72,4 +72,4 @@ struct AttachReport {
 // as far as the run got, also on failure.
 Status docker_attach(const AttachRequest& req, AttachReport* report);
 
-}  // namespace extrafs::store
+}  // namespace extrafs::docker

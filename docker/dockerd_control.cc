@@ -1,4 +1,4 @@
-#include "store/dockerd_control.h"
+#include "docker/dockerd_control.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -20,11 +20,11 @@
 
 #include "common/posix_file.h"
 #include "common/str_util.h"
-#include "store/data_root.h"
-#include "store/dockerd_probe.h"
-#include "store/unix_http.h"
+#include "docker/data_root.h"
+#include "docker/dockerd_probe.h"
+#include "docker/unix_http.h"
 
-namespace extrafs::store {
+namespace extrafs::docker {
 
 namespace {
 
@@ -659,4 +659,4 @@ void reraise_deferred_signal(int sig) {
   ::raise(sig);
 }
 
-}  // namespace extrafs::store
+}  // namespace extrafs::docker

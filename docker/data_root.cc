@@ -1,4 +1,4 @@
-#include "store/data_root.h"
+#include "docker/data_root.h"
 
 #include <fcntl.h>
 #include <sys/file.h>
@@ -13,7 +13,7 @@
 #include "common/posix_file.h"
 #include "store/docker_meta.h"
 
-namespace extrafs::store {
+namespace extrafs::docker {
 
 DataRootPaths::DataRootPaths(const std::string& r)
     : root(r),
@@ -96,11 +96,11 @@ Result<std::string> familiar_ref(const std::string& in) {
       r = r.substr(std::string(prefix).size());
       break;
     }
-  r = normalize_ref(r);
+  r = store::normalize_ref(r);
   auto colon = r.rfind(':');
   if (colon == 0 || colon + 1 == r.size() || r.front() == '/' || r.back() == '/' || r.find("//") != std::string::npos)
     return make_error(EINVAL, "'" + in + "' is not an image name:tag");
-  EXTRAFS_CHECK_STATUS(check_reference(r));
+  EXTRAFS_CHECK_STATUS(store::check_reference(r));
   return r;
 }
 
@@ -125,4 +125,4 @@ DataRootLock::~DataRootLock() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-}  // namespace extrafs::store
+}  // namespace extrafs::docker

@@ -5,21 +5,21 @@
 // symlink and overlay2 directory go. A layer attach did not make (its diff is not a symlink into
 // an extrafs mount, nor a dangling one) is never removed.
 //
-// In steps, as for attach (store/attach.h): under the data-root lock, before anything about
+// In steps, as for attach (docker/attach.h): under the data-root lock, before anything about
 // dockerd is decided (DataRootChange::plan), every image is looked up and checked and each layer
 // is judged (whether attach made it: that may look into the mount its diff points at); with
 // dockerd stopped (DataRootChange::apply), the removals, reading only the data-root.
-// store/dockerd_control.h runs them.
+// docker/dockerd_control.h runs them.
 #pragma once
 
 #include <string>
 #include <vector>
 
 #include "common/result.h"
-#include "store/data_root.h"
-#include "store/dockerd_control.h"
+#include "docker/data_root.h"
+#include "docker/dockerd_control.h"
 
-namespace extrafs::store {
+namespace extrafs::docker {
 
 struct DetachResult {
   std::string ref;
@@ -49,4 +49,4 @@ struct DetachReport {
 // run_with_dockerd_stopped, so with `restart` a running dockerd is restarted around the removals.
 Status docker_detach(const DetachRequest& req, DetachReport* report);
 
-}  // namespace extrafs::store
+}  // namespace extrafs::docker

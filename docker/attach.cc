@@ -1,4 +1,4 @@
-#include "store/attach.h"
+#include "docker/attach.h"
 
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -13,11 +13,18 @@
 #include "common/mountinfo.h"
 #include "common/posix_file.h"
 #include "common/str_util.h"
+#include "docker/dockerd_probe.h"
 #include "store/docker_meta.h"
-#include "store/dockerd_probe.h"
 #include "store/layout.h"
 
-namespace extrafs::store {
+namespace extrafs::docker {
+
+using store::DockerImage;
+using store::DockerLayer;
+using store::DockerMeta;
+using store::kMaxImageConfigSize;
+using store::kMaxLineFileSize;
+using store::kMaxTarSplitSize;
 
 namespace {
 
@@ -62,7 +69,7 @@ std::string child_lower(const std::string& plink, const std::string& plower) {
 // Makes overlay2/l/<new link> -> ../<cache_id>/diff; returns the link id.
 Result<std::string> make_link(const DataRootPaths& p, const std::string& cache_id) {
   for (int attempt = 0; attempt < 100; ++attempt) {
-    std::string id = random_link_id();
+    std::string id = store::random_link_id();
     const std::string l = p.links + "/" + id;
     if (::symlink(("../" + cache_id + "/diff").c_str(), l.c_str()) == 0) return id;
     if (errno != EEXIST) return Error::from_errno(errno, l);
@@ -474,4 +481,4 @@ Status docker_attach(const AttachRequest& req, AttachReport* report) {
   return run_with_dockerd_stopped(data_root, req.restart, change, req.restart_options, &report->restart);
 }
 
-}  // namespace extrafs::store
+}  // namespace extrafs::docker

@@ -12,7 +12,7 @@
 
 #include "common/result.h"
 
-namespace extrafs::store {
+namespace extrafs::docker {
 
 inline constexpr const char* kDefaultDataRoot = "/var/lib/docker";
 inline constexpr const char* kDaemonJson = "/etc/docker/daemon.json";
@@ -63,7 +63,7 @@ std::string repo_of(const std::string& ref);
 
 // An flock on the data-root directory: one attach/detach at a time per data-root, held from
 // before the dockerd check until the change is done and a restarted dockerd answers again
-// (store/dockerd_control.h). Waits up to `timeout_s` for another holder (which may be restarting
+// (docker/dockerd_control.h). Waits up to `timeout_s` for another holder (which may be restarting
 // dockerd), then EBUSY.
 class DataRootLock {
  public:
@@ -77,4 +77,4 @@ class DataRootLock {
   int fd_ = -1;
 };
 
-}  // namespace extrafs::store
+}  // namespace extrafs::docker

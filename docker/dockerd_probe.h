@@ -9,9 +9,9 @@
 #include <vector>
 
 #include "common/result.h"
-#include "store/data_root.h"
+#include "docker/data_root.h"
 
-namespace extrafs::store {
+namespace extrafs::docker {
 
 // The arguments of a /proc/PID/cmdline (NUL-separated).
 std::vector<std::string> split_cmdline(const std::string& cmdline);
@@ -35,4 +35,4 @@ Status check_dockerd_stopped(const std::string& data_root);
 // EINVAL with a one-line message naming what shows the other driver.
 Status check_overlay2_data_root(const std::string& data_root, const std::string& daemon_json = kDaemonJson);
 
-}  // namespace extrafs::store
+}  // namespace extrafs::docker

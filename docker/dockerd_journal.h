@@ -3,14 +3,14 @@
 // (SIGKILL, a crash, a power cut) leaves it behind, and it says what to start again and how: the
 // systemd unit (and the sockets that were active), or the executable, command line, environment,
 // working directory and output files. The next `extrafs docker` run on that data-root, and
-// `extrafs-attach@.service` at the next boot, read it (store/dockerd_control.h,
+// `extrafs-attach@.service` at the next boot, read it (docker/dockerd_control.h,
 // recover_stopped_dockerd) under the data-root lock.
 //
 //   DATAROOT/extrafs-restart.json   mode 0600, replaced atomically; dockerd ignores it
 //
 // Strings are kept byte for byte: every byte outside printable ASCII, and '%', is written as
 // %XX, so a command line or environment that is not UTF-8 survives the JSON. Not thread-safe;
-// callers hold the data-root lock (store/data_root.h).
+// callers hold the data-root lock (docker/data_root.h).
 #pragma once
 
 #include <optional>
@@ -19,7 +19,7 @@
 
 #include "common/result.h"
 
-namespace extrafs::store {
+namespace extrafs::docker {
 
 // Where the journal of `data_root` (resolved) lives.
 std::string restart_journal_path(const std::string& data_root);
@@ -65,4 +65,4 @@ Status remove_restart_journal(const std::string& data_root);
 std::string journal_encode(const std::string& s);
 Result<std::string> journal_decode(const std::string& s);
 
-}  // namespace extrafs::store
+}  // namespace extrafs::docker

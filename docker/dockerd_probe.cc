@@ -1,4 +1,4 @@
-#include "store/dockerd_probe.h"
+#include "docker/dockerd_probe.h"
 
 #include <fcntl.h>
 #include <sys/file.h>
@@ -15,7 +15,7 @@
 #include "common/posix_file.h"
 #include "common/str_util.h"
 
-namespace extrafs::store {
+namespace extrafs::docker {
 
 namespace {
 
@@ -199,4 +199,4 @@ Status check_overlay2_data_root(const std::string& data_root_in, const std::stri
   return ok_status();
 }
 
-}  // namespace extrafs::store
+}  // namespace extrafs::docker
