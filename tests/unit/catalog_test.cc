@@ -213,7 +213,7 @@ TEST_CASE("a top-level key a later writer adds is read past, as the store id is 
   CHECK(r->layers == sample().layers);
 }
 
-TEST_CASE("the lower-chain check of a crafted 1,600-layer catalog of long chains takes well under a second",
+TEST_CASE("the lower-chain check of a crafted 1,600-layer catalog of long chains is linear, not quadratic",
           "[catalog]") {
   // As tests/py/hostile.py's crafted_catalog: 600 base layers, then a chain of 1,000 layers whose
   // lowers name every base layer and then the next chain layer, the last one a link nobody has.
@@ -249,7 +249,10 @@ TEST_CASE("the lower-chain check of a crafted 1,600-layer catalog of long chains
   const auto t0 = std::chrono::steady_clock::now();
   auto refused = unchained_layers(c);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  CHECK(seconds < 0.5);
+  // Not a speed target (those live in tests/bench): a bound that tells linear from quadratic with
+  // room for a debug build under AddressSanitizer on a busy machine (linear: ~0.1 s release,
+  // ~0.8 s there; the quadratic check took 110 s release).
+  CHECK(seconds < 10);
   std::set<std::string> got;
   for (const auto& [cache_id, why] : refused) got.insert(cache_id);
   CHECK(got == chain);
