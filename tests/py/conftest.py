@@ -26,6 +26,8 @@ Fixtures:
     nginx        factory: nginx(ROOT, tls=True, catalog_max_age=1, limit_rate="") -> started
                  servers.Nginx serving ROOT over HTTP (url) and HTTPS (tls_url, test_ca's)
     squid        factory: squid(range_offset_limit="0") -> started servers.Squid (memory cache)
+    nginx_slice_cache  factory: nginx_slice_cache(ORIGIN_URL) -> started servers.NginxSliceCache, a
+                 caching reverse proxy (slice module, 1 MiB slices) in front of an http:// origin
     radosgw      a radosgw on a private one-OSD memstore Ceph cluster, one per test file (it
                  takes ~5 s and ~630 MB) -> servers.Radosgw; tests use their own buckets
     badhttp      factory: badhttp(ROOT, mode="good", tls=False) -> started servers.BadHttp, the
@@ -224,3 +226,9 @@ def published_odd(extrafs, tmp) -> xf.Store:
 @pytest.fixture
 def three_images(tmp) -> xf.SavedImages:
     return xf.three_images(tmp / "images")
+
+
+@pytest.fixture
+def nginx_slice_cache(tmp):
+    """nginx_slice_cache(origin_url): a caching reverse proxy (slice module) in front of it."""
+    yield from started_servers(lambda n, upstream: servers.NginxSliceCache(tmp / f"nginxcache{n}", upstream))

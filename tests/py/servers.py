@@ -620,3 +620,107 @@ class BadHttp:
 
     def close(self):
         self.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# nginx as a caching reverse proxy with the slice module
+
+
+class NginxSliceCache:
+    """nginx in front of an origin (`upstream`, http://HOST:PORT) as a caching reverse proxy
+    that cuts every object into 1 MiB slices (ngx_http_slice_module, built into Debian's nginx):
+    a ranged read of a big blob fetches and keeps only the slices it covers, so hosts that mount
+    the store through it (as its URL, a mirror) cost the origin each slice once. Concurrent
+    misses of one slice wait for the first (proxy_cache_lock). The origin's Cache-Control decides
+    how long an answer is kept: immutable objects for a year, extrafs/catalog for its short
+    max-age, so hosts still see a new catalog. The server block extrafs-store(5) documents."""
+
+    def __init__(self, state: Path, upstream: str):
+        self.state, self.upstream = Path(state), upstream
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _conf(self) -> str:
+        return f"""
+daemon off;
+master_process on;
+worker_processes 1;
+user root root;
+pid {self.state}/nginx.pid;
+error_log {self.state}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    log_format cache '$request_method $uri $http_range $status $upstream_cache_status';
+    access_log {self.state}/access.log cache;
+    client_body_temp_path {self.state}/tmp/body;
+    proxy_temp_path {self.state}/tmp/proxy;
+    fastcgi_temp_path {self.state}/tmp/fastcgi;
+    uwsgi_temp_path {self.state}/tmp/uwsgi;
+    scgi_temp_path {self.state}/tmp/scgi;
+    proxy_cache_path {self.state}/cache levels=1:2 keys_zone=extrafs:16m max_size=10g inactive=30d use_temp_path=off;
+    upstream origin {{
+        server {self.upstream.removeprefix("http://")};
+        keepalive 16;
+    }}
+    server {{
+        listen 127.0.0.1:{self.port};
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_cache extrafs;
+        proxy_cache_lock on;
+        proxy_cache_lock_timeout 30s;
+        add_header X-Cache-Status $upstream_cache_status always;
+        location / {{
+            slice 1m;
+            proxy_cache_key $uri$slice_range;
+            proxy_set_header Range $slice_range;
+            proxy_cache_valid 200 206 30d;
+            proxy_pass http://origin;
+        }}
+        # The catalog changes in place: whole, kept only for the origin's short max-age.
+        location ~ /extrafs/catalog$ {{
+            proxy_cache_key $uri;
+            proxy_pass http://origin;
+        }}
+        location ~ /extrafs/catalog[.]d/ {{
+            proxy_cache_key $uri;
+            proxy_pass http://origin;
+        }}
+    }}
+}}
+"""
+
+    def start(self) -> "NginxSliceCache":
+        self.state.mkdir(parents=True, exist_ok=True)
+        (self.state / "tmp").mkdir(exist_ok=True)
+        for _ in range(10):
+            self.port = free_port()
+            conf = self.state / "nginx.conf"
+            conf.write_text(self._conf())
+            with open(self.state / "stderr.log", "ab") as err:
+                self.proc = subprocess.Popen(["nginx", "-p", str(self.state), "-e", str(self.state / "error.log"),
+                                              "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=err,
+                                             stdin=subprocess.DEVNULL)
+            try:
+                wait_port(self.port, 10, "nginx (slice cache)", self.proc, self.state / "error.log")
+                return self
+            except AssertionError:
+                stop_process(self.proc)
+                if "Address already in use" not in (self.state / "error.log").read_text(errors="replace"):
+                    raise
+        raise AssertionError("nginx (slice cache) did not start: no free port")
+
+    def stop(self):
+        stop_process(self.proc)
+        self.proc = None
+
+    def access_log(self) -> list[str]:
+        p = self.state / "access.log"
+        return p.read_text(errors="replace").splitlines() if p.exists() else []
+
+    def close(self):
+        self.stop()
