@@ -243,3 +243,45 @@ def test_bad_input_is_one_line(extrafs, tmp, radosgw, published_odd):
     # An S3 service that does not answer: one line within the bound, not a hang.
     xf.expect_fail([extrafs, "push", store, f"s3://{bucket}", "--s3-endpoint", "http://127.0.0.1:9",
                     "--s3-credentials", creds], 1, "127.0.0.1", timeout=120)
+
+
+def test_progress_on_a_terminal_and_only_there(extrafs, tmp, radosgw):
+    """On a terminal stderr shows one self-overwriting progress line (objects checked, bytes
+    uploaded), cleared before the summary; stdout is the summary line alone, terminal or not.
+    Without a terminal stderr stays empty."""
+    store = http_util.make_big_store(extrafs, tmp, size_mib=24, tag="big:1")
+    creds = http_util.credentials_file(tmp / "creds", radosgw.access_key, radosgw.secret_key)
+    primary, secondary = os.openpty()
+    try:
+        p = subprocess.run(push_cmd(extrafs, store, f"s3://{new_bucket(radosgw)}", radosgw, creds),
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=secondary, timeout=600,
+                           env={**os.environ, "EXTRAFS_PUSH_PART_SIZE": "8m"})
+        os.close(secondary)
+        secondary = -1
+        err = b""
+        while True:  # the child is gone: read what it left in the terminal until EOF (EIO on Linux)
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            err += chunk
+    finally:
+        os.close(primary)
+        if secondary >= 0:
+            os.close(secondary)
+    out = p.stdout.decode()
+    assert p.returncode == 0, (out, err)
+    assert out.startswith("pushed ") and out.count("\n") == 1, out
+    updates = [u for u in err.decode().split("\r") if u.startswith("\x1b[Kpushing: ")]
+    assert updates, f"no progress line on the terminal: {err!r}"
+    last = updates[-1]
+    total = int(last.split("/")[1].split()[0])
+    assert f"{total}/{total} objects checked" in last, last
+    assert " of 24" in last or " of 25" in last, last  # bytes_total: the 24 MiB blob and the rest
+    assert err.endswith(b"\r\x1b[K"), f"the progress line is not cleared at the end: {err[-80:]!r}"
+    # Not a terminal: nothing on stderr.
+    q = subprocess.run(push_cmd(extrafs, store, f"s3://{new_bucket(radosgw)}", radosgw, creds),
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=600)
+    assert q.returncode == 0 and q.stdout.decode().startswith("pushed ") and q.stderr == b"", (q.stdout, q.stderr)
