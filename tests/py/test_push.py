@@ -5,6 +5,8 @@ without a failed read; multipart uploads; --prune; one line for every bad input.
 import hashlib
 import os
 import random
+import re
+import select
 import signal
 import subprocess
 import threading
@@ -100,6 +102,56 @@ def test_multipart_uploads_beyond_the_part_size(extrafs, tmp, mount, radosgw):
     assert st == 200 and b"<Upload>" not in body, body[:500]
 
 
+_UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+_PROGRESS = re.compile(r"pushing: (\d+)/(\d+) objects checked, ([\d.]+) (\w+) of ([\d.]+) (\w+) uploaded")
+
+
+def push_killed_mid_upload(cmd, env, fraction: float, timeout: float = 120) -> tuple[str, float | None]:
+    """Runs push with stderr on a terminal (so it shows its progress line) and SIGKILLs it as soon
+    as the line shows at least `fraction` of its bytes uploaded but not all of them. Returns what
+    it printed and the fraction uploaded when it was killed (None: it finished first)."""
+    primary, secondary = os.openpty()
+    p = subprocess.Popen([str(c) for c in cmd], env=dict(os.environ, **env), stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=secondary)
+    os.close(secondary)
+    text, killed_at = "", None
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([primary], [], [], 0.5)
+            if not r:
+                if p.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the child closed the terminal (it exited)
+                break
+            if not chunk:
+                break
+            text += chunk.decode(errors="replace")
+            m = None
+            for m in _PROGRESS.finditer(text):
+                pass
+            if m:
+                done = float(m.group(3)) * _UNITS[m.group(4)]
+                total = float(m.group(5)) * _UNITS[m.group(6)]
+                if total > 0 and fraction * total <= done < total:
+                    p.send_signal(signal.SIGKILL)
+                    killed_at = done / total
+                    break
+        else:
+            p.kill()
+            raise AssertionError(f"push neither finished nor reached {fraction:.0%} in {timeout} s: {text[-300:]!r}")
+        out, _ = p.communicate(timeout=60)
+    finally:
+        os.close(primary)
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+    return out.decode().strip() or text.strip()[-200:], killed_at
+
+
 def test_a_push_killed_half_way_and_rerun(extrafs, tmp, mount, radosgw):
     store = http_util.make_big_store(extrafs, tmp, size_mib=4, tag="big:1")
     creds = http_util.credentials_file(tmp / "creds", radosgw.access_key, radosgw.secret_key)
@@ -108,36 +160,37 @@ def test_a_push_killed_half_way_and_rerun(extrafs, tmp, mount, radosgw):
     dest = f"s3://{bucket}"
     push(extrafs, store, dest, radosgw, creds)
     host = mount(dest, options=f"{opts},refresh=1")
-    new_src = add_image(extrafs, tmp, store, "big:2", 96)
-    env = {"EXTRAFS_PUSH_PART_SIZE": "8M"}  # the new blob goes up in parts: kills land mid-upload
-    # How long a whole push of the new generation takes here (into a scratch bucket).
-    t0 = time.monotonic()
-    push(extrafs, store, f"s3://{new_bucket(radosgw)}", radosgw, creds, env=env)
-    full = time.monotonic() - t0
+    env = {"EXTRAFS_PUSH_PART_SIZE": "8M"}  # the new blobs go up in parts: kills land mid-part and between parts
     rnd = random.Random(int(os.environ.get("EXTRAFS_TEST_SEED", str(time.time_ns()))))
-    local = mount(store)
+    landed = 0
     for run in range(4):
-        delay = rnd.uniform(0.02, full * 0.9)
-        p = subprocess.Popen([str(c) for c in push_cmd(extrafs, store, dest, radosgw, creds)],
-                             env=dict(os.environ, **env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        time.sleep(delay)
-        p.send_signal(signal.SIGKILL)
-        out, err = p.communicate(timeout=60)
-        print(f"run {run}: SIGKILL after {delay:.2f} s of ~{full:.2f} s: exit {p.returncode}, "
-              f"{out.decode().strip() or err.decode().strip() or '(nothing printed)'}")
+        # Each run has a new image to upload (a rerun after a kill skips what is already there).
+        new_src = add_image(extrafs, tmp, store, f"big:{run + 2}", 48)
+        local = mount(store)
+        # The line moves by parts (8 MiB; 16 if an update falls within the 0.1 s it waits between
+        # two): a fraction up to 0.6 leaves a part or more of the 48 MiB to kill before the end.
+        fraction = rnd.uniform(0.05, 0.6)
+        said, killed_at = push_killed_mid_upload(push_cmd(extrafs, store, dest, radosgw, creds), env, fraction)
+        landed += killed_at is not None
+        print(f"run {run}: SIGKILL at {fraction:.0%} of the upload: "
+              f"{'killed at ' + format(killed_at, '.0%') if killed_at is not None else 'finished first'}: {said}")
         # The bucket serves a store: every chunk its catalog names is there and right.
         print(f"  verify: {verify(extrafs, dest, radosgw, creds)}")
         # The host mounted during the kill reads everything it lists, with no backend error.
         time.sleep(1.5)  # a refresh or more
         compare_layers(local.path, host.path)
         assert host.stats()["backend_errors"] == 0
+        local.unmount()
+    assert landed >= 3, f"only {landed} of 4 kills landed mid-upload"
     push(extrafs, store, dest, radosgw, creds, env=env)
     print(f"  verify: {verify(extrafs, dest, radosgw, creds)}")
     # The host follows the completed push by itself, and serves exactly the local store.
-    xf.wait_until(lambda: "big:2" in (host.path / "image/overlay2/repositories.json").read_text(), 20,
-                  "the host to see big:2")
+    xf.wait_until(lambda: "big:5" in (host.path / "image/overlay2/repositories.json").read_text(), 20,
+                  "the host to see big:5")
+    local = mount(store)
     print(http_util.compare_mounts(local.path, host.path))
-    assert http_util.layer_file(host.path, "data/new").read_bytes() == new_src.read_bytes()
+    want = new_src.read_bytes()
+    assert any(p.read_bytes() == want for p in host.path.glob("overlay2/*/diff/data/new")), "big:5's file"
     assert host.stats()["backend_errors"] == 0
     st, _, body = radosgw.client().request("GET", f"/{bucket}?uploads=")
     assert st == 200 and b"<Upload>" not in body, "a killed push's multipart upload is still open"
