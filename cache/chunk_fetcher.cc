@@ -31,6 +31,7 @@ ChunkFetcher::~ChunkFetcher() {
     runs_.clear();
   }
   queue_cv_.notify_all();
+  idle_cv_.notify_all();
   for (auto& t : workers_) t.join();
   writer_.reset();  // writes what is queued
 }
@@ -47,6 +48,7 @@ void ChunkFetcher::interrupt() {
     waiting_bytes_ = 0;
   }
   queue_cv_.notify_all();
+  idle_cv_.notify_all();
   backend_.interrupt();
 }
 
@@ -54,24 +56,38 @@ void ChunkFetcher::flush_cache_writes() {
   if (writer_) writer_->flush();
 }
 
-void ChunkFetcher::prefetch(const ChunkRef& c) {
-  if (workers_.empty()) return;
-  {
-    // A chunk on disk but not in memory is still worth reading ahead: the disk read and the
-    // verification then happen before the reader asks.
-    if (memory_.contains(c.digest)) return;
+void ChunkFetcher::prefetch(const ChunkRef& c) { prefetch(std::span(&c, 1)); }
+
+void ChunkFetcher::prefetch(std::span<const ChunkRef> chunks) {
+  if (workers_.empty() || chunks.empty()) return;
+  // A chunk on disk but not in memory is still worth reading ahead: the disk read and the
+  // verification then happen before the reader asks.
+  std::vector<const ChunkRef*> wanted;
+  wanted.reserve(chunks.size());
+  for (const ChunkRef& c : chunks) {
+    if (memory_.contains(c.digest)) continue;
     MutexLock lock(&mu_);
-    if (inflight_.count(c.digest)) return;
+    if (!inflight_.count(c.digest)) wanted.push_back(&c);
   }
+  size_t queued = 0;
   {
+    // All under one hold of the lock: a worker then finds adjacent ones side by side.
     MutexLock lock(&queue_mu_);
-    if (stopping_ || queue_.size() >= options_.prefetch_queue) return;
-    for (const auto& q : queue_)
-      if (q.ref.digest == c.digest) return;
-    OwnedChunkRef owned{std::string(c.object), c};
-    queue_.push_back(std::move(owned));
+    for (const ChunkRef* c : wanted) {
+      if (stopping_ || queue_.size() >= options_.prefetch_queue) break;
+      if (std::any_of(queue_.begin(), queue_.end(), [&](const OwnedChunkRef& q) { return q.ref.digest == c->digest; }))
+        continue;
+      queue_.push_back(OwnedChunkRef{std::string(c->object), *c});
+      ++queued;
+    }
   }
-  queue_cv_.notify_one();
+  if (queued == 1) queue_cv_.notify_one();
+  else if (queued > 1) queue_cv_.notify_all();
+}
+
+void ChunkFetcher::wait_prefetch_idle() {
+  MutexLock lock(&queue_mu_);
+  while (!stopping_ && !prefetch_idle_locked()) idle_cv_.wait(&queue_mu_);
 }
 
 size_t ChunkFetcher::prefetch_sequence(std::vector<OwnedChunkRef> chunks) {
@@ -168,6 +184,20 @@ void ChunkFetcher::fetch_sequence(std::vector<OwnedChunkRef>& run, uint64_t raw)
   queue_cv_.notify_all();
 }
 
+bool ChunkFetcher::prefetch_idle_locked() const {
+  return queue_.empty() && runs_.empty() && waiting_.empty() && busy_ == 0;
+}
+
+void ChunkFetcher::job_done() {
+  bool idle;
+  {
+    MutexLock lock(&queue_mu_);
+    --busy_;
+    idle = prefetch_idle_locked();
+  }
+  if (idle) idle_cv_.notify_all();
+}
+
 void ChunkFetcher::prefetch_worker() {
   for (;;) {
     OwnedChunkRef job;
@@ -180,17 +210,27 @@ void ChunkFetcher::prefetch_worker() {
       if (queue_.empty()) {
         auto [run, raw] = std::move(runs_.front());
         runs_.pop_front();
+        ++busy_;
         lock.unlock();
         fetch_sequence(run, raw);
+        job_done();
         continue;
       }
       job = std::move(queue_.front());
       queue_.pop_front();
+      ++busy_;
       // Queued chunks that follow this one in its object go along, so that get() can read them
-      // in the same backend read (readahead of a file queues its next chunks in order).
+      // in the same backend read (readahead of a file queues its next chunks in order), up to
+      // the first one on disk. None when this one is on disk: get() reads it from there and
+      // takes no followers, and chunks on disk are read each by a worker of its own, at the
+      // same time. (Taken with the job, under the queue's lock: another worker must not take
+      // the job's followers one by one meanwhile.)
+      const auto on_disk = [this](const Digest128& d) { return options_.disk && options_.disk->contains(d); };
+      const bool job_on_disk = on_disk(job.ref.digest);
       uint64_t end = job.ref.offset + job.ref.stored_len, total = job.ref.stored_len;
-      for (auto it = queue_.begin(); it != queue_.end();) {
+      for (auto it = queue_.begin(); !job_on_disk && it != queue_.end();) {
         if (it->object == job.object && it->ref.offset == end && total + it->ref.stored_len <= kMaxCoalescedRead) {
+          if (on_disk(it->ref.digest)) break;
           end += it->ref.stored_len;
           total += it->ref.stored_len;
           following.push_back(std::move(*it));
@@ -207,9 +247,11 @@ void ChunkFetcher::prefetch_worker() {
       f.ref.object = f.object;
       refs.push_back(f.ref);
     }
-    if (memory_.contains(job.ref.digest)) continue;
-    prefetches_ += 1 + refs.size();
-    (void)get(job.ref, refs);
+    if (!memory_.contains(job.ref.digest)) {
+      prefetches_ += 1 + refs.size();
+      (void)get(job.ref, refs);
+    }
+    job_done();
   }
 }
 

@@ -133,6 +133,13 @@ class ChunkFetcher : public MetaSource {
   // backend. Returns at once; does nothing if the chunk is in memory or being fetched, or if the
   // queue is full.
   void prefetch(const ChunkRef& c);
+  // prefetch() of each of `chunks`, queued together (as far as the queue has room): the workers
+  // then find adjacent ones in one object side by side in the queue and read them from the
+  // backend in one read (a directory's next small files, fs/readahead.h).
+  void prefetch(std::span<const ChunkRef> chunks);
+  // Returns once no prefetch work is queued, waiting or being done (or the fetcher is
+  // interrupted): for tests, which then check what readahead brought without sleeping.
+  void wait_prefetch_idle();
 
   // Queues `chunks` to be fetched from the backend in the background, all of them: a layer's
   // ordered prefix (fs/ordered_prefetch.h), given in object and offset order. Consecutive chunks
@@ -235,6 +242,11 @@ class ChunkFetcher : public MetaSource {
   uint64_t sequence_budget() const { return options_.memory_bytes / 2; }
   void admit_waiting_locked() REQUIRES(queue_mu_);
   bool stopping_ GUARDED_BY(queue_mu_) = false;
+  unsigned busy_ GUARDED_BY(queue_mu_) = 0;  // workers doing a job taken from the queue or runs_
+  CondVar idle_cv_;  // signalled when the prefetch work runs out (wait_prefetch_idle)
+  bool prefetch_idle_locked() const REQUIRES(queue_mu_);
+  // A worker finished the job it took: busy_ down, idle waiters woken if that was the last work.
+  void job_done() EXCLUDES(queue_mu_);
   std::vector<std::thread> workers_;
 
   std::atomic<uint64_t> bytes_fetched_{0}, own_bytes_fetched_{0}, chunks_fetched_{0},

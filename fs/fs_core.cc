@@ -38,6 +38,33 @@ const std::byte kZeros[1 << 20] = {};
 
 std::string link_target(const std::string& cache_id) { return "../" + cache_id + "/diff"; }
 
+// Readahead across files: a read reached the end of entry `e` (a file of slot `slot_no`); if
+// that is a step of a walk of its directory (Readahead::walk), the chunks of the next small
+// files of the directory are queued with the fetcher, together, so that adjacent ones in the
+// store come in one backend read.
+void walk_ahead(Readahead& readahead, cache::ChunkFetcher& fetcher, uint32_t slot_no, const LayerIndex& idx,
+                uint32_t e) {
+  const uint32_t parent = idx.entry(e).parent;
+  const EntryRecord& dir = idx.entry(parent);
+  const auto w = readahead.walk(make_ino(slot_no, kEntryBase + parent), e, uint64_t{dir.child_first} + dir.child_count);
+  if (w.from >= w.to) return;
+  // The window's small files, up to its byte bound (counted from its first entry, so that a
+  // refill never runs past what the whole window may hold); of them, what was not handed out
+  // before.
+  std::array<cache::ChunkRef, Readahead::kMaxWalkFiles> refs;
+  size_t n = 0;
+  uint64_t bytes = 0;
+  for (uint32_t i = w.first; i < w.to && n < refs.size(); ++i) {
+    const EntryRecord& r = idx.attr_entry(i);
+    if (!S_ISREG(r.mode)) continue;
+    if (r.size > Readahead::kWalkFileMax || bytes + r.size > Readahead::kMaxWalkBytes) break;
+    bytes += r.size;
+    if (i < w.from) continue;
+    for (const ChunkRecord& c : idx.chunks(i))
+      if (!(c.flags & kChunkZero) && n < refs.size()) refs[n++] = chunk_ref(idx, c);
+  }
+  fetcher.prefetch(std::span(refs.data(), n));
+}
 
 }  // namespace
 
@@ -422,6 +449,8 @@ Result<size_t> FsCore::read_pieces(uint64_t ino, uint64_t offset, size_t size, s
   // A read that reaches the end of a large file: if this host now holds all of it (checked by
   // the copier), a local copy lets the next opens skip the daemon.
   if (offset + done == rec.size && copier_) copier_->want_copy(n.index, e);
+  // A read that reaches the end of any file may be a step of a directory walk.
+  if (offset + done == rec.size) walk_ahead(readahead_, fetcher_, n.slot_no, idx, e);
   // The window's chunks that the reads above did not bring are fetched in the background.
   if (window > 0) {
     uint64_t last = (offset + done - 1) / cs;

@@ -640,3 +640,37 @@ TEST_CASE("metadata that could not be read is tried again at the next call", "[f
   CHECK(f.read_meta("extrafs/catalog", "catalog", 1 << 20, parses_as_ok).ok());
   CHECK(f.read_meta("nothing", "nothing", 1 << 20, parses_as_ok).code() == ENOENT);
 }
+
+TEST_CASE("readahead reads adjacent missing chunks in one backend read and each chunk on disk on its own",
+          "[fetcher]") {
+  backend::MemoryBackend mem;
+  std::string data = pseudo_random(6 * 4096, 41);
+  mem.put("blob", data);
+  std::vector<cache::ChunkRef> refs;
+  for (uint32_t i = 0; i < 6; ++i) refs.push_back(ref_for("blob", data, uint64_t{i} * 4096, 4096));
+  TempDir t;
+  auto disk = cache::BlockCache::open(t.path + "/cache", 64 * 4096);
+  REQUIRE(disk.ok());
+  // On disk: chunks 0, 3, 4 and 5; 1 and 2 only in the store.
+  for (uint32_t i : {0u, 3u, 4u, 5u})
+    REQUIRE((*disk)->put(refs[i].digest, std::as_bytes(std::span(data.data() + i * 4096, 4096))).ok());
+  cache::FetcherOptions o;
+  o.prefetch_threads = 1;  // one worker: what it takes from the queue together is deterministic
+  o.disk = disk->get();
+  cache::ChunkFetcher f(mem, o);
+  f.prefetch(std::span(refs));  // one queue, in order: a directory's files read ahead
+  f.wait_prefetch_idle();
+  // 1 and 2 in one backend read; 0, 3, 4, 5 each from disk (none dropped as another's follower).
+  INFO("fetched " << f.stats().chunks_fetched << " hits " << f.stats().cache_hits << " misses " << f.stats().cache_misses);
+  CHECK(f.stats().prefetches == 6);
+  CHECK(mem.reads() == 1);
+  CHECK((*disk)->stats().hits == 4);
+  // All six are in memory now: the reader touches neither the disk nor the store.
+  for (const auto& r : refs) {
+    auto c = f.get(r);
+    REQUIRE(c.ok());
+    CHECK(std::memcmp((*c)->data(), data.data() + r.offset, 4096) == 0);
+  }
+  CHECK(mem.reads() == 1);
+  CHECK((*disk)->stats().hits == 4);
+}

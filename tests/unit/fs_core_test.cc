@@ -8,6 +8,7 @@
 #include <optional>
 #include <thread>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "backend/testing/fault_backend.h"
@@ -697,6 +698,87 @@ TEST_CASE("a sequential reader gets the next chunks fetched ahead, a random one 
   REQUIRE(core.read(bb, 4096, chunk).ok());
   CHECK(std::memcmp(chunk.data(), s.big.data() + 4096, 4096) == 0);
   CHECK(fetcher.stats().chunks_fetched == fetched);
+}
+
+TEST_CASE("a reader walking a directory gets its next files fetched ahead, together; others do not", "[fscore]") {
+  Store s;
+  // A layer of small files stored side by side in one blob, as a publish lays out a directory:
+  // d/f00..f39, then e/f0..f4.
+  const std::string kSmall(64, '3');
+  IndexBuilder b(4096);
+  uint32_t root = add_root(b);
+  uint32_t obj = b.add_object("blob");
+  std::string blob;
+  std::vector<std::string> contents;
+  auto add_small = [&](uint32_t dir, const std::string& name, size_t size) {
+    std::string content = pseudo_random(size, static_cast<uint32_t>(contents.size() + 100));
+    BuildEntry e;
+    e.name = name;
+    e.parent = dir;
+    e.st = make_stat(S_IFREG | 0644, size);
+    ChunkRecord c{};
+    c.object = obj;
+    c.offset = blob.size();
+    c.raw_len = c.stored_len = static_cast<uint32_t>(size);
+    Digest128 d = xxh3_128(content.data(), size);
+    std::memcpy(c.digest, d.bytes.data(), 16);
+    e.chunks.push_back(c);
+    b.add(std::move(e));
+    blob += content;
+    contents.push_back(std::move(content));
+  };
+  uint32_t d = add_dir(b, root, "d");
+  uint32_t e = add_dir(b, root, "e");
+  for (int i = 0; i < 40; ++i) add_small(d, fmt::format("f{:02}", i), 1000 + 50 * i);
+  for (int i = 0; i < 5; ++i) add_small(e, fmt::format("f{}", i), 2000);
+  s.mem.put("blob", blob);
+  s.catalog.layers.push_back(put_layer(s.mem, kSmall, b, "SMALLLINK", std::nullopt));
+  s.mem.put(kCatalogPath, s.catalog.serialize());
+
+  Mount m(s.mem);
+  FsCore& core = *m.core;
+  cache::ChunkFetcher& fetcher = m.fetcher;
+  auto digest_of = [&](size_t k) { return xxh3_128(contents[k].data(), contents[k].size()); };
+  auto read_whole = [&](std::string_view dir, std::string name, size_t k) {
+    uint64_t ino = walk(core, {"overlay2", kSmall, "diff", dir, name});
+    std::vector<std::byte> buf(contents[k].size());
+    auto n = core.read(ino, 0, buf);
+    REQUIRE(n.ok());
+    REQUIRE(*n == buf.size());
+    CHECK(std::memcmp(buf.data(), contents[k].data(), buf.size()) == 0);
+  };
+  // Not walks: the start of a file alone, twice in order.
+  std::vector<std::byte> part(10);
+  REQUIRE(core.read(walk(core, {"overlay2", kSmall, "diff", "d", "f20"}), 0, part).ok());
+  REQUIRE(core.read(walk(core, {"overlay2", kSmall, "diff", "d", "f21"}), 0, part).ok());
+  fetcher.wait_prefetch_idle();
+  CHECK(fetcher.stats().prefetches == 0);
+
+  // A walk of d: from its third file on, each next file is in memory before the reader asks,
+  // brought in a few backend reads of adjacent files.
+  const uint64_t reads0 = s.mem.reads(), fetched0 = fetcher.stats().chunks_fetched;
+  for (int i = 0; i < 40; ++i) {
+    fetcher.wait_prefetch_idle();
+    INFO("file " << i);
+    if (i >= 2) REQUIRE(fetcher.is_cached(digest_of(i)));
+    read_whole("d", fmt::format("f{:02}", i), i);
+  }
+  // Each of d's files but f20 and f21 (held since the partial reads) fetched once: f00 and f01
+  // by the reader, the rest in windows growing with the walk (2, 3, 5, 8 and 16 files; f20
+  // and f21 split two of them), then f38 and f39 once half the window is left: 8 backend
+  // reads for 38 files.
+  fetcher.wait_prefetch_idle();
+  CHECK(fetcher.stats().chunks_fetched - fetched0 == 38);
+  CHECK(s.mem.reads() - reads0 == 8);
+  CHECK(fetcher.stats().prefetches == 36);
+  // The window ends with the directory: nothing of e was fetched.
+  for (size_t k = 40; k < 45; ++k) CHECK_FALSE(fetcher.is_cached(digest_of(k)));
+
+  // Not a walk either: e's files in reverse order.
+  const uint64_t prefetched = fetcher.stats().prefetches;
+  for (int i = 4; i >= 0; --i) read_whole("e", fmt::format("f{}", i), 40 + i);
+  fetcher.wait_prefetch_idle();
+  CHECK(fetcher.stats().prefetches == prefetched);
 }
 
 TEST_CASE("a chunk that cannot be served fails the whole read, never a short one", "[fscore]") {
