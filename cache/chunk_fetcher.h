@@ -47,8 +47,8 @@ class Backend;
 
 namespace extrafs::cache {
 
-// Where a chunk's bytes are and what they must hash to (mirrors fs::ChunkRecord, without
-// depending on fs/).
+// Where a chunk's bytes are and what they must hash to (mirrors format::ChunkRecord, without
+// depending on format/).
 struct ChunkRef {
   std::string_view object;  // path relative to the store root
   uint64_t offset = 0;

@@ -17,6 +17,13 @@
 
 namespace extrafs::fs {
 
+using format::kMaxNameLen;
+using format::kChunkZero;
+using format::EntryRecord;
+using format::ChunkRecord;
+using format::LayerIndex;
+using format::CatalogLayer;
+
 namespace {
 
 constexpr uint64_t kOverlayIno = 2;  // /overlay2

@@ -66,13 +66,13 @@
 #include "cache/whole_files.h"
 #include "common/posix_file.h"
 #include "common/result.h"
-#include "fs/catalog.h"
+#include "format/catalog.h"
+#include "format/layer_index.h"
 #include "fs/index_loader.h"
 #include "fs/inode_table.h"
-#include "fs/layer_index.h"
 #include "fs/ordered_prefetch.h"
-#include "fs/store_view.h"
 #include "fs/readahead.h"
+#include "fs/store_view.h"
 #include "fs/whole_file_copier.h"
 
 namespace extrafs::fs {
@@ -243,12 +243,12 @@ class FsCore {
   FsCore(cache::ChunkFetcher& fetcher, cache::MetaSource& meta, FsCoreOptions options);
   // The index of slot `s`: the image/ tree's, or the layer's, read on first use
   // (IndexLoader::get).
-  Result<std::shared_ptr<const LayerIndex>> index_of(const Slot& s);
+  Result<std::shared_ptr<const format::LayerIndex>> index_of(const Slot& s);
   // The index of `s` if loaded already (null otherwise); never reads anything.
-  static std::shared_ptr<const LayerIndex> loaded_index(const Slot& s);
+  static std::shared_ptr<const format::LayerIndex> loaded_index(const Slot& s);
   // For statistics: the loaded index, or the kept copy in the block cache (then installed),
   // never the store; null if neither.
-  std::shared_ptr<const LayerIndex> local_index(const Slot& s);
+  std::shared_ptr<const format::LayerIndex> local_index(const Slot& s);
   // What a node id names, found once at the start of every operation (squashfuse's
   // sqfs_ll_iget is the model): its slot and, for an entry of an index, the index (held, so
   // that a newer image/ tree cannot release it mid-operation) and the entry.
@@ -256,9 +256,9 @@ class FsCore {
     uint64_t ino = 0;
     uint32_t slot_no = 0;  // 0: one of the fixed directories (root, overlay2, l)
     uint32_t local = 0;    // which node of the slot (see fs_core.cc: kLayerDir ... kEntryBase)
-    std::shared_ptr<const Slot> slot;          // null for the fixed directories
-    std::shared_ptr<const LayerIndex> index;   // set only for an entry of an index
-    uint32_t entry = 0;                        // that entry
+    std::shared_ptr<const Slot> slot;                 // null for the fixed directories
+    std::shared_ptr<const format::LayerIndex> index;  // set only for an entry of an index
+    uint32_t entry = 0;                               // that entry
   };
   // The one resolution of `ino`: ENOENT for an id that names nothing (a fixed id that is not a
   // directory, a layer's link or lower it has not, an entry beyond its index), ESTALE for a slot
@@ -267,9 +267,9 @@ class FsCore {
   Result<Node> resolve(uint64_t ino);
   // The attributes of a resolved node.
   NodeAttr node_attr(const Node& n) const;
-  NodeAttr entry_attr(uint32_t slot, const LayerIndex& idx, uint32_t entry) const;
+  NodeAttr entry_attr(uint32_t slot, const format::LayerIndex& idx, uint32_t entry) const;
   NodeAttr synthetic_attr(uint64_t ino, uint32_t mode, uint64_t size, uint32_t nlink) const;
-  void record_access(uint32_t slot_no, const Slot& s, const LayerIndex& idx, uint32_t entry);
+  void record_access(uint32_t slot_no, const Slot& s, const format::LayerIndex& idx, uint32_t entry);
 
   cache::ChunkFetcher& fetcher_;
   cache::MetaSource& meta_;

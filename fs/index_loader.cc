@@ -2,10 +2,14 @@
 
 #include <spdlog/spdlog.h>
 
-#include "fs/catalog.h"
-#include "fs/index_format.h"
+#include "format/catalog.h"
+#include "format/index_format.h"
 
 namespace extrafs::fs {
+
+using format::kMaxIndexSize;
+using format::LayerIndex;
+using format::layer_index_path;
 
 IndexLoader::IndexLoader(cache::MetaSource& meta, double retry_s, Clock now)
     : meta_(meta),

@@ -28,7 +28,7 @@
 #include "cache/meta_source.h"
 #include "common/hash.h"
 #include "common/result.h"
-#include "fs/layer_index.h"
+#include "format/layer_index.h"
 
 namespace extrafs::fs {
 
@@ -40,7 +40,7 @@ class LazyIndex {
   LazyIndex& operator=(const LazyIndex&) = delete;
 
   // The index if it is loaded, else null; never reads anything.
-  std::shared_ptr<const LayerIndex> loaded() const {
+  std::shared_ptr<const format::LayerIndex> loaded() const {
     std::lock_guard lock(mu_);
     return index_;
   }
@@ -50,10 +50,10 @@ class LazyIndex {
   const std::string cache_id_;
   const Digest128 digest_;  // the catalog's index_digest
   mutable std::mutex mu_;   // guards the fields below
-  std::condition_variable cv_;               // a load finished
-  std::shared_ptr<const LayerIndex> index_;  // set once, never reset
-  bool loading_ = false;                     // a caller is reading it (the others wait)
-  std::optional<Error> failure_;             // the last failed load's error, answered until
+  std::condition_variable cv_;                         // a load finished
+  std::shared_ptr<const format::LayerIndex> index_;    // set once, never reset
+  bool loading_ = false;                               // a caller is reading it (the others wait)
+  std::optional<Error> failure_;                       // the last failed load's error, answered until
   std::chrono::steady_clock::time_point failed_at_{};  // retry_s after this
 };
 
@@ -67,17 +67,17 @@ class IndexLoader {
   // The index at `path` whose digest is `want`: the copy kept under `cache_name` if it has that
   // digest, else the store's, checked (digest, then parse). `what` names it in messages
   // ("layer <id>", "the image/ tree").
-  Result<std::shared_ptr<const LayerIndex>> load(const std::string& path, const std::string& cache_name,
-                                                 const Digest128& want, const std::string& what);
+  Result<std::shared_ptr<const format::LayerIndex>> load(const std::string& path, const std::string& cache_name,
+                                                         const Digest128& want, const std::string& what);
   // The copy kept under `cache_name` if it parses and has the digest `want`, else null. Never
   // reads the store.
-  std::shared_ptr<const LayerIndex> kept(const std::string& cache_name, const Digest128& want);
+  std::shared_ptr<const format::LayerIndex> kept(const std::string& cache_name, const Digest128& want);
 
   // The index of `layer`: loaded already, or read now (see above): EIO while it cannot be read.
-  Result<std::shared_ptr<const LayerIndex>> get(LazyIndex& layer);
+  Result<std::shared_ptr<const format::LayerIndex>> get(LazyIndex& layer);
   // For statistics: the loaded index, or the kept copy (then installed as loaded), never the
   // store; null if neither.
-  std::shared_ptr<const LayerIndex> local(LazyIndex& layer);
+  std::shared_ptr<const format::LayerIndex> local(LazyIndex& layer);
 
  private:
   cache::MetaSource& meta_;

@@ -10,6 +10,11 @@
 
 namespace extrafs::fs {
 
+using format::kChunkZero;
+using format::LayerIndex;
+using format::CatalogLayer;
+using format::layer_blob_path;
+
 std::vector<cache::OwnedChunkRef> ordered_prefix_chunks(const CatalogLayer& layer, const LayerIndex& idx,
                                                         std::string* note) {
   std::vector<cache::OwnedChunkRef> out;

@@ -1,6 +1,6 @@
 // OrderedPrefetch: the daemon's side of `publish --order`. A layer published from a recorded
 // start-up holds the files that start-up read at the start of its blob, and its catalog entry
-// says how many bytes they take (CatalogLayer::ordered_prefix, fs/catalog.h). The first time in
+// says how many bytes they take (format::CatalogLayer::ordered_prefix, format/catalog.h). The first time in
 // a mount that layer's diff/ is looked up (`docker attach` checks it; overlayfs resolves it when
 // a container starts), or anything under it is looked up or read, the whole prefix is queued for
 // background fetching (ChunkFetcher::prefetch_sequence: a few large backend reads, in parallel),
@@ -21,16 +21,16 @@
 #include <vector>
 
 #include "cache/chunk_fetcher.h"
-#include "fs/catalog.h"
-#include "fs/layer_index.h"
+#include "format/catalog.h"
+#include "format/layer_index.h"
 
 namespace extrafs::fs {
 
-// The chunks of `layer`'s ordered prefix in `idx`: those of its blob (layer_blob_path) that lie
+// The chunks of `layer`'s ordered prefix in `idx`: those of its blob (format::layer_blob_path) that lie
 // wholly within the first layer.ordered_prefix bytes, in offset order, each digest once. If the
 // prefix reaches beyond the blob's last chunk, *note says so (else it is left alone).
-std::vector<cache::OwnedChunkRef> ordered_prefix_chunks(const CatalogLayer& layer, const LayerIndex& idx,
-                                                        std::string* note);
+std::vector<cache::OwnedChunkRef> ordered_prefix_chunks(const format::CatalogLayer& layer,
+                                                        const format::LayerIndex& idx, std::string* note);
 
 class OrderedPrefetch {
  public:
@@ -40,7 +40,7 @@ class OrderedPrefetch {
 
   // A lookup of `layer`'s diff/, or a lookup or read under it (served from `idx`, its index). The first call for a
   // layer with a prefix queues it; every other call returns at once.
-  void touch(const CatalogLayer& layer, const LayerIndex& idx);
+  void touch(const format::CatalogLayer& layer, const format::LayerIndex& idx);
 
  private:
   cache::ChunkFetcher& fetcher_;

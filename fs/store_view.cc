@@ -8,6 +8,16 @@
 
 namespace extrafs::fs {
 
+using format::kCatalogPath;
+using format::kMaxCatalogSize;
+using format::CatalogLayer;
+using format::Catalog;
+using format::unchained_layers;
+using format::store_catalog;
+using format::catalog_cache_name;
+using format::image_index_path;
+using format::catalog_generation_path;
+
 namespace {
 
 // The check read_meta runs on a catalog: it parses it and keeps the result in `out`, so that a

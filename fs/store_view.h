@@ -38,7 +38,7 @@
 
 #include "cache/meta_source.h"
 #include "common/result.h"
-#include "fs/catalog.h"
+#include "format/catalog.h"
 #include "fs/index_loader.h"
 #include "fs/inode_table.h"
 
@@ -49,9 +49,9 @@ namespace extrafs::fs {
 // installed, except for what LazyIndex guards itself.
 struct Slot {
   bool is_image = false;
-  CatalogLayer layer;                       // layers only
-  std::shared_ptr<const LayerIndex> index;  // image/ slots only
-  std::shared_ptr<LazyIndex> lazy;          // layers only
+  format::CatalogLayer layer;                       // layers only
+  std::shared_ptr<const format::LayerIndex> index;  // image/ slots only
+  std::shared_ptr<LazyIndex> lazy;                  // layers only
 };
 
 struct StoreViewOptions {
@@ -121,16 +121,16 @@ class StoreView {
   // layers it does not name removed. Initially a bad image/ index fails the load; later the
   // layers are installed anyway and the image/ problem is returned, so the caller tries the
   // catalog again. Reads the image/ index without mu_.
-  Status load(const Catalog& catalog, bool initial);
+  Status load(const format::Catalog& catalog, bool initial);
   // Whether `c` is of the store loaded: the same store id, or the loaded catalog has none and
   // `c` is a later generation (the first write since store ids). REQUIRES: refresh_mu_.
-  bool same_store(const Catalog& c) const;
+  bool same_store(const format::Catalog& c) const;
   // Whether `c` moves this view on: a catalog of another store than the one loaded (never one
   // it left), or a later generation of the same. REQUIRES: refresh_mu_.
-  bool is_news(const Catalog& c) const;
+  bool is_news(const format::Catalog& c) const;
   // Records `c` as the catalog loaded (its generation and store id; a change of store id is
   // logged). REQUIRES: refresh_mu_.
-  void loaded_catalog(const Catalog& c);
+  void loaded_catalog(const format::Catalog& c);
   // refresh() without its lock and its report. REQUIRES: refresh_mu_.
   Status refresh_locked();
   // Loads the catalog generations after generation_ that the store has. REQUIRES: refresh_mu_.

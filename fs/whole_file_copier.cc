@@ -11,6 +11,11 @@
 
 namespace extrafs::fs {
 
+using format::kChunkZero;
+using format::EntryRecord;
+using format::ChunkRecord;
+using format::LayerIndex;
+
 namespace {
 using Clock = std::chrono::steady_clock;
 constexpr size_t kMaxQueued = 64;    // copies or open-wanted checks waiting

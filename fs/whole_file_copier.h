@@ -29,13 +29,13 @@
 #include "cache/whole_files.h"
 #include "common/hash.h"
 #include "common/posix_file.h"
-#include "fs/layer_index.h"
+#include "format/layer_index.h"
 
 namespace extrafs::fs {
 
 // What names the content of entry `e` of `idx` for cache::WholeFiles: the xxh3-128 of its size,
 // the index's chunk size and its chunk table (digests, lengths, zero flags).
-Digest128 whole_file_key(const LayerIndex& idx, uint32_t e);
+Digest128 whole_file_key(const format::LayerIndex& idx, uint32_t e);
 
 class WholeFileCopier {
  public:
@@ -53,16 +53,16 @@ class WholeFileCopier {
   bool on() const { return on_.load(std::memory_order_relaxed); }
   // A read reached the end of entry `e` of `idx`: queues a copy of it if it is large enough and
   // has none (bounded queue; dropped when full). Never waits for I/O.
-  void want_copy(std::shared_ptr<const LayerIndex> idx, uint32_t e);
+  void want_copy(std::shared_ptr<const format::LayerIndex> idx, uint32_t e);
   // Entry `e`'s copy, open read-only and checked by this mount, for an open; invalid if copies
   // are off, it has none, or it still has to be hashed (then queued for that, ahead of the
   // copies settling).
-  Fd open(std::shared_ptr<const LayerIndex> idx, uint32_t e);
+  Fd open(std::shared_ptr<const format::LayerIndex> idx, uint32_t e);
 
  private:
   struct Job {
     Digest128 key;
-    std::shared_ptr<const LayerIndex> idx;
+    std::shared_ptr<const format::LayerIndex> idx;
     uint32_t entry = 0;
     std::chrono::steady_clock::time_point due{};  // check_queue_: not before then
     bool retried = false;                          // check_queue_: once more after EAGAIN

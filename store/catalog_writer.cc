@@ -6,7 +6,7 @@
 #include <algorithm>
 
 #include "common/posix_file.h"
-#include "fs/layer_index.h"
+#include "format/layer_index.h"
 #include "store/indexer.h"
 #include "store/layout.h"
 
@@ -21,9 +21,9 @@ Result<StoreCatalog> load_store_catalog(const std::string& store) {
   const std::string catalog_path = StoreLayout(store).catalog();
   Fd root(::open(store.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!root.valid()) return Error::from_errno(errno, "store " + store);
-  auto text = read_file_beneath(root.get(), fs::kCatalogPath, store, fs::kMaxCatalogSize);
+  auto text = read_file_beneath(root.get(), format::kCatalogPath, store, format::kMaxCatalogSize);
   if (text.ok()) {
-    auto parsed = fs::Catalog::parse(*text);
+    auto parsed = format::Catalog::parse(*text);
     if (!parsed.ok()) return make_error(parsed.code(), catalog_path + ": " + parsed.error().message);
     sc.catalog = std::move(parsed).value();
     sc.text = std::move(text).value();
@@ -33,9 +33,9 @@ Result<StoreCatalog> load_store_catalog(const std::string& store) {
   return sc;
 }
 
-void merge_catalog_layer(fs::Catalog* catalog, fs::CatalogLayer layer) {
+void merge_catalog_layer(format::Catalog* catalog, format::CatalogLayer layer) {
   auto it = std::find_if(catalog->layers.begin(), catalog->layers.end(),
-                         [&](const fs::CatalogLayer& l) { return l.cache_id == layer.cache_id; });
+                         [&](const format::CatalogLayer& l) { return l.cache_id == layer.cache_id; });
   if (it == catalog->layers.end()) catalog->layers.push_back(std::move(layer));
   else *it = std::move(layer);
 }
@@ -60,7 +60,7 @@ Result<CatalogCommit> commit_store_catalog(const std::string& store, StoreCatalo
     ObjectSink objects(layout.root(), /*compress=*/false);
     EXTRAFS_TRY(bytes, index_directory_at(image->get(), layout.image_dir(), objects, WalkOptions{}));
     EXTRAFS_CHECK_STATUS(objects.finish());
-    auto parsed = fs::LayerIndex::parse(bytes);
+    auto parsed = format::LayerIndex::parse(bytes);
     if (!parsed.ok()) return make_error(EIO, "index of image/ does not verify: " + parsed.error().message);
     Digest128 digest = (*parsed)->digest();
     const std::string path = layout.image_index(digest);

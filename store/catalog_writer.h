@@ -1,4 +1,4 @@
-// Writing a store's catalog (STORE/extrafs/catalog; format in fs/catalog.h): the last step of
+// Writing a store's catalog (STORE/extrafs/catalog; format in format/catalog.h): the last step of
 // `extrafs index`, `extrafs publish` and `extrafs rm`. The catalog is what moves a mounted host
 // to a new version of the store, so it is written last, atomically and durably (temporary file,
 // fsync, rename, fsync of the directory), and only when its content changed. Single-threaded; one writer
@@ -8,19 +8,19 @@
 #include <string>
 
 #include "common/result.h"
-#include "fs/catalog.h"
+#include "format/catalog.h"
 
 namespace extrafs::store {
 
 // The catalog of a store as read from disk, with its text (to write it only if it changed).
 struct StoreCatalog {
-  fs::Catalog catalog;
+  format::Catalog catalog;
   std::string text;  // "" if the store had no catalog yet
 };
 // Reads STORE/extrafs/catalog; a missing catalog is an empty one, a corrupt one an error.
 Result<StoreCatalog> load_store_catalog(const std::string& store);
 // Replaces the layer with the same cache-id in place, or appends it (layers are never reordered).
-void merge_catalog_layer(fs::Catalog* catalog, fs::CatalogLayer layer);
+void merge_catalog_layer(format::Catalog* catalog, format::CatalogLayer layer);
 
 struct CatalogCommit {
   bool image_indexed = false;    // a new image/ index file was written
@@ -37,7 +37,7 @@ struct CatalogCommit {
 // hosts may still depend on is `extrafs gc`'s question (live_set.h).
 Result<CatalogCommit> commit_store_catalog(const std::string& store, StoreCatalog* sc);
 
-// A fresh store id (fs/catalog.h): 32 random lowercase hex digits.
+// A fresh store id (format/catalog.h): 32 random lowercase hex digits.
 std::string new_store_id();
 
 }  // namespace extrafs::store

@@ -7,10 +7,10 @@
 
 namespace extrafs::store {
 
-bool describe_chunk(std::string_view raw, fs::ChunkRecord* rec) {
+bool describe_chunk(std::string_view raw, format::ChunkRecord* rec) {
   rec->raw_len = static_cast<uint32_t>(raw.size());
   if (std::all_of(raw.begin(), raw.end(), [](char ch) { return ch == 0; })) {
-    rec->flags = fs::kChunkZero;
+    rec->flags = format::kChunkZero;
     rec->object = 0;
     rec->offset = 0;
     rec->stored_len = 0;
@@ -29,12 +29,12 @@ Result<ChunkedContent> chunk_content(uint64_t size, uint32_t chunk_size, std::st
   out.chunks.reserve(size / chunk_size + 1);
   for (uint64_t off = 0; off < size; off += chunk_size) {
     const uint32_t len = static_cast<uint32_t>(std::min<uint64_t>(chunk_size, size - off));
-    fs::ChunkRecord rec{};
+    format::ChunkRecord rec{};
     rec.raw_len = len;
     bool hole = false;
     EXTRAFS_CHECK_STATUS(read(off, len, buf.data(), &hole));
     if (hole) {
-      rec.flags = fs::kChunkZero;
+      rec.flags = format::kChunkZero;
     } else {
       std::string_view raw(buf.data(), len);
       if (!describe_chunk(raw, &rec)) {

@@ -13,22 +13,22 @@
 #include <vector>
 
 #include "common/result.h"
-#include "fs/index_format.h"
+#include "format/index_format.h"
 
 namespace extrafs::store {
 
 // Fills the raw_len/digest of *rec for `raw`, or marks it kChunkZero (returns true) if it is all
 // zeros. Shared by every producer of chunk records, so all of them treat zeros alike.
-bool describe_chunk(std::string_view raw, fs::ChunkRecord* rec);
+bool describe_chunk(std::string_view raw, format::ChunkRecord* rec);
 
 // Reads `len` bytes of the file at `offset` into `dst` (exactly `len`: a short file is an
 // error); or sets *hole, without reading, if the range is known to read as zeros.
 using ChunkReader = std::function<Status(uint64_t offset, uint32_t len, char* dst, bool* hole)>;
 // Stores the non-zero chunk `raw` that starts at `offset` of the file.
-using ChunkStore = std::function<Status(uint64_t offset, std::string_view raw, fs::ChunkRecord* rec)>;
+using ChunkStore = std::function<Status(uint64_t offset, std::string_view raw, format::ChunkRecord* rec)>;
 
 struct ChunkedContent {
-  std::vector<fs::ChunkRecord> chunks;
+  std::vector<format::ChunkRecord> chunks;
   uint64_t stored_raw = 0;  // raw bytes of the chunks handed to `store`
 };
 

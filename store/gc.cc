@@ -11,7 +11,7 @@
 
 #include "common/posix_file.h"
 #include "common/str_util.h"
-#include "fs/catalog.h"
+#include "format/catalog.h"
 #include "store/layout.h"
 #include "store/live_set.h"
 #include "store/remove_images.h"
@@ -145,7 +145,7 @@ class Collector {
   Status plan_generations() {
     for (const auto& f : live_.on_disk)
       if (!live_.keeps_generation(f.generation)) {
-        const std::string rel = fs::catalog_generation_path(f.generation);
+        const std::string rel = format::catalog_generation_path(f.generation);
         struct stat st {};
         if (::fstatat(store_fd_.get(), rel.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
         add(GcKind::kGeneration, rel, st);

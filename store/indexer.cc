@@ -19,8 +19,8 @@
 #include "common/hash.h"
 #include "common/posix_file.h"
 #include "common/str_util.h"
-#include "fs/catalog.h"
-#include "fs/layer_index.h"
+#include "format/catalog.h"
+#include "format/layer_index.h"
 #include "store/catalog_writer.h"
 #include "store/chunking.h"
 #include "store/layout.h"
@@ -30,9 +30,9 @@
 
 namespace extrafs::store {
 
-using fs::BuildEntry;
-using fs::CatalogLayer;
-using fs::LayerIndex;
+using format::BuildEntry;
+using format::CatalogLayer;
+using format::LayerIndex;
 
 namespace {
 
@@ -289,7 +289,7 @@ std::optional<std::string> named_index_problem(int root, const std::string& rel,
   struct stat st;
   if (::fstat(fd->get(), &st) != 0) return "cannot be read (" + std::string(std::strerror(errno)) + ")";
   if (!S_ISREG(st.st_mode)) return std::string("is not a regular file");
-  if (static_cast<uint64_t>(st.st_size) > fs::kMaxIndexSize) return std::string("is larger than any index may be");
+  if (static_cast<uint64_t>(st.st_size) > format::kMaxIndexSize) return std::string("is larger than any index may be");
   Xxh3Stream hash;
   std::vector<char> buf(uint64_t{1} << 20);
   for (off_t off = 0;;) {
@@ -371,7 +371,7 @@ Status ObjectSink::pack(IndexBuilder& builder, std::string_view raw, ChunkRecord
   rec->object = builder.add_object(content_object_path(digest));
   rec->offset = 0;
   rec->stored_len = it->second.stored_len;
-  rec->flags = it->second.lz4 ? static_cast<uint32_t>(fs::kChunkLz4) : 0u;
+  rec->flags = it->second.lz4 ? static_cast<uint32_t>(format::kChunkLz4) : 0u;
   return ok_status();
 }
 
@@ -480,7 +480,7 @@ Result<IndexStoreReport> index_store(const std::string& store_in, const std::fun
   for (const auto& id : ids) {
     const std::string index_file = layout.layer_index(id);
     if (const CatalogLayer* known = sc.catalog.find(id)) {
-      auto problem = named_index_problem(root.get(), fs::layer_index_path(id), store, known->index_digest);
+      auto problem = named_index_problem(root.get(), format::layer_index_path(id), store, known->index_digest);
       if (!problem) {
         report.layers_present++;
         continue;
@@ -527,7 +527,7 @@ Result<IndexStoreReport> index_store(const std::string& store_in, const std::fun
     }
     layer.link = link.value_or("");
     // The reader's own rules, so that the catalog written is one every mount accepts.
-    if (auto valid = fs::check_catalog_layer(layer); !valid.ok()) {
+    if (auto valid = format::check_catalog_layer(layer); !valid.ok()) {
       skip(id, valid.error().message);
       continue;
     }
@@ -538,7 +538,7 @@ Result<IndexStoreReport> index_store(const std::string& store_in, const std::fun
     // An index no catalog names yet (left by an index or publish that stopped before its
     // catalog) is taken if it is whole; no mount has read it, so it may be replaced if not.
     std::shared_ptr<const LayerIndex> index;
-    if (auto existing = read_file_beneath(root.get(), fs::layer_index_path(id), store, fs::kMaxIndexSize); existing.ok()) {
+    if (auto existing = read_file_beneath(root.get(), format::layer_index_path(id), store, format::kMaxIndexSize); existing.ok()) {
       if (auto parsed = LayerIndex::parse(std::move(existing).value()); parsed.ok()) index = *parsed;
     }
     if (index) {
@@ -557,7 +557,7 @@ Result<IndexStoreReport> index_store(const std::string& store_in, const std::fun
     merge_catalog_layer(&sc.catalog, std::move(layer));
   }
   // New layers whose lower chain the daemon would refuse are left out of the catalog too.
-  for (const auto& refused : fs::unchained_layers(sc.catalog)) {
+  for (const auto& refused : format::unchained_layers(sc.catalog)) {
     if (named.count(refused.first)) continue;
     skip(refused.first, refused.second);
     std::erase_if(sc.catalog.layers, [&](const CatalogLayer& l) { return l.cache_id == refused.first; });

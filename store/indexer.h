@@ -16,13 +16,13 @@
 #include <vector>
 
 #include "common/result.h"
-#include "fs/index_format.h"
-#include "fs/layer_index.h"
+#include "format/index_format.h"
+#include "format/layer_index.h"
 
 namespace extrafs::store {
 
-using fs::ChunkRecord;
-using fs::IndexBuilder;
+using format::ChunkRecord;
+using format::IndexBuilder;
 
 // Where the bytes of the chunks of a tree go. The walker reads every regular file in 1-chunk
 // pieces, turns holes and all-zero pieces into kChunkZero chunks itself, and hands every other
@@ -113,7 +113,7 @@ class ObjectSink : public ChunkPacker {
 };
 
 struct WalkOptions {
-  uint32_t chunk_size = fs::kDefaultChunkSize;
+  uint32_t chunk_size = format::kDefaultChunkSize;
   // Paths (relative to the tree root, no leading '/') whose content goes to the sink first, in
   // this order; the other files follow in walk order. Paths that are not regular files are ignored.
   std::vector<std::string> first;
@@ -130,12 +130,12 @@ Result<std::string> index_directory(const std::string& dir, ChunkSink& sink, con
 // data-root readers use after opening the directory with open_beneath().
 Result<std::string> index_directory_at(int dir_fd, const std::string& shown, ChunkSink& sink, const WalkOptions& options);
 Result<std::string> index_directory_at(int dir_fd, const std::string& shown, const std::string& object_prefix,
-                                       uint32_t chunk_size = fs::kDefaultChunkSize);
+                                       uint32_t chunk_size = format::kDefaultChunkSize);
 
 // Indexes the tree under local directory `dir` with chunk references into its own files (see
 // PlainFileSink).
 Result<std::string> index_directory(const std::string& dir, const std::string& object_prefix,
-                                    uint32_t chunk_size = fs::kDefaultChunkSize);
+                                    uint32_t chunk_size = format::kDefaultChunkSize);
 
 struct IndexStoreReport {
   int layers_indexed = 0;   // new indexes written

@@ -1,7 +1,7 @@
 #include "store/layout.h"
 
 #include "common/posix_file.h"
-#include "fs/catalog.h"
+#include "format/catalog.h"
 
 namespace extrafs::store {
 
@@ -9,15 +9,15 @@ StoreLayout::StoreLayout(std::string root) : root_(std::move(root)) {
   while (root_.size() > 1 && root_.back() == '/') root_.pop_back();
 }
 
-std::string StoreLayout::catalog() const { return root_ + "/" + fs::kCatalogPath; }
-std::string StoreLayout::catalog_generations_dir() const { return root_ + "/" + fs::kCatalogGenerationsDir; }
+std::string StoreLayout::catalog() const { return root_ + "/" + format::kCatalogPath; }
+std::string StoreLayout::catalog_generations_dir() const { return root_ + "/" + format::kCatalogGenerationsDir; }
 std::string StoreLayout::catalog_generation(uint64_t generation) const {
-  return root_ + "/" + fs::catalog_generation_path(generation);
+  return root_ + "/" + format::catalog_generation_path(generation);
 }
 std::string StoreLayout::layers_dir() const { return root_ + "/extrafs/layers"; }
-std::string StoreLayout::layer_index(std::string_view cache_id) const { return root_ + "/" + fs::layer_index_path(cache_id); }
+std::string StoreLayout::layer_index(std::string_view cache_id) const { return root_ + "/" + format::layer_index_path(cache_id); }
 std::string StoreLayout::layer_blob(std::string_view cache_id) const { return root_ + "/" + blob_object_path(cache_id); }
-std::string StoreLayout::image_index(const Digest128& digest) const { return root_ + "/" + fs::image_index_path(digest); }
+std::string StoreLayout::image_index(const Digest128& digest) const { return root_ + "/" + format::image_index_path(digest); }
 std::string StoreLayout::objects_dir() const { return root_ + "/" + kObjectsDir; }
 std::string StoreLayout::object(const Digest128& digest) const { return root_ + "/" + content_object_path(digest); }
 std::string StoreLayout::publish_lock() const { return root_ + "/extrafs/.publish.lock"; }
@@ -31,7 +31,7 @@ std::string StoreLayout::repositories() const { return docker_dir() + "/reposito
 std::string StoreLayout::overlay2_dir() const { return root_ + "/overlay2"; }
 std::string StoreLayout::overlay_dir(std::string_view cache_id) const { return overlay2_dir() + "/" + std::string(cache_id); }
 
-std::string blob_object_path(std::string_view cache_id) { return fs::layer_blob_path(cache_id); }
+std::string blob_object_path(std::string_view cache_id) { return format::layer_blob_path(cache_id); }
 
 std::string content_object_path(const Digest128& digest) { return std::string(kObjectsDir) + "/" + digest.hex(); }
 

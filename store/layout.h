@@ -12,9 +12,9 @@
 //                                                 `extrafs gc` deletes its files (remove_images.h)
 //   STORE/extrafs/.publish.lock                   flock of the running writer: publish, index, rm, gc (store_lock.h)
 //
-// The read side names the same files relative to the store (fs::kCatalogPath,
-// fs::layer_index_path, fs::image_index_path); this is their absolute, write-side form. A value
-// type; thread-safe. Also here: how large docker's metadata files may be (below).
+// The formats name the same files relative to the store (format::kCatalogPath,
+// format::layer_index_path, format::image_index_path in format/catalog.h); this is their
+// absolute, write-side form. A value type; thread-safe. Also here: how large docker's metadata files may be (below).
 #pragma once
 
 #include <cstdint>
@@ -27,8 +27,8 @@ namespace extrafs::store {
 
 // The largest docker metadata files anyone reads (index, publish, rm, gc, docker attach, ls,
 // prefetch, stats), in a store, a mount or a data-root; a larger one is refused from its size
-// before it is read. (The catalog's and the indexes' limits are beside their formats: fs::kMaxCatalogSize,
-// fs::kMaxIndexSize.) Each is far above what dockerd writes:
+// before it is read. (The catalog's and the indexes' limits are beside their formats:
+// format::kMaxCatalogSize, format::kMaxIndexSize.) Each is far above what dockerd writes:
 // repositories.json: about 150 bytes a tag, so 64 MiB is some 400,000 tags.
 inline constexpr uint64_t kMaxRepositoriesSize = uint64_t{64} << 20;
 // An image config (imagedb/content/sha256/<id>): its history, environment and labels, a few KiB

@@ -7,7 +7,7 @@
 
 #include "common/posix_file.h"
 #include "common/str_util.h"
-#include "fs/layer_index.h"
+#include "format/layer_index.h"
 #include "store/layout.h"
 
 namespace extrafs::store {
@@ -23,14 +23,14 @@ std::optional<uint64_t> generation_name(std::string_view name) {
   return n;
 }
 
-Result<fs::Catalog> read_catalog(int store_fd, const std::string& store, const std::string& rel) {
-  EXTRAFS_TRY(text, read_file_beneath(store_fd, rel, store, fs::kMaxCatalogSize));
-  auto parsed = fs::Catalog::parse(text);
+Result<format::Catalog> read_catalog(int store_fd, const std::string& store, const std::string& rel) {
+  EXTRAFS_TRY(text, read_file_beneath(store_fd, rel, store, format::kMaxCatalogSize));
+  auto parsed = format::Catalog::parse(text);
   if (!parsed.ok()) return make_error(parsed.code(), store + "/" + rel + ": " + parsed.error().message);
   return parsed;
 }
 
-void add_named(const fs::Catalog& c, LiveSet* live) {
+void add_named(const format::Catalog& c, LiveSet* live) {
   for (const auto& l : c.layers) {
     live->layers.insert(l.cache_id);
     if (!l.link.empty()) live->links.insert(l.link);
@@ -99,7 +99,7 @@ bool LiveSet::holds(std::string_view rel) const {
 
 Result<LiveSet> compute_live_set(int store_fd, const std::string& store, uint64_t grace, int64_t now) {
   LiveSet live;
-  auto current = read_catalog(store_fd, store, fs::kCatalogPath);
+  auto current = read_catalog(store_fd, store, format::kCatalogPath);
   if (!current.ok()) {
     if (current.code() == ENOENT)
       return make_error(ENOENT, "store " + store + " has no extrafs catalog (nothing was published or indexed there)");
@@ -108,17 +108,17 @@ Result<LiveSet> compute_live_set(int store_fd, const std::string& store, uint64_
   live.current = std::move(current).value();
   add_named(live.current, &live);
 
-  auto names = list_dir_beneath(store_fd, fs::kCatalogGenerationsDir, store);
+  auto names = list_dir_beneath(store_fd, format::kCatalogGenerationsDir, store);
   if (!names.ok() && names.code() != ENOENT) return names.error();
   if (names.ok()) {
-    EXTRAFS_TRY(dir, open_beneath(store_fd, fs::kCatalogGenerationsDir, O_RDONLY | O_DIRECTORY, store));
+    EXTRAFS_TRY(dir, open_beneath(store_fd, format::kCatalogGenerationsDir, O_RDONLY | O_DIRECTORY, store));
     for (const auto& n : *names) {
       auto g = generation_name(n);
       if (!g) continue;  // temporaries and anything else: not a generation
       struct stat st;
       if (::fstatat(dir.get(), n.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
         if (errno == ENOENT) continue;
-        return Error::from_errno(errno, store + "/" + fs::catalog_generation_path(*g));
+        return Error::from_errno(errno, store + "/" + format::catalog_generation_path(*g));
       }
       if (!S_ISREG(st.st_mode)) continue;  // never written by a writer; left alone
       live.on_disk.push_back({*g, st.st_mtim.tv_sec});
@@ -127,9 +127,9 @@ Result<LiveSet> compute_live_set(int store_fd, const std::string& store, uint64_
   std::sort(live.on_disk.begin(), live.on_disk.end(), [](const auto& a, const auto& b) { return a.generation < b.generation; });
   live.generations = kept_generations(live.on_disk, grace, now);
 
-  std::vector<fs::Catalog> dropped;
+  std::vector<format::Catalog> dropped;
   for (const auto& f : live.on_disk) {
-    const std::string rel = fs::catalog_generation_path(f.generation);
+    const std::string rel = format::catalog_generation_path(f.generation);
     auto c = read_catalog(store_fd, store, rel);
     if (live.keeps_generation(f.generation)) {
       // What a kept catalog names must be known, or nothing may be deleted.
@@ -151,8 +151,8 @@ Result<LiveSet> compute_live_set(int store_fd, const std::string& store, uint64_
 }
 
 Result<std::vector<std::string>> index_objects(int store_fd, const std::string& store, const std::string& rel) {
-  EXTRAFS_TRY(bytes, read_file_beneath(store_fd, rel, store, fs::kMaxIndexSize));
-  auto idx = fs::LayerIndex::parse(std::move(bytes));
+  EXTRAFS_TRY(bytes, read_file_beneath(store_fd, rel, store, format::kMaxIndexSize));
+  auto idx = format::LayerIndex::parse(std::move(bytes));
   if (!idx.ok()) return make_error(idx.code(), store + "/" + rel + ": " + idx.error().message);
   std::vector<std::string> out;
   const std::string prefix = content_object_prefix();
@@ -172,10 +172,10 @@ Status add_live_objects(int store_fd, const std::string& store, bool layer_index
   for (const auto& hex : live->image_indexes) {
     Digest128 d;
     Digest128::from_hex(hex, &d);
-    EXTRAFS_CHECK_STATUS(add(fs::image_index_path(d)));
+    EXTRAFS_CHECK_STATUS(add(format::image_index_path(d)));
   }
   if (!layer_indexes) return ok_status();
-  for (const auto& id : live->layers) EXTRAFS_CHECK_STATUS(add(fs::layer_index_path(id)));
+  for (const auto& id : live->layers) EXTRAFS_CHECK_STATUS(add(format::layer_index_path(id)));
   live->objects_known = true;
   return ok_status();
 }

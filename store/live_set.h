@@ -27,7 +27,7 @@
 #include <vector>
 
 #include "common/result.h"
-#include "fs/catalog.h"
+#include "format/catalog.h"
 
 namespace extrafs::store {
 
@@ -42,12 +42,12 @@ struct GenerationFile {
 std::vector<uint64_t> kept_generations(std::vector<GenerationFile> files, uint64_t grace, int64_t now);
 
 struct LiveSet {
-  fs::Catalog current;                    // STORE/extrafs/catalog
-  std::vector<GenerationFile> on_disk;    // every generation in catalog.d, ascending
-  std::vector<uint64_t> generations;      // the kept ones, ascending
-  std::set<std::string> layers;           // cache-ids a kept catalog names
-  std::set<std::string> links;            // their links ("" left out)
-  std::set<std::string> image_indexes;    // hex digests of the image/ indexes kept catalogs name
+  format::Catalog current;              // STORE/extrafs/catalog
+  std::vector<GenerationFile> on_disk;  // every generation in catalog.d, ascending
+  std::vector<uint64_t> generations;    // the kept ones, ascending
+  std::set<std::string> layers;         // cache-ids a kept catalog names
+  std::set<std::string> links;          // their links ("" left out)
+  std::set<std::string> image_indexes;  // hex digests of the image/ indexes kept catalogs name
   // What the generations that are not kept name and the kept ones do not: what the store no
   // longer needs for sure (gc deletes it at once; other unnamed files only once they are old).
   std::set<std::string> dropped_layers;

@@ -18,8 +18,8 @@
 
 #include "common/posix_file.h"
 #include "common/str_util.h"
-#include "fs/catalog.h"
-#include "fs/layer_index.h"
+#include "format/catalog.h"
+#include "format/layer_index.h"
 #include "store/catalog_writer.h"
 #include "store/docker_meta.h"
 #include "store/indexer.h"
@@ -67,7 +67,7 @@ struct LayerPlan {
 
   // Staged (written to temporaries, not yet renamed into place).
   std::string blob_tmp, index_tmp;
-  fs::CatalogLayer catalog;
+  format::CatalogLayer catalog;
   uint64_t docker_size = 0;
 };
 
@@ -265,7 +265,7 @@ class Publisher {
       const std::string db = layerdb_dir() + "/" + hex_of(l.chain_id);
       std::string known;
       if (auto cid = read_file(db + "/cache-id"); cid.ok()) known = trim_trailing(*cid);
-      const fs::CatalogLayer* cat = known.empty() ? nullptr : sc_.catalog.find(known);
+      const format::CatalogLayer* cat = known.empty() ? nullptr : sc_.catalog.find(known);
       if (cat && path_exists(layout_.layer_index(known))) {
         l.present = true;
         l.cache_id = known;
@@ -281,11 +281,11 @@ class Publisher {
         else if (!l.src_cache_id.empty() && free_id(l.src_cache_id)) l.cache_id = l.src_cache_id;
         else l.cache_id = random_cache_id();
         // A link file already in the store is kept only if the catalog reader would accept it.
-        fs::CatalogLayer probe;
+        format::CatalogLayer probe;
         probe.cache_id = l.cache_id;
         if (auto link = read_file_beneath(store_fd_.get(), "overlay2/" + l.cache_id + "/link", store_, kMaxLineFileSize); link.ok())
           probe.link = trim_trailing(*link);
-        if (!probe.link.empty() && fs::check_catalog_layer(probe).ok())
+        if (!probe.link.empty() && format::check_catalog_layer(probe).ok())
           l.link = probe.link;
         else
           l.link = random_link_id();
@@ -350,7 +350,7 @@ class Publisher {
       l.docker_size = res.docker_size;
     }
     if (blob) EXTRAFS_CHECK_STATUS(blob->finish());
-    auto parsed = fs::LayerIndex::parse(index);
+    auto parsed = format::LayerIndex::parse(index);
     if (!parsed.ok()) return make_error(EIO, "index of layer " + l.cache_id + " does not verify: " + parsed.error().message);
     l.index_tmp = layers_dir() + "/." + l.cache_id + ".index.tmp-" + pid;
     EXTRAFS_CHECK_STATUS(write_synced(l.index_tmp, index));
@@ -360,7 +360,7 @@ class Publisher {
     l.catalog.lower = l.lower;
     l.catalog.bytes = (*parsed)->content_bytes();
     l.catalog.ordered_prefix = blob ? ordered_prefix(**parsed, first, blob->object_path()) : 0;
-    EXTRAFS_CHECK_STATUS(fs::check_catalog_layer(l.catalog));
+    EXTRAFS_CHECK_STATUS(format::check_catalog_layer(l.catalog));
     if (blob) {
       report_.raw_bytes += blob->raw_bytes();
       report_.stored_bytes += blob->size();
@@ -455,7 +455,7 @@ class Publisher {
     // Everything the catalog will name is on disk, and every rename above durable (each was
     // followed by an fsync of its directory), before the catalog.
     // The daemon refuses a layer whose lower chain it cannot follow; publish never writes one.
-    if (auto broken = fs::unchained_layers(sc_.catalog); !broken.empty())
+    if (auto broken = format::unchained_layers(sc_.catalog); !broken.empty())
       return make_error(EBADMSG, "store " + store_ + ": layer " + broken.front().first + ": " + broken.front().second);
     EXTRAFS_TRY(commit, commit_store_catalog(store_, &sc_));
     report_.catalog_written = commit.catalog_written;

@@ -53,7 +53,7 @@ struct PublishReport {
   uint64_t raw_bytes = 0;           // content bytes packed (non-zero chunks)
   uint64_t stored_bytes = 0;        // bytes written into blobs (or new chunk objects)
   uint64_t objects_written = 0;     // --chunk-objects: chunk objects written (the rest were there)
-  uint64_t ordered_bytes = 0;       // --order: blob bytes recorded as ordered prefixes (fs/catalog.h)
+  uint64_t ordered_bytes = 0;       // --order: blob bytes recorded as ordered prefixes (format/catalog.h)
   bool catalog_written = false;
 };
 

@@ -30,7 +30,7 @@ bool lz4_if_smaller(std::string_view raw, std::string* out) {
   return true;
 }
 
-uint64_t ordered_prefix(const fs::LayerIndex& idx, const std::vector<std::string>& paths, std::string_view blob) {
+uint64_t ordered_prefix(const format::LayerIndex& idx, const std::vector<std::string>& paths, std::string_view blob) {
   const std::optional<uint32_t> object = idx.find_object(blob);
   if (!object) return 0;
   std::vector<std::pair<uint64_t, uint64_t>> extents;  // (offset, end) of the files' chunks in the blob
@@ -46,7 +46,7 @@ uint64_t ordered_prefix(const fs::LayerIndex& idx, const std::vector<std::string
     }
     if (!e || *e == 0 || !S_ISREG(idx.attr_entry(*e).mode)) continue;
     for (const auto& c : idx.chunks(*e))
-      if (!(c.flags & fs::kChunkZero) && c.object == *object) extents.emplace_back(c.offset, c.offset + c.stored_len);
+      if (!(c.flags & format::kChunkZero) && c.object == *object) extents.emplace_back(c.offset, c.offset + c.stored_len);
   }
   std::sort(extents.begin(), extents.end());
   // A file listed twice, or a hard link to one already listed, repeats extents: skip what is covered.
@@ -90,13 +90,13 @@ Status BlobWriter::flush() {
   return ok_status();
 }
 
-Status BlobWriter::pack(fs::IndexBuilder& builder, std::string_view raw, fs::ChunkRecord* rec) {
+Status BlobWriter::pack(format::IndexBuilder& builder, std::string_view raw, format::ChunkRecord* rec) {
   rec->object = object_.empty() ? 0 : builder.add_object(object_);
   rec->offset = offset_;
   std::string_view stored = raw;
   rec->flags = 0;
   if (lz4_if_smaller(raw, &lz4_)) {
-    rec->flags = fs::kChunkLz4;
+    rec->flags = format::kChunkLz4;
     stored = lz4_;
   }
   rec->stored_len = static_cast<uint32_t>(stored.size());

@@ -14,8 +14,8 @@
 #include <vector>
 
 #include "common/result.h"
+#include "format/layer_index.h"
 #include "store/indexer.h"
-#include "fs/layer_index.h"
 
 namespace extrafs::store {
 
@@ -25,9 +25,9 @@ bool lz4_if_smaller(std::string_view raw, std::string* out);
 // How many bytes at the start of object `blob` (as chunk records name it) hold the content of
 // the files `paths` (relative to the layer root; those that are not regular files of `idx` are
 // ignored): the end of the run of their chunks that starts at offset 0 with no gap. What
-// `publish --order` records as the layer's ordered prefix (fs/catalog.h); 0 if the blob does not
+// `publish --order` records as the layer's ordered prefix (format/catalog.h); 0 if the blob does not
 // start with them.
-uint64_t ordered_prefix(const fs::LayerIndex& idx, const std::vector<std::string>& paths, std::string_view blob);
+uint64_t ordered_prefix(const format::LayerIndex& idx, const std::vector<std::string>& paths, std::string_view blob);
 
 class BlobWriter : public ChunkPacker {
  public:
@@ -41,7 +41,7 @@ class BlobWriter : public ChunkPacker {
   BlobWriter& operator=(const BlobWriter&) = delete;
 
   // ChunkPacker: stores the (not all-zero) chunk `raw` at the end of the blob.
-  Status pack(fs::IndexBuilder& builder, std::string_view raw, fs::ChunkRecord* rec) override;
+  Status pack(format::IndexBuilder& builder, std::string_view raw, format::ChunkRecord* rec) override;
   // Appends raw bytes as they are (scratch spools).
   Status put_raw(std::string_view raw) {
     offset_ += raw.size();

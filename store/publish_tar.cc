@@ -17,7 +17,7 @@
 
 #include "common/posix_file.h"
 #include "common/str_util.h"
-#include "fs/layer_index.h"
+#include "format/layer_index.h"
 #include "store/chunking.h"
 
 namespace extrafs::store {
@@ -36,7 +36,7 @@ struct Node {
   struct stat st {};
   std::string target;
   std::vector<std::pair<std::string, std::string>> xattrs;
-  std::vector<fs::ChunkRecord> chunks;
+  std::vector<format::ChunkRecord> chunks;
   std::optional<uint32_t> link_of;  // node id of the hard-link group leader
   std::map<std::string, uint32_t> kids;
   bool opaque = false;
@@ -142,7 +142,7 @@ bool normalize_tar_path(std::string_view in, std::string* out) {
     std::string_view comp = in.substr(start, end - start);
     if (comp == "..") return false;
     if (!comp.empty() && comp != ".") {
-      if (comp.size() > fs::kMaxNameLen || comp.find('\0') != std::string_view::npos) return false;
+      if (comp.size() > format::kMaxNameLen || comp.find('\0') != std::string_view::npos) return false;
       if (!out->empty()) *out += '/';
       out->append(comp);
     }
@@ -184,7 +184,7 @@ class LayerTarConverter {
   ChunkPacker& out_;
   BlobWriter* blob_;  // out_ if it is a blob (what ordered packing needs), else null
   const LayerTarOptions& opts_;
-  fs::IndexBuilder builder_;
+  format::IndexBuilder builder_;
   TarTree tree_;
   std::unordered_map<std::string, size_t> first_rank_;
   std::unique_ptr<BlobWriter> back_, spool_;
@@ -311,7 +311,7 @@ class LayerTarConverter {
     if (type == AE_IFLNK) {
       const char* t = archive_entry_symlink(ent);
       n.target = t ? t : "";
-      if (n.target.empty() || n.target.size() > fs::kMaxTargetLen) return bad_tar("symlink '" + path + "' has a bad target");
+      if (n.target.empty() || n.target.size() > format::kMaxTargetLen) return bad_tar("symlink '" + path + "' has a bad target");
     }
     n.xattrs = header_xattrs(ent);
     uint32_t id = tree_.place(parent, base, std::move(n));
@@ -352,7 +352,7 @@ class LayerTarConverter {
     }
     ChunkPacker& dst = ordered() ? static_cast<ChunkPacker&>(*back_) : out_;
     auto read = [&](uint64_t, uint32_t len, char* out, bool*) { return read_data(path, out, len); };
-    auto store = [&](uint64_t, std::string_view raw, fs::ChunkRecord* rec) { return dst.pack(builder_, raw, rec); };
+    auto store = [&](uint64_t, std::string_view raw, format::ChunkRecord* rec) { return dst.pack(builder_, raw, rec); };
     EXTRAFS_TRY(content, chunk_content(size, cs, buf_, read, store));
     Node& n = tree_.nodes()[id];
     n.chunks = std::move(content.chunks);
@@ -379,7 +379,7 @@ class LayerTarConverter {
         if (n < 0 || static_cast<size_t>(n) < len) return Error::from_errno(n < 0 ? static_cast<int>(-n) : EIO, "read back the scratch file");
         return ok_status();
       };
-      auto store = [&](uint64_t, std::string_view raw, fs::ChunkRecord* rec) { return blob_->pack(builder_, raw, rec); };
+      auto store = [&](uint64_t, std::string_view raw, format::ChunkRecord* rec) { return blob_->pack(builder_, raw, rec); };
       EXTRAFS_TRY(content, chunk_content(sp.size, opts_.chunk_size, buf_, read, store));
       nodes[id].chunks = std::move(content.chunks);
       nodes[id].st.st_blocks = static_cast<blkcnt_t>(blocks_for(content.stored_raw));
@@ -390,7 +390,7 @@ class LayerTarConverter {
     for (uint32_t id = 0; id < nodes.size(); ++id) {
       if (spooled_.count(id)) continue;
       for (auto& c : nodes[id].chunks) {
-        if (c.flags & fs::kChunkZero) continue;
+        if (c.flags & format::kChunkZero) continue;
         c.offset += base;
         c.object = obj;
       }
@@ -454,7 +454,7 @@ class LayerTarConverter {
       uint32_t key = n.link_of.value_or(id);
       bool grouped = n.link_of || group_size.count(id);
       const Node& src = nodes[key];
-      fs::BuildEntry e;
+      format::BuildEntry e;
       e.name = id == 0 ? "" : n.name;
       e.parent = id == 0 ? 0 : builder_of[n.parent];
       e.st = src.st;

@@ -23,7 +23,7 @@
 #include <vector>
 
 #include "common/result.h"
-#include "fs/index_format.h"
+#include "format/index_format.h"
 #include "store/publish_blob.h"
 
 struct archive;
@@ -31,7 +31,7 @@ struct archive;
 namespace extrafs::store {
 
 struct LayerTarOptions {
-  uint32_t chunk_size = fs::kDefaultChunkSize;
+  uint32_t chunk_size = format::kDefaultChunkSize;
   // Paths (relative, no leading '/') whose content is packed first, in this order.
   std::vector<std::string> first;
   // Directory for scratch files (content of the `first` files and the rest, before reordering).

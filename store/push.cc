@@ -14,9 +14,9 @@
 
 #include "common/posix_file.h"
 #include "common/str_util.h"
-#include "fs/catalog.h"
-#include "fs/index_format.h"
-#include "fs/layer_index.h"
+#include "format/catalog.h"
+#include "format/index_format.h"
+#include "format/layer_index.h"
 #include "store/catalog_writer.h"
 
 namespace extrafs::store {
@@ -57,7 +57,7 @@ class Pusher {
   const PushRequest& req_;
   backend::ObjectWriter& dst_;
   Fd root_;
-  fs::Catalog catalog_;
+  format::Catalog catalog_;
   std::string catalog_text_;
   std::vector<Item> items_;   // step 1, in catalog order
   std::set<std::string> named_;
@@ -81,11 +81,11 @@ class Pusher {
 
   // The index at `rel`, which must have `digest`, and every object it names.
   Status add_index(const std::string& rel, const Digest128& digest, const std::string& what) {
-    EXTRAFS_TRY(bytes, read_file_beneath(root_.get(), rel, req_.store, fs::kMaxIndexSize));
+    EXTRAFS_TRY(bytes, read_file_beneath(root_.get(), rel, req_.store, format::kMaxIndexSize));
     if (xxh3_128(bytes.data(), bytes.size()) != digest)
       return make_error(EBADMSG, fmt::format("{}/{}: the index of {} does not have the digest its catalog gives "
                                              "(extrafs verify {} says more)", req_.store, rel, what, req_.store));
-    EXTRAFS_TRY(idx, fs::LayerIndex::parse(std::move(bytes)));
+    EXTRAFS_TRY(idx, format::LayerIndex::parse(std::move(bytes)));
     for (uint32_t o = 0; o < idx->object_count(); ++o) add(std::string(idx->object_path(o)));
     add(rel);
     return ok_status();
@@ -93,8 +93,8 @@ class Pusher {
 
   Status collect() {
     for (const auto& l : catalog_.layers)
-      EXTRAFS_CHECK_STATUS(add_index(fs::layer_index_path(l.cache_id), l.index_digest, "layer " + l.cache_id));
-    if (catalog_.image_index) EXTRAFS_CHECK_STATUS(add_index(fs::image_index_path(*catalog_.image_index), *catalog_.image_index, "image/"));
+      EXTRAFS_CHECK_STATUS(add_index(format::layer_index_path(l.cache_id), l.index_digest, "layer " + l.cache_id));
+    if (catalog_.image_index) EXTRAFS_CHECK_STATUS(add_index(format::image_index_path(*catalog_.image_index), *catalog_.image_index, "image/"));
     // Everything named must be here before anything is written.
     for (auto& it : items_) {
       auto size = local_size(it.path);
@@ -110,7 +110,7 @@ class Pusher {
 
   // A catalog in the destination that hosts hold is never replaced by one they would ignore.
   Status check_destination_catalog() {
-    auto have = dst_.get(fs::kCatalogPath, uint64_t{64} << 20);
+    auto have = dst_.get(format::kCatalogPath, uint64_t{64} << 20);
     if (!have.ok()) {
       if (have.code() == ENOENT) return ok_status();
       return have.error();
@@ -119,8 +119,8 @@ class Pusher {
       same_catalog_up_ = true;
       return ok_status();
     }
-    const std::string where = dst_.describe() + "/" + fs::kCatalogPath;
-    auto theirs = fs::Catalog::parse(*have);
+    const std::string where = dst_.describe() + "/" + format::kCatalogPath;
+    auto theirs = format::Catalog::parse(*have);
     if (!theirs.ok()) return make_error(EEXIST, where + " is not an extrafs catalog (" + theirs.error().message + "); refusing to replace it");
     if (theirs->generation > catalog_.generation ||
         (theirs->generation == catalog_.generation && theirs->generation > 0))
@@ -200,15 +200,15 @@ class Pusher {
   Status upload_catalog() {
     const backend::PutBody text{-1, 0, catalog_text_};
     if (catalog_.generation > 0) {
-      const std::string gen = fs::catalog_generation_path(catalog_.generation);
+      const std::string gen = format::catalog_generation_path(catalog_.generation);
       auto have = dst_.head(gen);
       if (!have.ok()) return have.error();
       if (!*have || **have != catalog_text_.size()) EXTRAFS_CHECK_STATUS(dst_.put(gen, text, kCatalogCacheControl, {}));
       named_.insert(gen);
     }
-    named_.insert(fs::kCatalogPath);
+    named_.insert(format::kCatalogPath);
     if (same_catalog_up_) return ok_status();
-    EXTRAFS_CHECK_STATUS(dst_.put(fs::kCatalogPath, text, kCatalogCacheControl, {}));
+    EXTRAFS_CHECK_STATUS(dst_.put(format::kCatalogPath, text, kCatalogCacheControl, {}));
     report_.catalog_uploaded = true;
     return ok_status();
   }

@@ -11,7 +11,7 @@
 
 #include "common/posix_file.h"
 #include "common/str_util.h"
-#include "fs/catalog.h"
+#include "format/catalog.h"
 #include "store/catalog_writer.h"
 #include "store/docker_meta.h"
 #include "store/layout.h"
@@ -293,9 +293,9 @@ class Remover {
     EXTRAFS_CHECK_STATUS(write_repositories());
     EXTRAFS_CHECK_STATUS(remove_configs());
     EXTRAFS_CHECK_STATUS(remove_layerdb());
-    std::erase_if(sc_.catalog.layers, [&](const fs::CatalogLayer& l) { return drop_.count(l.cache_id) > 0; });
+    std::erase_if(sc_.catalog.layers, [&](const format::CatalogLayer& l) { return drop_.count(l.cache_id) > 0; });
     // Every layer of an image that stays is in the catalog still, so no lower chain is cut.
-    if (auto broken = fs::unchained_layers(sc_.catalog); !broken.empty())
+    if (auto broken = format::unchained_layers(sc_.catalog); !broken.empty())
       return make_error(EBADMSG, "store " + store_ + ": layer " + broken.front().first + ": " + broken.front().second);
     EXTRAFS_TRY(commit, commit_store_catalog(store_, &sc_));
     report_.catalog_written = commit.catalog_written;

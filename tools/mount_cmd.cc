@@ -18,6 +18,8 @@
 #include <set>
 
 #include "backend/backend.h"
+#include "backend/http_source.h"
+#include "backend/nfs_backend.h"
 #include "cache/block_cache.h"
 #include "cache/chunk_fetcher.h"
 #include "cache/whole_files.h"
@@ -26,9 +28,7 @@
 #include "common/mountinfo.h"
 #include "common/posix_file.h"
 #include "common/str_util.h"
-#include "backend/http_source.h"
-#include "backend/nfs_backend.h"
-#include "fs/catalog.h"
+#include "format/catalog.h"
 #include "fs/fs_core.h"
 #include "fs/fuse_adapter.h"
 #include "fs/stats_json.h"
@@ -99,7 +99,7 @@ int serve(const MountRequest& req, const std::function<void(const std::string&)>
     }
     whole = std::move(wf).value();
   }
-  bool have_catalog = disk->get_meta(fs::catalog_cache_name(req.source)).ok();
+  bool have_catalog = disk->get_meta(format::catalog_cache_name(req.source)).ok();
   const int refresh_s = req.refresh_s > 0 ? req.refresh_s : default_refresh_s(req.source);
   backend::BackendOptions bopts;
   bopts.timeout_ms = req.timeout_s * 1000;
@@ -107,7 +107,7 @@ int serve(const MountRequest& req, const std::function<void(const std::string&)>
   bopts.http = req.http;
   // What may change in a store: a caching proxy must ask the origin for these again once per
   // refresh interval (and not cache a 404 for the next generation longer).
-  bopts.http.revalidate_paths = {fs::kCatalogPath, std::string(fs::kCatalogGenerationsDir) + "/"};
+  bopts.http.revalidate_paths = {format::kCatalogPath, std::string(format::kCatalogGenerationsDir) + "/"};
   bopts.http.revalidate_after_s = refresh_s;
   // Chunk objects are read whole: plainly requested, so that any proxy caches them.
   bopts.http.whole_object_paths = {std::string(store::kObjectsDir) + "/"};

@@ -3,14 +3,14 @@
 #include <fmt/format.h>
 
 #include "cache/chunk_fetcher.h"
-#include "fs/catalog.h"
+#include "format/catalog.h"
+#include "format/layer_index.h"
 #include "fs/chunk_ref.h"
-#include "fs/layer_index.h"
 
 namespace extrafs::tools {
 
-using fs::ChunkRecord;
-using fs::LayerIndex;
+using format::ChunkRecord;
+using format::LayerIndex;
 
 namespace {
 
@@ -21,7 +21,7 @@ void verify_index(cache::ChunkFetcher& fetcher, const LayerIndex& idx, const std
     auto chunks = idx.chunks(e);
     for (size_t i = 0; i < chunks.size(); ++i) {
       const ChunkRecord& c = chunks[i];
-      if (c.flags & fs::kChunkZero) continue;
+      if (c.flags & format::kChunkZero) continue;
       r->chunks++;
       r->bytes += c.raw_len;
       auto got = fetcher.get(fs::chunk_ref(idx, c));
@@ -37,7 +37,7 @@ void verify_index(cache::ChunkFetcher& fetcher, const LayerIndex& idx, const std
 }  // namespace
 
 Result<VerifyReport> verify_store(backend::Backend& backend, const std::function<void(const std::string&)>& progress) {
-  auto catalog = fs::store_catalog(backend.read_all(fs::kCatalogPath, fs::kMaxCatalogSize), backend.describe());
+  auto catalog = format::store_catalog(backend.read_all(format::kCatalogPath, format::kMaxCatalogSize), backend.describe());
   if (!catalog.ok()) return catalog.error();
   // No caches: every chunk is read from the store itself, each exactly once.
   cache::FetcherOptions opts;
@@ -46,7 +46,7 @@ Result<VerifyReport> verify_store(backend::Backend& backend, const std::function
   cache::ChunkFetcher fetcher(backend, opts);
   VerifyReport report;
   auto check = [&](const std::string& path, const Digest128& want, const std::string& what) {
-    auto bytes = backend.read_all(path, fs::kMaxIndexSize);
+    auto bytes = backend.read_all(path, format::kMaxIndexSize);
     if (!bytes.ok()) {
       report.problems.push_back(what + ": index " + path + ": " + bytes.error().message);
       return;
@@ -64,10 +64,10 @@ Result<VerifyReport> verify_store(backend::Backend& backend, const std::function
   };
   for (const auto& l : catalog->layers) {
     report.layers++;
-    check(fs::layer_index_path(l.cache_id), l.index_digest, "layer " + l.cache_id);
+    check(format::layer_index_path(l.cache_id), l.index_digest, "layer " + l.cache_id);
     if (progress) progress(l.cache_id);
   }
-  if (catalog->image_index) check(fs::image_index_path(*catalog->image_index), *catalog->image_index, "image/");
+  if (catalog->image_index) check(format::image_index_path(*catalog->image_index), *catalog->image_index, "image/");
   return report;
 }
 

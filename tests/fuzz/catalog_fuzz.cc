@@ -5,10 +5,10 @@
 #include <cstdint>
 #include <string>
 
-#include "fs/catalog.h"
+#include "format/catalog.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  using extrafs::fs::Catalog;
+  using extrafs::format::Catalog;
   auto r = Catalog::parse(std::string(reinterpret_cast<const char*>(data), size));
   if (!r.ok()) return 0;
   auto again = Catalog::parse(r->serialize());

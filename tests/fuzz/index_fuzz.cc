@@ -4,10 +4,10 @@
 #include <cstdint>
 #include <string>
 
-#include "fs/layer_index.h"
+#include "format/layer_index.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  auto r = extrafs::fs::LayerIndex::parse(std::string(reinterpret_cast<const char*>(data), size));
+  auto r = extrafs::format::LayerIndex::parse(std::string(reinterpret_cast<const char*>(data), size));
   if (!r.ok()) return 0;
   const auto& idx = **r;
   uint64_t sink = 0;
@@ -17,7 +17,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (S_ISLNK(e.mode)) sink += idx.target(i).size();
     for (const auto& x : idx.xattrs(i)) sink += idx.xattr_name(x).size() + idx.xattr_value(x).size();
     for (const auto& c : idx.chunks(i)) {
-      if (!(c.flags & extrafs::fs::kChunkZero)) sink += idx.object_path(c.object).size();
+      if (!(c.flags & extrafs::format::kChunkZero)) sink += idx.object_path(c.object).size();
     }
     if (idx.is_dir(i) && i != 0) {
       auto found = idx.lookup(idx.entry(i).parent, idx.name(i));

@@ -19,8 +19,8 @@
 #include <vector>
 
 #include "common/hash.h"
-#include "fs/layer_index.h"
 #include "common/posix_file.h"
+#include "format/layer_index.h"
 #include "store/layout.h"
 #include "store/publish.h"
 #include "store/publish_blob.h"
@@ -108,7 +108,7 @@ class TarWriter {
 };
 
 struct Converted {
-  std::shared_ptr<const fs::LayerIndex> index;
+  std::shared_ptr<const format::LayerIndex> index;
   std::string blob;
   store::LayerTarResult result;
 };
@@ -128,7 +128,7 @@ Result<Converted> convert(const std::string& tar, const std::string& dir, std::v
   archive_read_free(a);
   if (!res.ok()) return res.error();
   REQUIRE((*blob)->finish().ok());
-  auto idx = fs::LayerIndex::parse(res->index);
+  auto idx = format::LayerIndex::parse(res->index);
   REQUIRE(idx.ok());
   Converted c;
   c.index = *idx;
@@ -138,7 +138,7 @@ Result<Converted> convert(const std::string& tar, const std::string& dir, std::v
   return c;
 }
 
-uint32_t path_entry(const fs::LayerIndex& idx, const std::string& path) {
+uint32_t path_entry(const format::LayerIndex& idx, const std::string& path) {
   uint32_t cur = 0;
   size_t start = 0;
   while (start < path.size()) {
@@ -152,7 +152,7 @@ uint32_t path_entry(const fs::LayerIndex& idx, const std::string& path) {
   return cur;
 }
 
-std::string xattr(const fs::LayerIndex& idx, uint32_t e, const std::string& name) {
+std::string xattr(const format::LayerIndex& idx, uint32_t e, const std::string& name) {
   for (const auto& x : idx.xattrs(e))
     if (idx.xattr_name(x) == name) return std::string(idx.xattr_value(x));
   return "<none>";
@@ -165,9 +165,9 @@ std::string random_bytes(size_t n, unsigned seed) {
   return s;
 }
 
-std::string read_chunk(const Converted& c, const fs::ChunkRecord& r) {
+std::string read_chunk(const Converted& c, const format::ChunkRecord& r) {
   std::string stored = c.blob.substr(r.offset, r.stored_len);
-  if (!(r.flags & fs::kChunkLz4)) return stored;
+  if (!(r.flags & format::kChunkLz4)) return stored;
   std::string raw(r.raw_len, '\0');
   int n = LZ4_decompress_safe(stored.data(), raw.data(), static_cast<int>(stored.size()), static_cast<int>(raw.size()));
   REQUIRE(n == static_cast<int>(r.raw_len));
@@ -320,7 +320,7 @@ TEST_CASE("paths that climb out of the layer are rejected", "[publish]") {
 
 TEST_CASE("chunks are lz4-compressed only when that makes them smaller; zero chunks store nothing", "[publish]") {
   TempDir t;
-  const uint32_t cs = fs::kDefaultChunkSize;
+  const uint32_t cs = format::kDefaultChunkSize;
   std::string random = random_bytes(cs, 1);
   std::string zeros(cs, '\0');
   std::string text;
@@ -336,9 +336,9 @@ TEST_CASE("chunks are lz4-compressed only when that makes them smaller; zero chu
   REQUIRE(chunks.size() == 3);
   CHECK(chunks[0].flags == 0);
   CHECK(chunks[0].stored_len == cs);
-  CHECK(chunks[1].flags == fs::kChunkZero);
+  CHECK(chunks[1].flags == format::kChunkZero);
   CHECK(chunks[1].stored_len == 0);
-  CHECK(chunks[2].flags == fs::kChunkLz4);
+  CHECK(chunks[2].flags == format::kChunkLz4);
   CHECK(chunks[2].stored_len < chunks[2].raw_len / 4);
   CHECK(chunks[2].raw_len == text.size());
   CHECK(idx.object_path(chunks[0].object) == "extrafs/layers/x.blob");
@@ -350,7 +350,7 @@ TEST_CASE("chunks are lz4-compressed only when that makes them smaller; zero chu
   CHECK(std::memcmp(chunks[2].digest, d.bytes.data(), 16) == 0);
   auto z = idx.chunks(path_entry(idx, "allzero"));
   REQUIRE(z.size() == 1);
-  CHECK(z[0].flags == fs::kChunkZero);
+  CHECK(z[0].flags == format::kChunkZero);
   CHECK(idx.entry(path_entry(idx, "allzero")).blocks == 0);
   CHECK(idx.entry(path_entry(idx, "big")).blocks == (cs + text.size() + 4095) / 4096 * 8);
 

@@ -6,10 +6,10 @@
 #include <set>
 #include <string>
 
-#include "fs/catalog.h"
+#include "format/catalog.h"
 
 using namespace extrafs;
-using namespace extrafs::fs;
+using namespace extrafs::format;
 
 namespace {
 Catalog sample() {

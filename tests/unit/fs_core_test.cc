@@ -19,6 +19,7 @@
 #include "test_util.h"
 
 using namespace extrafs;
+using namespace extrafs::format;
 using namespace extrafs::fs;
 using namespace extrafs::testing;
 

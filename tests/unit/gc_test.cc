@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "common/posix_file.h"
-#include "fs/catalog.h"
+#include "format/catalog.h"
 #include "store/catalog_writer.h"
 #include "store/docker_meta.h"
 #include "store/gc.h"
@@ -276,7 +276,7 @@ TEST_CASE("rm takes out the layers only its image used, marks them, and deletes 
   auto before = store::load_store_catalog(store);
   REQUIRE(before.ok());
   const std::string store_id = before->catalog.store_id;
-  CHECK(fs::is_store_id(store_id));
+  CHECK(format::is_store_id(store_id));
   auto files_before = snapshot(store);
 
   auto r = rm(store, {"c:1"});

@@ -20,7 +20,7 @@
 #include "common/log.h"
 #include "common/posix_file.h"
 #include "common/str_util.h"
-#include "fs/catalog.h"
+#include "format/catalog.h"
 #include "store/docker_meta.h"
 #include "store/indexer.h"
 #include "store/store_lock.h"
@@ -57,8 +57,8 @@ void each_mode(const std::function<void()>& body) {
   use_open_beneath_fallback_for_testing(false);
 }
 
-fs::CatalogLayer layer(char c, std::string link, std::optional<std::string> lower = std::nullopt) {
-  fs::CatalogLayer l;
+format::CatalogLayer layer(char c, std::string link, std::optional<std::string> lower = std::nullopt) {
+  format::CatalogLayer l;
   l.cache_id = std::string(64, c);
   l.link = std::move(link);
   l.lower = std::move(lower);
@@ -159,37 +159,37 @@ TEST_CASE("daemon log lines escape what they quote", "[strings]") {
 }
 
 TEST_CASE("the catalog reader and writers share one rule for a layer", "[catalog]") {
-  CHECK(fs::check_catalog_layer(layer('a', "ABCDEFGHIJKLMNOPQRSTUVWXYZ")).ok());
-  CHECK(fs::check_catalog_layer(layer('a', "")).ok());
-  CHECK(fs::check_catalog_layer(layer('a', "../../x")).code() == EBADMSG);
-  CHECK(fs::check_catalog_layer(layer('a', "L", "l/A:l/B")).ok());
+  CHECK(format::check_catalog_layer(layer('a', "ABCDEFGHIJKLMNOPQRSTUVWXYZ")).ok());
+  CHECK(format::check_catalog_layer(layer('a', "")).ok());
+  CHECK(format::check_catalog_layer(layer('a', "../../x")).code() == EBADMSG);
+  CHECK(format::check_catalog_layer(layer('a', "L", "l/A:l/B")).ok());
   for (const char* bad : {"", "../x", "l/", "l/A:", "l/A::l/B", "/etc/passwd", "l/../x", "l/A:../B", "x/A"})
-    CHECK(fs::check_catalog_layer(layer('a', "L", std::string(bad))).code() == EBADMSG);
+    CHECK(format::check_catalog_layer(layer('a', "L", std::string(bad))).code() == EBADMSG);
   auto bad_id = layer('a', "L");
   bad_id.cache_id = "bad id";
-  auto st = fs::check_catalog_layer(bad_id);
+  auto st = format::check_catalog_layer(bad_id);
   CHECK(st.code() == EBADMSG);
   CHECK(st.error().message.find("bad id") != std::string::npos);
   // What the rule refuses, the reader refuses: a catalog with such a layer does not parse.
-  fs::Catalog c;
+  format::Catalog c;
   c.layers = {layer('a', "../../x")};
-  CHECK_FALSE(fs::Catalog::parse(c.serialize()).ok());
+  CHECK_FALSE(format::Catalog::parse(c.serialize()).ok());
 }
 
 TEST_CASE("a lower chain is served only if every entry is the link of a served layer", "[catalog]") {
-  fs::Catalog c;
+  format::Catalog c;
   c.layers = {layer('a', "AAA"), layer('b', "BBB", "l/AAA"), layer('c', "CCC", "l/BBB:l/AAA")};
-  CHECK(fs::unchained_layers(c).empty());
+  CHECK(format::unchained_layers(c).empty());
   c.layers.push_back(layer('d', "DDD", "l/ZZZ"));          // names no layer
   c.layers.push_back(layer('e', "EEE", "l/DDD:l/AAA"));    // names a refused one
   c.layers.push_back(layer('f', "FFF", "l/FFF"));          // names itself
-  auto out = fs::unchained_layers(c);
+  auto out = format::unchained_layers(c);
   std::set<std::string> ids;
   for (auto& [id, why] : out) ids.insert(id.substr(0, 1));
   CHECK(ids == std::set<std::string>{"d", "e", "f"});
-  fs::Catalog dup;
+  format::Catalog dup;
   dup.layers = {layer('a', "AAA"), layer('b', "AAA")};
-  CHECK(fs::unchained_layers(dup).size() == 2);
+  CHECK(format::unchained_layers(dup).size() == 2);
 }
 
 TEST_CASE("image references follow docker's grammar", "[store]") {
@@ -231,11 +231,11 @@ TEST_CASE("index skips bad layers, never follows a symlink, and writes a catalog
     auto text = read_file(t.path + "/s/extrafs/catalog");
     REQUIRE(text.ok());
     CHECK(text->find("MARKER") == std::string::npos);
-    auto c = fs::Catalog::parse(*text);
+    auto c = format::Catalog::parse(*text);
     REQUIRE(c.ok());
     REQUIRE(c->layers.size() == 1);
     CHECK(c->layers[0].cache_id == good);
-    CHECK(fs::unchained_layers(*c).empty());
+    CHECK(format::unchained_layers(*c).empty());
   }
 }
 

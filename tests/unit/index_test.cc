@@ -4,11 +4,11 @@
 
 #include <cstring>
 
-#include "fs/layer_index.h"
+#include "format/layer_index.h"
 #include "test_util.h"
 
 using namespace extrafs;
-using namespace extrafs::fs;
+using namespace extrafs::format;
 using namespace extrafs::testing;
 
 namespace {

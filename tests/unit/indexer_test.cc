@@ -16,7 +16,7 @@
 
 #include "common/hash.h"
 #include "common/posix_file.h"
-#include "fs/catalog.h"
+#include "format/catalog.h"
 #include "store/indexer.h"
 #include "test_util.h"
 
@@ -155,10 +155,10 @@ TEST_CASE("a new layer may not take the link of a layer the catalog names", "[st
   REQUIRE(r->skipped.size() == 1);
   CHECK(r->skipped[0].find("overlay2/" + kB) != std::string::npos);
   CHECK(r->skipped[0].find("claimed by layer " + kA) != std::string::npos);
-  auto c = fs::Catalog::parse(*read_file(s + "/extrafs/catalog"));
+  auto c = format::Catalog::parse(*read_file(s + "/extrafs/catalog"));
   REQUIRE(c.ok());
   REQUIRE(c->layers.size() == 1);
-  CHECK(c->layers[0] == fs::Catalog::parse(catalog_before)->layers[0]);
+  CHECK(c->layers[0] == format::Catalog::parse(catalog_before)->layers[0]);
 }
 
 TEST_CASE("an index no catalog names is taken if whole and written again if not", "[store]") {
@@ -170,7 +170,7 @@ TEST_CASE("an index no catalog names is taken if whole and written again if not"
   REQUIRE(r.ok());
   CHECK(r->layers_present == 1);
   CHECK(r->layers_indexed == 0);
-  auto c = fs::Catalog::parse(*read_file(s + "/extrafs/catalog"));
+  auto c = format::Catalog::parse(*read_file(s + "/extrafs/catalog"));
   REQUIRE(c.ok());
   REQUIRE(c->layers.size() == 1);
   CHECK(c->layers[0].index_digest == xxh3_128(bytes.data(), bytes.size()));
@@ -200,7 +200,7 @@ TEST_CASE("a walk never changes the working directory", "[store]") {
   watcher.join();
   REQUIRE(bytes.ok());
   CHECK_FALSE(moved.load());
-  auto idx = fs::LayerIndex::parse(*bytes);
+  auto idx = format::LayerIndex::parse(*bytes);
   REQUIRE(idx.ok());
   CHECK((*idx)->entry_count() == 1 + 200 * 3);
 }
@@ -225,7 +225,7 @@ TEST_CASE("a tree deeper than PATH_MAX is walked and read", "[store]") {
   // which `extrafs index` makes from the paths of the tree).
   struct OneObject : store::ChunkSink {
     uint64_t end = 0;
-    Status put(fs::IndexBuilder& b, const std::string&, uint64_t, std::string_view raw, fs::ChunkRecord* rec) override {
+    Status put(format::IndexBuilder& b, const std::string&, uint64_t, std::string_view raw, format::ChunkRecord* rec) override {
       rec->object = b.add_object("blob");
       rec->offset = end;
       rec->stored_len = static_cast<uint32_t>(raw.size());
@@ -237,7 +237,7 @@ TEST_CASE("a tree deeper than PATH_MAX is walked and read", "[store]") {
   auto bytes = store::index_directory(t.path + "/tree", sink, store::WalkOptions{});
   REQUIRE(remove_tree(t.path + "/tree").ok());  // TempDir's remove_all cannot go that deep
   REQUIRE(bytes.ok());
-  auto idx = fs::LayerIndex::parse(*bytes);
+  auto idx = format::LayerIndex::parse(*bytes);
   REQUIRE(idx.ok());
   CHECK((*idx)->entry_count() == 1 + 1 + 24 + 1);
   uint32_t e = 0;
@@ -283,7 +283,7 @@ TEST_CASE("xattrs of every kind of entry are read without opening it", "[store]"
       [&] {
         auto bytes = store::index_directory(t.path + "/tree", "overlay2/x/diff");
         if (!bytes.ok()) return 1;
-        auto idx = fs::LayerIndex::parse(*bytes);
+        auto idx = format::LayerIndex::parse(*bytes);
         if (!idx.ok()) return 2;
         for (const char* n : {"f", "l", "p", "w"}) {
           auto e = (*idx)->lookup(0, n);

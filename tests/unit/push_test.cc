@@ -8,8 +8,8 @@
 
 #include "backend/testing/memory_object_writer.h"
 #include "common/posix_file.h"
-#include "fs/catalog.h"
-#include "fs/layer_index.h"
+#include "format/catalog.h"
+#include "format/layer_index.h"
 #include "store/indexer.h"
 #include "store/push.h"
 #include "test_util.h"
@@ -40,8 +40,8 @@ std::string make_store(const TempDir& t) {
   return s;
 }
 
-fs::Catalog catalog_of(const std::string& text) {
-  auto c = fs::Catalog::parse(text);
+format::Catalog catalog_of(const std::string& text) {
+  auto c = format::Catalog::parse(text);
   REQUIRE(c.ok());
   return *c;
 }
@@ -49,18 +49,18 @@ fs::Catalog catalog_of(const std::string& text) {
 // Every object the catalog of `objects` names (indexes and what they name), from the
 // destination's own copies: what a host mounting it may ask for.
 std::set<std::string> named_by(const std::map<std::string, backend::MemoryObjectWriter::Object>& objects,
-                               const fs::Catalog& c) {
+                               const format::Catalog& c) {
   std::set<std::string> out;
   auto add_index = [&](const std::string& rel) {
     out.insert(rel);
     auto it = objects.find(rel);
     if (it == objects.end()) return;
-    auto idx = fs::LayerIndex::parse(it->second.bytes);
+    auto idx = format::LayerIndex::parse(it->second.bytes);
     REQUIRE(idx.ok());
     for (uint32_t o = 0; o < (*idx)->object_count(); ++o) out.insert(std::string((*idx)->object_path(o)));
   };
-  for (const auto& l : c.layers) add_index(fs::layer_index_path(l.cache_id));
-  if (c.image_index) add_index(fs::image_index_path(*c.image_index));
+  for (const auto& l : c.layers) add_index(format::layer_index_path(l.cache_id));
+  if (c.image_index) add_index(format::image_index_path(*c.image_index));
   return out;
 }
 
@@ -89,7 +89,7 @@ TEST_CASE("push uploads what the catalog names, then the catalog's generation, t
   backend::MemoryObjectWriter w;
   auto r = push(s, &w);
   const auto text = *read_file(s + "/extrafs/catalog");
-  const fs::Catalog c = catalog_of(text);
+  const format::Catalog c = catalog_of(text);
   REQUIRE(c.generation > 0);
   const auto objects = w.objects();
   const auto named = named_by(objects, c);
@@ -98,7 +98,7 @@ TEST_CASE("push uploads what the catalog names, then the catalog's generation, t
   CHECK(r.objects_present == 0);
   CHECK(r.catalog_uploaded);
   CHECK(r.generation == c.generation);
-  const std::string gen = fs::catalog_generation_path(c.generation);
+  const std::string gen = format::catalog_generation_path(c.generation);
   // Everything named is up, byte for byte, as immutable; the catalog twice, short-lived.
   for (const auto& p : named) {
     INFO(p);
@@ -145,7 +145,7 @@ TEST_CASE("a push stopped after any upload leaves a catalog naming only what is 
   put_file(s + "/overlay2/" + std::string(64, 'c') + "/diff/new/file", std::string(2 << 20, 'n'));
   put_file(s + "/overlay2/" + std::string(64, 'c') + "/link", "CCCCCCCCCCCCCCCCCCCCCCCCCC\n");
   REQUIRE(store::index_store(s, nullptr).ok());
-  const fs::Catalog newest = catalog_of(*read_file(s + "/extrafs/catalog"));
+  const format::Catalog newest = catalog_of(*read_file(s + "/extrafs/catalog"));
   size_t puts_needed = 0;
   const auto full = [&] {
     backend::MemoryObjectWriter w;
@@ -169,9 +169,9 @@ TEST_CASE("a push stopped after any upload leaves a catalog naming only what is 
     // Whatever catalog a host finds (the catalog, or the generation after the one it holds)
     // names only objects the destination has.
     const auto objects = w.objects();
-    for (const std::string& cat : {std::string("extrafs/catalog"), fs::catalog_generation_path(newest.generation)}) {
+    for (const std::string& cat : {std::string("extrafs/catalog"), format::catalog_generation_path(newest.generation)}) {
       if (!objects.count(cat)) continue;
-      const fs::Catalog c = catalog_of(objects.at(cat).bytes);
+      const format::Catalog c = catalog_of(objects.at(cat).bytes);
       for (const auto& p : named_by(objects, c)) {
         INFO("stopped after " << k << " uploads: " << cat << " names " << p);
         CHECK(objects.count(p));
@@ -224,7 +224,7 @@ TEST_CASE("push --prune deletes what the store no longer has, only under its own
 TEST_CASE("push refuses, before writing anything, what hosts could not follow", "[push]") {
   TempDir t;
   const std::string s = make_store(t);
-  const fs::Catalog c = catalog_of(*read_file(s + "/extrafs/catalog"));
+  const format::Catalog c = catalog_of(*read_file(s + "/extrafs/catalog"));
   auto refused = [&](backend::MemoryObjectWriter& w, int code, const std::string& needle) {
     store::PushRequest req;
     req.store = s;
@@ -236,14 +236,14 @@ TEST_CASE("push refuses, before writing anything, what hosts could not follow", 
     for (const auto& call : w.calls()) CHECK(call.rfind("PUT ", 0) != 0);
   };
   SECTION("a destination holding a newer catalog") {
-    fs::Catalog newer = c;
+    format::Catalog newer = c;
     newer.generation = c.generation + 3;
     backend::MemoryObjectWriter w;
     w.set("extrafs/catalog", newer.serialize());
     refused(w, EEXIST, "newer than the store's");
   }
   SECTION("a destination holding another catalog of the same generation") {
-    fs::Catalog other = c;
+    format::Catalog other = c;
     other.layers.pop_back();
     backend::MemoryObjectWriter w;
     w.set("extrafs/catalog", other.serialize());

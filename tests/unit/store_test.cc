@@ -19,8 +19,8 @@
 #include "common/hash.h"
 #include "common/log.h"
 #include "common/posix_file.h"
-#include "fs/catalog.h"
-#include "fs/layer_index.h"
+#include "format/catalog.h"
+#include "format/layer_index.h"
 #include "store/catalog_writer.h"
 #include "store/chunking.h"
 #include "store/docker_meta.h"
@@ -170,13 +170,13 @@ namespace {
 // Reads every chunk of every file of the image/ index `digest` from the store's files and checks
 // it against its digest; returns the object paths the index names.
 std::vector<std::string> check_image_index(const std::string& store, const Digest128& digest) {
-  auto bytes = read_file(store + "/" + fs::image_index_path(digest));
+  auto bytes = read_file(store + "/" + format::image_index_path(digest));
   REQUIRE(bytes.ok());
-  auto idx = fs::LayerIndex::parse(std::move(bytes).value());
+  auto idx = format::LayerIndex::parse(std::move(bytes).value());
   REQUIRE(idx.ok());
   std::vector<std::string> objects;
   for (const auto& c : (*idx)->all_chunks()) {
-    if (c.flags & fs::kChunkZero) continue;
+    if (c.flags & format::kChunkZero) continue;
     std::string object((*idx)->object_path(c.object));
     objects.push_back(object);
     auto data = read_file(store + "/" + object);
@@ -237,7 +237,7 @@ TEST_CASE("each new catalog is also written under a generation never used before
   const std::string repo = store + "/image/overlay2/repositories.json";
   REQUIRE(make_dirs(store + "/image/overlay2").ok());
   REQUIRE(write_file_atomic(repo, "{}").ok());
-  auto current = [&] { return *read_file(store + "/" + fs::kCatalogPath); };
+  auto current = [&] { return *read_file(store + "/" + format::kCatalogPath); };
 
   store::StoreCatalog sc;
   REQUIRE(store::commit_store_catalog(store, &sc).ok());
@@ -260,7 +260,7 @@ TEST_CASE("each new catalog is also written under a generation never used before
   CHECK(reread->catalog.generation == 3);
   CHECK(*read_file(store + "/extrafs/catalog.d/2") == "left by a killed publish");
   CHECK(*read_file(store + "/extrafs/catalog.d/3") == current());
-  auto parsed = fs::Catalog::parse(current());
+  auto parsed = format::Catalog::parse(current());
   REQUIRE(parsed.ok());
   CHECK(parsed->generation == 3);
   std::filesystem::remove_all(store);
@@ -275,20 +275,20 @@ TEST_CASE("the first catalog of a store gets a store id that every later catalog
   store::StoreCatalog sc;
   REQUIRE(store::commit_store_catalog(store, &sc).ok());
   const std::string id = sc.catalog.store_id;
-  CHECK(fs::is_store_id(id));
-  CHECK(fs::Catalog::parse(*read_file(store + "/extrafs/catalog.d/1"))->store_id == id);
+  CHECK(format::is_store_id(id));
+  CHECK(format::Catalog::parse(*read_file(store + "/extrafs/catalog.d/1"))->store_id == id);
   REQUIRE(write_file_atomic(repo, R"({"Repositories":{}})").ok());
   auto reread = store::load_store_catalog(store);
   REQUIRE(reread.ok());
   REQUIRE(store::commit_store_catalog(store, &*reread).ok());
   CHECK(reread->catalog.generation == 2);
-  CHECK(fs::Catalog::parse(*read_file(store + "/extrafs/catalog"))->store_id == id);
+  CHECK(format::Catalog::parse(*read_file(store + "/extrafs/catalog"))->store_id == id);
   // A catalog written before store ids gets one at its next write; a new store another one.
   store::StoreCatalog legacy = *reread;
   legacy.catalog.store_id.clear();
   legacy.text = legacy.catalog.serialize();
   REQUIRE(store::commit_store_catalog(store, &legacy).ok());
-  CHECK(fs::is_store_id(legacy.catalog.store_id));
+  CHECK(format::is_store_id(legacy.catalog.store_id));
   CHECK(legacy.catalog.store_id != id);
   CHECK(store::new_store_id() != store::new_store_id());
 }
@@ -309,13 +309,13 @@ TEST_CASE("publish --order records the bytes its traced files take at the start 
   auto prefix_for = [&](std::vector<std::string> first) {
     const std::string blob_path = dir + "/layer.blob";
     ::unlink(blob_path.c_str());
-    auto blob = store::BlobWriter::create(blob_path, fs::layer_blob_path("L"));
+    auto blob = store::BlobWriter::create(blob_path, format::layer_blob_path("L"));
     REQUIRE(blob.ok());
     store::WalkOptions opts;
     opts.first = first;
     auto bytes = store::index_directory(dir + "/tree", **blob, opts);
     REQUIRE(bytes.ok());
-    auto idx = fs::LayerIndex::parse(*bytes);
+    auto idx = format::LayerIndex::parse(*bytes);
     REQUIRE(idx.ok());
     return store::ordered_prefix(**idx, first, (*blob)->object_path());
   };
@@ -336,14 +336,14 @@ TEST_CASE("chunk objects are stored once, lz4 where it pays, in place only once 
   REQUIRE(make_dirs(s).ok());
   const std::string text(1 << 20, 'a');                       // lz4 makes it much smaller
   const std::string noise = testing::pseudo_random(1 << 20, 7);  // lz4 cannot
-  fs::IndexBuilder b;
+  format::IndexBuilder b;
   auto pack = [&](store::ObjectSink& sink, const std::string& raw) {
-    fs::ChunkRecord rec{};
+    format::ChunkRecord rec{};
     REQUIRE_FALSE(store::describe_chunk(raw, &rec));
     REQUIRE(sink.pack(b, raw, &rec).ok());
     return rec;
   };
-  auto digest_of = [](const fs::ChunkRecord& rec) {
+  auto digest_of = [](const format::ChunkRecord& rec) {
     Digest128 d;
     std::memcpy(d.bytes.data(), rec.digest, 16);
     return d;
@@ -351,7 +351,7 @@ TEST_CASE("chunk objects are stored once, lz4 where it pays, in place only once 
   {
     store::ObjectSink sink(s, /*compress=*/true);
     const auto a = pack(sink, text), n = pack(sink, noise), again = pack(sink, text);
-    CHECK((a.flags & fs::kChunkLz4) != 0);
+    CHECK((a.flags & format::kChunkLz4) != 0);
     CHECK(a.stored_len < (64u << 10));
     CHECK(n.flags == 0);
     CHECK(n.stored_len == noise.size());
@@ -370,13 +370,13 @@ TEST_CASE("chunk objects are stored once, lz4 where it pays, in place only once 
     // A later sink (another publish, or the image/ tree, raw) takes the objects as they are.
     store::ObjectSink raw_sink(s, /*compress=*/false);
     const auto a = pack(raw_sink, text);
-    CHECK((a.flags & fs::kChunkLz4) != 0);
+    CHECK((a.flags & format::kChunkLz4) != 0);
     CHECK(raw_sink.objects_written() == 0);
   }
   {
     // An object larger than its chunk is a damaged store, never taken.
     const std::string small(4096, 'z');
-    fs::ChunkRecord rec{};
+    format::ChunkRecord rec{};
     REQUIRE_FALSE(store::describe_chunk(small, &rec));
     REQUIRE(write_file_atomic(store::StoreLayout(s).object(digest_of(rec)), small + "more").ok());
     store::ObjectSink sink(s, true);

@@ -24,8 +24,8 @@
 #include "backend/testing/memory_backend.h"
 #include "common/hash.h"
 #include "common/posix_file.h"
-#include "fs/catalog.h"
-#include "fs/layer_index.h"
+#include "format/catalog.h"
+#include "format/layer_index.h"
 
 namespace extrafs::testing {
 
@@ -44,15 +44,15 @@ inline struct stat make_stat(uint32_t mode, uint64_t size = 0, uint32_t nlink = 
 }
 
 // Adds a regular file whose content lives in object `object_path` of `backend`, chunked.
-inline uint32_t add_file(fs::IndexBuilder& b, backend::MemoryBackend* backend, uint32_t parent, const std::string& name,
-                         const std::string& content, const std::string& object_path) {
-  fs::BuildEntry e;
+inline uint32_t add_file(format::IndexBuilder& b, backend::MemoryBackend* backend, uint32_t parent,
+                                const std::string& name, const std::string& content, const std::string& object_path) {
+  format::BuildEntry e;
   e.name = name;
   e.parent = parent;
   e.st = make_stat(S_IFREG | 0644, content.size());
   uint32_t obj = b.add_object(object_path);
   for (uint64_t off = 0; off < content.size(); off += b.chunk_size()) {
-    fs::ChunkRecord c{};
+    format::ChunkRecord c{};
     c.object = obj;
     c.offset = off;
     c.raw_len = static_cast<uint32_t>(std::min<uint64_t>(b.chunk_size(), content.size() - off));
@@ -65,16 +65,16 @@ inline uint32_t add_file(fs::IndexBuilder& b, backend::MemoryBackend* backend, u
   return b.add(std::move(e));
 }
 
-inline uint32_t add_dir(fs::IndexBuilder& b, uint32_t parent, const std::string& name, uint32_t mode = 0755) {
-  fs::BuildEntry e;
+inline uint32_t add_dir(format::IndexBuilder& b, uint32_t parent, const std::string& name, uint32_t mode = 0755) {
+  format::BuildEntry e;
   e.name = name;
   e.parent = parent;
   e.st = make_stat(S_IFDIR | mode, 4096, 2);
   return b.add(std::move(e));
 }
 
-inline uint32_t add_root(fs::IndexBuilder& b) {
-  fs::BuildEntry e;
+inline uint32_t add_root(format::IndexBuilder& b) {
+  format::BuildEntry e;
   e.st = make_stat(S_IFDIR | 0755, 4096, 2);
   return b.add(std::move(e));
 }

@@ -20,7 +20,7 @@
 #include <bit>
 #include <cstdint>
 
-namespace extrafs::fs {
+namespace extrafs::format {
 
 static_assert(std::endian::native == std::endian::little, "the index format is little-endian");
 
@@ -118,4 +118,4 @@ struct ObjectRecord {
 };
 static_assert(sizeof(ObjectRecord) == 16);
 
-}  // namespace extrafs::fs
+}  // namespace extrafs::format

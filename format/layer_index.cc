@@ -1,4 +1,4 @@
-#include "fs/layer_index.h"
+#include "format/layer_index.h"
 
 #include <fmt/format.h>
 
@@ -6,7 +6,7 @@
 #include <cstring>
 #include <deque>
 
-namespace extrafs::fs {
+namespace extrafs::format {
 
 namespace {
 
@@ -385,4 +385,4 @@ Result<std::string> IndexBuilder::serialize() const {
   return out;
 }
 
-}  // namespace extrafs::fs
+}  // namespace extrafs::format

@@ -36,7 +36,7 @@
 #include "common/hash.h"
 #include "common/result.h"
 
-namespace extrafs::fs {
+namespace extrafs::format {
 
 inline constexpr int kCatalogVersion = 1;
 inline constexpr const char* kCatalogPath = "extrafs/catalog";
@@ -103,4 +103,4 @@ std::string catalog_generation_path(uint64_t generation);
 // Whether `id` is a store id as catalogs carry it: 32 lowercase hex digits.
 bool is_store_id(std::string_view id);
 
-}  // namespace extrafs::fs
+}  // namespace extrafs::format

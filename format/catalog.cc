@@ -1,4 +1,4 @@
-#include "fs/catalog.h"
+#include "format/catalog.h"
 
 #include <nlohmann/json.hpp>
 
@@ -9,7 +9,7 @@
 
 #include "common/str_util.h"
 
-namespace extrafs::fs {
+namespace extrafs::format {
 
 using nlohmann::json;
 
@@ -235,4 +235,4 @@ Result<Catalog> Catalog::parse(std::string_view text) {
   return c;
 }
 
-}  // namespace extrafs::fs
+}  // namespace extrafs::format

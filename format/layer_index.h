@@ -19,9 +19,9 @@
 
 #include "common/hash.h"
 #include "common/result.h"
-#include "fs/index_format.h"
+#include "format/index_format.h"
 
-namespace extrafs::fs {
+namespace extrafs::format {
 
 class LayerIndex {
  public:
@@ -126,4 +126,4 @@ class IndexBuilder {
   std::unordered_map<std::string, uint32_t> object_ids_;
 };
 
-}  // namespace extrafs::fs
+}  // namespace extrafs::format
