@@ -16,7 +16,10 @@ using nlohmann::json;
 namespace {
 Error bad(const std::string& what) { return make_error(EBADMSG, "corrupt catalog: " + what); }
 
-bool valid_cache_id(std::string_view id) {
+// A link as lower chains name it: 1-128 characters of [A-Za-z0-9_-], and never "l", "." or "..",
+// so that "l/<link>" is one path component under l/. (A cache id has its own, stricter rule:
+// is_cache_id, common/str_util.h.)
+bool valid_link_id(std::string_view id) {
   if (id.empty() || id.size() > 128 || id == "l" || id == "." || id == "..") return false;
   for (char c : id) {
     bool ok = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' || c == '_';
@@ -24,7 +27,7 @@ bool valid_cache_id(std::string_view id) {
   }
   return true;
 }
-bool valid_link(std::string_view l) { return l.empty() || valid_cache_id(l); }
+bool valid_link(std::string_view l) { return l.empty() || valid_link_id(l); }
 
 // The links a lower chain names, in order; false if it is not "l/<link>[:l/<link>...]".
 bool lower_links(std::string_view lower, std::vector<std::string_view>* links) {
@@ -33,7 +36,7 @@ bool lower_links(std::string_view lower, std::vector<std::string_view>* links) {
     size_t end = lower.find(':', start);
     if (end == std::string_view::npos) end = lower.size();
     std::string_view e = lower.substr(start, end - start);
-    if (e.size() < 3 || e.substr(0, 2) != "l/" || !valid_cache_id(e.substr(2))) return false;
+    if (e.size() < 3 || e.substr(0, 2) != "l/" || !valid_link_id(e.substr(2))) return false;
     if (links) links->push_back(e.substr(2));
     start = end + 1;
   }
@@ -58,7 +61,7 @@ json body_of(const Catalog& c) {
 
 Status check_catalog_layer(const CatalogLayer& l) {
   // The cache-id is quoted escaped: it may be anything when this runs on a store's directory names.
-  if (!valid_cache_id(l.cache_id)) return make_error(EBADMSG, "bad cache_id '" + escape_control(l.cache_id) + "'");
+  if (!is_cache_id(l.cache_id)) return make_error(EBADMSG, "bad cache_id '" + escape_control(l.cache_id) + "'");
   if (!valid_link(l.link)) return make_error(EBADMSG, "bad link for " + l.cache_id);
   if (l.lower && (l.lower->size() > 65536 || !lower_links(*l.lower, nullptr)))
     return make_error(EBADMSG, "bad lower for " + l.cache_id + " (not a list of l/<link>)");
@@ -198,7 +201,7 @@ Result<Catalog> Catalog::parse(std::string_view text) {
       return true;
     };
     std::string digest;
-    if (!str("cache_id", &layer.cache_id) || !valid_cache_id(layer.cache_id)) return bad("bad cache_id");
+    if (!str("cache_id", &layer.cache_id) || !is_cache_id(layer.cache_id)) return bad("bad cache_id");
     if (!str("index", &digest) || !Digest128::from_hex(digest, &layer.index_digest))
       return bad("bad index digest for " + layer.cache_id);
     if (!str("link", &layer.link)) return bad("bad link for " + layer.cache_id);

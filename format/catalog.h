@@ -72,9 +72,10 @@ struct Catalog {
 
 // The rules every layer of a catalog follows, the one check shared by the reader
 // (Catalog::parse) and the writers (`extrafs index`, publish) so that they never write a catalog
-// the reader rejects: a cache_id of 1-128 characters [A-Za-z0-9_-] (not "l"), a link of the same
-// alphabet or "", and a lower (if any) that is a ':'-separated list of "l/<link>". EBADMSG with a
-// message naming the layer and what is wrong.
+// the reader rejects: a cache_id as every reader of a store or data-root takes it (is_cache_id,
+// common/str_util.h: docker's 64 lowercase hex digits, optionally "-init"), a link of 1-128
+// characters [A-Za-z0-9_-] (not "l", "." or "..") or "", and a lower (if any) that is a
+// ':'-separated list of "l/<link>". EBADMSG with a message naming the layer and what is wrong.
 Status check_catalog_layer(const CatalogLayer& layer);
 
 // Where the catalog is loaded (the daemon, and index and publish before writing one): the layers

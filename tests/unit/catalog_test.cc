@@ -5,7 +5,10 @@
 #include <chrono>
 #include <set>
 #include <string>
+#include <utility>
+#include <vector>
 
+#include "common/str_util.h"
 #include "format/catalog.h"
 
 using namespace extrafs;
@@ -72,6 +75,40 @@ TEST_CASE("a catalog with a cache id that could escape the store is rejected", "
   CHECK(Catalog::parse(c.serialize()).code() == EBADMSG);
 }
 
+TEST_CASE("a catalog takes a cache id by the one rule every reader of a store uses", "[catalog]") {
+  // is_cache_id (common/str_util.h) is what the indexer, publish, rm, gc, the live set and docker
+  // attach take as a cache id; the catalog takes exactly those, so a layer it serves is one the
+  // writers and gc recognise. Before, the catalog had a looser rule of its own (1-128 characters of
+  // [A-Za-z0-9_-]), which let "c1" or upper-case hex through.
+  const std::string hex = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+  const std::vector<std::pair<std::string, bool>> cases = {
+      {hex, true},
+      {hex + "-init", true},
+      {std::string(64, 'a'), true},
+      {"c1", false},
+      {std::string(64, 'A'), false},
+      {hex.substr(1), false},
+      {hex + "0", false},
+      {hex + "-init2", false},
+      {hex + "_x", false},
+      {"layer-1", false},
+      {"l", false},
+      {"..", false},
+      {"../../etc", false},
+      {"", false},
+  };
+  for (const auto& [id, valid] : cases) {
+    INFO("cache id '" << id << "'");
+    CHECK(is_cache_id(id) == valid);
+    CatalogLayer l = sample().layers[0];
+    l.cache_id = id;
+    CHECK(check_catalog_layer(l).ok() == valid);
+    Catalog c = sample();
+    c.layers[0].cache_id = id;
+    CHECK(Catalog::parse(c.serialize()).ok() == valid);
+  }
+}
+
 TEST_CASE("a catalog's generation round-trips and catalogs without one still read", "[catalog]") {
   Catalog c = sample();
   CHECK(c.serialize().find("generation") == std::string::npos);  // as older writers wrote them
@@ -117,7 +154,7 @@ TEST_CASE("a catalog written before ordered prefixes still parses, and unknown k
  "layers": [
   {
    "bytes": 10,
-   "cache_id": "c1",
+   "cache_id": "c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1",
    "index": "000102030405060708090a0b0c0d0e0f",
    "link": "L1"
   }
@@ -131,7 +168,7 @@ TEST_CASE("a catalog written before ordered prefixes still parses, and unknown k
     return text;
   };
   auto parsed = Catalog::parse(with_sum(
-      old, R"({"format":"extrafs-catalog","generation":3,"layers":[{"bytes":10,"cache_id":"c1","index":"000102030405060708090a0b0c0d0e0f","link":"L1"}],"version":1})"));
+      old, R"({"format":"extrafs-catalog","generation":3,"layers":[{"bytes":10,"cache_id":"c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1","index":"000102030405060708090a0b0c0d0e0f","link":"L1"}],"version":1})"));
   REQUIRE(parsed.ok());
   REQUIRE(parsed->layers.size() == 1);
   CHECK(parsed->layers[0].ordered_prefix == 0);
@@ -142,9 +179,9 @@ TEST_CASE("a catalog written before ordered prefixes still parses, and unknown k
   newer.replace(newer.find(R"("link": "L1")"), 12, R"("link": "L1", "some_later_key": 5)");
   auto later = Catalog::parse(with_sum(
       newer,
-      R"({"format":"extrafs-catalog","generation":3,"layers":[{"bytes":10,"cache_id":"c1","index":"000102030405060708090a0b0c0d0e0f","link":"L1","some_later_key":5}],"version":1})"));
+      R"({"format":"extrafs-catalog","generation":3,"layers":[{"bytes":10,"cache_id":"c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1","index":"000102030405060708090a0b0c0d0e0f","link":"L1","some_later_key":5}],"version":1})"));
   REQUIRE(later.ok());
-  CHECK(later->layers[0].cache_id == "c1");
+  CHECK(later->layers[0].cache_id == "c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1");
 }
 
 TEST_CASE("an ordered prefix that is not a byte count is refused with one line", "[catalog]") {
