@@ -20,35 +20,29 @@ ChunkFetcher::ChunkFetcher(backend::Backend& backend, FetcherOptions options)
   if (options_.disk && options_.cache_write_queue > 0)
     writer_ = std::make_unique<CacheWriter>(*options_.disk, options_.cache_write_queue,
                                             [this](const Error& e) { note_write_error(e); });
-  for (unsigned i = 0; i < options_.prefetch_threads; ++i) workers_.emplace_back([this] { prefetch_worker(); });
+  PrefetchOptions po;
+  po.threads = options_.prefetch_threads;
+  po.queue_limit = options_.prefetch_queue;
+  // Sequences: half the memory cache at a time, so that what they bring is still in memory when
+  // the container reads it; beyond that, runs wait for room: with a disk cache up to a quarter
+  // of it (the chunks land there, and a container reads them from there); without one, nothing
+  // waits (they would push each other out of memory) and the rest is left to readers.
+  po.sequence_budget = options_.memory_bytes / 2;
+  po.wait_limit = options_.disk ? options_.disk->stats().capacity / 4 : 0;
+  PrefetchSource source;
+  source.get = [this](const ChunkRef& c, std::span<const ChunkRef> following) { return get(c, following).ok(); };
+  source.held = [this](const Digest128& d) { return held(d); };
+  source.in_memory = [this](const Digest128& d) { return memory_.contains(d); };
+  prefetch_ = std::make_unique<PrefetchScheduler>(po, std::move(source));
 }
 
 ChunkFetcher::~ChunkFetcher() {
-  {
-    MutexLock lock(&queue_mu_);
-    stopping_ = true;
-    queue_.clear();
-    runs_.clear();
-  }
-  queue_cv_.notify_all();
-  idle_cv_.notify_all();
-  for (auto& t : workers_) t.join();
-  writer_.reset();  // writes what is queued
+  prefetch_.reset();  // its workers fetch through this fetcher, and put into writer_
+  writer_.reset();    // writes what is queued
 }
 
 void ChunkFetcher::interrupt() {
-  {
-    MutexLock lock(&queue_mu_);
-    stopping_ = true;
-    queue_.clear();
-    // A run being fetched takes its own bytes off runs_bytes_ when it ends.
-    for (const auto& r : runs_) runs_bytes_ -= r.second;
-    runs_.clear();
-    waiting_.clear();
-    waiting_bytes_ = 0;
-  }
-  queue_cv_.notify_all();
-  idle_cv_.notify_all();
+  prefetch_->stop();
   backend_.interrupt();
 }
 
@@ -59,83 +53,26 @@ void ChunkFetcher::flush_cache_writes() {
 void ChunkFetcher::prefetch(const ChunkRef& c) { prefetch(std::span(&c, 1)); }
 
 void ChunkFetcher::prefetch(std::span<const ChunkRef> chunks) {
-  if (workers_.empty() || chunks.empty()) return;
+  if (options_.prefetch_threads == 0 || chunks.empty()) return;
   // A chunk on disk but not in memory is still worth reading ahead: the disk read and the
   // verification then happen before the reader asks.
-  std::vector<const ChunkRef*> wanted;
-  wanted.reserve(chunks.size());
+  std::vector<ReadaheadItem> items;
+  items.reserve(chunks.size());
   for (const ChunkRef& c : chunks) {
     if (memory_.contains(c.digest)) continue;
-    MutexLock lock(&mu_);
-    if (!inflight_.count(c.digest)) wanted.push_back(&c);
-  }
-  size_t queued = 0;
-  {
-    // All under one hold of the lock: a worker then finds adjacent ones side by side.
-    MutexLock lock(&queue_mu_);
-    for (const ChunkRef* c : wanted) {
-      if (stopping_ || queue_.size() >= options_.prefetch_queue) break;
-      if (std::any_of(queue_.begin(), queue_.end(), [&](const OwnedChunkRef& q) { return q.ref.digest == c->digest; }))
-        continue;
-      queue_.push_back(OwnedChunkRef{std::string(c->object), *c});
-      ++queued;
+    {
+      MutexLock lock(&mu_);
+      if (inflight_.count(c.digest)) continue;
     }
+    items.push_back({OwnedChunkRef{std::string(c.object), c}, options_.disk && options_.disk->contains(c.digest)});
   }
-  if (queued == 1) queue_cv_.notify_one();
-  else if (queued > 1) queue_cv_.notify_all();
+  prefetch_->readahead(std::move(items));
 }
 
-void ChunkFetcher::wait_prefetch_idle() {
-  MutexLock lock(&queue_mu_);
-  while (!stopping_ && !prefetch_idle_locked()) idle_cv_.wait(&queue_mu_);
-}
+void ChunkFetcher::wait_prefetch_idle() { prefetch_->wait_idle(); }
 
 size_t ChunkFetcher::prefetch_sequence(std::vector<OwnedChunkRef> chunks) {
-  if (workers_.empty()) return 0;
-  // Beyond what may be queued at once, runs wait for room: with a disk cache up to a quarter of
-  // it (the chunks land there, and a container reads them from there); without one, nothing
-  // waits (they would push each other out of memory) and the rest is left to readers.
-  const uint64_t wait_limit = options_.disk ? options_.disk->stats().capacity / 4 : 0;
-  size_t queued = 0;
-  {
-    MutexLock lock(&queue_mu_);
-    if (stopping_) return 0;
-    std::vector<OwnedChunkRef> run;
-    uint64_t run_stored = 0, run_raw = 0;
-    auto close_run = [&]() REQUIRES(queue_mu_) {
-      if (run.empty()) return;
-      waiting_bytes_ += run_raw;
-      waiting_.emplace_back(std::move(run), run_raw);
-      run.clear();
-      run_stored = run_raw = 0;
-    };
-    for (auto& c : chunks) {
-      if (c.ref.stored_len == 0) continue;
-      if (runs_bytes_ + waiting_bytes_ + run_raw + c.ref.raw_len > sequence_budget() + wait_limit) break;
-      const bool adjacent = !run.empty() && run.back().object == c.object &&
-                            run.back().ref.offset + run.back().ref.stored_len == c.ref.offset;
-      // A run is one backend read, and within the budget (so that it can always be admitted).
-      if (!adjacent || run_stored + c.ref.stored_len > kMaxCoalescedRead || run_raw + c.ref.raw_len > sequence_budget())
-        close_run();
-      run_stored += c.ref.stored_len;
-      run_raw += c.ref.raw_len;
-      run.push_back(std::move(c));
-      queued++;
-    }
-    close_run();
-    admit_waiting_locked();
-  }
-  queue_cv_.notify_all();
-  return queued;
-}
-
-void ChunkFetcher::admit_waiting_locked() {
-  while (!waiting_.empty() && (runs_bytes_ == 0 || runs_bytes_ + waiting_.front().second <= sequence_budget())) {
-    runs_bytes_ += waiting_.front().second;
-    waiting_bytes_ -= waiting_.front().second;
-    runs_.push_back(std::move(waiting_.front()));
-    waiting_.pop_front();
-  }
+  return prefetch_->sequence(std::move(chunks));
 }
 
 bool ChunkFetcher::held(const Digest128& d) {
@@ -144,115 +81,6 @@ bool ChunkFetcher::held(const Digest128& d) {
     if (inflight_.count(d)) return true;
   }
   return is_cached(d);
-}
-
-void ChunkFetcher::fetch_sequence(std::vector<OwnedChunkRef>& run, uint64_t raw) {
-  std::vector<ChunkRef> refs;
-  refs.reserve(run.size());
-  for (auto& c : run) {
-    c.ref.object = c.object;
-    refs.push_back(c.ref);
-  }
-  // get() reads the first chunk not held together with those right after it that are not held
-  // either; the loop then skips what that read brought (it is held now).
-  for (size_t i = 0; i < refs.size(); ++i) {
-    if (held(refs[i].digest)) continue;
-    size_t missing = 1;
-    while (i + missing < refs.size() && !held(refs[i + missing].digest)) missing++;
-    auto got = get(refs[i], std::span(refs).subspan(i + 1));
-    size_t brought = got.ok() ? 1 : 0;
-    for (size_t j = i + 1; j < i + missing && held(refs[j].digest); ++j) brought++;
-    prefetches_ += brought;
-    if (!got.ok()) {
-      // The backend is failing: queued runs would each wait for it again, keeping the workers
-      // from readahead. Readers fetch (and report) what they need.
-      MutexLock lock(&queue_mu_);
-      for (const auto& r : runs_) runs_bytes_ -= r.second;
-      const size_t dropped = runs_.size() + waiting_.size();
-      if (dropped) spdlog::warn("prefetch of {} stopped after a failed read; {} reads dropped", run[i].object, dropped);
-      runs_.clear();
-      waiting_.clear();
-      waiting_bytes_ = 0;
-      break;
-    }
-  }
-  {
-    MutexLock lock(&queue_mu_);
-    runs_bytes_ -= raw;
-    admit_waiting_locked();
-  }
-  queue_cv_.notify_all();
-}
-
-bool ChunkFetcher::prefetch_idle_locked() const {
-  return queue_.empty() && runs_.empty() && waiting_.empty() && busy_ == 0;
-}
-
-void ChunkFetcher::job_done() {
-  bool idle;
-  {
-    MutexLock lock(&queue_mu_);
-    --busy_;
-    idle = prefetch_idle_locked();
-  }
-  if (idle) idle_cv_.notify_all();
-}
-
-void ChunkFetcher::prefetch_worker() {
-  for (;;) {
-    OwnedChunkRef job;
-    std::vector<OwnedChunkRef> following;
-    {
-      MutexLock lock(&queue_mu_);
-      while (!stopping_ && queue_.empty() && runs_.empty()) queue_cv_.wait(&queue_mu_);
-      if (stopping_) return;
-      // Readahead first: a reader is at the end of what it has.
-      if (queue_.empty()) {
-        auto [run, raw] = std::move(runs_.front());
-        runs_.pop_front();
-        ++busy_;
-        lock.unlock();
-        fetch_sequence(run, raw);
-        job_done();
-        continue;
-      }
-      job = std::move(queue_.front());
-      queue_.pop_front();
-      ++busy_;
-      // Queued chunks that follow this one in its object go along, so that get() can read them
-      // in the same backend read (readahead of a file queues its next chunks in order), up to
-      // the first one on disk. None when this one is on disk: get() reads it from there and
-      // takes no followers, and chunks on disk are read each by a worker of its own, at the
-      // same time. (Taken with the job, under the queue's lock: another worker must not take
-      // the job's followers one by one meanwhile.)
-      const auto on_disk = [this](const Digest128& d) { return options_.disk && options_.disk->contains(d); };
-      const bool job_on_disk = on_disk(job.ref.digest);
-      uint64_t end = job.ref.offset + job.ref.stored_len, total = job.ref.stored_len;
-      for (auto it = queue_.begin(); !job_on_disk && it != queue_.end();) {
-        if (it->object == job.object && it->ref.offset == end && total + it->ref.stored_len <= kMaxCoalescedRead) {
-          if (on_disk(it->ref.digest)) break;
-          end += it->ref.stored_len;
-          total += it->ref.stored_len;
-          following.push_back(std::move(*it));
-          it = queue_.erase(it);
-          it = queue_.begin();  // the next one may sit earlier in the queue
-        } else {
-          ++it;
-        }
-      }
-    }
-    job.ref.object = job.object;
-    std::vector<ChunkRef> refs;
-    for (auto& f : following) {
-      f.ref.object = f.object;
-      refs.push_back(f.ref);
-    }
-    if (!memory_.contains(job.ref.digest)) {
-      prefetches_ += 1 + refs.size();
-      (void)get(job.ref, refs);
-    }
-    job_done();
-  }
 }
 
 bool ChunkFetcher::is_cached(const Digest128& d) {
@@ -507,7 +335,7 @@ FetcherStats ChunkFetcher::stats() const {
   s.merged_waits = merged_waits_;
   s.backend_errors = backend_errors_ + meta_.backend_errors();
   s.corrupt_fetches = corrupt_fetches_;
-  s.prefetches = prefetches_;
+  s.prefetches = prefetch_->prefetches();
   s.cache_write_errors = cache_write_errors_;
   s.cache_writes_pending = writer_ ? writer_->pending_count() : 0;
   const auto hist = fetch_hist_.snapshot();

@@ -6,6 +6,8 @@
 //     disk in the background (the reader does not wait for the cache-file write),
 //   - merges concurrent misses on one chunk so N readers cause one backend read,
 //   - counts every outcome (see FetcherStats) for `extrafs stats`.
+// Readahead and ordered prefixes (prefetch(), prefetch_sequence()) are scheduled and run by a
+// PrefetchScheduler (prefetch_scheduler.h) whose workers fetch through get().
 // It is also the store's MetaSource (see meta_source.h), through a StoreMeta (store_meta.h) on
 // the same Backend and BlockCache: metadata objects (catalog, indexes) are read afresh and a copy
 // kept in the BlockCache so that a host can serve what it has cached while the backend is down.
@@ -19,10 +21,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <iterator>
-#include <thread>
 #include <memory>
 #include <span>
 #include <string>
@@ -32,8 +32,10 @@
 
 #include "cache/block_cache.h"
 #include "cache/cache_writer.h"
+#include "cache/chunk_ref.h"
 #include "cache/memory_cache.h"
 #include "cache/meta_source.h"
+#include "cache/prefetch_scheduler.h"
 #include "cache/store_meta.h"
 #include "common/hash.h"
 #include "common/latency_histogram.h"
@@ -47,17 +49,6 @@ class Backend;
 
 namespace extrafs::cache {
 
-// Where a chunk's bytes are and what they must hash to (mirrors format::ChunkRecord, without
-// depending on format/).
-struct ChunkRef {
-  std::string_view object;  // path relative to the store root
-  uint64_t offset = 0;
-  uint32_t stored_len = 0;
-  uint32_t raw_len = 0;
-  bool lz4 = false;
-  Digest128 digest;
-};
-
 struct FetcherOptions {
   uint64_t memory_bytes = 64ull << 20;  // bound of the MemoryCache (bytes its chunks allocated)
   BlockCache* disk = nullptr;           // optional persistent cache
@@ -68,16 +59,6 @@ struct FetcherOptions {
   size_t cache_write_queue = 32;
   // A failed write to the disk cache is logged the first time, then at most once per interval.
   std::chrono::milliseconds write_error_log_interval{std::chrono::minutes(1)};
-};
-
-// Adjacent chunks fetched together are read with one backend read of at most this many bytes:
-// the NFS backend's READ cap, so one round trip.
-inline constexpr uint64_t kMaxCoalescedRead = uint64_t{1} << 20;
-
-// A chunk reference that owns its object path, for work queued beyond the caller's lifetime.
-struct OwnedChunkRef {
-  std::string object;
-  ChunkRef ref;  // ref.object is re-pointed at `object` when used
 };
 
 // Upper bounds, in seconds, of the buckets of the backend fetch latency histogram (an implicit
@@ -205,9 +186,6 @@ class ChunkFetcher : public MetaSource {
   // (see failed_) if `remember_failure`.
   void finish(const Digest128& d, const std::shared_ptr<InFlight>& flight, const Result<ChunkData>& result,
               bool remember_failure);
-  void prefetch_worker();
-  // A worker's part of prefetch_sequence(): one run of adjacent chunks, `raw` bytes in all.
-  void fetch_sequence(std::vector<OwnedChunkRef>& run, uint64_t raw);
   // Held in memory, on disk, queued for the disk, or being fetched.
   bool held(const Digest128& d) EXCLUDES(mu_);
   // Counts a failed disk-cache write and logs it, rate-limited.
@@ -229,28 +207,8 @@ class ChunkFetcher : public MetaSource {
   std::unordered_map<Digest128, std::chrono::steady_clock::time_point, Digest128Hash> failed_ GUARDED_BY(mu_);
   static constexpr std::chrono::milliseconds kFailureMemory{500};
 
-
-  Mutex queue_mu_;
-  CondVar queue_cv_;
-  std::deque<OwnedChunkRef> queue_ GUARDED_BY(queue_mu_);
-  // prefetch_sequence(): runs of adjacent chunks with their raw bytes; runs_bytes_ counts those
-  // queued or being fetched, against sequence_budget(). Runs beyond it wait in waiting_ (FIFO)
-  // and are moved to runs_ as fetched runs make room.
-  std::deque<std::pair<std::vector<OwnedChunkRef>, uint64_t>> runs_ GUARDED_BY(queue_mu_),
-      waiting_ GUARDED_BY(queue_mu_);
-  uint64_t runs_bytes_ GUARDED_BY(queue_mu_) = 0, waiting_bytes_ GUARDED_BY(queue_mu_) = 0;
-  uint64_t sequence_budget() const { return options_.memory_bytes / 2; }
-  void admit_waiting_locked() REQUIRES(queue_mu_);
-  bool stopping_ GUARDED_BY(queue_mu_) = false;
-  unsigned busy_ GUARDED_BY(queue_mu_) = 0;  // workers doing a job taken from the queue or runs_
-  CondVar idle_cv_;  // signalled when the prefetch work runs out (wait_prefetch_idle)
-  bool prefetch_idle_locked() const REQUIRES(queue_mu_);
-  // A worker finished the job it took: busy_ down, idle waiters woken if that was the last work.
-  void job_done() EXCLUDES(queue_mu_);
-  std::vector<std::thread> workers_;
-
   std::atomic<uint64_t> bytes_fetched_{0}, own_bytes_fetched_{0}, chunks_fetched_{0},
-      cache_hits_{0}, cache_misses_{0}, merged_waits_{0}, backend_errors_{0}, corrupt_fetches_{0}, prefetches_{0},
+      cache_hits_{0}, cache_misses_{0}, merged_waits_{0}, backend_errors_{0}, corrupt_fetches_{0},
       cache_write_errors_{0};
 
   // Backend reads of chunks by how long they took.
@@ -261,9 +219,14 @@ class ChunkFetcher : public MetaSource {
   // The MetaSource part. After the counters and write_log_: it reports through note_write_error.
   StoreMeta meta_;
 
-  // Null without a disk cache or with cache_write_queue == 0. Reset first in the destructor: its
-  // thread reports errors through note_write_error.
+  // Null without a disk cache or with cache_write_queue == 0. Reset in the destructor, after
+  // prefetch_ and before the rest: its thread reports errors through note_write_error.
   std::unique_ptr<CacheWriter> writer_;
+
+  // The prefetch queues and workers; their callbacks are get(), held() and memory_. Reset first
+  // in the destructor (the workers joined), so that what they fetched is in writer_'s queue
+  // before it is flushed.
+  std::unique_ptr<PrefetchScheduler> prefetch_;
 };
 
 }  // namespace extrafs::cache
