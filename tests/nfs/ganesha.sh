@@ -17,6 +17,8 @@
 #   GANESHA_ATTR_EXPIRATION  seconds ganesha's MDCACHE trusts cached attributes/lookups
 #                      (default 0: tests change the exported tree behind ganesha's back);
 #                      "default" leaves the setting out, so ganesha's own default (60 s) applies
+#   GANESHA_RPCBIND_LOCK  the machine-wide lock file of NFSv3 starts (default
+#                      /run/lock/extrafs-ganesha-rpcbind.lock; see below)
 #
 # Exit status: 0 started, 3 the port (or mount port) is in use (pick another), 1 anything else.
 #
