@@ -37,8 +37,8 @@
 # - There is one portmapper per machine (port 111) and ganesha registers each program as
 #   unset-then-set: a second instance that registers after the first replaces its entries, but two
 #   instances starting at the same moment interleave (A unsets, B unsets, A sets, B's set finds
-#   A's entry) and one exits with "Cannot register NFS V3 on TCP" (or MNT V1/V3): 8 of 20 starts
-#   failed, 4 at once, with or without an rpcbind already running. A second rpcbind started
+#   A's entry) and one exits with "Cannot register NFS V3 on TCP" (or MNT V1): 4 starts at once,
+#   5 times, 8 of 20 failed (5 of 20 with an rpcbind already running). A second rpcbind started
 #   beside the first cannot bind port 111, and an instance's stop used to kill the rpcbind it had
 #   started while another instance was registering with it. So the NFSv3 start, from rpcbind to
 #   the first answer, holds a machine-wide lock (RPCBIND_LOCK, flock); inside it the instance's
