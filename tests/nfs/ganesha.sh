@@ -2,7 +2,7 @@
 # ganesha.sh: start/stop a private nfs-ganesha (userspace NFS server) on 127.0.0.1 for tests.
 #
 #   ganesha.sh start DIR EXPORT_PATH PORT   serve EXPORT_PATH; state (config, log, pid) goes in DIR
-#   ganesha.sh stop DIR                      stop that instance (and the rpcbind that start started)
+#   ganesha.sh stop DIR                      stop that instance
 #   ganesha.sh urls DIR                      print the URLs of a started instance again
 #   ganesha.sh status DIR                    exit 0 if the instance's process is alive
 #   ganesha.sh kill DIR                      SIGKILL it (a crash; start again with `start`)
@@ -17,6 +17,10 @@
 #   GANESHA_ATTR_EXPIRATION  seconds ganesha's MDCACHE trusts cached attributes/lookups
 #                      (default 0: tests change the exported tree behind ganesha's back);
 #                      "default" leaves the setting out, so ganesha's own default (60 s) applies
+#   GANESHA_RPCBIND_LOCK  the machine-wide lock file of NFSv3 starts (default
+#                      /run/lock/extrafs-ganesha-rpcbind.lock; see below)
+#
+# Exit status: 0 started, 3 the port (or mount port) is in use (pick another), 1 anything else.
 #
 # On success prints, one per line, and also writes them to DIR/urls:
 #   NFS4_URL=nfs://127.0.0.1:PORT/export
@@ -30,6 +34,15 @@
 #   ("Cannot register ... ") without it, so `rpcbind -f` must be running while it starts. Once
 #   started, clients that name nfsport= and mountport= never talk to rpcbind, so it may go away.
 #   MNT_Port in NFS_CORE_PARAM fixes the MOUNT port (otherwise it is random-ish).
+# - There is one portmapper per machine (port 111) and ganesha registers each program as
+#   unset-then-set: a second instance that registers after the first replaces its entries, but two
+#   instances starting at the same moment interleave (A unsets, B unsets, A sets, B's set finds
+#   A's entry) and one exits with "Cannot register NFS V3 on TCP" (or MNT V1): 4 starts at once,
+#   5 times, 8 of 20 failed (5 of 20 with an rpcbind already running). A second rpcbind started
+#   beside the first cannot bind port 111, and an instance's stop used to kill the rpcbind it had
+#   started while another instance was registering with it. So the NFSv3 start, from rpcbind to
+#   the first answer, holds a machine-wide lock (RPCBIND_LOCK, flock); inside it the instance's
+#   entries are removed again and the rpcbind it started is stopped, so nothing outlives the start.
 # - Mount_Path_Pseudo = true makes an NFSv3 MNT use the pseudo path, so the same "/export" works
 #   for v3 and v4 (by default v3 would need the real directory path).
 # - NFSv4 { Graceless = true } avoids 90 s of NFS4ERR_GRACE after every (re)start;
@@ -68,19 +81,54 @@ rpcbind_running() {
   rpcinfo -p 127.0.0.1 >/dev/null 2>&1
 }
 
+# Machine-wide, not per instance: every NFSv3 start on this machine shares the one portmapper.
+RPCBIND_LOCK=${GANESHA_RPCBIND_LOCK:-/run/lock/extrafs-ganesha-rpcbind.lock}
+RPCBIND_PID=  # the rpcbind this start started, if any (stopped again before the lock is released)
+
+# Takes the portmapper lock on fd 9 (bounded: starts queue behind each other for ~0.1-1 s each).
+lock_rpcbind() {
+  exec 9>>"$RPCBIND_LOCK" || die "cannot open $RPCBIND_LOCK"
+  flock -w 120 9 || die "waited 120 s for $RPCBIND_LOCK (another NFSv3 start holds it)"
+  # An rpcbind this start started never outlives it, whichever way it ends.
+  trap '[ -n "$RPCBIND_PID" ] && kill -TERM "$RPCBIND_PID" 2>/dev/null' EXIT
+}
+
+# Starts `rpcbind -f` unless a portmapper answers already (one this script did not start is used
+# and left alone). Called with the lock held.
 start_rpcbind() {
   local dir=$1
   rpcbind_running && return 0
   command -v rpcbind >/dev/null || die "NFSv3 needs rpcbind, which is not installed"
   # -f: foreground (we keep its pid to stop it). It listens on port 111 of all addresses (its -h
   # restricts UDP only); ganesha needs it only while starting, to register NFSv3 and MOUNT.
-  rpcbind -f >"$dir/rpcbind.log" 2>&1 &
-  echo $! >"$dir/rpcbind.pid"
+  rpcbind -f >"$dir/rpcbind.log" 2>&1 9>&- &
+  RPCBIND_PID=$!
   for _ in $(seq 1 50); do
     rpcbind_running && return 0
+    alive "$RPCBIND_PID" || break
     sleep 0.1
   done
   die "rpcbind did not come up; log: $(tail -5 "$dir/rpcbind.log" 2>/dev/null)"
+}
+
+# Undoes the registration window, lock held: removes the entries ganesha made (clients name
+# nfsport= and mountport=; a later instance would replace them anyway), stops the rpcbind this
+# start started and releases the lock.
+end_rpcbind_window() {
+  if rpcbind_running; then
+    local prog_vers
+    for prog_vers in "100003 3" "100003 4" "100005 1" "100005 3"; do
+      # shellcheck disable=SC2086
+      rpcinfo -d $prog_vers >/dev/null 2>&1
+    done
+  fi
+  if [ -n "$RPCBIND_PID" ] && alive "$RPCBIND_PID"; then
+    kill -TERM "$RPCBIND_PID" 2>/dev/null
+    wait_gone "$RPCBIND_PID" || { kill -KILL "$RPCBIND_PID" 2>/dev/null; wait_gone "$RPCBIND_PID"; }
+  fi
+  RPCBIND_PID=
+  flock -u 9 2>/dev/null
+  exec 9>&-
 }
 
 print_urls() {
@@ -167,6 +215,7 @@ LOG {
 EOF
 
   if [ $v3 = 1 ]; then
+    lock_rpcbind
     start_rpcbind "$dir"
   fi
 
@@ -174,7 +223,7 @@ EOF
   rm -f "$dir/ganesha.pid"
   # -F foreground (we background it ourselves and keep the pid), -p pid file, -L log file.
   setsid "$GANESHA_BIN" -F -f "$dir/ganesha.conf" -L "$dir/ganesha.log" -p "$dir/ganesha.pid" \
-    >>"$dir/ganesha.log" 2>&1 </dev/null &
+    >>"$dir/ganesha.log" 2>&1 </dev/null 9>&- &
   local pid=$!
   echo "$pid" >"$dir/ganesha.pid"
   echo "$pid" >"$dir/ganesha.bgpid"
@@ -195,6 +244,15 @@ EOF
     fi
     sleep 0.05
   done
+  # Registration is done once the server answers (ganesha registers before it serves).
+  [ $v3 = 1 ] && end_rpcbind_window
+  if [ $ok != 1 ] && grep -q 'Error binding' "$dir/ganesha.log"; then
+    # Taken between the check above and ganesha's bind (another test's server, or a client's
+    # ephemeral port: the random ports lie in that range). The same exit as the check: try another.
+    cmd_stop "$dir" >/dev/null 2>&1
+    echo "ganesha.sh: port $port or $mnt_port was taken while nfs-ganesha started ($(grep -m1 'Error binding' "$dir/ganesha.log" | sed 's/.*:FATAL ://'))" >&2
+    exit 3
+  fi
   if [ $ok != 1 ]; then
     echo "ganesha.sh: nfs-ganesha did not answer on 127.0.0.1:$port within ${wait_s}s; log tail:" >&2
     tail -20 "$dir/ganesha.log" >&2
@@ -228,14 +286,6 @@ cmd_stop() {
     fi
   done
   rm -f "$dir/ganesha.pid" "$dir/ganesha.bgpid"
-  if [ -f "$dir/rpcbind.pid" ]; then
-    pid=$(cat "$dir/rpcbind.pid")
-    if [ -n "$pid" ] && alive "$pid"; then
-      kill -TERM "$pid" 2>/dev/null
-      wait_gone "$pid" || { kill -KILL "$pid" 2>/dev/null; wait_gone "$pid"; }
-    fi
-    rm -f "$dir/rpcbind.pid"
-  fi
   return $rc
 }
 
@@ -246,7 +296,7 @@ cmd_status() {
 
 # Signals the instance: kill = SIGKILL and wait (a crash; fast, unlike stop which takes ~3.5 s
 # because ganesha shuts down its threads one by one), pause = SIGSTOP (a hung server: TCP stays
-# up, nothing answers), resume = SIGCONT. Keeps rpcbind (use stop for that).
+# up, nothing answers), resume = SIGCONT.
 cmd_signal() {
   local what=$1 dir=${2:-} pid
   [ -n "$dir" ] || die "usage: ganesha.sh $what DIR"
