@@ -28,7 +28,8 @@ Result<std::unique_ptr<Backend>> open_backend(const std::string& source, const B
   if (source.rfind("nfs://", 0) == 0) return make_nfs_backend(source, options.timeout_ms, options.allow_offline);
   if (is_http_source(source)) return make_http_backend(source, options.http, options.timeout_ms);
   if (source.find("://") != std::string::npos)
-    return make_error(EINVAL, "source '" + source + "' is none of nfs://, http://, https://, s3:// or an absolute path");
+    return make_error(EINVAL,
+                      "source '" + source + "' is none of nfs://, http://, https://, s3:// or an absolute path");
   return LocalBackend::open(source);
 }
 

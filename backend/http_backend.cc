@@ -55,10 +55,10 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using Deadline = Clock::time_point;
 
-constexpr size_t kMaxTransfers = 8;                      // in flight at once (NFS: 8 connections)
-constexpr auto kAvoidFor = std::chrono::seconds(60);     // a failed mirror or proxy is skipped this long
+constexpr size_t kMaxTransfers = 8;                   // in flight at once (NFS: 8 connections)
+constexpr auto kAvoidFor = std::chrono::seconds(60);  // a failed mirror or proxy is skipped this long
 constexpr long kMaxRedirects = 3;
-constexpr size_t kErrorBodyKeep = 4096;                  // of an error answer, for its S3 <Code>
+constexpr size_t kErrorBodyKeep = 4096;  // of an error answer, for its S3 <Code>
 constexpr int kFirstBackoffMs = 10;
 constexpr int kMaxBackoffMs = 500;
 
@@ -86,7 +86,7 @@ struct Request {
   enum class Kind { kHead, kRange, kWhole };
   Kind kind = Kind::kHead;
   std::string url;
-  std::string proxy;   // "" = DIRECT
+  std::string proxy;  // "" = DIRECT
   bool https_only = false;
   bool revalidate = false;
   bool whole_object = false;  // kRange at offset 0 of an object read whole: no Range header
@@ -234,7 +234,8 @@ bool check_answer(Request* r) {
           return true;
         }
         if (r->whole_object) {
-          r->abort(Blame::kMirrorFinal, EIO, fmt::format("the object is larger than the {} bytes the store's index gives", r->len));
+          r->abort(Blame::kMirrorFinal, EIO,
+                   fmt::format("the object is larger than the {} bytes the store's index gives", r->len));
           return false;
         }
         r->abort(Blame::kMirrorFinal, EIO, "server ignores Range (answered 200 to a range request)");
@@ -454,7 +455,8 @@ class CurlLoop {
       curl_easy_setopt(e, CURLOPT_RANGE, range.c_str());  // copied by curl
     }
     if (r->revalidate) {
-      r->headers = curl_slist_append(r->headers, fmt::format("Cache-Control: max-age={}", r->revalidate_after_s).c_str());
+      r->headers =
+          curl_slist_append(r->headers, fmt::format("Cache-Control: max-age={}", r->revalidate_after_s).c_str());
     }
     http::set_s3_signing(e, *r->source, "UNSIGNED-PAYLOAD", &r->headers);
     if (r->headers != nullptr) curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
@@ -576,7 +578,8 @@ Outcome classify(const Request& r) {
   if (!code.empty()) what += " (" + code + ")";
   if (st == 404 || st == 410) return Outcome{Blame::kMirrorFinal, ENOENT, what, 0};
   if (st == 401 || st == 403) return Outcome{Blame::kMirrorFinal, EACCES, what, 0};
-  if (st == 416) return Outcome{Blame::kMirrorFinal, EIO, what + ": the object is shorter than the store's index says", 0};
+  if (st == 416)
+    return Outcome{Blame::kMirrorFinal, EIO, what + ": the object is shorter than the store's index says", 0};
   if (st == 429 || st == 503) {
     o = Outcome{Blame::kMirror, EAGAIN, what, 0};
     if (auto s = http::retry_after_s(r.retry_after)) {
@@ -611,36 +614,43 @@ class HttpBackend final : public Backend {
   Result<size_t> read(std::string_view path, uint64_t offset, std::span<std::byte> buf) override {
     if (buf.empty()) return size_t{0};
     size_t done = 0;
-    EXTRAFS_TRY(r, perform("GET", path, [&](Request& q) {
-      q.kind = Request::Kind::kRange;
-      q.offset = offset + done;
-      q.dst = buf.data() + done;
-      q.len = buf.size() - done;
-      q.whole_object = q.offset == 0 && matches(options_.whole_object_paths, path);
-    }, [&](const Request& q, const Outcome& o) {
-      // The bytes of an answer cut short are in place: the next attempt (on another mirror,
-      // if this one failed) asks for the rest. A broken answer's bytes are not trusted.
-      if (o.blame != Blame::kMirrorFinal) done += q.got;
-      return done == buf.size();
-    }));
+    EXTRAFS_TRY(r, perform(
+                       "GET", path,
+                       [&](Request& q) {
+                         q.kind = Request::Kind::kRange;
+                         q.offset = offset + done;
+                         q.dst = buf.data() + done;
+                         q.len = buf.size() - done;
+                         q.whole_object = q.offset == 0 && matches(options_.whole_object_paths, path);
+                       },
+                       [&](const Request& q, const Outcome& o) {
+                         // The bytes of an answer cut short are in place: the next attempt (on another mirror,
+                         // if this one failed) asks for the rest. A broken answer's bytes are not trusted.
+                         if (o.blame != Blame::kMirrorFinal) done += q.got;
+                         return done == buf.size();
+                       }));
     (void)r;
     return done;
   }
 
   Result<std::string> read_object(std::string_view path, uint64_t limit, std::optional<ObjectInfo>* info) override {
     std::string body;
-    EXTRAFS_TRY(r, perform("GET", path, [&](Request& q) {
-      q.kind = Request::Kind::kWhole;
-      body.clear();
-      q.whole = &body;
-      q.limit = limit;
-    }, nullptr));
+    EXTRAFS_TRY(r, perform(
+                       "GET", path,
+                       [&](Request& q) {
+                         q.kind = Request::Kind::kWhole;
+                         body.clear();
+                         q.whole = &body;
+                         q.limit = limit;
+                       },
+                       nullptr));
     if (info) *info = info_of(r, body.size());
     return body;
   }
 
   Result<ObjectInfo> stat(std::string_view path) override {
-    EXTRAFS_TRY(r, perform("HEAD", path, [&](Request& q) { q.kind = Request::Kind::kHead; }, nullptr));
+    EXTRAFS_TRY(r, perform(
+                       "HEAD", path, [&](Request& q) { q.kind = Request::Kind::kHead; }, nullptr));
     return info_of(r, static_cast<uint64_t>(r.content_length));
   }
 
@@ -793,8 +803,10 @@ class HttpBackend final : public Backend {
         if (wait_ns < 0) break;  // every mirror gave its definite answer
         // Only mirrors that asked us to wait are left: wait if that fits in the time left.
         if (wait_ns / 1000000 >= ms_left(deadline)) {
-          last = Error{EAGAIN, fmt::format("every mirror asked (Retry-After) not to be asked again for {} s, longer than the "
-                                           "time left", (wait_ns + 999999999) / 1000000000)};
+          last = Error{EAGAIN,
+                       fmt::format("every mirror asked (Retry-After) not to be asked again for {} s, longer than the "
+                                   "time left",
+                                   (wait_ns + 999999999) / 1000000000)};
           break;
         }
         pause(std::chrono::nanoseconds(wait_ns));
@@ -844,8 +856,7 @@ class HttpBackend final : public Backend {
           tried.emplace_back(*m, proxy);
           break;
         case Blame::kMirrorFinal:
-          if (o.message.find("ignores Range") != std::string::npos &&
-              !mirrors_[*m].warned_range.exchange(true)) {
+          if (o.message.find("ignores Range") != std::string::npos && !mirrors_[*m].warned_range.exchange(true)) {
             spdlog::warn("http: {}: server ignores Range (answered 200 to a range request); reads from it fail",
                          src_.mirror_names[*m]);
           }
@@ -879,7 +890,7 @@ class HttpBackend final : public Backend {
   std::atomic<bool> interrupted_{false};
   Mutex pause_mu_;
   CondVar pause_cv_;  // interrupt() ends every pause()
-  CurlLoop loop_;  // last: stopped first, while everything it uses is alive
+  CurlLoop loop_;     // last: stopped first, while everything it uses is alive
 };
 
 }  // namespace

@@ -45,7 +45,7 @@ constexpr int64_t kMaxWaitS = 60;
 constexpr long kConnectTimeoutMs = 15000;
 constexpr long kStallS = 60;
 constexpr size_t kAnswerKeep = size_t{4} << 20;  // of an answer's body (a listing page: ~300 KB)
-constexpr size_t kMaxKeyBytes = 1024;           // S3's limit on a key
+constexpr size_t kMaxKeyBytes = 1024;            // S3's limit on a key
 constexpr int kMaxListPages = 1000000;
 
 // A request: what to send, and how much of the answer's body to keep.
@@ -149,7 +149,8 @@ size_t on_read(char* buf, size_t size, size_t n, void* user) {
 
 int on_seek(void* user, curl_off_t offset, int origin) {
   auto* t = static_cast<Transfer*>(user);
-  if (origin != SEEK_SET || offset < 0 || static_cast<uint64_t>(offset) > t->call->length) return CURL_SEEKFUNC_CANTSEEK;
+  if (origin != SEEK_SET || offset < 0 || static_cast<uint64_t>(offset) > t->call->length)
+    return CURL_SEEKFUNC_CANTSEEK;
   if (t->call->on_bytes && *t->call->on_bytes) (*t->call->on_bytes)(static_cast<int64_t>(offset) - t->sent);
   t->sent = offset;
   t->pos = static_cast<uint64_t>(offset);
@@ -159,7 +160,8 @@ int on_seek(void* user, curl_off_t offset, int origin) {
 // Hex SHA-256 of bytes [offset, offset + length) of `body`.
 Result<std::string> body_sha256(const PutBody& body, uint64_t offset, uint64_t length, const std::string& what) {
   std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
-  if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) return make_error(ENOMEM, "SHA-256 unavailable");
+  if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1)
+    return make_error(ENOMEM, "SHA-256 unavailable");
   if (body.fd < 0) {
     EVP_DigestUpdate(ctx.get(), body.bytes.data() + offset, length);
   } else {
@@ -219,10 +221,14 @@ std::string url_decode(std::string_view s) {
 int status_errno(long status) {
   switch (status) {
     case 401:
-    case 403: return EACCES;
-    case 404: return ENOENT;
-    case 400: return EINVAL;
-    default: return EIO;
+    case 403:
+      return EACCES;
+    case 404:
+      return ENOENT;
+    case 400:
+      return EINVAL;
+    default:
+      return EIO;
   }
 }
 
@@ -296,7 +302,8 @@ class S3Writer final : public ObjectWriter {
         if (k.compare(0, base.size(), base) != 0) continue;  // not ours (cannot happen with prefix=)
         uint64_t n = 0;
         auto [e, ec] = std::from_chars(size->data(), size->data() + size->size(), n);
-        if (ec != std::errc() || e != size->data() + size->size()) return make_error(EIO, c.what + ": bad Size '" + escape_control(*size) + "'");
+        if (ec != std::errc() || e != size->data() + size->size())
+          return make_error(EIO, c.what + ": bad Size '" + escape_control(*size) + "'");
         out.push_back(ListedObject{k.substr(base.size()), n});
       }
       pos = 0;
@@ -304,7 +311,8 @@ class S3Writer final : public ObjectWriter {
       if (!truncated || *truncated != "true") return out;
       pos = 0;
       auto next = http::xml_element(a.body, "NextContinuationToken", &pos);
-      if (!next || next->empty()) return make_error(EIO, c.what + ": a truncated listing without NextContinuationToken");
+      if (!next || next->empty())
+        return make_error(EIO, c.what + ": a truncated listing without NextContinuationToken");
       token = *next;
     }
     return make_error(EIO, "list " + shown(prefix) + ": more than " + std::to_string(kMaxListPages) + " pages");
@@ -323,7 +331,8 @@ class S3Writer final : public ObjectWriter {
   Result<std::string> key_url(std::string_view path) const {
     const std::string key = key_prefix() + std::string(path);
     if (!valid_utf8(key)) return make_error(EINVAL, shown(path) + ": not valid UTF-8, which an S3 key must be");
-    if (key.size() > kMaxKeyBytes) return make_error(EINVAL, shown(path) + ": longer than an S3 key may be (1024 bytes)");
+    if (key.size() > kMaxKeyBytes)
+      return make_error(EINVAL, shown(path) + ": longer than an S3 key may be (1024 bytes)");
     EXTRAFS_TRY(encoded, percent_encode_path(key));
     if (encoded.empty()) return make_error(EINVAL, "an empty object path");
     return bucket_url() + encoded;
@@ -429,7 +438,8 @@ class S3Writer final : public ObjectWriter {
       int64_t wait_ms = backoff_ms;
       bool retry = false;
       if (t.read_error != 0) return Error::from_errno(t.read_error, c.what + ": " + detail);
-      if (a.body_too_big) return make_error(EFBIG, c.what + ": the answer is larger than " + std::to_string(c.keep) + " bytes");
+      if (a.body_too_big)
+        return make_error(EFBIG, c.what + ": the answer is larger than " + std::to_string(c.keep) + " bytes");
       if (rc != CURLE_OK) {
         switch (rc) {
           case CURLE_COULDNT_RESOLVE_HOST:
@@ -448,8 +458,10 @@ class S3Writer final : public ObjectWriter {
           default:
             break;
         }
-        const int code = rc == CURLE_OPERATION_TIMEDOUT ? ETIMEDOUT : rc == CURLE_COULDNT_CONNECT ? ECONNREFUSED
-                         : rc == CURLE_PEER_FAILED_VERIFICATION ? EACCES : EIO;
+        const int code = rc == CURLE_OPERATION_TIMEDOUT         ? ETIMEDOUT
+                         : rc == CURLE_COULDNT_CONNECT          ? ECONNREFUSED
+                         : rc == CURLE_PEER_FAILED_VERIFICATION ? EACCES
+                                                                : EIO;
         last = Error{code, c.what + ": " + detail};
       } else if ((a.status >= 200 && a.status < 300) || (ok_404 && a.status == 404)) {
         return std::move(a);
@@ -519,7 +531,8 @@ class S3Writer final : public ObjectWriter {
         return r.ok() ? make_error(EIO, c.what + ": no ETag in the answer") : r.error();
       }
       std::string etag = r->etag;
-      for (auto [from, to] : {std::pair<std::string_view, std::string_view>{"&", "&amp;"}, {"<", "&lt;"}, {">", "&gt;"}}) {
+      for (auto [from, to] :
+           {std::pair<std::string_view, std::string_view>{"&", "&amp;"}, {"<", "&lt;"}, {">", "&gt;"}}) {
         for (size_t p = etag.find(from); p != std::string::npos; p = etag.find(from, p + to.size()))
           etag.replace(p, from.size(), to);
       }
@@ -590,7 +603,8 @@ Result<std::unique_ptr<ObjectWriter>> make_s3_writer(const std::string& destinat
   if (options.multipart_threshold > kMaxSinglePut)
     return make_error(EINVAL, "multipart threshold above S3's single-PUT limit of 5 GiB");
   HttpOptions http = options.http;
-  if (!http.proxy.empty()) return make_error(EINVAL, "push takes no proxy= (it follows https_proxy from the environment)");
+  if (!http.proxy.empty())
+    return make_error(EINVAL, "push takes no proxy= (it follows https_proxy from the environment)");
   EXTRAFS_TRY(src, resolve_http_source(destination, http));
   http::init_curl();
   return std::unique_ptr<ObjectWriter>(std::make_unique<S3Writer>(destination, std::move(src), options));

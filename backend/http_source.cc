@@ -172,14 +172,18 @@ Status check_http_source(std::string_view source) {
 }
 
 Status check_http_options(std::string_view source, const HttpOptions& o) {
-  const std::pair<const char*, const std::string*> named[] = {
-      {"proxy", &o.proxy},           {"cacert", &o.cacert},         {"s3_endpoint", &o.s3_endpoint},
-      {"s3_region", &o.s3_region}, {"s3_credentials", &o.s3_credentials}, {"s3_profile", &o.s3_profile}};
+  const std::pair<const char*, const std::string*> named[] = {{"proxy", &o.proxy},
+                                                              {"cacert", &o.cacert},
+                                                              {"s3_endpoint", &o.s3_endpoint},
+                                                              {"s3_region", &o.s3_region},
+                                                              {"s3_credentials", &o.s3_credentials},
+                                                              {"s3_profile", &o.s3_profile}};
   const bool http = is_http_source(source), s3 = starts_with(source, "s3://");
   for (const auto& [name, value] : named) {
     if (value->empty()) continue;
     if (!http) return bad(std::string(name) + "= applies to http(s) and s3 sources only");
-    if (!s3 && std::string_view(name).substr(0, 3) == "s3_") return bad(std::string(name) + "= applies to s3:// sources only");
+    if (!s3 && std::string_view(name).substr(0, 3) == "s3_")
+      return bad(std::string(name) + "= applies to s3:// sources only");
   }
   EXTRAFS_TRY(groups, parse_proxy_spec(o.proxy));
   (void)groups;
@@ -227,7 +231,10 @@ Result<HttpSource> resolve_http_source(std::string_view source, const HttpOption
       // Virtual-hosted: AWS's default. A bucket with a '.' would not match the wildcard
       // certificate of *.s3.REGION.amazonaws.com.
       if (s3.bucket.find('.') != std::string::npos)
-        return bad("bucket '" + s3.bucket + "' has a '.', which AWS's virtual-hosted URLs cannot serve over https: give s3_endpoint=https://s3." + region + ".amazonaws.com");
+        return bad(
+            "bucket '" + s3.bucket +
+            "' has a '.', which AWS's virtual-hosted URLs cannot serve over https: give s3_endpoint=https://s3." +
+            region + ".amazonaws.com");
       base = "https://" + s3.bucket + ".s3." + region + ".amazonaws.com";
     }
     out.bucket_urls.push_back(base);
@@ -276,7 +283,8 @@ Result<S3Credentials> load_s3_credentials(const std::string& path, const std::st
   if (::fstat(fd.get(), &st) != 0) return Error::from_errno(errno, what);
   if (!S_ISREG(st.st_mode)) return make_error(EINVAL, what + " is not a regular file");
   if (st.st_uid != ::geteuid())
-    return make_error(EPERM, what + " is not owned by the user running extrafs (uid " + std::to_string(::geteuid()) + ")");
+    return make_error(EPERM,
+                      what + " is not owned by the user running extrafs (uid " + std::to_string(::geteuid()) + ")");
   if ((st.st_mode & 077) != 0)
     return make_error(EPERM, what + " may be read or written by group or others (chmod 600 it)");
   constexpr size_t kLimit = 64 << 10;
@@ -294,7 +302,8 @@ Result<S3Credentials> load_s3_credentials(const std::string& path, const std::st
     std::string_view line = trim(raw);
     if (line.empty() || line.front() == '#' || line.front() == ';') continue;
     if (line.front() == '[') {
-      if (line.back() != ']') return make_error(EINVAL, what + ": line " + std::to_string(line_no) + ": unterminated '['");
+      if (line.back() != ']')
+        return make_error(EINVAL, what + ": line " + std::to_string(line_no) + ": unterminated '['");
       std::string_view name = trim(line.substr(1, line.size() - 2));
       in_profile = name == profile;
       found = found || in_profile;
@@ -306,9 +315,12 @@ Result<S3Credentials> load_s3_credentials(const std::string& path, const std::st
     if (!in_profile) continue;
     std::string_view key = trim(line.substr(0, eq));
     std::string value(trim(line.substr(eq + 1)));
-    if (key == "aws_access_key_id") c.access_key = value;
-    else if (key == "aws_secret_access_key") c.secret_key = value;
-    else if (key == "aws_session_token" || key == "aws_security_token") c.session_token = value;
+    if (key == "aws_access_key_id")
+      c.access_key = value;
+    else if (key == "aws_secret_access_key")
+      c.secret_key = value;
+    else if (key == "aws_session_token" || key == "aws_security_token")
+      c.session_token = value;
   }
   if (!found) return make_error(EINVAL, what + " has no profile [" + profile + "]");
   if (c.access_key.empty() || c.secret_key.empty())

@@ -75,7 +75,7 @@ Result<std::shared_ptr<int>> LocalBackend::fd_for(std::string_view path) {
   if (::fstat(fd, &st) != 0) return Error::from_errno(errno, root_ + "/" + key);
   MutexLock lock(&mu_);
   if (Open* open = fds_.find(key)) return open->fd;  // another thread won; ours closes on return
-  if (root_fd_ != root) return handle;              // opened in a root left meanwhile: not kept
+  if (root_fd_ != root) return handle;               // opened in a root left meanwhile: not kept
   fds_.insert(key, Open{handle, st.st_dev, st.st_ino});
   while (fds_.size() > kMaxOpen) fds_.pop_oldest();
   return handle;

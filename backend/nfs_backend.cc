@@ -42,12 +42,12 @@
 #include "backend/nfs_backend.h"
 
 #include <fcntl.h>
-#include <unistd.h>
+#include <nfsc/libnfs.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>  // must precede libnfs.h
-#include <nfsc/libnfs.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -75,11 +75,11 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using Deadline = Clock::time_point;
 
-constexpr uint64_t kMaxReadRpc = 1u << 20;   // see the v4 fact above
-constexpr int kMaxContexts = 8;              // pool size (contexts are created on demand)
-constexpr size_t kMaxCachedHandles = 256;    // open file handles kept per context
-constexpr size_t kReadWindow = 8;            // READs in flight per call
-constexpr int kPollSliceMs = 100;            // poll() granularity (libnfs timeout scan)
+constexpr uint64_t kMaxReadRpc = 1u << 20;  // see the v4 fact above
+constexpr int kMaxContexts = 8;             // pool size (contexts are created on demand)
+constexpr size_t kMaxCachedHandles = 256;   // open file handles kept per context
+constexpr size_t kReadWindow = 8;           // READs in flight per call
+constexpr int kPollSliceMs = 100;           // poll() granularity (libnfs timeout scan)
 constexpr int kFirstBackoffMs = 10;
 constexpr int kMaxBackoffMs = 500;
 constexpr int kStatGenerations = 256;
@@ -217,16 +217,16 @@ void pread_cb(int err, struct nfs_context* /*nfs*/, void* data, void* private_da
 struct Conn {
   struct nfs_context* nfs = nullptr;
   uint64_t read_cap = kMaxReadRpc;
-  bool broken = false;      // saw a transport error/timeout: tear down before reuse
-  bool reset_after = false; // NFSv4 open-owner state is doubtful: reconnect after this call
+  bool broken = false;                 // saw a transport error/timeout: tear down before reuse
+  bool reset_after = false;            // NFSv4 open-owner state is doubtful: reconnect after this call
   std::vector<struct nfsfh*> retired;  // NFSv4 handles replaced but not closed (freed at teardown)
-  int sock_errno = 0;       // errno of the last socket failure, if known
-  std::string sock_error;   // libnfs' words for it
+  int sock_errno = 0;                  // errno of the last socket failure, if known
+  std::string sock_error;              // libnfs' words for it
   struct Handle {
     struct nfsfh* fh = nullptr;
     uint32_t gen = 0;
   };
-  Lru<std::string, Handle> handles;  // open handles by full path
+  Lru<std::string, Handle> handles;                // open handles by full path
   const std::atomic<bool>* interrupted = nullptr;  // the backend's: set, the loop gives up
 };
 
@@ -276,8 +276,8 @@ class NfsBackend final : public Backend {
   NfsBackend(std::string url, NfsUrl parsed, int timeout_ms)
       : url_(std::move(url)), u_(std::move(parsed)), timeout_ms_(std::max(timeout_ms, 1)) {
     mount_path_ = u_.path;
-    client_salt_ = static_cast<uint64_t>(Clock::now().time_since_epoch().count()) ^
-                   (static_cast<uint64_t>(::getpid()) << 40);
+    client_salt_ =
+        static_cast<uint64_t>(Clock::now().time_since_epoch().count()) ^ (static_cast<uint64_t>(::getpid()) << 40);
     try {
       std::random_device rd;
       client_salt_ ^= (static_cast<uint64_t>(rd()) << 32) ^ rd();
@@ -320,9 +320,8 @@ class NfsBackend final : public Backend {
 
   Result<size_t> read(std::string_view path, uint64_t offset, std::span<std::byte> buf) override {
     EXTRAFS_TRY(full, full_path(path));
-    return with_retries<size_t>("read", path, full, [&](Conn& c, Deadline d) {
-      return read_on(c, full, offset, buf, d);
-    });
+    return with_retries<size_t>("read", path, full,
+                                [&](Conn& c, Deadline d) { return read_on(c, full, offset, buf, d); });
   }
 
   Result<ObjectInfo> stat(std::string_view path) override {
@@ -330,16 +329,13 @@ class NfsBackend final : public Backend {
     // A stat is how upper layers notice a replaced object (e.g. the catalog rewritten by rename):
     // handles cached before it are reopened on their next use.
     stat_gen_[gen_slot(full)].fetch_add(1, std::memory_order_acq_rel);
-    return with_retries<ObjectInfo>("stat", path, full, [&](Conn& c, Deadline d) {
-      return stat_on(c, full, d);
-    });
+    return with_retries<ObjectInfo>("stat", path, full, [&](Conn& c, Deadline d) { return stat_on(c, full, d); });
   }
 
   Result<std::vector<std::string>> list(std::string_view path) override {
     EXTRAFS_TRY(full, full_path(path));
-    return with_retries<std::vector<std::string>>("list", path, full, [&](Conn& c, Deadline d) {
-      return list_on(c, full, d);
-    });
+    return with_retries<std::vector<std::string>>("list", path, full,
+                                                  [&](Conn& c, Deadline d) { return list_on(c, full, d); });
   }
 
   std::string describe() const override { return url_; }
@@ -368,9 +364,7 @@ class NfsBackend final : public Backend {
     return full;
   }
 
-  size_t gen_slot(const std::string& full) const {
-    return std::hash<std::string>{}(full) % kStatGenerations;
-  }
+  size_t gen_slot(const std::string& full) const { return std::hash<std::string>{}(full) % kStatGenerations; }
 
   // ---- pool ----
 
@@ -401,8 +395,8 @@ class NfsBackend final : public Backend {
       }
       if (interrupted_.load()) return Error{ECANCELED, "cancelled: shutting down"};
       if (!cv_.wait_until(&mu_, deadline) && idle_.empty()) {
-        return Error{ETIMEDOUT, "all " + std::to_string(kMaxContexts) +
-                                    " NFS connections stayed busy until the deadline"};
+        return Error{ETIMEDOUT,
+                     "all " + std::to_string(kMaxContexts) + " NFS connections stayed busy until the deadline"};
       }
     }
   }
@@ -463,11 +457,11 @@ class NfsBackend final : public Backend {
 
   void set_v4_identity(Conn& c) {
     uint64_t n = next_client_id_.fetch_add(1) + 1;
-    std::string name = "extrafs-" + std::to_string(::getpid()) + "-" +
-                       std::to_string(client_salt_ & 0xffffffffu) + "-" + std::to_string(n);
+    std::string name = "extrafs-" + std::to_string(::getpid()) + "-" + std::to_string(client_salt_ & 0xffffffffu) +
+                       "-" + std::to_string(n);
     nfs4_set_client_name(c.nfs, name.c_str());
-    uint64_t v = client_salt_ ^ (n * 0x9E3779B97F4A7C15ull) ^
-                 static_cast<uint64_t>(Clock::now().time_since_epoch().count());
+    uint64_t v =
+        client_salt_ ^ (n * 0x9E3779B97F4A7C15ull) ^ static_cast<uint64_t>(Clock::now().time_since_epoch().count());
     char verifier[8];
     std::memcpy(verifier, &v, sizeof verifier);
     nfs4_set_verifier(c.nfs, verifier);
@@ -504,15 +498,15 @@ class NfsBackend final : public Backend {
     nfs_set_dircache(c.nfs, 0);
 
     CbState st;
-    std::string what = "cannot mount " + path + " from " + server_name() + " (NFSv" +
-                       std::to_string(u_.version) + ")";
+    std::string what = "cannot mount " + path + " from " + server_name() + " (NFSv" + std::to_string(u_.version) + ")";
     if (nfs_mount_async(c.nfs, u_.host.c_str(), path.c_str(), status_cb, &st) != 0) {
       // Queuing fails before any I/O: in practice the host name does not resolve.
       std::string msg = last_error(c.nfs);
       teardown(c);
       return Error{EHOSTUNREACH, what + ": " + msg};
     }
-    Loop loop = run_loop(c, [&] { return st.done; }, deadline);
+    Loop loop = run_loop(
+        c, [&] { return st.done; }, deadline);
     if (loop != Loop::kDone || st.err < 0) {
       Error e = loop != Loop::kDone ? transport_error(c, loop, what)
                 : c.sock_errno != 0 ? Error{c.sock_errno, what + ": " + std::strerror(c.sock_errno)}
@@ -544,7 +538,8 @@ class NfsBackend final : public Backend {
           teardown(c);
           return s;
         }
-        Loop loop = run_loop(c, [&] { return st.done; }, deadline);
+        Loop loop = run_loop(
+            c, [&] { return st.done; }, deadline);
         if (loop != Loop::kDone) {
           Error e = transport_error(c, loop, "stat " + rest);
           teardown(c);
@@ -554,8 +549,8 @@ class NfsBackend final : public Backend {
           teardown(c);
           int code = st.err < 0 ? cb_errno(st.err) : ENOTDIR;
           return Error{code, "cannot mount " + u_.path + " from " + server_name() + ": " + rest +
-                                 (st.err < 0 ? ": " + st.message : " is not a directory") +
-                                 " (in export " + mount + ")"};
+                                 (st.err < 0 ? ": " + st.message : " is not a directory") + " (in export " + mount +
+                                 ")"};
         }
         spdlog::debug("nfs: {}: mounted {} with subdirectory {}", url_, mount, rest);
         mount_path_ = mount;
@@ -577,7 +572,8 @@ class NfsBackend final : public Backend {
     int stale_retries = 0;
     Error last{ETIMEDOUT, "no attempt finished"};
     for (int attempt = 0;; ++attempt) {
-      if (interrupted_.load()) return Error{ECANCELED, "nfs " + std::string(op) + " of '" + std::string(path) + "' cancelled: shutting down"};
+      if (interrupted_.load())
+        return Error{ECANCELED, "nfs " + std::string(op) + " of '" + std::string(path) + "' cancelled: shutting down"};
       auto lease = acquire(deadline, key);
       if (!lease.ok()) {
         last = lease.error();
@@ -616,8 +612,8 @@ class NfsBackend final : public Backend {
       backoff_ms = std::min(backoff_ms * 2, kMaxBackoffMs);
     }
     auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count();
-    std::string msg = "nfs " + std::string(op) + " of '" + std::string(path) + "' from " + url_ +
-                      " failed for " + std::to_string(ms) + " ms: " + last.message;
+    std::string msg = "nfs " + std::string(op) + " of '" + std::string(path) + "' from " + url_ + " failed for " +
+                      std::to_string(ms) + " ms: " + last.message;
     spdlog::warn("{}", msg);
     return Error{ETIMEDOUT, msg};
   }
@@ -642,7 +638,8 @@ class NfsBackend final : public Backend {
       c.broken = true;
       return Error{EIO, "cannot open " + full + ": " + last_error(c.nfs)};
     }
-    Loop loop = run_loop(c, [&] { return st.done; }, deadline);
+    Loop loop = run_loop(
+        c, [&] { return st.done; }, deadline);
     if (loop != Loop::kDone) {
       Error e = transport_error(c, loop, "open " + full);
       teardown(c);  // cancels the open while `st` is alive
@@ -695,14 +692,15 @@ class NfsBackend final : public Backend {
       c.broken = true;
       return;
     }
-    if (run_loop(c, [&] { return st.done; }, deadline) != Loop::kDone) {
+    if (run_loop(
+            c, [&] { return st.done; }, deadline) != Loop::kDone) {
       c.broken = true;
       teardown(c);  // cancels the CLOSE while `st` is alive
     }
   }
 
-  Result<size_t> read_on(Conn& c, const std::string& full, uint64_t offset,
-                         std::span<std::byte> buf, Deadline deadline) {
+  Result<size_t> read_on(Conn& c, const std::string& full, uint64_t offset, std::span<std::byte> buf,
+                         Deadline deadline) {
     EXTRAFS_TRY(fh, get_handle(c, full, deadline));
     if (buf.empty()) return size_t{0};
 
@@ -739,7 +737,8 @@ class NfsBackend final : public Backend {
       }
       if (call.inflight == 0) break;
       uint64_t seen = call.completions;
-      Loop loop = run_loop(c, [&] { return call.completions != seen; }, deadline);
+      Loop loop = run_loop(
+          c, [&] { return call.completions != seen; }, deadline);
       if (loop != Loop::kDone) {
         Error e = transport_error(c, loop, "read " + full);
         teardown(c);  // cancels the READs in flight while `pieces` is alive
@@ -757,8 +756,7 @@ class NfsBackend final : public Backend {
         } else if (!is_permanent(code)) {
           c.broken = true;
         }
-        return Error{code, "read of " + full + " at " + std::to_string(p.offset + p.got) +
-                               " failed: " + p.message};
+        return Error{code, "read of " + full + " at " + std::to_string(p.offset + p.got) + " failed: " + p.message};
       }
       total += p.got;
       if (p.got < p.len) break;  // end of file
@@ -772,7 +770,8 @@ class NfsBackend final : public Backend {
       c.broken = true;
       return Error{EIO, "cannot stat " + full + ": " + last_error(c.nfs)};
     }
-    Loop loop = run_loop(c, [&] { return st.done; }, deadline);
+    Loop loop = run_loop(
+        c, [&] { return st.done; }, deadline);
     if (loop != Loop::kDone) {
       Error e = transport_error(c, loop, "stat " + full);
       teardown(c);
@@ -788,11 +787,9 @@ class NfsBackend final : public Backend {
     info.size = st.st.nfs_size;
     info.is_dir = S_ISDIR(mode);
     if (!S_ISDIR(mode) && !S_ISREG(mode)) info.special = mode & S_IFMT;
-    info.mtime_ns = static_cast<int64_t>(st.st.nfs_mtime) * 1000000000 +
-                    static_cast<int64_t>(st.st.nfs_mtime_nsec);
+    info.mtime_ns = static_cast<int64_t>(st.st.nfs_mtime) * 1000000000 + static_cast<int64_t>(st.st.nfs_mtime_nsec);
     info.file_id = st.st.nfs_ino;
-    info.ctime_ns = static_cast<int64_t>(st.st.nfs_ctime) * 1000000000 +
-                    static_cast<int64_t>(st.st.nfs_ctime_nsec);
+    info.ctime_ns = static_cast<int64_t>(st.st.nfs_ctime) * 1000000000 + static_cast<int64_t>(st.st.nfs_ctime_nsec);
     return info;
   }
 
@@ -802,7 +799,8 @@ class NfsBackend final : public Backend {
       c.broken = true;
       return Error{EIO, "cannot list " + full + ": " + last_error(c.nfs)};
     }
-    Loop loop = run_loop(c, [&] { return st.done; }, deadline);
+    Loop loop = run_loop(
+        c, [&] { return st.done; }, deadline);
     if (loop != Loop::kDone) {
       Error e = transport_error(c, loop, "list " + full);
       teardown(c);
@@ -834,11 +832,11 @@ class NfsBackend final : public Backend {
   std::array<std::atomic<uint32_t>, kStatGenerations> stat_gen_;
 
   Mutex mu_;
-  CondVar cv_;                // a context was released
-  CondVar pause_cv_;          // interrupt() ends back-offs (with mu_)
+  CondVar cv_;                                                // a context was released
+  CondVar pause_cv_;                                          // interrupt() ends back-offs (with mu_)
   std::vector<std::unique_ptr<Conn>> conns_ GUARDED_BY(mu_);  // grows only
   std::vector<Conn*> idle_ GUARDED_BY(mu_);
-  std::atomic<bool> interrupted_{false};      // interrupt(): every call fails at once
+  std::atomic<bool> interrupted_{false};  // interrupt(): every call fails at once
 };
 
 }  // namespace
@@ -913,8 +911,8 @@ Result<NfsUrl> parse_nfs_url(const std::string& url) {
   }
   if (has_port) {
     if (out.nfsport != 0 && out.nfsport != port) {
-      return bad_url("nfs URL port " + std::to_string(port) + " and nfsport=" +
-                     std::to_string(out.nfsport) + " disagree");
+      return bad_url("nfs URL port " + std::to_string(port) + " and nfsport=" + std::to_string(out.nfsport) +
+                     " disagree");
     }
     out.nfsport = port;
   }

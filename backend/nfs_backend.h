@@ -36,11 +36,11 @@ namespace extrafs::backend {
 
 // A parsed nfs:// SOURCE.
 struct NfsUrl {
-  std::string host;         // without brackets for IPv6
-  std::string path;         // "/EXPORT[/SUBDIR]", normalized: no trailing or doubled '/'
-  int version = 4;          // 3 or 4
-  int nfsport = 0;          // 0 = default (2049 for v4, portmapper for v3)
-  int mountport = 0;        // 0 = portmapper (v3 only)
+  std::string host;   // without brackets for IPv6
+  std::string path;   // "/EXPORT[/SUBDIR]", normalized: no trailing or doubled '/'
+  int version = 4;    // 3 or 4
+  int nfsport = 0;    // 0 = default (2049 for v4, portmapper for v3)
+  int mountport = 0;  // 0 = portmapper (v3 only)
 };
 
 // Validates and parses an nfs:// URL without touching the network. EINVAL with a one-line message

@@ -10,8 +10,8 @@ namespace {
 bool valid_hostname(std::string_view h) {
   if (h.empty() || h.size() > 253) return false;
   for (char c : h) {
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '-' || c == '.' || c == '_';
+    bool ok =
+        (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_';
     if (!ok) return false;
   }
   return h.front() != '.' && h.front() != '-';
@@ -20,8 +20,7 @@ bool valid_hostname(std::string_view h) {
 bool valid_ipv6(std::string_view h) {
   if (h.empty()) return false;
   for (char c : h) {
-    bool ok = (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F') || (c >= '0' && c <= '9') ||
-              c == ':' || c == '.';
+    bool ok = (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F') || (c >= '0' && c <= '9') || c == ':' || c == '.';
     if (!ok) return false;
   }
   return h.find(':') != std::string_view::npos;
@@ -81,9 +80,7 @@ Result<UrlAuthority> parse_url_authority(std::string_view authority, std::string
   return out;
 }
 
-std::string url_host(const std::string& host) {
-  return host.find(':') != std::string::npos ? "[" + host + "]" : host;
-}
+std::string url_host(const std::string& host) { return host.find(':') != std::string::npos ? "[" + host + "]" : host; }
 
 std::string percent_encode_segment(std::string_view s) {
   static constexpr char kHex[] = "0123456789ABCDEF";
@@ -91,8 +88,8 @@ std::string percent_encode_segment(std::string_view s) {
   out.reserve(s.size());
   for (char ch : s) {
     auto c = static_cast<unsigned char>(ch);
-    bool keep = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
-                c == '.' || c == '_' || c == '~';
+    bool keep = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
+                c == '_' || c == '~';
     if (keep) {
       out += ch;
     } else {

@@ -23,10 +23,10 @@
 //
 // Reading. A chunk file is read whole (header included) into an aligned buffer, in one of two
 // ways. If the page cache holds all of it (a chunk written or read a moment ago, a new mount of a
-// warm host; asked with mincore, which reads nothing), it is copied from there. Otherwise it is read with O_DIRECT, from the disk straight into the buffer, where the file
-// system allows O_DIRECT (else through the page cache, decided once): the bytes a reader gets
-// land in the mount's own page cache, so a second copy in the page cache of the cache file would
-// cost a copy per read and memory for nothing.
+// warm host; asked with mincore, which reads nothing), it is copied from there. Otherwise it is read with O_DIRECT,
+// from the disk straight into the buffer, where the file system allows O_DIRECT (else through the page cache, decided
+// once): the bytes a reader gets land in the mount's own page cache, so a second copy in the page cache of the cache
+// file would cost a copy per read and memory for nothing.
 //
 // Locking. `mu_` guards the in-memory index (map, LRU list, byte counts, pending puts, in-flight
 // temporary names) and is never held across file I/O. File operations that change which file a
@@ -105,8 +105,7 @@ struct Header {
   Digest128 digest;
 };
 
-std::array<uint8_t, kHeaderSize> encode_header(const char magic[4], uint64_t raw_len,
-                                               const Digest128& d) {
+std::array<uint8_t, kHeaderSize> encode_header(const char magic[4], uint64_t raw_len, const Digest128& d) {
   std::array<uint8_t, kHeaderSize> h{};
   std::memcpy(h.data(), magic, 4);
   h[4] = kFormatVersion & 0xff;
@@ -163,8 +162,8 @@ bool all_cached(int fd, size_t size) {
 bool valid_meta_name(const std::string& name) {
   if (name.empty() || name.size() > kMaxMetaName || name == "." || name == "..") return false;
   return std::all_of(name.begin(), name.end(), [](char c) {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
-           c == '_' || c == '-';
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+           c == '-';
   });
 }
 
@@ -190,10 +189,7 @@ std::string chunk_rel(const Digest128& d) {
 class DiskBlockCache final : public BlockCache {
  public:
   DiskBlockCache(std::string dir, uint64_t capacity, Fd dir_fd, Fd lock_fd)
-      : dir_(std::move(dir)),
-        capacity_(capacity),
-        dir_fd_(std::move(dir_fd)),
-        lock_fd_(std::move(lock_fd)) {}
+      : dir_(std::move(dir)), capacity_(capacity), dir_fd_(std::move(dir_fd)), lock_fd_(std::move(lock_fd)) {}
 
   // Callers must have finished every call before destroying the cache; the flock is released
   // when lock_fd_ closes.
@@ -292,8 +288,7 @@ class DiskBlockCache final : public BlockCache {
 
 Status DiskBlockCache::init() {
   for (const char* sub : {"chunks", "tmp", "meta"}) {
-    if (int e = ensure_dir_at(dir_fd_.get(), sub))
-      return dir_error(e, std::string("cannot create ") + sub + "/");
+    if (int e = ensure_dir_at(dir_fd_.get(), sub)) return dir_error(e, std::string("cannot create ") + sub + "/");
   }
   // Nobody else can be writing (we hold the flock): everything in tmp/ is left over from a crash.
   uint64_t stray = clean_tmp();
@@ -361,8 +356,7 @@ Status DiskBlockCache::scan() {
     }
     ::closedir(dp);
   }
-  std::sort(found.begin(), found.end(),
-            [](const Found& a, const Found& b) { return a.mtime_ns < b.mtime_ns; });
+  std::sort(found.begin(), found.end(), [](const Found& a, const Found& b) { return a.mtime_ns < b.mtime_ns; });
   MutexLock lk(&mu_);
   for (const auto& f : found) insert_locked(f.digest, f.size, f.mtime_ns / 1000000000);
   return ok_status();
@@ -402,8 +396,7 @@ void DiskBlockCache::remove_victims(const std::vector<Victim>& victims) {
 }
 
 std::string DiskBlockCache::new_tmp_name_locked(char kind) {
-  std::string name =
-      std::string(1, kind) + "." + std::to_string(::getpid()) + "." + std::to_string(tmp_seq_++);
+  std::string name = std::string(1, kind) + "." + std::to_string(::getpid()) + "." + std::to_string(tmp_seq_++);
   inflight_tmp_.insert(name);
   return name;
 }
@@ -428,8 +421,7 @@ uint64_t DiskBlockCache::clean_tmp() {
       MutexLock lk(&mu_);
       if (inflight_tmp_.count(name)) continue;
     }
-    if (::unlinkat(fd, name.c_str(), 0) == 0 ||
-        (errno == EISDIR && ::unlinkat(fd, name.c_str(), AT_REMOVEDIR) == 0))
+    if (::unlinkat(fd, name.c_str(), 0) == 0 || (errno == EISDIR && ::unlinkat(fd, name.c_str(), AT_REMOVEDIR) == 0))
       ++removed;
   }
   ::closedir(dp);
@@ -538,7 +530,8 @@ DiskBlockCache::ReadResult DiskBlockCache::read_chunk(const Digest128& d, bool t
 
 void DiskBlockCache::no_direct(const char* what) {
   if (direct_ok_.exchange(false, std::memory_order_relaxed))
-    log()->debug("cache {}: the file system refuses O_DIRECT ({}); chunk files are read through the page cache", dir_, what);
+    log()->debug("cache {}: the file system refuses O_DIRECT ({}); chunk files are read through the page cache", dir_,
+                 what);
 }
 
 void DiskBlockCache::drop_corrupt(const Digest128& d, const ReadResult& r) {
@@ -596,8 +589,7 @@ Result<ChunkBuffer> DiskBlockCache::get(const Digest128& d) {
     case ReadOutcome::kCorrupt:
       drop_corrupt(d, r);
       misses_.fetch_add(1, std::memory_order_relaxed);
-      return make_error(
-          ENOENT, "chunk " + d.hex() + " in cache " + dir_ + " was corrupt and has been dropped");
+      return make_error(ENOENT, "chunk " + d.hex() + " in cache " + dir_ + " was corrupt and has been dropped");
     case ReadOutcome::kError:
       break;
   }
@@ -609,9 +601,8 @@ Status DiskBlockCache::put(const Digest128& d, std::span<const std::byte> raw) {
   const uint64_t size = raw.size();
   if (size > capacity_ || size > kMaxChunkSize) {
     write_errors_.fetch_add(1, std::memory_order_relaxed);
-    return make_error(EFBIG, "cache " + dir_ + ": chunk of " + std::to_string(size) +
-                                 " bytes does not fit (capacity " + std::to_string(capacity_) +
-                                 ")");
+    return make_error(EFBIG, "cache " + dir_ + ": chunk of " + std::to_string(size) + " bytes does not fit (capacity " +
+                                 std::to_string(capacity_) + ")");
   }
   std::vector<Victim> victims;
   std::string tmp;
@@ -623,8 +614,8 @@ Status DiskBlockCache::put(const Digest128& d, std::span<const std::byte> raw) {
     if (reserved_ + size > limit) {
       // Only possible when the cache is a few chunks big and as many puts are in flight.
       write_errors_.fetch_add(1, std::memory_order_relaxed);
-      return make_error(ENOSPC, "cache " + dir_ + ": no room for chunk " + d.hex() +
-                                    " while other chunks are being stored");
+      return make_error(ENOSPC,
+                        "cache " + dir_ + ": no room for chunk " + d.hex() + " while other chunks are being stored");
     }
     evict_locked(size, limit, &victims);
     reserved_ += size;
@@ -686,8 +677,7 @@ bool DiskBlockCache::contains(const Digest128& d) {
 }
 
 Status DiskBlockCache::put_meta(const std::string& name, std::span<const std::byte> data) {
-  if (!valid_meta_name(name))
-    return make_error(EINVAL, "cache " + dir_ + ": invalid meta blob name '" + name + "'");
+  if (!valid_meta_name(name)) return make_error(EINVAL, "cache " + dir_ + ": invalid meta blob name '" + name + "'");
   std::string tmp;
   {
     MutexLock lk(&mu_);
@@ -730,8 +720,7 @@ Status DiskBlockCache::put_meta(const std::string& name, std::span<const std::by
 }
 
 Result<std::vector<std::byte>> DiskBlockCache::get_meta(const std::string& name) {
-  if (!valid_meta_name(name))
-    return make_error(EINVAL, "cache " + dir_ + ": invalid meta blob name '" + name + "'");
+  if (!valid_meta_name(name)) return make_error(EINVAL, "cache " + dir_ + ": invalid meta blob name '" + name + "'");
   std::string rel = "meta/" + name;
   Fd fd(::openat(dir_fd_.get(), rel.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd.valid()) {
@@ -741,8 +730,7 @@ Result<std::vector<std::byte>> DiskBlockCache::get_meta(const std::string& name)
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) return dir_error(errno, "cannot stat meta blob " + name);
   auto corrupt = [&](const char* why) {
-    return make_error(EBADMSG,
-                      "cache " + dir_ + ": meta blob " + name + " is corrupt (" + why + ")");
+    return make_error(EBADMSG, "cache " + dir_ + ": meta blob " + name + " is corrupt (" + why + ")");
   };
   uint64_t size = static_cast<uint64_t>(st.st_size);
   if (size < kHeaderSize) return corrupt("too short");
@@ -833,16 +821,13 @@ Result<std::unique_ptr<BlockCache>> BlockCache::open(const std::string& dir, uin
   if (dir.empty()) return make_error(EINVAL, "cache directory not given");
   if (auto made = make_dirs(dir, 0700); !made.ok()) {
     const int e = made.code();
-    if (e == ENOTDIR)
-      return make_error(ENOTDIR,
-                        "cache " + dir + " is not a directory (or a parent of it is a file)");
+    if (e == ENOTDIR) return make_error(ENOTDIR, "cache " + dir + " is not a directory (or a parent of it is a file)");
     return Error::from_errno(e, "cache " + dir + ": cannot create directory");
   }
   Fd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!dir_fd.valid()) return Error::from_errno(errno, "cache " + dir + ": cannot open directory");
   Fd lock_fd(::openat(dir_fd.get(), "lock", O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-  if (!lock_fd.valid())
-    return Error::from_errno(errno, "cache " + dir + ": cannot create lock file");
+  if (!lock_fd.valid()) return Error::from_errno(errno, "cache " + dir + ": cannot create lock file");
   if (::flock(lock_fd.get(), LOCK_EX | LOCK_NB) != 0) {
     int e = errno;
     if (e != EWOULDBLOCK) return Error::from_errno(e, "cache " + dir + ": cannot lock");
@@ -856,12 +841,10 @@ Result<std::unique_ptr<BlockCache>> BlockCache::open(const std::string& dir, uin
   }
   // Who holds it, for the message above; purely informative.
   std::string pid = std::to_string(::getpid()) + "\n";
-  if (::ftruncate(lock_fd.get(), 0) != 0)
-    return Error::from_errno(errno, "cache " + dir + ": cannot write lock file");
+  if (::ftruncate(lock_fd.get(), 0) != 0) return Error::from_errno(errno, "cache " + dir + ": cannot write lock file");
   if (int e = write_all(lock_fd.get(), pid.data(), pid.size()))
     return Error::from_errno(e, "cache " + dir + ": cannot write lock file");
-  auto cache =
-      std::make_unique<DiskBlockCache>(dir, capacity, std::move(dir_fd), std::move(lock_fd));
+  auto cache = std::make_unique<DiskBlockCache>(dir, capacity, std::move(dir_fd), std::move(lock_fd));
   EXTRAFS_CHECK_STATUS(cache->init());
   return std::unique_ptr<BlockCache>(std::move(cache));
 }

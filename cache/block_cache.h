@@ -33,15 +33,15 @@
 namespace extrafs::cache {
 
 struct BlockCacheStats {
-  uint64_t bytes = 0;           // chunk bytes currently stored (raw, uncompressed)
-  uint64_t chunks = 0;          // chunks currently stored
-  uint64_t capacity = 0;        // the bound (chunks plus the external bytes, see set_external)
-  uint64_t external = 0;        // bytes of whole-file copies counted against it
-  uint64_t hits = 0;            // get() served from disk
-  uint64_t misses = 0;          // get() found nothing (or found a corrupt chunk)
-  uint64_t evictions = 0;       // chunks evicted to honour the bound
-  uint64_t corrupt_dropped = 0; // chunks found corrupt on read or verify and removed
-  uint64_t write_errors = 0;    // puts that failed (disk full, ...); the read still succeeds
+  uint64_t bytes = 0;            // chunk bytes currently stored (raw, uncompressed)
+  uint64_t chunks = 0;           // chunks currently stored
+  uint64_t capacity = 0;         // the bound (chunks plus the external bytes, see set_external)
+  uint64_t external = 0;         // bytes of whole-file copies counted against it
+  uint64_t hits = 0;             // get() served from disk
+  uint64_t misses = 0;           // get() found nothing (or found a corrupt chunk)
+  uint64_t evictions = 0;        // chunks evicted to honour the bound
+  uint64_t corrupt_dropped = 0;  // chunks found corrupt on read or verify and removed
+  uint64_t write_errors = 0;     // puts that failed (disk full, ...); the read still succeeds
 };
 
 class BlockCache {

@@ -6,8 +6,8 @@
 // holds the ChunkData (the fetcher's memory LRU, the reader), never copied. A put() that finds the
 // queue full waits until the writer has made room, so memory stays bounded and no verified chunk
 // is dropped on the floor; waiting callers get room in the order they asked (first come, first
-// served), so none waits longer than the writes queued ahead of it. A chunk waiting in the queue can be read back with pending(), so a
-// reader never fetches again what is about to be on disk.
+// served), so none waits longer than the writes queued ahead of it. A chunk waiting in the queue can be read back with
+// pending(), so a reader never fetches again what is about to be on disk.
 //
 // Failed writes (disk full, ...) are passed to `on_error` from the writer thread; the reader has
 // long had its bytes.
@@ -71,7 +71,7 @@ class CacheWriter {
   CondVar room_cv_;  // producers wait for room; flush() waits for progress
   std::deque<std::pair<Digest128, ChunkData>> queue_ GUARDED_BY(mu_);
   std::unordered_map<Digest128, ChunkData, Digest128Hash> pending_ GUARDED_BY(mu_);  // queued + being written
-  uint64_t queued_seq_ GUARDED_BY(mu_) = 0;   // chunks ever queued
+  uint64_t queued_seq_ GUARDED_BY(mu_) = 0;                                          // chunks ever queued
   uint64_t written_seq_ GUARDED_BY(mu_) = 0;  // chunks ever taken off the queue and written (or failed)
   uint64_t next_ticket_ GUARDED_BY(mu_) = 0;  // put() callers ever (the next one's ticket)
   uint64_t turn_ GUARDED_BY(mu_) = 0;         // the ticket whose turn it is to take room

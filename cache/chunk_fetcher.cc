@@ -109,7 +109,8 @@ Result<ChunkData> ChunkFetcher::get(const ChunkRef& c, std::span<const ChunkRef>
     MutexLock lock(&mu_);
     if (auto f = failed_.find(c.digest); f != failed_.end()) {
       if (std::chrono::steady_clock::now() - f->second < kFailureMemory)
-        return make_error(EIO, "chunk of " + std::string(c.object) + " at " + std::to_string(c.offset) + " failed just now");
+        return make_error(EIO,
+                          "chunk of " + std::string(c.object) + " at " + std::to_string(c.offset) + " failed just now");
       failed_.erase(f);
     }
     auto [it, inserted] = inflight_.try_emplace(c.digest);
@@ -218,7 +219,8 @@ std::vector<Result<ChunkData>> ChunkFetcher::fetch_run(std::span<const ChunkRef>
   fetch_hist_.observe(std::chrono::steady_clock::now() - started);
   if (!n.ok()) {
     backend_errors_++;
-    spdlog::warn("read of {} at {} ({} chunks) failed: {}", run[0].object, run[0].offset, run.size(), n.error().message);
+    spdlog::warn("read of {} at {} ({} chunks) failed: {}", run[0].object, run[0].offset, run.size(),
+                 n.error().message);
     for (size_t i = 0; i < run.size(); ++i) out.push_back(n.error());
     return out;
   }
@@ -311,11 +313,13 @@ void ChunkFetcher::note_write_error(const Error& e) {
   if (!due) return;
   const uint64_t since = due->since, total = due->total;
   if (due->first) {
-    spdlog::warn("cannot write to the cache (reads still succeed from the store; more failures are reported at most "
-                 "once a minute): {}", e.message);
+    spdlog::warn(
+        "cannot write to the cache (reads still succeed from the store; more failures are reported at most "
+        "once a minute): {}",
+        e.message);
   } else {
-    spdlog::warn("cannot write to the cache: {} failure{} since the last report, {} in all; reads still succeed: {}", since,
-                 since == 1 ? "" : "s", total, e.message);
+    spdlog::warn("cannot write to the cache: {} failure{} since the last report, {} in all; reads still succeed: {}",
+                 since, since == 1 ? "" : "s", total, e.message);
   }
 }
 

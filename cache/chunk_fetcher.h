@@ -64,28 +64,28 @@ struct FetcherOptions {
 // Upper bounds, in seconds, of the buckets of the backend fetch latency histogram (an implicit
 // last bucket takes the rest).
 inline constexpr double kFetchBuckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                                           0.25,   0.5,   1,      2.5,   5,     10,   30};
+                                           0.25,   0.5,   1,      2.5,   5,    10,    30};
 inline constexpr size_t kFetchBucketCount = std::size(kFetchBuckets);
 
 struct FetcherStats {
-  uint64_t bytes_fetched = 0;    // bytes of chunks read from the backend (stored form)
-  uint64_t meta_bytes_fetched = 0;  // bytes of metadata (catalog, indexes) read from the backend
-  uint64_t own_bytes_fetched = 0;   // bytes of chunks read from the backend for get_own()
-  uint64_t chunks_fetched = 0;   // chunks read from the backend
-  uint64_t cache_hits = 0;       // chunks served from memory or disk
-  uint64_t cache_misses = 0;     // chunks that had to be fetched
-  uint64_t merged_waits = 0;     // readers that waited on another reader's fetch
-  uint64_t backend_errors = 0;   // backend reads that failed
-  uint64_t corrupt_fetches = 0;  // fetched chunks that failed verification or decompression
-  uint64_t prefetches = 0;       // chunks brought into memory ahead of readers
-  uint64_t cache_write_errors = 0;  // chunks or metadata the disk cache failed to store (disk
-                                    // full, ...); the reader still gets its bytes
+  uint64_t bytes_fetched = 0;         // bytes of chunks read from the backend (stored form)
+  uint64_t meta_bytes_fetched = 0;    // bytes of metadata (catalog, indexes) read from the backend
+  uint64_t own_bytes_fetched = 0;     // bytes of chunks read from the backend for get_own()
+  uint64_t chunks_fetched = 0;        // chunks read from the backend
+  uint64_t cache_hits = 0;            // chunks served from memory or disk
+  uint64_t cache_misses = 0;          // chunks that had to be fetched
+  uint64_t merged_waits = 0;          // readers that waited on another reader's fetch
+  uint64_t backend_errors = 0;        // backend reads that failed
+  uint64_t corrupt_fetches = 0;       // fetched chunks that failed verification or decompression
+  uint64_t prefetches = 0;            // chunks brought into memory ahead of readers
+  uint64_t cache_write_errors = 0;    // chunks or metadata the disk cache failed to store (disk
+                                      // full, ...); the reader still gets its bytes
   uint64_t cache_writes_pending = 0;  // fetched chunks not yet written to the disk cache
   // Backend reads of chunks by how long they took, failed ones included: fetch_buckets[i] counts
   // those that took at most kFetchBuckets[i] seconds (cumulative, as Prometheus wants it).
   std::array<uint64_t, kFetchBucketCount> fetch_buckets{};
-  uint64_t fetch_count = 0;    // backend reads of chunks timed
-  double fetch_seconds = 0;    // their total duration
+  uint64_t fetch_count = 0;  // backend reads of chunks timed
+  double fetch_seconds = 0;  // their total duration
 };
 
 class ChunkFetcher : public MetaSource {
@@ -207,9 +207,8 @@ class ChunkFetcher : public MetaSource {
   std::unordered_map<Digest128, std::chrono::steady_clock::time_point, Digest128Hash> failed_ GUARDED_BY(mu_);
   static constexpr std::chrono::milliseconds kFailureMemory{500};
 
-  std::atomic<uint64_t> bytes_fetched_{0}, own_bytes_fetched_{0}, chunks_fetched_{0},
-      cache_hits_{0}, cache_misses_{0}, merged_waits_{0}, backend_errors_{0}, corrupt_fetches_{0},
-      cache_write_errors_{0};
+  std::atomic<uint64_t> bytes_fetched_{0}, own_bytes_fetched_{0}, chunks_fetched_{0}, cache_hits_{0}, cache_misses_{0},
+      merged_waits_{0}, backend_errors_{0}, corrupt_fetches_{0}, cache_write_errors_{0};
 
   // Backend reads of chunks by how long they took.
   LatencyHistogram<kFetchBucketCount> fetch_hist_{kFetchBuckets};

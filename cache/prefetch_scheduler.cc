@@ -51,8 +51,10 @@ size_t PrefetchScheduler::readahead(std::vector<ReadaheadItem> items) {
       ++queued;
     }
   }
-  if (queued == 1) work_cv_.notify_one();
-  else if (queued > 1) work_cv_.notify_all();
+  if (queued == 1)
+    work_cv_.notify_one();
+  else if (queued > 1)
+    work_cv_.notify_all();
   return queued;
 }
 
@@ -73,7 +75,8 @@ size_t PrefetchScheduler::sequence(std::vector<OwnedChunkRef> chunks) {
     };
     for (auto& c : chunks) {
       if (c.ref.stored_len == 0) continue;
-      if (runs_bytes_ + waiting_bytes_ + run_raw + c.ref.raw_len > options_.sequence_budget + options_.wait_limit) break;
+      if (runs_bytes_ + waiting_bytes_ + run_raw + c.ref.raw_len > options_.sequence_budget + options_.wait_limit)
+        break;
       const bool adjacent = !run.empty() && run.back().object == c.object &&
                             run.back().ref.offset + run.back().ref.stored_len == c.ref.offset;
       // A run is one backend read, and within the budget (so that it can always be admitted).
@@ -93,8 +96,7 @@ size_t PrefetchScheduler::sequence(std::vector<OwnedChunkRef> chunks) {
 }
 
 void PrefetchScheduler::admit_waiting_locked() {
-  while (!waiting_.empty() &&
-         (runs_bytes_ == 0 || runs_bytes_ + waiting_.front().second <= options_.sequence_budget)) {
+  while (!waiting_.empty() && (runs_bytes_ == 0 || runs_bytes_ + waiting_.front().second <= options_.sequence_budget)) {
     runs_bytes_ += waiting_.front().second;
     waiting_bytes_ -= waiting_.front().second;
     runs_.push_back(std::move(waiting_.front()));
@@ -154,8 +156,10 @@ void PrefetchScheduler::worker() {
         runs_.pop_front();
       }
     }
-    if (run.empty()) fetch_readahead(job, following);
-    else fetch_run(run, run_raw);
+    if (run.empty())
+      fetch_readahead(job, following);
+    else
+      fetch_run(run, run_raw);
     bool idle;
     {
       MutexLock lock(&mu_);

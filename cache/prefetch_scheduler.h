@@ -40,8 +40,8 @@
 namespace extrafs::cache {
 
 struct PrefetchOptions {
-  unsigned threads = 4;         // workers; 0: nothing is ever queued
-  size_t queue_limit = 64;      // readahead chunks queued at most; more are dropped
+  unsigned threads = 4;          // workers; 0: nothing is ever queued
+  size_t queue_limit = 64;       // readahead chunks queued at most; more are dropped
   uint64_t sequence_budget = 0;  // raw bytes of sequence runs queued or being fetched at a time
   uint64_t wait_limit = 0;       // raw bytes of sequence runs that may wait for that budget
 };
@@ -119,9 +119,9 @@ class PrefetchScheduler {
   CondVar idle_cv_;  // the work ran out (wait_idle)
   std::deque<ReadaheadItem> queue_ GUARDED_BY(mu_);
   std::deque<Run> runs_ GUARDED_BY(mu_), waiting_ GUARDED_BY(mu_);
-  uint64_t runs_bytes_ GUARDED_BY(mu_) = 0;     // runs queued or being fetched
+  uint64_t runs_bytes_ GUARDED_BY(mu_) = 0;  // runs queued or being fetched
   uint64_t waiting_bytes_ GUARDED_BY(mu_) = 0;
-  unsigned busy_ GUARDED_BY(mu_) = 0;            // workers with a job in hand
+  unsigned busy_ GUARDED_BY(mu_) = 0;  // workers with a job in hand
   bool stopping_ GUARDED_BY(mu_) = false;
 
   std::atomic<uint64_t> prefetches_{0};

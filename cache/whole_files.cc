@@ -50,8 +50,10 @@ Result<uint64_t> remove_entries(int dir_fd, const std::string& shown) {
   int err = 0;
   EXTRAFS_CHECK_STATUS(for_each_entry(dir_fd, shown, [&](const std::string& name, const struct stat& st) {
     if (S_ISDIR(st.st_mode)) return;
-    if (::unlinkat(dir_fd, name.c_str(), 0) != 0) err = errno;
-    else if (S_ISREG(st.st_mode)) freed += static_cast<uint64_t>(st.st_size);
+    if (::unlinkat(dir_fd, name.c_str(), 0) != 0)
+      err = errno;
+    else if (S_ISREG(st.st_mode))
+      freed += static_cast<uint64_t>(st.st_size);
   }));
   if (err) return make_error(err, shown + ": cannot remove every copy");
   return freed;
@@ -161,7 +163,8 @@ class DiskWholeFiles : public WholeFiles {
       report();
     }
     static std::atomic<uint64_t> seq{0};
-    std::string tmp = std::string(kTmpPrefix) + key.hex() + "." + std::to_string(::getpid()) + "." + std::to_string(seq++);
+    std::string tmp =
+        std::string(kTmpPrefix) + key.hex() + "." + std::to_string(::getpid()) + "." + std::to_string(seq++);
     Fd fd(::openat(dir_fd_.get(), tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
     if (!fd.valid() || ::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) {
       int e = errno;
@@ -189,7 +192,8 @@ class DiskWholeFiles : public WholeFiles {
                std::span<const ExpectedChunk> chunks) override {
     const std::string name = key.hex();
     EXTRAFS_TRY(fd, open_copy(key, name, size));
-    struct stat before {}, after {};
+    struct stat before {
+    }, after{};
     if (::fstat(fd.get(), &before) != 0) return make_error(errno, "stat of a copy");
     if (!matches(fd.get(), size, chunk_size, chunks)) {
       drop(key, name);
@@ -253,7 +257,8 @@ class DiskWholeFiles : public WholeFiles {
       ssize_t n = pread_all(fd, buf.data(), c.raw_len, static_cast<off_t>(off));
       if (n != static_cast<ssize_t>(c.raw_len)) return false;
       if (c.zero) {
-        if (std::any_of(buf.begin(), buf.begin() + c.raw_len, [](std::byte b) { return b != std::byte{0}; })) return false;
+        if (std::any_of(buf.begin(), buf.begin() + c.raw_len, [](std::byte b) { return b != std::byte{0}; }))
+          return false;
       } else if (xxh3_128(buf.data(), c.raw_len) != c.digest) {
         return false;
       }
@@ -342,7 +347,7 @@ class DiskWholeFiles : public WholeFiles {
   // Copies this instance hashed and found right, with the identity they had then.
   std::unordered_map<Digest128, FileId, Digest128Hash> verified_ GUARDED_BY(mu_);
   uint64_t bytes_ GUARDED_BY(mu_) = 0, reserved_ GUARDED_BY(mu_) = 0, written_ GUARDED_BY(mu_) = 0,
-           checked_ GUARDED_BY(mu_) = 0, corrupt_ GUARDED_BY(mu_) = 0;
+                  checked_ GUARDED_BY(mu_) = 0, corrupt_ GUARDED_BY(mu_) = 0;
   bool loaded_ GUARDED_BY(mu_) = false;
 
   static Fd clear_nonblock(Fd fd) {
@@ -377,7 +382,8 @@ Result<std::unique_ptr<WholeFiles>> WholeFiles::open(const std::string& dir, uin
   if (::mkdir(files.c_str(), 0700) != 0 && errno != EEXIST) return make_error(errno, files + ": cannot create");
   Fd fd(::open(files.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
   if (!fd.valid()) return make_error(errno, files + ": cannot open");
-  return std::unique_ptr<WholeFiles>(std::make_unique<DiskWholeFiles>(files, std::move(fd), capacity, std::move(usage)));
+  return std::unique_ptr<WholeFiles>(
+      std::make_unique<DiskWholeFiles>(files, std::move(fd), capacity, std::move(usage)));
 }
 
 Result<uint64_t> remove_whole_files(const std::string& dir) {

@@ -47,11 +47,11 @@ struct ExpectedChunk {
 };
 
 struct WholeFileStats {
-  uint64_t files = 0;         // copies held
-  uint64_t bytes = 0;         // their total size
-  uint64_t capacity = 0;      // the bound
-  uint64_t written = 0;       // copies made by this instance
-  uint64_t checked = 0;       // copies hashed and found right by this instance
+  uint64_t files = 0;            // copies held
+  uint64_t bytes = 0;            // their total size
+  uint64_t capacity = 0;         // the bound
+  uint64_t written = 0;          // copies made by this instance
+  uint64_t checked = 0;          // copies hashed and found right by this instance
   uint64_t corrupt_dropped = 0;  // copies that did not match their chunks and were removed
 };
 

@@ -52,9 +52,7 @@ bool Digest128::is_zero() const {
 Digest128 xxh3_128(const void* data, size_t len) { return from_xxh(XXH3_128bits(data, len)); }
 uint64_t xxh3_64(const void* data, size_t len) { return XXH3_64bits(data, len); }
 
-Xxh3Stream::Xxh3Stream() : state_(XXH3_createState()) {
-  XXH3_128bits_reset(static_cast<XXH3_state_t*>(state_));
-}
+Xxh3Stream::Xxh3Stream() : state_(XXH3_createState()) { XXH3_128bits_reset(static_cast<XXH3_state_t*>(state_)); }
 Xxh3Stream::~Xxh3Stream() { XXH3_freeState(static_cast<XXH3_state_t*>(state_)); }
 void Xxh3Stream::update(const void* data, size_t len) {
   XXH3_128bits_update(static_cast<XXH3_state_t*>(state_), data, len);

@@ -11,9 +11,11 @@
 namespace extrafs {
 
 bool parse_log_level(const std::string& name, spdlog::level::level_enum* out) {
-  static const std::pair<const char*, spdlog::level::level_enum> kLevels[] = {
-      {"trace", spdlog::level::trace}, {"debug", spdlog::level::debug}, {"info", spdlog::level::info},
-      {"warn", spdlog::level::warn},   {"error", spdlog::level::err}};
+  static const std::pair<const char*, spdlog::level::level_enum> kLevels[] = {{"trace", spdlog::level::trace},
+                                                                              {"debug", spdlog::level::debug},
+                                                                              {"info", spdlog::level::info},
+                                                                              {"warn", spdlog::level::warn},
+                                                                              {"error", spdlog::level::err}};
   for (const auto& [n, l] : kLevels) {
     if (name == n) {
       *out = l;
@@ -32,9 +34,7 @@ class EscapedMessage final : public spdlog::custom_flag_formatter {
     std::string escaped = escape_control(std::string_view(msg.payload.data(), msg.payload.size()));
     dest.append(escaped.data(), escaped.data() + escaped.size());
   }
-  std::unique_ptr<spdlog::custom_flag_formatter> clone() const override {
-    return std::make_unique<EscapedMessage>();
-  }
+  std::unique_ptr<spdlog::custom_flag_formatter> clone() const override { return std::make_unique<EscapedMessage>(); }
 };
 
 }  // namespace

@@ -68,9 +68,9 @@ bool is_mount_point(const std::string& path, std::string* fstype) {
 std::string fstype_of(const std::string& path) {
   std::string best, type;
   for (const auto& m : read_mounts()) {
-    const bool under = m.point == "/" || path == m.point ||
-                       (path.size() > m.point.size() && path.compare(0, m.point.size(), m.point) == 0 &&
-                        path[m.point.size()] == '/');
+    const bool under =
+        m.point == "/" || path == m.point ||
+        (path.size() > m.point.size() && path.compare(0, m.point.size(), m.point) == 0 && path[m.point.size()] == '/');
     if (under && m.point.size() >= best.size()) {
       best = m.point;
       type = m.fstype;

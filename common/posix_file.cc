@@ -5,8 +5,8 @@
 #include <limits.h>
 #include <linux/openat2.h>
 #include <sys/random.h>
-#include <sys/syscall.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -81,14 +81,22 @@ ssize_t pread_all(int fd, void* data, size_t len, off_t off) {
 
 const char* file_type_name(mode_t mode) {
   switch (mode & S_IFMT) {
-    case S_IFREG: return "a regular file";
-    case S_IFDIR: return "a directory";
-    case S_IFIFO: return "a FIFO";
-    case S_IFSOCK: return "a socket";
-    case S_IFCHR: return "a character device";
-    case S_IFBLK: return "a block device";
-    case S_IFLNK: return "a symlink";
-    default: return "of an unknown type";
+    case S_IFREG:
+      return "a regular file";
+    case S_IFDIR:
+      return "a directory";
+    case S_IFIFO:
+      return "a FIFO";
+    case S_IFSOCK:
+      return "a socket";
+    case S_IFCHR:
+      return "a character device";
+    case S_IFBLK:
+      return "a block device";
+    case S_IFLNK:
+      return "a symlink";
+    default:
+      return "of an unknown type";
   }
 }
 
@@ -132,7 +140,8 @@ Result<Fd> reopen_regular(const Fd& path_fd, const std::string& name, int flags,
   int fd = ::open(proc.c_str(), base | flags);
   if (fd < 0 && errno == EPERM && (flags & O_NOATIME)) fd = ::open(proc.c_str(), base | (flags & ~O_NOATIME));
   if (fd < 0) {
-    if (errno == ENOENT) return make_error(ENOENT, "cannot reopen " + name + " through " + proc + " (is /proc mounted?)");
+    if (errno == ENOENT)
+      return make_error(ENOENT, "cannot reopen " + name + " through " + proc + " (is /proc mounted?)");
     return Error::from_errno(errno, name);
   }
   return Fd(fd);
@@ -473,8 +482,10 @@ Result<std::pair<Fd, std::string>> open_parent_beneath(int dir, std::string_view
   while (!rel.empty() && rel.back() == '/') rel.remove_suffix(1);
   size_t slash = rel.rfind('/');
   std::string name(slash == std::string_view::npos ? rel : rel.substr(slash + 1));
-  if (name.empty() || name == "." || name == "..") return make_error(EINVAL, shown + "/" + std::string(rel) + ": not a name to remove");
-  EXTRAFS_TRY(parent, open_beneath(dir, slash == std::string_view::npos ? "" : rel.substr(0, slash), O_RDONLY | O_DIRECTORY, shown));
+  if (name.empty() || name == "." || name == "..")
+    return make_error(EINVAL, shown + "/" + std::string(rel) + ": not a name to remove");
+  EXTRAFS_TRY(parent, open_beneath(dir, slash == std::string_view::npos ? "" : rel.substr(0, slash),
+                                   O_RDONLY | O_DIRECTORY, shown));
   return std::make_pair(std::move(parent), std::move(name));
 }
 
@@ -516,7 +527,8 @@ Result<TreeUsage> usage_beneath(int dir, std::string_view rel, const std::string
   }
   struct stat st;
   if (::fstat(parent->first.get(), &st) != 0) return Error::from_errno(errno, shown);
-  EXTRAFS_CHECK_STATUS(usage_at(parent->first.get(), parent->second, shown + "/" + std::string(rel), st.st_dev, &usage));
+  EXTRAFS_CHECK_STATUS(
+      usage_at(parent->first.get(), parent->second, shown + "/" + std::string(rel), st.st_dev, &usage));
   return usage;
 }
 

@@ -25,7 +25,7 @@ struct Error {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : v_(std::move(value)) {}      // NOLINT: implicit by design
   Result(Error error) : v_(std::move(error)) {}  // NOLINT
 
   bool ok() const { return v_.index() == 0; }
@@ -61,17 +61,17 @@ inline Error make_error(int code, std::string message) { return Error{code, std:
   if (!var##_result_.ok()) return var##_result_.error(); \
   auto var = std::move(var##_result_).value()
 
-#define EXTRAFS_CHECK_STATUS(expr)                \
-  do {                                            \
-    auto status_ = (expr);                        \
-    if (!status_.ok()) return status_.error();    \
+#define EXTRAFS_CHECK_STATUS(expr)             \
+  do {                                         \
+    auto status_ = (expr);                     \
+    if (!status_.ok()) return status_.error(); \
   } while (0)
 
 // A broken invariant: abort with a message. Never used for bad input.
-#define EXTRAFS_INVARIANT(cond, msg)                                              \
-  do {                                                                            \
-    if (!(cond)) {                                                                \
+#define EXTRAFS_INVARIANT(cond, msg)                                                          \
+  do {                                                                                        \
+    if (!(cond)) {                                                                            \
       ::fprintf(stderr, "extrafs: invariant failed at %s:%d: %s\n", __FILE__, __LINE__, msg); \
-      ::abort();                                                                  \
-    }                                                                             \
+      ::abort();                                                                              \
+    }                                                                                         \
   } while (0)

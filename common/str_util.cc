@@ -18,11 +18,20 @@ std::optional<uint64_t> parse_duration(std::string_view s) {
   if (s.size() < 2) return std::nullopt;
   uint64_t unit = 0;
   switch (s.back()) {
-    case 's': unit = 1; break;
-    case 'm': unit = 60; break;
-    case 'h': unit = 3600; break;
-    case 'd': unit = 86400; break;
-    default: return std::nullopt;
+    case 's':
+      unit = 1;
+      break;
+    case 'm':
+      unit = 60;
+      break;
+    case 'h':
+      unit = 3600;
+      break;
+    case 'd':
+      unit = 86400;
+      break;
+    default:
+      return std::nullopt;
   }
   auto n = parse_uint(s.substr(0, s.size() - 1));
   if (!n || *n > UINT64_MAX / unit) return std::nullopt;
@@ -47,12 +56,28 @@ std::optional<uint64_t> parse_size(std::string_view s) {
   uint64_t mult = 1;
   if (!unit.empty()) {
     switch (unit.front()) {
-      case 'k': case 'K': mult = 1ull << 10; break;
-      case 'm': case 'M': mult = 1ull << 20; break;
-      case 'g': case 'G': mult = 1ull << 30; break;
-      case 't': case 'T': mult = 1ull << 40; break;
-      case 'b': case 'B': mult = 1; break;
-      default: return std::nullopt;
+      case 'k':
+      case 'K':
+        mult = 1ull << 10;
+        break;
+      case 'm':
+      case 'M':
+        mult = 1ull << 20;
+        break;
+      case 'g':
+      case 'G':
+        mult = 1ull << 30;
+        break;
+      case 't':
+      case 'T':
+        mult = 1ull << 40;
+        break;
+      case 'b':
+      case 'B':
+        mult = 1;
+        break;
+      default:
+        return std::nullopt;
     }
     std::string_view rest = unit.substr(1);
     if (mult == 1 ? !rest.empty() : !(rest.empty() || rest == "B" || rest == "iB")) return std::nullopt;
@@ -81,8 +106,10 @@ std::string format_size(uint64_t bytes) {
     ++u;
   }
   char buf[32];
-  if (u == 0) std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(bytes));
-  else std::snprintf(buf, sizeof buf, "%.1f %s", v, kUnits[u]);
+  if (u == 0)
+    std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(bytes));
+  else
+    std::snprintf(buf, sizeof buf, "%.1f %s", v, kUnits[u]);
   return buf;
 }
 
@@ -173,11 +200,16 @@ std::string escape_control(std::string_view s) {
     const auto c = static_cast<unsigned char>(s[i]);
     const size_t n = utf8_sequence(s.substr(i));
     if (n == 1) {
-      if (c >= 0x20 && c != 0x7f) out += static_cast<char>(c);
-      else if (c == '\n') out += "\\n";
-      else if (c == '\r') out += "\\r";
-      else if (c == '\t') out += "\\t";
-      else append_hex_byte(out, c);
+      if (c >= 0x20 && c != 0x7f)
+        out += static_cast<char>(c);
+      else if (c == '\n')
+        out += "\\n";
+      else if (c == '\r')
+        out += "\\r";
+      else if (c == '\t')
+        out += "\\t";
+      else
+        append_hex_byte(out, c);
       ++i;
     } else if (n == 0) {
       append_hex_byte(out, c);  // not UTF-8: shown byte by byte

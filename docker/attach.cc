@@ -31,10 +31,10 @@ namespace {
 // One layer of an image as the mount serves it, read before the data-root lock.
 struct SourceLayer {
   DockerLayer layer;
-  std::string parent_chain;                                 // "" for the base
-  std::vector<std::pair<std::string, std::string>> files;   // diff, size, cache-id[, parent]: checked
-  std::string src;                                          // MNT/image/overlay2/layerdb/sha256/<hex>
-  std::string target;                                       // MNT/overlay2/<cache-id>/diff
+  std::string parent_chain;                                // "" for the base
+  std::vector<std::pair<std::string, std::string>> files;  // diff, size, cache-id[, parent]: checked
+  std::string src;                                         // MNT/image/overlay2/layerdb/sha256/<hex>
+  std::string target;                                      // MNT/overlay2/<cache-id>/diff
 };
 
 struct SourceImage {
@@ -94,7 +94,8 @@ Status ensure_link_symlink(const DataRootPaths& p, const std::string& link, cons
 }
 
 // Reads the small layerdb files of `layer` from the mount and checks them against the image.
-Result<SourceLayer> read_source_layer(const std::string& mnt, const DockerLayer& layer, const std::string& parent_chain) {
+Result<SourceLayer> read_source_layer(const std::string& mnt, const DockerLayer& layer,
+                                      const std::string& parent_chain) {
   SourceLayer s;
   s.layer = layer;
   s.parent_chain = parent_chain;
@@ -112,14 +113,16 @@ Result<SourceLayer> read_source_layer(const std::string& mnt, const DockerLayer&
   for (const auto& [name, data] : s.files) {
     const std::string v = trim_trailing(data);
     if (name == "diff" && v != layer.diff_id)
-      return make_error(EBADMSG, s.src + "/diff says " + escape_control(v) + ", the image config says " + layer.diff_id);
+      return make_error(EBADMSG,
+                        s.src + "/diff says " + escape_control(v) + ", the image config says " + layer.diff_id);
     if (name == "cache-id" && v != layer.cache_id) return make_error(EBADMSG, s.src + "/cache-id does not match");
     if (name == "parent" && v != parent_chain)
       return make_error(EBADMSG, s.src + "/parent says " + escape_control(v) + ", expected " +
                                      (parent_chain.empty() ? "none" : parent_chain));
     if (name == "size" && !parse_uint(v)) return make_error(EBADMSG, s.src + "/size is not a number");
   }
-  if (!is_dir(s.target)) return make_error(ENOENT, s.target + " is missing: the store does not serve layer " + layer.cache_id);
+  if (!is_dir(s.target))
+    return make_error(ENOENT, s.target + " is missing: the store does not serve layer " + layer.cache_id);
   return s;
 }
 
@@ -133,7 +136,8 @@ Result<SourceImage> read_source_image(const DockerMeta& meta, const std::string&
   }
   if (img->layers.empty()) return make_error(EBADMSG, ref + " has no layers");
   if (img->layers.size() > static_cast<size_t>(kMaxLayers))
-    return make_error(E2BIG, ref + " has " + std::to_string(img->layers.size()) + " layers; overlay2 takes at most 128");
+    return make_error(E2BIG,
+                      ref + " has " + std::to_string(img->layers.size()) + " layers; overlay2 takes at most 128");
   SourceImage s;
   s.ref = ref;
   std::string parent;
@@ -152,8 +156,10 @@ Result<std::string> stage_layerdb_entry(const DataRootPaths& p, const SourceLaye
   std::vector<std::pair<std::string, std::string>> files = l.files;
   const std::string ts = l.src + "/tar-split.json.gz";
   auto tar_split = read_file(ts, kMaxTarSplitSize);
-  if (tar_split.ok()) files.emplace_back("tar-split.json.gz", std::move(*tar_split));
-  else if (tar_split.code() != ENOENT) return tar_split.error();
+  if (tar_split.ok())
+    files.emplace_back("tar-split.json.gz", std::move(*tar_split));
+  else if (tar_split.code() != ENOENT)
+    return tar_split.error();
   std::string tmpl = p.layerdb_tmp + "/" + kLayerdbTmpPrefix + "XXXXXX";
   if (!::mkdtemp(tmpl.data())) return Error::from_errno(errno, p.layerdb_tmp);
   const std::string tmp = tmpl;
@@ -234,8 +240,8 @@ Result<bool> reuse_layer(const DataRootPaths& p, const std::string& ldb, const S
   const std::string odir = p.overlay2 + "/" + here->cache_id;
   auto link = read_file(odir + "/link", kMaxLineFileSize);
   if (!link.ok())
-    return make_error(EBADMSG, "layer " + s.layer.chain_id + " in " + p.root + " has no " + odir +
-                                   "/link; the data-root is damaged");
+    return make_error(
+        EBADMSG, "layer " + s.layer.chain_id + " in " + p.root + " has no " + odir + "/link; the data-root is damaged");
   here->link = trim_trailing(*link);
   if (auto lower = read_file(odir + "/lower", kMaxLineFileSize); lower.ok()) here->lower = trim_trailing(*lower);
   EXTRAFS_CHECK_STATUS(ensure_link_symlink(p, here->link, here->cache_id, pass, &changed));
@@ -261,16 +267,18 @@ Result<bool> reuse_layer(const DataRootPaths& p, const std::string& ldb, const S
   }
   if (!top && !path_exists(odir + "/committed")) {
     // What dockerd itself writes on a parent when it creates a child layer.
-    if (pass.dry) pass.writes = true;
-    else EXTRAFS_CHECK_STATUS(write_new_file(odir + "/committed", "", 0600));
+    if (pass.dry)
+      pass.writes = true;
+    else
+      EXTRAFS_CHECK_STATUS(write_new_file(odir + "/committed", "", 0600));
   }
   return changed;
 }
 
 // overlay2/<cache-id> was left by an attach that stopped before its layerdb rename: adopt it if
 // it is ours (its diff points at `target`), else refuse to touch it.
-Status adopt_overlay_dir(const DataRootPaths& p, const std::string& odir, const SourceLayer& s, const std::string& want_lower,
-                         bool base, bool top, LocalLayer* here, Pass& pass) {
+Status adopt_overlay_dir(const DataRootPaths& p, const std::string& odir, const SourceLayer& s,
+                         const std::string& want_lower, bool base, bool top, LocalLayer* here, Pass& pass) {
   bool changed = false;
   if (read_link(odir + "/diff") != s.target || !path_exists(odir + "/link"))
     return make_error(EEXIST, odir + " already exists and was not made by extrafs docker attach from " + pass.mnt +
@@ -282,7 +290,8 @@ Status adopt_overlay_dir(const DataRootPaths& p, const std::string& odir, const 
   if (pass.dry) return ok_status();
   if (!base) {
     auto lower = read_file(odir + "/lower", kMaxLineFileSize);
-    if (!lower.ok() || trim_trailing(*lower) != want_lower) EXTRAFS_CHECK_STATUS(write_file_atomic(odir + "/lower", want_lower, 0644));
+    if (!lower.ok() || trim_trailing(*lower) != want_lower)
+      EXTRAFS_CHECK_STATUS(write_file_atomic(odir + "/lower", want_lower, 0644));
     EXTRAFS_CHECK_STATUS(mkdir_mode(odir + "/work", 0700));
   }
   if (!top && !path_exists(odir + "/committed")) EXTRAFS_CHECK_STATUS(write_new_file(odir + "/committed", "", 0600));
@@ -356,8 +365,8 @@ Result<AttachResult> attach_one(const DataRootPaths& p, const SourceImage& s, Pa
 bool tag_points_at(const nlohmann::json& repos, const std::string& ref, const std::string& id) {
   const auto& r = repos["Repositories"];
   const std::string repo = repo_of(ref);
-  return r.is_object() && r.contains(repo) && r[repo].is_object() && r[repo].contains(ref) && r[repo][ref].is_string() &&
-         r[repo][ref].get<std::string>() == id;
+  return r.is_object() && r.contains(repo) && r[repo].is_object() && r[repo].contains(ref) &&
+         r[repo][ref].is_string() && r[repo][ref].get<std::string>() == id;
 }
 
 class AttachChange : public DataRootChange {
@@ -466,7 +475,8 @@ Result<std::string> resolve_extrafs_mount(const std::string& mountpoint) {
   auto real = real_path(absolute_path(mountpoint));
   if (!real) return Error::from_errno(errno, mountpoint);
   std::string type;
-  if (!is_mount_point(*real, &type)) return make_error(EINVAL, mountpoint + " is not an extrafs mount (nothing is mounted there)");
+  if (!is_mount_point(*real, &type))
+    return make_error(EINVAL, mountpoint + " is not an extrafs mount (nothing is mounted there)");
   if (type != "fuse.extrafs") return make_error(EINVAL, mountpoint + " is not an extrafs mount (it is " + type + ")");
   return *real;
 }

@@ -38,8 +38,8 @@ namespace extrafs::docker {
 Result<std::string> resolve_extrafs_mount(const std::string& mountpoint);
 
 struct AttachResult {
-  std::string ref;          // "name:tag"
-  std::string image_id;     // "sha256:<hex>"
+  std::string ref;       // "name:tag"
+  std::string image_id;  // "sha256:<hex>"
   int layers = 0;
   int layers_created = 0;   // new overlay2 dirs + layerdb entries
   int layers_present = 0;   // already in the data-root (attached before, or dockerd's own)
@@ -50,18 +50,18 @@ struct AttachResult {
 };
 
 struct AttachRequest {
-  std::string mount;                       // the extrafs mount serving the images
+  std::string mount;  // the extrafs mount serving the images
   std::string data_root = kDefaultDataRoot;
-  std::vector<std::string> refs;           // "name:tag" (checked by the caller: familiar_ref)
-  bool all = false;                        // instead of refs: every tag of the mount not attached yet
-  bool restart = false;                    // restart a running dockerd around the change
+  std::vector<std::string> refs;  // "name:tag" (checked by the caller: familiar_ref)
+  bool all = false;               // instead of refs: every tag of the mount not attached yet
+  bool restart = false;           // restart a running dockerd around the change
   RestartOptions restart_options;
 };
 
 struct AttachReport {
-  std::vector<AttachResult> images;        // each image, attached now or found attached already
-  bool nothing_to_attach = false;          // with `all`: every image of the mount is attached already
-  RestartOutcome restart;                  // what happened to dockerd (also when the attach failed)
+  std::vector<AttachResult> images;  // each image, attached now or found attached already
+  bool nothing_to_attach = false;    // with `all`: every image of the mount is attached already
+  RestartOutcome restart;            // what happened to dockerd (also when the attach failed)
 };
 
 // `extrafs docker attach`: checks the mount and the data-root's driver, reads the images from the

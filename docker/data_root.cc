@@ -38,17 +38,16 @@ Status mkdir_mode(const std::string& p, mode_t mode) {
 
 Status ensure_data_root_layout(const DataRootPaths& p) {
   // Modes as dockerd 20.10 makes them.
-  for (const auto& [dir, mode] : std::vector<std::pair<std::string, mode_t>>{
-           {p.root + "/image", 0700},
-           {p.image, 0700},
-           {p.layerdb, 0700},
-           {p.layerdb_sha, 0755},
-           {p.layerdb_tmp, 0755},
-           {p.imagedb, 0700},
-           {p.imagedb + "/content", 0700},
-           {p.content, 0700},
-           {p.overlay2, 0710},
-           {p.links, 0700}}) {
+  for (const auto& [dir, mode] : std::vector<std::pair<std::string, mode_t>>{{p.root + "/image", 0700},
+                                                                             {p.image, 0700},
+                                                                             {p.layerdb, 0700},
+                                                                             {p.layerdb_sha, 0755},
+                                                                             {p.layerdb_tmp, 0755},
+                                                                             {p.imagedb, 0700},
+                                                                             {p.imagedb + "/content", 0700},
+                                                                             {p.content, 0700},
+                                                                             {p.overlay2, 0710},
+                                                                             {p.links, 0700}}) {
     EXTRAFS_CHECK_STATUS(mkdir_mode(dir, mode));
   }
   return ok_status();
@@ -70,7 +69,8 @@ Result<nlohmann::json> load_repositories(const std::string& path) {
     return text.error();
   }
   auto j = nlohmann::json::parse(*text, nullptr, false);
-  if (j.is_discarded() || !j.is_object()) return make_error(EBADMSG, path + " is not valid JSON; refusing to replace it");
+  if (j.is_discarded() || !j.is_object())
+    return make_error(EBADMSG, path + " is not valid JSON; refusing to replace it");
   if (!j.contains("Repositories")) j["Repositories"] = nlohmann::json::object();
   if (!j["Repositories"].is_object()) return make_error(EBADMSG, path + ": Repositories is not an object");
   for (auto& [repo, refs] : j["Repositories"].items())

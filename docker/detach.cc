@@ -27,8 +27,8 @@ struct Layer {
 // What else in the data-root uses the image or its layers.
 struct Users {
   bool container_uses_image = false;
-  bool child_image = false;            // an image built on this one
-  std::set<std::string> used_chains;   // chain IDs of other images and of containers' layers
+  bool child_image = false;           // an image built on this one
+  std::set<std::string> used_chains;  // chain IDs of other images and of containers' layers
 };
 
 // Adds the link ids named by a `lower` file ("l/A:l/B:...") to `links`.
@@ -167,7 +167,8 @@ std::vector<Layer> plan_removal(const DataRootPaths& p, const std::vector<Layer>
   std::vector<Layer> remove;
   if (!other_tags.empty()) {
     r->note = "also tagged " + *other_tags.begin();
-    for (const auto& l : layers) r->kept_layers.push_back(l.cache_id + " (image also tagged " + *other_tags.begin() + ")");
+    for (const auto& l : layers)
+      r->kept_layers.push_back(l.cache_id + " (image also tagged " + *other_tags.begin() + ")");
     return remove;
   }
   if (users.container_uses_image) {
@@ -177,9 +178,12 @@ std::vector<Layer> plan_removal(const DataRootPaths& p, const std::vector<Layer>
   }
   if (users.child_image) r->note = "another image was built on it";
   for (const auto& l : layers) {
-    if (!l.ours) r->kept_layers.push_back(l.cache_id + " (not made by extrafs docker attach)");
-    else if (users.used_chains.count(l.chain)) r->kept_layers.push_back(l.cache_id + " (used by another image or a container)");
-    else remove.push_back(l);
+    if (!l.ours)
+      r->kept_layers.push_back(l.cache_id + " (not made by extrafs docker attach)");
+    else if (users.used_chains.count(l.chain))
+      r->kept_layers.push_back(l.cache_id + " (used by another image or a container)");
+    else
+      remove.push_back(l);
   }
   keep_lower_chains(p, &remove, r);
   return remove;
@@ -192,11 +196,15 @@ Status remove_tag(const DataRootPaths& p, nlohmann::json& repos, const std::stri
   for (auto it = repos["Repositories"].begin(); it != repos["Repositories"].end();) {
     auto& refs = it.value();
     for (auto jt = refs.begin(); jt != refs.end();) {
-      if (jt.key() == ref || (!keep_config && jt.value() == id && jt.key().find('@') != std::string::npos)) jt = refs.erase(jt);
-      else ++jt;
+      if (jt.key() == ref || (!keep_config && jt.value() == id && jt.key().find('@') != std::string::npos))
+        jt = refs.erase(jt);
+      else
+        ++jt;
     }
-    if (refs.empty()) it = repos["Repositories"].erase(it);
-    else ++it;
+    if (refs.empty())
+      it = repos["Repositories"].erase(it);
+    else
+      ++it;
   }
   return save_repositories(p.repos, repos);
 }
@@ -241,8 +249,9 @@ Result<DetachResult> detach_one(const DataRootPaths& p, const std::string& ref, 
   bool any_ours = false;
   for (const auto& l : layers) any_ours |= l.ours;
   if (cfg.ok() && !any_ours && !layers.empty())
-    return make_error(EINVAL, ref + " in " + p.root +
-                                  " was not attached by extrafs (none of its layers is served by an extrafs mount); use docker rmi");
+    return make_error(
+        EINVAL, ref + " in " + p.root +
+                    " was not attached by extrafs (none of its layers is served by an extrafs mount); use docker rmi");
   if (judge) return r;
 
   const Users users = find_users(p, id);

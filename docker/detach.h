@@ -27,7 +27,7 @@ struct DetachResult {
   bool config_removed = false;
   std::vector<std::string> removed_layers;  // cache ids
   std::vector<std::string> kept_layers;     // "cache-id (reason)"
-  std::string note;                          // why the config was kept, if it was
+  std::string note;                         // why the config was kept, if it was
 };
 
 struct DetachRequest {

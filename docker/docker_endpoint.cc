@@ -33,7 +33,8 @@ Result<std::string> context_endpoint(const std::string& config_dir, const std::s
   // docker names a context's directory by the SHA-256 of its name.
   const std::string digest = store::sha256_digest(name).substr(7);
   const std::string meta = config_dir + "/contexts/meta/" + digest + "/meta.json";
-  if (!path_exists(meta)) return make_error(ENOENT, "docker context \"" + escape_control(name) + "\" does not exist (no " + meta + ")");
+  if (!path_exists(meta))
+    return make_error(ENOENT, "docker context \"" + escape_control(name) + "\" does not exist (no " + meta + ")");
   EXTRAFS_TRY(j, read_json_file(meta, true));
   auto ep = j.value("/Endpoints/docker/Host"_json_pointer, nlohmann::json());
   if (!ep.is_string() || ep.get<std::string>().empty())
@@ -74,12 +75,14 @@ Result<std::string> docker_cli_endpoint(const DockerCliSettings& s, std::string*
   if (context.empty()) {
     const std::string cfg = s.config_dir + "/config.json";
     EXTRAFS_TRY(j, read_json_file(cfg, false));
-    if (j.contains("currentContext") && j["currentContext"].is_string()) context = j["currentContext"].get<std::string>();
+    if (j.contains("currentContext") && j["currentContext"].is_string())
+      context = j["currentContext"].get<std::string>();
     how = "context " + context + " (" + cfg + ")";
   }
   // The default context is DOCKER_HOST, else the default socket.
   if (context.empty() || context == "default")
-    return s.docker_host.empty() ? done(kDefaultDockerHost, "the default endpoint") : done(s.docker_host, "DOCKER_HOST");
+    return s.docker_host.empty() ? done(kDefaultDockerHost, "the default endpoint")
+                                 : done(s.docker_host, "DOCKER_HOST");
   EXTRAFS_TRY(ep, context_endpoint(s.config_dir, context));
   return done(ep, how);
 }
@@ -87,9 +90,10 @@ Result<std::string> docker_cli_endpoint(const DockerCliSettings& s, std::string*
 Result<std::string> local_socket_of(const std::string& endpoint, const std::string& via) {
   constexpr std::string_view kUnix = "unix://";
   if (endpoint.rfind(kUnix, 0) == 0 && endpoint.size() > kUnix.size()) return endpoint.substr(kUnix.size());
-  return make_error(EINVAL, "the docker endpoint " + escape_control(endpoint) + " (from " + escape_control(via) +
-                                ") is not a local unix socket: images are attached into the data-root of a dockerd on this "
-                                "host, so run docker extrafs there");
+  return make_error(EINVAL,
+                    "the docker endpoint " + escape_control(endpoint) + " (from " + escape_control(via) +
+                        ") is not a local unix socket: images are attached into the data-root of a dockerd on this "
+                        "host, so run docker extrafs there");
 }
 
 }  // namespace extrafs::docker

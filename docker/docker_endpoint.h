@@ -19,11 +19,11 @@ namespace extrafs::docker {
 inline constexpr const char* kDefaultDockerHost = "unix:///var/run/docker.sock";
 
 struct DockerCliSettings {
-  std::string host_flag;      // -H/--host, or ""
-  std::string context_flag;   // -c/--context, or ""
-  std::string docker_host;    // $DOCKER_HOST, or ""
-  std::string docker_context; // $DOCKER_CONTEXT, or ""
-  std::string config_dir;     // --config, else $DOCKER_CONFIG, else $HOME/.docker
+  std::string host_flag;       // -H/--host, or ""
+  std::string context_flag;    // -c/--context, or ""
+  std::string docker_host;     // $DOCKER_HOST, or ""
+  std::string docker_context;  // $DOCKER_CONTEXT, or ""
+  std::string config_dir;      // --config, else $DOCKER_CONFIG, else $HOME/.docker
 };
 
 // The docker CLI's settings from this process's environment; `host_flag`, `context_flag` and

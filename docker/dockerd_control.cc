@@ -35,7 +35,7 @@ constexpr std::string_view kDeletedSuffix = " (deleted)";
 
 // The signals deferred while dockerd is stopped: every one whose default action ends or stops
 // the process and that a user, a terminal, a service manager or a broken pipe sends.
-constexpr int kDeferredSignals[] = {SIGINT, SIGTERM, SIGHUP,  SIGQUIT, SIGTSTP, SIGTTIN,
+constexpr int kDeferredSignals[] = {SIGINT,  SIGTERM, SIGHUP,  SIGQUIT, SIGTSTP, SIGTTIN,
                                     SIGTTOU, SIGUSR1, SIGUSR2, SIGALRM, SIGPIPE};
 
 // Blocks kDeferredSignals in this thread for its lifetime. release() takes the ones that arrived
@@ -336,10 +336,12 @@ Status wait_api(const std::string& socket, long pid, int timeout_s) {
     auto r = http_get_unix(socket, "/_ping", 1000);
     if (r.ok() && r->status == 200 && r->body == "OK") return ok_status();
     last = r.ok() ? "GET /_ping answered " + std::to_string(r->status) : r.error().message;
-    if (pid != 0 && !process_running(pid)) return make_error(ESRCH, "the new dockerd (pid " + std::to_string(pid) + ") exited");
+    if (pid != 0 && !process_running(pid))
+      return make_error(ESRCH, "the new dockerd (pid " + std::to_string(pid) + ") exited");
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  return make_error(ETIMEDOUT, "dockerd's API did not answer within " + std::to_string(timeout_s) + " s (" + last + ")");
+  return make_error(ETIMEDOUT,
+                    "dockerd's API did not answer within " + std::to_string(timeout_s) + " s (" + last + ")");
 }
 
 std::string how_started(const DockerdLaunch& d) {
@@ -410,7 +412,8 @@ Status restart_around(const std::string& data_root, const DockerdProcess& d, Fd 
   DeferSignals defer;
   if (auto st = write_restart_journal(data_root, l); !st.ok()) {
     out->deferred_signal = defer.release();
-    return make_error(st.code(), "cannot write the restart journal, so " + who + " was not stopped: " + st.error().message);
+    return make_error(st.code(),
+                      "cannot write the restart journal, so " + who + " was not stopped: " + st.error().message);
   }
   const auto t0 = Clock::now();
   Status stopped = request_stop(l, pidfd.get(), o);
@@ -446,7 +449,8 @@ Status restart_around(const std::string& data_root, const DockerdProcess& d, Fd 
                                           ") failed: " + up.error().message + "; " + journal +
                                           " stays, so the next extrafs docker command tries again");
   if (!changed.ok())
-    return make_error(changed.code(), changed.error().message + " (dockerd was started again; its API was unavailable for " +
+    return make_error(changed.code(), changed.error().message +
+                                          " (dockerd was started again; its API was unavailable for " +
                                           fmt_seconds(out->api_down_s) + ")");
   if (!up.ok())
     return make_error(up.code(), "the change is done, but starting " + who + " again (" + how_started(l) +
@@ -512,7 +516,8 @@ Result<DockerdProcess> inspect_dockerd(long pid) {
   l.argv = split_cmdline(*cmdline);
   auto env = read_file(proc + "/environ", 1 << 20);
   if (!env.ok())
-    return make_error(env.code(), "cannot read the environment of dockerd (pid " + std::to_string(pid) + "): " + env.error().message);
+    return make_error(
+        env.code(), "cannot read the environment of dockerd (pid " + std::to_string(pid) + "): " + env.error().message);
   l.env = split_cmdline(*env);
   auto cwd = resolve_proc_link(proc + "/cwd");
   if (!cwd) return make_error(ESRCH, gone);
@@ -545,13 +550,16 @@ Result<DockerdProcess> inspect_dockerd(long pid) {
 
 Result<DockerdInfo> dockerd_info(const std::string& socket) {
   EXTRAFS_TRY(r, http_get_unix(socket, "/info", 10000));
-  if (r.status != 200) return make_error(EIO, socket + ": GET /info answered " + std::to_string(r.status) + " " + escape_control(r.reason));
+  if (r.status != 200)
+    return make_error(EIO,
+                      socket + ": GET /info answered " + std::to_string(r.status) + " " + escape_control(r.reason));
   auto j = nlohmann::json::parse(r.body, nullptr, false);
   if (!j.is_object() || !j.contains("LiveRestoreEnabled") || !j["LiveRestoreEnabled"].is_boolean())
     return make_error(EBADMSG, socket + ": GET /info has no boolean LiveRestoreEnabled");
   DockerdInfo info;
   info.live_restore = j["LiveRestoreEnabled"].get<bool>();
-  if (j.contains("DockerRootDir") && j["DockerRootDir"].is_string()) info.root_dir = j["DockerRootDir"].get<std::string>();
+  if (j.contains("DockerRootDir") && j["DockerRootDir"].is_string())
+    info.root_dir = j["DockerRootDir"].get<std::string>();
   if (j.contains("Driver") && j["Driver"].is_string()) info.driver = j["Driver"].get<std::string>();
   return info;
 }
@@ -580,23 +588,26 @@ Result<std::string> recover_stopped_dockerd(const std::string& data_root, const 
     EXTRAFS_CHECK_STATUS(remove_restart_journal(data_root));
     return std::string();
   }
-  const std::string by = "'" + escape_control(j.by) + "' (pid " + std::to_string(j.by_pid) + ", " +
-                         escape_control(j.stopped_at) + ")";
+  const std::string by =
+      "'" + escape_control(j.by) + "' (pid " + std::to_string(j.by_pid) + ", " + escape_control(j.stopped_at) + ")";
   const std::string who = "dockerd (pid " + std::to_string(l.pid) + ", " + how_started(l) + ")";
   if (j.boot_id.empty() || j.boot_id != current_boot_id()) {
     EXTRAFS_CHECK_STATUS(remove_restart_journal(data_root));
-    return who + " was stopped by " + by + " in an earlier boot, which ended before it was started again; "
-                 "not starting it here (this boot starts what it is set to start); removed " + path;
+    return who + " was stopped by " + by +
+           " in an earlier boot, which ended before it was started again; "
+           "not starting it here (this boot starts what it is set to start); removed " +
+           path;
   }
   if (!l.unit.empty() && !systemd_running())
-    return make_error(ENOENT, who + " was left stopped by " + by + ", but systemd does not run here; start it and remove " + path);
+    return make_error(
+        ENOENT, who + " was left stopped by " + by + ", but systemd does not run here; start it and remove " + path);
   // Inside a systemd service (extrafs-attach@.service is ordered before docker.service), waiting
   // for docker.service to start would wait for ourselves: queue the start instead.
   const bool queue_only = !l.unit.empty() && std::getenv("INVOCATION_ID") != nullptr;
   auto started = start_and_wait(l, o, queue_only);
   if (!started.ok())
-    return make_error(started.code(), who + " was left stopped by " + by + "; starting it again failed: " +
-                                          started.error().message + "; " + path +
+    return make_error(started.code(), who + " was left stopped by " + by +
+                                          "; starting it again failed: " + started.error().message + "; " + path +
                                           " stays, so the next extrafs docker command tries again");
   EXTRAFS_CHECK_STATUS(remove_restart_journal(data_root));
   if (queue_only) return who + ", left stopped by " + by + ", is queued to start again (systemctl start --no-block)";
@@ -626,9 +637,9 @@ Status run_with_dockerd_stopped(const std::string& data_root, bool restart, Data
   }
   if (!restart) {
     auto st = check_dockerd_stopped(data_root);
-    return make_error(EBUSY, (st.ok() ? "dockerd (pid " + std::to_string(*pid) + ") runs on " + data_root
-                                      : st.error().message) +
-                                 "; or pass --restart to restart it around the change (needs live-restore)");
+    return make_error(
+        EBUSY, (st.ok() ? "dockerd (pid " + std::to_string(*pid) + ") runs on " + data_root : st.error().message) +
+                   "; or pass --restart to restart it around the change (needs live-restore)");
   }
   const std::string who = "dockerd (pid " + std::to_string(*pid) + ")";
   EXTRAFS_TRY(d, inspect_dockerd(*pid));
@@ -637,9 +648,11 @@ Status run_with_dockerd_stopped(const std::string& data_root, bool restart, Data
   if (!live.ok())
     return make_error(live.code(), "cannot ask " + who + " whether live-restore is enabled: " + live.error().message);
   if (!*live)
-    return make_error(EPERM, who + " runs without live-restore, so restarting it would stop its containers; set "
-                             "\"live-restore\": true in " + d.config_file + " and reload it (kill -HUP " +
-                             std::to_string(*pid) + "), or stop it yourself");
+    return make_error(EPERM, who +
+                                 " runs without live-restore, so restarting it would stop its containers; set "
+                                 "\"live-restore\": true in " +
+                                 d.config_file + " and reload it (kill -HUP " + std::to_string(*pid) +
+                                 "), or stop it yourself");
   // What starting it again needs, checked while it still runs.
   if (d.launch.unit.empty() && ::access(d.launch.exe.c_str(), X_OK) != 0)
     return make_error(ENOENT, "cannot restart " + who + ": its executable " + d.launch.exe +

@@ -60,10 +60,10 @@ class DataRootChange {
 
 // How a running dockerd was started, read from /proc/PID.
 struct DockerdProcess {
-  DockerdLaunch launch;                 // what the journal keeps
-  std::string config_file;              // its --config-file, or /etc/docker/daemon.json
-  unsigned long long start_time = 0;    // /proc/PID/stat field 22: tells it from a later process with its pid
-  bool cwd_deleted = false;             // its working directory was removed while it ran
+  DockerdLaunch launch;               // what the journal keeps
+  std::string config_file;            // its --config-file, or /etc/docker/daemon.json
+  unsigned long long start_time = 0;  // /proc/PID/stat field 22: tells it from a later process with its pid
+  bool cwd_deleted = false;           // its working directory was removed while it ran
 };
 
 // Reads /proc/PID of a running dockerd: its command line and environment (split at NULs, empty
@@ -106,14 +106,14 @@ struct RestartOptions {
 
 // What run_with_dockerd_stopped did; filled as far as it got, also when it fails.
 struct RestartOutcome {
-  std::string recovered;      // a line about a dockerd an interrupted earlier run had left stopped, if any
-  bool changed = false;       // plan() found work and apply() succeeded
-  bool restarted = false;     // dockerd was stopped and answers again
+  std::string recovered;   // a line about a dockerd an interrupted earlier run had left stopped, if any
+  bool changed = false;    // plan() found work and apply() succeeded
+  bool restarted = false;  // dockerd was stopped and answers again
   long old_pid = 0;
-  long new_pid = 0;           // 0 when systemd started it and did not tell
-  std::string how;            // "systemd unit docker.service" or "its own command line"
-  double api_down_s = 0;      // from the stop request until the new dockerd answered /_ping
-  int deferred_signal = 0;    // a signal that arrived while dockerd was stopped, or 0
+  long new_pid = 0;         // 0 when systemd started it and did not tell
+  std::string how;          // "systemd unit docker.service" or "its own command line"
+  double api_down_s = 0;    // from the stop request until the new dockerd answered /_ping
+  int deferred_signal = 0;  // a signal that arrived while dockerd was stopped, or 0
 };
 
 // Runs `change` with no dockerd on `data_root` (an existing directory), as the header comment

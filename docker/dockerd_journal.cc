@@ -61,9 +61,13 @@ Result<RestartJournal> parse(const std::string& text) {
   for (const auto& [key, field] : std::initializer_list<std::pair<const char*, std::string*>>{
            {"boot_id", &r.boot_id}, {"stopped_at", &r.stopped_at}, {"by", &r.by}})
     EXTRAFS_CHECK_STATUS(get_string(j, key, field));
-  for (const auto& [key, field] : std::initializer_list<std::pair<const char*, std::string*>>{
-           {"unit", &l.unit}, {"exe", &l.exe}, {"cwd", &l.cwd}, {"stdout", &l.stdout_file},
-           {"stderr", &l.stderr_file}, {"api_socket", &l.api_socket}})
+  for (const auto& [key, field] :
+       std::initializer_list<std::pair<const char*, std::string*>>{{"unit", &l.unit},
+                                                                   {"exe", &l.exe},
+                                                                   {"cwd", &l.cwd},
+                                                                   {"stdout", &l.stdout_file},
+                                                                   {"stderr", &l.stderr_file},
+                                                                   {"api_socket", &l.api_socket}})
     EXTRAFS_CHECK_STATUS(get_string(d, key, field));
   for (const auto& [key, field] : std::initializer_list<std::pair<const char*, std::vector<std::string>*>>{
            {"sockets", &l.sockets}, {"argv", &l.argv}, {"env", &l.env}})
@@ -76,7 +80,8 @@ Result<RestartJournal> parse(const std::string& text) {
   if (!l.unit.empty() && (l.unit.find('/') != std::string::npos || l.unit.front() == '-'))
     return make_error(EBADMSG, "bad unit name");
   for (const auto& s : l.sockets)
-    if (s.empty() || s.find('/') != std::string::npos || s.front() == '-') return make_error(EBADMSG, "bad socket unit name");
+    if (s.empty() || s.find('/') != std::string::npos || s.front() == '-')
+      return make_error(EBADMSG, "bad socket unit name");
   return r;
 }
 
@@ -152,8 +157,9 @@ Status write_restart_journal(const std::string& data_root, const DockerdLaunch& 
                       {"stderr", journal_encode(l.stderr_file)},
                       {"api_socket", journal_encode(l.api_socket)}};
   nlohmann::json j = {{"version", 1},
-                      {"what", "dockerd was stopped by extrafs docker --restart; if this file is still here, "
-                               "the next extrafs docker command on this data-root starts it again"},
+                      {"what",
+                       "dockerd was stopped by extrafs docker --restart; if this file is still here, "
+                       "the next extrafs docker command on this data-root starts it again"},
                       {"boot_id", journal_encode(current_boot_id())},
                       {"stopped_at", journal_encode(at)},
                       {"by_pid", static_cast<long>(::getpid())},

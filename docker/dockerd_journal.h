@@ -26,16 +26,16 @@ std::string restart_journal_path(const std::string& data_root);
 
 // How the stopped dockerd is started again.
 struct DockerdLaunch {
-  long pid = 0;                       // the pid it had (for messages)
-  std::string unit;                   // "docker.service" when systemd ran it, else empty
-  std::vector<std::string> sockets;   // with `unit`: the socket units that were active
-  std::string exe;                    // without `unit`: what to execute
-  std::vector<std::string> argv;      // its command line, argv[0] first
-  std::vector<std::string> env;       // its environment ("NAME=value")
-  std::string cwd;                    // its working directory (may no longer exist)
-  std::string stdout_file;            // a regular file its stdout was appended to, else empty
-  std::string stderr_file;            // likewise for stderr
-  std::string api_socket;             // the unix socket its API listens on
+  long pid = 0;                      // the pid it had (for messages)
+  std::string unit;                  // "docker.service" when systemd ran it, else empty
+  std::vector<std::string> sockets;  // with `unit`: the socket units that were active
+  std::string exe;                   // without `unit`: what to execute
+  std::vector<std::string> argv;     // its command line, argv[0] first
+  std::vector<std::string> env;      // its environment ("NAME=value")
+  std::string cwd;                   // its working directory (may no longer exist)
+  std::string stdout_file;           // a regular file its stdout was appended to, else empty
+  std::string stderr_file;           // likewise for stderr
+  std::string api_socket;            // the unix socket its API listens on
 };
 
 struct RestartJournal {

@@ -115,7 +115,8 @@ std::vector<std::string> split_cmdline(const std::string& cmdline) {
   return args;
 }
 
-std::vector<std::string> dockerd_flag_values(const std::vector<std::string>& args, const std::vector<std::string>& flags) {
+std::vector<std::string> dockerd_flag_values(const std::vector<std::string>& args,
+                                             const std::vector<std::string>& flags) {
   std::vector<std::string> out;
   for (size_t i = 1; i < args.size(); ++i) {
     const std::string& a = args[i];
@@ -152,19 +153,22 @@ Status check_dockerd_stopped(const std::string& data_root_in) {
   if (!real || ::stat(real->c_str(), &root_st) != 0) return ok_status();  // nothing there yet
   if (auto pid = find_dockerd_process(*real, root_st)) {
     const std::string p = std::to_string(*pid);
-    return make_error(EBUSY, "dockerd (pid " + p + ") is running on data-root " + *real + "; stop it first (kill -TERM " +
-                                 p + " and wait for it to exit, or 'systemctl stop docker.socket docker' for the system one)");
+    return make_error(EBUSY,
+                      "dockerd (pid " + p + ") is running on data-root " + *real + "; stop it first (kill -TERM " + p +
+                          " and wait for it to exit, or 'systemctl stop docker.socket docker' for the system one)");
   }
   EXTRAFS_CHECK_STATUS(check_bolt_locks(*real));
   if (auto pf = find_system_pid_file(*real))
     return make_error(EBUSY, "dockerd (pid " + std::to_string(pf->first) + ", " + pf->second +
-                                 ") is running on data-root " + *real + "; stop it first ('systemctl stop docker.socket docker')");
+                                 ") is running on data-root " + *real +
+                                 "; stop it first ('systemctl stop docker.socket docker')");
   return ok_status();
 }
 
 Status check_overlay2_data_root(const std::string& data_root_in, const std::string& daemon_json) {
   const std::string data_root = real_path(absolute_path(data_root_in)).value_or(absolute_path(data_root_in));
-  for (const char* d : {"aufs", "btrfs", "devicemapper", "fuse-overlayfs", "overlay", "vfs", "zfs", "windowsfilter", "lcow"}) {
+  for (const char* d :
+       {"aufs", "btrfs", "devicemapper", "fuse-overlayfs", "overlay", "vfs", "zfs", "windowsfilter", "lcow"}) {
     const std::string img = data_root + "/image/" + d;
     if (is_dir(img))
       return make_error(EINVAL, "data-root " + data_root + " holds images of the " + d + " storage driver (" + img +
@@ -194,8 +198,9 @@ Status check_overlay2_data_root(const std::string& data_root_in, const std::stri
                                   "; extrafs docker needs a dockerd using overlay2");
   if (j.contains("features") && j["features"].is_object() && j["features"].contains("containerd-snapshotter") &&
       j["features"]["containerd-snapshotter"] == true)
-    return make_error(EINVAL, daemon_json + " enables the containerd image store (features.containerd-snapshotter); "
-                                            "extrafs docker needs dockerd's overlay2 graph driver");
+    return make_error(EINVAL, daemon_json +
+                                  " enables the containerd image store (features.containerd-snapshotter); "
+                                  "extrafs docker needs dockerd's overlay2 graph driver");
   return ok_status();
 }
 

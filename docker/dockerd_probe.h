@@ -18,7 +18,8 @@ std::vector<std::string> split_cmdline(const std::string& cmdline);
 
 // Every value given to one of `flags` on dockerd's command line `args` (argv[0] first), in order:
 // "--flag VALUE", "--flag=VALUE", and for one-letter flags also "-fVALUE".
-std::vector<std::string> dockerd_flag_values(const std::vector<std::string>& args, const std::vector<std::string>& flags);
+std::vector<std::string> dockerd_flag_values(const std::vector<std::string>& args,
+                                             const std::vector<std::string>& flags);
 
 // The pid of the dockerd process (of this pid namespace) whose data-root is `data_root`, if one
 // runs: found by its command line (and config file) or, for /var/lib/docker, the system pid files.

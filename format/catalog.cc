@@ -118,8 +118,7 @@ std::vector<std::pair<std::string, std::string>> unchained_layers(const Catalog&
   while (!to_spread.empty()) {
     const size_t r = to_spread.back();
     to_spread.pop_back();
-    for (size_t u : users[r])
-      refuse(u, "its lower names layer " + catalog.layers[r].cache_id + ", which is refused");
+    for (size_t u : users[r]) refuse(u, "its lower names layer " + catalog.layers[r].cache_id + ", which is refused");
   }
   return out;
 }
@@ -127,7 +126,8 @@ std::vector<std::pair<std::string, std::string>> unchained_layers(const Catalog&
 Result<Catalog> store_catalog(const Result<std::string>& text, const std::string& source) {
   if (!text.ok()) {
     if (text.code() == ENOENT)
-      return make_error(ENOENT, "store " + source + " has no extrafs catalog (run 'extrafs index' or 'extrafs publish' first)");
+      return make_error(ENOENT,
+                        "store " + source + " has no extrafs catalog (run 'extrafs index' or 'extrafs publish' first)");
     return make_error(text.code(), "store " + source + ": " + text.error().message);
   }
   auto catalog = Catalog::parse(*text);
@@ -141,12 +141,8 @@ std::string catalog_cache_name(const std::string& source) {
   return std::string("catalog-") + buf;
 }
 
-std::string layer_index_path(std::string_view cache_id) {
-  return "extrafs/layers/" + std::string(cache_id) + ".index";
-}
-std::string layer_blob_path(std::string_view cache_id) {
-  return "extrafs/layers/" + std::string(cache_id) + ".blob";
-}
+std::string layer_index_path(std::string_view cache_id) { return "extrafs/layers/" + std::string(cache_id) + ".index"; }
+std::string layer_blob_path(std::string_view cache_id) { return "extrafs/layers/" + std::string(cache_id) + ".blob"; }
 std::string image_index_path(const Digest128& d) { return "extrafs/image-" + d.hex() + ".index"; }
 std::string catalog_generation_path(uint64_t generation) {
   return std::string(kCatalogGenerationsDir) + "/" + std::to_string(generation);

@@ -50,12 +50,12 @@ inline constexpr const char* kCatalogGenerationsDir = "extrafs/catalog.d";
 inline constexpr uint64_t kMaxCatalogSize = uint64_t{64} << 20;
 
 struct CatalogLayer {
-  std::string cache_id;               // overlay2 directory name
-  Digest128 index_digest;             // xxh3-128 of the index file
-  std::string link;                   // content of overlay2/<id>/link ("" if none)
-  std::optional<std::string> lower;   // content of overlay2/<id>/lower, absent for base layers
-  uint64_t bytes = 0;                 // content bytes of the layer's regular files
-  uint64_t ordered_prefix = 0;        // bytes at the start of the blob holding the traced files (0: none)
+  std::string cache_id;              // overlay2 directory name
+  Digest128 index_digest;            // xxh3-128 of the index file
+  std::string link;                  // content of overlay2/<id>/link ("" if none)
+  std::optional<std::string> lower;  // content of overlay2/<id>/lower, absent for base layers
+  uint64_t bytes = 0;                // content bytes of the layer's regular files
+  uint64_t ordered_prefix = 0;       // bytes at the start of the blob holding the traced files (0: none)
   bool operator==(const CatalogLayer&) const = default;
 };
 

@@ -51,42 +51,42 @@ struct IndexHeader {
   uint32_t version;
   uint32_t header_size;  // sizeof(IndexHeader)
   uint32_t chunk_size;
-  uint32_t flags;        // reserved, 0
+  uint32_t flags;  // reserved, 0
   uint64_t file_size;
   uint64_t entry_count, entry_offset;
   uint64_t chunk_count, chunk_offset;
   uint64_t xattr_count, xattr_offset;
   uint64_t object_count, object_offset;
   uint64_t strings_size, strings_offset;
-  uint8_t body_digest[16];  // xxh3-128 (canonical) of bytes [header_size, file_size)
-  uint64_t header_checksum; // xxh3-64 of this header with this field set to 0
+  uint8_t body_digest[16];   // xxh3-128 (canonical) of bytes [header_size, file_size)
+  uint64_t header_checksum;  // xxh3-64 of this header with this field set to 0
 };
 static_assert(sizeof(IndexHeader) == 136);
 
 struct EntryRecord {
-  uint32_t parent;       // entry index of the parent directory (0 for the root itself)
+  uint32_t parent;  // entry index of the parent directory (0 for the root itself)
   uint32_t name_len;
-  uint64_t name_off;     // into strings
-  uint32_t mode;         // full st_mode: type and permission bits incl. setuid/setgid/sticky
+  uint64_t name_off;  // into strings
+  uint32_t mode;      // full st_mode: type and permission bits incl. setuid/setgid/sticky
   uint32_t uid;
   uint32_t gid;
   uint32_t nlink;
   uint64_t size;
-  uint64_t blocks;       // st_blocks (512-byte units), so sparse files look sparse
-  int64_t atime_sec;     // times as seconds and nanoseconds, so any time a file system can hold
-  int64_t mtime_sec;     // fits (a single nanosecond count overflows before 1678 and after 2262)
+  uint64_t blocks;    // st_blocks (512-byte units), so sparse files look sparse
+  int64_t atime_sec;  // times as seconds and nanoseconds, so any time a file system can hold
+  int64_t mtime_sec;  // fits (a single nanosecond count overflows before 1678 and after 2262)
   int64_t ctime_sec;
   uint32_t atime_nsec;
   uint32_t mtime_nsec;
   uint32_t ctime_nsec;
-  uint32_t reserved;     // 0
+  uint32_t reserved;  // 0
   uint64_t rdev;
-  uint32_t primary;      // hard links: index of the entry holding attributes, xattrs and chunks
+  uint32_t primary;  // hard links: index of the entry holding attributes, xattrs and chunks
   uint32_t xattr_count;
   uint64_t xattr_first;
   uint64_t child_first;  // directories: index of the first child
   uint32_t child_count;
-  uint32_t target_len;   // symlinks
+  uint32_t target_len;  // symlinks
   uint64_t target_off;
   uint64_t chunk_first;  // regular files
   uint64_t chunk_count;
@@ -94,12 +94,12 @@ struct EntryRecord {
 static_assert(sizeof(EntryRecord) == 152);
 
 struct ChunkRecord {
-  uint32_t object;       // index into the object table (ignored for kChunkZero)
+  uint32_t object;  // index into the object table (ignored for kChunkZero)
   uint32_t flags;
-  uint64_t offset;       // byte offset of the stored bytes inside the object
-  uint32_t stored_len;   // bytes to read from the object
-  uint32_t raw_len;      // bytes after decompression
-  uint8_t digest[16];    // xxh3-128 (canonical) of the raw bytes
+  uint64_t offset;      // byte offset of the stored bytes inside the object
+  uint32_t stored_len;  // bytes to read from the object
+  uint32_t raw_len;     // bytes after decompression
+  uint8_t digest[16];   // xxh3-128 (canonical) of the raw bytes
 };
 static_assert(sizeof(ChunkRecord) == 40);
 

@@ -33,7 +33,13 @@ bool valid_object_path(std::string_view p) {
 
 bool valid_type(uint32_t mode) {
   switch (mode & S_IFMT) {
-    case S_IFREG: case S_IFDIR: case S_IFLNK: case S_IFCHR: case S_IFBLK: case S_IFIFO: case S_IFSOCK:
+    case S_IFREG:
+    case S_IFDIR:
+    case S_IFLNK:
+    case S_IFCHR:
+    case S_IFBLK:
+    case S_IFIFO:
+    case S_IFSOCK:
       return true;
     default:
       return false;
@@ -84,13 +90,17 @@ Status LayerIndex::validate() {
 
   const uint64_t lo = sizeof(IndexHeader);
   auto aligned = [](uint64_t off) { return off % 8 == 0; };
-  if (!in_range(header_.entry_offset, header_.entry_count, sizeof(EntryRecord), lo, n) || !aligned(header_.entry_offset))
+  if (!in_range(header_.entry_offset, header_.entry_count, sizeof(EntryRecord), lo, n) ||
+      !aligned(header_.entry_offset))
     return bad("entry table out of bounds");
-  if (!in_range(header_.chunk_offset, header_.chunk_count, sizeof(ChunkRecord), lo, n) || !aligned(header_.chunk_offset))
+  if (!in_range(header_.chunk_offset, header_.chunk_count, sizeof(ChunkRecord), lo, n) ||
+      !aligned(header_.chunk_offset))
     return bad("chunk table out of bounds");
-  if (!in_range(header_.xattr_offset, header_.xattr_count, sizeof(XattrRecord), lo, n) || !aligned(header_.xattr_offset))
+  if (!in_range(header_.xattr_offset, header_.xattr_count, sizeof(XattrRecord), lo, n) ||
+      !aligned(header_.xattr_offset))
     return bad("xattr table out of bounds");
-  if (!in_range(header_.object_offset, header_.object_count, sizeof(ObjectRecord), lo, n) || !aligned(header_.object_offset))
+  if (!in_range(header_.object_offset, header_.object_count, sizeof(ObjectRecord), lo, n) ||
+      !aligned(header_.object_offset))
     return bad("object table out of bounds");
   if (!in_range(header_.strings_offset, header_.strings_size, 1, lo, n)) return bad("string area out of bounds");
   if (header_.entry_count == 0) return bad("no root entry");
@@ -186,10 +196,12 @@ Status LayerIndex::validate() {
       return bad(fmt::format("entry {} chunks out of range", i));
     if (S_ISREG(e.mode)) {
       uint64_t want = e.size / header_.chunk_size + (e.size % header_.chunk_size ? 1 : 0);
-      if (e.chunk_count != want) return bad(fmt::format("entry {} has {} chunks for {} bytes", i, e.chunk_count, e.size));
+      if (e.chunk_count != want)
+        return bad(fmt::format("entry {} has {} chunks for {} bytes", i, e.chunk_count, e.size));
       for (uint64_t c = 0; c < e.chunk_count; ++c) {
         uint64_t piece = std::min<uint64_t>(header_.chunk_size, e.size - c * header_.chunk_size);
-        if (chunks_[e.chunk_first + c].raw_len != piece) return bad(fmt::format("entry {} chunk {} has a bad length", i, c));
+        if (chunks_[e.chunk_first + c].raw_len != piece)
+          return bad(fmt::format("entry {} chunk {} has a bad length", i, c));
       }
       content_bytes_ += e.size;
     } else if (e.chunk_count != 0) {
@@ -208,7 +220,10 @@ std::optional<uint32_t> LayerIndex::lookup(uint32_t dir, std::string_view nm) co
     uint64_t mid = lo + (hi - lo) / 2;
     auto c = name(static_cast<uint32_t>(mid)).compare(nm);
     if (c == 0) return static_cast<uint32_t>(mid);
-    if (c < 0) lo = mid + 1; else hi = mid;
+    if (c < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
   }
   return std::nullopt;
 }
@@ -263,7 +278,8 @@ Result<std::string> IndexBuilder::serialize() const {
   std::vector<std::vector<uint32_t>> kids(n);
   for (uint32_t i = 1; i < n; ++i) {
     uint32_t p = entries_[i].parent;
-    if (p >= i || !S_ISDIR(entries_[p].st.st_mode)) return make_error(EINVAL, "entry listed before its parent directory");
+    if (p >= i || !S_ISDIR(entries_[p].st.st_mode))
+      return make_error(EINVAL, "entry listed before its parent directory");
     kids[p].push_back(i);
   }
   // Breadth-first order: new index of each builder entry.

@@ -97,11 +97,11 @@ class LayerIndex {
 struct BuildEntry {
   std::string name;
   uint32_t parent = 0;
-  struct stat st {};               // mode, uid, gid, nlink, size, blocks, times, rdev are used
-  std::optional<uint32_t> link_of; // hard link: builder index of the first entry of the group
-  std::string target;              // symlink target
+  struct stat st {};                // mode, uid, gid, nlink, size, blocks, times, rdev are used
+  std::optional<uint32_t> link_of;  // hard link: builder index of the first entry of the group
+  std::string target;               // symlink target
   std::vector<std::pair<std::string, std::string>> xattrs;
-  std::vector<ChunkRecord> chunks; // regular files (object field = builder object id)
+  std::vector<ChunkRecord> chunks;  // regular files (object field = builder object id)
 };
 
 class IndexBuilder {

@@ -17,12 +17,12 @@
 
 namespace extrafs::fs {
 
-using format::kMaxNameLen;
-using format::kChunkZero;
-using format::EntryRecord;
-using format::ChunkRecord;
-using format::LayerIndex;
 using format::CatalogLayer;
+using format::ChunkRecord;
+using format::EntryRecord;
+using format::kChunkZero;
+using format::kMaxNameLen;
+using format::LayerIndex;
 
 namespace {
 
@@ -76,7 +76,10 @@ void walk_ahead(Readahead& readahead, cache::ChunkFetcher& fetcher, uint32_t slo
 }  // namespace
 
 FsCore::FsCore(cache::ChunkFetcher& fetcher, cache::MetaSource& meta, FsCoreOptions options)
-    : fetcher_(fetcher), meta_(meta), options_(std::move(options)), indexes_(meta, options_.index_retry_s, options_.now) {
+    : fetcher_(fetcher),
+      meta_(meta),
+      options_(std::move(options)),
+      indexes_(meta, options_.index_retry_s, options_.now) {
   clock_gettime(CLOCK_REALTIME, &start_time_);
 }
 
@@ -101,7 +104,8 @@ Result<std::unique_ptr<FsCore>> FsCore::open(cache::ChunkFetcher& fetcher, cache
   EXTRAFS_TRY(view, StoreView::open(meta, core->indexes_, core->inodes_, vo));
   core->view_ = std::move(view);
   if (core->options_.whole_files)
-    core->copier_ = std::make_unique<WholeFileCopier>(fetcher, *core->options_.whole_files, core->options_.whole_file_min);
+    core->copier_ =
+        std::make_unique<WholeFileCopier>(fetcher, *core->options_.whole_files, core->options_.whole_file_min);
   return core;
 }
 
@@ -235,9 +239,7 @@ Result<NodeAttr> FsCore::getattr(uint64_t ino) {
   return node_attr(n);
 }
 
-double FsCore::negative_timeout(uint64_t parent) const {
-  return ino_slot(parent) == 0 ? kShortTimeout : kLongTimeout;
-}
+double FsCore::negative_timeout(uint64_t parent) const { return ino_slot(parent) == 0 ? kShortTimeout : kLongTimeout; }
 
 Result<NodeAttr> FsCore::lookup(uint64_t parent, std::string_view name) {
   EXTRAFS_TRY(dir, resolve(parent));
@@ -253,19 +255,26 @@ Result<NodeAttr> FsCore::lookup(uint64_t parent, std::string_view name) {
   uint64_t child = 0;
   if (dir.slot_no == 0) {
     if (parent == kRootIno) {
-      if (name == "overlay2") child = kOverlayIno;
-      else if (uint32_t img = view_->image_slot(); name == "image" && img) child = make_ino(img, kEntryBase);
+      if (name == "overlay2")
+        child = kOverlayIno;
+      else if (uint32_t img = view_->image_slot(); name == "image" && img)
+        child = make_ino(img, kEntryBase);
     } else if (parent == kOverlayIno) {
-      if (name == "l") child = kLinksIno;
-      else if (uint32_t n = view_->layer_by_cache_id(name)) child = make_ino(n, kLayerDir);
+      if (name == "l")
+        child = kLinksIno;
+      else if (uint32_t n = view_->layer_by_cache_id(name))
+        child = make_ino(n, kLayerDir);
     } else if (uint32_t n = view_->layer_by_link(name)) {  // kLinksIno
       child = make_ino(n, kLinkSymlink);
     }
   } else {
     if (dir.local != kLayerDir) return make_error(ENOTDIR, "not a directory");
-    if (name == "diff") child = make_ino(dir.slot_no, kEntryBase);
-    else if (name == "link") child = make_ino(dir.slot_no, kLinkFile);
-    else if (name == "lower") child = make_ino(dir.slot_no, kLowerFile);
+    if (name == "diff")
+      child = make_ino(dir.slot_no, kEntryBase);
+    else if (name == "link")
+      child = make_ino(dir.slot_no, kLinkFile);
+    else if (name == "lower")
+      child = make_ino(dir.slot_no, kLowerFile);
   }
   if (!child) return noent();
   EXTRAFS_TRY(n, resolve(child));
@@ -291,7 +300,8 @@ Result<std::string> FsCore::readlink(uint64_t ino) {
   return make_error(EINVAL, "not a symlink");
 }
 
-Status FsCore::readdir(uint64_t ino, uint64_t offset, const std::function<bool(const DirItem&, const NodeAttr&)>& emit) {
+Status FsCore::readdir(uint64_t ino, uint64_t offset,
+                       const std::function<bool(const DirItem&, const NodeAttr&)>& emit) {
   EXTRAFS_TRY(dir, resolve(ino));
   if (dir.index) {
     const LayerIndex& idx = *dir.index;
@@ -397,9 +407,12 @@ Result<size_t> FsCore::read_pieces(uint64_t ino, uint64_t offset, size_t size, s
   const Node& n = *node;
   if (!n.index) {
     std::string_view content;
-    if (n.slot_no != 0 && n.local == kLinkFile) content = n.slot->layer.link;
-    else if (n.slot_no != 0 && n.local == kLowerFile) content = *n.slot->layer.lower;
-    else return make_error(EISDIR, "not a file");
+    if (n.slot_no != 0 && n.local == kLinkFile)
+      content = n.slot->layer.link;
+    else if (n.slot_no != 0 && n.local == kLowerFile)
+      content = *n.slot->layer.lower;
+    else
+      return make_error(EISDIR, "not a file");
     if (offset >= content.size()) return size_t{0};
     size_t len = std::min<size_t>(size, content.size() - offset);
     pieces.push_back({n.slot, std::as_bytes(std::span(content.data() + offset, len))});
@@ -504,7 +517,8 @@ Result<std::string> FsCore::read_path(std::string_view path, uint64_t max) {
   const uint32_t e = node->entry;
   const EntryRecord& rec = idx->attr_entry(e);
   if (!S_ISREG(rec.mode)) return make_error(EISDIR, shown + ": not a regular file");
-  if (rec.size > max) return make_error(EFBIG, fmt::format("{}: {} bytes, more than the {} expected", shown, rec.size, max));
+  if (rec.size > max)
+    return make_error(EFBIG, fmt::format("{}: {} bytes, more than the {} expected", shown, rec.size, max));
   std::string out;
   out.reserve(rec.size);
   // The daemon's own reads (ChunkFetcher::get_own): not a reader's hits, misses or fetches, and
@@ -555,7 +569,8 @@ FsStatistics FsCore::statistics() {
       if (fetcher_.is_cached(chunk_digest(c))) cached += c.raw_len;
     }
     // Chunks of a hard-link group are listed once (on its primary entry), as bytes_total counts it.
-    st.layers.push_back({s->layer.cache_id, idx->content_bytes(), std::min(cached, idx->content_bytes()), true, removed});
+    st.layers.push_back(
+        {s->layer.cache_id, idx->content_bytes(), std::min(cached, idx->content_bytes()), true, removed});
   }
   return st;
 }

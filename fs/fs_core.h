@@ -93,8 +93,8 @@ struct NodeAttr {
 struct DirItem {
   std::string_view name;
   uint64_t ino = 0;
-  uint32_t mode = 0;        // S_IF* type bits, for d_type
-  uint64_t next_offset = 0; // offset to pass to continue after this item
+  uint32_t mode = 0;         // S_IF* type bits, for d_type
+  uint64_t next_offset = 0;  // offset to pass to continue after this item
 };
 
 struct FsCoreOptions {
@@ -147,8 +147,8 @@ struct FsStatistics {
   bool passthrough = false;
   uint64_t passthrough_opens = 0;
   uint64_t removed_layer_errors = 0;
-  uint64_t inodes = 0;  // nodes the kernel holds
-  std::string source;   // MetaSource::describe
+  uint64_t inodes = 0;                  // nodes the kernel holds
+  std::string source;                   // MetaSource::describe
   std::vector<LayerStatistics> layers;  // in the order first seen
 };
 
@@ -254,9 +254,9 @@ class FsCore {
   // that a newer image/ tree cannot release it mid-operation) and the entry.
   struct Node {
     uint64_t ino = 0;
-    uint32_t slot_no = 0;  // 0: one of the fixed directories (root, overlay2, l)
-    uint32_t local = 0;    // which node of the slot (see fs_core.cc: kLayerDir ... kEntryBase)
-    std::shared_ptr<const Slot> slot;                 // null for the fixed directories
+    uint32_t slot_no = 0;              // 0: one of the fixed directories (root, overlay2, l)
+    uint32_t local = 0;                // which node of the slot (see fs_core.cc: kLayerDir ... kEntryBase)
+    std::shared_ptr<const Slot> slot;  // null for the fixed directories
     std::shared_ptr<const format::LayerIndex> index;  // set only for an entry of an index
     uint32_t entry = 0;                               // that entry
   };

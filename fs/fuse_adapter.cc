@@ -330,12 +330,14 @@ void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plu
     if (plus) {
       auto e = to_entry(a);
       if (!a.known) e.ino = 0;  // a name and a type only: the kernel makes no node of it
-      n = fuse_add_direntry_plus(req, buf.data() + used, size - used, name.c_str(), &e, static_cast<off_t>(item.next_offset));
+      n = fuse_add_direntry_plus(req, buf.data() + used, size - used, name.c_str(), &e,
+                                 static_cast<off_t>(item.next_offset));
     } else {
       struct stat st {};
       st.st_ino = item.ino;
       st.st_mode = item.mode;
-      n = fuse_add_direntry(req, buf.data() + used, size - used, name.c_str(), &st, static_cast<off_t>(item.next_offset));
+      n = fuse_add_direntry(req, buf.data() + used, size - used, name.c_str(), &st,
+                            static_cast<off_t>(item.next_offset));
     }
     if (n > size - used) return false;
     // An item without attributes creates no kernel node, so no reference either.
@@ -383,8 +385,10 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (pt) {
     const int id = m.modes.join(ino, *backing, [&](int fd) { return open_backing(m, req, fd); });
     if (id >= 0) {
-      if (reply_backing_open(req, fi, id) == 0) core.count_passthrough_open();
-      else release_node(m, nullptr, ino);  // interrupted: no RELEASE will come
+      if (reply_backing_open(req, fi, id) == 0)
+        core.count_passthrough_open();
+      else
+        release_node(m, nullptr, ino);  // interrupted: no RELEASE will come
       return;
     }
   }
@@ -411,10 +415,11 @@ void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_i
     return;
   }
   iov.clear();
-  for (const auto& p : pieces)
-    iov.push_back({const_cast<std::byte*>(p.bytes.data()), p.bytes.size()});
-  if (iov.empty()) fuse_reply_buf(req, nullptr, 0);  // end of file
-  else fuse_reply_iov(req, iov.data(), static_cast<int>(iov.size()));
+  for (const auto& p : pieces) iov.push_back({const_cast<std::byte*>(p.bytes.data()), p.bytes.size()});
+  if (iov.empty())
+    fuse_reply_buf(req, nullptr, 0);  // end of file
+  else
+    fuse_reply_iov(req, iov.data(), static_cast<int>(iov.size()));
   pieces.clear();  // let go of the chunks
 }
 
@@ -429,9 +434,12 @@ void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) 
     fuse_reply_err(req, v.code());
     return;
   }
-  if (size == 0) fuse_reply_xattr(req, v->size());
-  else if (size < v->size()) fuse_reply_err(req, ERANGE);
-  else fuse_reply_buf(req, v->data(), v->size());
+  if (size == 0)
+    fuse_reply_xattr(req, v->size());
+  else if (size < v->size())
+    fuse_reply_err(req, ERANGE);
+  else
+    fuse_reply_buf(req, v->data(), v->size());
 }
 
 void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
@@ -445,15 +453,20 @@ void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
     out += n;
     out += '\0';
   }
-  if (size == 0) fuse_reply_xattr(req, out.size());
-  else if (size < out.size()) fuse_reply_err(req, ERANGE);
-  else fuse_reply_buf(req, out.data(), out.size());
+  if (size == 0)
+    fuse_reply_xattr(req, out.size());
+  else if (size < out.size())
+    fuse_reply_err(req, ERANGE);
+  else
+    fuse_reply_buf(req, out.data(), out.size());
 }
 
 void op_access(fuse_req_t req, fuse_ino_t ino, int mask) {
   auto a = core_of(req).getattr(ino);
-  if (!a.ok()) fuse_reply_err(req, a.code());
-  else fuse_reply_err(req, (mask & W_OK) ? EROFS : 0);
+  if (!a.ok())
+    fuse_reply_err(req, a.code());
+  else
+    fuse_reply_err(req, (mask & W_OK) ? EROFS : 0);
 }
 
 // Every call that would change something.
@@ -521,7 +534,9 @@ void raise_readahead(const std::string& mountpoint, const std::string& dev) {
   Fd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
   int err = fd.valid() ? write_all(fd.get(), kb.data(), kb.size()) : errno;
   if (err == 0) err = fd.close_checked();
-  if (err != 0) spdlog::debug("readahead of {} left as it is: cannot write {}: {}", mountpoint, path, std::generic_category().message(err));
+  if (err != 0)
+    spdlog::debug("readahead of {} left as it is: cannot write {}: {}", mountpoint, path,
+                  std::generic_category().message(err));
 }
 
 std::string escape_opt(const std::string& s) {
@@ -578,7 +593,8 @@ int run_fuse(FsCore& core, const FuseConfig& config, const std::function<void(co
 #if !EXTRAFS_LIBFUSE_PASSTHROUGH
   // The shim reads and writes the session's descriptor for libfuse (libfuse copies `io`).
   mount.dev_fd = fuse_session_fd(se);
-  mount.shim = std::make_unique<PassthroughShim314>(mount.passthrough_allowed, [&mount](bool on) { mount.set_passthrough(on); });
+  mount.shim =
+      std::make_unique<PassthroughShim314>(mount.passthrough_allowed, [&mount](bool on) { mount.set_passthrough(on); });
   fuse_custom_io io;
   std::memset(&io, 0, sizeof io);
   io.read = shim_read;

@@ -12,10 +12,10 @@ namespace extrafs::fs {
 
 struct FuseConfig {
   std::string mountpoint;
-  std::string fsname;                  // shown in /proc/mounts (the SOURCE)
+  std::string fsname;  // shown in /proc/mounts (the SOURCE)
   bool allow_other = false;
-  unsigned threads = 0;                // max worker threads (0 = libfuse default)
-  std::vector<std::string> extra_opts; // further -o options passed to the kernel/libfuse
+  unsigned threads = 0;                 // max worker threads (0 = libfuse default)
+  std::vector<std::string> extra_opts;  // further -o options passed to the kernel/libfuse
   // Called once the mount is made, before it serves, with its device number ("MAJOR:MINOR", as
   // in /proc/self/mountinfo and st_dev of its files; "" if it cannot be found): what names the
   // mount for the daemon's statistics channel (tools/mount_stats.h). An error unmounts again and

@@ -8,8 +8,8 @@
 namespace extrafs::fs {
 
 using format::kMaxIndexSize;
-using format::LayerIndex;
 using format::layer_index_path;
+using format::LayerIndex;
 
 IndexLoader::IndexLoader(cache::MetaSource& meta, double retry_s, Clock now)
     : meta_(meta),
@@ -63,7 +63,8 @@ Result<std::shared_ptr<const LayerIndex>> IndexLoader::get(LazyIndex& l) {
     l.failure_.reset();
   } else {
     // One line per outage, not one per access.
-    if (!l.failure_) spdlog::warn("{}; the layer answers EIO until it can be read (tried again on access)", idx.error().message);
+    if (!l.failure_)
+      spdlog::warn("{}; the layer answers EIO until it can be read (tried again on access)", idx.error().message);
     l.failure_ = make_error(EIO, idx.error().message);
     l.failed_at_ = now_();
   }

@@ -48,8 +48,8 @@ class LazyIndex {
  private:
   friend class IndexLoader;
   const std::string cache_id_;
-  const Digest128 digest_;  // the catalog's index_digest
-  mutable std::mutex mu_;   // guards the fields below
+  const Digest128 digest_;                             // the catalog's index_digest
+  mutable std::mutex mu_;                              // guards the fields below
   std::condition_variable cv_;                         // a load finished
   std::shared_ptr<const format::LayerIndex> index_;    // set once, never reset
   bool loading_ = false;                               // a caller is reading it (the others wait)

@@ -27,7 +27,6 @@ constexpr uint32_t ino_local(uint64_t ino) { return static_cast<uint32_t>(ino & 
 
 class InodeTable {
  public:
-
   // The kernel got one more reference to `ino`.
   void ref(uint64_t ino);
   // The kernel dropped `n` references; returns the count left (never below zero).

@@ -10,10 +10,10 @@
 
 namespace extrafs::fs {
 
-using format::kChunkZero;
-using format::LayerIndex;
 using format::CatalogLayer;
+using format::kChunkZero;
 using format::layer_blob_path;
+using format::LayerIndex;
 
 std::vector<cache::OwnedChunkRef> ordered_prefix_chunks(const CatalogLayer& layer, const LayerIndex& idx,
                                                         std::string* note) {
@@ -52,7 +52,8 @@ void OrderedPrefetch::touch(const CatalogLayer& layer, const LayerIndex& idx) {
   if (!note.empty()) spdlog::warn("layer {}: {}", layer.cache_id, note);
   const size_t total = chunks.size();
   const size_t queued = fetcher_.prefetch_sequence(std::move(chunks));
-  spdlog::info("layer {}: {} of the {} chunks of its ordered prefix queued for prefetch", layer.cache_id, queued, total);
+  spdlog::info("layer {}: {} of the {} chunks of its ordered prefix queued for prefetch", layer.cache_id, queued,
+               total);
 }
 
 }  // namespace extrafs::fs

@@ -44,7 +44,7 @@ class OrderedPrefetch {
 
  private:
   cache::ChunkFetcher& fetcher_;
-  std::mutex mu_;                     // guards done_
+  std::mutex mu_;                         // guards done_
   std::unordered_set<std::string> done_;  // cache-ids whose prefix was queued (or refused)
 };
 

@@ -99,7 +99,8 @@ void PassthroughShim314::look_at_request(const void* buf, size_t n) {
   fuse_in_header h{};
   if (n >= sizeof h) std::memcpy(&h, buf, sizeof h);
   if (n < sizeof h || h.opcode != FUSE_INIT) {
-    spdlog::warn("FUSE passthrough off: the first request from the kernel is not INIT (opcode {}, {} bytes)", h.opcode, n);
+    spdlog::warn("FUSE passthrough off: the first request from the kernel is not INIT (opcode {}, {} bytes)", h.opcode,
+                 n);
   } else if (!allowed_) {
     spdlog::debug("FUSE passthrough off: EXTRAFS_PASSTHROUGH=0");
   } else if (!init_offers_passthrough(static_cast<const std::byte*>(buf), n)) {
@@ -140,7 +141,8 @@ Result<int> PassthroughShim314::open_backing(int dev_fd, int fd) {
 
 Status PassthroughShim314::close_backing(int dev_fd, int backing_id) {
   uint32_t id = static_cast<uint32_t>(backing_id);
-  if (::ioctl(dev_fd, kIocBackingClose, &id) != 0) return Error::from_errno(errno, "FUSE_DEV_IOC_BACKING_CLOSE " + std::to_string(backing_id));
+  if (::ioctl(dev_fd, kIocBackingClose, &id) != 0)
+    return Error::from_errno(errno, "FUSE_DEV_IOC_BACKING_CLOSE " + std::to_string(backing_id));
   return ok_status();
 }
 

@@ -85,7 +85,7 @@ class PassthroughShim314 {
   const std::function<void(bool)> on_decided_;
   // Read without mu_ to keep the requests and replies after INIT off the lock; changed under it.
   std::atomic<Phase> phase_{Phase::kAwaitInit};
-  std::mutex mu_;  // taken only while INIT is undecided
+  std::mutex mu_;             // taken only while INIT is undecided
   uint64_t init_unique_ = 0;  // GUARDED_BY(mu_): the INIT request's id, once phase_ > kAwaitInit
   std::atomic<bool> agreed_{false};
 };

@@ -42,8 +42,8 @@ nlohmann::json stats_json(const FsStatistics& s) {
     le.push_back(cache::kFetchBuckets[i]);
     buckets.push_back(f.fetch_buckets[i]);
   }
-  j["fetch_seconds"] = {{"le", std::move(le)}, {"buckets", std::move(buckets)}, {"sum", f.fetch_seconds},
-                        {"count", f.fetch_count}};
+  j["fetch_seconds"] = {
+      {"le", std::move(le)}, {"buckets", std::move(buckets)}, {"sum", f.fetch_seconds}, {"count", f.fetch_count}};
   j["inodes"] = s.inodes;
   j["source"] = s.source;
   nlohmann::json arr = nlohmann::json::array();

@@ -8,15 +8,15 @@
 
 namespace extrafs::fs {
 
+using format::Catalog;
+using format::catalog_cache_name;
+using format::catalog_generation_path;
+using format::CatalogLayer;
+using format::image_index_path;
 using format::kCatalogPath;
 using format::kMaxCatalogSize;
-using format::CatalogLayer;
-using format::Catalog;
-using format::unchained_layers;
 using format::store_catalog;
-using format::catalog_cache_name;
-using format::image_index_path;
-using format::catalog_generation_path;
+using format::unchained_layers;
 
 namespace {
 
@@ -195,7 +195,8 @@ Status StoreView::follow_generations() {
       return ok_status();
     }();
     if (!st.ok()) {
-      if (failed_generation_ != next) spdlog::warn("catalog generation {} not loaded, will retry: {}", next, st.error().message);
+      if (failed_generation_ != next)
+        spdlog::warn("catalog generation {} not loaded, will retry: {}", next, st.error().message);
       failed_generation_ = next;
       return st;
     }
@@ -223,9 +224,10 @@ void StoreView::loaded_catalog(const Catalog& c) {
   if (c.store_id != store_id_) {
     // Its generations count from 1 again: the one loaded says nothing about them.
     if (!same_store(c))
-      spdlog::warn("the store was made again (store id {} instead of {}): its catalog generation {} loaded as new; "
-                   "layers it no longer has are served from what this host has",
-                   c.store_id.empty() ? "none" : c.store_id, store_id_.empty() ? "none" : store_id_, c.generation);
+      spdlog::warn(
+          "the store was made again (store id {} instead of {}): its catalog generation {} loaded as new; "
+          "layers it no longer has are served from what this host has",
+          c.store_id.empty() ? "none" : c.store_id, store_id_.empty() ? "none" : store_id_, c.generation);
     // Either way a catalog without the new id is an old one from now on (a server may still
     // serve the replaced file).
     left_store_ids_.insert(store_id_);
@@ -267,7 +269,8 @@ Status StoreView::refresh_locked() {
   bool loaded = false;
   auto reload = [&]() -> Status {
     std::optional<Catalog> parsed;
-    EXTRAFS_CHECK_STATUS(meta_.read_meta(kCatalogPath, catalog_cache_name_, kMaxCatalogSize, parse_catalog_into(&parsed)));
+    EXTRAFS_CHECK_STATUS(
+        meta_.read_meta(kCatalogPath, catalog_cache_name_, kMaxCatalogSize, parse_catalog_into(&parsed)));
     const Catalog& catalog = *parsed;
     // Loaded already through its generation, or older (an NFS server may still serve a replaced
     // catalog), or of a store this mount left: loading it would bring back an earlier image/ tree.
@@ -301,9 +304,10 @@ Error StoreView::read_failed(uint32_t sn, Error e) {
   if (logged) return e;
   std::unique_lock lock(mu_);
   if (removed_logged_.insert(sn).second)
-    spdlog::warn("layer {}, removed from the store, cannot be read whole any more: {}; the parts this host has not "
-                 "cached answer EIO (counted in removed_layer_errors, logged once per layer)",
-                 slots_[sn]->layer.cache_id, e.message);
+    spdlog::warn(
+        "layer {}, removed from the store, cannot be read whole any more: {}; the parts this host has not "
+        "cached answer EIO (counted in removed_layer_errors, logged once per layer)",
+        slots_[sn]->layer.cache_id, e.message);
   return e;
 }
 

@@ -144,7 +144,7 @@ class StoreView {
   const StoreViewOptions options_;
   const std::string catalog_cache_name_;
 
-  mutable std::shared_mutex mu_;  // guards the fields below up to refresh_mu_
+  mutable std::shared_mutex mu_;                    // guards the fields below up to refresh_mu_
   std::vector<std::shared_ptr<const Slot>> slots_;  // [0] unused (the fixed directories)
   std::vector<uint32_t> layer_slots_;               // in the order first seen
   std::unordered_map<std::string, uint32_t> by_cache_id_, by_link_;
@@ -153,13 +153,13 @@ class StoreView {
   // from what this host has. removed_logged_: those whose failed read was logged already.
   std::unordered_set<uint32_t> removed_, removed_logged_;
 
-  std::mutex refresh_mu_;  // one refresh at a time; guards the fields below up to change_mu_
+  std::mutex refresh_mu_;                             // one refresh at a time; guards the fields below up to change_mu_
   cache::MetaVersion catalog_version_{};              // the store's catalog as last loaded
   std::optional<cache::MetaVersion> failed_version_;  // the version whose reload last failed
-  uint64_t generation_ = 0;         // of the newest catalog loaded whole (0: none has one)
-  uint64_t failed_generation_ = 0;  // the generation whose load last failed
-  std::string store_id_;            // of the catalog loaded ("": written without one)
-  std::unordered_set<std::string> left_store_ids_;  // stores this view moved away from
+  uint64_t generation_ = 0;                           // of the newest catalog loaded whole (0: none has one)
+  uint64_t failed_generation_ = 0;                    // the generation whose load last failed
+  std::string store_id_;                              // of the catalog loaded ("": written without one)
+  std::unordered_set<std::string> left_store_ids_;    // stores this view moved away from
 
   std::mutex change_mu_;  // guards on_change_, held while it runs
   std::function<void()> on_change_;

@@ -11,9 +11,9 @@
 
 namespace extrafs::fs {
 
-using format::kChunkZero;
-using format::EntryRecord;
 using format::ChunkRecord;
+using format::EntryRecord;
+using format::kChunkZero;
 using format::LayerIndex;
 
 namespace {
@@ -112,8 +112,10 @@ void WholeFileCopier::loop() {
   }
   if (mode == Mode::kOff) {
     auto freed = files_.discard();
-    if (!freed.ok()) spdlog::warn("whole-file copies: {}", freed.error().message);
-    else if (*freed) spdlog::info("passthrough is off: removed {} bytes of whole-file copies from the cache", *freed);
+    if (!freed.ok())
+      spdlog::warn("whole-file copies: {}", freed.error().message);
+    else if (*freed)
+      spdlog::info("passthrough is off: removed {} bytes of whole-file copies from the cache", *freed);
     return;
   }
   if (auto st = files_.load(); !st.ok()) {
@@ -139,19 +141,24 @@ void WholeFileCopier::loop() {
           is_check = true;
           break;
         }
-        if (check_queue_.empty()) cv_.wait(lock);
-        else cv_.wait_until(lock, check_queue_.front().due);
+        if (check_queue_.empty())
+          cv_.wait(lock);
+        else
+          cv_.wait_until(lock, check_queue_.front().due);
       }
     }
-    if (is_check) check(std::move(job));
-    else copy(std::move(job));
+    if (is_check)
+      check(std::move(job));
+    else
+      copy(std::move(job));
   }
 }
 
 void WholeFileCopier::check(Job job) {
   const LayerIndex& idx = *job.idx;
   std::vector<cache::ExpectedChunk> want;
-  for (const ChunkRecord& c : idx.chunks(job.entry)) want.push_back({chunk_digest(c), c.raw_len, (c.flags & kChunkZero) != 0});
+  for (const ChunkRecord& c : idx.chunks(job.entry))
+    want.push_back({chunk_digest(c), c.raw_len, (c.flags & kChunkZero) != 0});
   Status st = files_.check(job.key, idx.attr_entry(job.entry).size, idx.chunk_size(), want);
   if (!st.ok()) spdlog::debug("whole-file copy {} not taken: {}", job.key.hex(), st.error().message);
   std::lock_guard lock(mu_);
@@ -174,7 +181,8 @@ void WholeFileCopier::copy(Job job) {
     // Only a file read whole: every chunk already here (so a copy costs the store nothing,
     // unless the cache evicts a chunk meanwhile; that one is fetched again).
     for (const ChunkRecord& c : idx.chunks(job.entry))
-      if (!(c.flags & kChunkZero) && !fetcher_.is_cached(chunk_digest(c))) return make_error(ENOENT, "not all chunks are cached");
+      if (!(c.flags & kChunkZero) && !fetcher_.is_cached(chunk_digest(c)))
+        return make_error(ENOENT, "not all chunks are cached");
     EXTRAFS_TRY(w, files_.begin(job.key, size));
     uint64_t off = 0;
     for (const ChunkRecord& c : idx.chunks(job.entry)) {

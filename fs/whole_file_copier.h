@@ -65,7 +65,7 @@ class WholeFileCopier {
     std::shared_ptr<const format::LayerIndex> idx;
     uint32_t entry = 0;
     std::chrono::steady_clock::time_point due{};  // check_queue_: not before then
-    bool retried = false;                          // check_queue_: once more after EAGAIN
+    bool retried = false;                         // check_queue_: once more after EAGAIN
   };
   enum class Mode { kUndecided, kOn, kOff };  // set_passthrough's answer
 

@@ -36,8 +36,10 @@ Result<StoreCatalog> load_store_catalog(const std::string& store) {
 void merge_catalog_layer(format::Catalog* catalog, format::CatalogLayer layer) {
   auto it = std::find_if(catalog->layers.begin(), catalog->layers.end(),
                          [&](const format::CatalogLayer& l) { return l.cache_id == layer.cache_id; });
-  if (it == catalog->layers.end()) catalog->layers.push_back(std::move(layer));
-  else *it = std::move(layer);
+  if (it == catalog->layers.end())
+    catalog->layers.push_back(std::move(layer));
+  else
+    *it = std::move(layer);
 }
 
 Result<CatalogCommit> commit_store_catalog(const std::string& store, StoreCatalog* sc) {
@@ -79,7 +81,8 @@ Result<CatalogCommit> commit_store_catalog(const std::string& store, StoreCatalo
     const uint64_t previous = sc->catalog.generation;
     for (uint64_t g = previous + 1;; ++g) {
       if (g > previous + kGenerationTries)
-        return make_error(EEXIST, layout.catalog_generations_dir() + ": no free generation after " + std::to_string(previous));
+        return make_error(EEXIST,
+                          layout.catalog_generations_dir() + ": no free generation after " + std::to_string(previous));
       sc->catalog.generation = g;
       text = sc->catalog.serialize();
       Status st = write_file_atomic_new(layout.catalog_generation(g), text);

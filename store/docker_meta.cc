@@ -4,8 +4,8 @@
 #include <openssl/evp.h>
 #include <unistd.h>
 
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
 #include <mutex>
 #include <set>
@@ -141,7 +141,9 @@ Status check_reference(std::string_view ref) {
 }
 
 namespace {
-bool valid_digest(const std::string& d) { return d.rfind("sha256:", 0) == 0 && is_hex64(std::string_view(d).substr(7)); }
+bool valid_digest(const std::string& d) {
+  return d.rfind("sha256:", 0) == 0 && is_hex64(std::string_view(d).substr(7));
+}
 }  // namespace
 
 Result<std::vector<std::string>> parse_diff_ids(std::string_view config) {
@@ -253,8 +255,7 @@ Result<DockerImage> DockerMeta::image(const std::string& ref_in) const {
     const std::string dir = base + "/layerdb/sha256/" + chains[i].substr(7);
     EXTRAFS_TRY(cache_id, files_.read(dir + "/cache-id", kMaxLineFileSize));
     l.cache_id = trim_trailing(cache_id);
-    if (!is_cache_id(l.cache_id))
-      return make_error(EBADMSG, root_ + "/" + dir + "/cache-id is not a valid cache id");
+    if (!is_cache_id(l.cache_id)) return make_error(EBADMSG, root_ + "/" + dir + "/cache-id is not a valid cache id");
     if (auto size = files_.read(dir + "/size", kMaxLineFileSize); size.ok())
       l.size = parse_uint(trim_trailing(*size)).value_or(0);
     l.has_tar_split = files_.exists(dir + "/tar-split.json.gz");

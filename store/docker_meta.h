@@ -24,18 +24,18 @@
 namespace extrafs::store {
 
 struct DockerLayer {
-  std::string diff_id;      // "sha256:<hex>" of the uncompressed layer tar
-  std::string chain_id;     // "sha256:<hex>", the layerdb directory name
-  std::string cache_id;     // overlay2 directory name
-  uint64_t size = 0;        // layerdb size file (bytes of the layer's files)
+  std::string diff_id;   // "sha256:<hex>" of the uncompressed layer tar
+  std::string chain_id;  // "sha256:<hex>", the layerdb directory name
+  std::string cache_id;  // overlay2 directory name
+  uint64_t size = 0;     // layerdb size file (bytes of the layer's files)
   bool has_tar_split = false;
 };
 
 struct DockerImage {
-  std::string id;                  // "sha256:<hex>" of the config
-  std::vector<std::string> tags;   // "name:tag" references pointing at it
-  std::string config;              // raw config JSON bytes
-  std::vector<DockerLayer> layers; // base first
+  std::string id;                   // "sha256:<hex>" of the config
+  std::vector<std::string> tags;    // "name:tag" references pointing at it
+  std::string config;               // raw config JSON bytes
+  std::vector<DockerLayer> layers;  // base first
 };
 
 // How DockerMeta reads ROOT: the whole content of the file at a path relative to ROOT

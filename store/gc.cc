@@ -23,22 +23,30 @@ namespace {
 
 struct Action {
   GcKind kind;
-  std::string rel;    // relative to the store root
+  std::string rel;  // relative to the store root
   TreeUsage usage;
 };
 
 // The directories whose entries a group of deletions removes: fsynced after the group.
 const char* group_dir(GcKind k) {
   switch (k) {
-    case GcKind::kGeneration: return "extrafs/catalog.d";
-    case GcKind::kImageIndex: return "extrafs";
+    case GcKind::kGeneration:
+      return "extrafs/catalog.d";
+    case GcKind::kImageIndex:
+      return "extrafs";
     case GcKind::kLayerIndex:
-    case GcKind::kLayerBlob: return "extrafs/layers";
-    case GcKind::kObject: return "extrafs/objects";
-    case GcKind::kLink: return "overlay2/l";
-    case GcKind::kLayerTree: return "overlay2";
-    case GcKind::kMark: return kRemovedDir;
-    case GcKind::kTemporary: return nullptr;  // many directories; nothing depends on them
+    case GcKind::kLayerBlob:
+      return "extrafs/layers";
+    case GcKind::kObject:
+      return "extrafs/objects";
+    case GcKind::kLink:
+      return "overlay2/l";
+    case GcKind::kLayerTree:
+      return "overlay2";
+    case GcKind::kMark:
+      return kRemovedDir;
+    case GcKind::kTemporary:
+      return nullptr;  // many directories; nothing depends on them
   }
   return nullptr;
 }
@@ -57,7 +65,8 @@ class Collector {
     lock_ = std::move(locked.lock);
     EXTRAFS_TRY(live, compute_live_set(store_fd_.get(), store_, req_.grace, now_));
     live_ = std::move(live);
-    for (const auto& u : live_.unreadable) report_.warnings.push_back("catalog generation not kept and unreadable (deleted): " + u);
+    for (const auto& u : live_.unreadable)
+      report_.warnings.push_back("catalog generation not kept and unreadable (deleted): " + u);
     report_.kept_generations = live_.generations.size();
     report_.kept_layers = live_.layers.size();
     EXTRAFS_TRY(marks, removed_layers(store_fd_.get(), store_));
@@ -92,9 +101,9 @@ class Collector {
   StoreWriteLock lock_;
   int64_t now_ = 0;
   LiveSet live_;
-  std::map<std::string, int64_t> marks_;  // layers rm removed -> when (the mark's mtime)
-  std::vector<Action> actions_;          // in the order they run
-  std::set<std::string> doomed_objects_;  // named by an image/ index gc deletes
+  std::map<std::string, int64_t> marks_;       // layers rm removed -> when (the mark's mtime)
+  std::vector<Action> actions_;                // in the order they run
+  std::set<std::string> doomed_objects_;       // named by an image/ index gc deletes
   std::set<std::string> young_layer_indexes_;  // kept for now (too young): their objects stay
   std::set<std::string> young_image_indexes_;
   GcReport report_;
@@ -196,7 +205,8 @@ class Collector {
       add(index ? GcKind::kLayerIndex : GcKind::kLayerBlob, rel, e.st);
     }
     // Indexes before blobs: an index names its blob.
-    std::stable_partition(actions_.begin(), actions_.end(), [](const Action& a) { return a.kind != GcKind::kLayerBlob; });
+    std::stable_partition(actions_.begin(), actions_.end(),
+                          [](const Action& a) { return a.kind != GcKind::kLayerBlob; });
     return ok_status();
   }
 
@@ -250,7 +260,8 @@ class Collector {
     char target[4096];
     if (::fstatat(dir->get(), l.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISLNK(st.st_mode)) return;
     ssize_t n = ::readlinkat(dir->get(), l.c_str(), target, sizeof target);
-    if (n > 0 && std::string_view(target, static_cast<size_t>(n)) == "../" + id + "/diff") add(GcKind::kLink, "overlay2/l/" + l, st);
+    if (n > 0 && std::string_view(target, static_cast<size_t>(n)) == "../" + id + "/diff")
+      add(GcKind::kLink, "overlay2/l/" + l, st);
   }
 
   Status plan_removed_layers() {
@@ -299,7 +310,8 @@ class Collector {
     // Each layer directory gets its link and lower through a temporary too.
     if (auto layers = entries("overlay2", /*any_type=*/true); layers.ok()) {
       for (const auto& e : *layers)
-        if (S_ISDIR(e.st.st_mode) && is_cache_id(e.name) && !going.count("overlay2/" + e.name)) dirs.push_back("overlay2/" + e.name);
+        if (S_ISDIR(e.st.st_mode) && is_cache_id(e.name) && !going.count("overlay2/" + e.name))
+          dirs.push_back("overlay2/" + e.name);
     } else {
       report_.warnings.push_back("temporaries not looked for in " + layers.error().message);
     }
@@ -337,15 +349,24 @@ class Collector {
 
 const char* gc_kind_name(GcKind kind) {
   switch (kind) {
-    case GcKind::kGeneration: return "catalog generations";
-    case GcKind::kImageIndex: return "image/ indexes";
-    case GcKind::kLayerIndex: return "layer indexes";
-    case GcKind::kLayerBlob: return "layer blobs";
-    case GcKind::kObject: return "content objects";
-    case GcKind::kLink: return "overlay2/l links";
-    case GcKind::kLayerTree: return "overlay2 layer directories";
-    case GcKind::kMark: return "removal marks";
-    case GcKind::kTemporary: return "temporaries";
+    case GcKind::kGeneration:
+      return "catalog generations";
+    case GcKind::kImageIndex:
+      return "image/ indexes";
+    case GcKind::kLayerIndex:
+      return "layer indexes";
+    case GcKind::kLayerBlob:
+      return "layer blobs";
+    case GcKind::kObject:
+      return "content objects";
+    case GcKind::kLink:
+      return "overlay2/l links";
+    case GcKind::kLayerTree:
+      return "overlay2 layer directories";
+    case GcKind::kMark:
+      return "removal marks";
+    case GcKind::kTemporary:
+      return "temporaries";
   }
   return "?";
 }

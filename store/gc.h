@@ -46,7 +46,7 @@ struct GcRequest {
   std::string store;
   uint64_t grace = 7 * 86400;  // seconds
   bool dry_run = false;
-  int64_t now = 0;             // seconds since the epoch; 0: the clock
+  int64_t now = 0;  // seconds since the epoch; 0: the clock
   // Called after each deletion with the store-relative path deleted (tests: to stop gc between
   // two deletions). May be empty.
   std::function<void(const std::string&)> after_delete;
@@ -65,9 +65,9 @@ struct GcTally {
 struct GcReport {
   std::array<GcTally, kGcKinds> freed{};  // by GcKind; deleted (or, in a dry run, to be deleted)
   GcTally total;
-  size_t kept_generations = 0;  // catalog generations kept (the current catalog aside)
-  size_t kept_layers = 0;       // layers the kept catalogs name
-  uint64_t young = 0;           // unnamed files left until they are kUnnamedMinAge old
+  size_t kept_generations = 0;        // catalog generations kept (the current catalog aside)
+  size_t kept_layers = 0;             // layers the kept catalogs name
+  uint64_t young = 0;                 // unnamed files left until they are kUnnamedMinAge old
   std::vector<std::string> warnings;  // one line each: what gc could not judge and left alone
 };
 

@@ -52,7 +52,8 @@ Result<std::vector<std::pair<std::string, std::string>>> read_xattrs(int fd, con
   const std::string path = fmt::format("/proc/self/fd/{}", fd);
   auto failed = [&](const std::string& what) {
     if (errno == ENOENT)
-      return make_error(ENOENT, what + " of " + shown + ": /proc is not mounted (extended attributes are read through /proc/self/fd)");
+      return make_error(ENOENT, what + " of " + shown +
+                                    ": /proc is not mounted (extended attributes are read through /proc/self/fd)");
     return Error::from_errno(errno, what + " of " + shown);
   };
   std::vector<std::pair<std::string, std::string>> out;
@@ -132,7 +133,9 @@ Status chunk_file(int fd, const std::string& rel, uint64_t size, IndexBuilder& b
     if (static_cast<size_t>(n) < len) return make_error(EIO, rel + " shrank while being indexed");
     return ok_status();
   };
-  auto store = [&](uint64_t off, std::string_view raw, ChunkRecord* rec) { return sink.put(builder, rel, off, raw, rec); };
+  auto store = [&](uint64_t off, std::string_view raw, ChunkRecord* rec) {
+    return sink.put(builder, rel, off, raw, rec);
+  };
   EXTRAFS_TRY(content, chunk_content(size, builder.chunk_size(), *buf, read, store));
   *chunks = std::move(content.chunks);
   return ok_status();
@@ -310,7 +313,8 @@ Status PlainFileSink::begin_file(IndexBuilder& builder, const std::string& rel) 
   return ok_status();
 }
 
-Status PlainFileSink::put(IndexBuilder&, const std::string&, uint64_t file_offset, std::string_view raw, ChunkRecord* rec) {
+Status PlainFileSink::put(IndexBuilder&, const std::string&, uint64_t file_offset, std::string_view raw,
+                          ChunkRecord* rec) {
   rec->object = object_;
   rec->offset = file_offset;
   rec->stored_len = static_cast<uint32_t>(raw.size());
@@ -337,8 +341,8 @@ Status ObjectSink::pack(IndexBuilder& builder, std::string_view raw, ChunkRecord
     if (::lstat(path.c_str(), &st) == 0) {
       // Taken as it is: whole and durable (see finish()).
       if (!S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) > raw.size() || (st.st_size == 0 && !raw.empty()))
-        return make_error(EBADMSG, fmt::format("{}: an object of {} bytes for a chunk of {} (the store is damaged)", path,
-                                               st.st_size, raw.size()));
+        return make_error(EBADMSG, fmt::format("{}: an object of {} bytes for a chunk of {} (the store is damaged)",
+                                               path, st.st_size, raw.size()));
       k.stored_len = static_cast<uint32_t>(st.st_size);
       k.lz4 = static_cast<uint64_t>(st.st_size) < raw.size();
     } else if (errno != ENOENT) {
@@ -388,7 +392,8 @@ Status ObjectSink::finish() {
   return fsync_dir(dir);
 }
 
-Result<std::string> index_directory_at(int dir_fd, const std::string& shown, ChunkSink& sink, const WalkOptions& options) {
+Result<std::string> index_directory_at(int dir_fd, const std::string& shown, ChunkSink& sink,
+                                       const WalkOptions& options) {
   Walker w(options.chunk_size, sink);
   EXTRAFS_CHECK_STATUS(w.walk(dir_fd, shown, options));
   return w.builder.serialize();
@@ -414,7 +419,8 @@ Result<std::string> index_directory(const std::string& dir, const std::string& o
   return index_directory_at(fd.get(), dir, object_prefix, chunk_size);
 }
 
-Result<IndexStoreReport> index_store(const std::string& store_in, const std::function<void(const std::string&)>& progress) {
+Result<IndexStoreReport> index_store(const std::string& store_in,
+                                     const std::function<void(const std::string&)>& progress) {
   const StoreLayout layout(store_in);
   const std::string& store = layout.root();
   auto say = [&](const std::string& s) {
@@ -428,7 +434,8 @@ Result<IndexStoreReport> index_store(const std::string& store_in, const std::fun
     return Error::from_errno(errno, "store " + store);
   }
   if (auto st = check_dir_beneath(root.get(), "overlay2", store); !st.ok()) {
-    if (st.code() == ENOENT) return make_error(ENOENT, "store " + store + " has no overlay2/ directory (not a Hermes-style store)");
+    if (st.code() == ENOENT)
+      return make_error(ENOENT, "store " + store + " has no overlay2/ directory (not a Hermes-style store)");
     return st.error();
   }
 
@@ -514,8 +521,10 @@ Result<IndexStoreReport> index_store(const std::string& store_in, const std::fun
     // link and lower: absent is fine; a symlink or anything else unreadable skips the layer.
     auto meta = [&](const char* name, std::optional<std::string>* out) -> Status {
       auto text = read_file_beneath(overlay.get(), id + "/" + name, layout.overlay2_dir(), kMaxLineFileSize);
-      if (text.ok()) *out = trim_trailing(*text);
-      else if (text.code() != ENOENT) return text.error();
+      if (text.ok())
+        *out = trim_trailing(*text);
+      else if (text.code() != ENOENT)
+        return text.error();
       return ok_status();
     };
     std::optional<std::string> link;
@@ -538,7 +547,8 @@ Result<IndexStoreReport> index_store(const std::string& store_in, const std::fun
     // An index no catalog names yet (left by an index or publish that stopped before its
     // catalog) is taken if it is whole; no mount has read it, so it may be replaced if not.
     std::shared_ptr<const LayerIndex> index;
-    if (auto existing = read_file_beneath(root.get(), format::layer_index_path(id), store, format::kMaxIndexSize); existing.ok()) {
+    if (auto existing = read_file_beneath(root.get(), format::layer_index_path(id), store, format::kMaxIndexSize);
+        existing.ok()) {
       if (auto parsed = LayerIndex::parse(std::move(existing).value()); parsed.ok()) index = *parsed;
     }
     if (index) {

@@ -105,7 +105,7 @@ class ObjectSink : public ChunkPacker {
   };
   std::string store_;
   bool compress_;
-  std::unordered_map<std::string, Known> known_;            // hex digest -> the object's form
+  std::unordered_map<std::string, Known> known_;             // hex digest -> the object's form
   std::vector<std::pair<std::string, std::string>> staged_;  // (temporary, final path)
   std::string lz4_;                                          // compression scratch
   int written_ = 0;
@@ -128,7 +128,8 @@ Result<std::string> index_directory(const std::string& dir, ChunkSink& sink, con
 
 // The same for the directory open as `dir_fd` (named `shown` in messages): what the store and
 // data-root readers use after opening the directory with open_beneath().
-Result<std::string> index_directory_at(int dir_fd, const std::string& shown, ChunkSink& sink, const WalkOptions& options);
+Result<std::string> index_directory_at(int dir_fd, const std::string& shown, ChunkSink& sink,
+                                       const WalkOptions& options);
 Result<std::string> index_directory_at(int dir_fd, const std::string& shown, const std::string& object_prefix,
                                        uint32_t chunk_size = format::kDefaultChunkSize);
 
@@ -138,9 +139,9 @@ Result<std::string> index_directory(const std::string& dir, const std::string& o
                                     uint32_t chunk_size = format::kDefaultChunkSize);
 
 struct IndexStoreReport {
-  int layers_indexed = 0;   // new indexes written
-  int layers_present = 0;   // already indexed, left alone
-  int layers_removed = 0;   // trees of layers `extrafs rm` took out of the catalog: left for gc
+  int layers_indexed = 0;  // new indexes written
+  int layers_present = 0;  // already indexed, left alone
+  int layers_removed = 0;  // trees of layers `extrafs rm` took out of the catalog: left for gc
   bool image_indexed = false;
   bool catalog_written = false;
   // One line per layer left out of the catalog, naming it and why: a directory name that is not

@@ -59,12 +59,12 @@ class StoreLayout {
   std::string publish_lock() const;
   std::string removed_dir() const;
   std::string removed_marker(std::string_view cache_id) const;
-  std::string image_dir() const;        // STORE/image
-  std::string docker_dir() const;       // STORE/image/overlay2
-  std::string layerdb_dir() const;      // STORE/image/overlay2/layerdb/sha256
-  std::string config_dir() const;       // STORE/image/overlay2/imagedb/content/sha256
-  std::string repositories() const;     // STORE/image/overlay2/repositories.json
-  std::string overlay2_dir() const;     // STORE/overlay2
+  std::string image_dir() const;     // STORE/image
+  std::string docker_dir() const;    // STORE/image/overlay2
+  std::string layerdb_dir() const;   // STORE/image/overlay2/layerdb/sha256
+  std::string config_dir() const;    // STORE/image/overlay2/imagedb/content/sha256
+  std::string repositories() const;  // STORE/image/overlay2/repositories.json
+  std::string overlay2_dir() const;  // STORE/overlay2
   std::string overlay_dir(std::string_view cache_id) const;
 
  private:

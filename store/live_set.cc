@@ -55,7 +55,9 @@ std::vector<uint64_t> kept_generations(std::vector<GenerationFile> files, uint64
   return kept;
 }
 
-bool LiveSet::keeps_generation(uint64_t g) const { return std::binary_search(generations.begin(), generations.end(), g); }
+bool LiveSet::keeps_generation(uint64_t g) const {
+  return std::binary_search(generations.begin(), generations.end(), g);
+}
 
 bool LiveSet::holds(std::string_view rel) const {
   auto starts = [&](std::string_view p) { return rel.substr(0, p.size()) == p; };
@@ -124,7 +126,8 @@ Result<LiveSet> compute_live_set(int store_fd, const std::string& store, uint64_
       live.on_disk.push_back({*g, st.st_mtim.tv_sec});
     }
   }
-  std::sort(live.on_disk.begin(), live.on_disk.end(), [](const auto& a, const auto& b) { return a.generation < b.generation; });
+  std::sort(live.on_disk.begin(), live.on_disk.end(),
+            [](const auto& a, const auto& b) { return a.generation < b.generation; });
   live.generations = kept_generations(live.on_disk, grace, now);
 
   std::vector<format::Catalog> dropped;
@@ -133,7 +136,9 @@ Result<LiveSet> compute_live_set(int store_fd, const std::string& store, uint64_
     auto c = read_catalog(store_fd, store, rel);
     if (live.keeps_generation(f.generation)) {
       // What a kept catalog names must be known, or nothing may be deleted.
-      if (!c.ok()) return make_error(c.code(), "kept catalog generation " + std::to_string(f.generation) + ": " + c.error().message);
+      if (!c.ok())
+        return make_error(c.code(),
+                          "kept catalog generation " + std::to_string(f.generation) + ": " + c.error().message);
       add_named(*c, &live);
     } else if (c.ok()) {
       dropped.push_back(std::move(c).value());

@@ -54,14 +54,14 @@ Status rename_durably(const std::string& from, const std::string& to) {
 
 struct LayerPlan {
   std::string diff_id, chain_id, parent_chain;
-  std::string src_cache_id;   // --data-root: the data-root's cache-id
-  std::string src_layerdb;    // --data-root: its layerdb directory
+  std::string src_cache_id;  // --data-root: the data-root's cache-id
+  std::string src_layerdb;   // --data-root: its layerdb directory
   bool has_tar_split = false;
   uint64_t src_size = 0;      // --data-root: its layerdb size
   std::string archive_layer;  // --archive: path of the layer tar in the archive
   uint64_t size_hint = 0;     // for progress
 
-  bool present = false;       // already in the store
+  bool present = false;  // already in the store
   std::string cache_id, link;
   std::optional<std::string> lower;
 
@@ -72,7 +72,7 @@ struct LayerPlan {
 };
 
 struct ImagePlan {
-  std::string id;      // sha256:...
+  std::string id;  // sha256:...
   std::string config;
   std::vector<std::string> tags;
 };
@@ -92,8 +92,10 @@ class Publisher {
 
   Result<PublishReport> run() {
     EXTRAFS_CHECK_STATUS(read_order());
-    if (!req_.data_root.empty()) EXTRAFS_CHECK_STATUS(plan_data_root());
-    else EXTRAFS_CHECK_STATUS(plan_archive());
+    if (!req_.data_root.empty())
+      EXTRAFS_CHECK_STATUS(plan_data_root());
+    else
+      EXTRAFS_CHECK_STATUS(plan_archive());
     EXTRAFS_CHECK_STATUS(open_store());
     EXTRAFS_CHECK_STATUS(decide());
     for (size_t i = 0; i < layers_.size(); ++i)
@@ -104,12 +106,12 @@ class Publisher {
 
  private:
   const PublishRequest& req_;
-  std::vector<LayerPlan> layers_;           // base first, deduplicated by chain ID
+  std::vector<LayerPlan> layers_;  // base first, deduplicated by chain ID
   std::vector<ImagePlan> images_;
   std::optional<SaveArchive> archive_;
   std::vector<std::pair<std::string, std::string>> order_;  // (cache-id, path)
   std::string store_;
-  std::vector<std::string> created_dirs_;   // removed again if the publish fails
+  std::vector<std::string> created_dirs_;  // removed again if the publish fails
   StoreWriteLock lock_;
   Fd data_root_fd_;  // --data-root, once planned: its layers are opened beneath it
   Fd store_fd_;      // the store, once open: what publish reads and writes is beneath it
@@ -165,15 +167,18 @@ class Publisher {
     data_root_fd_.reset(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (!data_root_fd_.valid()) return bad_input("data-root " + root + ": " + std::strerror(errno));
     if (!is_dir(root + "/image/overlay2"))
-      return bad_input("data-root " + root + " has no image/overlay2 (not a dockerd data-root with the overlay2 driver)");
+      return bad_input("data-root " + root +
+                       " has no image/overlay2 (not a dockerd data-root with the overlay2 driver)");
     auto meta = DockerMeta::load(root);
     if (!meta.ok()) return bad_input(meta.error().message);
     for (const auto& ref : req_.images) {
       auto img = meta->image(ref);
       if (!img.ok()) return bad_input(img.error().message);
       ImagePlan ip{img->id, img->config, {}};
-      if (ref.rfind("sha256:", 0) == 0) ip.tags = img->tags;
-      else ip.tags.push_back(normalize_ref(ref));
+      if (ref.rfind("sha256:", 0) == 0)
+        ip.tags = img->tags;
+      else
+        ip.tags.push_back(normalize_ref(ref));
       for (const auto& t : ip.tags)
         if (auto st = check_reference(t); !st.ok()) return bad_input(st.error().message);
       std::string parent;
@@ -206,7 +211,8 @@ class Publisher {
     for (const auto& img : archive_->images()) {
       ImagePlan ip{img.id, img.config, img.tags};
       for (const auto& t : ip.tags)
-        if (auto st = check_reference(normalize_ref(t)); !st.ok()) return bad_input(req_.archive + ": " + st.error().message);
+        if (auto st = check_reference(normalize_ref(t)); !st.ok())
+          return bad_input(req_.archive + ": " + st.error().message);
       auto chains = chain_ids(img.diff_ids);
       for (size_t i = 0; i < img.layers.size(); ++i) {
         LayerPlan p;
@@ -249,7 +255,8 @@ class Publisher {
     const std::string repo_path = layout_.repositories();
     repositories_ = nlohmann::json::object();
     if (path_exists(repo_path)) {
-      EXTRAFS_TRY(text, read_file_beneath(store_fd_.get(), "image/overlay2/repositories.json", store_, kMaxRepositoriesSize));
+      EXTRAFS_TRY(text,
+                  read_file_beneath(store_fd_.get(), "image/overlay2/repositories.json", store_, kMaxRepositoriesSize));
       repositories_ = nlohmann::json::parse(text, nullptr, false);
       if (repositories_.is_discarded() || !repositories_.is_object() ||
           (repositories_.contains("Repositories") && !repositories_["Repositories"].is_object()))
@@ -277,13 +284,18 @@ class Publisher {
         // A cache-id `extrafs rm` took out of the catalog is never used again: hosts may still
         // serve that layer from its index, which must keep naming the same bytes.
         auto free_id = [&](const std::string& id) { return !sc_.catalog.find(id) && !removed_.count(id); };
-        if (is_cache_id(known) && free_id(known)) l.cache_id = known;
-        else if (!l.src_cache_id.empty() && free_id(l.src_cache_id)) l.cache_id = l.src_cache_id;
-        else l.cache_id = random_cache_id();
+        if (is_cache_id(known) && free_id(known))
+          l.cache_id = known;
+        else if (!l.src_cache_id.empty() && free_id(l.src_cache_id))
+          l.cache_id = l.src_cache_id;
+        else
+          l.cache_id = random_cache_id();
         // A link file already in the store is kept only if the catalog reader would accept it.
         format::CatalogLayer probe;
         probe.cache_id = l.cache_id;
-        if (auto link = read_file_beneath(store_fd_.get(), "overlay2/" + l.cache_id + "/link", store_, kMaxLineFileSize); link.ok())
+        if (auto link =
+                read_file_beneath(store_fd_.get(), "overlay2/" + l.cache_id + "/link", store_, kMaxLineFileSize);
+            link.ok())
           probe.link = trim_trailing(*link);
         if (!probe.link.empty() && format::check_catalog_layer(probe).ok())
           l.link = probe.link;
@@ -342,16 +354,18 @@ class Publisher {
         res = std::move(r);
         return ok_status();
       });
-      if (!diff_id.ok()) return make_error(diff_id.code() == EBADMSG ? EINVAL : diff_id.code(), diff_id.error().message);
+      if (!diff_id.ok())
+        return make_error(diff_id.code() == EBADMSG ? EINVAL : diff_id.code(), diff_id.error().message);
       if (*diff_id != l.diff_id)
-        return bad_input(fmt::format("{}: layer {} has diffID {} but the image config says {}", req_.archive, l.archive_layer,
-                                     *diff_id, l.diff_id));
+        return bad_input(fmt::format("{}: layer {} has diffID {} but the image config says {}", req_.archive,
+                                     l.archive_layer, *diff_id, l.diff_id));
       index = std::move(res.index);
       l.docker_size = res.docker_size;
     }
     if (blob) EXTRAFS_CHECK_STATUS(blob->finish());
     auto parsed = format::LayerIndex::parse(index);
-    if (!parsed.ok()) return make_error(EIO, "index of layer " + l.cache_id + " does not verify: " + parsed.error().message);
+    if (!parsed.ok())
+      return make_error(EIO, "index of layer " + l.cache_id + " does not verify: " + parsed.error().message);
     l.index_tmp = layers_dir() + "/." + l.cache_id + ".index.tmp-" + pid;
     EXTRAFS_CHECK_STATUS(write_synced(l.index_tmp, index));
     l.catalog.cache_id = l.cache_id;
@@ -415,12 +429,16 @@ class Publisher {
       EXTRAFS_CHECK_STATUS(rename_durably(l.index_tmp, layout_.layer_index(l.cache_id)));
       l.index_tmp.clear();
       const std::string ov = layout_.overlay_dir(l.cache_id);
-      if (::mkdir(ov.c_str(), 0755) == 0) EXTRAFS_CHECK_STATUS(fsync_dir(layout_.overlay2_dir()));
-      else if (errno != EEXIST) return Error::from_errno(errno, "create " + ov);
+      if (::mkdir(ov.c_str(), 0755) == 0)
+        EXTRAFS_CHECK_STATUS(fsync_dir(layout_.overlay2_dir()));
+      else if (errno != EEXIST)
+        return Error::from_errno(errno, "create " + ov);
       EXTRAFS_CHECK_STATUS(check_dir_beneath(store_fd_.get(), "overlay2/" + l.cache_id, store_));
       EXTRAFS_CHECK_STATUS(write_file_atomic(ov + "/link", l.link));
-      if (l.lower) EXTRAFS_CHECK_STATUS(write_file_atomic(ov + "/lower", *l.lower));
-      else if (path_exists(ov + "/lower")) ::unlink((ov + "/lower").c_str());
+      if (l.lower)
+        EXTRAFS_CHECK_STATUS(write_file_atomic(ov + "/lower", *l.lower));
+      else if (path_exists(ov + "/lower"))
+        ::unlink((ov + "/lower").c_str());
       EXTRAFS_CHECK_STATUS(write_layerdb(l));
       merge_catalog_layer(&sc_.catalog, l.catalog);
       report_.layers_written++;
@@ -449,8 +467,7 @@ class Publisher {
     }
     // Nothing new: leave the catalog and the image/ index alone (re-indexing image/ would pick up
     // atimes that readers of the store changed, and rewrite both for nothing).
-    if (!changed && sc_.catalog.image_index &&
-        path_exists(layout_.image_index(*sc_.catalog.image_index)))
+    if (!changed && sc_.catalog.image_index && path_exists(layout_.image_index(*sc_.catalog.image_index)))
       return ok_status();
     // Everything the catalog will name is on disk, and every rename above durable (each was
     // followed by an fsync of its directory), before the catalog.

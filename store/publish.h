@@ -42,18 +42,18 @@ struct PublishRequest {
 };
 
 struct PublishProgress {
-  int layer = 0, layers = 0;        // current layer (1-based) of those to write
+  int layer = 0, layers = 0;  // current layer (1-based) of those to write
   uint64_t bytes_done = 0, bytes_total = 0;
 };
 
 struct PublishReport {
-  std::vector<std::string> tags;    // tags written
+  std::vector<std::string> tags;  // tags written
   int layers_written = 0;
-  int layers_present = 0;           // already in the store, left alone
-  uint64_t raw_bytes = 0;           // content bytes packed (non-zero chunks)
-  uint64_t stored_bytes = 0;        // bytes written into blobs (or new chunk objects)
-  uint64_t objects_written = 0;     // --chunk-objects: chunk objects written (the rest were there)
-  uint64_t ordered_bytes = 0;       // --order: blob bytes recorded as ordered prefixes (format/catalog.h)
+  int layers_present = 0;        // already in the store, left alone
+  uint64_t raw_bytes = 0;        // content bytes packed (non-zero chunks)
+  uint64_t stored_bytes = 0;     // bytes written into blobs (or new chunk objects)
+  uint64_t objects_written = 0;  // --chunk-objects: chunk objects written (the rest were there)
+  uint64_t ordered_bytes = 0;    // --order: blob bytes recorded as ordered prefixes (format/catalog.h)
   bool catalog_written = false;
 };
 

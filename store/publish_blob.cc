@@ -39,14 +39,17 @@ uint64_t ordered_prefix(const format::LayerIndex& idx, const std::vector<std::st
     for (size_t start = 0; e && start < path.size();) {
       size_t end = std::min(path.find('/', start), path.size());
       if (end > start) {
-        if (!idx.is_dir(*e)) e.reset();
-        else e = idx.lookup(*e, std::string_view(path).substr(start, end - start));
+        if (!idx.is_dir(*e))
+          e.reset();
+        else
+          e = idx.lookup(*e, std::string_view(path).substr(start, end - start));
       }
       start = end + 1;
     }
     if (!e || *e == 0 || !S_ISREG(idx.attr_entry(*e).mode)) continue;
     for (const auto& c : idx.chunks(*e))
-      if (!(c.flags & format::kChunkZero) && c.object == *object) extents.emplace_back(c.offset, c.offset + c.stored_len);
+      if (!(c.flags & format::kChunkZero) && c.object == *object)
+        extents.emplace_back(c.offset, c.offset + c.stored_len);
   }
   std::sort(extents.begin(), extents.end());
   // A file listed twice, or a hard link to one already listed, repeats extents: skip what is covered.

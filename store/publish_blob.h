@@ -53,12 +53,13 @@ class BlobWriter : public ChunkPacker {
   Status finish();
 
   const std::string& object_path() const { return object_; }
-  uint64_t size() const { return offset_; }           // bytes in the blob
-  uint64_t raw_bytes() const { return raw_bytes_; }   // raw bytes of the chunks stored
+  uint64_t size() const { return offset_; }          // bytes in the blob
+  uint64_t raw_bytes() const { return raw_bytes_; }  // raw bytes of the chunks stored
   int fd() const { return fd_; }
 
  private:
-  BlobWriter(int fd, std::string path, std::string object_path) : fd_(fd), path_(std::move(path)), object_(std::move(object_path)) {}
+  BlobWriter(int fd, std::string path, std::string object_path)
+      : fd_(fd), path_(std::move(path)), object_(std::move(object_path)) {}
   Status write(std::string_view data);
   Status flush();
 
@@ -67,8 +68,8 @@ class BlobWriter : public ChunkPacker {
   std::string object_;  // "" for scratch blobs (object 0 is used)
   uint64_t offset_ = 0;
   uint64_t raw_bytes_ = 0;
-  std::string buf_;     // write buffer
-  std::string lz4_;     // compression scratch
+  std::string buf_;  // write buffer
+  std::string lz4_;  // compression scratch
 };
 
 }  // namespace extrafs::store

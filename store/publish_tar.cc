@@ -165,7 +165,8 @@ class LayerTarConverter {
   }
 
   Result<LayerTarResult> run() {
-    if (ordered() && blob_ == nullptr) return make_error(EINVAL, "a packing order needs a blob to order (not chunk objects)");
+    if (ordered() && blob_ == nullptr)
+      return make_error(EINVAL, "a packing order needs a blob to order (not chunk objects)");
     if (ordered()) {
       // The files to pack first are spooled raw; the rest is packed into `back_`; at the end the
       // first files are packed into the blob in order and `back_` is appended behind them.
@@ -290,7 +291,8 @@ class LayerTarConverter {
       std::string tp;
       if (!normalize_tar_path(hl, &tp)) return bad_tar("hard link '" + path + "' has a bad target");
       auto t = tree_.find(tp);
-      if (!t || *t == 0) return bad_tar("hard link '" + path + "' names '" + tp + "', which is not in the layer before it");
+      if (!t || *t == 0)
+        return bad_tar("hard link '" + path + "' names '" + tp + "', which is not in the layer before it");
       const Node& tn = tree_.nodes()[*t];
       if (S_ISDIR(tn.st.st_mode)) return bad_tar("hard link '" + path + "' names a directory");
       uint32_t leader = tn.link_of.value_or(*t);
@@ -302,16 +304,23 @@ class LayerTarConverter {
     mode_t type = archive_entry_filetype(ent);
     n.st.st_mode = type | (archive_entry_perm(ent) & 07777);
     switch (type) {
-      case AE_IFREG: case AE_IFDIR: case AE_IFLNK: case AE_IFCHR: case AE_IFBLK: case AE_IFIFO:
+      case AE_IFREG:
+      case AE_IFDIR:
+      case AE_IFLNK:
+      case AE_IFCHR:
+      case AE_IFBLK:
+      case AE_IFIFO:
         break;
       default:
         return bad_tar(fmt::format("layer tar entry '{}' has unsupported type {:o}", path, type));
     }
-    if (type == AE_IFCHR || type == AE_IFBLK) n.st.st_rdev = makedev(archive_entry_rdevmajor(ent), archive_entry_rdevminor(ent));
+    if (type == AE_IFCHR || type == AE_IFBLK)
+      n.st.st_rdev = makedev(archive_entry_rdevmajor(ent), archive_entry_rdevminor(ent));
     if (type == AE_IFLNK) {
       const char* t = archive_entry_symlink(ent);
       n.target = t ? t : "";
-      if (n.target.empty() || n.target.size() > format::kMaxTargetLen) return bad_tar("symlink '" + path + "' has a bad target");
+      if (n.target.empty() || n.target.size() > format::kMaxTargetLen)
+        return bad_tar("symlink '" + path + "' has a bad target");
     }
     n.xattrs = header_xattrs(ent);
     uint32_t id = tree_.place(parent, base, std::move(n));
@@ -376,10 +385,13 @@ class LayerTarConverter {
       const Spooled& sp = spooled_[id];
       auto read = [&](uint64_t off, uint32_t len, char* out, bool*) -> Status {
         ssize_t n = pread_all(spool_->fd(), out, len, static_cast<off_t>(sp.offset + off));
-        if (n < 0 || static_cast<size_t>(n) < len) return Error::from_errno(n < 0 ? static_cast<int>(-n) : EIO, "read back the scratch file");
+        if (n < 0 || static_cast<size_t>(n) < len)
+          return Error::from_errno(n < 0 ? static_cast<int>(-n) : EIO, "read back the scratch file");
         return ok_status();
       };
-      auto store = [&](uint64_t, std::string_view raw, format::ChunkRecord* rec) { return blob_->pack(builder_, raw, rec); };
+      auto store = [&](uint64_t, std::string_view raw, format::ChunkRecord* rec) {
+        return blob_->pack(builder_, raw, rec);
+      };
       EXTRAFS_TRY(content, chunk_content(sp.size, opts_.chunk_size, buf_, read, store));
       nodes[id].chunks = std::move(content.chunks);
       nodes[id].st.st_blocks = static_cast<blkcnt_t>(blocks_for(content.stored_raw));

@@ -41,7 +41,7 @@ struct LayerTarOptions {
 };
 
 struct LayerTarResult {
-  std::string index;       // serialised layer index, chunks pointing into the blob
+  std::string index;         // serialised layer index, chunks pointing into the blob
   uint64_t docker_size = 0;  // what docker records in layerdb `size`: bytes of non-directories, links once
   uint64_t entries = 0;
 };

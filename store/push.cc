@@ -41,7 +41,8 @@ class Pusher {
     if (!root_.valid()) return Error::from_errno(errno, "store " + req_.store);
     EXTRAFS_TRY(sc, load_store_catalog(req_.store));
     if (sc.text.empty())
-      return make_error(ENOENT, "store " + req_.store + " has no catalog (extrafs publish or extrafs index writes one)");
+      return make_error(ENOENT,
+                        "store " + req_.store + " has no catalog (extrafs publish or extrafs index writes one)");
     catalog_ = std::move(sc.catalog);
     catalog_text_ = std::move(sc.text);
     report_.generation = catalog_.generation;
@@ -59,7 +60,7 @@ class Pusher {
   Fd root_;
   format::Catalog catalog_;
   std::string catalog_text_;
-  std::vector<Item> items_;   // step 1, in catalog order
+  std::vector<Item> items_;  // step 1, in catalog order
   std::set<std::string> named_;
   bool same_catalog_up_ = false;  // the destination has this very catalog already
   PushReport report_;
@@ -84,7 +85,8 @@ class Pusher {
     EXTRAFS_TRY(bytes, read_file_beneath(root_.get(), rel, req_.store, format::kMaxIndexSize));
     if (xxh3_128(bytes.data(), bytes.size()) != digest)
       return make_error(EBADMSG, fmt::format("{}/{}: the index of {} does not have the digest its catalog gives "
-                                             "(extrafs verify {} says more)", req_.store, rel, what, req_.store));
+                                             "(extrafs verify {} says more)",
+                                             req_.store, rel, what, req_.store));
     EXTRAFS_TRY(idx, format::LayerIndex::parse(std::move(bytes)));
     for (uint32_t o = 0; o < idx->object_count(); ++o) add(std::string(idx->object_path(o)));
     add(rel);
@@ -94,7 +96,8 @@ class Pusher {
   Status collect() {
     for (const auto& l : catalog_.layers)
       EXTRAFS_CHECK_STATUS(add_index(format::layer_index_path(l.cache_id), l.index_digest, "layer " + l.cache_id));
-    if (catalog_.image_index) EXTRAFS_CHECK_STATUS(add_index(format::image_index_path(*catalog_.image_index), *catalog_.image_index, "image/"));
+    if (catalog_.image_index)
+      EXTRAFS_CHECK_STATUS(add_index(format::image_index_path(*catalog_.image_index), *catalog_.image_index, "image/"));
     // Everything named must be here before anything is written.
     for (auto& it : items_) {
       auto size = local_size(it.path);
@@ -121,14 +124,18 @@ class Pusher {
     }
     const std::string where = dst_.describe() + "/" + format::kCatalogPath;
     auto theirs = format::Catalog::parse(*have);
-    if (!theirs.ok()) return make_error(EEXIST, where + " is not an extrafs catalog (" + theirs.error().message + "); refusing to replace it");
+    if (!theirs.ok())
+      return make_error(EEXIST,
+                        where + " is not an extrafs catalog (" + theirs.error().message + "); refusing to replace it");
     if (theirs->generation > catalog_.generation ||
         (theirs->generation == catalog_.generation && theirs->generation > 0))
-      return make_error(EEXIST, fmt::format("{} is generation {}, {} the store's ({}): mounted hosts would ignore this "
-                                            "catalog (push a newer store, or into an empty prefix)",
-                                            where, theirs->generation,
-                                            theirs->generation == catalog_.generation ? "another catalog of the same generation as" : "newer than",
-                                            catalog_.generation));
+      return make_error(
+          EEXIST, fmt::format("{} is generation {}, {} the store's ({}): mounted hosts would ignore this "
+                              "catalog (push a newer store, or into an empty prefix)",
+                              where, theirs->generation,
+                              theirs->generation == catalog_.generation ? "another catalog of the same generation as"
+                                                                        : "newer than",
+                              catalog_.generation));
     return ok_status();
   }
 
@@ -185,7 +192,8 @@ class Pusher {
         }
       }
     };
-    const size_t n = std::clamp<size_t>(static_cast<size_t>(std::max(req_.jobs, 1)), 1, std::max<size_t>(items_.size(), 1));
+    const size_t n =
+        std::clamp<size_t>(static_cast<size_t>(std::max(req_.jobs, 1)), 1, std::max<size_t>(items_.size(), 1));
     std::vector<std::thread> threads;
     for (size_t t = 1; t < n; ++t) threads.emplace_back(worker);
     worker();

@@ -56,10 +56,10 @@ struct PushProgress {
 };
 
 struct PushRequest {
-  std::string store;                         // the local store directory
+  std::string store;                             // the local store directory
   backend::ObjectWriter* destination = nullptr;  // where to (the caller owns it)
   bool prune = false;
-  int jobs = 8;                              // uploads in flight at once
+  int jobs = 8;                                       // uploads in flight at once
   std::function<void(const PushProgress&)> progress;  // may be empty
 };
 

@@ -70,7 +70,8 @@ class Remover {
     store_fd_ = std::move(locked.fd);
     lock_ = std::move(locked.lock);
     EXTRAFS_TRY(sc, load_store_catalog(store_));
-    if (sc.text.empty()) return make_error(ENOENT, "store " + store_ + " has no extrafs catalog (nothing was published or indexed there)");
+    if (sc.text.empty())
+      return make_error(ENOENT, "store " + store_ + " has no extrafs catalog (nothing was published or indexed there)");
     sc_ = std::move(sc);
     EXTRAFS_TRY(marks, removed_layers(store_fd_.get(), store_));
     marks_ = std::move(marks);
@@ -90,7 +91,8 @@ class Remover {
     }
     if (repositories_.contains("Repositories"))
       for (const auto& [repo, refs] : repositories_["Repositories"].items()) {
-        if (!refs.is_object()) return make_error(EBADMSG, layout_.repositories() + ": bad entry for " + escape_control(repo));
+        if (!refs.is_object())
+          return make_error(EBADMSG, layout_.repositories() + ": bad entry for " + escape_control(repo));
         for (const auto& [ref, id] : refs.items())
           if (id.is_string()) refs_[ref] = id.get<std::string>();
       }
@@ -141,8 +143,8 @@ class Remover {
         if (std::string_view(id).substr(7, hex.size()) == hex) matches.push_back(id);
       if (matches.empty()) return make_error(ENOENT, "no image with id " + escape_control(arg) + " in store " + store_);
       if (matches.size() > 1)
-        return make_error(ENOENT, fmt::format("image id {} is ambiguous in store {}: {} images start with it", escape_control(arg),
-                                              store_, matches.size()));
+        return make_error(ENOENT, fmt::format("image id {} is ambiguous in store {}: {} images start with it",
+                                              escape_control(arg), store_, matches.size()));
       remove_image(matches.front());
     }
     // A tag goes; its image goes with its last tag (as with `docker rmi`).
@@ -152,8 +154,10 @@ class Remover {
       if (remove_ids_.count(id)) continue;
       bool kept = false;
       for (const auto& [ref, to] : refs_) kept |= to == id && is_tag(ref) && !remove_refs_.count(ref);
-      if (!kept) remove_image(id);
-      else report_.untagged.push_back(t);
+      if (!kept)
+        remove_image(id);
+      else
+        report_.untagged.push_back(t);
     }
     return ok_status();
   }
@@ -192,9 +196,10 @@ class Remover {
       }
       auto layers = image_layers(id);
       if (!layers.ok())
-        return make_error(ENOENT, fmt::format("{} stays in store {} but rm cannot tell which layers it uses ({}); remove it "
-                                              "too (by its id) or repair it",
-                                              describe(id), store_, layers.error().message));
+        return make_error(ENOENT,
+                          fmt::format("{} stays in store {} but rm cannot tell which layers it uses ({}); remove it "
+                                      "too (by its id) or repair it",
+                                      describe(id), store_, layers.error().message));
       used.insert(layers->begin(), layers->end());
     }
     for (const auto& l : sc_.catalog.layers)
@@ -264,7 +269,8 @@ class Remover {
     const std::string pid = std::to_string(::getpid());
     for (const auto& n : *names) {
       if (!is_hex64(n)) continue;
-      auto cid = read_file_beneath(store_fd_.get(), std::string(kLayerdb) + "/" + n + "/cache-id", store_, kMaxLineFileSize);
+      auto cid =
+          read_file_beneath(store_fd_.get(), std::string(kLayerdb) + "/" + n + "/cache-id", store_, kMaxLineFileSize);
       if (!cid.ok() || !drop_.count(trim_trailing(*cid))) continue;
       // Out of the way in one rename, then removed (a killed rm leaves an ".old-" directory that
       // the next writer removes).
@@ -282,7 +288,8 @@ class Remover {
   // Marks of layers the catalog names (a killed rm's, whose images were published again since).
   Status remove_stale_marks() {
     for (const auto& l : sc_.catalog.layers)
-      if (marks_.count(l.cache_id)) EXTRAFS_CHECK_STATUS(remove_beneath(store_fd_.get(), removed_marker_path(l.cache_id), store_));
+      if (marks_.count(l.cache_id))
+        EXTRAFS_CHECK_STATUS(remove_beneath(store_fd_.get(), removed_marker_path(l.cache_id), store_));
     return ok_status();
   }
 
@@ -311,7 +318,8 @@ Status check_image_argument(std::string_view arg) {
   if (hex.substr(0, 7) == "sha256:") {
     hex.remove_prefix(7);
     if (id_form(hex)) return ok_status();
-    return make_error(EINVAL, "'" + escape_control(arg) + "' is not an image id (sha256: and 12 to 64 lowercase hex digits)");
+    return make_error(EINVAL,
+                      "'" + escape_control(arg) + "' is not an image id (sha256: and 12 to 64 lowercase hex digits)");
   }
   if (id_form(hex)) return ok_status();
   return check_reference(normalize_ref(std::string(arg)));

@@ -9,10 +9,10 @@
 // A layer rm drops gets a mark, STORE/extrafs/removed/<cache-id> (an empty file), before any
 // metadata changes. The mark tells the other writers that the layer's cache-id is taken until gc
 // deletes the layer's files and then the mark (publish never writes a new layer under it;
-// `extrafs index` never puts its plain tree back in the catalog) and tells gc that a plain overlay2/<cache-id>/ tree is garbage, not a copy waiting
-// to be indexed. Written first, it also lets a killed rm be finished: every rm drops the marked
-// layers that no image uses, whatever images it was told to remove (`extrafs rm --all-untagged`
-// does it with nothing untagged), and removes the marks of layers back in the catalog.
+// `extrafs index` never puts its plain tree back in the catalog) and tells gc that a plain overlay2/<cache-id>/ tree is
+// garbage, not a copy waiting to be indexed. Written first, it also lets a killed rm be finished: every rm drops the
+// marked layers that no image uses, whatever images it was told to remove (`extrafs rm --all-untagged` does it with
+// nothing untagged), and removes the marks of layers back in the catalog.
 //
 // Order (each step durable before the next): marks; repositories.json; image configs; layerdb
 // entries; the catalog (image/ index, catalog.d/<generation>, catalog). Holds the writers' lock
@@ -37,17 +37,17 @@ struct RemoveRequest {
 };
 
 struct RemovedImage {
-  std::string id;                   // sha256:<hex>
-  std::vector<std::string> refs;    // its tags (and digest references) that were removed with it
+  std::string id;                 // sha256:<hex>
+  std::vector<std::string> refs;  // its tags (and digest references) that were removed with it
 };
 
 struct RemoveReport {
-  std::vector<RemovedImage> images;      // removed from the store
-  std::vector<std::string> untagged;     // tags removed from images that another tag keeps
+  std::vector<RemovedImage> images;         // removed from the store
+  std::vector<std::string> untagged;        // tags removed from images that another tag keeps
   std::vector<std::string> layers_dropped;  // cache-ids taken out of the catalog
-  uint64_t bytes_dropped = 0;            // their content bytes (the catalog's "bytes")
+  uint64_t bytes_dropped = 0;               // their content bytes (the catalog's "bytes")
   bool catalog_written = false;
-  uint64_t generation = 0;               // of the catalog now current
+  uint64_t generation = 0;  // of the catalog now current
 };
 
 // Whether `arg` has the form of an IMAGE argument of `extrafs rm`: a docker reference

@@ -207,7 +207,8 @@ Result<SaveArchive> SaveArchive::open(const std::string& path) {
     if (archive_entry_filetype(ent) == AE_IFLNK) {
       std::string t;
       const char* target = archive_entry_symlink(ent);
-      std::string joined = target && target[0] == '/' ? std::string(target) : dirname_of(p) + "/" + (target ? target : "");
+      std::string joined =
+          target && target[0] == '/' ? std::string(target) : dirname_of(p) + "/" + (target ? target : "");
       // Resolve ".." against the directory of the link (docker links duplicate layers as ../<id>/layer.tar).
       std::vector<std::string> parts;
       size_t start = 0;
@@ -241,7 +242,8 @@ Result<SaveArchive> SaveArchive::open(const std::string& path) {
   auto j = nlohmann::json::parse(*manifest, nullptr, false);
   if (j.is_discarded() || !j.is_array() || j.empty()) return bad_tar(path + ": manifest.json is not a list of images");
   for (const auto& m : j) {
-    if (!m.is_object() || !m.contains("Config") || !m["Config"].is_string() || !m.contains("Layers") || !m["Layers"].is_array())
+    if (!m.is_object() || !m.contains("Config") || !m["Config"].is_string() || !m.contains("Layers") ||
+        !m["Layers"].is_array())
       return bad_tar(path + ": manifest.json has an entry without Config or Layers");
     SavedImage img;
     std::string cfg_path;
@@ -261,21 +263,23 @@ Result<SaveArchive> SaveArchive::open(const std::string& path) {
       std::string lp;
       if (!l.is_string() || !normalize_tar_path(l.get<std::string>(), &lp) || lp.empty())
         return bad_tar(path + ": manifest.json has a bad layer path");
-      if (!sa.sizes_.count(sa.resolve(lp))) return bad_tar(path + ": layer " + lp + " named in manifest.json is missing");
+      if (!sa.sizes_.count(sa.resolve(lp)))
+        return bad_tar(path + ": layer " + lp + " named in manifest.json is missing");
       img.layers.push_back(lp);
     }
     auto diff_ids = parse_diff_ids(img.config);
     if (!diff_ids.ok()) return bad_tar(path + ": config " + cfg_path + " " + diff_ids.error().message);
     img.diff_ids = std::move(diff_ids).value();
     if (img.diff_ids.size() != img.layers.size())
-      return bad_tar(fmt::format("{}: image {} lists {} layers but its config has {} diff_ids", path, img.id.substr(7, 12),
-                                 img.layers.size(), img.diff_ids.size()));
+      return bad_tar(fmt::format("{}: image {} lists {} layers but its config has {} diff_ids", path,
+                                 img.id.substr(7, 12), img.layers.size(), img.diff_ids.size()));
     sa.images_.push_back(std::move(img));
   }
   return sa;
 }
 
-Result<std::string> SaveArchive::read_layer(const std::string& layer, const std::function<Status(struct archive*)>& fn) const {
+Result<std::string> SaveArchive::read_layer(const std::string& layer,
+                                            const std::function<Status(struct archive*)>& fn) const {
   const std::string target = resolve(layer);
   EXTRAFS_TRY(outer, open_outer(path_));
   for (;;) {
@@ -284,14 +288,16 @@ Result<std::string> SaveArchive::read_layer(const std::string& layer, const std:
     if (r == ARCHIVE_EOF) return make_error(ENOENT, path_ + ": layer " + layer + " is missing");
     if (r != ARCHIVE_OK && r != ARCHIVE_WARN) return bad_tar(path_ + ": " + archive_error_string(outer.get()));
     std::string p;
-    if (!normalize_tar_path(archive_entry_pathname(ent) ? archive_entry_pathname(ent) : "", &p) || p != target) continue;
+    if (!normalize_tar_path(archive_entry_pathname(ent) ? archive_entry_pathname(ent) : "", &p) || p != target)
+      continue;
     if (archive_entry_filetype(ent) != AE_IFREG || archive_entry_hardlink(ent)) continue;
     break;
   }
   LayerStream ls;
   ls.outer = outer.get();
   ls.sha = EVP_MD_CTX_new();
-  if (!ls.sha || EVP_DigestInit_ex(ls.sha, EVP_sha256(), nullptr) != 1) return make_error(ENOMEM, "sha256: cannot initialise");
+  if (!ls.sha || EVP_DigestInit_ex(ls.sha, EVP_sha256(), nullptr) != 1)
+    return make_error(ENOMEM, "sha256: cannot initialise");
   ArchivePtr inner(archive_read_new());
   archive_read_support_format_tar(inner.get());
   archive_read_support_format_empty(inner.get());

@@ -18,10 +18,10 @@ namespace extrafs::store {
 
 // One image of a `docker save` archive.
 struct SavedImage {
-  std::string id;                   // "sha256:<hex>" of the config
-  std::string config;               // raw config bytes
-  std::vector<std::string> tags;    // RepoTags ("name:tag")
-  std::vector<std::string> layers;  // paths of the layer tars in the archive, base first
+  std::string id;                     // "sha256:<hex>" of the config
+  std::string config;                 // raw config bytes
+  std::vector<std::string> tags;      // RepoTags ("name:tag")
+  std::vector<std::string> layers;    // paths of the layer tars in the archive, base first
   std::vector<std::string> diff_ids;  // rootfs.diff_ids of the config, base first
 };
 
@@ -44,8 +44,8 @@ class SaveArchive {
  private:
   std::string path_;
   std::vector<SavedImage> images_;
-  std::map<std::string, uint64_t> sizes_;          // regular entries
-  std::map<std::string, std::string> links_;       // symlink/hardlink entries -> resolved target
+  std::map<std::string, uint64_t> sizes_;     // regular entries
+  std::map<std::string, std::string> links_;  // symlink/hardlink entries -> resolved target
   std::string resolve(const std::string& p) const;
 };
 

@@ -77,7 +77,8 @@ Result<LockedStore> lock_existing_store(const std::string& store, bool remove_de
   out.fd.reset(::open(store.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!out.fd.valid()) return Error::from_errno(errno, "store " + store);
   if (auto st = check_dir_beneath(out.fd.get(), "extrafs", store); !st.ok()) {
-    if (st.code() == ENOENT) return make_error(ENOENT, "store " + store + " has no extrafs catalog (nothing was published or indexed there)");
+    if (st.code() == ENOENT)
+      return make_error(ENOENT, "store " + store + " has no extrafs catalog (nothing was published or indexed there)");
     return st.error();
   }
   EXTRAFS_TRY(lock, StoreWriteLock::take(out.fd.get(), store, remove_dead));

@@ -6,11 +6,11 @@
 // destroyed.
 #pragma once
 
+#include <sys/types.h>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
-#include <sys/types.h>
 
 #include "common/posix_file.h"
 #include "common/result.h"

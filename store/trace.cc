@@ -18,9 +18,12 @@ std::string format_trace_line(std::string_view cache_id, uint64_t entry, std::st
   std::string escaped;
   escaped.reserve(path.size());
   for (char c : path) {
-    if (c == '\n') escaped += "\\n";
-    else if (c == '\\') escaped += "\\\\";
-    else escaped += c;
+    if (c == '\n')
+      escaped += "\\n";
+    else if (c == '\\')
+      escaped += "\\\\";
+    else
+      escaped += c;
   }
   return fmt::format("{} {} {}\n", cache_id, entry, escaped);
 }
@@ -45,9 +48,12 @@ Result<std::vector<TraceEntry>> parse_trace(std::string_view text) {
     for (size_t i = s2 + 1; i < line.size(); ++i) {
       if (line[i] == '\\' && i + 1 < line.size()) {
         char c = line[++i];
-        if (c == 'n') path += '\n';
-        else if (c == '\\') path += '\\';
-        else return make_error(EINVAL, fmt::format("trace line {}: bad escape \\{}", line_no, c));
+        if (c == 'n')
+          path += '\n';
+        else if (c == '\\')
+          path += '\\';
+        else
+          return make_error(EINVAL, fmt::format("trace line {}: bad escape \\{}", line_no, c));
       } else {
         path += line[i];
       }

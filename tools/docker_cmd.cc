@@ -66,7 +66,8 @@ int run_attach(const DockerArgs& a) {
   for (const auto& r : rep.images) {
     const bool changed = r.layers_created || r.layers_repaired || r.config_written || r.tag_written;
     if (!changed) {
-      std::printf("%s (%s) already attached: %d layers present\n", r.ref.c_str(), short_id(r.image_id).c_str(), r.layers);
+      std::printf("%s (%s) already attached: %d layers present\n", r.ref.c_str(), short_id(r.image_id).c_str(),
+                  r.layers);
       continue;
     }
     std::printf("attached %s (%s): %d layers, %d new, %d already present", r.ref.c_str(), short_id(r.image_id).c_str(),
@@ -123,7 +124,8 @@ void add_docker_command(CLI::App& app, int* exit_code) {
 
   auto detach_args = std::make_shared<DockerArgs>();
   auto* detach = docker->add_subcommand(
-      "detach", "remove IMAGE(s) attached earlier, and whatever of them nothing else uses (dockerd stopped, or --restart)");
+      "detach",
+      "remove IMAGE(s) attached earlier, and whatever of them nothing else uses (dockerd stopped, or --restart)");
   detach->add_option("IMAGE", detach_args->images, "name:tag as docker shows it")->required();
   detach->add_option("--data-root", detach_args->data_root, "the dockerd data-root")->capture_default_str();
   detach->add_flag("--restart", detach_args->restart,

@@ -72,7 +72,8 @@ Result<Daemon> connect_daemon(const Global& g) {
   if (!info.ok()) {
     // As the docker CLI says it, for the errors that mean nothing listens there.
     if (info.code() == ENOENT || info.code() == ECONNREFUSED)
-      return make_error(info.code(), "Cannot connect to the Docker daemon at " + endpoint + ". Is the docker daemon running?");
+      return make_error(info.code(),
+                        "Cannot connect to the Docker daemon at " + endpoint + ". Is the docker daemon running?");
     return make_error(info.code(), info.error().message);
   }
   if (info->root_dir.empty()) return make_error(EBADMSG, socket + ": GET /info has no DockerRootDir");
@@ -129,8 +130,9 @@ Result<std::string> choose_mount(const std::string& flag) {
     mnt = configured;
   }
   if (mnt.empty() && points.empty())
-    return make_error(ENOENT, "no extrafs image store is mounted here: mount one with 'extrafs mount SOURCE MOUNTPOINT' "
-                              "(see extrafs-mount(8)), then run this again");
+    return make_error(ENOENT,
+                      "no extrafs image store is mounted here: mount one with 'extrafs mount SOURCE MOUNTPOINT' "
+                      "(see extrafs-mount(8)), then run this again");
   if (mnt.empty()) {
     std::string list;
     for (const auto& p : points) list += (list.empty() ? "" : ", ") + p;
@@ -176,11 +178,12 @@ int run_pull(const Global& g, const std::vector<std::string>& images, const std:
       std::printf("Status: Image is up to date for %s (already attached)\n", r.ref.c_str());
       continue;
     }
-    std::printf("%s: %d layers, %d attached, %d already present", short_hex(r.image_id).c_str(), r.layers, r.layers_created,
-                r.layers_present);
+    std::printf("%s: %d layers, %d attached, %d already present", short_hex(r.image_id).c_str(), r.layers,
+                r.layers_created, r.layers_present);
     if (r.layers_repaired) std::printf(", %d repaired", r.layers_repaired);
     std::printf("\n");
-    if (!r.previous_id.empty()) std::printf("%s: the tag pointed at %s before\n", r.ref.c_str(), short_hex(r.previous_id).c_str());
+    if (!r.previous_id.empty())
+      std::printf("%s: the tag pointed at %s before\n", r.ref.c_str(), short_hex(r.previous_id).c_str());
     std::printf("Status: Attached image for %s\n", r.ref.c_str());
   }
   print_restart(rep.restart);
@@ -200,8 +203,10 @@ int run_rmi(const Global& g, const std::vector<std::string>& images) {
   // What was detached before a failure is reported too.
   for (const auto& r : rep.images) {
     std::printf("Untagged: %s\n", r.ref.c_str());
-    if (r.config_removed) std::printf("Deleted: %s\n", r.image_id.c_str());
-    else std::printf("Kept: %s (%s)\n", r.image_id.c_str(), escape_control(r.note).c_str());
+    if (r.config_removed)
+      std::printf("Deleted: %s\n", r.image_id.c_str());
+    else
+      std::printf("Kept: %s (%s)\n", r.image_id.c_str(), escape_control(r.note).c_str());
     for (const auto& l : r.removed_layers) std::printf("Detached layer: %s\n", l.c_str());
   }
   if (!st.ok()) {
@@ -273,7 +278,9 @@ int run_images(const Global& g, const std::string& mount_flag) {
     for (const auto& t : row.tags) {
       auto [name, tag] = split_ref(t);
       auto it = tags->find(t);
-      std::string attached = it == tags->end() ? "no" : it->second == row.id ? "yes" : "no (tag is " + short_hex(it->second) + ")";
+      std::string attached = it == tags->end()      ? "no"
+                             : it->second == row.id ? "yes"
+                                                    : "no (tag is " + short_hex(it->second) + ")";
       table.push_back({escape_control(name), escape_control(tag), short_hex(row.id), size, cached, attached});
     }
   }
@@ -282,7 +289,8 @@ int run_images(const Global& g, const std::string& mount_flag) {
     for (size_t i = 0; i < r.size(); ++i) w[i] = std::max(w[i], r[i].size());
   for (const auto& r : table) {
     std::string line;
-    for (size_t i = 0; i < r.size(); ++i) line += i + 1 < r.size() ? r[i] + std::string(w[i] - r[i].size() + 3, ' ') : r[i];
+    for (size_t i = 0; i < r.size(); ++i)
+      line += i + 1 < r.size() ? r[i] + std::string(w[i] - r[i].size() + 3, ' ') : r[i];
     std::printf("%s\n", line.c_str());
   }
   for (const auto& row : listed->rows)
@@ -301,8 +309,8 @@ void print_metadata() {
 // Skips the docker CLI's global flags in argv[1...], keeping those that say which daemon; returns
 // the index of the first argument after them, or -1 (usage error printed) for one it does not know.
 int skip_global_flags(int argc, char** argv, Global* g) {
-  static const std::set<std::string> kValued = {"-H", "--host", "-c", "--context", "--config", "-l", "--log-level",
-                                                "--tlscacert", "--tlscert", "--tlskey"};
+  static const std::set<std::string> kValued = {"-H", "--host",      "-c",          "--context", "--config",
+                                                "-l", "--log-level", "--tlscacert", "--tlscert", "--tlskey"};
   static const std::set<std::string> kBool = {"-D", "--debug", "--tls", "--tlsverify"};
   int i = 1;
   while (i < argc && argv[i][0] == '-') {
@@ -326,9 +334,12 @@ int skip_global_flags(int argc, char** argv, Global* g) {
       }
       value = argv[++i];
     }
-    if (a == "-H" || a == "--host") g->host = value;
-    else if (a == "-c" || a == "--context") g->context = value;
-    else if (a == "--config") g->config = value;
+    if (a == "-H" || a == "--host")
+      g->host = value;
+    else if (a == "-c" || a == "--context")
+      g->context = value;
+    else if (a == "--config")
+      g->config = value;
     ++i;
   }
   return i;
@@ -348,23 +359,28 @@ int main_impl(int argc, char** argv) {
   if (first < argc && std::string(argv[first]) == "extrafs") ++first;
   for (int i = first; i < argc; ++i) args.push_back(argv[i]);
 
-  CLI::App app{"Run images from an extrafs store at once: attach them into the data-root of the dockerd this docker CLI "
-               "talks to (restarting it with live-restore), list them, detach them.",
-               "docker extrafs"};
+  CLI::App app{
+      "Run images from an extrafs store at once: attach them into the data-root of the dockerd this docker CLI "
+      "talks to (restarting it with live-restore), list them, detach them.",
+      "docker extrafs"};
   app.set_version_flag("--version", "docker-extrafs " EXTRAFS_VERSION);
   int exit_code = -1;
 
   std::vector<std::string> pull_images, rmi_images;
   std::string pull_mount, images_mount;
-  auto* pull = app.add_subcommand("pull", "attach IMAGE(s) of the extrafs mount into this dockerd (restarting it; live-restore required)");
+  auto* pull = app.add_subcommand(
+      "pull", "attach IMAGE(s) of the extrafs mount into this dockerd (restarting it; live-restore required)");
   pull->add_option("IMAGE", pull_images, "name:tag as docker shows it")->required();
-  pull->add_option("--mount", pull_mount, "the extrafs mount serving the images (default: the only one, else mount in " +
-                                              std::string(kDockerConf) + ")");
+  pull->add_option(
+      "--mount", pull_mount,
+      "the extrafs mount serving the images (default: the only one, else mount in " + std::string(kDockerConf) + ")");
   pull->callback([&] { exit_code = run_pull(g, pull_images, pull_mount); });
-  auto* images = app.add_subcommand("images", "list the images of the extrafs mount: tags, sizes, cached %, attached here or not");
+  auto* images =
+      app.add_subcommand("images", "list the images of the extrafs mount: tags, sizes, cached %, attached here or not");
   images->add_option("--mount", images_mount, "the extrafs mount (default as for pull)");
   images->callback([&] { exit_code = run_images(g, images_mount); });
-  auto* rmi = app.add_subcommand("rmi", "detach IMAGE(s) pulled with docker extrafs pull (restarting dockerd; live-restore required)");
+  auto* rmi = app.add_subcommand(
+      "rmi", "detach IMAGE(s) pulled with docker extrafs pull (restarting dockerd; live-restore required)");
   rmi->add_option("IMAGE", rmi_images, "name:tag as docker shows it")->required();
   rmi->callback([&] { exit_code = run_rmi(g, rmi_images); });
 

@@ -2,8 +2,8 @@
 #include <signal.h>
 #include <time.h>
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 
 #include <cstdio>
 #include <cstdlib>
@@ -29,7 +29,8 @@ int run_gc(const GcArgs& a) {
   auto grace = parse_duration(a.grace);
   if (!grace) return fail("gc: --grace '" + a.grace + "': expected a duration like 7d, 12h, 30m, 45s or 0", 2);
   if (a.store.find("://") != std::string::npos)
-    return fail("gc: STORE is a local store directory (on the NFS server, or where the export is mounted), not " + a.store, 2);
+    return fail(
+        "gc: STORE is a local store directory (on the NFS server, or where the export is mounted), not " + a.store, 2);
   store::GcRequest req;
   req.store = a.store;
   req.grace = *grace;
@@ -50,23 +51,25 @@ int run_gc(const GcArgs& a) {
   auto report = store::collect_garbage(req);
   if (!report.ok()) return fail("gc: " + report.error().message, report.code() == EINVAL ? 2 : 1);
   if (*grace == 0)
-    print_error("extrafs", std::string("gc: warning: --grace 0: only the newest catalog is kept; a host that has not loaded "
-                                       "it yet, or runs a container of a removed image, fails reads of what ") +
-                               (a.dry_run ? "this would delete" : "was deleted"));
+    print_error("extrafs",
+                std::string("gc: warning: --grace 0: only the newest catalog is kept; a host that has not loaded "
+                            "it yet, or runs a container of a removed image, fails reads of what ") +
+                    (a.dry_run ? "this would delete" : "was deleted"));
   for (const auto& w : report->warnings) print_error("extrafs", "gc: warning: " + w);
   const char* verb = a.dry_run ? "would delete" : "deleted";
   for (size_t k = 0; k < store::kGcKinds; ++k) {
     const auto& t = report->freed[k];
     if (t.files == 0) continue;
-    std::printf("%s %-27s %12s %10s\n", verb, store::gc_kind_name(static_cast<store::GcKind>(k)), files(t.files).c_str(),
-                format_size(t.bytes).c_str());
+    std::printf("%s %-27s %12s %10s\n", verb, store::gc_kind_name(static_cast<store::GcKind>(k)),
+                files(t.files).c_str(), format_size(t.bytes).c_str());
   }
   std::string young;
   if (report->young)
     young = fmt::format("; {} no catalog names left until {} an hour old", files(report->young),
                         report->young == 1 ? "it is" : "they are");
-  std::printf("%s %s, %s; kept %zu catalog generation%s and %zu layer%s (grace %s)%s\n", a.dry_run ? "would free" : "freed",
-              files(report->total.files).c_str(), format_size(report->total.bytes).c_str(), report->kept_generations,
+  std::printf("%s %s, %s; kept %zu catalog generation%s and %zu layer%s (grace %s)%s\n",
+              a.dry_run ? "would free" : "freed", files(report->total.files).c_str(),
+              format_size(report->total.bytes).c_str(), report->kept_generations,
               report->kept_generations == 1 ? "" : "s", report->kept_layers, report->kept_layers == 1 ? "" : "s",
               a.grace.c_str(), young.c_str());
   return 0;

@@ -21,13 +21,15 @@ namespace {
 
 Result<std::map<std::string, LayerCache>> mount_layer_stats(const std::string& mnt) {
   EXTRAFS_TRY(j, read_mount_stats(mnt, /*with_images=*/true));
-  if (!j.contains("layers") || !j["layers"].is_array()) return make_error(EBADMSG, mnt + " returned unreadable statistics");
+  if (!j.contains("layers") || !j["layers"].is_array())
+    return make_error(EBADMSG, mnt + " returned unreadable statistics");
   std::map<std::string, LayerCache> out;
   for (const auto& l : j["layers"]) {
     if (!l.is_object() || !l.contains("cache_id") || !l["cache_id"].is_string()) continue;
     LayerCache s;
     if (l.contains("bytes_total") && l["bytes_total"].is_number_unsigned()) s.total = l["bytes_total"].get<uint64_t>();
-    if (l.contains("bytes_cached") && l["bytes_cached"].is_number_unsigned()) s.cached = l["bytes_cached"].get<uint64_t>();
+    if (l.contains("bytes_cached") && l["bytes_cached"].is_number_unsigned())
+      s.cached = l["bytes_cached"].get<uint64_t>();
     if (l.contains("removed") && l["removed"].is_boolean()) s.removed = l["removed"].get<bool>();
     if (l.contains("former_images") && l["former_images"].is_array())
       for (const auto& r : l["former_images"])
@@ -51,14 +53,16 @@ Result<ImageList> list_images(const std::string& target) {
   if (target.empty()) return make_error(EINVAL, "give a store directory or an extrafs mount point");
   // A store's image list is in directories (imagedb), which http(s) and s3 cannot list.
   if (target.find("://") != std::string::npos)
-    return make_error(EINVAL, "a store directory or an extrafs mount point is needed, not a URL: mount " + target + " first");
+    return make_error(EINVAL,
+                      "a store directory or an extrafs mount point is needed, not a URL: mount " + target + " first");
   char* r = ::realpath(target.c_str(), nullptr);
   if (!r) return Error::from_errno(errno, target);
   ImageList out;
   out.root = r;
   std::free(r);
   struct stat st;
-  if (::stat(out.root.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return make_error(ENOTDIR, target + " is not a directory");
+  if (::stat(out.root.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+    return make_error(ENOTDIR, target + " is not a directory");
 
   std::string fstype;
   out.mounted = is_mount_point(out.root, &fstype) && fstype == "fuse.extrafs";
@@ -93,7 +97,8 @@ Result<ImageList> list_images(const std::string& target) {
       for (const auto& l : row.image->layers) {
         row.size += l.size;
         auto it = out.layers.find(l.cache_id);
-        if (it == out.layers.end()) all_known = false;
+        if (it == out.layers.end())
+          all_known = false;
         else {
           c.total += it->second.total;
           c.cached += it->second.cached;

@@ -17,28 +17,28 @@
 namespace extrafs::tools {
 
 struct LayerCache {
-  uint64_t total = 0;   // bytes of the layer's files
-  uint64_t cached = 0;  // of those, bytes in the local cache
-  bool removed = false;  // no longer in the store's catalog; the mount serves it from what it has
+  uint64_t total = 0;               // bytes of the layer's files
+  uint64_t cached = 0;              // of those, bytes in the local cache
+  bool removed = false;             // no longer in the store's catalog; the mount serves it from what it has
   std::vector<std::string> former;  // removed: the images that used it, as the mount last knew them
 };
 
 struct ImageRow {
-  std::string id;                         // "sha256:<hex>"
-  std::vector<std::string> tags;          // "name:tag", sorted; empty for an untagged config
+  std::string id;                 // "sha256:<hex>"
+  std::vector<std::string> tags;  // "name:tag", sorted; empty for an untagged config
   std::optional<store::DockerImage> image;
-  std::string error;                      // why `image` could not be read
-  uint64_t size = 0;                      // the sum of its layers' sizes
+  std::string error;  // why `image` could not be read
+  uint64_t size = 0;  // the sum of its layers' sizes
   // On a mount: its layers' bytes and cached bytes, if the daemon knows every layer.
   std::optional<LayerCache> cache;
 };
 
 struct ImageList {
-  std::string root;     // the resolved path
-  bool mounted = false; // an extrafs mount (else a store or data-root-shaped directory)
+  std::string root;                          // the resolved path
+  bool mounted = false;                      // an extrafs mount (else a store or data-root-shaped directory)
   std::map<std::string, LayerCache> layers;  // on a mount: cache-id -> what its daemon says
-  std::vector<ImageRow> rows;  // tagged images by first tag, then untagged ones by id
-  int broken = 0;              // rows whose image could not be read
+  std::vector<ImageRow> rows;                // tagged images by first tag, then untagged ones by id
+  int broken = 0;                            // rows whose image could not be read
 };
 
 // The images under `target` (a store directory or an extrafs mount point; not a URL). Errors in

@@ -48,18 +48,21 @@ int run_ls(const std::string& target) {
   tag_w = std::min<size_t>(tag_w, 60);
 
   std::printf("%s %s\n", mounted ? "extrafs mount" : "store", escape_control(root).c_str());
-  if (mounted) std::printf("%-12s  %-*s  %6s  %10s  %7s\n", "IMAGE ID", static_cast<int>(tag_w), "TAGS", "LAYERS", "SIZE", "CACHED");
-  else std::printf("%-12s  %-*s  %6s  %10s\n", "IMAGE ID", static_cast<int>(tag_w), "TAGS", "LAYERS", "SIZE");
+  if (mounted)
+    std::printf("%-12s  %-*s  %6s  %10s  %7s\n", "IMAGE ID", static_cast<int>(tag_w), "TAGS", "LAYERS", "SIZE",
+                "CACHED");
+  else
+    std::printf("%-12s  %-*s  %6s  %10s\n", "IMAGE ID", static_cast<int>(tag_w), "TAGS", "LAYERS", "SIZE");
   for (size_t i = 0; i < rows.size(); ++i) {
     const ImageRow& row = rows[i];
     if (!row.image) {
-      std::printf("%-12s  %-*s  unreadable: %s\n", short_hex(row.id).c_str(), static_cast<int>(tag_w), tag_text[i].c_str(),
-                  escape_control(row.error).c_str());
+      std::printf("%-12s  %-*s  unreadable: %s\n", short_hex(row.id).c_str(), static_cast<int>(tag_w),
+                  tag_text[i].c_str(), escape_control(row.error).c_str());
       continue;
     }
     if (mounted)
-      std::printf("%-12s  %-*s  %6zu  %10s  %7s\n", short_hex(row.id).c_str(), static_cast<int>(tag_w), tag_text[i].c_str(),
-                  row.image->layers.size(), format_size(row.size).c_str(),
+      std::printf("%-12s  %-*s  %6zu  %10s  %7s\n", short_hex(row.id).c_str(), static_cast<int>(tag_w),
+                  tag_text[i].c_str(), row.image->layers.size(), format_size(row.size).c_str(),
                   row.cache ? percent(row.cache->cached, row.cache->total).c_str() : "-");
     else
       std::printf("%-12s  %-*s  %6zu  %10s\n", short_hex(row.id).c_str(), static_cast<int>(tag_w), tag_text[i].c_str(),
@@ -110,7 +113,9 @@ int run_ls(const std::string& target) {
   }
   std::printf("\n%zu image%s, %zu layer%s, %s", rows.size(), rows.size() == 1 ? "" : "s", seen.size(),
               seen.size() == 1 ? "" : "s", format_size(size).c_str());
-  if (mounted) std::printf("; %s of %s cached (%s)", format_size(cached).c_str(), format_size(total).c_str(), percent(cached, total).c_str());
+  if (mounted)
+    std::printf("; %s of %s cached (%s)", format_size(cached).c_str(), format_size(total).c_str(),
+                percent(cached, total).c_str());
   if (unused) std::printf("; %zu served layer%s not used by any image", unused, unused == 1 ? "" : "s");
   if (removed) std::printf("; %zu removed from the store", removed);
   std::printf("\n");

@@ -4,8 +4,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
@@ -40,7 +40,9 @@ int cmd_index(const std::string& store) {
   for (const auto& s : report->skipped) print_error("extrafs: warning", s);
   for (const auto& s : report->damaged) print_error("extrafs: warning", s);
   std::printf("%d layers indexed, %d already indexed%s%s%s%s\n", report->layers_indexed, report->layers_present,
-              report->layers_removed ? fmt::format(", {} removed by extrafs rm (left for gc)", report->layers_removed).c_str() : "",
+              report->layers_removed
+                  ? fmt::format(", {} removed by extrafs rm (left for gc)", report->layers_removed).c_str()
+                  : "",
               report->skipped.empty() ? "" : fmt::format(", {} skipped", report->skipped.size()).c_str(),
               report->damaged.empty() ? "" : fmt::format(", {} damaged", report->damaged.size()).c_str(),
               report->catalog_written ? "; catalog written" : "; catalog unchanged");
@@ -96,15 +98,19 @@ int cmd_cache(const std::string& verb, const std::string& dir, const std::string
     auto info = cache::inspect_block_cache(dir);
     if (!info.ok()) return fail(info.error().message);
     std::printf("cache           %s\n", dir.c_str());
-    std::printf("chunks          %llu (%s)\n", static_cast<unsigned long long>(info->chunks), format_size(info->bytes).c_str());
+    std::printf("chunks          %llu (%s)\n", static_cast<unsigned long long>(info->chunks),
+                format_size(info->bytes).c_str());
     std::printf("metadata blobs  %llu\n", static_cast<unsigned long long>(info->meta_blobs));
     const auto copies = cache::inspect_whole_files(dir);
     std::printf("whole files     %llu (%s)\n", static_cast<unsigned long long>(copies.files),
                 format_size(copies.bytes).c_str());
     std::printf("stray files     %llu\n", static_cast<unsigned long long>(info->stray_files));
-    if (info->owner_pid > 0) std::printf("in use by       extrafs pid %ld\n", info->owner_pid);
-    else if (info->owner_pid < 0) std::printf("in use by       another process\n");
-    else std::printf("in use by       nobody\n");
+    if (info->owner_pid > 0)
+      std::printf("in use by       extrafs pid %ld\n", info->owner_pid);
+    else if (info->owner_pid < 0)
+      std::printf("in use by       another process\n");
+    else
+      std::printf("in use by       nobody\n");
     return 0;
   }
   uint64_t target = 0;
@@ -129,17 +135,19 @@ int cmd_cache(const std::string& verb, const std::string& dir, const std::string
     auto dropped = (*bc)->verify_all();
     if (!dropped.ok()) return fail(dropped.error().message);
     auto s = (*bc)->stats();
-    std::printf("%llu chunks verified, %llu corrupt chunks dropped\n", static_cast<unsigned long long>(s.chunks + *dropped),
-                static_cast<unsigned long long>(*dropped));
-    if (*copies) std::printf("%s of whole-file copies removed (made again when a file is read whole)\n", format_size(*copies).c_str());
+    std::printf("%llu chunks verified, %llu corrupt chunks dropped\n",
+                static_cast<unsigned long long>(s.chunks + *dropped), static_cast<unsigned long long>(*dropped));
+    if (*copies)
+      std::printf("%s of whole-file copies removed (made again when a file is read whole)\n",
+                  format_size(*copies).c_str());
     return *dropped ? 1 : 0;
   }
   uint64_t before = (*bc)->stats().bytes;
   auto st2 = (*bc)->shrink_to(target);
   if (!st2.ok()) return fail(st2.error().message);
   auto s = (*bc)->stats();
-  std::printf("%s freed, %s in %llu chunks kept\n", format_size(before - s.bytes + *copies).c_str(), format_size(s.bytes).c_str(),
-              static_cast<unsigned long long>(s.chunks));
+  std::printf("%s freed, %s in %llu chunks kept\n", format_size(before - s.bytes + *copies).c_str(),
+              format_size(s.bytes).c_str(), static_cast<unsigned long long>(s.chunks));
   return 0;
 }
 
@@ -152,15 +160,19 @@ int main_impl(int argc, char** argv) {
 
   MountRequest mreq;
   std::vector<std::string> mopts;
-  auto* mount = app.add_subcommand("mount", "mount a store (local directory, nfs://, http(s):// or s3:// URL) read-only");
-  mount->add_option("SOURCE", mreq.source,
-                    "an absolute directory, nfs://HOST[:PORT]/EXPORT[/SUBDIR][?...], http(s)://HOST[:PORT]/PATH or "
-                    "s3://BUCKET[/PREFIX]; mirrors separated by ';'")
+  auto* mount =
+      app.add_subcommand("mount", "mount a store (local directory, nfs://, http(s):// or s3:// URL) read-only");
+  mount
+      ->add_option("SOURCE", mreq.source,
+                   "an absolute directory, nfs://HOST[:PORT]/EXPORT[/SUBDIR][?...], http(s)://HOST[:PORT]/PATH or "
+                   "s3://BUCKET[/PREFIX]; mirrors separated by ';'")
       ->required();
   mount->add_option("MOUNTPOINT", mreq.mountpoint, "an existing directory with nothing mounted on it")->required();
   mount->add_flag("-f", mreq.foreground, "stay in the foreground");
-  mount->add_option("-o", mopts, "mount options: cache=DIR,cache_size=SIZE,timeout=S,threads=N,allow_other,record=DIR,log_level=L,"
-                    "refresh=S,proxy=SPEC,cacert=FILE,s3_endpoint=URL,s3_region=R,s3_credentials=FILE,s3_profile=P")
+  mount
+      ->add_option("-o", mopts,
+                   "mount options: cache=DIR,cache_size=SIZE,timeout=S,threads=N,allow_other,record=DIR,log_level=L,"
+                   "refresh=S,proxy=SPEC,cacert=FILE,s3_endpoint=URL,s3_region=R,s3_credentials=FILE,s3_profile=P")
       ->allow_extra_args(false);
 
   std::string umount_point;
@@ -184,7 +196,8 @@ int main_impl(int argc, char** argv) {
   auto* cache_stat = cachecmd->add_subcommand("stat", "what the cache holds (works while a mount uses it)");
   auto* cache_verify = cachecmd->add_subcommand("verify", "re-read every chunk, drop corrupt ones (exit 1 if any)");
   auto* cache_gc = cachecmd->add_subcommand("gc", "evict least recently used chunks down to --size (default 0)");
-  for (auto* sub : {cache_stat, cache_verify, cache_gc}) sub->add_option("--cache", cache_dir, "the cache directory")->required();
+  for (auto* sub : {cache_stat, cache_verify, cache_gc})
+    sub->add_option("--cache", cache_dir, "the cache directory")->required();
   cache_gc->add_option("--size", gc_size, "keep at most this much (e.g. 5G)");
 
   int exit_code = -1;  // set by the callbacks of the commands registered below

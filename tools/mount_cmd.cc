@@ -50,12 +50,13 @@ constexpr std::chrono::milliseconds kImageNamesWait{2000};
 // Options of mount(8) and fstab that concern mount(8) itself or change nothing here: accepted and
 // not passed on. "rw" is among them because mount(8) passes it unless told "ro"; the mount is
 // read-only whatever it says.
-const std::set<std::string> kIgnoredOpts = {"defaults", "auto", "noauto", "user", "nouser", "users", "_netdev",
-                                            "nofail", "ro", "rw", "async", "atime", "noatime", "relatime", "strictatime",
-                                            "nodiratime", "diratime", "lazytime", "nolazytime", "loud", "silent"};
+const std::set<std::string> kIgnoredOpts = {
+    "defaults",    "auto",       "noauto",   "user",     "nouser",     "users",   "_netdev",
+    "nofail",      "ro",         "rw",       "async",    "atime",      "noatime", "relatime",
+    "strictatime", "nodiratime", "diratime", "lazytime", "nolazytime", "loud",    "silent"};
 // Options handed to the kernel/libfuse as they are.
-const std::set<std::string> kPassedOpts = {"dev", "nodev", "suid", "nosuid", "exec", "noexec", "allow_root",
-                                           "auto_unmount", "sync", "dirsync"};
+const std::set<std::string> kPassedOpts = {"dev",    "nodev",      "suid",         "nosuid", "exec",
+                                           "noexec", "allow_root", "auto_unmount", "sync",   "dirsync"};
 const std::set<std::string> kPassedValueOpts = {"max_read", "blksize"};
 
 std::string real_path(const std::string& p) {
@@ -190,7 +191,8 @@ Status apply_mount_options(const std::string& list, MountRequest* req) {
       EXTRAFS_CHECK_STATUS(need_val());
       auto v = parse_size(val);
       if (!v || *v < (1u << 20))
-        return usage("cache_size=" + val + ": expected a size of at least 1M, like 512M, 20G or 1.5G (a whole number of bytes)");
+        return usage("cache_size=" + val +
+                     ": expected a size of at least 1M, like 512M, 20G or 1.5G (a whole number of bytes)");
       req->cache_size = *v;
     } else if (key == "timeout" || key == "refresh") {
       EXTRAFS_CHECK_STATUS(need_val());
@@ -212,7 +214,8 @@ Status apply_mount_options(const std::string& list, MountRequest* req) {
     } else if (key == "log_level") {
       EXTRAFS_CHECK_STATUS(need_val());
       spdlog::level::level_enum lvl;
-      if (!parse_log_level(val, &lvl)) return usage("log_level=" + val + ": expected trace, debug, info, warn or error");
+      if (!parse_log_level(val, &lvl))
+        return usage("log_level=" + val + ": expected trace, debug, info, warn or error");
       req->log_level = val;
     } else if (key == "proxy") {
       EXTRAFS_CHECK_STATUS(need_val());
@@ -258,7 +261,9 @@ int run_mount(MountRequest req) {
     return code;
   };
   if (!backend::is_source(req.source))
-    return fail("source '" + req.source + "' must be an absolute directory path or an nfs://, http://, https:// or s3:// URL", 2);
+    return fail(
+        "source '" + req.source + "' must be an absolute directory path or an nfs://, http://, https:// or s3:// URL",
+        2);
   if (req.source.rfind("nfs://", 0) == 0) {
     if (auto url = backend::parse_nfs_url(req.source); !url.ok()) return fail(url.error().message, 2);
   }
@@ -268,7 +273,8 @@ int run_mount(MountRequest req) {
   if (auto st = backend::check_http_options(req.source, req.http); !st.ok()) return fail(st.error().message, 2);
   if (req.source.front() == '/') {
     struct stat st;
-    if (::stat(req.source.c_str(), &st) != 0) return fail(fmt::format("store {}: {}", req.source, std::strerror(errno)), 1);
+    if (::stat(req.source.c_str(), &st) != 0)
+      return fail(fmt::format("store {}: {}", req.source, std::strerror(errno)), 1);
     if (!S_ISDIR(st.st_mode)) return fail("store " + req.source + " is not a directory", 1);
     req.source = real_path(req.source);
   }
@@ -391,8 +397,9 @@ int run_unmount(const std::string& mountpoint) {
     const auto deadline = std::chrono::steady_clock::now() + kDaemonExitWait;
     while (::kill(daemon, 0) == 0 && is_live_extrafs_process(daemon)) {
       if (std::chrono::steady_clock::now() >= deadline) {
-        print_error("extrafs", fmt::format("warning: {} is unmounted, but its daemon (pid {}) has not exited after {} s",
-                                           mountpoint, daemon, kDaemonExitWait.count()));
+        print_error("extrafs",
+                    fmt::format("warning: {} is unmounted, but its daemon (pid {}) has not exited after {} s",
+                                mountpoint, daemon, kDaemonExitWait.count()));
         return 0;
       }
       ::usleep(10 * 1000);

@@ -14,7 +14,7 @@ struct MountRequest {
   std::string source;
   std::string mountpoint;
   bool foreground = false;
-  std::string cache_dir;          // "" = default, derived from the source
+  std::string cache_dir;  // "" = default, derived from the source
   uint64_t cache_size = 10ull << 30;
   int timeout_s = 30;
   unsigned threads = 0;

@@ -56,8 +56,8 @@ void MountImages::annotate(nlohmann::json& stats, std::chrono::milliseconds wait
   }
   if (names.tree != tree)
     names.missing = names.tree.empty() ? "the image names are still being read"
-                                    : "the image names of the newest image/ tree are still being read; "
-                                      "these are from the one before";
+                                       : "the image names of the newest image/ tree are still being read; "
+                                         "these are from the one before";
   if (stats.contains("layers") && stats["layers"].is_array()) {
     for (auto& l : stats["layers"]) {
       if (!l.is_object() || !l.contains("cache_id") || !l["cache_id"].is_string()) continue;
@@ -82,8 +82,10 @@ MountImages::Names MountImages::names_of(const std::string& tree) {
         for (const auto& [cid, refs] : j.items()) {
           if (!refs.is_array()) good = false;
           for (const auto& r : refs) {
-            if (!r.is_string()) good = false;
-            else n.layers[cid].push_back(r.get<std::string>());
+            if (!r.is_string())
+              good = false;
+            else
+              n.layers[cid].push_back(r.get<std::string>());
           }
         }
         if (good) return n;
@@ -161,8 +163,7 @@ void MountImages::loop() {
     const std::string tree = current_tree();  // from memory: never waits on the store
     lock.lock();
     const auto now = std::chrono::steady_clock::now();
-    const bool due =
-        !tree.empty() && (names_.tree != tree || (!names_.missing.empty() && now - last_try >= kRetry));
+    const bool due = !tree.empty() && (names_.tree != tree || (!names_.missing.empty() && now - last_try >= kRetry));
     if (!due) {
       cv_.wait_for(lock, kPoll, [&] { return stop_ || poke_; });
       poke_ = false;
@@ -177,8 +178,8 @@ void MountImages::loop() {
       // What could not be read keeps the names known before (a layer keeps its images from one
       // tree to the next unless an image was removed), so that a store gone away costs no names.
       for (const auto& [cid, refs] : names_.layers) n.layers.try_emplace(cid, refs);
-      if (n.missing != names_.missing) spdlog::warn("image names for extrafs stats: {}; tried again every {} s",
-                                                    n.missing, kRetry.count());
+      if (n.missing != names_.missing)
+        spdlog::warn("image names for extrafs stats: {}; tried again every {} s", n.missing, kRetry.count());
     } else if (!names_.missing.empty()) {
       spdlog::info("image names for extrafs stats: all read now");
     }

@@ -47,7 +47,7 @@ class MountImages {
 
  private:
   struct Names {
-    std::string tree;     // hex digest of the image/ index they come from ("": none yet)
+    std::string tree;  // hex digest of the image/ index they come from ("": none yet)
     LayerImages layers;
     std::string missing;  // why some or all names are missing ("" = complete)
   };
@@ -65,7 +65,7 @@ class MountImages {
   std::condition_variable cv_;
   Names names_;
   LayerImages former_;  // layers earlier trees named and the current one does not: their names
-  bool poke_ = false;  // a request waits for a tree the thread has not read: look now
+  bool poke_ = false;   // a request waits for a tree the thread has not read: look now
   bool stop_ = false;
   std::thread thread_;
 };

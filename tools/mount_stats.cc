@@ -117,11 +117,16 @@ Status prepare_run_dir(const std::string& dir) {
 
 std::string status_line(int status) {
   switch (status) {
-    case 200: return "200 OK";
-    case 400: return "400 Bad Request";
-    case 403: return "403 Forbidden";
-    case 404: return "404 Not Found";
-    default: return std::to_string(status) + " Error";
+    case 200:
+      return "200 OK";
+    case 400:
+      return "400 Bad Request";
+    case 403:
+      return "403 Forbidden";
+    case 404:
+      return "404 Not Found";
+    default:
+      return std::to_string(status) + " Error";
   }
 }
 
@@ -153,7 +158,8 @@ Result<MountId> find_mount(const std::string& mountpoint) {
     id.dev = m.dev;
   }
   if (fstype.empty()) return make_error(EINVAL, mountpoint + " is not an extrafs mount (nothing is mounted there)");
-  if (fstype != "fuse.extrafs") return make_error(EINVAL, mountpoint + " is not an extrafs mount (it is " + fstype + ")");
+  if (fstype != "fuse.extrafs")
+    return make_error(EINVAL, mountpoint + " is not an extrafs mount (it is " + fstype + ")");
   return id;
 }
 
@@ -206,7 +212,8 @@ Result<std::unique_ptr<StatsServer>> StatsServer::open(bool allow_other) {
 }
 
 Status StatsServer::serve(const std::string& dev, Handler handler) {
-  if (dev.empty()) return make_error(ENOENT, "the mount is not in /proc/self/mountinfo: no name for its statistics socket");
+  if (dev.empty())
+    return make_error(ENOENT, "the mount is not in /proc/self/mountinfo: no name for its statistics socket");
   const std::string path = dir_ + "/" + dev + kSocketSuffix;
   // Over whatever a killed daemon of an earlier mount with this device number left there.
   if (::rename(temp_path_.c_str(), path.c_str()) != 0) return Error::from_errno(errno, "statistics socket " + path);
@@ -278,7 +285,8 @@ void StatsServer::answer(int conn) {
   // "GET /stats HTTP/1.0"
   const std::string line = req.substr(0, req.find_first_of("\r\n"));
   const size_t sp1 = line.find(' '), sp2 = line.rfind(' ');
-  if (sp1 == std::string::npos || sp2 <= sp1 || line.substr(0, sp1) != "GET" || line.compare(sp2 + 1, 5, "HTTP/") != 0) {
+  if (sp1 == std::string::npos || sp2 <= sp1 || line.substr(0, sp1) != "GET" ||
+      line.compare(sp2 + 1, 5, "HTTP/") != 0) {
     reply(400, "expected GET /stats\n", "text/plain");
     return;
   }
@@ -294,17 +302,22 @@ Result<nlohmann::json> read_mount_stats(const std::string& mountpoint, bool with
   if (!got.ok()) {
     switch (got.code()) {
       case ENOENT:
-        return make_error(ENOENT, fmt::format("{}: no statistics socket {}: its daemon is gone, or older than this extrafs",
-                                              mountpoint, socket));
+        return make_error(ENOENT,
+                          fmt::format("{}: no statistics socket {}: its daemon is gone, or older than this extrafs",
+                                      mountpoint, socket));
       case ECONNREFUSED:
-        return make_error(ECONNREFUSED, fmt::format("{}: its daemon is gone (nothing listens on {}); remove the mount with "
-                                                    "'extrafs unmount {}'", mountpoint, socket, mountpoint));
+        return make_error(ECONNREFUSED,
+                          fmt::format("{}: its daemon is gone (nothing listens on {}); remove the mount with "
+                                      "'extrafs unmount {}'",
+                                      mountpoint, socket, mountpoint));
       case EACCES:
-        return make_error(EACCES, fmt::format("{}: permission denied on {} (only root may read the statistics of a mount "
-                                              "without allow_other)", mountpoint, socket));
+        return make_error(EACCES,
+                          fmt::format("{}: permission denied on {} (only root may read the statistics of a mount "
+                                      "without allow_other)",
+                                      mountpoint, socket));
       case ETIMEDOUT:
-        return make_error(ETIMEDOUT, fmt::format("{}: its daemon did not answer within {} s (is it stopped?)", mountpoint,
-                                                 kClientTimeoutMs / 1000));
+        return make_error(ETIMEDOUT, fmt::format("{}: its daemon did not answer within {} s (is it stopped?)",
+                                                 mountpoint, kClientTimeoutMs / 1000));
       default:
         return make_error(got.code(), mountpoint + ": " + got.error().message);
     }

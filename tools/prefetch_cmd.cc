@@ -89,7 +89,8 @@ int run_prefetch(const std::string& mnt_in, const std::string& image, const std:
     g_walk_seen = &seen;
     for (const auto& l : img->layers) {
       std::string dir = mnt + "/overlay2/" + l.cache_id + "/diff";
-      if (::nftw(dir.c_str(), collect, 64, FTW_PHYS) != 0) return fail("cannot walk " + dir + ": " + std::strerror(errno));
+      if (::nftw(dir.c_str(), collect, 64, FTW_PHYS) != 0)
+        return fail("cannot walk " + dir + ": " + std::strerror(errno));
     }
   }
 

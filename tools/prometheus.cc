@@ -16,10 +16,14 @@ struct Family {
 constexpr Family kCounters[] = {
     {"bytes_fetched", "Bytes read from the backend (as stored: compressed chunks count their stored size)."},
     {"meta_bytes_fetched", "Bytes of metadata (catalog, layer and image/ indexes) read from the backend."},
-    {"own_bytes_fetched", "Bytes the daemon read from the backend for itself (the docker metadata behind the image labels)."},
+    {"own_bytes_fetched",
+     "Bytes the daemon read from the backend for itself (the docker metadata behind the image labels)."},
     {"bytes_served", "Bytes returned to readers of the mount."},
-    {"open_requests", "OPEN requests from the kernel (without passthrough, after the first none: the kernel then opens files without asking)."},
-    {"opendir_requests", "OPENDIR requests from the kernel (after the first none: the kernel then opens directories without asking)."},
+    {"open_requests",
+     "OPEN requests from the kernel (without passthrough, after the first none: the kernel then opens files without "
+     "asking)."},
+    {"opendir_requests",
+     "OPENDIR requests from the kernel (after the first none: the kernel then opens directories without asking)."},
     {"passthrough_opens", "Opens handed a local whole-file copy that the kernel reads by itself (FUSE passthrough)."},
     {"chunks_fetched", "Chunks read from the backend."},
     {"cache_hits", "Chunk requests served from the memory or disk cache."},
@@ -72,7 +76,8 @@ std::string prometheus_comment(std::string_view v) { return escape_control(v); }
 std::string render_prometheus(const nlohmann::json& stats) {
   std::string out;
   if (stats.contains("images_unknown") && stats["images_unknown"].is_string())
-    out += "# extrafs: image names not all known: " + prometheus_comment(stats["images_unknown"].get<std::string>()) + "\n";
+    out += "# extrafs: image names not all known: " + prometheus_comment(stats["images_unknown"].get<std::string>()) +
+           "\n";
   for (const auto& f : kCounters) {
     if (!is_count(stats, f.field)) continue;
     std::string name = fmt::format("extrafs_{}_total", f.field);
@@ -110,7 +115,8 @@ std::string render_prometheus(const nlohmann::json& stats) {
       }
       std::string labels =
           fmt::format("{{cache_id=\"{}\",image=\"{}\"}}", prometheus_label_value(id), prometheus_label_value(image));
-      if (is_count(l, "bytes_total")) size += fmt::format("extrafs_layer_size_bytes{} {}\n", labels, l["bytes_total"].get<uint64_t>());
+      if (is_count(l, "bytes_total"))
+        size += fmt::format("extrafs_layer_size_bytes{} {}\n", labels, l["bytes_total"].get<uint64_t>());
       if (is_count(l, "bytes_cached"))
         cached += fmt::format("extrafs_layer_cached_bytes{} {}\n", labels, l["bytes_cached"].get<uint64_t>());
     }

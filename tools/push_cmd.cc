@@ -2,8 +2,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 
 #include <cstdio>
 #include <cstdlib>
@@ -44,7 +44,8 @@ int run_push(const PushArgs& a) {
   wo.http = a.s3;
   if (const char* env = std::getenv(kPartSizeEnv); env != nullptr && *env != '\0') {
     auto v = parse_size(env);
-    if (!v || *v < backend::kMinPartSize) return fail(fmt::format("push: {}={}: expected a size of at least 5M", kPartSizeEnv, env), 2);
+    if (!v || *v < backend::kMinPartSize)
+      return fail(fmt::format("push: {}={}: expected a size of at least 5M", kPartSizeEnv, env), 2);
     wo.multipart_threshold = wo.part_size = std::min(*v, backend::kMaxSinglePut);
   }
   auto writer = backend::make_s3_writer(a.destination, wo);
@@ -74,13 +75,14 @@ int run_push(const PushArgs& a) {
   auto report = store::push_store(req);
   if (shown) std::fprintf(stderr, "\r\033[K");
   if (!report.ok()) return fail("push: " + report.error().message, 1);
-  std::string catalog = report->generation > 0 ? fmt::format("catalog generation {}", report->generation) : std::string("catalog");
+  std::string catalog =
+      report->generation > 0 ? fmt::format("catalog generation {}", report->generation) : std::string("catalog");
   catalog += report->catalog_uploaded ? " uploaded" : " already there";
   std::string pruned;
   if (a.prune)
     pruned = fmt::format("; {} objects ({}) deleted", report->objects_deleted, format_size(report->bytes_deleted));
-  std::printf("pushed %s to %s: %llu objects, %llu uploaded (%s), %llu already there; %s%s in %.1f s\n", a.store.c_str(),
-              a.destination.c_str(), static_cast<unsigned long long>(report->objects_named),
+  std::printf("pushed %s to %s: %llu objects, %llu uploaded (%s), %llu already there; %s%s in %.1f s\n",
+              a.store.c_str(), a.destination.c_str(), static_cast<unsigned long long>(report->objects_named),
               static_cast<unsigned long long>(report->objects_uploaded), format_size(report->bytes_uploaded).c_str(),
               static_cast<unsigned long long>(report->objects_present), catalog.c_str(), pruned.c_str(), now_s() - t0);
   return 0;

@@ -1,7 +1,7 @@
 // `extrafs rm IMAGE... --from STORE | --all-untagged --from STORE`: the command line of
 // store/remove_images.h.
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 
 #include <cstdio>
 
@@ -23,7 +23,9 @@ struct RmArgs {
 int run_rm(const RmArgs& a) {
   if (a.all_untagged == !a.images.empty()) return fail("rm: give either IMAGE... or --all-untagged", 2);
   if (a.store.find("://") != std::string::npos)
-    return fail("rm: --from takes a local store directory (on the NFS server, or where the export is mounted), not " + a.store, 2);
+    return fail(
+        "rm: --from takes a local store directory (on the NFS server, or where the export is mounted), not " + a.store,
+        2);
   for (const auto& i : a.images)
     if (auto st = store::check_image_argument(i); !st.ok()) return fail("rm: " + st.error().message, 2);
   store::RemoveRequest req;
@@ -35,17 +37,21 @@ int run_rm(const RmArgs& a) {
   for (const auto& img : report->images) {
     std::string refs;
     for (const auto& r : img.refs) refs += (refs.empty() ? "" : ", ") + r;
-    std::printf("removed image %s%s\n", img.id.substr(7, 12).c_str(), refs.empty() ? " (untagged)" : (" (" + refs + ")").c_str());
+    std::printf("removed image %s%s\n", img.id.substr(7, 12).c_str(),
+                refs.empty() ? " (untagged)" : (" (" + refs + ")").c_str());
   }
-  for (const auto& t : report->untagged) std::printf("untagged %s (its image keeps another tag)\n", escape_control(t).c_str());
-  if (report->images.empty() && report->untagged.empty()) std::printf("no untagged images in %s\n", escape_control(a.store).c_str());
+  for (const auto& t : report->untagged)
+    std::printf("untagged %s (its image keeps another tag)\n", escape_control(t).c_str());
+  if (report->images.empty() && report->untagged.empty())
+    std::printf("no untagged images in %s\n", escape_control(a.store).c_str());
   if (!report->layers_dropped.empty())
-    std::printf("%zu layer%s (%s) out of the catalog, now generation %llu; 'extrafs gc' deletes %s once no catalog of its "
-                "grace period names %s\n",
-                report->layers_dropped.size(), report->layers_dropped.size() == 1 ? "" : "s",
-                format_size(report->bytes_dropped).c_str(), static_cast<unsigned long long>(report->generation),
-                report->layers_dropped.size() == 1 ? "its files" : "their files",
-                report->layers_dropped.size() == 1 ? "it" : "them");
+    std::printf(
+        "%zu layer%s (%s) out of the catalog, now generation %llu; 'extrafs gc' deletes %s once no catalog of its "
+        "grace period names %s\n",
+        report->layers_dropped.size(), report->layers_dropped.size() == 1 ? "" : "s",
+        format_size(report->bytes_dropped).c_str(), static_cast<unsigned long long>(report->generation),
+        report->layers_dropped.size() == 1 ? "its files" : "their files",
+        report->layers_dropped.size() == 1 ? "it" : "them");
   else if (report->catalog_written)
     std::printf("no layer out of the catalog (the images left use them all), now generation %llu\n",
                 static_cast<unsigned long long>(report->generation));

@@ -37,7 +37,8 @@ void verify_index(cache::ChunkFetcher& fetcher, const LayerIndex& idx, const std
 }  // namespace
 
 Result<VerifyReport> verify_store(backend::Backend& backend, const std::function<void(const std::string&)>& progress) {
-  auto catalog = format::store_catalog(backend.read_all(format::kCatalogPath, format::kMaxCatalogSize), backend.describe());
+  auto catalog =
+      format::store_catalog(backend.read_all(format::kCatalogPath, format::kMaxCatalogSize), backend.describe());
   if (!catalog.ok()) return catalog.error();
   // No caches: every chunk is read from the store itself, each exactly once.
   cache::FetcherOptions opts;

@@ -18,8 +18,8 @@ namespace extrafs::tools {
 
 struct VerifyReport {
   uint64_t layers = 0;
-  uint64_t chunks = 0;       // chunks read and checked
-  uint64_t bytes = 0;        // raw bytes checked
+  uint64_t chunks = 0;  // chunks read and checked
+  uint64_t bytes = 0;   // raw bytes checked
   uint64_t bad_chunks = 0;
   std::vector<std::string> problems;  // one line each (bad chunks, unreadable indexes)
 };

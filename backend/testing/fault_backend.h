@@ -21,7 +21,10 @@ class FaultBackend : public Backend {
  public:
   explicit FaultBackend(Backend& inner) : inner_(inner) {}
   // The next `n` reads fail with `code`.
-  void fail_next_reads(int n, int code = EIO) { fail_count_ = n; fail_code_ = code; }
+  void fail_next_reads(int n, int code = EIO) {
+    fail_count_ = n;
+    fail_code_ = code;
+  }
   // The next `n` reads return data with one byte flipped.
   void corrupt_next_reads(int n) { corrupt_count_ = n; }
   // Every read sleeps this long first.

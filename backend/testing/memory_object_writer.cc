@@ -35,7 +35,8 @@ Status MemoryObjectWriter::put(std::string_view path, const PutBody& body, std::
   if (body.fd >= 0) {
     bytes.resize(body.size);
     ssize_t n = pread_all(body.fd, bytes.data(), bytes.size(), 0);
-    if (n < 0 || static_cast<uint64_t>(n) != body.size) return make_error(EIO, "memory writer: short read of " + std::string(path));
+    if (n < 0 || static_cast<uint64_t>(n) != body.size)
+      return make_error(EIO, "memory writer: short read of " + std::string(path));
   } else {
     bytes = body.bytes;
   }

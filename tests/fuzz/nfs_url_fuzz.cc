@@ -1,5 +1,6 @@
 // libFuzzer target: parse_nfs_url must turn any string into a parsed URL or an error message,
-// never crash; its error, escaped as the tools print it, is one printable line; what it accepts is normalized (a host, an absolute path without '..' or doubled
+// never crash; its error, escaped as the tools print it, is one printable line; what it accepts is normalized (a host,
+// an absolute path without '..' or doubled
 // '/', version 3 or 4, ports in range) and parses again to the same result once printed.
 #include <cstddef>
 #include <cstdint>

@@ -19,8 +19,8 @@
 #include <thread>
 #include <vector>
 
-#include <catch2/catch.hpp>
 #include <fmt/format.h>
+#include <catch2/catch.hpp>
 
 #include "backend/nfs_backend.h"
 
@@ -61,9 +61,7 @@ std::string read_range(Backend& b, const std::string& path, uint64_t off, size_t
   return out;
 }
 
-double seconds_since(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
-}
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 void ganesha(const std::string& verb) {
   std::string cmd = fmt::format("'{}' {} '{}'", env("EXTRAFS_GANESHA_SH"), verb, env("EXTRAFS_GANESHA_STATE"));
@@ -226,7 +224,8 @@ TEST_CASE("missing objects give ENOENT at once", "[nfs][enoent]") {
       // OPEN must not poison the open-owner of the context).
       CHECK(read_range(*b, "small.txt", 0, 5) == "hello");
       for (int i = 0; i < 3; ++i) {
-        auto m = b->read("missing-" + std::to_string(i), 0, std::span<std::byte>(reinterpret_cast<std::byte*>(buf.data()), 100));
+        auto m = b->read("missing-" + std::to_string(i), 0,
+                         std::span<std::byte>(reinterpret_cast<std::byte*>(buf.data()), 100));
         CHECK(m.code() == ENOENT);
         CHECK(read_range(*b, "many/entry-with-a-longish-name-" + std::to_string(i + 1), 0, 100) ==
               std::to_string(i + 1) + "\n");

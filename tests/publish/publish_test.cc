@@ -81,7 +81,8 @@ class TarWriter {
     if (type == AE_IFCHR || type == AE_IFBLK) archive_entry_set_rdev(e, rdev);
     archive_entry_set_size(e, type == AE_IFREG ? static_cast<la_int64_t>(data.size()) : 0);
     REQUIRE(archive_write_header(a_, e) == ARCHIVE_OK);
-    if (type == AE_IFREG && !data.empty()) REQUIRE(archive_write_data(a_, data.data(), data.size()) == static_cast<la_ssize_t>(data.size()));
+    if (type == AE_IFREG && !data.empty())
+      REQUIRE(archive_write_data(a_, data.data(), data.size()) == static_cast<la_ssize_t>(data.size()));
     archive_entry_free(e);
   }
   void hardlink(const std::string& path, const std::string& target) {
@@ -199,7 +200,8 @@ TEST_CASE("whiteouts become 0/0 character devices and are not entries of their o
   CHECK_FALSE(idx.lookup(path_entry(idx, "opt"), ".wh.gone").has_value());
 }
 
-TEST_CASE("an opaque marker sets trusted.overlay.opaque on its directory, before or after the directory's entry", "[publish]") {
+TEST_CASE("an opaque marker sets trusted.overlay.opaque on its directory, before or after the directory's entry",
+          "[publish]") {
   TempDir t;
   TarWriter w;
   w.add("a/.wh..wh..opq", AE_IFREG);  // before the directory's own header
@@ -387,7 +389,8 @@ TEST_CASE("order traces are parsed with their escapes", "[publish]") {
   auto r = store::parse_trace("abc 12 etc/passwd\nabc 13 a\\nb\\\\c\n\nabc 12 etc/passwd\ndef 1 x y\n");
   REQUIRE(r.ok());
   REQUIRE(r->size() == 3);
-  CHECK(std::make_pair((*r)[0].cache_id, (*r)[0].path) == std::make_pair(std::string("abc"), std::string("etc/passwd")));
+  CHECK(std::make_pair((*r)[0].cache_id, (*r)[0].path) ==
+        std::make_pair(std::string("abc"), std::string("etc/passwd")));
   CHECK((*r)[1].path == "a\nb\\c");
   CHECK((*r)[2].path == "x y");
   CHECK_FALSE(store::parse_trace("garbage\n").ok());

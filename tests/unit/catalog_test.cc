@@ -168,7 +168,8 @@ TEST_CASE("a catalog written before ordered prefixes still parses, and unknown k
     return text;
   };
   auto parsed = Catalog::parse(with_sum(
-      old, R"({"format":"extrafs-catalog","generation":3,"layers":[{"bytes":10,"cache_id":"c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1","index":"000102030405060708090a0b0c0d0e0f","link":"L1"}],"version":1})"));
+      old,
+      R"({"format":"extrafs-catalog","generation":3,"layers":[{"bytes":10,"cache_id":"c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1","index":"000102030405060708090a0b0c0d0e0f","link":"L1"}],"version":1})"));
   REQUIRE(parsed.ok());
   REQUIRE(parsed->layers.size() == 1);
   CHECK(parsed->layers[0].ordered_prefix == 0);
@@ -226,8 +227,9 @@ TEST_CASE("a catalog's store id round-trips, is covered by the checksum, and is 
 }
 
 TEST_CASE("a store id that is not 32 lowercase hex digits makes the catalog corrupt", "[catalog]") {
-  for (const char* bad : {"\"\"", "\"0123456789ABCDEF0123456789ABCDEF\"", "\"0123456789abcdef\"",
-                          "\"0123456789abcdef0123456789abcdef0\"", "\"../../../../../../../../etc/passwd\"", "12", "null"}) {
+  for (const char* bad :
+       {"\"\"", "\"0123456789ABCDEF0123456789ABCDEF\"", "\"0123456789abcdef\"", "\"0123456789abcdef0123456789abcdef0\"",
+        "\"../../../../../../../../etc/passwd\"", "12", "null"}) {
     nlohmann::json j = nlohmann::json::parse(sample().serialize());
     j["store_id"] = nlohmann::json::parse(bad);
     auto r = Catalog::parse(with_checksum(j));

@@ -177,8 +177,9 @@ TEST_CASE("the docker CLI's endpoint comes from -H, --context, DOCKER_HOST, DOCK
   auto add_context = [&](const std::string& name, const std::string& host) {
     const std::string dir = cfg.path + "/contexts/meta/" + store::sha256_digest(name).substr(7);
     std::filesystem::create_directories(dir);
-    REQUIRE(write_file_atomic(dir + "/meta.json", "{\"Name\":\"" + name + "\",\"Endpoints\":{\"docker\":{\"Host\":\"" +
-                                                      host + "\"}}}").ok());
+    REQUIRE(write_file_atomic(dir + "/meta.json",
+                              "{\"Name\":\"" + name + "\",\"Endpoints\":{\"docker\":{\"Host\":\"" + host + "\"}}}")
+                .ok());
   };
   add_context("remote", "tcp://10.0.0.1:2375");
   add_context("local", "unix:///run/local.sock");
@@ -254,8 +255,10 @@ TEST_CASE("the systemd service of a process is read from its cgroup", "[dockerd]
 }
 
 TEST_CASE("dockerd flag values are found in every spelling", "[dockerd]") {
-  const std::vector<std::string> args = {"dockerd", "--data-root", "/a", "-g=/b", "--graph=/c", "-g/d", "--data-rootx", "/e"};
-  CHECK(docker::dockerd_flag_values(args, {"--data-root", "--graph", "-g"}) == std::vector<std::string>{"/a", "/b", "/c", "/d"});
+  const std::vector<std::string> args = {"dockerd",    "--data-root", "/a",           "-g=/b",
+                                         "--graph=/c", "-g/d",        "--data-rootx", "/e"};
+  CHECK(docker::dockerd_flag_values(args, {"--data-root", "--graph", "-g"}) ==
+        std::vector<std::string>{"/a", "/b", "/c", "/d"});
   static const char raw[] = "dockerd\0-H\0unix:///x\0";
   CHECK(docker::split_cmdline(std::string(raw, sizeof(raw) - 1)) ==
         std::vector<std::string>{"dockerd", "-H", "unix:///x"});
@@ -310,8 +313,9 @@ TEST_CASE("a restart journal is read back as written", "[dockerd]") {
 TEST_CASE("a journal that cannot be read is an error naming it, left in place", "[dockerd]") {
   testing::TempDir t;
   const std::string path = docker::restart_journal_path(t.path);
-  for (const char* text : {"{", R"({"version": 2, "dockerd": {}})", R"({"version": 1, "dockerd": {"api_socket": "/x"}})",
-                           R"({"version": 1, "dockerd": {"api_socket": "/x", "unit": "../x.service"}})"}) {
+  for (const char* text :
+       {"{", R"({"version": 2, "dockerd": {}})", R"({"version": 1, "dockerd": {"api_socket": "/x"}})",
+        R"({"version": 1, "dockerd": {"api_socket": "/x", "unit": "../x.service"}})"}) {
     REQUIRE(write_file_atomic(path, text).ok());
     auto r = docker::recover_stopped_dockerd(t.path, {});
     REQUIRE(!r.ok());

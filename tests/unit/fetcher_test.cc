@@ -48,11 +48,20 @@ class FullDiskCache : public cache::BlockCache {
 class GatedCache : public cache::BlockCache {
  public:
   void open_gate() {
-    { std::lock_guard l(mu_); open_ = true; }
+    {
+      std::lock_guard l(mu_);
+      open_ = true;
+    }
     cv_.notify_all();
   }
-  size_t stored() { std::lock_guard l(mu_); return chunks_.size(); }
-  size_t puts_started() { std::lock_guard l(mu_); return started_; }
+  size_t stored() {
+    std::lock_guard l(mu_);
+    return chunks_.size();
+  }
+  size_t puts_started() {
+    std::lock_guard l(mu_);
+    return started_;
+  }
   Result<cache::ChunkBuffer> get(const Digest128& d) override {
     std::lock_guard l(mu_);
     auto it = chunks_.find(d);
@@ -67,8 +76,14 @@ class GatedCache : public cache::BlockCache {
     order_.push_back(d);
     return ok_status();
   }
-  std::vector<Digest128> order() { std::lock_guard l(mu_); return order_; }
-  bool contains(const Digest128& d) override { std::lock_guard l(mu_); return chunks_.count(d) > 0; }
+  std::vector<Digest128> order() {
+    std::lock_guard l(mu_);
+    return order_;
+  }
+  bool contains(const Digest128& d) override {
+    std::lock_guard l(mu_);
+    return chunks_.count(d) > 0;
+  }
   Status put_meta(const std::string&, std::span<const std::byte>) override { return ok_status(); }
   Result<std::vector<std::byte>> get_meta(const std::string&) override { return make_error(ENOENT, "absent"); }
   Result<uint64_t> verify_all() override { return uint64_t{0}; }
@@ -193,7 +208,8 @@ TEST_CASE("lz4 chunks are decompressed and verified", "[fetcher]") {
   backend::MemoryBackend mem;
   std::string raw(100000, 'x');
   std::string packed(LZ4_compressBound(static_cast<int>(raw.size())), '\0');
-  int n = LZ4_compress_default(raw.data(), packed.data(), static_cast<int>(raw.size()), static_cast<int>(packed.size()));
+  int n =
+      LZ4_compress_default(raw.data(), packed.data(), static_cast<int>(raw.size()), static_cast<int>(packed.size()));
   REQUIRE(n > 0);
   packed.resize(static_cast<size_t>(n));
   mem.put("blob", "HEAD" + packed);
@@ -480,7 +496,8 @@ bool wait_prefetches(cache::ChunkFetcher& f, uint64_t n) {
 }
 }  // namespace
 
-TEST_CASE("a prefetched sequence is read in few backend reads of at most 1 MiB, in parallel, and counted", "[fetcher]") {
+TEST_CASE("a prefetched sequence is read in few backend reads of at most 1 MiB, in parallel, and counted",
+          "[fetcher]") {
   backend::MemoryBackend mem;
   const uint32_t len = 256 * 1024;
   std::string data = pseudo_random(10 * len, 30);
@@ -495,7 +512,8 @@ TEST_CASE("a prefetched sequence is read in few backend reads of at most 1 MiB, 
   REQUIRE(mem.reads() == 1);
   CHECK(f.prefetch_sequence(owned(refs)) == 10);
   REQUIRE(wait_prefetches(f, 9));
-  for (int i = 0; i < 100 && f.stats().chunks_fetched < 10; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  for (int i = 0; i < 100 && f.stats().chunks_fetched < 10; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   // Runs of at most 1 MiB: 0-3, 4-7, 8-9; in the second, held chunk 5 splits the read in two.
   CHECK(mem.reads() == 1 + 4);
   CHECK(f.stats().prefetches == 9);
@@ -599,7 +617,8 @@ TEST_CASE("metadata over its limit or not a regular file is refused without bein
   cache::ChunkFetcher f(mem, {});
   auto big = f.read_meta("extrafs/catalog.d/2", "catalog", 1 << 20, parses_as_ok);
   CHECK(big.code() == EFBIG);
-  CHECK(big.error().message == "extrafs/catalog.d/2 is 1073741824 bytes, over its limit of 1048576 bytes; refusing to read it");
+  CHECK(big.error().message ==
+        "extrafs/catalog.d/2 is 1073741824 bytes, over its limit of 1048576 bytes; refusing to read it");
   auto fifo = f.read_meta("extrafs/layers/x.index", "index-x", 1 << 20, parses_as_ok);
   CHECK(fifo.code() == EINVAL);
   CHECK(fifo.error().message.find("is a FIFO, not a regular file") != std::string::npos);
@@ -611,7 +630,8 @@ TEST_CASE("a refused metadata object is not read again until it changes", "[fetc
   backend::MemoryBackend mem;
   mem.put("extrafs/catalog.d/2", std::string(1000, 'x'));
   cache::ChunkFetcher f(mem, {});
-  for (int i = 0; i < 3; ++i) CHECK(f.read_meta("extrafs/catalog.d/2", "catalog", 1 << 20, parses_as_ok).code() == EBADMSG);
+  for (int i = 0; i < 3; ++i)
+    CHECK(f.read_meta("extrafs/catalog.d/2", "catalog", 1 << 20, parses_as_ok).code() == EBADMSG);
   CHECK(mem.reads() == 1);
   CHECK(f.stats().meta_bytes_fetched == 1000);
   // Written again, even with the same bytes: a new version, read once more.
@@ -661,7 +681,8 @@ TEST_CASE("readahead reads adjacent missing chunks in one backend read and each 
   f.prefetch(std::span(refs));  // one queue, in order: a directory's files read ahead
   f.wait_prefetch_idle();
   // 1 and 2 in one backend read; 0, 3, 4, 5 each from disk (none dropped as another's follower).
-  INFO("fetched " << f.stats().chunks_fetched << " hits " << f.stats().cache_hits << " misses " << f.stats().cache_misses);
+  INFO("fetched " << f.stats().chunks_fetched << " hits " << f.stats().cache_hits << " misses "
+                  << f.stats().cache_misses);
   CHECK(f.stats().prefetches == 6);
   CHECK(mem.reads() == 1);
   CHECK((*disk)->stats().hits == 4);

@@ -149,10 +149,12 @@ uint64_t walk(FsCore& core, std::initializer_list<std::string_view> path) {
 
 std::vector<std::pair<std::string, uint32_t>> list(FsCore& core, uint64_t ino) {
   std::vector<std::pair<std::string, uint32_t>> out;
-  REQUIRE(core.readdir(ino, 0, [&](const DirItem& d, const NodeAttr&) {
-                out.emplace_back(std::string(d.name), d.mode);
-                return true;
-              }).ok());
+  REQUIRE(core.readdir(ino, 0,
+                       [&](const DirItem& d, const NodeAttr&) {
+                         out.emplace_back(std::string(d.name), d.mode);
+                         return true;
+                       })
+              .ok());
   return out;
 }
 
@@ -163,7 +165,8 @@ TEST_CASE("FsCore shows the overlay2-shaped tree", "[fscore]") {
   Mount m(s.mem);
   FsCore& core = *m.core;
 
-  CHECK(list(core, kRootIno) == std::vector<std::pair<std::string, uint32_t>>{{"image", S_IFDIR}, {"overlay2", S_IFDIR}});
+  CHECK(list(core, kRootIno) ==
+        std::vector<std::pair<std::string, uint32_t>>{{"image", S_IFDIR}, {"overlay2", S_IFDIR}});
   auto ov = list(core, walk(core, {"overlay2"}));
   REQUIRE(ov.size() == 3);
   CHECK(ov[0].first == "l");
@@ -397,15 +400,17 @@ TEST_CASE("a host reads only the indexes of the layers it uses, and counts metad
   for (const auto& id : {kBase, kTop}) {
     uint64_t dir = walk(core, {"overlay2", id});
     bool saw_diff = false;
-    REQUIRE(core.readdir(dir, 0, [&](const DirItem& d, const NodeAttr& a) {
-                  if (d.name == "diff") {
-                    saw_diff = true;
-                    CHECK(d.mode == S_IFDIR);
-                    CHECK_FALSE(a.known);  // listed without attributes: no index read
-                    CHECK(a.st.st_ino == d.ino);
-                  }
-                  return true;
-                }).ok());
+    REQUIRE(core.readdir(dir, 0,
+                         [&](const DirItem& d, const NodeAttr& a) {
+                           if (d.name == "diff") {
+                             saw_diff = true;
+                             CHECK(d.mode == S_IFDIR);
+                             CHECK_FALSE(a.known);  // listed without attributes: no index read
+                             CHECK(a.st.st_ino == d.ino);
+                           }
+                           return true;
+                         })
+                .ok());
     CHECK(saw_diff);
     std::vector<std::byte> buf(64);
     CHECK(core.read(walk(core, {"overlay2", id, "link"}), 0, buf).ok());
@@ -627,8 +632,9 @@ TEST_CASE("stats are reported as one JSON object with per-layer numbers", "[fsco
   std::vector<std::byte> buf(100);
   REQUIRE(core.read(bb, 0, buf).ok());
   auto j = stats(core).dump();
-  for (const char* k : {"\"bytes_fetched\":4096", "\"bytes_served\":100", "\"chunks_fetched\":1", "\"cache_misses\":1",
-                        "\"bytes_cached\":4096", "\"backend_errors\":0", "\"cache_write_errors\":0", "\"cache_bytes\":4096"}) {
+  for (const char* k :
+       {"\"bytes_fetched\":4096", "\"bytes_served\":100", "\"chunks_fetched\":1", "\"cache_misses\":1",
+        "\"bytes_cached\":4096", "\"backend_errors\":0", "\"cache_write_errors\":0", "\"cache_bytes\":4096"}) {
     INFO(j);
     CHECK(j.find(k) != std::string::npos);
   }
@@ -690,7 +696,8 @@ TEST_CASE("a sequential reader gets the next chunks fetched ahead, a random one 
   // Sequential: 1 KiB reads from the start; the file has four 4 KiB chunks.
   for (uint64_t off = 0; off < 3 * 1024; off += 1024) REQUIRE(core.read(bb, off, buf).ok());
   Digest128 second = xxh3_128(s.big.data() + 4096, 4096);
-  for (int i = 0; i < 300 && !fetcher.is_cached(second); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  for (int i = 0; i < 300 && !fetcher.is_cached(second); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   CHECK(fetcher.stats().prefetches >= 1);
   REQUIRE(fetcher.is_cached(second));
   // Whatever was prefetched is served without another fetch of it.
@@ -1067,7 +1074,8 @@ TEST_CASE("a failed read of a layer the store removed counts in removed_layer_er
   CHECK(stats(core)["layers"][1]["removed"] == false);
 }
 
-TEST_CASE("a store written before store ids that gets one is the same store, and its old catalogs stay old", "[fscore]") {
+TEST_CASE("a store written before store ids that gets one is the same store, and its old catalogs stay old",
+          "[fscore]") {
   Store s;
   CapturedLog log;
   Catalog old = catalog_of(s.mem, s.catalog, 3, "", R"({"three":1})");

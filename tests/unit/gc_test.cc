@@ -49,9 +49,12 @@ std::map<std::string, std::string> snapshot(const std::string& root) {
   std::map<std::string, std::string> out;
   for (const auto& e : std::filesystem::recursive_directory_iterator(root)) {
     const std::string rel = std::filesystem::relative(e.path(), root).string();
-    if (e.is_symlink()) out[rel] = "-> " + std::filesystem::read_symlink(e.path()).string();
-    else if (e.is_regular_file()) out[rel] = *read_file(e.path().string());
-    else out[rel] = "<dir>";
+    if (e.is_symlink())
+      out[rel] = "-> " + std::filesystem::read_symlink(e.path()).string();
+    else if (e.is_regular_file())
+      out[rel] = *read_file(e.path().string());
+    else
+      out[rel] = "<dir>";
   }
   return out;
 }
@@ -93,7 +96,9 @@ class Tree {
   std::string image(const std::vector<Layer>& layers, const std::vector<std::string>& tags) {
     nlohmann::json diffs = nlohmann::json::array();
     for (const auto& l : layers) diffs.push_back(l.diff_id);
-    nlohmann::json cfg = {{"architecture", "amd64"}, {"os", "linux"}, {"n", ++images_},
+    nlohmann::json cfg = {{"architecture", "amd64"},
+                          {"os", "linux"},
+                          {"n", ++images_},
                           {"rootfs", {{"type", "layers"}, {"diff_ids", diffs}}}};
     const std::string text = cfg.dump();
     const std::string id = store::sha256_digest(text);
@@ -150,8 +155,8 @@ Result<store::RemoveReport> rm(const std::string& store, std::vector<std::string
   return store::remove_images(req);
 }
 
-Result<store::GcReport> gc(const std::string& store, uint64_t grace, bool dry_run = false, std::vector<std::string>* order = nullptr,
-                           int64_t now = 0) {
+Result<store::GcReport> gc(const std::string& store, uint64_t grace, bool dry_run = false,
+                           std::vector<std::string>* order = nullptr, int64_t now = 0) {
   store::GcRequest req;
   req.store = store;
   req.grace = grace;
@@ -427,7 +432,8 @@ TEST_CASE("extrafs index never takes back a layer rm removed", "[gc]") {
   CHECK_FALSE(catalog_layers(store).count(s.c.cache_id));
 }
 
-TEST_CASE("gc deletes what only dropped catalogs name, namers before what they name; a dry run deletes nothing", "[gc]") {
+TEST_CASE("gc deletes what only dropped catalogs name, namers before what they name; a dry run deletes nothing",
+          "[gc]") {
   IndexedThree x;
   const auto& s = x.s;
   const std::string& store = x.store;
@@ -538,9 +544,10 @@ TEST_CASE("gc leaves young files no catalog names, unmarked plain trees, and you
   CHECK(young->total.files == 0);
   CHECK(young->young == 3);
 
-  for (const std::string& rel : {"/extrafs/layers/" + orphan + ".index", "/extrafs/layers/" + orphan + ".blob",
-                                 "/extrafs/objects/" + std::string(32, 'e'), std::string("/extrafs/layers/.x.blob.tmp-1"),
-                                 std::string("/image/overlay2/repositories.json.tmp.1")})
+  for (const std::string& rel :
+       {"/extrafs/layers/" + orphan + ".index", "/extrafs/layers/" + orphan + ".blob",
+        "/extrafs/objects/" + std::string(32, 'e'), std::string("/extrafs/layers/.x.blob.tmp-1"),
+        std::string("/image/overlay2/repositories.json.tmp.1")})
     set_mtime(store + rel, now - 2 * 3600);
   auto old = gc(store, 0);
   REQUIRE(old.ok());
@@ -596,7 +603,7 @@ TEST_CASE("publish never writes a new layer under a cache-id rm removed", "[gc]"
   CHECK_FALSE(layers.count(s.c.cache_id));  // a new cache-id for the same layer
   struct stat after {};
   REQUIRE(::stat(blob.c_str(), &after) == 0);
-  CHECK(after.st_ino == before.st_ino);      // the old blob, untouched, for hosts still reading it
+  CHECK(after.st_ino == before.st_ino);  // the old blob, untouched, for hosts still reading it
   CHECK(*read_file(blob) == bytes);
   CHECK(path_exists(store + "/extrafs/removed/" + s.c.cache_id));
   // gc then deletes the old one only.

@@ -81,8 +81,8 @@ TEST_CASE("open_beneath never follows a symlink nor leaves its directory", "[fil
     REQUIRE(ok.ok());
     CHECK(*ok == "inside");
     CHECK(read_file_beneath(root.get(), "./a//b/file", "S").ok());
-    CHECK(read_file_beneath(root.get(), "a/up/secret", "S").code() == ELOOP);   // symlinked parent
-    CHECK(read_file_beneath(root.get(), "a/abs", "S").code() == ELOOP);         // symlinked file
+    CHECK(read_file_beneath(root.get(), "a/up/secret", "S").code() == ELOOP);  // symlinked parent
+    CHECK(read_file_beneath(root.get(), "a/abs", "S").code() == ELOOP);        // symlinked file
     CHECK(read_file_beneath(root.get(), "dirlink/b/file", "S").code() == ELOOP);
     CHECK(read_file_beneath(root.get(), "a/../../outside/secret", "S").code() == EXDEV);
     CHECK(read_file_beneath(root.get(), "/etc/passwd", "S").code() == EXDEV);
@@ -120,10 +120,12 @@ TEST_CASE("text shown on a terminal is well-formed UTF-8 without C0 or C1 contro
   CHECK(escape_control("tag \xc2\xa0\xe2\x82\xac \xf0\x9f\x90\xb3 \xf4\x8f\xbf\xbf") ==
         "tag \xc2\xa0\xe2\x82\xac \xf0\x9f\x90\xb3 \xf4\x8f\xbf\xbf");
   // C1 controls (CSI is U+009B) act like ESC [ on many terminals.
-  CHECK(escape_control("a\xc2\x9b" "2Jb\xc2\x85") == "a\\xc2\\x9b2Jb\\xc2\\x85");
+  CHECK(escape_control("a\xc2\x9b"
+                       "2Jb\xc2\x85") == "a\\xc2\\x9b2Jb\\xc2\\x85");
   // Bytes that are not UTF-8: a lone CSI byte, a stray continuation, overlong forms, a surrogate,
   // beyond U+10FFFF, a sequence cut short at the end.
-  CHECK(escape_control("\x9b" "2J") == "\\x9b2J");
+  CHECK(escape_control("\x9b"
+                       "2J") == "\\x9b2J");
   CHECK(escape_control("\x80") == "\\x80");
   CHECK(escape_control("\xc0\xaf") == "\\xc0\\xaf");
   CHECK(escape_control("\xe0\x80\xaf") == "\\xe0\\x80\\xaf");
@@ -180,9 +182,9 @@ TEST_CASE("a lower chain is served only if every entry is the link of a served l
   format::Catalog c;
   c.layers = {layer('a', "AAA"), layer('b', "BBB", "l/AAA"), layer('c', "CCC", "l/BBB:l/AAA")};
   CHECK(format::unchained_layers(c).empty());
-  c.layers.push_back(layer('d', "DDD", "l/ZZZ"));          // names no layer
-  c.layers.push_back(layer('e', "EEE", "l/DDD:l/AAA"));    // names a refused one
-  c.layers.push_back(layer('f', "FFF", "l/FFF"));          // names itself
+  c.layers.push_back(layer('d', "DDD", "l/ZZZ"));        // names no layer
+  c.layers.push_back(layer('e', "EEE", "l/DDD:l/AAA"));  // names a refused one
+  c.layers.push_back(layer('f', "FFF", "l/FFF"));        // names itself
   auto out = format::unchained_layers(c);
   std::set<std::string> ids;
   for (auto& [id, why] : out) ids.insert(id.substr(0, 1));
@@ -194,12 +196,11 @@ TEST_CASE("a lower chain is served only if every entry is the link of a served l
 
 TEST_CASE("image references follow docker's grammar", "[store]") {
   for (const char* ok : {"busybox:latest", "library/busybox:1.36", "my-app__x/y.z:v1_2-3", "a--b:t",
-                         "localhost:5000/app:1", "registry.example.com/team/app:2024.01", "Host/app:1",
-                         "x:_under"})
+                         "localhost:5000/app:1", "registry.example.com/team/app:2024.01", "Host/app:1", "x:_under"})
     CHECK(store::check_reference(ok).ok());
-  for (const char* bad : {"../../x:1", "Busybox:1", "app:", "app", "app:bad/tag", "app:bad tag", "app:-dash",
-                          "app/:1", "/app:1", "a..b:1", "a._b:1", "-a:1", "a-:1", "app:t\nx",
-                          "reg.example.com/Up:1", "bad_host_.com/x:1"})
+  for (const char* bad :
+       {"../../x:1", "Busybox:1", "app:", "app", "app:bad/tag", "app:bad tag", "app:-dash", "app/:1", "/app:1",
+        "a..b:1", "a._b:1", "-a:1", "a-:1", "app:t\nx", "reg.example.com/Up:1", "bad_host_.com/x:1"})
     CHECK(store::check_reference(bad).code() == EINVAL);
   CHECK(store::check_reference("app:" + std::string(128, 't')).ok());
   CHECK_FALSE(store::check_reference("app:" + std::string(129, 't')).ok());
@@ -273,11 +274,14 @@ TEST_CASE("a writer removes the temporaries of killed writers, and only those", 
   int status = 0;
   REQUIRE(::waitpid(dead, &status, 0) == dead);
   const std::string d = std::to_string(dead), live = std::to_string(::getppid());
-  const std::vector<std::string> stale = {"s/extrafs/catalog.tmp." + d, "s/extrafs/objects/0123.tmp." + d,
-                                          "s/extrafs/catalog.d/7.tmp." + d, "s/extrafs/layers/.x.blob.tmp-" + d,
-                                          "s/extrafs/removed/" + std::string(64, 'b') + ".tmp." + d,
-                                          "s/image/overlay2/repositories.json.tmp." + d,
-                                          "s/image/overlay2/imagedb/content/sha256/" + std::string(64, 'c') + ".tmp." + d};
+  const std::vector<std::string> stale = {
+      "s/extrafs/catalog.tmp." + d,
+      "s/extrafs/objects/0123.tmp." + d,
+      "s/extrafs/catalog.d/7.tmp." + d,
+      "s/extrafs/layers/.x.blob.tmp-" + d,
+      "s/extrafs/removed/" + std::string(64, 'b') + ".tmp." + d,
+      "s/image/overlay2/repositories.json.tmp." + d,
+      "s/image/overlay2/imagedb/content/sha256/" + std::string(64, 'c') + ".tmp." + d};
   const std::vector<std::string> kept = {"s/extrafs/objects/4567.tmp." + live, "s/extrafs/objects/0123",
                                          "s/extrafs/catalog.d/7"};
   for (const auto& f : stale) t.file(f, "partial");

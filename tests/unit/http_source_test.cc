@@ -24,12 +24,16 @@ class EnvVar {
  public:
   EnvVar(const char* name, const char* value) : name_(name) {
     if (const char* old = std::getenv(name)) old_ = old;
-    if (value) ::setenv(name, value, 1);
-    else ::unsetenv(name);
+    if (value)
+      ::setenv(name, value, 1);
+    else
+      ::unsetenv(name);
   }
   ~EnvVar() {
-    if (old_) ::setenv(name_, old_->c_str(), 1);
-    else ::unsetenv(name_);
+    if (old_)
+      ::setenv(name_, old_->c_str(), 1);
+    else
+      ::unsetenv(name_);
   }
 
  private:
@@ -54,8 +58,8 @@ TEST_CASE("http and https mirrors resolve to base URLs in the order given", "[ht
   auto r = resolve_http_source("https://a.example/store/;http://127.0.0.1:8080//x/./y;https://[::1]:8443/s%20t", {});
   REQUIRE(r.ok());
   CHECK_FALSE(r->s3);
-  CHECK(r->mirrors == std::vector<std::string>{"https://a.example/store", "http://127.0.0.1:8080/x/y",
-                                               "https://[::1]:8443/s%20t"});
+  CHECK(r->mirrors ==
+        std::vector<std::string>{"https://a.example/store", "http://127.0.0.1:8080/x/y", "https://[::1]:8443/s%20t"});
   CHECK(r->mirror_names.size() == 3);
   CHECK(r->proxy_groups == std::vector<ProxyGroup>{{""}});
   CHECK(r->sigv4.empty());

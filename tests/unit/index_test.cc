@@ -240,7 +240,8 @@ TEST_CASE("every kind of corrupt index is rejected with a message", "[index]") {
     b.replace(name_off, 2, "..");
     rejects(patch<EntryRecord>(b, entry_off(passwd), [](EntryRecord& e) { e.name_len = 2; }), "bad name");
     rejects(patch<EntryRecord>(good, entry_off(passwd), [](EntryRecord& e) { e.name_len = 0; }), "bad name");
-    rejects(patch<EntryRecord>(good, entry_off(etc), [](EntryRecord& e) { e.name_off = 1ull << 40; }), "name out of bounds");
+    rejects(patch<EntryRecord>(good, entry_off(etc), [](EntryRecord& e) { e.name_off = 1ull << 40; }),
+            "name out of bounds");
   }
   SECTION("cycles and wrong parents") {
     rejects(patch<EntryRecord>(good, entry_off(etc), [&](EntryRecord& e) { e.parent = etc; }), "before its parent");
@@ -250,14 +251,18 @@ TEST_CASE("every kind of corrupt index is rejected with a message", "[index]") {
   SECTION("bad types, chunk tables and links") {
     rejects(patch<EntryRecord>(good, entry_off(passwd), [](EntryRecord& e) { e.mode = 0170000 | 0644; }), "bad type");
     rejects(patch<EntryRecord>(good, entry_off(passwd), [](EntryRecord& e) { e.size = 20000; }), "chunks for");
-    rejects(patch<EntryRecord>(good, entry_off(passwd), [](EntryRecord& e) { e.mtime_nsec = 1000000000u; }), "bad time");
-    rejects(patch<EntryRecord>(good, entry_off(passwd), [](EntryRecord& e) { e.chunk_first = 1ull << 50; }), "chunks out of range");
+    rejects(patch<EntryRecord>(good, entry_off(passwd), [](EntryRecord& e) { e.mtime_nsec = 1000000000u; }),
+            "bad time");
+    rejects(patch<EntryRecord>(good, entry_off(passwd), [](EntryRecord& e) { e.chunk_first = 1ull << 50; }),
+            "chunks out of range");
     rejects(patch<EntryRecord>(good, entry_off(passwd), [](EntryRecord& e) { e.primary = 1u << 30; }), "hard-link");
     rejects(patch<EntryRecord>(good, entry_off(passwd), [&](EntryRecord& e) { e.primary = etc; }), "hard-link");
     rejects(patch<ChunkRecord>(good, h.chunk_offset, [](ChunkRecord& c) { c.object = 77; }), "missing object");
     rejects(patch<ChunkRecord>(good, h.chunk_offset, [](ChunkRecord& c) { c.flags = 0x80; }), "unknown flags");
-    rejects(patch<ChunkRecord>(good, h.chunk_offset, [](ChunkRecord& c) { c.raw_len = c.stored_len = 1; }), "bad length");
-    rejects(patch<XattrRecord>(good, h.xattr_offset, [](XattrRecord& x) { x.value_off = 1ull << 40; }), "xattr out of bounds");
+    rejects(patch<ChunkRecord>(good, h.chunk_offset, [](ChunkRecord& c) { c.raw_len = c.stored_len = 1; }),
+            "bad length");
+    rejects(patch<XattrRecord>(good, h.xattr_offset, [](XattrRecord& x) { x.value_off = 1ull << 40; }),
+            "xattr out of bounds");
   }
   SECTION("object paths that leave the store") {
     std::string b = good;

@@ -225,7 +225,8 @@ TEST_CASE("a tree deeper than PATH_MAX is walked and read", "[store]") {
   // which `extrafs index` makes from the paths of the tree).
   struct OneObject : store::ChunkSink {
     uint64_t end = 0;
-    Status put(format::IndexBuilder& b, const std::string&, uint64_t, std::string_view raw, format::ChunkRecord* rec) override {
+    Status put(format::IndexBuilder& b, const std::string&, uint64_t, std::string_view raw,
+               format::ChunkRecord* rec) override {
       rec->object = b.add_object("blob");
       rec->offset = end;
       rec->stored_len = static_cast<uint32_t>(raw.size());

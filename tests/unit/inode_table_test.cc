@@ -42,8 +42,10 @@ TEST_CASE("concurrent lookups and forgets balance", "[inode]") {
   std::vector<std::thread> threads;
   for (int k = 0; k < 8; ++k) {
     threads.emplace_back([&t, k] {
-      for (uint64_t i = 0; i < 20000; ++i) t.ref(make_ino(static_cast<uint32_t>(i % 3), static_cast<uint32_t>((i % 101) | (uint64_t(k) << 8))));
-      for (uint64_t i = 0; i < 20000; ++i) t.forget(make_ino(static_cast<uint32_t>(i % 3), static_cast<uint32_t>((i % 101) | (uint64_t(k) << 8))), 1);
+      for (uint64_t i = 0; i < 20000; ++i)
+        t.ref(make_ino(static_cast<uint32_t>(i % 3), static_cast<uint32_t>((i % 101) | (uint64_t(k) << 8))));
+      for (uint64_t i = 0; i < 20000; ++i)
+        t.forget(make_ino(static_cast<uint32_t>(i % 3), static_cast<uint32_t>((i % 101) | (uint64_t(k) << 8))), 1);
     });
   }
   for (auto& th : threads) th.join();

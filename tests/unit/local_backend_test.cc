@@ -58,9 +58,8 @@ TEST_CASE("a FIFO where a store object should be is refused from its type, never
   CHECK_FALSE(info->is_dir);
   std::string buf(4096, '\0');
   std::optional<Result<size_t>> read;
-  CHECK_FALSE(testing::blocked_on_fifo(fifo, [&] {
-    read = (*b)->read("blob", 0, std::as_writable_bytes(std::span(buf.data(), buf.size())));
-  }));
+  CHECK_FALSE(testing::blocked_on_fifo(
+      fifo, [&] { read = (*b)->read("blob", 0, std::as_writable_bytes(std::span(buf.data(), buf.size()))); }));
   REQUIRE(read);
   CHECK(read->code() == EINVAL);
   CHECK(read->error().message == fifo + " is a FIFO, not a regular file; refusing to read it");

@@ -6,8 +6,7 @@
 using extrafs::LogLimiter;
 using std::chrono::seconds;
 
-TEST_CASE("a log limiter lets the first occurrence through, then one per interval with the count since",
-          "[loglimit]") {
+TEST_CASE("a log limiter lets the first occurrence through, then one per interval with the count since", "[loglimit]") {
   LogLimiter limit(seconds(60));
   const auto t0 = LogLimiter::Clock::time_point{} + seconds(1000);
   auto first = limit.note(t0);

@@ -191,10 +191,12 @@ TEST_CASE("a hostile ordered prefix is clamped to the blob and the memory budget
   REQUIRE(core_r.ok());
   FsCore& core = **core_r;
   walk(core, "bin");
-  for (int i = 0; i < 300 && fetcher.stats().prefetches < 3; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  for (int i = 0; i < 300 && fetcher.stats().prefetches < 3; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   CHECK(fetcher.stats().prefetches == 3);
-  CHECK(log.lines_with("is beyond the " + std::to_string(s.blob.size()) + " bytes of chunks in its blob; clamped").size() == 1);
+  CHECK(log.lines_with("is beyond the " + std::to_string(s.blob.size()) + " bytes of chunks in its blob; clamped")
+            .size() == 1);
   CHECK(log.lines_with("3 of the 9 chunks of its ordered prefix queued").size() == 1);
   for (const auto& [path, content] : s.files) CHECK(read_all(core, path) == content);
 

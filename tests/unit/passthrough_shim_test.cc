@@ -60,8 +60,8 @@ const Bytes kInit = padded(hex("68000000 1a000000 0200000000000000 0000000000000
 const Bytes kInitReplyHeader = hex("50000000 00000000 0200000000000000");
 const Bytes kInitReplyBody =
     padded(hex("07000000 1f000000 00001000 29a0c040 1800 1200 00001000 01000000 0001 0000 00000000"), 64);
-constexpr size_t kInitFlags = 40 + 12, kInitFlags2 = 40 + 16;  // in kInit
-constexpr size_t kOutUnique = 8, kOutError = 4, kOutLen = 0;   // in kInitReplyHeader
+constexpr size_t kInitFlags = 40 + 12, kInitFlags2 = 40 + 16;                 // in kInit
+constexpr size_t kOutUnique = 8, kOutError = 4, kOutLen = 0;                  // in kInitReplyHeader
 constexpr size_t kReplyFlags = 12, kReplyFlags2 = 32, kReplyStackDepth = 36;  // in kInitReplyBody
 
 Bytes cat(const std::vector<Bytes>& parts) {
@@ -135,7 +135,8 @@ struct Session {
   }
 };
 
-TEST_CASE("an INIT offering passthrough gets libfuse's reply with passthrough taken, decided before it is written", "[passthrough]") {
+TEST_CASE("an INIT offering passthrough gets libfuse's reply with passthrough taken, decided before it is written",
+          "[passthrough]") {
   Session s;
   s.kernel_sends(kInit);
   CHECK(s.decisions.empty());  // not before the reply
@@ -182,7 +183,8 @@ TEST_CASE("without passthrough offered or allowed, INIT's reply is written as li
   CHECK_FALSE(s.shim.agreed());
 }
 
-TEST_CASE("a reply libfuse did not shape as expected leaves passthrough off and its bytes as libfuse wrote them", "[passthrough]") {
+TEST_CASE("a reply libfuse did not shape as expected leaves passthrough off and its bytes as libfuse wrote them",
+          "[passthrough]") {
   const Bytes& h = kInitReplyHeader;
   const Bytes& b = kInitReplyBody;
   std::vector<Bytes> parts;
@@ -292,7 +294,8 @@ TEST_CASE("failed reads and writes keep the system's result and errno", "[passth
   CHECK(errno == EBADF);
 }
 
-TEST_CASE("an OPEN reply handing a backing file is the kernel's fuse_open_out with FOPEN_PASSTHROUGH and the id", "[passthrough]") {
+TEST_CASE("an OPEN reply handing a backing file is the kernel's fuse_open_out with FOPEN_PASSTHROUGH and the id",
+          "[passthrough]") {
   const PassthroughShim314::OpenOut out = PassthroughShim314::open_reply(7);
   Bytes bytes(sizeof out);
   std::memcpy(bytes.data(), &out, sizeof out);

@@ -17,8 +17,8 @@
 #include "test_util.h"
 
 using namespace extrafs;
-using extrafs::testing::TempDir;
 using extrafs::testing::blocked_on_fifo;
+using extrafs::testing::TempDir;
 
 namespace {
 

@@ -16,16 +16,17 @@ TEST_CASE("the Prometheus text has HELP and TYPE per family, *_total counters, a
                {"cache_id": "bb", "bytes_total": 9, "bytes_cached": 9}]})");
   std::string out = render_prometheus(j);
   INFO(out);
-  for (const char* line : {"# HELP extrafs_bytes_fetched_total ", "# TYPE extrafs_bytes_fetched_total counter\n",
-                           "\nextrafs_bytes_fetched_total 10\n", "\nextrafs_cache_write_errors_total 3\n",
-                           "# TYPE extrafs_meta_bytes_fetched_total counter\nextrafs_meta_bytes_fetched_total 5\n",
-                           "# TYPE extrafs_layer_indexes_loaded gauge\nextrafs_layer_indexes_loaded 1\n",
-                           "# TYPE extrafs_cache_bytes gauge\nextrafs_cache_bytes 7\n",
-                           "# TYPE extrafs_fetch_seconds histogram\n", "extrafs_fetch_seconds_bucket{le=\"0.001\"} 1\n",
-                           "extrafs_fetch_seconds_bucket{le=\"0.5\"} 2\n", "extrafs_fetch_seconds_bucket{le=\"+Inf\"} 4\n",
-                           "extrafs_fetch_seconds_sum 0.25\n", "extrafs_fetch_seconds_count 4\n",
-                           "extrafs_layer_size_bytes{cache_id=\"aa\",image=\"a:1,we\\\"ird\\\\:2\"} 100\n",
-                           "extrafs_layer_cached_bytes{cache_id=\"bb\",image=\"\"} 9\n"}) {
+  for (const char* line :
+       {"# HELP extrafs_bytes_fetched_total ", "# TYPE extrafs_bytes_fetched_total counter\n",
+        "\nextrafs_bytes_fetched_total 10\n", "\nextrafs_cache_write_errors_total 3\n",
+        "# TYPE extrafs_meta_bytes_fetched_total counter\nextrafs_meta_bytes_fetched_total 5\n",
+        "# TYPE extrafs_layer_indexes_loaded gauge\nextrafs_layer_indexes_loaded 1\n",
+        "# TYPE extrafs_cache_bytes gauge\nextrafs_cache_bytes 7\n", "# TYPE extrafs_fetch_seconds histogram\n",
+        "extrafs_fetch_seconds_bucket{le=\"0.001\"} 1\n", "extrafs_fetch_seconds_bucket{le=\"0.5\"} 2\n",
+        "extrafs_fetch_seconds_bucket{le=\"+Inf\"} 4\n", "extrafs_fetch_seconds_sum 0.25\n",
+        "extrafs_fetch_seconds_count 4\n",
+        "extrafs_layer_size_bytes{cache_id=\"aa\",image=\"a:1,we\\\"ird\\\\:2\"} 100\n",
+        "extrafs_layer_cached_bytes{cache_id=\"bb\",image=\"\"} 9\n"}) {
     CHECK(out.find(line) != std::string::npos);
   }
   // Fields the daemon did not send are left out, not shown as 0.

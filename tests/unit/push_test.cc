@@ -169,7 +169,8 @@ TEST_CASE("a push stopped after any upload leaves a catalog naming only what is 
     // Whatever catalog a host finds (the catalog, or the generation after the one it holds)
     // names only objects the destination has.
     const auto objects = w.objects();
-    for (const std::string& cat : {std::string("extrafs/catalog"), format::catalog_generation_path(newest.generation)}) {
+    for (const std::string& cat :
+         {std::string("extrafs/catalog"), format::catalog_generation_path(newest.generation)}) {
       if (!objects.count(cat)) continue;
       const format::Catalog c = catalog_of(objects.at(cat).bytes);
       for (const auto& p : named_by(objects, c)) {

@@ -12,9 +12,9 @@
 #include <thread>
 #include <vector>
 
-#include <nlohmann/json.hpp>
 #include <spdlog/sinks/ringbuffer_sink.h>
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
 #include "common/hash.h"
 #include "common/log.h"
@@ -98,7 +98,7 @@ TEST_CASE("diff_ids are parsed from an image config and bad ones named", "[store
     CHECK(r.error().message == "has no rootfs.diff_ids");
   }
   const std::vector<std::string> bad_lists = {"[1]", "[\"sha256:abc\"]", "[\"" + std::string(64, 'a') + "\"]",
-                                             "[\"sha256:" + std::string(64, 'A') + "\"]", "[\"" + a + "\",null]"};
+                                              "[\"sha256:" + std::string(64, 'A') + "\"]", "[\"" + a + "\",null]"};
   for (const auto& bad : bad_lists) {
     auto r = store::parse_diff_ids(R"({"rootfs":{"diff_ids":)" + bad + "}}");
     CHECK(r.code() == EBADMSG);
@@ -119,14 +119,14 @@ TEST_CASE("tags and image ids docker would refuse are left out of a store's meta
   nlohmann::json repos;
   auto& r = repos["Repositories"];
   r["good"]["good:1"] = id;
-  r["good"]["good@sha256:" + std::string(64, 'e')] = id;       // a digest reference: not a tag
-  r["x"]["x:1\nextrafs_injected_total 1"] = id;               // a forged metric line
-  r["app"]["app:1\x1b[2J\rforged row"] = id;                  // terminal escapes
-  r["Upper"]["Upper:1"] = id;                                   // upper case name
-  r["app"]["app:" + std::string(129, 't')] = id;                // tag too long
-  r["app"]["app:2"] = "sha256:../../etc/passwd";                 // not an image id
-  r["app"]["other:1"] = id;                                     // under another repository
-  r["evil\nextrafs_injected_total 2"] = "not an object";       // a repository that is no object
+  r["good"]["good@sha256:" + std::string(64, 'e')] = id;  // a digest reference: not a tag
+  r["x"]["x:1\nextrafs_injected_total 1"] = id;           // a forged metric line
+  r["app"]["app:1\x1b[2J\rforged row"] = id;              // terminal escapes
+  r["Upper"]["Upper:1"] = id;                             // upper case name
+  r["app"]["app:" + std::string(129, 't')] = id;          // tag too long
+  r["app"]["app:2"] = "sha256:../../etc/passwd";          // not an image id
+  r["app"]["other:1"] = id;                               // under another repository
+  r["evil\nextrafs_injected_total 2"] = "not an object";  // a repository that is no object
   files["image/overlay2/repositories.json"] = repos.dump();
   store::MetaFiles mf;
   mf.read = [&](const std::string& rel, uint64_t) -> Result<std::string> {
@@ -334,7 +334,7 @@ TEST_CASE("chunk objects are stored once, lz4 where it pays, in place only once 
   testing::TempDir t;
   const std::string s = t.path + "/s";
   REQUIRE(make_dirs(s).ok());
-  const std::string text(1 << 20, 'a');                       // lz4 makes it much smaller
+  const std::string text(1 << 20, 'a');                          // lz4 makes it much smaller
   const std::string noise = testing::pseudo_random(1 << 20, 7);  // lz4 cannot
   format::IndexBuilder b;
   auto pack = [&](store::ObjectSink& sink, const std::string& raw) {

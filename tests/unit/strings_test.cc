@@ -28,11 +28,33 @@ TEST_CASE("sizes are parsed strictly: the whole string, no overflow, exact fract
   CHECK(parse_size("2.25M") == (9ull << 20) / 4);
   CHECK(parse_size("1.0G") == 1ull << 30);
   CHECK(parse_size("16383.999999999999940395K") == std::nullopt);  // not a whole number of bytes
-  CHECK(parse_size("16777215T") == 16777215ull << 40);               // the largest whole-T size
+  CHECK(parse_size("16777215T") == 16777215ull << 40);             // the largest whole-T size
   CHECK(parse_size("18446744073709551615") == UINT64_MAX);
-  for (const char* bad : {"1.5.2G", "1..5G", ".5G", "1.G", "1.1G", "1.5", "0.3K", "+1G", "-1G", " 1G", "1G ", "1 G",
-                          "1GG", "1Gb", "1BB", "1KiBB", "1e3", "0x10", "1,5G", "16777216T", "18446744073709551616",
-                          "99999999999999999999999", "1.1234567890123456789G", "G", "1.5.2"}) {
+  for (const char* bad : {"1.5.2G",
+                          "1..5G",
+                          ".5G",
+                          "1.G",
+                          "1.1G",
+                          "1.5",
+                          "0.3K",
+                          "+1G",
+                          "-1G",
+                          " 1G",
+                          "1G ",
+                          "1 G",
+                          "1GG",
+                          "1Gb",
+                          "1BB",
+                          "1KiBB",
+                          "1e3",
+                          "0x10",
+                          "1,5G",
+                          "16777216T",
+                          "18446744073709551616",
+                          "99999999999999999999999",
+                          "1.1234567890123456789G",
+                          "G",
+                          "1.5.2"}) {
     INFO(bad);
     CHECK_FALSE(parse_size(bad));
   }
@@ -57,8 +79,26 @@ TEST_CASE("durations take one unit of s, m, h or d, or a bare 0, and nothing els
   CHECK(parse_duration("7d") == 604800u);
   CHECK(parse_duration("007d") == 604800u);
   CHECK(parse_duration("213503982334601d") == 213503982334601ull * 86400);
-  for (const char* bad : {"", "7", "60", "d", "-1d", "+1d", " 7d", "7d ", "7 d", "1.5h", "7D", "7H", "1w", "7dd",
-                          "1h30m", "0x10s", "213503982334602d", "18446744073709551616s", "7days", "00"}) {
+  for (const char* bad : {"",
+                          "7",
+                          "60",
+                          "d",
+                          "-1d",
+                          "+1d",
+                          " 7d",
+                          "7d ",
+                          "7 d",
+                          "1.5h",
+                          "7D",
+                          "7H",
+                          "1w",
+                          "7dd",
+                          "1h30m",
+                          "0x10s",
+                          "213503982334602d",
+                          "18446744073709551616s",
+                          "7days",
+                          "00"}) {
     INFO(bad);
     CHECK_FALSE(parse_duration(bad));
   }

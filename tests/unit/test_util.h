@@ -6,9 +6,9 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
-#include <catch2/catch.hpp>
 #include <spdlog/sinks/ringbuffer_sink.h>
 #include <spdlog/spdlog.h>
+#include <catch2/catch.hpp>
 
 #include <atomic>
 #include <chrono>
@@ -45,7 +45,7 @@ inline struct stat make_stat(uint32_t mode, uint64_t size = 0, uint32_t nlink = 
 
 // Adds a regular file whose content lives in object `object_path` of `backend`, chunked.
 inline uint32_t add_file(format::IndexBuilder& b, backend::MemoryBackend* backend, uint32_t parent,
-                                const std::string& name, const std::string& content, const std::string& object_path) {
+                         const std::string& name, const std::string& content, const std::string& object_path) {
   format::BuildEntry e;
   e.name = name;
   e.parent = parent;

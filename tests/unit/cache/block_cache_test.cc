@@ -151,8 +151,8 @@ TEST_CASE("chunks of every size round trip, whatever the file's length is in dis
   TempDir t;
   auto c = open_ok(t.cache_dir(), 8 << 20);
   int i = 0;
-  for (size_t n : {size_t{1}, size_t{4096 - kHeader - 1}, size_t{4096 - kHeader}, size_t{4096 - kHeader + 1}, size_t{4096},
-                   size_t{1} << 20, (size_t{1} << 20) + 4096 - kHeader}) {
+  for (size_t n : {size_t{1}, size_t{4096 - kHeader - 1}, size_t{4096 - kHeader}, size_t{4096 - kHeader + 1},
+                   size_t{4096}, size_t{1} << 20, (size_t{1} << 20) + 4096 - kHeader}) {
     auto data = make_chunk(100 + i++, n);
     auto d = xxh3_128(data);
     REQUIRE(c->put(d, data).ok());
@@ -336,8 +336,7 @@ TEST_CASE("a corrupt chunk is dropped and reported as a miss", "[cache]") {
   if (how == "swap") {
     auto other = make_chunk(8, 20000);
     REQUIRE(c->put(xxh3_128(other), other).ok());
-    fs::copy_file(chunk_path(t.cache_dir(), xxh3_128(other)), p,
-                  fs::copy_options::overwrite_existing);
+    fs::copy_file(chunk_path(t.cache_dir(), xxh3_128(other)), p, fs::copy_options::overwrite_existing);
   }
   INFO(how);
 
@@ -359,8 +358,7 @@ TEST_CASE("a corrupt chunk is dropped and reported as a miss", "[cache]") {
   CHECK(*again == data);
 }
 
-TEST_CASE("a chunk file replaced by a symlink, a FIFO or a directory is dropped, never waited on",
-          "[cache]") {
+TEST_CASE("a chunk file replaced by a symlink, a FIFO or a directory is dropped, never waited on", "[cache]") {
   TempDir t;
   auto c = open_ok(t.cache_dir(), 1 << 20);
   auto data = make_chunk(9, 30000);
@@ -646,8 +644,7 @@ TEST_CASE("meta blobs round trip, are replaced whole and are not counted as chun
 TEST_CASE("a meta blob with a bad name is refused", "[cache]") {
   TempDir t;
   auto c = open_ok(t.cache_dir(), 1000);
-  for (std::string name :
-       std::vector<std::string>{"", ".", "..", "a/b", "../lock", "sp ace", std::string(300, 'a')}) {
+  for (std::string name : std::vector<std::string>{"", ".", "..", "a/b", "../lock", "sp ace", std::string(300, 'a')}) {
     INFO(name);
     CHECK(c->put_meta(name, bytes_of("x")).code() == EINVAL);
     CHECK(c->get_meta(name).code() == EINVAL);
@@ -746,8 +743,8 @@ TEST_CASE("a cache killed with SIGKILL mid-put reopens with only good chunks", "
     int pipefd[2];
     REQUIRE(::pipe(pipefd) == 0);
     // The child announces each chunk number here before putting it.
-    void* shared = ::mmap(nullptr, sizeof(std::atomic<uint64_t>), PROT_READ | PROT_WRITE,
-                          MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    void* shared =
+        ::mmap(nullptr, sizeof(std::atomic<uint64_t>), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     REQUIRE(shared != MAP_FAILED);
     auto* progress = new (shared) std::atomic<uint64_t>(0);
     pid_t pid = ::fork();

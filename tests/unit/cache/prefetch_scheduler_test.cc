@@ -141,7 +141,9 @@ TEST_CASE("readahead: queued adjacent chunks go to one get(), in any order queue
   REQUIRE(f.wait_calls(1));
   // a: 4k, 8k, 12k adjacent (8k queued last), then 16k on disk, 20k and 24k after it; b: 0.
   REQUIRE(s.readahead({{chunk("a", 4096), false}, {chunk("b", 0), false}, {chunk("a", 12288), false}}) == 3);
-  REQUIRE(s.readahead({{chunk("a", 8192), false}, {chunk("a", 16384), true}, {chunk("a", 20480), false},
+  REQUIRE(s.readahead({{chunk("a", 8192), false},
+                       {chunk("a", 16384), true},
+                       {chunk("a", 20480), false},
                        {chunk("a", 24576), false}}) == 4);
   // Queued twice: once.
   REQUIRE(s.readahead({{chunk("b", 0), false}}) == 0);
@@ -178,9 +180,10 @@ TEST_CASE("readahead beyond the queue's bound is dropped", "[prefetch]") {
   CHECK(f.calls().size() == 4);
 }
 
-TEST_CASE("sequence runs stay within the byte budget; runs beyond it wait and are admitted in order, beyond the "
-          "wait limit they are dropped",
-          "[prefetch]") {
+TEST_CASE(
+    "sequence runs stay within the byte budget; runs beyond it wait and are admitted in order, beyond the "
+    "wait limit they are dropped",
+    "[prefetch]") {
   FakeFetcher f;
   // Budget: 3 chunks at a time; 4 more may wait.
   PrefetchScheduler s(one_worker(3 * kChunk, 4 * kChunk), f.source());
