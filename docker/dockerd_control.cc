@@ -20,9 +20,9 @@
 
 #include "common/posix_file.h"
 #include "common/str_util.h"
+#include "common/unix_http.h"
 #include "docker/data_root.h"
 #include "docker/dockerd_probe.h"
-#include "docker/unix_http.h"
 
 namespace extrafs::docker {
 

@@ -18,7 +18,7 @@
 
 #include "common/mountinfo.h"
 #include "common/str_util.h"
-#include "docker/unix_http.h"
+#include "common/unix_http.h"
 #include "store/layout.h"
 
 namespace extrafs::tools {
@@ -298,7 +298,7 @@ void StatsServer::answer(int conn) {
 Result<nlohmann::json> read_mount_stats(const std::string& mountpoint, bool with_images) {
   EXTRAFS_TRY(mount, find_mount(mountpoint));
   const std::string socket = socket_of(mount.dev);
-  auto got = docker::http_get_unix(socket, with_images ? "/stats?images=1" : "/stats", kClientTimeoutMs, kMaxAnswer);
+  auto got = http_get_unix(socket, with_images ? "/stats?images=1" : "/stats", kClientTimeoutMs, kMaxAnswer);
   if (!got.ok()) {
     switch (got.code()) {
       case ENOENT:

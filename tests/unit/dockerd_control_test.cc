@@ -12,11 +12,11 @@
 #include <thread>
 
 #include "common/posix_file.h"
+#include "common/unix_http.h"
 #include "docker/docker_endpoint.h"
 #include "docker/dockerd_control.h"
 #include "docker/dockerd_journal.h"
 #include "docker/dockerd_probe.h"
-#include "docker/unix_http.h"
 #include "store/docker_meta.h"
 #include "test_util.h"
 
@@ -83,7 +83,7 @@ std::string ok_json(const std::string& body) {
 
 TEST_CASE("an HTTP GET over a unix socket returns the status and the body read to EOF", "[dockerd]") {
   TinyServer s(ok_json("{\"LiveRestoreEnabled\":true}\n"));
-  auto r = docker::http_get_unix(s.path(), "/info");
+  auto r = http_get_unix(s.path(), "/info");
   REQUIRE(r.ok());
   CHECK(r->status == 200);
   CHECK(r->reason == "OK");
@@ -93,7 +93,7 @@ TEST_CASE("an HTTP GET over a unix socket returns the status and the body read t
 
 TEST_CASE("a non-2xx answer is returned with its status, not as an error", "[dockerd]") {
   TinyServer s("HTTP/1.1 404 Not Found\r\n\r\npage not found");
-  auto r = docker::http_get_unix(s.path(), "/nope");
+  auto r = http_get_unix(s.path(), "/nope");
   REQUIRE(r.ok());
   CHECK(r->status == 404);
   CHECK(r->body == "page not found");
@@ -101,7 +101,7 @@ TEST_CASE("a non-2xx answer is returned with its status, not as an error", "[doc
 
 TEST_CASE("an answer that is not HTTP is EBADMSG naming the socket", "[dockerd]") {
   TinyServer s("SSH-2.0-OpenSSH\r\n");
-  auto r = docker::http_get_unix(s.path(), "/info");
+  auto r = http_get_unix(s.path(), "/info");
   REQUIRE(!r.ok());
   CHECK(r.code() == EBADMSG);
   CHECK(r.error().message.find(s.path()) != std::string::npos);
@@ -110,7 +110,7 @@ TEST_CASE("an answer that is not HTTP is EBADMSG naming the socket", "[dockerd]"
 TEST_CASE("a server that never answers times out within the bound", "[dockerd]") {
   TinyServer s("", /*silent=*/true);
   const auto t0 = std::chrono::steady_clock::now();
-  auto r = docker::http_get_unix(s.path(), "/info", 200);
+  auto r = http_get_unix(s.path(), "/info", 200);
   const auto took = std::chrono::steady_clock::now() - t0;
   REQUIRE(!r.ok());
   CHECK(r.code() == ETIMEDOUT);
@@ -118,22 +118,22 @@ TEST_CASE("a server that never answers times out within the bound", "[dockerd]")
 }
 
 TEST_CASE("no socket is a connect error naming the path", "[dockerd]") {
-  auto r = docker::http_get_unix("/nonexistent-extrafs-test/docker.sock", "/_ping");
+  auto r = http_get_unix("/nonexistent-extrafs-test/docker.sock", "/_ping");
   REQUIRE(!r.ok());
   CHECK(r.code() == ENOENT);
   CHECK(r.error().message.find("/nonexistent-extrafs-test/docker.sock") != std::string::npos);
 }
 
 TEST_CASE("the status line is parsed strictly", "[dockerd]") {
-  CHECK(docker::parse_http_response("HTTP/1.1 200 OK\r\nA: b\r\n\r\nbody").ok());
-  auto empty_reason = docker::parse_http_response("HTTP/1.0 204\r\n\r\n");
+  CHECK(parse_http_response("HTTP/1.1 200 OK\r\nA: b\r\n\r\nbody").ok());
+  auto empty_reason = parse_http_response("HTTP/1.0 204\r\n\r\n");
   REQUIRE(empty_reason.ok());
   CHECK(empty_reason->status == 204);
   CHECK(empty_reason->body.empty());
-  CHECK(!docker::parse_http_response("HTTP/1.1 2x0 OK\r\n\r\n").ok());
-  CHECK(!docker::parse_http_response("HTTP/1.1 2000 OK\r\n\r\n").ok());
-  CHECK(!docker::parse_http_response("HTTP/1.1 200 OK\r\nno end of headers").ok());
-  CHECK(!docker::parse_http_response("").ok());
+  CHECK(!parse_http_response("HTTP/1.1 2x0 OK\r\n\r\n").ok());
+  CHECK(!parse_http_response("HTTP/1.1 2000 OK\r\n\r\n").ok());
+  CHECK(!parse_http_response("HTTP/1.1 200 OK\r\nno end of headers").ok());
+  CHECK(!parse_http_response("").ok());
 }
 
 TEST_CASE("LiveRestoreEnabled is read from GET /info", "[dockerd]") {

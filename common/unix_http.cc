@@ -1,4 +1,4 @@
-#include "docker/unix_http.h"
+#include "common/unix_http.h"
 
 #include <poll.h>
 #include <sys/socket.h>
@@ -10,7 +10,7 @@
 
 #include "common/posix_file.h"
 
-namespace extrafs::docker {
+namespace extrafs {
 
 namespace {
 
@@ -97,4 +97,4 @@ Result<HttpResponse> http_get_unix(const std::string& socket_path, const std::st
   return r;
 }
 
-}  // namespace extrafs::docker
+}  // namespace extrafs

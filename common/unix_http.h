@@ -1,5 +1,6 @@
-// A minimal HTTP/1.0 client over a unix stream socket: what `extrafs docker attach|detach
-// --restart` needs to ask dockerd's API socket `GET /info` and `GET /_ping`. One request per
+// A minimal HTTP/1.0 client over a unix stream socket, for the local sockets extrafs asks: dockerd's
+// API (`GET /info`, `/_ping` for attach|detach --restart, `/images/json` for the docker CLI plugin)
+// and a mount's stats socket (`extrafs stats`). One request per
 // connection ("Connection: close" semantics of HTTP/1.0): send the request, read to EOF, split the
 // status line, headers and body. No chunked encoding (an HTTP/1.0 answer never uses it), no
 // redirects, no keep-alive. Thread-safe (no shared state); every call is bounded by its timeout.
@@ -9,7 +10,7 @@
 
 #include "common/result.h"
 
-namespace extrafs::docker {
+namespace extrafs {
 
 struct HttpResponse {
   int status = 0;      // e.g. 200
@@ -31,4 +32,4 @@ Result<HttpResponse> http_get_unix(const std::string& socket_path, const std::st
 // status line or no end of headers.
 Result<HttpResponse> parse_http_response(const std::string& raw);
 
-}  // namespace extrafs::docker
+}  // namespace extrafs
