@@ -132,12 +132,13 @@ size_t on_read(char* buf, size_t size, size_t n, void* user) {
   if (want == 0) return 0;
   size_t got = static_cast<size_t>(want);
   if (c.body->fd >= 0) {
-    ssize_t r = pread_all(c.body->fd, buf, got, static_cast<off_t>(c.offset + t->pos));
-    if (r <= 0) {
-      t->read_error = r < 0 ? static_cast<int>(-r) : EIO;  // 0: the file shrank
+    size_t r = 0;
+    const int e = pread_all(c.body->fd, buf, got, static_cast<off_t>(c.offset + t->pos), &r);
+    if (e != 0 || r == 0) {
+      t->read_error = e != 0 ? e : EIO;  // nothing read: the file shrank
       return CURL_READFUNC_ABORT;
     }
-    got = static_cast<size_t>(r);
+    got = r;
   } else {
     std::memcpy(buf, c.body->bytes.data() + c.offset + t->pos, got);
   }
@@ -168,9 +169,10 @@ Result<std::string> body_sha256(const PutBody& body, uint64_t offset, uint64_t l
     std::string buf(std::min<uint64_t>(length, 1 << 20), '\0');
     for (uint64_t done = 0; done < length;) {
       const size_t want = static_cast<size_t>(std::min<uint64_t>(buf.size(), length - done));
-      ssize_t r = pread_all(body.fd, buf.data(), want, static_cast<off_t>(offset + done));
-      if (r < 0) return Error::from_errno(static_cast<int>(-r), what + ": read");
-      if (static_cast<size_t>(r) < want) return make_error(EIO, what + ": the file shrank while being read");
+      size_t r = 0;
+      if (int e = pread_all(body.fd, buf.data(), want, static_cast<off_t>(offset + done), &r))
+        return Error::from_errno(e, what + ": read");
+      if (r < want) return make_error(EIO, what + ": the file shrank while being read");
       EVP_DigestUpdate(ctx.get(), buf.data(), want);
       done += want;
     }

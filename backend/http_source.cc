@@ -289,10 +289,10 @@ Result<S3Credentials> load_s3_credentials(const std::string& path, const std::st
     return make_error(EPERM, what + " may be read or written by group or others (chmod 600 it)");
   constexpr size_t kLimit = 64 << 10;
   std::string text(kLimit + 1, '\0');
-  ssize_t n = pread_all(fd.get(), text.data(), text.size(), 0);
-  if (n < 0) return Error::from_errno(static_cast<int>(-n), what);
-  if (static_cast<size_t>(n) > kLimit) return make_error(EFBIG, what + " is larger than 64 KiB");
-  text.resize(static_cast<size_t>(n));
+  size_t n = 0;
+  if (int e = pread_all(fd.get(), text.data(), text.size(), 0, &n)) return Error::from_errno(e, what);
+  if (n > kLimit) return make_error(EFBIG, what + " is larger than 64 KiB");
+  text.resize(n);
 
   S3Credentials c;
   bool in_profile = false, found = false;

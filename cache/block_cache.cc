@@ -499,7 +499,11 @@ DiskBlockCache::ReadResult DiskBlockCache::read_chunk(const Digest128& d, bool t
       return r;
     }
   }
-  if (!read_direct) n = pread_all(fd.get(), r.data.data(), size, 0);
+  if (!read_direct) {
+    size_t got = 0;
+    const int e = pread_all(fd.get(), r.data.data(), size, 0, &got);
+    n = e != 0 ? -e : static_cast<ssize_t>(got);  // pread_direct's form: the count or -errno
+  }
   // A read error (EIO from a bad sector) makes the chunk as useless as a digest mismatch; so does
   // a file that is not the size it was a moment ago.
   if (n != static_cast<ssize_t>(size)) {
@@ -736,17 +740,17 @@ Result<std::vector<std::byte>> DiskBlockCache::get_meta(const std::string& name)
   if (size < kHeaderSize) return corrupt("too short");
   if (size - kHeaderSize > kMaxMetaSize) return corrupt("too large");
   uint8_t hbuf[kHeaderSize];
-  ssize_t n = pread_all(fd.get(), hbuf, kHeaderSize, 0);
-  if (n < 0) return dir_error(static_cast<int>(-n), "cannot read meta blob " + name);
-  if (n != static_cast<ssize_t>(kHeaderSize)) return corrupt("too short");
+  size_t n = 0;
+  if (int e = pread_all(fd.get(), hbuf, kHeaderSize, 0, &n)) return dir_error(e, "cannot read meta blob " + name);
+  if (n != kHeaderSize) return corrupt("too short");
   Header h = decode_header(hbuf);
   if (std::memcmp(h.magic, kMetaMagic, 4) != 0) return corrupt("bad magic");
   if (h.version != kFormatVersion || h.flags != 0) return corrupt("unknown version");
   if (h.raw_len != size - kHeaderSize) return corrupt("length mismatch");
   std::vector<std::byte> data(h.raw_len);
-  n = pread_all(fd.get(), data.data(), data.size(), kHeaderSize);
-  if (n < 0) return dir_error(static_cast<int>(-n), "cannot read meta blob " + name);
-  if (n != static_cast<ssize_t>(data.size())) return corrupt("length mismatch");
+  if (int e = pread_all(fd.get(), data.data(), data.size(), kHeaderSize, &n))
+    return dir_error(e, "cannot read meta blob " + name);
+  if (n != data.size()) return corrupt("length mismatch");
   if (xxh3_128(data) != h.digest) return corrupt("checksum mismatch");
   return data;
 }

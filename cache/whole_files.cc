@@ -254,8 +254,8 @@ class DiskWholeFiles : public WholeFiles {
     uint64_t off = 0;
     for (const auto& c : chunks) {
       if (c.raw_len > chunk_size || off + c.raw_len > size) return false;
-      ssize_t n = pread_all(fd, buf.data(), c.raw_len, static_cast<off_t>(off));
-      if (n != static_cast<ssize_t>(c.raw_len)) return false;
+      size_t n = 0;
+      if (pread_all(fd, buf.data(), c.raw_len, static_cast<off_t>(off), &n) != 0 || n != c.raw_len) return false;
       if (c.zero) {
         if (std::any_of(buf.begin(), buf.begin() + c.raw_len, [](std::byte b) { return b != std::byte{0}; }))
           return false;

@@ -64,19 +64,21 @@ bool FileIdentity::settled(const struct stat& st) {
   return now.tv_sec - st.st_ctim.tv_sec >= 2;
 }
 
-ssize_t pread_all(int fd, void* data, size_t len, off_t off) {
+int pread_all(int fd, void* data, size_t len, off_t off, size_t* got) {
   auto* p = static_cast<uint8_t*>(data);
   size_t done = 0;
   while (done < len) {
     ssize_t n = ::pread(fd, p + done, len - done, off + static_cast<off_t>(done));
     if (n < 0) {
       if (errno == EINTR) continue;
-      return -errno;
+      *got = done;
+      return errno;
     }
     if (n == 0) break;
     done += static_cast<size_t>(n);
   }
-  return static_cast<ssize_t>(done);
+  *got = done;
+  return 0;
 }
 
 const char* file_type_name(mode_t mode) {

@@ -3,9 +3,11 @@
 // beside it, fsync of the file, rename, fsync of the directory), fsync of a directory, mkdir -p,
 // and random names (`random_chars`, `random_cache_id`).
 //
-// Two kinds of calls: the low-level loops (write_all, pread_all) return 0 or an errno value and
-// build no strings, so the block cache can use them on the read path; everything else returns a
-// Result whose message names the file. All functions are thread-safe (they share no state).
+// Two kinds of calls (docs/DESIGN.md, "Errors"): the low-level loops (write_all, pwrite_all,
+// pread_all, Fd::close_checked) return 0 or a positive errno value, as pthread calls do, and
+// build no strings, so the block cache can use them on the read path (a count comes back through
+// an out-parameter); everything else returns a Result whose message names the file. All functions are thread-safe (they
+// share no state).
 #pragma once
 
 #include <sys/stat.h>
@@ -75,8 +77,9 @@ struct FileIdentity {
 int write_all(int fd, const void* data, size_t len);
 // Writes all `len` bytes at `off` (retrying EINTR and short writes): 0 or errno.
 int pwrite_all(int fd, const void* data, size_t len, off_t off);
-// Reads up to `len` bytes at `off` (short only at end of file): the count, or -errno.
-ssize_t pread_all(int fd, void* data, size_t len, off_t off);
+// Reads up to `len` bytes at `off` (retrying EINTR and short reads; short only at end of file),
+// their count in `*got` (also on failure: what was read before it): 0 or errno.
+int pread_all(int fd, void* data, size_t len, off_t off, size_t* got);
 
 // Opening a file that someone else may have made (a store, a mount, a data-root) is safe only if
 // it is a regular file: opening a FIFO blocks until a writer comes (for ever, in state D when it

@@ -128,9 +128,9 @@ Status chunk_file(int fd, const std::string& rel, uint64_t size, IndexBuilder& b
       *hole = true;
       return ok_status();
     }
-    ssize_t n = pread_all(fd, dst, len, static_cast<off_t>(off));
-    if (n < 0) return Error::from_errno(static_cast<int>(-n), "read " + rel);
-    if (static_cast<size_t>(n) < len) return make_error(EIO, rel + " shrank while being indexed");
+    size_t n = 0;
+    if (int e = pread_all(fd, dst, len, static_cast<off_t>(off), &n)) return Error::from_errno(e, "read " + rel);
+    if (n < len) return make_error(EIO, rel + " shrank while being indexed");
     return ok_status();
   };
   auto store = [&](uint64_t off, std::string_view raw, ChunkRecord* rec) {
@@ -296,11 +296,12 @@ std::optional<std::string> named_index_problem(int root, const std::string& rel,
   Xxh3Stream hash;
   std::vector<char> buf(uint64_t{1} << 20);
   for (off_t off = 0;;) {
-    ssize_t n = pread_all(fd->get(), buf.data(), buf.size(), off);
-    if (n < 0) return "cannot be read (" + std::string(std::strerror(static_cast<int>(-n))) + ")";
+    size_t n = 0;
+    if (int e = pread_all(fd->get(), buf.data(), buf.size(), off, &n))
+      return "cannot be read (" + std::string(std::strerror(e)) + ")";
     if (n == 0) break;
-    hash.update(buf.data(), static_cast<size_t>(n));
-    off += n;
+    hash.update(buf.data(), n);
+    off += static_cast<off_t>(n);
   }
   if (hash.finish() != want) return std::string("does not have the digest the catalog names");
   return std::nullopt;

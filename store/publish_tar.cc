@@ -384,9 +384,9 @@ class LayerTarConverter {
     for (auto [rank, id] : order) {
       const Spooled& sp = spooled_[id];
       auto read = [&](uint64_t off, uint32_t len, char* out, bool*) -> Status {
-        ssize_t n = pread_all(spool_->fd(), out, len, static_cast<off_t>(sp.offset + off));
-        if (n < 0 || static_cast<size_t>(n) < len)
-          return Error::from_errno(n < 0 ? static_cast<int>(-n) : EIO, "read back the scratch file");
+        size_t n = 0;
+        const int e = pread_all(spool_->fd(), out, len, static_cast<off_t>(sp.offset + off), &n);
+        if (e != 0 || n < len) return Error::from_errno(e != 0 ? e : EIO, "read back the scratch file");
         return ok_status();
       };
       auto store = [&](uint64_t, std::string_view raw, format::ChunkRecord* rec) {

@@ -34,8 +34,8 @@ Status MemoryObjectWriter::put(std::string_view path, const PutBody& body, std::
   std::string bytes;
   if (body.fd >= 0) {
     bytes.resize(body.size);
-    ssize_t n = pread_all(body.fd, bytes.data(), bytes.size(), 0);
-    if (n < 0 || static_cast<uint64_t>(n) != body.size)
+    size_t n = 0;
+    if (pread_all(body.fd, bytes.data(), bytes.size(), 0, &n) != 0 || n != body.size)
       return make_error(EIO, "memory writer: short read of " + std::string(path));
   } else {
     bytes = body.bytes;
