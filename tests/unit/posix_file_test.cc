@@ -137,6 +137,32 @@ TEST_CASE("Fd closes what it owns and hands it over on move", "[files]") {
   CHECK(::fcntl(raw, F_GETFD) == -1);
 }
 
+TEST_CASE("the POSIX loops return 0 or a positive errno, counts through an out-parameter", "[files]") {
+  TempDir t;
+  const std::string path = t.path + "/f";
+  Fd w(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  REQUIRE(w.valid());
+  CHECK(write_all(w.get(), "hello world", 11) == 0);
+  CHECK(pwrite_all(w.get(), "W", 1, 6) == 0);
+  CHECK(w.close_checked() == 0);
+  Fd r(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  REQUIRE(r.valid());
+  char buf[32] = {};
+  size_t got = 99;
+  CHECK(pread_all(r.get(), buf, 5, 0, &got) == 0);
+  CHECK(got == 5);
+  CHECK(std::string(buf, 5) == "hello");
+  // Short only at the end of the file; not an error.
+  CHECK(pread_all(r.get(), buf, sizeof buf, 6, &got) == 0);
+  CHECK(got == 5);
+  CHECK(std::string(buf, 5) == "World");
+  // Failures: the errno, positive; nothing read.
+  CHECK(pread_all(w.get(), buf, 4, 0, &got) == EBADF);  // closed above
+  CHECK(got == 0);
+  CHECK(write_all(r.get(), "x", 1) == EBADF);  // opened read-only
+  CHECK(pwrite_all(r.get(), "x", 1, 0) == EBADF);
+}
+
 TEST_CASE("remove_tree removes a tree without following symlinks", "[files]") {
   TempDir t, outside;
   REQUIRE(write_new_file(outside.path + "/keep", "k").ok());
