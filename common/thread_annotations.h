@@ -2,8 +2,8 @@
 // with. In leveldb's style (port/thread_annotations.h): a member says which mutex guards it
 // (GUARDED_BY), a function which mutexes it needs held (REQUIRES) or must not hold (EXCLUDES).
 // ACQUIRED_BEFORE/ACQUIRED_AFTER state the order in which two mutexes may be nested.
-// scripts/thread_safety_check (run by scripts/test) parses the sources of cache/, backend/ and
-// common/ with clang and -Wthread-safety -Wthread-safety-beta (the order checks are in the beta
+// scripts/thread_safety_check (run by scripts/test) parses the sources of cache/, backend/,
+// common/ and fs/ with clang and -Wthread-safety -Wthread-safety-beta (the order checks are in the beta
 // set) as errors, so a guarded member touched without its lock, or mutexes taken in the wrong
 // order, fail the tests. Under GCC the annotations expand to nothing.
 //

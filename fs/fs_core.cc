@@ -383,7 +383,7 @@ Result<Fd> FsCore::open(uint64_t ino, int flags) {
 
 void FsCore::record_access(uint32_t slot_no, const Slot& s, const LayerIndex& idx, uint32_t entry) {
   uint64_t key = make_ino(slot_no, entry);
-  std::lock_guard lock(record_mu_);  // also keeps the callback's lines in first-open order
+  MutexLock lock(&record_mu_);  // also keeps the callback's lines in first-open order
   if (!recorded_.insert(key).second) return;
   options_.on_first_open(s.layer.cache_id, entry, idx.path_of(entry));
 }

@@ -269,7 +269,8 @@ class FsCore {
   NodeAttr node_attr(const Node& n) const;
   NodeAttr entry_attr(uint32_t slot, const format::LayerIndex& idx, uint32_t entry) const;
   NodeAttr synthetic_attr(uint64_t ino, uint32_t mode, uint64_t size, uint32_t nlink) const;
-  void record_access(uint32_t slot_no, const Slot& s, const format::LayerIndex& idx, uint32_t entry);
+  void record_access(uint32_t slot_no, const Slot& s, const format::LayerIndex& idx, uint32_t entry)
+      EXCLUDES(record_mu_);
 
   cache::ChunkFetcher& fetcher_;
   cache::MetaSource& meta_;
@@ -292,8 +293,8 @@ class FsCore {
   // Whole-file copies for passthrough (null without options_.whole_files).
   std::unique_ptr<WholeFileCopier> copier_;
 
-  std::mutex record_mu_;  // guards recorded_
-  std::unordered_set<uint64_t> recorded_;
+  Mutex record_mu_;
+  std::unordered_set<uint64_t> recorded_ GUARDED_BY(record_mu_);
 
   // Layers published with --order: their prefix is fetched on the first lookup of diff/ or of
   // anything under it, or the first read under it.

@@ -15,7 +15,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <mutex>
 #include <string_view>
 #include <system_error>
 #include <unordered_map>
@@ -23,6 +22,7 @@
 
 #include "common/mountinfo.h"
 #include "common/posix_file.h"
+#include "common/thread_annotations.h"
 #include "fs/inode_table.h"
 
 // libfuse >= 3.17 has an API for FUSE passthrough; for an older one the adapter uses its own shim.
@@ -51,8 +51,8 @@ class NodeModes {
   // `open_backing(fd)`, which returns a backing id or -1. Returns the backing id to answer with,
   // or -1 for an open of the usual kind.
   template <typename OpenBacking>
-  int join(uint64_t ino, const Fd& backing, OpenBacking&& open_backing) {
-    std::lock_guard lock(mu_);
+  int join(uint64_t ino, const Fd& backing, OpenBacking&& open_backing) EXCLUDES(mu_) {
+    MutexLock lock(&mu_);
     Node& n = nodes_[ino];
     if (n.opens++ > 0) return n.backing_id;
     n.backing_id = backing.valid() ? open_backing(backing.get()) : -1;
@@ -60,8 +60,8 @@ class NodeModes {
   }
   // One open of `ino` ended; after its last, `close_backing(id)` if its first registered one.
   template <typename CloseBacking>
-  void leave(uint64_t ino, CloseBacking&& close_backing) {
-    std::lock_guard lock(mu_);
+  void leave(uint64_t ino, CloseBacking&& close_backing) EXCLUDES(mu_) {
+    MutexLock lock(&mu_);
     auto it = nodes_.find(ino);
     if (it == nodes_.end() || --it->second.opens > 0) return;
     if (it->second.backing_id >= 0) close_backing(it->second.backing_id);
@@ -73,8 +73,8 @@ class NodeModes {
     unsigned opens = 0;
     int backing_id = -1;  // -1: opened the usual way
   };
-  std::mutex mu_;
-  std::unordered_map<uint64_t, Node> nodes_;  // GUARDED_BY(mu_)
+  Mutex mu_;
+  std::unordered_map<uint64_t, Node> nodes_ GUARDED_BY(mu_);
 };
 
 // What the session's userdata points to: the core and what INIT agreed. Owned by run_fuse for
@@ -92,8 +92,8 @@ struct Mount {
   NodeModes modes;                       // only used with passthrough
 #if EXTRAFS_LIBFUSE_PASSTHROUGH
   // Backing ids whose last open ended in a failed reply, to close with the next request.
-  std::mutex orphans_mu;
-  std::vector<int> orphan_ids;  // GUARDED_BY(orphans_mu)
+  Mutex orphans_mu;
+  std::vector<int> orphan_ids GUARDED_BY(orphans_mu);
   std::atomic<bool> has_orphans{false};
 #else
   int dev_fd = -1;  // the session's descriptor, for the shim's ioctls
@@ -164,7 +164,7 @@ void close_backing(Mount& m, fuse_req_t req, int id) {
     fuse_passthrough_close(req, id);  // libfuse logs a failure
     return;
   }
-  std::lock_guard lock(m.orphans_mu);
+  MutexLock lock(&m.orphans_mu);
   m.orphan_ids.push_back(id);
   m.has_orphans.store(true, std::memory_order_release);
 }
@@ -172,7 +172,7 @@ void close_orphans(Mount& m, fuse_req_t req) {
   if (!m.has_orphans.load(std::memory_order_acquire)) return;
   std::vector<int> ids;
   {
-    std::lock_guard lock(m.orphans_mu);
+    MutexLock lock(&m.orphans_mu);
     ids.swap(m.orphan_ids);
     m.has_orphans.store(false, std::memory_order_relaxed);
   }

@@ -45,8 +45,8 @@ Result<std::shared_ptr<const LayerIndex>> IndexLoader::load(const std::string& p
 }
 
 Result<std::shared_ptr<const LayerIndex>> IndexLoader::get(LazyIndex& l) {
-  std::unique_lock lock(l.mu_);
-  l.cv_.wait(lock, [&] { return l.index_ || !l.loading_; });
+  MutexLock lock(&l.mu_);
+  while (!l.index_ && l.loading_) l.cv_.wait(&l.mu_);
   if (l.index_) return l.index_;
   if (l.failure_ && now_() - l.failed_at_ < retry_) return *l.failure_;
   // This caller reads it; the others wait on the cv. Only this layer's mutex is released and
@@ -77,7 +77,7 @@ std::shared_ptr<const LayerIndex> IndexLoader::local(LazyIndex& l) {
   if (auto idx = l.loaded()) return idx;
   auto k = kept("index-" + l.cache_id_, l.digest_);
   if (!k) return nullptr;
-  std::lock_guard lock(l.mu_);
+  MutexLock lock(&l.mu_);
   if (!l.index_) {
     l.index_ = std::move(k);
     l.failure_.reset();

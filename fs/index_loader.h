@@ -18,16 +18,15 @@
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 
 #include "cache/meta_source.h"
 #include "common/hash.h"
 #include "common/result.h"
+#include "common/thread_annotations.h"
 #include "format/layer_index.h"
 
 namespace extrafs::fs {
@@ -40,21 +39,21 @@ class LazyIndex {
   LazyIndex& operator=(const LazyIndex&) = delete;
 
   // The index if it is loaded, else null; never reads anything.
-  std::shared_ptr<const format::LayerIndex> loaded() const {
-    std::lock_guard lock(mu_);
+  std::shared_ptr<const format::LayerIndex> loaded() const EXCLUDES(mu_) {
+    MutexLock lock(&mu_);
     return index_;
   }
 
  private:
   friend class IndexLoader;
   const std::string cache_id_;
-  const Digest128 digest_;                             // the catalog's index_digest
-  mutable std::mutex mu_;                              // guards the fields below
-  std::condition_variable cv_;                         // a load finished
-  std::shared_ptr<const format::LayerIndex> index_;    // set once, never reset
-  bool loading_ = false;                               // a caller is reading it (the others wait)
-  std::optional<Error> failure_;                       // the last failed load's error, answered until
-  std::chrono::steady_clock::time_point failed_at_{};  // retry_s after this
+  const Digest128 digest_;  // the catalog's index_digest
+  mutable Mutex mu_;
+  CondVar cv_;                                                         // a load finished
+  std::shared_ptr<const format::LayerIndex> index_ GUARDED_BY(mu_);    // set once, never reset
+  bool loading_ GUARDED_BY(mu_) = false;                               // a caller is reading it (the others wait)
+  std::optional<Error> failure_ GUARDED_BY(mu_);                       // the last failed load's error, answered until
+  std::chrono::steady_clock::time_point failed_at_ GUARDED_BY(mu_){};  // retry_s after this
 };
 
 class IndexLoader {

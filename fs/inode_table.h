@@ -16,8 +16,9 @@
 
 #include <array>
 #include <cstdint>
-#include <mutex>
 #include <unordered_map>
+
+#include "common/thread_annotations.h"
 
 namespace extrafs::fs {
 
@@ -28,25 +29,25 @@ constexpr uint32_t ino_local(uint64_t ino) { return static_cast<uint32_t>(ino & 
 class InodeTable {
  public:
   // The kernel got one more reference to `ino`.
-  void ref(uint64_t ino);
+  void ref(uint64_t ino) EXCLUDES(slots_mu_);
   // The kernel dropped `n` references; returns the count left (never below zero).
-  uint64_t forget(uint64_t ino, uint64_t n);
+  uint64_t forget(uint64_t ino, uint64_t n) EXCLUDES(slots_mu_);
   uint64_t count(uint64_t ino) const;
   // Number of referenced nodes in `slot`.
-  uint64_t slot_nodes(uint32_t slot) const;
+  uint64_t slot_nodes(uint32_t slot) const EXCLUDES(slots_mu_);
   uint64_t size() const;
 
  private:
   static constexpr size_t kShards = 16;
   struct Shard {
-    mutable std::mutex mu;
-    std::unordered_map<uint64_t, uint64_t> counts;
+    mutable Mutex mu;
+    std::unordered_map<uint64_t, uint64_t> counts GUARDED_BY(mu);
   };
   Shard& shard(uint64_t ino) const { return shards_[(ino * 0x9E3779B97F4A7C15ull) >> 60]; }
 
   mutable std::array<Shard, kShards> shards_;
-  mutable std::mutex slots_mu_;
-  std::unordered_map<uint32_t, uint64_t> slot_nodes_;
+  mutable Mutex slots_mu_;
+  std::unordered_map<uint32_t, uint64_t> slot_nodes_ GUARDED_BY(slots_mu_);
 };
 
 }  // namespace extrafs::fs

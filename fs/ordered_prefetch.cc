@@ -44,7 +44,7 @@ std::vector<cache::OwnedChunkRef> ordered_prefix_chunks(const CatalogLayer& laye
 void OrderedPrefetch::touch(const CatalogLayer& layer, const LayerIndex& idx) {
   if (layer.ordered_prefix == 0) return;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     if (!done_.insert(layer.cache_id).second) return;
   }
   std::string note;

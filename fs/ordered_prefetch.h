@@ -15,12 +15,12 @@
 // outlive this object; indexes are only read during the call.
 #pragma once
 
-#include <mutex>
 #include <string>
 #include <unordered_set>
 #include <vector>
 
 #include "cache/chunk_fetcher.h"
+#include "common/thread_annotations.h"
 #include "format/catalog.h"
 #include "format/layer_index.h"
 
@@ -40,12 +40,12 @@ class OrderedPrefetch {
 
   // A lookup of `layer`'s diff/, or a lookup or read under it (served from `idx`, its index). The first call for a
   // layer with a prefix queues it; every other call returns at once.
-  void touch(const format::CatalogLayer& layer, const format::LayerIndex& idx);
+  void touch(const format::CatalogLayer& layer, const format::LayerIndex& idx) EXCLUDES(mu_);
 
  private:
   cache::ChunkFetcher& fetcher_;
-  std::mutex mu_;                         // guards done_
-  std::unordered_set<std::string> done_;  // cache-ids whose prefix was queued (or refused)
+  Mutex mu_;
+  std::unordered_set<std::string> done_ GUARDED_BY(mu_);  // cache-ids whose prefix was queued (or refused)
 };
 
 }  // namespace extrafs::fs

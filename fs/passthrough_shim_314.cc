@@ -94,7 +94,7 @@ ssize_t PassthroughShim314::read(int fd, void* buf, size_t len) {
 }
 
 void PassthroughShim314::look_at_request(const void* buf, size_t n) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   if (phase_.load(std::memory_order_relaxed) != Phase::kAwaitInit) return;
   fuse_in_header h{};
   if (n >= sizeof h) std::memcpy(&h, buf, sizeof h);
@@ -119,7 +119,7 @@ ssize_t PassthroughShim314::writev(int fd, const struct iovec* iov, int count) {
   fuse_init_out out{};
   const char* why = "";
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     if (phase_.load(std::memory_order_relaxed) != Phase::kAwaitReply) return ::writev(fd, iov, count);
     why = rewrite_init_reply(iov, count, init_unique_, out);
     if (why) spdlog::warn("FUSE passthrough off: libfuse's INIT reply is not shaped as this daemon expects ({})", why);

@@ -35,9 +35,9 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
-#include <mutex>
 
 #include "common/result.h"
+#include "common/thread_annotations.h"
 
 namespace extrafs::fs {
 
@@ -53,8 +53,8 @@ class PassthroughShim314 {
   // The custom I/O's read and writev: ::read and ::writev on `fd`, their results and errno as
   // the system gave them; the INIT request is looked at, the INIT reply rewritten when
   // passthrough is taken.
-  ssize_t read(int fd, void* buf, size_t len);
-  ssize_t writev(int fd, const struct iovec* iov, int count);
+  ssize_t read(int fd, void* buf, size_t len) EXCLUDES(mu_);
+  ssize_t writev(int fd, const struct iovec* iov, int count) EXCLUDES(mu_);
 
   // True once the INIT reply taking passthrough is on its way to the kernel (set before it is
   // written: a failed write fails the mount).
@@ -78,15 +78,15 @@ class PassthroughShim314 {
 
  private:
   enum class Phase { kAwaitInit, kAwaitReply, kDone };
-  void look_at_request(const void* buf, size_t n);
-  void decide(bool agreed);  // REQUIRES: mu_, and phase_ just set to kDone
+  void look_at_request(const void* buf, size_t n) EXCLUDES(mu_);
+  void decide(bool agreed) REQUIRES(mu_);  // phase_ just set to kDone
 
   const bool allowed_;
   const std::function<void(bool)> on_decided_;
   // Read without mu_ to keep the requests and replies after INIT off the lock; changed under it.
   std::atomic<Phase> phase_{Phase::kAwaitInit};
-  std::mutex mu_;             // taken only while INIT is undecided
-  uint64_t init_unique_ = 0;  // GUARDED_BY(mu_): the INIT request's id, once phase_ > kAwaitInit
+  Mutex mu_;                                  // taken only while INIT is undecided
+  uint64_t init_unique_ GUARDED_BY(mu_) = 0;  // the INIT request's id, once phase_ > kAwaitInit
   std::atomic<bool> agreed_{false};
 };
 

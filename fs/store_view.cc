@@ -49,7 +49,7 @@ StoreView::~StoreView() {
 
 void StoreView::stop() {
   {
-    std::lock_guard lock(stop_mu_);
+    MutexLock lock(&stop_mu_);
     stopping_ = true;
   }
   stop_cv_.notify_all();
@@ -76,7 +76,7 @@ Result<std::unique_ptr<StoreView>> StoreView::open(cache::MetaSource& meta, Inde
   }
   EXTRAFS_CHECK_STATUS(view->load(*catalog, /*initial=*/true));
   {
-    std::lock_guard lock(view->refresh_mu_);
+    MutexLock lock(&view->refresh_mu_);
     // A kept copy is not the store's version: leaving it unseen makes the first refresh that can
     // read the store load it.
     if (from_store && version.ok()) view->catalog_version_ = *version;
@@ -89,8 +89,12 @@ Result<std::unique_ptr<StoreView>> StoreView::open(cache::MetaSource& meta, Inde
 
 void StoreView::refresh_loop() {
   auto interval = std::chrono::duration<double>(options_.refresh_interval_s);
-  std::unique_lock lock(stop_mu_);
-  while (!stop_cv_.wait_for(lock, interval, [&] { return stopping_; })) {
+  MutexLock lock(&stop_mu_);
+  for (;;) {
+    const auto deadline = std::chrono::steady_clock::now() + interval;
+    bool in_time = true;
+    while (!stopping_ && in_time) in_time = stop_cv_.wait_until(&stop_mu_, deadline);
+    if (stopping_) return;
     lock.unlock();
     if (auto st = refresh(); !st.ok()) spdlog::debug("catalog refresh: {}", st.error().message);
     lock.lock();
@@ -113,7 +117,7 @@ Status StoreView::load(const Catalog& catalog, bool initial) {
     refused.insert(id);
   }
   {
-    std::shared_lock lock(mu_);
+    ReaderLock lock(&mu_);
     for (const auto& l : catalog.layers) {
       if (by_cache_id_.count(l.cache_id) || refused.count(l.cache_id)) continue;
       auto s = std::make_shared<Slot>();
@@ -137,7 +141,7 @@ Status StoreView::load(const Catalog& catalog, bool initial) {
       new_image->index = *idx;
     }
   }
-  std::unique_lock lock(mu_);
+  WriterLock lock(&mu_);
   for (auto& s : new_layers) {
     if (by_cache_id_.count(s->layer.cache_id)) continue;
     uint32_t n = static_cast<uint32_t>(slots_.size());
@@ -182,6 +186,7 @@ Status StoreView::follow_generations() {
     const std::string path = catalog_generation_path(next);
     if (!meta_.meta_version(path).ok()) return ok_status();  // not published (yet)
     Status st = [&]() -> Status {
+      refresh_mu_.assert_held();  // a lambda is checked as a function of its own
       // A generation that was refused (not a regular file, too large, corrupt) is not read again
       // until it changes: read_meta remembers it.
       std::optional<Catalog> catalog;
@@ -206,7 +211,7 @@ Status StoreView::follow_generations() {
 }
 
 bool StoreView::stopping() {
-  std::lock_guard lock(stop_mu_);
+  MutexLock lock(&stop_mu_);
   return stopping_;
 }
 
@@ -240,7 +245,7 @@ Status StoreView::refresh() {
   Status st = ok_status();
   bool newer = false;
   {
-    std::lock_guard guard(refresh_mu_);
+    MutexLock guard(&refresh_mu_);
     const uint64_t generation = generation_;
     const cache::MetaVersion version = catalog_version_;
     st = refresh_locked();
@@ -249,7 +254,7 @@ Status StoreView::refresh() {
   // Told without refresh_mu_, which is held while the store is waited on: set_on_change() at
   // unmount never waits for the store.
   if (newer) {
-    std::lock_guard lock(change_mu_);
+    MutexLock lock(&change_mu_);
     if (on_change_) on_change_();
   }
   return st;
@@ -268,6 +273,7 @@ Status StoreView::refresh_locked() {
   if (version == catalog_version_) return followed;
   bool loaded = false;
   auto reload = [&]() -> Status {
+    refresh_mu_.assert_held();  // a lambda is checked as a function of its own
     std::optional<Catalog> parsed;
     EXTRAFS_CHECK_STATUS(
         meta_.read_meta(kCatalogPath, catalog_cache_name_, kMaxCatalogSize, parse_catalog_into(&parsed)));
@@ -296,13 +302,13 @@ Status StoreView::refresh_locked() {
 Error StoreView::read_failed(uint32_t sn, Error e) {
   bool logged;
   {
-    std::shared_lock lock(mu_);
+    ReaderLock lock(&mu_);
     if (!removed_.count(sn)) return e;
     logged = removed_logged_.count(sn) != 0;
   }
   removed_layer_errors_.fetch_add(1, std::memory_order_relaxed);
   if (logged) return e;
-  std::unique_lock lock(mu_);
+  WriterLock lock(&mu_);
   if (removed_logged_.insert(sn).second)
     spdlog::warn(
         "layer {}, removed from the store, cannot be read whole any more: {}; the parts this host has not "
@@ -312,36 +318,36 @@ Error StoreView::read_failed(uint32_t sn, Error e) {
 }
 
 std::optional<Digest128> StoreView::image_tree() const {
-  std::shared_lock lock(mu_);
+  ReaderLock lock(&mu_);
   if (!image_slot_ || !slots_[image_slot_] || !slots_[image_slot_]->index) return std::nullopt;
   return slots_[image_slot_]->index->digest();
 }
 
 std::shared_ptr<const Slot> StoreView::slot(uint32_t n) const {
-  std::shared_lock lock(mu_);
+  ReaderLock lock(&mu_);
   if (n == 0 || n >= slots_.size()) return nullptr;
   return slots_[n];
 }
 
 uint32_t StoreView::image_slot() const {
-  std::shared_lock lock(mu_);
+  ReaderLock lock(&mu_);
   return image_slot_;
 }
 
 uint32_t StoreView::layer_by_cache_id(std::string_view cache_id) const {
-  std::shared_lock lock(mu_);
+  ReaderLock lock(&mu_);
   auto it = by_cache_id_.find(std::string(cache_id));
   return it == by_cache_id_.end() ? 0 : it->second;
 }
 
 uint32_t StoreView::layer_by_link(std::string_view link) const {
-  std::shared_lock lock(mu_);
+  ReaderLock lock(&mu_);
   auto it = by_link_.find(std::string(link));
   return it == by_link_.end() ? 0 : it->second;
 }
 
 std::vector<StoreView::LayerSlot> StoreView::layers() const {
-  std::shared_lock lock(mu_);
+  ReaderLock lock(&mu_);
   std::vector<LayerSlot> out;
   out.reserve(layer_slots_.size());
   for (uint32_t n : layer_slots_) out.push_back({n, slots_[n], removed_.count(n) != 0});
@@ -349,18 +355,18 @@ std::vector<StoreView::LayerSlot> StoreView::layers() const {
 }
 
 size_t StoreView::layer_count() const {
-  std::shared_lock lock(mu_);
+  ReaderLock lock(&mu_);
   return layer_slots_.size();
 }
 
 void StoreView::release_if_superseded(uint32_t n) {
-  std::unique_lock lock(mu_);
+  WriterLock lock(&mu_);
   if (n < slots_.size() && slots_[n] && slots_[n]->is_image && n != image_slot_ && inodes_.slot_nodes(n) == 0)
     slots_[n] = nullptr;
 }
 
 void StoreView::set_on_change(std::function<void()> f) {
-  std::lock_guard lock(change_mu_);
+  MutexLock lock(&change_mu_);
   on_change_ = std::move(f);
 }
 

@@ -51,20 +51,20 @@ WholeFileCopier::~WholeFileCopier() {
 
 void WholeFileCopier::stop() {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     stop_ = true;
   }
   cv_.notify_all();
 }
 
 bool WholeFileCopier::stopped() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   return stop_;
 }
 
 void WholeFileCopier::set_passthrough(bool on) {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     mode_ = on ? Mode::kOn : Mode::kOff;
   }
   cv_.notify_all();
@@ -75,7 +75,7 @@ void WholeFileCopier::want_copy(std::shared_ptr<const LayerIndex> idx, uint32_t 
   const Digest128 key = whole_file_key(*idx, e);
   if (files_.has(key)) return;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     if (stop_ || copy_queue_.size() >= kMaxQueued || !copy_pending_.insert(key).second) return;
     copy_queue_.push_back({key, std::move(idx), e});
   }
@@ -94,7 +94,7 @@ Fd WholeFileCopier::open(std::shared_ptr<const LayerIndex> idx, uint32_t e) {
   // copier hashes the copy for the next one, ahead of the copies settling.
   if (fd.code() != EAGAIN) return Fd();
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     if (stop_ || check_queue_.size() >= kMaxQueued || !check_pending_.insert(key).second) return Fd();
     check_queue_.push_front({key, std::move(idx), e, Clock::now()});
   }
@@ -105,8 +105,8 @@ Fd WholeFileCopier::open(std::shared_ptr<const LayerIndex> idx, uint32_t e) {
 void WholeFileCopier::loop() {
   Mode mode;
   {
-    std::unique_lock lock(mu_);
-    cv_.wait(lock, [&] { return stop_ || mode_ != Mode::kUndecided; });
+    MutexLock lock(&mu_);
+    while (!stop_ && mode_ == Mode::kUndecided) cv_.wait(&mu_);
     if (stop_) return;
     mode = mode_;
   }
@@ -127,7 +127,7 @@ void WholeFileCopier::loop() {
     Job job;
     bool is_check = false;
     {
-      std::unique_lock lock(mu_);
+      MutexLock lock(&mu_);
       for (;;) {
         if (stop_) return;
         if (!copy_queue_.empty()) {
@@ -142,9 +142,9 @@ void WholeFileCopier::loop() {
           break;
         }
         if (check_queue_.empty())
-          cv_.wait(lock);
+          cv_.wait(&mu_);
         else
-          cv_.wait_until(lock, check_queue_.front().due);
+          cv_.wait_until(&mu_, check_queue_.front().due);
       }
     }
     if (is_check)
@@ -161,7 +161,7 @@ void WholeFileCopier::check(Job job) {
     want.push_back({chunk_digest(c), c.raw_len, (c.flags & kChunkZero) != 0});
   Status st = files_.check(job.key, idx.attr_entry(job.entry).size, idx.chunk_size(), want);
   if (!st.ok()) spdlog::debug("whole-file copy {} not taken: {}", job.key.hex(), st.error().message);
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   // Changed a moment ago: once more when it has settled; after that the next open asks again.
   if (st.code() == EAGAIN && !job.retried) {
     job.retried = true;
@@ -199,7 +199,7 @@ void WholeFileCopier::copy(Job job) {
     return ok_status();
   }();
   if (!st.ok()) spdlog::debug("whole-file copy {} not made: {}", job.key.hex(), st.error().message);
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   copy_pending_.erase(job.key);
   // A copy written now is hashed once its identity can be trusted, before any open hands it
   // out; a bounded number wait for that (the others: at their first open).

@@ -18,10 +18,8 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <deque>
 #include <memory>
-#include <mutex>
 #include <thread>
 #include <unordered_set>
 
@@ -29,6 +27,7 @@
 #include "cache/whole_files.h"
 #include "common/hash.h"
 #include "common/posix_file.h"
+#include "common/thread_annotations.h"
 #include "format/layer_index.h"
 
 namespace extrafs::fs {
@@ -46,18 +45,18 @@ class WholeFileCopier {
   WholeFileCopier& operator=(const WholeFileCopier&) = delete;
 
   // The copier takes no new work and ends after the copy in progress's current chunk.
-  void stop();
+  void stop() EXCLUDES(mu_);
   // The kernel's answer to passthrough (called once, when INIT is answered).
-  void set_passthrough(bool on);
+  void set_passthrough(bool on) EXCLUDES(mu_);
   // Whether copies are made and handed out: the kernel agreed and they were taken in.
   bool on() const { return on_.load(std::memory_order_relaxed); }
   // A read reached the end of entry `e` of `idx`: queues a copy of it if it is large enough and
   // has none (bounded queue; dropped when full). Never waits for I/O.
-  void want_copy(std::shared_ptr<const format::LayerIndex> idx, uint32_t e);
+  void want_copy(std::shared_ptr<const format::LayerIndex> idx, uint32_t e) EXCLUDES(mu_);
   // Entry `e`'s copy, open read-only and checked by this mount, for an open; invalid if copies
   // are off, it has none, or it still has to be hashed (then queued for that, ahead of the
   // copies settling).
-  Fd open(std::shared_ptr<const format::LayerIndex> idx, uint32_t e);
+  Fd open(std::shared_ptr<const format::LayerIndex> idx, uint32_t e) EXCLUDES(mu_);
 
  private:
   struct Job {
@@ -69,27 +68,28 @@ class WholeFileCopier {
   };
   enum class Mode { kUndecided, kOn, kOff };  // set_passthrough's answer
 
-  void loop();
+  void loop() EXCLUDES(mu_);
   // Hashes the copy of `job` (WholeFiles::check); requeues it once if it changed a moment ago.
-  void check(Job job);
+  void check(Job job) EXCLUDES(mu_);
   // Makes the copy of `job` from the cached chunks; then queues its check.
-  void copy(Job job);
-  bool stopped();
+  void copy(Job job) EXCLUDES(mu_);
+  bool stopped() EXCLUDES(mu_);
 
   cache::ChunkFetcher& fetcher_;
   cache::WholeFiles& files_;
   const uint64_t min_size_;
   std::atomic<bool> on_{false};
 
-  std::mutex mu_;  // guards the fields below
-  std::condition_variable cv_;
-  Mode mode_ = Mode::kUndecided;
-  std::deque<Job> copy_queue_;
+  Mutex mu_;
+  CondVar cv_;
+  Mode mode_ GUARDED_BY(mu_) = Mode::kUndecided;
+  std::deque<Job> copy_queue_ GUARDED_BY(mu_);
   // Copies to hash before they are handed out, in order of `due`: those an open wanted (due at
   // once, at the front) and those just written (due once their identity can be trusted).
-  std::deque<Job> check_queue_;
-  std::unordered_set<Digest128, Digest128Hash> copy_pending_, check_pending_;
-  bool stop_ = false;
+  std::deque<Job> check_queue_ GUARDED_BY(mu_);
+  std::unordered_set<Digest128, Digest128Hash> copy_pending_ GUARDED_BY(mu_);
+  std::unordered_set<Digest128, Digest128Hash> check_pending_ GUARDED_BY(mu_);
+  bool stop_ GUARDED_BY(mu_) = false;
 
   std::thread thread_;  // last: started once everything above is built
 };
