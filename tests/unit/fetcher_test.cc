@@ -489,9 +489,10 @@ std::vector<cache::OwnedChunkRef> owned(const std::vector<cache::ChunkRef>& refs
   for (const auto& r : refs) out.push_back({std::string(r.object), r});
   return out;
 }
-// Waits (bounded) until the fetcher's counter of prefetched chunks reaches n.
+// Waits until the fetcher has no prefetch work left (everything queued was fetched or dropped),
+// then says whether its counter of prefetched chunks reached n.
 bool wait_prefetches(cache::ChunkFetcher& f, uint64_t n) {
-  for (int i = 0; i < 500 && f.stats().prefetches < n; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  f.wait_prefetch_idle();
   return f.stats().prefetches >= n;
 }
 }  // namespace
@@ -512,8 +513,6 @@ TEST_CASE("a prefetched sequence is read in few backend reads of at most 1 MiB, 
   REQUIRE(mem.reads() == 1);
   CHECK(f.prefetch_sequence(owned(refs)) == 10);
   REQUIRE(wait_prefetches(f, 9));
-  for (int i = 0; i < 100 && f.stats().chunks_fetched < 10; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   // Runs of at most 1 MiB: 0-3, 4-7, 8-9; in the second, held chunk 5 splits the read in two.
   CHECK(mem.reads() == 1 + 4);
   CHECK(f.stats().prefetches == 9);
@@ -542,8 +541,7 @@ TEST_CASE("a prefetched sequence queues at most half the memory LRU, and nothing
     for (uint32_t i = 0; i < 4; ++i) CHECK(f.is_cached(refs[i].digest));
     for (uint32_t i = 4; i < 16; ++i) CHECK_FALSE(f.is_cached(refs[i].digest));
     // Once those are fetched, the budget is free again.
-    for (int i = 0; i < 100 && f.prefetch_sequence(owned({refs[8]})) == 0; ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    CHECK(f.prefetch_sequence(owned({refs[8]})) == 1);
     REQUIRE(wait_prefetches(f, 5));
     CHECK(f.is_cached(refs[8].digest));
   }
@@ -576,8 +574,7 @@ TEST_CASE("prefetched sequences beyond the memory budget wait their turn, up to 
   // All 24 at once, the bound free again: 4 queued and 12 waiting are taken (chunks 0-15, held
   // already, so skipped when their turn comes); 16-23 are left to readers.
   CHECK(f.prefetch_sequence(owned(refs)) == 16);
-  for (int i = 0; i < 100 && f.stats().prefetches < 24; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  f.wait_prefetch_idle();
   CHECK(f.stats().prefetches == 16);
   CHECK_FALSE(f.is_cached(refs[16].digest));
   CHECK(mem.reads() == 4);
@@ -597,8 +594,7 @@ TEST_CASE("a prefetched sequence stops at a backend failure instead of waiting o
   faulty.fail_next_reads(1000, EIO);
   CapturedLog log;
   CHECK(f.prefetch_sequence(owned(refs)) == 4);
-  for (int i = 0; i < 200 && faulty.reads() < 1; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  f.wait_prefetch_idle();
   CHECK(faulty.reads() == 1);
   CHECK(f.stats().prefetches == 0);
   CHECK(log.lines_with("prefetch of blob stopped after a failed read; 3 reads dropped").size() == 1);

@@ -696,8 +696,7 @@ TEST_CASE("a sequential reader gets the next chunks fetched ahead, a random one 
   // Sequential: 1 KiB reads from the start; the file has four 4 KiB chunks.
   for (uint64_t off = 0; off < 3 * 1024; off += 1024) REQUIRE(core.read(bb, off, buf).ok());
   Digest128 second = xxh3_128(s.big.data() + 4096, 4096);
-  for (int i = 0; i < 300 && !fetcher.is_cached(second); ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  fetcher.wait_prefetch_idle();  // the reads above queued their readahead before returning
   CHECK(fetcher.stats().prefetches >= 1);
   REQUIRE(fetcher.is_cached(second));
   // Whatever was prefetched is served without another fetch of it.

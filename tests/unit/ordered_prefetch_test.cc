@@ -108,8 +108,9 @@ bool all_cached(cache::ChunkFetcher& f, const std::string& content) {
   return true;
 }
 
+// Whether the prefetches a touch started (synchronously queued) brought all of `content`.
 bool wait_cached(cache::ChunkFetcher& f, const std::string& content) {
-  for (int i = 0; i < 500 && !all_cached(f, content); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  f.wait_prefetch_idle();
   return all_cached(f, content);
 }
 
@@ -159,7 +160,7 @@ TEST_CASE("the first look at a layer's diff/ queues its prefix once per mount", 
   auto top = core.lookup(overlay->st.st_ino, kOrd);
   REQUIRE(top.ok());
   REQUIRE(core.lookup(top->st.st_ino, "link").ok());
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  fetcher.wait_prefetch_idle();  // a touch queues synchronously: anything it started is done now
   CHECK(fetcher.stats().prefetches == 0);
   // diff/ itself (what attach checks and overlayfs resolves): yes, before anything under it.
   walk(core, "");
@@ -176,7 +177,7 @@ TEST_CASE("a layer without an ordered prefix behaves as before: nothing is fetch
   REQUIRE(core_r.ok());
   FsCore& core = **core_r;
   CHECK(read_all(core, "bin/python") == s.files["bin/python"]);
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  fetcher.wait_prefetch_idle();
   CHECK(fetcher.stats().prefetches == 0);
   CHECK_FALSE(all_cached(fetcher, s.files["usr/lib/a"]));
 }
@@ -191,9 +192,7 @@ TEST_CASE("a hostile ordered prefix is clamped to the blob and the memory budget
   REQUIRE(core_r.ok());
   FsCore& core = **core_r;
   walk(core, "bin");
-  for (int i = 0; i < 300 && fetcher.stats().prefetches < 3; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  fetcher.wait_prefetch_idle();
   CHECK(fetcher.stats().prefetches == 3);
   CHECK(log.lines_with("is beyond the " + std::to_string(s.blob.size()) + " bytes of chunks in its blob; clamped")
             .size() == 1);
