@@ -108,7 +108,7 @@ Result<ChunkData> ChunkFetcher::get(const ChunkRef& c, std::span<const ChunkRef>
   {
     MutexLock lock(&mu_);
     if (auto f = failed_.find(c.digest); f != failed_.end()) {
-      if (std::chrono::steady_clock::now() - f->second < kFailureMemory)
+      if (now() - f->second < kFailureMemory)
         return make_error(EIO,
                           "chunk of " + std::string(c.object) + " at " + std::to_string(c.offset) + " failed just now");
       failed_.erase(f);
@@ -171,7 +171,7 @@ void ChunkFetcher::finish(const Digest128& d, const std::shared_ptr<InFlight>& f
     if (!result.ok()) {
       if (remember_failure) {
         if (failed_.size() > 4096) failed_.clear();
-        failed_[d] = std::chrono::steady_clock::now();
+        failed_[d] = now();
       }
     } else if (!failed_.empty()) {
       failed_.clear();

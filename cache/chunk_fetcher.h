@@ -59,6 +59,9 @@ struct FetcherOptions {
   size_t cache_write_queue = 32;
   // A failed write to the disk cache is logged the first time, then at most once per interval.
   std::chrono::milliseconds write_error_log_interval{std::chrono::minutes(1)};
+  // The clock of the short memory of a failed chunk (kFailureMemory); null: steady_clock::now.
+  // Unit tests pass one they move forward by hand instead of sleeping.
+  std::function<std::chrono::steady_clock::time_point()> now;
 };
 
 // Upper bounds, in seconds, of the buckets of the backend fetch latency histogram (an implicit
@@ -205,6 +208,9 @@ class ChunkFetcher : public MetaSource {
   // this, one read() of a dead server would wait for the timeout twice. Any successful fetch
   // (the server is back) forgets them all.
   std::unordered_map<Digest128, std::chrono::steady_clock::time_point, Digest128Hash> failed_ GUARDED_BY(mu_);
+  std::chrono::steady_clock::time_point now() const {
+    return options_.now ? options_.now() : std::chrono::steady_clock::now();
+  }
   static constexpr std::chrono::milliseconds kFailureMemory{500};
 
   std::atomic<uint64_t> bytes_fetched_{0}, own_bytes_fetched_{0}, chunks_fetched_{0}, cache_hits_{0}, cache_misses_{0},

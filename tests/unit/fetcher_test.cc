@@ -167,7 +167,10 @@ TEST_CASE("a corrupt chunk from the backend is fetched again, then reported as E
   std::string data = pseudo_random(8192, 4);
   mem.put("obj", data);
   backend::FaultBackend faulty(mem);
-  cache::ChunkFetcher f(faulty, {});
+  ManualClock clock;
+  cache::FetcherOptions o;
+  o.now = clock.clock();
+  cache::ChunkFetcher f(faulty, o);
   auto ref = ref_for("obj", data, 0, 8192);
   faulty.corrupt_next_reads(1);
   auto got = f.get(ref);
@@ -181,7 +184,8 @@ TEST_CASE("a corrupt chunk from the backend is fetched again, then reported as E
   REQUIRE_FALSE(bad.ok());
   CHECK(bad.code() == EIO);
   CHECK_FALSE(f.is_cached(ref2.digest));
-  std::this_thread::sleep_for(std::chrono::milliseconds(600));  // past the failure memory
+  CHECK(f.get(ref2).code() == EIO);               // remembered: no second backend read at once
+  clock.advance(std::chrono::milliseconds(600));  // past the failure memory
   CHECK(f.get(ref2).ok());
 }
 
@@ -190,7 +194,10 @@ TEST_CASE("backend errors are counted and passed on", "[fetcher]") {
   std::string data = pseudo_random(4096, 5);
   mem.put("obj", data);
   backend::FaultBackend faulty(mem);
-  cache::ChunkFetcher f(faulty, {});
+  ManualClock clock;
+  cache::FetcherOptions o;
+  o.now = clock.clock();
+  cache::ChunkFetcher f(faulty, o);
   faulty.fail_next_reads(1, ETIMEDOUT);
   auto ref = ref_for("obj", data, 0, 4096);
   CHECK(f.get(ref).code() == ETIMEDOUT);
@@ -198,7 +205,10 @@ TEST_CASE("backend errors are counted and passed on", "[fetcher]") {
   // A retry at once (the kernel re-issuing a failed readahead) does not wait on the backend again.
   CHECK(f.get(ref).code() == EIO);
   CHECK(faulty.reads() == 1);
-  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  clock.advance(std::chrono::milliseconds(499));
+  CHECK(f.get(ref).code() == EIO);  // still within the memory
+  CHECK(faulty.reads() == 1);
+  clock.advance(std::chrono::milliseconds(2));
   auto again = f.get(ref);
   INFO((again.ok() ? std::string() : again.error().message));
   CHECK(again.ok());  // the next read succeeds by itself

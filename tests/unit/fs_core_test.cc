@@ -125,14 +125,7 @@ struct Mount {
   }
 };
 
-// A clock the test moves by hand (FsCoreOptions::now): a back-off passes without a sleep.
-struct ManualClock {
-  std::shared_ptr<std::atomic<int64_t>> ms = std::make_shared<std::atomic<int64_t>>(0);
-  IndexLoader::Clock clock() const {
-    return [ms = ms] { return std::chrono::steady_clock::time_point(std::chrono::milliseconds(ms->load())); };
-  }
-  void advance(std::chrono::milliseconds d) { *ms += d.count(); }
-};
+using extrafs::testing::ManualClock;
 
 // The `extrafs stats --json` object of `core`.
 nlohmann::json stats(FsCore& core) { return stats_json(core.statistics()); }
@@ -793,6 +786,8 @@ TEST_CASE("a chunk that cannot be served fails the whole read, never a short one
   backend::FaultBackend faulty(s.mem);
   cache::FetcherOptions fopts;
   fopts.prefetch_threads = 0;  // no readahead: every backend read below is one the test asked for
+  ManualClock clock;
+  fopts.now = clock.clock();
   Mount m(faulty, manual(), fopts);
   FsCore& core = *m.core;
   uint64_t bb = walk(core, {"overlay2", kBase, "diff", "bin", "busybox"});
@@ -832,7 +827,7 @@ TEST_CASE("a chunk that cannot be served fails the whole read, never a short one
 
   // Once the fault is gone (and the fetcher's short memory of the failure has passed), the whole
   // file reads in full.
-  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  clock.advance(std::chrono::milliseconds(600));
   std::vector<std::byte> all(s.big.size() + 100);
   auto whole = core.read(bb, 0, all);
   REQUIRE(whole.ok());

@@ -155,4 +155,14 @@ struct CapturedLog {
   }
 };
 
+// A clock the test moves by hand (FsCoreOptions::now, FetcherOptions::now): a back-off or a
+// short memory passes without a sleep. Copies share the time; any thread may read it.
+struct ManualClock {
+  std::shared_ptr<std::atomic<int64_t>> ms = std::make_shared<std::atomic<int64_t>>(0);
+  std::function<std::chrono::steady_clock::time_point()> clock() const {
+    return [ms = ms] { return std::chrono::steady_clock::time_point(std::chrono::milliseconds(ms->load())); };
+  }
+  void advance(std::chrono::milliseconds d) { *ms += d.count(); }
+};
+
 }  // namespace extrafs::testing
