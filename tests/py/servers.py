@@ -626,7 +626,7 @@ class BadHttp:
 # nginx as a caching reverse proxy with the slice module
 
 
-class NginxSliceCache:
+class NginxSliceCache(Nginx):
     """nginx in front of an origin (`upstream`, http://HOST:PORT) as a caching reverse proxy
     that cuts every object into 1 MiB slices (ngx_http_slice_module, built into Debian's nginx):
     a ranged read of a big blob fetches and keeps only the slices it covers, so hosts that mount
@@ -636,13 +636,8 @@ class NginxSliceCache:
     max-age, so hosts still see a new catalog. The server block extrafs-store(5) documents."""
 
     def __init__(self, state: Path, upstream: str):
-        self.state, self.upstream = Path(state), upstream
-        self.port = 0
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        super().__init__(state, root=state, ca=None)  # serves no directory: root is unused
+        self.upstream = upstream
 
     def _conf(self) -> str:
         return f"""
@@ -693,34 +688,3 @@ http {{
     }}
 }}
 """
-
-    def start(self) -> "NginxSliceCache":
-        self.state.mkdir(parents=True, exist_ok=True)
-        (self.state / "tmp").mkdir(exist_ok=True)
-        for _ in range(10):
-            self.port = free_port()
-            conf = self.state / "nginx.conf"
-            conf.write_text(self._conf())
-            with open(self.state / "stderr.log", "ab") as err:
-                self.proc = subprocess.Popen(["nginx", "-p", str(self.state), "-e", str(self.state / "error.log"),
-                                              "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=err,
-                                             stdin=subprocess.DEVNULL)
-            try:
-                wait_port(self.port, 10, "nginx (slice cache)", self.proc, self.state / "error.log")
-                return self
-            except AssertionError:
-                stop_process(self.proc)
-                if "Address already in use" not in (self.state / "error.log").read_text(errors="replace"):
-                    raise
-        raise AssertionError("nginx (slice cache) did not start: no free port")
-
-    def stop(self):
-        stop_process(self.proc)
-        self.proc = None
-
-    def access_log(self) -> list[str]:
-        p = self.state / "access.log"
-        return p.read_text(errors="replace").splitlines() if p.exists() else []
-
-    def close(self):
-        self.stop()
