@@ -14,6 +14,7 @@ set -euo pipefail
 [ $# -ge 2 ] || { echo "usage: $0 BUILD_A BUILD_B [REPS]" >&2; exit 2; }
 A=$(realpath "$1")/tools/extrafs B=$(realpath "$2")/tools/extrafs REPS=${3:-7}
 HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/ab_lib.sh"
 ROOTFS_TAR=${EXTRAFS_BENCH_CACHE:-/var/cache/extrafs-bench}/bookworm-python3.tar
 [ -s "$ROOTFS_TAR" ] || { echo "$ROOTFS_TAR missing: run tests/bench/run.sh once" >&2; exit 1; }
 T=$(mktemp -d /tmp/xfo.XXXXXX)
@@ -30,14 +31,7 @@ mkdir -p "$T/src" "$T/res" "$T/empty" "$GSTATE"
 tar --numeric-owner -C "$T/src" -xf "$ROOTFS_TAR"
 python3 "$HERE/../integration/make_save_archive.py" "$T/img.tar" bench:1 "$T/src"
 "$B" publish --archive "$T/img.tar" --to "$T/stores/plain" >/dev/null
-URL=
-for port in $(seq 20540 2 20580); do
-  rc=0
-  out=$(GANESHA_PROTOCOLS=4 timeout 60 "$HERE/../nfs/ganesha.sh" start "$GSTATE" "$T/stores" "$port" 2>"$T/g.err") || rc=$?
-  [ $rc = 0 ] && { URL=$(sed -n 's/^NFS4_URL=//p' <<<"$out"); break; }
-  [ $rc = 3 ] || { cat "$T/g.err" >&2; exit 1; }
-done
-[ -n "$URL" ] || { echo "no free port for ganesha" >&2; exit 1; }
+start_ganesha 20540 20580
 
 # start BIN STORE NAME [EXTRA_OPTS]: fresh mount + overlay, cold chroot start; prints seconds.
 start() {

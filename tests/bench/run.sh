@@ -281,16 +281,7 @@ D a build -q -t bench-py:1 "$T/ctx/py" >/dev/null 2>"$T/build.err" || die "docke
 rm -f "$T/ctx/py/big.bin"
 IMAGES=(bench-py:1)
 if want small; then
-  python3 - "$T/ctx/small/small" <<'PY'
-import os, random, sys
-root = sys.argv[1]
-rnd = random.Random(9)
-for d in range(20):
-    os.makedirs(f"{root}/d{d:02}")
-    for f in range(100):
-        with open(f"{root}/d{d:02}/f{f:03}", "wb") as fh:
-            fh.write(os.urandom(rnd.randint(1024, 16384)))
-PY
+  python3 "$HERE/small_tree.py" "$T/ctx/small/small"
   printf 'FROM scratch\nCOPY small /small\n' >"$T/ctx/small/Dockerfile"
   D a build -q -t bench-small:1 "$T/ctx/small" >/dev/null 2>"$T/build.err" || die "docker build bench-small:1: $(tail -3 "$T/build.err")"
   IMAGES+=(bench-small:1)

@@ -17,6 +17,7 @@ set -euo pipefail
 A=$(realpath "$1")/tools/extrafs B=$(realpath "$2")/tools/extrafs REPS=${3:-5}
 for bin in "$A" "$B"; do [ -x "$bin" ] || { echo "$bin not found" >&2; exit 2; }; done
 HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/ab_lib.sh"
 T=$(mktemp -d /tmp/xfs-ab.XXXXXX)
 GSTATE=$T/ganesha MOUNTS=()
 cleanup() {
@@ -38,28 +39,12 @@ timed_read() {
   python3 -c "import sys; print('%.4f' % (float(sys.argv[2]) - float(sys.argv[1])))" "$t0" "$t1"
 }
 mkdir -p "$T/src" "$T/res" "$T/stores" "$GSTATE"
-python3 - "$T/src/small" <<'PY'
-import os, random, sys
-root = sys.argv[1]
-rnd = random.Random(9)
-for d in range(20):
-    os.makedirs(f"{root}/d{d:02}")
-    for f in range(100):
-        with open(f"{root}/d{d:02}/f{f:03}", "wb") as fh:
-            fh.write(os.urandom(rnd.randint(1024, 16384)))
-PY
+python3 "$HERE/small_tree.py" "$T/src/small"
 BYTES=$(readall "$T/src/small" | wc -c)
 python3 "$HERE/../integration/make_save_archive.py" "$T/img.tar" bench-small:1 "$T/src"
 "$B" publish --archive "$T/img.tar" --to "$T/stores/plain" >/dev/null
 CID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["layers"][0]["cache_id"])' "$T/stores/plain/extrafs/catalog")
-URL=
-for port in $(seq 20600 2 20640); do
-  rc=0
-  out=$(GANESHA_PROTOCOLS=4 timeout 60 "$HERE/../nfs/ganesha.sh" start "$GSTATE" "$T/stores" "$port" 2>"$T/g.err") || rc=$?
-  [ $rc = 0 ] && { URL=$(sed -n 's/^NFS4_URL=//p' <<<"$out"); break; }
-  [ $rc = 3 ] || { cat "$T/g.err" >&2; exit 1; }
-done
-[ -n "$URL" ] || { echo "no free port for ganesha" >&2; exit 1; }
+start_ganesha 20600 20640
 
 # run BIN NAME: the empty-cache read and the block-cache read of one build; appends the times
 # to res/NAME-cold and res/NAME-block and the empty-cache read's counters to res/NAME.stats.
