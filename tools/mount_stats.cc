@@ -310,6 +310,14 @@ Result<nlohmann::json> read_mount_stats(const std::string& mountpoint, bool with
                           fmt::format("{}: its daemon is gone (nothing listens on {}); remove the mount with "
                                       "'extrafs unmount {}'",
                                       mountpoint, socket, mountpoint));
+      case ECONNRESET:
+      case EPIPE:
+        // Accepted into the listen backlog, then closed unanswered: the daemon died with the
+        // connection queued (a SIGKILLed daemon's last threads still hold its socket for a moment).
+        return make_error(ECONNRESET,
+                          fmt::format("{}: its daemon is gone (it closed {} without answering); remove the mount "
+                                      "with 'extrafs unmount {}'",
+                                      mountpoint, socket, mountpoint));
       case EACCES:
         return make_error(EACCES,
                           fmt::format("{}: permission denied on {} (only root may read the statistics of a mount "

@@ -78,8 +78,8 @@ class StatsServer {
 
 // The statistics object of the extrafs mount at `mountpoint` (with each layer's "images" if
 // `with_images`). Errors, one line naming the mount point: EINVAL "is not an extrafs mount",
-// ENOENT no socket (its daemon is gone or older than this extrafs), ECONNREFUSED (its daemon is
-// gone), EACCES, ETIMEDOUT (no answer within 10 s), EBADMSG (an unreadable answer).
+// ENOENT no socket (its daemon is gone or older than this extrafs), ECONNREFUSED or ECONNRESET (its
+// daemon is gone), EACCES, ETIMEDOUT (no answer within 10 s), EBADMSG (an unreadable answer).
 Result<nlohmann::json> read_mount_stats(const std::string& mountpoint, bool with_images = false);
 
 // The pid of the daemon serving the extrafs mount at `mountpoint` (resolved, a mount point), or 0

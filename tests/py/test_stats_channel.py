@@ -133,6 +133,41 @@ def test_a_killed_daemons_socket_is_refused_then_removed(extrafs, mount, tmp):
     assert again.stats()["pid"] == again.pid != m.pid
 
 
+def test_a_daemon_dying_with_the_request_queued_is_gone(extrafs, mount, tmp):
+    """The race of a SIGKILL: the dead daemon's last threads still hold its socket, the client's
+    connection lands in the listen backlog and is then reset unanswered. Played without the race: a
+    listener that never accepts takes the dead daemon's socket path and closes with `stats` queued."""
+    import socket
+    import threading
+
+    store = small_store(extrafs, tmp)
+    m = mount(store.path)
+    sock = xf.stats_socket(m.path)
+    os.kill(m.pid, signal.SIGKILL)
+    xf.wait_until(lambda: not xf.process_alive(m.pid), 10, "the killed daemon to go")
+    sock.unlink()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock))
+    listener.listen(4)
+    queued = threading.Event()
+
+    def close_when_queued():
+        # the client's connect() is queued once the listener's backlog is readable
+        import select
+        ready, _, _ = select.select([listener], [], [], 15)
+        queued.set() if ready else None
+        listener.close()
+
+    t = threading.Thread(target=close_when_queued)
+    t.start()
+    try:
+        xf.expect_fail([extrafs, "stats", m.path, "--json"], 1, "daemon is gone")
+    finally:
+        t.join()
+    assert queued.is_set(), "stats never connected to the socket"
+    xf.run([extrafs, "unmount", m.path], timeout=30)
+
+
 def as_nobody(cmd):
     return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *map(str, cmd)]
 
