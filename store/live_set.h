@@ -1,6 +1,6 @@
-// The live set of a store: what hosts may still read, so what `extrafs gc` must keep (and what
-// `extrafs push --prune` must keep in a bucket that mirrors the store: it deletes only keys that
-// live_set.holds() says no).
+// The live set of a store: what hosts may still read, so what `extrafs gc` must keep. (`extrafs
+// push --prune` follows it at one remove: it deletes from a bucket only what the local store no
+// longer has, so what gc kept locally for the grace period stays in the bucket too.)
 //
 // Which catalogs count. A mounted host follows the store's catalog within a second or two, so a
 // catalog generation matters for as long as it was the newest one less than the grace period
