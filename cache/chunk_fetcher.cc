@@ -15,7 +15,8 @@ ChunkFetcher::ChunkFetcher(backend::Backend& backend, FetcherOptions options)
     : backend_(backend),
       options_(options),
       memory_(options.memory_bytes),
-      write_log_(options.write_error_log_interval),
+      write_log_(options.error_log_interval),
+      read_log_(options.error_log_interval),
       meta_(backend, options.disk, [this](const Error& e) { note_write_error(e); }) {
   if (options_.disk && options_.cache_write_queue > 0)
     writer_ = std::make_unique<CacheWriter>(*options_.disk, options_.cache_write_queue,
@@ -218,9 +219,7 @@ std::vector<Result<ChunkData>> ChunkFetcher::fetch_run(std::span<const ChunkRef>
   auto n = backend_.read(run[0].object, run[0].offset, std::span(stored.data(), stored.size()));
   fetch_hist_.observe(std::chrono::steady_clock::now() - started);
   if (!n.ok()) {
-    backend_errors_++;
-    spdlog::warn("read of {} at {} ({} chunks) failed: {}", run[0].object, run[0].offset, run.size(),
-                 n.error().message);
+    note_read_error(run[0].object, run[0].offset, run.size(), n.error());
     for (size_t i = 0; i < run.size(); ++i) out.push_back(n.error());
     return out;
   }
@@ -272,8 +271,7 @@ Result<ChunkData> ChunkFetcher::fetch_one(const ChunkRef& c, int attempts, bool 
     auto n = backend_.read(c.object, c.offset, std::span(stored.data(), stored.size()));
     if (!own) fetch_hist_.observe(std::chrono::steady_clock::now() - started);
     if (!n.ok()) {
-      backend_errors_++;
-      spdlog::warn("read of {} at {} failed: {}", c.object, c.offset, n.error().message);
+      note_read_error(c.object, c.offset, 1, n.error());
       return n.error();
     }
     if (own) {
@@ -309,7 +307,7 @@ std::string ChunkFetcher::describe() const { return meta_.describe(); }
 void ChunkFetcher::note_write_error(const Error& e) {
   ++cache_write_errors_;
   // A full cache disk fails every put: one line now and then says so without flooding the log.
-  const auto due = write_log_.note();
+  const auto due = write_log_.note(now());
   if (!due) return;
   const uint64_t since = due->since, total = due->total;
   if (due->first) {
@@ -320,6 +318,20 @@ void ChunkFetcher::note_write_error(const Error& e) {
   } else {
     spdlog::warn("cannot write to the cache: {} failure{} since the last report, {} in all; reads still succeed: {}",
                  since, since == 1 ? "" : "s", total, e.message);
+  }
+}
+
+void ChunkFetcher::note_read_error(std::string_view object, uint64_t offset, size_t chunks, const Error& e) {
+  ++backend_errors_;
+  const auto due = read_log_.note(now());
+  if (!due) return;
+  const std::string what = chunks == 1 ? fmt::format("{} at {}", object, offset)
+                                       : fmt::format("{} at {} ({} chunks)", object, offset, chunks);
+  if (due->first) {
+    spdlog::warn("read of {} failed (more failures are reported at most once a minute): {}", what, e.message);
+  } else {
+    spdlog::warn("store reads: {} failure{} since the last report, {} in all; the last: read of {}: {}", due->since,
+                 due->since == 1 ? "" : "s", due->total, what, e.message);
   }
 }
 

@@ -57,10 +57,12 @@ struct FetcherOptions {
   // Fetched chunks waiting to be written to `disk` by the background writer; a fetch that finds
   // the queue full waits for room. 0 writes on the fetching thread instead.
   size_t cache_write_queue = 32;
-  // A failed write to the disk cache is logged the first time, then at most once per interval.
-  std::chrono::milliseconds write_error_log_interval{std::chrono::minutes(1)};
-  // The clock of the short memory of a failed chunk (kFailureMemory); null: steady_clock::now.
-  // Unit tests pass one they move forward by hand instead of sleeping.
+  // A failed read from the store and a failed write to the disk cache are logged the first time,
+  // then at most once per interval (each kind on its own): a dead server or a full disk fails
+  // every request, and a removed layer every read of a chunk no cache holds.
+  std::chrono::milliseconds error_log_interval{std::chrono::minutes(1)};
+  // The clock of the short memory of a failed chunk (kFailureMemory) and of error_log_interval;
+  // null: steady_clock::now. Unit tests pass one they move forward by hand instead of sleeping.
   std::function<std::chrono::steady_clock::time_point()> now;
 };
 
@@ -193,6 +195,8 @@ class ChunkFetcher : public MetaSource {
   bool held(const Digest128& d) EXCLUDES(mu_);
   // Counts a failed disk-cache write and logs it, rate-limited.
   void note_write_error(const Error& e);
+  // Counts a failed backend read of `chunks` chunks of `object` at `offset` and logs it, rate-limited.
+  void note_read_error(std::string_view object, uint64_t offset, size_t chunks, const Error& e);
 
   backend::Backend& backend_;
   FetcherOptions options_;
@@ -218,8 +222,8 @@ class ChunkFetcher : public MetaSource {
 
   // Backend reads of chunks by how long they took.
   LatencyHistogram<kFetchBucketCount> fetch_hist_{kFetchBuckets};
-  // When a failed disk-cache write is logged (options_.write_error_log_interval).
-  LogLimiter write_log_;
+  // When a failed disk-cache write and a failed backend read are logged (options_.error_log_interval).
+  LogLimiter write_log_, read_log_;
 
   // The MetaSource part. After the counters and write_log_: it reports through note_write_error.
   StoreMeta meta_;

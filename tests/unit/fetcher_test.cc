@@ -118,9 +118,11 @@ TEST_CASE("failed disk-cache writes are counted and logged now and then; reads s
   std::string data = pseudo_random(16 * 4096, 9);
   mem.put("obj", data);
   FullDiskCache full;
+  ManualClock clock;
   cache::FetcherOptions o;
   o.disk = &full;
-  o.write_error_log_interval = std::chrono::milliseconds(300);
+  o.error_log_interval = std::chrono::milliseconds(300);
+  o.now = clock.clock();
   cache::ChunkFetcher f(mem, o);
   CapturedLog log;
   for (uint32_t i = 0; i < 5; ++i) {
@@ -135,7 +137,7 @@ TEST_CASE("failed disk-cache writes are counted and logged now and then; reads s
   CHECK(lines[0].rfind("warning", 0) == 0);
   CHECK(lines[0].find("No space left on device") != std::string::npos);
 
-  std::this_thread::sleep_for(std::chrono::milliseconds(350));
+  clock.advance(std::chrono::milliseconds(350));
   REQUIRE(f.get(ref_for("obj", data, 5 * 4096, 4096)).ok());
   REQUIRE(f.read_meta("obj", "meta-obj", 1 << 20, [](const std::string&) { return ok_status(); }).ok());
   f.flush_cache_writes();
@@ -212,6 +214,37 @@ TEST_CASE("backend errors are counted and passed on", "[fetcher]") {
   auto again = f.get(ref);
   INFO((again.ok() ? std::string() : again.error().message));
   CHECK(again.ok());  // the next read succeeds by itself
+}
+
+TEST_CASE("failed store reads are logged the first time, then at most once per interval", "[fetcher]") {
+  // A dead server, or a layer removed from the store, fails every read: the log must not grow
+  // a line per chunk.
+  backend::MemoryBackend mem;
+  std::string data = pseudo_random(64 * 4096, 6);
+  mem.put("obj", data);
+  backend::FaultBackend faulty(mem);
+  ManualClock clock;
+  cache::FetcherOptions o;
+  o.error_log_interval = std::chrono::seconds(60);
+  o.now = clock.clock();
+  cache::ChunkFetcher f(faulty, o);
+  CapturedLog log;
+  faulty.fail_next_reads(40, ENOENT);
+  for (uint32_t i = 0; i < 20; ++i) CHECK(f.get(ref_for("obj", data, i * 4096, 4096)).code() == ENOENT);
+  CHECK(f.stats().backend_errors == 20);
+  auto lines = log.lines_with("read of obj");
+  REQUIRE(lines.size() == 1);
+  CHECK(lines[0].find("read of obj at 0 failed") != std::string::npos);
+  clock.advance(std::chrono::seconds(59));
+  CHECK(f.get(ref_for("obj", data, 20 * 4096, 4096)).code() == ENOENT);
+  CHECK(log.lines_with("read of obj").size() == 1);
+  clock.advance(std::chrono::seconds(2));
+  CHECK(f.get(ref_for("obj", data, 21 * 4096, 4096)).code() == ENOENT);
+  lines = log.lines_with("read of obj");
+  REQUIRE(lines.size() == 2);
+  CHECK(lines[1].find("21 failures since the last report, 22 in all; the last: read of obj at 86016") !=
+        std::string::npos);
+  CHECK(f.stats().backend_errors == 22);
 }
 
 TEST_CASE("lz4 chunks are decompressed and verified", "[fetcher]") {
