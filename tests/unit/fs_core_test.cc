@@ -804,7 +804,8 @@ TEST_CASE("a small file read from the store brings the small files stored after 
   //   b/g0..g5 (40 KiB each: the byte bound decides),
   //   h/h0, h1, h1sub/ (a directory), h2..h5,
   //   k/k0 (200 KiB: too big to bring or be brought), k1, k2, k3 (200 KiB), k4,
-  //   s/a, s/m00..m69 (directories), s/z (more entries away than a neighbour is looked for).
+  //   s/a, s/m00..m69 (directories), s/z (more entries away than a neighbour is looked for),
+  //   c/c0, c1 (stored bytes corrupt), c2.
   const std::string kId(64, '4');
   BlobLayer l(1 << 20);
   uint32_t a = add_dir(l.b, l.root, "a"), b = add_dir(l.b, l.root, "b"), h = add_dir(l.b, l.root, "h"),
@@ -824,6 +825,11 @@ TEST_CASE("a small file read from the store brings the small files stored after 
   l.add(sd, "a", 2000);  // 57
   for (int i = 0; i < 70; ++i) add_dir(l.b, sd, fmt::format("m{:02}", i));
   l.add(sd, "z", 2000);  // 58
+  uint32_t cd = add_dir(l.b, l.root, "c");
+  l.add(cd, "c0", 2000);  // 59
+  l.add(cd, "c1", 2000);  // 60
+  l.add(cd, "c2", 2000);  // 61
+  l.blob[l.blob.size() - 3000] ^= 1;
   l.put(s, kId);
 
   Mount m(s.mem);
@@ -887,6 +893,16 @@ TEST_CASE("a small file read from the store brings the small files stored after 
   // Neighbours are looked for among the next 64 entries only.
   CHECK(read("s", "a", 57) == std::pair<uint64_t, uint64_t>{1, 1});
   CHECK(held(58, 59) == "0");
+
+  // A corrupt neighbour: the reader still gets its file, after one more backend read of the
+  // neighbour alone (it might have been caught mid-replacement); it is not kept, the one after
+  // it is. Its own reader gets EIO.
+  CHECK(read("c", "c0", 59) == std::pair<uint64_t, uint64_t>{2, 4});
+  CHECK(held(59, 62) == "101");
+  std::vector<std::byte> buf(2000);
+  auto bad = core.read(walk(core, {"overlay2", kId, "diff", "c", "c1"}), 0, buf);
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.code() == EIO);
   fetcher.wait_prefetch_idle();
   CHECK(fetcher.stats().prefetches == 0);
 }
