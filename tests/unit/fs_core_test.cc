@@ -847,28 +847,24 @@ TEST_CASE("a small file read from the store brings the small files stored after 
     CHECK(std::memcmp(buf.data(), l.contents[f].data(), buf.size()) == 0);
     return std::pair{s.mem.reads() - reads0, fetcher.stats().chunks_fetched - chunks0};
   };
+  // Which of files [from, to) are held: '1' or '0' each, a space after every ten.
   auto held = [&](size_t from, size_t to) {
     std::string out;
-    for (size_t f = from; f < to; ++f) out += fetcher.is_cached(l.digest(f)) ? '1' : '0';
+    for (size_t f = from; f < to; ++f) {
+      if (f > from && (f - from) % 10 == 0) out += ' ';
+      out += fetcher.is_cached(l.digest(f)) ? '1' : '0';
+    }
     return out;
   };
 
   // The file bound: a/f10 brings f11..f26 in its own backend read; f27 stays in the store.
   CHECK(read("a", "f10", 10) == std::pair<uint64_t, uint64_t>{1, 17});
-  CHECK(held(0, 40) ==
-        "0000000000"
-        "1111111111"
-        "1111111000"
-        "0000000000");
+  CHECK(held(0, 40) == "0000000000 1111111111 1111111000 0000000000");
   // What it brought is served without the store.
   CHECK(read("a", "f26", 26) == std::pair<uint64_t, uint64_t>{0, 0});
   // Held files end a neighbour read: f05 brings f06..f09, not f10 (held) nor what is after it.
   CHECK(read("a", "f05", 5) == std::pair<uint64_t, uint64_t>{1, 5});
-  CHECK(held(0, 40) ==
-        "0000011111"
-        "1111111111"
-        "1111111000"
-        "0000000000");
+  CHECK(held(0, 40) == "0000011111 1111111111 1111111000 0000000000");
   // The last of a directory brings nothing of the next one.
   CHECK(read("a", "f39", 39) == std::pair<uint64_t, uint64_t>{1, 1});
   CHECK(held(40, 41) == "0");
