@@ -73,6 +73,35 @@ void walk_ahead(Readahead& readahead, cache::ChunkFetcher& fetcher, uint32_t slo
   fetcher.prefetch(std::span(refs.data(), n));
 }
 
+// Readahead's neighbours in the store: the chunks of the small files stored right after file
+// `e` of `idx`, whose last chunk is `last`, in its directory, within Readahead's neighbour
+// bounds, into `out`. Returns how many; stops where the run in the store breaks (another
+// object, a gap, a hole) and at the first file that does not fit in what is left of the bounds
+// (the byte bound counts file sizes: what is stored is no more).
+size_t neighbours(const LayerIndex& idx, uint32_t e, const ChunkRecord& last, std::span<cache::ChunkRef> out) {
+  const EntryRecord& dir = idx.entry(idx.entry(e).parent);
+  const uint64_t scan_end =
+      std::min<uint64_t>(uint64_t{dir.child_first} + dir.child_count, uint64_t{e} + 1 + Readahead::kNeighbourScan);
+  uint64_t end = last.offset + last.stored_len, bytes = 0;
+  size_t n = 0;
+  uint32_t files = 0;
+  for (uint64_t i = uint64_t{e} + 1; i < scan_end && files < Readahead::kNeighbourFiles; ++i) {
+    const EntryRecord& r = idx.attr_entry(static_cast<uint32_t>(i));
+    if (!S_ISREG(r.mode) || r.size == 0) continue;
+    if (bytes + r.size > Readahead::kNeighbourBytes) break;
+    const auto chunks = idx.chunks(static_cast<uint32_t>(i));
+    if (n + chunks.size() > out.size()) break;
+    for (const ChunkRecord& c : chunks) {
+      if ((c.flags & kChunkZero) || c.object != last.object || c.offset != end) return n;
+      out[n++] = chunk_ref(idx, c);
+      end += c.stored_len;
+    }
+    bytes += r.size;
+    ++files;
+  }
+  return n;
+}
+
 }  // namespace
 
 FsCore::FsCore(cache::ChunkFetcher& fetcher, cache::MetaSource& meta, FsCoreOptions options)
@@ -444,13 +473,17 @@ Result<size_t> FsCore::read_pieces(uint64_t ino, uint64_t offset, size_t size, s
       pieces.push_back({nullptr, std::span(kZeros, len)});
     } else {
       // The rest of this read and the readahead window go along: a chunk that must come from
-      // the backend brings the ones right after it in the same read.
-      std::array<cache::ChunkRef, kMaxFollowing> following;
+      // the backend brings the ones right after it in the same read; so do a small file's
+      // neighbours in the store once the rest of the file is in the list.
+      std::array<cache::ChunkRef, kMaxFollowing + Readahead::kNeighbourFiles> following;
       size_t nf = 0;
-      for (uint64_t fi = ci + 1; fi <= last_wanted && nf < kMaxFollowing; ++fi) {
+      uint64_t fi = ci + 1;
+      for (; fi <= last_wanted && nf < kMaxFollowing; ++fi) {
         if (chunks[fi].flags & kChunkZero) break;
         following[nf++] = chunk_ref(idx, chunks[fi]);
       }
+      if (fi == chunks.size() && rec.size <= Readahead::kWalkFileMax)
+        nf += neighbours(idx, e, chunks.back(), std::span(following).subspan(nf));
       auto data = fetcher_.get(chunk_ref(idx, c), std::span(following.data(), nf));
       if (!data.ok()) {
         // The whole request fails, even when earlier chunks of it were served: the kernel takes

@@ -9,7 +9,16 @@
 //     `find | xargs cat`, `tar c` or a copy do). Tracked per directory. Each file of such a walk
 //     then costs no round trip of its own: the caller fetches the window's small files together
 //     (adjacent ones in the store come in one backend read).
-// Readahead only decides; FsCore (fs_core.cc) turns the answer into ChunkFetcher::prefetch calls.
+//   - Neighbours in the store: a small file read from the backend brings along, in the same
+//     backend read, the small files of its directory stored right after it (a publish stores a
+//     directory's files side by side, in name order). A reader that opens a few files of a big
+//     directory in no walk (a program importing its modules: `__init__` then `aliases`) then
+//     finds the next ones here without a round trip of their own. No state: the bounds below
+//     (kNeighbourFiles, kNeighbourBytes) cap what one read may bring, and the fetcher takes only
+//     the neighbours that are neither held nor being fetched, up to the first one that is.
+// Readahead only decides; FsCore (fs_core.cc) turns the answer into ChunkFetcher::prefetch calls
+// (walks, file readahead) and into the chunks a fetch reads along (ChunkFetcher::get's
+// `following`: the rest of a read, its readahead window, a small file's neighbours).
 //
 // Thread-safety: every method may be called from any thread (the FUSE workers' reads). Locks:
 // `mu_` and `walks_mu_`, each a leaf.
@@ -33,6 +42,15 @@ class Readahead {
   // A walk skips at most kWalkGap - 1 entries between two files (directories, links, files it
   // does not read).
   static constexpr uint32_t kWalkGap = 4;
+  // Neighbours a small file (at most kWalkFileMax bytes) read from the backend brings along:
+  // the regular files after it in its directory whose chunks continue its own in the same
+  // object without a gap, at most kNeighbourFiles files and kNeighbourBytes bytes of content
+  // (so a 2 KiB read of a big directory costs at most 128 KiB more in the same backend read,
+  // and a bigger file is never brought), looked for among the next kNeighbourScan entries
+  // (directories, links and empty files between them are passed over).
+  static constexpr uint32_t kNeighbourFiles = 16;
+  static constexpr uint64_t kNeighbourBytes = 128 << 10;
+  static constexpr uint32_t kNeighbourScan = 64;
 
   // A read of node `ino` covers [offset, end): the number of chunks after the one it ends in to
   // fetch ahead.

@@ -9,7 +9,8 @@
 # 'print(6*7)'` timed; plus the same chroot start from the extracted rootfs on local disk, page
 # cache dropped. Prints medians, and each build's backend reads and prefetched chunks (from
 # `extrafs stats`). The docker-run start of run.sh costs ~0.4 s of dockerd/runc on its own; this
-# shows the part the store and the daemon decide. Needs root, /dev/fuse, overlayfs, nfs-ganesha.
+# shows the part the store and the daemon decide; the plain store's rows are issue 21's python
+# start without docker, empty cache. Needs root, /dev/fuse, overlayfs, nfs-ganesha.
 set -euo pipefail
 [ $# -ge 2 ] || { echo "usage: $0 BUILD_A BUILD_B [REPS]" >&2; exit 2; }
 A=$(realpath "$1")/tools/extrafs B=$(realpath "$2")/tools/extrafs REPS=${3:-7}
@@ -68,15 +69,18 @@ done
 python3 - "$T/res" "$1" "$2" <<'PY'
 import os, statistics, sys
 res, a, b = sys.argv[1:4]
-def med(name): return statistics.median(float(l) for l in open(os.path.join(res, name)))
+def vals(name): return [float(l) for l in open(os.path.join(res, name))]
+def med(name): return statistics.median(vals(name))
+def runs(name): return " ".join("%.3f" % v for v in vals(name))
 ext4 = med("ext4")
-print(f"A = {a}, B = {b}; medians of {len(open(os.path.join(res, 'ext4')).readlines())}; ext4 (page cache dropped) {ext4:.4f} s")
-print("| build | store | chroot start (s) | vs ext4 | backend reads | prefetched chunks | bytes fetched |")
-print("|---|---|---|---|---|---|---|")
+print(f"A = {a}, B = {b}; medians of {len(vals('ext4'))}; ext4 (page cache dropped) {ext4:.4f} s (all: {runs('ext4')})")
+print("| build | store | chroot start (s) | vs ext4 | all runs (s) | backend reads | prefetched chunks | bytes fetched |")
+print("|---|---|---|---|---|---|---|---|")
 for ab in "AB":
     for store in ("plain", "ordered"):
         t = med(f"{ab}-{store}")
         st = [list(map(int, l.split())) for l in open(os.path.join(res, f"{ab}-{store}.stats"))]
         reads, pf, fetched = (statistics.median(s[i] for s in st) for i in range(3))
-        print(f"| {ab} | {store} | {t:.4f} | {t / ext4:.2f} | {reads:.0f} | {pf:.0f} | {fetched / 1048576:.1f} MiB |")
+        print(f"| {ab} | {store} | {t:.4f} | {t / ext4:.2f} | {runs(f'{ab}-{store}')} | {reads:.0f} | {pf:.0f} | "
+              f"{fetched / 1048576:.2f} MiB |")
 PY

@@ -16,6 +16,8 @@ changes it while the server runs); it is a ','-separated list of:
   503=N:S           the first N requests after the mode was set get 503 with Retry-After: S
   404               404 to everything
   only-head         correct HEAD answers, 500 to every GET
+  delay=MS          every request waits MS milliseconds before it is answered (a far server);
+                    combines with the others
 
 Every request is logged to REQUEST_LOG as "METHOD PATH range=RANGE cache-control=VALUE" (one
 line, appended), and every body cut short by the client as "CUT PATH SENT/LENGTH".
@@ -27,6 +29,7 @@ import socketserver
 import ssl
 import sys
 import threading
+import time
 import urllib.parse
 
 PORT, ROOT, MODE_FILE, LOG = int(sys.argv[1]), os.path.realpath(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -95,6 +98,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         cc = self.headers.get("Cache-Control", "")
         with lock, open(LOG, "a") as f:
             f.write(f"{self.command} {self.path} range={rng} cache-control={cc}\n")
+        if "delay" in opts:
+            time.sleep(float(opts["delay"]) / 1000)
         if "503" in opts:
             count, _, secs = opts["503"].partition(":")
             if n <= int(count):

@@ -151,6 +151,42 @@ std::vector<std::pair<std::string, uint32_t>> list(FsCore& core, uint64_t ino) {
   return out;
 }
 
+// A layer of one-chunk files stored side by side in one object ("blob"), in the order they are
+// added, as a publish lays out a directory's files.
+struct BlobLayer {
+  IndexBuilder b;
+  uint32_t root, obj;
+  std::string blob;
+  std::vector<std::string> contents;  // by file number: the order added
+
+  explicit BlobLayer(uint32_t chunk_size) : b(chunk_size), root(add_root(b)), obj(b.add_object("blob")) {}
+  // Adds a file of `size` bytes (at most the chunk size) named `name` to directory `dir`.
+  void add(uint32_t dir, const std::string& name, size_t size) {
+    std::string content = pseudo_random(size, static_cast<uint32_t>(contents.size() + 100));
+    BuildEntry e;
+    e.name = name;
+    e.parent = dir;
+    e.st = make_stat(S_IFREG | 0644, size);
+    ChunkRecord c{};
+    c.object = obj;
+    c.offset = blob.size();
+    c.raw_len = c.stored_len = static_cast<uint32_t>(size);
+    Digest128 d = xxh3_128(content.data(), size);
+    std::memcpy(c.digest, d.bytes.data(), 16);
+    e.chunks.push_back(c);
+    b.add(std::move(e));
+    blob += content;
+    contents.push_back(std::move(content));
+  }
+  Digest128 digest(size_t k) const { return xxh3_128(contents[k].data(), contents[k].size()); }
+  // Puts the blob and the layer, as layer `id`, into `s`'s store and catalog.
+  void put(Store& s, const std::string& id) {
+    s.mem.put("blob", blob);
+    s.catalog.layers.push_back(put_layer(s.mem, id, b, "BLOBLINK", std::nullopt));
+    s.mem.put(kCatalogPath, s.catalog.serialize());
+  }
+};
+
 }  // namespace
 
 TEST_CASE("FsCore shows the overlay2-shaped tree", "[fscore]") {
@@ -705,40 +741,18 @@ TEST_CASE("a reader walking a directory gets its next files fetched ahead, toget
   // A layer of small files stored side by side in one blob, as a publish lays out a directory:
   // d/f00..f39, then e/f0..f4.
   const std::string kSmall(64, '3');
-  IndexBuilder b(4096);
-  uint32_t root = add_root(b);
-  uint32_t obj = b.add_object("blob");
-  std::string blob;
-  std::vector<std::string> contents;
-  auto add_small = [&](uint32_t dir, const std::string& name, size_t size) {
-    std::string content = pseudo_random(size, static_cast<uint32_t>(contents.size() + 100));
-    BuildEntry e;
-    e.name = name;
-    e.parent = dir;
-    e.st = make_stat(S_IFREG | 0644, size);
-    ChunkRecord c{};
-    c.object = obj;
-    c.offset = blob.size();
-    c.raw_len = c.stored_len = static_cast<uint32_t>(size);
-    Digest128 d = xxh3_128(content.data(), size);
-    std::memcpy(c.digest, d.bytes.data(), 16);
-    e.chunks.push_back(c);
-    b.add(std::move(e));
-    blob += content;
-    contents.push_back(std::move(content));
-  };
-  uint32_t d = add_dir(b, root, "d");
-  uint32_t e = add_dir(b, root, "e");
-  for (int i = 0; i < 40; ++i) add_small(d, fmt::format("f{:02}", i), 1000 + 50 * i);
-  for (int i = 0; i < 5; ++i) add_small(e, fmt::format("f{}", i), 2000);
-  s.mem.put("blob", blob);
-  s.catalog.layers.push_back(put_layer(s.mem, kSmall, b, "SMALLLINK", std::nullopt));
-  s.mem.put(kCatalogPath, s.catalog.serialize());
+  BlobLayer l(4096);
+  uint32_t d = add_dir(l.b, l.root, "d");
+  uint32_t e = add_dir(l.b, l.root, "e");
+  for (int i = 0; i < 40; ++i) l.add(d, fmt::format("f{:02}", i), 1000 + 50 * i);
+  for (int i = 0; i < 5; ++i) l.add(e, fmt::format("f{}", i), 2000);
+  l.put(s, kSmall);
+  const std::vector<std::string>& contents = l.contents;
 
   Mount m(s.mem);
   FsCore& core = *m.core;
   cache::ChunkFetcher& fetcher = m.fetcher;
-  auto digest_of = [&](size_t k) { return xxh3_128(contents[k].data(), contents[k].size()); };
+  auto digest_of = [&](size_t k) { return l.digest(k); };
   auto read_whole = [&](std::string_view dir, std::string name, size_t k) {
     uint64_t ino = walk(core, {"overlay2", kSmall, "diff", dir, name});
     std::vector<std::byte> buf(contents[k].size());
@@ -763,14 +777,15 @@ TEST_CASE("a reader walking a directory gets its next files fetched ahead, toget
     if (i >= 2) REQUIRE(fetcher.is_cached(digest_of(i)));
     read_whole("d", fmt::format("f{:02}", i), i);
   }
-  // Each of d's files but f20 and f21 (held since the partial reads) fetched once: f00 and f01
-  // by the reader, the rest in windows growing with the walk (2, 3, 5, 8 and 16 files; f20
-  // and f21 split two of them), then f38 and f39 once half the window is left: 8 backend
-  // reads for 38 files.
+  // Each of d's files but f20..f36 (the first partial read brought them: f20's neighbours in
+  // the store, see the next test) fetched once: f00 with its 16 neighbours f01..f16 by the
+  // reader, then f17..f19 (the rest of the walk's window of 16 files from f05), f37 (its
+  // window of 32 from f06) and f38, f39 (refilled once half of it was left) by the walk: 4
+  // backend reads for 23 files.
   fetcher.wait_prefetch_idle();
-  CHECK(fetcher.stats().chunks_fetched - fetched0 == 38);
-  CHECK(s.mem.reads() - reads0 == 8);
-  CHECK(fetcher.stats().prefetches == 36);
+  CHECK(fetcher.stats().chunks_fetched - fetched0 == 23);
+  CHECK(s.mem.reads() - reads0 == 4);
+  CHECK(fetcher.stats().prefetches == 6);
   // The window ends with the directory: nothing of e was fetched.
   for (size_t k = 40; k < 45; ++k) CHECK_FALSE(fetcher.is_cached(digest_of(k)));
 
@@ -779,6 +794,113 @@ TEST_CASE("a reader walking a directory gets its next files fetched ahead, toget
   for (int i = 4; i >= 0; --i) read_whole("e", fmt::format("f{}", i), 40 + i);
   fetcher.wait_prefetch_idle();
   CHECK(fetcher.stats().prefetches == prefetched);
+}
+
+TEST_CASE("a small file read from the store brings the small files stored after it in its directory along",
+          "[fscore]") {
+  Store s;
+  // Directories whose files are stored side by side in one blob, in name order:
+  //   a/f00..f39 (1-3 KiB: the file bound of a neighbour read decides),
+  //   b/g0..g5 (40 KiB each: the byte bound decides),
+  //   h/h0, h1, h1sub/ (a directory), h2..h5,
+  //   k/k0 (200 KiB: too big to bring or be brought), k1, k2, k3 (200 KiB), k4,
+  //   s/a, s/m00..m69 (directories), s/z (more entries away than a neighbour is looked for),
+  //   c/c0, c1 (stored bytes corrupt), c2.
+  const std::string kId(64, '4');
+  BlobLayer l(1 << 20);
+  uint32_t a = add_dir(l.b, l.root, "a"), b = add_dir(l.b, l.root, "b"), h = add_dir(l.b, l.root, "h"),
+           k = add_dir(l.b, l.root, "k");
+  for (int i = 0; i < 40; ++i) l.add(a, fmt::format("f{:02}", i), 1000 + 50 * i);  // files 0..39
+  for (int i = 0; i < 6; ++i) l.add(b, fmt::format("g{}", i), 40 << 10);           // 40..45
+  l.add(h, "h0", 2000);                                                            // 46
+  l.add(h, "h1", 2000);                                                            // 47
+  add_dir(l.b, h, "h1sub");
+  for (int i = 2; i < 6; ++i) l.add(h, fmt::format("h{}", i), 2000);  // 48..51
+  l.add(k, "k0", 200 << 10);                                          // 52
+  l.add(k, "k1", 2000);                                               // 53
+  l.add(k, "k2", 2000);                                               // 54
+  l.add(k, "k3", 200 << 10);                                          // 55
+  l.add(k, "k4", 2000);                                               // 56
+  uint32_t sd = add_dir(l.b, l.root, "s");
+  l.add(sd, "a", 2000);  // 57
+  for (int i = 0; i < 70; ++i) add_dir(l.b, sd, fmt::format("m{:02}", i));
+  l.add(sd, "z", 2000);  // 58
+  uint32_t cd = add_dir(l.b, l.root, "c");
+  l.add(cd, "c0", 2000);  // 59
+  l.add(cd, "c1", 2000);  // 60
+  l.add(cd, "c2", 2000);  // 61
+  l.blob[l.blob.size() - 3000] ^= 1;
+  l.put(s, kId);
+
+  Mount m(s.mem);
+  FsCore& core = *m.core;
+  cache::ChunkFetcher& fetcher = m.fetcher;
+  // Reads file number `f` (in directory `dir`) whole; returns the backend reads and chunks
+  // fetched that took. Nothing here is a walk or a sequential stream: no prefetch.
+  auto read = [&](std::string_view dir, const std::string& name, size_t f) {
+    uint64_t ino = walk(core, {"overlay2", kId, "diff", dir, name});  // the first one reads the index
+    const uint64_t reads0 = s.mem.reads(), chunks0 = fetcher.stats().chunks_fetched;
+    std::vector<std::byte> buf(l.contents[f].size());
+    auto n = core.read(ino, 0, buf);
+    REQUIRE(n.ok());
+    REQUIRE(*n == buf.size());
+    CHECK(std::memcmp(buf.data(), l.contents[f].data(), buf.size()) == 0);
+    return std::pair{s.mem.reads() - reads0, fetcher.stats().chunks_fetched - chunks0};
+  };
+  // Which of files [from, to) are held: '1' or '0' each, a space after every ten.
+  auto held = [&](size_t from, size_t to) {
+    std::string out;
+    for (size_t f = from; f < to; ++f) {
+      if (f > from && (f - from) % 10 == 0) out += ' ';
+      out += fetcher.is_cached(l.digest(f)) ? '1' : '0';
+    }
+    return out;
+  };
+
+  // The file bound: a/f10 brings f11..f26 in its own backend read; f27 stays in the store.
+  CHECK(read("a", "f10", 10) == std::pair<uint64_t, uint64_t>{1, 17});
+  CHECK(held(0, 40) == "0000000000 1111111111 1111111000 0000000000");
+  // What it brought is served without the store.
+  CHECK(read("a", "f26", 26) == std::pair<uint64_t, uint64_t>{0, 0});
+  // Held files end a neighbour read: f05 brings f06..f09, not f10 (held) nor what is after it.
+  CHECK(read("a", "f05", 5) == std::pair<uint64_t, uint64_t>{1, 5});
+  CHECK(held(0, 40) == "0000011111 1111111111 1111111000 0000000000");
+  // The last of a directory brings nothing of the next one.
+  CHECK(read("a", "f39", 39) == std::pair<uint64_t, uint64_t>{1, 1});
+  CHECK(held(40, 41) == "0");
+
+  // The byte bound: 3 neighbours of 40 KiB fit in 128 KiB, a fourth would not.
+  const uint64_t bytes0 = fetcher.stats().bytes_fetched;
+  CHECK(read("b", "g0", 40) == std::pair<uint64_t, uint64_t>{1, 4});
+  CHECK(held(40, 46) == "111100");
+  CHECK(fetcher.stats().bytes_fetched - bytes0 == 4 * (40 << 10));
+
+  // A directory between files is passed over; the neighbours end with the directory.
+  CHECK(read("h", "h0", 46) == std::pair<uint64_t, uint64_t>{1, 6});
+  CHECK(held(46, 53) == "1111110");
+
+  // Big files neither bring their neighbours nor are brought: k0 comes alone; k1 brings k2 and
+  // stops before k3.
+  CHECK(read("k", "k0", 52) == std::pair<uint64_t, uint64_t>{1, 1});
+  CHECK(held(53, 57) == "0000");
+  CHECK(read("k", "k1", 53) == std::pair<uint64_t, uint64_t>{1, 2});
+  CHECK(held(52, 57) == "11100");
+
+  // Neighbours are looked for among the next 64 entries only.
+  CHECK(read("s", "a", 57) == std::pair<uint64_t, uint64_t>{1, 1});
+  CHECK(held(58, 59) == "0");
+
+  // A corrupt neighbour: the reader still gets its file, after one more backend read of the
+  // neighbour alone (it might have been caught mid-replacement); it is not kept, the one after
+  // it is. Its own reader gets EIO.
+  CHECK(read("c", "c0", 59) == std::pair<uint64_t, uint64_t>{2, 4});
+  CHECK(held(59, 62) == "101");
+  std::vector<std::byte> buf(2000);
+  auto bad = core.read(walk(core, {"overlay2", kId, "diff", "c", "c1"}), 0, buf);
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.code() == EIO);
+  fetcher.wait_prefetch_idle();
+  CHECK(fetcher.stats().prefetches == 0);
 }
 
 TEST_CASE("a chunk that cannot be served fails the whole read, never a short one", "[fscore]") {
