@@ -128,20 +128,23 @@ Header decode_header(const uint8_t* p) {
 
 // Reads the `size`-byte file open with O_DIRECT on `fd` from offset 0 into `buf`, `cap` bytes
 // long (a multiple of kDirectAlign, >= size): every read asks for whole blocks, which O_DIRECT
-// wants, and the file's end makes the last one short. Returns the count or -errno.
-ssize_t pread_direct(int fd, std::byte* buf, size_t size, size_t cap) {
+// wants, and the file's end makes the last one short. As pread_all (common/posix_file.h): 0 or
+// errno, the count in `*got`.
+int pread_direct(int fd, std::byte* buf, size_t size, size_t cap, size_t* got) {
   size_t done = 0;
   while (done < size) {
     ssize_t n = ::pread(fd, buf + done, cap - done, static_cast<off_t>(done));
     if (n < 0) {
       if (errno == EINTR) continue;
-      return -errno;
+      *got = done;
+      return errno;
     }
     if (n == 0) break;
     done += static_cast<size_t>(n);
     if (done % kDirectAlign != 0) break;  // short: the end of the file
   }
-  return static_cast<ssize_t>(done);
+  *got = done;
+  return 0;
 }
 
 // Whether the page cache holds all of the first `size` bytes of the file open on `fd`: mincore()
@@ -488,8 +491,9 @@ DiskBlockCache::ReadResult DiskBlockCache::read_chunk(const Digest128& d, bool t
     no_direct("open");
     read_direct = false;
   }
-  ssize_t n = read_direct ? pread_direct(fd.get(), r.data.data(), size, r.data.size()) : 0;
-  if (read_direct && n == -EINVAL) {  // switched, but refused at read time
+  size_t got = 0;
+  int err = read_direct ? pread_direct(fd.get(), r.data.data(), size, r.data.size(), &got) : 0;
+  if (read_direct && err == EINVAL) {  // switched, but refused at read time
     no_direct("read");
     read_direct = false;
     if (::fcntl(fd.get(), F_SETFL, fl) != 0) {
@@ -499,14 +503,10 @@ DiskBlockCache::ReadResult DiskBlockCache::read_chunk(const Digest128& d, bool t
       return r;
     }
   }
-  if (!read_direct) {
-    size_t got = 0;
-    const int e = pread_all(fd.get(), r.data.data(), size, 0, &got);
-    n = e != 0 ? -e : static_cast<ssize_t>(got);  // pread_direct's form: the count or -errno
-  }
+  if (!read_direct) err = pread_all(fd.get(), r.data.data(), size, 0, &got);
   // A read error (EIO from a bad sector) makes the chunk as useless as a digest mismatch; so does
   // a file that is not the size it was a moment ago.
-  if (n != static_cast<ssize_t>(size)) {
+  if (err != 0 || got != size) {
     r.data = {};
     return r;
   }
