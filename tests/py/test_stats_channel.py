@@ -10,8 +10,11 @@ itself, also after a remount on the warm cache. A killed daemon's socket is refu
 and removed by `extrafs unmount`; the socket admits root only, unless the mount has allow_other.
 """
 import os
+import select
 import signal
+import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -137,9 +140,6 @@ def test_a_daemon_dying_with_the_request_queued_is_gone(extrafs, mount, tmp):
     """The race of a SIGKILL: the dead daemon's last threads still hold its socket, the client's
     connection lands in the listen backlog and is then reset unanswered. Played without the race: a
     listener that never accepts takes the dead daemon's socket path and closes with `stats` queued."""
-    import socket
-    import threading
-
     store = small_store(extrafs, tmp)
     m = mount(store.path)
     sock = xf.stats_socket(m.path)
@@ -153,9 +153,9 @@ def test_a_daemon_dying_with_the_request_queued_is_gone(extrafs, mount, tmp):
 
     def close_when_queued():
         # the client's connect() is queued once the listener's backlog is readable
-        import select
         ready, _, _ = select.select([listener], [], [], 15)
-        queued.set() if ready else None
+        if ready:
+            queued.set()
         listener.close()
 
     t = threading.Thread(target=close_when_queued)

@@ -752,7 +752,6 @@ TEST_CASE("a reader walking a directory gets its next files fetched ahead, toget
   Mount m(s.mem);
   FsCore& core = *m.core;
   cache::ChunkFetcher& fetcher = m.fetcher;
-  auto digest_of = [&](size_t k) { return l.digest(k); };
   auto read_whole = [&](std::string_view dir, std::string name, size_t k) {
     uint64_t ino = walk(core, {"overlay2", kSmall, "diff", dir, name});
     std::vector<std::byte> buf(contents[k].size());
@@ -774,7 +773,7 @@ TEST_CASE("a reader walking a directory gets its next files fetched ahead, toget
   for (int i = 0; i < 40; ++i) {
     fetcher.wait_prefetch_idle();
     INFO("file " << i);
-    if (i >= 2) REQUIRE(fetcher.is_cached(digest_of(i)));
+    if (i >= 2) REQUIRE(fetcher.is_cached(l.digest(i)));
     read_whole("d", fmt::format("f{:02}", i), i);
   }
   // Each of d's files but f20..f36 (the first partial read brought them: f20's neighbours in
@@ -787,7 +786,7 @@ TEST_CASE("a reader walking a directory gets its next files fetched ahead, toget
   CHECK(s.mem.reads() - reads0 == 4);
   CHECK(fetcher.stats().prefetches == 6);
   // The window ends with the directory: nothing of e was fetched.
-  for (size_t k = 40; k < 45; ++k) CHECK_FALSE(fetcher.is_cached(digest_of(k)));
+  for (size_t k = 40; k < 45; ++k) CHECK_FALSE(fetcher.is_cached(l.digest(k)));
 
   // Not a walk either: e's files in reverse order.
   const uint64_t prefetched = fetcher.stats().prefetches;
