@@ -57,6 +57,33 @@ def current_mode():
     return opts, n
 
 
+class Body:
+    """Bytes [start, end] of the file at path, plus `extra` after them; read as they are sent,
+    so that a request costs what it answers, not the whole file (a blob of the tests is 64 MiB
+    and the daemon asks for 1 MiB ranges of it many at a time)."""
+
+    def __init__(self, path, start, end, extra=b""):
+        self.path, self.start, self.end, self.extra = path, start, end, extra
+
+    def __len__(self):
+        return max(0, self.end + 1 - self.start) + len(self.extra)
+
+
+def pieces(body, size=65536):
+    if isinstance(body, Body):
+        with open(body.path, "rb") as f:
+            pos = body.start
+            while pos <= body.end:
+                piece = os.pread(f.fileno(), min(size, body.end + 1 - pos), pos)
+                if not piece:
+                    raise OSError(f"{body.path} ended at {pos}")
+                yield piece
+                pos += len(piece)
+        body = body.extra
+    for i in range(0, len(body), size):
+        yield body[i:i + size]
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -64,6 +91,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
     def send(self, status, headers=(), body=b"", length=None, close=False):
+        """body: bytes or a Body (a file's byte range, read piece by piece as it is sent)."""
         self.send_response(status)
         for k, v in headers:
             self.send_header(k, v)
@@ -74,9 +102,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             sent = 0
             try:
-                while sent < len(body):
-                    self.wfile.write(body[sent:sent + 65536])
-                    sent += min(65536, len(body) - sent)
+                for piece in pieces(body):
+                    self.wfile.write(piece)
+                    sent += len(piece)
             except (BrokenPipeError, ConnectionResetError):
                 with lock, open(LOG, "a") as f:
                     f.write(f"CUT {self.path} {sent}/{len(body)}\n")
@@ -115,44 +143,46 @@ class Handler(http.server.BaseHTTPRequestHandler):
         p = self.file()
         if p is None:
             return self.send(404, body=b"not found\n")
-        data = open(p, "rb").read()
-        mtime = email.utils.formatdate(os.stat(p).st_mtime, usegmt=True)
-        common = [("Last-Modified", mtime), ("ETag", f'"{os.stat(p).st_mtime_ns:x}-{len(data):x}"')]
+        st = os.stat(p)
+        size = st.st_size
+        mtime = email.utils.formatdate(st.st_mtime, usegmt=True)
+        common = [("Last-Modified", mtime), ("ETag", f'"{st.st_mtime_ns:x}-{size:x}"')]
         if self.command == "HEAD":
-            return self.send(200, common, length=len(data))
+            return self.send(200, common, length=size)
         if "truncate" in opts:
-            start, end = 0, len(data) - 1
+            start, end = 0, size - 1
             if rng.startswith("bytes="):
                 a, _, b = rng[6:].partition("-")
-                start, end = int(a), min(int(b) if b else len(data) - 1, len(data) - 1)
-            body = data[start:end + 1]
+                start, end = int(a), min(int(b) if b else size - 1, size - 1)
+            body = Body(p, start, end)
             status = 206 if rng else 200
-            hdr = common + ([("Content-Range", f"bytes {start}-{end}/{len(data)}")] if rng else [])
+            hdr = common + ([("Content-Range", f"bytes {start}-{end}/{size}")] if rng else [])
             self.send_response(status)
             for k, v in hdr:
                 self.send_header(k, v)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Connection", "close")
             self.end_headers()
-            self.wfile.write(body[: len(body) // 2])
+            for piece in pieces(Body(p, start, start + len(body) // 2 - 1)):
+                self.wfile.write(piece)
             self.wfile.flush()
             self.close_connection = True
             return
         if not rng or "ignore-range" in opts:
-            return self.send(200, common, data)
+            return self.send(200, common, Body(p, 0, size - 1))
         a, _, b = rng[6:].partition("-")
         start = int(a)
-        end = min(int(b) if b else len(data) - 1, len(data) - 1)
-        if start >= len(data):
-            return self.send(416, [("Content-Range", f"bytes */{len(data)}")])
+        end = min(int(b) if b else size - 1, size - 1)
+        if start >= size:
+            return self.send(416, [("Content-Range", f"bytes */{size}")])
         if "wrong-range" in opts:
-            start, end = start + 1, min(end + 1, len(data) - 1)
-        body = data[start:end + 1]
-        hdr = common + [("Content-Range", f"bytes {start}-{end}/{len(data)}")]
+            start, end = start + 1, min(end + 1, size - 1)
+        body = Body(p, start, end)
+        hdr = common + [("Content-Range", f"bytes {start}-{end}/{size}")]
         if "no-content-range" in opts:
             hdr = common
         if "overlong" in opts:
-            body += b"X"
+            body.extra = b"X"
         return self.send(206, hdr, body)
 
     do_GET = handle_any
