@@ -309,15 +309,11 @@ void ChunkFetcher::note_write_error(const Error& e) {
   // A full cache disk fails every put: one line now and then says so without flooding the log.
   const auto due = write_log_.note(now());
   if (!due) return;
-  const uint64_t since = due->since, total = due->total;
   if (due->first) {
-    spdlog::warn(
-        "cannot write to the cache (reads still succeed from the store; more failures are reported at most "
-        "once a minute): {}",
-        e.message);
+    spdlog::warn("cannot write to the cache (reads still succeed from the store; more failures are reported {}): {}",
+                 write_log_.cadence(), e.message);
   } else {
-    spdlog::warn("cannot write to the cache: {} failure{} since the last report, {} in all; reads still succeed: {}",
-                 since, since == 1 ? "" : "s", total, e.message);
+    spdlog::warn("cannot write to the cache: {}; reads still succeed: {}", due->counts("failure"), e.message);
   }
 }
 
@@ -328,10 +324,9 @@ void ChunkFetcher::note_read_error(std::string_view object, uint64_t offset, siz
   const std::string what = chunks == 1 ? fmt::format("{} at {}", object, offset)
                                        : fmt::format("{} at {} ({} chunks)", object, offset, chunks);
   if (due->first) {
-    spdlog::warn("read of {} failed (more failures are reported at most once a minute): {}", what, e.message);
+    spdlog::warn("read of {} failed (more failures are reported {}): {}", what, read_log_.cadence(), e.message);
   } else {
-    spdlog::warn("store reads: {} failure{} since the last report, {} in all; the last: read of {}: {}", due->since,
-                 due->since == 1 ? "" : "s", due->total, what, e.message);
+    spdlog::warn("store reads: {}; the last: read of {}: {}", due->counts("failure"), what, e.message);
   }
 }
 

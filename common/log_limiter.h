@@ -9,6 +9,9 @@
 #include <chrono>
 #include <cstdint>
 #include <optional>
+#include <string>
+
+#include <fmt/format.h>
 
 #include "common/thread_annotations.h"
 
@@ -25,7 +28,19 @@ class LogLimiter {
     bool first = false;  // the first occurrence: nothing was logged before
     uint64_t since = 0;  // occurrences since the last line, this one included
     uint64_t total = 0;  // occurrences in all
+    // "N failures since the last report, M in all" (noun "failure").
+    std::string counts(std::string_view noun) const {
+      return fmt::format("{} {}{} since the last report, {} in all", since, noun, since == 1 ? "" : "s", total);
+    }
   };
+  // "at most once a minute" or "at most once every N s": for the first line, which tells the
+  // reader that later ones are held back, and for how long.
+  std::string cadence() const {
+    const auto s = std::chrono::duration_cast<std::chrono::seconds>(interval_).count();
+    if (s == 60) return "at most once a minute";
+    return fmt::format("at most once every {} s", s);
+  }
+
   // Counts one occurrence at `now`: what the line should say if one is due now, else nullopt.
   std::optional<Due> note(Clock::time_point now = Clock::now()) EXCLUDES(mu_) {
     MutexLock lock(&mu_);

@@ -27,3 +27,13 @@ TEST_CASE("a log limiter lets the first occurrence through, then one per interva
   CHECK(last->since == 2);
   CHECK(last->total == 9);
 }
+
+TEST_CASE("a limiter's line says how often later lines come and how many it stands for", "[log]") {
+  CHECK(LogLimiter(seconds(60)).cadence() == "at most once a minute");
+  CHECK(LogLimiter(seconds(5)).cadence() == "at most once every 5 s");
+  LogLimiter limit(seconds(60));
+  const auto t0 = LogLimiter::Clock::time_point{} + seconds(1000);
+  CHECK(limit.note(t0)->counts("failure") == "1 failure since the last report, 1 in all");
+  CHECK_FALSE(limit.note(t0 + seconds(1)));
+  CHECK(limit.note(t0 + seconds(61))->counts("failure") == "2 failures since the last report, 3 in all");
+}
