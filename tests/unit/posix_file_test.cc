@@ -157,7 +157,7 @@ TEST_CASE("the POSIX loops return 0 or a positive errno, counts through an out-p
   CHECK(got == 5);
   CHECK(std::string(buf, 5) == "World");
   // Failures: the errno, positive; nothing read.
-  CHECK(pread_all(w.get(), buf, 4, 0, &got) == EBADF);  // closed above
+  CHECK(pread_all(w.get(), buf, 4, 0, &got) == EBADF);  // w holds -1 since close_checked()
   CHECK(got == 0);
   CHECK(write_all(r.get(), "x", 1) == EBADF);  // opened read-only
   CHECK(pwrite_all(r.get(), "x", 1, 0) == EBADF);
