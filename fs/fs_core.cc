@@ -1,7 +1,7 @@
 #include "fs/fs_core.h"
 
 #include "common/str_util.h"
-#include "fs/chunk_ref.h"
+#include "fs/index_chunks.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>

@@ -6,7 +6,7 @@
 #include <optional>
 #include <unordered_set>
 
-#include "fs/chunk_ref.h"
+#include "fs/index_chunks.h"
 
 namespace extrafs::fs {
 

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "fs/chunk_ref.h"
+#include "fs/index_chunks.h"
 
 namespace extrafs::fs {
 

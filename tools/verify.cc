@@ -5,7 +5,7 @@
 #include "cache/chunk_fetcher.h"
 #include "format/catalog.h"
 #include "format/layer_index.h"
-#include "fs/chunk_ref.h"
+#include "fs/index_chunks.h"
 
 namespace extrafs::tools {
 

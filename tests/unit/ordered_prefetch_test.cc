@@ -6,8 +6,8 @@
 #include <thread>
 
 #include "cache/chunk_fetcher.h"
-#include "fs/chunk_ref.h"
 #include "fs/fs_core.h"
+#include "fs/index_chunks.h"
 #include "fs/ordered_prefetch.h"
 #include "test_util.h"
 

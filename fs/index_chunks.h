@@ -1,4 +1,4 @@
-// Turning an index's chunk records into what the cache layer fetches.
+// An index's chunk records as the cache layer fetches them (cache::ChunkRef, cache/chunk_ref.h).
 #pragma once
 
 #include <cstring>
