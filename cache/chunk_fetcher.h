@@ -141,6 +141,9 @@ class ChunkFetcher : public MetaSource {
 
   // Whether the chunk is held locally (memory or disk).
   bool is_cached(const Digest128& d);
+  // Whether it is held locally or on its way (being fetched, or queued for the disk): get()
+  // then costs the store nothing more (it waits for the fetch in progress, if any).
+  bool held(const Digest128& d) EXCLUDES(mu_);
 
   // MetaSource. read_meta keeps what passes `check` in the disk cache (if there is one) under
   // `cache_name`, so bad bytes in the store never replace a good cached copy.
@@ -191,8 +194,6 @@ class ChunkFetcher : public MetaSource {
   // (see failed_) if `remember_failure`.
   void finish(const Digest128& d, const std::shared_ptr<InFlight>& flight, const Result<ChunkData>& result,
               bool remember_failure);
-  // Held in memory, on disk, queued for the disk, or being fetched.
-  bool held(const Digest128& d) EXCLUDES(mu_);
   // Counts a failed disk-cache write and logs it, rate-limited.
   void note_write_error(const Error& e);
   // Counts a failed backend read of `chunks` chunks of `object` at `offset` and logs it, rate-limited.

@@ -178,10 +178,13 @@ void WholeFileCopier::copy(Job job) {
   bool written = false;
   Status st = [&]() -> Status {
     if (files_.has(job.key)) return ok_status();
-    // Only a file read whole: every chunk already here (so a copy costs the store nothing,
-    // unless the cache evicts a chunk meanwhile; that one is fetched again).
+    // Only a file read whole: every chunk already here or on its way (a reader's READ of an
+    // earlier part can still be fetching when the one that reached the end has been answered:
+    // the kernel sends READs of one file in parallel; get() below then waits for that fetch).
+    // So a copy costs the store nothing, unless the cache evicts a chunk meanwhile; that one
+    // is fetched again.
     for (const ChunkRecord& c : idx.chunks(job.entry))
-      if (!(c.flags & kChunkZero) && !fetcher_.is_cached(chunk_digest(c)))
+      if (!(c.flags & kChunkZero) && !fetcher_.held(chunk_digest(c)))
         return make_error(ENOENT, "not all chunks are cached");
     EXTRAFS_TRY(w, files_.begin(job.key, size));
     uint64_t off = 0;

@@ -5,7 +5,8 @@
 //     cache holds (nothing would read them, and they take room from the chunks) and ends; else
 //     takes them in (WholeFiles::load) and only then are copies made and handed out (on());
 //   - makes the copies want_copy() queues (a read reached the end of a large file) from chunks
-//     all cached on this host, each verified on the way in, so a copy costs the store nothing;
+//     all cached on this host or being fetched for it (ChunkFetcher::held), each verified on the
+//     way in, so a copy costs the store nothing;
 //   - hashes copies before their first hand-out (the settle queue): those an open asked for
 //     (due at once) and those just written (due once their identity can be trusted,
 //     FileIdentity::settled), so that no open waits for a hash.
