@@ -71,12 +71,15 @@ void WholeFileCopier::set_passthrough(bool on) {
 }
 
 void WholeFileCopier::want_copy(std::shared_ptr<const LayerIndex> idx, uint32_t e) {
-  if (!on() || idx->attr_entry(e).size < min_size_) return;
+  if (idx->attr_entry(e).size < min_size_) return;
   const Digest128 key = whole_file_key(*idx, e);
-  if (files_.has(key)) return;
+  // While the copier takes the copies in (the kernel agreed, on() is not yet true) the job is
+  // queued all the same, for after that (copy() asks has() then): a file read whole in that
+  // moment still gets its copy.
+  if (on() && files_.has(key)) return;
   {
     MutexLock lock(&mu_);
-    if (stop_ || copy_queue_.size() >= kMaxQueued || !copy_pending_.insert(key).second) return;
+    if (stop_ || mode_ != Mode::kOn || copy_queue_.size() >= kMaxQueued || !copy_pending_.insert(key).second) return;
     copy_queue_.push_back({key, std::move(idx), e});
   }
   cv_.notify_one();

@@ -51,8 +51,9 @@ class WholeFileCopier {
   void set_passthrough(bool on) EXCLUDES(mu_);
   // Whether copies are made and handed out: the kernel agreed and they were taken in.
   bool on() const { return on_.load(std::memory_order_relaxed); }
-  // A read reached the end of entry `e` of `idx`: queues a copy of it if it is large enough and
-  // has none (bounded queue; dropped when full). Never waits for I/O.
+  // A read reached the end of entry `e` of `idx`: queues a copy of it if it is large enough,
+  // has none and the kernel agreed to passthrough (bounded queue; dropped when full). Never
+  // waits for I/O.
   void want_copy(std::shared_ptr<const format::LayerIndex> idx, uint32_t e) EXCLUDES(mu_);
   // Entry `e`'s copy, open read-only and checked by this mount, for an open; invalid if copies
   // are off, it has none, or it still has to be hashed (then queued for that, ahead of the
