@@ -21,7 +21,8 @@ def read_again(path, timeout=20) -> bytes:
     EIO for a short back-off (under a second) before it asks the store again. The bound is on
     "reads again", not on speed: one attempt reads the whole file (64 MiB in the Range test) from
     badhttp.py, and a chunk stalled on a loaded machine costs an attempt up to the mount's
-    timeout= (5 s) before the next one (seen once in CI, with the .deb build beside it)."""
+    timeout= (5 s) before the next one. (The stalls seen in CI were badhttp.py's own: it read the
+    whole blob for every range it answered; it reads only the range now.)"""
     xf.wait_until(lambda: xf.read_file_errno(path) == "OK", timeout, f"{path} to read again")
     return open(path, "rb").read()
 

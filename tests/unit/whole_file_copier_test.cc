@@ -46,6 +46,20 @@ struct OneFile {
   }
 };
 
+// Fetcher options with no prefetch workers: nothing is fetched but what a test asks for.
+cache::FetcherOptions no_prefetch() {
+  cache::FetcherOptions fo;
+  fo.prefetch_threads = 0;
+  return fo;
+}
+
+// The whole-file copies kept in `t` (not taken in yet: the copier does that).
+std::unique_ptr<cache::WholeFiles> open_whole_files(const TempDir& t) {
+  auto files = cache::WholeFiles::open(t.path, 1 << 20);
+  REQUIRE(files.ok());
+  return std::move(files).value();
+}
+
 // WholeFiles whose load() waits until `loaded` is set (the copier taking copies in, slowly);
 // everything else is the real one's.
 class SlowLoad : public cache::WholeFiles {
@@ -85,13 +99,10 @@ TEST_CASE("a whole-file copy waits for a chunk still being fetched instead of gi
   const auto& idx = file.idx;
   const uint32_t e = file.entry;
 
-  cache::FetcherOptions fo;
-  fo.prefetch_threads = 0;
-  cache::ChunkFetcher fetcher(store, fo);
+  cache::ChunkFetcher fetcher(store, no_prefetch());
   TempDir t;
-  auto files = cache::WholeFiles::open(t.path, 1 << 20);
-  REQUIRE(files.ok());
-  WholeFileCopier copier(fetcher, **files, /*min_size=*/1);
+  auto files = open_whole_files(t);
+  WholeFileCopier copier(fetcher, *files, /*min_size=*/1);
   copier.set_passthrough(true);
   REQUIRE(eventually([&] { return copier.on(); }, 5s));
 
@@ -110,7 +121,7 @@ TEST_CASE("a whole-file copy waits for a chunk still being fetched instead of gi
   store.release_reads();
   reader.join();
   const Digest128 key = whole_file_key(*idx, e);
-  CHECK(eventually([&] { return (*files)->has(key); }, 5s));
+  CHECK(eventually([&] { return files->has(key); }, 5s));
   CHECK(store.reads() == 4);  // one per chunk: the copy read nothing from the store
 }
 
@@ -120,13 +131,9 @@ TEST_CASE("a file read whole while the copier takes the copies in still gets its
   // dropped.
   backend::MemoryBackend mem;
   OneFile file(mem, 2 * 4096 + 3);
-  cache::FetcherOptions fo;
-  fo.prefetch_threads = 0;
-  cache::ChunkFetcher fetcher(mem, fo);
+  cache::ChunkFetcher fetcher(mem, no_prefetch());
   TempDir t;
-  auto real = cache::WholeFiles::open(t.path, 1 << 20);
-  REQUIRE(real.ok());
-  SlowLoad files(std::move(real).value());
+  SlowLoad files(open_whole_files(t));
   WholeFileCopier copier(fetcher, files, /*min_size=*/1);
   copier.set_passthrough(true);
   for (const ChunkRecord& c : file.idx->chunks(file.entry)) REQUIRE(fetcher.get(chunk_ref(*file.idx, c)).ok());
