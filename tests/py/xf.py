@@ -241,10 +241,18 @@ class Store:
     cids: list[str] = field(default_factory=list)  # base, mid, top for the odd store
 
 
-def make_odd_store(extrafs: Path, path: Path, busybox: str | None = None) -> Store:
-    """tests/integration/make_odd_store.sh into path, then `extrafs index` it."""
-    cmd = [MAKE_ODD_STORE, path] + (["--busybox", busybox] if busybox else [])
-    run(cmd, timeout=600)
+def make_odd_store(extrafs: Path, path: Path, busybox: str | None = None, template: Path | None = None) -> Store:
+    """tests/integration/make_odd_store.sh into path, then `extrafs index` it. With template (a
+    store make_odd_store.sh built, not indexed, with the same busybox), path is an exact copy of
+    it instead (`cp -a`: types, modes, owners, xattrs, capabilities, hard links, holes and mtimes;
+    only inode numbers, ctimes and the blocks under a hole differ, as between two runs of the
+    script), then indexed: the same store in ~1 s instead of ~6 s."""
+    if template is None:
+        cmd = [MAKE_ODD_STORE, path] + (["--busybox", busybox] if busybox else [])
+        run(cmd, timeout=600)
+    else:
+        assert not (template / "extrafs").exists(), f"{template} is indexed; a template must not be"
+        run(["cp", "-a", "--", template, path], timeout=600)
     run([extrafs, "index", path], timeout=600)
     return Store(path, (path / ".layers").read_text().split())
 
