@@ -484,7 +484,10 @@ def dockerd_with_keeper(extrafs: Path, images: "Images", dockerd, root: Path, **
     app-a:1 running in it. Returns (dockerd, the container's pid)."""
     run([extrafs, "docker", "attach", "app-a:1", "--mount", images.mnt, "--data-root", root], timeout=180)
     d = dockerd(root, **kw)
-    d.docker("run", "-d", "--network", "none", "--name", "keeper", "app-a:1", "/bin/busybox", "sleep", "600")
+    # Ends on SIGTERM (a bare `sleep` as the container's PID 1 ignores it, and a dockerd without
+    # live-restore then waits 10 s for it when it stops).
+    d.docker("run", "-d", "--network", "none", "--name", "keeper", "app-a:1", "/bin/busybox", "sh", "-c",
+             "trap 'exit 0' TERM; /bin/busybox sleep 600 & wait")
     return d, container_pid(d)
 
 
