@@ -117,6 +117,17 @@ wait_until() {
 not_mounted() { ! is_mounted "$1"; }
 pid_gone() { ! kill -0 "$1" 2>/dev/null; }
 
+# thread_stacks PID: every thread of PID (name, state, kernel wait channel and kernel stack), then
+# gdb's backtraces (scripts/setup installs gdb): the report of a daemon found hung, before it goes.
+thread_stacks() {
+  local t
+  for t in /proc/"$1"/task/*; do
+    echo "thread ${t##*/} $(cat "$t/comm" 2>/dev/null) $(grep '^State:' "$t/status" 2>/dev/null) wchan=$(cat "$t/wchan" 2>/dev/null)"
+    sed 's/^/    /' "$t/stack" 2>/dev/null
+  done
+  if command -v gdb >/dev/null; then timeout 60 gdb -p "$1" -batch -nx -ex "thread apply all bt" 2>&1 | tail -c 60000; fi
+}
+
 # Pids of extrafs processes whose command line has MOUNTPOINT as an argument: those whose
 # executable (" (deleted)" or not) is $EXTRAFS or named extrafs*. One python3 rather than a loop of
 # readlink/basename/tr/grep per process, which took 2-9 s a call on a busy machine, and

@@ -137,7 +137,10 @@ bad_index_case() {  # bad_index_case NAME SHELL-COMMAND
   fi
   rc=0; timeout 30 "$EXTRAFS" unmount "$MNT" >/dev/null 2>&1 || rc=$?
   [[ $rc -eq 0 ]] || fail "$name: unmount exit $rc"
-  wait_until 10 no_daemon "$MNT" || fail "$name: daemon still running 10 s after unmount"
+  if ! wait_until 10 no_daemon "$MNT"; then
+    fail "$name: daemon still running 10 s after unmount"
+    for p in $(daemon_pids "$MNT"); do echo "  daemon $p, still running:"; thread_stacks "$p"; done
+  fi
   nothing_left "$MNT"
 }
 bad_index_case "layer index with a byte flipped in the middle" 'flip_byte "$IDX" $((SIZE / 2))'

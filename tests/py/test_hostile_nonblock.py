@@ -137,6 +137,7 @@ def gone_or_killed(m: xf.Mount, within: float, what: str):
         time.sleep(0.05)
     print(f"seen: daemon gone {time.monotonic() - start:.2f} s after {what}")
     if xf.process_alive(m.pid):
+        print(f"the daemon's threads, before it is killed:\n{xf.thread_stacks(m.pid)}")
         os.kill(m.pid, signal.SIGKILL)
         raise AssertionError(f"daemon {m.pid} still running {within} s after {what} (killed)")
 

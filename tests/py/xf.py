@@ -155,6 +155,33 @@ def unmount_under(root):
             subprocess.run(["umount", "-l", "--", m], capture_output=True, timeout=30)
 
 
+def thread_stacks(pid: int) -> str:
+    """Every thread of process pid: its name, state, kernel wait channel and kernel stack, and the
+    user-space backtraces from gdb (scripts/setup installs it). For the report of a hung daemon,
+    before it is killed; never raises."""
+    out = []
+    try:
+        for t in sorted(Path(f"/proc/{pid}/task").iterdir(), key=lambda p: int(p.name)):
+            def read(name):
+                try:
+                    return (t / name).read_text().strip()
+                except OSError as e:
+                    return f"({e.strerror})"
+            state = next((line for line in read("status").splitlines() if line.startswith("State:")), "")
+            out.append(f"thread {t.name} {read('comm')} {state} wchan={read('wchan')}")
+            out.extend("    " + line for line in read("stack").splitlines())
+    except OSError as e:
+        out.append(f"/proc/{pid}/task: {e.strerror}")
+    if shutil.which("gdb"):
+        try:
+            p = subprocess.run(["gdb", "-p", str(pid), "-batch", "-nx", "-ex", "thread apply all bt"],
+                               capture_output=True, text=True, timeout=60)
+            out.append(p.stdout[-60000:])
+        except subprocess.TimeoutExpired:
+            out.append("gdb: no backtrace within 60 s")
+    return "\n".join(out)
+
+
 def daemon_pids(mnt) -> list[int]:
     """Pids of extrafs processes whose command line names mnt."""
     mnt = str(mnt)
@@ -188,11 +215,17 @@ class Mount:
         return json.loads(run([self.extrafs, "stats", self.path, "--json"], timeout=30).stdout)
 
     def unmount(self, timeout: float = 30):
-        """`extrafs unmount`; checks the mount is gone and the daemon exited."""
-        run([self.extrafs, "unmount", self.path], timeout=timeout)
-        assert not is_mounted(self.path), f"{self.path} still mounted after extrafs unmount"
-        if self.pid:
-            wait_until(lambda: not process_alive(self.pid), 10, f"daemon {self.pid} to exit")
+        """`extrafs unmount`; checks the mount is gone and the daemon exited. If either hangs,
+        the daemon's threads are printed (thread_stacks) before the failure."""
+        try:
+            run([self.extrafs, "unmount", self.path], timeout=timeout)
+            assert not is_mounted(self.path), f"{self.path} still mounted after extrafs unmount"
+            if self.pid:
+                wait_until(lambda: not process_alive(self.pid), 10, f"daemon {self.pid} to exit")
+        except AssertionError:
+            if self.pid and process_alive(self.pid):
+                print(f"daemon {self.pid}, still running:\n{thread_stacks(self.pid)}")
+            raise
 
 
 class Mounts:
