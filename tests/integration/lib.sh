@@ -117,15 +117,11 @@ wait_until() {
 not_mounted() { ! is_mounted "$1"; }
 pid_gone() { ! kill -0 "$1" 2>/dev/null; }
 
-# thread_stacks PID: every thread of PID (name, state, kernel wait channel and kernel stack), then
-# gdb's backtraces (scripts/setup installs gdb): the report of a daemon found hung, before it goes.
+# thread_stacks PID: every thread of PID, and gdb's backtraces: the report of a daemon found hung,
+# before it goes (tests/py/xf.py thread_stacks, which the pytest tests print).
 thread_stacks() {
-  local t
-  for t in /proc/"$1"/task/*; do
-    echo "thread ${t##*/} $(cat "$t/comm" 2>/dev/null) $(grep '^State:' "$t/status" 2>/dev/null) wchan=$(cat "$t/wchan" 2>/dev/null)"
-    sed 's/^/    /' "$t/stack" 2>/dev/null
-  done
-  if command -v gdb >/dev/null; then timeout 60 gdb -p "$1" -batch -nx -ex "thread apply all bt" 2>&1 | tail -c 60000; fi
+  /usr/bin/python3 -c 'import sys; sys.path.insert(0, sys.argv[1]); import xf; print(xf.thread_stacks(int(sys.argv[2])))' \
+    "$HERE/../py" "$1"
 }
 
 # Pids of extrafs processes whose command line has MOUNTPOINT as an argument: those whose

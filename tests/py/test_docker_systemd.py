@@ -99,11 +99,8 @@ def machine(nspawn_factory, extrafs, build_dir, tmp, *, at_boot=False, listed=("
 
 
 def keeper(h: Host) -> int:
-    # A container that lives through the restarts and ends on SIGTERM. Not a bare `sleep` as
-    # PID 1 of its container: that ignores SIGTERM, so every shutdown of the machine (a reboot,
-    # the teardown's poweroff) waited out systemd's 90 s stop timeout of its scope.
-    h.docker("run", "-d", "--network", "none", "--name", "keeper", "app-a:1", "/bin/busybox", "sh", "-c",
-             "trap 'exit 0' TERM; /bin/busybox sleep 600 & wait")
+    # A container that lives through the restarts and ends on SIGTERM (xf.KEEPER_CMD).
+    h.docker("run", "-d", "--network", "none", "--name", "keeper", "app-a:1", *xf.KEEPER_CMD)
     return h.container_pid()
 
 

@@ -511,16 +511,19 @@ class Dockerd:
         self.stop()
 
 
+# What a container that must live through a test runs: ends on SIGTERM. A bare `sleep` as the
+# container's PID 1 ignores it, so every stop of its dockerd (10 s without live-restore) or of a
+# machine holding it (systemd's 90 s stop timeout) waited it out.
+KEEPER_CMD = ("/bin/busybox", "sh", "-c", "trap 'exit 0' TERM; /bin/busybox sleep 600 & wait")
+
+
 def dockerd_with_keeper(extrafs: Path, images: "Images", dockerd, root: Path, **kw):
     """app-a:1 attached into `root` (extrafs docker attach), a dockerd started there by the
     `dockerd` fixture (kw: its options, e.g. live_restore=False), and a container "keeper" of
     app-a:1 running in it. Returns (dockerd, the container's pid)."""
     run([extrafs, "docker", "attach", "app-a:1", "--mount", images.mnt, "--data-root", root], timeout=180)
     d = dockerd(root, **kw)
-    # Ends on SIGTERM (a bare `sleep` as the container's PID 1 ignores it, and a dockerd without
-    # live-restore then waits 10 s for it when it stops).
-    d.docker("run", "-d", "--network", "none", "--name", "keeper", "app-a:1", "/bin/busybox", "sh", "-c",
-             "trap 'exit 0' TERM; /bin/busybox sleep 600 & wait")
+    d.docker("run", "-d", "--network", "none", "--name", "keeper", "app-a:1", *KEEPER_CMD)
     return d, container_pid(d)
 
 
