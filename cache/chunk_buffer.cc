@@ -4,6 +4,9 @@
 #include <cstring>
 #include <deque>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include "common/result.h"
 #include "common/thread_annotations.h"
 
@@ -43,6 +46,24 @@ std::byte* take_idle(size_t size, size_t align) {
   return nullptr;
 }
 
+// Maps in the pages of a fresh allocation with one system call instead of one page fault per
+// 4 KiB page. Measured on the python start from an empty cache (tests/bench/order_ab.sh): the
+// faults of decompressing into fresh 1 MiB buffers and of reading into them were a quarter of the
+// daemon's time, most of it the exception entry and exit of each fault; populated in one call,
+// the daemon's CPU for that start fell from ~97 ms to ~72 ms. Kernels before 5.14 refuse the
+// advice, and the pages are then faulted in as they are written, as before.
+void populate(std::byte* p, size_t n) {
+#ifdef MADV_POPULATE_WRITE
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t b = (reinterpret_cast<uintptr_t>(p) + page - 1) & ~(page - 1);
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + n) & ~(page - 1);
+  if (e > b) (void)::madvise(reinterpret_cast<void*>(b), e - b, MADV_POPULATE_WRITE);
+#else
+  (void)p;
+  (void)n;
+#endif
+}
+
 }  // namespace
 
 void PooledFree::operator()(std::byte* p) const {
@@ -70,7 +91,10 @@ ChunkBuffer ChunkBuffer::uninitialised(size_t size, size_t align) {
   const size_t n = std::max<size_t>(size, 1);
   std::byte* p = n >= kPoolMinSize ? take_idle(n, align) : nullptr;
   // new[] of std::byte default-initialises: no zeroing.
-  if (!p) p = new (std::align_val_t(align)) std::byte[n];
+  if (!p) {
+    p = new (std::align_val_t(align)) std::byte[n];
+    if (n >= kPoolMinSize) populate(p, n);
+  }
   b.mem_ = std::unique_ptr<std::byte[], PooledFree>(p, PooledFree{n, align});
   b.size_ = size;
   b.allocated_ = size;

@@ -10,6 +10,8 @@
 // back to the kernel): the kernel zeroing, charging and mapping 256 pages per chunk was 29% of the
 // daemon's time. So up to kPoolSlots idle chunk buffers (8 MiB of 1 MiB chunks) stay allocated
 // besides what the caches count.
+// A buffer of that size that the pool cannot give has its pages mapped in at once
+// (MADV_POPULATE_WRITE) rather than faulted in one by one as it is filled (chunk_buffer.cc).
 //
 // Ownership: owns its allocation; move-only. Shared between the caches and the readers, read-only,
 // as ChunkData. Thread-safety: a const ChunkBuffer may be read from any thread; building one is
