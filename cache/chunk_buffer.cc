@@ -101,6 +101,13 @@ ChunkBuffer ChunkBuffer::uninitialised(size_t size, size_t align) {
   return b;
 }
 
+ChunkBuffer ChunkBuffer::scratch(size_t size) {
+  if (size < kPoolMinSize) return uninitialised(size);
+  ChunkBuffer b = uninitialised((size + kPoolStep - 1) / kPoolStep * kPoolStep);
+  b.narrow(0, size);
+  return b;
+}
+
 ChunkBuffer ChunkBuffer::copy_of(std::span<const std::byte> bytes) {
   ChunkBuffer b = uninitialised(bytes.size());
   if (!bytes.empty()) std::memcpy(b.data(), bytes.data(), bytes.size());

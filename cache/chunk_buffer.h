@@ -38,6 +38,10 @@ class ChunkBuffer {
 
   // `size` bytes, not initialised, the first at an address aligned to `align` (a power of two).
   static ChunkBuffer uninitialised(size_t size, size_t align = kDefaultAlign);
+  // As uninitialised(size), for bytes that live only as long as one backend read (compressed
+  // chunks before decompression): the allocation is rounded up to a multiple of kPoolStep so
+  // that the pool hands it out again for the next read, whose size differs.
+  static ChunkBuffer scratch(size_t size);
   // A copy of `bytes`.
   static ChunkBuffer copy_of(std::span<const std::byte> bytes);
 
@@ -57,6 +61,7 @@ class ChunkBuffer {
   // Idle buffers kept for reuse, and the least size worth keeping.
   static constexpr size_t kPoolSlots = 8;
   static constexpr size_t kPoolMinSize = size_t{64} << 10;
+  static constexpr size_t kPoolStep = size_t{256} << 10;
 
  private:
   std::unique_ptr<std::byte[], PooledFree> mem_;

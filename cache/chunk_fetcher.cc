@@ -214,7 +214,7 @@ std::vector<Result<ChunkData>> ChunkFetcher::fetch_run(std::span<const ChunkRef>
   }
   uint64_t total = 0;
   for (const auto& c : run) total += c.stored_len;
-  ChunkBuffer stored = ChunkBuffer::uninitialised(total);
+  ChunkBuffer stored = ChunkBuffer::scratch(total);
   auto started = std::chrono::steady_clock::now();
   auto n = backend_.read(run[0].object, run[0].offset, std::span(stored.data(), stored.size()));
   fetch_hist_.observe(std::chrono::steady_clock::now() - started);
@@ -266,7 +266,7 @@ Result<ChunkData> ChunkFetcher::fetch_one(const ChunkRef& c, int attempts, bool 
   // corrupted in transit; a second failure is reported as EIO.
   Error last = make_error(EIO, "unreachable");
   for (int attempt = 0; attempt < attempts; ++attempt) {
-    ChunkBuffer stored = ChunkBuffer::uninitialised(c.stored_len);
+    ChunkBuffer stored = ChunkBuffer::scratch(c.stored_len);
     auto started = std::chrono::steady_clock::now();
     auto n = backend_.read(c.object, c.offset, std::span(stored.data(), stored.size()));
     if (!own) fetch_hist_.observe(std::chrono::steady_clock::now() - started);

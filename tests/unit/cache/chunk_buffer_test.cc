@@ -71,3 +71,20 @@ TEST_CASE("a freed chunk-sized buffer is handed out again for the same size and 
   auto again = ChunkBuffer::uninitialised(n, 4096);
   CHECK(again.data() == first);
 }
+
+TEST_CASE("scratch buffers for backend reads of different sizes reuse one allocation", "[cache]") {
+  const size_t step = ChunkBuffer::kPoolStep;
+  const std::byte* first;
+  {
+    auto b = ChunkBuffer::scratch(3 * step + 12345);
+    CHECK(b.size() == 3 * step + 12345);
+    CHECK(b.allocated() == 4 * step);  // rounded up to the pool's step
+    first = b.data();
+  }                                                 // freed: kept in the pool
+  auto again = ChunkBuffer::scratch(3 * step + 1);  // another size in the same step
+  CHECK(again.data() == first);
+  CHECK(again.size() == 3 * step + 1);
+  auto small = ChunkBuffer::scratch(100);  // below the pool's least size: exact
+  CHECK(small.size() == 100);
+  CHECK(small.allocated() == 100);
+}
