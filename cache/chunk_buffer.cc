@@ -47,11 +47,12 @@ std::byte* take_idle(size_t size, size_t align) {
 }
 
 // Maps in the pages of a fresh allocation with one system call instead of one page fault per
-// 4 KiB page. Measured on the python start from an empty cache (tests/bench/order_ab.sh): the
-// faults of decompressing into fresh 1 MiB buffers and of reading into them were a quarter of the
-// daemon's time, most of it the exception entry and exit of each fault; populated in one call,
-// the daemon's CPU for that start fell from ~97 ms to ~72 ms. Kernels before 5.14 refuse the
-// advice, and the pages are then faulted in as they are written, as before.
+// 4 KiB page. Measured on the start of tests/bench/order_ab.sh from an empty cache (a local
+// directory store, perf and the threads' schedstat): the faults of decompressing into fresh 1 MiB
+// buffers and of reading into them were a quarter of the daemon's time, most of it the exception
+// entry and exit of each fault; populated in one call, the daemon's CPU for that start fell from
+// ~97 ms to ~72 ms (BENCHMARKS.md, "Page faults on the fetch path"). Kernels before 5.14 refuse
+// the advice, and the pages are then faulted in as they are written, as before.
 void populate(std::byte* p, size_t n) {
 #ifdef MADV_POPULATE_WRITE
   static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
